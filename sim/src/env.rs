@@ -209,7 +209,7 @@ impl Env for SimEnv {
         w.node(self.inner.id).disk.sync_prefix(pending);
         w.event(TraceEvent::Sync {
             node: self.inner.id,
-            bytes: pending,
+            bytes: pending.1,
         });
         Ok(())
     }
