@@ -25,7 +25,9 @@ pub mod plan;
 pub mod runner;
 pub mod scenario;
 pub mod scenarios;
+pub mod shrink;
 pub mod sweep;
+pub mod timeline;
 pub mod trace;
 pub mod world;
 

@@ -10,7 +10,7 @@ use ringfence_sim::runner::{Case, RunOptions};
 use ringfence_sim::scenario::Workload;
 use ringfence_sim::scenarios::{self, DynScenario};
 use ringfence_sim::sweep::{self, SweepPlan};
-use ringfence_sim::{bench, corpus, logging, trace};
+use ringfence_sim::{bench, corpus, logging, shrink, timeline, trace};
 
 /// Deterministic simulation testing for ringfence's protocols.
 #[derive(Parser)]
@@ -26,6 +26,9 @@ enum Command {
     Sweep(SweepArgs),
     /// Rerun one case with logs, print its trace hash and verdict.
     Replay(ReplayArgs),
+    /// Reduce a failing case to a minimal one that fails the same way, and
+    /// save it to the corpus.
+    Shrink(ShrinkArgs),
     /// Replay every case saved in a corpus directory.
     Corpus {
         /// Directory of corpus JSON files.
@@ -102,30 +105,75 @@ struct SweepArgs {
     /// Hide the progress bar.
     #[arg(long)]
     no_progress: bool,
+    /// Shrink the first failure of each scenario before reporting it, and
+    /// save the result in `seeds/`.
+    #[arg(long)]
+    shrink: bool,
 }
 
+/// Which case to run: a scenario and seed (plus case options), or a saved file.
 #[derive(Args)]
-struct ReplayArgs {
-    /// Scenario to run (not needed with --case).
+struct CaseSelect {
+    /// Scenario to run (not needed with --case-file).
     #[arg(long, short = 's', required_unless_present = "case_file")]
     scenario: Option<String>,
-    /// Seed to run (not needed with --case).
+    /// Seed to run (not needed with --case-file).
     #[arg(long, required_unless_present = "case_file")]
     seed: Option<u64>,
     #[command(flatten)]
     case: CaseArgs,
-    /// Replay a saved case (a corpus JSON file) instead.
+    /// Run a saved case (a corpus JSON file) instead.
     #[arg(long, conflicts_with_all = ["scenario", "seed"])]
     case_file: Option<PathBuf>,
+}
+
+impl CaseSelect {
+    fn resolve(&self) -> Result<(&'static dyn DynScenario, Case), String> {
+        match &self.case_file {
+            Some(path) => {
+                let entry = corpus::load(path)?;
+                Ok((scenarios::validate(&entry.case)?, entry.case))
+            }
+            None => {
+                let scenario = scenarios::find(self.scenario.as_deref().expect("clap requires it"))?;
+                let case = self.case.case(scenario, self.seed.expect("clap requires it"))?;
+                Ok((scenario, case))
+            }
+        }
+    }
+}
+
+#[derive(Args)]
+struct ReplayArgs {
+    #[command(flatten)]
+    select: CaseSelect,
     /// Log filter, e.g. `debug` or `info` (every line shows simulated time and node).
     #[arg(long, default_value = "info")]
     log: String,
     /// Write the trace as JSON lines to this file.
     #[arg(long)]
     trace: Option<PathBuf>,
+    /// Write a self-contained HTML timeline (space-time diagram) to this file.
+    #[arg(long)]
+    html: Option<PathBuf>,
     /// Print the fault plan.
     #[arg(long)]
     show_plan: bool,
+}
+
+#[derive(Args)]
+struct ShrinkArgs {
+    #[command(flatten)]
+    select: CaseSelect,
+    /// Most simulation runs to spend.
+    #[arg(long, default_value_t = 400)]
+    max_runs: u32,
+    /// Corpus directory to save the shrunk case in.
+    #[arg(long, default_value = "seeds")]
+    out: PathBuf,
+    /// Print the shrunk case without saving it.
+    #[arg(long)]
+    no_save: bool,
 }
 
 fn parse_seeds(text: &str) -> Result<Range<u64>, String> {
@@ -167,6 +215,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Sweep(args) => run_sweep(args),
         Command::Replay(args) => run_replay(args),
+        Command::Shrink(args) => run_shrink(args),
         Command::Corpus { dir } => run_corpus(&dir),
         Command::List => {
             list();
@@ -220,24 +269,21 @@ fn run_sweep(args: SweepArgs) -> Result<bool, String> {
     } else {
         print!("{}", sweep::table(&summaries));
     }
+    if args.shrink {
+        for failure in summaries.iter().filter_map(|s| s.failures.first()) {
+            let scenario = scenarios::validate(&failure.case)?;
+            let shrunk = shrink::shrink(scenario, &failure.case, 400)?;
+            report_shrunk(&shrunk, Some(std::path::Path::new("seeds")))?;
+        }
+    }
     Ok(summaries.iter().all(|s| s.passed()))
 }
 
 fn run_replay(args: ReplayArgs) -> Result<bool, String> {
-    let (scenario, case) = match &args.case_file {
-        Some(path) => {
-            let entry = corpus::load(path)?;
-            (scenarios::validate(&entry.case)?, entry.case)
-        }
-        None => {
-            let scenario = scenarios::find(args.scenario.as_deref().expect("clap requires it"))?;
-            let case = args.case.case(scenario, args.seed.expect("clap requires it"))?;
-            (scenario, case)
-        }
-    };
+    let (scenario, case) = args.select.resolve()?;
     logging::init(&args.log)?;
     let options = RunOptions {
-        keep_trace: args.trace.is_some(),
+        keep_trace: args.trace.is_some() || args.html.is_some(),
     };
     let outcome = ringfence_sim::sweep::run_isolated(scenario, &case, options);
     if args.show_plan {
@@ -254,6 +300,10 @@ fn run_replay(args: ReplayArgs) -> Result<bool, String> {
             .and_then(|()| file.flush())
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         println!("trace: {} events written to {}", outcome.events.len(), path.display());
+    }
+    if let Some(path) = &args.html {
+        std::fs::write(path, timeline::html(&outcome)).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        println!("timeline: written to {}", path.display());
     }
     let fired: Vec<String> = outcome.fired.iter().map(|(k, n)| format!("{k}={n}")).collect();
     println!(
@@ -277,6 +327,39 @@ fn run_replay(args: ReplayArgs) -> Result<bool, String> {
         println!("verdict: VIOLATION {v}");
     }
     Ok(!outcome.failed())
+}
+
+fn run_shrink(args: ShrinkArgs) -> Result<bool, String> {
+    let (scenario, case) = args.select.resolve()?;
+    let shrunk = shrink::shrink(scenario, &case, args.max_runs)?;
+    report_shrunk(&shrunk, (!args.no_save).then_some(args.out.as_path()))?;
+    Ok(true)
+}
+
+/// Prints a shrink result and saves it to `dir` when given.
+fn report_shrunk(shrunk: &shrink::Shrunk, dir: Option<&std::path::Path>) -> Result<(), String> {
+    println!(
+        "shrunk seed {} ({}) in {} runs",
+        shrunk.case.seed, shrunk.invariant, shrunk.runs
+    );
+    println!("  before: {}", shrunk.before);
+    println!("  after:  {}", shrunk.after);
+    let entry = corpus::Entry {
+        note: format!("shrunk from {}; violates {}", shrunk.before, shrunk.invariant),
+        expect: shrunk.invariant.clone(),
+        case: shrunk.case.clone(),
+    };
+    println!("{}", serde_json::to_string_pretty(&entry).expect("entries serialize"));
+    if let Some(dir) = dir {
+        let path = dir.join(shrink::corpus_name(&shrunk.case));
+        corpus::save(&path, &entry)?;
+        println!(
+            "saved to {}; replay: cargo run --release -p ringfence-sim -- replay --case-file {}",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 fn run_corpus(dir: &std::path::Path) -> Result<bool, String> {

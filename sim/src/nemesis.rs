@@ -14,7 +14,7 @@ use madsim::runtime::Handle;
 use ringfence::env::NodeId;
 
 use crate::plan::{Fault, FaultKind, FaultPlan};
-use crate::trace::TraceEvent;
+use crate::trace::{Phase, TraceEvent};
 use crate::world::{NetFaults, World};
 
 enum Action {
@@ -74,9 +74,15 @@ impl Nemesis {
         self.heal();
     }
 
-    fn note(&self, text: String) {
+    fn note(&self, phase: Phase, kind: FaultKind, index: Option<usize>, nodes: Vec<NodeId>, text: String) {
         tracing::info!(target: "nemesis", "{text}");
-        self.world.lock().event(TraceEvent::Fault { fault: text });
+        self.world.lock().event(TraceEvent::Fault {
+            phase,
+            kind,
+            index,
+            nodes,
+            text,
+        });
     }
 
     fn madsim_id(&self, node: NodeId) -> madsim::task::NodeId {
@@ -96,7 +102,14 @@ impl Nemesis {
                     .collect();
                 self.cut_links(&links, true);
                 self.world.lock().count(FaultKind::Partition);
-                self.note(format!("partition {shape} {groups:?}"));
+                let nodes = endpoints(&links);
+                self.note(
+                    Phase::Start,
+                    FaultKind::Partition,
+                    Some(index),
+                    nodes,
+                    format!("partition {shape} {groups:?}"),
+                );
             }
             Fault::OneWay { from, to, .. } => {
                 let links: Vec<_> = self
@@ -105,7 +118,14 @@ impl Nemesis {
                     .collect();
                 self.cut_links(&links, true);
                 self.world.lock().count(FaultKind::Partition);
-                self.note(format!("one-way partition {from:?} -/-> {to:?}"));
+                let nodes = endpoints(&links);
+                self.note(
+                    Phase::Start,
+                    FaultKind::Partition,
+                    Some(index),
+                    nodes,
+                    format!("one-way partition {from:?} -/-> {to:?}"),
+                );
             }
             Fault::Crash { node, disk, .. } => {
                 let id = self.madsim_id(*node);
@@ -121,7 +141,13 @@ impl Nemesis {
                     w.crash_disk(*node, *disk)
                 };
                 self.handle.kill(id);
-                self.note(format!("crash node {node} ({disk:?}, {lost} unsynced bytes lost)"));
+                self.note(
+                    Phase::Start,
+                    FaultKind::Crash,
+                    Some(index),
+                    vec![*node],
+                    format!("crash node {node} ({disk:?}, {lost} unsynced bytes lost)"),
+                );
             }
             Fault::Pause { node, .. } => {
                 {
@@ -134,7 +160,13 @@ impl Nemesis {
                     w.count(FaultKind::Pause);
                 }
                 self.handle.pause(self.madsim_id(*node));
-                self.note(format!("pause node {node}"));
+                self.note(
+                    Phase::Start,
+                    FaultKind::Pause,
+                    Some(index),
+                    vec![*node],
+                    format!("pause node {node}"),
+                );
             }
             Fault::Network {
                 loss,
@@ -151,23 +183,35 @@ impl Nemesis {
                 };
                 self.world.lock().net = faults;
                 self.active_network = Some(index);
-                self.note(format!(
-                    "network loss={loss:.3} duplicate={duplicate:.3} delay={delay:.3} up to {max_delay_ms}ms"
-                ));
+                let text =
+                    format!("network loss={loss:.3} duplicate={duplicate:.3} delay={delay:.3} up to {max_delay_ms}ms");
+                self.note(Phase::Start, FaultKind::MessageLoss, Some(index), vec![], text);
             }
             Fault::Drift { node, ppm, .. } => {
                 let mut w = self.world.lock();
                 w.set_clock_rate(*node, 1.0 + *ppm as f64 / 1e6);
                 w.count(FaultKind::ClockDrift);
                 drop(w);
-                self.note(format!("clock drift node {node} {ppm:+}ppm"));
+                self.note(
+                    Phase::Instant,
+                    FaultKind::ClockDrift,
+                    Some(index),
+                    vec![*node],
+                    format!("clock drift node {node} {ppm:+}ppm"),
+                );
             }
             Fault::Jump { node, forward_ms, .. } => {
                 let mut w = self.world.lock();
                 w.jump_clock(*node, Duration::from_millis(*forward_ms));
                 w.count(FaultKind::ClockJump);
                 drop(w);
-                self.note(format!("clock jump node {node} +{forward_ms}ms"));
+                self.note(
+                    Phase::Instant,
+                    FaultKind::ClockJump,
+                    Some(index),
+                    vec![*node],
+                    format!("clock jump node {node} +{forward_ms}ms"),
+                );
             }
         }
     }
@@ -180,7 +224,13 @@ impl Nemesis {
                     .filter(|(a, b)| !groups.iter().any(|g| g.contains(a) && g.contains(b)))
                     .collect();
                 self.cut_links(&links, false);
-                self.note(format!("partition {groups:?} healed"));
+                self.note(
+                    Phase::End,
+                    FaultKind::Partition,
+                    Some(index),
+                    endpoints(&links),
+                    format!("partition {groups:?} healed"),
+                );
             }
             Fault::OneWay { from, to, .. } => {
                 let links: Vec<_> = self
@@ -188,7 +238,8 @@ impl Nemesis {
                     .filter(|(a, b)| from.contains(a) && to.contains(b))
                     .collect();
                 self.cut_links(&links, false);
-                self.note(format!("one-way partition {from:?} -/-> {to:?} healed"));
+                let text = format!("one-way partition {from:?} -/-> {to:?} healed");
+                self.note(Phase::End, FaultKind::Partition, Some(index), endpoints(&links), text);
             }
             Fault::Crash { node, .. } => self.restart(*node),
             Fault::Pause { node, .. } => self.resume(*node),
@@ -196,7 +247,13 @@ impl Nemesis {
                 if self.active_network == Some(index) {
                     self.world.lock().net = NetFaults::default();
                     self.active_network = None;
-                    self.note("network faults end".into());
+                    self.note(
+                        Phase::End,
+                        FaultKind::MessageLoss,
+                        Some(index),
+                        vec![],
+                        "network faults end".into(),
+                    );
                 }
             }
             Fault::Drift { .. } | Fault::Jump { .. } => {}
@@ -212,7 +269,13 @@ impl Nemesis {
             w.node(node).down = false;
         }
         self.handle.restart(self.madsim_id(node));
-        self.note(format!("restart node {node}"));
+        self.note(
+            Phase::End,
+            FaultKind::Crash,
+            None,
+            vec![node],
+            format!("restart node {node}"),
+        );
     }
 
     fn resume(&mut self, node: NodeId) {
@@ -224,7 +287,13 @@ impl Nemesis {
             w.node(node).paused = false;
         }
         self.handle.resume(self.madsim_id(node));
-        self.note(format!("resume node {node}"));
+        self.note(
+            Phase::End,
+            FaultKind::Pause,
+            None,
+            vec![node],
+            format!("resume node {node}"),
+        );
     }
 
     /// Ends every fault: links restored, processes resumed and restarted,
@@ -248,7 +317,8 @@ impl Nemesis {
         }
         drop(w);
         self.active_network = None;
-        self.note("heal: all faults end".into());
+        tracing::info!(target: "nemesis", "heal: all faults end");
+        self.world.lock().event(TraceEvent::Heal);
     }
 
     fn pairs(&self) -> impl Iterator<Item = (NodeId, NodeId)> + '_ {
@@ -275,4 +345,10 @@ impl Nemesis {
             }
         }
     }
+}
+
+/// Every node on either end of `links`, sorted and unique.
+fn endpoints(links: &[(NodeId, NodeId)]) -> Vec<NodeId> {
+    let set: std::collections::BTreeSet<NodeId> = links.iter().flat_map(|&(a, b)| [a, b]).collect();
+    set.into_iter().collect()
 }

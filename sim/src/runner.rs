@@ -17,7 +17,7 @@ use crate::env::SimEnv;
 use crate::nemesis::Nemesis;
 use crate::plan::{FaultKind, FaultPlan, Targets};
 use crate::scenario::{client_ids, server_ids, Client, Params, Recorder, Scenario, Workload, PROBE_ID};
-use crate::trace::{Stamped, Trace};
+use crate::trace::{Stamped, Trace, TraceEvent};
 use crate::world::{addr_of, World};
 
 /// Everything that determines a run.
@@ -164,6 +164,18 @@ pub fn run<S: Scenario>(case: &Case, bug: Option<&'static crate::scenario::Bug>,
     let mut all_violations = violations;
     all_violations.extend(scenario.check(&history));
     let mut w = world.lock();
+    let mut events = w.trace.take_events();
+    if options.keep_trace {
+        let time_ns = sim_time.as_nanos() as u64;
+        events.extend(all_violations.iter().map(|v| Stamped {
+            time_ns,
+            event: TraceEvent::Violation {
+                invariant: v.invariant.clone(),
+                detail: v.detail.clone(),
+                events: v.events.clone(),
+            },
+        }));
+    }
     Outcome {
         case: case.clone(),
         plan,
@@ -174,7 +186,7 @@ pub fn run<S: Scenario>(case: &Case, bug: Option<&'static crate::scenario::Bug>,
         violations: all_violations,
         sim_time,
         messages: w.delivered,
-        events: w.trace.take_events(),
+        events,
         history: if options.keep_trace {
             history
                 .events()

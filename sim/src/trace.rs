@@ -7,6 +7,8 @@ use std::io::Write;
 use std::time::Duration;
 
 use ringfence::env::NodeId;
+
+use crate::plan::FaultKind;
 use serde::Serialize;
 use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
@@ -32,8 +34,22 @@ pub enum TraceEvent {
         from: NodeId,
         id: u64,
     },
+    /// A fault starts, ends, or (drift, jump) happens at an instant.
+    /// `index` is the fault's position in the plan, when it has one.
     Fault {
-        fault: String,
+        phase: Phase,
+        kind: FaultKind,
+        index: Option<usize>,
+        nodes: Vec<NodeId>,
+        text: String,
+    },
+    /// The fault window ended and every fault was healed.
+    Heal,
+    /// A checker's verdict, appended after the run (not part of the hash).
+    Violation {
+        invariant: String,
+        detail: String,
+        events: Vec<usize>,
     },
     Boot {
         node: NodeId,
@@ -49,9 +65,15 @@ pub enum TraceEvent {
         kind: String,
         op: String,
     },
-    Note {
-        text: String,
-    },
+}
+
+/// Where a fault event sits in the fault's life.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    Start,
+    End,
+    Instant,
 }
 
 /// A trace event with the simulated time it happened at.
