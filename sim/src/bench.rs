@@ -132,15 +132,19 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// Runs `f` on a fresh thread (madsim needs one per simulation) and returns
+/// the wall time it took.
 fn timed(f: impl FnOnce() + Send + 'static) -> Duration {
-    // determinism: ok — a fresh thread per simulation, timed from outside.
-    std::thread::spawn(move || {
-        let t = Instant::now(); // determinism: ok — benchmark wall time
-        f();
-        t.elapsed()
-    })
-    .join()
-    .expect("benchmark run")
+    std::thread::Builder::new()
+        .name("ringfence-bench".into())
+        .spawn(move || {
+            let t = Instant::now(); // determinism: ok — benchmark wall time, outside the simulation
+            f();
+            t.elapsed()
+        })
+        .expect("spawn a benchmark thread")
+        .join()
+        .expect("benchmark run")
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {

@@ -15,7 +15,7 @@ use ringfence::env::NodeId;
 
 use crate::plan::{Fault, FaultKind, FaultPlan};
 use crate::trace::{Phase, TraceEvent};
-use crate::world::{NetFaults, World};
+use crate::world::{NetFaults, NodeState, World};
 
 enum Action {
     Start(usize),
@@ -59,7 +59,7 @@ impl Nemesis {
         // Ends sort before starts at the same instant, so back-to-back faults
         // on one node do not trip over each other.
         timeline.sort_by_key(|(at, order, _)| (*at, *order));
-        let start = madsim::time::Instant::now();
+        let start = madsim::time::Instant::now(); // determinism: ok — simulated time
         for (at, _, action) in timeline {
             if at >= plan.duration_ms {
                 break;
@@ -261,39 +261,34 @@ impl Nemesis {
     }
 
     fn restart(&mut self, node: NodeId) {
-        {
-            let mut w = self.world.lock();
-            if !w.node(node).down {
-                return;
-            }
-            w.node(node).down = false;
+        if self.clear_flag(node, |state| &mut state.down) {
+            self.handle.restart(self.madsim_id(node));
+            self.note(
+                Phase::End,
+                FaultKind::Crash,
+                None,
+                vec![node],
+                format!("restart node {node}"),
+            );
         }
-        self.handle.restart(self.madsim_id(node));
-        self.note(
-            Phase::End,
-            FaultKind::Crash,
-            None,
-            vec![node],
-            format!("restart node {node}"),
-        );
     }
 
     fn resume(&mut self, node: NodeId) {
-        {
-            let mut w = self.world.lock();
-            if !w.node(node).paused {
-                return;
-            }
-            w.node(node).paused = false;
+        if self.clear_flag(node, |state| &mut state.paused) {
+            self.handle.resume(self.madsim_id(node));
+            self.note(
+                Phase::End,
+                FaultKind::Pause,
+                None,
+                vec![node],
+                format!("resume node {node}"),
+            );
         }
-        self.handle.resume(self.madsim_id(node));
-        self.note(
-            Phase::End,
-            FaultKind::Pause,
-            None,
-            vec![node],
-            format!("resume node {node}"),
-        );
+    }
+
+    /// Clears a node's down/paused flag; `false` if it was not set.
+    fn clear_flag(&self, node: NodeId, flag: fn(&mut NodeState) -> &mut bool) -> bool {
+        std::mem::replace(flag(self.world.lock().node(node)), false)
     }
 
     /// Ends every fault: links restored, processes resumed and restarted,

@@ -209,7 +209,7 @@ async fn drive<S: Scenario>(
     recorder: Recorder<S::Op>,
 ) -> (Vec<Violation>, Duration) {
     let handle = madsim::runtime::Handle::current();
-    let start = madsim::time::Instant::now();
+    let start = madsim::time::Instant::now(); // determinism: ok — simulated time
     for &id in servers {
         let (scenario, node_world) = (scenario.clone(), world.clone());
         let node = handle

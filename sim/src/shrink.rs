@@ -198,11 +198,13 @@ impl Shrinker {
         progress
     }
 
-    fn drop_clients(&mut self) -> bool {
+    /// Lowers a node count (clients or servers) one at a time down to
+    /// `min`, dropping the faults on nodes that disappear.
+    fn drop_nodes(&mut self, count: fn(&mut Case) -> &mut u32, min: u32) -> bool {
         let mut progress = false;
-        while self.best.case.workload.clients > 1 {
+        while *count(&mut self.best.case.clone()) > min {
             let mut case = self.best.case.clone();
-            case.workload.clients -= 1;
+            *count(&mut case) -= 1;
             case.plan = Some(restrict(
                 &self.plan(),
                 &server_ids(case.servers),
@@ -229,24 +231,6 @@ impl Shrinker {
                 }
             }
             step /= 2;
-        }
-        progress
-    }
-
-    fn drop_servers(&mut self) -> bool {
-        let mut progress = false;
-        while self.best.case.servers > self.scenario.min_servers() {
-            let mut case = self.best.case.clone();
-            case.servers -= 1;
-            case.plan = Some(restrict(
-                &self.plan(),
-                &server_ids(case.servers),
-                &client_ids(case.workload.clients),
-            ));
-            if !self.try_case(case) {
-                break;
-            }
-            progress = true;
         }
         progress
     }
@@ -319,9 +303,9 @@ pub fn shrink(scenario: &'static dyn DynScenario, case: &Case, max_runs: u32) ->
         progress |= s.shorten_faults();
         progress |= s.simplify_network();
         progress |= s.shorten_window();
-        progress |= s.drop_clients();
+        progress |= s.drop_nodes(|c| &mut c.workload.clients, 1);
         progress |= s.lower_ops();
-        progress |= s.drop_servers();
+        progress |= s.drop_nodes(|c| &mut c.servers, scenario.min_servers());
         if !progress || s.runs >= s.max_runs {
             break;
         }
