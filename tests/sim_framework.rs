@@ -10,8 +10,9 @@ use std::time::Duration;
 use ringfence::env::Env;
 use ringfence::history::{History, Violation};
 use ringfence_sim::plan::FaultPlan;
+use ringfence_sim::runner::Case;
 use ringfence_sim::runner::RunOptions;
-use ringfence_sim::scenario::{Bug, Client, Params, Scenario, Workload};
+use ringfence_sim::scenario::{abort_run, Bug, Client, Params, Scenario, Workload};
 use ringfence_sim::scenarios::{self, counter::Counter};
 use ringfence_sim::sweep::{self, run_isolated, SweepPlan};
 use ringfence_sim::SimEnv;
@@ -112,7 +113,10 @@ impl Scenario for Panicky {
     }
     async fn server(self: Arc<Self>, env: SimEnv) {
         env.sleep(Duration::from_millis(10)).await;
-        panic!("invariant broken inside the server");
+        if env.id() == 1 {
+            panic!("invariant broken inside the server");
+        }
+        abort_run(Violation::new("two-leaders", "nodes 1 and 2 lead term 3", vec![]));
     }
     async fn client(self: Arc<Self>, _env: SimEnv, _client: Client<()>) {}
     async fn probe(self: Arc<Self>, _env: SimEnv, _client: Client<()>) {}
@@ -150,4 +154,21 @@ fn replaying_a_failing_case_gives_the_same_failure_and_trace_hash() {
     assert_eq!(again.trace_hash, failing.trace_hash);
     assert_eq!(again.violations, failing.violations);
     assert!(!again.events.is_empty(), "keep_trace records the events");
+}
+
+#[test]
+fn abort_run_reports_the_named_violation() {
+    let scenario = scenarios::erase::<Panicky>();
+    let case = Case {
+        servers: 2,
+        ..scenarios::default_case(scenario, 1, None)
+    };
+    // Server 2 aborts at the same instant server 1 panics; which runs first
+    // is up to the seed, so look for a seed where the abort wins.
+    let named = (0..20)
+        .map(|seed| run_isolated(scenario, &Case { seed, ..case.clone() }, RunOptions::default()))
+        .find(|o| o.violations[0].invariant != "panic")
+        .expect("some seed runs server 2 first");
+    assert_eq!(named.violations[0].invariant, "two-leaders");
+    assert_eq!(named.violations[0].detail, "nodes 1 and 2 lead term 3");
 }

@@ -88,7 +88,7 @@ impl Outcome {
 
     /// The outcome of a run that panicked: a node's assertion failed (an
     /// invariant the protocol checks itself) or the runner hit its limit.
-    pub fn from_panic(plan: FaultPlan, case: Case, message: String) -> Outcome {
+    pub fn from_panic(plan: FaultPlan, case: Case, violation: Violation) -> Outcome {
         Outcome {
             case,
             plan,
@@ -96,7 +96,7 @@ impl Outcome {
             trace_events: 0,
             ops: 0,
             fired: BTreeMap::new(),
-            violations: vec![Violation::new("panic", message, vec![])],
+            violations: vec![violation],
             sim_time: Duration::ZERO,
             messages: 0,
             events: Vec::new(),

@@ -93,6 +93,14 @@ pub trait Scenario: Send + Sync + Sized + 'static {
     fn check(&self, history: &History<Self::Op>) -> Vec<Violation>;
 }
 
+/// Stops the whole run now with a named violation. For invariants observed
+/// while the run goes on (e.g. two leaders in one term, seen by an observer
+/// the servers report to), where carrying on would only bury the evidence.
+/// A plain panic in a node also stops the run, reported as `panic`.
+pub fn abort_run(violation: Violation) -> ! {
+    std::panic::panic_any(violation)
+}
+
 /// Node ids the runner assigns: servers `1..=n`, the probe, then clients.
 pub fn server_ids(servers: u32) -> Vec<NodeId> {
     (1..=servers).collect()

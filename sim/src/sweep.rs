@@ -32,8 +32,9 @@ fn quiet_seed_panics() {
             if std::thread::current().name() == Some(SEED_THREAD) {
                 let message = info
                     .payload()
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
+                    .downcast_ref::<Violation>()
+                    .map(|v| v.to_string())
+                    .or_else(|| info.payload().downcast_ref::<&str>().map(|s| s.to_string()))
                     .or_else(|| info.payload().downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "non-string panic".into());
                 let location = info.location().map(|l| format!(" at {l}")).unwrap_or_default();
@@ -45,8 +46,9 @@ fn quiet_seed_panics() {
     });
 }
 
-/// Runs one validated case on a fresh thread; a panic becomes a `panic`
-/// violation instead of aborting the caller.
+/// Runs one validated case on a fresh thread; a panic becomes a violation
+/// instead of aborting the caller: the one passed to
+/// [`abort_run`](crate::scenario::abort_run), or `panic` for any other.
 pub fn run_isolated(scenario: &'static dyn DynScenario, case: &Case, options: RunOptions) -> Outcome {
     quiet_seed_panics();
     let case = case.clone();
@@ -56,9 +58,13 @@ pub fn run_isolated(scenario: &'static dyn DynScenario, case: &Case, options: Ru
         .stack_size(32 << 20)
         .spawn(move || {
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scenario.run(&case, options)));
-            result.unwrap_or_else(|_| {
+            result.unwrap_or_else(|payload| {
                 let message = PANIC.with(|p| p.borrow_mut().take()).unwrap_or_else(|| "panic".into());
-                Outcome::from_panic(scenario.plan(&case), case, message)
+                let violation = match payload.downcast::<Violation>() {
+                    Ok(violation) => *violation,
+                    Err(_) => Violation::new("panic", message, vec![]),
+                };
+                Outcome::from_panic(scenario.plan(&case), case, violation)
             })
         })
         .expect("spawn a seed thread")
