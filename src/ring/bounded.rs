@@ -1,0 +1,155 @@
+//! Consistent hashing with bounded loads (Mirrokni, Thorup & Zadimoghaddam,
+//! 2018), over a [`RingView`].
+//!
+//! Plain consistent hashing bounds a node's load only statistically (a node
+//! with a long arc gets more keys). Here every node of weight `w` has a hard
+//! cap of `ceil((1+ε) · m · w / W)` keys for `m` keys and total weight `W`;
+//! a key goes to the first node clockwise from its hash that is below its
+//! cap. ε trades balance against movement: a small ε flattens the load but
+//! lets one membership change cascade further along the ring.
+//!
+//! The assignment is a function of the *set* of keys, not of their arrival
+//! order: keys are placed in ascending hash order. So every process that
+//! holds the same ring and the same key set computes the same assignment.
+//! Keys are identified by their 64-bit hash ([`super::hash_key`]); two keys
+//! with equal hashes are treated as one key (for a million keys the chance
+//! of any such pair is about 3·10⁻⁸).
+
+use super::hash::KeyHash;
+use super::select::select;
+use super::view::{NodeSpec, ViewError};
+use super::vnode::RingView;
+use super::{NodeId, Placement};
+
+/// A bounded-load assignment of a fixed key set.
+#[derive(Clone, Debug)]
+pub struct BoundedLoad {
+    ring: RingView,
+    epsilon: f64,
+    /// Cap per node index.
+    caps: Vec<u64>,
+    /// Keys assigned per node index.
+    loads: Vec<u64>,
+    /// `(key hash, node index)`, sorted by hash, hashes unique.
+    assigned: Vec<(KeyHash, u32)>,
+}
+
+impl BoundedLoad {
+    /// Assigns `keys` (as hashes) over `ring` with slack `epsilon` (> 0).
+    pub fn new<I>(ring: RingView, epsilon: f64, keys: I) -> Result<Self, ViewError>
+    where
+        I: IntoIterator<Item = KeyHash>,
+    {
+        if !(epsilon.is_finite() && epsilon > 0.0) {
+            return Err(ViewError::BadEpsilon(epsilon));
+        }
+        let mut hashes: Vec<KeyHash> = keys.into_iter().collect();
+        hashes.sort_unstable();
+        hashes.dedup();
+        let m = hashes.len() as u64;
+        let total_w = ring.members.total_weight() as f64;
+        // IEEE basic operations and ceil only: identical on every platform.
+        let caps: Vec<u64> = ring
+            .members
+            .nodes
+            .iter()
+            .map(|n| ((1.0 + epsilon) * m as f64 * f64::from(n.weight) / total_w).ceil() as u64)
+            .collect();
+        let total_cap: u64 = caps.iter().sum();
+        assert!(total_cap >= m, "caps {total_cap} below key count {m}");
+
+        let mut loads = vec![0u64; caps.len()];
+        let mut assigned = Vec::with_capacity(hashes.len());
+        for h in hashes {
+            let node = ring
+                .walk(ring.position(h))
+                .find(|&i| loads[i as usize] < caps[i as usize])
+                .expect("total capacity exceeds the key count, so some node has room");
+            loads[node as usize] += 1;
+            assigned.push((h, node));
+        }
+        let b = BoundedLoad {
+            ring,
+            epsilon,
+            caps,
+            loads,
+            assigned,
+        };
+        debug_assert!(b.loads.iter().zip(&b.caps).all(|(l, c)| l <= c));
+        Ok(b)
+    }
+
+    /// The ring this assignment runs over.
+    pub fn ring(&self) -> &RingView {
+        &self.ring
+    }
+
+    pub fn epsilon(&self) -> f64 {
+        self.epsilon
+    }
+
+    /// Number of distinct keys assigned.
+    pub fn keys(&self) -> usize {
+        self.assigned.len()
+    }
+
+    /// `(node, load, cap)` for every node, in view order.
+    pub fn loads(&self) -> impl Iterator<Item = (NodeId, u64, u64)> + '_ {
+        self.ring
+            .members
+            .nodes
+            .iter()
+            .zip(self.loads.iter().zip(&self.caps))
+            .map(|(n, (&l, &c))| (n.id, l, c))
+    }
+
+    /// Heap bytes held (ring plus assignment).
+    pub fn memory_bytes(&self) -> usize {
+        self.ring.memory_bytes()
+            + (self.caps.capacity() + self.loads.capacity()) * 8
+            + self.assigned.capacity() * std::mem::size_of::<(KeyHash, u32)>()
+    }
+
+    fn owner_index(&self, hash: KeyHash) -> u32 {
+        match self.assigned.binary_search_by_key(&hash, |&(h, _)| h) {
+            Ok(i) => self.assigned[i].1,
+            // Not in the key set: where the key would go if it were added
+            // next (first node clockwise with room), without changing
+            // anything. If every node is full (only possible with no keys),
+            // the plain ring owner.
+            Err(_) => {
+                let pos = self.ring.position(hash);
+                self.ring
+                    .walk(pos)
+                    .find(|&i| self.loads[i as usize] < self.caps[i as usize])
+                    .unwrap_or(self.ring.entries[pos].node)
+            }
+        }
+    }
+}
+
+impl Placement for BoundedLoad {
+    fn epoch(&self) -> u64 {
+        self.ring.members.epoch
+    }
+
+    fn nodes(&self) -> &[NodeSpec] {
+        &self.ring.members.nodes
+    }
+
+    fn replicas(&self) -> usize {
+        self.ring.members.replicas
+    }
+
+    fn owner_of_hash(&self, hash: KeyHash) -> NodeId {
+        self.ring.members.nodes[self.owner_index(hash) as usize].id
+    }
+
+    /// The bounded owner first, then distinct nodes (and zones) clockwise
+    /// from the key's point. Only the owner is load-bounded.
+    fn preference_of_hash(&self, hash: KeyHash, out: &mut Vec<NodeId>) {
+        let owner = self.owner_index(hash);
+        let walk = self.ring.walk(self.ring.position(hash));
+        select(&self.ring.members, Some(owner), walk, out);
+    }
+}
