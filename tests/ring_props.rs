@@ -27,11 +27,7 @@ fn keys(salt: u64, n: usize) -> Vec<KeyHash> {
 
 /// A node set: distinct ids, weights 1..=3 when `weighted`, and zones
 /// (0..3) on some nodes when `zoned`.
-fn node_set(
-    max: usize,
-    weighted: bool,
-    zoned: bool,
-) -> impl Strategy<Value = Vec<NodeSpec>> {
+fn node_set(max: usize, weighted: bool, zoned: bool) -> impl Strategy<Value = Vec<NodeSpec>> {
     proptest::collection::btree_set(0u64..10_000, 1..=max).prop_flat_map(move |ids| {
         let n = ids.len();
         let ids: Vec<u64> = ids.into_iter().collect();
@@ -62,7 +58,15 @@ fn node_set(
 }
 
 fn ring(epoch: u64, nodes: &[NodeSpec], vnodes: u32, r: usize) -> RingView {
-    RingView::build(epoch, nodes, RingConfig { vnodes, replicas: r }).unwrap()
+    RingView::build(
+        epoch,
+        nodes,
+        RingConfig {
+            vnodes,
+            replicas: r,
+        },
+    )
+    .unwrap()
 }
 
 /// A node id not in `nodes`.
@@ -287,7 +291,11 @@ fn planted_modulo_bug_is_caught() {
         ..Config::default()
     });
     let result = runner.run(&strategy, |(nodes, salt)| {
-        add_property(|e, n| ModuloPlacement::build(e, n, 1).unwrap(), &nodes, salt)
+        add_property(
+            |e, n| ModuloPlacement::build(e, n, 1).unwrap(),
+            &nodes,
+            salt,
+        )
     });
     match result {
         Err(TestError::Fail(why, (nodes, _))) => {
@@ -343,10 +351,21 @@ fn view_errors() {
     );
     assert_eq!(
         ModuloPlacement::build(1, &two, 3).unwrap_err(),
-        ViewError::TooManyReplicas { replicas: 3, nodes: 2 }
+        ViewError::TooManyReplicas {
+            replicas: 3,
+            nodes: 2
+        }
     );
     assert_eq!(
-        RingView::build(1, &two, RingConfig { vnodes: 4, replicas: 0 }).unwrap_err(),
+        RingView::build(
+            1,
+            &two,
+            RingConfig {
+                vnodes: 4,
+                replicas: 0
+            }
+        )
+        .unwrap_err(),
         ViewError::ZeroReplicas
     );
     let r = ring(1, &two, 4, 1);
@@ -357,7 +376,11 @@ fn view_errors() {
     assert!(BoundedLoad::new(r, f64::NAN, []).is_err());
     // Errors say what is wrong.
     assert_eq!(
-        ViewError::TooManyReplicas { replicas: 3, nodes: 2 }.to_string(),
+        ViewError::TooManyReplicas {
+            replicas: 3,
+            nodes: 2
+        }
+        .to_string(),
         "3 replicas requested but the view has only 2 nodes"
     );
 }
@@ -366,7 +389,11 @@ fn view_errors() {
 /// when one node holds consecutive points.
 #[test]
 fn epoch_and_duplicate_skipping() {
-    let nodes = [NodeSpec::new(1).with_weight(50), NodeSpec::new(2), NodeSpec::new(3)];
+    let nodes = [
+        NodeSpec::new(1).with_weight(50),
+        NodeSpec::new(2),
+        NodeSpec::new(3),
+    ];
     let r = ring(42, &nodes, 4, 3);
     assert_eq!(r.epoch(), 42);
     for k in 0..200u32 {

@@ -8,6 +8,11 @@
 //! cap. ε trades balance against movement: a small ε flattens the load but
 //! lets one membership change cascade further along the ring.
 //!
+//! ε is quantised to parts per million and the cap computed in integer
+//! arithmetic: with `f64`, `(1 + 0.1) · 2000` is `2200.0000000000005` and
+//! its ceiling 2201, one key above the promised bound. Integers make the
+//! bound exact (and trivially identical on every platform).
+//!
 //! The assignment is a function of the *set* of keys, not of their arrival
 //! order: keys are placed in ascending hash order. So every process that
 //! holds the same ring and the same key set computes the same assignment.
@@ -21,11 +26,26 @@ use super::view::{NodeSpec, ViewError};
 use super::vnode::RingView;
 use super::{NodeId, Placement};
 
+/// Parts per million: the unit ε is quantised to.
+const PPM: u128 = 1_000_000;
+
+/// Largest ε accepted (1000, i.e. caps of 1001× the average): keeps the cap
+/// arithmetic inside `u128` for any key count and weight.
+const MAX_EPSILON: f64 = 1000.0;
+
+/// `ceil((1 + ε) · m · w / W)` with ε = `eps_ppm` / 10⁶, exactly.
+pub fn cap(eps_ppm: u64, keys: u64, weight: u32, total_weight: u64) -> u64 {
+    let num = (PPM + u128::from(eps_ppm)) * u128::from(keys) * u128::from(weight);
+    let den = PPM * u128::from(total_weight);
+    num.div_ceil(den) as u64
+}
+
 /// A bounded-load assignment of a fixed key set.
 #[derive(Clone, Debug)]
 pub struct BoundedLoad {
     ring: RingView,
     epsilon: f64,
+    eps_ppm: u64,
     /// Cap per node index.
     caps: Vec<u64>,
     /// Keys assigned per node index.
@@ -35,25 +55,27 @@ pub struct BoundedLoad {
 }
 
 impl BoundedLoad {
-    /// Assigns `keys` (as hashes) over `ring` with slack `epsilon` (> 0).
+    /// Assigns `keys` (as hashes) over `ring` with slack `epsilon`, which
+    /// must lie in [10⁻⁶, 1000] and is rounded to a multiple of 10⁻⁶.
     pub fn new<I>(ring: RingView, epsilon: f64, keys: I) -> Result<Self, ViewError>
     where
         I: IntoIterator<Item = KeyHash>,
     {
-        if !(epsilon.is_finite() && epsilon > 0.0) {
+        if !(epsilon.is_finite() && (0.000_000_5..=MAX_EPSILON).contains(&epsilon)) {
             return Err(ViewError::BadEpsilon(epsilon));
         }
+        // In range, so the rounded value is in [1, 10⁹] and the cast exact.
+        let eps_ppm = (epsilon * 1e6).round() as u64;
         let mut hashes: Vec<KeyHash> = keys.into_iter().collect();
         hashes.sort_unstable();
         hashes.dedup();
         let m = hashes.len() as u64;
-        let total_w = ring.members.total_weight() as f64;
-        // IEEE basic operations and ceil only: identical on every platform.
+        let total_w = ring.members.total_weight();
         let caps: Vec<u64> = ring
             .members
             .nodes
             .iter()
-            .map(|n| ((1.0 + epsilon) * m as f64 * f64::from(n.weight) / total_w).ceil() as u64)
+            .map(|n| cap(eps_ppm, m, n.weight, total_w))
             .collect();
         let total_cap: u64 = caps.iter().sum();
         assert!(total_cap >= m, "caps {total_cap} below key count {m}");
@@ -71,6 +93,7 @@ impl BoundedLoad {
         let b = BoundedLoad {
             ring,
             epsilon,
+            eps_ppm,
             caps,
             loads,
             assigned,
@@ -84,8 +107,14 @@ impl BoundedLoad {
         &self.ring
     }
 
+    /// ε as given.
     pub fn epsilon(&self) -> f64 {
         self.epsilon
+    }
+
+    /// ε in parts per million, as used for the caps.
+    pub fn epsilon_ppm(&self) -> u64 {
+        self.eps_ppm
     }
 
     /// Number of distinct keys assigned.

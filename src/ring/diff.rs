@@ -151,7 +151,15 @@ mod tests {
 
     fn ring(epoch: u64, ids: &[u64], r: usize) -> RingView {
         let nodes: Vec<NodeSpec> = ids.iter().map(|&i| NodeSpec::new(i)).collect();
-        RingView::build(epoch, &nodes, RingConfig { vnodes: 8, replicas: r }).unwrap()
+        RingView::build(
+            epoch,
+            &nodes,
+            RingConfig {
+                vnodes: 8,
+                replicas: r,
+            },
+        )
+        .unwrap()
     }
 
     /// Ranges are exact: every probed hash is inside a reported range iff

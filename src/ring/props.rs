@@ -89,23 +89,37 @@ pub fn remove_moves_only_removed<P: Placement + ?Sized, Q: Placement + ?Sized>(
 
 /// Preference lists hold R distinct nodes, owner first, and cover
 /// `min(R, zones)` distinct zones (a node without a zone is its own zone).
-pub fn preference_lists_valid<P: Placement + ?Sized>(p: &P, keys: &[KeyHash]) -> Result<(), Violation> {
+pub fn preference_lists_valid<P: Placement + ?Sized>(
+    p: &P,
+    keys: &[KeyHash],
+) -> Result<(), Violation> {
     let zone_of: BTreeMap<NodeId, (u8, u64)> = p
         .nodes()
         .iter()
         .map(|n| (n.id, n.zone.map_or((1, n.id.0), |z| (0, u64::from(z.0)))))
         .collect();
-    let zones = zone_of.values().collect::<std::collections::BTreeSet<_>>().len();
+    let zones = zone_of
+        .values()
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
     let r = p.replicas();
     let mut list = Vec::new();
     for &h in keys {
         p.preference_of_hash(h, &mut list);
         let distinct = list.iter().collect::<std::collections::BTreeSet<_>>().len();
         if list.len() != r || distinct != r {
-            return fail("preference_lists_valid", h, format!("{list:?} is not {r} distinct nodes"));
+            return fail(
+                "preference_lists_valid",
+                h,
+                format!("{list:?} is not {r} distinct nodes"),
+            );
         }
         if list[0] != p.owner_of_hash(h) {
-            return fail("preference_lists_valid", h, format!("{list:?} does not start with the owner"));
+            return fail(
+                "preference_lists_valid",
+                h,
+                format!("{list:?} does not start with the owner"),
+            );
         }
         let covered = list
             .iter()
@@ -123,18 +137,22 @@ pub fn preference_lists_valid<P: Placement + ?Sized>(p: &P, keys: &[KeyHash]) ->
     Ok(())
 }
 
-/// Bounded load: no node holds more than its cap, and the cap is
-/// `ceil((1+ε) · m · w / W)`.
+/// Bounded load: no node holds more than its cap, and the cap is the
+/// smallest integer `>= (1+ε) · m · w / W` (checked here independently of
+/// the implementation: `cap · W · 10⁶ >= (10⁶ + ε_ppm) · m · w`, and one
+/// less would not be).
 pub fn bounded_within_cap(b: &BoundedLoad) -> Result<(), Violation> {
-    let m = b.keys() as f64;
-    let total_w: u64 = b.nodes().iter().map(|n| u64::from(n.weight)).sum();
+    let m = b.keys() as u128;
+    let total_w: u128 = b.nodes().iter().map(|n| u128::from(n.weight)).sum();
+    let need = |w: u32| (1_000_000 + u128::from(b.epsilon_ppm())) * m * u128::from(w);
     for ((node, load, cap), spec) in b.loads().zip(b.nodes()) {
-        let expect = ((1.0 + b.epsilon()) * m * f64::from(spec.weight) / total_w as f64).ceil() as u64;
-        if cap != expect || load > cap {
+        let enough = |c: u64| u128::from(c) * total_w * 1_000_000 >= need(spec.weight);
+        let tight = enough(cap) && (cap == 0 || !enough(cap - 1));
+        if !tight || load > cap {
             return fail(
                 "bounded_within_cap",
                 0,
-                format!("{node}: load {load}, cap {cap}, ceil((1+eps)*avg) {expect}"),
+                format!("{node}: load {load}, cap {cap} (tight: {tight})"),
             );
         }
     }

@@ -92,7 +92,7 @@ pub enum ViewError {
     TooManyPoints { points: u64, max: u64 },
     #[error("node {node} has weight {weight}; this placement supports only weight 1")]
     WeightUnsupported { node: NodeId, weight: u32 },
-    #[error("bounded-load epsilon must be finite and > 0, got {0}")]
+    #[error("bounded-load epsilon must lie in [1e-6, 1000], got {0}")]
     BadEpsilon(f64),
 }
 

@@ -94,7 +94,9 @@ impl RingView {
         if config.vnodes == 0 {
             return Err(ViewError::ZeroVnodes);
         }
-        let total = members.total_weight().saturating_mul(u64::from(config.vnodes));
+        let total = members
+            .total_weight()
+            .saturating_mul(u64::from(config.vnodes));
         if total > MAX_POINTS {
             return Err(ViewError::TooManyPoints {
                 points: total,
@@ -203,7 +205,8 @@ impl RingView {
             && self.index.iter().enumerate().all(|(b, &p)| {
                 let p = p as usize;
                 let below = p == 0 || (self.entries[p - 1].point >> self.shift) < b as u64;
-                let at = p == self.entries.len() || (self.entries[p].point >> self.shift) >= b as u64;
+                let at =
+                    p == self.entries.len() || (self.entries[p].point >> self.shift) >= b as u64;
                 below && at
             });
         sorted && index_ok
@@ -257,7 +260,15 @@ mod tests {
     #[test]
     fn index_lookup_matches_binary_search() {
         for (n, v) in [(1, 1), (3, 7), (10, 40), (50, 160)] {
-            let ring = RingView::build(1, &nodes(n), RingConfig { vnodes: v, replicas: 1 }).unwrap();
+            let ring = RingView::build(
+                1,
+                &nodes(n),
+                RingConfig {
+                    vnodes: v,
+                    replicas: 1,
+                },
+            )
+            .unwrap();
             let reference = |h: u64| {
                 let p = ring.entries.partition_point(|e| e.point < h);
                 if p == ring.entries.len() {
@@ -293,7 +304,15 @@ mod tests {
     #[test]
     fn weight_multiplies_points() {
         let ns = vec![NodeSpec::new(1), NodeSpec::new(2).with_weight(3)];
-        let r = RingView::build(1, &ns, RingConfig { vnodes: 10, replicas: 2 }).unwrap();
+        let r = RingView::build(
+            1,
+            &ns,
+            RingConfig {
+                vnodes: 10,
+                replicas: 2,
+            },
+        )
+        .unwrap();
         assert_eq!(r.points(), 40);
         assert_eq!(r.iter_points().filter(|p| p.1 == NodeId(2)).count(), 30);
     }
@@ -301,26 +320,51 @@ mod tests {
     #[test]
     fn errors_not_panics() {
         let cfg = RingConfig::default();
-        assert_eq!(RingView::build(1, &[], cfg).unwrap_err(), ViewError::NoNodes);
+        assert_eq!(
+            RingView::build(1, &[], cfg).unwrap_err(),
+            ViewError::NoNodes
+        );
         assert_eq!(
             RingView::build(1, &[NodeSpec::new(1), NodeSpec::new(1)], cfg).unwrap_err(),
             ViewError::DuplicateNode(NodeId(1))
         );
         assert_eq!(
-            RingView::build(1, &[NodeSpec::new(1).with_weight(0)], RingConfig { vnodes: 1, replicas: 1 })
-                .unwrap_err(),
+            RingView::build(
+                1,
+                &[NodeSpec::new(1).with_weight(0)],
+                RingConfig {
+                    vnodes: 1,
+                    replicas: 1
+                }
+            )
+            .unwrap_err(),
             ViewError::ZeroWeight(NodeId(1))
         );
         assert_eq!(
             RingView::build(1, &nodes(2), cfg).unwrap_err(),
-            ViewError::TooManyReplicas { replicas: 3, nodes: 2 }
+            ViewError::TooManyReplicas {
+                replicas: 3,
+                nodes: 2
+            }
         );
         assert_eq!(
-            RingView::build(1, &nodes(2), RingConfig { vnodes: 0, replicas: 1 }).unwrap_err(),
+            RingView::build(
+                1,
+                &nodes(2),
+                RingConfig {
+                    vnodes: 0,
+                    replicas: 1
+                }
+            )
+            .unwrap_err(),
             ViewError::ZeroVnodes
         );
         assert!(matches!(
-            RingView::build(1, &[NodeSpec::new(1).with_weight(u32::MAX)], cfg.with_replicas(1)),
+            RingView::build(
+                1,
+                &[NodeSpec::new(1).with_weight(u32::MAX)],
+                cfg.with_replicas(1)
+            ),
             Err(ViewError::TooManyPoints { .. })
         ));
     }
