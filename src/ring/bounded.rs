@@ -151,7 +151,7 @@ impl BoundedLoad {
                 self.ring
                     .walk(pos)
                     .find(|&i| self.loads[i as usize] < self.caps[i as usize])
-                    .unwrap_or(self.ring.entries[pos].node)
+                    .unwrap_or(self.ring.node_at(pos))
             }
         }
     }

@@ -80,10 +80,10 @@ fn changed(from: &[NodeId], to: &[NodeId]) -> bool {
 /// merged.
 pub fn diff_ranges(old: &RingView, new: &RingView) -> Vec<RangeMove> {
     let mut ends: Vec<KeyHash> = old
-        .entries
+        .point_slice()
         .iter()
-        .chain(new.entries.iter())
-        .map(|e| e.point)
+        .chain(new.point_slice())
+        .copied()
         .collect();
     ends.push(u64::MAX);
     ends.sort_unstable();

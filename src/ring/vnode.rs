@@ -7,15 +7,22 @@
 //! points depend only on their own node, a membership change moves exactly
 //! the keys on the arcs that changed hands.
 //!
-//! Layout, chosen for lookup speed:
-//! - one flat array of `(point, node index)` entries sorted by point, so the
-//!   point found and its owner share a cache line (array of structs rather
-//!   than two parallel arrays: one cache miss instead of two);
-//! - an index on the top `bits` bits of the hash, with `2^bits ≈` the number
-//!   of points: `index[b]` is the first entry whose point has top bits `≥ b`.
-//!   A lookup reads two adjacent index words and then searches the one to
-//!   two entries of its bucket, instead of ~17 dependent probes of a binary
-//!   search over 160 000 points.
+//! Layout, chosen for lookup speed (one cache miss per lookup on a ring far
+//! larger than L2):
+//! - the full sorted points (`u64`) are kept for exactness, iteration and
+//!   diffs, but a lookup rarely touches them;
+//! - a parallel array of 8-byte [`Slot`]s holds, per point, the 32 hash bits
+//!   that follow the index bits (its *fragment*) and the owning node index.
+//!   A lookup compares fragments, and the owner sits in the same cache line
+//!   as the fragment that matched: one line, one miss. Only when a fragment
+//!   equals the key's (chance ≈ 2⁻³² per comparison) does it read the full
+//!   point to break the tie, so results are exactly those of a binary search
+//!   over the full points;
+//! - an index on the top `bits` bits of the hash, with about four points per
+//!   bucket: `index[b]` is the first point whose top bits are `≥ b`. It is
+//!   one `u32` per four points (≈ 160 KiB for 160 000 points), small enough
+//!   to stay in L2, so it replaces the ~17 dependent probes of a binary
+//!   search with one cached read.
 
 use super::hash::{point, KeyHash};
 use super::select::select;
@@ -26,8 +33,13 @@ use super::{NodeId, Placement};
 /// entry array stays below 512 MiB).
 pub const MAX_POINTS: u64 = 1 << 25;
 
-/// Largest index: 2^22 buckets (16 MiB of index).
+/// Largest index: 2^22 buckets (16 MiB of index). Must stay ≤ 32 so that a
+/// 32-bit fragment covers the bits right below the index bits.
 const MAX_INDEX_BITS: u32 = 22;
+
+/// Target points per index bucket, as a power of two (4): a bucket's slots
+/// then span 32 bytes, usually one cache line, while the index stays small.
+const POINTS_PER_BUCKET_LOG2: u32 = 2;
 
 /// How a ring view is built.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,13 +76,13 @@ impl RingConfig {
     }
 }
 
-/// One point on the ring and the index (in the view's node list) of the
-/// node that owns it.
+/// The hot part of one point: its fragment (the 32 hash bits below the
+/// index bits) and the index (in the view's node list) of its owner.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(C)]
-pub(crate) struct Entry {
-    pub(crate) point: u64,
-    pub(crate) node: u32,
+#[repr(C, align(8))]
+struct Slot {
+    frag: u32,
+    node: u32,
 }
 
 /// An immutable ring view: build a new one (with a higher epoch) for every
@@ -79,12 +91,17 @@ pub(crate) struct Entry {
 pub struct RingView {
     pub(crate) members: Members,
     config: RingConfig,
-    pub(crate) entries: Vec<Entry>,
-    /// `index[b]` = first entry whose point's top `bits` bits are `>= b`;
-    /// `index.len() == 2^bits + 1`, the last word is `entries.len()`.
+    /// All points, sorted (ties by node id).
+    points: Vec<u64>,
+    /// `slots[i]` describes `points[i]`.
+    slots: Vec<Slot>,
+    /// `index[b]` = first point whose top `bits` bits are `>= b`;
+    /// `index.len() == 2^bits + 1`, the last word is `points.len()`.
     index: Vec<u32>,
     /// `64 - bits`: shift that turns a hash into its bucket.
     shift: u32,
+    /// `bits`: shift that drops the bucket bits before taking a fragment.
+    bits: u32,
 }
 
 impl RingView {
@@ -103,21 +120,18 @@ impl RingView {
                 max: MAX_POINTS,
             });
         }
-        let mut entries = Vec::with_capacity(total as usize);
+        let mut entries: Vec<(u64, u32)> = Vec::with_capacity(total as usize);
         for (i, n) in members.nodes.iter().enumerate() {
             // Within limits by the MAX_POINTS check: weight · vnodes ≤ 2^25.
             let count = n.weight * config.vnodes;
             for v in 0..count {
-                entries.push(Entry {
-                    point: point(n.id.0, v),
-                    node: i as u32,
-                });
+                entries.push((point(n.id.0, v), i as u32));
             }
         }
         // Ties (two equal 64-bit points) are broken by node id, not by list
         // position, so the ring does not depend on the order of `nodes`.
         let ids: Vec<NodeId> = members.nodes.iter().map(|n| n.id).collect();
-        entries.sort_unstable_by_key(|e| (e.point, ids[e.node as usize]));
+        entries.sort_unstable_by_key(|&(p, node)| (p, ids[node as usize]));
 
         let bits = index_bits(entries.len());
         let shift = 64 - bits;
@@ -125,19 +139,29 @@ impl RingView {
         let mut index = Vec::with_capacity(buckets + 1);
         let mut pos = 0usize;
         for b in 0..buckets as u64 {
-            while pos < entries.len() && (entries[pos].point >> shift) < b {
+            while pos < entries.len() && (entries[pos].0 >> shift) < b {
                 pos += 1;
             }
             index.push(pos as u32);
         }
         index.push(entries.len() as u32);
+        let slots = entries
+            .iter()
+            .map(|&(p, node)| Slot {
+                frag: fragment(p, bits),
+                node,
+            })
+            .collect();
+        let points = entries.iter().map(|&(p, _)| p).collect();
 
         let view = RingView {
             members,
             config,
-            entries,
+            points,
+            slots,
             index,
             shift,
+            bits,
         };
         debug_assert!(view.check_invariants());
         Ok(view)
@@ -150,19 +174,31 @@ impl RingView {
 
     /// Number of points on the ring.
     pub fn points(&self) -> usize {
-        self.entries.len()
+        self.points.len()
     }
 
     /// Iterates the ring's points in order, with their owners.
     pub fn iter_points(&self) -> impl Iterator<Item = (u64, NodeId)> + '_ {
-        self.entries
+        self.points
             .iter()
-            .map(|e| (e.point, self.members.nodes[e.node as usize].id))
+            .zip(&self.slots)
+            .map(|(&p, s)| (p, self.members.nodes[s.node as usize].id))
     }
 
-    /// Heap bytes held by this view (entries, index, node list).
+    /// The sorted points.
+    pub(crate) fn point_slice(&self) -> &[u64] {
+        &self.points
+    }
+
+    /// Index (in the node list) of the owner of point `pos`.
+    pub(crate) fn node_at(&self, pos: usize) -> u32 {
+        self.slots[pos].node
+    }
+
+    /// Heap bytes held by this view (points, slots, index, node list).
     pub fn memory_bytes(&self) -> usize {
-        self.entries.capacity() * std::mem::size_of::<Entry>()
+        self.points.capacity() * std::mem::size_of::<u64>()
+            + self.slots.capacity() * std::mem::size_of::<Slot>()
             + self.index.capacity() * std::mem::size_of::<u32>()
             + self.members.memory_bytes()
     }
@@ -175,17 +211,19 @@ impl RingView {
         // `b < 2^bits`, so `b + 1 < index.len()`.
         let lo = self.index[b] as usize;
         let hi = self.index[b + 1] as usize;
-        let bucket = &self.entries[lo..hi];
+        let f = fragment(hash, self.bits);
         let mut i = lo;
-        // Buckets hold ~1 point on average; a linear scan has no
-        // unpredictable halving and stops at the first point >= hash.
-        for e in bucket {
-            if e.point >= hash {
+        // Buckets hold ~4 points; a linear scan over one cache line has no
+        // unpredictable halving and stops at the first point >= hash. All
+        // points of the bucket share the hash's top bits, so comparing the
+        // next 32 bits decides unless they are equal.
+        for s in &self.slots[lo..hi] {
+            if s.frag > f || (s.frag == f && self.points[i] >= hash) {
                 break;
             }
             i += 1;
         }
-        if i == self.entries.len() {
+        if i == self.points.len() {
             0
         } else {
             i
@@ -194,33 +232,45 @@ impl RingView {
 
     /// Node indexes along the ring starting at `pos`, one full turn.
     pub(crate) fn walk(&self, pos: usize) -> impl Iterator<Item = u32> + '_ {
-        let (a, b) = self.entries.split_at(pos);
-        b.iter().chain(a.iter()).map(|e| e.node)
+        let (a, b) = self.slots.split_at(pos);
+        b.iter().chain(a.iter()).map(|s| s.node)
     }
 
     /// Structural invariants, asserted after every build in debug builds.
     fn check_invariants(&self) -> bool {
-        let sorted = self.entries.windows(2).all(|w| w[0].point <= w[1].point);
+        let sorted = self.points.windows(2).all(|w| w[0] <= w[1]);
+        let slots_ok = self.slots.len() == self.points.len()
+            && self
+                .slots
+                .iter()
+                .zip(&self.points)
+                .all(|(s, &p)| s.frag == fragment(p, self.bits));
         let index_ok = self.index.windows(2).all(|w| w[0] <= w[1])
             && self.index.iter().enumerate().all(|(b, &p)| {
                 let p = p as usize;
-                let below = p == 0 || (self.entries[p - 1].point >> self.shift) < b as u64;
-                let at =
-                    p == self.entries.len() || (self.entries[p].point >> self.shift) >= b as u64;
+                let below = p == 0 || (self.points[p - 1] >> self.shift) < b as u64;
+                let at = p == self.points.len() || (self.points[p] >> self.shift) >= b as u64;
                 below && at
             });
-        sorted && index_ok
+        sorted && slots_ok && index_ok
     }
 }
 
-/// About one point per bucket: fewer buckets make buckets longer, more make
-/// the index larger than the entries without saving probes.
+/// About four points per bucket (between 4 and 8): fewer buckets make a
+/// bucket span more than a cache line, more make the index too large to
+/// stay cached.
 fn index_bits(points: usize) -> u32 {
     let mut bits = 1;
-    while bits < MAX_INDEX_BITS && (1usize << (bits + 1)) <= points {
+    while bits < MAX_INDEX_BITS && (1usize << (bits + 1 + POINTS_PER_BUCKET_LOG2)) <= points {
         bits += 1;
     }
     bits
+}
+
+/// The 32 bits of `x` right below its top `bits` bits.
+#[inline]
+fn fragment(x: u64, bits: u32) -> u32 {
+    ((x << bits) >> 32) as u32
 }
 
 impl Placement for RingView {
@@ -238,8 +288,8 @@ impl Placement for RingView {
 
     #[inline]
     fn owner_of_hash(&self, hash: KeyHash) -> NodeId {
-        let e = self.entries[self.position(hash)];
-        self.members.nodes[e.node as usize].id
+        let s = self.slots[self.position(hash)];
+        self.members.nodes[s.node as usize].id
     }
 
     fn preference_of_hash(&self, hash: KeyHash, out: &mut Vec<NodeId>) {
@@ -270,16 +320,18 @@ mod tests {
             )
             .unwrap();
             let reference = |h: u64| {
-                let p = ring.entries.partition_point(|e| e.point < h);
-                if p == ring.entries.len() {
+                let p = ring.points.partition_point(|&x| x < h);
+                if p == ring.points.len() {
                     0
                 } else {
                     p
                 }
             };
             let mut probes: Vec<u64> = vec![0, 1, u64::MAX, u64::MAX - 1];
-            for e in &ring.entries {
-                probes.extend([e.point, e.point.wrapping_sub(1), e.point.wrapping_add(1)]);
+            for &p in &ring.points {
+                // Exact hits, neighbours, and hashes that share a point's
+                // fragment but differ in the low bits (the tie-break path).
+                probes.extend([p, p.wrapping_sub(1), p.wrapping_add(1), p ^ 0x3ff, p & !0xfff]);
             }
             let mut x = 7u64;
             for _ in 0..2000 {
