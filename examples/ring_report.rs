@@ -137,7 +137,7 @@ fn main() {
     println!("## Balance: {m} keys (`key-0` … `key-{}`)\n", m - 1);
     println!("Binomial ideal = stddev of a perfectly random assignment, √(m·p·(1−p)), p = 1/n.");
     println!("Exact peak share × n = largest node's share of the hash space (arc lengths, no key sampling) over the mean.\n");
-    println!("Ring theory stddev = √(avg²/v + binomial²): a node's share is a sum of v exponential arcs (relative spread 1/√v), plus key sampling noise.\n");
+    println!("Ring theory stddev = √(avg²·(n−1)/(n·v+1) + binomial²): with n·v random points a node's share of the circle is Beta(v, (n−1)·v) (relative spread ≈ 1/√v), plus the key-sampling noise.\n");
     println!("| n | vnodes | placement | peak/avg | stddev keys/node | stddev/avg | binomial ideal stddev | ring theory stddev | exact peak share × n |");
     println!("|---|---|---|---|---|---|---|---|---|");
     for &n in sizes {
@@ -147,7 +147,8 @@ fn main() {
         for v in vnodes {
             let r = ring(&ns, v);
             let s = stats(&loads_of(&r, &hashes));
-            let theory = (s.avg * s.avg / f64::from(v) + ideal * ideal).sqrt();
+            let nv = n as f64 * f64::from(v);
+            let theory = (s.avg * s.avg * (n as f64 - 1.0) / (nv + 1.0) + ideal * ideal).sqrt();
             println!(
                 "| {n} | {v} | ours (ring) | {:.4} | {:.1} | {:.4} | {:.1} | {theory:.1} | {:.4} |",
                 s.peak_over_avg,

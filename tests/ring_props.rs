@@ -374,6 +374,13 @@ fn view_errors() {
         ViewError::BadEpsilon(_)
     ));
     assert!(BoundedLoad::new(r, f64::NAN, []).is_err());
+    let many: Vec<NodeSpec> = (0..=ringfence::ring::view::MAX_NODES as u64)
+        .map(NodeSpec::new)
+        .collect();
+    assert!(matches!(
+        JumpView::build(1, &many, 1).unwrap_err(),
+        ViewError::TooManyNodes { .. }
+    ));
     // Errors say what is wrong.
     assert_eq!(
         ViewError::TooManyReplicas {

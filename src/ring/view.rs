@@ -61,9 +61,10 @@ impl NodeSpec {
     }
 }
 
-/// Upper bound on the node count of one view. Node indexes are stored as
-/// `u32` in the lookup tables; the bound keeps that conversion exact.
-pub const MAX_NODES: usize = 1 << 20;
+/// Upper bound on the node count of one view. The ring stores node indexes
+/// as `u16` next to each point, which halves its hot lookup table; 65 536
+/// storage nodes per view is far beyond any cluster this targets.
+pub const MAX_NODES: usize = 1 << 16;
 
 /// Upper bound on R. Replica selection keeps its state in fixed arrays of
 /// this size, so a lookup never allocates.
