@@ -9,7 +9,7 @@
 //! lets one membership change cascade further along the ring.
 //!
 //! ε is quantised to parts per million and the cap computed in integer
-//! arithmetic: with `f64`, `(1 + 0.1) · 2000` is `2200.0000000000005` and
+//! arithmetic: in `f64`, `(1 + 0.1) · 200000 / 100` is `2200.0000000000005` and
 //! its ceiling 2201, one key above the promised bound. Integers make the
 //! bound exact (and trivially identical on every platform).
 //!
@@ -180,5 +180,20 @@ impl Placement for BoundedLoad {
         let owner = self.owner_index(hash);
         let walk = self.ring.walk(self.ring.position(hash));
         select(&self.ring.members, Some(owner), walk, out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The case that made caps integer: f64 gives 2200.0000000000005 here.
+    #[test]
+    fn cap_is_exact() {
+        assert!((1.0f64 + 0.1) * 200_000.0 / 100.0 > 2200.0);
+        assert_eq!(cap(100_000, 200_000, 1, 100), 2200);
+        assert_eq!(cap(100_000, 200_001, 1, 100), 2201);
+        assert_eq!(cap(50_000, 10, 3, 4), 8); // ceil(1.05 · 7.5) = ceil(7.875)
+        assert_eq!(cap(1, 0, 1, 1), 0);
     }
 }

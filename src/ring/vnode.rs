@@ -17,12 +17,12 @@
 //!   as the fragment that matched. Only when a fragment equals the key's
 //!   (chance 2⁻¹⁶ per comparison) does it read the full point to break the
 //!   tie, so results are exactly those of a binary search over the full
-//!   points. At 4 bytes per point, 1000 nodes × 160 vnodes need 640 KiB of
+//!   points. At 4 bytes per point, 1000 nodes × 160 vnodes need 625 KiB of
 //!   slots, which (with the index) stays in a 1 MiB L2: a lookup there costs
 //!   two L2 hits instead of two trips to L3;
 //! - an index on the top `bits` bits of the hash, with about four points per
 //!   bucket: `index[b]` is the first point whose top bits are `≥ b`. It is
-//!   one `u32` per four points (≈ 160 KiB for 160 000 points), small enough
+//!   one `u32` per four to eight points (128 KiB for 160 000 points), small enough
 //!   to stay in L2, so it replaces the ~17 dependent probes of a binary
 //!   search with one cached read.
 
