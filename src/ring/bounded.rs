@@ -190,7 +190,8 @@ mod tests {
     /// The case that made caps integer: f64 gives 2200.0000000000005 here.
     #[test]
     fn cap_is_exact() {
-        assert!((1.0f64 + 0.1) * 200_000.0 / 100.0 > 2200.0);
+        let eps = std::hint::black_box(0.1f64);
+        assert!((1.0 + eps) * 200_000.0 / 100.0 > 2200.0);
         assert_eq!(cap(100_000, 200_000, 1, 100), 2200);
         assert_eq!(cap(100_000, 200_001, 1, 100), 2201);
         assert_eq!(cap(50_000, 10, 3, 4), 8); // ceil(1.05 · 7.5) = ceil(7.875)
