@@ -39,15 +39,7 @@ fn lookup(c: &mut Criterion) {
         let nodes: Vec<NodeSpec> = (0..n).map(NodeSpec::new).collect();
         let jump = JumpView::build(1, &nodes, 1).unwrap();
         for v in [40u32, 160, 1000] {
-            let ring = RingView::build(
-                1,
-                &nodes,
-                RingConfig {
-                    vnodes: v,
-                    replicas: 1,
-                },
-            )
-            .unwrap();
+            let ring = RingView::build(1, &nodes, RingConfig { vnodes: v, replicas: 1 }).unwrap();
             let mut theirs: HashRing<VNode> = HashRing::new();
             theirs.batch_add(
                 (0..n)

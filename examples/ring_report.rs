@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 
 use hashring::HashRing;
 use ringfence::ring::{
-    diff_ranges, hash_key, BoundedLoad, JumpView, KeyHash, ModuloPlacement, NodeId, NodeSpec,
-    Placement, RendezvousView, RingConfig, RingView,
+    diff_ranges, hash_key, BoundedLoad, JumpView, KeyHash, ModuloPlacement, NodeId, NodeSpec, Placement,
+    RendezvousView, RingConfig, RingView,
 };
 
 #[derive(Clone, Copy, Debug, Hash, PartialEq)]
@@ -29,15 +29,7 @@ fn nodes(ids: impl IntoIterator<Item = u64>) -> Vec<NodeSpec> {
 }
 
 fn ring(ids: &[NodeSpec], v: u32) -> RingView {
-    RingView::build(
-        1,
-        ids,
-        RingConfig {
-            vnodes: v,
-            replicas: 1,
-        },
-    )
-    .unwrap()
+    RingView::build(1, ids, RingConfig { vnodes: v, replicas: 1 }).unwrap()
 }
 
 fn hashring(n: u64, v: u32, skip: Option<u64>) -> HashRing<VNode> {
@@ -82,11 +74,7 @@ fn exact_peak_share(r: &RingView, n: usize) -> f64 {
     let pts: Vec<(u64, NodeId)> = r.iter_points().collect();
     let mut share: BTreeMap<NodeId, f64> = BTreeMap::new();
     for i in 0..pts.len() {
-        let prev = if i == 0 {
-            pts[pts.len() - 1].0
-        } else {
-            pts[i - 1].0
-        };
+        let prev = if i == 0 { pts[pts.len() - 1].0 } else { pts[i - 1].0 };
         let arc = pts[i].0.wrapping_sub(prev) as f64 / TWO64;
         *share.entry(pts[i].1).or_default() += arc;
     }
@@ -136,7 +124,9 @@ fn main() {
     // ---------------------------------------------------------------- balance
     println!("## Balance: {m} keys (`key-0` … `key-{}`)\n", m - 1);
     println!("Binomial ideal = stddev of a perfectly random assignment, √(m·p·(1−p)), p = 1/n.");
-    println!("Exact peak share × n = largest node's share of the hash space (arc lengths, no key sampling) over the mean.\n");
+    println!(
+        "Exact peak share × n = largest node's share of the hash space (arc lengths, no key sampling) over the mean.\n"
+    );
     println!("Ring theory stddev = √(avg²·(n−1)/(n·v+1) + binomial²): with n·v random points a node's share of the circle is Beta(v, (n−1)·v) (relative spread ≈ 1/√v), plus the key-sampling noise.\n");
     println!("| n | vnodes | placement | peak/avg | stddev keys/node | stddev/avg | binomial ideal stddev | ring theory stddev | exact peak share × n |");
     println!("|---|---|---|---|---|---|---|---|---|");
@@ -194,7 +184,9 @@ fn main() {
     // --------------------------------------------------------------- movement
     println!("\n## Keys moved on one add / one remove, as a ratio to the optimum\n");
     println!("Add: n → n+1 nodes, optimum 1/(n+1) of the keys. Remove: n → n−1, optimum 1/n.");
-    println!("Ring figures are exact hash-space fractions from `diff_ranges` (no sampling); the others count the {m} keys.");
+    println!(
+        "Ring figures are exact hash-space fractions from `diff_ranges` (no sampling); the others count the {m} keys."
+    );
     println!("Mean over T trials, each adding a different new node id / removing a different node (jump: always the tail).\n");
     println!("| n | vnodes | placement | T | add: mean ratio | add: min–max | remove: mean ratio | remove: min–max |");
     println!("|---|---|---|---|---|---|---|---|");
@@ -330,7 +322,10 @@ fn main() {
 
     // ----------------------------------------------------------------- memory
     println!("\n## Memory per view (heap bytes)\n");
-    println!("hashring is an estimate: entries × (8-byte hash + size_of::<VNode>() = {} bytes), as its Vec is private.\n", 8 + std::mem::size_of::<VNode>());
+    println!(
+        "hashring is an estimate: entries × (8-byte hash + size_of::<VNode>() = {} bytes), as its Vec is private.\n",
+        8 + std::mem::size_of::<VNode>()
+    );
     println!("| n | vnodes | ours (ring) | bytes/point | hashring (est.) | jump | rendezvous |");
     println!("|---|---|---|---|---|---|---|");
     for &n in sizes {

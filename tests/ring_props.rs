@@ -9,20 +9,18 @@
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestError, TestRunner};
 use ringfence::ring::props::{
-    add_moves_only_to_new, bounded_within_cap, load_per_node, preference_lists_valid,
-    remove_moves_only_removed, same_mapping,
+    add_moves_only_to_new, bounded_within_cap, load_per_node, preference_lists_valid, remove_moves_only_removed,
+    same_mapping,
 };
 use ringfence::ring::{
-    diff_keys, diff_ranges, hash_key, BoundedLoad, JumpView, KeyHash, ModuloPlacement, NodeId,
-    NodeSpec, Placement, RendezvousView, RingConfig, RingView,
+    diff_keys, diff_ranges, hash_key, BoundedLoad, JumpView, KeyHash, ModuloPlacement, NodeId, NodeSpec, Placement,
+    RendezvousView, RingConfig, RingView,
 };
 
 const KEYS: usize = 2_000;
 
 fn keys(salt: u64, n: usize) -> Vec<KeyHash> {
-    (0..n)
-        .map(|i| hash_key(format!("key-{salt}-{i}").as_bytes()))
-        .collect()
+    (0..n).map(|i| hash_key(format!("key-{salt}-{i}").as_bytes())).collect()
 }
 
 /// A node set: distinct ids, weights 1..=3 when `weighted`, and zones
@@ -58,15 +56,7 @@ fn node_set(max: usize, weighted: bool, zoned: bool) -> impl Strategy<Value = Ve
 }
 
 fn ring(epoch: u64, nodes: &[NodeSpec], vnodes: u32, r: usize) -> RingView {
-    RingView::build(
-        epoch,
-        nodes,
-        RingConfig {
-            vnodes,
-            replicas: r,
-        },
-    )
-    .unwrap()
+    RingView::build(epoch, nodes, RingConfig { vnodes, replicas: r }).unwrap()
 }
 
 /// A node id not in `nodes`.
@@ -291,11 +281,7 @@ fn planted_modulo_bug_is_caught() {
         ..Config::default()
     });
     let result = runner.run(&strategy, |(nodes, salt)| {
-        add_property(
-            |e, n| ModuloPlacement::build(e, n, 1).unwrap(),
-            &nodes,
-            salt,
-        )
+        add_property(|e, n| ModuloPlacement::build(e, n, 1).unwrap(), &nodes, salt)
     });
     match result {
         Err(TestError::Fail(why, (nodes, _))) => {
@@ -337,10 +323,7 @@ fn modulo_moves_almost_everything() {
 fn view_errors() {
     use ringfence::ring::ViewError;
     let two = [NodeSpec::new(1), NodeSpec::new(2)];
-    assert_eq!(
-        RendezvousView::build(1, &[], 1).unwrap_err(),
-        ViewError::NoNodes
-    );
+    assert_eq!(RendezvousView::build(1, &[], 1).unwrap_err(), ViewError::NoNodes);
     assert_eq!(
         JumpView::build(1, &[NodeSpec::new(1), NodeSpec::new(1)], 1).unwrap_err(),
         ViewError::DuplicateNode(NodeId(1))
@@ -351,21 +334,10 @@ fn view_errors() {
     );
     assert_eq!(
         ModuloPlacement::build(1, &two, 3).unwrap_err(),
-        ViewError::TooManyReplicas {
-            replicas: 3,
-            nodes: 2
-        }
+        ViewError::TooManyReplicas { replicas: 3, nodes: 2 }
     );
     assert_eq!(
-        RingView::build(
-            1,
-            &two,
-            RingConfig {
-                vnodes: 4,
-                replicas: 0
-            }
-        )
-        .unwrap_err(),
+        RingView::build(1, &two, RingConfig { vnodes: 4, replicas: 0 }).unwrap_err(),
         ViewError::ZeroReplicas
     );
     let r = ring(1, &two, 4, 1);
@@ -383,11 +355,7 @@ fn view_errors() {
     ));
     // Errors say what is wrong.
     assert_eq!(
-        ViewError::TooManyReplicas {
-            replicas: 3,
-            nodes: 2
-        }
-        .to_string(),
+        ViewError::TooManyReplicas { replicas: 3, nodes: 2 }.to_string(),
         "3 replicas requested but the view has only 2 nodes"
     );
 }
@@ -396,11 +364,7 @@ fn view_errors() {
 /// when one node holds consecutive points.
 #[test]
 fn epoch_and_duplicate_skipping() {
-    let nodes = [
-        NodeSpec::new(1).with_weight(50),
-        NodeSpec::new(2),
-        NodeSpec::new(3),
-    ];
+    let nodes = [NodeSpec::new(1).with_weight(50), NodeSpec::new(2), NodeSpec::new(3)];
     let r = ring(42, &nodes, 4, 3);
     assert_eq!(r.epoch(), 42);
     for k in 0..200u32 {

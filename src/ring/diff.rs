@@ -79,12 +79,7 @@ fn changed(from: &[NodeId], to: &[NodeId]) -> bool {
 /// and `new`, in ascending order, adjacent ranges with the same change
 /// merged.
 pub fn diff_ranges(old: &RingView, new: &RingView) -> Vec<RangeMove> {
-    let mut ends: Vec<KeyHash> = old
-        .point_slice()
-        .iter()
-        .chain(new.point_slice())
-        .copied()
-        .collect();
+    let mut ends: Vec<KeyHash> = old.point_slice().iter().chain(new.point_slice()).copied().collect();
     ends.push(u64::MAX);
     ends.sort_unstable();
     ends.dedup();
@@ -151,15 +146,7 @@ mod tests {
 
     fn ring(epoch: u64, ids: &[u64], r: usize) -> RingView {
         let nodes: Vec<NodeSpec> = ids.iter().map(|&i| NodeSpec::new(i)).collect();
-        RingView::build(
-            epoch,
-            &nodes,
-            RingConfig {
-                vnodes: 8,
-                replicas: r,
-            },
-        )
-        .unwrap()
+        RingView::build(epoch, &nodes, RingConfig { vnodes: 8, replicas: r }).unwrap()
     }
 
     /// Ranges are exact: every probed hash is inside a reported range iff

@@ -22,11 +22,7 @@ pub struct Violation {
 }
 
 fn fail(property: &'static str, hash: KeyHash, detail: String) -> Result<(), Violation> {
-    Err(Violation {
-        property,
-        hash,
-        detail,
-    })
+    Err(Violation { property, hash, detail })
 }
 
 /// Same view ⇒ same mapping: two placements built from the same input
@@ -89,19 +85,13 @@ pub fn remove_moves_only_removed<P: Placement + ?Sized, Q: Placement + ?Sized>(
 
 /// Preference lists hold R distinct nodes, owner first, and cover
 /// `min(R, zones)` distinct zones (a node without a zone is its own zone).
-pub fn preference_lists_valid<P: Placement + ?Sized>(
-    p: &P,
-    keys: &[KeyHash],
-) -> Result<(), Violation> {
+pub fn preference_lists_valid<P: Placement + ?Sized>(p: &P, keys: &[KeyHash]) -> Result<(), Violation> {
     let zone_of: BTreeMap<NodeId, (u8, u64)> = p
         .nodes()
         .iter()
         .map(|n| (n.id, n.zone.map_or((1, n.id.0), |z| (0, u64::from(z.0)))))
         .collect();
-    let zones = zone_of
-        .values()
-        .collect::<std::collections::BTreeSet<_>>()
-        .len();
+    let zones = zone_of.values().collect::<std::collections::BTreeSet<_>>().len();
     let r = p.replicas();
     let mut list = Vec::new();
     for &h in keys {

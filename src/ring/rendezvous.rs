@@ -133,9 +133,7 @@ mod tests {
 
     #[test]
     fn det_ln_is_accurate() {
-        for &x in &[
-            1e-300, 1e-17, 0.001, 0.3, 0.5, 0.7072, 0.99999, 1.0, 2.0, 1e10,
-        ] {
+        for &x in &[1e-300, 1e-17, 0.001, 0.3, 0.5, 0.7072, 0.99999, 1.0, 2.0, 1e10] {
             let (a, b) = (det_ln(x), x.ln());
             assert!((a - b).abs() <= 1e-14 * b.abs().max(1.0), "{x}: {a} vs {b}");
         }

@@ -115,9 +115,7 @@ impl RingView {
         if config.vnodes == 0 {
             return Err(ViewError::ZeroVnodes);
         }
-        let total = members
-            .total_weight()
-            .saturating_mul(u64::from(config.vnodes));
+        let total = members.total_weight().saturating_mul(u64::from(config.vnodes));
         if total > MAX_POINTS {
             return Err(ViewError::TooManyPoints {
                 points: total,
@@ -315,15 +313,7 @@ mod tests {
     #[test]
     fn index_lookup_matches_binary_search() {
         for (n, v) in [(1, 1), (3, 7), (10, 40), (50, 160)] {
-            let ring = RingView::build(
-                1,
-                &nodes(n),
-                RingConfig {
-                    vnodes: v,
-                    replicas: 1,
-                },
-            )
-            .unwrap();
+            let ring = RingView::build(1, &nodes(n), RingConfig { vnodes: v, replicas: 1 }).unwrap();
             let reference = |h: u64| {
                 let p = ring.points.partition_point(|&x| x < h);
                 if p == ring.points.len() {
@@ -336,13 +326,7 @@ mod tests {
             for &p in &ring.points {
                 // Exact hits, neighbours, and hashes that share a point's
                 // fragment but differ in the low bits (the tie-break path).
-                probes.extend([
-                    p,
-                    p.wrapping_sub(1),
-                    p.wrapping_add(1),
-                    p ^ 0x3ff,
-                    p & !0xfff,
-                ]);
+                probes.extend([p, p.wrapping_sub(1), p.wrapping_add(1), p ^ 0x3ff, p & !0xfff]);
             }
             let mut x = 7u64;
             for _ in 0..2000 {
@@ -383,10 +367,7 @@ mod tests {
     #[test]
     fn errors_not_panics() {
         let cfg = RingConfig::default();
-        assert_eq!(
-            RingView::build(1, &[], cfg).unwrap_err(),
-            ViewError::NoNodes
-        );
+        assert_eq!(RingView::build(1, &[], cfg).unwrap_err(), ViewError::NoNodes);
         assert_eq!(
             RingView::build(1, &[NodeSpec::new(1), NodeSpec::new(1)], cfg).unwrap_err(),
             ViewError::DuplicateNode(NodeId(1))
@@ -395,39 +376,21 @@ mod tests {
             RingView::build(
                 1,
                 &[NodeSpec::new(1).with_weight(0)],
-                RingConfig {
-                    vnodes: 1,
-                    replicas: 1
-                }
+                RingConfig { vnodes: 1, replicas: 1 }
             )
             .unwrap_err(),
             ViewError::ZeroWeight(NodeId(1))
         );
         assert_eq!(
             RingView::build(1, &nodes(2), cfg).unwrap_err(),
-            ViewError::TooManyReplicas {
-                replicas: 3,
-                nodes: 2
-            }
+            ViewError::TooManyReplicas { replicas: 3, nodes: 2 }
         );
         assert_eq!(
-            RingView::build(
-                1,
-                &nodes(2),
-                RingConfig {
-                    vnodes: 0,
-                    replicas: 1
-                }
-            )
-            .unwrap_err(),
+            RingView::build(1, &nodes(2), RingConfig { vnodes: 0, replicas: 1 }).unwrap_err(),
             ViewError::ZeroVnodes
         );
         assert!(matches!(
-            RingView::build(
-                1,
-                &[NodeSpec::new(1).with_weight(u32::MAX)],
-                cfg.with_replicas(1)
-            ),
+            RingView::build(1, &[NodeSpec::new(1).with_weight(u32::MAX)], cfg.with_replicas(1)),
             Err(ViewError::TooManyPoints { .. })
         ));
     }
