@@ -206,6 +206,9 @@ pub struct Raft<S: StateMachine> {
     applied: Index,
     machine: Replicated<S>,
     election_due: Duration,
+    /// Candidates re-ask silent peers for votes at this time (a lost
+    /// RequestVote would otherwise cost a whole election timeout).
+    vote_resend_due: Duration,
     reported_leader_term: Term,
     rewrite_pending: bool,
     out: Output<S>,
@@ -249,6 +252,7 @@ impl<S: StateMachine> Raft<S> {
             commit: 0,
             applied: 0,
             election_due: now,
+            vote_resend_due: now,
             reported_leader_term: 0,
             rewrite_pending: false,
             out: Output::default(),
@@ -349,6 +353,7 @@ impl<S: StateMachine> Raft<S> {
     pub fn next_deadline(&self) -> Duration {
         match &self.lead {
             Some(lead) => lead.heartbeat_due,
+            None if self.role == Role::Candidate => self.election_due.min(self.vote_resend_due),
             None => self.election_due,
         }
     }
@@ -369,6 +374,8 @@ impl<S: StateMachine> Raft<S> {
             Role::Follower | Role::Candidate => {
                 if now >= self.election_due {
                     self.start_election(now);
+                } else if self.role == Role::Candidate && now >= self.vote_resend_due {
+                    self.request_votes(now);
                 }
             }
         }
@@ -441,12 +448,16 @@ impl<S: StateMachine> Raft<S> {
             } => {
                 if term == self.term && self.role == Role::Leader {
                     let p = self.progress_mut(from);
+                    let advanced = last_index > p.matched || p.probing;
                     p.matched = p.matched.max(last_index);
                     p.next = p.next.max(last_index + 1);
                     p.probing = false;
                     p.acked_seq = p.acked_seq.max(read_seq);
                     self.advance_commit();
-                    self.send_append(from);
+                    self.serve_reads();
+                    if advanced {
+                        self.send_append(from);
+                    }
                 }
             }
         }
@@ -554,7 +565,7 @@ impl<S: StateMachine> Raft<S> {
                 while i > self.log.start && self.log.term_at(i) == bad {
                     i -= 1;
                 }
-                i.max(self.commit)
+                i
             };
             self.reply_append(from, false, hint, read_seq);
             return;
@@ -616,22 +627,30 @@ impl<S: StateMachine> Raft<S> {
         let last = self.log.last_index();
         let p = self.progress_mut(from);
         p.acked_seq = p.acked_seq.max(read_seq);
+        // Only a reply that taught us something triggers the next send:
+        // duplicated or stale replies must not start parallel send chains.
         if success {
             assert!(index <= last, "follower matched beyond the leader's log");
+            let advanced = index > p.matched || p.probing;
             p.matched = p.matched.max(index);
             p.next = p.next.max(index + 1);
             p.probing = false;
+            let more = advanced && p.next <= last;
             self.advance_commit();
             self.serve_reads();
-            if self.progress_mut(from).next <= last {
+            if more && self.role == Role::Leader {
                 self.send_append(from);
             }
         } else {
             // A stale rejection must not move `next` below what matched.
-            p.next = (index + 1).min(p.next).max(p.matched + 1);
+            let next = (index + 1).min(p.next).max(p.matched + 1);
+            let moved = next < p.next || !p.probing;
+            p.next = next;
             p.probing = true;
             self.serve_reads();
-            self.send_append(from);
+            if moved {
+                self.send_append(from);
+            }
         }
     }
 
@@ -772,13 +791,21 @@ impl<S: StateMachine> Raft<S> {
             self.become_leader();
             return;
         }
+        self.request_votes(now);
+    }
+
+    /// Asks every peer that has not granted its vote yet.
+    fn request_votes(&mut self, now: Duration) {
+        self.vote_resend_due = now + self.config.heartbeat_interval;
         let msg = Message::RequestVote {
             term: self.term,
             last_index: self.log.last_index(),
             last_term: self.log.last_term(),
         };
         for peer in self.peers() {
-            self.send(peer, msg.clone());
+            if !self.votes.contains(&peer) {
+                self.send(peer, msg.clone());
+            }
         }
     }
 
@@ -808,13 +835,22 @@ impl<S: StateMachine> Raft<S> {
             heartbeat_due: Duration::ZERO, // first tick broadcasts
             read_seq: 0,
             reads: VecDeque::new(),
-            term_start: next,
+            // Without the no-op (planted bug) reads wait for the inherited log.
+            term_start: if self.bug(LogBug::CommitEarlierTermByCounting) {
+                next - 1
+            } else {
+                next
+            },
         });
-        self.append_entry(Entry {
-            term: self.term,
-            index: next,
-            payload: Payload::Noop,
-        });
+        if !self.bug(LogBug::CommitEarlierTermByCounting) {
+            self.append_entry(Entry {
+                term: self.term,
+                index: next,
+                payload: Payload::Noop,
+            });
+        }
+        // (Under the planted bug the leader skips the no-op, as in the
+        // paper's Figure 2 read naively, and so relies on counting alone.)
         self.advance_commit();
         self.broadcast_append();
     }
