@@ -1,4 +1,13 @@
-//! Deterministic simulation of ringfence protocols on madsim.
+//! Deterministic simulation testing for ringfence, on madsim.
+//!
+//! - [`SimEnv`] implements the runtime boundary (`ringfence::env::Env`) with
+//!   faults: message loss, duplication and delay, partitions, crashes that
+//!   lose or tear unsynced storage, process pauses, clock drift and jumps.
+//! - [`plan`] makes fault plans from a seed (swarm testing); [`nemesis`]
+//!   carries them out; [`runner`] runs one case to a verdict; [`sweep`] runs
+//!   many across all cores; [`corpus`] replays saved failures.
+//! - A protocol plugs in by implementing [`scenario::Scenario`];
+//!   [`scenarios::counter`] is the tutorial.
 
 #[cfg(not(madsim))]
 compile_error!(
@@ -6,3 +15,18 @@ compile_error!(
      sets it, but a RUSTFLAGS environment variable replaces that file's flags: unset RUSTFLAGS, \
      or add `--cfg madsim` to it (RUSTFLAGS=\"--cfg madsim $RUSTFLAGS\")."
 );
+
+pub mod bench;
+pub mod corpus;
+pub mod env;
+pub mod logging;
+pub mod nemesis;
+pub mod plan;
+pub mod runner;
+pub mod scenario;
+pub mod scenarios;
+pub mod sweep;
+pub mod trace;
+pub mod world;
+
+pub use env::SimEnv;

@@ -1,1 +1,314 @@
-fn main() {}
+//! `ringfence-sim`: sweep seeds, replay one, list scenarios, benchmark.
+
+use std::io::Write;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use ringfence_sim::runner::{Case, RunOptions};
+use ringfence_sim::scenario::Workload;
+use ringfence_sim::scenarios::{self, DynScenario};
+use ringfence_sim::sweep::{self, SweepPlan};
+use ringfence_sim::{bench, corpus, logging, trace};
+
+/// Deterministic simulation testing for ringfence's protocols.
+#[derive(Parser)]
+#[command(name = "ringfence-sim", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a range of seeds for each scenario and report violations.
+    Sweep(SweepArgs),
+    /// Rerun one case with logs, print its trace hash and verdict.
+    Replay(ReplayArgs),
+    /// Replay every case saved in a corpus directory.
+    Corpus {
+        /// Directory of corpus JSON files.
+        #[arg(default_value = "seeds")]
+        dir: PathBuf,
+    },
+    /// List scenarios and their planted bugs.
+    List,
+    /// Measure seeds/s, simulated-to-wall ratio, the fault layer's overhead
+    /// over plain madsim, and how fast each planted bug is caught.
+    Bench(bench::BenchArgs),
+}
+
+/// Options that shape a case.
+#[derive(Args, Clone)]
+struct CaseArgs {
+    /// Switch on a planted bug (see `list`).
+    #[arg(long)]
+    bug: Option<String>,
+    /// Number of server nodes (default: the scenario's).
+    #[arg(long)]
+    servers: Option<u32>,
+    /// Number of clients (default: the scenario's).
+    #[arg(long)]
+    clients: Option<u32>,
+    /// Operations per client (default: the scenario's).
+    #[arg(long)]
+    ops: Option<u32>,
+}
+
+impl CaseArgs {
+    fn case(&self, scenario: &dyn DynScenario, seed: u64) -> Result<Case, String> {
+        let defaults = scenario.default_workload();
+        let case = Case {
+            scenario: scenario.name().to_string(),
+            seed,
+            bug: self.bug.clone(),
+            servers: self.servers.unwrap_or(scenario.default_servers()),
+            workload: Workload {
+                clients: self.clients.unwrap_or(defaults.clients),
+                ops: self.ops.unwrap_or(defaults.ops),
+            },
+            plan: None,
+        };
+        scenarios::validate(&case)?;
+        Ok(case)
+    }
+}
+
+#[derive(Args)]
+struct SweepArgs {
+    /// Scenario to sweep; repeat for several (default: all).
+    #[arg(long = "scenario", short = 's')]
+    scenarios: Vec<String>,
+    /// Seeds to run: `START..END` (end exclusive) or a single seed
+    /// (default: each scenario's default sweep, `0..N`; see `list`).
+    #[arg(long, value_parser = parse_seeds)]
+    seeds: Option<Range<u64>>,
+    #[command(flatten)]
+    case: CaseArgs,
+    /// Worker threads (default: all cores).
+    #[arg(long, short = 'j')]
+    jobs: Option<usize>,
+    /// Run only shard I of N (1-based), e.g. `--shard 2/8`, to split a sweep
+    /// across machines.
+    #[arg(long, default_value = "1/1", value_parser = parse_shard)]
+    shard: (u64, u64),
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Rerun every seed and fail on any trace-hash difference.
+    #[arg(long)]
+    check_determinism: bool,
+    /// Hide the progress bar.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+#[derive(Args)]
+struct ReplayArgs {
+    /// Scenario to run (not needed with --case).
+    #[arg(long, short = 's', required_unless_present = "case_file")]
+    scenario: Option<String>,
+    /// Seed to run (not needed with --case).
+    #[arg(long, required_unless_present = "case_file")]
+    seed: Option<u64>,
+    #[command(flatten)]
+    case: CaseArgs,
+    /// Replay a saved case (a corpus JSON file) instead.
+    #[arg(long, conflicts_with_all = ["scenario", "seed"])]
+    case_file: Option<PathBuf>,
+    /// Log filter, e.g. `debug` or `info` (every line shows simulated time and node).
+    #[arg(long, default_value = "info")]
+    log: String,
+    /// Write the trace as JSON lines to this file.
+    #[arg(long)]
+    trace: Option<PathBuf>,
+    /// Print the fault plan.
+    #[arg(long)]
+    show_plan: bool,
+}
+
+fn parse_seeds(text: &str) -> Result<Range<u64>, String> {
+    let parse = |s: &str| {
+        s.trim()
+            .parse::<u64>()
+            .map_err(|_| format!("`{s}` is not a seed (a non-negative integer)"))
+    };
+    let range = match text.split_once("..") {
+        Some((a, b)) => parse(a)?..parse(b)?,
+        None => {
+            let seed = parse(text)?;
+            seed..seed.checked_add(1).ok_or("seed too large")?
+        }
+    };
+    if range.is_empty() {
+        return Err(format!(
+            "seed range `{text}` is empty (use START..END with END > START)"
+        ));
+    }
+    Ok(range)
+}
+
+fn parse_shard(text: &str) -> Result<(u64, u64), String> {
+    let bad = || format!("`{text}` is not a shard: use I/N with 1 <= I <= N, e.g. 2/8");
+    let (i, n) = text.split_once('/').ok_or_else(bad)?;
+    let (i, n) = (
+        i.parse::<u64>().map_err(|_| bad())?,
+        n.parse::<u64>().map_err(|_| bad())?,
+    );
+    if n == 0 || i == 0 || i > n {
+        return Err(bad());
+    }
+    Ok((i, n))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Sweep(args) => run_sweep(args),
+        Command::Replay(args) => run_replay(args),
+        Command::Corpus { dir } => run_corpus(&dir),
+        Command::List => {
+            list();
+            Ok(true)
+        }
+        Command::Bench(args) => bench::run(&args).map(|()| true),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run_sweep(args: SweepArgs) -> Result<bool, String> {
+    let chosen: Vec<&'static dyn DynScenario> = if args.scenarios.is_empty() {
+        if args.case.bug.is_some() {
+            return Err("--bug needs exactly one --scenario".into());
+        }
+        scenarios::ALL.to_vec()
+    } else {
+        args.scenarios
+            .iter()
+            .map(|name| scenarios::find(name))
+            .collect::<Result<_, _>>()?
+    };
+    let mut groups = Vec::new();
+    for scenario in chosen {
+        let template = args.case.case(scenario, 0)?;
+        let seeds = args.seeds.clone().unwrap_or(0..scenario.default_seeds());
+        groups.push((scenario, sweep::cases(scenario, seeds, args.shard, &template)));
+    }
+    let plan = SweepPlan {
+        groups,
+        jobs: args
+            .jobs
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        determinism_every: usize::from(args.check_determinism),
+        progress: !args.no_progress && !args.json,
+        stop_at_first_failure: false,
+    };
+    let summaries = sweep::sweep(&plan);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&summaries).expect("summaries serialize")
+        );
+    } else {
+        print!("{}", sweep::table(&summaries));
+    }
+    Ok(summaries.iter().all(|s| s.passed()))
+}
+
+fn run_replay(args: ReplayArgs) -> Result<bool, String> {
+    let (scenario, case) = match &args.case_file {
+        Some(path) => {
+            let entry = corpus::load(path)?;
+            (scenarios::validate(&entry.case)?, entry.case)
+        }
+        None => {
+            let scenario = scenarios::find(args.scenario.as_deref().expect("clap requires it"))?;
+            let case = args.case.case(scenario, args.seed.expect("clap requires it"))?;
+            (scenario, case)
+        }
+    };
+    logging::init(&args.log)?;
+    let options = RunOptions {
+        keep_trace: args.trace.is_some(),
+    };
+    let outcome = ringfence_sim::sweep::run_isolated(scenario, &case, options);
+    if args.show_plan {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&outcome.plan).expect("plans serialize")
+        );
+    }
+    if let Some(path) = &args.trace {
+        let mut file = std::io::BufWriter::new(
+            std::fs::File::create(path).map_err(|e| format!("cannot create {}: {e}", path.display()))?,
+        );
+        trace::write_jsonl(&outcome.events, &mut file)
+            .and_then(|()| file.flush())
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        println!("trace: {} events written to {}", outcome.events.len(), path.display());
+    }
+    let fired: Vec<String> = outcome.fired.iter().map(|(k, n)| format!("{k}={n}")).collect();
+    println!(
+        "scenario {} seed {}{}: {} ops, {} faults in plan, fired [{}], simulated {:.3}s",
+        case.scenario,
+        case.seed,
+        case.bug.as_deref().map(|b| format!(" bug {b}")).unwrap_or_default(),
+        outcome.ops,
+        outcome.plan.faults.len(),
+        fired.join(" "),
+        outcome.sim_time.as_secs_f64()
+    );
+    println!(
+        "trace hash: {:016x} ({} events)",
+        outcome.trace_hash, outcome.trace_events
+    );
+    if outcome.violations.is_empty() {
+        println!("verdict: pass");
+    }
+    for v in &outcome.violations {
+        println!("verdict: VIOLATION {v}");
+    }
+    Ok(!outcome.failed())
+}
+
+fn run_corpus(dir: &std::path::Path) -> Result<bool, String> {
+    let entries = corpus::load_dir(dir)?;
+    let mut ok = true;
+    for (path, entry) in &entries {
+        match corpus::replay(entry) {
+            Ok(_) => println!("ok    {}", path.display()),
+            Err(why) => {
+                ok = false;
+                println!("FAIL  {}: {why}", path.display());
+            }
+        }
+    }
+    println!("{} cases replayed", entries.len());
+    Ok(ok)
+}
+
+fn list() {
+    for s in scenarios::ALL {
+        let w = s.default_workload();
+        println!(
+            "{:<12} {} (servers {}, clients {}, ops {}, default sweep {} seeds)",
+            s.name(),
+            s.about(),
+            s.default_servers(),
+            w.clients,
+            w.ops,
+            s.default_seeds()
+        );
+        for b in s.bugs() {
+            println!("  --bug {:<28} {} [caught by {}]", b.name, b.about, b.caught_by);
+        }
+    }
+}

@@ -35,13 +35,9 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
             max: MAX_MESSAGE_BYTES,
         });
     }
-    let (value, rest) =
-        postcard::take_from_bytes(bytes).map_err(|e| CodecError::Malformed(e.to_string()))?;
+    let (value, rest) = postcard::take_from_bytes(bytes).map_err(|e| CodecError::Malformed(e.to_string()))?;
     if !rest.is_empty() {
-        return Err(CodecError::Malformed(format!(
-            "{} trailing bytes",
-            rest.len()
-        )));
+        return Err(CodecError::Malformed(format!("{} trailing bytes", rest.len())));
     }
     Ok(value)
 }
@@ -69,10 +65,7 @@ mod tests {
     fn rejects_trailing_and_truncated_bytes() {
         let mut bytes = encode(&Msg::Ping(7)).unwrap();
         bytes.push(0);
-        assert!(matches!(
-            decode::<Msg>(&bytes),
-            Err(CodecError::Malformed(_))
-        ));
+        assert!(matches!(decode::<Msg>(&bytes), Err(CodecError::Malformed(_))));
         assert!(decode::<Msg>(&[]).is_err());
     }
 

@@ -90,11 +90,7 @@ pub trait Env: Clone + Send + Sync + 'static {
 }
 
 /// Runs `fut` for at most `limit` on the node's clock; `None` on timeout.
-pub async fn timeout<E: Env, T>(
-    env: &E,
-    limit: Duration,
-    fut: impl Future<Output = T>,
-) -> Option<T> {
+pub async fn timeout<E: Env, T>(env: &E, limit: Duration, fut: impl Future<Output = T>) -> Option<T> {
     use futures::future::{select, Either};
     let fut = std::pin::pin!(fut);
     let sleep = std::pin::pin!(env.sleep(limit));

@@ -53,10 +53,7 @@ impl<Op> History<Op> {
     pub fn push(&mut self, client: u32, time_ns: u64, kind: EventKind, op: Op) -> usize {
         let index = self.events.len();
         if let Some(last) = self.events.last() {
-            assert!(
-                last.time_ns <= time_ns,
-                "history events must be recorded in time order"
-            );
+            assert!(last.time_ns <= time_ns, "history events must be recorded in time order");
         }
         self.events.push(Event {
             index,
@@ -94,9 +91,7 @@ impl<Op> History<Op> {
                 open.insert(event.client, pairs.len());
                 pairs.push((event, None));
             } else {
-                let slot = open
-                    .remove(&event.client)
-                    .expect("completion without invocation");
+                let slot = open.remove(&event.client).expect("completion without invocation");
                 pairs[slot].1 = Some(event);
             }
         }
@@ -116,11 +111,7 @@ pub struct Violation {
 }
 
 impl Violation {
-    pub fn new(
-        invariant: impl Into<String>,
-        detail: impl Into<String>,
-        events: Vec<usize>,
-    ) -> Self {
+    pub fn new(invariant: impl Into<String>, detail: impl Into<String>, events: Vec<usize>) -> Self {
         Violation {
             invariant: invariant.into(),
             detail: detail.into(),

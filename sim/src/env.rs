@@ -1,0 +1,222 @@
+//! [`SimEnv`]: the runtime boundary on madsim, with our fault layer.
+//!
+//! Messages travel through `madsim::net` (which adds latency and applies the
+//! nemesis's clogs); on top of it this layer drops, duplicates and delays
+//! messages according to the world's current network faults, counts what it
+//! did and feeds every send and delivery into the trace. Clocks are per node
+//! and drift or jump as the world says. Storage lives in the world, so it
+//! outlives the process.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use madsim::net::Endpoint;
+use rand_chacha::ChaCha8Rng;
+use ringfence::env::{Env, EnvError, NodeId, MAX_MESSAGE_BYTES};
+use tokio::sync::{mpsc, Mutex};
+
+use crate::trace::TraceEvent;
+use crate::world::{addr_of, elapsed, node_of, World};
+
+/// The tag our messages use on madsim endpoints.
+const TAG: u64 = 0x7269_6e67;
+
+/// Simulated fsync latency: syncs cost time, so batching them matters here
+/// as it does on a real disk.
+const SYNC_LATENCY: Duration = Duration::from_micros(200);
+
+/// What travels through madsim: the message id (for the trace) and the bytes.
+struct Envelope {
+    id: u64,
+    bytes: Vec<u8>,
+}
+
+/// One node incarnation's view of the simulated world.
+#[derive(Clone)]
+pub struct SimEnv {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    id: NodeId,
+    world: World,
+    endpoint: Endpoint,
+    inbox: Mutex<mpsc::UnboundedReceiver<(NodeId, Vec<u8>)>>,
+}
+
+impl SimEnv {
+    /// Starts an incarnation of node `id`: binds its address, recovers its
+    /// disk (dropping a torn tail) and starts delivering its messages. Must
+    /// run inside the node's madsim task.
+    pub async fn boot(world: World, id: NodeId) -> SimEnv {
+        let endpoint = Endpoint::bind(addr_of(id))
+            .await
+            .expect("node address is free after a restart");
+        let incarnation = {
+            let mut w = world.lock();
+            let node = w.node(id);
+            node.incarnation += 1;
+            let _ = node.disk.load(); // truncates a torn tail, as opening a real file does
+            let incarnation = node.incarnation;
+            w.event(TraceEvent::Boot { node: id, incarnation });
+            incarnation
+        };
+        tracing::debug!(incarnation, "boot");
+        let (tx, rx) = mpsc::unbounded_channel();
+        let env = SimEnv {
+            inner: Arc::new(Inner {
+                id,
+                world,
+                endpoint,
+                inbox: Mutex::new(rx),
+            }),
+        };
+        let receiver = env.clone();
+        madsim::task::spawn(async move { receiver.deliver_forever(tx).await });
+        env
+    }
+
+    /// Moves messages from madsim's socket into the inbox, so that `recv`
+    /// is cancel-safe.
+    async fn deliver_forever(self, tx: mpsc::UnboundedSender<(NodeId, Vec<u8>)>) {
+        loop {
+            let Ok((payload, from)) = self.inner.endpoint.recv_from_raw(TAG).await else {
+                return;
+            };
+            let Ok(envelope) = payload.downcast::<Envelope>() else {
+                continue;
+            };
+            let Some(from) = node_of(from) else { continue };
+            {
+                let mut w = self.inner.world.lock();
+                w.delivered += 1;
+                w.event(TraceEvent::Deliver {
+                    to: self.inner.id,
+                    from,
+                    id: envelope.id,
+                });
+            }
+            if tx.send((from, envelope.bytes)).is_err() {
+                return;
+            }
+        }
+    }
+
+    pub fn world(&self) -> &World {
+        &self.inner.world
+    }
+
+    async fn transmit(&self, to: NodeId, id: u64, bytes: Vec<u8>) {
+        // madsim only fails a send when the local socket is gone, which
+        // happens when this node is being killed; the message is lost then.
+        let _ = self
+            .inner
+            .endpoint
+            .send_to_raw(addr_of(to), TAG, Box::new(Envelope { id, bytes }))
+            .await;
+    }
+}
+
+impl Env for SimEnv {
+    fn id(&self) -> NodeId {
+        self.inner.id
+    }
+
+    fn now(&self) -> Duration {
+        let real = elapsed();
+        self.inner.world.lock().node(self.inner.id).clock.now(real)
+    }
+
+    fn sleep(&self, duration: Duration) -> impl Future<Output = ()> + Send {
+        let real = self.inner.world.lock().node(self.inner.id).clock.real_for(duration);
+        madsim::time::sleep(real)
+    }
+
+    async fn send(&self, to: NodeId, msg: Vec<u8>) -> Result<(), EnvError> {
+        if msg.len() > MAX_MESSAGE_BYTES {
+            return Err(EnvError::MessageTooLarge {
+                size: msg.len(),
+                max: MAX_MESSAGE_BYTES,
+            });
+        }
+        let delivery = {
+            let mut w = self.inner.world.lock();
+            if !w.nodes.contains_key(&to) {
+                return Err(EnvError::UnknownPeer(to));
+            }
+            w.route(self.inner.id, to, &msg)
+        };
+        if delivery.drop {
+            return Ok(());
+        }
+        let [first, second] = delivery.delays;
+        let mut copies = vec![(first.expect("first copy always exists"), msg)];
+        if let Some(second) = second {
+            let bytes = copies[0].1.clone();
+            copies.push((second, bytes));
+        }
+        for (delay, bytes) in copies {
+            if delay.is_zero() {
+                self.transmit(to, delivery.id, bytes).await;
+            } else {
+                let env = self.clone();
+                madsim::task::spawn(async move {
+                    madsim::time::sleep(delay).await;
+                    env.transmit(to, delivery.id, bytes).await;
+                });
+            }
+        }
+        Ok(())
+    }
+
+    async fn recv(&self) -> (NodeId, Vec<u8>) {
+        let mut inbox = self.inner.inbox.lock().await;
+        match inbox.recv().await {
+            Some(msg) => msg,
+            // The delivery task only ends when the node dies; so does this.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn rng(&self) -> ChaCha8Rng {
+        self.inner.world.lock().node_rng(self.inner.id)
+    }
+
+    fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        madsim::task::spawn(task);
+    }
+
+    fn load(&self) -> Result<Vec<Vec<u8>>, EnvError> {
+        let mut w = self.inner.world.lock();
+        w.node(self.inner.id)
+            .disk
+            .load()
+            .map_err(|e| EnvError::Storage(e.to_string()))
+    }
+
+    fn append(&self, record: &[u8]) -> Result<(), EnvError> {
+        self.inner.world.lock().node(self.inner.id).disk.append(record);
+        Ok(())
+    }
+
+    async fn sync(&self) -> Result<(), EnvError> {
+        let pending = self.inner.world.lock().node(self.inner.id).disk.pending();
+        madsim::time::sleep(SYNC_LATENCY).await;
+        // If the node crashed meanwhile, this task is gone and nothing below
+        // runs: the crash already decided what survived.
+        let mut w = self.inner.world.lock();
+        w.node(self.inner.id).disk.sync_prefix(pending);
+        w.event(TraceEvent::Sync {
+            node: self.inner.id,
+            bytes: pending,
+        });
+        Ok(())
+    }
+
+    async fn rewrite(&self, records: &[Vec<u8>]) -> Result<(), EnvError> {
+        madsim::time::sleep(SYNC_LATENCY).await;
+        self.inner.world.lock().node(self.inner.id).disk.rewrite(records);
+        Ok(())
+    }
+}

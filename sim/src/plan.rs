@@ -1,0 +1,432 @@
+//! Fault plans: what the nemesis does and when, as plain data.
+//!
+//! A plan is generated from the seed, printed on failure, stored in `seeds/`,
+//! replayed exactly and shrunk by removing or shortening faults. Generation
+//! is swarm testing: each seed first picks which fault kinds are on and how
+//! hard they hit, so some seeds are calm and some brutal, and rare fault
+//! combinations are not drowned out by always-on noise.
+
+use std::fmt;
+
+use rand::seq::SliceRandom;
+use rand::Rng;
+use ringfence::env::NodeId;
+use serde::{Deserialize, Serialize};
+
+use crate::world::{derive_rng, stream};
+
+/// The kinds of fault, as counted in sweep summaries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FaultKind {
+    Partition,
+    Crash,
+    Pause,
+    #[serde(rename = "loss")]
+    MessageLoss,
+    #[serde(rename = "duplicate")]
+    MessageDuplicate,
+    #[serde(rename = "delay")]
+    MessageDelay,
+    #[serde(rename = "drift")]
+    ClockDrift,
+    #[serde(rename = "jump")]
+    ClockJump,
+}
+
+impl FaultKind {
+    pub const ALL: [FaultKind; 8] = [
+        FaultKind::Partition,
+        FaultKind::Crash,
+        FaultKind::Pause,
+        FaultKind::MessageLoss,
+        FaultKind::MessageDuplicate,
+        FaultKind::MessageDelay,
+        FaultKind::ClockDrift,
+        FaultKind::ClockJump,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::Partition => "partition",
+            FaultKind::Crash => "crash",
+            FaultKind::Pause => "pause",
+            FaultKind::MessageLoss => "loss",
+            FaultKind::MessageDuplicate => "duplicate",
+            FaultKind::MessageDelay => "delay",
+            FaultKind::ClockDrift => "drift",
+            FaultKind::ClockJump => "jump",
+        }
+    }
+}
+
+impl fmt::Display for FaultKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What a crash does to the unsynced tail of the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DiskLoss {
+    /// Everything after the last sync is gone.
+    LoseUnsynced,
+    /// A random number of whole unsynced records survive.
+    KeepPrefix,
+    /// The tail is cut at a random byte, possibly inside a record.
+    Torn,
+}
+
+/// One fault. Times are milliseconds of simulated time from the run's start.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "fault", rename_all = "kebab-case")]
+pub enum Fault {
+    /// Nodes can talk only within a group they share; nodes in no group are
+    /// isolated. Overlapping groups make a bridge.
+    Partition {
+        at_ms: u64,
+        for_ms: u64,
+        shape: String,
+        groups: Vec<Vec<NodeId>>,
+    },
+    /// Messages from `from` to `to` are blocked; the reverse direction works.
+    OneWay {
+        at_ms: u64,
+        for_ms: u64,
+        from: Vec<NodeId>,
+        to: Vec<NodeId>,
+    },
+    /// The process dies; after `down_ms` it restarts from its disk.
+    Crash {
+        at_ms: u64,
+        node: NodeId,
+        down_ms: u64,
+        disk: DiskLoss,
+    },
+    /// The process stops running (a GC pause) but keeps its state.
+    Pause { at_ms: u64, node: NodeId, for_ms: u64 },
+    /// Messages are lost, duplicated and delayed with these probabilities.
+    Network {
+        at_ms: u64,
+        for_ms: u64,
+        loss: f64,
+        duplicate: f64,
+        delay: f64,
+        max_delay_ms: u64,
+    },
+    /// The node's clock runs `ppm` parts per million fast (or slow if negative).
+    Drift { at_ms: u64, node: NodeId, ppm: i64 },
+    /// The node's clock jumps forward.
+    Jump { at_ms: u64, node: NodeId, forward_ms: u64 },
+}
+
+impl Fault {
+    pub fn at_ms(&self) -> u64 {
+        match self {
+            Fault::Partition { at_ms, .. }
+            | Fault::OneWay { at_ms, .. }
+            | Fault::Crash { at_ms, .. }
+            | Fault::Pause { at_ms, .. }
+            | Fault::Network { at_ms, .. }
+            | Fault::Drift { at_ms, .. }
+            | Fault::Jump { at_ms, .. } => *at_ms,
+        }
+    }
+
+    /// How long the fault lasts, where that is a property of the fault.
+    pub fn duration_ms(&self) -> Option<u64> {
+        match self {
+            Fault::Partition { for_ms, .. }
+            | Fault::OneWay { for_ms, .. }
+            | Fault::Pause { for_ms, .. }
+            | Fault::Network { for_ms, .. } => Some(*for_ms),
+            Fault::Crash { down_ms, .. } => Some(*down_ms),
+            Fault::Drift { .. } | Fault::Jump { .. } => None,
+        }
+    }
+
+    /// Returns a copy lasting `ms` instead (used by the shrinker).
+    pub fn with_duration_ms(&self, ms: u64) -> Fault {
+        let mut f = self.clone();
+        match &mut f {
+            Fault::Partition { for_ms, .. }
+            | Fault::OneWay { for_ms, .. }
+            | Fault::Pause { for_ms, .. }
+            | Fault::Network { for_ms, .. } => *for_ms = ms,
+            Fault::Crash { down_ms, .. } => *down_ms = ms,
+            Fault::Drift { .. } | Fault::Jump { .. } => {}
+        }
+        f
+    }
+}
+
+/// Which fault kinds a seed turned on, and how hard.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Swarm {
+    pub enabled: Vec<FaultKind>,
+    /// 0.0 (calm) to 1.0 (brutal): scales fault counts and rates.
+    pub intensity: f64,
+}
+
+/// The complete set of faults for one run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FaultPlan {
+    /// Faults are applied during `[0, duration_ms)`; then everything heals.
+    pub duration_ms: u64,
+    pub swarm: Swarm,
+    pub faults: Vec<Fault>,
+}
+
+/// What the plan generator needs to know about the cluster.
+#[derive(Debug, Clone)]
+pub struct Targets {
+    /// Nodes that may crash (processes with durable state).
+    pub servers: Vec<NodeId>,
+    /// Client nodes: may be paused, partitioned and drift, never crashed.
+    pub clients: Vec<NodeId>,
+    /// Fault kinds this scenario supports.
+    pub kinds: Vec<FaultKind>,
+}
+
+impl FaultPlan {
+    /// A plan with no faults (for calm runs and benchmarks).
+    pub fn calm(duration_ms: u64) -> Self {
+        FaultPlan {
+            duration_ms,
+            swarm: Swarm {
+                enabled: vec![],
+                intensity: 0.0,
+            },
+            faults: vec![],
+        }
+    }
+
+    /// The plan for `seed`: swarm selection, then faults spread over the run.
+    pub fn generate(seed: u64, duration_ms: u64, targets: &Targets) -> Self {
+        let mut rng = derive_rng(seed, stream::PLAN, 0);
+        // One seed in ten is calm (no faults at all): the baseline must work
+        // too, and a calm failure is the easiest to read.
+        let calm = rng.gen_bool(0.1);
+        let mut enabled: Vec<FaultKind> = targets.kinds.iter().copied().filter(|_| rng.gen_bool(0.5)).collect();
+        if calm {
+            enabled.clear();
+        } else if enabled.is_empty() && !targets.kinds.is_empty() {
+            enabled.push(*targets.kinds.choose(&mut rng).expect("non-empty"));
+        }
+        let intensity: f64 = rng.gen_range(0.1..1.0);
+        let all: Vec<NodeId> = targets.servers.iter().chain(&targets.clients).copied().collect();
+        let mut faults = Vec::new();
+        let at = |rng: &mut rand_chacha::ChaCha8Rng| rng.gen_range(0..duration_ms * 9 / 10);
+        let count = |rng: &mut rand_chacha::ChaCha8Rng| 1 + rng.gen_range(0..=(intensity * 4.0) as u64);
+        for &kind in &enabled {
+            match kind {
+                FaultKind::Partition => {
+                    for _ in 0..count(&mut rng) {
+                        let at_ms = at(&mut rng);
+                        let for_ms = rng.gen_range(100..=(200 + (2_000.0 * intensity) as u64));
+                        faults.push(random_partition(&mut rng, &all, at_ms, for_ms));
+                    }
+                }
+                FaultKind::Crash if !targets.servers.is_empty() => {
+                    for _ in 0..count(&mut rng) {
+                        let disk = *[DiskLoss::LoseUnsynced, DiskLoss::KeepPrefix, DiskLoss::Torn]
+                            .choose(&mut rng)
+                            .expect("3");
+                        faults.push(Fault::Crash {
+                            at_ms: at(&mut rng),
+                            node: *targets.servers.choose(&mut rng).expect("non-empty"),
+                            down_ms: rng.gen_range(10..=(100 + (1_500.0 * intensity) as u64)),
+                            disk,
+                        });
+                    }
+                }
+                FaultKind::Pause => {
+                    for _ in 0..count(&mut rng) {
+                        faults.push(Fault::Pause {
+                            at_ms: at(&mut rng),
+                            node: *all.choose(&mut rng).expect("non-empty"),
+                            for_ms: rng.gen_range(50..=(100 + (3_000.0 * intensity) as u64)),
+                        });
+                    }
+                }
+                // One window carries every enabled message fault; see below.
+                FaultKind::MessageLoss | FaultKind::MessageDuplicate | FaultKind::MessageDelay => {}
+                FaultKind::ClockDrift => {
+                    for _ in 0..count(&mut rng) {
+                        let bound = (1_000.0 + 200_000.0 * intensity) as i64;
+                        faults.push(Fault::Drift {
+                            at_ms: at(&mut rng),
+                            node: *all.choose(&mut rng).expect("non-empty"),
+                            ppm: rng.gen_range(-bound..=bound),
+                        });
+                    }
+                }
+                FaultKind::ClockJump => {
+                    for _ in 0..count(&mut rng) {
+                        faults.push(Fault::Jump {
+                            at_ms: at(&mut rng),
+                            node: *all.choose(&mut rng).expect("non-empty"),
+                            forward_ms: rng.gen_range(10..=(100 + (5_000.0 * intensity) as u64)),
+                        });
+                    }
+                }
+                FaultKind::Crash => {}
+            }
+        }
+        let on = |kind| enabled.contains(&kind);
+        if on(FaultKind::MessageLoss) || on(FaultKind::MessageDuplicate) || on(FaultKind::MessageDelay) {
+            // Windows never overlap, so each one's settings are exactly what
+            // the network does while it lasts.
+            let windows = count(&mut rng);
+            let slot = duration_ms / windows;
+            for w in 0..windows {
+                let mut rate = |kind| {
+                    if on(kind) {
+                        rng.gen_range(0.01..(0.05 + 0.3 * intensity))
+                    } else {
+                        0.0
+                    }
+                };
+                let (loss, duplicate, delay) = (
+                    rate(FaultKind::MessageLoss),
+                    rate(FaultKind::MessageDuplicate),
+                    rate(FaultKind::MessageDelay),
+                );
+                let max_delay_ms = if delay > 0.0 {
+                    rng.gen_range(5..=(20 + (500.0 * intensity) as u64))
+                } else {
+                    0
+                };
+                let for_ms = rng.gen_range(slot / 4..=slot);
+                let at_ms = w * slot + rng.gen_range(0..=slot - for_ms);
+                faults.push(Fault::Network {
+                    at_ms,
+                    for_ms,
+                    loss,
+                    duplicate,
+                    delay,
+                    max_delay_ms,
+                });
+            }
+        }
+        faults.sort_by_key(Fault::at_ms);
+        FaultPlan {
+            duration_ms,
+            swarm: Swarm { enabled, intensity },
+            faults,
+        }
+    }
+}
+
+fn random_partition(rng: &mut rand_chacha::ChaCha8Rng, all: &[NodeId], at_ms: u64, for_ms: u64) -> Fault {
+    let mut nodes = all.to_vec();
+    nodes.shuffle(rng);
+    let n = nodes.len();
+    match rng.gen_range(0..4) {
+        0 if n >= 2 => {
+            let cut = rng.gen_range(1..n);
+            let (a, b) = nodes.split_at(cut);
+            Fault::Partition {
+                at_ms,
+                for_ms,
+                shape: "halves".into(),
+                groups: vec![sorted(a), sorted(b)],
+            }
+        }
+        1 if n >= 3 => {
+            // Two majorities overlapping in one bridge node.
+            let bridge = nodes[0];
+            let rest = &nodes[1..];
+            let cut = rest.len() / 2;
+            let mut a = rest[..cut].to_vec();
+            let mut b = rest[cut..].to_vec();
+            a.push(bridge);
+            b.push(bridge);
+            Fault::Partition {
+                at_ms,
+                for_ms,
+                shape: "bridge".into(),
+                groups: vec![sorted(&a), sorted(&b)],
+            }
+        }
+        2 if n >= 2 => {
+            let cut = rng.gen_range(1..n);
+            let (a, b) = nodes.split_at(cut);
+            Fault::OneWay {
+                at_ms,
+                for_ms,
+                from: sorted(a),
+                to: sorted(b),
+            }
+        }
+        _ => {
+            let isolated = nodes[0];
+            Fault::Partition {
+                at_ms,
+                for_ms,
+                shape: "isolate".into(),
+                groups: vec![vec![isolated], sorted(&nodes[1..])],
+            }
+        }
+    }
+}
+
+fn sorted(nodes: &[NodeId]) -> Vec<NodeId> {
+    let mut v = nodes.to_vec();
+    v.sort_unstable();
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn targets() -> Targets {
+        Targets {
+            servers: vec![1, 2, 3],
+            clients: vec![10, 11],
+            kinds: FaultKind::ALL.to_vec(),
+        }
+    }
+
+    #[test]
+    fn same_seed_same_plan() {
+        assert_eq!(
+            FaultPlan::generate(7, 5_000, &targets()),
+            FaultPlan::generate(7, 5_000, &targets())
+        );
+    }
+
+    #[test]
+    fn swarm_varies_across_seeds() {
+        let plans: Vec<_> = (0..64).map(|s| FaultPlan::generate(s, 5_000, &targets())).collect();
+        let calm = plans.iter().filter(|p| p.faults.is_empty()).count();
+        let brutal = plans.iter().filter(|p| p.swarm.enabled.len() >= 5).count();
+        assert!(calm > 0 && brutal > 0, "calm {calm}, brutal {brutal}");
+        for kind in FaultKind::ALL {
+            assert!(
+                plans.iter().any(|p| p.swarm.enabled.contains(&kind)),
+                "{kind} never enabled"
+            );
+        }
+    }
+
+    #[test]
+    fn plans_round_trip_through_json() {
+        let plan = FaultPlan::generate(3, 5_000, &targets());
+        let text = serde_json::to_string_pretty(&plan).unwrap();
+        assert_eq!(serde_json::from_str::<FaultPlan>(&text).unwrap(), plan);
+    }
+
+    #[test]
+    fn crashes_only_hit_servers() {
+        for seed in 0..64 {
+            for f in FaultPlan::generate(seed, 5_000, &targets()).faults {
+                if let Fault::Crash { node, .. } = f {
+                    assert!(node <= 3);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,273 @@
+//! Runs one case — a scenario, a seed, optionally a planted bug, a workload
+//! and a fault plan — to a verdict.
+//!
+//! A run is a pure function of its case: madsim is seeded with the case's
+//! seed, every other random choice comes from ChaCha streams derived from it,
+//! and the trace hash over all events proves it (same case ⇒ same hash).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ringfence::history::Violation;
+use serde::{Deserialize, Serialize};
+
+use crate::env::SimEnv;
+use crate::nemesis::Nemesis;
+use crate::plan::{FaultKind, FaultPlan, Targets};
+use crate::scenario::{client_ids, server_ids, Client, Params, Recorder, Scenario, Workload, PROBE_ID};
+use crate::trace::{Stamped, Trace};
+use crate::world::{addr_of, World};
+
+/// Everything that determines a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Case {
+    pub scenario: String,
+    pub seed: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bug: Option<String>,
+    pub servers: u32,
+    pub workload: Workload,
+    /// The fault plan; `None` means "generate it from the seed".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<FaultPlan>,
+}
+
+impl Case {
+    /// The command that reruns this case exactly. A case whose plan was
+    /// edited (shrunk) is replayed from its saved file instead.
+    pub fn repro_command(&self, defaults: (u32, Workload)) -> String {
+        let mut cmd = format!(
+            "cargo run --release -p ringfence-sim -- replay --scenario {} --seed {}",
+            self.scenario, self.seed
+        );
+        if let Some(bug) = &self.bug {
+            cmd += &format!(" --bug {bug}");
+        }
+        if self.servers != defaults.0 {
+            cmd += &format!(" --servers {}", self.servers);
+        }
+        if self.workload.clients != defaults.1.clients {
+            cmd += &format!(" --clients {}", self.workload.clients);
+        }
+        if self.workload.ops != defaults.1.ops {
+            cmd += &format!(" --ops {}", self.workload.ops);
+        }
+        cmd
+    }
+}
+
+/// What a run produced.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub case: Case,
+    /// The plan that ran (generated or given).
+    pub plan: FaultPlan,
+    pub trace_hash: u64,
+    pub trace_events: u64,
+    /// Completed client operations.
+    pub ops: u64,
+    pub fired: BTreeMap<FaultKind, u64>,
+    pub violations: Vec<Violation>,
+    /// Simulated time the run covered.
+    pub sim_time: Duration,
+    /// Messages our layer delivered.
+    pub messages: u64,
+    #[serde(skip)]
+    pub events: Vec<Stamped>,
+    /// The history as JSON lines, when the trace was kept.
+    #[serde(skip)]
+    pub history: Vec<String>,
+}
+
+impl Outcome {
+    pub fn failed(&self) -> bool {
+        !self.violations.is_empty()
+    }
+
+    /// The outcome of a run that panicked: a node's assertion failed (an
+    /// invariant the protocol checks itself) or the runner hit its limit.
+    pub fn from_panic(plan: FaultPlan, case: Case, message: String) -> Outcome {
+        Outcome {
+            case,
+            plan,
+            trace_hash: 0,
+            trace_events: 0,
+            ops: 0,
+            fired: BTreeMap::new(),
+            violations: vec![Violation::new("panic", message, vec![])],
+            sim_time: Duration::ZERO,
+            messages: 0,
+            events: Vec::new(),
+            history: Vec::new(),
+        }
+    }
+}
+
+/// Run options that do not change the outcome.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Keep every trace event and the history (for replay output).
+    pub keep_trace: bool,
+}
+
+/// Time allowed after the fault window for clients to finish the
+/// operation they had in flight.
+const DRAIN_BOUND: Duration = Duration::from_secs(10);
+
+/// The fault plan for a case: the one it carries, or the seed's.
+pub fn plan_for<S: Scenario>(case: &Case) -> FaultPlan {
+    case.plan.clone().unwrap_or_else(|| {
+        let targets = Targets {
+            servers: server_ids(case.servers),
+            clients: client_ids(case.workload.clients),
+            kinds: S::fault_kinds(),
+        };
+        FaultPlan::generate(case.seed, S::FAULT_WINDOW.as_millis() as u64, &targets)
+    })
+}
+
+/// Runs `case` against scenario `S`. Must be called on a thread that has
+/// not run a simulation before (madsim seeds its hash maps once per thread).
+pub fn run<S: Scenario>(case: &Case, bug: Option<&'static crate::scenario::Bug>, options: RunOptions) -> Outcome {
+    let plan = plan_for::<S>(case);
+    let params = Params {
+        bug,
+        servers: case.servers,
+        workload: case.workload,
+    };
+    let servers = server_ids(case.servers);
+    let clients = client_ids(case.workload.clients);
+    let all: Vec<_> = servers.iter().chain([&PROBE_ID]).chain(&clients).copied().collect();
+    let world = World::new(case.seed, &all, Trace::new(options.keep_trace));
+
+    let mut runtime = madsim::runtime::Runtime::with_seed_and_config(case.seed, madsim::Config::default());
+    // A safety net far past every bound: a run that never ends is a bug in
+    // the runner or the scenario, and must not hang a sweep.
+    runtime.set_time_limit(
+        Duration::from_millis(plan.duration_ms) + DRAIN_BOUND + S::LIVENESS_BOUND + Duration::from_secs(60),
+    );
+    let scenario = Arc::new(S::new(&params));
+    let recorder = Recorder::<S::Op>::new(world.clone());
+    let (violations, sim_time) = runtime.block_on(drive(
+        scenario.clone(),
+        &plan,
+        &world,
+        &servers,
+        &clients,
+        case.workload.ops,
+        recorder.clone(),
+    ));
+
+    let history = recorder.take();
+    let mut all_violations = violations;
+    all_violations.extend(scenario.check(&history));
+    let mut w = world.lock();
+    Outcome {
+        case: case.clone(),
+        plan,
+        trace_hash: w.trace.hash(),
+        trace_events: w.trace.len(),
+        ops: history.operations().iter().filter(|(_, done)| done.is_some()).count() as u64,
+        fired: std::mem::take(&mut w.fired),
+        violations: all_violations,
+        sim_time,
+        messages: w.delivered,
+        events: w.trace.take_events(),
+        history: if options.keep_trace {
+            history
+                .events()
+                .iter()
+                .map(|e| serde_json::to_string(e).expect("history serializes"))
+                .collect()
+        } else {
+            Vec::new()
+        },
+    }
+}
+
+async fn drive<S: Scenario>(
+    scenario: Arc<S>,
+    plan: &FaultPlan,
+    world: &World,
+    servers: &[u32],
+    clients: &[u32],
+    ops: u32,
+    recorder: Recorder<S::Op>,
+) -> (Vec<Violation>, Duration) {
+    let handle = madsim::runtime::Handle::current();
+    let start = madsim::time::Instant::now();
+    for &id in servers {
+        let (scenario, node_world) = (scenario.clone(), world.clone());
+        let node = handle
+            .create_node()
+            .name(format!("server-{id}"))
+            .ip(addr_of(id).ip())
+            .init(move || {
+                let (scenario, world) = (scenario.clone(), node_world.clone());
+                async move {
+                    let env = SimEnv::boot(world, id).await;
+                    scenario.server(env).await;
+                }
+            })
+            .build();
+        world.lock().node(id).madsim_id = Some(node.id());
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut running = Vec::new();
+    for (index, &id) in clients.iter().enumerate() {
+        let node = handle
+            .create_node()
+            .name(format!("client-{id}"))
+            .ip(addr_of(id).ip())
+            .build();
+        world.lock().node(id).madsim_id = Some(node.id());
+        let client = Client::new(index as u32, servers.to_vec(), ops, stop.clone(), recorder.clone());
+        let (scenario, world) = (scenario.clone(), world.clone());
+        running.push(node.spawn(async move {
+            let env = SimEnv::boot(world, id).await;
+            scenario.client(env, client).await;
+        }));
+    }
+    let probe_node = handle.create_node().name("probe").ip(addr_of(PROBE_ID).ip()).build();
+    world.lock().node(PROBE_ID).madsim_id = Some(probe_node.id());
+
+    let targets: Vec<_> = servers.iter().chain(clients).copied().collect();
+    Nemesis::new(world.clone(), targets).run(plan).await;
+    stop.store(true, Ordering::Relaxed);
+
+    let mut violations = Vec::new();
+    let drained = madsim::time::timeout(DRAIN_BOUND, futures::future::join_all(running)).await;
+    if drained.is_err() {
+        violations.push(Violation::new(
+            "liveness",
+            format!("clients did not finish their in-flight operations within {DRAIN_BOUND:?} after the faults healed"),
+            vec![],
+        ));
+    }
+    let probe = Client::new(
+        clients.len() as u32,
+        servers.to_vec(),
+        1,
+        Arc::new(AtomicBool::new(false)),
+        recorder.clone(),
+    );
+    let probe_world = world.clone();
+    let probed = probe_node.spawn(async move {
+        let env = SimEnv::boot(probe_world, PROBE_ID).await;
+        scenario.probe(env, probe).await;
+    });
+    if madsim::time::timeout(S::LIVENESS_BOUND, probed).await.is_err() {
+        violations.push(Violation::new(
+            "liveness",
+            format!(
+                "the probe did not complete within {:?} after the faults healed",
+                S::LIVENESS_BOUND
+            ),
+            vec![],
+        ));
+    }
+    (violations, start.elapsed())
+}

@@ -1,0 +1,203 @@
+//! The interface a protocol implements to be simulated.
+//!
+//! A scenario says how many server and client nodes it wants, what a server
+//! runs (again after every restart, from its disk), what a client does with
+//! its operation budget, how to probe liveness after the faults heal, and how
+//! to judge the recorded history. The runner does the rest: nodes, nemesis,
+//! trace, timing, checks. `scenarios/counter.rs` is the worked example.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ringfence::env::NodeId;
+use ringfence::history::{EventKind, History, Violation};
+use serde::{Deserialize, Serialize};
+
+use crate::env::SimEnv;
+use crate::plan::FaultKind;
+use crate::trace::TraceEvent;
+use crate::world::{elapsed, World};
+
+/// A deliberately broken variant of a protocol, and the invariant that must
+/// catch it.
+#[derive(Debug, Clone, Copy)]
+pub struct Bug {
+    pub name: &'static str,
+    pub about: &'static str,
+    /// The invariant the default sweep must report for this bug.
+    pub caught_by: &'static str,
+}
+
+/// How much work the clients do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Workload {
+    pub clients: u32,
+    /// Operations per client (at most; the plan's end also stops them).
+    pub ops: u32,
+}
+
+/// What a scenario instance is built from.
+#[derive(Debug, Clone)]
+pub struct Params {
+    /// Planted bug to switch on, validated against [`Scenario::BUGS`].
+    pub bug: Option<&'static Bug>,
+    pub servers: u32,
+    pub workload: Workload,
+}
+
+/// A protocol under simulation. One instance exists per run, so it may hold
+/// per-run shared observations (e.g. every leader ever elected).
+pub trait Scenario: Send + Sync + Sized + 'static {
+    /// A client operation, as recorded in the history.
+    type Op: Clone + fmt::Debug + Serialize + Send + Sync + 'static;
+
+    const NAME: &'static str;
+    const ABOUT: &'static str;
+    const BUGS: &'static [Bug];
+    /// Default number of server nodes, and the smallest that makes sense.
+    const SERVERS: u32;
+    const MIN_SERVERS: u32;
+    const WORKLOAD: Workload;
+    /// Simulated time during which faults happen, before everything heals.
+    const FAULT_WINDOW: Duration;
+    /// After healing, the probe must complete within this bound (the
+    /// liveness guarantee the scenario states).
+    const LIVENESS_BOUND: Duration;
+    /// Seeds in the default sweep (`cargo test` and `ringfence-sim sweep`),
+    /// sized so the whole default sweep fits a 2-core machine.
+    const DEFAULT_SEEDS: u64 = 200;
+
+    /// Fault kinds the nemesis may use against this scenario.
+    fn fault_kinds() -> Vec<FaultKind> {
+        FaultKind::ALL.to_vec()
+    }
+
+    fn new(params: &Params) -> Self;
+
+    /// Runs server `env.id()` from whatever its disk holds. Called at first
+    /// boot and after every restart; never returns.
+    fn server(self: Arc<Self>, env: SimEnv) -> impl Future<Output = ()> + Send;
+
+    /// Runs one client's workload until [`Client::next_op`] says stop.
+    fn client(self: Arc<Self>, env: SimEnv, client: Client<Self::Op>) -> impl Future<Output = ()> + Send;
+
+    /// After the faults heal: the operation that shows the system is live
+    /// again (e.g. a read of everything acknowledged). It is recorded in the
+    /// history like any client's, and must finish within `LIVENESS_BOUND`.
+    fn probe(self: Arc<Self>, env: SimEnv, client: Client<Self::Op>) -> impl Future<Output = ()> + Send;
+
+    /// Judges the history (and any per-run observations the instance kept).
+    fn check(&self, history: &History<Self::Op>) -> Vec<Violation>;
+}
+
+/// Node ids the runner assigns: servers `1..=n`, the probe, then clients.
+pub fn server_ids(servers: u32) -> Vec<NodeId> {
+    (1..=servers).collect()
+}
+pub const PROBE_ID: NodeId = 100;
+pub fn client_ids(clients: u32) -> Vec<NodeId> {
+    (0..clients).map(|i| 101 + i).collect()
+}
+
+/// A client's handle on the run: where the servers are, its operation
+/// budget, and the history recorder.
+pub struct Client<Op> {
+    /// This client's index in the history.
+    pub id: u32,
+    pub servers: Vec<NodeId>,
+    ops_left: u32,
+    stop: Arc<AtomicBool>,
+    recorder: Recorder<Op>,
+}
+
+impl<Op: fmt::Debug> Client<Op> {
+    pub(crate) fn new(id: u32, servers: Vec<NodeId>, ops: u32, stop: Arc<AtomicBool>, recorder: Recorder<Op>) -> Self {
+        Client {
+            id,
+            servers,
+            ops_left: ops,
+            stop,
+            recorder,
+        }
+    }
+
+    /// Claims the next operation of the budget; `false` once the budget is
+    /// spent or the fault window has ended.
+    pub fn next_op(&mut self) -> bool {
+        if self.ops_left == 0 || self.stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        self.ops_left -= 1;
+        true
+    }
+
+    /// Records that this client sends `op`; returns its history index.
+    pub fn invoke(&self, op: Op) -> usize {
+        self.recorder.record(self.id, EventKind::Invoke, op)
+    }
+
+    /// The operation took effect; `op` carries its result.
+    pub fn ok(&self, op: Op) -> usize {
+        self.recorder.record(self.id, EventKind::Ok, op)
+    }
+
+    /// The operation certainly did not take effect.
+    pub fn fail(&self, op: Op) -> usize {
+        self.recorder.record(self.id, EventKind::Fail, op)
+    }
+
+    /// The outcome is unknown (timeout, lost reply).
+    pub fn info(&self, op: Op) -> usize {
+        self.recorder.record(self.id, EventKind::Info, op)
+    }
+}
+
+/// Appends to the run's history, stamping simulated time and tracing it.
+pub struct Recorder<Op> {
+    history: Arc<Mutex<History<Op>>>,
+    world: World,
+}
+
+impl<Op> Clone for Recorder<Op> {
+    fn clone(&self) -> Self {
+        Recorder {
+            history: self.history.clone(),
+            world: self.world.clone(),
+        }
+    }
+}
+
+impl<Op: fmt::Debug> Recorder<Op> {
+    pub(crate) fn new(world: World) -> Self {
+        Recorder {
+            history: Arc::new(Mutex::new(History::default())),
+            world,
+        }
+    }
+
+    fn record(&self, client: u32, kind: EventKind, op: Op) -> usize {
+        let now = elapsed();
+        let text = format!("{op:?}");
+        let index =
+            self.history
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(client, now.as_nanos() as u64, kind, op);
+        let kind = format!("{kind:?}").to_lowercase();
+        tracing::debug!(client, index, %kind, op = %text, "history");
+        self.world.lock().event(TraceEvent::Op {
+            client,
+            index,
+            kind,
+            op: text,
+        });
+        index
+    }
+
+    pub(crate) fn take(&self) -> History<Op> {
+        std::mem::take(&mut *self.history.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}

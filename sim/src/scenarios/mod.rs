@@ -1,0 +1,133 @@
+//! The registry of simulated scenarios: one line per protocol in [`ALL`].
+
+pub mod counter;
+
+use std::marker::PhantomData;
+
+use crate::plan::{FaultKind, FaultPlan};
+use crate::runner::{plan_for, run, Case, Outcome, RunOptions};
+use crate::scenario::{Bug, Scenario, Workload};
+
+/// A scenario with its types erased, so the CLI and sweeps can hold a list.
+pub trait DynScenario: Sync {
+    fn name(&self) -> &'static str;
+    fn about(&self) -> &'static str;
+    fn bugs(&self) -> &'static [Bug];
+    fn default_servers(&self) -> u32;
+    fn min_servers(&self) -> u32;
+    fn default_workload(&self) -> Workload;
+    fn default_seeds(&self) -> u64;
+    fn fault_kinds(&self) -> Vec<FaultKind>;
+    /// The fault plan `case` runs with.
+    fn plan(&self, case: &Case) -> FaultPlan;
+    /// Runs a validated case (see [`validate`]).
+    fn run(&self, case: &Case, options: RunOptions) -> Outcome;
+}
+
+struct Registered<S>(PhantomData<fn() -> S>);
+
+impl<S: Scenario> DynScenario for Registered<S> {
+    fn name(&self) -> &'static str {
+        S::NAME
+    }
+    fn about(&self) -> &'static str {
+        S::ABOUT
+    }
+    fn bugs(&self) -> &'static [Bug] {
+        S::BUGS
+    }
+    fn default_servers(&self) -> u32 {
+        S::SERVERS
+    }
+    fn min_servers(&self) -> u32 {
+        S::MIN_SERVERS
+    }
+    fn default_workload(&self) -> Workload {
+        S::WORKLOAD
+    }
+    fn default_seeds(&self) -> u64 {
+        S::DEFAULT_SEEDS
+    }
+    fn fault_kinds(&self) -> Vec<FaultKind> {
+        S::fault_kinds()
+    }
+    fn plan(&self, case: &Case) -> FaultPlan {
+        plan_for::<S>(case)
+    }
+    fn run(&self, case: &Case, options: RunOptions) -> Outcome {
+        let bug = case
+            .bug
+            .as_deref()
+            .map(|name| find_bug(S::BUGS, name).expect("case was validated"));
+        run::<S>(case, bug, options)
+    }
+}
+
+/// Type-erases a scenario, e.g. to sweep your own scenario without adding
+/// it to [`ALL`].
+pub fn erase<S: Scenario>() -> &'static dyn DynScenario {
+    &Registered::<S>(PhantomData)
+}
+
+/// Every scenario, in the order sweeps run them.
+pub static ALL: &[&dyn DynScenario] = &[&Registered::<counter::Counter>(PhantomData)];
+
+fn find_bug(bugs: &'static [Bug], name: &str) -> Option<&'static Bug> {
+    bugs.iter().find(|b| b.name == name)
+}
+
+/// Looks a scenario up by name, with an error that lists the valid names.
+pub fn find(name: &str) -> Result<&'static dyn DynScenario, String> {
+    ALL.iter().copied().find(|s| s.name() == name).ok_or_else(|| {
+        let names: Vec<_> = ALL.iter().map(|s| s.name()).collect();
+        format!("unknown scenario `{name}`; known scenarios: {}", names.join(", "))
+    })
+}
+
+/// Checks a case against its registered scenario before running it.
+pub fn validate(case: &Case) -> Result<&'static dyn DynScenario, String> {
+    let scenario = find(&case.scenario)?;
+    validate_for(scenario, case)?;
+    Ok(scenario)
+}
+
+/// Checks a case against `scenario`.
+pub fn validate_for(scenario: &dyn DynScenario, case: &Case) -> Result<(), String> {
+    if let Some(bug) = &case.bug {
+        if find_bug(scenario.bugs(), bug).is_none() {
+            let names: Vec<_> = scenario.bugs().iter().map(|b| b.name).collect();
+            return Err(format!(
+                "scenario `{}` has no planted bug `{bug}`; its bugs: {}",
+                scenario.name(),
+                names.join(", ")
+            ));
+        }
+    }
+    if case.servers < scenario.min_servers() || case.servers > 9 {
+        return Err(format!(
+            "scenario `{}` needs between {} and 9 servers, got {}",
+            scenario.name(),
+            scenario.min_servers(),
+            case.servers
+        ));
+    }
+    if case.workload.clients == 0 || case.workload.clients > 64 {
+        return Err(format!(
+            "clients must be between 1 and 64, got {}",
+            case.workload.clients
+        ));
+    }
+    Ok(())
+}
+
+/// The default case for `scenario` and `seed`.
+pub fn default_case(scenario: &dyn DynScenario, seed: u64, bug: Option<&str>) -> Case {
+    Case {
+        scenario: scenario.name().to_string(),
+        seed,
+        bug: bug.map(str::to_string),
+        servers: scenario.default_servers(),
+        workload: scenario.default_workload(),
+        plan: None,
+    }
+}

@@ -1,0 +1,335 @@
+//! Seed sweeps: many cases across all cores, each on a fresh thread (madsim
+//! seeds hash maps once per thread, so reusing a thread would make a seed's
+//! run depend on the seeds before it), panics caught and reported as
+//! failures, determinism optionally re-checked, results summarized.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, Once};
+use std::time::{Duration, Instant};
+
+use ringfence::history::Violation;
+use serde::Serialize;
+
+use crate::plan::FaultKind;
+use crate::runner::{Case, Outcome, RunOptions};
+use crate::scenarios::{self, DynScenario};
+
+thread_local! {
+    static PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+const SEED_THREAD: &str = "ringfence-seed";
+
+/// Installs (once) a panic hook that keeps panics on seed threads quiet and
+/// remembers their message and location for the report.
+fn quiet_seed_panics() {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if std::thread::current().name() == Some(SEED_THREAD) {
+                let message = info
+                    .payload()
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| info.payload().downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "non-string panic".into());
+                let location = info.location().map(|l| format!(" at {l}")).unwrap_or_default();
+                PANIC.with(|p| *p.borrow_mut() = Some(format!("{message}{location}")));
+            } else {
+                default(info);
+            }
+        }));
+    });
+}
+
+/// Runs one validated case on a fresh thread; a panic becomes a `panic`
+/// violation instead of aborting the caller.
+pub fn run_isolated(scenario: &'static dyn DynScenario, case: &Case, options: RunOptions) -> Outcome {
+    quiet_seed_panics();
+    let case = case.clone();
+    // determinism: ok — a fresh OS thread per seed is what makes runs independent.
+    std::thread::Builder::new()
+        .name(SEED_THREAD.into())
+        .stack_size(32 << 20)
+        .spawn(move || {
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scenario.run(&case, options)));
+            result.unwrap_or_else(|_| {
+                let message = PANIC.with(|p| p.borrow_mut().take()).unwrap_or_else(|| "panic".into());
+                Outcome::from_panic(scenario.plan(&case), case, message)
+            })
+        })
+        .expect("spawn a seed thread")
+        .join()
+        .expect("seed threads catch their panics")
+}
+
+/// One failing seed, with the command that reproduces it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Failure {
+    pub seed: u64,
+    pub violation: Violation,
+    pub repro: String,
+    pub trace_hash: String,
+    #[serde(skip)]
+    pub case: Case,
+}
+
+/// The results for one scenario (and planted bug, if any).
+#[derive(Debug, Clone, Serialize)]
+pub struct ScenarioSummary {
+    pub scenario: String,
+    pub bug: Option<String>,
+    pub seeds: u64,
+    pub ops: u64,
+    pub messages: u64,
+    pub fired: BTreeMap<FaultKind, u64>,
+    /// Fault kinds the scenario supports that never fired in this sweep.
+    pub never_fired: Vec<FaultKind>,
+    pub failures: Vec<Failure>,
+    /// Seeds whose rerun gave a different trace hash.
+    pub nondeterministic: Vec<u64>,
+    pub determinism_checked: u64,
+    pub wall_secs: f64,
+    /// Simulated seconds, summed over seeds.
+    pub sim_secs: f64,
+    pub seeds_per_sec: f64,
+    /// Simulated seconds per wall second of one core.
+    pub sim_to_wall: f64,
+}
+
+impl ScenarioSummary {
+    pub fn passed(&self) -> bool {
+        self.failures.is_empty() && self.nondeterministic.is_empty() && self.never_fired.is_empty()
+    }
+}
+
+/// What to sweep.
+#[derive(Clone)]
+pub struct SweepPlan {
+    /// One entry per scenario (and bug) to sweep, each with its cases.
+    pub groups: Vec<(&'static dyn DynScenario, Vec<Case>)>,
+    pub jobs: usize,
+    /// Rerun every `n`-th case and compare trace hashes (0 = never).
+    pub determinism_every: usize,
+    pub progress: bool,
+    /// Stop a group at its first failure (used to time how fast bugs are caught).
+    pub stop_at_first_failure: bool,
+}
+
+/// Sweeps below this many seeds are too small to demand that every fault
+/// kind fired.
+pub const MIN_SEEDS_FOR_FAULT_COVERAGE: u64 = 32;
+
+/// Runs every group and returns one summary per group.
+pub fn sweep(plan: &SweepPlan) -> Vec<ScenarioSummary> {
+    let total: u64 = plan.groups.iter().map(|(_, cases)| cases.len() as u64).sum();
+    let bar = if plan.progress {
+        indicatif::ProgressBar::new(total)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {msg:<24} [{bar:30}] {pos}/{len} seeds {per_sec} eta {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let summaries = plan
+        .groups
+        .iter()
+        .map(|(scenario, cases)| sweep_group(*scenario, cases, plan, &bar))
+        .collect();
+    bar.finish_and_clear();
+    summaries
+}
+
+fn sweep_group(
+    scenario: &'static dyn DynScenario,
+    cases: &[Case],
+    plan: &SweepPlan,
+    bar: &indicatif::ProgressBar,
+) -> ScenarioSummary {
+    bar.set_message(match cases.first().and_then(|c| c.bug.as_deref()) {
+        Some(bug) => format!("{} +{bug}", scenario.name()),
+        None => scenario.name().to_string(),
+    });
+    let started = Instant::now(); // determinism: ok — wall time for the report only
+    let next = AtomicUsize::new(0);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let results: Mutex<Vec<SeedResult>> = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..plan.jobs.max(1) {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= cases.len() || stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                let t = Instant::now(); // determinism: ok — wall time for the report only
+                let outcome = run_isolated(scenario, &cases[i], RunOptions::default());
+                let wall = t.elapsed();
+                let rerun = (plan.determinism_every > 0 && i % plan.determinism_every == 0)
+                    .then(|| run_isolated(scenario, &cases[i], RunOptions::default()).trace_hash);
+                if outcome.failed() && plan.stop_at_first_failure {
+                    stop.store(true, Ordering::Relaxed);
+                }
+                bar.inc(1);
+                results
+                    .lock()
+                    .expect("no panics hold this lock")
+                    .push((i, outcome, wall, rerun));
+            });
+        }
+    });
+    let mut results = results.into_inner().expect("workers finished");
+    results.sort_by_key(|(i, ..)| *i);
+    summarize(scenario, results, started.elapsed())
+}
+
+/// One seed's outcome: case index, outcome, wall time, rerun trace hash.
+type SeedResult = (usize, Outcome, Duration, Option<u64>);
+
+fn summarize(scenario: &dyn DynScenario, results: Vec<SeedResult>, wall: Duration) -> ScenarioSummary {
+    let mut fired: BTreeMap<FaultKind, u64> = BTreeMap::new();
+    let (mut ops, mut messages, mut sim, mut busy) = (0, 0, Duration::ZERO, Duration::ZERO);
+    let mut failures = Vec::new();
+    let mut nondeterministic = Vec::new();
+    let mut determinism_checked = 0;
+    let defaults = (scenario.default_servers(), scenario.default_workload());
+    let bug = results.first().and_then(|(_, o, ..)| o.case.bug.clone());
+    for (_, outcome, took, rerun) in &results {
+        for (kind, n) in &outcome.fired {
+            *fired.entry(*kind).or_default() += n;
+        }
+        ops += outcome.ops;
+        messages += outcome.messages;
+        sim += outcome.sim_time;
+        busy += *took;
+        if let Some(hash) = rerun {
+            determinism_checked += 1;
+            if *hash != outcome.trace_hash {
+                nondeterministic.push(outcome.case.seed);
+            }
+        }
+        if let Some(violation) = outcome.violations.first() {
+            failures.push(Failure {
+                seed: outcome.case.seed,
+                violation: violation.clone(),
+                repro: outcome.case.repro_command(defaults),
+                trace_hash: format!("{:016x}", outcome.trace_hash),
+                case: outcome.case.clone(),
+            });
+        }
+    }
+    let seeds = results.len() as u64;
+    let never_fired = if seeds >= MIN_SEEDS_FOR_FAULT_COVERAGE {
+        scenario
+            .fault_kinds()
+            .into_iter()
+            .filter(|k| !fired.contains_key(k))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    ScenarioSummary {
+        scenario: scenario.name().to_string(),
+        bug,
+        seeds,
+        ops,
+        messages,
+        fired,
+        never_fired,
+        failures,
+        nondeterministic,
+        determinism_checked,
+        wall_secs: wall.as_secs_f64(),
+        sim_secs: sim.as_secs_f64(),
+        seeds_per_sec: seeds as f64 / wall.as_secs_f64().max(1e-9),
+        sim_to_wall: sim.as_secs_f64() / busy.as_secs_f64().max(1e-9),
+    }
+}
+
+/// Cases for `seeds` of `scenario`, keeping those of shard `shard` (1-based
+/// index, count).
+pub fn cases(scenario: &dyn DynScenario, seeds: std::ops::Range<u64>, shard: (u64, u64), template: &Case) -> Vec<Case> {
+    let (index, count) = shard;
+    seeds
+        .filter(|seed| seed % count == index - 1)
+        .map(|seed| Case {
+            seed,
+            scenario: scenario.name().to_string(),
+            ..template.clone()
+        })
+        .collect()
+}
+
+/// A text table of sweep results.
+pub fn table(summaries: &[ScenarioSummary]) -> String {
+    let mut out = String::new();
+    let header = format!(
+        "{:<22} {:>6} {:>7} {:>8} {:>5} {:>8} {:>9}  faults fired\n",
+        "scenario", "seeds", "ops", "msgs", "fail", "seeds/s", "sim/wall"
+    );
+    out += &header;
+    for s in summaries {
+        let name = match &s.bug {
+            Some(bug) => format!("{} +{bug}", s.scenario),
+            None => s.scenario.clone(),
+        };
+        let fired: Vec<String> = s.fired.iter().map(|(k, n)| format!("{k}={n}")).collect();
+        out += &format!(
+            "{:<22} {:>6} {:>7} {:>8} {:>5} {:>8.1} {:>8.0}x  {}\n",
+            name,
+            s.seeds,
+            s.ops,
+            s.messages,
+            s.failures.len(),
+            s.seeds_per_sec,
+            s.sim_to_wall,
+            fired.join(" ")
+        );
+        if !s.never_fired.is_empty() {
+            let kinds: Vec<_> = s.never_fired.iter().map(|k| k.name()).collect();
+            out += &format!("  FAULTS NEVER FIRED: {}\n", kinds.join(", "));
+        }
+        if !s.nondeterministic.is_empty() {
+            out += &format!(
+                "  NONDETERMINISTIC SEEDS (trace hash differs on rerun): {:?}\n",
+                s.nondeterministic
+            );
+        } else if s.determinism_checked > 0 {
+            out += &format!(
+                "  determinism: {} seeds rerun, identical trace hashes\n",
+                s.determinism_checked
+            );
+        }
+        const SHOWN: usize = 5;
+        for f in s.failures.iter().take(SHOWN) {
+            out += &format!(
+                "  seed {} violates {}: {}\n    reproduce: {}  (trace hash {})\n",
+                f.seed, f.violation.invariant, f.violation.detail, f.repro, f.trace_hash
+            );
+        }
+        if s.failures.len() > SHOWN {
+            let rest: Vec<String> = s.failures[SHOWN..].iter().map(|f| f.seed.to_string()).collect();
+            out += &format!("  ... and {} more failing seeds: {}\n", rest.len(), rest.join(" "));
+        }
+    }
+    out
+}
+
+/// Every scenario's default cases over its default seeds (or `seeds`) —
+/// what `cargo test` and a plain `ringfence-sim sweep` run.
+pub fn default_groups(seeds: Option<std::ops::Range<u64>>) -> Vec<(&'static dyn DynScenario, Vec<Case>)> {
+    scenarios::ALL
+        .iter()
+        .map(|&s| (s, default_cases(s, seeds.clone(), None)))
+        .collect()
+}
+
+/// `scenario`'s default cases, optionally with a planted bug on.
+pub fn default_cases(scenario: &dyn DynScenario, seeds: Option<std::ops::Range<u64>>, bug: Option<&str>) -> Vec<Case> {
+    let seeds = seeds.unwrap_or(0..scenario.default_seeds());
+    cases(scenario, seeds, (1, 1), &scenarios::default_case(scenario, 0, bug))
+}

@@ -1,0 +1,358 @@
+//! The state of one simulated run that lives outside every node: disks,
+//! clocks, network fault settings, fault counters and the trace.
+//!
+//! It survives node crashes on purpose — a disk outlives its process — and is
+//! shared by the nodes' [`SimEnv`](crate::SimEnv)s and the nemesis. madsim runs
+//! a whole simulation on one thread, so a plain mutex never contends.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use ringfence::env::{record, NodeId};
+
+use crate::plan::{DiskLoss, FaultKind};
+use crate::trace::{Trace, TraceEvent};
+
+/// UDP-style port every simulated node listens on.
+pub const PORT: u16 = 7000;
+
+/// Fixed seed-stream labels, so each consumer of randomness gets its own
+/// stream and adding draws in one never shifts another.
+pub mod stream {
+    pub const PLAN: u64 = 1;
+    pub const NETWORK: u64 = 2;
+    pub const DISK: u64 = 3;
+    pub const NODE: u64 = 4;
+    pub const CLOCK: u64 = 5;
+}
+
+/// A ChaCha generator for `(seed, stream, index)`.
+pub fn derive_rng(seed: u64, stream: u64, index: u64) -> ChaCha8Rng {
+    let mut key = [0u8; 32];
+    key[0..8].copy_from_slice(&seed.to_le_bytes());
+    key[8..16].copy_from_slice(&stream.to_le_bytes());
+    key[16..24].copy_from_slice(&index.to_le_bytes());
+    ChaCha8Rng::from_seed(key)
+}
+
+/// The simulated address of a node.
+pub fn addr_of(id: NodeId) -> SocketAddr {
+    let [_, a, b, c] = id.to_be_bytes();
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, a, b, c)), PORT)
+}
+
+/// The node at a simulated address.
+pub fn node_of(addr: SocketAddr) -> Option<NodeId> {
+    match addr.ip() {
+        IpAddr::V4(ip) => {
+            let [ten, a, b, c] = ip.octets();
+            (ten == 10).then(|| u32::from_be_bytes([0, a, b, c]))
+        }
+        IpAddr::V6(_) => None,
+    }
+}
+
+/// A node's clock: `now = anchor_local + (real - anchor_real) * rate`.
+#[derive(Debug, Clone)]
+pub struct Clock {
+    anchor_real: Duration,
+    anchor_local: Duration,
+    rate: f64,
+}
+
+impl Clock {
+    fn new(origin: Duration) -> Self {
+        Clock {
+            anchor_real: Duration::ZERO,
+            anchor_local: origin,
+            rate: 1.0,
+        }
+    }
+
+    pub fn now(&self, real: Duration) -> Duration {
+        self.anchor_local + (real - self.anchor_real).mul_f64(self.rate)
+    }
+
+    /// Real time that passes while this clock advances by `local`.
+    pub fn real_for(&self, local: Duration) -> Duration {
+        local.div_f64(self.rate)
+    }
+
+    fn set_rate(&mut self, real: Duration, rate: f64) {
+        self.anchor_local = self.now(real);
+        self.anchor_real = real;
+        self.rate = rate;
+    }
+
+    fn jump(&mut self, forward: Duration) {
+        self.anchor_local += forward;
+    }
+}
+
+/// A node's disk: framed records, split at the last sync.
+#[derive(Debug, Default, Clone)]
+pub struct Disk {
+    synced: Vec<u8>,
+    unsynced: Vec<u8>,
+}
+
+impl Disk {
+    pub fn append(&mut self, payload: &[u8]) {
+        record::encode(payload, &mut self.unsynced);
+    }
+
+    /// Bytes a sync started now must make durable.
+    pub fn pending(&self) -> usize {
+        self.unsynced.len()
+    }
+
+    /// Makes the first `len` unsynced bytes durable.
+    pub fn sync_prefix(&mut self, len: usize) {
+        let len = len.min(self.unsynced.len());
+        self.synced.extend(self.unsynced.drain(..len));
+    }
+
+    pub fn rewrite(&mut self, records: &[Vec<u8>]) {
+        self.synced.clear();
+        self.unsynced.clear();
+        for r in records {
+            record::encode(r, &mut self.synced);
+        }
+    }
+
+    /// What a crash leaves: the synced bytes plus, depending on `loss`, part
+    /// of the unsynced tail (cut at a record boundary, or torn mid-record).
+    fn crash(&mut self, loss: DiskLoss, rng: &mut ChaCha8Rng) -> usize {
+        let tail = std::mem::take(&mut self.unsynced);
+        let keep = match loss {
+            DiskLoss::LoseUnsynced => 0,
+            DiskLoss::KeepPrefix => {
+                let cuts = record_boundaries(&tail);
+                cuts[rng.gen_range(0..cuts.len())]
+            }
+            DiskLoss::Torn if tail.is_empty() => 0,
+            DiskLoss::Torn => rng.gen_range(0..tail.len()),
+        };
+        self.synced.extend_from_slice(&tail[..keep]);
+        tail.len() - keep
+    }
+
+    /// Recovers the records, dropping a torn tail as a real restart would.
+    pub fn load(&mut self) -> Result<Vec<Vec<u8>>, record::CorruptRecord> {
+        if !self.unsynced.is_empty() {
+            // A live process reads back what it wrote, synced or not.
+            let mut all = self.synced.clone();
+            all.extend_from_slice(&self.unsynced);
+            return Ok(record::decode(&all)?.records);
+        }
+        let recovered = record::decode(&self.synced)?;
+        self.synced.truncate(recovered.valid_len);
+        Ok(recovered.records)
+    }
+}
+
+/// Offsets at which a framed log can be cut without tearing a record
+/// (always includes 0).
+fn record_boundaries(bytes: &[u8]) -> Vec<usize> {
+    let mut cuts = vec![0];
+    let mut offset = 0;
+    while offset + record::HEADER_BYTES <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[offset..offset + 4].try_into().expect("4 bytes")) as usize;
+        offset += record::HEADER_BYTES + len;
+        if offset > bytes.len() {
+            break;
+        }
+        cuts.push(offset);
+    }
+    cuts
+}
+
+/// Per-node state the world keeps.
+#[derive(Debug)]
+pub struct NodeState {
+    pub madsim_id: Option<madsim::task::NodeId>,
+    pub clock: Clock,
+    pub disk: Disk,
+    /// Bumped at every (re)start; old tasks never see the new incarnation.
+    pub incarnation: u64,
+    rng_draws: u64,
+    pub down: bool,
+    pub paused: bool,
+}
+
+/// Message faults in force on the whole network.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct NetFaults {
+    pub loss: f64,
+    pub duplicate: f64,
+    pub delay: f64,
+    pub max_delay: Duration,
+}
+
+/// What the network layer decided for one message.
+#[derive(Debug, Clone, Copy)]
+pub struct Delivery {
+    pub id: u64,
+    pub drop: bool,
+    /// Extra delay for the first copy and, if duplicated, the second.
+    pub delays: [Option<Duration>; 2],
+}
+
+/// The run's shared state.
+pub struct WorldState {
+    pub seed: u64,
+    pub nodes: BTreeMap<NodeId, NodeState>,
+    pub net: NetFaults,
+    net_rng: ChaCha8Rng,
+    disk_rng: ChaCha8Rng,
+    next_message: u64,
+    /// Faults that actually took effect, by kind.
+    pub fired: BTreeMap<FaultKind, u64>,
+    pub trace: Trace,
+    /// Messages delivered to a node's inbox; the bench compares it to madsim.
+    pub delivered: u64,
+}
+
+/// Cheap handle to a run's [`WorldState`].
+#[derive(Clone)]
+pub struct World(Arc<Mutex<WorldState>>);
+
+impl World {
+    pub fn new(seed: u64, nodes: &[NodeId], trace: Trace) -> Self {
+        let mut clock_rng = derive_rng(seed, stream::CLOCK, 0);
+        let nodes = nodes
+            .iter()
+            .map(|&id| {
+                // Clocks start at unrelated origins: comparing two nodes'
+                // readings is a bug the simulator should expose.
+                let origin = Duration::from_millis(clock_rng.gen_range(0..1_000_000));
+                let state = NodeState {
+                    madsim_id: None,
+                    clock: Clock::new(origin),
+                    disk: Disk::default(),
+                    incarnation: 0,
+                    rng_draws: 0,
+                    down: false,
+                    paused: false,
+                };
+                (id, state)
+            })
+            .collect();
+        World(Arc::new(Mutex::new(WorldState {
+            seed,
+            nodes,
+            net: NetFaults::default(),
+            net_rng: derive_rng(seed, stream::NETWORK, 0),
+            disk_rng: derive_rng(seed, stream::DISK, 0),
+            next_message: 0,
+            fired: BTreeMap::new(),
+            trace,
+            delivered: 0,
+        })))
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, WorldState> {
+        // A panic in a node aborts the whole run, so poisoning carries no
+        // extra information here.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Simulated real time since the run began.
+pub fn elapsed() -> Duration {
+    madsim::time::TimeHandle::current().elapsed()
+}
+
+impl WorldState {
+    pub fn node(&mut self, id: NodeId) -> &mut NodeState {
+        self.nodes
+            .get_mut(&id)
+            .unwrap_or_else(|| panic!("node {id} is not part of this run"))
+    }
+
+    pub fn count(&mut self, kind: FaultKind) {
+        *self.fired.entry(kind).or_default() += 1;
+    }
+
+    pub fn event(&mut self, event: TraceEvent) {
+        self.trace.record(elapsed(), event);
+    }
+
+    /// A fresh rng for `id`'s current incarnation.
+    pub fn node_rng(&mut self, id: NodeId) -> ChaCha8Rng {
+        let seed = self.seed;
+        let node = self.node(id);
+        node.rng_draws += 1;
+        let index = (u64::from(id) << 40) ^ (node.incarnation << 24) ^ node.rng_draws;
+        derive_rng(seed, stream::NODE, index)
+    }
+
+    /// Decides the fate of one message under the current network faults.
+    pub fn route(&mut self, from: NodeId, to: NodeId, bytes: &[u8]) -> Delivery {
+        let id = self.next_message;
+        self.next_message += 1;
+        let net = self.net;
+        let mut delivery = Delivery {
+            id,
+            drop: false,
+            delays: [Some(Duration::ZERO), None],
+        };
+        if net != NetFaults::default() {
+            let rng = &mut self.net_rng;
+            let extra = |rng: &mut ChaCha8Rng| {
+                if net.delay > 0.0 && rng.gen_bool(net.delay) && !net.max_delay.is_zero() {
+                    Some(rng.gen_range(Duration::ZERO..net.max_delay))
+                } else {
+                    Some(Duration::ZERO)
+                }
+            };
+            delivery.drop = net.loss > 0.0 && rng.gen_bool(net.loss);
+            delivery.delays[0] = extra(rng);
+            if net.duplicate > 0.0 && rng.gen_bool(net.duplicate) {
+                delivery.delays[1] = extra(rng);
+            }
+        }
+        if delivery.drop {
+            self.count(FaultKind::MessageLoss);
+        }
+        if delivery.delays[1].is_some() && !delivery.drop {
+            self.count(FaultKind::MessageDuplicate);
+        }
+        if delivery.delays.iter().flatten().any(|d| !d.is_zero()) && !delivery.drop {
+            self.count(FaultKind::MessageDelay);
+        }
+        self.event(TraceEvent::Send {
+            from,
+            to,
+            id,
+            len: bytes.len(),
+            digest: crate::trace::digest(bytes),
+            dropped: delivery.drop,
+        });
+        delivery
+    }
+
+    pub fn next_message_id(&self) -> u64 {
+        self.next_message
+    }
+
+    /// Applies a crash to `id`'s disk; returns the unsynced bytes lost.
+    pub fn crash_disk(&mut self, id: NodeId, loss: DiskLoss) -> usize {
+        let WorldState { nodes, disk_rng, .. } = self;
+        let node = nodes.get_mut(&id).expect("known node");
+        node.disk.crash(loss, disk_rng)
+    }
+
+    pub fn set_clock_rate(&mut self, id: NodeId, rate: f64) {
+        let now = elapsed();
+        self.node(id).clock.set_rate(now, rate);
+    }
+
+    pub fn jump_clock(&mut self, id: NodeId, forward: Duration) {
+        self.node(id).clock.jump(forward);
+    }
+}
