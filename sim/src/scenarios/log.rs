@@ -12,6 +12,7 @@
 //!      same entry everywhere forever (across crashes and snapshots);
 //!    - `apply-order`: every replica applies indices in order, without gaps
 //!      (so, with the previous check, all apply the same sequence).
+//!
 //!    The replicas' own assertions (election safety on receiving an append,
 //!    never truncating a committed entry) stop the run the same way.
 //! 2. **The clients** add 1 to one of a few counters or read one, through
