@@ -1,0 +1,152 @@
+//! The replicated log: Raft consensus over a fixed group of 2f+1 replicas,
+//! with exactly-once client commands, linearizable reads, and snapshots.
+//!
+//! # Why Raft (and not Viewstamped Replication)
+//!
+//! Both tolerate f crashes out of 2f+1 and have the same message complexity.
+//! Raft was chosen because its safety argument is the one most readers know
+//! (election restriction + "commit only current-term entries by counting",
+//! Figure 8 of the paper), so the planted bugs below map onto named,
+//! well-documented mistakes, and because its durable state is tiny and
+//! explicit (term, vote, log), which is exactly what our storage boundary
+//! (`append` + `sync`, `rewrite` for compaction) is shaped for. VR's
+//! view-change needs the log shipped in `DoViewChange` messages, which would
+//! run into the message-size limit without extra chunking machinery.
+//!
+//! # Shape
+//!
+//! - [`Raft`] (in `raft.rs`) is the protocol: synchronous deterministic
+//!   handlers returning an [`Output`] (records to persist, whether to sync
+//!   before sending, messages, observer events). No async, no clock reads,
+//!   no rng other than the one it was given.
+//! - [`node::run`] is the thin async shell over any [`crate::env::Env`]: it
+//!   loads the records, rebuilds the replica, then loops over
+//!   recv / timer → handler → persist → sync → send.
+//! - [`client::Client`] sends commands and reads, retrying across replicas.
+//! - [`StateMachine`] is what services implement; [`Kv`] is the test subject.
+//!
+//! # Limits (explicit, TigerBeetle-style)
+//!
+//! [`MAX_ENTRIES_PER_APPEND`] by default (configurable), [`MAX_COMMAND_BYTES`]
+//! per command (so an append fits in [`crate::env::MAX_MESSAGE_BYTES`]),
+//! [`MAX_SNAPSHOT_BYTES`] per snapshot (snapshots are sent in one message;
+//! there is no chunking), [`MAX_MEMBERS`], and bounded session and pending
+//! read tables (see [`Config`]).
+//!
+//! # Not done
+//!
+//! No membership changes, no pre-vote (a rejoining partitioned replica with
+//! a higher term forces one extra election), no leader leases (reads always
+//! cost a confirmation round, so clock drift cannot break them).
+
+pub mod client;
+pub mod node;
+mod raft;
+mod state_machine;
+mod types;
+
+#[cfg(test)]
+mod tests;
+
+use std::time::Duration;
+
+pub use raft::{Output, Raft, RecoverError, Role, WireOf};
+pub use state_machine::{Applied, Kv, KvCommand, KvOutput, KvQuery, Replicated, StateMachine};
+pub use types::{
+    ClientId, Entry, Event, Index, Message, Outcome, Payload, Record, Reject, RequestId, Response, Term, Wire,
+};
+
+/// Largest group.
+pub const MAX_MEMBERS: usize = 15;
+/// Default cap on entries in one `Append` message.
+pub const MAX_ENTRIES_PER_APPEND: usize = 64;
+/// Largest encoded command accepted (larger ones are rejected).
+pub const MAX_COMMAND_BYTES: usize = 8 << 10;
+/// Largest snapshot; it must fit one message with room to spare.
+pub const MAX_SNAPSHOT_BYTES: usize = crate::env::MAX_MESSAGE_BYTES - (64 << 10);
+
+/// Deliberately broken variants, so the simulator can prove it catches the
+/// mistakes that matter. `None` in [`Config::bug`] is the correct protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum LogBug {
+    /// A voter replies before its new term and vote are synced; after a
+    /// crash it can vote again in the same term → two leaders in a term.
+    VoteNotSynced,
+    /// A leader commits an entry of an earlier term as soon as a majority
+    /// stores it (Raft Figure 8) → a committed entry can be overwritten.
+    CommitEarlierTermByCounting,
+    /// A leader that sees a higher term adopts it but keeps leading (in the
+    /// new term) → two leaders in one term.
+    NoStepDownOnHigherTerm,
+    /// A follower acknowledges appended entries before syncing them; a crash
+    /// loses entries that were counted for commit → committed entries vanish.
+    AckBeforeSync,
+}
+
+impl LogBug {
+    pub const ALL: [LogBug; 4] = [
+        LogBug::VoteNotSynced,
+        LogBug::CommitEarlierTermByCounting,
+        LogBug::NoStepDownOnHigherTerm,
+        LogBug::AckBeforeSync,
+    ];
+}
+
+/// Tuning and limits of a replica. Every replica of a group should use the
+/// same values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Election timeouts are drawn uniformly from `[min, max]` with the env's
+    /// rng each time the timer is reset.
+    pub election_timeout_min: Duration,
+    pub election_timeout_max: Duration,
+    /// Leader heartbeat (and retransmission) period; well below the minimum
+    /// election timeout.
+    pub heartbeat_interval: Duration,
+    pub max_entries_per_append: usize,
+    /// Compact the log into a snapshot every this many applied entries.
+    pub snapshot_every: u64,
+    /// Client sessions remembered for deduplication (least recently used
+    /// evicted; a client idle for that many other clients' commands loses
+    /// exactly-once protection).
+    pub max_sessions: usize,
+    /// Reads waiting for confirmation at the leader; more are refused Busy.
+    pub max_pending_reads: usize,
+    /// Recheck whole-log invariants after every handler (tests).
+    pub paranoid: bool,
+    /// A planted bug, or `None` for the correct protocol.
+    pub bug: Option<LogBug>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            election_timeout_min: Duration::from_millis(150),
+            election_timeout_max: Duration::from_millis(300),
+            heartbeat_interval: Duration::from_millis(50),
+            max_entries_per_append: MAX_ENTRIES_PER_APPEND,
+            snapshot_every: 1024,
+            max_sessions: 4096,
+            max_pending_reads: 1024,
+            paranoid: false,
+            bug: None,
+        }
+    }
+}
+
+impl Config {
+    /// Panics on a configuration that cannot work.
+    pub fn validate(&self) {
+        assert!(self.election_timeout_min > Duration::ZERO);
+        assert!(self.election_timeout_min <= self.election_timeout_max);
+        assert!(self.heartbeat_interval < self.election_timeout_min);
+        assert!(self.max_entries_per_append >= 1);
+        assert!(
+            self.max_entries_per_append * MAX_COMMAND_BYTES < crate::env::MAX_MESSAGE_BYTES,
+            "a full append must fit one message"
+        );
+        assert!(self.snapshot_every >= 1);
+        assert!(self.max_sessions >= 1);
+        assert!(self.max_pending_reads >= 1);
+    }
+}

@@ -1,0 +1,1103 @@
+//! The Raft core: a plain struct with synchronous, deterministic handlers.
+//!
+//! Every handler (`on_message`, `on_tick`) mutates the replica and returns an
+//! [`Output`]: records to append (or a whole log to rewrite), whether they
+//! must be synced before the messages go out, the messages, and events for
+//! observers. The driver (the async shell in [`super::node`], or a test)
+//! must persist, sync when asked, and only then send — and must finish one
+//! output before calling the next handler. Crash recovery is [`Raft::recover`]
+//! from whatever records survived.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
+
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+use super::state_machine::{Applied, Replicated, StateMachine};
+use super::types::{
+    ClientId, Entry, Event, Index, Message, Outcome, Payload, Record, Reject, RequestId, Response, Term, Wire,
+};
+use super::{Config, LogBug, MAX_COMMAND_BYTES, MAX_SNAPSHOT_BYTES};
+use crate::env::codec::{self, CodecError};
+use crate::env::NodeId;
+
+/// The message type of a replica running `S`.
+pub type WireOf<S> = Wire<<S as StateMachine>::Command, <S as StateMachine>::Query, <S as StateMachine>::Output>;
+
+/// What a handler asks its driver to do, in this order: persist
+/// (`rewrite`, or `append` then `sync` if `sync`), then send `messages`.
+#[derive(Debug)]
+pub struct Output<S: StateMachine> {
+    /// Encoded [`Record`]s to append.
+    pub append: Vec<Vec<u8>>,
+    /// When set, replaces the whole durable log (it includes everything in
+    /// `append`, which is then empty). Durable when `Env::rewrite` returns.
+    pub rewrite: Option<Vec<Vec<u8>>>,
+    /// Sync the appended records before sending any message.
+    pub sync: bool,
+    pub messages: Vec<(NodeId, WireOf<S>)>,
+    pub events: Vec<Event>,
+}
+
+impl<S: StateMachine> Default for Output<S> {
+    fn default() -> Self {
+        Output {
+            append: Vec::new(),
+            rewrite: None,
+            sync: false,
+            messages: Vec::new(),
+            events: Vec::new(),
+        }
+    }
+}
+
+/// A replica's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Follower,
+    Candidate,
+    Leader,
+}
+
+/// Recovery found records it cannot make sense of.
+#[derive(Debug, thiserror::Error)]
+pub enum RecoverError {
+    #[error("undecodable log record {position}: {error}")]
+    Decode { position: usize, error: CodecError },
+    #[error("log record {position} breaks the log's structure: {reason}")]
+    Structure { position: usize, reason: &'static str },
+}
+
+/// The in-memory log: a snapshot boundary plus the entries after it.
+#[derive(Debug, Clone)]
+struct Log<C> {
+    /// Index of the last entry covered by the snapshot (0: none).
+    start: Index,
+    start_term: Term,
+    entries: Vec<Entry<C>>,
+}
+
+impl<C: Clone> Log<C> {
+    fn last_index(&self) -> Index {
+        self.start + self.entries.len() as Index
+    }
+
+    fn last_term(&self) -> Term {
+        self.entries.last().map_or(self.start_term, |e| e.term)
+    }
+
+    /// The term of the entry at `index`, if this log still knows it.
+    fn term_at(&self, index: Index) -> Option<Term> {
+        if index == self.start {
+            Some(self.start_term)
+        } else if index < self.start || index > self.last_index() {
+            None
+        } else {
+            Some(self.entries[(index - self.start - 1) as usize].term)
+        }
+    }
+
+    fn entry(&self, index: Index) -> &Entry<C> {
+        assert!(index > self.start && index <= self.last_index());
+        let e = &self.entries[(index - self.start - 1) as usize];
+        assert_eq!(e.index, index);
+        e
+    }
+
+    fn push(&mut self, entry: Entry<C>) {
+        assert_eq!(entry.index, self.last_index() + 1, "log must stay contiguous");
+        assert!(entry.term >= self.last_term(), "terms in a log never decrease");
+        self.entries.push(entry);
+    }
+
+    /// Drops entries at `index` and after.
+    fn truncate_from(&mut self, index: Index) {
+        assert!(index > self.start, "cannot truncate into the snapshot");
+        self.entries.truncate((index - self.start - 1) as usize);
+    }
+
+    /// Forgets entries up to and including `index`, which becomes the
+    /// snapshot boundary.
+    fn compact_to(&mut self, index: Index, term: Term) {
+        assert!(index >= self.start);
+        if index <= self.last_index() {
+            assert_eq!(self.term_at(index), Some(term));
+            self.entries.drain(..(index - self.start) as usize);
+        } else {
+            self.entries.clear();
+        }
+        self.start = index;
+        self.start_term = term;
+    }
+
+    fn slice(&self, from: Index, max: usize) -> Vec<Entry<C>> {
+        assert!(from > self.start);
+        let lo = (from - self.start - 1) as usize;
+        let hi = (lo + max).min(self.entries.len());
+        self.entries.get(lo..hi).map(<[_]>::to_vec).unwrap_or_default()
+    }
+}
+
+/// The leader's view of one follower.
+#[derive(Debug, Clone)]
+struct Progress {
+    next: Index,
+    matched: Index,
+    /// Probing (after a rejection or at election): send one entry at a time
+    /// until the follower's log position is found, then whole batches.
+    probing: bool,
+    /// Highest confirmation round this follower acknowledged in our term.
+    acked_seq: u64,
+}
+
+/// A linearizable read waiting at the leader.
+#[derive(Debug, Clone)]
+struct PendingRead<Q> {
+    from: NodeId,
+    id: u64,
+    query: Q,
+    /// Confirmation round that must reach a majority after the read arrived.
+    seq: u64,
+    /// The state must include everything up to here before the query runs.
+    read_index: Index,
+}
+
+#[derive(Debug, Clone)]
+struct LeaderState<Q> {
+    progress: BTreeMap<NodeId, Progress>,
+    heartbeat_due: Duration,
+    /// Current confirmation round, incremented on every broadcast.
+    read_seq: u64,
+    reads: VecDeque<PendingRead<Q>>,
+    /// Index of this term's no-op entry.
+    term_start: Index,
+}
+
+/// A Raft replica.
+pub struct Raft<S: StateMachine> {
+    id: NodeId,
+    /// All members, including this one, sorted.
+    members: Vec<NodeId>,
+    config: Config,
+    rng: ChaCha8Rng,
+
+    // Durable state.
+    term: Term,
+    voted_for: Option<NodeId>,
+    log: Log<S::Command>,
+    /// The encoded state at `log.start` (empty when `log.start == 0`).
+    snapshot: Vec<u8>,
+
+    // Volatile state.
+    role: Role,
+    leader: Option<NodeId>,
+    votes: BTreeSet<NodeId>,
+    lead: Option<LeaderState<S::Query>>,
+    commit: Index,
+    applied: Index,
+    machine: Replicated<S>,
+    election_due: Duration,
+    /// Candidates re-ask silent peers for votes at this time (a lost
+    /// RequestVote would otherwise cost a whole election timeout).
+    vote_resend_due: Duration,
+    reported_leader_term: Term,
+    rewrite_pending: bool,
+    out: Output<S>,
+}
+
+impl<S: StateMachine> Raft<S> {
+    /// Rebuilds a replica from the records its storage kept (none for a
+    /// fresh replica). `members` lists every replica of the group.
+    pub fn recover(
+        id: NodeId,
+        members: &[NodeId],
+        config: Config,
+        rng: ChaCha8Rng,
+        records: &[Vec<u8>],
+        now: Duration,
+    ) -> Result<Self, RecoverError> {
+        let mut members = members.to_vec();
+        members.sort_unstable();
+        members.dedup();
+        assert!(members.contains(&id), "a replica must be a member");
+        assert!(!members.is_empty() && members.len() <= super::MAX_MEMBERS);
+        config.validate();
+        let mut raft = Raft {
+            id,
+            members,
+            machine: Replicated::new(config.max_sessions),
+            config,
+            rng,
+            term: 0,
+            voted_for: None,
+            log: Log {
+                start: 0,
+                start_term: 0,
+                entries: Vec::new(),
+            },
+            snapshot: Vec::new(),
+            role: Role::Follower,
+            leader: None,
+            votes: BTreeSet::new(),
+            lead: None,
+            commit: 0,
+            applied: 0,
+            election_due: now,
+            vote_resend_due: now,
+            reported_leader_term: 0,
+            rewrite_pending: false,
+            out: Output::default(),
+        };
+        for (position, bytes) in records.iter().enumerate() {
+            let record: Record<S::Command> =
+                codec::decode(bytes).map_err(|error| RecoverError::Decode { position, error })?;
+            let bad = |reason| RecoverError::Structure { position, reason };
+            match record {
+                Record::HardState { term, voted_for } => {
+                    if term < raft.term {
+                        return Err(bad("term went backwards"));
+                    }
+                    raft.term = term;
+                    raft.voted_for = voted_for;
+                }
+                Record::Entry(entry) => {
+                    if entry.index <= raft.log.start || entry.index > raft.log.last_index() + 1 {
+                        return Err(bad("entry outside the log"));
+                    }
+                    if entry.index <= raft.log.last_index() {
+                        raft.log.truncate_from(entry.index);
+                    }
+                    if entry.term < raft.log.last_term() {
+                        return Err(bad("entry term below its predecessor's"));
+                    }
+                    raft.log.push(entry);
+                }
+                Record::Snapshot {
+                    last_index,
+                    last_term,
+                    data,
+                } => {
+                    raft.log = Log {
+                        start: last_index,
+                        start_term: last_term,
+                        entries: Vec::new(),
+                    };
+                    raft.machine.restore(&data);
+                    raft.snapshot = data;
+                    raft.commit = last_index;
+                    raft.applied = last_index;
+                }
+            }
+        }
+        if raft.log.last_term() > raft.term {
+            return Err(RecoverError::Structure {
+                position: records.len(),
+                reason: "an entry's term exceeds the durable term",
+            });
+        }
+        raft.reset_election_timer(now);
+        raft.check();
+        Ok(raft)
+    }
+
+    // ----- accessors ------------------------------------------------------
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+    pub fn role(&self) -> Role {
+        self.role
+    }
+    pub fn term(&self) -> Term {
+        self.term
+    }
+    /// The leader this replica believes in, if any (itself when leader).
+    pub fn leader(&self) -> Option<NodeId> {
+        self.leader
+    }
+    pub fn commit_index(&self) -> Index {
+        self.commit
+    }
+    pub fn applied_index(&self) -> Index {
+        self.applied
+    }
+    pub fn last_index(&self) -> Index {
+        self.log.last_index()
+    }
+    /// Index covered by the latest snapshot.
+    pub fn snapshot_index(&self) -> Index {
+        self.log.start
+    }
+    pub fn state_machine(&self) -> &S {
+        self.machine.machine()
+    }
+    /// The term of the entry at `index`, if the log (or its snapshot
+    /// boundary) still holds it.
+    pub fn term_at(&self, index: Index) -> Option<Term> {
+        self.log.term_at(index)
+    }
+    /// The entry at `index`, if it is in the log (not compacted).
+    pub fn entry(&self, index: Index) -> Option<&Entry<S::Command>> {
+        (index > self.log.start && index <= self.log.last_index()).then(|| self.log.entry(index))
+    }
+    /// When [`Raft::on_tick`] next has something to do.
+    pub fn next_deadline(&self) -> Duration {
+        match &self.lead {
+            Some(lead) => lead.heartbeat_due,
+            None if self.role == Role::Candidate => self.election_due.min(self.vote_resend_due),
+            None => self.election_due,
+        }
+    }
+
+    // ----- handlers -------------------------------------------------------
+
+    /// Timers: election timeout (followers, candidates) or heartbeat
+    /// (leader). Call when `now >= next_deadline()`; earlier is harmless.
+    pub fn on_tick(&mut self, now: Duration) -> Output<S> {
+        match self.role {
+            Role::Leader => {
+                let due = self.lead.as_ref().expect("leader state").heartbeat_due;
+                if now >= due {
+                    self.broadcast_append();
+                    self.lead_mut().heartbeat_due = now + self.config.heartbeat_interval;
+                }
+            }
+            Role::Follower | Role::Candidate => {
+                if now >= self.election_due {
+                    self.start_election(now);
+                } else if self.role == Role::Candidate && now >= self.vote_resend_due {
+                    self.request_votes(now);
+                }
+            }
+        }
+        self.finish()
+    }
+
+    /// A message from a replica or a client.
+    pub fn on_message(&mut self, now: Duration, from: NodeId, msg: WireOf<S>) -> Output<S> {
+        match msg {
+            Wire::Raft(m) => {
+                if self.members.contains(&from) && from != self.id {
+                    self.on_raft(now, from, m);
+                }
+            }
+            Wire::Command { client, seq, command } => self.on_command(from, client, seq, command),
+            Wire::Read { id, query } => self.on_read(from, id, query),
+            Wire::Response(_) => {} // replicas ask nothing of anyone
+        }
+        self.finish()
+    }
+
+    fn on_raft(&mut self, now: Duration, from: NodeId, msg: Message<S::Command>) {
+        let term = msg.term();
+        if term > self.term {
+            if self.role == Role::Leader && self.bug(LogBug::NoStepDownOnHigherTerm) {
+                // PLANTED BUG: adopt the term but keep leading in it.
+                self.term = term;
+                self.voted_for = None;
+                self.persist_hard_state();
+            } else {
+                self.become_follower(term, None);
+            }
+        }
+        match msg {
+            Message::RequestVote {
+                term,
+                last_index,
+                last_term,
+            } => self.on_request_vote(now, from, term, last_index, last_term),
+            Message::Vote { term, granted } => self.on_vote(from, term, granted),
+            Message::Append {
+                term,
+                prev_index,
+                prev_term,
+                entries,
+                commit,
+                read_seq,
+            } => self.on_append(now, from, term, prev_index, prev_term, entries, commit, read_seq),
+            Message::AppendReply {
+                term,
+                success,
+                index,
+                read_seq,
+            } => self.on_append_reply(from, term, success, index, read_seq),
+            Message::InstallSnapshot {
+                term,
+                last_index,
+                last_term,
+                data,
+                read_seq,
+            } => self.on_install_snapshot(now, from, term, last_index, last_term, data, read_seq),
+            Message::SnapshotReply {
+                term,
+                last_index,
+                read_seq,
+            } => {
+                if term == self.term && self.role == Role::Leader {
+                    let p = self.progress_mut(from);
+                    let advanced = last_index > p.matched || p.probing;
+                    p.matched = p.matched.max(last_index);
+                    p.next = p.next.max(last_index + 1);
+                    p.probing = false;
+                    p.acked_seq = p.acked_seq.max(read_seq);
+                    self.advance_commit();
+                    self.serve_reads();
+                    if advanced {
+                        self.send_append(from);
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_request_vote(&mut self, now: Duration, from: NodeId, term: Term, last_index: Index, last_term: Term) {
+        let up_to_date = (last_term, last_index) >= (self.log.last_term(), self.log.last_index());
+        let granted = term == self.term
+            && self.role == Role::Follower
+            && (self.voted_for.is_none() || self.voted_for == Some(from))
+            && up_to_date;
+        if granted {
+            self.voted_for = Some(from);
+            self.persist_hard_state();
+            self.reset_election_timer(now);
+        }
+        self.send(
+            from,
+            Message::Vote {
+                term: self.term,
+                granted,
+            },
+        );
+        if self.bug(LogBug::VoteNotSynced) {
+            // PLANTED BUG: the vote (and term) go out before they are durable.
+            self.out.sync = false;
+        }
+    }
+
+    fn on_vote(&mut self, from: NodeId, term: Term, granted: bool) {
+        if term != self.term || self.role != Role::Candidate || !granted {
+            return;
+        }
+        self.votes.insert(from);
+        if self.votes.len() >= self.quorum() {
+            self.become_leader();
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_append(
+        &mut self,
+        now: Duration,
+        from: NodeId,
+        term: Term,
+        prev_index: Index,
+        prev_term: Term,
+        mut entries: Vec<Entry<S::Command>>,
+        leader_commit: Index,
+        read_seq: u64,
+    ) {
+        if term < self.term {
+            self.send(
+                from,
+                Message::AppendReply {
+                    term: self.term,
+                    success: false,
+                    index: 0,
+                    read_seq,
+                },
+            );
+            return;
+        }
+        assert_ne!(
+            self.role,
+            Role::Leader,
+            "election safety: node {} leads term {} and got an append from {from}",
+            self.id,
+            self.term
+        );
+        if self.role == Role::Candidate || self.leader != Some(from) {
+            self.become_follower(term, Some(from));
+        }
+        self.reset_election_timer(now);
+
+        // Entries at or below our snapshot are committed, hence identical.
+        let mut prev_index = prev_index;
+        let mut prev_term = prev_term;
+        if prev_index < self.log.start {
+            let skip = ((self.log.start - prev_index) as usize).min(entries.len());
+            entries.drain(..skip);
+            prev_index += skip as Index;
+            if prev_index < self.log.start {
+                // Everything sent is already in our snapshot.
+                self.reply_append(from, true, prev_index, read_seq);
+                return;
+            }
+            prev_term = self.log.start_term;
+        }
+
+        if self.log.term_at(prev_index) != Some(prev_term) {
+            let hint = if prev_index > self.log.last_index() {
+                self.log.last_index()
+            } else {
+                // Skip the whole conflicting term at once.
+                let bad = self.log.term_at(prev_index);
+                let mut i = prev_index - 1;
+                while i > self.log.start && self.log.term_at(i) == bad {
+                    i -= 1;
+                }
+                i
+            };
+            self.reply_append(from, false, hint, read_seq);
+            return;
+        }
+
+        let match_index = prev_index + entries.len() as Index;
+        for entry in entries {
+            match self.log.term_at(entry.index) {
+                Some(t) if t == entry.term => {} // already have it
+                Some(_) => {
+                    assert!(
+                        entry.index > self.commit,
+                        "node {} would truncate committed entry {} (commit {})",
+                        self.id,
+                        entry.index,
+                        self.commit
+                    );
+                    self.log.truncate_from(entry.index);
+                    self.append_entry(entry);
+                }
+                None => self.append_entry(entry),
+            }
+        }
+        let new_commit = leader_commit.min(match_index);
+        if new_commit > self.commit {
+            self.commit = new_commit;
+            self.apply_committed();
+        }
+        self.reply_append(from, true, match_index, read_seq);
+        if self.bug(LogBug::AckBeforeSync) {
+            // PLANTED BUG: acknowledge entries that are not yet durable.
+            self.out.sync = false;
+        }
+    }
+
+    fn reply_append(&mut self, to: NodeId, success: bool, index: Index, read_seq: u64) {
+        self.send(
+            to,
+            Message::AppendReply {
+                term: self.term,
+                success,
+                index,
+                read_seq,
+            },
+        );
+    }
+
+    fn on_append_reply(&mut self, from: NodeId, term: Term, success: bool, index: Index, read_seq: u64) {
+        if term != self.term || self.role != Role::Leader {
+            return;
+        }
+        let last = self.log.last_index();
+        let p = self.progress_mut(from);
+        p.acked_seq = p.acked_seq.max(read_seq);
+        // Only a reply that taught us something triggers the next send:
+        // duplicated or stale replies must not start parallel send chains.
+        if success {
+            assert!(index <= last, "follower matched beyond the leader's log");
+            let advanced = index > p.matched || p.probing;
+            p.matched = p.matched.max(index);
+            p.next = p.next.max(index + 1);
+            p.probing = false;
+            let more = advanced && p.next <= last;
+            self.advance_commit();
+            self.serve_reads();
+            if more && self.role == Role::Leader {
+                self.send_append(from);
+            }
+        } else {
+            // A stale rejection must not move `next` below what matched.
+            let next = (index + 1).min(p.next).max(p.matched + 1);
+            let moved = next < p.next || !p.probing;
+            p.next = next;
+            p.probing = true;
+            self.serve_reads();
+            if moved {
+                self.send_append(from);
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_install_snapshot(
+        &mut self,
+        now: Duration,
+        from: NodeId,
+        term: Term,
+        last_index: Index,
+        last_term: Term,
+        data: Vec<u8>,
+        read_seq: u64,
+    ) {
+        if term < self.term {
+            self.send(
+                from,
+                Message::SnapshotReply {
+                    term: self.term,
+                    last_index: 0,
+                    read_seq,
+                },
+            );
+            return;
+        }
+        assert_ne!(self.role, Role::Leader, "election safety: two leaders in term {term}");
+        if self.role == Role::Candidate || self.leader != Some(from) {
+            self.become_follower(term, Some(from));
+        }
+        self.reset_election_timer(now);
+        if last_index > self.commit {
+            if self.log.term_at(last_index) == Some(last_term) {
+                // We have the entries: keep the suffix after the snapshot.
+                self.log.compact_to(last_index, last_term);
+            } else {
+                self.log = Log {
+                    start: last_index,
+                    start_term: last_term,
+                    entries: Vec::new(),
+                };
+            }
+            self.machine.restore(&data);
+            self.snapshot = data;
+            self.commit = last_index;
+            self.applied = last_index;
+            self.rewrite_pending = true;
+            self.out.events.push(Event::Restored {
+                index: last_index,
+                term: last_term,
+            });
+        }
+        self.send(
+            from,
+            Message::SnapshotReply {
+                term: self.term,
+                // Committed entries are the same everywhere, so up to
+                // `last_index` we match the leader either way.
+                last_index,
+                read_seq,
+            },
+        );
+    }
+
+    fn on_command(&mut self, from: NodeId, client: ClientId, seq: u64, command: S::Command) {
+        let id = RequestId::Command(seq);
+        if self.role != Role::Leader {
+            self.respond(from, id, Outcome::NotLeader(self.leader));
+            return;
+        }
+        match self.machine.lookup(client, seq) {
+            Some(Applied::Duplicate(output)) => {
+                self.respond(from, id, Outcome::Done(output));
+                return;
+            }
+            Some(Applied::Stale) => return,
+            Some(Applied::Fresh(_)) => unreachable!("lookup never reports fresh"),
+            None => {}
+        }
+        let size = codec::encode(&command).map_or(usize::MAX, |b| b.len());
+        if size > MAX_COMMAND_BYTES {
+            self.respond(from, id, Outcome::Rejected(Reject::TooLarge));
+            return;
+        }
+        let entry = Entry {
+            term: self.term,
+            index: self.log.last_index() + 1,
+            payload: Payload::Command {
+                client,
+                seq,
+                reply_to: from,
+                command,
+            },
+        };
+        self.append_entry(entry);
+        self.advance_commit(); // a one-member group commits at once
+        self.broadcast_append();
+    }
+
+    fn on_read(&mut self, from: NodeId, id: u64, query: S::Query) {
+        let rid = RequestId::Read(id);
+        if self.role != Role::Leader {
+            self.respond(from, rid, Outcome::NotLeader(self.leader));
+            return;
+        }
+        let max = self.config.max_pending_reads;
+        let commit = self.commit;
+        let lead = self.lead_mut();
+        if lead.reads.len() >= max {
+            self.respond(from, rid, Outcome::Rejected(Reject::Busy));
+            return;
+        }
+        // Read index: our commit, but never before this term's no-op (until
+        // that commits we may not know every committed entry).
+        let read_index = commit.max(lead.term_start);
+        let seq = lead.read_seq + 1;
+        lead.reads.push_back(PendingRead {
+            from,
+            id,
+            query,
+            seq,
+            read_index,
+        });
+        self.broadcast_append(); // starts round `seq`
+        self.serve_reads(); // a one-member group needs no round
+    }
+
+    // ----- role changes ---------------------------------------------------
+
+    fn start_election(&mut self, now: Duration) {
+        self.term += 1;
+        self.role = Role::Candidate;
+        self.leader = None;
+        self.voted_for = Some(self.id);
+        self.votes = BTreeSet::from([self.id]);
+        self.persist_hard_state();
+        self.reset_election_timer(now);
+        if self.votes.len() >= self.quorum() {
+            self.become_leader();
+            return;
+        }
+        self.request_votes(now);
+    }
+
+    /// Asks every peer that has not granted its vote yet.
+    fn request_votes(&mut self, now: Duration) {
+        self.vote_resend_due = now + self.config.heartbeat_interval;
+        let msg = Message::RequestVote {
+            term: self.term,
+            last_index: self.log.last_index(),
+            last_term: self.log.last_term(),
+        };
+        for peer in self.peers() {
+            if !self.votes.contains(&peer) {
+                self.send(peer, msg.clone());
+            }
+        }
+    }
+
+    fn become_leader(&mut self) {
+        assert_eq!(self.role, Role::Candidate);
+        assert_eq!(self.voted_for, Some(self.id));
+        self.role = Role::Leader;
+        self.leader = Some(self.id);
+        let next = self.log.last_index() + 1;
+        let progress = self
+            .peers()
+            .into_iter()
+            .map(|p| {
+                (
+                    p,
+                    Progress {
+                        next,
+                        matched: 0,
+                        probing: true,
+                        acked_seq: 0,
+                    },
+                )
+            })
+            .collect();
+        self.lead = Some(LeaderState {
+            progress,
+            heartbeat_due: Duration::ZERO, // first tick broadcasts
+            read_seq: 0,
+            reads: VecDeque::new(),
+            // Without the no-op (planted bug) reads wait for the inherited log.
+            term_start: if self.bug(LogBug::CommitEarlierTermByCounting) {
+                next - 1
+            } else {
+                next
+            },
+        });
+        if !self.bug(LogBug::CommitEarlierTermByCounting) {
+            self.append_entry(Entry {
+                term: self.term,
+                index: next,
+                payload: Payload::Noop,
+            });
+        }
+        // (Under the planted bug the leader skips the no-op, as in the
+        // paper's Figure 2 read naively, and so relies on counting alone.)
+        self.advance_commit();
+        self.broadcast_append();
+    }
+
+    /// Steps down (or stays follower) in `term`, following `leader`.
+    fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
+        assert!(term >= self.term);
+        if term > self.term {
+            self.term = term;
+            self.voted_for = None;
+            self.persist_hard_state();
+        }
+        if let Some(lead) = self.lead.take() {
+            for read in lead.reads {
+                let hint = leader;
+                self.respond(read.from, RequestId::Read(read.id), Outcome::NotLeader(hint));
+            }
+        }
+        self.role = Role::Follower;
+        self.leader = leader;
+        self.votes.clear();
+    }
+
+    // ----- replication ----------------------------------------------------
+
+    fn broadcast_append(&mut self) {
+        if self.role != Role::Leader {
+            return;
+        }
+        self.lead_mut().read_seq += 1;
+        for peer in self.peers() {
+            self.send_append(peer);
+        }
+    }
+
+    fn send_append(&mut self, peer: NodeId) {
+        let lead = self.lead.as_ref().expect("only leaders replicate");
+        let read_seq = lead.read_seq;
+        let p = &lead.progress[&peer];
+        if p.next <= self.log.start {
+            let msg = Message::InstallSnapshot {
+                term: self.term,
+                last_index: self.log.start,
+                last_term: self.log.start_term,
+                data: self.snapshot.clone(),
+                read_seq,
+            };
+            self.send(peer, msg);
+            return;
+        }
+        let max = if p.probing {
+            1
+        } else {
+            self.config.max_entries_per_append
+        };
+        let prev_index = p.next - 1;
+        let prev_term = self.log.term_at(prev_index).expect("prev is in the log");
+        let entries = self.log.slice(p.next, max);
+        let msg = Message::Append {
+            term: self.term,
+            prev_index,
+            prev_term,
+            entries,
+            commit: self.commit,
+            read_seq,
+        };
+        self.send(peer, msg);
+    }
+
+    fn advance_commit(&mut self) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let lead = self.lead.as_ref().expect("leader state");
+        let mut matched: Vec<Index> = lead.progress.values().map(|p| p.matched).collect();
+        matched.push(self.log.last_index());
+        matched.sort_unstable_by(|a, b| b.cmp(a));
+        let n = matched[self.quorum() - 1];
+        if n <= self.commit {
+            return;
+        }
+        // Figure 8: only an entry of the current term is committed by
+        // counting replicas; earlier ones commit with it.
+        let current = self.log.term_at(n) == Some(self.term);
+        if current || self.bug(LogBug::CommitEarlierTermByCounting) {
+            self.commit = n;
+            self.apply_committed();
+            self.serve_reads();
+        }
+    }
+
+    fn apply_committed(&mut self) {
+        assert!(self.commit <= self.log.last_index());
+        while self.applied < self.commit {
+            let index = self.applied + 1;
+            let entry = self.log.entry(index).clone();
+            let payload = codec::encode(&entry.payload).expect("entries fit the codec");
+            self.applied = index;
+            self.out.events.push(Event::Applied {
+                index,
+                term: entry.term,
+                payload,
+            });
+            if let Payload::Command {
+                client,
+                seq,
+                reply_to,
+                command,
+            } = entry.payload
+            {
+                let result = self.machine.apply(index, client, seq, &command);
+                if self.role == Role::Leader {
+                    if let Applied::Fresh(output) | Applied::Duplicate(output) = result {
+                        self.respond(reply_to, RequestId::Command(seq), Outcome::Done(output));
+                    }
+                }
+            }
+        }
+        self.maybe_compact();
+    }
+
+    fn serve_reads(&mut self) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let quorum = self.quorum();
+        let applied = self.applied;
+        let mut ready = Vec::new();
+        {
+            let lead = self.lead.as_mut().expect("leader state");
+            // Reads are queued in round order, so a prefix is confirmed.
+            while let Some(read) = lead.reads.front() {
+                let acks = 1 + lead.progress.values().filter(|p| p.acked_seq >= read.seq).count();
+                if acks < quorum || applied < read.read_index {
+                    break;
+                }
+                ready.push(lead.reads.pop_front().expect("front exists"));
+            }
+        }
+        for read in ready {
+            let output = self.machine.query(&read.query);
+            self.respond(read.from, RequestId::Read(read.id), Outcome::Done(output));
+        }
+    }
+
+    fn maybe_compact(&mut self) {
+        if self.applied - self.log.start < self.config.snapshot_every {
+            return;
+        }
+        let term = self.log.term_at(self.applied).expect("applied entry is in the log");
+        self.snapshot = self.machine.snapshot();
+        assert!(
+            self.snapshot.len() <= MAX_SNAPSHOT_BYTES,
+            "snapshot of {} bytes exceeds the limit",
+            self.snapshot.len()
+        );
+        self.log.compact_to(self.applied, term);
+        self.rewrite_pending = true;
+        self.out.events.push(Event::Compacted { index: self.applied });
+    }
+
+    // ----- persistence and output -------------------------------------------
+
+    fn persist_hard_state(&mut self) {
+        let record: Record<S::Command> = Record::HardState {
+            term: self.term,
+            voted_for: self.voted_for,
+        };
+        self.out.append.push(codec::encode(&record).expect("small"));
+        self.out.sync = true;
+    }
+
+    fn append_entry(&mut self, entry: Entry<S::Command>) {
+        let record = Record::Entry(entry.clone());
+        self.out
+            .append
+            .push(codec::encode(&record).expect("entries fit the codec"));
+        self.out.sync = true;
+        self.log.push(entry);
+    }
+
+    /// Every record needed to rebuild the current durable state.
+    fn full_log(&self) -> Vec<Vec<u8>> {
+        let mut records = Vec::with_capacity(self.log.entries.len() + 2);
+        if self.log.start > 0 {
+            let snap: Record<S::Command> = Record::Snapshot {
+                last_index: self.log.start,
+                last_term: self.log.start_term,
+                data: self.snapshot.clone(),
+            };
+            records.push(codec::encode(&snap).expect("snapshot fits the codec"));
+        }
+        let hard: Record<S::Command> = Record::HardState {
+            term: self.term,
+            voted_for: self.voted_for,
+        };
+        records.push(codec::encode(&hard).expect("small"));
+        for e in &self.log.entries {
+            records.push(codec::encode(&Record::Entry(e.clone())).expect("fits"));
+        }
+        records
+    }
+
+    fn finish(&mut self) -> Output<S> {
+        if self.role == Role::Leader && self.reported_leader_term != self.term {
+            self.reported_leader_term = self.term;
+            self.out.events.push(Event::Leader { term: self.term });
+        }
+        if self.rewrite_pending {
+            self.rewrite_pending = false;
+            self.out.append.clear();
+            self.out.sync = false;
+            self.out.rewrite = Some(self.full_log());
+        }
+        self.check();
+        std::mem::take(&mut self.out)
+    }
+
+    /// Invariants that hold between handlers (TigerBeetle-style: a broken
+    /// one stops the replica rather than letting it spread).
+    fn check(&self) {
+        assert!(self.applied <= self.commit, "applied beyond commit");
+        assert!(self.commit <= self.log.last_index(), "commit beyond the log");
+        assert!(self.log.start <= self.applied, "snapshot beyond applied");
+        assert!(self.log.last_term() <= self.term, "entry from a future term");
+        assert_eq!(self.role == Role::Leader, self.lead.is_some());
+        if self.role == Role::Leader {
+            assert_eq!(self.leader, Some(self.id));
+            assert!(self.bug(LogBug::NoStepDownOnHigherTerm) || self.voted_for == Some(self.id));
+        }
+        if self.config.paranoid {
+            for (i, e) in self.log.entries.iter().enumerate() {
+                assert_eq!(e.index, self.log.start + 1 + i as Index);
+            }
+            for w in self.log.entries.windows(2) {
+                assert!(w[0].term <= w[1].term);
+            }
+        }
+    }
+
+    // ----- small helpers ----------------------------------------------------
+
+    fn bug(&self, bug: LogBug) -> bool {
+        self.config.bug == Some(bug)
+    }
+
+    fn quorum(&self) -> usize {
+        self.members.len() / 2 + 1
+    }
+
+    fn peers(&self) -> Vec<NodeId> {
+        self.members.iter().copied().filter(|&m| m != self.id).collect()
+    }
+
+    fn lead_mut(&mut self) -> &mut LeaderState<S::Query> {
+        self.lead.as_mut().expect("leader state")
+    }
+
+    fn progress_mut(&mut self, peer: NodeId) -> &mut Progress {
+        self.lead_mut().progress.get_mut(&peer).expect("peer is a member")
+    }
+
+    fn reset_election_timer(&mut self, now: Duration) {
+        let lo = self.config.election_timeout_min.as_nanos() as u64;
+        let hi = self.config.election_timeout_max.as_nanos() as u64;
+        self.election_due = now + Duration::from_nanos(self.rng.gen_range(lo..=hi));
+    }
+
+    fn send(&mut self, to: NodeId, msg: Message<S::Command>) {
+        self.out.messages.push((to, Wire::Raft(msg)));
+    }
+
+    fn respond(&mut self, to: NodeId, id: RequestId, outcome: Outcome<S::Output>) {
+        self.out.messages.push((to, Wire::Response(Response { id, outcome })));
+    }
+}

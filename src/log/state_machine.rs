@@ -1,0 +1,316 @@
+//! What runs on top of the log: the [`StateMachine`] trait, the session
+//! table that makes client commands exactly-once, and [`Kv`], a small
+//! key-value machine used as the test subject.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use super::types::{ClientId, Index};
+use crate::env::codec;
+
+/// A deterministic state machine replicated by the log.
+///
+/// Every replica applies the same commands in the same order, so `apply`
+/// must be a pure function of the current state and the command: no clock,
+/// no rng, no iteration over hash maps.
+pub trait StateMachine: Default + Send + 'static {
+    /// A state-changing operation, appended to the log.
+    type Command: Clone + Debug + Serialize + DeserializeOwned + Send + 'static;
+    /// A read-only operation, served by the leader through read-index.
+    type Query: Clone + Debug + Serialize + DeserializeOwned + Send + 'static;
+    /// The result of a command or query.
+    type Output: Clone + Debug + PartialEq + Serialize + DeserializeOwned + Send + 'static;
+
+    fn apply(&mut self, command: &Self::Command) -> Self::Output;
+    fn query(&self, query: &Self::Query) -> Self::Output;
+    /// The whole state, for compaction and for catching up lagging replicas.
+    fn snapshot(&self) -> Vec<u8>;
+    /// Replaces the whole state by one produced by [`StateMachine::snapshot`].
+    fn restore(&mut self, snapshot: &[u8]);
+}
+
+/// The last command of one client session and its result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Session<O> {
+    seq: u64,
+    output: O,
+    /// Log index of that command: the least recently used session is the
+    /// one evicted when the table is full (the same on every replica).
+    index: Index,
+}
+
+/// A state machine with the client session table in front of it: the layer
+/// where retried commands are deduplicated. Both are replicated and
+/// snapshotted together, so deduplication survives crashes and leader
+/// changes.
+#[derive(Debug, Default)]
+pub struct Replicated<S: StateMachine> {
+    machine: S,
+    sessions: BTreeMap<ClientId, Session<S::Output>>,
+    max_sessions: usize,
+}
+
+/// What the session table decided about a command.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Applied<O> {
+    /// First time: applied, with this result.
+    Fresh(O),
+    /// A retry of the session's last command: not applied again; the
+    /// remembered result.
+    Duplicate(O),
+    /// Older than the session's last command: the client has moved on and
+    /// nobody waits for it. Not applied.
+    Stale,
+}
+
+impl<S: StateMachine> Replicated<S> {
+    pub fn new(max_sessions: usize) -> Self {
+        assert!(max_sessions > 0);
+        Replicated {
+            machine: S::default(),
+            sessions: BTreeMap::new(),
+            max_sessions,
+        }
+    }
+
+    pub fn machine(&self) -> &S {
+        &self.machine
+    }
+
+    /// The answer to `(client, seq)` if that command was already applied.
+    pub fn lookup(&self, client: ClientId, seq: u64) -> Option<Applied<S::Output>> {
+        let session = self.sessions.get(&client)?;
+        if seq == session.seq {
+            Some(Applied::Duplicate(session.output.clone()))
+        } else if seq < session.seq {
+            Some(Applied::Stale)
+        } else {
+            None
+        }
+    }
+
+    /// Applies the command at log index `index`, at most once per
+    /// `(client, seq)`.
+    pub fn apply(&mut self, index: Index, client: ClientId, seq: u64, command: &S::Command) -> Applied<S::Output> {
+        if let Some(seen) = self.lookup(client, seq) {
+            if let Some(session) = self.sessions.get_mut(&client) {
+                session.index = index;
+            }
+            return seen;
+        }
+        let output = self.machine.apply(command);
+        self.sessions.insert(
+            client,
+            Session {
+                seq,
+                output: output.clone(),
+                index,
+            },
+        );
+        if self.sessions.len() > self.max_sessions {
+            let (&oldest, _) = self
+                .sessions
+                .iter()
+                .min_by_key(|(id, s)| (s.index, **id))
+                .expect("table is not empty");
+            self.sessions.remove(&oldest);
+        }
+        assert!(self.sessions.len() <= self.max_sessions);
+        Applied::Fresh(output)
+    }
+
+    pub fn query(&self, query: &S::Query) -> S::Output {
+        self.machine.query(query)
+    }
+
+    /// Sessions and machine state, encoded together.
+    pub fn snapshot(&self) -> Vec<u8> {
+        let sessions: Vec<(ClientId, &Session<S::Output>)> = self.sessions.iter().map(|(k, v)| (*k, v)).collect();
+        codec::encode(&(sessions, self.machine.snapshot())).expect("snapshot exceeds the codec limit")
+    }
+
+    /// Replaces everything by a [`Replicated::snapshot`].
+    pub fn restore(&mut self, bytes: &[u8]) {
+        type Decoded<O> = (Vec<(ClientId, Session<O>)>, Vec<u8>);
+        let (sessions, machine): Decoded<S::Output> = codec::decode(bytes).expect("a snapshot we wrote must decode");
+        self.sessions = sessions.into_iter().collect();
+        self.machine = S::default();
+        self.machine.restore(&machine);
+    }
+}
+
+/// A command of the [`Kv`] machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KvCommand {
+    Put {
+        key: String,
+        value: u64,
+    },
+    /// Adds `delta` (wrapping) to the key's value (absent = 0). Not
+    /// idempotent, which is what makes exactly-once observable.
+    Add {
+        key: String,
+        delta: u64,
+    },
+    /// Sets `new` if the current value equals `expected`.
+    Cas {
+        key: String,
+        expected: Option<u64>,
+        new: u64,
+    },
+}
+
+/// A query of the [`Kv`] machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KvQuery {
+    Get { key: String },
+}
+
+/// A result of the [`Kv`] machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KvOutput {
+    /// `Put` done.
+    Ok,
+    /// `Get` and `Add`: the value (after the add, for `Add`).
+    Value(Option<u64>),
+    /// `Cas`: whether it swapped, and the value it found.
+    Cas { ok: bool, previous: Option<u64> },
+}
+
+/// A replicated map from string keys to integers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Kv {
+    data: BTreeMap<String, u64>,
+}
+
+impl Kv {
+    pub fn get(&self, key: &str) -> Option<u64> {
+        self.data.get(key).copied()
+    }
+}
+
+impl StateMachine for Kv {
+    type Command = KvCommand;
+    type Query = KvQuery;
+    type Output = KvOutput;
+
+    fn apply(&mut self, command: &KvCommand) -> KvOutput {
+        match command {
+            KvCommand::Put { key, value } => {
+                self.data.insert(key.clone(), *value);
+                KvOutput::Ok
+            }
+            KvCommand::Add { key, delta } => {
+                let v = self.data.entry(key.clone()).or_insert(0);
+                *v = v.wrapping_add(*delta);
+                KvOutput::Value(Some(*v))
+            }
+            KvCommand::Cas { key, expected, new } => {
+                let previous = self.data.get(key).copied();
+                let ok = previous == *expected;
+                if ok {
+                    self.data.insert(key.clone(), *new);
+                }
+                KvOutput::Cas { ok, previous }
+            }
+        }
+    }
+
+    fn query(&self, query: &KvQuery) -> KvOutput {
+        match query {
+            KvQuery::Get { key } => KvOutput::Value(self.get(key)),
+        }
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        let pairs: Vec<(&String, &u64)> = self.data.iter().collect();
+        codec::encode(&pairs).expect("kv snapshot exceeds the codec limit")
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) {
+        let pairs: Vec<(String, u64)> = codec::decode(snapshot).expect("kv snapshot must decode");
+        self.data = pairs.into_iter().collect();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn add(key: &str) -> KvCommand {
+        KvCommand::Add {
+            key: key.into(),
+            delta: 1,
+        }
+    }
+
+    #[test]
+    fn retries_are_applied_once() {
+        let mut r = Replicated::<Kv>::new(16);
+        assert_eq!(r.apply(1, 7, 1, &add("x")), Applied::Fresh(KvOutput::Value(Some(1))));
+        assert_eq!(
+            r.apply(2, 7, 1, &add("x")),
+            Applied::Duplicate(KvOutput::Value(Some(1)))
+        );
+        assert_eq!(r.apply(3, 7, 2, &add("x")), Applied::Fresh(KvOutput::Value(Some(2))));
+        assert_eq!(r.apply(4, 7, 1, &add("x")), Applied::Stale);
+        assert_eq!(r.machine().get("x"), Some(2));
+    }
+
+    #[test]
+    fn snapshot_carries_sessions() {
+        let mut r = Replicated::<Kv>::new(16);
+        r.apply(1, 7, 1, &add("x"));
+        let mut s = Replicated::<Kv>::new(16);
+        s.restore(&r.snapshot());
+        assert_eq!(s.machine().get("x"), Some(1));
+        assert!(matches!(s.apply(2, 7, 1, &add("x")), Applied::Duplicate(_)));
+        assert_eq!(s.machine().get("x"), Some(1));
+    }
+
+    #[test]
+    fn evicts_least_recently_used_session() {
+        let mut r = Replicated::<Kv>::new(2);
+        r.apply(1, 1, 1, &add("x"));
+        r.apply(2, 2, 1, &add("x"));
+        r.apply(3, 1, 2, &add("x"));
+        r.apply(4, 3, 1, &add("x"));
+        assert!(r.lookup(2, 1).is_none(), "client 2 was least recently used");
+        assert!(r.lookup(1, 2).is_some());
+        assert!(r.lookup(3, 1).is_some());
+    }
+
+    #[test]
+    fn cas_and_put() {
+        let mut kv = Kv::default();
+        let cas = |expected, new| KvCommand::Cas {
+            key: "k".into(),
+            expected,
+            new,
+        };
+        assert_eq!(
+            kv.apply(&cas(Some(1), 2)),
+            KvOutput::Cas {
+                ok: false,
+                previous: None
+            }
+        );
+        assert_eq!(
+            kv.apply(&cas(None, 2)),
+            KvOutput::Cas {
+                ok: true,
+                previous: None
+            }
+        );
+        assert_eq!(
+            kv.apply(&KvCommand::Put {
+                key: "k".into(),
+                value: 5
+            }),
+            KvOutput::Ok
+        );
+        assert_eq!(kv.query(&KvQuery::Get { key: "k".into() }), KvOutput::Value(Some(5)));
+    }
+}
