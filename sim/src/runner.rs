@@ -161,8 +161,10 @@ pub fn run<S: Scenario>(case: &Case, bug: Option<&'static crate::scenario::Bug>,
     ));
 
     let history = recorder.take();
-    let mut all_violations = violations;
-    all_violations.extend(scenario.check(&history));
+    // The scenario's own verdict first: it names the invariant, while a
+    // liveness failure is often only a consequence.
+    let mut all_violations = scenario.check(&history);
+    all_violations.extend(violations);
     let mut w = world.lock();
     let mut events = w.trace.take_events();
     if options.keep_trace {

@@ -56,7 +56,7 @@ use ringfence::log::{Config, Event, Index, Kv, KvCommand, KvOutput, KvQuery, Log
 use serde::{Deserialize, Serialize};
 
 use crate::env::SimEnv;
-use crate::scenario::{Bug, Client, Params, Scenario, Workload};
+use crate::scenario::{abort_run, Bug, Client, Params, Scenario, Workload};
 
 /// A client operation as the history records it. Results are `None` on
 /// invocation.
@@ -107,8 +107,8 @@ const KEYS: u8 = 3;
 /// How long a client keeps retrying one operation before giving up.
 const GIVE_UP: Duration = Duration::from_secs(2);
 
-/// Watches replicas' events; panics (stopping the run) at the first safety
-/// violation, with the invariant's name first in the message.
+/// Watches replicas' events; stops the run at the first safety violation
+/// with a named violation ([`abort_run`]).
 #[derive(Default)]
 pub struct Observer {
     state: Mutex<Observed>,
@@ -134,43 +134,42 @@ impl Observer {
     }
 }
 
+/// Stops the run with a named violation.
+fn violated(invariant: &str, detail: String) -> ! {
+    abort_run(Violation::new(invariant, detail, vec![]))
+}
+
 impl Probe for Observer {
     fn observe(&self, node: NodeId, _now: Duration, event: &Event) {
         let mut s = self.lock();
         match event {
             Event::Leader { term } => {
-                if let Some(&other) = s.leaders.get(term) {
-                    assert_eq!(
-                        other, node,
-                        "leader-per-term: nodes {other} and {node} both lead term {term}"
-                    );
+                if let Some(&other) = s.leaders.get(term).filter(|&&other| other != node) {
+                    violated("leader-per-term", format!("nodes {other} and {node} both lead term {term}"));
                 }
                 s.leaders.insert(*term, node);
             }
             Event::Applied { index, term, payload } => {
-                if let Some(Some(last)) = s.last_applied.get(&node) {
-                    assert_eq!(
-                        *index,
-                        last + 1,
-                        "apply-order: node {node} applied {index} right after {last}"
-                    );
+                if let Some(Some(last)) = s.last_applied.get(&node).filter(|last| matches!(last, Some(l) if l + 1 != *index)) {
+                    violated("apply-order", format!("node {node} applied {index} right after {last}"));
                 }
                 s.last_applied.insert(node, Some(*index));
                 match s.committed.get(index) {
-                    Some((t, p)) => assert!(
-                        t == term && p == payload,
-                        "committed-entry-changed: index {index} was applied with term {t}, node {node} applied term {term}"
+                    Some((t, p)) if t != term || p != payload => violated(
+                        "committed-entry-changed",
+                        format!("index {index} was applied with term {t}, node {node} applied term {term}"),
                     ),
+                    Some(_) => {}
                     None => {
                         s.committed.insert(*index, (*term, payload.clone()));
                     }
                 }
             }
             Event::Restored { index, term } => {
-                if let Some((t, _)) = s.committed.get(index) {
-                    assert_eq!(
-                        t, term,
-                        "committed-entry-changed: node {node} restored a snapshot ending at {index} with term {term}, applied with term {t}"
+                if let Some((t, _)) = s.committed.get(index).filter(|(t, _)| t != term) {
+                    violated(
+                        "committed-entry-changed",
+                        format!("node {node} restored a snapshot ending at {index} with term {term}, applied with term {t}"),
                     );
                 }
                 s.last_applied.insert(node, Some(*index));
