@@ -1,6 +1,7 @@
 //! The registry of simulated scenarios: one line per protocol in [`ALL`].
 
 pub mod counter;
+pub mod txn;
 
 use std::marker::PhantomData;
 
@@ -70,7 +71,10 @@ pub fn erase<S: Scenario>() -> &'static dyn DynScenario {
 }
 
 /// Every scenario, in the order sweeps run them.
-pub static ALL: &[&dyn DynScenario] = &[&Registered::<counter::Counter>(PhantomData)];
+pub static ALL: &[&dyn DynScenario] = &[
+    &Registered::<counter::Counter>(PhantomData),
+    &Registered::<txn::Bank>(PhantomData),
+];
 
 fn find_bug(bugs: &'static [Bug], name: &str) -> Option<&'static Bug> {
     bugs.iter().find(|b| b.name == name)
