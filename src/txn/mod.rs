@@ -151,8 +151,11 @@ pub enum Msg {
 pub enum TxnEvent {
     /// A shard voted (after syncing its prepare record, for a yes).
     Voted { txn: TxnId, yes: bool },
-    /// A shard applied a decision (released locks; installed writes on commit).
-    Applied { txn: TxnId, decision: Decision },
+    /// A shard applied a decision (released locks; installed writes on
+    /// commit). `prepared` says whether it had voted yes: an unprepared
+    /// shard may abort on its own (lock conflict, timeout, restart), and
+    /// only prepared shards are bound by the global decision.
+    Applied { txn: TxnId, decision: Decision, prepared: bool },
     /// A shard was told to commit a transaction it holds no prepare record
     /// for — its yes vote was not durable. Never happens in a correct run.
     CommitUnprepared { txn: TxnId },

@@ -420,9 +420,11 @@ impl Participant {
         self.done.insert(txn, decision);
         match (&t.phase, decision) {
             (Phase::Active { .. }, Decision::Commit) => vec![Step::Event(TxnEvent::CommitUnprepared { txn })],
-            (Phase::Active { .. }, Decision::Abort) => {
-                vec![Step::Event(TxnEvent::Applied { txn, decision })]
-            }
+            (Phase::Active { .. }, Decision::Abort) => vec![Step::Event(TxnEvent::Applied {
+                txn,
+                decision,
+                prepared: false,
+            })],
             (Phase::Prepared { .. }, _) => {
                 if decision == Decision::Commit {
                     self.data.extend(t.writes);
@@ -432,7 +434,11 @@ impl Participant {
                     // Durable before the ack lets the coordinator stop resending.
                     steps.push(Step::Sync);
                 }
-                steps.push(Step::Event(TxnEvent::Applied { txn, decision }));
+                steps.push(Step::Event(TxnEvent::Applied {
+                    txn,
+                    decision,
+                    prepared: true,
+                }));
                 steps
             }
         }
@@ -449,6 +455,7 @@ impl Participant {
         vec![Step::Event(TxnEvent::Applied {
             txn,
             decision: Decision::Abort,
+            prepared: false,
         })]
     }
 

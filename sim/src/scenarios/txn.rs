@@ -17,7 +17,7 @@
 //! |---|---|
 //! | `commit-without-yes-vote` | a committed transaction had a participant that never voted yes, or a shard was told to commit a transaction it holds no prepare record for |
 //! | `decision-changed` | the coordinator announced both commit and abort for one transaction |
-//! | `atomicity` | a transaction committed at one shard and aborted at another (TLA+ TCConsistent) |
+//! | `atomicity` | a transaction committed at one shard and aborted at another that had voted yes (TLA+ TCConsistent over prepared shards; an unprepared shard may abort alone) |
 //! | `acked-commit-lost` | a commit the client saw was not applied at every participant by the end |
 //! | `final-state` | the probe's balances differ from the initial ones plus every committed transfer |
 //! | `audit-total` | an audit saw a total other than the invariant sum |
@@ -118,6 +118,9 @@ pub struct Bank {
     placement: Arc<HashPlacement>,
     probe_client: u32,
     events: Mutex<Vec<(NodeId, TxnEvent)>>,
+    /// Transactions whose commit the clients saw succeed or not answer: the
+    /// probe asks the coordinator for each one's outcome again at the end.
+    to_recheck: Mutex<Vec<TxnId>>,
 }
 
 impl Bank {
@@ -131,13 +134,17 @@ impl Bank {
         })
     }
 
+    fn recheck(&self, txn: TxnId) {
+        self.to_recheck.lock().unwrap_or_else(|e| e.into_inner()).push(txn);
+    }
+
     fn txn_client(&self, env: SimEnv) -> TxnClient<SimEnv> {
         TxnClient::new(env, COORDINATOR, self.placement.clone(), ClientConfig::default())
     }
 }
 
 /// Runs one transfer; records it in the history.
-async fn transfer(txc: &mut TxnClient<SimEnv>, client: &Client<BankOp>, from: u32, to: u32, amount: i64) {
+async fn transfer(bank: &Bank, txc: &mut TxnClient<SimEnv>, client: &Client<BankOp>, from: u32, to: u32, amount: i64) {
     let mut op = BankOp::Transfer {
         from,
         to,
@@ -175,6 +182,9 @@ async fn transfer(txc: &mut TxnClient<SimEnv>, client: &Client<BankOp>, from: u3
         txc.commit(txn).await
     }
     .await;
+    if matches!(result, Ok(Outcome::Committed)) || !writes.is_empty() && matches!(result, Err(TxnError::Unavailable { .. })) {
+        bank.recheck(op_txn.expect("begun"));
+    }
     match result {
         Ok(Outcome::Committed) => client.ok(op),
         Ok(Outcome::Aborted(r)) | Err(TxnError::Aborted(r)) => {
@@ -261,7 +271,7 @@ impl Scenario for Bank {
     /// shards, the active-transaction timeout (1 s, stretched by clock
     /// drift) for abandoned ones, and the probe's own retries.
     const LIVENESS_BOUND: Duration = Duration::from_secs(5);
-    const DEFAULT_SEEDS: u64 = 100;
+    const DEFAULT_SEEDS: u64 = 50;
 
     fn new(params: &Params) -> Self {
         let bug = |b: &Bug| params.bug.is_some_and(|x| x.name == b.name);
@@ -277,6 +287,7 @@ impl Scenario for Bank {
             placement: Arc::new(HashPlacement::new((2..=params.servers).collect())),
             probe_client: params.workload.clients,
             events: Mutex::new(Vec::new()),
+            to_recheck: Mutex::new(Vec::new()),
         }
     }
 
@@ -308,7 +319,7 @@ impl Scenario for Bank {
             } else {
                 let from = rng.gen_range(0..ACCOUNTS);
                 let to = (from + rng.gen_range(1..ACCOUNTS)) % ACCOUNTS;
-                transfer(&mut txc, &client, from, to, rng.gen_range(1..=20)).await;
+                transfer(&self, &mut txc, &client, from, to, rng.gen_range(1..=20)).await;
             }
         }
     }
@@ -317,6 +328,13 @@ impl Scenario for Bank {
         let mut txc = self.txn_client(env.clone());
         while !audit(&mut txc, &client).await {
             env.sleep(Duration::from_millis(50)).await;
+        }
+        // A decision never changes: ask again about every commit a client
+        // saw (or did not hear back about). The coordinator answers from its
+        // log; its answers are checked as announcements.
+        let txns = self.to_recheck.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for txn in txns {
+            while txc.outcome(txn).await.is_err() {}
         }
     }
 
@@ -343,7 +361,14 @@ impl Observed {
                 TxnEvent::Voted { txn, yes } => {
                     o.votes.entry(*txn).or_default().entry(*node).or_default().insert(*yes);
                 }
-                TxnEvent::Applied { txn, decision } => {
+                // Only a shard that voted yes is bound by the decision; an
+                // unprepared shard's own abort (conflict, timeout, restart)
+                // is not a decision.
+                TxnEvent::Applied {
+                    txn,
+                    decision,
+                    prepared: true,
+                } => {
                     o.applied
                         .entry(*txn)
                         .or_default()
@@ -351,6 +376,7 @@ impl Observed {
                         .or_default()
                         .insert(*decision);
                 }
+                TxnEvent::Applied { prepared: false, .. } => {}
                 TxnEvent::CommitUnprepared { txn } => o.unprepared.push((*node, *txn)),
                 TxnEvent::Announced {
                     txn,
