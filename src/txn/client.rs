@@ -119,10 +119,15 @@ impl<E: Env> TxnClient<E> {
     pub async fn begin(&mut self) -> Result<Txn, TxnError> {
         let request = self.request_id();
         let txn = self
-            .call(self.coordinator, &Msg::Begin { request }, self.config.op_attempts, |m| match m {
-                Msg::Began { request: r, txn } if r == request => Some(txn),
-                _ => None,
-            })
+            .call(
+                self.coordinator,
+                &Msg::Begin { request },
+                self.config.op_attempts,
+                |m| match m {
+                    Msg::Began { request: r, txn } if r == request => Some(txn),
+                    _ => None,
+                },
+            )
             .await
             .ok_or(TxnError::Unavailable { node: self.coordinator })?;
         Ok(Txn {

@@ -33,11 +33,18 @@ use crate::env::{codec, NodeId};
 /// What the coordinator writes to its log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Record {
-    Boot { epoch: u64 },
+    Boot {
+        epoch: u64,
+    },
     /// Synced before the commit decision is sent.
-    Commit { txn: TxnId, participants: Vec<NodeId> },
+    Commit {
+        txn: TxnId,
+        participants: Vec<NodeId>,
+    },
     /// Every participant acknowledged the commit.
-    End { txn: TxnId },
+    End {
+        txn: TxnId,
+    },
 }
 
 /// Deliberately broken behaviour, for the simulator's planted bugs.
@@ -526,7 +533,10 @@ mod tests {
         let txn = begin(&mut c);
         let prepares = commit(&mut c, txn);
         assert_eq!(
-            prepares.iter().filter(|s| matches!(s, Step::Send(_, Msg::Prepare { .. }))).count(),
+            prepares
+                .iter()
+                .filter(|s| matches!(s, Step::Send(_, Msg::Prepare { .. })))
+                .count(),
             2
         );
         assert!(c.on_message(MS, 2, Msg::Vote { txn, yes: true }).is_empty());
@@ -540,7 +550,19 @@ mod tests {
         let (mut c2, resent) = boot(&log_of(&[&boot_steps, &steps]));
         assert_eq!(c2.epoch(), 2);
         assert_eq!(
-            resent.iter().filter(|s| matches!(s, Step::Send(_, Msg::Decide { decision: Decision::Commit, .. }))).count(),
+            resent
+                .iter()
+                .filter(|s| matches!(
+                    s,
+                    Step::Send(
+                        _,
+                        Msg::Decide {
+                            decision: Decision::Commit,
+                            ..
+                        }
+                    )
+                ))
+                .count(),
             2
         );
         assert_eq!(outcome(&commit(&mut c2, txn)), Some(Outcome::Committed));
@@ -553,8 +575,14 @@ mod tests {
         commit(&mut c, txn);
         c.on_message(MS, 2, Msg::Vote { txn, yes: true });
         let steps = c.on_message(MS, 3, Msg::Vote { txn, yes: false });
-        assert_eq!(outcome(&steps), Some(Outcome::Aborted(AbortReason::VotedNo { shard: 3 })));
-        assert!(steps.iter().all(|s| !matches!(s, Step::Append(_))), "aborts are not logged");
+        assert_eq!(
+            outcome(&steps),
+            Some(Outcome::Aborted(AbortReason::VotedNo { shard: 3 }))
+        );
+        assert!(
+            steps.iter().all(|s| !matches!(s, Step::Append(_))),
+            "aborts are not logged"
+        );
         c.on_message(MS, 2, Msg::Vote { txn, yes: true });
         assert!(matches!(outcome(&commit(&mut c, txn)), Some(Outcome::Aborted(_))));
     }

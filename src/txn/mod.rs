@@ -114,35 +114,83 @@ pub enum Knowledge {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Msg {
     // client -> coordinator
-    Begin { request: u64 },
+    Begin {
+        request: u64,
+    },
     /// Commit `txn`, which touched these shards (with the shard epoch each
     /// reported). Retrying it is safe: it is also the outcome query.
-    Commit { txn: TxnId, participants: Vec<(NodeId, u64)> },
+    Commit {
+        txn: TxnId,
+        participants: Vec<(NodeId, u64)>,
+    },
     /// What became of `txn`? Answered once decided; never starts a commit.
-    Status { txn: TxnId },
+    Status {
+        txn: TxnId,
+    },
     // coordinator -> client
-    Began { request: u64, txn: TxnId },
-    Outcome { txn: TxnId, outcome: Outcome },
+    Began {
+        request: u64,
+        txn: TxnId,
+    },
+    Outcome {
+        txn: TxnId,
+        outcome: Outcome,
+    },
 
     // client -> shard
-    Get { txn: TxnId, request: u64, key: Key, epoch: Option<u64> },
-    Put { txn: TxnId, request: u64, key: Key, value: Value, epoch: Option<u64> },
+    Get {
+        txn: TxnId,
+        request: u64,
+        key: Key,
+        epoch: Option<u64>,
+    },
+    Put {
+        txn: TxnId,
+        request: u64,
+        key: Key,
+        value: Value,
+        epoch: Option<u64>,
+    },
     /// Abort an active (not yet prepared) transaction: release its locks.
-    Abort { txn: TxnId },
+    Abort {
+        txn: TxnId,
+    },
     // shard -> client
-    OpReply { txn: TxnId, request: u64, epoch: u64, result: Result<Option<Value>, AbortReason> },
+    OpReply {
+        txn: TxnId,
+        request: u64,
+        epoch: u64,
+        result: Result<Option<Value>, AbortReason>,
+    },
 
     // coordinator -> shard
-    Prepare { txn: TxnId, epoch: u64, participants: Vec<NodeId> },
-    Decide { txn: TxnId, decision: Decision },
+    Prepare {
+        txn: TxnId,
+        epoch: u64,
+        participants: Vec<NodeId>,
+    },
+    Decide {
+        txn: TxnId,
+        decision: Decision,
+    },
     // shard -> coordinator
-    Vote { txn: TxnId, yes: bool },
-    Ack { txn: TxnId },
+    Vote {
+        txn: TxnId,
+        yes: bool,
+    },
+    Ack {
+        txn: TxnId,
+    },
 
     // shard -> coordinator and peers (cooperative termination)
-    Query { txn: TxnId },
+    Query {
+        txn: TxnId,
+    },
     // peer -> shard
-    Known { txn: TxnId, knowledge: Knowledge },
+    Known {
+        txn: TxnId,
+        knowledge: Knowledge,
+    },
 }
 
 /// Something a core reports about what it did, for tracing and for the
@@ -155,13 +203,21 @@ pub enum TxnEvent {
     /// commit). `prepared` says whether it had voted yes: an unprepared
     /// shard may abort on its own (lock conflict, timeout, restart), and
     /// only prepared shards are bound by the global decision.
-    Applied { txn: TxnId, decision: Decision, prepared: bool },
+    Applied {
+        txn: TxnId,
+        decision: Decision,
+        prepared: bool,
+    },
     /// A shard was told to commit a transaction it holds no prepare record
     /// for — its yes vote was not durable. Never happens in a correct run.
     CommitUnprepared { txn: TxnId },
     /// The coordinator announced `decision` for `txn` (to a client, a shard or
     /// a query). `participants` is empty when it answered from presumption.
-    Announced { txn: TxnId, decision: Decision, participants: Vec<NodeId> },
+    Announced {
+        txn: TxnId,
+        decision: Decision,
+        participants: Vec<NodeId>,
+    },
 }
 
 /// One effect of a handler. Executed strictly in order by the shell: an

@@ -135,7 +135,8 @@ impl Participant {
             done: BTreeMap::new(),
         };
         for bytes in log {
-            let record: Record = codec::decode(bytes).expect("participant records decode (torn tails are dropped below)");
+            let record: Record =
+                codec::decode(bytes).expect("participant records decode (torn tails are dropped below)");
             match record {
                 Record::Boot { epoch } => p.epoch = p.epoch.max(epoch + 1),
                 Record::Prepared {
@@ -640,9 +641,13 @@ mod tests {
         let mut p = shard();
         put(&mut p, 10, "a", 1).unwrap();
         let steps = prepare(&mut p, 10);
-        let append = steps.iter().position(|s| matches!(s, Step::Append(Record::Prepared { .. })));
+        let append = steps
+            .iter()
+            .position(|s| matches!(s, Step::Append(Record::Prepared { .. })));
         let sync = steps.iter().position(|s| matches!(s, Step::Sync));
-        let vote = steps.iter().position(|s| matches!(s, Step::Send(_, Msg::Vote { yes: true, .. })));
+        let vote = steps
+            .iter()
+            .position(|s| matches!(s, Step::Send(_, Msg::Vote { yes: true, .. })));
         assert!(append.unwrap() < sync.unwrap() && sync.unwrap() < vote.unwrap());
     }
 
@@ -697,7 +702,11 @@ mod tests {
             .collect();
         assert_eq!(queries, vec![C, 3]);
         assert!(get(&mut p, 12, "a").is_err(), "the prepared lock came back");
-        assert_eq!(vote_of(&prepare(&mut p, 11)), Some(false), "active work died with the crash");
+        assert_eq!(
+            vote_of(&prepare(&mut p, 11)),
+            Some(false),
+            "active work died with the crash"
+        );
         // An op from the old incarnation is refused.
         let old = p.on_message(
             MS,

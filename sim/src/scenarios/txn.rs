@@ -176,13 +176,16 @@ async fn transfer(bank: &Bank, txc: &mut TxnClient<SimEnv>, client: &Client<Bank
             txc.abort(txn).await;
             return Ok(Outcome::Aborted(ringfence::txn::AbortReason::ClientAbort));
         }
-        txc.put(&mut txn, &account_key(from), encode_balance(a - amount)).await?;
+        txc.put(&mut txn, &account_key(from), encode_balance(a - amount))
+            .await?;
         txc.put(&mut txn, &account_key(to), encode_balance(b + amount)).await?;
         writes.extend([(from, a - amount), (to, b + amount)]);
         txc.commit(txn).await
     }
     .await;
-    if matches!(result, Ok(Outcome::Committed)) || !writes.is_empty() && matches!(result, Err(TxnError::Unavailable { .. })) {
+    if matches!(result, Ok(Outcome::Committed))
+        || !writes.is_empty() && matches!(result, Err(TxnError::Unavailable { .. }))
+    {
         bank.recheck(op_txn.expect("begun"));
     }
     match result {
@@ -393,7 +396,9 @@ impl Observed {
     }
 
     fn committed(&self, txn: TxnId) -> bool {
-        self.announced.get(&txn).is_some_and(|(d, _)| d.contains(&Decision::Commit))
+        self.announced
+            .get(&txn)
+            .is_some_and(|(d, _)| d.contains(&Decision::Commit))
     }
 }
 
@@ -492,9 +497,7 @@ pub fn check_bank(
     // The probe's audit: the final state, after every transaction was decided.
     let final_audit = ops.iter().rev().find_map(|(invoke, done)| match done {
         Some(d) if invoke.client == probe_client && d.kind == EventKind::Ok => match &d.op {
-            BankOp::Audit {
-                balances: Some(b), ..
-            } => Some((b.clone(), d.index, invoke.time_ns)),
+            BankOp::Audit { balances: Some(b), .. } => Some((b.clone(), d.index, invoke.time_ns)),
             _ => None,
         },
         _ => None,
@@ -522,7 +525,9 @@ pub fn check_bank(
                 if !applied {
                     violations.push(Violation::new(
                         "acked-commit-lost",
-                        format!("txn {txn:#x} was acknowledged as committed, but shard {shard} never applied the commit"),
+                        format!(
+                            "txn {txn:#x} was acknowledged as committed, but shard {shard} never applied the commit"
+                        ),
                         vec![invoke.index, done.index],
                     ));
                     break 'acked;
@@ -572,9 +577,7 @@ pub fn check_bank(
     for (_, done) in &ops {
         if let Some(Event {
             kind: EventKind::Ok,
-            op: BankOp::Audit {
-                balances: Some(b), ..
-            },
+            op: BankOp::Audit { balances: Some(b), .. },
             index,
             ..
         }) = done.map(|d| d as &Event)
@@ -592,14 +595,13 @@ pub fn check_bank(
     }
 
     // 7. Reads only see committed writes (or the opening balance).
-    let committed_value = |account: u32, value: i64| value == INITIAL || written.get(&account).is_some_and(|w| w.contains(&value));
+    let committed_value =
+        |account: u32, value: i64| value == INITIAL || written.get(&account).is_some_and(|w| w.contains(&value));
     'reads: for (_, done) in &ops {
         let Some(done) = done else { continue };
         let reads: Vec<(u32, i64)> = match &done.op {
             BankOp::Transfer { reads, .. } => reads.clone(),
-            BankOp::Audit {
-                balances: Some(b), ..
-            } => b.iter().enumerate().map(|(a, &v)| (a as u32, v)).collect(),
+            BankOp::Audit { balances: Some(b), .. } => b.iter().enumerate().map(|(a, &v)| (a as u32, v)).collect(),
             BankOp::Audit { .. } => vec![],
         };
         for (account, value) in reads {
@@ -617,3 +619,240 @@ pub fn check_bank(
 }
 
 type Event = ringfence::history::Event<BankOp>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: TxnId = (1 << 32) | 1;
+
+    fn placement() -> HashPlacement {
+        HashPlacement::new(vec![2, 3, 4])
+    }
+
+    fn transfer(txn: TxnId, reads: Vec<(u32, i64)>, writes: Vec<(u32, i64)>) -> BankOp {
+        BankOp::Transfer {
+            from: 0,
+            to: 1,
+            amount: 10,
+            txn: Some(txn),
+            reads,
+            writes,
+            reason: None,
+        }
+    }
+
+    fn invoke() -> BankOp {
+        BankOp::Transfer {
+            from: 0,
+            to: 1,
+            amount: 10,
+            txn: None,
+            reads: vec![],
+            writes: vec![],
+            reason: None,
+        }
+    }
+
+    fn audit(balances: Vec<i64>) -> BankOp {
+        BankOp::Audit {
+            txn: Some(T + 1),
+            balances: Some(balances),
+            reason: None,
+        }
+    }
+
+    /// One committed transfer of 10 from account 0 to 1, then the probe's
+    /// audit showing `final_balances`.
+    fn history(final_balances: Vec<i64>) -> History<BankOp> {
+        let mut h = History::default();
+        h.push(0, 1, EventKind::Invoke, invoke());
+        h.push(
+            0,
+            2,
+            EventKind::Ok,
+            transfer(T, vec![(0, 100), (1, 100)], vec![(0, 90), (1, 110)]),
+        );
+        h.push(
+            1,
+            3,
+            EventKind::Invoke,
+            BankOp::Audit {
+                txn: None,
+                balances: None,
+                reason: None,
+            },
+        );
+        h.push(1, 4, EventKind::Ok, audit(final_balances));
+        h
+    }
+
+    fn shards_of_transfer() -> Vec<NodeId> {
+        let p = placement();
+        let mut s: Vec<_> = [0, 1].iter().map(|&a| p.shard_for(&account_key(a))).collect();
+        s.sort();
+        s.dedup();
+        s
+    }
+
+    fn clean_events() -> Vec<(NodeId, TxnEvent)> {
+        let shards = shards_of_transfer();
+        let mut events = vec![];
+        for &s in &shards {
+            events.push((s, TxnEvent::Voted { txn: T, yes: true }));
+        }
+        events.push((
+            COORDINATOR,
+            TxnEvent::Announced {
+                txn: T,
+                decision: Decision::Commit,
+                participants: shards.clone(),
+            },
+        ));
+        for &s in &shards {
+            events.push((
+                s,
+                TxnEvent::Applied {
+                    txn: T,
+                    decision: Decision::Commit,
+                    prepared: true,
+                },
+            ));
+        }
+        events
+    }
+
+    fn first(h: &History<BankOp>, events: &[(NodeId, TxnEvent)]) -> Option<String> {
+        check_bank(h, events, &placement(), 1)
+            .first()
+            .map(|v| v.invariant.clone())
+    }
+
+    const FINAL: [i64; 6] = [90, 110, 100, 100, 100, 100];
+
+    #[test]
+    fn a_clean_run_passes() {
+        assert_eq!(first(&history(FINAL.to_vec()), &clean_events()), None);
+    }
+
+    #[test]
+    fn catches_a_shard_that_aborted_after_voting_yes() {
+        let mut events = clean_events();
+        let last = events.len() - 1;
+        events[last].1 = TxnEvent::Applied {
+            txn: T,
+            decision: Decision::Abort,
+            prepared: true,
+        };
+        let h = history(FINAL.to_vec());
+        if shards_of_transfer().len() > 1 {
+            assert_eq!(first(&h, &events).as_deref(), Some("atomicity"));
+        } else {
+            assert_eq!(first(&h, &events).as_deref(), Some("acked-commit-lost"));
+        }
+    }
+
+    #[test]
+    fn an_unprepared_abort_is_not_a_decision() {
+        let mut events = clean_events();
+        events.insert(
+            0,
+            (
+                shards_of_transfer()[0],
+                TxnEvent::Applied {
+                    txn: T,
+                    decision: Decision::Abort,
+                    prepared: false,
+                },
+            ),
+        );
+        assert_eq!(first(&history(FINAL.to_vec()), &events), None);
+    }
+
+    #[test]
+    fn catches_commit_without_votes_and_changed_decisions() {
+        let mut events = clean_events();
+        events.remove(0);
+        assert_eq!(
+            first(&history(FINAL.to_vec()), &events).as_deref(),
+            Some("commit-without-yes-vote")
+        );
+        let mut events = clean_events();
+        events.push((
+            COORDINATOR,
+            TxnEvent::Announced {
+                txn: T,
+                decision: Decision::Abort,
+                participants: vec![],
+            },
+        ));
+        assert_eq!(
+            first(&history(FINAL.to_vec()), &events).as_deref(),
+            Some("decision-changed")
+        );
+        let mut events = clean_events();
+        events.push((2, TxnEvent::CommitUnprepared { txn: T }));
+        assert_eq!(
+            first(&history(FINAL.to_vec()), &events).as_deref(),
+            Some("commit-without-yes-vote")
+        );
+    }
+
+    #[test]
+    fn catches_lost_money_and_dirty_reads() {
+        assert_eq!(
+            first(&history(vec![90, 100, 100, 100, 100, 100]), &clean_events()).as_deref(),
+            Some("final-state")
+        );
+        // The transfer's writes never committed, yet the audit saw them.
+        let events: Vec<_> = clean_events()
+            .into_iter()
+            .filter(|(_, e)| !matches!(e, TxnEvent::Announced { .. }))
+            .collect();
+        let mut h = History::default();
+        h.push(0, 1, EventKind::Invoke, invoke());
+        h.push(
+            0,
+            2,
+            EventKind::Fail,
+            transfer(T, vec![(0, 100), (1, 100)], vec![(0, 90), (1, 110)]),
+        );
+        h.push(
+            1,
+            3,
+            EventKind::Invoke,
+            BankOp::Audit {
+                txn: None,
+                balances: None,
+                reason: None,
+            },
+        );
+        h.push(
+            2,
+            4,
+            EventKind::Invoke,
+            BankOp::Audit {
+                txn: None,
+                balances: None,
+                reason: None,
+            },
+        );
+        h.push(2, 5, EventKind::Ok, audit(vec![90, 110, 100, 100, 100, 100]));
+        h.push(1, 6, EventKind::Ok, audit(vec![100; 6]));
+        assert_eq!(first(&h, &events).as_deref(), Some("aborted-read"));
+        let mut h = history(FINAL.to_vec());
+        h.push(
+            2,
+            5,
+            EventKind::Invoke,
+            BankOp::Audit {
+                txn: None,
+                balances: None,
+                reason: None,
+            },
+        );
+        h.push(2, 6, EventKind::Ok, audit(vec![90, 100, 100, 100, 100, 100]));
+        let v = check_bank(&h, &clean_events(), &placement(), 1);
+        assert!(v.iter().any(|v| v.invariant == "audit-total"), "{v:?}");
+    }
+}
