@@ -26,7 +26,7 @@ pub fn no_observer() -> Observer {
 pub const TICK: Duration = Duration::from_millis(50);
 
 /// How often the planted "sync later" bugs sync.
-const LAZY_SYNC_EVERY: Duration = Duration::from_millis(100);
+const LAZY_SYNC_EVERY: Duration = Duration::from_millis(250);
 
 /// Executes a core's steps in order. A step list that syncs before it sends
 /// is what makes "durable before visible" hold.

@@ -91,12 +91,12 @@ pub enum BankOp {
 
 pub const DECISION_BEFORE_SYNC: Bug = Bug {
     name: "decision-before-sync",
-    about: "the coordinator sends a commit decision before its record is synced (it syncs every 100 ms)",
+    about: "the coordinator sends a commit decision before its record is synced (it syncs every 250 ms)",
     caught_by: "decision-changed",
 };
 pub const VOTE_WITHOUT_SYNCED_PREPARE: Bug = Bug {
     name: "vote-without-synced-prepare",
-    about: "a shard votes yes before its prepare record is synced (it syncs every 100 ms)",
+    about: "a shard votes yes before its prepare record is synced (it syncs every 250 ms)",
     caught_by: "commit-without-yes-vote",
 };
 pub const PARTICIPANT_ABORTS_ALONE: Bug = Bug {
