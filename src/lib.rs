@@ -6,3 +6,4 @@ pub mod env;
 pub mod history;
 pub mod log;
 pub mod ring;
+pub mod txn;

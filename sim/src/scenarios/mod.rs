@@ -2,6 +2,7 @@
 
 pub mod counter;
 pub mod log;
+pub mod txn;
 
 use std::marker::PhantomData;
 
@@ -75,6 +76,7 @@ pub static ALL: &[&dyn DynScenario] = &[
     &Registered::<counter::Counter>(PhantomData),
     &Registered::<log::LogScenario<3>>(PhantomData),
     &Registered::<log::LogScenario<5>>(PhantomData),
+    &Registered::<txn::Bank>(PhantomData),
 ];
 
 fn find_bug(bugs: &'static [Bug], name: &str) -> Option<&'static Bug> {

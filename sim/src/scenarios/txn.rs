@@ -1,0 +1,858 @@
+//! Scenario `txn`: a bank on two-phase commit (`ringfence::txn`, classic
+//! single-coordinator mode).
+//!
+//! Server 1 is the coordinator; servers 2.. are shards, each holding some of
+//! [`ACCOUNTS`] accounts (placed by `HashPlacement` — where the ring will
+//! plug in). Every account starts with [`INITIAL`]. Clients run transfers
+//! (read two balances, write both, commit) and audits (read every account in
+//! one transaction, commit). After the heal the probe audits until one
+//! commits: it has to wait out every transaction still holding locks, so
+//! its success also shows that every transaction got decided.
+//!
+//! Servers report what they did ([`TxnEvent`]: votes, applied decisions,
+//! announced decisions) into this run's instance; [`check_bank`] judges
+//! those observations together with the history:
+//!
+//! | invariant | meaning |
+//! |---|---|
+//! | `commit-without-yes-vote` | a committed transaction had a participant that never voted yes, or a shard was told to commit a transaction it holds no prepare record for |
+//! | `decision-changed` | the coordinator announced both commit and abort for one transaction |
+//! | `atomicity` | a transaction committed at one shard and aborted at another that had voted yes (TLA+ TCConsistent over prepared shards; an unprepared shard may abort alone) |
+//! | `acked-commit-lost` | a commit the client saw was not applied at every participant by the end |
+//! | `final-state` | the probe's balances differ from the initial ones plus every committed transfer |
+//! | `audit-total` | an audit saw a total other than the invariant sum |
+//! | `aborted-read` | a read returned a value that only uncommitted transactions wrote |
+//!
+//! Liveness: the probe must commit an audit within [`Bank::LIVENESS_BOUND`]
+//! of the heal, *including* the time for a coordinator that was down at the
+//! heal to restart: classic 2PC blocks prepared shards while the coordinator
+//! is down, so this bound only holds because the heal restarts it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::Rng;
+use ringfence::env::{Env, NodeId};
+use ringfence::history::{EventKind, History, Violation};
+use ringfence::txn::client::{ClientConfig, TxnClient, TxnError};
+use ringfence::txn::coordinator::{CoordinatorBugs, CoordinatorConfig};
+use ringfence::txn::participant::{ParticipantBugs, ParticipantConfig};
+use ringfence::txn::placement::{HashPlacement, Placement};
+use ringfence::txn::shell::{run_coordinator, run_participant, Observer};
+use ringfence::txn::{Decision, Outcome, TxnEvent, TxnId, Value};
+use serde::{Deserialize, Serialize};
+
+use crate::env::SimEnv;
+use crate::scenario::{Bug, Client, Params, Scenario, Workload};
+
+/// Number of accounts, and each one's opening balance.
+pub const ACCOUNTS: u32 = 6;
+pub const INITIAL: i64 = 100;
+/// The coordinator's node id; shards are the other servers.
+pub const COORDINATOR: NodeId = 1;
+
+pub fn account_key(account: u32) -> String {
+    format!("acct-{account}")
+}
+
+fn encode_balance(balance: i64) -> Value {
+    balance.to_le_bytes().to_vec()
+}
+
+fn decode_balance(value: Option<Value>) -> i64 {
+    match value {
+        None => INITIAL,
+        Some(bytes) => i64::from_le_bytes(bytes.try_into().expect("balances are 8 bytes")),
+    }
+}
+
+/// A bank operation as the history records it. Completions carry the
+/// transaction id (once begun), the balances read and the balances written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum BankOp {
+    Transfer {
+        from: u32,
+        to: u32,
+        amount: i64,
+        txn: Option<TxnId>,
+        reads: Vec<(u32, i64)>,
+        writes: Vec<(u32, i64)>,
+        /// Why it failed, if it did.
+        reason: Option<String>,
+    },
+    Audit {
+        txn: Option<TxnId>,
+        /// Every account's balance, when the audit committed.
+        balances: Option<Vec<i64>>,
+        reason: Option<String>,
+    },
+}
+
+pub const DECISION_BEFORE_SYNC: Bug = Bug {
+    name: "decision-before-sync",
+    about: "the coordinator sends a commit decision before its record is synced (it syncs every 250 ms)",
+    caught_by: "decision-changed",
+};
+pub const VOTE_WITHOUT_SYNCED_PREPARE: Bug = Bug {
+    name: "vote-without-synced-prepare",
+    about: "a shard votes yes before its prepare record is synced (it syncs every 250 ms)",
+    caught_by: "commit-without-yes-vote",
+};
+pub const PARTICIPANT_ABORTS_ALONE: Bug = Bug {
+    name: "participant-aborts-alone",
+    about: "a shard that voted yes aborts on its own after 300 ms without a decision",
+    caught_by: "atomicity",
+};
+pub const RECOVERY_PRESUMES_COMMIT: Bug = Bug {
+    name: "recovery-presumes-commit",
+    about: "a restarted coordinator answers queries about transactions it does not know with commit",
+    caught_by: "commit-without-yes-vote",
+};
+
+/// The bank scenario. One instance per run; it collects the servers'
+/// observations.
+pub struct Bank {
+    coordinator: CoordinatorBugs,
+    participant: ParticipantBugs,
+    placement: Arc<HashPlacement>,
+    probe_client: u32,
+    events: Mutex<Vec<(NodeId, TxnEvent)>>,
+    /// Transactions whose commit the clients saw succeed or not answer: the
+    /// probe asks the coordinator for each one's outcome again at the end.
+    to_recheck: Mutex<Vec<TxnId>>,
+}
+
+impl Bank {
+    fn observer(self: &Arc<Self>) -> Observer {
+        let me = self.clone();
+        Arc::new(move |node, event| {
+            me.events
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((node, event.clone()))
+        })
+    }
+
+    fn recheck(&self, txn: TxnId) {
+        self.to_recheck.lock().unwrap_or_else(|e| e.into_inner()).push(txn);
+    }
+
+    fn txn_client(&self, env: SimEnv) -> TxnClient<SimEnv> {
+        TxnClient::new(env, COORDINATOR, self.placement.clone(), ClientConfig::default())
+    }
+}
+
+/// Runs one transfer; records it in the history.
+async fn transfer(bank: &Bank, txc: &mut TxnClient<SimEnv>, client: &Client<BankOp>, from: u32, to: u32, amount: i64) {
+    let mut op = BankOp::Transfer {
+        from,
+        to,
+        amount,
+        txn: None,
+        reads: vec![],
+        writes: vec![],
+        reason: None,
+    };
+    client.invoke(op.clone());
+    let BankOp::Transfer {
+        txn: op_txn,
+        reads,
+        writes,
+        reason,
+        ..
+    } = &mut op
+    else {
+        unreachable!()
+    };
+    let result: Result<Outcome, TxnError> = async {
+        let mut txn = txc.begin().await?;
+        *op_txn = Some(txn.id);
+        let a = decode_balance(txc.get(&mut txn, &account_key(from)).await?);
+        reads.push((from, a));
+        let b = decode_balance(txc.get(&mut txn, &account_key(to)).await?);
+        reads.push((to, b));
+        if a < amount {
+            txc.abort(txn).await;
+            return Ok(Outcome::Aborted(ringfence::txn::AbortReason::ClientAbort));
+        }
+        txc.put(&mut txn, &account_key(from), encode_balance(a - amount))
+            .await?;
+        txc.put(&mut txn, &account_key(to), encode_balance(b + amount)).await?;
+        writes.extend([(from, a - amount), (to, b + amount)]);
+        txc.commit(txn).await
+    }
+    .await;
+    if matches!(result, Ok(Outcome::Committed))
+        || !writes.is_empty() && matches!(result, Err(TxnError::Unavailable { .. }))
+    {
+        bank.recheck(op_txn.expect("begun"));
+    }
+    match result {
+        Ok(Outcome::Committed) => client.ok(op),
+        Ok(Outcome::Aborted(r)) | Err(TxnError::Aborted(r)) => {
+            *reason = Some(r.to_string());
+            client.fail(op)
+        }
+        // Before commit, an unanswered request abandons the transaction;
+        // during commit the outcome is unknown.
+        Err(TxnError::Unavailable { node }) => {
+            *reason = Some(format!("node {node} did not answer"));
+            if writes.is_empty() {
+                client.fail(op)
+            } else {
+                client.info(op)
+            }
+        }
+    };
+}
+
+/// Runs one audit; `true` if it committed.
+async fn audit(txc: &mut TxnClient<SimEnv>, client: &Client<BankOp>) -> bool {
+    client.invoke(BankOp::Audit {
+        txn: None,
+        balances: None,
+        reason: None,
+    });
+    let mut id = None;
+    let result: Result<(Outcome, Vec<i64>), TxnError> = async {
+        let mut txn = txc.begin().await?;
+        id = Some(txn.id);
+        let mut balances = Vec::new();
+        for account in 0..ACCOUNTS {
+            balances.push(decode_balance(txc.get(&mut txn, &account_key(account)).await?));
+        }
+        Ok((txc.commit(txn).await?, balances))
+    }
+    .await;
+    match result {
+        Ok((Outcome::Committed, balances)) => {
+            client.ok(BankOp::Audit {
+                txn: id,
+                balances: Some(balances),
+                reason: None,
+            });
+            true
+        }
+        Ok((Outcome::Aborted(r), _)) | Err(TxnError::Aborted(r)) => {
+            client.fail(BankOp::Audit {
+                txn: id,
+                balances: None,
+                reason: Some(r.to_string()),
+            });
+            false
+        }
+        // A read-only transaction changes nothing: unknown is as good as failed.
+        Err(e @ TxnError::Unavailable { .. }) => {
+            client.fail(BankOp::Audit {
+                txn: id,
+                balances: None,
+                reason: Some(e.to_string()),
+            });
+            false
+        }
+    }
+}
+
+impl Scenario for Bank {
+    type Op = BankOp;
+
+    const NAME: &'static str = "txn";
+    const ABOUT: &'static str =
+        "bank on classic two-phase commit: transfers and audits over 3 shards + 1 coordinator; atomic, durable, conserved";
+    const BUGS: &'static [Bug] = &[
+        DECISION_BEFORE_SYNC,
+        VOTE_WITHOUT_SYNCED_PREPARE,
+        PARTICIPANT_ABORTS_ALONE,
+        RECOVERY_PRESUMES_COMMIT,
+    ];
+    const SERVERS: u32 = 4;
+    const MIN_SERVERS: u32 = 2;
+    const WORKLOAD: Workload = Workload { clients: 4, ops: 30 };
+    const FAULT_WINDOW: Duration = Duration::from_secs(5);
+    /// Coordinator restart at the heal, a query round (200 ms) for prepared
+    /// shards, the active-transaction timeout (1 s, stretched by clock
+    /// drift) for abandoned ones, and the probe's own retries.
+    const LIVENESS_BOUND: Duration = Duration::from_secs(5);
+    const DEFAULT_SEEDS: u64 = 50;
+
+    fn new(params: &Params) -> Self {
+        let bug = |b: &Bug| params.bug.is_some_and(|x| x.name == b.name);
+        Bank {
+            coordinator: CoordinatorBugs {
+                decision_before_sync: bug(&DECISION_BEFORE_SYNC),
+                recovery_presumes_commit: bug(&RECOVERY_PRESUMES_COMMIT),
+            },
+            participant: ParticipantBugs {
+                vote_without_sync: bug(&VOTE_WITHOUT_SYNCED_PREPARE),
+                abort_alone_after: bug(&PARTICIPANT_ABORTS_ALONE).then_some(Duration::from_millis(300)),
+            },
+            placement: Arc::new(HashPlacement::new((2..=params.servers).collect())),
+            probe_client: params.workload.clients,
+            events: Mutex::new(Vec::new()),
+            to_recheck: Mutex::new(Vec::new()),
+        }
+    }
+
+    async fn server(self: Arc<Self>, env: SimEnv) {
+        let observer = self.observer();
+        if env.id() == COORDINATOR {
+            let config = CoordinatorConfig {
+                bugs: self.coordinator,
+                ..CoordinatorConfig::default()
+            };
+            run_coordinator(env, config, observer).await
+        } else {
+            let config = ParticipantConfig {
+                bugs: self.participant,
+                ..ParticipantConfig::default()
+            };
+            run_participant(env, config, observer).await
+        }
+    }
+
+    async fn client(self: Arc<Self>, env: SimEnv, mut client: Client<BankOp>) {
+        let mut rng = env.rng();
+        let mut txc = self.txn_client(env);
+        let mut n = 0u32;
+        while client.next_op() {
+            n += 1;
+            if n % 4 == 0 {
+                audit(&mut txc, &client).await;
+            } else {
+                let from = rng.gen_range(0..ACCOUNTS);
+                let to = (from + rng.gen_range(1..ACCOUNTS)) % ACCOUNTS;
+                transfer(&self, &mut txc, &client, from, to, rng.gen_range(1..=20)).await;
+            }
+        }
+    }
+
+    async fn probe(self: Arc<Self>, env: SimEnv, client: Client<BankOp>) {
+        let mut txc = self.txn_client(env.clone());
+        while !audit(&mut txc, &client).await {
+            env.sleep(Duration::from_millis(50)).await;
+        }
+        // A decision never changes: ask again about every commit a client
+        // saw (or did not hear back about). The coordinator answers from its
+        // log; its answers are checked as announcements.
+        let txns = self.to_recheck.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for txn in txns {
+            while txc.outcome(txn).await.is_err() {}
+        }
+    }
+
+    fn check(&self, history: &History<BankOp>) -> Vec<Violation> {
+        let events = self.events.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        check_bank(history, &events, self.placement.as_ref(), self.probe_client)
+    }
+}
+
+/// What the servers reported, indexed by transaction.
+#[derive(Default)]
+struct Observed {
+    votes: BTreeMap<TxnId, BTreeMap<NodeId, BTreeSet<bool>>>,
+    applied: BTreeMap<TxnId, BTreeMap<NodeId, BTreeSet<Decision>>>,
+    announced: BTreeMap<TxnId, (BTreeSet<Decision>, BTreeSet<NodeId>)>,
+    unprepared: Vec<(NodeId, TxnId)>,
+}
+
+impl Observed {
+    fn new(events: &[(NodeId, TxnEvent)]) -> Self {
+        let mut o = Observed::default();
+        for (node, event) in events {
+            match event {
+                TxnEvent::Voted { txn, yes } => {
+                    o.votes.entry(*txn).or_default().entry(*node).or_default().insert(*yes);
+                }
+                // Only a shard that voted yes is bound by the decision; an
+                // unprepared shard's own abort (conflict, timeout, restart)
+                // is not a decision.
+                TxnEvent::Applied {
+                    txn,
+                    decision,
+                    prepared: true,
+                } => {
+                    o.applied
+                        .entry(*txn)
+                        .or_default()
+                        .entry(*node)
+                        .or_default()
+                        .insert(*decision);
+                }
+                TxnEvent::Applied { prepared: false, .. } => {}
+                TxnEvent::CommitUnprepared { txn } => o.unprepared.push((*node, *txn)),
+                TxnEvent::Announced {
+                    txn,
+                    decision,
+                    participants,
+                } => {
+                    let entry = o.announced.entry(*txn).or_default();
+                    entry.0.insert(*decision);
+                    entry.1.extend(participants);
+                }
+            }
+        }
+        o
+    }
+
+    fn committed(&self, txn: TxnId) -> bool {
+        self.announced
+            .get(&txn)
+            .is_some_and(|(d, _)| d.contains(&Decision::Commit))
+    }
+}
+
+/// The bank's invariants, over the history and the servers' observations.
+/// Returns at most one violation per invariant, most specific first.
+pub fn check_bank(
+    history: &History<BankOp>,
+    events: &[(NodeId, TxnEvent)],
+    placement: &dyn Placement,
+    probe_client: u32,
+) -> Vec<Violation> {
+    let mut violations = Vec::new();
+    let obs = Observed::new(events);
+    let ops = history.operations();
+
+    // Per transaction: the history events that mention it and the shards its
+    // accounts live on.
+    let mut txn_events: BTreeMap<TxnId, Vec<usize>> = BTreeMap::new();
+    let mut txn_shards: BTreeMap<TxnId, BTreeSet<NodeId>> = BTreeMap::new();
+    for (invoke, done) in &ops {
+        let Some(done) = done else { continue };
+        let (txn, accounts) = match (&invoke.op, &done.op) {
+            (BankOp::Transfer { from, to, .. }, BankOp::Transfer { txn: Some(t), .. }) => (*t, vec![*from, *to]),
+            (BankOp::Audit { .. }, BankOp::Audit { txn: Some(t), .. }) => (*t, (0..ACCOUNTS).collect()),
+            _ => continue,
+        };
+        txn_events.entry(txn).or_default().extend([invoke.index, done.index]);
+        txn_shards
+            .entry(txn)
+            .or_default()
+            .extend(accounts.iter().map(|&a| placement.shard_for(&account_key(a))));
+    }
+    let events_of = |txn: TxnId| txn_events.get(&txn).cloned().unwrap_or_default();
+
+    // 1. Commit only if every participant voted yes (and durably so).
+    if let Some(&(node, txn)) = obs.unprepared.first() {
+        violations.push(Violation::new(
+            "commit-without-yes-vote",
+            format!("shard {node} was told to commit txn {txn:#x} but holds no prepare record for it: its yes vote was not durable"),
+            events_of(txn),
+        ));
+    } else {
+        'txns: for (&txn, (decisions, listed)) in &obs.announced {
+            if !decisions.contains(&Decision::Commit) {
+                continue;
+            }
+            let mut participants = listed.clone();
+            participants.extend(txn_shards.get(&txn).into_iter().flatten());
+            participants.extend(obs.votes.get(&txn).into_iter().flat_map(|v| v.keys()));
+            participants.extend(obs.applied.get(&txn).into_iter().flat_map(|v| v.keys()));
+            for shard in participants {
+                let voted_yes = obs
+                    .votes
+                    .get(&txn)
+                    .and_then(|v| v.get(&shard))
+                    .is_some_and(|v| v.contains(&true));
+                if !voted_yes {
+                    violations.push(Violation::new(
+                        "commit-without-yes-vote",
+                        format!("txn {txn:#x} was committed, but participant {shard} never voted yes"),
+                        events_of(txn),
+                    ));
+                    break 'txns;
+                }
+            }
+        }
+    }
+
+    // 2. A decision never changes.
+    if let Some((txn, _)) = obs.announced.iter().find(|(_, (d, _))| d.len() > 1) {
+        violations.push(Violation::new(
+            "decision-changed",
+            format!("the coordinator announced both commit and abort for txn {txn:#x}"),
+            events_of(*txn),
+        ));
+    }
+
+    // 3. TCConsistent: no commit at one shard and abort at another.
+    for (txn, by_node) in &obs.applied {
+        let all: BTreeSet<Decision> = by_node.values().flatten().copied().collect();
+        if all.len() > 1 {
+            let detail = by_node
+                .iter()
+                .map(|(n, d)| format!("shard {n}: {d:?}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            violations.push(Violation::new(
+                "atomicity",
+                format!("txn {txn:#x} was committed at one shard and aborted at another ({detail})"),
+                events_of(*txn),
+            ));
+            break;
+        }
+    }
+
+    // The probe's audit: the final state, after every transaction was decided.
+    let final_audit = ops.iter().rev().find_map(|(invoke, done)| match done {
+        Some(d) if invoke.client == probe_client && d.kind == EventKind::Ok => match &d.op {
+            BankOp::Audit { balances: Some(b), .. } => Some((b.clone(), d.index, invoke.time_ns)),
+            _ => None,
+        },
+        _ => None,
+    });
+
+    // 4. No acknowledged commit lost.
+    // Checked for commits acknowledged before the probe began: the probe's
+    // audit could only commit once their locks were released everywhere.
+    if let Some((_, _, probe_began)) = &final_audit {
+        'acked: for (invoke, done) in &ops {
+            let Some(done) = done else { continue };
+            if done.kind != EventKind::Ok || done.time_ns >= *probe_began {
+                continue;
+            }
+            let txn = match &done.op {
+                BankOp::Transfer { txn: Some(t), .. } | BankOp::Audit { txn: Some(t), .. } => *t,
+                _ => continue,
+            };
+            for &shard in txn_shards.get(&txn).into_iter().flatten() {
+                let applied = obs
+                    .applied
+                    .get(&txn)
+                    .and_then(|a| a.get(&shard))
+                    .is_some_and(|d| d.contains(&Decision::Commit));
+                if !applied {
+                    violations.push(Violation::new(
+                        "acked-commit-lost",
+                        format!(
+                            "txn {txn:#x} was acknowledged as committed, but shard {shard} never applied the commit"
+                        ),
+                        vec![invoke.index, done.index],
+                    ));
+                    break 'acked;
+                }
+            }
+        }
+    }
+
+    // Every transfer that committed, and what it wrote.
+    let mut expected: Vec<i64> = vec![INITIAL; ACCOUNTS as usize];
+    let mut written: BTreeMap<u32, BTreeSet<i64>> = BTreeMap::new();
+    for (invoke, done) in &ops {
+        let (
+            BankOp::Transfer { from, to, amount, .. },
+            Some(Event {
+                op: BankOp::Transfer {
+                    txn: Some(txn), writes, ..
+                },
+                ..
+            }),
+        ) = (&invoke.op, done.map(|d| d as &Event))
+        else {
+            continue;
+        };
+        if obs.committed(*txn) && !writes.is_empty() {
+            expected[*from as usize] -= amount;
+            expected[*to as usize] += amount;
+            for &(account, value) in writes {
+                written.entry(account).or_default().insert(value);
+            }
+        }
+    }
+
+    // 5. The final state is the initial one plus every committed transfer.
+    if let Some((balances, index, _)) = &final_audit {
+        if *balances != expected {
+            violations.push(Violation::new(
+                "final-state",
+                format!("after the heal the balances are {balances:?}, but the committed transfers give {expected:?}"),
+                vec![*index],
+            ));
+        }
+    }
+
+    // 6. Every audit sees the same total.
+    let total = INITIAL * i64::from(ACCOUNTS);
+    for (_, done) in &ops {
+        if let Some(Event {
+            kind: EventKind::Ok,
+            op: BankOp::Audit { balances: Some(b), .. },
+            index,
+            ..
+        }) = done.map(|d| d as &Event)
+        {
+            let sum: i64 = b.iter().sum();
+            if sum != total {
+                violations.push(Violation::new(
+                    "audit-total",
+                    format!("an audit saw balances {b:?} totalling {sum}, not {total}"),
+                    vec![*index],
+                ));
+                break;
+            }
+        }
+    }
+
+    // 7. Reads only see committed writes (or the opening balance).
+    let committed_value =
+        |account: u32, value: i64| value == INITIAL || written.get(&account).is_some_and(|w| w.contains(&value));
+    'reads: for (_, done) in &ops {
+        let Some(done) = done else { continue };
+        let reads: Vec<(u32, i64)> = match &done.op {
+            BankOp::Transfer { reads, .. } => reads.clone(),
+            BankOp::Audit { balances: Some(b), .. } => b.iter().enumerate().map(|(a, &v)| (a as u32, v)).collect(),
+            BankOp::Audit { .. } => vec![],
+        };
+        for (account, value) in reads {
+            if !committed_value(account, value) {
+                violations.push(Violation::new(
+                    "aborted-read",
+                    format!("a read of account {account} returned {value}, which no committed transaction wrote"),
+                    vec![done.index],
+                ));
+                break 'reads;
+            }
+        }
+    }
+    violations
+}
+
+type Event = ringfence::history::Event<BankOp>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: TxnId = (1 << 32) | 1;
+
+    fn placement() -> HashPlacement {
+        HashPlacement::new(vec![2, 3, 4])
+    }
+
+    fn transfer(txn: TxnId, reads: Vec<(u32, i64)>, writes: Vec<(u32, i64)>) -> BankOp {
+        BankOp::Transfer {
+            from: 0,
+            to: 1,
+            amount: 10,
+            txn: Some(txn),
+            reads,
+            writes,
+            reason: None,
+        }
+    }
+
+    fn invoke() -> BankOp {
+        BankOp::Transfer {
+            from: 0,
+            to: 1,
+            amount: 10,
+            txn: None,
+            reads: vec![],
+            writes: vec![],
+            reason: None,
+        }
+    }
+
+    fn audit(balances: Vec<i64>) -> BankOp {
+        BankOp::Audit {
+            txn: Some(T + 1),
+            balances: Some(balances),
+            reason: None,
+        }
+    }
+
+    /// One committed transfer of 10 from account 0 to 1, then the probe's
+    /// audit showing `final_balances`.
+    fn history(final_balances: Vec<i64>) -> History<BankOp> {
+        let mut h = History::default();
+        h.push(0, 1, EventKind::Invoke, invoke());
+        h.push(
+            0,
+            2,
+            EventKind::Ok,
+            transfer(T, vec![(0, 100), (1, 100)], vec![(0, 90), (1, 110)]),
+        );
+        h.push(
+            1,
+            3,
+            EventKind::Invoke,
+            BankOp::Audit {
+                txn: None,
+                balances: None,
+                reason: None,
+            },
+        );
+        h.push(1, 4, EventKind::Ok, audit(final_balances));
+        h
+    }
+
+    fn shards_of_transfer() -> Vec<NodeId> {
+        let p = placement();
+        let mut s: Vec<_> = [0, 1].iter().map(|&a| p.shard_for(&account_key(a))).collect();
+        s.sort();
+        s.dedup();
+        s
+    }
+
+    fn clean_events() -> Vec<(NodeId, TxnEvent)> {
+        let shards = shards_of_transfer();
+        let mut events = vec![];
+        for &s in &shards {
+            events.push((s, TxnEvent::Voted { txn: T, yes: true }));
+        }
+        events.push((
+            COORDINATOR,
+            TxnEvent::Announced {
+                txn: T,
+                decision: Decision::Commit,
+                participants: shards.clone(),
+            },
+        ));
+        for &s in &shards {
+            events.push((
+                s,
+                TxnEvent::Applied {
+                    txn: T,
+                    decision: Decision::Commit,
+                    prepared: true,
+                },
+            ));
+        }
+        events
+    }
+
+    fn first(h: &History<BankOp>, events: &[(NodeId, TxnEvent)]) -> Option<String> {
+        check_bank(h, events, &placement(), 1)
+            .first()
+            .map(|v| v.invariant.clone())
+    }
+
+    const FINAL: [i64; 6] = [90, 110, 100, 100, 100, 100];
+
+    #[test]
+    fn a_clean_run_passes() {
+        assert_eq!(first(&history(FINAL.to_vec()), &clean_events()), None);
+    }
+
+    #[test]
+    fn catches_a_shard_that_aborted_after_voting_yes() {
+        let mut events = clean_events();
+        let last = events.len() - 1;
+        events[last].1 = TxnEvent::Applied {
+            txn: T,
+            decision: Decision::Abort,
+            prepared: true,
+        };
+        let h = history(FINAL.to_vec());
+        if shards_of_transfer().len() > 1 {
+            assert_eq!(first(&h, &events).as_deref(), Some("atomicity"));
+        } else {
+            assert_eq!(first(&h, &events).as_deref(), Some("acked-commit-lost"));
+        }
+    }
+
+    #[test]
+    fn an_unprepared_abort_is_not_a_decision() {
+        let mut events = clean_events();
+        events.insert(
+            0,
+            (
+                shards_of_transfer()[0],
+                TxnEvent::Applied {
+                    txn: T,
+                    decision: Decision::Abort,
+                    prepared: false,
+                },
+            ),
+        );
+        assert_eq!(first(&history(FINAL.to_vec()), &events), None);
+    }
+
+    #[test]
+    fn catches_commit_without_votes_and_changed_decisions() {
+        let mut events = clean_events();
+        events.remove(0);
+        assert_eq!(
+            first(&history(FINAL.to_vec()), &events).as_deref(),
+            Some("commit-without-yes-vote")
+        );
+        let mut events = clean_events();
+        events.push((
+            COORDINATOR,
+            TxnEvent::Announced {
+                txn: T,
+                decision: Decision::Abort,
+                participants: vec![],
+            },
+        ));
+        assert_eq!(
+            first(&history(FINAL.to_vec()), &events).as_deref(),
+            Some("decision-changed")
+        );
+        let mut events = clean_events();
+        events.push((2, TxnEvent::CommitUnprepared { txn: T }));
+        assert_eq!(
+            first(&history(FINAL.to_vec()), &events).as_deref(),
+            Some("commit-without-yes-vote")
+        );
+    }
+
+    #[test]
+    fn catches_lost_money_and_dirty_reads() {
+        assert_eq!(
+            first(&history(vec![90, 100, 100, 100, 100, 100]), &clean_events()).as_deref(),
+            Some("final-state")
+        );
+        // The transfer's writes never committed, yet the audit saw them.
+        let events: Vec<_> = clean_events()
+            .into_iter()
+            .filter(|(_, e)| !matches!(e, TxnEvent::Announced { .. }))
+            .collect();
+        let mut h = History::default();
+        h.push(0, 1, EventKind::Invoke, invoke());
+        h.push(
+            0,
+            2,
+            EventKind::Fail,
+            transfer(T, vec![(0, 100), (1, 100)], vec![(0, 90), (1, 110)]),
+        );
+        h.push(
+            1,
+            3,
+            EventKind::Invoke,
+            BankOp::Audit {
+                txn: None,
+                balances: None,
+                reason: None,
+            },
+        );
+        h.push(
+            2,
+            4,
+            EventKind::Invoke,
+            BankOp::Audit {
+                txn: None,
+                balances: None,
+                reason: None,
+            },
+        );
+        h.push(2, 5, EventKind::Ok, audit(vec![90, 110, 100, 100, 100, 100]));
+        h.push(1, 6, EventKind::Ok, audit(vec![100; 6]));
+        assert_eq!(first(&h, &events).as_deref(), Some("aborted-read"));
+        let mut h = history(FINAL.to_vec());
+        h.push(
+            2,
+            5,
+            EventKind::Invoke,
+            BankOp::Audit {
+                txn: None,
+                balances: None,
+                reason: None,
+            },
+        );
+        h.push(2, 6, EventKind::Ok, audit(vec![90, 100, 100, 100, 100, 100]));
+        let v = check_bank(&h, &clean_events(), &placement(), 1);
+        assert!(v.iter().any(|v| v.invariant == "audit-total"), "{v:?}");
+    }
+}

@@ -1,0 +1,658 @@
+//! The coordinator: presumed-abort two-phase commit, as a sans-io core.
+//!
+//! - **Ids.** [`Msg::Begin`] gets a fresh id `epoch << 32 | seq`, where the
+//!   epoch counts the coordinator's boots (a synced boot record each). An id
+//!   from an earlier epoch that the log does not know was never committed.
+//! - **Prepare.** [`Msg::Commit`] from the client names the participants
+//!   (with the shard epoch each reported); the coordinator sends `Prepare`
+//!   and re-sends it to silent shards until `prepare_timeout`, then aborts.
+//! - **Decide.** Any no vote aborts. All yes: the commit record is appended
+//!   and **synced before** the decision is sent to anyone. Aborts are not
+//!   logged (presumed abort): after a crash an unknown transaction is
+//!   aborted, which is what a lost abort would have said anyway.
+//! - **Finish.** Commits are re-sent until every participant acknowledges,
+//!   then an end record is appended (unsynced: losing it only causes
+//!   harmless re-sends).
+//! - **Outcome queries.** A retried `Commit` and a participant's `Query` are
+//!   answered from the log (committed), from memory (aborted this epoch) or
+//!   by presumption (unknown from an earlier epoch: aborted). A decision
+//!   therefore never changes, and a client retrying after a lost reply
+//!   learns the real outcome.
+//! - **Recovery.** Rebuild committed transactions from the log and re-send
+//!   their decisions to unacknowledged participants; everything else that
+//!   was in flight is aborted by presumption.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{epoch_of, sends, AbortReason, Decision, Msg, Outcome, Step, TxnEvent, TxnId};
+use crate::env::{codec, NodeId};
+
+/// What the coordinator writes to its log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Record {
+    Boot {
+        epoch: u64,
+    },
+    /// Synced before the commit decision is sent.
+    Commit {
+        txn: TxnId,
+        participants: Vec<NodeId>,
+    },
+    /// Every participant acknowledged the commit.
+    End {
+        txn: TxnId,
+    },
+}
+
+/// Deliberately broken behaviour, for the simulator's planted bugs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CoordinatorBugs {
+    /// Send the commit decision without syncing its record first (the shell
+    /// then syncs on an interval).
+    pub decision_before_sync: bool,
+    /// After a restart, answer queries about unknown transactions with
+    /// commit instead of abort.
+    pub recovery_presumes_commit: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct CoordinatorConfig {
+    /// Re-send prepares to silent shards and commits to unacknowledging ones
+    /// this often.
+    pub resend_every: Duration,
+    /// Abort a transaction whose votes are not all in after this long.
+    pub prepare_timeout: Duration,
+    pub bugs: CoordinatorBugs,
+}
+
+impl Default for CoordinatorConfig {
+    fn default() -> Self {
+        CoordinatorConfig {
+            resend_every: Duration::from_millis(200),
+            prepare_timeout: Duration::from_millis(1_000),
+            bugs: CoordinatorBugs::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum State {
+    Preparing {
+        participants: Vec<(NodeId, u64)>,
+        yes: BTreeSet<NodeId>,
+        started: Duration,
+        next_resend: Duration,
+    },
+    Committed {
+        unacked: BTreeSet<NodeId>,
+        next_resend: Duration,
+    },
+    Aborted {
+        reason: AbortReason,
+    },
+}
+
+type Steps = Vec<Step<Record>>;
+
+/// The coordinator's protocol state. Rebuilt by [`Coordinator::recover`].
+#[derive(Debug)]
+pub struct Coordinator {
+    id: NodeId,
+    epoch: u64,
+    next_seq: u64,
+    config: CoordinatorConfig,
+    txns: BTreeMap<TxnId, State>,
+    /// Clients waiting for an outcome.
+    waiting: BTreeMap<TxnId, BTreeSet<NodeId>>,
+}
+
+impl Coordinator {
+    /// Rebuilds the coordinator from its log. The returned steps (a synced
+    /// boot record, then the re-sent commit decisions) must run before it
+    /// serves anything.
+    pub fn recover(id: NodeId, log: &[Vec<u8>], now: Duration, config: CoordinatorConfig) -> (Self, Steps) {
+        let mut c = Coordinator {
+            id,
+            epoch: 1,
+            next_seq: 0,
+            config,
+            txns: BTreeMap::new(),
+            waiting: BTreeMap::new(),
+        };
+        for bytes in log {
+            match codec::decode::<Record>(bytes).expect("coordinator records decode") {
+                Record::Boot { epoch } => c.epoch = c.epoch.max(epoch + 1),
+                Record::Commit { txn, participants } => {
+                    c.txns.insert(
+                        txn,
+                        State::Committed {
+                            unacked: participants.iter().copied().collect(),
+                            next_resend: now,
+                        },
+                    );
+                }
+                Record::End { txn } => {
+                    if let Some(State::Committed { unacked, .. }) = c.txns.get_mut(&txn) {
+                        unacked.clear();
+                    }
+                }
+            }
+        }
+        assert!(c.epoch < 1 << 31, "epoch fits the id layout");
+        let mut steps = vec![Step::Append(Record::Boot { epoch: c.epoch }), Step::Sync];
+        steps.extend(c.tick(now));
+        (c, steps)
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The decision for `txn`, if one was taken (or is presumed).
+    pub fn decision(&self, txn: TxnId) -> Option<Decision> {
+        match self.txns.get(&txn) {
+            Some(State::Committed { .. }) => Some(Decision::Commit),
+            Some(State::Aborted { .. }) => Some(Decision::Abort),
+            Some(State::Preparing { .. }) => None,
+            None if epoch_of(txn) != self.epoch => Some(self.presumption()),
+            None => None,
+        }
+    }
+
+    fn presumption(&self) -> Decision {
+        if self.config.bugs.recovery_presumes_commit {
+            Decision::Commit
+        } else {
+            Decision::Abort
+        }
+    }
+
+    pub fn on_message(&mut self, now: Duration, from: NodeId, msg: Msg) -> Steps {
+        match msg {
+            Msg::Begin { request } => {
+                self.next_seq += 1;
+                assert!(self.next_seq < 1 << 32, "sequence fits the id layout");
+                let txn = (self.epoch << 32) | self.next_seq;
+                vec![Step::Send(from, Msg::Began { request, txn })]
+            }
+            Msg::Commit { txn, participants } => self.on_commit(now, from, txn, participants),
+            Msg::Status { txn } => match self.known_or_presumed(txn) {
+                Some((_, mut steps)) => {
+                    let outcome = self.outcome(txn).expect("decided");
+                    steps.push(Step::Send(from, Msg::Outcome { txn, outcome }));
+                    steps
+                }
+                None => vec![],
+            },
+            Msg::Vote { txn, yes } => self.on_vote(from, txn, yes),
+            Msg::Ack { txn } => {
+                let mut steps = vec![];
+                if let Some(State::Committed { unacked, .. }) = self.txns.get_mut(&txn) {
+                    if unacked.remove(&from) && unacked.is_empty() {
+                        steps.push(Step::Append(Record::End { txn }));
+                    }
+                }
+                steps
+            }
+            Msg::Query { txn } => match self.known_or_presumed(txn) {
+                Some((decision, mut steps)) => {
+                    steps.push(Step::Send(from, Msg::Decide { txn, decision }));
+                    steps
+                }
+                None => vec![],
+            },
+            Msg::Get { .. }
+            | Msg::Put { .. }
+            | Msg::Abort { .. }
+            | Msg::OpReply { .. }
+            | Msg::Prepare { .. }
+            | Msg::Decide { .. }
+            | Msg::Began { .. }
+            | Msg::Outcome { .. }
+            | Msg::Known { .. } => vec![],
+        }
+    }
+
+    /// The decision for `txn`, fixing a presumption in memory the first time
+    /// it is given. `None` while the vote is still running.
+    fn known_or_presumed(&mut self, txn: TxnId) -> Option<(Decision, Steps)> {
+        match self.txns.get(&txn) {
+            Some(State::Committed { .. }) => Some((Decision::Commit, vec![])),
+            Some(State::Aborted { .. }) => Some((Decision::Abort, vec![])),
+            Some(State::Preparing { .. }) => None,
+            None => {
+                // Unknown: from an earlier epoch (lost in a crash, never
+                // committed) or never begun here. Presumed aborted.
+                let decision = if epoch_of(txn) != self.epoch {
+                    self.presumption()
+                } else {
+                    Decision::Abort
+                };
+                let state = match decision {
+                    Decision::Abort => State::Aborted {
+                        reason: AbortReason::CoordinatorRestarted,
+                    },
+                    Decision::Commit => State::Committed {
+                        unacked: BTreeSet::new(),
+                        next_resend: Duration::MAX,
+                    },
+                };
+                self.txns.insert(txn, state);
+                let event = Step::Event(TxnEvent::Announced {
+                    txn,
+                    decision,
+                    participants: vec![],
+                });
+                Some((decision, vec![event]))
+            }
+        }
+    }
+
+    fn outcome(&self, txn: TxnId) -> Option<Outcome> {
+        match self.txns.get(&txn)? {
+            State::Committed { .. } => Some(Outcome::Committed),
+            State::Aborted { reason } => Some(Outcome::Aborted(reason.clone())),
+            State::Preparing { .. } => None,
+        }
+    }
+
+    fn on_commit(&mut self, now: Duration, client: NodeId, txn: TxnId, participants: Vec<(NodeId, u64)>) -> Steps {
+        if !self.txns.contains_key(&txn) && epoch_of(txn) == self.epoch {
+            self.txns.insert(
+                txn,
+                State::Preparing {
+                    participants: participants.clone(),
+                    yes: BTreeSet::new(),
+                    started: now,
+                    next_resend: now,
+                },
+            );
+            if participants.is_empty() {
+                self.waiting.entry(txn).or_default().insert(client);
+                return self.decide_commit(txn, client);
+            }
+        }
+        self.waiting.entry(txn).or_default().insert(client);
+        let mut steps = match self.known_or_presumed(txn) {
+            Some((_, steps)) => steps,
+            None => vec![],
+        };
+        match self.outcome(txn) {
+            Some(outcome) => {
+                self.waiting.remove(&txn);
+                steps.push(Step::Send(client, Msg::Outcome { txn, outcome }));
+            }
+            None => steps.extend(self.resend_prepares(now, txn)),
+        }
+        steps
+    }
+
+    fn resend_prepares(&mut self, now: Duration, txn: TxnId) -> Steps {
+        let resend_every = self.config.resend_every;
+        let Some(State::Preparing {
+            participants,
+            yes,
+            next_resend,
+            ..
+        }) = self.txns.get_mut(&txn)
+        else {
+            return vec![];
+        };
+        *next_resend = now + resend_every;
+        let ids: Vec<NodeId> = participants.iter().map(|(n, _)| *n).collect();
+        participants
+            .iter()
+            .filter(|(n, _)| !yes.contains(n))
+            .map(|&(n, epoch)| {
+                Step::Send(
+                    n,
+                    Msg::Prepare {
+                        txn,
+                        epoch,
+                        participants: ids.clone(),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn on_vote(&mut self, from: NodeId, txn: TxnId, yes: bool) -> Steps {
+        match self.txns.get_mut(&txn) {
+            Some(State::Preparing {
+                participants,
+                yes: voted,
+                ..
+            }) => {
+                if !participants.iter().any(|(n, _)| *n == from) {
+                    return vec![];
+                }
+                if !yes {
+                    return self.decide_abort(txn, AbortReason::VotedNo { shard: from });
+                }
+                voted.insert(from);
+                if voted.len() == participants.len() {
+                    self.decide_commit(txn, from)
+                } else {
+                    vec![]
+                }
+            }
+            // A late yes for an aborted transaction: that shard is waiting.
+            Some(State::Aborted { .. }) if yes => vec![Step::Send(
+                from,
+                Msg::Decide {
+                    txn,
+                    decision: Decision::Abort,
+                },
+            )],
+            Some(_) => vec![],
+            None if yes => {
+                let Some((decision, mut steps)) = self.known_or_presumed(txn) else {
+                    return vec![];
+                };
+                steps.push(Step::Send(from, Msg::Decide { txn, decision }));
+                steps
+            }
+            None => vec![],
+        }
+    }
+
+    /// All yes: log, sync, then tell everyone. `_trigger` is the node whose
+    /// message completed the vote (unused, kept for tracing symmetry).
+    fn decide_commit(&mut self, txn: TxnId, _trigger: NodeId) -> Steps {
+        let Some(State::Preparing { participants, .. }) = self.txns.get(&txn) else {
+            unreachable!("only a preparing transaction commits");
+        };
+        let ids: Vec<NodeId> = participants.iter().map(|(n, _)| *n).collect();
+        self.txns.insert(
+            txn,
+            State::Committed {
+                unacked: ids.iter().copied().collect(),
+                next_resend: Duration::ZERO,
+            },
+        );
+        let mut steps = vec![Step::Append(Record::Commit {
+            txn,
+            participants: ids.clone(),
+        })];
+        if !self.config.bugs.decision_before_sync {
+            steps.push(Step::Sync);
+        }
+        steps.push(Step::Event(TxnEvent::Announced {
+            txn,
+            decision: Decision::Commit,
+            participants: ids.clone(),
+        }));
+        steps.extend(sends(
+            ids.iter().copied(),
+            &Msg::Decide {
+                txn,
+                decision: Decision::Commit,
+            },
+        ));
+        steps.extend(self.notify(txn, Outcome::Committed));
+        steps
+    }
+
+    fn decide_abort(&mut self, txn: TxnId, reason: AbortReason) -> Steps {
+        let Some(State::Preparing { participants, .. }) = self.txns.get(&txn) else {
+            unreachable!("only a preparing transaction aborts");
+        };
+        let ids: Vec<NodeId> = participants.iter().map(|(n, _)| *n).collect();
+        self.txns.insert(txn, State::Aborted { reason: reason.clone() });
+        let mut steps = vec![Step::Event(TxnEvent::Announced {
+            txn,
+            decision: Decision::Abort,
+            participants: ids.clone(),
+        })];
+        // Best effort: prepared shards would also learn it by asking.
+        steps.extend(sends(
+            ids,
+            &Msg::Decide {
+                txn,
+                decision: Decision::Abort,
+            },
+        ));
+        steps.extend(self.notify(txn, Outcome::Aborted(reason)));
+        steps
+    }
+
+    fn notify(&mut self, txn: TxnId, outcome: Outcome) -> Steps {
+        let clients = self.waiting.remove(&txn).unwrap_or_default();
+        sends(
+            clients,
+            &Msg::Outcome {
+                txn,
+                outcome: outcome.clone(),
+            },
+        )
+    }
+
+    /// Timeouts: re-send prepares and commits; abort slow votes.
+    pub fn tick(&mut self, now: Duration) -> Steps {
+        let mut steps = Vec::new();
+        let ids: Vec<TxnId> = self
+            .txns
+            .iter()
+            .filter(|(_, s)| match s {
+                State::Preparing { .. } => true,
+                State::Committed { unacked, .. } => !unacked.is_empty(),
+                State::Aborted { .. } => false,
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for txn in ids {
+            match self.txns.get_mut(&txn).expect("listed") {
+                State::Preparing {
+                    started, next_resend, ..
+                } => {
+                    if now.saturating_sub(*started) >= self.config.prepare_timeout {
+                        steps.extend(self.decide_abort(txn, AbortReason::PrepareTimeout));
+                    } else if now >= *next_resend {
+                        steps.extend(self.resend_prepares(now, txn));
+                    }
+                }
+                State::Committed {
+                    unacked, next_resend, ..
+                } => {
+                    if now >= *next_resend {
+                        *next_resend = now + self.config.resend_every;
+                        steps.extend(sends(
+                            unacked.iter().copied(),
+                            &Msg::Decide {
+                                txn,
+                                decision: Decision::Commit,
+                            },
+                        ));
+                    }
+                }
+                State::Aborted { .. } => {}
+            }
+        }
+        steps
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CLIENT: NodeId = 100;
+    const MS: Duration = Duration::from_millis(1);
+
+    fn boot(log: &[Vec<u8>]) -> (Coordinator, Steps) {
+        Coordinator::recover(1, log, Duration::ZERO, CoordinatorConfig::default())
+    }
+
+    fn begin(c: &mut Coordinator) -> TxnId {
+        match &c.on_message(MS, CLIENT, Msg::Begin { request: 0 })[..] {
+            [Step::Send(CLIENT, Msg::Began { txn, .. })] => *txn,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn commit(c: &mut Coordinator, txn: TxnId) -> Steps {
+        c.on_message(
+            MS,
+            CLIENT,
+            Msg::Commit {
+                txn,
+                participants: vec![(2, 1), (3, 1)],
+            },
+        )
+    }
+
+    fn outcome(steps: &Steps) -> Option<Outcome> {
+        steps.iter().find_map(|s| match s {
+            Step::Send(CLIENT, Msg::Outcome { outcome, .. }) => Some(outcome.clone()),
+            _ => None,
+        })
+    }
+
+    fn log_of(steps: &[&Steps]) -> Vec<Vec<u8>> {
+        steps
+            .iter()
+            .copied()
+            .flatten()
+            .filter_map(|s| match s {
+                Step::Append(r) => Some(codec::encode(r).unwrap()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn commits_after_all_yes_with_the_record_synced_before_any_send() {
+        let (mut c, boot_steps) = boot(&[]);
+        let txn = begin(&mut c);
+        let prepares = commit(&mut c, txn);
+        assert_eq!(
+            prepares
+                .iter()
+                .filter(|s| matches!(s, Step::Send(_, Msg::Prepare { .. })))
+                .count(),
+            2
+        );
+        assert!(c.on_message(MS, 2, Msg::Vote { txn, yes: true }).is_empty());
+        let steps = c.on_message(MS, 3, Msg::Vote { txn, yes: true });
+        let sync = steps.iter().position(|s| matches!(s, Step::Sync)).unwrap();
+        let first_send = steps.iter().position(|s| matches!(s, Step::Send(..))).unwrap();
+        assert!(matches!(steps[0], Step::Append(Record::Commit { .. })));
+        assert!(sync < first_send);
+        assert_eq!(outcome(&steps), Some(Outcome::Committed));
+        // Recovery from that log keeps the commit and re-sends it.
+        let (mut c2, resent) = boot(&log_of(&[&boot_steps, &steps]));
+        assert_eq!(c2.epoch(), 2);
+        assert_eq!(
+            resent
+                .iter()
+                .filter(|s| matches!(
+                    s,
+                    Step::Send(
+                        _,
+                        Msg::Decide {
+                            decision: Decision::Commit,
+                            ..
+                        }
+                    )
+                ))
+                .count(),
+            2
+        );
+        assert_eq!(outcome(&commit(&mut c2, txn)), Some(Outcome::Committed));
+    }
+
+    #[test]
+    fn any_no_vote_aborts_and_the_answer_never_changes() {
+        let (mut c, _) = boot(&[]);
+        let txn = begin(&mut c);
+        commit(&mut c, txn);
+        c.on_message(MS, 2, Msg::Vote { txn, yes: true });
+        let steps = c.on_message(MS, 3, Msg::Vote { txn, yes: false });
+        assert_eq!(
+            outcome(&steps),
+            Some(Outcome::Aborted(AbortReason::VotedNo { shard: 3 }))
+        );
+        assert!(
+            steps.iter().all(|s| !matches!(s, Step::Append(_))),
+            "aborts are not logged"
+        );
+        c.on_message(MS, 2, Msg::Vote { txn, yes: true });
+        assert!(matches!(outcome(&commit(&mut c, txn)), Some(Outcome::Aborted(_))));
+    }
+
+    #[test]
+    fn after_a_crash_undecided_transactions_are_aborted() {
+        let (mut c, boot1) = boot(&[]);
+        let txn = begin(&mut c);
+        commit(&mut c, txn);
+        c.on_message(MS, 2, Msg::Vote { txn, yes: true });
+        // Crash before the last vote; recover.
+        let (mut c, _) = boot(&log_of(&[&boot1]));
+        let steps = c.on_message(MS, 2, Msg::Query { txn });
+        assert!(steps.contains(&Step::Send(
+            2,
+            Msg::Decide {
+                txn,
+                decision: Decision::Abort
+            }
+        )));
+        assert_eq!(
+            outcome(&commit(&mut c, txn)),
+            Some(Outcome::Aborted(AbortReason::CoordinatorRestarted))
+        );
+        // A late yes cannot revive it.
+        c.on_message(MS, 3, Msg::Vote { txn, yes: true });
+        assert_eq!(c.decision(txn), Some(Decision::Abort));
+        // New ids come from the new epoch.
+        assert_eq!(epoch_of(begin(&mut c)), 2);
+    }
+
+    #[test]
+    fn slow_votes_time_out_into_an_abort() {
+        let (mut c, _) = boot(&[]);
+        let txn = begin(&mut c);
+        commit(&mut c, txn);
+        let resent = c.tick(Duration::from_millis(300));
+        assert_eq!(resent.len(), 2);
+        let steps = c.tick(Duration::from_secs(2));
+        assert!(steps.iter().any(|s| matches!(
+            s,
+            Step::Event(TxnEvent::Announced {
+                decision: Decision::Abort,
+                ..
+            })
+        )));
+        assert_eq!(c.decision(txn), Some(Decision::Abort));
+    }
+
+    #[test]
+    fn commits_are_resent_until_acknowledged() {
+        let (mut c, _) = boot(&[]);
+        let txn = begin(&mut c);
+        commit(&mut c, txn);
+        c.on_message(MS, 2, Msg::Vote { txn, yes: true });
+        c.on_message(MS, 3, Msg::Vote { txn, yes: true });
+        c.on_message(MS, 2, Msg::Ack { txn });
+        let steps = c.tick(Duration::from_secs(1));
+        assert_eq!(
+            steps,
+            vec![Step::Send(
+                3,
+                Msg::Decide {
+                    txn,
+                    decision: Decision::Commit
+                }
+            )]
+        );
+        let end = c.on_message(MS, 3, Msg::Ack { txn });
+        assert_eq!(end, vec![Step::Append(Record::End { txn })]);
+        assert!(c.tick(Duration::from_secs(2)).is_empty());
+    }
+}

@@ -1,0 +1,778 @@
+//! The participant: a shard holding key-value data, as a sans-io core.
+//!
+//! Concurrency control is strict two-phase locking with **no-wait** deadlock
+//! avoidance: a request that would wait for a conflicting lock aborts its
+//! own transaction at once ([`AbortReason::LockConflict`] names the key and
+//! the holder). Reads take shared locks, writes exclusive ones (a sole
+//! reader upgrades), writes are buffered per transaction, and every lock is
+//! held until the decision.
+//!
+//! Voting: yes only for a transaction that is active here in this
+//! incarnation (`epoch`), after its prepare record — buffered writes and
+//! held locks — is appended **and synced**. A shard that restarted lost its
+//! unprepared transactions and votes no for them; the epoch the client
+//! echoes back in every request makes that detectable.
+//!
+//! After voting yes the shard never decides alone. It waits for the
+//! coordinator's decision, and every `query_every` asks the coordinator and
+//! the other participants (cooperative termination): a peer that knows the
+//! decision answers it; a peer that has not voted yet aborts and answers
+//! abort (it may, having not voted yes); a prepared peer is as uncertain as
+//! the asker. Recovery rebuilds committed data, re-acquires the locks of
+//! prepared transactions and resumes asking.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{sends, AbortReason, Decision, Key, Knowledge, Msg, Step, TxnEvent, TxnId, Value, Writes};
+use crate::env::{codec, NodeId};
+
+/// What a participant writes to its log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Record {
+    /// One per incarnation: the epoch is the number of boots so far.
+    Boot { epoch: u64 },
+    /// Synced before voting yes: enough to finish the transaction either way
+    /// after a crash.
+    Prepared {
+        txn: TxnId,
+        coordinator: NodeId,
+        participants: Vec<NodeId>,
+        writes: Writes,
+        /// Locks held: key and whether exclusive.
+        locks: Vec<(Key, bool)>,
+    },
+    /// The decision, applied. Synced before acknowledging a commit.
+    Decided { txn: TxnId, decision: Decision },
+}
+
+/// Deliberately broken behaviour, for the simulator's planted bugs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ParticipantBugs {
+    /// Vote yes as soon as the prepare record is appended, without syncing
+    /// it (the shell then syncs on an interval).
+    pub vote_without_sync: bool,
+    /// After this long in the prepared state, abort alone.
+    pub abort_alone_after: Option<Duration>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ParticipantConfig {
+    /// An active (unprepared) transaction idle this long is aborted here,
+    /// releasing its locks (the client vanished, or its abort was lost).
+    pub active_timeout: Duration,
+    /// A prepared transaction asks the coordinator and its peers this often.
+    pub query_every: Duration,
+    pub bugs: ParticipantBugs,
+}
+
+impl Default for ParticipantConfig {
+    fn default() -> Self {
+        ParticipantConfig {
+            active_timeout: Duration::from_millis(1_000),
+            query_every: Duration::from_millis(200),
+            bugs: ParticipantBugs::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Lock {
+    exclusive: bool,
+    holders: BTreeSet<TxnId>,
+}
+
+#[derive(Debug, Clone)]
+enum Phase {
+    Active {
+        last: Duration,
+    },
+    Prepared {
+        coordinator: NodeId,
+        participants: Vec<NodeId>,
+        since: Duration,
+        next_query: Duration,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct Txn {
+    phase: Phase,
+    writes: Writes,
+    /// Keys this transaction holds a lock on here.
+    locked: BTreeSet<Key>,
+}
+
+type Steps = Vec<Step<Record>>;
+
+/// A shard's protocol state. Rebuilt from the log by [`Participant::recover`].
+#[derive(Debug)]
+pub struct Participant {
+    id: NodeId,
+    epoch: u64,
+    config: ParticipantConfig,
+    data: BTreeMap<Key, Value>,
+    locks: BTreeMap<Key, Lock>,
+    txns: BTreeMap<TxnId, Txn>,
+    /// Decisions applied (or, for unprepared transactions, taken) here.
+    done: BTreeMap<TxnId, Decision>,
+}
+
+impl Participant {
+    /// Rebuilds the shard from its log. The returned steps (a new boot
+    /// record, synced, then queries for every prepared transaction) must run
+    /// before the shard serves anything.
+    pub fn recover(id: NodeId, log: &[Vec<u8>], now: Duration, config: ParticipantConfig) -> (Self, Steps) {
+        let mut p = Participant {
+            id,
+            epoch: 1,
+            config,
+            data: BTreeMap::new(),
+            locks: BTreeMap::new(),
+            txns: BTreeMap::new(),
+            done: BTreeMap::new(),
+        };
+        for bytes in log {
+            let record: Record =
+                codec::decode(bytes).expect("participant records decode (torn tails are dropped below)");
+            match record {
+                Record::Boot { epoch } => p.epoch = p.epoch.max(epoch + 1),
+                Record::Prepared {
+                    txn,
+                    coordinator,
+                    participants,
+                    writes,
+                    locks,
+                } => {
+                    if p.done.contains_key(&txn) {
+                        continue;
+                    }
+                    let mut locked = BTreeSet::new();
+                    for (key, exclusive) in locks {
+                        // Prepared transactions never conflict: a later one
+                        // could only prepare after this one's decision.
+                        let lock = p.locks.entry(key.clone()).or_insert(Lock {
+                            exclusive,
+                            holders: BTreeSet::new(),
+                        });
+                        lock.exclusive |= exclusive;
+                        lock.holders.insert(txn);
+                        locked.insert(key);
+                    }
+                    p.txns.insert(
+                        txn,
+                        Txn {
+                            phase: Phase::Prepared {
+                                coordinator,
+                                participants,
+                                since: now,
+                                next_query: now,
+                            },
+                            writes,
+                            locked,
+                        },
+                    );
+                }
+                Record::Decided { txn, decision } => {
+                    if let Some(t) = p.txns.remove(&txn) {
+                        if decision == Decision::Commit {
+                            p.data.extend(t.writes.clone());
+                        }
+                        p.release(txn, &t);
+                    }
+                    p.done.insert(txn, decision);
+                }
+            }
+        }
+        let mut steps = vec![Step::Append(Record::Boot { epoch: p.epoch }), Step::Sync];
+        steps.extend(p.tick(now));
+        (p, steps)
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// This incarnation's epoch (echoed by clients in every request).
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The committed value of `key`.
+    pub fn committed(&self, key: &str) -> Option<&Value> {
+        self.data.get(key)
+    }
+
+    /// Transactions prepared here and not yet decided.
+    pub fn prepared(&self) -> Vec<TxnId> {
+        self.txns
+            .iter()
+            .filter(|(_, t)| matches!(t.phase, Phase::Prepared { .. }))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// How `txn` ended here, if it did.
+    pub fn decision(&self, txn: TxnId) -> Option<Decision> {
+        self.done.get(&txn).copied()
+    }
+
+    pub fn on_message(&mut self, now: Duration, from: NodeId, msg: Msg) -> Steps {
+        match msg {
+            Msg::Get {
+                txn,
+                request,
+                key,
+                epoch,
+            } => self.on_op(now, from, txn, request, epoch, key, None),
+            Msg::Put {
+                txn,
+                request,
+                key,
+                value,
+                epoch,
+            } => self.on_op(now, from, txn, request, epoch, key, Some(value)),
+            Msg::Abort { txn } => match self.txns.get(&txn) {
+                Some(Txn {
+                    phase: Phase::Active { .. },
+                    ..
+                }) => self.abort_active(txn),
+                // Only the coordinator decides a prepared transaction.
+                _ => vec![],
+            },
+            Msg::Prepare {
+                txn,
+                epoch,
+                participants,
+            } => self.on_prepare(now, from, txn, epoch, participants),
+            Msg::Decide { txn, decision } => {
+                let mut steps = self.apply(txn, decision);
+                steps.push(Step::Send(from, Msg::Ack { txn }));
+                steps
+            }
+            Msg::Query { txn } => self.on_query(txn, from),
+            Msg::Known {
+                txn,
+                knowledge: Knowledge::Decided(decision),
+            } => self.apply(txn, decision),
+            Msg::Known {
+                knowledge: Knowledge::Uncertain,
+                ..
+            } => vec![],
+            Msg::Begin { .. }
+            | Msg::Commit { .. }
+            | Msg::Status { .. }
+            | Msg::Began { .. }
+            | Msg::Outcome { .. }
+            | Msg::OpReply { .. }
+            | Msg::Vote { .. }
+            | Msg::Ack { .. } => vec![],
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_op(
+        &mut self,
+        now: Duration,
+        from: NodeId,
+        txn: TxnId,
+        request: u64,
+        epoch: Option<u64>,
+        key: Key,
+        put: Option<Value>,
+    ) -> Steps {
+        let reply = |epoch, result| {
+            vec![Step::Send(
+                from,
+                Msg::OpReply {
+                    txn,
+                    request,
+                    epoch,
+                    result,
+                },
+            )]
+        };
+        if self.done.contains_key(&txn) {
+            return reply(self.epoch, Err(AbortReason::NotActive));
+        }
+        match self.txns.get(&txn) {
+            Some(Txn {
+                phase: Phase::Prepared { .. },
+                ..
+            }) => return reply(self.epoch, Err(AbortReason::NotActive)),
+            Some(_) => {}
+            None if epoch.is_some_and(|e| e != self.epoch) => {
+                // The client began here in an earlier incarnation: its locks
+                // and writes died with it.
+                return reply(self.epoch, Err(AbortReason::ShardLostTxn { shard: self.id }));
+            }
+            None => {
+                self.txns.insert(
+                    txn,
+                    Txn {
+                        phase: Phase::Active { last: now },
+                        writes: Writes::new(),
+                        locked: BTreeSet::new(),
+                    },
+                );
+            }
+        }
+        if let Err(holder) = self.acquire(txn, &key, put.is_some()) {
+            let mut steps = self.abort_active(txn);
+            steps.extend(reply(self.epoch, Err(AbortReason::LockConflict { key, holder })));
+            return steps;
+        }
+        let t = self.txns.get_mut(&txn).expect("active above");
+        t.phase = Phase::Active { last: now };
+        t.locked.insert(key.clone());
+        let result = match put {
+            Some(value) => {
+                t.writes.insert(key, value);
+                None
+            }
+            None => t.writes.get(&key).or_else(|| self.data.get(&key)).cloned(),
+        };
+        reply(self.epoch, Ok(result))
+    }
+
+    fn on_prepare(&mut self, now: Duration, from: NodeId, txn: TxnId, epoch: u64, participants: Vec<NodeId>) -> Steps {
+        let vote = |yes| Step::Send(from, Msg::Vote { txn, yes });
+        if let Some(&d) = self.done.get(&txn) {
+            return vec![vote(d == Decision::Commit)];
+        }
+        let Some(t) = self.txns.get_mut(&txn) else {
+            // Unknown here: lost in a crash (or never reached us). Never yes.
+            self.done.insert(txn, Decision::Abort);
+            return vec![Step::Event(TxnEvent::Voted { txn, yes: false }), vote(false)];
+        };
+        match t.phase {
+            Phase::Prepared { .. } => vec![vote(true)],
+            Phase::Active { .. } if epoch != self.epoch => {
+                let mut steps = self.abort_active(txn);
+                steps.push(Step::Event(TxnEvent::Voted { txn, yes: false }));
+                steps.push(vote(false));
+                steps
+            }
+            Phase::Active { .. } => {
+                t.phase = Phase::Prepared {
+                    coordinator: from,
+                    participants: participants.clone(),
+                    since: now,
+                    next_query: now + self.config.query_every,
+                };
+                let locks = t
+                    .locked
+                    .iter()
+                    .map(|k| (k.clone(), self.locks.get(k).is_some_and(|l| l.exclusive)))
+                    .collect();
+                let mut steps = vec![Step::Append(Record::Prepared {
+                    txn,
+                    coordinator: from,
+                    participants,
+                    writes: t.writes.clone(),
+                    locks,
+                })];
+                if !self.config.bugs.vote_without_sync {
+                    steps.push(Step::Sync);
+                }
+                steps.push(Step::Event(TxnEvent::Voted { txn, yes: true }));
+                steps.push(vote(true));
+                steps
+            }
+        }
+    }
+
+    fn on_query(&mut self, txn: TxnId, from: NodeId) -> Steps {
+        let known = |knowledge| Step::Send(from, Msg::Known { txn, knowledge });
+        if let Some(&d) = self.done.get(&txn) {
+            return vec![known(Knowledge::Decided(d))];
+        }
+        match self.txns.get(&txn).map(|t| &t.phase) {
+            Some(Phase::Prepared { .. }) => vec![known(Knowledge::Uncertain)],
+            Some(Phase::Active { .. }) => {
+                // Not voted yet, so we may abort — and then the asker may too.
+                let mut steps = self.abort_active(txn);
+                steps.push(known(Knowledge::Decided(Decision::Abort)));
+                steps
+            }
+            None => {
+                // Never prepared here (a prepare is durable), so never a yes.
+                self.done.insert(txn, Decision::Abort);
+                vec![known(Knowledge::Decided(Decision::Abort))]
+            }
+        }
+    }
+
+    /// Applies a decision learned from the coordinator or a peer.
+    fn apply(&mut self, txn: TxnId, decision: Decision) -> Steps {
+        if self.done.contains_key(&txn) {
+            return vec![];
+        }
+        let Some(t) = self.txns.remove(&txn) else {
+            self.done.insert(txn, decision);
+            return match decision {
+                Decision::Commit => vec![Step::Event(TxnEvent::CommitUnprepared { txn })],
+                Decision::Abort => vec![],
+            };
+        };
+        self.release(txn, &t);
+        self.done.insert(txn, decision);
+        match (&t.phase, decision) {
+            (Phase::Active { .. }, Decision::Commit) => vec![Step::Event(TxnEvent::CommitUnprepared { txn })],
+            (Phase::Active { .. }, Decision::Abort) => vec![Step::Event(TxnEvent::Applied {
+                txn,
+                decision,
+                prepared: false,
+            })],
+            (Phase::Prepared { .. }, _) => {
+                if decision == Decision::Commit {
+                    self.data.extend(t.writes);
+                }
+                let mut steps = vec![Step::Append(Record::Decided { txn, decision })];
+                if decision == Decision::Commit {
+                    // Durable before the ack lets the coordinator stop resending.
+                    steps.push(Step::Sync);
+                }
+                steps.push(Step::Event(TxnEvent::Applied {
+                    txn,
+                    decision,
+                    prepared: true,
+                }));
+                steps
+            }
+        }
+    }
+
+    fn abort_active(&mut self, txn: TxnId) -> Steps {
+        let t = self.txns.remove(&txn).expect("aborting a known transaction");
+        assert!(
+            matches!(t.phase, Phase::Active { .. }),
+            "a prepared transaction is only decided by the coordinator"
+        );
+        self.release(txn, &t);
+        self.done.insert(txn, Decision::Abort);
+        vec![Step::Event(TxnEvent::Applied {
+            txn,
+            decision: Decision::Abort,
+            prepared: false,
+        })]
+    }
+
+    /// Timeouts: idle active transactions abort; prepared ones ask around.
+    pub fn tick(&mut self, now: Duration) -> Steps {
+        let mut steps = Vec::new();
+        let ids: Vec<TxnId> = self.txns.keys().copied().collect();
+        for txn in ids {
+            let t = self.txns.get_mut(&txn).expect("listed");
+            match &mut t.phase {
+                Phase::Active { last } => {
+                    if now.saturating_sub(*last) >= self.config.active_timeout {
+                        steps.extend(self.abort_active(txn));
+                    }
+                }
+                Phase::Prepared {
+                    coordinator,
+                    participants,
+                    since,
+                    next_query,
+                } => {
+                    if let Some(after) = self.config.bugs.abort_alone_after {
+                        if now.saturating_sub(*since) >= after {
+                            // The planted bug: a unilateral abort after a yes vote.
+                            steps.extend(self.apply(txn, Decision::Abort));
+                            continue;
+                        }
+                    }
+                    if now >= *next_query {
+                        *next_query = now + self.config.query_every;
+                        let me = self.id;
+                        let to = std::iter::once(*coordinator).chain(participants.iter().copied().filter(|&p| p != me));
+                        steps.extend(sends(to, &Msg::Query { txn }));
+                    }
+                }
+            }
+        }
+        steps
+    }
+
+    fn acquire(&mut self, txn: TxnId, key: &str, exclusive: bool) -> Result<(), TxnId> {
+        let Some(lock) = self.locks.get_mut(key) else {
+            self.locks.insert(
+                key.to_string(),
+                Lock {
+                    exclusive,
+                    holders: BTreeSet::from([txn]),
+                },
+            );
+            return Ok(());
+        };
+        let sole = lock.holders.len() == 1 && lock.holders.contains(&txn);
+        if sole {
+            lock.exclusive |= exclusive;
+            return Ok(());
+        }
+        if !exclusive && !lock.exclusive {
+            lock.holders.insert(txn);
+            return Ok(());
+        }
+        Err(*lock.holders.iter().find(|&&h| h != txn).expect("another holder"))
+    }
+
+    fn release(&mut self, txn: TxnId, t: &Txn) {
+        for key in &t.locked {
+            if let Some(lock) = self.locks.get_mut(key) {
+                lock.holders.remove(&txn);
+                if lock.holders.is_empty() {
+                    self.locks.remove(key);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const C: NodeId = 1;
+    const CLIENT: NodeId = 100;
+    const MS: Duration = Duration::from_millis(1);
+
+    fn shard() -> Participant {
+        Participant::recover(2, &[], Duration::ZERO, ParticipantConfig::default()).0
+    }
+
+    fn get(p: &mut Participant, txn: TxnId, key: &str) -> Result<Option<Value>, AbortReason> {
+        let epoch = p.epoch();
+        op_result(p.on_message(
+            MS,
+            CLIENT,
+            Msg::Get {
+                txn,
+                request: 0,
+                key: key.into(),
+                epoch: Some(epoch),
+            },
+        ))
+    }
+
+    fn put(p: &mut Participant, txn: TxnId, key: &str, v: u8) -> Result<Option<Value>, AbortReason> {
+        let epoch = p.epoch();
+        op_result(p.on_message(
+            MS,
+            CLIENT,
+            Msg::Put {
+                txn,
+                request: 0,
+                key: key.into(),
+                value: vec![v],
+                epoch: if p.txns.contains_key(&txn) { Some(epoch) } else { None },
+            },
+        ))
+    }
+
+    fn op_result(steps: Steps) -> Result<Option<Value>, AbortReason> {
+        steps
+            .into_iter()
+            .find_map(|s| match s {
+                Step::Send(_, Msg::OpReply { result, .. }) => Some(result),
+                _ => None,
+            })
+            .expect("a reply")
+    }
+
+    fn prepare(p: &mut Participant, txn: TxnId) -> Steps {
+        let epoch = p.epoch();
+        p.on_message(
+            MS,
+            C,
+            Msg::Prepare {
+                txn,
+                epoch,
+                participants: vec![2, 3],
+            },
+        )
+    }
+
+    fn vote_of(steps: &Steps) -> Option<bool> {
+        steps.iter().find_map(|s| match s {
+            Step::Send(_, Msg::Vote { yes, .. }) => Some(*yes),
+            _ => None,
+        })
+    }
+
+    /// The log a crash would leave: every appended record (as if all synced).
+    fn log_of(steps: &[Steps]) -> Vec<Vec<u8>> {
+        steps
+            .iter()
+            .flatten()
+            .filter_map(|s| match s {
+                Step::Append(r) => Some(codec::encode(r).unwrap()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn no_wait_conflict_aborts_the_requester_with_the_key_and_holder() {
+        let mut p = shard();
+        assert_eq!(put(&mut p, 10, "a", 1), Ok(None));
+        let err = get(&mut p, 11, "a").unwrap_err();
+        assert_eq!(
+            err,
+            AbortReason::LockConflict {
+                key: "a".into(),
+                holder: 10
+            }
+        );
+        // Shared locks coexist, and a sole reader upgrades.
+        assert_eq!(get(&mut p, 12, "b"), Ok(None));
+        assert_eq!(get(&mut p, 13, "b"), Ok(None));
+        assert!(put(&mut p, 12, "b", 2).is_err());
+        assert_eq!(get(&mut p, 14, "c"), Ok(None));
+        assert_eq!(put(&mut p, 14, "c", 3), Ok(None));
+        assert_eq!(get(&mut p, 14, "c"), Ok(Some(vec![3])), "reads see own writes");
+    }
+
+    #[test]
+    fn votes_yes_only_after_a_synced_prepare_record() {
+        let mut p = shard();
+        put(&mut p, 10, "a", 1).unwrap();
+        let steps = prepare(&mut p, 10);
+        let append = steps
+            .iter()
+            .position(|s| matches!(s, Step::Append(Record::Prepared { .. })));
+        let sync = steps.iter().position(|s| matches!(s, Step::Sync));
+        let vote = steps
+            .iter()
+            .position(|s| matches!(s, Step::Send(_, Msg::Vote { yes: true, .. })));
+        assert!(append.unwrap() < sync.unwrap() && sync.unwrap() < vote.unwrap());
+    }
+
+    #[test]
+    fn votes_no_for_unknown_or_aborted_transactions() {
+        let mut p = shard();
+        assert_eq!(vote_of(&prepare(&mut p, 10)), Some(false));
+        put(&mut p, 11, "a", 1).unwrap();
+        p.on_message(MS, CLIENT, Msg::Abort { txn: 11 });
+        assert_eq!(vote_of(&prepare(&mut p, 11)), Some(false));
+    }
+
+    #[test]
+    fn locks_are_held_until_the_decision_and_commit_installs_writes() {
+        let mut p = shard();
+        put(&mut p, 10, "a", 7).unwrap();
+        prepare(&mut p, 10);
+        assert!(get(&mut p, 11, "a").is_err(), "prepared locks block");
+        // A client abort cannot touch a prepared transaction.
+        p.on_message(MS, CLIENT, Msg::Abort { txn: 10 });
+        assert!(get(&mut p, 12, "a").is_err());
+        let steps = p.on_message(
+            MS,
+            C,
+            Msg::Decide {
+                txn: 10,
+                decision: Decision::Commit,
+            },
+        );
+        assert!(steps.iter().any(|s| matches!(s, Step::Send(C, Msg::Ack { txn: 10 }))));
+        assert_eq!(p.committed("a"), Some(&vec![7]));
+        assert_eq!(get(&mut p, 13, "a"), Ok(Some(vec![7])));
+    }
+
+    #[test]
+    fn recovery_reacquires_locks_of_prepared_transactions_and_asks_around() {
+        let (mut p, boot1) = Participant::recover(2, &[], Duration::ZERO, ParticipantConfig::default());
+        let mut history = vec![boot1];
+        put(&mut p, 10, "a", 7).unwrap();
+        put(&mut p, 11, "b", 8).unwrap();
+        history.push(prepare(&mut p, 10));
+        // Crash: txn 11 was only active, txn 10 prepared.
+        let (mut p, boot) = Participant::recover(2, &log_of(&history), 5 * MS, ParticipantConfig::default());
+        assert_eq!(p.epoch(), 2);
+        assert_eq!(p.prepared(), vec![10]);
+        let queries: Vec<_> = boot
+            .iter()
+            .filter_map(|s| match s {
+                Step::Send(to, Msg::Query { txn: 10 }) => Some(*to),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(queries, vec![C, 3]);
+        assert!(get(&mut p, 12, "a").is_err(), "the prepared lock came back");
+        assert_eq!(
+            vote_of(&prepare(&mut p, 11)),
+            Some(false),
+            "active work died with the crash"
+        );
+        // An op from the old incarnation is refused.
+        let old = p.on_message(
+            MS,
+            CLIENT,
+            Msg::Get {
+                txn: 13,
+                request: 0,
+                key: "c".into(),
+                epoch: Some(1),
+            },
+        );
+        assert_eq!(op_result(old), Err(AbortReason::ShardLostTxn { shard: 2 }));
+    }
+
+    #[test]
+    fn a_prepared_shard_never_decides_alone_but_learns_from_peers() {
+        let mut p = shard();
+        put(&mut p, 10, "a", 7).unwrap();
+        prepare(&mut p, 10);
+        for i in 1..100 {
+            let steps = p.tick(Duration::from_millis(100 * i));
+            assert!(!steps.iter().any(|s| matches!(s, Step::Event(TxnEvent::Applied { .. }))));
+        }
+        assert_eq!(p.prepared(), vec![10]);
+        p.on_message(
+            MS,
+            3,
+            Msg::Known {
+                txn: 10,
+                knowledge: Knowledge::Uncertain,
+            },
+        );
+        assert_eq!(p.prepared(), vec![10]);
+        p.on_message(
+            MS,
+            3,
+            Msg::Known {
+                txn: 10,
+                knowledge: Knowledge::Decided(Decision::Abort),
+            },
+        );
+        assert!(p.prepared().is_empty());
+        assert_eq!(p.decision(10), Some(Decision::Abort));
+        assert_eq!(p.committed("a"), None);
+    }
+
+    #[test]
+    fn a_peer_that_has_not_voted_aborts_when_asked() {
+        let mut p = shard();
+        put(&mut p, 10, "a", 7).unwrap();
+        let steps = p.on_message(MS, 3, Msg::Query { txn: 10 });
+        assert!(steps.contains(&Step::Send(
+            3,
+            Msg::Known {
+                txn: 10,
+                knowledge: Knowledge::Decided(Decision::Abort)
+            }
+        )));
+        assert_eq!(vote_of(&prepare(&mut p, 10)), Some(false));
+    }
+
+    #[test]
+    fn idle_active_transactions_time_out() {
+        let mut p = shard();
+        put(&mut p, 10, "a", 7).unwrap();
+        p.tick(Duration::from_secs(5));
+        assert_eq!(get(&mut p, 11, "a"), Ok(None));
+    }
+}
