@@ -184,7 +184,7 @@ fn ping_pong_plain(seed: u64, n: u32) {
 /// The same round trips through [`SimEnv`], with no faults active.
 fn ping_pong_simenv(seed: u64, n: u32) {
     let runtime = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
-    let world = World::new(seed, &[1, 2], Trace::new(false));
+    let world = World::new(seed, &[1, 2], &[], Trace::new(false));
     runtime.block_on(async move {
         let handle = madsim::runtime::Handle::current();
         let a = handle.create_node().ip(addr_of(1).ip()).build();

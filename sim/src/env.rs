@@ -159,6 +159,7 @@ impl Env for SimEnv {
         for (delay, bytes) in copies {
             if delay.is_zero() {
                 self.transmit(to, delivery.id, bytes).await;
+                self.inner.world.lock().after_send(self.inner.id);
             } else {
                 let env = self.clone();
                 madsim::task::spawn(async move {

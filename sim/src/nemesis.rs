@@ -13,13 +13,15 @@ use madsim::net::NetSim;
 use madsim::runtime::Handle;
 use ringfence::env::NodeId;
 
-use crate::plan::{Fault, FaultKind, FaultPlan};
+use crate::plan::{DiskLoss, Fault, FaultKind, FaultPlan};
 use crate::trace::{Phase, TraceEvent};
 use crate::world::{NetFaults, NodeState, World};
 
 enum Action {
     Start(usize),
     End(usize),
+    /// Restart a node an unsynced-crash took down.
+    Restart(NodeId),
 }
 
 /// Executes plans; owns the clog bookkeeping so overlapping partitions
@@ -47,31 +49,71 @@ impl Nemesis {
     }
 
     /// Applies `plan` in simulated time; returns when its window has ended
-    /// and everything is healed.
+    /// and everything is healed. Besides the plan's own timeline it serves
+    /// crash requests from servers (the unsynced-crash fault) as they come.
     pub async fn run(mut self, plan: &FaultPlan) {
-        let mut timeline: Vec<(u64, usize, Action)> = Vec::new();
+        // Keyed by (time, order): ends sort before starts at the same
+        // instant, so back-to-back faults on one node do not trip over each
+        // other.
+        let mut queue: BTreeMap<(Duration, u64), Action> = BTreeMap::new();
         for (i, fault) in plan.faults.iter().enumerate() {
-            timeline.push((fault.at_ms(), 2 * i + 1, Action::Start(i)));
+            let at = Duration::from_millis(fault.at_ms());
+            queue.insert((at, 2 * i as u64 + 1), Action::Start(i));
             if let Some(ms) = fault.duration_ms() {
-                timeline.push((fault.at_ms() + ms, 2 * i, Action::End(i)));
+                queue.insert((at + Duration::from_millis(ms), 2 * i as u64), Action::End(i));
             }
         }
-        // Ends sort before starts at the same instant, so back-to-back faults
-        // on one node do not trip over each other.
-        timeline.sort_by_key(|(at, order, _)| (*at, *order));
         let start = madsim::time::Instant::now(); // determinism: ok — simulated time
-        for (at, _, action) in timeline {
-            if at >= plan.duration_ms {
+        let window = Duration::from_millis(plan.duration_ms);
+        let wakeup = self.world.lock().crash_wakeup.clone();
+        let mut restarts = 0;
+        loop {
+            let requests = std::mem::take(&mut self.world.lock().crash_requests);
+            for (node, index, down) in requests {
+                if self.crash(node, DiskLoss::LoseUnsynced, index, FaultKind::UnsyncedCrash) {
+                    restarts += 1;
+                    queue.insert((start.elapsed() + down, u64::MAX - restarts), Action::Restart(node));
+                }
+            }
+            let next = queue.first_key_value().map_or(window, |(&(at, _), _)| at.min(window));
+            if next >= window && start.elapsed() >= window {
                 break;
             }
-            madsim::time::sleep_until(start + Duration::from_millis(at)).await;
+            let sleep = std::pin::pin!(madsim::time::sleep_until(start + next));
+            let request = std::pin::pin!(wakeup.notified());
+            if let futures::future::Either::Right(_) = futures::future::select(sleep, request).await {
+                continue;
+            }
+            if next >= window {
+                break;
+            }
+            let (_, action) = queue.pop_first().expect("the next action exists");
             match action {
                 Action::Start(i) => self.start(i, &plan.faults[i]),
                 Action::End(i) => self.end(i, &plan.faults[i]),
+                Action::Restart(node) => self.restart(node),
             }
         }
-        madsim::time::sleep_until(start + Duration::from_millis(plan.duration_ms)).await;
         self.heal();
+    }
+
+    /// Kills `node`, applying `disk` loss; `false` if it was already down.
+    fn crash(&mut self, node: NodeId, disk: DiskLoss, index: usize, kind: FaultKind) -> bool {
+        let lost = {
+            let mut w = self.world.lock();
+            let state = w.node(node);
+            if state.down {
+                return false;
+            }
+            state.down = true;
+            state.paused = false;
+            w.count(kind);
+            w.crash_disk(node, disk)
+        };
+        self.handle.kill(self.madsim_id(node));
+        let text = format!("{kind} node {node} ({disk:?}, {lost} unsynced bytes lost)");
+        self.note(Phase::Start, FaultKind::Crash, Some(index), vec![node], text);
+        true
     }
 
     fn note(&self, phase: Phase, kind: FaultKind, index: Option<usize>, nodes: Vec<NodeId>, text: String) {
@@ -128,26 +170,7 @@ impl Nemesis {
                 );
             }
             Fault::Crash { node, disk, .. } => {
-                let id = self.madsim_id(*node);
-                let lost = {
-                    let mut w = self.world.lock();
-                    if w.node(*node).down {
-                        return;
-                    }
-                    let state = w.node(*node);
-                    state.down = true;
-                    state.paused = false;
-                    w.count(FaultKind::Crash);
-                    w.crash_disk(*node, *disk)
-                };
-                self.handle.kill(id);
-                self.note(
-                    Phase::Start,
-                    FaultKind::Crash,
-                    Some(index),
-                    vec![*node],
-                    format!("crash node {node} ({disk:?}, {lost} unsynced bytes lost)"),
-                );
+                self.crash(*node, *disk, index, FaultKind::Crash);
             }
             Fault::Pause { node, .. } => {
                 {
@@ -213,6 +236,11 @@ impl Nemesis {
                     format!("clock jump node {node} +{forward_ms}ms"),
                 );
             }
+            Fault::UnsyncedCrash { probability, down_ms, .. } => {
+                self.world.lock().unsynced_crash = Some((index, *probability, Duration::from_millis(*down_ms)));
+                let text = format!("unsynced-crash window: p={probability:.2}, down {down_ms}ms");
+                self.note(Phase::Start, FaultKind::UnsyncedCrash, Some(index), vec![], text);
+            }
         }
     }
 
@@ -254,6 +282,14 @@ impl Nemesis {
                         vec![],
                         "network faults end".into(),
                     );
+                }
+            }
+            Fault::UnsyncedCrash { .. } => {
+                let mut w = self.world.lock();
+                if w.unsynced_crash.is_some_and(|(active, ..)| active == index) {
+                    w.unsynced_crash = None;
+                    drop(w);
+                    self.note(Phase::End, FaultKind::UnsyncedCrash, Some(index), vec![], "unsynced-crash window ends".into());
                 }
             }
             Fault::Drift { .. } | Fault::Jump { .. } => {}
@@ -307,6 +343,8 @@ impl Nemesis {
         }
         let mut w = self.world.lock();
         w.net = NetFaults::default();
+        w.unsynced_crash = None;
+        w.crash_requests.clear();
         for &node in &nodes {
             w.set_clock_rate(node, 1.0);
         }

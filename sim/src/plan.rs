@@ -32,10 +32,13 @@ pub enum FaultKind {
     ClockDrift,
     #[serde(rename = "jump")]
     ClockJump,
+    /// A crash right after a node sends a message while it has writes not
+    /// yet synced: the moment a promise may outrun durability.
+    UnsyncedCrash,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 8] = [
+    pub const ALL: [FaultKind; 9] = [
         FaultKind::Partition,
         FaultKind::Crash,
         FaultKind::Pause,
@@ -44,6 +47,7 @@ impl FaultKind {
         FaultKind::MessageDelay,
         FaultKind::ClockDrift,
         FaultKind::ClockJump,
+        FaultKind::UnsyncedCrash,
     ];
 
     pub fn name(self) -> &'static str {
@@ -56,7 +60,14 @@ impl FaultKind {
             FaultKind::MessageDelay => "delay",
             FaultKind::ClockDrift => "drift",
             FaultKind::ClockJump => "jump",
+            FaultKind::UnsyncedCrash => "unsynced-crash",
         }
+    }
+
+    /// Fires only when the protocol offers the moment: a correct protocol
+    /// that syncs before it sends never does, so sweeps do not require it.
+    pub fn opportunistic(self) -> bool {
+        self == FaultKind::UnsyncedCrash
     }
 }
 
@@ -119,6 +130,10 @@ pub enum Fault {
     Drift { at_ms: u64, node: NodeId, ppm: i64 },
     /// The node's clock jumps forward.
     Jump { at_ms: u64, node: NodeId, forward_ms: u64 },
+    /// While it lasts, a server that sends a message while it has unsynced
+    /// writes crashes right after, with this probability, losing them; it
+    /// restarts `down_ms` later.
+    UnsyncedCrash { at_ms: u64, for_ms: u64, probability: f64, down_ms: u64 },
 }
 
 impl Fault {
@@ -130,7 +145,8 @@ impl Fault {
             | Fault::Pause { at_ms, .. }
             | Fault::Network { at_ms, .. }
             | Fault::Drift { at_ms, .. }
-            | Fault::Jump { at_ms, .. } => *at_ms,
+            | Fault::Jump { at_ms, .. }
+            | Fault::UnsyncedCrash { at_ms, .. } => *at_ms,
         }
     }
 
@@ -140,7 +156,8 @@ impl Fault {
             Fault::Partition { for_ms, .. }
             | Fault::OneWay { for_ms, .. }
             | Fault::Pause { for_ms, .. }
-            | Fault::Network { for_ms, .. } => Some(*for_ms),
+            | Fault::Network { for_ms, .. }
+            | Fault::UnsyncedCrash { for_ms, .. } => Some(*for_ms),
             Fault::Crash { down_ms, .. } => Some(*down_ms),
             Fault::Drift { .. } | Fault::Jump { .. } => None,
         }
@@ -153,7 +170,8 @@ impl Fault {
             Fault::Partition { for_ms, .. }
             | Fault::OneWay { for_ms, .. }
             | Fault::Pause { for_ms, .. }
-            | Fault::Network { for_ms, .. } => *for_ms = ms,
+            | Fault::Network { for_ms, .. }
+            | Fault::UnsyncedCrash { for_ms, .. } => *for_ms = ms,
             Fault::Crash { down_ms, .. } => *down_ms = ms,
             Fault::Drift { .. } | Fault::Jump { .. } => {}
         }
@@ -271,7 +289,18 @@ impl FaultPlan {
                         });
                     }
                 }
-                FaultKind::Crash => {}
+                FaultKind::UnsyncedCrash if !targets.servers.is_empty() => {
+                    for _ in 0..count(&mut rng) {
+                        let at_ms = at(&mut rng);
+                        faults.push(Fault::UnsyncedCrash {
+                            at_ms,
+                            for_ms: rng.gen_range(100..=(500 + (2_000.0 * intensity) as u64)),
+                            probability: rng.gen_range(0.05..(0.1 + 0.6 * intensity)),
+                            down_ms: rng.gen_range(10..=(50 + (500.0 * intensity) as u64)),
+                        });
+                    }
+                }
+                FaultKind::Crash | FaultKind::UnsyncedCrash => {}
             }
         }
         let on = |kind| enabled.contains(&kind);

@@ -140,7 +140,7 @@ pub fn run<S: Scenario>(case: &Case, bug: Option<&'static crate::scenario::Bug>,
     let servers = server_ids(case.servers);
     let clients = client_ids(case.workload.clients);
     let all: Vec<_> = servers.iter().chain([&PROBE_ID]).chain(&clients).copied().collect();
-    let world = World::new(case.seed, &all, Trace::new(options.keep_trace));
+    let world = World::new(case.seed, &all, &servers, Trace::new(options.keep_trace));
 
     let mut runtime = madsim::runtime::Runtime::with_seed_and_config(case.seed, madsim::Config::default());
     // A safety net far past every bound: a run that never ends is a bug in

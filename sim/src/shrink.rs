@@ -274,7 +274,7 @@ pub fn restrict(plan: &FaultPlan, servers: &[NodeId], clients: &[NodeId]) -> Fau
                     to,
                 })
             }
-            Fault::Network { .. } => Some(f.clone()),
+            Fault::Network { .. } | Fault::UnsyncedCrash { .. } => Some(f.clone()),
         })
         .collect();
     FaultPlan { faults, ..plan.clone() }

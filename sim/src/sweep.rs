@@ -233,7 +233,7 @@ fn summarize(scenario: &dyn DynScenario, results: Vec<SeedResult>, wall: Duratio
         scenario
             .fault_kinds()
             .into_iter()
-            .filter(|k| !fired.contains_key(k))
+            .filter(|k| !k.opportunistic() && !fired.contains_key(k))
             .collect()
     } else {
         Vec::new()

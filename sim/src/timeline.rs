@@ -84,6 +84,7 @@ fn span_kind(kind: crate::plan::FaultKind) -> &'static str {
     match kind {
         Partition => "partition",
         Crash => "crash",
+        UnsyncedCrash => "network",
         Pause => "pause",
         MessageLoss | MessageDuplicate | MessageDelay => "network",
         ClockDrift | ClockJump => "clock",

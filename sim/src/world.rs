@@ -28,6 +28,7 @@ pub mod stream {
     pub const DISK: u64 = 3;
     pub const NODE: u64 = 4;
     pub const CLOCK: u64 = 5;
+    pub const CRASH: u64 = 6;
 }
 
 /// A ChaCha generator for `(seed, stream, index)`.
@@ -226,6 +227,15 @@ pub struct WorldState {
     pub trace: Trace,
     /// Messages delivered to a node's inbox; the bench compares it to madsim.
     pub delivered: u64,
+    /// The unsynced-crash fault in force: (plan index, probability, down time).
+    pub unsynced_crash: Option<(usize, f64, Duration)>,
+    crash_rng: ChaCha8Rng,
+    /// Crashes servers asked for (node, plan index, down time); the nemesis
+    /// carries them out as soon as the node yields.
+    pub crash_requests: Vec<(NodeId, usize, Duration)>,
+    pub crash_wakeup: Arc<tokio::sync::Notify>,
+    /// Servers: the nodes an unsynced-crash may hit.
+    pub servers: Vec<NodeId>,
 }
 
 /// Cheap handle to a run's [`WorldState`].
@@ -233,7 +243,7 @@ pub struct WorldState {
 pub struct World(Arc<Mutex<WorldState>>);
 
 impl World {
-    pub fn new(seed: u64, nodes: &[NodeId], trace: Trace) -> Self {
+    pub fn new(seed: u64, nodes: &[NodeId], servers: &[NodeId], trace: Trace) -> Self {
         let mut clock_rng = derive_rng(seed, stream::CLOCK, 0);
         let nodes = nodes
             .iter()
@@ -263,6 +273,11 @@ impl World {
             fired: BTreeMap::new(),
             trace,
             delivered: 0,
+            unsynced_crash: None,
+            crash_rng: derive_rng(seed, stream::CRASH, 0),
+            crash_requests: Vec::new(),
+            crash_wakeup: Arc::new(tokio::sync::Notify::new()),
+            servers: servers.to_vec(),
         })))
     }
 
@@ -349,6 +364,20 @@ impl WorldState {
 
     pub fn next_message_id(&self) -> u64 {
         self.next_message
+    }
+
+    /// Called after `id` sent a message: if an unsynced-crash fault is in
+    /// force and `id` is a server with unsynced writes, maybe ask the
+    /// nemesis to crash it.
+    pub fn after_send(&mut self, id: NodeId) {
+        let Some((index, probability, down)) = self.unsynced_crash else { return };
+        if !self.servers.contains(&id) || self.node(id).disk.pending().1 == 0 || self.node(id).down {
+            return;
+        }
+        if self.crash_rng.gen_bool(probability) && !self.crash_requests.iter().any(|r| r.0 == id) {
+            self.crash_requests.push((id, index, down));
+            self.crash_wakeup.notify_one();
+        }
     }
 
     /// Applies a crash to `id`'s disk; returns the unsynced bytes lost.

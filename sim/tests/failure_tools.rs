@@ -6,7 +6,9 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use ringfence_sim::corpus;
+use ringfence_sim::runner::RunOptions;
+use ringfence_sim::sweep::{self, run_isolated};
+use ringfence_sim::{corpus, scenarios};
 
 fn sim(args: &[&str]) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_ringfence-sim"))
@@ -25,27 +27,30 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
+/// The first seed at which the counter's planted bug fails.
+fn first_failing_counter_seed() -> u64 {
+    let scenario = scenarios::find("counter").unwrap();
+    sweep::default_cases(scenario, Some(0..50), Some("ack-before-sync"))
+        .iter()
+        .find(|case| run_isolated(scenario, case, RunOptions::default()).failed())
+        .expect("the planted bug fails within 50 seeds")
+        .seed
+}
+
 #[test]
 fn shrink_saves_a_smaller_case_that_fails_the_same_way() {
     let dir = scratch("shrink");
-    let (code, out) = sim(&[
-        "shrink",
-        "-s",
-        "counter",
-        "--seed",
-        "3",
-        "--bug",
-        "ack-before-sync",
-        "--out",
-        dir.to_str().unwrap(),
-    ]);
+    let seed = first_failing_counter_seed().to_string();
+    let (code, out) =
+        sim(&["shrink", "-s", "counter", "--seed", &seed, "--bug", "ack-before-sync", "--out", dir.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}");
-    let saved = dir.join("counter-ack-before-sync-seed3.json");
+    let saved = dir.join(format!("counter-ack-before-sync-seed{seed}.json"));
     let entry = corpus::load(&saved).expect("the shrunk case is a valid corpus file");
     assert_eq!(entry.expect, "acked-increment-lost");
     let plan = entry.case.plan.as_ref().expect("shrunk cases carry their plan");
     assert!(plan.faults.len() <= 3, "{out}");
-    assert!(entry.case.workload.clients < 3, "{out}");
+    let workload = entry.case.workload;
+    assert!(workload.clients * workload.ops < 3 * 40, "the workload shrank too: {out}");
     corpus::replay(&entry).expect("the shrunk case still fails the same way");
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -28,11 +28,10 @@
 //!    linearizability checker for KV histories was not on main yet when this
 //!    was written; plug it in here when it lands.)
 //!
-//! Planted bugs (`ringfence::log::LogBug`): each makes a replica or the
-//! observer stop the run, which the runner reports as a `panic` violation
-//! whose detail names the invariant (the runner reports a panic, and lists
-//! liveness violations before the scenario's, so `caught_by` is `panic`;
-//! `tests/log_sim.rs` checks the detail names the right invariant).
+//! Planted bugs (`ringfence::log::LogBug`): each makes the observer stop the
+//! run with a named violation ([`abort_run`]), or a replica's own assertion
+//! stop it as a `panic` whose detail says what broke; `tests/log_sim.rs`
+//! checks each is caught for the right reason.
 //!
 //! Only `no-step-down` and `ack-before-sync` are registered: the default
 //! nemesis (at most a handful of crashes per run, at random times) did not
@@ -83,12 +82,12 @@ pub const COMMIT_EARLIER_TERM: Bug = Bug {
 pub const NO_STEP_DOWN: Bug = Bug {
     name: "no-step-down",
     about: "a leader that sees a higher term adopts it but keeps leading",
-    caught_by: "panic",
+    caught_by: "leader-per-term",
 };
 pub const ACK_BEFORE_SYNC: Bug = Bug {
     name: "ack-before-sync",
     about: "a follower acknowledges appended entries before syncing them",
-    caught_by: "panic",
+    caught_by: "committed-entry-changed",
 };
 
 /// The planted bug behind each simulator bug name.
