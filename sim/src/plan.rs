@@ -296,7 +296,7 @@ impl FaultPlan {
                             at_ms,
                             for_ms: rng.gen_range(100..=(500 + (2_000.0 * intensity) as u64)),
                             probability: rng.gen_range(0.05..(0.1 + 0.6 * intensity)),
-                            down_ms: rng.gen_range(10..=(50 + (500.0 * intensity) as u64)),
+                            down_ms: rng.gen_range(1..=(20 + (300.0 * intensity) as u64)),
                         });
                     }
                 }

@@ -71,13 +71,13 @@ pub enum KvOp {
 pub const VOTE_NOT_SYNCED: Bug = Bug {
     name: "vote-not-synced",
     about: "a voter replies before its term and vote are synced; after a crash it may vote twice in a term",
-    caught_by: "panic",
+    caught_by: "leader-per-term",
 };
 /// Not registered in `BUGS`: the default sweep does not catch it.
 pub const COMMIT_EARLIER_TERM: Bug = Bug {
     name: "commit-earlier-term",
     about: "a leader commits earlier-term entries by counting replicas (Raft figure 8), without a no-op",
-    caught_by: "panic",
+    caught_by: "committed-entry-changed",
 };
 pub const NO_STEP_DOWN: Bug = Bug {
     name: "no-step-down",
