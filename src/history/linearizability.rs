@@ -27,7 +27,7 @@
 //!
 //! When a key is not linearizable, the checker shrinks the evidence to a small
 //! set of operations whose recorded results cannot all be true, whatever the
-//! remaining operations on that key did (see [`check`]).
+//! remaining operations on that key did within their intervals (see [`check`]).
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -37,6 +37,10 @@ use std::marker::PhantomData;
 use serde::{Deserialize, Serialize};
 
 use super::{Event, EventKind, History, Violation};
+
+/// An operation as the history recorded it: its invocation and, when the
+/// outcome is known, its completion.
+pub type Recorded<'a, Op> = (&'a Event<Op>, Option<&'a Event<Op>>);
 
 /// A sequential specification of an object, used to judge a history.
 ///
@@ -74,6 +78,20 @@ pub trait Model {
     /// operations constrain nothing, so the checker drops them.
     fn is_read_only(&self, _invoke: &Self::Op) -> bool {
         false
+    }
+
+    /// For one key's operations (`(invocation, completion)`, completion
+    /// `None` when the outcome is unknown), returns per operation an optional
+    /// history position after which an unknown-outcome operation taking
+    /// effect would be indistinguishable from it never taking effect.
+    ///
+    /// Unknown-outcome writes otherwise stay candidates until the end of the
+    /// history, and a history that is *not* linearizable then costs a search
+    /// exponential in their number; a bound confines each to a window. The
+    /// default knows no bounds. Entries for operations with a known outcome
+    /// are ignored.
+    fn unknown_deadlines(&self, ops: &[Recorded<'_, Self::Op>]) -> Vec<Option<usize>> {
+        vec![None; ops.len()]
     }
 }
 
@@ -145,16 +163,28 @@ where
             (KvOp::Read { .. }, Some(KvOp::Read { value, .. })) => {
                 (value == state).then(|| state.clone())
             }
-            (KvOp::Write { value, .. }, None | Some(KvOp::Write { .. })) => Some(Some(value.clone())),
+            (KvOp::Write { value, .. }, None | Some(KvOp::Write { .. })) => {
+                Some(Some(value.clone()))
+            }
             (KvOp::Cas { from, to, .. }, completion) => {
                 let would_swap = from == state;
                 match completion {
-                    None => Some(if would_swap { Some(to.clone()) } else { state.clone() }),
+                    None => Some(if would_swap {
+                        Some(to.clone())
+                    } else {
+                        state.clone()
+                    }),
                     Some(KvOp::Cas { swapped, .. }) if *swapped == would_swap => {
-                        Some(if would_swap { Some(to.clone()) } else { state.clone() })
+                        Some(if would_swap {
+                            Some(to.clone())
+                        } else {
+                            state.clone()
+                        })
                     }
                     Some(KvOp::Cas { .. }) => None,
-                    Some(other) => panic!("completion {other:?} does not match invocation {invoke:?}"),
+                    Some(other) => {
+                        panic!("completion {other:?} does not match invocation {invoke:?}")
+                    }
                 }
             }
             (_, Some(other)) => panic!("completion {other:?} does not match invocation {invoke:?}"),
@@ -163,6 +193,52 @@ where
 
     fn is_read_only(&self, invoke: &KvOp<K, V>) -> bool {
         matches!(invoke, KvOp::Read { .. })
+    }
+
+    /// An unknown-outcome write of `v` placed after every operation that
+    /// mentions `v` has returned can be removed from any linearization: until
+    /// the next write, no completed read returns `v` (it would mention it)
+    /// and no successful compare-and-set expects `v`, so nothing after it
+    /// depends on the state. That fails when some operation depends on the
+    /// state *not* being a value — a compare-and-set that failed or whose
+    /// outcome is unknown — so such keys get no bounds.
+    fn unknown_deadlines(&self, ops: &[Recorded<'_, KvOp<K, V>>]) -> Vec<Option<usize>> {
+        let state_negative = ops.iter().any(|(invoke, done)| {
+            matches!(invoke.op, KvOp::Cas { .. })
+                && !matches!(done, Some(d) if matches!(d.op, KvOp::Cas { swapped: true, .. }))
+        });
+        if state_negative {
+            return vec![None; ops.len()];
+        }
+        let mut last_mention: std::collections::HashMap<&V, usize, BuildHasherDefault<MixHasher>> =
+            Default::default();
+        let mut mention = |v, at: usize| {
+            let last = last_mention.entry(v).or_insert(at);
+            *last = (*last).max(at);
+        };
+        for (_, done) in ops {
+            let Some(done) = done else { continue };
+            match &done.op {
+                KvOp::Read { value: Some(v), .. } | KvOp::Write { value: v, .. } => {
+                    mention(v, done.index)
+                }
+                KvOp::Cas { from, to, .. } => {
+                    if let Some(from) = from {
+                        mention(from, done.index);
+                    }
+                    mention(to, done.index);
+                }
+                KvOp::Read { value: None, .. } => {}
+            }
+        }
+        ops.iter()
+            .map(|(invoke, done)| match (&invoke.op, done) {
+                (KvOp::Write { value, .. }, None) => {
+                    Some(last_mention.get(value).copied().unwrap_or(0))
+                }
+                _ => None,
+            })
+            .collect()
     }
 }
 
@@ -180,44 +256,67 @@ where
 /// Keys are checked in order; the first key that is not linearizable is
 /// reported as a `linearizable` violation naming the key, with the history
 /// indices (invocations and completions) of a minimal set of operations whose
-/// recorded results contradict each other even if every other operation on
-/// the key is treated as unknown-outcome. Relaxing an operation that way can
-/// only make a history easier to linearize, so the smaller set is sound
-/// evidence; shrinking is bounded, and the detail says when it stopped early.
+/// recorded results contradict each other, whatever every other operation on
+/// the key did within its interval (took effect with any result, or not at
+/// all). Relaxing operations that way can only make a history easier to
+/// linearize, so the smaller set is sound evidence. Shrinking is bounded, and
+/// the detail says when it stopped early.
+///
+/// The search is exact and unbounded. Its cost grows with concurrency per key
+/// and, for histories that are not linearizable, exponentially with the
+/// number of unknown-outcome writes on one key (each may have taken effect at
+/// any later point): spread workloads over many keys, as Jepsen does.
 pub fn check<M: Model>(model: &M, history: &History<M::Op>) -> Result<(), Violation> {
     let mut by_key: BTreeMap<M::Key, Vec<Call<'_, M::Op>>> = BTreeMap::new();
     for (invoke, completion) in history.operations() {
-        let completion = match completion.map(|e| e.kind) {
-            Some(EventKind::Fail) => continue, // certainly did not happen
-            Some(EventKind::Ok) => completion,
-            _ => None, // Info or never completed: unknown outcome
+        let call = match completion {
+            Some(done) if done.kind == EventKind::Fail => continue, // did not happen
+            Some(done) if done.kind == EventKind::Ok => {
+                assert_eq!(
+                    model.key(&done.op),
+                    model.key(&invoke.op),
+                    "completion {} names another key than its invocation {}",
+                    done.index,
+                    invoke.index
+                );
+                Call {
+                    invoke,
+                    completion: Some(done),
+                    deadline: Some(done.index),
+                }
+            }
+            // Info, or never completed: may take effect any time after invoke.
+            _ => Call {
+                invoke,
+                completion: None,
+                deadline: None,
+            },
         };
-        let key = model.key(&invoke.op);
-        if let Some(c) = completion {
-            assert_eq!(
-                model.key(&c.op),
-                key,
-                "completion {} names another key than its invocation {}",
-                c.index,
-                invoke.index
-            );
-        }
-        by_key.entry(key).or_default().push(Call { invoke, completion });
+        by_key.entry(model.key(&invoke.op)).or_default().push(call);
     }
     for (key, calls) in by_key {
-        let calls = drop_unknown_reads(model, calls);
-        if let Outcome::Illegal = search(model, &calls, None) {
+        let calls = bound_unknowns(model, drop_unknown_reads(model, calls));
+        let mut unbounded = u64::MAX;
+        if let Outcome::Illegal = search(model, &calls, &mut unbounded) {
             return Err(explain(model, &key, &calls));
         }
     }
     Ok(())
 }
 
-/// One operation of a key's sub-history. `completion` is `None` when the
-/// outcome is unknown.
+/// One operation of a key's sub-history, as the search sees it.
+///
+/// - `completion: Some` — a required operation: it took effect by its
+///   completion, with the recorded result.
+/// - `completion: None, deadline: None` — unknown outcome: it may take effect
+///   at any instant after its invocation, or never.
+/// - `completion: None, deadline: Some(t)` — optional: if it took effect, it
+///   did so before position `t`. Explanations relax required operations to
+///   this, which keeps their real-time window and so keeps the search small.
 struct Call<'a, Op> {
     invoke: &'a Event<Op>,
     completion: Option<&'a Event<Op>>,
+    deadline: Option<usize>,
 }
 
 impl<Op> Clone for Call<'_, Op> {
@@ -225,15 +324,37 @@ impl<Op> Clone for Call<'_, Op> {
         Call {
             invoke: self.invoke,
             completion: self.completion,
+            deadline: self.deadline,
         }
     }
 }
 
-fn drop_unknown_reads<'a, M: Model>(model: &M, calls: Vec<Call<'a, M::Op>>) -> Vec<Call<'a, M::Op>> {
+fn drop_unknown_reads<'a, M: Model>(
+    model: &M,
+    calls: Vec<Call<'a, M::Op>>,
+) -> Vec<Call<'a, M::Op>> {
     calls
         .into_iter()
         .filter(|c| c.completion.is_some() || !model.is_read_only(&c.invoke.op))
         .collect()
+}
+
+/// Applies [`Model::unknown_deadlines`], dropping unknown-outcome operations
+/// whose window closes before they were even invoked.
+fn bound_unknowns<'a, M: Model>(
+    model: &M,
+    mut calls: Vec<Call<'a, M::Op>>,
+) -> Vec<Call<'a, M::Op>> {
+    let ops: Vec<_> = calls.iter().map(|c| (c.invoke, c.completion)).collect();
+    let deadlines = model.unknown_deadlines(&ops);
+    assert_eq!(deadlines.len(), calls.len(), "one deadline per operation");
+    for (call, deadline) in calls.iter_mut().zip(deadlines) {
+        if call.completion.is_none() && call.deadline.is_none() {
+            call.deadline = deadline;
+        }
+    }
+    calls.retain(|c| c.deadline.is_none_or(|d| d > c.invoke.index));
+    calls
 }
 
 enum Outcome {
@@ -255,20 +376,21 @@ struct Entries {
     /// The operation of each entry (unused for the head).
     op: Vec<usize>,
     is_call: Vec<bool>,
-    /// For a call entry, its return entry (`NONE` for unknown outcome).
-    ret: Vec<usize>,
+    /// A call's return entry (`NONE` without a deadline), a return's call.
+    partner: Vec<usize>,
 }
 
 impl Entries {
-    /// Unknown-outcome operations get no return entry: nothing forces them to
-    /// be placed, and the search succeeds once every known operation is.
+    /// Operations without a deadline get no return entry: nothing forces
+    /// them to be placed.
     fn new<Op>(calls: &[Call<'_, Op>]) -> Self {
-        // (history position, is_return, op)
+        // (history position, is_return, op); a call sorts before a return
+        // at the same position, which only an optional op can produce.
         let mut order: Vec<(usize, bool, usize)> = Vec::with_capacity(2 * calls.len());
         for (i, c) in calls.iter().enumerate() {
             order.push((c.invoke.index, false, i));
-            if let Some(done) = c.completion {
-                order.push((done.index, true, i));
+            if let Some(deadline) = c.deadline {
+                order.push((deadline, true, i));
             }
         }
         order.sort_unstable();
@@ -278,7 +400,7 @@ impl Entries {
             prev: (0..n).map(|i| i.wrapping_sub(1)).collect(),
             op: vec![NONE; n],
             is_call: vec![false; n],
-            ret: vec![NONE; n],
+            partner: vec![NONE; n],
         };
         let mut call_entry = vec![NONE; calls.len()];
         for (slot, &(_, is_return, op)) in order.iter().enumerate() {
@@ -286,7 +408,8 @@ impl Entries {
             e.op[entry] = op;
             e.is_call[entry] = !is_return;
             if is_return {
-                e.ret[call_entry[op]] = entry;
+                e.partner[call_entry[op]] = entry;
+                e.partner[entry] = call_entry[op];
             } else {
                 call_entry[op] = entry;
             }
@@ -312,30 +435,31 @@ impl Entries {
 
     fn lift(&mut self, call: usize) {
         self.unlink(call);
-        if self.ret[call] != NONE {
-            self.unlink(self.ret[call]);
+        if self.partner[call] != NONE {
+            self.unlink(self.partner[call]);
         }
     }
 
     /// Undoes `lift`; valid because lifts are undone in reverse order.
     fn unlift(&mut self, call: usize) {
-        if self.ret[call] != NONE {
-            self.relink(self.ret[call]);
+        if self.partner[call] != NONE {
+            self.relink(self.partner[call]);
         }
         self.relink(call);
     }
 }
 
-/// The set of linearized operations, with an incrementally kept hash.
+/// The set of decided operations (placed, or past their deadline without
+/// being placed), with an incrementally kept hash.
 #[derive(Clone, PartialEq, Eq)]
-struct Linearized {
+struct Decided {
     words: Box<[u64]>,
     hash: u64,
 }
 
-impl Linearized {
+impl Decided {
     fn new(n: usize) -> Self {
-        Linearized {
+        Decided {
             words: vec![0; n.div_ceil(64)].into_boxed_slice(),
             hash: 0,
         }
@@ -349,22 +473,26 @@ impl Linearized {
 
 /// A well-mixed constant per operation (splitmix64 of its position).
 fn zobrist(op: usize) -> u64 {
-    let mut z = (op as u64).wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let mut z = (op as u64)
+        .wrapping_add(1)
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
 }
 
-/// A memo entry. Hashing uses the Zobrist hash instead of the words.
+/// A memo entry: two search paths that decided the same operations and
+/// reached the same state have the same future. Hashing uses the Zobrist
+/// hash instead of the words.
 #[derive(PartialEq, Eq)]
 struct Seen<S> {
-    linearized: Linearized,
+    decided: Decided,
     state: S,
 }
 
 impl<S: Hash> Hash for Seen<S> {
     fn hash<H: Hasher>(&self, h: &mut H) {
-        h.write_u64(self.linearized.hash);
+        h.write_u64(self.decided.hash);
         self.state.hash(h);
     }
 }
@@ -390,42 +518,70 @@ impl Hasher for MixHasher {
     }
 }
 
-/// The WGL search over one key's operations. `budget` bounds the number of
-/// search steps (`None`: unbounded; the memo guarantees termination).
-fn search<M: Model>(model: &M, calls: &[Call<'_, M::Op>], budget: Option<u64>) -> Outcome {
+/// A choice on the search stack, undone on backtracking.
+struct Frame<S> {
+    /// The call entry of the decided operation.
+    call: usize,
+    /// The state before the choice.
+    state: S,
+    /// The operation was dropped at its deadline rather than placed.
+    skipped: bool,
+}
+
+/// The WGL search over one key's operations. Each step spends one unit of
+/// `budget` (`u64::MAX`: in effect unbounded; the memo guarantees
+/// termination); `GaveUp` when it runs out.
+fn search<M: Model>(model: &M, calls: &[Call<'_, M::Op>], budget: &mut u64) -> Outcome {
     let mut remaining = calls.iter().filter(|c| c.completion.is_some()).count();
     if remaining == 0 {
         return Outcome::Linearizable;
     }
     let mut entries = Entries::new(calls);
-    let mut linearized = Linearized::new(calls.len());
+    let mut decided = Decided::new(calls.len());
     let mut seen: HashSet<Seen<M::State>, BuildHasherDefault<MixHasher>> = HashSet::default();
-    let mut stack: Vec<(usize, M::State)> = Vec::new();
+    let mut stack: Vec<Frame<M::State>> = Vec::new();
     let mut state = model.init();
-    let mut steps = 0u64;
     let mut entry = entries.next[HEAD];
     loop {
-        steps += 1;
-        if budget.is_some_and(|b| steps > b) {
+        if *budget == 0 {
             return Outcome::GaveUp;
         }
-        // A known operation's return entry is always ahead while `remaining`
-        // is positive, so the walk never falls off the list.
+        *budget -= 1;
+        // A required operation's return entry is always ahead while
+        // `remaining` is positive, so the walk never falls off the list.
         debug_assert_ne!(entry, NONE);
         let op = entries.op[entry];
-        if entries.is_call[entry] {
-            let call = &calls[op];
-            if let Some(next) = model.step(&state, &call.invoke.op, call.completion.map(|e| &e.op)) {
-                linearized.toggle(op);
+        let call = &calls[op];
+        let is_call = entries.is_call[entry];
+        // At a call: try to place the operation here. At the deadline of an
+        // optional operation that was not placed: decide it never happened.
+        // At the return of a required one that was not placed: backtrack.
+        if is_call || call.completion.is_none() {
+            let next = if is_call {
+                model.step(&state, &call.invoke.op, call.completion.map(|e| &e.op))
+            } else {
+                Some(state.clone())
+            };
+            if let Some(next) = next {
+                decided.toggle(op);
                 let memo = Seen {
-                    linearized: linearized.clone(),
+                    decided: decided.clone(),
                     state: next,
                 };
                 if !seen.contains(&memo) {
                     let next = memo.state.clone();
                     seen.insert(memo);
-                    stack.push((entry, std::mem::replace(&mut state, next)));
-                    entries.lift(entry);
+                    let call_entry = if is_call {
+                        entry
+                    } else {
+                        entries.partner[entry]
+                    };
+                    stack.push(Frame {
+                        call: call_entry,
+                        state: std::mem::replace(&mut state, next),
+                        skipped: !is_call,
+                    });
+                    entries.lift(call_entry);
                     if call.completion.is_some() {
                         remaining -= 1;
                         if remaining == 0 {
@@ -435,61 +591,70 @@ fn search<M: Model>(model: &M, calls: &[Call<'_, M::Op>], budget: Option<u64>) -
                     entry = entries.next[HEAD];
                     continue;
                 }
-                linearized.toggle(op);
+                decided.toggle(op);
             }
-            entry = entries.next[entry];
-        } else {
-            // The operation returning here was never placed: undo the last
-            // placement and try the next candidate after it.
-            let Some((call_entry, previous)) = stack.pop() else {
+            if is_call {
+                entry = entries.next[entry];
+                continue;
+            }
+        }
+        // Undo choices until one leaves a later candidate to try. Undoing a
+        // drop at a deadline leaves none: the walk had reached that deadline.
+        loop {
+            let Some(frame) = stack.pop() else {
                 return Outcome::Illegal;
             };
-            let op = entries.op[call_entry];
-            linearized.toggle(op);
-            state = previous;
-            entries.unlift(call_entry);
+            let op = entries.op[frame.call];
+            decided.toggle(op);
+            state = frame.state;
+            entries.unlift(frame.call);
             if calls[op].completion.is_some() {
                 remaining += 1;
             }
-            entry = entries.next[call_entry];
+            if !frame.skipped {
+                entry = entries.next[frame.call];
+                break;
+            }
         }
     }
 }
 
-/// Search steps allowed per check while shrinking; a check that runs out
-/// keeps the operation in the evidence, which stays sound.
-const SHRINK_STEP_BUDGET: u64 = 1_000_000;
-/// Checks allowed in total while shrinking one key.
-const SHRINK_CHECK_BUDGET: usize = 4_000;
+/// Search steps allowed in total while explaining one key (a few seconds at
+/// most). A check that runs out keeps what it tried to relax, which stays
+/// sound; the violation then says the evidence may not be minimal.
+const EXPLAIN_STEP_BUDGET: u64 = 5_000_000;
+/// Operations spelled out in a violation's detail; its `events` list all.
+const DESCRIBED_OPS: usize = 12;
 
 /// Builds the violation for a key known not to be linearizable.
 ///
 /// First the history is cut to its shortest non-linearizable prefix (in a
-/// prefix, operations still running at the cut have unknown outcome; prefixes
-/// of a linearizable history are linearizable, so this is sound and
-/// monotone, hence a binary search). Then operations are relaxed to
-/// unknown-outcome in shrinking chunks (delta debugging) while the rest stays
-/// non-linearizable. What remains known is the evidence.
+/// prefix, operations still running at the cut have unknown outcome; every
+/// prefix of a linearizable history is linearizable, so this is sound and
+/// monotone, hence a binary search). Then operations are relaxed, in
+/// shrinking chunks (delta debugging), from required to optional (may or may
+/// not have taken effect within their interval, result unknown) while the
+/// rest stays non-linearizable. Any behaviour of the original is one of the
+/// relaxed history, so what stays required is sound evidence.
 fn explain<M: Model>(model: &M, key: &M::Key, calls: &[Call<'_, M::Op>]) -> Violation {
-    let mut checks = 0usize;
+    let mut budget = EXPLAIN_STEP_BUDGET;
     let mut exhausted = false;
-    let mut fails = |known: &[bool], cut: usize| -> bool {
-        if checks >= SHRINK_CHECK_BUDGET {
-            exhausted = true;
-            return false;
-        }
-        checks += 1;
+    let mut fails = |required: &[bool], cut: usize| -> bool {
         let sub: Vec<Call<'_, M::Op>> = calls
             .iter()
-            .zip(known)
+            .zip(required)
             .filter(|(c, _)| c.invoke.index <= cut)
-            .map(|(c, &k)| Call {
-                invoke: c.invoke,
-                completion: c.completion.filter(|done| k && done.index <= cut),
+            .map(|(c, &req)| {
+                let deadline = c.deadline.filter(|&d| d <= cut);
+                Call {
+                    invoke: c.invoke,
+                    completion: c.completion.filter(|_| req && deadline.is_some()),
+                    deadline,
+                }
             })
             .collect();
         let sub = drop_unknown_reads(model, sub);
-        match search(model, &sub, Some(SHRINK_STEP_BUDGET)) {
+        match search(model, &sub, &mut budget) {
             Outcome::Illegal => true,
             Outcome::Linearizable => false,
             Outcome::GaveUp => {
@@ -499,38 +664,59 @@ fn explain<M: Model>(model: &M, key: &M::Key, calls: &[Call<'_, M::Op>]) -> Viol
         }
     };
 
-    let mut known: Vec<bool> = calls.iter().map(|c| c.completion.is_some()).collect();
-    let mut returns: Vec<usize> = calls.iter().filter_map(|c| c.completion.map(|e| e.index)).collect();
+    let mut required: Vec<bool> = calls.iter().map(|c| c.completion.is_some()).collect();
+    let mut returns: Vec<usize> = calls
+        .iter()
+        .filter_map(|c| c.completion.map(|e| e.index))
+        .collect();
     returns.sort_unstable();
-    // The full history fails; find the first return position whose prefix does.
+    // The whole history fails; find the first return whose prefix does.
     let (mut lo, mut hi) = (0, returns.len() - 1);
     while lo < hi {
         let mid = (lo + hi) / 2;
-        if fails(&known, returns[mid]) {
+        if fails(&required, returns[mid]) {
             hi = mid;
         } else {
             lo = mid + 1;
         }
     }
     let cut = returns[hi];
-    for (k, c) in known.iter_mut().zip(calls) {
-        *k = *k && c.completion.is_some_and(|e| e.index <= cut);
+    for (req, c) in required.iter_mut().zip(calls) {
+        *req = *req && c.completion.is_some_and(|e| e.index <= cut);
     }
 
-    let mut core: Vec<usize> = (0..calls.len()).filter(|&i| known[i]).collect();
+    let mut core: Vec<usize> = (0..calls.len()).filter(|&i| required[i]).collect();
+    // The operation completing at the cut is the one that cannot be placed;
+    // first try it alone, which settles invented values at once.
+    let last = *core
+        .iter()
+        .find(|&&i| calls[i].completion.is_some_and(|e| e.index == cut))
+        .expect("the cut is a required operation's return");
+    if core.len() > 1 {
+        for &i in &core {
+            required[i] = i == last;
+        }
+        if fails(&required, cut) {
+            core = vec![last];
+        } else {
+            for &i in &core {
+                required[i] = true;
+            }
+        }
+    }
     let mut chunk = core.len().div_ceil(2).max(1);
     loop {
         let mut start = 0;
         while start < core.len() && core.len() > 1 {
             let end = (start + chunk).min(core.len());
             for &i in &core[start..end] {
-                known[i] = false;
+                required[i] = false;
             }
-            if fails(&known, cut) {
+            if fails(&required, cut) {
                 core.drain(start..end);
             } else {
                 for &i in &core[start..end] {
-                    known[i] = true;
+                    required[i] = true;
                 }
                 start = end;
             }
@@ -545,8 +731,14 @@ fn explain<M: Model>(model: &M, key: &M::Key, calls: &[Call<'_, M::Op>]) -> Viol
     let mut described = Vec::with_capacity(core.len());
     for &i in &core {
         let c = &calls[i];
-        let done = c.completion.expect("evidence operations have known outcomes");
+        let done = c.completion.expect("evidence operations are required");
         events.extend([c.invoke.index, done.index]);
+        if described.len() == DESCRIBED_OPS {
+            described.push(format!("and {} more", core.len() - DESCRIBED_OPS));
+            continue;
+        } else if described.len() > DESCRIBED_OPS {
+            continue;
+        }
         described.push(format!(
             "client {} invoked {:?} at event {} and got {:?} at event {}",
             c.invoke.client, c.invoke.op, c.invoke.index, done.op, done.index
@@ -562,7 +754,7 @@ fn explain<M: Model>(model: &M, key: &M::Key, calls: &[Call<'_, M::Op>]) -> Viol
         "linearizable",
         format!(
             "key {key:?}: no order of these {} operations explains their results, \
-             whatever the other operations on the key did{note}: {}",
+             whatever the other operations on the key did within their intervals{note}: {}",
             core.len(),
             described.join("; ")
         ),
@@ -630,9 +822,9 @@ mod tests {
         let v = check_kv(&h).unwrap_err();
         assert_eq!(v.invariant, "linearizable");
         assert!(v.detail.starts_with("key 7:"), "{}", v.detail);
-        // Both writes and the read are needed: without w(2) reading 1 is fine,
-        // and with w(1) unknown it could have landed after w(2).
-        assert_eq!(v.events, vec![0, 1, 2, 3, 6, 7]);
+        // w(1) is not needed: whether or not it happened, it happened before
+        // w(2) completed, so nothing can explain reading 1 after that.
+        assert_eq!(v.events, vec![2, 3, 6, 7]);
     }
 
     #[test]
@@ -649,7 +841,8 @@ mod tests {
         ]);
         let v = check_kv(&h).unwrap_err();
         // w(2) relaxed to unknown still cannot explain reading nothing after w(1).
-        assert_eq!(v.events, vec![0, 1, 4, 5]);
+        assert_eq!(v.events.len(), 4, "{v}");
+        assert!(v.events.ends_with(&[4, 5]), "{v}");
     }
 
     #[test]
@@ -789,7 +982,7 @@ mod tests {
     /// on a real register at a random instant between its invocation and its
     /// completion. Some operations fail before taking effect, and some end
     /// with unknown outcome whether or not they took effect.
-    fn generate(seed: u64, ops: usize, clients: u32, keys: u64) -> History<KvOp> {
+    fn generate(seed: u64, ops: usize, clients: u32, keys: u64, with_cas: bool) -> History<KvOp> {
         #[derive(Clone)]
         enum Phase {
             Idle,
@@ -810,10 +1003,15 @@ mod tests {
                     started += 1;
                     let key = rng.gen_range(0..keys);
                     next_value += 1;
-                    let op = match rng.gen_range(0..10) {
+                    let op = match rng.gen_range(0..if with_cas { 10 } else { 8 }) {
                         0..=4 => r(key, None),
                         5..=7 => w(key, next_value),
-                        _ => cas(key, store.get(&key).copied().filter(|_| rng.gen_bool(0.7)), next_value, false),
+                        _ => cas(
+                            key,
+                            store.get(&key).copied().filter(|_| rng.gen_bool(0.7)),
+                            next_value,
+                            false,
+                        ),
                     };
                     h.push(client, t, Invoke, op.clone());
                     Phase::Invoked(op)
@@ -853,7 +1051,7 @@ mod tests {
     #[test]
     fn generated_linearizable_histories_pass() {
         for seed in 0..50 {
-            let h = generate(seed, 300, 6, 3);
+            let h = generate(seed, 300, 6, 3, seed % 2 == 0);
             assert_eq!(check_kv(&h), Ok(()), "seed {seed}");
         }
     }
@@ -862,7 +1060,7 @@ mod tests {
     fn corrupted_reads_in_generated_histories_are_caught() {
         let mut caught = 0;
         for seed in 0..50 {
-            let mut h = generate(seed, 200, 5, 2);
+            let mut h = generate(seed, 200, 5, 2, seed % 2 == 0);
             // Make one completed read return a value that was never written.
             let Some(pos) = h
                 .events()
@@ -879,23 +1077,192 @@ mod tests {
                 h.push(e.client, e.time_ns, e.kind, e.op);
             }
             let v = check_kv(&h).expect_err("an invented value is never linearizable");
+            // The invented value alone is the evidence.
+            assert_eq!(v.events.len(), 2, "seed {seed}: {v}");
             assert!(v.events.contains(&pos), "seed {seed}: {v}");
             caught += 1;
         }
         assert!(caught > 40);
     }
 
-    /// Prints how long a 5,000-operation history takes; run with
-    /// `cargo test --release -p ringfence --lib five_thousand -- --nocapture`.
-    /// A measurement, not an assertion on time.
+    /// Decides linearizability by trying every order of every subset of the
+    /// optional operations: `(invoke, deadline, completion)` where
+    /// `completion: Some` means required with that result.
+    fn brute_force(ops: &[(usize, Option<usize>, Option<KvOp>, KvOp)]) -> bool {
+        let model = KvModel::<u64, u64>::default();
+        let optional: Vec<usize> = (0..ops.len()).filter(|&i| ops[i].2.is_none()).collect();
+        (0u32..1 << optional.len()).any(|mask| {
+            let chosen: Vec<usize> = (0..ops.len())
+                .filter(|&i| match optional.iter().position(|&o| o == i) {
+                    Some(bit) => mask & (1 << bit) != 0,
+                    None => true,
+                })
+                .collect();
+            permutations(&chosen).into_iter().any(|order| {
+                let respects_time = order.iter().enumerate().all(|(a, &x)| {
+                    order[a + 1..]
+                        .iter()
+                        .all(|&y| ops[y].1.is_none_or(|deadline| deadline > ops[x].0))
+                });
+                respects_time
+                    && order
+                        .iter()
+                        .try_fold(model.init(), |state, &i| {
+                            model.step(&state, &ops[i].3, ops[i].2.as_ref())
+                        })
+                        .is_some()
+            })
+        })
+    }
+
+    fn permutations(items: &[usize]) -> Vec<Vec<usize>> {
+        if items.is_empty() {
+            return vec![vec![]];
+        }
+        let mut out = Vec::new();
+        for i in 0..items.len() {
+            let mut rest = items.to_vec();
+            let first = rest.remove(i);
+            for mut tail in permutations(&rest) {
+                tail.insert(0, first);
+                out.push(tail);
+            }
+        }
+        out
+    }
+
+    /// A small random history on one key, linearizable or not.
+    fn random_history(rng: &mut ChaCha8Rng) -> History<KvOp> {
+        let mut h = History::default();
+        let mut open: Vec<Option<KvOp>> = vec![None; 3];
+        let (mut invoked, mut t) = (0, 0);
+        let with_cas = rng.gen_bool(0.5);
+        let value = |rng: &mut ChaCha8Rng| rng.gen_range(1..3u64);
+        while invoked < 6 || open.iter().any(Option::is_some) {
+            let client = rng.gen_range(0..3usize);
+            t += 1;
+            match open[client].take() {
+                None if invoked < 6 => {
+                    invoked += 1;
+                    let op = match rng.gen_range(0..if with_cas { 3 } else { 2 }) {
+                        0 => r(0, None),
+                        1 => w(0, value(rng)),
+                        _ => cas(
+                            0,
+                            Some(value(rng)).filter(|_| rng.gen_bool(0.7)),
+                            value(rng),
+                            false,
+                        ),
+                    };
+                    h.push(client as u32, t, Invoke, op.clone());
+                    open[client] = Some(op);
+                }
+                None => {}
+                Some(op) => {
+                    let kind = match rng.gen_range(0..10) {
+                        0 => Info,
+                        1 => Fail,
+                        _ => Done,
+                    };
+                    let result = match op {
+                        KvOp::Read { key, .. } => {
+                            r(key, Some(value(rng)).filter(|_| rng.gen_bool(0.7)))
+                        }
+                        KvOp::Cas { key, from, to, .. } => cas(key, from, to, rng.gen_bool(0.5)),
+                        write => write,
+                    };
+                    h.push(client as u32, t, kind, result);
+                }
+            }
+        }
+        h
+    }
+
     #[test]
+    fn agrees_with_brute_force_and_its_evidence_holds() {
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let (mut linearizable, mut not) = (0, 0);
+        for _ in 0..2_000 {
+            let h = random_history(&mut rng);
+            let ops: Vec<_> = h
+                .operations()
+                .into_iter()
+                .filter(|(_, done)| done.is_none_or(|d| d.kind != Fail))
+                .map(|(inv, done)| match done.filter(|d| d.kind == Done) {
+                    Some(d) => (inv.index, Some(d.index), Some(d.op.clone()), inv.op.clone()),
+                    None => (inv.index, None, None, inv.op.clone()),
+                })
+                .collect();
+            let expected = brute_force(&ops);
+            match check_kv(&h) {
+                Ok(()) => {
+                    assert!(expected, "accepted a non-linearizable history: {h:?}");
+                    linearizable += 1;
+                }
+                Err(v) => {
+                    assert!(!expected, "rejected a linearizable history: {v} {h:?}");
+                    // Keep the evidence required; relax every other
+                    // operation to optional within its interval.
+                    let relaxed: Vec<_> = ops
+                        .iter()
+                        .map(|(inv, deadline, done, op)| {
+                            if v.events.contains(inv) {
+                                (*inv, *deadline, done.clone(), op.clone())
+                            } else {
+                                (*inv, *deadline, None, op.clone())
+                            }
+                        })
+                        .collect();
+                    assert!(!brute_force(&relaxed), "evidence does not hold: {v} {h:?}");
+                    not += 1;
+                }
+            }
+        }
+        assert!(linearizable > 200 && not > 200, "{linearizable} / {not}");
+    }
+
+    /// Prints how long 5,000-operation histories take to accept and, made
+    /// stale, to reject and explain; run with
+    /// `cargo test --release -p ringfence --lib five_thousand -- --ignored --nocapture`.
+    /// A measurement, not an assertion on time, so not part of the default run.
+    #[test]
+    #[ignore]
     fn five_thousand_operation_history() {
-        for (clients, keys) in [(10, 10), (10, 1), (32, 4)] {
-            let h = generate(42, 5_000, clients, keys);
+        for (clients, keys, with_cas) in [
+            (10, 10, false),
+            (10, 1, false),
+            (32, 4, false),
+            (10, 10, true),
+            (10, 1, true),
+            (32, 4, true),
+        ] {
+            let h = generate(42, 5_000, clients, keys, with_cas);
             let start = std::time::Instant::now();
             assert_eq!(check_kv(&h), Ok(()));
             println!(
-                "5000 ops, {clients} clients, {keys} keys: linearizable in {:?}",
+                "5000 ops, {clients} clients, {keys} keys, cas {with_cas}: linearizable in {:?}",
+                start.elapsed()
+            );
+            if with_cas {
+                continue; // failed CAS + unknown writes: exponential when not linearizable
+            }
+            // The same history with one late read made stale.
+            let mut events = h.events().to_vec();
+            let pos = events
+                .iter()
+                .rposition(|e| e.kind == Done && matches!(e.op, KvOp::Read { value: Some(_), .. }))
+                .expect("some read saw a value");
+            let key = *events[pos].op.key();
+            events[pos].op = r(key, Some(1));
+            let mut stale = History::default();
+            for e in events {
+                stale.push(e.client, e.time_ns, e.kind, e.op);
+            }
+            let start = std::time::Instant::now();
+            let v = check_kv(&stale).expect_err("reading the first value late is stale");
+            println!(
+                "  with a stale read: rejected with {} evidence events in {:?}",
+                v.events.len(),
                 start.elapsed()
             );
         }
