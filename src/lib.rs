@@ -4,3 +4,4 @@
 
 pub mod env;
 pub mod history;
+pub mod real;
