@@ -15,10 +15,11 @@
 //!   a time-ordered list of call and return entries; the search linearizes any
 //!   call that comes before the first pending return, and backtracks when a
 //!   return is reached whose operation could not be placed.
-//! - **Memoization** of `(set of linearized operations, model state)`: two
+//! - **Memoization** of `(set of decided operations, model state)`: two
 //!   search paths that reach the same set and state have the same future, so
-//!   the second is cut. The set's hash is kept incrementally (Zobrist), so a
-//!   lookup costs O(1) hashing regardless of history length.
+//!   the second is cut. The set is kept as an incremental 128-bit Zobrist
+//!   fingerprint, so a lookup costs O(1) and an entry 16 bytes plus the state,
+//!   regardless of history length.
 //!
 //! Outcomes: an `Ok` operation happened within its interval with the recorded
 //! result; a `Fail` operation certainly did not happen and is ignored; an
@@ -297,8 +298,8 @@ pub fn check<M: Model>(model: &M, history: &History<M::Op>) -> Result<(), Violat
     for (key, calls) in by_key {
         let calls = bound_unknowns(model, drop_unknown_reads(model, calls));
         let mut unbounded = u64::MAX;
-        if let Outcome::Illegal = search(model, &calls, &mut unbounded) {
-            return Err(explain(model, &key, &calls));
+        if let Outcome::Illegal { frontier } = search(model, &calls, &mut unbounded) {
+            return Err(explain(model, &key, &calls, frontier));
         }
     }
     Ok(())
@@ -359,7 +360,15 @@ fn bound_unknowns<'a, M: Model>(
 
 enum Outcome {
     Linearizable,
-    Illegal,
+    /// `frontier` is the latest history position of a required operation's
+    /// completion at which some search path got stuck. Every path reaching
+    /// it placed only operations invoked before it, so the history up to just
+    /// before it is linearizable: the shortest failing prefix ends no earlier.
+    /// (It may end later: in a prefix, operations running at its end have
+    /// unknown outcome, freer than their recorded one.)
+    Illegal {
+        frontier: usize,
+    },
     /// The step budget ran out before an answer.
     GaveUp,
 }
@@ -375,6 +384,8 @@ struct Entries {
     prev: Vec<usize>,
     /// The operation of each entry (unused for the head).
     op: Vec<usize>,
+    /// The history position of each entry.
+    pos: Vec<usize>,
     is_call: Vec<bool>,
     /// A call's return entry (`NONE` without a deadline), a return's call.
     partner: Vec<usize>,
@@ -399,13 +410,15 @@ impl Entries {
             next: (1..=n).map(|i| if i == n { NONE } else { i }).collect(),
             prev: (0..n).map(|i| i.wrapping_sub(1)).collect(),
             op: vec![NONE; n],
+            pos: vec![0; n],
             is_call: vec![false; n],
             partner: vec![NONE; n],
         };
         let mut call_entry = vec![NONE; calls.len()];
-        for (slot, &(_, is_return, op)) in order.iter().enumerate() {
+        for (slot, &(pos, is_return, op)) in order.iter().enumerate() {
             let entry = slot + 1;
             e.op[entry] = op;
+            e.pos[entry] = pos;
             e.is_call[entry] = !is_return;
             if is_return {
                 e.partner[call_entry[op]] = entry;
@@ -450,51 +463,38 @@ impl Entries {
 }
 
 /// The set of decided operations (placed, or past their deadline without
-/// being placed), with an incrementally kept hash.
-#[derive(Clone, PartialEq, Eq)]
-struct Decided {
-    words: Box<[u64]>,
-    hash: u64,
-}
+/// being placed), kept as a 128-bit Zobrist fingerprint: each operation
+/// toggles a fixed pseudo-random value in, so placing and undoing cost O(1)
+/// and a memo entry costs 16 bytes however long the history. Storing the set
+/// itself (n bits per entry) is what exhausts memory on long single-key
+/// histories that are not linearizable. Model checkers rely on the same trade
+/// (TLC keeps 64-bit fingerprints): two different sets collide with odds
+/// around 2^-128 per pair, and a collision could only cut a search path.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+struct Decided(u64, u64);
 
 impl Decided {
-    fn new(n: usize) -> Self {
-        Decided {
-            words: vec![0; n.div_ceil(64)].into_boxed_slice(),
-            hash: 0,
-        }
-    }
-
     fn toggle(&mut self, op: usize) {
-        self.words[op / 64] ^= 1 << (op % 64);
-        self.hash ^= zobrist(op);
+        let op = op as u64;
+        self.0 ^= splitmix64(op.wrapping_mul(2));
+        self.1 ^= splitmix64(op.wrapping_mul(2) + 1);
     }
 }
 
-/// A well-mixed constant per operation (splitmix64 of its position).
-fn zobrist(op: usize) -> u64 {
-    let mut z = (op as u64)
-        .wrapping_add(1)
-        .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+/// A well-mixed value per input (the splitmix64 finalizer).
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
 }
 
 /// A memo entry: two search paths that decided the same operations and
-/// reached the same state have the same future. Hashing uses the Zobrist
-/// hash instead of the words.
-#[derive(PartialEq, Eq)]
+/// reached the same state have the same future.
+#[derive(PartialEq, Eq, Hash)]
 struct Seen<S> {
     decided: Decided,
     state: S,
-}
-
-impl<S: Hash> Hash for Seen<S> {
-    fn hash<H: Hasher>(&self, h: &mut H) {
-        h.write_u64(self.decided.hash);
-        self.state.hash(h);
-    }
 }
 
 /// A fast, unseeded hasher (FxHash's mixing step). Unseeded on purpose: the
@@ -537,11 +537,12 @@ fn search<M: Model>(model: &M, calls: &[Call<'_, M::Op>], budget: &mut u64) -> O
         return Outcome::Linearizable;
     }
     let mut entries = Entries::new(calls);
-    let mut decided = Decided::new(calls.len());
+    let mut decided = Decided::default();
     let mut seen: HashSet<Seen<M::State>, BuildHasherDefault<MixHasher>> = HashSet::default();
     let mut stack: Vec<Frame<M::State>> = Vec::new();
     let mut state = model.init();
     let mut entry = entries.next[HEAD];
+    let mut frontier = 0;
     loop {
         if *budget == 0 {
             return Outcome::GaveUp;
@@ -565,7 +566,7 @@ fn search<M: Model>(model: &M, calls: &[Call<'_, M::Op>], budget: &mut u64) -> O
             if let Some(next) = next {
                 decided.toggle(op);
                 let memo = Seen {
-                    decided: decided.clone(),
+                    decided,
                     state: next,
                 };
                 if !seen.contains(&memo) {
@@ -597,12 +598,14 @@ fn search<M: Model>(model: &M, calls: &[Call<'_, M::Op>], budget: &mut u64) -> O
                 entry = entries.next[entry];
                 continue;
             }
+        } else {
+            frontier = frontier.max(entries.pos[entry]);
         }
         // Undo choices until one leaves a later candidate to try. Undoing a
         // drop at a deadline leaves none: the walk had reached that deadline.
         loop {
             let Some(frame) = stack.pop() else {
-                return Outcome::Illegal;
+                return Outcome::Illegal { frontier };
             };
             let op = entries.op[frame.call];
             decided.toggle(op);
@@ -619,10 +622,10 @@ fn search<M: Model>(model: &M, calls: &[Call<'_, M::Op>], budget: &mut u64) -> O
     }
 }
 
-/// Search steps allowed in total while explaining one key (a few seconds at
-/// most). A check that runs out keeps what it tried to relax, which stays
-/// sound; the violation then says the evidence may not be minimal.
-const EXPLAIN_STEP_BUDGET: u64 = 5_000_000;
+/// Search steps allowed in total while explaining one key (a few seconds).
+/// A check that runs out keeps what it tried to relax, which stays sound;
+/// the violation then says the evidence may not be minimal.
+const EXPLAIN_STEP_BUDGET: u64 = 20_000_000;
 /// Operations spelled out in a violation's detail; its `events` list all.
 const DESCRIBED_OPS: usize = 12;
 
@@ -631,15 +634,25 @@ const DESCRIBED_OPS: usize = 12;
 /// First the history is cut to its shortest non-linearizable prefix (in a
 /// prefix, operations still running at the cut have unknown outcome; every
 /// prefix of a linearizable history is linearizable, so this is sound and
-/// monotone, hence a binary search). Then operations are relaxed, in
+/// monotone: a binary search, from the failed search's `frontier` on). Then
+/// operations are relaxed, in
 /// shrinking chunks (delta debugging), from required to optional (may or may
 /// not have taken effect within their interval, result unknown) while the
 /// rest stays non-linearizable. Any behaviour of the original is one of the
 /// relaxed history, so what stays required is sound evidence.
-fn explain<M: Model>(model: &M, key: &M::Key, calls: &[Call<'_, M::Op>]) -> Violation {
+fn explain<M: Model>(
+    model: &M,
+    key: &M::Key,
+    calls: &[Call<'_, M::Op>],
+    frontier: usize,
+) -> Violation {
     let mut budget = EXPLAIN_STEP_BUDGET;
     let mut exhausted = false;
     let mut fails = |required: &[bool], cut: usize| -> bool {
+        if budget == 0 {
+            exhausted = true;
+            return false;
+        }
         let sub: Vec<Call<'_, M::Op>> = calls
             .iter()
             .zip(required)
@@ -655,7 +668,7 @@ fn explain<M: Model>(model: &M, key: &M::Key, calls: &[Call<'_, M::Op>]) -> Viol
             .collect();
         let sub = drop_unknown_reads(model, sub);
         match search(model, &sub, &mut budget) {
-            Outcome::Illegal => true,
+            Outcome::Illegal { .. } => true,
             Outcome::Linearizable => false,
             Outcome::GaveUp => {
                 exhausted = true;
@@ -668,6 +681,7 @@ fn explain<M: Model>(model: &M, key: &M::Key, calls: &[Call<'_, M::Op>]) -> Viol
     let mut returns: Vec<usize> = calls
         .iter()
         .filter_map(|c| c.completion.map(|e| e.index))
+        .filter(|&at| at >= frontier)
         .collect();
     returns.sort_unstable();
     // The whole history fails; find the first return whose prefix does.

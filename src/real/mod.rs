@@ -73,7 +73,7 @@ impl RealEnv {
 
     /// Like [`start`](Self::start) with an already bound listener, so tests
     /// (and supervisors) can bind port 0 first and build the peer map from
-    /// the ports the OS chose.
+    /// the ports the OS chose. Must be called within a tokio runtime.
     pub fn start_on(config: NodeConfig, listener: TcpListener) -> std::io::Result<RealEnv> {
         let local_addr = listener.local_addr()?;
         let storage = FileStorage::open(&config.data_dir, config.id)

@@ -15,6 +15,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::env::{record, EnvError, NodeId};
@@ -33,6 +34,9 @@ struct Inner {
     /// Held for the whole of a write+fsync, a rewrite or a load, so file
     /// operations never interleave.
     file: Mutex<FileState>,
+    /// Mirrors `FileState::poisoned` for `append`, which must not wait
+    /// behind an fsync holding the file lock.
+    poisoned: AtomicBool,
 }
 
 #[derive(Default)]
@@ -81,6 +85,7 @@ impl FileStorage {
                     durable: 0,
                     poisoned: None,
                 }),
+                poisoned: AtomicBool::new(false),
             }),
         })
     }
@@ -138,6 +143,13 @@ impl FileStorage {
                 "record of {} bytes exceeds the {}-byte limit",
                 payload.len(),
                 record::MAX_RECORD_BYTES
+            )));
+        }
+        if self.inner.poisoned.load(Ordering::Acquire) {
+            // The reason is with the file state; the next sync reports it.
+            return Err(EnvError::Storage(format!(
+                "{}: storage stopped after a failed write",
+                self.inner.path.display()
             )));
         }
         let mut pending = self.inner.pending.lock().expect("pending lock");
@@ -250,6 +262,7 @@ impl Inner {
         };
         tracing::error!(file = %self.path.display(), %reason, "storage failed; refusing further writes");
         state.poisoned = Some(format!("{reason} (storage stopped after this failure)"));
+        self.poisoned.store(true, Ordering::Release);
         error
     }
 }
