@@ -5,5 +5,6 @@
 pub mod env;
 pub mod history;
 pub mod log;
+pub mod real;
 pub mod ring;
 pub mod txn;

@@ -4,6 +4,8 @@
 //! ended. Checkers judge histories, never protocol internals, so the same
 //! checker judges a simulated run and a real loopback run.
 
+pub mod linearizability;
+
 use std::fmt;
 
 use serde::{Deserialize, Serialize};

@@ -1,0 +1,163 @@
+//! The runtime boundary on the real world: tokio, TCP, files with fsync.
+//!
+//! [`RealEnv`] implements [`Env`] for one node of a cluster described by a
+//! static peer map. Protocol code written against [`Env`] runs on it
+//! unchanged; see `docs/real.md` for how a service sets a node up.
+//!
+//! - clock: tokio's monotonic [`Instant`](tokio::time::Instant), from the
+//!   moment the node started;
+//! - network: [`transport`] (TCP, length-delimited frames, reconnects);
+//! - storage: [`storage`] (one record file per node, fsync, group commit);
+//! - rng: ChaCha seeded from the OS — the one place `from_entropy` is allowed,
+//!   since a real run is not meant to be reproducible from a seed.
+
+pub mod storage;
+pub mod transport;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::env::{Env, EnvError, NodeId};
+
+pub use storage::FileStorage;
+pub use transport::Transport;
+
+/// What a node needs to know to start.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// This node's id; must be a key of `peers`.
+    pub id: NodeId,
+    /// Every node of the cluster (this one included) and where it listens.
+    pub peers: BTreeMap<NodeId, SocketAddr>,
+    /// Where this node keeps its record log (`node-<id>.log`).
+    pub data_dir: PathBuf,
+}
+
+/// One node's environment on tokio. Cheap to clone; clones share the node.
+#[derive(Clone)]
+pub struct RealEnv {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    id: NodeId,
+    local_addr: SocketAddr,
+    origin: tokio::time::Instant,
+    transport: Arc<Transport>,
+    storage: FileStorage,
+    shutdown: CancellationToken,
+}
+
+impl RealEnv {
+    /// Binds this node's address from the peer map, opens its storage and
+    /// starts the transport. Must be called within a tokio runtime.
+    pub async fn start(config: NodeConfig) -> std::io::Result<RealEnv> {
+        let addr = *config.peers.get(&config.id).ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("node {} is not in its own peer map", config.id),
+            )
+        })?;
+        let listener = TcpListener::bind(addr).await?;
+        Self::start_on(config, listener)
+    }
+
+    /// Like [`start`](Self::start) with an already bound listener, so tests
+    /// (and supervisors) can bind port 0 first and build the peer map from
+    /// the ports the OS chose. Must be called within a tokio runtime.
+    pub fn start_on(config: NodeConfig, listener: TcpListener) -> std::io::Result<RealEnv> {
+        let local_addr = listener.local_addr()?;
+        let storage = FileStorage::open(&config.data_dir, config.id)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let shutdown = CancellationToken::new();
+        let transport = Transport::start(config.id, &config.peers, listener, &shutdown);
+        tracing::info!(node = config.id, %local_addr, data = %storage.path().display(), "node started");
+        Ok(RealEnv {
+            inner: Arc::new(Inner {
+                id: config.id,
+                local_addr,
+                origin: tokio::time::Instant::now(),
+                transport,
+                storage,
+                shutdown,
+            }),
+        })
+    }
+
+    /// The address this node accepts connections on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local_addr
+    }
+
+    /// Stops the node: closes the listener and every connection and ends
+    /// every task started with [`Env::spawn`]. What was synced stays on disk,
+    /// so a new `RealEnv` on the same data directory is a restarted node.
+    pub fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+    }
+}
+
+impl Drop for Inner {
+    /// The last handle gone means nobody can use the node: stop its tasks.
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+impl Env for RealEnv {
+    fn id(&self) -> NodeId {
+        self.inner.id
+    }
+
+    fn now(&self) -> Duration {
+        self.inner.origin.elapsed()
+    }
+
+    fn sleep(&self, duration: Duration) -> impl Future<Output = ()> + Send {
+        tokio::time::sleep(duration)
+    }
+
+    fn send(&self, to: NodeId, msg: Vec<u8>) -> impl Future<Output = Result<(), EnvError>> + Send {
+        std::future::ready(self.inner.transport.send(to, msg))
+    }
+
+    fn recv(&self) -> impl Future<Output = (NodeId, Vec<u8>)> + Send {
+        let transport = self.inner.transport.clone();
+        async move { transport.recv().await }
+    }
+
+    fn rng(&self) -> ChaCha8Rng {
+        ChaCha8Rng::from_entropy()
+    }
+
+    fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        transport::spawn_until(&self.inner.shutdown, task);
+    }
+
+    fn load(&self) -> Result<Vec<Vec<u8>>, EnvError> {
+        self.inner.storage.load()
+    }
+
+    fn append(&self, record: &[u8]) -> Result<(), EnvError> {
+        self.inner.storage.append(record)
+    }
+
+    fn sync(&self) -> impl Future<Output = Result<(), EnvError>> + Send {
+        let storage = self.inner.storage.clone();
+        async move { storage.sync().await }
+    }
+
+    fn rewrite(&self, records: &[Vec<u8>]) -> impl Future<Output = Result<(), EnvError>> + Send {
+        let (storage, records) = (self.inner.storage.clone(), records.to_vec());
+        async move { storage.rewrite(records).await }
+    }
+}

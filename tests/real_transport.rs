@@ -1,0 +1,268 @@
+//! The real TCP transport on loopback: delivery between nodes, reconnects,
+//! and a node that stays up while peers misbehave.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ringfence::env::{Env, EnvError, NodeId, MAX_MESSAGE_BYTES};
+use ringfence::real::transport::{frame_codec, handshake, parse_handshake};
+use ringfence::real::{NodeConfig, RealEnv};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::codec::Decoder;
+
+/// Every wait in these tests is bounded by this.
+const LIMIT: Duration = Duration::from_secs(10);
+
+struct Cluster {
+    peers: BTreeMap<NodeId, SocketAddr>,
+    nodes: BTreeMap<NodeId, RealEnv>,
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    async fn start(ids: &[NodeId]) -> Cluster {
+        let mut listeners = BTreeMap::new();
+        for &id in ids {
+            listeners.insert(id, TcpListener::bind("127.0.0.1:0").await.unwrap());
+        }
+        let peers: BTreeMap<NodeId, SocketAddr> = listeners
+            .iter()
+            .map(|(&id, l)| (id, l.local_addr().unwrap()))
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let mut nodes = BTreeMap::new();
+        for (id, listener) in listeners {
+            let config = NodeConfig {
+                id,
+                peers: peers.clone(),
+                data_dir: dir.path().join(format!("n{id}")),
+            };
+            nodes.insert(id, RealEnv::start_on(config, listener).unwrap());
+        }
+        Cluster { peers, nodes, dir }
+    }
+
+    fn node(&self, id: NodeId) -> &RealEnv {
+        &self.nodes[&id]
+    }
+
+    /// Stops `id` and starts it again on the same address and data.
+    async fn restart(&mut self, id: NodeId) {
+        self.nodes.remove(&id).unwrap().shutdown();
+        let config = NodeConfig {
+            id,
+            peers: self.peers.clone(),
+            data_dir: self.dir.path().join(format!("n{id}")),
+        };
+        // The old listener closes once its task sees the shutdown.
+        let listener = tokio::time::timeout(LIMIT, async {
+            loop {
+                match TcpListener::bind(self.peers[&id]).await {
+                    Ok(listener) => break listener,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+        })
+        .await
+        .expect("port freed after shutdown");
+        self.nodes
+            .insert(id, RealEnv::start_on(config, listener).unwrap());
+    }
+}
+
+async fn recv(env: &RealEnv) -> (NodeId, Vec<u8>) {
+    tokio::time::timeout(LIMIT, env.recv())
+        .await
+        .expect("a message within the limit")
+}
+
+/// Sends `msg` every 50 ms until `to` receives it: a connection that is
+/// down or coming up may lose messages, and that is the contract.
+async fn send_until_received(from: &RealEnv, to: &RealEnv, msg: &[u8]) {
+    tokio::time::timeout(LIMIT, async {
+        loop {
+            from.send(to.id(), msg.to_vec()).await.unwrap();
+            if let Ok((sender, got)) =
+                tokio::time::timeout(Duration::from_millis(50), to.recv()).await
+            {
+                if sender == from.id() && got == msg {
+                    return;
+                }
+            }
+        }
+    })
+    .await
+    .expect("delivered within the limit");
+}
+
+/// Asserts the node closes `stream` (EOF or reset) within the limit.
+async fn assert_disconnected(mut stream: TcpStream) {
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(LIMIT, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the node did not close the connection");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_exchange_messages_both_ways() {
+    let cluster = Cluster::start(&[1, 2, 3]).await;
+    for from in [1, 2, 3] {
+        for to in [1, 2, 3] {
+            if from != to {
+                let msg = format!("{from}->{to}").into_bytes();
+                cluster.node(from).send(to, msg).await.unwrap();
+            }
+        }
+    }
+    for to in [1, 2, 3] {
+        let mut got = vec![recv(cluster.node(to)).await, recv(cluster.node(to)).await];
+        got.sort();
+        let expected: Vec<(NodeId, Vec<u8>)> = [1, 2, 3]
+            .into_iter()
+            .filter(|&from| from != to)
+            .map(|from| (from, format!("{from}->{to}").into_bytes()))
+            .collect();
+        assert_eq!(got, expected, "node {to}");
+    }
+    // Messages to self skip the network; order per connection is kept.
+    let one = cluster.node(1);
+    one.send(1, b"self".to_vec()).await.unwrap();
+    assert_eq!(recv(one).await, (1, b"self".to_vec()));
+    for i in 0..100u32 {
+        cluster
+            .node(2)
+            .send(1, i.to_le_bytes().to_vec())
+            .await
+            .unwrap();
+    }
+    for i in 0..100u32 {
+        assert_eq!(recv(one).await, (2, i.to_le_bytes().to_vec()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_errors_are_reported_to_the_sender() {
+    let cluster = Cluster::start(&[1, 2]).await;
+    let one = cluster.node(1);
+    assert_eq!(
+        one.send(2, vec![0; MAX_MESSAGE_BYTES + 1]).await,
+        Err(EnvError::MessageTooLarge {
+            size: MAX_MESSAGE_BYTES + 1,
+            max: MAX_MESSAGE_BYTES
+        })
+    );
+    assert_eq!(one.send(9, vec![1]).await, Err(EnvError::UnknownPeer(9)));
+    // The largest message allowed goes through whole.
+    let big = vec![7u8; MAX_MESSAGE_BYTES];
+    one.send(2, big.clone()).await.unwrap();
+    assert_eq!(recv(cluster.node(2)).await, (1, big));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnects_after_a_peer_restarts() {
+    let mut cluster = Cluster::start(&[1, 2]).await;
+    send_until_received(cluster.node(1), cluster.node(2), b"before").await;
+    cluster.restart(2).await;
+    send_until_received(cluster.node(1), cluster.node(2), b"after").await;
+    send_until_received(cluster.node(2), cluster.node(1), b"back").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misbehaving_connections_are_dropped_while_the_node_serves_others() {
+    let cluster = Cluster::start(&[1, 2]).await;
+    let addr = cluster.node(1).local_addr();
+
+    // Not our protocol at all: "GET " read as a length exceeds the limit.
+    let mut http = TcpStream::connect(addr).await.unwrap();
+    http.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert_disconnected(http).await;
+
+    // A well-framed handshake with the wrong magic.
+    let mut wrong = TcpStream::connect(addr).await.unwrap();
+    wrong.write_all(&[0, 0, 0, 8]).await.unwrap();
+    wrong.write_all(b"HTTP1234").await.unwrap();
+    assert_disconnected(wrong).await;
+
+    // A correct handshake from an id outside the peer map.
+    let mut stranger = TcpStream::connect(addr).await.unwrap();
+    stranger.write_all(&[0, 0, 0, 8]).await.unwrap();
+    stranger.write_all(&handshake(99)).await.unwrap();
+    assert_disconnected(stranger).await;
+
+    // A known id that then announces a frame over the limit.
+    let mut oversized = TcpStream::connect(addr).await.unwrap();
+    oversized.write_all(&[0, 0, 0, 8]).await.unwrap();
+    oversized.write_all(&handshake(2)).await.unwrap();
+    oversized
+        .write_all(&((MAX_MESSAGE_BYTES + 1) as u32).to_be_bytes())
+        .await
+        .unwrap();
+    assert_disconnected(oversized).await;
+
+    // Meanwhile the real peer is served as before, both ways.
+    send_until_received(cluster.node(2), cluster.node(1), b"still here").await;
+    send_until_received(cluster.node(1), cluster.node(2), b"and back").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_spawned_tasks() {
+    let cluster = Cluster::start(&[1]).await;
+    let env = cluster.node(1).clone();
+    let ticks = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = ticks.clone();
+    let sleeper = env.clone();
+    env.spawn(async move {
+        loop {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            sleeper.sleep(Duration::from_millis(5)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    env.shutdown();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let stopped = ticks.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(stopped > 0);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(ticks.load(std::sync::atomic::Ordering::SeqCst), stopped);
+}
+
+proptest::proptest! {
+    /// Whatever a peer sends, in whatever pieces, decoding never panics and
+    /// never yields a frame over the limit.
+    #[test]
+    fn frame_decoder_never_panics(
+        chunks in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..64), 0..16)
+    ) {
+        let mut codec = frame_codec();
+        let mut buf = bytes::BytesMut::new();
+        'feed: for chunk in chunks {
+            buf.extend_from_slice(&chunk);
+            loop {
+                match codec.decode(&mut buf) {
+                    Ok(Some(frame)) => {
+                        proptest::prop_assert!(frame.len() <= MAX_MESSAGE_BYTES);
+                        let _ = parse_handshake(&frame);
+                    }
+                    Ok(None) => break,
+                    Err(_) => break 'feed, // the connection would be dropped here
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn handshakes_round_trip(id in proptest::num::u32::ANY) {
+        proptest::prop_assert_eq!(parse_handshake(&handshake(id)), Ok(id));
+    }
+}
