@@ -4,4 +4,5 @@
 
 pub mod env;
 pub mod history;
+pub mod lock;
 pub mod log;
