@@ -192,6 +192,12 @@ impl<E: Env> LockClient<E> {
             match self.command(command).await {
                 Ok(LockOutput::Granted { token }) => return self.lease(lock, token),
                 Ok(LockOutput::Busy) => return Err(LockError::Busy),
+                Ok(LockOutput::Queued { .. }) => {
+                    // This session was already in line (an earlier acquire
+                    // whose cancel was lost): leave, and report busy.
+                    self.give_up(lock, request).await;
+                    return Err(LockError::Busy);
+                }
                 Ok(LockOutput::Refused(r)) => return Err(LockError::Refused(r)),
                 Ok(other) => panic!("try-acquire answered {other:?}"),
                 Err(LockError::Timeout) if self.env.now() < deadline => continue,

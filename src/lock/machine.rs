@@ -81,10 +81,17 @@ pub enum Refusal {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LockOutput {
     Opened,
-    Alive { held: Vec<(String, Token)> },
-    Granted { token: Token },
+    Alive {
+        held: Vec<(String, Token)>,
+    },
+    Granted {
+        token: Token,
+    },
     /// Queued behind `ahead` (the token just before ours in line).
-    Queued { token: Token, ahead: Token },
+    Queued {
+        token: Token,
+        ahead: Token,
+    },
     /// Try-acquire of a held lock.
     Busy,
     Released,
@@ -162,20 +169,28 @@ impl LockMachine {
         for (name, lock) in &self.locks {
             let mut prev = 0;
             for claim in lock.holder.iter().chain(&lock.waiters) {
-                let s = self.sessions.get(&claim.session).expect("claims belong to live sessions");
+                let s = self
+                    .sessions
+                    .get(&claim.session)
+                    .expect("claims belong to live sessions");
                 assert!(s.locks.contains(name), "session tracks its claim");
                 if !claim_is_hinted(claim) {
                     assert!(claim.token > prev, "FIFO queue tokens increase");
                 }
                 prev = claim.token;
             }
-            assert!(lock.holder.is_some() || lock.waiters.is_empty(), "a free lock has no waiters");
+            assert!(
+                lock.holder.is_some() || lock.waiters.is_empty(),
+                "a free lock has no waiters"
+            );
             assert!(lock.waiters.len() <= MAX_WAITERS);
         }
     }
 
     fn end_session(&mut self, session: SessionId) {
-        let Some(s) = self.sessions.remove(&session) else { return };
+        let Some(s) = self.sessions.remove(&session) else {
+            return;
+        };
         for name in s.locks {
             let lock = self.locks.get_mut(&name).expect("tracked lock exists");
             lock.waiters.retain(|c| c.session != session);
@@ -213,14 +228,7 @@ impl LockMachine {
         lock.holder = Some(claim);
     }
 
-    fn acquire(
-        &mut self,
-        session: SessionId,
-        name: &str,
-        request: u64,
-        wait: bool,
-        hint: Option<Token>,
-    ) -> LockOutput {
+    fn acquire(&mut self, session: SessionId, name: &str, request: u64, wait: bool, hint: Option<Token>) -> LockOutput {
         if name.len() > MAX_LOCK_NAME_BYTES {
             return LockOutput::Refused(Refusal::NameTooLong);
         }

@@ -113,7 +113,11 @@ impl LeaseTimer {
             if now.saturating_sub(entry.1) < self.ttl {
                 continue;
             }
-            if self.pending.get(&session).is_some_and(|&at| now.saturating_sub(at) < self.retry) {
+            if self
+                .pending
+                .get(&session)
+                .is_some_and(|&at| now.saturating_sub(at) < self.retry)
+            {
                 continue;
             }
             self.pending.insert(session, now);

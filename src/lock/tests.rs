@@ -31,10 +31,16 @@ fn renewed(m: &LockMachine, session: u64) -> u64 {
 #[test]
 fn fifo_grants_with_increasing_tokens() {
     let mut m = opened(&[1, 2, 3]);
-    let O::Granted { token: t1 } = m.apply(&acquire(1, 1, true)) else { panic!() };
-    let O::Queued { token: t2, ahead } = m.apply(&acquire(2, 1, true)) else { panic!() };
+    let O::Granted { token: t1 } = m.apply(&acquire(1, 1, true)) else {
+        panic!()
+    };
+    let O::Queued { token: t2, ahead } = m.apply(&acquire(2, 1, true)) else {
+        panic!()
+    };
     assert_eq!(ahead, t1);
-    let O::Queued { token: t3, ahead } = m.apply(&acquire(3, 1, true)) else { panic!() };
+    let O::Queued { token: t3, ahead } = m.apply(&acquire(3, 1, true)) else {
+        panic!()
+    };
     assert_eq!(ahead, t2);
     assert!(t1 < t2 && t2 < t3);
     assert_eq!(m.apply(&acquire(3, 2, false)), O::Queued { token: t3, ahead: t2 });
@@ -54,8 +60,14 @@ fn fifo_grants_with_increasing_tokens() {
 #[test]
 fn try_acquire_reports_busy_and_retries_are_idempotent() {
     let mut m = opened(&[1, 2]);
-    let O::Granted { token } = m.apply(&acquire(1, 7, false)) else { panic!() };
-    assert_eq!(m.apply(&acquire(1, 7, false)), O::Granted { token }, "retry gets the same grant");
+    let O::Granted { token } = m.apply(&acquire(1, 7, false)) else {
+        panic!()
+    };
+    assert_eq!(
+        m.apply(&acquire(1, 7, false)),
+        O::Granted { token },
+        "retry gets the same grant"
+    );
     assert_eq!(m.apply(&acquire(2, 1, false)), O::Busy);
     m.apply(&C::Release {
         session: 1,
@@ -72,27 +84,56 @@ fn try_acquire_reports_busy_and_retries_are_idempotent() {
 #[test]
 fn expiry_releases_and_dequeues_and_stale_expiry_is_ignored() {
     let mut m = opened(&[1, 2, 3]);
-    let O::Granted { .. } = m.apply(&acquire(1, 1, true)) else { panic!() };
-    let O::Queued { .. } = m.apply(&acquire(2, 1, true)) else { panic!() };
-    let O::Queued { token: t3, .. } = m.apply(&acquire(3, 1, true)) else { panic!() };
+    let O::Granted { .. } = m.apply(&acquire(1, 1, true)) else {
+        panic!()
+    };
+    let O::Queued { .. } = m.apply(&acquire(2, 1, true)) else {
+        panic!()
+    };
+    let O::Queued { token: t3, .. } = m.apply(&acquire(3, 1, true)) else {
+        panic!()
+    };
     // Session 2 expires while queued: it leaves the line.
     let r2 = renewed(&m, 2);
-    assert_eq!(m.apply(&C::Expire { session: 2, renewed: r2 }), O::Expired);
+    assert_eq!(
+        m.apply(&C::Expire {
+            session: 2,
+            renewed: r2
+        }),
+        O::Expired
+    );
     assert_eq!(m.apply(&C::KeepAlive { session: 2 }), O::SessionExpired);
     // Session 1 renews after the leader decided: the expiry is stale.
     let r1 = renewed(&m, 1);
     m.apply(&C::KeepAlive { session: 1 });
-    assert_eq!(m.apply(&C::Expire { session: 1, renewed: r1 }), O::Ignored);
+    assert_eq!(
+        m.apply(&C::Expire {
+            session: 1,
+            renewed: r1
+        }),
+        O::Ignored
+    );
     let r1 = renewed(&m, 1);
-    assert_eq!(m.apply(&C::Expire { session: 1, renewed: r1 }), O::Expired);
+    assert_eq!(
+        m.apply(&C::Expire {
+            session: 1,
+            renewed: r1
+        }),
+        O::Expired
+    );
     assert_eq!(m.holder("l"), Some((3, t3)));
-    assert_eq!(m.apply(&C::Open { session: 2 }), O::Refused(super::Refusal::SessionReused));
+    assert_eq!(
+        m.apply(&C::Open { session: 2 }),
+        O::Refused(super::Refusal::SessionReused)
+    );
 }
 
 #[test]
 fn cancel_leaves_the_line_or_reports_the_grant() {
     let mut m = opened(&[1, 2]);
-    let O::Granted { token } = m.apply(&acquire(1, 1, true)) else { panic!() };
+    let O::Granted { token } = m.apply(&acquire(1, 1, true)) else {
+        panic!()
+    };
     m.apply(&acquire(2, 1, true));
     let cancel = |s| C::Cancel {
         session: s,
@@ -113,7 +154,9 @@ fn cancel_leaves_the_line_or_reports_the_grant() {
 #[test]
 fn snapshot_round_trips_and_tokens_continue_above() {
     let mut m = opened(&[1]);
-    let O::Granted { token } = m.apply(&acquire(1, 1, true)) else { panic!() };
+    let O::Granted { token } = m.apply(&acquire(1, 1, true)) else {
+        panic!()
+    };
     let mut r = LockMachine::default();
     r.restore(&m.snapshot());
     assert_eq!(r, m);
@@ -122,7 +165,9 @@ fn snapshot_round_trips_and_tokens_continue_above() {
         lock: "l".into(),
         token,
     });
-    let O::Granted { token: next } = r.apply(&acquire(1, 2, true)) else { panic!() };
+    let O::Granted { token: next } = r.apply(&acquire(1, 2, true)) else {
+        panic!()
+    };
     assert!(next > token);
 }
 
@@ -131,9 +176,15 @@ fn lease_timer_starts_at_leadership_and_restarts_on_renewal() {
     use crate::log::{Config, Raft, Wire};
     use rand::SeedableRng;
     let ms = Duration::from_millis;
-    let mut raft =
-        Raft::<LockMachine>::recover(1, &[1], Config::default(), rand_chacha::ChaCha8Rng::seed_from_u64(1), &[], ms(0))
-            .unwrap();
+    let mut raft = Raft::<LockMachine>::recover(
+        1,
+        &[1],
+        Config::default(),
+        rand_chacha::ChaCha8Rng::seed_from_u64(1),
+        &[],
+        ms(0),
+    )
+    .unwrap();
     let _ = raft.on_tick(ms(1_000)); // single member: elected at once
     let command = |seq, command| Wire::Command {
         client: 9,

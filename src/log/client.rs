@@ -73,11 +73,7 @@ impl<E: Env, S: StateMachine> Client<E, S> {
 
     /// Applies `command` exactly once if it succeeds; retries (with the same
     /// sequence number) until `give_up` has passed on this node's clock.
-    pub async fn execute(
-        &mut self,
-        command: S::Command,
-        give_up: Duration,
-    ) -> Result<S::Output, ClientError> {
+    pub async fn execute(&mut self, command: S::Command, give_up: Duration) -> Result<S::Output, ClientError> {
         self.seq += 1;
         let msg: WireOf<S> = Wire::Command {
             client: self.id,
@@ -88,23 +84,14 @@ impl<E: Env, S: StateMachine> Client<E, S> {
     }
 
     /// A linearizable read, retried until `give_up`.
-    pub async fn read(
-        &mut self,
-        query: S::Query,
-        give_up: Duration,
-    ) -> Result<S::Output, ClientError> {
+    pub async fn read(&mut self, query: S::Query, give_up: Duration) -> Result<S::Output, ClientError> {
         self.next_read += 1;
         let id = self.next_read;
         let msg: WireOf<S> = Wire::Read { id, query };
         self.request(RequestId::Read(id), msg, give_up).await
     }
 
-    async fn request(
-        &mut self,
-        id: RequestId,
-        msg: WireOf<S>,
-        give_up: Duration,
-    ) -> Result<S::Output, ClientError> {
+    async fn request(&mut self, id: RequestId, msg: WireOf<S>, give_up: Duration) -> Result<S::Output, ClientError> {
         let bytes = codec::encode(&msg).map_err(|_| ClientError::Rejected(Reject::TooLarge))?;
         let end = self.env.now() + give_up;
         while self.env.now() < end {

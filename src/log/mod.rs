@@ -53,8 +53,7 @@ use std::time::Duration;
 pub use raft::{Output, Raft, RecoverError, Role, WireOf};
 pub use state_machine::{Applied, Kv, KvCommand, KvOutput, KvQuery, Replicated, StateMachine};
 pub use types::{
-    ClientId, Entry, Event, Index, Message, Outcome, Payload, Record, Reject, RequestId, Response,
-    Term, Wire,
+    ClientId, Entry, Event, Index, Message, Outcome, Payload, Record, Reject, RequestId, Response, Term, Wire,
 };
 
 /// Largest group.

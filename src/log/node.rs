@@ -52,8 +52,7 @@ pub async fn run<E: Env, S: StateMachine>(
     probe: Arc<dyn Probe>,
 ) -> Result<(), NodeError> {
     let records = env.load()?;
-    let mut raft =
-        Raft::<S>::recover(env.id(), &members, config, env.rng(), &records, env.now())?;
+    let mut raft = Raft::<S>::recover(env.id(), &members, config, env.rng(), &records, env.now())?;
     tracing::debug!(
         node = env.id(),
         term = raft.term(),
@@ -84,11 +83,7 @@ pub async fn run<E: Env, S: StateMachine>(
 }
 
 /// Carries out one handler's output: observe, persist, sync, send.
-pub async fn execute<E: Env, S: StateMachine>(
-    env: &E,
-    output: Output<S>,
-    probe: &dyn Probe,
-) -> Result<(), EnvError> {
+pub async fn execute<E: Env, S: StateMachine>(env: &E, output: Output<S>, probe: &dyn Probe) -> Result<(), EnvError> {
     let now = env.now();
     for event in &output.events {
         probe.observe(env.id(), now, event);

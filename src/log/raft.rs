@@ -16,19 +16,14 @@ use rand_chacha::ChaCha8Rng;
 
 use super::state_machine::{Applied, Replicated, StateMachine};
 use super::types::{
-    ClientId, Entry, Event, Index, Message, Outcome, Payload, Record, Reject, RequestId, Response,
-    Term, Wire,
+    ClientId, Entry, Event, Index, Message, Outcome, Payload, Record, Reject, RequestId, Response, Term, Wire,
 };
 use super::{Config, LogBug, MAX_COMMAND_BYTES, MAX_SNAPSHOT_BYTES};
 use crate::env::codec::{self, CodecError};
 use crate::env::NodeId;
 
 /// The message type of a replica running `S`.
-pub type WireOf<S> = Wire<
-    <S as StateMachine>::Command,
-    <S as StateMachine>::Query,
-    <S as StateMachine>::Output,
->;
+pub type WireOf<S> = Wire<<S as StateMachine>::Command, <S as StateMachine>::Query, <S as StateMachine>::Output>;
 
 /// What a handler asks its driver to do, in this order: persist
 /// (`rewrite`, or `append` then `sync` if `sync`), then send `messages`.
@@ -71,10 +66,7 @@ pub enum RecoverError {
     #[error("undecodable log record {position}: {error}")]
     Decode { position: usize, error: CodecError },
     #[error("log record {position} breaks the log's structure: {reason}")]
-    Structure {
-        position: usize,
-        reason: &'static str,
-    },
+    Structure { position: usize, reason: &'static str },
 }
 
 /// The in-memory log: a snapshot boundary plus the entries after it.
@@ -258,8 +250,8 @@ impl<S: StateMachine> Raft<S> {
             out: Output::default(),
         };
         for (position, bytes) in records.iter().enumerate() {
-            let record: Record<S::Command> = codec::decode(bytes)
-                .map_err(|error| RecoverError::Decode { position, error })?;
+            let record: Record<S::Command> =
+                codec::decode(bytes).map_err(|error| RecoverError::Decode { position, error })?;
             let bad = |reason| RecoverError::Structure { position, reason };
             match record {
                 Record::HardState { term, voted_for } => {
@@ -390,11 +382,7 @@ impl<S: StateMachine> Raft<S> {
                     self.on_raft(now, from, m);
                 }
             }
-            Wire::Command {
-                client,
-                seq,
-                command,
-            } => self.on_command(from, client, seq, command),
+            Wire::Command { client, seq, command } => self.on_command(from, client, seq, command),
             Wire::Read { id, query } => self.on_read(from, id, query),
             Wire::Response(_) => {} // replicas ask nothing of anyone
         }
@@ -463,14 +451,7 @@ impl<S: StateMachine> Raft<S> {
         }
     }
 
-    fn on_request_vote(
-        &mut self,
-        now: Duration,
-        from: NodeId,
-        term: Term,
-        last_index: Index,
-        last_term: Term,
-    ) {
+    fn on_request_vote(&mut self, now: Duration, from: NodeId, term: Term, last_index: Index, last_term: Term) {
         let up_to_date = (last_term, last_index) >= (self.log.last_term(), self.log.last_index());
         let granted = term == self.term
             && self.role == Role::Follower
@@ -613,14 +594,7 @@ impl<S: StateMachine> Raft<S> {
         );
     }
 
-    fn on_append_reply(
-        &mut self,
-        from: NodeId,
-        term: Term,
-        success: bool,
-        index: Index,
-        read_seq: u64,
-    ) {
+    fn on_append_reply(&mut self, from: NodeId, term: Term, success: bool, index: Index, read_seq: u64) {
         if term != self.term || self.role != Role::Leader {
             return;
         }
@@ -983,11 +957,7 @@ impl<S: StateMachine> Raft<S> {
             let lead = self.lead.as_mut().expect("leader state");
             // Reads are queued in round order, so a prefix is confirmed.
             while let Some(read) = lead.reads.front() {
-                let acks = 1 + lead
-                    .progress
-                    .values()
-                    .filter(|p| p.acked_seq >= read.seq)
-                    .count();
+                let acks = 1 + lead.progress.values().filter(|p| p.acked_seq >= read.seq).count();
                 if acks < quorum || applied < read.read_index {
                     break;
                 }
@@ -1013,9 +983,7 @@ impl<S: StateMachine> Raft<S> {
         );
         self.log.compact_to(self.applied, term);
         self.rewrite_pending = true;
-        self.out.events.push(Event::Compacted {
-            index: self.applied,
-        });
+        self.out.events.push(Event::Compacted { index: self.applied });
     }
 
     // ----- persistence and output -------------------------------------------
@@ -1108,11 +1076,7 @@ impl<S: StateMachine> Raft<S> {
     }
 
     fn peers(&self) -> Vec<NodeId> {
-        self.members
-            .iter()
-            .copied()
-            .filter(|&m| m != self.id)
-            .collect()
+        self.members.iter().copied().filter(|&m| m != self.id).collect()
     }
 
     fn lead_mut(&mut self) -> &mut LeaderState<S::Query> {
@@ -1120,10 +1084,7 @@ impl<S: StateMachine> Raft<S> {
     }
 
     fn progress_mut(&mut self, peer: NodeId) -> &mut Progress {
-        self.lead_mut()
-            .progress
-            .get_mut(&peer)
-            .expect("peer is a member")
+        self.lead_mut().progress.get_mut(&peer).expect("peer is a member")
     }
 
     fn reset_election_timer(&mut self, now: Duration) {
@@ -1137,8 +1098,6 @@ impl<S: StateMachine> Raft<S> {
     }
 
     fn respond(&mut self, to: NodeId, id: RequestId, outcome: Outcome<S::Output>) {
-        self.out
-            .messages
-            .push((to, Wire::Response(Response { id, outcome })));
+        self.out.messages.push((to, Wire::Response(Response { id, outcome })));
     }
 }

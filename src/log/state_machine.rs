@@ -93,13 +93,7 @@ impl<S: StateMachine> Replicated<S> {
 
     /// Applies the command at log index `index`, at most once per
     /// `(client, seq)`.
-    pub fn apply(
-        &mut self,
-        index: Index,
-        client: ClientId,
-        seq: u64,
-        command: &S::Command,
-    ) -> Applied<S::Output> {
+    pub fn apply(&mut self, index: Index, client: ClientId, seq: u64, command: &S::Command) -> Applied<S::Output> {
         if let Some(seen) = self.lookup(client, seq) {
             if let Some(session) = self.sessions.get_mut(&client) {
                 session.index = index;
@@ -133,16 +127,14 @@ impl<S: StateMachine> Replicated<S> {
 
     /// Sessions and machine state, encoded together.
     pub fn snapshot(&self) -> Vec<u8> {
-        let sessions: Vec<(ClientId, &Session<S::Output>)> =
-            self.sessions.iter().map(|(k, v)| (*k, v)).collect();
+        let sessions: Vec<(ClientId, &Session<S::Output>)> = self.sessions.iter().map(|(k, v)| (*k, v)).collect();
         codec::encode(&(sessions, self.machine.snapshot())).expect("snapshot exceeds the codec limit")
     }
 
     /// Replaces everything by a [`Replicated::snapshot`].
     pub fn restore(&mut self, bytes: &[u8]) {
         type Decoded<O> = (Vec<(ClientId, Session<O>)>, Vec<u8>);
-        let (sessions, machine): Decoded<S::Output> =
-            codec::decode(bytes).expect("a snapshot we wrote must decode");
+        let (sessions, machine): Decoded<S::Output> = codec::decode(bytes).expect("a snapshot we wrote must decode");
         self.sessions = sessions.into_iter().collect();
         self.machine = S::default();
         self.machine.restore(&machine);
@@ -152,10 +144,16 @@ impl<S: StateMachine> Replicated<S> {
 /// A command of the [`Kv`] machine.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KvCommand {
-    Put { key: String, value: u64 },
+    Put {
+        key: String,
+        value: u64,
+    },
     /// Adds `delta` (wrapping) to the key's value (absent = 0). Not
     /// idempotent, which is what makes exactly-once observable.
-    Add { key: String, delta: u64 },
+    Add {
+        key: String,
+        delta: u64,
+    },
     /// Sets `new` if the current value equals `expected`.
     Cas {
         key: String,
@@ -292,8 +290,20 @@ mod tests {
             expected,
             new,
         };
-        assert_eq!(kv.apply(&cas(Some(1), 2)), KvOutput::Cas { ok: false, previous: None });
-        assert_eq!(kv.apply(&cas(None, 2)), KvOutput::Cas { ok: true, previous: None });
+        assert_eq!(
+            kv.apply(&cas(Some(1), 2)),
+            KvOutput::Cas {
+                ok: false,
+                previous: None
+            }
+        );
+        assert_eq!(
+            kv.apply(&cas(None, 2)),
+            KvOutput::Cas {
+                ok: true,
+                previous: None
+            }
+        );
         assert_eq!(
             kv.apply(&KvCommand::Put {
                 key: "k".into(),

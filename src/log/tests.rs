@@ -162,15 +162,8 @@ impl Cluster {
         let slot = self.slots.get_mut(&id).unwrap();
         slot.incarnation += 1;
         let rng = ChaCha8Rng::seed_from_u64(u64::from(id) << 32 | slot.incarnation);
-        let raft = Raft::<Kv>::recover(
-            id,
-            &self.members,
-            self.config.clone(),
-            rng,
-            &slot.disk.synced,
-            now,
-        )
-        .expect("recovery from synced records");
+        let raft = Raft::<Kv>::recover(id, &self.members, self.config.clone(), rng, &slot.disk.synced, now)
+            .expect("recovery from synced records");
         self.last_applied.insert(id, raft.applied_index());
         slot.raft = Some(raft);
     }
@@ -227,11 +220,7 @@ impl Cluster {
                 }
                 self.leaders.insert(term, id);
             }
-            Event::Applied {
-                index,
-                term,
-                payload,
-            } => {
+            Event::Applied { index, term, payload } => {
                 let last = self.last_applied[&id];
                 if index != last + 1 {
                     self.fail(format!("node {id} applied {index} after {last}"));
@@ -396,9 +385,7 @@ impl Cluster {
 
     fn nemesis(&mut self) {
         let per_ms = |rate: f64| rate / 1000.0;
-        if self.faults.leader_kill_per_s > 0.0
-            && self.rng.gen_bool(per_ms(self.faults.leader_kill_per_s))
-        {
+        if self.faults.leader_kill_per_s > 0.0 && self.rng.gen_bool(per_ms(self.faults.leader_kill_per_s)) {
             if let Some(leader) = self.leader() {
                 if self.rng.gen_bool(0.5) {
                     self.crash(leader);
@@ -419,9 +406,7 @@ impl Cluster {
                 self.crash(id);
             }
         }
-        if self.faults.partition_per_s > 0.0
-            && self.rng.gen_bool(per_ms(self.faults.partition_per_s))
-        {
+        if self.faults.partition_per_s > 0.0 && self.rng.gen_bool(per_ms(self.faults.partition_per_s)) {
             self.blocked.clear();
             if self.rng.gen_bool(0.7) {
                 // Random halves (sometimes one-way).
@@ -560,9 +545,7 @@ impl Cluster {
         }
         for &(lower, value, upper, at) in &self.reads_done.clone() {
             if value < lower || value > upper {
-                self.fail(format!(
-                    "read at {at}ns returned {value}, outside [{lower}, {upper}]"
-                ));
+                self.fail(format!("read at {at}ns returned {value}, outside [{lower}, {upper}]"));
                 return;
             }
         }
@@ -596,9 +579,7 @@ impl Cluster {
         // ever committed.
         let mut distinct = BTreeSet::new();
         for (_, payload) in self.committed.values() {
-            if let Ok(Payload::Command { client, seq, .. }) =
-                crate::env::codec::decode::<Payload<KvCommand>>(payload)
-            {
+            if let Ok(Payload::Command { client, seq, .. }) = crate::env::codec::decode::<Payload<KvCommand>>(payload) {
                 distinct.insert((client, seq));
             }
         }
@@ -781,7 +762,10 @@ fn recovery_rebuilds_exactly_the_synced_state() {
         c.crash(id);
         c.start(id);
         let after = c.raft(id);
-        assert_eq!((after.term(), after.last_index(), after.snapshot_index()), (term, last, snap));
+        assert_eq!(
+            (after.term(), after.last_index(), after.snapshot_index()),
+            (term, last, snap)
+        );
         let again: Vec<_> = (snap + 1..=last).map(|i| after.entry(i).cloned()).collect();
         assert_eq!(entries, again);
     }
@@ -803,7 +787,10 @@ fn chaos_sweep_three_and_five_nodes() {
             Err(v) => panic!("seed {seed} ({n} nodes): {v}"),
         }
     }
-    assert!(crashes > 0 && restored > 0, "faults fired: {crashes} crashes, {restored} snapshot installs");
+    assert!(
+        crashes > 0 && restored > 0,
+        "faults fired: {crashes} crashes, {restored} snapshot installs"
+    );
     assert!(committed > 1_000, "progress under faults: {committed} entries");
 }
 
@@ -830,11 +817,7 @@ fn random_sweep_catches_step_down_and_ack_bugs() {
 impl Cluster {
     /// Runs one handler on `id` by hand; persists and observes like
     /// `execute`, but returns the messages instead of posting them.
-    fn drive(
-        &mut self,
-        id: NodeId,
-        handler: impl FnOnce(&mut Raft<Kv>, Duration) -> Output<Kv>,
-    ) -> Vec<(NodeId, W)> {
+    fn drive(&mut self, id: NodeId, handler: impl FnOnce(&mut Raft<Kv>, Duration) -> Output<Kv>) -> Vec<(NodeId, W)> {
         let now = self.node_now(id);
         let raft = self.slots.get_mut(&id).unwrap().raft.as_mut().unwrap();
         let mut out = handler(raft, now);
@@ -964,8 +947,7 @@ fn violation_or_panic(f: impl FnOnce() -> Option<String> + std::panic::UnwindSaf
 #[test]
 fn figure_8_is_caught() {
     assert_eq!(figure_8(None), None);
-    let v = violation_or_panic(|| figure_8(Some(LogBug::CommitEarlierTermByCounting)))
-        .expect("violation");
+    let v = violation_or_panic(|| figure_8(Some(LogBug::CommitEarlierTermByCounting))).expect("violation");
     // The follower refuses to truncate its committed entry (an assertion in
     // the core), or the checker sees the entry change.
     assert!(v.contains("committed entry"), "{v}");

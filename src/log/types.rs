@@ -143,15 +143,8 @@ pub struct Response<O> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Wire<C, Q, O> {
     Raft(Message<C>),
-    Command {
-        client: ClientId,
-        seq: u64,
-        command: C,
-    },
-    Read {
-        id: u64,
-        query: Q,
-    },
+    Command { client: ClientId, seq: u64, command: C },
+    Read { id: u64, query: Q },
     Response(Response<O>),
 }
 
@@ -183,11 +176,7 @@ pub enum Event {
     Leader { term: Term },
     /// This replica applied the entry at `index` to its state machine.
     /// `payload` is the entry's encoded payload, for comparing replicas.
-    Applied {
-        index: Index,
-        term: Term,
-        payload: Vec<u8>,
-    },
+    Applied { index: Index, term: Term, payload: Vec<u8> },
     /// This replica replaced its state by a snapshot ending at `index`.
     Restored { index: Index, term: Term },
     /// This replica compacted its log into a snapshot ending at `index`.

@@ -133,11 +133,7 @@ impl Probe for Observer {
                 }
                 s.leaders.insert(*term, node);
             }
-            Event::Applied {
-                index,
-                term,
-                payload,
-            } => {
+            Event::Applied { index, term, payload } => {
                 if let Some(Some(last)) = s.last_applied.get(&node) {
                     assert_eq!(
                         *index,
@@ -221,9 +217,7 @@ impl<const N: u32> LogScenario<N> {
                 }
             }
             KvOp::Get { key, .. } => {
-                let query = KvQuery::Get {
-                    key: key.to_string(),
-                };
+                let query = KvQuery::Get { key: key.to_string() };
                 match log.read(query, GIVE_UP).await {
                     Ok(KvOutput::Value(v)) => {
                         client.ok(KvOp::Get {

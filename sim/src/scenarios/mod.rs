@@ -1,6 +1,7 @@
 //! The registry of simulated scenarios: one line per protocol in [`ALL`].
 
 pub mod counter;
+pub mod lock;
 pub mod log;
 
 use std::marker::PhantomData;
@@ -75,6 +76,7 @@ pub static ALL: &[&dyn DynScenario] = &[
     &Registered::<counter::Counter>(PhantomData),
     &Registered::<log::LogScenario<3>>(PhantomData),
     &Registered::<log::LogScenario<5>>(PhantomData),
+    &Registered::<lock::LockScenario>(PhantomData),
 ];
 
 fn find_bug(bugs: &'static [Bug], name: &str) -> Option<&'static Bug> {
