@@ -12,6 +12,7 @@
 //!      same entry everywhere forever (across crashes and snapshots);
 //!    - `apply-order`: every replica applies indices in order, without gaps
 //!      (so, with the previous check, all apply the same sequence).
+//!
 //!    The replicas' own assertions (election safety on receiving an append,
 //!    never truncating a committed entry) stop the run the same way.
 //! 2. **The clients** add 1 to one of a few counters or read one, through
@@ -29,8 +30,19 @@
 //!
 //! Planted bugs (`ringfence::log::LogBug`): each makes a replica or the
 //! observer stop the run, which the runner reports as a `panic` violation
-//! whose detail names the invariant. See `tests/log_sim.rs` for the detail
-//! each bug is expected to produce.
+//! whose detail names the invariant (the runner reports a panic, and lists
+//! liveness violations before the scenario's, so `caught_by` is `panic`;
+//! `tests/log_sim.rs` checks the detail names the right invariant).
+//!
+//! Only `no-step-down` and `ack-before-sync` are registered: the default
+//! nemesis (at most a handful of crashes per run, at random times) did not
+//! catch `VoteNotSynced` (a voter must crash in the few milliseconds between
+//! voting and its next sync, during a split election) or
+//! `CommitEarlierTermByCounting` (Figure 8 needs a specific sequence of
+//! partitions and crashes) in 1,200 seeds each. Both are caught by scripted
+//! runtime-free tests in `src/log/tests.rs`; catching them here needs a
+//! protocol-aware nemesis (crash the node that just voted; isolate the
+//! leader right after it commits).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -56,11 +68,13 @@ pub enum KvOp {
     Get { key: u8, value: Option<u64> },
 }
 
+/// Not registered in `BUGS`: the default sweep does not catch it.
 pub const VOTE_NOT_SYNCED: Bug = Bug {
     name: "vote-not-synced",
     about: "a voter replies before its term and vote are synced; after a crash it may vote twice in a term",
     caught_by: "panic",
 };
+/// Not registered in `BUGS`: the default sweep does not catch it.
 pub const COMMIT_EARLIER_TERM: Bug = Bug {
     name: "commit-earlier-term",
     about: "a leader commits earlier-term entries by counting replicas (Raft figure 8), without a no-op",
@@ -244,7 +258,15 @@ impl<const N: u32> Scenario for LogScenario<N> {
     const NAME: &'static str = if N == 3 { "log" } else { "log-5" };
     const ABOUT: &'static str =
         "Raft replicated log with a KV state machine: leader per term, committed entries stable, same apply order, exactly-once adds";
-    const BUGS: &'static [Bug] = &[VOTE_NOT_SYNCED, COMMIT_EARLIER_TERM, NO_STEP_DOWN, ACK_BEFORE_SYNC];
+    /// Only the bugs the default sweep catches (see the module docs). On
+    /// five replicas `ack-before-sync` needs two followers to lose the same
+    /// acknowledged entries; the default sweep caught it there once in 200
+    /// seeds, and only as a liveness failure, so it is listed for three.
+    const BUGS: &'static [Bug] = if N == 3 {
+        &[NO_STEP_DOWN, ACK_BEFORE_SYNC]
+    } else {
+        &[NO_STEP_DOWN]
+    };
     const SERVERS: u32 = N;
     const MIN_SERVERS: u32 = 1;
     const WORKLOAD: Workload = Workload { clients: 4, ops: 60 };
@@ -252,7 +274,7 @@ impl<const N: u32> Scenario for LogScenario<N> {
     /// After healing: elections finish within a few timeouts (≤ 300 ms
     /// each, plus clock drift), then a client needs a few retries.
     const LIVENESS_BOUND: Duration = Duration::from_secs(5);
-    const DEFAULT_SEEDS: u64 = if N == 3 { 200 } else { 100 };
+    const DEFAULT_SEEDS: u64 = 200;
 
     fn new(params: &Params) -> Self {
         LogScenario {
