@@ -119,11 +119,14 @@ fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Option<T> {
     codec::decode::<Tagged<T>>(bytes).ok().map(|t| t.body)
 }
 
+/// An access's answer: `(value, position)` or the refusal.
+pub type AccessResult = Result<(u64, u64), Stale>;
+
 #[derive(Default, Serialize, Deserialize)]
 struct Durable {
     resource: FencedResource,
     /// Per client: its last request and the answer.
-    last: BTreeMap<NodeId, (u64, Result<(u64, u64), Stale>)>,
+    last: BTreeMap<NodeId, (u64, AccessResult)>,
 }
 
 /// Rewrite the disk after this many records.
@@ -149,7 +152,7 @@ pub async fn serve<E: Env>(env: E, no_fencing: bool) -> Result<(), crate::env::E
         };
         let result = match state.last.get(&from) {
             Some((last, _)) if req < *last => continue, // stale duplicate
-            Some((last, result)) if req == *last => result.clone(),
+            Some((last, result)) if req == *last => *result,
             _ => {
                 let result = match request {
                     ResourceRequest::Read { token, .. } => state.resource.read(token),
@@ -157,7 +160,7 @@ pub async fn serve<E: Env>(env: E, no_fencing: bool) -> Result<(), crate::env::E
                         state.resource.write(token, value).map(|seq| (value, seq))
                     }
                 };
-                state.last.insert(from, (req, result.clone()));
+                state.last.insert(from, (req, result));
                 let record = codec::encode(&state).expect("resource state encodes");
                 if records >= COMPACT_EVERY {
                     env.rewrite(&[record]).await?;
