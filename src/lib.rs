@@ -4,6 +4,7 @@
 
 pub mod env;
 pub mod history;
+pub mod lock;
 pub mod log;
 pub mod real;
 pub mod ring;

@@ -1,6 +1,7 @@
 //! The registry of simulated scenarios: one line per protocol in [`ALL`].
 
 pub mod counter;
+pub mod lock;
 pub mod log;
 pub mod txn;
 
@@ -76,6 +77,7 @@ pub static ALL: &[&dyn DynScenario] = &[
     &Registered::<counter::Counter>(PhantomData),
     &Registered::<log::LogScenario<3>>(PhantomData),
     &Registered::<log::LogScenario<5>>(PhantomData),
+    &Registered::<lock::LockScenario>(PhantomData),
     &Registered::<txn::Bank>(PhantomData),
 ];
 

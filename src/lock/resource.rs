@@ -1,0 +1,247 @@
+//! [`FencedResource`]: the storage side of fencing. A lock alone cannot stop
+//! a holder that was paused, partitioned or slowed after checking its lease;
+//! the resource can, by refusing any access whose token is lower than the
+//! highest it has accepted. Reads are fenced too: a read-modify-write whose
+//! read is not fenced can still lose an increment (the old holder reads,
+//! the new one reads and writes, the old one's write carries a token that
+//! is no longer the highest only if the new holder's *read* raised it).
+//!
+//! [`serve`] runs one as a network node (its state synced before every
+//! answer, so the fence survives crashes) and [`call`] is its client.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::machine::Token;
+use crate::env::{codec, timeout, Env, NodeId};
+
+/// Why an access was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("stale token: {token} < highest accepted {highest}")]
+pub struct Stale {
+    pub token: Token,
+    pub highest: Token,
+}
+
+/// A single fenced register (here: a counter value).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FencedResource {
+    highest: Token,
+    value: u64,
+    /// Accesses accepted so far: their order, for checkers.
+    accepted: u64,
+    /// Planted bug `NoFencing`: accept every token.
+    no_fencing: bool,
+}
+
+impl FencedResource {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The planted bug: a resource that trusts every caller.
+    pub fn without_fencing() -> Self {
+        FencedResource {
+            no_fencing: true,
+            ..Self::default()
+        }
+    }
+
+    fn admit(&mut self, token: Token) -> Result<u64, Stale> {
+        if token < self.highest && !self.no_fencing {
+            return Err(Stale {
+                token,
+                highest: self.highest,
+            });
+        }
+        self.highest = self.highest.max(token);
+        self.accepted += 1;
+        Ok(self.accepted)
+    }
+
+    /// Reads the value; returns it with the access's position.
+    pub fn read(&mut self, token: Token) -> Result<(u64, u64), Stale> {
+        let seq = self.admit(token)?;
+        Ok((self.value, seq))
+    }
+
+    /// Writes the value; returns the access's position.
+    pub fn write(&mut self, token: Token, value: u64) -> Result<u64, Stale> {
+        let seq = self.admit(token)?;
+        self.value = value;
+        Ok(seq)
+    }
+
+    pub fn highest(&self) -> Token {
+        self.highest
+    }
+
+    pub fn value(&self) -> u64 {
+        self.value
+    }
+}
+
+/// A request to a resource node. `req` numbers a client's requests so that
+/// retries and network duplicates are answered, not applied, again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ResourceRequest {
+    Read { req: u64, token: Token },
+    Write { req: u64, token: Token, value: u64 },
+}
+
+/// The answer: `(value, position)` for reads, `(written, position)` for writes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceReply {
+    pub req: u64,
+    pub result: Result<(u64, u64), Stale>,
+}
+
+/// Resource traffic is tagged, so it never decodes as another protocol's
+/// message on a node that speaks both (a lock client's inbox).
+const TAG: u8 = 0xFE;
+
+#[derive(Serialize, Deserialize)]
+struct Tagged<T> {
+    tag: u8,
+    body: T,
+}
+
+fn encode<T: Serialize>(body: T) -> Vec<u8> {
+    codec::encode(&Tagged { tag: TAG, body }).expect("resource messages are small")
+}
+
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Option<T> {
+    if bytes.first() != Some(&TAG) {
+        return None;
+    }
+    codec::decode::<Tagged<T>>(bytes).ok().map(|t| t.body)
+}
+
+/// An access's answer: `(value, position)` or the refusal.
+pub type AccessResult = Result<(u64, u64), Stale>;
+
+#[derive(Default, Serialize, Deserialize)]
+struct Durable {
+    resource: FencedResource,
+    /// Per client: its last request and the answer.
+    last: BTreeMap<NodeId, (u64, AccessResult)>,
+}
+
+/// Rewrite the disk after this many records.
+const COMPACT_EVERY: usize = 256;
+
+/// Runs a resource node until storage fails. Every answer is sent only
+/// after the state it reports is synced.
+pub async fn serve<E: Env>(env: E, no_fencing: bool) -> Result<(), crate::env::EnvError> {
+    let mut records = env.load()?.len();
+    let mut state: Durable = env
+        .load()?
+        .last()
+        .map(|r| codec::decode(r).expect("resource records decode"))
+        .unwrap_or_default();
+    state.resource.no_fencing = no_fencing;
+    loop {
+        let (from, bytes) = env.recv().await;
+        let Some(request) = decode::<ResourceRequest>(&bytes) else {
+            continue;
+        };
+        let req = match request {
+            ResourceRequest::Read { req, .. } | ResourceRequest::Write { req, .. } => req,
+        };
+        let result = match state.last.get(&from) {
+            Some((last, _)) if req < *last => continue, // stale duplicate
+            Some((last, result)) if req == *last => *result,
+            _ => {
+                let result = match request {
+                    ResourceRequest::Read { token, .. } => state.resource.read(token),
+                    ResourceRequest::Write { token, value, .. } => {
+                        state.resource.write(token, value).map(|seq| (value, seq))
+                    }
+                };
+                state.last.insert(from, (req, result));
+                let record = codec::encode(&state).expect("resource state encodes");
+                if records >= COMPACT_EVERY {
+                    env.rewrite(&[record]).await?;
+                    records = 1;
+                } else {
+                    env.append(&record)?;
+                    env.sync().await?;
+                    records += 1;
+                }
+                result
+            }
+        };
+        let _ = env.send(from, encode(ResourceReply { req, result })).await;
+    }
+}
+
+/// Sends `request` to the resource node until an answer comes, at most
+/// `attempts` times `retry_after`; `None` if the outcome is unknown.
+pub async fn call<E: Env>(
+    env: &E,
+    resource: NodeId,
+    request: &ResourceRequest,
+    attempts: u32,
+    retry_after: Duration,
+) -> Option<Result<(u64, u64), Stale>> {
+    let req = match request {
+        ResourceRequest::Read { req, .. } | ResourceRequest::Write { req, .. } => *req,
+    };
+    let bytes = encode(request.clone());
+    for _ in 0..attempts {
+        let _ = env.send(resource, bytes.clone()).await;
+        let wait = async {
+            loop {
+                let (from, reply) = env.recv().await;
+                if from != resource {
+                    continue;
+                }
+                if let Some(r) = decode::<ResourceReply>(&reply) {
+                    if r.req == req {
+                        return r.result;
+                    }
+                }
+            }
+        };
+        if let Some(result) = timeout(env, retry_after, wait).await {
+            return Some(result);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_lower_tokens_after_a_higher_one() {
+        let mut r = FencedResource::new();
+        assert_eq!(r.read(5), Ok((0, 1)));
+        assert_eq!(r.write(5, 1), Ok(2));
+        assert_eq!(r.read(7), Ok((1, 3)));
+        assert_eq!(r.write(5, 2), Err(Stale { token: 5, highest: 7 }));
+        assert_eq!(r.write(7, 2), Ok(4));
+        assert_eq!(r.value(), 2);
+    }
+
+    #[test]
+    fn without_fencing_accepts_stale_writes() {
+        let mut r = FencedResource::without_fencing();
+        r.read(7).unwrap();
+        assert!(r.write(5, 9).is_ok());
+        assert_eq!(r.value(), 9);
+    }
+
+    #[test]
+    fn tagged_messages_do_not_decode_as_log_traffic() {
+        let bytes = encode(ResourceReply {
+            req: 1,
+            result: Ok((1, 1)),
+        });
+        type W = crate::log::WireOf<super::super::LockMachine>;
+        assert!(codec::decode::<W>(&bytes).is_err());
+    }
+}

@@ -1,0 +1,225 @@
+//! The lock server: a Raft replica running [`LockMachine`], plus the one
+//! thing a replicated state machine cannot do by itself — notice that time
+//! has passed.
+//!
+//! Only the leader measures leases, on its own clock: it remembers, per
+//! session, when it first saw the session's latest renewal (or when it became
+//! leader, whichever is later), and once a TTL has passed on its clock it
+//! proposes `Expire { session, renewed }` through the log. Every replica
+//! applies that command the same way, and ignores it if the session renewed
+//! in the meantime. So time enters the replicated state only as committed
+//! commands, and a deposed leader's stale opinion can never commit on its own.
+//!
+//! Why a new leader may start every timer at its election: any renewal that
+//! commits was stored by a majority, one member of which voted for the new
+//! leader *after* storing it, so the renewal's request was sent before the
+//! election — the client's lease, measured from its send time, started
+//! earlier than the new leader's timer (see `docs/lock.md`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::{select, Either};
+
+use super::machine::{LockCommand, LockMachine, SessionId};
+use crate::env::{codec, Env, NodeId};
+use crate::log::node::{execute, NodeError, Probe};
+use crate::log::{ClientId, Output, Raft, Role, Term, Wire, WireOf};
+
+/// Configuration of a lock server.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub log: crate::log::Config,
+    /// Session lease: a session that has not renewed for this long on the
+    /// leader's clock is expired. Clients must use the same value.
+    pub ttl: Duration,
+    /// Planted bug `UnsyncedToken`: the leader stamps acquires with tokens
+    /// from its own counter, written to its disk without sync.
+    pub unsynced_token: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            log: crate::log::Config::default(),
+            ttl: Duration::from_secs(2),
+            unsynced_token: false,
+        }
+    }
+}
+
+/// Marks the planted bug's counter records among the log's records.
+const COUNTER_MAGIC: [u8; 3] = [0xFF, b'T', b'K'];
+
+/// The leader's view of session leases. Volatile: rebuilt (conservatively,
+/// from "now") whenever this replica becomes leader.
+#[derive(Debug)]
+pub struct LeaseTimer {
+    ttl: Duration,
+    retry: Duration,
+    term: Option<Term>,
+    /// Session → (renewal revision, local time we first saw it).
+    seen: BTreeMap<SessionId, (u64, Duration)>,
+    /// Sessions with an `Expire` in flight, and when it was proposed.
+    pending: BTreeMap<SessionId, Duration>,
+    client: ClientId,
+    seq: u64,
+}
+
+impl LeaseTimer {
+    pub fn new(ttl: Duration, retry: Duration) -> Self {
+        LeaseTimer {
+            ttl,
+            retry,
+            term: None,
+            seen: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            client: 0,
+            seq: 0,
+        }
+    }
+
+    /// Looks at the replica after a handler: returns the `Expire` commands
+    /// to propose now, as `(client, seq, command)`.
+    pub fn poll(&mut self, id: NodeId, raft: &Raft<LockMachine>, now: Duration) -> Vec<(ClientId, u64, LockCommand)> {
+        if raft.role() != Role::Leader {
+            self.term = None;
+            self.seen.clear();
+            self.pending.clear();
+            return vec![];
+        }
+        if self.term != Some(raft.term()) {
+            // A new leadership: every timer starts now.
+            self.term = Some(raft.term());
+            self.seen.clear();
+            self.pending.clear();
+            // One exactly-once session per (replica, term): only this
+            // replica proposes under it, in order.
+            self.client = (1 << 63) | (u64::from(id) << 40) | raft.term();
+            self.seq = 0;
+        }
+        let machine = raft.state_machine();
+        let live: BTreeMap<SessionId, u64> = machine.sessions().collect();
+        self.seen.retain(|s, _| live.contains_key(s));
+        self.pending.retain(|s, _| live.contains_key(s));
+        let mut out = Vec::new();
+        for (&session, &renewed) in &live {
+            let entry = self.seen.entry(session).or_insert((renewed, now));
+            if entry.0 != renewed {
+                *entry = (renewed, now);
+                self.pending.remove(&session);
+            }
+            if now.saturating_sub(entry.1) < self.ttl {
+                continue;
+            }
+            if self
+                .pending
+                .get(&session)
+                .is_some_and(|&at| now.saturating_sub(at) < self.retry)
+            {
+                continue;
+            }
+            self.pending.insert(session, now);
+            self.seq += 1;
+            out.push((self.client, self.seq, LockCommand::Expire { session, renewed }));
+        }
+        out
+    }
+
+    /// When [`LeaseTimer::poll`] next has something to do.
+    pub fn next_due(&self) -> Duration {
+        if self.term.is_none() {
+            return Duration::MAX;
+        }
+        self.seen
+            .iter()
+            .map(|(s, (_, since))| match self.pending.get(s) {
+                Some(&at) => at + self.retry,
+                None => *since + self.ttl,
+            })
+            .min()
+            .unwrap_or(Duration::MAX)
+    }
+}
+
+/// Runs lock server `env.id()` of the group `members` until storage fails.
+/// After a crash, call it again: it rebuilds from `env.load()`.
+pub async fn run<E: Env>(
+    env: E,
+    members: Vec<NodeId>,
+    config: ServerConfig,
+    probe: Arc<dyn Probe>,
+) -> Result<(), NodeError> {
+    let records = env.load()?;
+    let mut counter = 0u64;
+    let mut raft_records = Vec::with_capacity(records.len());
+    for r in records {
+        if r.len() == COUNTER_MAGIC.len() + 8 && r.starts_with(&COUNTER_MAGIC) {
+            counter = u64::from_le_bytes(r[3..].try_into().expect("8 bytes"));
+        } else {
+            raft_records.push(r);
+        }
+    }
+    let mut raft = Raft::<LockMachine>::recover(
+        env.id(),
+        &members,
+        config.log.clone(),
+        env.rng(),
+        &raft_records,
+        env.now(),
+    )?;
+    let mut leases = LeaseTimer::new(config.ttl, config.log.heartbeat_interval * 2);
+    loop {
+        let now = env.now();
+        let deadline = raft.next_deadline().min(leases.next_due());
+        let output = if now >= deadline {
+            raft.on_tick(now)
+        } else {
+            let recv = std::pin::pin!(env.recv());
+            let sleep = std::pin::pin!(env.sleep(deadline - now));
+            match select(recv, sleep).await {
+                Either::Left(((from, bytes), _)) => match codec::decode::<WireOf<LockMachine>>(&bytes) {
+                    Ok(mut msg) => {
+                        if config.unsynced_token && raft.role() == Role::Leader {
+                            // PLANTED BUG: a token from a local counter whose
+                            // record is appended but never synced.
+                            if let Wire::Command {
+                                command: LockCommand::Acquire { token_hint, .. },
+                                ..
+                            } = &mut msg
+                            {
+                                counter += 1;
+                                *token_hint = Some(counter);
+                                let mut record = COUNTER_MAGIC.to_vec();
+                                record.extend_from_slice(&counter.to_le_bytes());
+                                env.append(&record)?;
+                            }
+                        }
+                        raft.on_message(env.now(), from, msg)
+                    }
+                    Err(error) => {
+                        tracing::debug!(node = env.id(), from, %error, "dropping undecodable message");
+                        continue;
+                    }
+                },
+                Either::Right(((), _)) => raft.on_tick(env.now()),
+            }
+        };
+        carry_out(&env, output, probe.as_ref()).await?;
+        let now = env.now();
+        for (client, seq, command) in leases.poll(env.id(), &raft, now) {
+            tracing::debug!(node = env.id(), ?command, "proposing expiry");
+            let output = raft.on_message(now, env.id(), Wire::Command { client, seq, command });
+            carry_out(&env, output, probe.as_ref()).await?;
+        }
+    }
+}
+
+/// Executes an output, minus answers to our own `Expire` proposals.
+async fn carry_out<E: Env>(env: &E, mut output: Output<LockMachine>, probe: &dyn Probe) -> Result<(), NodeError> {
+    let me = env.id();
+    output.messages.retain(|(to, _)| *to != me);
+    execute(env, output, probe).await?;
+    Ok(())
+}
