@@ -49,7 +49,11 @@ fn default_sweep_catches_log_bugs_for_the_right_reason() {
         let right: Vec<_> = summary
             .failures
             .iter()
-            .filter(|f| expected(bug.name).iter().any(|e| f.violation.invariant == *e || f.violation.detail.contains(e)))
+            .filter(|f| {
+                expected(bug.name)
+                    .iter()
+                    .any(|e| f.violation.invariant == *e || f.violation.detail.contains(e))
+            })
             .map(|f| f.seed)
             .collect();
         println!(

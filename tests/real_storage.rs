@@ -26,11 +26,7 @@ async fn synced_records_survive_a_restart_and_unsynced_ones_may_not() {
     let reopened = FileStorage::open(dir.path(), 1).unwrap();
     assert_eq!(reopened.load().unwrap(), records(&["a", ""]));
     // Another node's log in the same directory is separate.
-    assert!(FileStorage::open(dir.path(), 2)
-        .unwrap()
-        .load()
-        .unwrap()
-        .is_empty());
+    assert!(FileStorage::open(dir.path(), 2).unwrap().load().unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -76,20 +72,13 @@ async fn a_torn_tail_is_dropped_and_truncated() {
 
     let storage = FileStorage::open(dir.path(), 1).unwrap();
     assert_eq!(storage.load().unwrap(), records(&["first", "second"]));
-    assert_eq!(
-        fs::metadata(&path).unwrap().len(),
-        good_len,
-        "tail truncated"
-    );
+    assert_eq!(fs::metadata(&path).unwrap().len(), good_len, "tail truncated");
     // New records land after the valid prefix, not after the garbage.
     storage.append(b"fourth").unwrap();
     storage.sync().await.unwrap();
     drop(storage);
     let storage = FileStorage::open(dir.path(), 1).unwrap();
-    assert_eq!(
-        storage.load().unwrap(),
-        records(&["first", "second", "fourth"])
-    );
+    assert_eq!(storage.load().unwrap(), records(&["first", "second", "fourth"]));
 }
 
 #[tokio::test]
@@ -107,18 +96,12 @@ async fn damage_before_the_tail_names_the_file_and_offset() {
     bytes[second + record::HEADER_BYTES] ^= 0xff; // a bit flip in "second"
     fs::write(&path, &bytes).unwrap();
 
-    let err = FileStorage::open(dir.path(), 1)
-        .unwrap()
-        .load()
-        .unwrap_err();
+    let err = FileStorage::open(dir.path(), 1).unwrap().load().unwrap_err();
     let EnvError::Storage(message) = err else {
         panic!("expected a storage error, got {err:?}")
     };
     assert!(message.contains(&path.display().to_string()), "{message}");
-    assert!(
-        message.contains(&format!("byte offset {second}")),
-        "{message}"
-    );
+    assert!(message.contains(&format!("byte offset {second}")), "{message}");
     assert!(message.contains("checksum"), "{message}");
     // Nothing was truncated: the damage is for a person to look at.
     assert_eq!(fs::read(&path).unwrap(), bytes);

@@ -27,10 +27,8 @@ impl Cluster {
         for &id in ids {
             listeners.insert(id, TcpListener::bind("127.0.0.1:0").await.unwrap());
         }
-        let peers: BTreeMap<NodeId, SocketAddr> = listeners
-            .iter()
-            .map(|(&id, l)| (id, l.local_addr().unwrap()))
-            .collect();
+        let peers: BTreeMap<NodeId, SocketAddr> =
+            listeners.iter().map(|(&id, l)| (id, l.local_addr().unwrap())).collect();
         let dir = tempfile::tempdir().unwrap();
         let mut nodes = BTreeMap::new();
         for (id, listener) in listeners {
@@ -67,8 +65,7 @@ impl Cluster {
         })
         .await
         .expect("port freed after shutdown");
-        self.nodes
-            .insert(id, RealEnv::start_on(config, listener).unwrap());
+        self.nodes.insert(id, RealEnv::start_on(config, listener).unwrap());
     }
 }
 
@@ -84,9 +81,7 @@ async fn send_until_received(from: &RealEnv, to: &RealEnv, msg: &[u8]) {
     tokio::time::timeout(LIMIT, async {
         loop {
             from.send(to.id(), msg.to_vec()).await.unwrap();
-            if let Ok((sender, got)) =
-                tokio::time::timeout(Duration::from_millis(50), to.recv()).await
-            {
+            if let Ok((sender, got)) = tokio::time::timeout(Duration::from_millis(50), to.recv()).await {
                 if sender == from.id() && got == msg {
                     return;
                 }
@@ -138,11 +133,7 @@ async fn three_nodes_exchange_messages_both_ways() {
     one.send(1, b"self".to_vec()).await.unwrap();
     assert_eq!(recv(one).await, (1, b"self".to_vec()));
     for i in 0..100u32 {
-        cluster
-            .node(2)
-            .send(1, i.to_le_bytes().to_vec())
-            .await
-            .unwrap();
+        cluster.node(2).send(1, i.to_le_bytes().to_vec()).await.unwrap();
     }
     for i in 0..100u32 {
         assert_eq!(recv(one).await, (2, i.to_le_bytes().to_vec()));
@@ -183,9 +174,7 @@ async fn misbehaving_connections_are_dropped_while_the_node_serves_others() {
 
     // Not our protocol at all: "GET " read as a length exceeds the limit.
     let mut http = TcpStream::connect(addr).await.unwrap();
-    http.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
+    http.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
     assert_disconnected(http).await;
 
     // A well-framed handshake with the wrong magic.

@@ -91,7 +91,11 @@ fn a_sweep_whose_faults_never_fire_fails() {
     };
     let summary = sweep::sweep(&plan).remove(0);
     assert!(summary.failures.is_empty());
-    let required = scenario.fault_kinds().into_iter().filter(|k| !k.opportunistic()).count();
+    let required = scenario
+        .fault_kinds()
+        .into_iter()
+        .filter(|k| !k.opportunistic())
+        .count();
     assert_eq!(summary.never_fired.len(), required);
     assert!(!summary.passed());
 }

@@ -236,7 +236,9 @@ impl Nemesis {
                     format!("clock jump node {node} +{forward_ms}ms"),
                 );
             }
-            Fault::UnsyncedCrash { probability, down_ms, .. } => {
+            Fault::UnsyncedCrash {
+                probability, down_ms, ..
+            } => {
                 self.world.lock().unsynced_crash = Some((index, *probability, Duration::from_millis(*down_ms)));
                 let text = format!("unsynced-crash window: p={probability:.2}, down {down_ms}ms");
                 self.note(Phase::Start, FaultKind::UnsyncedCrash, Some(index), vec![], text);
@@ -289,7 +291,13 @@ impl Nemesis {
                 if w.unsynced_crash.is_some_and(|(active, ..)| active == index) {
                     w.unsynced_crash = None;
                     drop(w);
-                    self.note(Phase::End, FaultKind::UnsyncedCrash, Some(index), vec![], "unsynced-crash window ends".into());
+                    self.note(
+                        Phase::End,
+                        FaultKind::UnsyncedCrash,
+                        Some(index),
+                        vec![],
+                        "unsynced-crash window ends".into(),
+                    );
                 }
             }
             Fault::Drift { .. } | Fault::Jump { .. } => {}

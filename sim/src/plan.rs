@@ -133,7 +133,12 @@ pub enum Fault {
     /// While it lasts, a server that sends a message while it has unsynced
     /// writes crashes right after, with this probability, losing them; it
     /// restarts `down_ms` later.
-    UnsyncedCrash { at_ms: u64, for_ms: u64, probability: f64, down_ms: u64 },
+    UnsyncedCrash {
+        at_ms: u64,
+        for_ms: u64,
+        probability: f64,
+        down_ms: u64,
+    },
 }
 
 impl Fault {

@@ -370,7 +370,9 @@ impl WorldState {
     /// force and `id` is a server with unsynced writes, maybe ask the
     /// nemesis to crash it.
     pub fn after_send(&mut self, id: NodeId) {
-        let Some((index, probability, down)) = self.unsynced_crash else { return };
+        let Some((index, probability, down)) = self.unsynced_crash else {
+            return;
+        };
         if !self.servers.contains(&id) || self.node(id).disk.pending().1 == 0 || self.node(id).down {
             return;
         }

@@ -41,8 +41,17 @@ fn first_failing_counter_seed() -> u64 {
 fn shrink_saves_a_smaller_case_that_fails_the_same_way() {
     let dir = scratch("shrink");
     let seed = first_failing_counter_seed().to_string();
-    let (code, out) =
-        sim(&["shrink", "-s", "counter", "--seed", &seed, "--bug", "ack-before-sync", "--out", dir.to_str().unwrap()]);
+    let (code, out) = sim(&[
+        "shrink",
+        "-s",
+        "counter",
+        "--seed",
+        &seed,
+        "--bug",
+        "ack-before-sync",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
     assert_eq!(code, 0, "{out}");
     let saved = dir.join(format!("counter-ack-before-sync-seed{seed}.json"));
     let entry = corpus::load(&saved).expect("the shrunk case is a valid corpus file");
@@ -50,7 +59,10 @@ fn shrink_saves_a_smaller_case_that_fails_the_same_way() {
     let plan = entry.case.plan.as_ref().expect("shrunk cases carry their plan");
     assert!(plan.faults.len() <= 3, "{out}");
     let workload = entry.case.workload;
-    assert!(workload.clients * workload.ops < 3 * 40, "the workload shrank too: {out}");
+    assert!(
+        workload.clients * workload.ops < 3 * 40,
+        "the workload shrank too: {out}"
+    );
     corpus::replay(&entry).expect("the shrunk case still fails the same way");
     std::fs::remove_dir_all(dir).unwrap();
 }

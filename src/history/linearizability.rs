@@ -68,12 +68,7 @@ pub trait Model {
     /// next state if the recorded result in `op` is what the object would
     /// return in `state`, and `None` otherwise. With `completion = None` (the
     /// outcome is unknown), returns the state after the operation.
-    fn step(
-        &self,
-        state: &Self::State,
-        invoke: &Self::Op,
-        completion: Option<&Self::Op>,
-    ) -> Option<Self::State>;
+    fn step(&self, state: &Self::State, invoke: &Self::Op, completion: Option<&Self::Op>) -> Option<Self::State>;
 
     /// True when `invoke` never changes the state. Unknown-outcome read-only
     /// operations constrain nothing, so the checker drops them.
@@ -153,34 +148,17 @@ where
         None
     }
 
-    fn step(
-        &self,
-        state: &Option<V>,
-        invoke: &KvOp<K, V>,
-        completion: Option<&KvOp<K, V>>,
-    ) -> Option<Option<V>> {
+    fn step(&self, state: &Option<V>, invoke: &KvOp<K, V>, completion: Option<&KvOp<K, V>>) -> Option<Option<V>> {
         match (invoke, completion) {
             (KvOp::Read { .. }, None) => Some(state.clone()),
-            (KvOp::Read { .. }, Some(KvOp::Read { value, .. })) => {
-                (value == state).then(|| state.clone())
-            }
-            (KvOp::Write { value, .. }, None | Some(KvOp::Write { .. })) => {
-                Some(Some(value.clone()))
-            }
+            (KvOp::Read { .. }, Some(KvOp::Read { value, .. })) => (value == state).then(|| state.clone()),
+            (KvOp::Write { value, .. }, None | Some(KvOp::Write { .. })) => Some(Some(value.clone())),
             (KvOp::Cas { from, to, .. }, completion) => {
                 let would_swap = from == state;
                 match completion {
-                    None => Some(if would_swap {
-                        Some(to.clone())
-                    } else {
-                        state.clone()
-                    }),
+                    None => Some(if would_swap { Some(to.clone()) } else { state.clone() }),
                     Some(KvOp::Cas { swapped, .. }) if *swapped == would_swap => {
-                        Some(if would_swap {
-                            Some(to.clone())
-                        } else {
-                            state.clone()
-                        })
+                        Some(if would_swap { Some(to.clone()) } else { state.clone() })
                     }
                     Some(KvOp::Cas { .. }) => None,
                     Some(other) => {
@@ -211,8 +189,7 @@ where
         if state_negative {
             return vec![None; ops.len()];
         }
-        let mut last_mention: std::collections::HashMap<&V, usize, BuildHasherDefault<MixHasher>> =
-            Default::default();
+        let mut last_mention: std::collections::HashMap<&V, usize, BuildHasherDefault<MixHasher>> = Default::default();
         let mut mention = |v, at: usize| {
             let last = last_mention.entry(v).or_insert(at);
             *last = (*last).max(at);
@@ -220,9 +197,7 @@ where
         for (_, done) in ops {
             let Some(done) = done else { continue };
             match &done.op {
-                KvOp::Read { value: Some(v), .. } | KvOp::Write { value: v, .. } => {
-                    mention(v, done.index)
-                }
+                KvOp::Read { value: Some(v), .. } | KvOp::Write { value: v, .. } => mention(v, done.index),
                 KvOp::Cas { from, to, .. } => {
                     if let Some(from) = from {
                         mention(from, done.index);
@@ -234,9 +209,7 @@ where
         }
         ops.iter()
             .map(|(invoke, done)| match (&invoke.op, done) {
-                (KvOp::Write { value, .. }, None) => {
-                    Some(last_mention.get(value).copied().unwrap_or(0))
-                }
+                (KvOp::Write { value, .. }, None) => Some(last_mention.get(value).copied().unwrap_or(0)),
                 _ => None,
             })
             .collect()
@@ -330,10 +303,7 @@ impl<Op> Clone for Call<'_, Op> {
     }
 }
 
-fn drop_unknown_reads<'a, M: Model>(
-    model: &M,
-    calls: Vec<Call<'a, M::Op>>,
-) -> Vec<Call<'a, M::Op>> {
+fn drop_unknown_reads<'a, M: Model>(model: &M, calls: Vec<Call<'a, M::Op>>) -> Vec<Call<'a, M::Op>> {
     calls
         .into_iter()
         .filter(|c| c.completion.is_some() || !model.is_read_only(&c.invoke.op))
@@ -342,10 +312,7 @@ fn drop_unknown_reads<'a, M: Model>(
 
 /// Applies [`Model::unknown_deadlines`], dropping unknown-outcome operations
 /// whose window closes before they were even invoked.
-fn bound_unknowns<'a, M: Model>(
-    model: &M,
-    mut calls: Vec<Call<'a, M::Op>>,
-) -> Vec<Call<'a, M::Op>> {
+fn bound_unknowns<'a, M: Model>(model: &M, mut calls: Vec<Call<'a, M::Op>>) -> Vec<Call<'a, M::Op>> {
     let ops: Vec<_> = calls.iter().map(|c| (c.invoke, c.completion)).collect();
     let deadlines = model.unknown_deadlines(&ops);
     assert_eq!(deadlines.len(), calls.len(), "one deadline per operation");
@@ -565,18 +532,11 @@ fn search<M: Model>(model: &M, calls: &[Call<'_, M::Op>], budget: &mut u64) -> O
             };
             if let Some(next) = next {
                 decided.toggle(op);
-                let memo = Seen {
-                    decided,
-                    state: next,
-                };
+                let memo = Seen { decided, state: next };
                 if !seen.contains(&memo) {
                     let next = memo.state.clone();
                     seen.insert(memo);
-                    let call_entry = if is_call {
-                        entry
-                    } else {
-                        entries.partner[entry]
-                    };
+                    let call_entry = if is_call { entry } else { entries.partner[entry] };
                     stack.push(Frame {
                         call: call_entry,
                         state: std::mem::replace(&mut state, next),
@@ -640,12 +600,7 @@ const DESCRIBED_OPS: usize = 12;
 /// not have taken effect within their interval, result unknown) while the
 /// rest stays non-linearizable. Any behaviour of the original is one of the
 /// relaxed history, so what stays required is sound evidence.
-fn explain<M: Model>(
-    model: &M,
-    key: &M::Key,
-    calls: &[Call<'_, M::Op>],
-    frontier: usize,
-) -> Violation {
+fn explain<M: Model>(model: &M, key: &M::Key, calls: &[Call<'_, M::Op>], frontier: usize) -> Violation {
     let mut budget = EXPLAIN_STEP_BUDGET;
     let mut exhausted = false;
     let mut fails = |required: &[bool], cut: usize| -> bool {
@@ -791,12 +746,7 @@ mod tests {
         KvOp::Read { key, value }
     }
     fn cas(key: u64, from: Option<u64>, to: u64, swapped: bool) -> KvOp {
-        KvOp::Cas {
-            key,
-            from,
-            to,
-            swapped,
-        }
+        KvOp::Cas { key, from, to, swapped }
     }
 
     /// Builds a history from `(client, kind, op)`; time is the position.
@@ -927,11 +877,7 @@ mod tests {
         ]);
         assert_eq!(check_kv(&invented).unwrap_err().events, vec![2, 3]);
         // It cannot take effect before it was invoked.
-        let early = history(&[
-            (2, Invoke, r(0, None)),
-            (2, Done, r(0, Some(1))),
-            (1, Invoke, w(0, 1)),
-        ]);
+        let early = history(&[(2, Invoke, r(0, None)), (2, Done, r(0, Some(1))), (1, Invoke, w(0, 1))]);
         assert!(check_kv(&early).is_err());
     }
 
@@ -1161,12 +1107,7 @@ mod tests {
                     let op = match rng.gen_range(0..if with_cas { 3 } else { 2 }) {
                         0 => r(0, None),
                         1 => w(0, value(rng)),
-                        _ => cas(
-                            0,
-                            Some(value(rng)).filter(|_| rng.gen_bool(0.7)),
-                            value(rng),
-                            false,
-                        ),
+                        _ => cas(0, Some(value(rng)).filter(|_| rng.gen_bool(0.7)), value(rng), false),
                     };
                     h.push(client as u32, t, Invoke, op.clone());
                     open[client] = Some(op);
@@ -1179,9 +1120,7 @@ mod tests {
                         _ => Done,
                     };
                     let result = match op {
-                        KvOp::Read { key, .. } => {
-                            r(key, Some(value(rng)).filter(|_| rng.gen_bool(0.7)))
-                        }
+                        KvOp::Read { key, .. } => r(key, Some(value(rng)).filter(|_| rng.gen_bool(0.7))),
                         KvOp::Cas { key, from, to, .. } => cas(key, from, to, rng.gen_bool(0.5)),
                         write => write,
                     };

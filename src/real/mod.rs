@@ -76,8 +76,8 @@ impl RealEnv {
     /// the ports the OS chose. Must be called within a tokio runtime.
     pub fn start_on(config: NodeConfig, listener: TcpListener) -> std::io::Result<RealEnv> {
         let local_addr = listener.local_addr()?;
-        let storage = FileStorage::open(&config.data_dir, config.id)
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let storage =
+            FileStorage::open(&config.data_dir, config.id).map_err(|e| std::io::Error::other(e.to_string()))?;
         let shutdown = CancellationToken::new();
         let transport = Transport::start(config.id, &config.peers, listener, &shutdown);
         tracing::info!(node = config.id, %local_addr, data = %storage.path().display(), "node started");

@@ -192,9 +192,7 @@ impl Inner {
             let mut pending = self.pending.lock().expect("pending lock");
             (std::mem::take(&mut pending.bytes), pending.appended)
         };
-        let result = (&state.file)
-            .write_all(&bytes)
-            .and_then(|()| state.file.sync_data());
+        let result = (&state.file).write_all(&bytes).and_then(|()| state.file.sync_data());
         match result {
             Ok(()) => {
                 state.durable = appended;
@@ -285,9 +283,7 @@ fn io_error(path: &Path, what: &str, e: std::io::Error) -> EnvError {
 }
 
 /// Runs blocking file I/O off the async worker threads.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, EnvError> + Send + 'static,
-) -> Result<T, EnvError> {
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, EnvError> + Send + 'static) -> Result<T, EnvError> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| EnvError::Storage(format!("storage task failed: {e}")))?

@@ -112,8 +112,7 @@ impl Transport {
             queues.insert(peer, tx);
             spawn_until(shutdown, connect_loop(id, peer, addr, rx));
         }
-        let known: Arc<Vec<NodeId>> =
-            Arc::new(peers.keys().copied().filter(|&p| p != id).collect());
+        let known: Arc<Vec<NodeId>> = Arc::new(peers.keys().copied().filter(|&p| p != id).collect());
         spawn_until(
             shutdown,
             accept_loop(id, listener, known, inbox_tx.clone(), shutdown.clone()),
@@ -160,10 +159,7 @@ impl Transport {
 }
 
 /// Runs `task` until it ends or `shutdown` is cancelled.
-pub(crate) fn spawn_until(
-    shutdown: &CancellationToken,
-    task: impl std::future::Future<Output = ()> + Send + 'static,
-) {
+pub(crate) fn spawn_until(shutdown: &CancellationToken, task: impl std::future::Future<Output = ()> + Send + 'static) {
     let shutdown = shutdown.clone();
     tokio::spawn(async move {
         tokio::select! {
@@ -174,12 +170,7 @@ pub(crate) fn spawn_until(
 }
 
 /// Keeps one connection to `peer` up and feeds it from the queue.
-async fn connect_loop(
-    id: NodeId,
-    peer: NodeId,
-    addr: SocketAddr,
-    mut queue: mpsc::Receiver<Bytes>,
-) {
+async fn connect_loop(id: NodeId, peer: NodeId, addr: SocketAddr, mut queue: mpsc::Receiver<Bytes>) {
     let mut rng = ChaCha8Rng::from_entropy();
     let mut backoff = BACKOFF_MIN;
     loop {
@@ -204,18 +195,11 @@ async fn connect_loop(
 /// (`Err`) or the queue closes (`Ok`). The peer never writes on this
 /// connection, so any read result means it closed or misbehaved: that is how
 /// a restarted peer is noticed before the next send is lost to it.
-async fn feed(
-    id: NodeId,
-    stream: TcpStream,
-    queue: &mut mpsc::Receiver<Bytes>,
-) -> Result<(), String> {
+async fn feed(id: NodeId, stream: TcpStream, queue: &mut mpsc::Receiver<Bytes>) -> Result<(), String> {
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
     let (mut read_half, write_half) = stream.into_split();
     let mut frames = FramedWrite::new(write_half, frame_codec());
-    frames
-        .send(handshake(id))
-        .await
-        .map_err(|e| e.to_string())?;
+    frames.send(handshake(id)).await.map_err(|e| e.to_string())?;
     let mut probe = [0u8; 1];
     loop {
         tokio::select! {

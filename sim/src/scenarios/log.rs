@@ -146,12 +146,19 @@ impl Probe for Observer {
         match event {
             Event::Leader { term } => {
                 if let Some(&other) = s.leaders.get(term).filter(|&&other| other != node) {
-                    violated("leader-per-term", format!("nodes {other} and {node} both lead term {term}"));
+                    violated(
+                        "leader-per-term",
+                        format!("nodes {other} and {node} both lead term {term}"),
+                    );
                 }
                 s.leaders.insert(*term, node);
             }
             Event::Applied { index, term, payload } => {
-                if let Some(Some(last)) = s.last_applied.get(&node).filter(|last| matches!(last, Some(l) if l + 1 != *index)) {
+                if let Some(Some(last)) = s
+                    .last_applied
+                    .get(&node)
+                    .filter(|last| matches!(last, Some(l) if l + 1 != *index))
+                {
                     violated("apply-order", format!("node {node} applied {index} right after {last}"));
                 }
                 s.last_applied.insert(node, Some(*index));
@@ -170,7 +177,9 @@ impl Probe for Observer {
                 if let Some((t, _)) = s.committed.get(index).filter(|(t, _)| t != term) {
                     violated(
                         "committed-entry-changed",
-                        format!("node {node} restored a snapshot ending at {index} with term {term}, applied with term {t}"),
+                        format!(
+                            "node {node} restored a snapshot ending at {index} with term {term}, applied with term {t}"
+                        ),
                     );
                 }
                 s.last_applied.insert(node, Some(*index));
