@@ -96,7 +96,7 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
     println!("\n## planted bugs: seeds until the default sweep catches each");
     println!(
         "{:<12} {:<26} {:>7} {:>9} {:<24}",
-        "scenario", "bug", "seeds", "wall s", "caught by"
+        "scenario", "bug", "seeds", "wall s", "first violation"
     );
     for scenario in scenarios::ALL {
         for bug in scenario.bugs() {
