@@ -137,38 +137,7 @@ impl Nemesis {
 
     fn start(&mut self, index: usize, fault: &Fault) {
         match fault {
-            Fault::Partition { groups, shape, .. } => {
-                let links: Vec<_> = self
-                    .pairs()
-                    .filter(|(a, b)| !groups.iter().any(|g| g.contains(a) && g.contains(b)))
-                    .collect();
-                self.cut_links(&links, true);
-                self.world.lock().count(FaultKind::Partition);
-                let nodes = endpoints(&links);
-                self.note(
-                    Phase::Start,
-                    FaultKind::Partition,
-                    Some(index),
-                    nodes,
-                    format!("partition {shape} {groups:?}"),
-                );
-            }
-            Fault::OneWay { from, to, .. } => {
-                let links: Vec<_> = self
-                    .pairs()
-                    .filter(|(a, b)| from.contains(a) && to.contains(b))
-                    .collect();
-                self.cut_links(&links, true);
-                self.world.lock().count(FaultKind::Partition);
-                let nodes = endpoints(&links);
-                self.note(
-                    Phase::Start,
-                    FaultKind::Partition,
-                    Some(index),
-                    nodes,
-                    format!("one-way partition {from:?} -/-> {to:?}"),
-                );
-            }
+            Fault::Partition { .. } | Fault::OneWay { .. } => self.partition(index, fault, true),
             Fault::Crash { node, disk, .. } => {
                 self.crash(*node, *disk, index, FaultKind::Crash);
             }
@@ -248,29 +217,7 @@ impl Nemesis {
 
     fn end(&mut self, index: usize, fault: &Fault) {
         match fault {
-            Fault::Partition { groups, .. } => {
-                let links: Vec<_> = self
-                    .pairs()
-                    .filter(|(a, b)| !groups.iter().any(|g| g.contains(a) && g.contains(b)))
-                    .collect();
-                self.cut_links(&links, false);
-                self.note(
-                    Phase::End,
-                    FaultKind::Partition,
-                    Some(index),
-                    endpoints(&links),
-                    format!("partition {groups:?} healed"),
-                );
-            }
-            Fault::OneWay { from, to, .. } => {
-                let links: Vec<_> = self
-                    .pairs()
-                    .filter(|(a, b)| from.contains(a) && to.contains(b))
-                    .collect();
-                self.cut_links(&links, false);
-                let text = format!("one-way partition {from:?} -/-> {to:?} healed");
-                self.note(Phase::End, FaultKind::Partition, Some(index), endpoints(&links), text);
-            }
+            Fault::Partition { .. } | Fault::OneWay { .. } => self.partition(index, fault, false),
             Fault::Crash { node, .. } => self.restart(*node),
             Fault::Pause { node, .. } => self.resume(*node),
             Fault::Network { .. } => {
@@ -302,6 +249,34 @@ impl Nemesis {
             }
             Fault::Drift { .. } | Fault::Jump { .. } => {}
         }
+    }
+
+    /// Cuts (or restores) the directed links a partition fault blocks.
+    fn partition(&mut self, index: usize, fault: &Fault, cut: bool) {
+        let (links, text): (Vec<_>, String) = match fault {
+            Fault::Partition { groups, shape, .. } => (
+                self.pairs()
+                    .filter(|(a, b)| !groups.iter().any(|g| g.contains(a) && g.contains(b)))
+                    .collect(),
+                format!("partition {shape} {groups:?}"),
+            ),
+            Fault::OneWay { from, to, .. } => (
+                self.pairs()
+                    .filter(|(a, b)| from.contains(a) && to.contains(b))
+                    .collect(),
+                format!("one-way partition {from:?} -/-> {to:?}"),
+            ),
+            _ => unreachable!("only partitions cut links"),
+        };
+        self.cut_links(&links, cut);
+        let phase = if cut {
+            self.world.lock().count(FaultKind::Partition);
+            Phase::Start
+        } else {
+            Phase::End
+        };
+        let text = if cut { text } else { format!("{text} healed") };
+        self.note(phase, FaultKind::Partition, Some(index), endpoints(&links), text);
     }
 
     fn restart(&mut self, node: NodeId) {
