@@ -189,7 +189,7 @@ where
         if state_negative {
             return vec![None; ops.len()];
         }
-        let mut last_mention: std::collections::HashMap<&V, usize, BuildHasherDefault<MixHasher>> = Default::default();
+        let mut last_mention: std::collections::HashMap<&V, usize, BuildHasherDefault<MixHasher>> = Default::default(); // determinism: ok — fixed hasher, never iterated
         let mut mention = |v, at: usize| {
             let last = last_mention.entry(v).or_insert(at);
             *last = (*last).max(at);
@@ -505,7 +505,7 @@ fn search<M: Model>(model: &M, calls: &[Call<'_, M::Op>], budget: &mut u64) -> O
     }
     let mut entries = Entries::new(calls);
     let mut decided = Decided::default();
-    let mut seen: HashSet<Seen<M::State>, BuildHasherDefault<MixHasher>> = HashSet::default();
+    let mut seen: HashSet<Seen<M::State>, BuildHasherDefault<MixHasher>> = HashSet::default(); // determinism: ok — membership only
     let mut stack: Vec<Frame<M::State>> = Vec::new();
     let mut state = model.init();
     let mut entry = entries.next[HEAD];
@@ -1190,7 +1190,7 @@ mod tests {
             (32, 4, true),
         ] {
             let h = generate(42, 5_000, clients, keys, with_cas);
-            let start = std::time::Instant::now();
+            let start = std::time::Instant::now(); // determinism: ok — timing print in an ignored benchmark test
             assert_eq!(check_kv(&h), Ok(()));
             println!(
                 "5000 ops, {clients} clients, {keys} keys, cas {with_cas}: linearizable in {:?}",
@@ -1211,7 +1211,7 @@ mod tests {
             for e in events {
                 stale.push(e.client, e.time_ns, e.kind, e.op);
             }
-            let start = std::time::Instant::now();
+            let start = std::time::Instant::now(); // determinism: ok — timing print in an ignored benchmark test
             let v = check_kv(&stale).expect_err("reading the first value late is stale");
             println!(
                 "  with a stale read: rejected with {} evidence events in {:?}",
