@@ -71,14 +71,36 @@ async fn next_message<E: Env>(env: &E, next_tick: Duration) -> Option<(NodeId, M
     }
 }
 
-/// Runs a shard from whatever its log holds. Never returns.
-pub async fn run_participant<E: Env>(env: E, config: ParticipantConfig, observer: Observer) {
-    if config.bugs.vote_without_sync {
-        spawn_lazy_syncer(&env);
+/// What the shell drives: a core's two handlers, both returning steps.
+trait Core {
+    type Record: Serialize;
+    fn on_message(&mut self, now: Duration, from: NodeId, msg: Msg) -> Vec<Step<Self::Record>>;
+    fn tick(&mut self, now: Duration) -> Vec<Step<Self::Record>>;
+}
+
+impl Core for Participant {
+    type Record = super::participant::Record;
+    fn on_message(&mut self, now: Duration, from: NodeId, msg: Msg) -> Vec<Step<Self::Record>> {
+        Participant::on_message(self, now, from, msg)
     }
-    let log = env.load().expect("the participant log is readable");
-    let (mut core, steps) = Participant::recover(env.id(), &log, env.now(), config);
-    execute(&env, steps, &observer).await;
+    fn tick(&mut self, now: Duration) -> Vec<Step<Self::Record>> {
+        Participant::tick(self, now)
+    }
+}
+
+impl Core for Coordinator {
+    type Record = super::coordinator::Record;
+    fn on_message(&mut self, now: Duration, from: NodeId, msg: Msg) -> Vec<Step<Self::Record>> {
+        Coordinator::on_message(self, now, from, msg)
+    }
+    fn tick(&mut self, now: Duration) -> Vec<Step<Self::Record>> {
+        Coordinator::tick(self, now)
+    }
+}
+
+/// Feeds messages and ticks to a recovered core forever, executing its
+/// steps in order.
+async fn serve<E: Env, C: Core>(env: E, mut core: C, observer: Observer) {
     let mut next_tick = env.now() + TICK;
     loop {
         if let Some((from, msg)) = next_message(&env, next_tick).await {
@@ -94,25 +116,24 @@ pub async fn run_participant<E: Env>(env: E, config: ParticipantConfig, observer
     }
 }
 
+/// Runs a shard from whatever its log holds. Never returns.
+pub async fn run_participant<E: Env>(env: E, config: ParticipantConfig, observer: Observer) {
+    if config.bugs.vote_without_sync {
+        spawn_lazy_syncer(&env);
+    }
+    let log = env.load().expect("the participant log is readable");
+    let (core, steps) = Participant::recover(env.id(), &log, env.now(), config);
+    execute(&env, steps, &observer).await;
+    serve(env, core, observer).await
+}
+
 /// Runs the coordinator from whatever its log holds. Never returns.
 pub async fn run_coordinator<E: Env>(env: E, config: CoordinatorConfig, observer: Observer) {
     if config.bugs.decision_before_sync {
         spawn_lazy_syncer(&env);
     }
     let log = env.load().expect("the coordinator log is readable");
-    let (mut core, steps) = Coordinator::recover(env.id(), &log, env.now(), config);
+    let (core, steps) = Coordinator::recover(env.id(), &log, env.now(), config);
     execute(&env, steps, &observer).await;
-    let mut next_tick = env.now() + TICK;
-    loop {
-        if let Some((from, msg)) = next_message(&env, next_tick).await {
-            let steps = core.on_message(env.now(), from, msg);
-            execute(&env, steps, &observer).await;
-        }
-        let now = env.now();
-        if now >= next_tick {
-            next_tick = now + TICK;
-            let steps = core.tick(now);
-            execute(&env, steps, &observer).await;
-        }
-    }
+    serve(env, core, observer).await
 }
