@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use ringfence::env::{Env, EnvError, NodeId, MAX_MESSAGE_BYTES};
-use ringfence::real::transport::{frame_codec, handshake, parse_handshake};
+use ringfence::real::transport::{frame_codec, handshake, parse_handshake, Hello};
 use ringfence::real::{NodeConfig, RealEnv};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -170,7 +170,7 @@ async fn reconnects_after_a_peer_restarts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn misbehaving_connections_are_dropped_while_the_node_serves_others() {
     let cluster = Cluster::start(&[1, 2]).await;
-    let addr = cluster.node(1).local_addr();
+    let addr = cluster.node(1).local_addr().unwrap();
 
     // Not our protocol at all: "GET " read as a length exceeds the limit.
     let mut http = TcpStream::connect(addr).await.unwrap();
@@ -186,13 +186,19 @@ async fn misbehaving_connections_are_dropped_while_the_node_serves_others() {
     // A correct handshake from an id outside the peer map.
     let mut stranger = TcpStream::connect(addr).await.unwrap();
     stranger.write_all(&[0, 0, 0, 8]).await.unwrap();
-    stranger.write_all(&handshake(99)).await.unwrap();
+    stranger.write_all(&handshake(Hello::Node(99))).await.unwrap();
     assert_disconnected(stranger).await;
+
+    // A client pretending to be a node of the cluster.
+    let mut impostor = TcpStream::connect(addr).await.unwrap();
+    impostor.write_all(&[0, 0, 0, 8]).await.unwrap();
+    impostor.write_all(&handshake(Hello::Client(2))).await.unwrap();
+    assert_disconnected(impostor).await;
 
     // A known id that then announces a frame over the limit.
     let mut oversized = TcpStream::connect(addr).await.unwrap();
     oversized.write_all(&[0, 0, 0, 8]).await.unwrap();
-    oversized.write_all(&handshake(2)).await.unwrap();
+    oversized.write_all(&handshake(Hello::Node(2))).await.unwrap();
     oversized
         .write_all(&((MAX_MESSAGE_BYTES + 1) as u32).to_be_bytes())
         .await
@@ -202,6 +208,26 @@ async fn misbehaving_connections_are_dropped_while_the_node_serves_others() {
     // Meanwhile the real peer is served as before, both ways.
     send_until_received(cluster.node(2), cluster.node(1), b"still here").await;
     send_until_received(cluster.node(1), cluster.node(2), b"and back").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_are_answered_on_their_own_connection() {
+    let cluster = Cluster::start(&[1, 2]).await;
+    let servers: BTreeMap<NodeId, _> = [1, 2]
+        .into_iter()
+        .map(|id| (id, cluster.node(id).local_addr().unwrap()))
+        .collect();
+    let client = RealEnv::client(RealEnv::client_id(), &servers);
+    for server in [1, 2] {
+        send_until_received(&client, cluster.node(server), b"ping").await;
+        send_until_received(cluster.node(server), &client, b"pong").await;
+    }
+    // A second client with the same id takes over the answers.
+    let again = RealEnv::client(client.id(), &servers);
+    send_until_received(&again, cluster.node(1), b"ping").await;
+    send_until_received(cluster.node(1), &again, b"pong").await;
+    // Clients keep nothing on disk.
+    assert!(client.append(b"x").is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -251,7 +277,8 @@ proptest::proptest! {
     }
 
     #[test]
-    fn handshakes_round_trip(id in proptest::num::u32::ANY) {
-        proptest::prop_assert_eq!(parse_handshake(&handshake(id)), Ok(id));
+    fn handshakes_round_trip(id in proptest::num::u32::ANY, client in proptest::bool::ANY) {
+        let hello = if client { Hello::Client(id) } else { Hello::Node(id) };
+        proptest::prop_assert_eq!(parse_handshake(&handshake(hello)), Ok(hello));
     }
 }

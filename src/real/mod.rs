@@ -31,6 +31,10 @@ use crate::env::{Env, EnvError, NodeId};
 pub use storage::FileStorage;
 pub use transport::Transport;
 
+/// Client ids start here; node ids stay below (a convention that lets
+/// clients pick ids at random without asking anyone).
+pub const FIRST_CLIENT_ID: NodeId = 1 << 20;
+
 /// What a node needs to know to start.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -50,10 +54,12 @@ pub struct RealEnv {
 
 struct Inner {
     id: NodeId,
-    local_addr: SocketAddr,
+    /// `None` for a client, which does not listen.
+    local_addr: Option<SocketAddr>,
     origin: tokio::time::Instant,
     transport: Arc<Transport>,
-    storage: FileStorage,
+    /// `None` for a client, which keeps nothing on disk.
+    storage: Option<FileStorage>,
     shutdown: CancellationToken,
 }
 
@@ -79,23 +85,59 @@ impl RealEnv {
         let storage =
             FileStorage::open(&config.data_dir, config.id).map_err(|e| std::io::Error::other(e.to_string()))?;
         let shutdown = CancellationToken::new();
-        let transport = Transport::start(config.id, &config.peers, listener, &shutdown);
+        let transport = Transport::start(config.id, &config.peers, Some(listener), &shutdown);
         tracing::info!(node = config.id, %local_addr, data = %storage.path().display(), "node started");
-        Ok(RealEnv {
+        Ok(RealEnv::new(config.id, Some(local_addr), transport, Some(storage), shutdown))
+    }
+
+    /// A client of the nodes in `servers`: it connects to each of them and
+    /// reads their answers on those connections, so it needs no listener,
+    /// no place in the servers' peer maps and no disk (its storage calls
+    /// fail). `id` must not be a server's id and must be unique among
+    /// connected clients; [`RealEnv::client_id`] draws one. Must be called
+    /// within a tokio runtime.
+    pub fn client(id: NodeId, servers: &BTreeMap<NodeId, SocketAddr>) -> RealEnv {
+        let shutdown = CancellationToken::new();
+        let transport = Transport::start(id, servers, None, &shutdown);
+        RealEnv::new(id, None, transport, None, shutdown)
+    }
+
+    /// A random client id at or above [`FIRST_CLIENT_ID`], so that clients
+    /// started independently do not collide with each other or with nodes.
+    pub fn client_id() -> NodeId {
+        use rand::Rng;
+        ChaCha8Rng::from_entropy().gen_range(FIRST_CLIENT_ID..=NodeId::MAX)
+    }
+
+    fn new(
+        id: NodeId,
+        local_addr: Option<SocketAddr>,
+        transport: Arc<Transport>,
+        storage: Option<FileStorage>,
+        shutdown: CancellationToken,
+    ) -> RealEnv {
+        RealEnv {
             inner: Arc::new(Inner {
-                id: config.id,
+                id,
                 local_addr,
                 origin: tokio::time::Instant::now(),
                 transport,
                 storage,
                 shutdown,
             }),
-        })
+        }
     }
 
-    /// The address this node accepts connections on.
-    pub fn local_addr(&self) -> SocketAddr {
+    /// The address this node accepts connections on (`None` for a client).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
         self.inner.local_addr
+    }
+
+    fn storage(&self) -> Result<&FileStorage, EnvError> {
+        self.inner
+            .storage
+            .as_ref()
+            .ok_or_else(|| EnvError::Storage("a client has no storage".to_string()))
     }
 
     /// Stops the node: closes the listener and every connection and ends
@@ -144,20 +186,20 @@ impl Env for RealEnv {
     }
 
     fn load(&self) -> Result<Vec<Vec<u8>>, EnvError> {
-        self.inner.storage.load()
+        self.storage()?.load()
     }
 
     fn append(&self, record: &[u8]) -> Result<(), EnvError> {
-        self.inner.storage.append(record)
+        self.storage()?.append(record)
     }
 
     fn sync(&self) -> impl Future<Output = Result<(), EnvError>> + Send {
-        let storage = self.inner.storage.clone();
-        async move { storage.sync().await }
+        let storage = self.storage().cloned();
+        async move { storage?.sync().await }
     }
 
     fn rewrite(&self, records: &[Vec<u8>]) -> impl Future<Output = Result<(), EnvError>> + Send {
-        let (storage, records) = (self.inner.storage.clone(), records.to_vec());
-        async move { storage.rewrite(records).await }
+        let (storage, records) = (self.storage().cloned(), records.to_vec());
+        async move { storage?.rewrite(records).await }
     }
 }
