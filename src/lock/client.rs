@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use rand::Rng;
 
-use super::machine::{LockCommand, LockMachine, LockOutput, LockQuery, Refusal, SessionId, Token};
+use super::machine::{LockCommand, LockMachine, LockOutput, LockQuery, LockView, Refusal, SessionId, Token};
 use crate::env::{Env, NodeId};
 use crate::log::client::{Client, ClientError};
 
@@ -24,8 +24,6 @@ pub struct ClientConfig {
     /// server's (0.25 = a server clock may run up to 1/(1−0.25) times as
     /// fast as ours).
     pub drift_bound: f64,
-    /// How often a queued acquire looks at the lock.
-    pub poll_interval: Duration,
     /// How long one command is retried across servers before the outcome
     /// is reported unknown.
     pub request_timeout: Duration,
@@ -40,7 +38,6 @@ impl Default for ClientConfig {
         ClientConfig {
             ttl: Duration::from_secs(2),
             drift_bound: 0.01,
-            poll_interval: Duration::from_millis(20),
             request_timeout: Duration::from_secs(1),
             no_recheck: false,
             no_drift_margin: false,
@@ -107,8 +104,30 @@ impl<E: Env> LockClient<E> {
         }
     }
 
+    /// A client acting for an existing `session`, e.g. to release a lock
+    /// that another process took. Its lease is not trusted until a command
+    /// renews it.
+    pub fn attach(env: E, servers: Vec<NodeId>, config: ClientConfig, session: SessionId) -> Self {
+        LockClient {
+            session,
+            ..LockClient::new(env, servers, config)
+        }
+    }
+
     pub fn session(&self) -> SessionId {
         self.session
+    }
+
+    /// The holder and the waiters (in line order) of `lock`, read
+    /// linearizably; renews nothing.
+    pub async fn status(&mut self, lock: &str) -> Result<LockView, LockError> {
+        let query = LockQuery::Lock { lock: lock.to_string() };
+        match self.log.read(query, self.config.request_timeout).await {
+            Ok(LockOutput::Lock(view)) => Ok(view),
+            Ok(other) => panic!("status answered {other:?}"),
+            Err(ClientError::Timeout) => Err(LockError::Timeout),
+            Err(ClientError::Rejected(_)) => Err(LockError::Refused(Refusal::NameTooLong)),
+        }
     }
 
     /// Whether the session lease (and every lock it holds) is still valid
@@ -246,15 +265,23 @@ impl<E: Env> LockClient<E> {
                 Err(e) => return Err(e),
             }
         };
+        // Watch the lock: the leader answers once it differs from what we
+        // saw last (or after a while), so a grant is noticed at once.
+        let mut seen = None;
         loop {
             if self.env.now() >= deadline {
                 self.give_up(lock, request).await;
                 return Err(LockError::Timeout);
             }
-            self.env.sleep(self.config.poll_interval).await;
             let polled = self.env.now();
-            let query = LockQuery::Lock { lock: lock.to_string() };
-            if let Ok(LockOutput::Lock { holder, waiters }) = self.log.read(query, self.config.request_timeout).await {
+            let query = LockQuery::Watch {
+                lock: lock.to_string(),
+                seen: seen.take(),
+            };
+            if let Ok(LockOutput::Lock(view)) = self.log.read(query, self.config.request_timeout).await {
+                let LockView { holder, waiters } = &view;
+                let (holder, waiters) = (*holder, waiters.clone());
+                seen = Some(view);
                 if self.config.no_recheck {
                     // PLANTED BUG: the line moved past whoever was ahead,
                     // so "it must be ours now" — no confirmation, and the
@@ -266,8 +293,11 @@ impl<E: Env> LockClient<E> {
                         return self.lease(lock, token);
                     }
                 } else if holder == Some((self.session, token)) {
-                    // Granted: re-check ownership with a command sent now.
-                    if self.confirm(lock, token).await? {
+                    // Granted: this read ran after the grant, so the session
+                    // held the lock then, and the servers cannot have expired
+                    // it while our lease from the last renewal lasts. With
+                    // little of that left, renew (and re-check) first.
+                    if self.valid_for() > self.config.ttl / 2 || self.confirm(lock, token).await? {
                         return self.lease(lock, token);
                     }
                 } else if !waiters.contains(&(self.session, token)) {

@@ -62,6 +62,18 @@ pub enum LockCommand {
 pub enum LockQuery {
     /// Holder and waiters of a lock.
     Lock { lock: String },
+    /// The same answer, but the leader holds the request while the lock
+    /// still looks like `seen` (for at most [`super::server::WATCH_PARK`]):
+    /// how a queued acquirer learns of its grant without polling.
+    Watch { lock: String, seen: Option<LockView> },
+}
+
+/// Who holds a lock and who waits for it (in line order), as
+/// `(session, token)` pairs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockView {
+    pub holder: Option<(SessionId, Token)>,
+    pub waiters: Vec<(SessionId, Token)>,
 }
 
 /// Why a request was refused.
@@ -102,10 +114,7 @@ pub enum LockOutput {
     Expired,
     Ignored,
     Refused(Refusal),
-    Lock {
-        holder: Option<(SessionId, Token)>,
-        waiters: Vec<(SessionId, Token)>,
-    },
+    Lock(LockView),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -160,6 +169,17 @@ impl LockMachine {
     }
 
     /// The holder's session and token.
+    /// `lock` as a read shows it (a lock nobody holds or waits for is free).
+    pub fn view(&self, lock: &str) -> LockView {
+        match self.locks.get(lock) {
+            Some(l) => LockView {
+                holder: l.holder.as_ref().map(|c| (c.session, unmark(c.token))),
+                waiters: l.waiters.iter().map(|c| (c.session, unmark(c.token))).collect(),
+            },
+            None => LockView::default(),
+        }
+    }
+
     pub fn holder(&self, lock: &str) -> Option<(SessionId, Token)> {
         self.locks.get(lock)?.holder.as_ref().map(|c| (c.session, c.token))
     }
@@ -436,16 +456,7 @@ impl StateMachine for LockMachine {
 
     fn query(&self, query: &LockQuery) -> LockOutput {
         match query {
-            LockQuery::Lock { lock } => match self.locks.get(lock) {
-                Some(l) => LockOutput::Lock {
-                    holder: l.holder.as_ref().map(|c| (c.session, unmark(c.token))),
-                    waiters: l.waiters.iter().map(|c| (c.session, unmark(c.token))).collect(),
-                },
-                None => LockOutput::Lock {
-                    holder: None,
-                    waiters: vec![],
-                },
-            },
+            LockQuery::Lock { lock } | LockQuery::Watch { lock, .. } => LockOutput::Lock(self.view(lock)),
         }
     }
 

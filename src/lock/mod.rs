@@ -26,7 +26,7 @@ pub mod server;
 mod tests;
 
 pub use client::{ClientConfig, Lease, LockClient, LockError};
-pub use machine::{LockCommand, LockMachine, LockOutput, LockQuery, Refusal, SessionId, Token};
+pub use machine::{LockCommand, LockMachine, LockOutput, LockQuery, LockView, Refusal, SessionId, Token};
 pub use resource::{FencedResource, Stale};
 pub use server::ServerConfig;
 

@@ -22,9 +22,10 @@ use std::time::Duration;
 
 use futures::future::{select, Either};
 
-use super::machine::{LockCommand, LockMachine, SessionId};
-use crate::env::{codec, Env, NodeId};
-use crate::log::node::{execute, NodeError, Probe};
+use super::machine::{LockCommand, LockMachine, LockQuery, LockView, SessionId};
+use super::MAX_SESSIONS;
+use crate::env::{Env, NodeId};
+use crate::log::node::{drain_ready, execute, NodeError, Probe};
 use crate::log::{ClientId, Output, Raft, Role, Term, Wire, WireOf};
 
 /// Configuration of a lock server.
@@ -170,24 +171,26 @@ pub async fn run<E: Env>(
         env.now(),
     )?;
     let mut leases = LeaseTimer::new(config.ttl, config.log.heartbeat_interval * 2);
+    let mut watches = Watches::default();
     loop {
         let now = env.now();
-        let deadline = raft.next_deadline().min(leases.next_due());
+        let deadline = raft.next_deadline().min(leases.next_due()).min(watches.next_due());
         let output = if now >= deadline {
             raft.on_tick(now)
         } else {
             let recv = std::pin::pin!(env.recv());
             let sleep = std::pin::pin!(env.sleep(deadline - now));
             match select(recv, sleep).await {
-                Either::Left(((from, bytes), _)) => match codec::decode::<WireOf<LockMachine>>(&bytes) {
-                    Ok(mut msg) => {
-                        if config.unsynced_token && raft.role() == Role::Leader {
+                Either::Left((first, _)) => {
+                    let mut batch: Vec<(NodeId, WireOf<LockMachine>)> = drain_ready(&env, first);
+                    if config.unsynced_token && raft.role() == Role::Leader {
+                        for (_, msg) in &mut batch {
                             // PLANTED BUG: a token from a local counter whose
                             // record is appended but never synced.
                             if let Wire::Command {
                                 command: LockCommand::Acquire { token_hint, .. },
                                 ..
-                            } = &mut msg
+                            } = msg
                             {
                                 counter += 1;
                                 *token_hint = Some(counter);
@@ -196,13 +199,10 @@ pub async fn run<E: Env>(
                                 env.append(&record)?;
                             }
                         }
-                        raft.on_message(env.now(), from, msg)
                     }
-                    Err(error) => {
-                        tracing::debug!(node = env.id(), from, %error, "dropping undecodable message");
-                        continue;
-                    }
-                },
+                    watches.park(&mut batch, &raft, env.now());
+                    raft.on_messages(env.now(), batch)
+                }
                 Either::Right(((), _)) => raft.on_tick(env.now()),
             }
         };
@@ -213,6 +213,90 @@ pub async fn run<E: Env>(
             let output = raft.on_message(now, env.id(), Wire::Command { client, seq, command });
             carry_out(&env, output, probe.as_ref()).await?;
         }
+        let due = watches.due(&raft, now);
+        if !due.is_empty() {
+            let output = raft.on_messages(now, due);
+            carry_out(&env, output, probe.as_ref()).await?;
+        }
+    }
+}
+
+/// Longest a watch waits at the leader: well under the client's
+/// per-attempt timeout, so a parked watch is not taken for a dead leader.
+pub const WATCH_PARK: Duration = Duration::from_millis(100);
+
+/// A watch the leader holds until its lock changes.
+struct Parked {
+    from: NodeId,
+    client: ClientId,
+    id: u64,
+    lock: String,
+    seen: LockView,
+    until: Duration,
+}
+
+/// Watches parked at the leader (volatile: a new leader starts with none,
+/// and the clients' retries find it).
+#[derive(Default)]
+struct Watches {
+    parked: Vec<Parked>,
+}
+
+impl Watches {
+    /// Takes out of `batch` the watches that must wait: this replica leads
+    /// and their lock still looks as the client last saw it.
+    fn park(&mut self, batch: &mut Vec<(NodeId, WireOf<LockMachine>)>, raft: &Raft<LockMachine>, now: Duration) {
+        if raft.role() != Role::Leader {
+            return;
+        }
+        let machine = raft.state_machine();
+        batch.retain(|(from, msg)| match msg {
+            Wire::Read {
+                client,
+                id,
+                query: LockQuery::Watch { lock, seen: Some(seen) },
+            } if self.parked.len() < MAX_SESSIONS && machine.view(lock) == *seen => {
+                self.parked.push(Parked {
+                    from: *from,
+                    client: *client,
+                    id: *id,
+                    lock: lock.clone(),
+                    seen: seen.clone(),
+                    until: now + WATCH_PARK,
+                });
+                false
+            }
+            _ => true,
+        });
+    }
+
+    /// The parked watches to answer now, as reads for the log to confirm:
+    /// their lock changed, they waited long enough, or we stopped leading.
+    fn due(&mut self, raft: &Raft<LockMachine>, now: Duration) -> Vec<(NodeId, WireOf<LockMachine>)> {
+        let leading = raft.role() == Role::Leader;
+        let machine = raft.state_machine();
+        let (due, parked) = std::mem::take(&mut self.parked)
+            .into_iter()
+            .partition(|p: &Parked| !leading || now >= p.until || machine.view(&p.lock) != p.seen);
+        self.parked = parked;
+        due.into_iter()
+            .map(|p: Parked| {
+                let query = LockQuery::Watch {
+                    lock: p.lock,
+                    seen: None,
+                };
+                let read = Wire::Read {
+                    client: p.client,
+                    id: p.id,
+                    query,
+                };
+                (p.from, read)
+            })
+            .collect()
+    }
+
+    fn next_due(&self) -> Duration {
+        self.parked.iter().map(|p| p.until).min().unwrap_or(Duration::MAX)
     }
 }
 

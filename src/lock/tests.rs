@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::machine::{LockCommand as C, LockMachine, LockOutput as O, LockQuery};
+use super::machine::{LockCommand as C, LockMachine, LockOutput as O, LockQuery, LockView};
 use super::server::LeaseTimer;
 use crate::log::StateMachine;
 
@@ -144,10 +144,10 @@ fn cancel_leaves_the_line_or_reports_the_grant() {
     assert_eq!(m.apply(&cancel(1)), O::Granted { token });
     assert_eq!(
         m.query(&LockQuery::Lock { lock: "l".into() }),
-        O::Lock {
+        O::Lock(LockView {
             holder: Some((1, token)),
             waiters: vec![]
-        }
+        })
     );
 }
 

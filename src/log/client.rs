@@ -87,7 +87,11 @@ impl<E: Env, S: StateMachine> Client<E, S> {
     pub async fn read(&mut self, query: S::Query, give_up: Duration) -> Result<S::Output, ClientError> {
         self.next_read += 1;
         let id = self.next_read;
-        let msg: WireOf<S> = Wire::Read { id, query };
+        let msg: WireOf<S> = Wire::Read {
+            client: self.id,
+            id,
+            query,
+        };
         self.request(RequestId::Read(id), msg, give_up).await
     }
 
@@ -132,7 +136,7 @@ impl<E: Env, S: StateMachine> Client<E, S> {
         loop {
             let (_, bytes) = self.env.recv().await;
             if let Ok(Wire::Response(response)) = codec::decode::<WireOf<S>>(&bytes) {
-                if response.id == id {
+                if response.client == self.id && response.id == id {
                     return response.outcome;
                 }
             }

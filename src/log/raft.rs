@@ -155,6 +155,7 @@ struct Progress {
 #[derive(Debug, Clone)]
 struct PendingRead<Q> {
     from: NodeId,
+    client: ClientId,
     id: u64,
     query: Q,
     /// Confirmation round that must reach a majority after the read arrived.
@@ -203,6 +204,9 @@ pub struct Raft<S: StateMachine> {
     vote_resend_due: Duration,
     reported_leader_term: Term,
     rewrite_pending: bool,
+    /// New commands or reads want an `Append` round; `finish` sends one for
+    /// the whole batch.
+    replicate_pending: bool,
     out: Output<S>,
 }
 
@@ -247,6 +251,7 @@ impl<S: StateMachine> Raft<S> {
             vote_resend_due: now,
             reported_leader_term: 0,
             rewrite_pending: false,
+            replicate_pending: false,
             out: Output::default(),
         };
         for (position, bytes) in records.iter().enumerate() {
@@ -376,15 +381,24 @@ impl<S: StateMachine> Raft<S> {
 
     /// A message from a replica or a client.
     pub fn on_message(&mut self, now: Duration, from: NodeId, msg: WireOf<S>) -> Output<S> {
-        match msg {
-            Wire::Raft(m) => {
-                if self.members.contains(&from) && from != self.id {
-                    self.on_raft(now, from, m);
+        self.on_messages(now, [(from, msg)])
+    }
+
+    /// Several messages that arrived together, handled as one: their
+    /// records share one sync, and the commands among them leave in one
+    /// `Append` per follower.
+    pub fn on_messages(&mut self, now: Duration, msgs: impl IntoIterator<Item = (NodeId, WireOf<S>)>) -> Output<S> {
+        for (from, msg) in msgs {
+            match msg {
+                Wire::Raft(m) => {
+                    if self.members.contains(&from) && from != self.id {
+                        self.on_raft(now, from, m);
+                    }
                 }
+                Wire::Command { client, seq, command } => self.on_command(from, client, seq, command),
+                Wire::Read { client, id, query } => self.on_read(from, client, id, query),
+                Wire::Response(_) => {} // replicas ask nothing of anyone
             }
-            Wire::Command { client, seq, command } => self.on_command(from, client, seq, command),
-            Wire::Read { id, query } => self.on_read(from, id, query),
-            Wire::Response(_) => {} // replicas ask nothing of anyone
         }
         self.finish()
     }
@@ -691,12 +705,12 @@ impl<S: StateMachine> Raft<S> {
     fn on_command(&mut self, from: NodeId, client: ClientId, seq: u64, command: S::Command) {
         let id = RequestId::Command(seq);
         if self.role != Role::Leader {
-            self.respond(from, id, Outcome::NotLeader(self.leader));
+            self.respond(from, client, id, Outcome::NotLeader(self.leader));
             return;
         }
         match self.machine.lookup(client, seq) {
             Some(Applied::Duplicate(output)) => {
-                self.respond(from, id, Outcome::Done(output));
+                self.respond(from, client, id, Outcome::Done(output));
                 return;
             }
             Some(Applied::Stale) => return,
@@ -705,7 +719,7 @@ impl<S: StateMachine> Raft<S> {
         }
         let size = codec::encode(&command).map_or(usize::MAX, |b| b.len());
         if size > MAX_COMMAND_BYTES {
-            self.respond(from, id, Outcome::Rejected(Reject::TooLarge));
+            self.respond(from, client, id, Outcome::Rejected(Reject::TooLarge));
             return;
         }
         let entry = Entry {
@@ -720,20 +734,20 @@ impl<S: StateMachine> Raft<S> {
         };
         self.append_entry(entry);
         self.advance_commit(); // a one-member group commits at once
-        self.broadcast_append();
+        self.replicate_pending = true;
     }
 
-    fn on_read(&mut self, from: NodeId, id: u64, query: S::Query) {
+    fn on_read(&mut self, from: NodeId, client: ClientId, id: u64, query: S::Query) {
         let rid = RequestId::Read(id);
         if self.role != Role::Leader {
-            self.respond(from, rid, Outcome::NotLeader(self.leader));
+            self.respond(from, client, rid, Outcome::NotLeader(self.leader));
             return;
         }
         let max = self.config.max_pending_reads;
         let commit = self.commit;
         let lead = self.lead_mut();
         if lead.reads.len() >= max {
-            self.respond(from, rid, Outcome::Rejected(Reject::Busy));
+            self.respond(from, client, rid, Outcome::Rejected(Reject::Busy));
             return;
         }
         // Read index: our commit, but never before this term's no-op (until
@@ -742,12 +756,13 @@ impl<S: StateMachine> Raft<S> {
         let seq = lead.read_seq + 1;
         lead.reads.push_back(PendingRead {
             from,
+            client,
             id,
             query,
             seq,
             read_index,
         });
-        self.broadcast_append(); // starts round `seq`
+        self.replicate_pending = true; // the round `seq`, sent by `finish`
         self.serve_reads(); // a one-member group needs no round
     }
 
@@ -840,7 +855,12 @@ impl<S: StateMachine> Raft<S> {
         if let Some(lead) = self.lead.take() {
             for read in lead.reads {
                 let hint = leader;
-                self.respond(read.from, RequestId::Read(read.id), Outcome::NotLeader(hint));
+                self.respond(
+                    read.from,
+                    read.client,
+                    RequestId::Read(read.id),
+                    Outcome::NotLeader(hint),
+                );
             }
         }
         self.role = Role::Follower;
@@ -938,7 +958,7 @@ impl<S: StateMachine> Raft<S> {
                 let result = self.machine.apply(index, client, seq, &command);
                 if self.role == Role::Leader {
                     if let Applied::Fresh(output) | Applied::Duplicate(output) = result {
-                        self.respond(reply_to, RequestId::Command(seq), Outcome::Done(output));
+                        self.respond(reply_to, client, RequestId::Command(seq), Outcome::Done(output));
                     }
                 }
             }
@@ -966,7 +986,7 @@ impl<S: StateMachine> Raft<S> {
         }
         for read in ready {
             let output = self.machine.query(&read.query);
-            self.respond(read.from, RequestId::Read(read.id), Outcome::Done(output));
+            self.respond(read.from, read.client, RequestId::Read(read.id), Outcome::Done(output));
         }
     }
 
@@ -1029,6 +1049,9 @@ impl<S: StateMachine> Raft<S> {
     }
 
     fn finish(&mut self) -> Output<S> {
+        if std::mem::take(&mut self.replicate_pending) {
+            self.broadcast_append();
+        }
         if self.role == Role::Leader && self.reported_leader_term != self.term {
             self.reported_leader_term = self.term;
             self.out.events.push(Event::Leader { term: self.term });
@@ -1097,7 +1120,9 @@ impl<S: StateMachine> Raft<S> {
         self.out.messages.push((to, Wire::Raft(msg)));
     }
 
-    fn respond(&mut self, to: NodeId, id: RequestId, outcome: Outcome<S::Output>) {
-        self.out.messages.push((to, Wire::Response(Response { id, outcome })));
+    fn respond(&mut self, to: NodeId, client: ClientId, id: RequestId, outcome: Outcome<S::Output>) {
+        self.out
+            .messages
+            .push((to, Wire::Response(Response { client, id, outcome })));
     }
 }

@@ -279,7 +279,7 @@ impl Cluster {
     }
 
     fn client_receive(&mut self, node: NodeId, msg: W) {
-        let Wire::Response(Response { id, outcome }) = msg else {
+        let Wire::Response(Response { id, outcome, .. }) = msg else {
             return;
         };
         let ci = (node - CLIENT_BASE) as usize;
@@ -367,6 +367,7 @@ impl Cluster {
                     },
                 },
                 Op::Read(id) => Wire::Read {
+                    client: c.id,
                     id,
                     query: KvQuery::Get { key: "x".into() },
                 },

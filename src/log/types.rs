@@ -134,6 +134,9 @@ pub enum Outcome<O> {
 /// A replica's answer to a client.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Response<O> {
+    /// The client session asking: a node may host several in turn, and an
+    /// answer to an earlier one must not pass for an answer to the next.
+    pub client: ClientId,
     pub id: RequestId,
     pub outcome: Outcome<O>,
 }
@@ -144,7 +147,7 @@ pub struct Response<O> {
 pub enum Wire<C, Q, O> {
     Raft(Message<C>),
     Command { client: ClientId, seq: u64, command: C },
-    Read { id: u64, query: Q },
+    Read { client: ClientId, id: u64, query: Q },
     Response(Response<O>),
 }
 

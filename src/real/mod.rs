@@ -11,6 +11,8 @@
 //! - rng: ChaCha seeded from the OS — the one place `from_entropy` is allowed,
 //!   since a real run is not meant to be reproducible from a seed.
 
+pub mod cluster;
+pub mod local;
 pub mod storage;
 pub mod transport;
 
@@ -87,7 +89,13 @@ impl RealEnv {
         let shutdown = CancellationToken::new();
         let transport = Transport::start(config.id, &config.peers, Some(listener), &shutdown);
         tracing::info!(node = config.id, %local_addr, data = %storage.path().display(), "node started");
-        Ok(RealEnv::new(config.id, Some(local_addr), transport, Some(storage), shutdown))
+        Ok(RealEnv::new(
+            config.id,
+            Some(local_addr),
+            transport,
+            Some(storage),
+            shutdown,
+        ))
     }
 
     /// A client of the nodes in `servers`: it connects to each of them and

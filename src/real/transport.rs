@@ -194,7 +194,10 @@ impl Transport {
             Some(queue) => queue,
             None => {
                 let clients = self.clients.lock().expect("client table poisoned");
-                client_queue = clients.get(&to).map(|(_, q)| q.clone()).ok_or(EnvError::UnknownPeer(to))?;
+                client_queue = clients
+                    .get(&to)
+                    .map(|(_, q)| q.clone())
+                    .ok_or(EnvError::UnknownPeer(to))?;
                 &client_queue
             }
         };

@@ -169,7 +169,6 @@ impl LockScenario {
         ClientConfig {
             ttl: TTL,
             drift_bound: DRIFT_BOUND,
-            poll_interval: Duration::from_millis(10),
             request_timeout: Duration::from_millis(600),
             no_recheck: self.has(&NO_RECHECK),
             no_drift_margin: self.has(&NO_DRIFT_MARGIN),

@@ -1,0 +1,54 @@
+//! `ringfence cluster`: a local cluster for trying things out.
+
+use std::path::PathBuf;
+
+use ringfence::real::cluster::ClusterConfig;
+use ringfence::real::local::LocalCluster;
+
+#[derive(clap::Args, Debug)]
+pub struct ClusterArgs {
+    /// Number of nodes (3 tolerates one failure, 5 tolerates two).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=15))]
+    nodes: u32,
+    /// Directory for the cluster file, the nodes' data and their output.
+    #[arg(long, default_value = "ringfence-cluster")]
+    dir: PathBuf,
+    /// Node `i`'s lock service listens on 127.0.0.1:<base-port + i>.
+    #[arg(long, default_value_t = 7100)]
+    base_port: u16,
+}
+
+pub async fn run(args: ClusterArgs) -> Result<(), String> {
+    let data = std::path::absolute(args.dir.join("data")).map_err(|e| e.to_string())?;
+    let config = ClusterConfig::loopback(args.nodes, args.base_port, data);
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?;
+    let mut cluster = LocalCluster::start(&exe, &args.dir, config)
+        .await
+        .map_err(|e| format!("cluster did not start: {e}"))?;
+    println!(
+        "{} nodes up; cluster file {} (lock service on {})",
+        args.nodes,
+        cluster.config_path().display(),
+        cluster
+            .config()
+            .nodes
+            .iter()
+            .map(|n| n.lock.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!("try: ringfence lock acquire my-lock --hold 10s   (Ctrl-C stops the cluster)");
+    let mut check = tokio::time::interval(std::time::Duration::from_millis(500));
+    let result = loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break Ok(()),
+            _ = check.tick() => {
+                if let Some((id, status)) = cluster.exited() {
+                    break Err(format!("node {id} exited with {status}; see its output in {}", args.dir.display()));
+                }
+            }
+        }
+    };
+    cluster.stop().await;
+    result
+}

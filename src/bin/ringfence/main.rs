@@ -1,0 +1,134 @@
+//! `ringfence`: run a node or a local cluster, use the lock service from the
+//! command line, and measure it.
+
+mod bench;
+mod local;
+mod lock_cmd;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use ringfence::env::NodeId;
+use ringfence::real::cluster::{run_node, ClusterConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "ringfence",
+    version,
+    about = "High-availability protocols on tokio over TCP."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one node of a cluster described by a cluster file.
+    Node {
+        /// The cluster file (see `ringfence cluster` for one it writes).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// This node's id in the file.
+        #[arg(long)]
+        id: NodeId,
+    },
+    /// Start a local cluster on loopback (one process per node) and keep it
+    /// running until Ctrl-C.
+    Cluster(local::ClusterArgs),
+    /// Lock service: acquire, release, status.
+    Lock(lock_cmd::LockArgs),
+    /// Measure the lock service with the client shapes of the etcd
+    /// benchmark (acquire+release cycles, contended and uncontended).
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Node { config, id } => node(&config, id).await,
+            Command::Cluster(args) => local::run(args).await,
+            Command::Lock(args) => lock_cmd::run(args).await,
+            Command::Bench(args) => bench::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn node(config: &std::path::Path, id: NodeId) -> Result<(), String> {
+    let config = ClusterConfig::load(config).map_err(|e| e.to_string())?;
+    tokio::select! {
+        result = run_node(&config, id) => result.map_err(|e| e.to_string()),
+        _ = tokio::signal::ctrl_c() => Ok(()),
+    }
+}
+
+/// Parses `250ms`, `2s`, `1.5s`, `3m`, or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration (try 500ms, 2s, 1m)"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" => value * 60.0,
+        _ => return Err(format!("unknown unit `{unit}` in `{text}` (use ms, s or m)")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|_| format!("`{text}` is out of range"))
+}
+
+/// The cluster file: `--config`, else `ringfence-cluster/cluster.toml`
+/// (where `ringfence cluster` writes it).
+#[derive(clap::Args, Debug, Clone)]
+pub struct ConfigArg {
+    /// The cluster file.
+    #[arg(long, short, default_value = "ringfence-cluster/cluster.toml")]
+    pub config: PathBuf,
+}
+
+impl ConfigArg {
+    pub fn load(&self) -> Result<ClusterConfig, String> {
+        ClusterConfig::load(&self.config).map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units_and_refuse_garbage() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5h").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+}

@@ -1,0 +1,154 @@
+//! A cluster of `ringfence node` processes on loopback: what `ringfence
+//! cluster` runs, what the benchmarks measure and what the chaos test kills.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+
+use super::cluster::ClusterConfig;
+use crate::env::NodeId;
+
+/// How long a started node has to accept connections.
+pub const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Running node processes of one cluster file. Dropping it kills them.
+pub struct LocalCluster {
+    exe: PathBuf,
+    config_path: PathBuf,
+    config: ClusterConfig,
+    children: BTreeMap<NodeId, Child>,
+}
+
+impl LocalCluster {
+    /// Writes `config` to `<dir>/cluster.toml` and starts every node with
+    /// `exe node` (the `ringfence` binary), each logging to
+    /// `<dir>/node-<id>.out`; returns once every node accepts connections.
+    pub async fn start(exe: &Path, dir: &Path, config: ClusterConfig) -> std::io::Result<LocalCluster> {
+        std::fs::create_dir_all(dir)?;
+        let config_path = dir.join("cluster.toml");
+        config.save(&config_path)?;
+        let mut cluster = LocalCluster {
+            exe: exe.to_owned(),
+            config_path,
+            config,
+            children: BTreeMap::new(),
+        };
+        let ids: Vec<NodeId> = cluster.config.nodes.iter().map(|n| n.id).collect();
+        for id in ids {
+            cluster.spawn(id)?;
+        }
+        for id in cluster.ids() {
+            cluster.wait_until_serving(id).await?;
+        }
+        Ok(cluster)
+    }
+
+    /// A loopback config for `nodes` nodes on free ports, data under `dir`.
+    pub fn free_ports_config(nodes: u32, dir: &Path) -> std::io::Result<ClusterConfig> {
+        let mut config = ClusterConfig::loopback(nodes, 0, dir.join("data"));
+        for node in &mut config.nodes {
+            node.lock = free_port()?;
+        }
+        Ok(config)
+    }
+
+    pub fn config(&self) -> &ClusterConfig {
+        &self.config
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    pub fn ids(&self) -> Vec<NodeId> {
+        self.config.nodes.iter().map(|n| n.id).collect()
+    }
+
+    /// Process ids of the running nodes.
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.values().filter_map(Child::id).collect()
+    }
+
+    /// SIGKILLs node `id` (nothing unsynced survives) and reaps it.
+    pub async fn kill(&mut self, id: NodeId) -> std::io::Result<()> {
+        if let Some(mut child) = self.children.remove(&id) {
+            child.kill().await?;
+        }
+        Ok(())
+    }
+
+    /// Starts node `id` again on its data directory.
+    pub async fn restart(&mut self, id: NodeId) -> std::io::Result<()> {
+        self.kill(id).await?;
+        self.spawn(id)?;
+        self.wait_until_serving(id).await
+    }
+
+    /// A node that exited on its own: `(id, exit status)`.
+    pub fn exited(&mut self) -> Option<(NodeId, std::process::ExitStatus)> {
+        self.children
+            .iter_mut()
+            .find_map(|(&id, child)| child.try_wait().ok().flatten().map(|status| (id, status)))
+    }
+
+    /// Kills every node.
+    pub async fn stop(&mut self) {
+        for id in self.ids() {
+            let _ = self.kill(id).await;
+        }
+    }
+
+    fn spawn(&mut self, id: NodeId) -> std::io::Result<()> {
+        let dir = self.config_path.parent().unwrap_or(Path::new("."));
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(format!("node-{id}.out")))?;
+        let child = Command::new(&self.exe)
+            .arg("node")
+            .arg("--config")
+            .arg(&self.config_path)
+            .arg("--id")
+            .arg(id.to_string())
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .kill_on_drop(true)
+            .spawn()?;
+        self.children.insert(id, child);
+        Ok(())
+    }
+
+    async fn wait_until_serving(&mut self, id: NodeId) -> std::io::Result<()> {
+        let addr = self.config.lock_servers()[&id];
+        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+        loop {
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                return Ok(());
+            }
+            if let Some(child) = self.children.get_mut(&id) {
+                if let Some(status) = child.try_wait()? {
+                    return Err(std::io::Error::other(format!(
+                        "node {id} exited with {status} while starting; see node-{id}.out"
+                    )));
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(std::io::Error::other(format!(
+                    "node {id} did not listen on {addr} within {START_TIMEOUT:?}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// A loopback port nobody listens on right now (the OS picks it; another
+/// process could take it before the node binds, which then fails loudly).
+fn free_port() -> std::io::Result<SocketAddr> {
+    TcpListener::bind("127.0.0.1:0")?.local_addr()
+}
