@@ -5,7 +5,9 @@
 //! - our fault layer ([`SimEnv`]) against plain `madsim::net` sending the
 //!   same messages (round trips between two nodes), interleaved runs, ratio
 //!   of medians;
-//! - seeds and wall seconds until the default sweep catches each planted bug.
+//! - seeds and wall seconds until the default sweep catches each planted bug;
+//! - committed bank transfers per simulated second for each transaction
+//!   coordinator mode, calm and under the default faults.
 
 use std::time::{Duration, Instant};
 
@@ -92,6 +94,8 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
         "overhead: {:.2}x (target <= 1.5x)",
         ours.as_secs_f64() / plain.as_secs_f64()
     );
+
+    txn_commit_rates(args.seeds.min(32));
 
     println!("\n## planted bugs: seeds until the default sweep catches each");
     println!(
@@ -207,4 +211,54 @@ fn ping_pong_simenv(seed: u64, n: u32) {
         .await
         .expect("client finishes");
     });
+}
+
+/// Committed transfers per simulated second of the bank scenarios, read
+/// from the histories of `seeds` runs per mode, calm and with each seed's
+/// faults (the default sweep's seeds/s is in the throughput table).
+fn txn_commit_rates(seeds: u64) {
+    use crate::plan::FaultPlan;
+    use crate::runner::RunOptions;
+    use crate::scenarios::txn::BankOp;
+    use ringfence::history::{Event, EventKind};
+
+    println!("\n## transactions: committed transfers per simulated second ({seeds} seeds each)");
+    println!(
+        "{:<16} {:<8} {:>10} {:>10} {:>12}",
+        "scenario", "faults", "committed", "sim s", "per sim-s"
+    );
+    for name in ["txn", "txn-replicated"] {
+        let scenario = scenarios::find(name).expect("registered");
+        for calm in [true, false] {
+            let (mut committed, mut sim_secs) = (0u64, 0f64);
+            for seed in 0..seeds {
+                let mut case = scenarios::default_case(scenario, seed, None);
+                if calm {
+                    case.plan = Some(FaultPlan::calm(scenario_window_ms(&case)));
+                }
+                let outcome = sweep::run_isolated(scenario, &case, RunOptions { keep_trace: true });
+                sim_secs += outcome.sim_time.as_secs_f64();
+                committed += outcome
+                    .history
+                    .iter()
+                    .filter_map(|line| serde_json::from_str::<Event<BankOp>>(line).ok())
+                    .filter(|e| e.kind == EventKind::Ok && matches!(e.op, BankOp::Transfer { .. }))
+                    .count() as u64;
+            }
+            println!(
+                "{:<16} {:<8} {:>10} {:>10.1} {:>12.2}",
+                name,
+                if calm { "calm" } else { "all" },
+                committed,
+                sim_secs,
+                committed as f64 / sim_secs.max(1e-9)
+            );
+        }
+    }
+}
+
+/// The fault window the seed's own plan would use, for a calm plan of the
+/// same length.
+fn scenario_window_ms(case: &crate::runner::Case) -> u64 {
+    scenarios::validate(case).expect("default case").plan(case).duration_ms
 }

@@ -2,7 +2,10 @@
 //!
 //! Reads and writes go straight to the shard that owns the key (found by a
 //! [`Placement`]); the shard locks the key and buffers writes. `commit` asks
-//! the coordinator to run two-phase commit over the shards touched.
+//! the coordinator to run two-phase commit over the shards touched. A
+//! replicated coordinator is a group: the client talks to the replica it
+//! believes leads, follows `Redirect` hints, and moves on to the next
+//! replica when one does not answer.
 //!
 //! Retries are safe: operations carry a request id and a transaction's
 //! writes are idempotent, and the coordinator answers a retried `Commit` from
@@ -72,17 +75,23 @@ impl Txn {
 /// A transaction client.
 pub struct TxnClient<E: Env> {
     env: E,
-    coordinator: NodeId,
+    coordinators: Vec<NodeId>,
+    /// Index in `coordinators` of the replica asked first.
+    current: usize,
     placement: Arc<dyn Placement>,
     config: ClientConfig,
     next_request: u64,
 }
 
 impl<E: Env> TxnClient<E> {
-    pub fn new(env: E, coordinator: NodeId, placement: Arc<dyn Placement>, config: ClientConfig) -> Self {
+    /// `coordinators` is the classic coordinator alone, or every replica of
+    /// a replicated one.
+    pub fn new(env: E, coordinators: Vec<NodeId>, placement: Arc<dyn Placement>, config: ClientConfig) -> Self {
+        assert!(!coordinators.is_empty());
         TxnClient {
             env,
-            coordinator,
+            coordinators,
+            current: 0,
             placement,
             config,
             next_request: 0,
@@ -94,20 +103,60 @@ impl<E: Env> TxnClient<E> {
     async fn call<T>(&self, to: NodeId, request: &Msg, attempts: u32, accept: impl Fn(Msg) -> Option<T>) -> Option<T> {
         let bytes = codec::encode(request).expect("requests encode");
         for _ in 0..attempts {
-            let _ = self.env.send(to, bytes.clone()).await;
-            let wait = async {
-                loop {
-                    let (_, reply) = self.env.recv().await;
-                    if let Some(value) = codec::decode::<Msg>(&reply).ok().and_then(&accept) {
-                        return value;
-                    }
-                }
-            };
-            if let Some(value) = timeout(&self.env, self.config.retry_after, wait).await {
+            if let Some(value) = self.exchange(to, &bytes, &accept).await {
                 return Some(value);
             }
         }
         None
+    }
+
+    /// One send and the wait for an accepted reply.
+    async fn exchange<T>(&self, to: NodeId, bytes: &[u8], accept: impl Fn(Msg) -> Option<T>) -> Option<T> {
+        let _ = self.env.send(to, bytes.to_vec()).await;
+        let wait = async {
+            loop {
+                let (_, reply) = self.env.recv().await;
+                if let Some(value) = codec::decode::<Msg>(&reply).ok().and_then(&accept) {
+                    return value;
+                }
+            }
+        };
+        timeout(&self.env, self.config.retry_after, wait).await
+    }
+
+    /// [`TxnClient::call`] to the coordinator group: each attempt goes to the
+    /// replica believed to lead; a redirect names the next one to try, and
+    /// silence (or "no leader known", during an election: after a pause)
+    /// moves on to the next replica.
+    async fn call_coordinator<T>(
+        &mut self,
+        request: &Msg,
+        attempts: u32,
+        accept: impl Fn(Msg) -> Option<T>,
+    ) -> Result<T, TxnError> {
+        let bytes = codec::encode(request).expect("requests encode");
+        let accept = |m: Msg| match m {
+            Msg::Redirect { leader } => Some(Err(leader)),
+            m => accept(m).map(Ok),
+        };
+        for _ in 0..attempts {
+            let to = self.coordinators[self.current];
+            let next = (self.current + 1) % self.coordinators.len();
+            match self.exchange(to, &bytes, &accept).await {
+                Some(Ok(value)) => return Ok(value),
+                Some(Err(Some(leader))) if leader != to => {
+                    self.current = self.coordinators.iter().position(|&c| c == leader).unwrap_or(next);
+                }
+                Some(Err(_)) => {
+                    self.current = next;
+                    self.env.sleep(self.config.retry_after).await;
+                }
+                None => self.current = next,
+            }
+        }
+        Err(TxnError::Unavailable {
+            node: self.coordinators[self.current],
+        })
     }
 
     fn request_id(&mut self) -> u64 {
@@ -119,17 +168,11 @@ impl<E: Env> TxnClient<E> {
     pub async fn begin(&mut self) -> Result<Txn, TxnError> {
         let request = self.request_id();
         let txn = self
-            .call(
-                self.coordinator,
-                &Msg::Begin { request },
-                self.config.op_attempts,
-                |m| match m {
-                    Msg::Began { request: r, txn } if r == request => Some(txn),
-                    _ => None,
-                },
-            )
-            .await
-            .ok_or(TxnError::Unavailable { node: self.coordinator })?;
+            .call_coordinator(&Msg::Begin { request }, self.config.op_attempts, |m| match m {
+                Msg::Began { request: r, txn } if r == request => Some(txn),
+                _ => None,
+            })
+            .await?;
         Ok(Txn {
             id: txn,
             shards: BTreeMap::new(),
@@ -227,11 +270,10 @@ impl<E: Env> TxnClient<E> {
     }
 
     async fn ask(&mut self, txn: TxnId, msg: Msg) -> Result<Outcome, TxnError> {
-        self.call(self.coordinator, &msg, self.config.commit_attempts, |m| match m {
+        self.call_coordinator(&msg, self.config.commit_attempts, |m| match m {
             Msg::Outcome { txn: t, outcome } if t == txn => Some(outcome),
             _ => None,
         })
         .await
-        .ok_or(TxnError::Unavailable { node: self.coordinator })
     }
 }

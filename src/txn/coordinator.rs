@@ -22,12 +22,13 @@
 //!   their decisions to unacknowledged participants; everything else that
 //!   was in flight is aborted by presumption.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{epoch_of, sends, AbortReason, Decision, Msg, Outcome, Step, TxnEvent, TxnId};
+use super::phases::{announce, Delivery, Round, Tally, Waiters};
+use super::{epoch_of, AbortReason, Decision, Msg, Outcome, Step, TxnEvent, TxnId};
 use crate::env::{codec, NodeId};
 
 /// What the coordinator writes to its log.
@@ -80,19 +81,9 @@ impl Default for CoordinatorConfig {
 
 #[derive(Debug, Clone)]
 enum State {
-    Preparing {
-        participants: Vec<(NodeId, u64)>,
-        yes: BTreeSet<NodeId>,
-        started: Duration,
-        next_resend: Duration,
-    },
-    Committed {
-        unacked: BTreeSet<NodeId>,
-        next_resend: Duration,
-    },
-    Aborted {
-        reason: AbortReason,
-    },
+    Preparing(Round),
+    Committed(Delivery),
+    Aborted { reason: AbortReason },
 }
 
 type Steps = Vec<Step<Record>>;
@@ -106,7 +97,7 @@ pub struct Coordinator {
     config: CoordinatorConfig,
     txns: BTreeMap<TxnId, State>,
     /// Clients waiting for an outcome.
-    waiting: BTreeMap<TxnId, BTreeSet<NodeId>>,
+    waiting: Waiters,
 }
 
 impl Coordinator {
@@ -120,23 +111,17 @@ impl Coordinator {
             next_seq: 0,
             config,
             txns: BTreeMap::new(),
-            waiting: BTreeMap::new(),
+            waiting: Waiters::default(),
         };
         for bytes in log {
             match codec::decode::<Record>(bytes).expect("coordinator records decode") {
                 Record::Boot { epoch } => c.epoch = c.epoch.max(epoch + 1),
                 Record::Commit { txn, participants } => {
-                    c.txns.insert(
-                        txn,
-                        State::Committed {
-                            unacked: participants.iter().copied().collect(),
-                            next_resend: now,
-                        },
-                    );
+                    c.txns.insert(txn, State::Committed(Delivery::new(participants, now)));
                 }
                 Record::End { txn } => {
-                    if let Some(State::Committed { unacked, .. }) = c.txns.get_mut(&txn) {
-                        unacked.clear();
+                    if let Some(State::Committed(delivery)) = c.txns.get_mut(&txn) {
+                        *delivery = Delivery::new([], now);
                     }
                 }
             }
@@ -158,9 +143,9 @@ impl Coordinator {
     /// The decision for `txn`, if one was taken (or is presumed).
     pub fn decision(&self, txn: TxnId) -> Option<Decision> {
         match self.txns.get(&txn) {
-            Some(State::Committed { .. }) => Some(Decision::Commit),
+            Some(State::Committed(_)) => Some(Decision::Commit),
             Some(State::Aborted { .. }) => Some(Decision::Abort),
-            Some(State::Preparing { .. }) => None,
+            Some(State::Preparing(_)) => None,
             None if epoch_of(txn) != self.epoch => Some(self.presumption()),
             None => None,
         }
@@ -192,15 +177,17 @@ impl Coordinator {
                 None => vec![],
             },
             Msg::Vote { txn, yes } => self.on_vote(from, txn, yes),
-            Msg::Ack { txn } => {
-                let mut steps = vec![];
-                if let Some(State::Committed { unacked, .. }) = self.txns.get_mut(&txn) {
-                    if unacked.remove(&from) && unacked.is_empty() {
-                        steps.push(Step::Append(Record::End { txn }));
+            Msg::Ack { txn } => match self.txns.get_mut(&txn) {
+                Some(State::Committed(delivery)) if !delivery.done() => {
+                    let last = delivery.ack(from);
+                    if last {
+                        vec![Step::Append(Record::End { txn })]
+                    } else {
+                        vec![]
                     }
                 }
-                steps
-            }
+                _ => vec![],
+            },
             Msg::Query { txn } => match self.known_or_presumed(txn) {
                 Some((decision, mut steps)) => {
                     steps.push(Step::Send(from, Msg::Decide { txn, decision }));
@@ -216,7 +203,9 @@ impl Coordinator {
             | Msg::Decide { .. }
             | Msg::Began { .. }
             | Msg::Outcome { .. }
-            | Msg::Known { .. } => vec![],
+            | Msg::Known { .. }
+            | Msg::Redirect { .. }
+            | Msg::Log(_) => vec![],
         }
     }
 
@@ -224,9 +213,9 @@ impl Coordinator {
     /// it is given. `None` while the vote is still running.
     fn known_or_presumed(&mut self, txn: TxnId) -> Option<(Decision, Steps)> {
         match self.txns.get(&txn) {
-            Some(State::Committed { .. }) => Some((Decision::Commit, vec![])),
+            Some(State::Committed(_)) => Some((Decision::Commit, vec![])),
             Some(State::Aborted { .. }) => Some((Decision::Abort, vec![])),
-            Some(State::Preparing { .. }) => None,
+            Some(State::Preparing(_)) => None,
             None => {
                 // Unknown: from an earlier epoch (lost in a crash, never
                 // committed) or never begun here. Presumed aborted.
@@ -239,10 +228,7 @@ impl Coordinator {
                     Decision::Abort => State::Aborted {
                         reason: AbortReason::CoordinatorRestarted,
                     },
-                    Decision::Commit => State::Committed {
-                        unacked: BTreeSet::new(),
-                        next_resend: Duration::MAX,
-                    },
+                    Decision::Commit => State::Committed(Delivery::new([], Duration::MAX)),
                 };
                 self.txns.insert(txn, state);
                 let event = Step::Event(TxnEvent::Announced {
@@ -257,92 +243,43 @@ impl Coordinator {
 
     fn outcome(&self, txn: TxnId) -> Option<Outcome> {
         match self.txns.get(&txn)? {
-            State::Committed { .. } => Some(Outcome::Committed),
+            State::Committed(_) => Some(Outcome::Committed),
             State::Aborted { reason } => Some(Outcome::Aborted(reason.clone())),
-            State::Preparing { .. } => None,
+            State::Preparing(_) => None,
         }
     }
 
     fn on_commit(&mut self, now: Duration, client: NodeId, txn: TxnId, participants: Vec<(NodeId, u64)>) -> Steps {
         if !self.txns.contains_key(&txn) && epoch_of(txn) == self.epoch {
-            self.txns.insert(
-                txn,
-                State::Preparing {
-                    participants: participants.clone(),
-                    yes: BTreeSet::new(),
-                    started: now,
-                    next_resend: now,
-                },
-            );
-            if participants.is_empty() {
-                self.waiting.entry(txn).or_default().insert(client);
-                return self.decide_commit(txn, client);
+            let empty = participants.is_empty();
+            self.txns.insert(txn, State::Preparing(Round::new(participants, now)));
+            if empty {
+                self.waiting.add(txn, client);
+                return self.decide_commit(txn);
             }
         }
-        self.waiting.entry(txn).or_default().insert(client);
+        self.waiting.add(txn, client);
         let mut steps = match self.known_or_presumed(txn) {
             Some((_, steps)) => steps,
             None => vec![],
         };
-        match self.outcome(txn) {
-            Some(outcome) => {
-                self.waiting.remove(&txn);
-                steps.push(Step::Send(client, Msg::Outcome { txn, outcome }));
+        match (self.outcome(txn), self.txns.get_mut(&txn)) {
+            (Some(outcome), _) => steps.extend(self.waiting.notify(txn, &outcome)),
+            (None, Some(State::Preparing(round))) => {
+                steps.extend(round.prepares(txn, &[self.id], now, self.config.resend_every))
             }
-            None => steps.extend(self.resend_prepares(now, txn)),
+            (None, _) => {}
         }
         steps
     }
 
-    fn resend_prepares(&mut self, now: Duration, txn: TxnId) -> Steps {
-        let resend_every = self.config.resend_every;
-        let Some(State::Preparing {
-            participants,
-            yes,
-            next_resend,
-            ..
-        }) = self.txns.get_mut(&txn)
-        else {
-            return vec![];
-        };
-        *next_resend = now + resend_every;
-        let ids: Vec<NodeId> = participants.iter().map(|(n, _)| *n).collect();
-        participants
-            .iter()
-            .filter(|(n, _)| !yes.contains(n))
-            .map(|&(n, epoch)| {
-                Step::Send(
-                    n,
-                    Msg::Prepare {
-                        txn,
-                        epoch,
-                        participants: ids.clone(),
-                    },
-                )
-            })
-            .collect()
-    }
-
     fn on_vote(&mut self, from: NodeId, txn: TxnId, yes: bool) -> Steps {
         match self.txns.get_mut(&txn) {
-            Some(State::Preparing {
-                participants,
-                yes: voted,
-                ..
-            }) => {
-                if !participants.iter().any(|(n, _)| *n == from) {
-                    return vec![];
-                }
-                if !yes {
-                    return self.decide_abort(txn, AbortReason::VotedNo { shard: from });
-                }
-                voted.insert(from);
-                if voted.len() == participants.len() {
-                    self.decide_commit(txn, from)
-                } else {
-                    vec![]
-                }
-            }
+            Some(State::Preparing(round)) => match round.vote(from, yes) {
+                Some(Tally::No) => self.decide_abort(txn, AbortReason::VotedNo { shard: from }),
+                Some(Tally::AllYes) => self.decide_commit(txn),
+                Some(Tally::Pending) | None => vec![],
+            },
             // A late yes for an aborted transaction: that shard is waiting.
             Some(State::Aborted { .. }) if yes => vec![Step::Send(
                 from,
@@ -363,20 +300,14 @@ impl Coordinator {
         }
     }
 
-    /// All yes: log, sync, then tell everyone. `_trigger` is the node whose
-    /// message completed the vote (unused, kept for tracing symmetry).
-    fn decide_commit(&mut self, txn: TxnId, _trigger: NodeId) -> Steps {
-        let Some(State::Preparing { participants, .. }) = self.txns.get(&txn) else {
+    /// All yes: log, sync, then tell everyone.
+    fn decide_commit(&mut self, txn: TxnId) -> Steps {
+        let Some(State::Preparing(round)) = self.txns.get(&txn) else {
             unreachable!("only a preparing transaction commits");
         };
-        let ids: Vec<NodeId> = participants.iter().map(|(n, _)| *n).collect();
-        self.txns.insert(
-            txn,
-            State::Committed {
-                unacked: ids.iter().copied().collect(),
-                next_resend: Duration::ZERO,
-            },
-        );
+        let ids = round.participants();
+        let delivery = Delivery::new(ids.iter().copied(), Duration::ZERO);
+        self.txns.insert(txn, State::Committed(delivery));
         let mut steps = vec![Step::Append(Record::Commit {
             txn,
             participants: ids.clone(),
@@ -384,96 +315,38 @@ impl Coordinator {
         if !self.config.bugs.decision_before_sync {
             steps.push(Step::Sync);
         }
-        steps.push(Step::Event(TxnEvent::Announced {
-            txn,
-            decision: Decision::Commit,
-            participants: ids.clone(),
-        }));
-        steps.extend(sends(
-            ids.iter().copied(),
-            &Msg::Decide {
-                txn,
-                decision: Decision::Commit,
-            },
-        ));
-        steps.extend(self.notify(txn, Outcome::Committed));
+        steps.extend(announce(txn, Decision::Commit, ids));
+        steps.extend(self.waiting.notify(txn, &Outcome::Committed));
         steps
     }
 
     fn decide_abort(&mut self, txn: TxnId, reason: AbortReason) -> Steps {
-        let Some(State::Preparing { participants, .. }) = self.txns.get(&txn) else {
+        let Some(State::Preparing(round)) = self.txns.get(&txn) else {
             unreachable!("only a preparing transaction aborts");
         };
-        let ids: Vec<NodeId> = participants.iter().map(|(n, _)| *n).collect();
+        let ids = round.participants();
         self.txns.insert(txn, State::Aborted { reason: reason.clone() });
-        let mut steps = vec![Step::Event(TxnEvent::Announced {
-            txn,
-            decision: Decision::Abort,
-            participants: ids.clone(),
-        })];
         // Best effort: prepared shards would also learn it by asking.
-        steps.extend(sends(
-            ids,
-            &Msg::Decide {
-                txn,
-                decision: Decision::Abort,
-            },
-        ));
-        steps.extend(self.notify(txn, Outcome::Aborted(reason)));
+        let mut steps = announce(txn, Decision::Abort, ids);
+        steps.extend(self.waiting.notify(txn, &Outcome::Aborted(reason)));
         steps
-    }
-
-    fn notify(&mut self, txn: TxnId, outcome: Outcome) -> Steps {
-        let clients = self.waiting.remove(&txn).unwrap_or_default();
-        sends(
-            clients,
-            &Msg::Outcome {
-                txn,
-                outcome: outcome.clone(),
-            },
-        )
     }
 
     /// Timeouts: re-send prepares and commits; abort slow votes.
     pub fn tick(&mut self, now: Duration) -> Steps {
         let mut steps = Vec::new();
-        let ids: Vec<TxnId> = self
-            .txns
-            .iter()
-            .filter(|(_, s)| match s {
-                State::Preparing { .. } => true,
-                State::Committed { unacked, .. } => !unacked.is_empty(),
-                State::Aborted { .. } => false,
-            })
-            .map(|(id, _)| *id)
-            .collect();
-        for txn in ids {
-            match self.txns.get_mut(&txn).expect("listed") {
-                State::Preparing {
-                    started, next_resend, ..
-                } => {
-                    if now.saturating_sub(*started) >= self.config.prepare_timeout {
-                        steps.extend(self.decide_abort(txn, AbortReason::PrepareTimeout));
-                    } else if now >= *next_resend {
-                        steps.extend(self.resend_prepares(now, txn));
-                    }
-                }
-                State::Committed {
-                    unacked, next_resend, ..
-                } => {
-                    if now >= *next_resend {
-                        *next_resend = now + self.config.resend_every;
-                        steps.extend(sends(
-                            unacked.iter().copied(),
-                            &Msg::Decide {
-                                txn,
-                                decision: Decision::Commit,
-                            },
-                        ));
-                    }
-                }
+        let (resend_every, prepare_timeout) = (self.config.resend_every, self.config.prepare_timeout);
+        let mut timed_out = Vec::new();
+        for (&txn, state) in &mut self.txns {
+            match state {
+                State::Preparing(round) if round.timed_out(now, prepare_timeout) => timed_out.push(txn),
+                State::Preparing(round) => steps.extend(round.prepares_due(txn, &[self.id], now, resend_every)),
+                State::Committed(delivery) => steps.extend(delivery.resend_due(txn, now, resend_every)),
                 State::Aborted { .. } => {}
             }
+        }
+        for txn in timed_out {
+            steps.extend(self.decide_abort(txn, AbortReason::PrepareTimeout));
         }
         steps
     }

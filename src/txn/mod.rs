@@ -13,7 +13,13 @@
 //! - [`client`]: `begin` / `get` / `put` / `commit`, generic over
 //!   [`Env`](crate::env::Env); a commit retried after a lost reply reports
 //!   the real outcome.
-//! - [`shell`]: the thin async loops that drive the two cores over an `Env`.
+//! - [`replicated`]: the second coordinator mode — the coordinator's state
+//!   is a state machine on the replicated log (`crate::log`), decisions are
+//!   log commands, and whichever replica leads drives pending transactions,
+//!   so losing any f of 2f+1 coordinator replicas blocks nothing.
+//! - [`phases`]: the bookkeeping both coordinator modes share (voting
+//!   rounds, delivering a commit until acknowledged, waiting clients).
+//! - [`shell`]: the thin async loops that drive the cores over an `Env`.
 //! - [`placement`]: which shard holds a key — the seam where the
 //!   consistent-hashing ring plugs in.
 //!
@@ -25,12 +31,15 @@
 //! **Classic mode blocks.** With a single coordinator, a participant that has
 //! voted yes holds its locks until it learns the decision; if the coordinator
 //! is down and no peer knows the outcome, those keys stay locked until the
-//! coordinator restarts. That is 2PC's known blocking window, not a bug.
+//! coordinator restarts. That is 2PC's known blocking window, not a bug. The
+//! replicated mode closes it for up to f lost coordinator replicas.
 
 pub mod client;
 pub mod coordinator;
 pub mod participant;
+mod phases;
 pub mod placement;
+pub mod replicated;
 pub mod shell;
 
 use std::collections::BTreeMap;
@@ -73,6 +82,9 @@ pub enum AbortReason {
     PrepareTimeout,
     /// The coordinator restarted before deciding; presumed abort.
     CoordinatorRestarted,
+    /// The replicated coordinator's log has no record of the commit request
+    /// (it was lost with a leader); presumed abort, logged.
+    NotLogged,
     /// The client gave up (e.g. a shard did not answer), or asked to abort.
     ClientAbort,
     /// The transaction is no longer active at the shard.
@@ -87,6 +99,7 @@ impl std::fmt::Display for AbortReason {
             AbortReason::VotedNo { shard } => write!(f, "shard {shard} voted no"),
             AbortReason::PrepareTimeout => f.write_str("prepare timed out"),
             AbortReason::CoordinatorRestarted => f.write_str("coordinator restarted before deciding"),
+            AbortReason::NotLogged => f.write_str("the coordinator log has no record of the commit request"),
             AbortReason::ClientAbort => f.write_str("client aborted"),
             AbortReason::NotActive => f.write_str("transaction not active at the shard"),
         }
@@ -136,6 +149,11 @@ pub enum Msg {
         txn: TxnId,
         outcome: Outcome,
     },
+    /// A replica of a replicated coordinator that does not lead: try
+    /// `leader` (if known) instead.
+    Redirect {
+        leader: Option<NodeId>,
+    },
 
     // client -> shard
     Get {
@@ -168,6 +186,9 @@ pub enum Msg {
         txn: TxnId,
         epoch: u64,
         participants: Vec<NodeId>,
+        /// Whom a prepared shard asks for the decision: the coordinator, or
+        /// every replica of a replicated coordinator.
+        coordinators: Vec<NodeId>,
     },
     Decide {
         txn: TxnId,
@@ -191,6 +212,11 @@ pub enum Msg {
         txn: TxnId,
         knowledge: Knowledge,
     },
+
+    /// Between replicas of a replicated coordinator: an encoded message of
+    /// their log (`crate::log::WireOf<CoordMachine>`), so that one inbox and
+    /// one codec serve both protocols.
+    Log(Vec<u8>),
 }
 
 /// Something a core reports about what it did, for tracing and for the

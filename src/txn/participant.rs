@@ -14,8 +14,8 @@
 //! echoes back in every request makes that detectable.
 //!
 //! After voting yes the shard never decides alone. It waits for the
-//! coordinator's decision, and every `query_every` asks the coordinator and
-//! the other participants (cooperative termination): a peer that knows the
+//! coordinator's decision, and every `query_every` asks the coordinator (every
+//! replica of a replicated one) and the other participants (cooperative termination): a peer that knows the
 //! decision answers it; a peer that has not voted yet aborts and answers
 //! abort (it may, having not voted yes); a prepared peer is as uncertain as
 //! the asker. Recovery rebuilds committed data, re-acquires the locks of
@@ -38,7 +38,7 @@ pub enum Record {
     /// after a crash.
     Prepared {
         txn: TxnId,
-        coordinator: NodeId,
+        coordinators: Vec<NodeId>,
         participants: Vec<NodeId>,
         writes: Writes,
         /// Locks held: key and whether exclusive.
@@ -90,7 +90,7 @@ enum Phase {
         last: Duration,
     },
     Prepared {
-        coordinator: NodeId,
+        coordinators: Vec<NodeId>,
         participants: Vec<NodeId>,
         since: Duration,
         next_query: Duration,
@@ -141,7 +141,7 @@ impl Participant {
                 Record::Boot { epoch } => p.epoch = p.epoch.max(epoch + 1),
                 Record::Prepared {
                     txn,
-                    coordinator,
+                    coordinators,
                     participants,
                     writes,
                     locks,
@@ -165,7 +165,7 @@ impl Participant {
                         txn,
                         Txn {
                             phase: Phase::Prepared {
-                                coordinator,
+                                coordinators,
                                 participants,
                                 since: now,
                                 next_query: now,
@@ -246,7 +246,8 @@ impl Participant {
                 txn,
                 epoch,
                 participants,
-            } => self.on_prepare(now, from, txn, epoch, participants),
+                coordinators,
+            } => self.on_prepare(now, from, txn, epoch, participants, coordinators),
             Msg::Decide { txn, decision } => {
                 let mut steps = self.apply(txn, decision);
                 steps.push(Step::Send(from, Msg::Ack { txn }));
@@ -268,7 +269,9 @@ impl Participant {
             | Msg::Outcome { .. }
             | Msg::OpReply { .. }
             | Msg::Vote { .. }
-            | Msg::Ack { .. } => vec![],
+            | Msg::Ack { .. }
+            | Msg::Redirect { .. }
+            | Msg::Log(_) => vec![],
         }
     }
 
@@ -337,7 +340,15 @@ impl Participant {
         reply(self.epoch, Ok(result))
     }
 
-    fn on_prepare(&mut self, now: Duration, from: NodeId, txn: TxnId, epoch: u64, participants: Vec<NodeId>) -> Steps {
+    fn on_prepare(
+        &mut self,
+        now: Duration,
+        from: NodeId,
+        txn: TxnId,
+        epoch: u64,
+        participants: Vec<NodeId>,
+        coordinators: Vec<NodeId>,
+    ) -> Steps {
         let vote = |yes| Step::Send(from, Msg::Vote { txn, yes });
         if let Some(&d) = self.done.get(&txn) {
             return vec![vote(d == Decision::Commit)];
@@ -357,7 +368,7 @@ impl Participant {
             }
             Phase::Active { .. } => {
                 t.phase = Phase::Prepared {
-                    coordinator: from,
+                    coordinators: coordinators.clone(),
                     participants: participants.clone(),
                     since: now,
                     next_query: now + self.config.query_every,
@@ -369,7 +380,7 @@ impl Participant {
                     .collect();
                 let mut steps = vec![Step::Append(Record::Prepared {
                     txn,
-                    coordinator: from,
+                    coordinators,
                     participants,
                     writes: t.writes.clone(),
                     locks,
@@ -473,7 +484,7 @@ impl Participant {
                     }
                 }
                 Phase::Prepared {
-                    coordinator,
+                    coordinators,
                     participants,
                     since,
                     next_query,
@@ -488,7 +499,8 @@ impl Participant {
                     if now >= *next_query {
                         *next_query = now + self.config.query_every;
                         let me = self.id;
-                        let to = std::iter::once(*coordinator).chain(participants.iter().copied().filter(|&p| p != me));
+                        let peers = participants.iter().copied().filter(|&p| p != me);
+                        let to = coordinators.iter().copied().chain(peers);
                         steps.extend(sends(to, &Msg::Query { txn }));
                     }
                 }
@@ -592,6 +604,7 @@ mod tests {
                 txn,
                 epoch,
                 participants: vec![2, 3],
+                coordinators: vec![C],
             },
         )
     }

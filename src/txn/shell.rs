@@ -1,7 +1,7 @@
-//! The async shells: drive a [`Participant`] or [`Coordinator`] core over an
-//! [`Env`]. They own no protocol logic — recover from the log, then feed
-//! messages and clock ticks to the core and execute its steps in order
-//! (append, sync, send, report).
+//! The async shells: drive a [`Participant`], a [`Coordinator`] or a replica
+//! of the replicated coordinator over an [`Env`]. They own no protocol
+//! logic — recover from the log, then feed messages and clock ticks to the
+//! core and execute its steps in order (append, sync, send, report).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,8 +10,11 @@ use serde::Serialize;
 
 use super::coordinator::{Coordinator, CoordinatorConfig};
 use super::participant::{Participant, ParticipantConfig};
-use super::{Msg, Step, TxnEvent};
-use crate::env::{codec, timeout, Env, NodeId};
+use super::replicated::{Command, CoordMachine, Driver, Effects, ReplicatedConfig, View};
+use super::{Msg, Step, TxnEvent, TxnId};
+use crate::env::{codec, timeout, Env, EnvError, NodeId};
+use crate::log::node::{self, NoProbe, NodeError};
+use crate::log::{Event, Output, Payload, Raft, Role, StateMachine, Wire, WireOf};
 
 /// Receives every [`TxnEvent`] a core reports, with the reporting node.
 /// The simulator collects them for its checks; a service may log them.
@@ -58,9 +61,9 @@ fn spawn_lazy_syncer<E: Env>(env: &E) {
     });
 }
 
-/// Receives the next message, or `None` when a tick is due.
-async fn next_message<E: Env>(env: &E, next_tick: Duration) -> Option<(NodeId, Msg)> {
-    let wait = next_tick.saturating_sub(env.now());
+/// Receives the next message, or `None` when `deadline` is reached first.
+async fn next_message<E: Env>(env: &E, deadline: Duration) -> Option<(NodeId, Msg)> {
+    let wait = deadline.saturating_sub(env.now());
     let (from, bytes) = timeout(env, wait, env.recv()).await?;
     match codec::decode::<Msg>(&bytes) {
         Ok(msg) => Some((from, msg)),
@@ -136,4 +139,119 @@ pub async fn run_coordinator<E: Env>(env: E, config: CoordinatorConfig, observer
     let (core, steps) = Coordinator::recover(env.id(), &log, env.now(), config);
     execute(&env, steps, &observer).await;
     serve(env, core, observer).await
+}
+
+/// Runs replica `env.id()` of a replicated coordinator over the group
+/// `coordinators`, from whatever its log holds. Returns only when storage
+/// fails (the replica stops rather than promise what may not be durable).
+///
+/// One loop serves both protocols: `Msg::Log` goes to the Raft replica,
+/// everything else to the [`Driver`]; after every step the driver sees which
+/// transactions the log applied, and its proposals go back into the log.
+pub async fn run_replicated_coordinator<E: Env>(
+    env: E,
+    coordinators: Vec<NodeId>,
+    config: ReplicatedConfig,
+    observer: Observer,
+) -> Result<(), NodeError> {
+    let records = env.load()?;
+    let mut raft = Raft::<CoordMachine>::recover(
+        env.id(),
+        &coordinators,
+        config.log.clone(),
+        env.rng(),
+        &records,
+        env.now(),
+    )?;
+    let speculate = config.bugs.send_before_commit;
+    let mut driver = Driver::new(env.id(), coordinators, config);
+    let mut next_tick = env.now() + TICK;
+    loop {
+        let mut applied = Vec::new();
+        let mut fx = Effects::default();
+        match next_message(&env, raft.next_deadline().min(next_tick)).await {
+            Some((from, Msg::Log(bytes))) => match codec::decode::<WireOf<CoordMachine>>(&bytes) {
+                Ok(wire) => applied = carry_out(&env, raft.on_message(env.now(), from, wire)).await?,
+                Err(e) => tracing::warn!(from, error = %e, "dropping a malformed log message"),
+            },
+            Some((from, msg)) => {
+                let spec = speculate.then(|| uncommitted(&raft));
+                fx = driver.on_message(env.now(), from, msg, &view(&raft, spec.as_ref()));
+            }
+            None => {}
+        }
+        let now = env.now();
+        if now >= raft.next_deadline() {
+            applied.extend(carry_out(&env, raft.on_tick(now)).await?);
+        }
+        if now >= next_tick {
+            next_tick = now + TICK;
+            let spec = speculate.then(|| uncommitted(&raft));
+            fx.extend(driver.tick(now, &view(&raft, spec.as_ref())));
+        }
+        loop {
+            let spec = speculate.then(|| uncommitted(&raft));
+            fx.extend(driver.on_applied(now, &view(&raft, spec.as_ref()), std::mem::take(&mut applied)));
+            for (client, seq, command) in std::mem::take(&mut fx.propose) {
+                if speculate {
+                    // PLANTED BUG: what was appended is acted on at once.
+                    applied.push(command.txn());
+                }
+                let output = raft.on_message(now, env.id(), Wire::Command { client, seq, command });
+                applied.extend(carry_out(&env, output).await?);
+            }
+            execute(&env, std::mem::take(&mut fx.steps), &observer).await;
+            if applied.is_empty() {
+                break;
+            }
+        }
+    }
+}
+
+/// The driver's view of its replica: the applied state, or (planted bug)
+/// `speculative`, the state its whole log would give.
+fn view<'a>(raft: &'a Raft<CoordMachine>, speculative: Option<&'a CoordMachine>) -> View<'a> {
+    View {
+        leading: (raft.role() == Role::Leader).then(|| raft.term()),
+        leader: raft.leader(),
+        machine: speculative.unwrap_or(raft.state_machine()),
+    }
+}
+
+/// The applied state plus every entry appended but not yet committed.
+fn uncommitted(raft: &Raft<CoordMachine>) -> CoordMachine {
+    let mut machine = raft.state_machine().clone();
+    for index in raft.applied_index() + 1..=raft.last_index() {
+        if let Some(Payload::Command { command, .. }) = raft.entry(index).map(|e| &e.payload) {
+            machine.apply(command);
+        }
+    }
+    machine
+}
+
+/// Persists a log output, then sends its messages wrapped in `Msg::Log`
+/// (answers to this replica's own proposals dropped). Returns the
+/// transactions whose commands it applied.
+async fn carry_out<E: Env>(env: &E, mut output: Output<CoordMachine>) -> Result<Vec<TxnId>, EnvError> {
+    let applied = output
+        .events
+        .iter()
+        .filter_map(|event| match event {
+            Event::Applied { payload, .. } => match codec::decode::<Payload<Command>>(payload) {
+                Ok(Payload::Command { command, .. }) => Some(command.txn()),
+                Ok(Payload::Noop) => None,
+                Err(e) => panic!("an applied entry must decode: {e}"),
+            },
+            _ => None,
+        })
+        .collect();
+    let messages = std::mem::take(&mut output.messages);
+    node::execute(env, output, &NoProbe).await?;
+    let me = env.id();
+    for (to, wire) in messages.into_iter().filter(|(to, _)| *to != me) {
+        let inner = codec::encode(&wire).expect("log limits keep messages encodable");
+        let bytes = codec::encode(&Msg::Log(inner)).expect("log limits keep messages encodable");
+        let _ = env.send(to, bytes).await;
+    }
+    Ok(applied)
 }

@@ -78,7 +78,8 @@ pub static ALL: &[&dyn DynScenario] = &[
     &Registered::<log::LogScenario<3>>(PhantomData),
     &Registered::<log::LogScenario<5>>(PhantomData),
     &Registered::<lock::LockScenario>(PhantomData),
-    &Registered::<txn::Bank>(PhantomData),
+    &Registered::<txn::Bank<1>>(PhantomData),
+    &Registered::<txn::Bank<3>>(PhantomData),
 ];
 
 fn find_bug(bugs: &'static [Bug], name: &str) -> Option<&'static Bug> {

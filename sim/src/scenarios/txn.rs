@@ -1,9 +1,10 @@
-//! Scenario `txn`: a bank on two-phase commit (`ringfence::txn`, classic
-//! single-coordinator mode).
+//! Scenarios `txn` and `txn-replicated`: a bank on two-phase commit
+//! (`ringfence::txn`), with the classic single coordinator ([`Bank<1>`]) or
+//! a coordinator replicated on the log over 3 replicas ([`Bank<3>`]).
 //!
-//! Server 1 is the coordinator; servers 2.. are shards, each holding some of
-//! [`ACCOUNTS`] accounts (placed by `HashPlacement` — where the ring will
-//! plug in). Every account starts with [`INITIAL`]. Clients run transfers
+//! Servers `1..=C` are the coordinator (replicas); the rest are shards, each
+//! holding some of [`ACCOUNTS`] accounts (placed by `HashPlacement` — where
+//! the ring will plug in). Every account starts with [`INITIAL`]. Clients run transfers
 //! (read two balances, write both, commit) and audits (read every account in
 //! one transaction, commit). After the heal the probe audits until one
 //! commits: it has to wait out every transaction still holding locks, so
@@ -23,10 +24,13 @@
 //! | `audit-total` | an audit saw a total other than the invariant sum |
 //! | `aborted-read` | a read returned a value that only uncommitted transactions wrote |
 //!
-//! Liveness: the probe must commit an audit within [`Bank::LIVENESS_BOUND`]
-//! of the heal, *including* the time for a coordinator that was down at the
-//! heal to restart: classic 2PC blocks prepared shards while the coordinator
-//! is down, so this bound only holds because the heal restarts it.
+//! Liveness: the probe must commit an audit within `LIVENESS_BOUND` (5 s)
+//! of the heal. In classic mode that *includes* the time for a coordinator
+//! that was down at the heal to restart: classic 2PC blocks prepared shards
+//! while the coordinator is down, so the bound only holds because the heal
+//! restarts it. The replicated mode needs no restart — any majority of its
+//! replicas decides (`tests/txn_sim.rs` shows both while a coordinator
+//! replica is down).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -39,7 +43,8 @@ use ringfence::txn::client::{ClientConfig, TxnClient, TxnError};
 use ringfence::txn::coordinator::{CoordinatorBugs, CoordinatorConfig};
 use ringfence::txn::participant::{ParticipantBugs, ParticipantConfig};
 use ringfence::txn::placement::{HashPlacement, Placement};
-use ringfence::txn::shell::{run_coordinator, run_participant, Observer};
+use ringfence::txn::replicated::{ReplicatedBugs, ReplicatedConfig};
+use ringfence::txn::shell::{run_coordinator, run_participant, run_replicated_coordinator, Observer};
 use ringfence::txn::{Decision, Outcome, TxnEvent, TxnId, Value};
 use serde::{Deserialize, Serialize};
 
@@ -49,7 +54,8 @@ use crate::scenario::{Bug, Client, Params, Scenario, Workload};
 /// Number of accounts, and each one's opening balance.
 pub const ACCOUNTS: u32 = 6;
 pub const INITIAL: i64 = 100;
-/// The coordinator's node id; shards are the other servers.
+/// The classic coordinator's node id (the first replica in replicated
+/// mode); shards are the servers after the coordinators.
 pub const COORDINATOR: NodeId = 1;
 
 pub fn account_key(account: u32) -> String {
@@ -110,10 +116,28 @@ pub const RECOVERY_PRESUMES_COMMIT: Bug = Bug {
     caught_by: "commit-without-yes-vote",
 };
 
-/// The bank scenario. One instance per run; it collects the servers'
-/// observations.
-pub struct Bank {
+pub const SEND_BEFORE_COMMIT: Bug = Bug {
+    name: "send-before-commit",
+    about: "the coordinator leader acts on entries in its own log as if committed: prepares and sends decisions before a majority stored them",
+    caught_by: "decision-changed",
+};
+pub const REPLICA_PRESUMES_ABORT: Bug = Bug {
+    name: "replica-presumes-abort",
+    about: "a coordinator replica answers a query about a transaction it has no applied decision for with abort, without logging it",
+    caught_by: "decision-changed",
+};
+pub const IGNORE_INHERITED: Bug = Bug {
+    name: "ignore-inherited",
+    about: "a new coordinator leader drives only transactions started in its own term, not those it inherited",
+    caught_by: "liveness",
+};
+
+/// The bank scenario with `C` coordinator replicas (1: classic 2PC; 3: the
+/// coordinator replicated on the log). One instance per run; it collects
+/// the servers' observations.
+pub struct Bank<const C: u32> {
     coordinator: CoordinatorBugs,
+    replicated: ReplicatedBugs,
     participant: ParticipantBugs,
     placement: Arc<HashPlacement>,
     probe_client: u32,
@@ -123,7 +147,7 @@ pub struct Bank {
     to_recheck: Mutex<Vec<TxnId>>,
 }
 
-impl Bank {
+impl<const C: u32> Bank<C> {
     fn observer(self: &Arc<Self>) -> Observer {
         let me = self.clone();
         Arc::new(move |node, event| {
@@ -139,12 +163,32 @@ impl Bank {
     }
 
     fn txn_client(&self, env: SimEnv) -> TxnClient<SimEnv> {
-        TxnClient::new(env, COORDINATOR, self.placement.clone(), ClientConfig::default())
+        let config = if C == 1 {
+            ClientConfig::default()
+        } else {
+            // Begin waits out an election (up to 300 ms, plus a retry).
+            ClientConfig {
+                op_attempts: 8,
+                ..ClientConfig::default()
+            }
+        };
+        TxnClient::new(env, coordinators(C), self.placement.clone(), config)
     }
 }
 
+fn coordinators(c: u32) -> Vec<NodeId> {
+    (COORDINATOR..COORDINATOR + c).collect()
+}
+
 /// Runs one transfer; records it in the history.
-async fn transfer(bank: &Bank, txc: &mut TxnClient<SimEnv>, client: &Client<BankOp>, from: u32, to: u32, amount: i64) {
+async fn transfer<const C: u32>(
+    bank: &Bank<C>,
+    txc: &mut TxnClient<SimEnv>,
+    client: &Client<BankOp>,
+    from: u32,
+    to: u32,
+    amount: i64,
+) {
     let mut op = BankOp::Transfer {
         from,
         to,
@@ -254,27 +298,40 @@ async fn audit(txc: &mut TxnClient<SimEnv>, client: &Client<BankOp>) -> bool {
     }
 }
 
-impl Scenario for Bank {
+impl<const C: u32> Scenario for Bank<C> {
     type Op = BankOp;
 
-    const NAME: &'static str = "txn";
-    const ABOUT: &'static str =
-        "bank on classic two-phase commit: transfers and audits over 3 shards + 1 coordinator; atomic, durable, conserved";
-    const BUGS: &'static [Bug] = &[
-        DECISION_BEFORE_SYNC,
-        VOTE_WITHOUT_SYNCED_PREPARE,
-        PARTICIPANT_ABORTS_ALONE,
-        RECOVERY_PRESUMES_COMMIT,
-    ];
-    const SERVERS: u32 = 4;
-    const MIN_SERVERS: u32 = 2;
+    const NAME: &'static str = if C == 1 { "txn" } else { "txn-replicated" };
+    const ABOUT: &'static str = if C == 1 {
+        "bank on classic two-phase commit: transfers and audits over 3 shards + 1 coordinator; atomic, durable, conserved"
+    } else {
+        "bank on two-phase commit with the coordinator replicated on the log (3 replicas) over 3 shards; no single crash blocks"
+    };
+    const BUGS: &'static [Bug] = if C == 1 {
+        &[
+            DECISION_BEFORE_SYNC,
+            VOTE_WITHOUT_SYNCED_PREPARE,
+            PARTICIPANT_ABORTS_ALONE,
+            RECOVERY_PRESUMES_COMMIT,
+        ]
+    } else {
+        &[SEND_BEFORE_COMMIT, REPLICA_PRESUMES_ABORT, IGNORE_INHERITED]
+    };
+    const SERVERS: u32 = C + 3;
+    const MIN_SERVERS: u32 = C + 1;
     const WORKLOAD: Workload = Workload { clients: 4, ops: 30 };
     const FAULT_WINDOW: Duration = Duration::from_secs(5);
-    /// Coordinator restart at the heal, a query round (200 ms) for prepared
-    /// shards, the active-transaction timeout (1 s, stretched by clock
-    /// drift) for abandoned ones, and the probe's own retries.
+    /// Coordinator restart at the heal (classic) or an election
+    /// (replicated, at most 300 ms plus a lost vote round), a query round
+    /// (200 ms) for prepared shards, a new leader's prepare timeout (1 s)
+    /// for inherited transactions, the active-transaction timeout (1 s,
+    /// stretched by clock drift) for abandoned ones, and the probe's own
+    /// retries.
     const LIVENESS_BOUND: Duration = Duration::from_secs(5);
-    const DEFAULT_SEEDS: u64 = 50;
+    /// The replicated mode's `send-before-commit` needs a leader cut off
+    /// from the other replicas while still reaching shards and clients for
+    /// longer than an election: about 1 seed in 140 (first at seed 84).
+    const DEFAULT_SEEDS: u64 = if C == 1 { 50 } else { 100 };
 
     fn new(params: &Params) -> Self {
         let bug = |b: &Bug| params.bug.is_some_and(|x| x.name == b.name);
@@ -283,11 +340,16 @@ impl Scenario for Bank {
                 decision_before_sync: bug(&DECISION_BEFORE_SYNC),
                 recovery_presumes_commit: bug(&RECOVERY_PRESUMES_COMMIT),
             },
+            replicated: ReplicatedBugs {
+                send_before_commit: bug(&SEND_BEFORE_COMMIT),
+                replica_presumes_abort: bug(&REPLICA_PRESUMES_ABORT),
+                ignore_inherited: bug(&IGNORE_INHERITED),
+            },
             participant: ParticipantBugs {
                 vote_without_sync: bug(&VOTE_WITHOUT_SYNCED_PREPARE),
                 abort_alone_after: bug(&PARTICIPANT_ABORTS_ALONE).then_some(Duration::from_millis(300)),
             },
-            placement: Arc::new(HashPlacement::new((2..=params.servers).collect())),
+            placement: Arc::new(HashPlacement::new((COORDINATOR + C..=params.servers).collect())),
             probe_client: params.workload.clients,
             events: Mutex::new(Vec::new()),
             to_recheck: Mutex::new(Vec::new()),
@@ -296,12 +358,23 @@ impl Scenario for Bank {
 
     async fn server(self: Arc<Self>, env: SimEnv) {
         let observer = self.observer();
-        if env.id() == COORDINATOR {
+        if C == 1 && env.id() == COORDINATOR {
             let config = CoordinatorConfig {
                 bugs: self.coordinator,
                 ..CoordinatorConfig::default()
             };
             run_coordinator(env, config, observer).await
+        } else if env.id() < COORDINATOR + C {
+            let config = ReplicatedConfig {
+                bugs: self.replicated,
+                ..ReplicatedConfig::default()
+            };
+            if let Err(error) = run_replicated_coordinator(env, coordinators(C), config, observer).await {
+                // The replica stopped to protect what it promised; it stays
+                // down until the nemesis restarts it.
+                tracing::warn!(%error, "coordinator replica stopped");
+            }
+            std::future::pending::<()>().await
         } else {
             let config = ParticipantConfig {
                 bugs: self.participant,

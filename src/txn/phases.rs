@@ -1,0 +1,193 @@
+//! The bookkeeping of the two phases, shared by both coordinator modes: a
+//! voting round (prepares re-sent to silent shards, votes counted, a
+//! deadline), the delivery of a commit until every participant acknowledges
+//! it, and the clients waiting for an outcome. The modes differ only in what
+//! makes a decision durable — a synced local record, or a committed log
+//! entry — so that is all they implement themselves.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use super::{sends, Decision, Msg, Outcome, Step, TxnEvent, TxnId};
+use crate::env::NodeId;
+
+/// How a round stands after a vote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Tally {
+    Pending,
+    AllYes,
+    No,
+}
+
+/// Phase one of one transaction: prepares out, votes in.
+#[derive(Debug, Clone)]
+pub(crate) struct Round {
+    /// Each participant with the shard epoch the client reported.
+    participants: Vec<(NodeId, u64)>,
+    yes: BTreeSet<NodeId>,
+    started: Duration,
+    next_resend: Duration,
+}
+
+impl Round {
+    /// A round whose prepares are due at once.
+    pub(crate) fn new(participants: Vec<(NodeId, u64)>, now: Duration) -> Self {
+        Round {
+            participants,
+            yes: BTreeSet::new(),
+            started: now,
+            next_resend: now,
+        }
+    }
+
+    pub(crate) fn participants(&self) -> Vec<NodeId> {
+        self.participants.iter().map(|(n, _)| *n).collect()
+    }
+
+    /// Counts a vote; `None` if `from` is not a participant.
+    pub(crate) fn vote(&mut self, from: NodeId, yes: bool) -> Option<Tally> {
+        if !self.participants.iter().any(|(n, _)| *n == from) {
+            return None;
+        }
+        if !yes {
+            return Some(Tally::No);
+        }
+        self.yes.insert(from);
+        Some(if self.yes.len() == self.participants.len() {
+            Tally::AllYes
+        } else {
+            Tally::Pending
+        })
+    }
+
+    /// The participants that voted yes, as a log command records them.
+    pub(crate) fn yes_votes(&self) -> Vec<NodeId> {
+        self.yes.iter().copied().collect()
+    }
+
+    pub(crate) fn timed_out(&self, now: Duration, prepare_timeout: Duration) -> bool {
+        now.saturating_sub(self.started) >= prepare_timeout
+    }
+
+    /// `Prepare` to every participant that has not voted yes, now.
+    pub(crate) fn prepares<R>(
+        &mut self,
+        txn: TxnId,
+        coordinators: &[NodeId],
+        now: Duration,
+        resend_every: Duration,
+    ) -> Vec<Step<R>> {
+        self.next_resend = now + resend_every;
+        let ids = self.participants();
+        self.participants
+            .iter()
+            .filter(|(n, _)| !self.yes.contains(n))
+            .map(|&(n, epoch)| {
+                Step::Send(
+                    n,
+                    Msg::Prepare {
+                        txn,
+                        epoch,
+                        participants: ids.clone(),
+                        coordinators: coordinators.to_vec(),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// [`Round::prepares`] if the re-send is due.
+    pub(crate) fn prepares_due<R>(
+        &mut self,
+        txn: TxnId,
+        coordinators: &[NodeId],
+        now: Duration,
+        resend_every: Duration,
+    ) -> Vec<Step<R>> {
+        if now >= self.next_resend {
+            self.prepares(txn, coordinators, now, resend_every)
+        } else {
+            vec![]
+        }
+    }
+}
+
+/// Phase two of a committed transaction: the decision re-sent until every
+/// participant acknowledged it (aborts are not tracked: presumed abort lets
+/// a prepared shard learn them by asking).
+#[derive(Debug, Clone)]
+pub(crate) struct Delivery {
+    unacked: BTreeSet<NodeId>,
+    next_resend: Duration,
+}
+
+impl Delivery {
+    /// A delivery whose next send is due at `next_resend`.
+    pub(crate) fn new(participants: impl IntoIterator<Item = NodeId>, next_resend: Duration) -> Self {
+        Delivery {
+            unacked: participants.into_iter().collect(),
+            next_resend,
+        }
+    }
+
+    pub(crate) fn done(&self) -> bool {
+        self.unacked.is_empty()
+    }
+
+    /// Records an acknowledgement; `true` if it was the last one missing.
+    pub(crate) fn ack(&mut self, from: NodeId) -> bool {
+        self.unacked.remove(&from) && self.unacked.is_empty()
+    }
+
+    /// The commit again to every silent participant, if the re-send is due.
+    pub(crate) fn resend_due<R>(&mut self, txn: TxnId, now: Duration, resend_every: Duration) -> Vec<Step<R>> {
+        if self.done() || now < self.next_resend {
+            return vec![];
+        }
+        self.next_resend = now + resend_every;
+        sends(
+            self.unacked.iter().copied(),
+            &Msg::Decide {
+                txn,
+                decision: Decision::Commit,
+            },
+        )
+    }
+}
+
+/// Reports a decision and sends it to the participants.
+pub(crate) fn announce<R>(txn: TxnId, decision: Decision, participants: Vec<NodeId>) -> Vec<Step<R>> {
+    let mut steps = vec![Step::Event(TxnEvent::Announced {
+        txn,
+        decision,
+        participants: participants.clone(),
+    })];
+    steps.extend(sends(participants, &Msg::Decide { txn, decision }));
+    steps
+}
+
+/// Clients waiting for the outcome of a transaction.
+#[derive(Debug, Default)]
+pub(crate) struct Waiters(BTreeMap<TxnId, BTreeSet<NodeId>>);
+
+impl Waiters {
+    pub(crate) fn add(&mut self, txn: TxnId, client: NodeId) {
+        self.0.entry(txn).or_default().insert(client);
+    }
+
+    /// Tells everyone waiting for `txn` its outcome.
+    pub(crate) fn notify<R>(&mut self, txn: TxnId, outcome: &Outcome) -> Vec<Step<R>> {
+        let clients = self.0.remove(&txn).unwrap_or_default();
+        sends(
+            clients,
+            &Msg::Outcome {
+                txn,
+                outcome: outcome.clone(),
+            },
+        )
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.0.clear();
+    }
+}

@@ -1,0 +1,774 @@
+//! The replicated coordinator: presumed-abort two-phase commit whose state
+//! is a state machine on the replicated log (`crate::log`), so that losing
+//! any f of its 2f+1 replicas blocks nothing.
+//!
+//! - **State.** [`CoordMachine`] holds every transaction whose commit was
+//!   asked for: its participants, then its decision. The commands are
+//!   [`Command::Start`] (the participants to prepare), [`Command::Commit`]
+//!   (with the yes votes, which the machine checks), [`Command::Abort`] and
+//!   [`Command::End`] (every participant acknowledged the commit). **First
+//!   writer wins**: a decision for a decided transaction is ignored, so the
+//!   log, not a replica's memory, settles a race between a late commit and
+//!   an abort.
+//! - **Decided means committed on the log.** A replica tells a decision to
+//!   anyone (shard, client, a peer's query) only once the entry deciding it
+//!   has been applied — which it is only after a majority stored it. Votes
+//!   are collected in the leader's memory: they are durable at the
+//!   participants (a prepare record each), so a new leader simply asks
+//!   again.
+//! - **Any leader drives.** The [`Driver`] runs on every replica and acts
+//!   only while its replica leads: when it becomes leader it takes over
+//!   every undecided transaction in the machine (prepares re-sent, votes
+//!   counted afresh, a fresh prepare timeout on its own clock) and every
+//!   commit not yet acknowledged. Its proposals use one exactly-once session
+//!   of the log per (replica, term).
+//! - **Presumed abort, logged.** A question about a transaction the log does
+//!   not know (a retried commit lost with a leader, a status query, a yes
+//!   vote) is answered abort only after an `Abort` command for it is
+//!   applied; a `Start` or `Commit` arriving later changes nothing. Aborts
+//!   still need no acknowledgements: a prepared shard that missed one asks.
+//! - **Ids** are `term << 32 | seq`, issued by the leader without the log:
+//!   a term has at most one leader, so they are unique, and an id the log
+//!   never saw committed is presumed aborted.
+//! - **Followers** answer outcome questions from their applied state (only
+//!   decided transactions) and redirect clients to the leader.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::phases::{announce, Delivery, Round, Tally, Waiters};
+use super::{AbortReason, Decision, Msg, Outcome, Step, TxnEvent, TxnId};
+use crate::env::{codec, NodeId};
+use crate::log::{ClientId, StateMachine, Term};
+
+/// A command on the coordinator's log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// A client asked to commit `txn`: the participants to prepare, with the
+    /// shard epoch each reported. Ignored if `txn` is known.
+    Start {
+        txn: TxnId,
+        participants: Vec<(NodeId, u64)>,
+    },
+    /// Every participant voted yes; `votes` lists them.
+    Commit { txn: TxnId, votes: Vec<NodeId> },
+    /// A no vote, a prepare timeout, or a question about a transaction the
+    /// log does not know.
+    Abort { txn: TxnId, reason: AbortReason },
+    /// Every participant acknowledged the commit: stop re-sending it.
+    End { txn: TxnId },
+}
+
+impl Command {
+    pub fn txn(&self) -> TxnId {
+        match self {
+            Command::Start { txn, .. }
+            | Command::Commit { txn, .. }
+            | Command::Abort { txn, .. }
+            | Command::End { txn } => *txn,
+        }
+    }
+}
+
+/// One transaction in the machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnState {
+    Preparing {
+        participants: Vec<(NodeId, u64)>,
+    },
+    Committed {
+        participants: Vec<NodeId>,
+        /// Every participant acknowledged.
+        ended: bool,
+    },
+    Aborted {
+        /// Empty when the abort was presumed (the log never saw a `Start`).
+        participants: Vec<NodeId>,
+        reason: AbortReason,
+    },
+}
+
+impl TxnState {
+    pub fn decision(&self) -> Option<Decision> {
+        match self {
+            TxnState::Preparing { .. } => None,
+            TxnState::Committed { .. } => Some(Decision::Commit),
+            TxnState::Aborted { .. } => Some(Decision::Abort),
+        }
+    }
+
+    fn outcome(&self) -> Option<Outcome> {
+        match self {
+            TxnState::Preparing { .. } => None,
+            TxnState::Committed { .. } => Some(Outcome::Committed),
+            TxnState::Aborted { reason, .. } => Some(Outcome::Aborted(reason.clone())),
+        }
+    }
+}
+
+/// The coordinator's replicated state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CoordMachine {
+    txns: BTreeMap<TxnId, TxnState>,
+}
+
+impl CoordMachine {
+    pub fn get(&self, txn: TxnId) -> Option<&TxnState> {
+        self.txns.get(&txn)
+    }
+
+    pub fn decision(&self, txn: TxnId) -> Option<Decision> {
+        self.txns.get(&txn).and_then(TxnState::decision)
+    }
+}
+
+impl StateMachine for CoordMachine {
+    type Command = Command;
+    /// The decision for a transaction.
+    type Query = TxnId;
+    /// The decision standing after the command (first writer wins).
+    type Output = Option<Decision>;
+
+    fn apply(&mut self, command: &Command) -> Option<Decision> {
+        let txn = command.txn();
+        let state = self.txns.get(&txn);
+        let next = match (command, state) {
+            (Command::Start { participants, .. }, None) => Some(TxnState::Preparing {
+                participants: participants.clone(),
+            }),
+            (Command::Commit { votes, .. }, Some(TxnState::Preparing { participants })) => {
+                let votes: BTreeSet<NodeId> = votes.iter().copied().collect();
+                assert!(
+                    participants.iter().all(|(n, _)| votes.contains(n)),
+                    "txn {txn:#x}: a commit needs a yes vote from every participant"
+                );
+                Some(TxnState::Committed {
+                    participants: participants.iter().map(|(n, _)| *n).collect(),
+                    ended: false,
+                })
+            }
+            (Command::Abort { reason, .. }, None) => Some(TxnState::Aborted {
+                participants: vec![],
+                reason: reason.clone(),
+            }),
+            (Command::Abort { reason, .. }, Some(TxnState::Preparing { participants })) => Some(TxnState::Aborted {
+                participants: participants.iter().map(|(n, _)| *n).collect(),
+                reason: reason.clone(),
+            }),
+            (Command::End { .. }, Some(TxnState::Committed { participants, .. })) => Some(TxnState::Committed {
+                participants: participants.clone(),
+                ended: true,
+            }),
+            // Start of a known transaction, a decision for a decided one, or
+            // a commit the log cannot vouch for: the first writer stands.
+            _ => None,
+        };
+        if let Some(next) = next {
+            self.txns.insert(txn, next);
+        }
+        self.decision(txn)
+    }
+
+    fn query(&self, txn: &TxnId) -> Option<Decision> {
+        self.decision(*txn)
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        let txns: Vec<(&TxnId, &TxnState)> = self.txns.iter().collect();
+        codec::encode(&txns).expect("coordinator snapshot exceeds the codec limit")
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) {
+        let txns: Vec<(TxnId, TxnState)> = codec::decode(snapshot).expect("coordinator snapshot must decode");
+        self.txns = txns.into_iter().collect();
+    }
+}
+
+/// Deliberately broken behaviour, for the simulator's planted bugs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReplicatedBugs {
+    /// The leader acts on the entries in its own log as if committed: it
+    /// prepares and sends decisions (to shards and clients) before a
+    /// majority stored them. A deposed leader's decisions then contradict
+    /// the log's. Carried out by the shell, which shows the driver that
+    /// state instead of the applied one.
+    pub send_before_commit: bool,
+    /// A replica answers a shard's query about a transaction it has no
+    /// applied decision for with abort, without logging that abort.
+    pub replica_presumes_abort: bool,
+    /// A new leader drives only the transactions started in its own term,
+    /// not those it inherited.
+    pub ignore_inherited: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReplicatedConfig {
+    /// Re-send prepares to silent shards and commits to unacknowledging ones
+    /// this often.
+    pub resend_every: Duration,
+    /// Abort a transaction whose votes are not all in after this long (on
+    /// the leader's clock, from when it started leading the transaction).
+    pub prepare_timeout: Duration,
+    pub log: crate::log::Config,
+    pub bugs: ReplicatedBugs,
+}
+
+impl Default for ReplicatedConfig {
+    fn default() -> Self {
+        ReplicatedConfig {
+            resend_every: Duration::from_millis(200),
+            prepare_timeout: Duration::from_millis(1_000),
+            log: crate::log::Config::default(),
+            bugs: ReplicatedBugs::default(),
+        }
+    }
+}
+
+/// What the driver sees of its replica.
+#[derive(Debug, Clone, Copy)]
+pub struct View<'a> {
+    /// `Some(term)` while this replica leads `term`.
+    pub leading: Option<Term>,
+    /// The leader this replica believes in, for redirects.
+    pub leader: Option<NodeId>,
+    /// The applied (hence committed) state.
+    pub machine: &'a CoordMachine,
+}
+
+/// What the driver asks for: commands to propose to the log, as
+/// `(session, seq, command)`, then steps to execute.
+#[derive(Debug, Default)]
+pub struct Effects {
+    pub propose: Vec<(ClientId, u64, Command)>,
+    pub steps: Vec<Step<()>>,
+}
+
+impl Effects {
+    pub fn extend(&mut self, other: Effects) {
+        self.propose.extend(other.propose);
+        self.steps.extend(other.steps);
+    }
+}
+
+/// The leader's side of the replicated coordinator, as a sans-io core fed
+/// messages, ticks and the transactions each log handler applied. Its state
+/// is volatile: rebuilt from the machine whenever its replica becomes leader.
+#[derive(Debug)]
+pub struct Driver {
+    id: NodeId,
+    coordinators: Vec<NodeId>,
+    config: ReplicatedConfig,
+    /// The term this replica leads, if it does.
+    term: Option<Term>,
+    session: ClientId,
+    seq: u64,
+    next_txn: u64,
+    rounds: BTreeMap<TxnId, Round>,
+    deliveries: BTreeMap<TxnId, Delivery>,
+    waiting: Waiters,
+    /// Proposed in this term and not applied yet. A leader's entry commits
+    /// unless it loses leadership (which resets all of this), so each is
+    /// proposed once per term.
+    starting: BTreeSet<TxnId>,
+    deciding: BTreeSet<TxnId>,
+}
+
+impl Driver {
+    pub fn new(id: NodeId, coordinators: Vec<NodeId>, config: ReplicatedConfig) -> Self {
+        assert!(coordinators.contains(&id), "a driver runs on a coordinator replica");
+        Driver {
+            id,
+            coordinators,
+            config,
+            term: None,
+            session: 0,
+            seq: 0,
+            next_txn: 0,
+            rounds: BTreeMap::new(),
+            deliveries: BTreeMap::new(),
+            waiting: Waiters::default(),
+            starting: BTreeSet::new(),
+            deciding: BTreeSet::new(),
+        }
+    }
+
+    /// Adopts the replica's role: a new leadership takes over every pending
+    /// transaction; losing leadership forgets the volatile state.
+    fn follow(&mut self, now: Duration, view: &View) {
+        if self.term == view.leading {
+            return;
+        }
+        self.term = view.leading;
+        self.rounds.clear();
+        self.deliveries.clear();
+        self.waiting.clear();
+        self.starting.clear();
+        self.deciding.clear();
+        let Some(term) = view.leading else { return };
+        assert!(term < 1 << 31, "terms fit the id layout");
+        // One exactly-once session per (replica, term): only this replica
+        // proposes under it, in order.
+        self.session = (1 << 63) | (u64::from(self.id) << 40) | term;
+        self.seq = 0;
+        self.next_txn = 0;
+        for (&txn, state) in &view.machine.txns {
+            match state {
+                // PLANTED BUG (ignore_inherited): no round for inherited ones.
+                TxnState::Preparing { participants } if !self.config.bugs.ignore_inherited => {
+                    self.rounds.insert(txn, Round::new(participants.clone(), now));
+                }
+                TxnState::Committed {
+                    participants,
+                    ended: false,
+                } => {
+                    self.deliveries
+                        .insert(txn, Delivery::new(participants.iter().copied(), now));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn propose(&mut self, fx: &mut Effects, command: Command) {
+        self.seq += 1;
+        fx.propose.push((self.session, self.seq, command));
+    }
+
+    fn abort(&mut self, fx: &mut Effects, txn: TxnId, reason: AbortReason) {
+        if self.deciding.insert(txn) {
+            self.propose(fx, Command::Abort { txn, reason });
+        }
+    }
+
+    fn commit(&mut self, fx: &mut Effects, txn: TxnId) {
+        if self.deciding.insert(txn) {
+            let votes = self.rounds[&txn].yes_votes();
+            self.propose(fx, Command::Commit { txn, votes });
+        }
+    }
+
+    fn redirect(&self, to: NodeId, view: &View) -> Step<()> {
+        Step::Send(to, Msg::Redirect { leader: view.leader })
+    }
+
+    /// A message from a client or a shard (log traffic goes to the log).
+    pub fn on_message(&mut self, now: Duration, from: NodeId, msg: Msg, view: &View) -> Effects {
+        self.follow(now, view);
+        let mut fx = Effects::default();
+        let machine = view.machine;
+        match msg {
+            Msg::Begin { request } => match self.term {
+                Some(term) => {
+                    self.next_txn += 1;
+                    assert!(self.next_txn < 1 << 32, "sequence fits the id layout");
+                    let txn = (term << 32) | self.next_txn;
+                    fx.steps.push(Step::Send(from, Msg::Began { request, txn }));
+                }
+                None => fx.steps.push(self.redirect(from, view)),
+            },
+            Msg::Commit { txn, participants } => match machine.get(txn) {
+                Some(state) if state.decision().is_some() => fx.steps.extend(tell_outcome(from, txn, state)),
+                _ if self.term.is_none() => fx.steps.push(self.redirect(from, view)),
+                Some(_) => self.waiting.add(txn, from),
+                None => {
+                    self.waiting.add(txn, from);
+                    if self.starting.insert(txn) {
+                        self.propose(&mut fx, Command::Start { txn, participants });
+                    }
+                }
+            },
+            Msg::Status { txn } => match machine.get(txn) {
+                Some(state) if state.decision().is_some() => fx.steps.extend(tell_outcome(from, txn, state)),
+                _ if self.term.is_none() => fx.steps.push(self.redirect(from, view)),
+                Some(_) => self.waiting.add(txn, from),
+                None => {
+                    self.waiting.add(txn, from);
+                    self.abort(&mut fx, txn, AbortReason::NotLogged);
+                }
+            },
+            Msg::Vote { txn, yes } if self.term.is_some() => match self.rounds.get_mut(&txn) {
+                Some(round) => match round.vote(from, yes) {
+                    Some(Tally::No) => self.abort(&mut fx, txn, AbortReason::VotedNo { shard: from }),
+                    Some(Tally::AllYes) => self.commit(&mut fx, txn),
+                    Some(Tally::Pending) | None => {}
+                },
+                None => match machine.get(txn) {
+                    // A late yes: that shard waits for the decision.
+                    Some(state) if yes => {
+                        if let Some(decision) = state.decision() {
+                            fx.steps.extend(tell_shard(from, txn, decision));
+                        }
+                    }
+                    None if yes => self.abort(&mut fx, txn, AbortReason::NotLogged),
+                    _ => {}
+                },
+            },
+            Msg::Ack { txn } => {
+                if self.deliveries.get_mut(&txn).is_some_and(|d| d.ack(from)) {
+                    self.deliveries.remove(&txn);
+                    self.propose(&mut fx, Command::End { txn });
+                }
+            }
+            Msg::Query { txn } => match machine.decision(txn) {
+                Some(decision) => fx.steps.extend(tell_shard(from, txn, decision)),
+                // PLANTED BUG: abort presumed from this replica's memory.
+                None if self.config.bugs.replica_presumes_abort => {
+                    fx.steps.extend(tell_shard(from, txn, Decision::Abort))
+                }
+                None if self.term.is_some() && machine.get(txn).is_none() => {
+                    self.abort(&mut fx, txn, AbortReason::NotLogged)
+                }
+                // Undecided: the leader drives it; a follower leaves it to the leader.
+                None => {}
+            },
+            Msg::Vote { .. }
+            | Msg::Get { .. }
+            | Msg::Put { .. }
+            | Msg::Abort { .. }
+            | Msg::OpReply { .. }
+            | Msg::Prepare { .. }
+            | Msg::Decide { .. }
+            | Msg::Began { .. }
+            | Msg::Outcome { .. }
+            | Msg::Known { .. }
+            | Msg::Redirect { .. }
+            | Msg::Log(_) => {}
+        }
+        fx
+    }
+
+    /// Timeouts: re-send prepares and commits; abort slow votes.
+    pub fn tick(&mut self, now: Duration, view: &View) -> Effects {
+        self.follow(now, view);
+        let mut fx = Effects::default();
+        let (every, timeout) = (self.config.resend_every, self.config.prepare_timeout);
+        let mut timed_out = Vec::new();
+        for (&txn, round) in &mut self.rounds {
+            if self.deciding.contains(&txn) {
+                continue;
+            }
+            if round.timed_out(now, timeout) {
+                timed_out.push(txn);
+            } else {
+                fx.steps.extend(round.prepares_due(txn, &self.coordinators, now, every));
+            }
+        }
+        for txn in timed_out {
+            self.abort(&mut fx, txn, AbortReason::PrepareTimeout);
+        }
+        for (&txn, delivery) in &mut self.deliveries {
+            fx.steps.extend(delivery.resend_due(txn, now, every));
+        }
+        fx
+    }
+
+    /// The log applied commands about `txns`: act on what is now decided.
+    /// Only here does a leader send a decision — after the log committed it.
+    pub fn on_applied(&mut self, now: Duration, view: &View, txns: impl IntoIterator<Item = TxnId>) -> Effects {
+        self.follow(now, view);
+        let mut fx = Effects::default();
+        if self.term.is_none() {
+            return fx;
+        }
+        let txns: BTreeSet<TxnId> = txns.into_iter().collect();
+        for txn in txns {
+            let Some(state) = view.machine.get(txn) else { continue };
+            match state {
+                TxnState::Preparing { participants } => {
+                    let inherited = !self.starting.remove(&txn);
+                    // PLANTED BUG (ignore_inherited): leave inherited ones alone.
+                    let skip = inherited && self.config.bugs.ignore_inherited;
+                    if !skip && !self.rounds.contains_key(&txn) {
+                        let mut round = Round::new(participants.clone(), now);
+                        fx.steps
+                            .extend(round.prepares(txn, &self.coordinators, now, self.config.resend_every));
+                        self.rounds.insert(txn, round);
+                        if participants.is_empty() {
+                            self.commit(&mut fx, txn);
+                        }
+                    }
+                }
+                TxnState::Committed {
+                    participants,
+                    ended: false,
+                } => {
+                    self.forget_round(txn);
+                    if !self.deliveries.contains_key(&txn) {
+                        let resend = now + self.config.resend_every;
+                        self.deliveries
+                            .insert(txn, Delivery::new(participants.iter().copied(), resend));
+                        fx.steps.extend(announce(txn, Decision::Commit, participants.clone()));
+                    }
+                    fx.steps.extend(self.waiting.notify(txn, &Outcome::Committed));
+                }
+                TxnState::Committed { ended: true, .. } => {
+                    self.deliveries.remove(&txn);
+                }
+                TxnState::Aborted { participants, reason } => {
+                    self.forget_round(txn);
+                    // Best effort: a prepared shard that misses it asks.
+                    fx.steps.extend(announce(txn, Decision::Abort, participants.clone()));
+                    fx.steps
+                        .extend(self.waiting.notify(txn, &Outcome::Aborted(reason.clone())));
+                }
+            }
+        }
+        fx
+    }
+
+    fn forget_round(&mut self, txn: TxnId) {
+        self.rounds.remove(&txn);
+        self.starting.remove(&txn);
+        self.deciding.remove(&txn);
+    }
+}
+
+/// A client's answer from a decided transaction.
+fn tell_outcome(client: NodeId, txn: TxnId, state: &TxnState) -> Vec<Step<()>> {
+    let decision = state.decision().expect("decided");
+    let outcome = state.outcome().expect("decided");
+    vec![
+        Step::Event(TxnEvent::Announced {
+            txn,
+            decision,
+            participants: vec![],
+        }),
+        Step::Send(client, Msg::Outcome { txn, outcome }),
+    ]
+}
+
+/// A shard's answer (to a query or a late vote).
+fn tell_shard(shard: NodeId, txn: TxnId, decision: Decision) -> Vec<Step<()>> {
+    vec![
+        Step::Event(TxnEvent::Announced {
+            txn,
+            decision,
+            participants: vec![],
+        }),
+        Step::Send(shard, Msg::Decide { txn, decision }),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CLIENT: NodeId = 100;
+    const MS: Duration = Duration::from_millis(1);
+    const TERM: Term = 3;
+
+    fn driver() -> Driver {
+        Driver::new(1, vec![1, 2, 3], ReplicatedConfig::default())
+    }
+
+    fn leading(machine: &CoordMachine) -> View<'_> {
+        View {
+            leading: Some(TERM),
+            leader: Some(1),
+            machine,
+        }
+    }
+
+    fn following(machine: &CoordMachine) -> View<'_> {
+        View {
+            leading: None,
+            leader: Some(2),
+            machine,
+        }
+    }
+
+    /// The log commits and applies every proposal; the driver then sees it.
+    fn commit_log(d: &mut Driver, m: &mut CoordMachine, fx: &Effects) -> Effects {
+        let txns: Vec<TxnId> = fx.propose.iter().map(|(_, _, c)| c.txn()).collect();
+        for (_, _, command) in &fx.propose {
+            m.apply(command);
+        }
+        d.on_applied(MS, &leading(m), txns)
+    }
+
+    fn decides(fx: &Effects) -> Vec<(NodeId, Decision)> {
+        fx.steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Send(to, Msg::Decide { decision, .. }) => Some((*to, *decision)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn outcome(fx: &Effects) -> Option<Outcome> {
+        fx.steps.iter().find_map(|s| match s {
+            Step::Send(CLIENT, Msg::Outcome { outcome, .. }) => Some(outcome.clone()),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn the_first_decision_on_the_log_stands() {
+        let mut m = CoordMachine::default();
+        let start = Command::Start {
+            txn: 7,
+            participants: vec![(4, 1), (5, 1)],
+        };
+        assert_eq!(m.apply(&start), None);
+        let abort = Command::Abort {
+            txn: 7,
+            reason: AbortReason::PrepareTimeout,
+        };
+        assert_eq!(m.apply(&abort), Some(Decision::Abort));
+        let late = Command::Commit {
+            txn: 7,
+            votes: vec![4, 5],
+        };
+        assert_eq!(m.apply(&late), Some(Decision::Abort), "a late commit changes nothing");
+        // A presumed abort of an unknown transaction also stands.
+        let presumed = Command::Abort {
+            txn: 8,
+            reason: AbortReason::NotLogged,
+        };
+        assert_eq!(m.apply(&presumed), Some(Decision::Abort));
+        let start8 = Command::Start {
+            txn: 8,
+            participants: vec![(4, 1)],
+        };
+        assert_eq!(m.apply(&start8), Some(Decision::Abort));
+        let mut restored = CoordMachine::default();
+        restored.restore(&m.snapshot());
+        assert_eq!(restored, m);
+    }
+
+    #[test]
+    #[should_panic(expected = "a yes vote from every participant")]
+    fn the_machine_refuses_a_commit_without_every_vote() {
+        let mut m = CoordMachine::default();
+        m.apply(&Command::Start {
+            txn: 7,
+            participants: vec![(4, 1), (5, 1)],
+        });
+        m.apply(&Command::Commit { txn: 7, votes: vec![4] });
+    }
+
+    #[test]
+    fn a_decision_is_sent_only_after_the_log_applied_it() {
+        let (mut d, mut m) = (driver(), CoordMachine::default());
+        let began = d.on_message(MS, CLIENT, Msg::Begin { request: 1 }, &leading(&m));
+        let txn = match &began.steps[..] {
+            [Step::Send(CLIENT, Msg::Began { txn, .. })] => *txn,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(txn >> 32, TERM);
+        let commit = Msg::Commit {
+            txn,
+            participants: vec![(4, 1), (5, 1)],
+        };
+        let fx = d.on_message(MS, CLIENT, commit.clone(), &leading(&m));
+        assert!(matches!(fx.propose[..], [(_, 1, Command::Start { .. })]));
+        assert!(fx.steps.is_empty(), "nothing is sent before the start is logged");
+        // A retry while the start is in flight proposes nothing new.
+        assert!(d.on_message(MS, CLIENT, commit, &leading(&m)).propose.is_empty());
+        let prepared = commit_log(&mut d, &mut m, &fx);
+        assert_eq!(
+            prepared
+                .steps
+                .iter()
+                .filter(|s| matches!(s, Step::Send(_, Msg::Prepare { coordinators, .. }) if coordinators == &[1, 2, 3]))
+                .count(),
+            2
+        );
+        assert!(d
+            .on_message(MS, 4, Msg::Vote { txn, yes: true }, &leading(&m))
+            .propose
+            .is_empty());
+        let fx = d.on_message(MS, 5, Msg::Vote { txn, yes: true }, &leading(&m));
+        assert!(matches!(&fx.propose[..], [(_, _, Command::Commit { votes, .. })] if votes == &[4, 5]));
+        assert!(
+            decides(&fx).is_empty() && outcome(&fx).is_none(),
+            "not before the log commits it"
+        );
+        let decided = commit_log(&mut d, &mut m, &fx);
+        assert_eq!(decides(&decided), vec![(4, Decision::Commit), (5, Decision::Commit)]);
+        assert_eq!(outcome(&decided), Some(Outcome::Committed));
+        // Acknowledgements end it, through the log.
+        assert!(d.on_message(MS, 4, Msg::Ack { txn }, &leading(&m)).propose.is_empty());
+        let fx = d.on_message(MS, 5, Msg::Ack { txn }, &leading(&m));
+        assert!(matches!(fx.propose[..], [(_, _, Command::End { .. })]));
+    }
+
+    #[test]
+    fn questions_about_unknown_transactions_are_answered_by_a_logged_abort() {
+        let (mut d, mut m) = (driver(), CoordMachine::default());
+        let txn = (2 << 32) | 9;
+        let fx = d.on_message(MS, 4, Msg::Query { txn }, &leading(&m));
+        assert!(matches!(fx.propose[..], [(_, _, Command::Abort { .. })]));
+        assert!(decides(&fx).is_empty());
+        commit_log(&mut d, &mut m, &fx);
+        let answer = d.on_message(MS, 4, Msg::Query { txn }, &leading(&m));
+        assert_eq!(decides(&answer), vec![(4, Decision::Abort)]);
+        // The client's late commit cannot revive it.
+        let late = Msg::Commit {
+            txn,
+            participants: vec![(4, 1)],
+        };
+        let fx = d.on_message(MS, CLIENT, late, &leading(&m));
+        assert!(fx.propose.is_empty());
+        assert!(matches!(outcome(&fx), Some(Outcome::Aborted(AbortReason::NotLogged))));
+    }
+
+    #[test]
+    fn a_follower_redirects_clients_and_answers_only_logged_decisions() {
+        let (mut d, mut m) = (driver(), CoordMachine::default());
+        let fx = d.on_message(MS, CLIENT, Msg::Begin { request: 1 }, &following(&m));
+        assert_eq!(fx.steps, vec![Step::Send(CLIENT, Msg::Redirect { leader: Some(2) })]);
+        let fx = d.on_message(MS, 4, Msg::Query { txn: 7 }, &following(&m));
+        assert!(
+            fx.propose.is_empty() && fx.steps.is_empty(),
+            "undecided: the leader's business"
+        );
+        m.apply(&Command::Start {
+            txn: 7,
+            participants: vec![(4, 1)],
+        });
+        m.apply(&Command::Commit { txn: 7, votes: vec![4] });
+        let fx = d.on_message(MS, 4, Msg::Query { txn: 7 }, &following(&m));
+        assert_eq!(decides(&fx), vec![(4, Decision::Commit)]);
+    }
+
+    #[test]
+    fn a_new_leader_takes_over_undecided_and_unacknowledged_transactions() {
+        let (mut d, mut m) = (driver(), CoordMachine::default());
+        m.apply(&Command::Start {
+            txn: 7,
+            participants: vec![(4, 1), (5, 1)],
+        });
+        m.apply(&Command::Start {
+            txn: 8,
+            participants: vec![(4, 1)],
+        });
+        m.apply(&Command::Commit { txn: 8, votes: vec![4] });
+        // Was a follower; now leads.
+        d.tick(MS, &following(&m));
+        let fx = d.tick(100 * MS, &leading(&m));
+        let prepares = fx
+            .steps
+            .iter()
+            .filter(|s| matches!(s, Step::Send(_, Msg::Prepare { txn: 7, .. })))
+            .count();
+        assert_eq!(prepares, 2);
+        assert_eq!(decides(&fx), vec![(4, Decision::Commit)]);
+        // Votes never come: its own prepare timeout aborts, through the log.
+        let fx = d.tick(1_200 * MS, &leading(&m));
+        assert!(matches!(
+            fx.propose[..],
+            [(
+                _,
+                _,
+                Command::Abort {
+                    txn: 7,
+                    reason: AbortReason::PrepareTimeout
+                }
+            )]
+        ));
+    }
+}
