@@ -9,7 +9,7 @@
 //! jump: xxh3 then jump). `ours_prehashed` isolates the lookup structure.
 //!
 //! Run (about 2 minutes on 2 cores):
-//! `cargo bench -p ringfence --bench ring -- --warm-up-time 1 --measurement-time 2`
+//! `cargo bench -p ringfence-bench --bench ring -- --warm-up-time 1 --measurement-time 2`
 //! and filter with e.g. `-- lookup/n=1000/v=160`.
 
 use std::hint::black_box;

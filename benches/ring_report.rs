@@ -5,7 +5,7 @@
 //! Every number is a pure function of the code: rerunning prints the same
 //! tables.
 //!
-//! `cargo run --release -p ringfence --example ring_report`
+//! `cargo run --release -p ringfence-bench --example ring_report`
 //! (`-- quick` for a smaller run that skips n = 1000.)
 
 use std::collections::BTreeMap;
@@ -113,6 +113,14 @@ fn summary(xs: &[f64]) -> (f64, f64, f64) {
     (mean, min, max)
 }
 
+/// Standard error of the mean of a list of ratios (sample stddev / √T).
+fn std_err(xs: &[f64]) -> f64 {
+    let t = xs.len() as f64;
+    let mean = xs.iter().sum::<f64>() / t;
+    let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (t - 1.0);
+    (var / t).sqrt()
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "quick");
     let sizes: &[u64] = if quick { &[10, 100] } else { &[10, 100, 1000] };
@@ -187,32 +195,44 @@ fn main() {
     println!(
         "Ring figures are exact hash-space fractions from `diff_ranges` (no sampling); the others count the {m} keys."
     );
-    println!("Mean over T trials, each adding a different new node id / removing a different node (jump: always the tail).\n");
-    println!("| n | vnodes | placement | T | add: mean ratio | add: min–max | remove: mean ratio | remove: min–max |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("Mean ± standard error over T trials, each adding a different new node id / removing a different node (jump: always the tail). T is given as add/remove; at n = 10 the remove trials cover every node once, which makes that mean exactly 1 (the shares sum to 1).");
+    println!("Spread (theory) = stddev of one trial's ratio for random points: the changed node's share is Beta(v, (n−1)·v) on a remove and Beta(v, n·v) on an add, so one trial deviates by ≈ 1/√v; a mean over T trials by that over √T.\n");
+    println!("| n | vnodes | placement | T | add: mean ratio | add: min–max | remove: mean ratio | remove: min–max | spread per trial (theory, remove) |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for &n in sizes {
-        let trials: u64 = if n >= 1000 { 8 } else { 20 };
         let base = nodes(0..n);
         for v in vnodes {
+            // 1000 × 1000 rebuilds a million points per trial; its spread is small.
+            let adds: u64 = if n * u64::from(v) >= 1_000_000 { 16 } else { 64 };
+            let removes = adds.min(n);
             let r0 = ring(&base, v);
             let (mut add, mut rem) = (Vec::new(), Vec::new());
-            for t in 0..trials {
+            for t in 0..adds {
                 let mut grown = base.clone();
                 grown.push(NodeSpec::new(n + t));
                 add.push(exact_moved(&r0, &ring(&grown, v)) * (n + 1) as f64);
-                let gone = t % n;
+            }
+            for gone in 0..removes {
                 let less: Vec<NodeSpec> = base.iter().copied().filter(|x| x.id.0 != gone).collect();
                 rem.push(exact_moved(&r0, &ring(&less, v)) * n as f64);
             }
             let (a, b) = (summary(&add), summary(&rem));
+            let spread = ((n as f64 - 1.0) / (n as f64 * f64::from(v) + 1.0)).sqrt();
             println!(
-                "| {n} | {v} | ours (ring) | {trials} | {:.4} | {:.3}–{:.3} | {:.4} | {:.3}–{:.3} |",
-                a.0, a.1, a.2, b.0, b.1, b.2
+                "| {n} | {v} | ours (ring) | {adds}/{removes} | {:.4} ± {:.4} | {:.3}–{:.3} | {:.4} ± {:.4} | {:.3}–{:.3} | {spread:.3} |",
+                a.0,
+                std_err(&add),
+                a.1,
+                a.2,
+                b.0,
+                std_err(&rem),
+                b.1,
+                b.2
             );
             if v == 160 {
                 let h0 = hashring(n, v, None);
                 let (mut add, mut rem) = (Vec::new(), Vec::new());
-                for t in 0..trials.min(4) {
+                for t in 0..4 {
                     let mut h1 = hashring(n, v, None);
                     h1.batch_add((0..v).map(|idx| VNode { node: n + t, idx }).collect());
                     add.push(moved_hashring(&h0, &h1, &keys) * (n + 1) as f64);
@@ -220,12 +240,13 @@ fn main() {
                 }
                 let (a, b) = (summary(&add), summary(&rem));
                 println!(
-                    "| {n} | {v} | hashring | {} | {:.4} | {:.3}–{:.3} | {:.4} | {:.3}–{:.3} |",
-                    trials.min(4),
+                    "| {n} | {v} | hashring | 4/4 | {:.4} ± {:.4} | {:.3}–{:.3} | {:.4} ± {:.4} | {:.3}–{:.3} | {spread:.3} |",
                     a.0,
+                    std_err(&add),
                     a.1,
                     a.2,
                     b.0,
+                    std_err(&rem),
                     b.1,
                     b.2
                 );
@@ -235,7 +256,7 @@ fn main() {
         let j1 = JumpView::build(2, &nodes(0..n + 1), 1).unwrap();
         let jm = JumpView::build(2, &nodes(0..n - 1), 1).unwrap();
         println!(
-            "| {n} | – | jump (tail) | 1 | {:.4} | – | {:.4} | – |",
+            "| {n} | – | jump (tail) | 1/1 | {:.4} | – | {:.4} | – | – |",
             moved(&j0, &j1, &hashes) * (n + 1) as f64,
             moved(&j0, &jm, &hashes) * n as f64
         );
@@ -246,7 +267,7 @@ fn main() {
             let h1 = RendezvousView::build(2, &grown, 1).unwrap();
             let hm = RendezvousView::build(2, &base[1..], 1).unwrap();
             println!(
-                "| {n} | – | rendezvous | 1 | {:.4} | – | {:.4} | – |",
+                "| {n} | – | rendezvous | 1/1 | {:.4} | – | {:.4} | – | – |",
                 moved(&h0, &h1, &hashes) * (n + 1) as f64,
                 moved(&h0, &hm, &hashes) * n as f64
             );
@@ -255,7 +276,7 @@ fn main() {
         let m1 = ModuloPlacement::build(2, &nodes(0..n + 1), 1).unwrap();
         let mm = ModuloPlacement::build(2, &nodes(0..n - 1), 1).unwrap();
         println!(
-            "| {n} | – | hash % n (planted bug) | 1 | {:.4} | – | {:.4} | – |",
+            "| {n} | – | hash % n (planted bug) | 1/1 | {:.4} | – | {:.4} | – | – |",
             moved(&m0, &m1, &hashes) * (n + 1) as f64,
             moved(&m0, &mm, &hashes) * n as f64
         );
