@@ -1,12 +1,9 @@
-//! Which shard holds a key.
-//!
-//! This is the seam where the consistent-hashing ring (`src/ring`) plugs in:
-//! implement [`Placement`] over a ring view. Until then [`HashPlacement`]
-//! places keys by a stable hash modulo the shard count — fine for a fixed set
-//! of shards (nothing is ever rebalanced here), wrong the moment shards come
-//! and go, which is exactly what the ring is for.
+//! Which shard holds a key: the consistent-hashing ring (`src/ring`) over
+//! the shards, so that a shard added later takes over only its share of
+//! the keys instead of reshuffling almost all of them, as `hash % n` would.
 
 use crate::env::NodeId;
+use crate::ring::{self, NodeSpec, RingConfig, RingView, ViewError};
 
 /// Maps keys to the shard (participant node) that owns them.
 pub trait Placement: Send + Sync {
@@ -15,33 +12,27 @@ pub trait Placement: Send + Sync {
     fn shards(&self) -> &[NodeId];
 }
 
-/// Stable hash modulo the number of shards (FNV-1a, identical on every
-/// platform and run).
+/// Shards on a weighted virtual-node ring (160 points each, sha1-placed):
+/// the same mapping on every node, platform and release.
 #[derive(Debug, Clone)]
-pub struct HashPlacement {
+pub struct RingPlacement {
+    ring: RingView,
     shards: Vec<NodeId>,
 }
 
-impl HashPlacement {
-    pub fn new(shards: Vec<NodeId>) -> Self {
-        assert!(!shards.is_empty(), "a placement needs at least one shard");
-        HashPlacement { shards }
+impl RingPlacement {
+    /// Fails on an empty or duplicated shard list.
+    pub fn new(shards: Vec<NodeId>) -> Result<Self, ViewError> {
+        let nodes: Vec<NodeSpec> = shards.iter().map(|&s| NodeSpec::new(u64::from(s))).collect();
+        let ring = RingView::build(0, &nodes, RingConfig::default().with_replicas(1))?;
+        Ok(RingPlacement { ring, shards })
     }
 }
 
-/// FNV-1a over the key's bytes.
-pub fn stable_hash(key: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in key.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
-impl Placement for HashPlacement {
+impl Placement for RingPlacement {
     fn shard_for(&self, key: &str) -> NodeId {
-        self.shards[(stable_hash(key) % self.shards.len() as u64) as usize]
+        let owner = ring::Placement::owner(&self.ring, key.as_bytes());
+        NodeId::try_from(owner.0).expect("ring nodes are shard ids")
     }
     fn shards(&self) -> &[NodeId] {
         &self.shards
@@ -54,7 +45,7 @@ mod tests {
 
     #[test]
     fn placement_is_stable_and_uses_every_shard() {
-        let p = HashPlacement::new(vec![2, 3, 4]);
+        let p = RingPlacement::new(vec![2, 3, 4]).unwrap();
         let keys: Vec<String> = (0..30).map(|i| format!("acct-{i}")).collect();
         let a: Vec<_> = keys.iter().map(|k| p.shard_for(k)).collect();
         let b: Vec<_> = keys.iter().map(|k| p.shard_for(k)).collect();
@@ -62,5 +53,11 @@ mod tests {
         for s in [2, 3, 4] {
             assert!(a.contains(&s));
         }
+    }
+
+    #[test]
+    fn bad_shard_lists_are_refused() {
+        assert!(RingPlacement::new(vec![]).is_err());
+        assert!(RingPlacement::new(vec![2, 2]).is_err());
     }
 }

@@ -3,8 +3,8 @@
 //! a coordinator replicated on the log over 3 replicas ([`Bank<3>`]).
 //!
 //! Servers `1..=C` are the coordinator (replicas); the rest are shards, each
-//! holding some of [`ACCOUNTS`] accounts (placed by `HashPlacement` — where
-//! the ring will plug in). Every account starts with [`INITIAL`]. Clients run transfers
+//! holding some of [`ACCOUNTS`] accounts (placed by the consistent-hashing ring,
+//! `RingPlacement`). Every account starts with [`INITIAL`]. Clients run transfers
 //! (read two balances, write both, commit) and audits (read every account in
 //! one transaction, commit). After the heal the probe audits until one
 //! commits: it has to wait out every transaction still holding locks, so
@@ -42,7 +42,7 @@ use ringfence::history::{EventKind, History, Violation};
 use ringfence::txn::client::{ClientConfig, TxnClient, TxnError};
 use ringfence::txn::coordinator::{CoordinatorBugs, CoordinatorConfig};
 use ringfence::txn::participant::{ParticipantBugs, ParticipantConfig};
-use ringfence::txn::placement::{HashPlacement, Placement};
+use ringfence::txn::placement::{Placement, RingPlacement};
 use ringfence::txn::replicated::{ReplicatedBugs, ReplicatedConfig};
 use ringfence::txn::shell::{run_coordinator, run_participant, run_replicated_coordinator, Observer};
 use ringfence::txn::{Decision, Outcome, TxnEvent, TxnId, Value};
@@ -139,7 +139,7 @@ pub struct Bank<const C: u32> {
     coordinator: CoordinatorBugs,
     replicated: ReplicatedBugs,
     participant: ParticipantBugs,
-    placement: Arc<HashPlacement>,
+    placement: Arc<RingPlacement>,
     probe_client: u32,
     events: Mutex<Vec<(NodeId, TxnEvent)>>,
     /// Transactions whose commit the clients saw succeed or not answer: the
@@ -349,7 +349,9 @@ impl<const C: u32> Scenario for Bank<C> {
                 vote_without_sync: bug(&VOTE_WITHOUT_SYNCED_PREPARE),
                 abort_alone_after: bug(&PARTICIPANT_ABORTS_ALONE).then_some(Duration::from_millis(300)),
             },
-            placement: Arc::new(HashPlacement::new((COORDINATOR + C..=params.servers).collect())),
+            placement: Arc::new(
+                RingPlacement::new((COORDINATOR + C..=params.servers).collect()).expect("distinct shard ids"),
+            ),
             probe_client: params.workload.clients,
             events: Mutex::new(Vec::new()),
             to_recheck: Mutex::new(Vec::new()),
@@ -699,8 +701,8 @@ mod tests {
 
     const T: TxnId = (1 << 32) | 1;
 
-    fn placement() -> HashPlacement {
-        HashPlacement::new(vec![2, 3, 4])
+    fn placement() -> RingPlacement {
+        RingPlacement::new(vec![2, 3, 4]).expect("distinct shard ids")
     }
 
     fn transfer(txn: TxnId, reads: Vec<(u32, i64)>, writes: Vec<(u32, i64)>) -> BankOp {
