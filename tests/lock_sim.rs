@@ -116,3 +116,83 @@ fn calm_seed_passes_and_makes_progress() {
     assert!(outcome.violations.is_empty(), "{:?}", outcome.violations);
     assert!(outcome.ops > 20, "only {} operations completed", outcome.ops);
 }
+
+#[test]
+fn every_situation_has_named_corpus_cases_aimed_at_it() {
+    use ringfence_sim::corpus;
+    use ringfence_sim::plan::Fault;
+    use ringfence_sim::scenarios::lock::situation;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds");
+    for name in situation::ALL {
+        let entry = corpus::load(&dir.join(format!("lock-{name}.json"))).expect("a passing case per situation");
+        assert_eq!(entry.expect, corpus::PASS, "{name}");
+        assert!(entry.case.bug.is_none(), "{name}");
+        let aims = |e: &corpus::Entry| {
+            e.case
+                .plan
+                .iter()
+                .flat_map(|p| &p.faults)
+                .any(|f| matches!(f, Fault::Aimed { situation, .. } if situation == name))
+        };
+        assert!(aims(&entry), "lock-{name}.json aims at nothing");
+    }
+    // The planted bug each situation exposes, caught by its invariant
+    // (replayed, with the passing cases, by tests/sim_corpus.rs).
+    for (name, bug, invariant) in [
+        (situation::GC_PAUSE, "no-fencing", "fencing"),
+        (situation::DELAYED_WRITE, "no-fencing", "fencing"),
+        (situation::CLOCK_JUMP, "no-fencing", "fencing"),
+        (situation::LEADER_FAILOVER, "unsynced-token", "token-order"),
+        (situation::UNSYNCED_CRASH, "unsynced-token", "token-order"),
+        (situation::EXPIRED_WHILE_QUEUED, "no-recheck", "lease-overlap"),
+        (situation::DRIFT_WITHIN_BOUND, "no-drift-margin", "lease-overlap"),
+    ] {
+        let entry = corpus::load(&dir.join(format!("lock-{name}-{bug}.json"))).expect("a bug case");
+        assert_eq!(
+            (entry.case.bug.as_deref(), entry.expect.as_str()),
+            (Some(bug), invariant)
+        );
+    }
+}
+
+#[test]
+fn drift_situations_stay_within_the_bound_the_clients_assume() {
+    use ringfence_sim::plan::Fault;
+    use ringfence_sim::scenarios::lock::{plan_situation, situation, DRIFT_BOUND};
+    use ringfence_sim::world::derive_rng;
+    for seed in 0..200 {
+        let faults = plan_situation(
+            situation::DRIFT_WITHIN_BOUND,
+            &mut derive_rng(seed, 0, 0),
+            0,
+            &[1, 2, 3],
+            4,
+        );
+        for f in faults {
+            if let Fault::Drift { ppm, .. } = f {
+                let rate = 1.0 + ppm as f64 / 1e6;
+                assert!(rate > 1.0 && rate * (1.0 - DRIFT_BOUND) <= 1.0, "rate {rate}");
+            }
+        }
+    }
+}
+
+#[test]
+fn odd_seeds_take_the_situations_in_turn() {
+    use ringfence_sim::plan::Fault;
+    use ringfence_sim::scenarios::{self, lock::situation};
+    let scenario = scenarios::find("lock").unwrap();
+    for (i, name) in situation::ALL.iter().enumerate() {
+        let seed = 2 * i as u64 + 1 + 2 * situation::ALL.len() as u64;
+        let plan = scenario.plan(&scenarios::default_case(scenario, seed, None));
+        let aimed: Vec<&str> = plan
+            .faults
+            .iter()
+            .filter_map(|f| match f {
+                Fault::Aimed { situation, .. } => Some(situation.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(aimed, vec![*name; 2], "seed {seed}");
+    }
+}

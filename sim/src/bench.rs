@@ -96,6 +96,7 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
     );
 
     txn_commit_rates(args.seeds.min(32));
+    lock_round_trips();
 
     println!("\n## planted bugs: seeds until the default sweep catches each");
     println!(
@@ -261,4 +262,116 @@ fn txn_commit_rates(seeds: u64) {
 /// same length.
 fn scenario_window_ms(case: &crate::runner::Case) -> u64 {
     scenarios::validate(case).expect("default case").plan(case).duration_ms
+}
+
+/// Calm lock-service throughput: acquire/release round trips per simulated
+/// second on three lock servers, with clients on distinct locks and on one
+/// shared lock, and how fast such runs simulate.
+fn lock_round_trips() {
+    use ringfence::lock::{server, ClientConfig, LockClient, ServerConfig};
+    use ringfence::log::node::NoProbe;
+    use scenarios::lock::{DRIFT_BOUND, TTL};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    const SEEDS: u64 = 3;
+    const WARM_UP: Duration = Duration::from_secs(1);
+    const MEASURED: Duration = Duration::from_secs(10);
+
+    /// One run: round trips completed in the measured window.
+    fn run(seed: u64, clients: u32, shared: bool) -> u64 {
+        let servers: Vec<u32> = vec![1, 2, 3];
+        let ids: Vec<u32> = (0..clients).map(|i| 101 + i).collect();
+        let all: Vec<u32> = servers.iter().chain(&ids).copied().collect();
+        let world = World::new(seed, &all, &servers, Trace::new(false));
+        let runtime = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
+        let trips = Arc::new(AtomicU64::new(0));
+        let counted = trips.clone();
+        runtime.block_on(async move {
+            let handle = madsim::runtime::Handle::current();
+            for &id in &servers {
+                let (node_world, members) = (world.clone(), servers.clone());
+                let node = handle
+                    .create_node()
+                    .ip(addr_of(id).ip())
+                    .init(move || {
+                        let (world, members) = (node_world.clone(), members.clone());
+                        async move {
+                            let env = SimEnv::boot(world, id).await;
+                            let config = ServerConfig {
+                                log: scenarios::log::sim_config(None),
+                                ttl: TTL,
+                                unsynced_token: false,
+                            };
+                            let _ = server::run(env, members, config, Arc::new(NoProbe)).await;
+                        }
+                    })
+                    .build();
+                world.lock().node(id).madsim_id = Some(node.id());
+            }
+            let mut running = Vec::new();
+            for (i, &id) in ids.iter().enumerate() {
+                let (world, servers, trips) = (world.clone(), servers.clone(), counted.clone());
+                let node = handle.create_node().ip(addr_of(id).ip()).build();
+                running.push(node.spawn(async move {
+                    let env = SimEnv::boot(world, id).await;
+                    let config = ClientConfig {
+                        ttl: TTL,
+                        drift_bound: DRIFT_BOUND,
+                        poll_interval: Duration::from_millis(10),
+                        request_timeout: Duration::from_millis(600),
+                        ..ClientConfig::default()
+                    };
+                    let mut lc = LockClient::new(env.clone(), servers, config);
+                    while lc.open().await.is_err() {}
+                    let lock = if shared {
+                        "shared".to_string()
+                    } else {
+                        format!("lock-{i}")
+                    };
+                    let now = || madsim::time::TimeHandle::current().elapsed();
+                    madsim::time::sleep(WARM_UP.saturating_sub(now())).await;
+                    while now() < WARM_UP + MEASURED {
+                        if let Ok(lease) = lc.acquire(&lock, Duration::from_secs(2)).await {
+                            if lc.release(&lease).await.is_ok() && now() < WARM_UP + MEASURED {
+                                trips.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                }));
+            }
+            futures::future::join_all(running).await;
+        });
+        trips.load(Ordering::Relaxed)
+    }
+
+    println!(
+        "\n## lock service, calm: acquire/release round trips ({SEEDS} seeds x {}s simulated, 3 lock servers)",
+        MEASURED.as_secs()
+    );
+    println!(
+        "{:<28} {:>14} {:>16} {:>9} {:>10}",
+        "clients", "trips/sim-s", "ms/trip/client", "runs/s", "sim/wall"
+    );
+    for (clients, shared) in [(1, false), (4, false), (4, true)] {
+        let total = Arc::new(AtomicU64::new(0));
+        let mut wall = Duration::ZERO;
+        for seed in 0..SEEDS {
+            let total = total.clone();
+            wall += timed(move || {
+                total.fetch_add(run(seed, clients, shared), Ordering::Relaxed);
+            });
+        }
+        let trips = total.load(Ordering::Relaxed);
+        let per_sec = trips as f64 / (SEEDS as f64 * MEASURED.as_secs_f64());
+        let label = format!("{clients} on {}", if shared { "one lock" } else { "own locks" });
+        println!(
+            "{:<28} {:>14.1} {:>16.1} {:>9.2} {:>9.0}x",
+            label,
+            per_sec,
+            1_000.0 * f64::from(clients) / per_sec.max(1e-9),
+            SEEDS as f64 / wall.as_secs_f64(),
+            SEEDS as f64 * (WARM_UP + MEASURED).as_secs_f64() / wall.as_secs_f64()
+        );
+    }
 }

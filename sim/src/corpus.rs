@@ -18,13 +18,15 @@
 //!
 //! `expect` is `"pass"` for a case that must run clean (a fixed bug must stay
 //! fixed), or the name of the invariant the case must violate (a planted bug
-//! must stay caught). Without `plan`, the plan is generated from the seed;
+//! must stay caught). Every aimed fault in the plan must find its moment
+//! (its situation must occur), or the case fails. Without `plan`, the plan is generated from the seed;
 //! shrunk cases carry their reduced plan explicitly.
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::plan::Fault;
 use crate::runner::{Case, Outcome, RunOptions};
 use crate::scenarios;
 use crate::sweep::run_isolated;
@@ -79,6 +81,19 @@ pub fn replay(entry: &Entry) -> Result<Outcome, String> {
     } else {
         got.contains(&entry.expect.as_str())
     };
+    // A case whose aimed faults never found their moment tests nothing.
+    let missed: Vec<&str> = outcome
+        .plan
+        .faults
+        .iter()
+        .filter_map(|f| match f {
+            Fault::Aimed { situation, .. } if !outcome.situations.contains_key(situation) => Some(situation.as_str()),
+            _ => None,
+        })
+        .collect();
+    if !missed.is_empty() {
+        return Err(format!("aimed situations never occurred: {}", missed.join(", ")));
+    }
     if matches {
         Ok(outcome)
     } else {

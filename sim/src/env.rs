@@ -197,7 +197,9 @@ impl Env for SimEnv {
     }
 
     fn append(&self, record: &[u8]) -> Result<(), EnvError> {
-        self.inner.world.lock().node(self.inner.id).disk.append(record);
+        let mut w = self.inner.world.lock();
+        w.node(self.inner.id).disk.append(record);
+        w.after_append(self.inner.id);
         Ok(())
     }
 

@@ -306,14 +306,16 @@ fn run_replay(args: ReplayArgs) -> Result<bool, String> {
         println!("timeline: written to {}", path.display());
     }
     let fired: Vec<String> = outcome.fired.iter().map(|(k, n)| format!("{k}={n}")).collect();
+    let situations: Vec<String> = outcome.situations.iter().map(|(k, n)| format!("{k}={n}")).collect();
     println!(
-        "scenario {} seed {}{}: {} ops, {} faults in plan, fired [{}], simulated {:.3}s",
+        "scenario {} seed {}{}: {} ops, {} faults in plan, fired [{}], situations [{}], simulated {:.3}s",
         case.scenario,
         case.seed,
         case.bug.as_deref().map(|b| format!(" bug {b}")).unwrap_or_default(),
         outcome.ops,
         outcome.plan.faults.len(),
         fired.join(" "),
+        situations.join(" "),
         outcome.sim_time.as_secs_f64()
     );
     println!(

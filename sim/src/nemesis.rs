@@ -13,7 +13,7 @@ use madsim::net::NetSim;
 use madsim::runtime::Handle;
 use ringfence::env::NodeId;
 
-use crate::plan::{DiskLoss, Fault, FaultKind, FaultPlan};
+use crate::plan::{AimedAction, DiskLoss, Fault, FaultKind, FaultPlan};
 use crate::trace::{Phase, TraceEvent};
 use crate::world::{NetFaults, NodeState, World};
 
@@ -34,6 +34,11 @@ pub struct Nemesis {
     nodes: Vec<NodeId>,
     cut: BTreeMap<(NodeId, NodeId), u32>,
     active_network: Option<usize>,
+    /// Aimed faults waiting for their role to be played, by plan index.
+    armed: Vec<usize>,
+    /// Aimed faults that fired: the node hit, and the concrete fault the
+    /// action became where there is one (for its end).
+    aimed: BTreeMap<usize, (NodeId, Option<Fault>)>,
 }
 
 impl Nemesis {
@@ -45,6 +50,8 @@ impl Nemesis {
             nodes,
             cut: BTreeMap::new(),
             active_network: None,
+            armed: Vec::new(),
+            aimed: BTreeMap::new(),
         }
     }
 
@@ -59,7 +66,8 @@ impl Nemesis {
         for (i, fault) in plan.faults.iter().enumerate() {
             let at = Duration::from_millis(fault.at_ms());
             queue.insert((at, 2 * i as u64 + 1), Action::Start(i));
-            if let Some(ms) = fault.duration_ms() {
+            // An aimed fault's end is timed from when it fires.
+            if let Some(ms) = fault.duration_ms().filter(|_| !matches!(fault, Fault::Aimed { .. })) {
                 queue.insert((at + Duration::from_millis(ms), 2 * i as u64), Action::End(i));
             }
         }
@@ -71,9 +79,15 @@ impl Nemesis {
             let requests = std::mem::take(&mut self.world.lock().crash_requests);
             for (node, index, down) in requests {
                 if self.crash(node, DiskLoss::LoseUnsynced, index, FaultKind::UnsyncedCrash) {
+                    if let Some(Fault::Aimed { situation, .. }) = plan.faults.get(index) {
+                        self.world.lock().count_situation(situation);
+                    }
                     restarts += 1;
                     queue.insert((start.elapsed() + down, u64::MAX - restarts), Action::Restart(node));
                 }
+            }
+            for (index, end) in self.fire_armed(plan) {
+                queue.insert((start.elapsed() + end, 2 * index as u64), Action::End(index));
             }
             let next = queue.first_key_value().map_or(window, |(&(at, _), _)| at.min(window));
             if next >= window && start.elapsed() >= window {
@@ -205,6 +219,7 @@ impl Nemesis {
                     format!("clock jump node {node} +{forward_ms}ms"),
                 );
             }
+            Fault::Aimed { .. } => self.armed.push(index),
             Fault::UnsyncedCrash {
                 probability, down_ms, ..
             } => {
@@ -247,8 +262,115 @@ impl Nemesis {
                     );
                 }
             }
+            Fault::Aimed { action, .. } => match (self.aimed.remove(&index), action) {
+                (Some((_, Some(concrete))), _) => self.end(index, &concrete),
+                (Some((node, None)), AimedAction::DelayTo { to, .. }) => {
+                    let mut w = self.world.lock();
+                    for &t in to {
+                        w.link_delay.remove(&(node, t));
+                    }
+                    drop(w);
+                    let text = format!("delay node {node} -> {to:?} ends");
+                    self.note(Phase::End, FaultKind::MessageDelay, Some(index), vec![node], text);
+                }
+                _ => {}
+            },
             Fault::Drift { .. } | Fault::Jump { .. } => {}
         }
+    }
+
+    /// Fires every armed aimed fault whose role some live, running node
+    /// plays now. Returns (plan index, time until its end) for those that last.
+    fn fire_armed(&mut self, plan: &FaultPlan) -> Vec<(usize, Duration)> {
+        let mut ends = Vec::new();
+        for index in std::mem::take(&mut self.armed) {
+            let Fault::Aimed {
+                situation,
+                role,
+                action,
+                ..
+            } = &plan.faults[index]
+            else {
+                unreachable!("only aimed faults are armed")
+            };
+            let target = {
+                let w = self.world.lock();
+                w.roles
+                    .get(role)
+                    .into_iter()
+                    .flatten()
+                    .copied()
+                    .find(|n| w.nodes.get(n).is_some_and(|s| !s.down && !s.paused))
+            };
+            let Some(node) = target else {
+                self.armed.push(index);
+                continue;
+            };
+            // The concrete fault starts now; its own start time is not read.
+            let at_ms = 0;
+            let concrete = match action {
+                AimedAction::Pause { for_ms } => Some(Fault::Pause {
+                    at_ms,
+                    node,
+                    for_ms: *for_ms,
+                }),
+                AimedAction::Crash { down_ms, disk } => Some(Fault::Crash {
+                    at_ms,
+                    node,
+                    down_ms: *down_ms,
+                    disk: *disk,
+                }),
+                AimedAction::Isolate { from, for_ms } => {
+                    let others = |out: &[NodeId]| self.nodes.iter().copied().filter(|n| !out.contains(n)).collect();
+                    Some(Fault::Partition {
+                        at_ms,
+                        for_ms: *for_ms,
+                        shape: format!("aimed isolate {node}"),
+                        groups: vec![others(from), others(&[node])],
+                    })
+                }
+                AimedAction::Deafen { from, for_ms } => Some(Fault::OneWay {
+                    at_ms,
+                    for_ms: *for_ms,
+                    from: from.clone(),
+                    to: vec![node],
+                }),
+                AimedAction::Jump { forward_ms } => Some(Fault::Jump {
+                    at_ms,
+                    node,
+                    forward_ms: *forward_ms,
+                }),
+                AimedAction::DelayTo { to, delay_ms, .. } => {
+                    let late = Duration::from_millis(*delay_ms);
+                    self.world
+                        .lock()
+                        .link_delay
+                        .extend(to.iter().map(|&t| ((node, t), late)));
+                    let text = format!("delay node {node} -> {to:?} by {delay_ms}ms");
+                    self.note(Phase::Start, FaultKind::MessageDelay, Some(index), vec![node], text);
+                    None
+                }
+                AimedAction::CrashOnAppend { down_ms } => {
+                    self.world.lock().crash_on_append = Some((node, index, Duration::from_millis(*down_ms)));
+                    None
+                }
+            };
+            if let Some(concrete) = &concrete {
+                self.start(index, concrete);
+            }
+            self.aimed.insert(index, (node, concrete));
+            if !matches!(action, AimedAction::CrashOnAppend { .. }) {
+                self.world.lock().count_situation(situation);
+            }
+            tracing::info!(target: "nemesis", "aimed at {role} (node {node}): {situation}");
+            if let Some(ms) = action
+                .duration_ms()
+                .filter(|_| !matches!(action, AimedAction::CrashOnAppend { .. }))
+            {
+                ends.push((index, Duration::from_millis(ms)));
+            }
+        }
+        ends
     }
 
     /// Cuts (or restores) the directed links a partition fault blocks.
@@ -328,6 +450,8 @@ impl Nemesis {
         w.net = NetFaults::default();
         w.unsynced_crash = None;
         w.crash_requests.clear();
+        w.link_delay.clear();
+        w.crash_on_append = None;
         for &node in &nodes {
             w.set_clock_rate(node, 1.0);
         }

@@ -139,6 +139,17 @@ pub enum Fault {
         probability: f64,
         down_ms: u64,
     },
+    /// Armed at `at_ms`, fires at the first moment after it that a node
+    /// plays `role` (a name the scenario publishes at run time, e.g. "the
+    /// lock holder, mid-write"), against that node. The plan stays data, yet
+    /// hits the moments that matter; `situation` names the moment for the
+    /// sweep's coverage report.
+    Aimed {
+        at_ms: u64,
+        situation: String,
+        role: String,
+        action: AimedAction,
+    },
 }
 
 impl Fault {
@@ -151,7 +162,8 @@ impl Fault {
             | Fault::Network { at_ms, .. }
             | Fault::Drift { at_ms, .. }
             | Fault::Jump { at_ms, .. }
-            | Fault::UnsyncedCrash { at_ms, .. } => *at_ms,
+            | Fault::UnsyncedCrash { at_ms, .. }
+            | Fault::Aimed { at_ms, .. } => *at_ms,
         }
     }
 
@@ -165,6 +177,7 @@ impl Fault {
             | Fault::UnsyncedCrash { for_ms, .. } => Some(*for_ms),
             Fault::Crash { down_ms, .. } => Some(*down_ms),
             Fault::Drift { .. } | Fault::Jump { .. } => None,
+            Fault::Aimed { action, .. } => action.duration_ms(),
         }
     }
 
@@ -179,6 +192,14 @@ impl Fault {
             | Fault::UnsyncedCrash { for_ms, .. } => *for_ms = ms,
             Fault::Crash { down_ms, .. } => *down_ms = ms,
             Fault::Drift { .. } | Fault::Jump { .. } => {}
+            Fault::Aimed { action, .. } => match action {
+                AimedAction::Pause { for_ms }
+                | AimedAction::Isolate { for_ms, .. }
+                | AimedAction::Deafen { for_ms, .. }
+                | AimedAction::DelayTo { for_ms, .. } => *for_ms = ms,
+                AimedAction::Crash { down_ms, .. } | AimedAction::CrashOnAppend { down_ms } => *down_ms = ms,
+                AimedAction::Jump { .. } => {}
+            },
         }
         f
     }
@@ -410,6 +431,57 @@ fn sorted(nodes: &[NodeId]) -> Vec<NodeId> {
     let mut v = nodes.to_vec();
     v.sort_unstable();
     v
+}
+
+/// What an aimed fault does to the node it hits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "do", rename_all = "kebab-case")]
+pub enum AimedAction {
+    Pause {
+        for_ms: u64,
+    },
+    Crash {
+        down_ms: u64,
+        disk: DiskLoss,
+    },
+    /// Crashes the node at its next disk append, before that write is
+    /// synced: a server dying with unsynced state.
+    CrashOnAppend {
+        down_ms: u64,
+    },
+    /// Cuts the node off from `from`, both ways; other links stay up.
+    Isolate {
+        from: Vec<NodeId>,
+        for_ms: u64,
+    },
+    /// Messages from `from` to the node are lost (its replies, say).
+    Deafen {
+        from: Vec<NodeId>,
+        for_ms: u64,
+    },
+    /// Messages the node sends to `to` arrive `delay_ms` late.
+    DelayTo {
+        to: Vec<NodeId>,
+        delay_ms: u64,
+        for_ms: u64,
+    },
+    Jump {
+        forward_ms: u64,
+    },
+}
+
+impl AimedAction {
+    /// How long the action lasts once fired.
+    pub fn duration_ms(&self) -> Option<u64> {
+        match self {
+            AimedAction::Pause { for_ms }
+            | AimedAction::Isolate { for_ms, .. }
+            | AimedAction::Deafen { for_ms, .. }
+            | AimedAction::DelayTo { for_ms, .. } => Some(*for_ms),
+            AimedAction::Crash { down_ms, .. } | AimedAction::CrashOnAppend { down_ms } => Some(*down_ms),
+            AimedAction::Jump { .. } => None,
+        }
+    }
 }
 
 #[cfg(test)]

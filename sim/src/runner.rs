@@ -69,6 +69,8 @@ pub struct Outcome {
     /// Completed client operations.
     pub ops: u64,
     pub fired: BTreeMap<FaultKind, u64>,
+    /// Named situations aimed faults brought about.
+    pub situations: BTreeMap<String, u64>,
     pub violations: Vec<Violation>,
     /// Simulated time the run covered.
     pub sim_time: Duration,
@@ -96,6 +98,7 @@ impl Outcome {
             trace_events: 0,
             ops: 0,
             fired: BTreeMap::new(),
+            situations: BTreeMap::new(),
             violations: vec![violation],
             sim_time: Duration::ZERO,
             messages: 0,
@@ -124,7 +127,7 @@ pub fn plan_for<S: Scenario>(case: &Case) -> FaultPlan {
             clients: client_ids(case.workload.clients),
             kinds: S::fault_kinds(),
         };
-        FaultPlan::generate(case.seed, S::FAULT_WINDOW.as_millis() as u64, &targets)
+        S::plan(case.seed, &targets)
     })
 }
 
@@ -185,6 +188,7 @@ pub fn run<S: Scenario>(case: &Case, bug: Option<&'static crate::scenario::Bug>,
         trace_events: w.trace.len(),
         ops: history.operations().iter().filter(|(_, done)| done.is_some()).count() as u64,
         fired: std::mem::take(&mut w.fired),
+        situations: std::mem::take(&mut w.situations),
         violations: all_violations,
         sim_time,
         messages: w.delivered,

@@ -17,7 +17,7 @@ use ringfence::history::{EventKind, History, Violation};
 use serde::{Deserialize, Serialize};
 
 use crate::env::SimEnv;
-use crate::plan::FaultKind;
+use crate::plan::{FaultKind, FaultPlan, Targets};
 use crate::trace::TraceEvent;
 use crate::world::{elapsed, World};
 
@@ -73,6 +73,17 @@ pub trait Scenario: Send + Sync + Sized + 'static {
     /// Fault kinds the nemesis may use against this scenario.
     fn fault_kinds() -> Vec<FaultKind> {
         FaultKind::ALL.to_vec()
+    }
+
+    /// Named situations the scenario's plans aim for (see
+    /// [`Fault::Aimed`](crate::plan::Fault::Aimed)); a sweep large enough to
+    /// demand fault coverage fails if one never occurred.
+    const SITUATIONS: &'static [&'static str] = &[];
+
+    /// The fault plan for `seed`: by default the swarm plan over
+    /// [`Scenario::fault_kinds`]. A scenario may add faults aimed at its roles.
+    fn plan(seed: u64, targets: &Targets) -> FaultPlan {
+        FaultPlan::generate(seed, Self::FAULT_WINDOW.as_millis() as u64, targets)
     }
 
     fn new(params: &Params) -> Self;

@@ -274,7 +274,8 @@ pub fn restrict(plan: &FaultPlan, servers: &[NodeId], clients: &[NodeId]) -> Fau
                     to,
                 })
             }
-            Fault::Network { .. } | Fault::UnsyncedCrash { .. } => Some(f.clone()),
+            // Aimed faults name roles, and links to nodes that are gone are no-ops.
+            Fault::Network { .. } | Fault::UnsyncedCrash { .. } | Fault::Aimed { .. } => Some(f.clone()),
         })
         .collect();
     FaultPlan { faults, ..plan.clone() }

@@ -94,6 +94,10 @@ pub struct ScenarioSummary {
     pub fired: BTreeMap<FaultKind, u64>,
     /// Fault kinds the scenario supports that never fired in this sweep.
     pub never_fired: Vec<FaultKind>,
+    /// Named situations aimed faults brought about, summed over seeds.
+    pub situations: BTreeMap<String, u64>,
+    /// Situations the scenario aims for that never occurred in this sweep.
+    pub never_occurred: Vec<String>,
     pub failures: Vec<Failure>,
     /// Seeds whose rerun gave a different trace hash.
     pub nondeterministic: Vec<u64>,
@@ -108,7 +112,10 @@ pub struct ScenarioSummary {
 
 impl ScenarioSummary {
     pub fn passed(&self) -> bool {
-        self.failures.is_empty() && self.nondeterministic.is_empty() && self.never_fired.is_empty()
+        self.failures.is_empty()
+            && self.nondeterministic.is_empty()
+            && self.never_fired.is_empty()
+            && self.never_occurred.is_empty()
     }
 }
 
@@ -198,6 +205,7 @@ type SeedResult = (usize, Outcome, Duration, Option<u64>);
 
 fn summarize(scenario: &dyn DynScenario, results: Vec<SeedResult>, wall: Duration) -> ScenarioSummary {
     let mut fired: BTreeMap<FaultKind, u64> = BTreeMap::new();
+    let mut situations: BTreeMap<String, u64> = BTreeMap::new();
     let (mut ops, mut messages, mut sim, mut busy) = (0, 0, Duration::ZERO, Duration::ZERO);
     let mut failures = Vec::new();
     let mut nondeterministic = Vec::new();
@@ -207,6 +215,9 @@ fn summarize(scenario: &dyn DynScenario, results: Vec<SeedResult>, wall: Duratio
     for (_, outcome, took, rerun) in &results {
         for (kind, n) in &outcome.fired {
             *fired.entry(*kind).or_default() += n;
+        }
+        for (situation, n) in &outcome.situations {
+            *situations.entry(situation.clone()).or_default() += n;
         }
         ops += outcome.ops;
         messages += outcome.messages;
@@ -229,11 +240,22 @@ fn summarize(scenario: &dyn DynScenario, results: Vec<SeedResult>, wall: Duratio
         }
     }
     let seeds = results.len() as u64;
-    let never_fired = if seeds >= MIN_SEEDS_FOR_FAULT_COVERAGE {
+    let covered = seeds >= MIN_SEEDS_FOR_FAULT_COVERAGE;
+    let never_fired = if covered {
         scenario
             .fault_kinds()
             .into_iter()
             .filter(|k| !k.opportunistic() && !fired.contains_key(k))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let never_occurred = if covered {
+        scenario
+            .situations()
+            .iter()
+            .filter(|s| !situations.contains_key(**s))
+            .map(|s| s.to_string())
             .collect()
     } else {
         Vec::new()
@@ -246,6 +268,8 @@ fn summarize(scenario: &dyn DynScenario, results: Vec<SeedResult>, wall: Duratio
         messages,
         fired,
         never_fired,
+        situations,
+        never_occurred,
         failures,
         nondeterministic,
         determinism_checked,
@@ -295,6 +319,13 @@ pub fn table(summaries: &[ScenarioSummary]) -> String {
             s.sim_to_wall,
             fired.join(" ")
         );
+        if !s.situations.is_empty() {
+            let seen: Vec<String> = s.situations.iter().map(|(k, n)| format!("{k}={n}")).collect();
+            out += &format!("  situations: {}\n", seen.join(" "));
+        }
+        if !s.never_occurred.is_empty() {
+            out += &format!("  SITUATIONS NEVER OCCURRED: {}\n", s.never_occurred.join(", "));
+        }
         if !s.never_fired.is_empty() {
             let kinds: Vec<_> = s.never_fired.iter().map(|k| k.name()).collect();
             out += &format!("  FAULTS NEVER FIRED: {}\n", kinds.join(", "));

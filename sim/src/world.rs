@@ -236,6 +236,16 @@ pub struct WorldState {
     pub crash_wakeup: Arc<tokio::sync::Notify>,
     /// Servers: the nodes an unsynced-crash may hit.
     pub servers: Vec<NodeId>,
+    /// Role name → the nodes playing it now, as the scenario publishes
+    /// them; aimed faults fire at these.
+    pub roles: BTreeMap<String, Vec<NodeId>>,
+    /// Named situations aimed faults brought about, by name.
+    pub situations: BTreeMap<String, u64>,
+    /// Extra delay on every message over a directed link.
+    pub link_delay: BTreeMap<(NodeId, NodeId), Duration>,
+    /// An armed crash: (node, plan index, down time), carried out at the
+    /// node's next disk append.
+    pub crash_on_append: Option<(NodeId, usize, Duration)>,
 }
 
 /// Cheap handle to a run's [`WorldState`].
@@ -278,6 +288,10 @@ impl World {
             crash_requests: Vec::new(),
             crash_wakeup: Arc::new(tokio::sync::Notify::new()),
             servers: servers.to_vec(),
+            roles: BTreeMap::new(),
+            situations: BTreeMap::new(),
+            link_delay: BTreeMap::new(),
+            crash_on_append: None,
         })))
     }
 
@@ -342,6 +356,11 @@ impl WorldState {
                 delivery.delays[1] = extra(rng);
             }
         }
+        if let Some(&late) = self.link_delay.get(&(from, to)) {
+            for d in delivery.delays.iter_mut().flatten() {
+                *d += late;
+            }
+        }
         if delivery.drop {
             self.count(FaultKind::MessageLoss);
         }
@@ -396,6 +415,30 @@ impl WorldState {
 
     pub fn jump_clock(&mut self, id: NodeId, forward: Duration) {
         self.node(id).clock.jump(forward);
+    }
+
+    /// Replaces the published roles and wakes the nemesis, which may have
+    /// aimed faults waiting for one of them.
+    pub fn set_roles(&mut self, roles: BTreeMap<String, Vec<NodeId>>) {
+        if self.roles != roles {
+            self.roles = roles;
+            self.crash_wakeup.notify_one();
+        }
+    }
+
+    pub fn count_situation(&mut self, situation: &str) {
+        *self.situations.entry(situation.to_string()).or_default() += 1;
+    }
+
+    /// Called after `id` appended to its disk: carries out an armed
+    /// crash-on-append (the nemesis kills it as soon as it yields, before
+    /// its sync completes).
+    pub fn after_append(&mut self, id: NodeId) {
+        if let Some((node, index, down)) = self.crash_on_append.filter(|a| a.0 == id) {
+            self.crash_on_append = None;
+            self.crash_requests.push((node, index, down));
+            self.crash_wakeup.notify_one();
+        }
     }
 }
 

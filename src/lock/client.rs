@@ -74,7 +74,6 @@ pub enum LockError {
 /// A lock session bound to one node's env.
 pub struct LockClient<E: Env> {
     env: E,
-    servers: Vec<NodeId>,
     log: Client<E, LockMachine>,
     session: SessionId,
     next_request: u64,
@@ -90,11 +89,10 @@ impl<E: Env> LockClient<E> {
     pub fn new(env: E, servers: Vec<NodeId>, config: ClientConfig) -> Self {
         assert!((0.0..1.0).contains(&config.drift_bound));
         let session = env.rng().gen();
-        let mut log = Client::new(env.clone(), servers.clone());
+        let mut log = Client::new(env.clone(), servers);
         log.attempt_timeout = Duration::from_millis(200);
         LockClient {
             env,
-            servers,
             log,
             session,
             next_request: 0,
@@ -184,11 +182,11 @@ impl<E: Env> LockClient<E> {
         }
     }
 
-    /// Starts over with a new session id (and a new log session).
+    /// Starts over with a new session id. The log session stays: a new one
+    /// would number its requests from 1 again, and a late reply to the old
+    /// one's request with the same number would pass for the answer.
     pub async fn reopen(&mut self) -> Result<(), LockError> {
         self.session = self.env.rng().gen();
-        self.log = Client::new(self.env.clone(), self.servers.clone());
-        self.log.attempt_timeout = Duration::from_millis(200);
         self.valid_until = None;
         self.open().await
     }

@@ -12,9 +12,18 @@
 //! writing, as a real holder would (a GC pause or a slow network after the
 //! check is exactly what fencing exists for); renews when half the lease is
 //! used; releases (now and then twice, to test "only the owner releases").
-//! One cycle in four *abandons* the lock: the holder keeps working while its
-//! lease belief lasts without renewing, then walks away without releasing —
-//! a holder that dies; the servers must expire it and grant the next waiter.
+//! One cycle in four *abandons* the lock — a holder that dies: it stops
+//! renewing, makes one last access at its lease's last moment (where a
+//! wrong lease belief shows), then walks away without releasing; the servers
+//! must expire it and grant the next waiter. A holder whose renewal times
+//! out (cut off from the servers) does the same.
+//!
+//! Fault plans aim at the situations the issue lists ([`situation`]): the
+//! clients and the lock servers publish roles (holder, mid-write holder,
+//! queued client, leader while the lock is held, ...) and aimed faults
+//! strike whoever plays the role when they are due. Odd seeds run one
+//! situation alone, in turn; even seeds run the swarm plan, half of them with
+//! one situation on top. Sweeps report how often each situation occurred.
 //!
 //! Invariants on the history (see [`check_lock`]):
 //! - `fencing`: in the resource's acceptance order, tokens never decrease;
@@ -35,17 +44,22 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::future::{select, Either};
+use rand::seq::SliceRandom;
 use rand::Rng;
+use rand_chacha::ChaCha8Rng;
 use ringfence::env::{Env, NodeId};
 use ringfence::history::{EventKind, History, Violation};
 use ringfence::lock::resource::{self, ResourceRequest};
 use ringfence::lock::{server, ClientConfig, LockClient, LockError, ServerConfig, Token};
-use ringfence::log::node::NoProbe;
+use ringfence::log::node::Probe;
+use ringfence::log::{Event, Term};
 use serde::{Deserialize, Serialize};
 
 use crate::env::SimEnv;
+use crate::plan::{AimedAction, DiskLoss, Fault, FaultKind, FaultPlan, Swarm, Targets};
 use crate::scenario::{client_ids, Bug, Client, Params, Scenario, Workload};
-use crate::world::{elapsed, World};
+use crate::world::{derive_rng, elapsed, stream, World};
 
 /// A client operation as the history records it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -103,6 +117,303 @@ pub const TTL: Duration = Duration::from_millis(1500);
 pub const DRIFT_BOUND: f64 = 0.25;
 const LOCK: &str = "counter";
 
+/// How long a client waits in `acquire` before it counts as queued.
+const QUEUED_AFTER: Duration = Duration::from_millis(100);
+/// How long a resource access is retried before its outcome is unknown:
+/// longer than the longest delay the plans put on a write in flight, so a
+/// late write's fate is recorded.
+const ACCESS_ATTEMPTS: u32 = 20;
+const ACCESS_RETRY: Duration = Duration::from_millis(150);
+
+/// The situations the issue lists, each aimed at deliberately by the plans
+/// (see [`plan_situation`]) and counted when it occurs.
+pub mod situation {
+    /// The holder, between its read and its write, is paused past its lease.
+    pub const GC_PAUSE: &str = "gc-pause";
+    /// The holder is cut off from the lock servers but still reaches the resource.
+    pub const HOLDER_CUT_OFF: &str = "holder-cut-off";
+    /// The holder's write is delayed in flight past its lease's expiry.
+    pub const DELAYED_WRITE: &str = "delayed-write";
+    /// The lock-server leader crashes while the lock is held and a client is queued.
+    pub const LEADER_FAILOVER: &str = "leader-failover";
+    /// A queued client is paused until its session expires.
+    pub const EXPIRED_WHILE_QUEUED: &str = "expired-while-queued";
+    /// The servers' replies to an acquiring client are lost; it retries.
+    pub const LOST_ACQUIRE_REPLY: &str = "lost-acquire-reply";
+    /// The leader crashes with an appended, unsynced write while the lock is held.
+    pub const UNSYNCED_CRASH: &str = "unsynced-crash";
+    /// Lock-server clocks run fast, within the drift bound, while a holder
+    /// that cannot renew uses its lease to the end.
+    pub const DRIFT_WITHIN_BOUND: &str = "drift-within-bound";
+    /// The leader's clock jumps forward beyond the bound while the lock is held.
+    pub const CLOCK_JUMP: &str = "clock-jump";
+
+    pub const ALL: [&str; 9] = [
+        GC_PAUSE,
+        HOLDER_CUT_OFF,
+        DELAYED_WRITE,
+        LEADER_FAILOVER,
+        EXPIRED_WHILE_QUEUED,
+        LOST_ACQUIRE_REPLY,
+        UNSYNCED_CRASH,
+        DRIFT_WITHIN_BOUND,
+        CLOCK_JUMP,
+    ];
+}
+
+/// Roles the scenario publishes for aimed faults.
+mod role {
+    /// A client that holds the lock and has just passed a lease check.
+    pub const HOLDER: &str = "holder";
+    /// A holder between its read and its write.
+    pub const WORKING: &str = "working";
+    /// A holder that will use its lease to the end without renewing (a
+    /// dying holder, or one that could not renew).
+    pub const ABANDONING: &str = "abandoning";
+    /// A client whose acquire has just started.
+    pub const ACQUIRING: &str = "acquiring";
+    /// A client that has waited in `acquire` for a while: in line.
+    pub const QUEUED: &str = "queued";
+    /// The lock-server leader while a client holds the lock.
+    pub const LEADER_HELD: &str = "leader-held";
+    /// The leader while a client holds the lock and another is queued.
+    pub const LEADER_HELD_QUEUED: &str = "leader-held-queued";
+}
+
+/// What a client is doing, as far as aimed faults care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Status {
+    Idle,
+    Acquiring,
+    Queued,
+    /// Holds the lock; `abandoning`: will use the lease to its end.
+    Holding {
+        abandoning: bool,
+    },
+    Working {
+        abandoning: bool,
+    },
+}
+
+/// Who plays which role now: client statuses and the latest leader.
+#[derive(Debug, Default)]
+struct Roles {
+    clients: BTreeMap<NodeId, Status>,
+    leader: Option<(Term, NodeId)>,
+}
+
+impl Roles {
+    /// Publishes the roles to the world, where the nemesis looks them up.
+    fn publish(&self, world: &World) {
+        let with = |wanted: fn(Status) -> bool| -> Vec<NodeId> {
+            let nodes = self.clients.iter().filter(|(_, &s)| wanted(s));
+            nodes.map(|(&n, _)| n).collect()
+        };
+        let holders = with(|s| matches!(s, Status::Holding { .. } | Status::Working { .. }));
+        let queued = with(|s| s == Status::Queued);
+        let leader: Vec<NodeId> = self.leader.iter().map(|&(_, n)| n).collect();
+        let mut roles = BTreeMap::new();
+        let mut put = |name: &str, nodes: Vec<NodeId>| {
+            if !nodes.is_empty() {
+                roles.insert(name.to_string(), nodes);
+            }
+        };
+        put(role::HOLDER, holders.clone());
+        put(role::WORKING, with(|s| matches!(s, Status::Working { .. })));
+        put(
+            role::ABANDONING,
+            with(|s| {
+                matches!(
+                    s,
+                    Status::Holding { abandoning: true } | Status::Working { abandoning: true }
+                )
+            }),
+        );
+        put(role::ACQUIRING, with(|s| s == Status::Acquiring));
+        put(role::QUEUED, queued.clone());
+        if !holders.is_empty() {
+            put(role::LEADER_HELD, leader.clone());
+            if !queued.is_empty() {
+                put(role::LEADER_HELD_QUEUED, leader);
+            }
+        }
+        world.lock().set_roles(roles);
+    }
+}
+
+/// Reports each lock server's leaderships into [`Roles`].
+struct LeaderWatch {
+    roles: Arc<Mutex<Roles>>,
+    world: World,
+}
+
+impl Probe for LeaderWatch {
+    fn observe(&self, node: NodeId, _now: Duration, event: &Event) {
+        if let Event::Leader { term } = event {
+            let mut roles = self.roles.lock().unwrap_or_else(|e| e.into_inner());
+            if roles.leader.is_none_or(|(t, _)| *term > t) {
+                roles.leader = Some((*term, node));
+                roles.publish(&self.world);
+            }
+        }
+    }
+}
+
+/// Aimed faults that bring about `name`, armed at `at_ms`. `servers` are
+/// the lock servers, `resource` the resource node.
+pub fn plan_situation(
+    name: &str,
+    rng: &mut ChaCha8Rng,
+    at_ms: u64,
+    servers: &[NodeId],
+    resource: NodeId,
+) -> Vec<Fault> {
+    let ttl = TTL.as_millis() as u64;
+    let aimed = |role: &str, action| Fault::Aimed {
+        at_ms,
+        situation: name.to_string(),
+        role: role.to_string(),
+        action,
+    };
+    let from = servers.to_vec();
+    match name {
+        situation::GC_PAUSE => vec![aimed(
+            role::WORKING,
+            AimedAction::Pause {
+                for_ms: rng.gen_range(ttl + 200..=ttl + 2_500),
+            },
+        )],
+        situation::HOLDER_CUT_OFF => vec![aimed(
+            role::HOLDER,
+            AimedAction::Isolate {
+                from,
+                for_ms: rng.gen_range(ttl + 300..=2 * ttl),
+            },
+        )],
+        situation::DELAYED_WRITE => {
+            // Longer than the holder's remaining lease plus the next
+            // holder's grant; every retry in the window is as late.
+            let delay_ms = rng.gen_range(ttl + 200..=ttl + 1_000);
+            vec![aimed(
+                role::WORKING,
+                AimedAction::DelayTo {
+                    to: vec![resource],
+                    delay_ms,
+                    for_ms: delay_ms + 300,
+                },
+            )]
+        }
+        situation::LEADER_FAILOVER => vec![aimed(
+            role::LEADER_HELD_QUEUED,
+            AimedAction::Crash {
+                down_ms: rng.gen_range(300..=1_500),
+                disk: *[DiskLoss::LoseUnsynced, DiskLoss::KeepPrefix, DiskLoss::Torn]
+                    .choose(rng)
+                    .expect("3"),
+            },
+        )],
+        situation::EXPIRED_WHILE_QUEUED => vec![aimed(
+            role::QUEUED,
+            AimedAction::Pause {
+                for_ms: rng.gen_range(ttl + 300..=ttl + 2_000),
+            },
+        )],
+        situation::LOST_ACQUIRE_REPLY => vec![aimed(
+            role::ACQUIRING,
+            AimedAction::Deafen {
+                from,
+                for_ms: rng.gen_range(700..=1_500),
+            },
+        )],
+        situation::UNSYNCED_CRASH => vec![aimed(
+            role::LEADER_HELD,
+            AimedAction::CrashOnAppend {
+                down_ms: rng.gen_range(100..=1_000),
+            },
+        )],
+        situation::DRIFT_WITHIN_BOUND => {
+            // Every lock server fast by up to 30%: within 1/(1-ρ) = 1.33x.
+            let mut faults: Vec<Fault> = servers
+                .iter()
+                .map(|&node| Fault::Drift {
+                    at_ms,
+                    node,
+                    ppm: rng.gen_range(80_000..=300_000),
+                })
+                .collect();
+            faults.push(aimed(
+                role::ABANDONING,
+                AimedAction::Isolate {
+                    from,
+                    for_ms: rng.gen_range(ttl + 500..=2 * ttl),
+                },
+            ));
+            faults
+        }
+        situation::CLOCK_JUMP => vec![aimed(
+            role::LEADER_HELD,
+            AimedAction::Jump {
+                forward_ms: rng.gen_range(ttl..=3 * ttl),
+            },
+        )],
+        other => panic!("unknown lock situation `{other}`"),
+    }
+}
+
+/// The fault kinds a situation's faults count under.
+fn situation_kinds(name: &str) -> Vec<FaultKind> {
+    match name {
+        situation::GC_PAUSE | situation::EXPIRED_WHILE_QUEUED => vec![FaultKind::Pause],
+        situation::HOLDER_CUT_OFF | situation::LOST_ACQUIRE_REPLY => vec![FaultKind::Partition],
+        situation::DELAYED_WRITE => vec![FaultKind::MessageDelay],
+        situation::LEADER_FAILOVER => vec![FaultKind::Crash],
+        situation::UNSYNCED_CRASH => vec![FaultKind::UnsyncedCrash],
+        situation::DRIFT_WITHIN_BOUND => vec![FaultKind::Partition, FaultKind::ClockDrift],
+        _ => vec![FaultKind::ClockJump],
+    }
+}
+
+/// Stream index of the aimed-fault draws within the plan stream (the
+/// swarm plan uses index 0).
+const AIM_STREAM: u64 = 1;
+
+/// Odd seeds: one situation, aimed at twice, and nothing else (situations
+/// take turns, so every one comes up in any 18 consecutive seeds). Even
+/// seeds: the swarm plan, half of them with one aimed situation on top.
+fn lock_plan(seed: u64, targets: &Targets) -> FaultPlan {
+    let window = LockScenario::FAULT_WINDOW.as_millis() as u64;
+    let mut rng = derive_rng(seed, stream::PLAN, AIM_STREAM);
+    let (&resource, servers) = targets.servers.split_last().expect("lock servers and a resource");
+    if seed % 2 == 0 {
+        let mut plan = FaultPlan::generate(seed, window, targets);
+        if rng.gen_bool(0.5) {
+            let name = *situation::ALL.choose(&mut rng).expect("non-empty");
+            let at_ms = rng.gen_range(100..window * 8 / 10);
+            plan.faults
+                .extend(plan_situation(name, &mut rng, at_ms, servers, resource));
+            plan.faults.sort_by_key(Fault::at_ms);
+        }
+        return plan;
+    }
+    let name = situation::ALL[(seed / 2) as usize % situation::ALL.len()];
+    let mut faults = Vec::new();
+    for at_ms in [
+        rng.gen_range(100..window * 4 / 10),
+        rng.gen_range(window / 2..window * 8 / 10),
+    ] {
+        faults.extend(plan_situation(name, &mut rng, at_ms, servers, resource));
+    }
+    faults.sort_by_key(Fault::at_ms);
+    FaultPlan {
+        duration_ms: window,
+        swarm: Swarm {
+            enabled: situation_kinds(name),
+            intensity: 0.5,
+        },
+        faults,
+    }
+}
+
 /// Clock rates and jumps seen during the run, sampled from the world.
 #[derive(Debug)]
 struct ClockWatch {
@@ -152,6 +463,7 @@ pub struct LockScenario {
     servers: u32,
     clients: Vec<NodeId>,
     watch: Arc<Mutex<ClockWatch>>,
+    roles: Arc<Mutex<Roles>>,
 }
 
 impl LockScenario {
@@ -163,6 +475,14 @@ impl LockScenario {
     }
     fn has(&self, bug: &Bug) -> bool {
         self.bug == Some(bug.name)
+    }
+
+    /// Records what client `env` is doing, for aimed faults.
+    fn status(&self, env: &SimEnv, status: Status) {
+        let mut roles = self.roles.lock().unwrap_or_else(|e| e.into_inner());
+        if roles.clients.insert(env.id(), status) != Some(status) {
+            roles.publish(env.world());
+        }
     }
 
     fn client_config(&self) -> ClientConfig {
@@ -212,7 +532,7 @@ impl Access<'_> {
         });
         self.req += 1;
         let request = ResourceRequest::Read { req: self.req, token };
-        match resource::call(self.env, self.resource, &request, 3, Duration::from_millis(150)).await {
+        match resource::call(self.env, self.resource, &request, ACCESS_ATTEMPTS, ACCESS_RETRY).await {
             Some(Ok((value, seq))) => {
                 client.ok(LockOp::Read {
                     token,
@@ -252,7 +572,7 @@ impl Access<'_> {
             token,
             value,
         };
-        match resource::call(self.env, self.resource, &request, 3, Duration::from_millis(150)).await {
+        match resource::call(self.env, self.resource, &request, ACCESS_ATTEMPTS, ACCESS_RETRY).await {
             Some(Ok((_, seq))) => {
                 client.ok(LockOp::Write {
                     token,
@@ -307,6 +627,11 @@ impl Scenario for LockScenario {
     /// acquire's retries.
     const LIVENESS_BOUND: Duration = Duration::from_secs(5);
     const DEFAULT_SEEDS: u64 = 100;
+    const SITUATIONS: &'static [&'static str] = &situation::ALL;
+
+    fn plan(seed: u64, targets: &Targets) -> FaultPlan {
+        lock_plan(seed, targets)
+    }
 
     fn new(params: &Params) -> Self {
         LockScenario {
@@ -319,6 +644,7 @@ impl Scenario for LockScenario {
                 min_client_rate: 1.0,
                 server_jumped: false,
             })),
+            roles: Arc::default(),
         }
     }
 
@@ -327,9 +653,14 @@ impl Scenario for LockScenario {
             if let Err(error) = resource::serve(env, self.has(&NO_FENCING)).await {
                 tracing::warn!(%error, "resource stopped");
             }
-        } else if let Err(error) = server::run(env, self.lock_servers(), self.server_config(), Arc::new(NoProbe)).await
-        {
-            tracing::warn!(%error, "lock server stopped");
+        } else {
+            let watch = Arc::new(LeaderWatch {
+                roles: self.roles.clone(),
+                world: env.world().clone(),
+            });
+            if let Err(error) = server::run(env, self.lock_servers(), self.server_config(), watch).await {
+                tracing::warn!(%error, "lock server stopped");
+            }
         }
         std::future::pending::<()>().await;
     }
@@ -363,13 +694,22 @@ impl Scenario for LockScenario {
                 Self::open(&mut lc, fresh).await;
             }
             let mode = rng.gen_range(0..4);
-            let abandon = mode == 0;
+            let mut abandon = mode == 0;
             client.invoke(LockOp::Acquire { token: None });
+            self.status(&env, Status::Acquiring);
             let got = if mode == 1 {
                 lc.try_acquire(LOCK).await
             } else {
-                lc.acquire(LOCK, Duration::from_secs(2)).await
+                let acquire = std::pin::pin!(lc.acquire(LOCK, Duration::from_secs(2)));
+                match select(acquire, std::pin::pin!(env.sleep(QUEUED_AFTER))).await {
+                    Either::Left((got, _)) => got,
+                    Either::Right(((), acquire)) => {
+                        self.status(&env, Status::Queued);
+                        acquire.await
+                    }
+                }
             };
+            self.status(&env, Status::Idle);
             let lease = match got {
                 Ok(lease) if lc.is_valid() => {
                     client.ok(LockOp::Acquire {
@@ -393,33 +733,48 @@ impl Scenario for LockScenario {
                 }
             };
             let token = lease.token;
-            let rounds = if abandon { u32::MAX } else { rng.gen_range(1..=3) };
-            for _ in 0..rounds {
-                if !abandon && lc.valid_for() < TTL / 2 && lc.keep_alive().await.is_err() {
-                    break;
-                }
-                if abandon && lc.valid_for() < Duration::from_millis(100) {
-                    // Use the lease to its last moment, as a holder whose
-                    // heartbeats stopped would.
+            let mut rounds = rng.gen_range(1..=3);
+            // The last access of a holder that stopped renewing, made at its
+            // lease's last moment: where a wrong lease belief shows.
+            let mut at_edge = false;
+            loop {
+                if rounds == 0 {
+                    if !abandon || at_edge {
+                        break;
+                    }
                     env.sleep(lc.valid_for().saturating_sub(Duration::from_millis(2))).await;
+                    (at_edge, rounds) = (true, 1);
+                }
+                rounds -= 1;
+                if !abandon && lc.valid_for() < TTL / 2 {
+                    match lc.keep_alive().await {
+                        Ok(_) => {}
+                        // Cut off from the servers: the lease still runs;
+                        // use it to the end, as a holder that cannot renew would.
+                        Err(LockError::Timeout) => abandon = true,
+                        Err(_) => break,
+                    }
                 }
                 // The lease check: the history's Read invoke marks the last
                 // moment this client believed it held the lock.
                 if !lc.is_valid() {
                     break;
                 }
+                self.status(&env, Status::Holding { abandoning: abandon });
                 let Some(Ok(value)) = access.read(&client, token).await else {
                     break;
                 };
+                self.status(&env, Status::Working { abandoning: abandon });
                 env.sleep(Duration::from_millis(rng.gen_range(20..60))).await;
                 if !access.write(&client, token, value + 1).await {
                     break;
                 }
             }
+            self.status(&env, Status::Idle);
             if abandon {
-                // Walk away without releasing; a new session next time.
+                // Walk away without releasing, and start a new session.
                 fresh = true;
-                lc = LockClient::new(env.clone(), self.lock_servers(), self.client_config());
+                Self::open(&mut lc, true).await;
                 continue;
             }
             release(&client, &mut lc, &lease).await;

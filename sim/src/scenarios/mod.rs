@@ -21,6 +21,7 @@ pub trait DynScenario: Sync {
     fn default_workload(&self) -> Workload;
     fn default_seeds(&self) -> u64;
     fn fault_kinds(&self) -> Vec<FaultKind>;
+    fn situations(&self) -> &'static [&'static str];
     /// The fault plan `case` runs with.
     fn plan(&self, case: &Case) -> FaultPlan;
     /// Runs a validated case (see [`validate`]).
@@ -53,6 +54,9 @@ impl<S: Scenario> DynScenario for Registered<S> {
     }
     fn fault_kinds(&self) -> Vec<FaultKind> {
         S::fault_kinds()
+    }
+    fn situations(&self) -> &'static [&'static str] {
+        S::SITUATIONS
     }
     fn plan(&self, case: &Case) -> FaultPlan {
         plan_for::<S>(case)
