@@ -318,7 +318,6 @@ fn lock_round_trips() {
                     let config = ClientConfig {
                         ttl: TTL,
                         drift_bound: DRIFT_BOUND,
-                        poll_interval: Duration::from_millis(10),
                         request_timeout: Duration::from_millis(600),
                         ..ClientConfig::default()
                     };
