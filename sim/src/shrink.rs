@@ -274,7 +274,10 @@ pub fn restrict(plan: &FaultPlan, servers: &[NodeId], clients: &[NodeId]) -> Fau
                     to,
                 })
             }
-            Fault::Network { .. } | Fault::UnsyncedCrash { .. } => Some(f.clone()),
+            Fault::Network { .. }
+            | Fault::UnsyncedCrash { .. }
+            | Fault::MomentCrash { .. }
+            | Fault::IsolateLeader { .. } => Some(f.clone()),
         })
         .collect();
     FaultPlan { faults, ..plan.clone() }
