@@ -8,6 +8,8 @@
 //! - seeds and wall seconds until the default sweep catches each planted bug;
 //! - committed bank transfers per simulated second for each transaction
 //!   coordinator mode, calm and under the default faults.
+//! - the replicated log's calm throughput: committed commands per simulated
+//!   second with no faults.
 
 use std::time::{Duration, Instant};
 
@@ -15,8 +17,11 @@ use clap::Args;
 use madsim::net::Endpoint;
 use ringfence::env::Env;
 
+use crate::plan::FaultPlan;
+use crate::runner::{Case, RunOptions};
+use crate::scenario::Workload;
 use crate::scenarios;
-use crate::sweep::{self, SweepPlan};
+use crate::sweep::{self, run_isolated, SweepPlan};
 use crate::trace::Trace;
 use crate::world::{addr_of, World};
 use crate::SimEnv;
@@ -35,6 +40,9 @@ pub struct BenchArgs {
     /// Most seeds to try per planted bug.
     #[arg(long, default_value_t = 500)]
     bug_seeds: u64,
+    /// Seeds per client count for the log's calm throughput.
+    #[arg(long, default_value_t = 8)]
+    calm_seeds: u64,
 }
 
 fn jobs() -> usize {
@@ -134,7 +142,61 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
             }
         }
     }
+    calm_log_throughput(args.calm_seeds);
     Ok(())
+}
+
+/// The replicated log with no faults and every client issuing operations
+/// back to back for the whole window (no operation budget): committed
+/// commands and linearizable reads per simulated second, under the
+/// simulator's network latency (1-10 ms) and fsync cost, and how fast the
+/// simulator runs it. Seeds run one after another, keeping their history
+/// to count the commands.
+fn calm_log_throughput(seeds: u64) {
+    let scenario = scenarios::find("log").expect("the log scenario is registered");
+    let window_ms = 5_000;
+    println!("\n## calm throughput (log, 3 replicas, no faults, {window_ms} ms window, {seeds} seeds, 1 job)");
+    println!(
+        "{:<8} {:>15} {:>12} {:>9} {:>9}",
+        "clients", "commands/sim-s", "reads/sim-s", "seeds/s", "wall s"
+    );
+    for clients in [1, 4, 16] {
+        let (mut commands, mut reads, mut sim_secs) = (0u64, 0u64, 0.0);
+        let started = Instant::now(); // determinism: ok — benchmark wall time, outside the simulation
+        for seed in 0..seeds {
+            let case = Case {
+                workload: Workload { clients, ops: u32::MAX },
+                plan: Some(FaultPlan::calm(window_ms)),
+                ..scenarios::default_case(scenario, seed, None)
+            };
+            let outcome = run_isolated(scenario, &case, RunOptions { keep_trace: true });
+            assert!(
+                !outcome.failed(),
+                "calm log seed {seed} failed: {:?}",
+                outcome.violations
+            );
+            for line in &outcome.history {
+                let event: serde_json::Value = serde_json::from_str(line).expect("history lines are JSON");
+                if event["kind"] == "ok" {
+                    if event["op"].get("Add").is_some() {
+                        commands += 1;
+                    } else {
+                        reads += 1;
+                    }
+                }
+            }
+            sim_secs += outcome.sim_time.as_secs_f64();
+        }
+        let wall = started.elapsed().as_secs_f64();
+        println!(
+            "{:<8} {:>15.1} {:>12.1} {:>9.1} {:>9.2}",
+            clients,
+            commands as f64 / sim_secs,
+            reads as f64 / sim_secs,
+            seeds as f64 / wall,
+            wall
+        );
+    }
 }
 
 /// Runs `f` on a fresh thread (madsim needs one per simulation) and returns

@@ -16,6 +16,7 @@ use rand_chacha::ChaCha8Rng;
 use ringfence::env::{Env, EnvError, NodeId, MAX_MESSAGE_BYTES};
 use tokio::sync::{mpsc, Mutex};
 
+use crate::plan::Moment;
 use crate::trace::TraceEvent;
 use crate::world::{addr_of, elapsed, node_of, World};
 
@@ -107,6 +108,14 @@ impl SimEnv {
         &self.inner.world
     }
 
+    /// Reports that this node reached a protocol moment, for the faults
+    /// that aim at roles ([`crate::plan::Fault::MomentCrash`],
+    /// [`crate::plan::Fault::IsolateLeader`]). Call it before sending the
+    /// messages the moment leads to.
+    pub fn moment(&self, moment: Moment) {
+        self.inner.world.lock().moment(self.inner.id, moment);
+    }
+
     async fn transmit(&self, to: NodeId, id: u64, bytes: Vec<u8>) {
         // madsim only fails a send when the local socket is gone, which
         // happens when this node is being killed; the message is lost then.
@@ -145,9 +154,13 @@ impl Env for SimEnv {
             if !w.nodes.contains_key(&to) {
                 return Err(EnvError::UnknownPeer(to));
             }
+            if !w.may_send(self.inner.id, to) {
+                return Ok(());
+            }
             w.route(self.inner.id, to, &msg)
         };
         if delivery.drop {
+            self.inner.world.lock().sent(self.inner.id, to);
             return Ok(());
         }
         let [first, second] = delivery.delays;
@@ -168,6 +181,7 @@ impl Env for SimEnv {
                 });
             }
         }
+        self.inner.world.lock().sent(self.inner.id, to);
         Ok(())
     }
 

@@ -15,7 +15,7 @@ use ringfence::env::NodeId;
 
 use crate::plan::{AimedAction, DiskLoss, Fault, FaultKind, FaultPlan};
 use crate::trace::{Phase, TraceEvent};
-use crate::world::{NetFaults, NodeState, World};
+use crate::world::{MomentWindow, NetFaults, NodeState, World};
 
 enum Action {
     Start(usize),
@@ -39,6 +39,9 @@ pub struct Nemesis {
     /// Aimed faults that fired: the node hit, and the concrete fault the
     /// action became where there is one (for its end).
     aimed: BTreeMap<usize, (NodeId, Option<Fault>)>,
+    /// Links each leader isolation cut, by plan index: who led is only
+    /// known when it starts.
+    isolated: BTreeMap<usize, Vec<(NodeId, NodeId)>>,
 }
 
 impl Nemesis {
@@ -52,6 +55,7 @@ impl Nemesis {
             active_network: None,
             armed: Vec::new(),
             aimed: BTreeMap::new(),
+            isolated: BTreeMap::new(),
         }
     }
 
@@ -77,13 +81,13 @@ impl Nemesis {
         let mut restarts = 0;
         loop {
             let requests = std::mem::take(&mut self.world.lock().crash_requests);
-            for (node, index, down) in requests {
-                if self.crash(node, DiskLoss::LoseUnsynced, index, FaultKind::UnsyncedCrash) {
-                    if let Some(Fault::Aimed { situation, .. }) = plan.faults.get(index) {
+            for r in requests {
+                if self.crash(r.node, DiskLoss::LoseUnsynced, r.index, r.kind, &r.why) {
+                    if let Some(Fault::Aimed { situation, .. }) = plan.faults.get(r.index) {
                         self.world.lock().count_situation(situation);
                     }
                     restarts += 1;
-                    queue.insert((start.elapsed() + down, u64::MAX - restarts), Action::Restart(node));
+                    queue.insert((start.elapsed() + r.down, u64::MAX - restarts), Action::Restart(r.node));
                 }
             }
             for (index, end) in self.fire_armed(plan) {
@@ -112,7 +116,8 @@ impl Nemesis {
     }
 
     /// Kills `node`, applying `disk` loss; `false` if it was already down.
-    fn crash(&mut self, node: NodeId, disk: DiskLoss, index: usize, kind: FaultKind) -> bool {
+    /// `why` says what the node had just done, for crashes it asked for.
+    fn crash(&mut self, node: NodeId, disk: DiskLoss, index: usize, kind: FaultKind, why: &str) -> bool {
         let lost = {
             let mut w = self.world.lock();
             let state = w.node(node);
@@ -122,10 +127,16 @@ impl Nemesis {
             state.down = true;
             state.paused = false;
             w.count(kind);
+            w.disarm(node);
             w.crash_disk(node, disk)
         };
         self.handle.kill(self.madsim_id(node));
-        let text = format!("{kind} node {node} ({disk:?}, {lost} unsynced bytes lost)");
+        let why = if why.is_empty() {
+            String::new()
+        } else {
+            format!("{why}; ")
+        };
+        let text = format!("{kind} node {node} ({why}{disk:?}, {lost} unsynced bytes lost)");
         self.note(Phase::Start, FaultKind::Crash, Some(index), vec![node], text);
         true
     }
@@ -153,7 +164,7 @@ impl Nemesis {
         match fault {
             Fault::Partition { .. } | Fault::OneWay { .. } => self.partition(index, fault, true),
             Fault::Crash { node, disk, .. } => {
-                self.crash(*node, *disk, index, FaultKind::Crash);
+                self.crash(*node, *disk, index, FaultKind::Crash, "");
             }
             Fault::Pause { node, .. } => {
                 {
@@ -227,6 +238,38 @@ impl Nemesis {
                 let text = format!("unsynced-crash window: p={probability:.2}, down {down_ms}ms");
                 self.note(Phase::Start, FaultKind::UnsyncedCrash, Some(index), vec![], text);
             }
+            Fault::MomentCrash {
+                moment,
+                after_sends,
+                probability,
+                down_ms,
+                ..
+            } => {
+                let window = MomentWindow {
+                    moment: *moment,
+                    after_sends: *after_sends,
+                    probability: *probability,
+                    down: Duration::from_millis(*down_ms),
+                };
+                self.world.lock().moment_windows.insert(index, window);
+                let text = format!(
+                    "moment-crash window: {moment} moment, after {after_sends} sends, p={probability:.2}, down {down_ms}ms"
+                );
+                self.note(Phase::Start, FaultKind::MomentCrash, Some(index), vec![], text);
+            }
+            Fault::IsolateLeader { .. } => {
+                let leader = {
+                    let mut w = self.world.lock();
+                    w.leader.filter(|&l| !w.node(l).down)
+                };
+                let Some(leader) = leader else { return };
+                let links: Vec<_> = self.pairs().filter(|&(a, b)| a == leader || b == leader).collect();
+                self.cut_links(&links, true);
+                self.isolated.insert(index, links.clone());
+                self.world.lock().count(FaultKind::IsolateLeader);
+                let text = format!("isolate leader {leader}");
+                self.note(Phase::Start, FaultKind::Partition, Some(index), endpoints(&links), text);
+            }
         }
     }
 
@@ -275,6 +318,19 @@ impl Nemesis {
                 }
                 _ => {}
             },
+            Fault::MomentCrash { .. } => {
+                if self.world.lock().moment_windows.remove(&index).is_some() {
+                    let text = "moment-crash window ends".into();
+                    self.note(Phase::End, FaultKind::MomentCrash, Some(index), vec![], text);
+                }
+            }
+            Fault::IsolateLeader { .. } => {
+                if let Some(links) = self.isolated.remove(&index) {
+                    self.cut_links(&links, false);
+                    let text = "leader isolation healed".into();
+                    self.note(Phase::End, FaultKind::Partition, Some(index), endpoints(&links), text);
+                }
+            }
             Fault::Drift { .. } | Fault::Jump { .. } => {}
         }
     }
@@ -441,6 +497,7 @@ impl Nemesis {
             self.net.unclog_link(self.madsim_id(a), self.madsim_id(b));
         }
         self.cut.clear();
+        self.isolated.clear();
         let nodes: Vec<NodeId> = self.world.lock().nodes.keys().copied().collect();
         for &node in &nodes {
             self.resume(node);
@@ -452,6 +509,7 @@ impl Nemesis {
         w.crash_requests.clear();
         w.link_delay.clear();
         w.crash_on_append = None;
+        w.clear_role_faults();
         for &node in &nodes {
             w.set_clock_rate(node, 1.0);
         }

@@ -35,6 +35,11 @@ pub enum FaultKind {
     /// A crash right after a node sends a message while it has writes not
     /// yet synced: the moment a promise may outrun durability.
     UnsyncedCrash,
+    /// A crash aimed at a protocol moment the scenario reports: right after
+    /// a node votes, as it becomes leader, or as it replicates a new entry.
+    MomentCrash,
+    /// A partition that cuts off whichever node currently leads.
+    IsolateLeader,
 }
 
 impl FaultKind {
@@ -50,6 +55,11 @@ impl FaultKind {
         FaultKind::UnsyncedCrash,
     ];
 
+    /// Kinds aimed at protocol roles, which only a scenario that reports
+    /// its moments ([`crate::SimEnv::moment`]) can use; it opts in through
+    /// `Scenario::fault_kinds`.
+    pub const ROLE_AWARE: [FaultKind; 2] = [FaultKind::MomentCrash, FaultKind::IsolateLeader];
+
     pub fn name(self) -> &'static str {
         match self {
             FaultKind::Partition => "partition",
@@ -61,6 +71,8 @@ impl FaultKind {
             FaultKind::ClockDrift => "drift",
             FaultKind::ClockJump => "jump",
             FaultKind::UnsyncedCrash => "unsynced-crash",
+            FaultKind::MomentCrash => "moment-crash",
+            FaultKind::IsolateLeader => "isolate-leader",
         }
     }
 
@@ -87,6 +99,33 @@ pub enum DiskLoss {
     KeepPrefix,
     /// The tail is cut at a random byte, possibly inside a record.
     Torn,
+}
+
+/// A protocol moment a scenario reports as it happens, so that faults can
+/// aim at roles instead of at random nodes and times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Moment {
+    /// The node granted its vote to a candidate.
+    Vote,
+    /// The node has just become leader.
+    Lead,
+    /// A leader appended a new client entry and is about to replicate it.
+    Propose,
+    /// A leader learned that entries are committed, before telling the
+    /// followers.
+    Commit,
+}
+
+impl fmt::Display for Moment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Moment::Vote => "vote",
+            Moment::Lead => "lead",
+            Moment::Propose => "propose",
+            Moment::Commit => "commit",
+        })
+    }
 }
 
 /// One fault. Times are milliseconds of simulated time from the run's start.
@@ -150,6 +189,22 @@ pub enum Fault {
         role: String,
         action: AimedAction,
     },
+    /// While it lasts, a server that reaches `moment` crashes, with this
+    /// probability, once it has sent `after_sends` more messages to other
+    /// servers (0: before it tells anyone; a vote is one message, so 1 is
+    /// right after voting; k of a leader's appends reach k followers). Its
+    /// unsynced writes are lost; it restarts `down_ms` later.
+    MomentCrash {
+        at_ms: u64,
+        for_ms: u64,
+        moment: Moment,
+        after_sends: u32,
+        probability: f64,
+        down_ms: u64,
+    },
+    /// Cuts the node that leads at `at_ms` (the last to report
+    /// [`Moment::Lead`] and still up) off from every other node.
+    IsolateLeader { at_ms: u64, for_ms: u64 },
 }
 
 impl Fault {
@@ -163,7 +218,9 @@ impl Fault {
             | Fault::Drift { at_ms, .. }
             | Fault::Jump { at_ms, .. }
             | Fault::UnsyncedCrash { at_ms, .. }
-            | Fault::Aimed { at_ms, .. } => *at_ms,
+            | Fault::Aimed { at_ms, .. }
+            | Fault::MomentCrash { at_ms, .. }
+            | Fault::IsolateLeader { at_ms, .. } => *at_ms,
         }
     }
 
@@ -174,7 +231,9 @@ impl Fault {
             | Fault::OneWay { for_ms, .. }
             | Fault::Pause { for_ms, .. }
             | Fault::Network { for_ms, .. }
-            | Fault::UnsyncedCrash { for_ms, .. } => Some(*for_ms),
+            | Fault::UnsyncedCrash { for_ms, .. }
+            | Fault::MomentCrash { for_ms, .. }
+            | Fault::IsolateLeader { for_ms, .. } => Some(*for_ms),
             Fault::Crash { down_ms, .. } => Some(*down_ms),
             Fault::Drift { .. } | Fault::Jump { .. } => None,
             Fault::Aimed { action, .. } => action.duration_ms(),
@@ -189,7 +248,9 @@ impl Fault {
             | Fault::OneWay { for_ms, .. }
             | Fault::Pause { for_ms, .. }
             | Fault::Network { for_ms, .. }
-            | Fault::UnsyncedCrash { for_ms, .. } => *for_ms = ms,
+            | Fault::UnsyncedCrash { for_ms, .. }
+            | Fault::MomentCrash { for_ms, .. }
+            | Fault::IsolateLeader { for_ms, .. } => *for_ms = ms,
             Fault::Crash { down_ms, .. } => *down_ms = ms,
             Fault::Drift { .. } | Fault::Jump { .. } => {}
             Fault::Aimed { action, .. } => match action {
@@ -326,7 +387,21 @@ impl FaultPlan {
                         });
                     }
                 }
-                FaultKind::Crash | FaultKind::UnsyncedCrash => {}
+                FaultKind::MomentCrash if !targets.servers.is_empty() => {
+                    for _ in 0..count(&mut rng) {
+                        let at_ms = at(&mut rng);
+                        moment_crashes(&mut rng, at_ms, intensity, targets.servers.len(), &mut faults);
+                    }
+                }
+                FaultKind::IsolateLeader => {
+                    for _ in 0..count(&mut rng) {
+                        faults.push(Fault::IsolateLeader {
+                            at_ms: at(&mut rng),
+                            for_ms: rng.gen_range(100..=(300 + (1_500.0 * intensity) as u64)),
+                        });
+                    }
+                }
+                FaultKind::Crash | FaultKind::UnsyncedCrash | FaultKind::MomentCrash => {}
             }
         }
         let on = |kind| enabled.contains(&kind);
@@ -371,6 +446,53 @@ impl FaultPlan {
             swarm: Swarm { enabled, intensity },
             faults,
         }
+    }
+}
+
+/// The hazards a moment-crash window aims at, each a set of moments that
+/// compose into one known failure pattern (random mixes mostly cancel out:
+/// a window that crashes every new leader never lets one replicate).
+#[derive(Clone, Copy)]
+enum Hazard {
+    /// The leader is cut off to force an election, then the voter and the
+    /// leader it elects both crash before anyone else hears of the new
+    /// term (vote durability).
+    Election,
+    /// A leader dies before a new entry reaches a majority, and right after
+    /// learning of a commit, before the followers do: logs diverge across
+    /// terms (the commit rule, Raft's figure 8).
+    Replication,
+}
+
+/// One window of moment crashes aimed at a random [`Hazard`].
+fn moment_crashes(rng: &mut rand_chacha::ChaCha8Rng, at_ms: u64, intensity: f64, servers: usize, out: &mut Vec<Fault>) {
+    let for_ms = rng.gen_range(1_000..=(1_500 + (3_000.0 * intensity) as u64));
+    let moments: &[Moment] = match [Hazard::Election, Hazard::Replication].choose(rng).expect("non-empty") {
+        Hazard::Election => {
+            out.push(Fault::IsolateLeader {
+                at_ms,
+                for_ms: rng.gen_range(300..=(500 + (1_500.0 * intensity) as u64)),
+            });
+            &[Moment::Vote, Moment::Lead]
+        }
+        Hazard::Replication => &[Moment::Propose, Moment::Commit],
+    };
+    // A leader's messages are cut before they reach a majority with it.
+    let short_of_majority = (servers as u32).saturating_sub(1) / 2;
+    for &moment in moments {
+        // A vote is worth crashing right after it is sent.
+        let after_sends = match moment {
+            Moment::Vote => 1,
+            Moment::Lead | Moment::Propose | Moment::Commit => rng.gen_range(0..short_of_majority.max(1)),
+        };
+        out.push(Fault::MomentCrash {
+            at_ms,
+            for_ms,
+            moment,
+            after_sends,
+            probability: rng.gen_range(0.75..=1.0),
+            down_ms: rng.gen_range(20..=(200 + (1_000.0 * intensity) as u64)),
+        });
     }
 }
 
@@ -516,6 +638,42 @@ mod tests {
                 "{kind} never enabled"
             );
         }
+    }
+
+    #[test]
+    fn moment_crash_windows_aim_at_one_hazard_each() {
+        use std::collections::BTreeSet;
+        let targets = Targets {
+            kinds: FaultKind::ALL.into_iter().chain(FaultKind::ROLE_AWARE).collect(),
+            ..targets()
+        };
+        let election = BTreeSet::from([Moment::Vote, Moment::Lead]);
+        let replication = BTreeSet::from([Moment::Propose, Moment::Commit]);
+        let mut seen = BTreeSet::new();
+        for seed in 0..64 {
+            let plan = FaultPlan::generate(seed, 5_000, &targets);
+            for f in &plan.faults {
+                let Fault::MomentCrash { at_ms, .. } = f else { continue };
+                let together: BTreeSet<Moment> = plan
+                    .faults
+                    .iter()
+                    .filter_map(|g| match g {
+                        Fault::MomentCrash { at_ms: a, moment, .. } if a == at_ms => Some(*moment),
+                        _ => None,
+                    })
+                    .collect();
+                assert!(together == election || together == replication, "{together:?}");
+                if together == election {
+                    // The election it aims at is forced by isolating the leader.
+                    assert!(plan
+                        .faults
+                        .iter()
+                        .any(|g| matches!(g, Fault::IsolateLeader { at_ms: a, .. } if a == at_ms)));
+                }
+                seen.insert(together.into_iter().collect::<Vec<_>>());
+            }
+        }
+        assert_eq!(seen.len(), 2, "both hazards appear in 64 seeds");
     }
 
     #[test]

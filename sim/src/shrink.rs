@@ -275,7 +275,11 @@ pub fn restrict(plan: &FaultPlan, servers: &[NodeId], clients: &[NodeId]) -> Fau
                 })
             }
             // Aimed faults name roles, and links to nodes that are gone are no-ops.
-            Fault::Network { .. } | Fault::UnsyncedCrash { .. } | Fault::Aimed { .. } => Some(f.clone()),
+            Fault::Network { .. }
+            | Fault::UnsyncedCrash { .. }
+            | Fault::Aimed { .. }
+            | Fault::MomentCrash { .. }
+            | Fault::IsolateLeader { .. } => Some(f.clone()),
         })
         .collect();
     FaultPlan { faults, ..plan.clone() }

@@ -84,7 +84,8 @@ fn span_kind(kind: crate::plan::FaultKind) -> &'static str {
     match kind {
         Partition => "partition",
         Crash => "crash",
-        UnsyncedCrash => "network",
+        IsolateLeader => "partition",
+        UnsyncedCrash | MomentCrash => "network",
         Pause => "pause",
         MessageLoss | MessageDuplicate | MessageDelay => "network",
         ClockDrift | ClockJump => "clock",

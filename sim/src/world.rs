@@ -14,7 +14,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use ringfence::env::{record, NodeId};
 
-use crate::plan::{DiskLoss, FaultKind};
+use crate::plan::{DiskLoss, FaultKind, Moment};
 use crate::trace::{Trace, TraceEvent};
 
 /// UDP-style port every simulated node listens on.
@@ -214,6 +214,37 @@ pub struct Delivery {
     pub delays: [Option<Duration>; 2],
 }
 
+/// A crash a node's own actions asked for (an unsynced or moment crash);
+/// the nemesis carries it out as soon as the node yields.
+#[derive(Debug, Clone)]
+pub struct CrashRequest {
+    pub node: NodeId,
+    /// The plan fault that asked for it.
+    pub index: usize,
+    pub kind: FaultKind,
+    pub down: Duration,
+    /// What the node had just done, for the trace.
+    pub why: String,
+}
+
+/// A moment-crash window in force.
+#[derive(Debug, Clone, Copy)]
+pub struct MomentWindow {
+    pub moment: Moment,
+    pub after_sends: u32,
+    pub probability: f64,
+    pub down: Duration,
+}
+
+/// A node that reached an aimed-at moment: it crashes once `sends_left`
+/// more messages to servers have gone out.
+#[derive(Debug, Clone, Copy)]
+struct Armed {
+    index: usize,
+    window: MomentWindow,
+    sends_left: u32,
+}
+
 /// The run's shared state.
 pub struct WorldState {
     pub seed: u64,
@@ -230,9 +261,15 @@ pub struct WorldState {
     /// The unsynced-crash fault in force: (plan index, probability, down time).
     pub unsynced_crash: Option<(usize, f64, Duration)>,
     crash_rng: ChaCha8Rng,
-    /// Crashes servers asked for (node, plan index, down time); the nemesis
-    /// carries them out as soon as the node yields.
-    pub crash_requests: Vec<(NodeId, usize, Duration)>,
+    /// Crashes servers asked for; the nemesis carries them out as soon as
+    /// the node yields.
+    pub crash_requests: Vec<CrashRequest>,
+    /// Moment-crash windows in force, by plan index.
+    pub moment_windows: BTreeMap<usize, MomentWindow>,
+    armed: BTreeMap<NodeId, Armed>,
+    /// The last server to report [`Moment::Lead`]: who "the leader" is for
+    /// faults that aim at it.
+    pub leader: Option<NodeId>,
     pub crash_wakeup: Arc<tokio::sync::Notify>,
     /// Servers: the nodes an unsynced-crash may hit.
     pub servers: Vec<NodeId>,
@@ -286,6 +323,9 @@ impl World {
             unsynced_crash: None,
             crash_rng: derive_rng(seed, stream::CRASH, 0),
             crash_requests: Vec::new(),
+            moment_windows: BTreeMap::new(),
+            armed: BTreeMap::new(),
+            leader: None,
             crash_wakeup: Arc::new(tokio::sync::Notify::new()),
             servers: servers.to_vec(),
             roles: BTreeMap::new(),
@@ -395,10 +435,105 @@ impl WorldState {
         if !self.servers.contains(&id) || self.node(id).disk.pending().1 == 0 || self.node(id).down {
             return;
         }
-        if self.crash_rng.gen_bool(probability) && !self.crash_requests.iter().any(|r| r.0 == id) {
-            self.crash_requests.push((id, index, down));
-            self.crash_wakeup.notify_one();
+        if self.crash_rng.gen_bool(probability) && !self.crash_requested(id) {
+            let why = "sent while holding unsynced writes".into();
+            self.request_crash(id, index, FaultKind::UnsyncedCrash, down, why);
         }
+    }
+
+    fn crash_requested(&self, id: NodeId) -> bool {
+        self.crash_requests.iter().any(|r| r.node == id)
+    }
+
+    fn request_crash(&mut self, node: NodeId, index: usize, kind: FaultKind, down: Duration, why: String) {
+        self.crash_requests.push(CrashRequest {
+            node,
+            index,
+            kind,
+            down,
+            why,
+        });
+        self.crash_wakeup.notify_one();
+    }
+
+    /// A server reports that it reached `moment`; a moment-crash window in
+    /// force for it may arm a crash a few sends later.
+    pub fn moment(&mut self, id: NodeId, moment: Moment) {
+        if moment == Moment::Lead {
+            self.leader = Some(id);
+        }
+        if !self.servers.contains(&id) || self.node(id).down || self.armed.contains_key(&id) || self.crash_requested(id)
+        {
+            return;
+        }
+        let windows: Vec<(usize, MomentWindow)> = self
+            .moment_windows
+            .iter()
+            .filter(|(_, w)| w.moment == moment)
+            .map(|(&i, &w)| (i, w))
+            .collect();
+        for (index, window) in windows {
+            if self.crash_rng.gen_bool(window.probability) {
+                let sends_left = window.after_sends;
+                self.armed.insert(
+                    id,
+                    Armed {
+                        index,
+                        window,
+                        sends_left,
+                    },
+                );
+                return;
+            }
+        }
+    }
+
+    /// Whether `from` may send to `to` now: a server armed to crash before
+    /// its next message to a server crashes instead, and a server whose
+    /// moment crash was requested sends nothing more (it is dying at an
+    /// exact point).
+    pub fn may_send(&mut self, from: NodeId, to: NodeId) -> bool {
+        let dying = |r: &CrashRequest| r.node == from && r.kind == FaultKind::MomentCrash;
+        if self.crash_requests.iter().any(dying) {
+            return false;
+        }
+        if self.servers.contains(&to) && self.armed.get(&from).is_some_and(|a| a.sends_left == 0) {
+            self.fire_armed(from);
+            return false;
+        }
+        true
+    }
+
+    /// Counts a message `from` sent to `to` against its armed crash.
+    pub fn sent(&mut self, from: NodeId, to: NodeId) {
+        if !self.servers.contains(&to) {
+            return;
+        }
+        let Some(armed) = self.armed.get_mut(&from) else {
+            return;
+        };
+        armed.sends_left = armed.sends_left.saturating_sub(1);
+        if armed.sends_left == 0 {
+            self.fire_armed(from);
+        }
+    }
+
+    fn fire_armed(&mut self, id: NodeId) {
+        let armed = self.armed.remove(&id).expect("armed");
+        let w = armed.window;
+        let why = format!("{} moment, after {} sends to servers", w.moment, w.after_sends);
+        self.request_crash(id, armed.index, FaultKind::MomentCrash, w.down, why);
+    }
+
+    /// Forgets what a crashed process was armed to do.
+    pub fn disarm(&mut self, id: NodeId) {
+        self.armed.remove(&id);
+    }
+
+    /// Ends every moment-crash window and arm.
+    pub fn clear_role_faults(&mut self) {
+        self.moment_windows.clear();
+        self.armed.clear();
     }
 
     /// Applies a crash to `id`'s disk; returns the unsynced bytes lost.
@@ -436,7 +571,7 @@ impl WorldState {
     pub fn after_append(&mut self, id: NodeId) {
         if let Some((node, index, down)) = self.crash_on_append.filter(|a| a.0 == id) {
             self.crash_on_append = None;
-            self.crash_requests.push((node, index, down));
+            self.request_crash(node, index, FaultKind::UnsyncedCrash, down, "crash at its next append".to_string());
             self.crash_wakeup.notify_one();
         }
     }
@@ -517,6 +652,45 @@ mod tests {
         clock.jump(Duration::from_secs(10));
         assert!(clock.now(Duration::from_secs(2)) > t2);
         assert_eq!(clock.real_for(Duration::from_millis(1500)), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_moment_crash_fires_after_its_sends_to_servers_and_silences_the_node() {
+        let world = World::new(1, &[1, 2, 3, 100], &[1, 2, 3], Trace::new(false));
+        let mut w = world.lock();
+        let window = |moment, after_sends| MomentWindow {
+            moment,
+            after_sends,
+            probability: 1.0,
+            down: Duration::from_millis(5),
+        };
+        w.moment_windows.insert(0, window(Moment::Vote, 1));
+        w.moment(1, Moment::Lead); // no window aims at it
+        assert!(w.may_send(1, 2));
+        w.sent(1, 2);
+        assert_eq!(w.leader, Some(1));
+        w.moment(2, Moment::Vote);
+        assert!(w.may_send(2, 100));
+        w.sent(2, 100); // messages to clients do not count
+        assert!(w.crash_requests.is_empty());
+        assert!(w.may_send(2, 1));
+        w.sent(2, 1);
+        assert_eq!(w.crash_requests.len(), 1);
+        assert_eq!(
+            (w.crash_requests[0].node, w.crash_requests[0].kind),
+            (2, FaultKind::MomentCrash)
+        );
+        assert!(
+            !w.may_send(2, 3),
+            "a node about to crash at its moment sends nothing more"
+        );
+
+        // After 0 sends: the first message to a server is never sent.
+        w.moment_windows.insert(1, window(Moment::Propose, 0));
+        w.moment(3, Moment::Propose);
+        assert!(w.may_send(3, 100));
+        assert!(!w.may_send(3, 1));
+        assert_eq!(w.crash_requests.last().map(|r| r.node), Some(3));
     }
 
     #[test]

@@ -475,6 +475,10 @@ impl<S: StateMachine> Raft<S> {
             self.voted_for = Some(from);
             self.persist_hard_state();
             self.reset_election_timer(now);
+            self.out.events.push(Event::Voted {
+                term: self.term,
+                candidate: from,
+            });
         }
         self.send(
             from,
@@ -732,7 +736,9 @@ impl<S: StateMachine> Raft<S> {
                 command,
             },
         };
+        let (index, term) = (entry.index, entry.term);
         self.append_entry(entry);
+        self.out.events.push(Event::Proposed { index, term });
         self.advance_commit(); // a one-member group commits at once
         self.replicate_pending = true;
     }
@@ -931,6 +937,7 @@ impl<S: StateMachine> Raft<S> {
         let current = self.log.term_at(n) == Some(self.term);
         if current || self.bug(LogBug::CommitEarlierTermByCounting) {
             self.commit = n;
+            self.out.events.push(Event::Committed { index: n });
             self.apply_committed();
             self.serve_reads();
         }

@@ -247,7 +247,7 @@ impl Cluster {
                 }
                 self.last_applied.insert(id, index);
             }
-            Event::Compacted { .. } => {}
+            Event::Compacted { .. } | Event::Voted { .. } | Event::Proposed { .. } | Event::Committed { .. } => {}
         }
     }
 

@@ -177,6 +177,14 @@ pub enum Record<C> {
 pub enum Event {
     /// This replica acts as leader of `term` (reported once per term).
     Leader { term: Term },
+    /// This replica granted its vote in `term` to `candidate`.
+    Voted { term: Term, candidate: NodeId },
+    /// This replica, as leader, appended a client command at `index` and is
+    /// about to replicate it.
+    Proposed { index: Index, term: Term },
+    /// This replica, as leader, learned that the log up to `index` is
+    /// committed (before telling the followers).
+    Committed { index: Index },
     /// This replica applied the entry at `index` to its state machine.
     /// `payload` is the entry's encoded payload, for comparing replicas.
     Applied { index: Index, term: Term, payload: Vec<u8> },
