@@ -1,7 +1,9 @@
 //! Chaos on real processes: a 3-node loopback cluster of `ringfence node`
-//! processes (fsync on), lock clients taking turns on a fenced counter, and a
-//! nemesis that SIGKILLs random nodes and restarts them. The history is
-//! judged by the same checker the simulator's lock scenario uses.
+//! processes (fsync on), lock clients taking turns on a fenced counter, bank
+//! clients running transfers and audits on the replicated transaction
+//! coordinator, and a nemesis that SIGKILLs random nodes and restarts them.
+//! The lock history is judged by the same checker the simulator's lock
+//! scenario uses; every committed audit must see the opening total.
 //!
 //! Bounded in time and count: `RINGFENCE_CHAOS_SECS` seconds of workload
 //! (default 8, enough for several kills), loopback only.
@@ -16,9 +18,12 @@ use ringfence::lock::{FencedResource, Lease, LockClient, LockError};
 use ringfence::real::cluster::ClusterConfig;
 use ringfence::real::local::LocalCluster;
 use ringfence::real::RealEnv;
+use ringfence::txn::{bank, Outcome};
 use ringfence_sim::scenarios::lock::{check_lock, LockOp};
 
 const CLIENTS: u32 = 4;
+const BANK_CLIENTS: u32 = 3;
+const ACCOUNTS: u32 = 6;
 const LOCK: &str = "chaos";
 /// Lock granted again after the last restart within this (TTL + elections).
 const LIVENESS_BOUND: Duration = Duration::from_secs(15);
@@ -45,7 +50,7 @@ fn workload_secs() -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lock_survives_sigkill_and_restart_of_real_nodes() {
+async fn lock_and_bank_survive_sigkill_and_restart_of_real_nodes() {
     let dir = tempfile::tempdir().unwrap();
     let config = LocalCluster::free_ports_config(3, dir.path()).unwrap();
     let exe = std::path::Path::new(env!("CARGO_BIN_EXE_ringfence"));
@@ -59,6 +64,9 @@ async fn lock_survives_sigkill_and_restart_of_real_nodes() {
     let until = Instant::now() + Duration::from_secs(workload_secs()); // determinism: ok
     let clients: Vec<_> = (0..CLIENTS)
         .map(|id| tokio::spawn(client(id, config.clone(), recorder.clone(), resource.clone(), until)))
+        .collect();
+    let bankers: Vec<_> = (0..BANK_CLIENTS)
+        .map(|id| tokio::spawn(banker(id, config.clone(), until)))
         .collect();
 
     // The nemesis: kill a random node, let the others carry on, restart it.
@@ -77,6 +85,12 @@ async fn lock_survives_sigkill_and_restart_of_real_nodes() {
     let mut increments = 0;
     for task in clients {
         increments += task.await.unwrap();
+    }
+    let (mut transfers, mut audits) = (0, Vec::new());
+    for task in bankers {
+        let (committed, seen) = task.await.unwrap();
+        transfers += committed;
+        audits.extend(seen);
     }
 
     // Liveness: with every node back, a new client gets the lock in time.
@@ -99,7 +113,25 @@ async fn lock_survives_sigkill_and_restart_of_real_nodes() {
         started.elapsed()
     );
     let granted_after = started.elapsed();
+    // Every node back: a final audit sees the opening total too.
+    let env = RealEnv::client(RealEnv::client_id(), &config.txn_nodes());
+    let mut txc = config.txn_client(env);
+    let last = tokio::time::timeout(LIVENESS_BOUND, async {
+        loop {
+            if let Ok(balances) = bank::audit(&mut txc, ACCOUNTS).await {
+                return balances;
+            }
+        }
+    })
+    .await
+    .expect("a final audit commits once every node is back");
     cluster.stop().await;
+    println!("{transfers} transfers committed, {} audits committed", audits.len());
+    let total = i64::from(ACCOUNTS) * bank::INITIAL;
+    for balances in audits.iter().chain([&last]) {
+        assert_eq!(balances.iter().sum::<i64>(), total, "an audit saw {balances:?}");
+    }
+    assert!(transfers > 0, "no transfer committed");
 
     let history = recorder.history.lock().unwrap();
     let violations = check_lock(&history, true);
@@ -119,6 +151,32 @@ async fn lock_survives_sigkill_and_restart_of_real_nodes() {
         increments,
         "every acknowledged increment is in the counter"
     );
+}
+
+/// Transfers between random accounts, and an audit every fourth operation;
+/// returns the transfers that committed and every committed audit.
+async fn banker(id: u32, config: ClusterConfig, until: Instant) -> (u64, Vec<Vec<i64>>) {
+    let env = RealEnv::client(RealEnv::client_id(), &config.txn_nodes());
+    let mut txc = config.txn_client(env);
+    let mut rng = ChaCha8Rng::from_entropy(); // determinism: ok
+    let (mut committed, mut audits) = (0, Vec::new());
+    let mut op = u64::from(id);
+    while Instant::now() < until {
+        // determinism: ok
+        op += 1;
+        if op % 4 == 0 {
+            if let Ok(balances) = bank::audit(&mut txc, ACCOUNTS).await {
+                audits.push(balances);
+            }
+            continue;
+        }
+        let from = rng.gen_range(0..ACCOUNTS);
+        let to = (from + rng.gen_range(1..ACCOUNTS)) % ACCOUNTS;
+        if let Ok(Outcome::Committed) = bank::transfer(&mut txc, from, to, rng.gen_range(1..20)).await {
+            committed += 1;
+        }
+    }
+    (committed, audits)
 }
 
 fn lock_client(config: &ClusterConfig) -> LockClient<RealEnv> {

@@ -571,7 +571,13 @@ impl WorldState {
     pub fn after_append(&mut self, id: NodeId) {
         if let Some((node, index, down)) = self.crash_on_append.filter(|a| a.0 == id) {
             self.crash_on_append = None;
-            self.request_crash(node, index, FaultKind::UnsyncedCrash, down, "crash at its next append".to_string());
+            self.request_crash(
+                node,
+                index,
+                FaultKind::UnsyncedCrash,
+                down,
+                "crash at its next append".to_string(),
+            );
             self.crash_wakeup.notify_one();
         }
     }

@@ -8,17 +8,23 @@
 //!
 //! [[node]]
 //! id = 1
-//! lock = "127.0.0.1:7101"    # the lock service replica's address
+//! lock = "127.0.0.1:7101"    # the lock service replica
+//! txn = "127.0.0.1:7201"     # the transaction coordinator replica
+//! shard = "127.0.0.1:7301"   # the shard (2PC participant) holding data
 //!
 //! [[node]]
 //! id = 2
-//! lock = "127.0.0.1:7102"
 //! # ...
 //! ```
 //!
 //! Every service replica is its own [`RealEnv`] with its own address and
 //! record file, so services never share an inbox or a log. Clients read the
 //! same file to find the servers and the TTL their leases must assume.
+//!
+//! Transactions: the coordinator is replicated on a Raft group of every
+//! node's `txn` replica (ids = node ids), and node `i`'s shard has id
+//! [`SHARD_ID_BASE`]` + i` in the same address space; keys are placed on
+//! the shards by the consistent-hashing ring.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -28,10 +34,14 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{NodeConfig, RealEnv, FIRST_CLIENT_ID};
+use super::{NodeConfig, RealEnv};
 use crate::env::NodeId;
 use crate::lock::{self, ServerConfig};
 use crate::log::node::{NoProbe, NodeError};
+use crate::txn;
+use crate::txn::client::TxnClient;
+use crate::txn::placement::RingPlacement;
+use crate::txn::shell::{self, no_observer};
 
 /// The cluster file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -67,7 +77,14 @@ pub struct NodeEntry {
     pub id: NodeId,
     /// Where this node's lock service replica listens.
     pub lock: SocketAddr,
+    /// Where this node's transaction coordinator replica listens.
+    pub txn: SocketAddr,
+    /// Where this node's shard listens.
+    pub shard: SocketAddr,
 }
+
+/// Shard ids are node ids plus this, so they never meet coordinator ids.
+pub const SHARD_ID_BASE: NodeId = 1000;
 
 /// A cluster file that cannot be used, with the reason.
 #[derive(Debug, thiserror::Error)]
@@ -83,16 +100,21 @@ pub enum ConfigError {
 }
 
 impl ClusterConfig {
-    /// A cluster of `nodes` nodes on loopback, lock replicas on consecutive
-    /// ports from `base_port`.
+    /// A cluster of `nodes` nodes on loopback: node `i` listens on
+    /// `base_port + i` (lock), `+ 100 + i` (txn) and `+ 200 + i` (shard).
     pub fn loopback(nodes: u32, base_port: u16, data_dir: PathBuf) -> ClusterConfig {
         ClusterConfig {
             data_dir,
             lock: LockSettings::default(),
             nodes: (1..=nodes)
-                .map(|id| NodeEntry {
-                    id,
-                    lock: SocketAddr::from(([127, 0, 0, 1], base_port + id as u16)),
+                .map(|id| {
+                    let port = |offset: u16| SocketAddr::from(([127, 0, 0, 1], base_port + offset + id as u16));
+                    NodeEntry {
+                        id,
+                        lock: port(0),
+                        txn: port(100),
+                        shard: port(200),
+                    }
                 })
                 .collect(),
         }
@@ -136,14 +158,16 @@ impl ClusterConfig {
         let mut ids = BTreeSet::new();
         let mut addrs = BTreeSet::new();
         for node in &self.nodes {
-            if node.id == 0 || node.id >= FIRST_CLIENT_ID {
-                return Err(format!("node id {} is outside 1..{FIRST_CLIENT_ID}", node.id));
+            if node.id == 0 || node.id >= SHARD_ID_BASE {
+                return Err(format!("node id {} is outside 1..{SHARD_ID_BASE}", node.id));
             }
             if !ids.insert(node.id) {
                 return Err(format!("node id {} appears twice", node.id));
             }
-            if !addrs.insert(node.lock) {
-                return Err(format!("address {} appears twice", node.lock));
+            for addr in [node.lock, node.txn, node.shard] {
+                if !addrs.insert(addr) {
+                    return Err(format!("address {addr} appears twice"));
+                }
             }
         }
         if self.lock.ttl_ms < 100 {
@@ -155,6 +179,35 @@ impl ClusterConfig {
     /// Lock service replicas by id.
     pub fn lock_servers(&self) -> BTreeMap<NodeId, SocketAddr> {
         self.nodes.iter().map(|n| (n.id, n.lock)).collect()
+    }
+
+    /// Coordinator replicas and shards by id: the transaction service's
+    /// address space.
+    pub fn txn_nodes(&self) -> BTreeMap<NodeId, SocketAddr> {
+        let coordinators = self.nodes.iter().map(|n| (n.id, n.txn));
+        coordinators
+            .chain(self.nodes.iter().map(|n| (SHARD_ID_BASE + n.id, n.shard)))
+            .collect()
+    }
+
+    pub fn coordinators(&self) -> Vec<NodeId> {
+        self.nodes.iter().map(|n| n.id).collect()
+    }
+
+    pub fn shards(&self) -> Vec<NodeId> {
+        self.nodes.iter().map(|n| SHARD_ID_BASE + n.id).collect()
+    }
+
+    /// A transaction client of this cluster on `env` (a client of
+    /// [`ClusterConfig::txn_nodes`]).
+    pub fn txn_client(&self, env: RealEnv) -> TxnClient<RealEnv> {
+        let placement = RingPlacement::new(self.shards()).expect("validated: distinct shard ids");
+        TxnClient::new(
+            env,
+            self.coordinators(),
+            Arc::new(placement),
+            txn::client::ClientConfig::default(),
+        )
     }
 
     pub fn lock_ttl(&self) -> Duration {
@@ -192,6 +245,10 @@ pub enum RunError {
     Start(#[from] std::io::Error),
     #[error("lock service: {0}")]
     Lock(NodeError),
+    #[error("transaction coordinator: {0}")]
+    Coordinator(NodeError),
+    #[error("shard stopped")]
+    Shard,
 }
 
 /// Runs node `id` of the cluster until one of its services fails.
@@ -201,21 +258,37 @@ pub async fn run_node(config: &ClusterConfig, id: NodeId) -> Result<(), RunError
         .iter()
         .find(|n| n.id == id)
         .ok_or(ConfigError::UnknownNode(id))?;
-    let lock_env = RealEnv::start(NodeConfig {
-        id,
-        peers: config.lock_servers(),
-        data_dir: config.node_dir(id).join("lock"),
-    })
-    .await?;
-    tracing::info!(node = id, lock = %entry.lock, "serving");
-    let members = config.nodes.iter().map(|n| n.id).collect();
-    let result = lock::server::run(
+    let start = |id, peers, dir: &str| {
+        RealEnv::start(NodeConfig {
+            id,
+            peers,
+            data_dir: config.node_dir(entry.id).join(dir),
+        })
+    };
+    let lock_env = start(id, config.lock_servers(), "lock").await?;
+    let txn_env = start(id, config.txn_nodes(), "txn").await?;
+    let shard_env = start(SHARD_ID_BASE + id, config.txn_nodes(), "shard").await?;
+    tracing::info!(node = id, lock = %entry.lock, txn = %entry.txn, shard = %entry.shard, "serving");
+    let lock = lock::server::run(
         lock_env.clone(),
-        members,
+        config.lock_servers().into_keys().collect(),
         config.lock_server_config(),
         Arc::new(NoProbe),
-    )
-    .await;
-    lock_env.shutdown();
-    result.map_err(RunError::Lock)
+    );
+    let coordinator = shell::run_replicated_coordinator(
+        txn_env.clone(),
+        config.coordinators(),
+        Default::default(),
+        no_observer(),
+    );
+    let shard = shell::run_participant(shard_env.clone(), Default::default(), no_observer());
+    let result = tokio::select! {
+        result = lock => result.map_err(RunError::Lock),
+        result = coordinator => result.map_err(RunError::Coordinator),
+        () = shard => Err(RunError::Shard),
+    };
+    for env in [lock_env, txn_env, shard_env] {
+        env.shutdown();
+    }
+    result
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::process::{Child, Command};
 
-use super::cluster::ClusterConfig;
+use super::cluster::{ClusterConfig, SHARD_ID_BASE};
 use crate::env::NodeId;
 
 /// How long a started node has to accept connections.
@@ -52,6 +52,8 @@ impl LocalCluster {
         let mut config = ClusterConfig::loopback(nodes, 0, dir.join("data"));
         for node in &mut config.nodes {
             node.lock = free_port()?;
+            node.txn = free_port()?;
+            node.shard = free_port()?;
         }
         Ok(config)
     }
@@ -124,7 +126,8 @@ impl LocalCluster {
     }
 
     async fn wait_until_serving(&mut self, id: NodeId) -> std::io::Result<()> {
-        let addr = self.config.lock_servers()[&id];
+        // A node binds its shard's address last.
+        let addr = self.config.txn_nodes()[&(SHARD_ID_BASE + id)];
         let deadline = tokio::time::Instant::now() + START_TIMEOUT;
         loop {
             if tokio::net::TcpStream::connect(addr).await.is_ok() {

@@ -34,6 +34,7 @@
 //! coordinator restarts. That is 2PC's known blocking window, not a bug. The
 //! replicated mode closes it for up to f lost coordinator replicas.
 
+pub mod bank;
 pub mod client;
 pub mod coordinator;
 pub mod participant;

@@ -48,30 +48,17 @@ use ringfence::txn::shell::{run_coordinator, run_participant, run_replicated_coo
 use ringfence::txn::{Decision, Outcome, TxnEvent, TxnId, Value};
 use serde::{Deserialize, Serialize};
 
+use ringfence::txn::bank::{account_key, decode_balance, encode_balance};
+
 use crate::env::SimEnv;
 use crate::scenario::{Bug, Client, Params, Scenario, Workload};
 
-/// Number of accounts, and each one's opening balance.
+/// Number of accounts.
 pub const ACCOUNTS: u32 = 6;
-pub const INITIAL: i64 = 100;
+pub use ringfence::txn::bank::INITIAL;
 /// The classic coordinator's node id (the first replica in replicated
 /// mode); shards are the servers after the coordinators.
 pub const COORDINATOR: NodeId = 1;
-
-pub fn account_key(account: u32) -> String {
-    format!("acct-{account}")
-}
-
-fn encode_balance(balance: i64) -> Value {
-    balance.to_le_bytes().to_vec()
-}
-
-fn decode_balance(value: Option<Value>) -> i64 {
-    match value {
-        None => INITIAL,
-        Some(bytes) => i64::from_le_bytes(bytes.try_into().expect("balances are 8 bytes")),
-    }
-}
 
 /// A bank operation as the history records it. Completions carry the
 /// transaction id (once begun), the balances read and the balances written.

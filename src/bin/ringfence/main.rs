@@ -4,6 +4,7 @@
 mod bench;
 mod local;
 mod lock_cmd;
+mod txn_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -40,8 +41,11 @@ enum Command {
     Cluster(local::ClusterArgs),
     /// Lock service: acquire, release, status.
     Lock(lock_cmd::LockArgs),
+    /// Transactions (the bank workload): transfer, audit.
+    Txn(txn_cmd::TxnArgs),
     /// Measure the lock service with the client shapes of the etcd
-    /// benchmark (acquire+release cycles, contended and uncontended).
+    /// benchmark (acquire+release cycles, contended and uncontended), and
+    /// bank transfers on the transaction service.
     Bench(bench::BenchArgs),
 }
 
@@ -63,6 +67,7 @@ fn main() -> ExitCode {
             Command::Node { config, id } => node(&config, id).await,
             Command::Cluster(args) => local::run(args).await,
             Command::Lock(args) => lock_cmd::run(args).await,
+            Command::Txn(args) => txn_cmd::run(args).await,
             Command::Bench(args) => bench::run(args).await,
         }
     });

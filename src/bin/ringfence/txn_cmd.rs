@@ -1,0 +1,54 @@
+//! `ringfence txn`: the bank workload on the transaction service.
+
+use clap::Subcommand;
+use ringfence::real::RealEnv;
+use ringfence::txn::{bank, Outcome};
+
+use crate::ConfigArg;
+
+#[derive(clap::Args, Debug)]
+pub struct TxnArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    #[command(subcommand)]
+    command: TxnCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum TxnCommand {
+    /// Move AMOUNT from account FROM to account TO in one transaction
+    /// (accounts are numbers; each starts with 100).
+    Transfer { from: u32, to: u32, amount: i64 },
+    /// Read accounts 0..ACCOUNTS in one transaction and print them and their
+    /// total (the same total every time, if transactions are atomic).
+    Audit {
+        #[arg(long, default_value_t = 8)]
+        accounts: u32,
+    },
+}
+
+pub async fn run(args: TxnArgs) -> Result<(), String> {
+    let config = args.config.load()?;
+    let env = RealEnv::client(RealEnv::client_id(), &config.txn_nodes());
+    let mut client = config.txn_client(env);
+    match args.command {
+        TxnCommand::Transfer { from, to, amount } => {
+            if amount < 0 || from == to {
+                return Err("transfer a non-negative amount between two different accounts".to_string());
+            }
+            match bank::transfer(&mut client, from, to, amount).await {
+                Ok(Outcome::Committed) => println!("committed: {amount} from account {from} to account {to}"),
+                Ok(Outcome::Aborted(reason)) => return Err(format!("aborted: {reason}")),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        TxnCommand::Audit { accounts } => {
+            let balances = bank::audit(&mut client, accounts).await.map_err(|e| e.to_string())?;
+            for (account, balance) in balances.iter().enumerate() {
+                println!("account {account}: {balance}");
+            }
+            println!("total: {}", balances.iter().sum::<i64>());
+        }
+    }
+    Ok(())
+}
