@@ -350,8 +350,11 @@ impl Participant {
         coordinators: Vec<NodeId>,
     ) -> Steps {
         let vote = |yes| Step::Send(from, Msg::Vote { txn, yes });
+        // Every vote sent is reported, repeats too: after a crash between
+        // the prepare record's sync and the vote, the repeat is the only one.
         if let Some(&d) = self.done.get(&txn) {
-            return vec![vote(d == Decision::Commit)];
+            let yes = d == Decision::Commit;
+            return vec![Step::Event(TxnEvent::Voted { txn, yes }), vote(yes)];
         }
         let Some(t) = self.txns.get_mut(&txn) else {
             // Unknown here: lost in a crash (or never reached us). Never yes.
@@ -359,7 +362,7 @@ impl Participant {
             return vec![Step::Event(TxnEvent::Voted { txn, yes: false }), vote(false)];
         };
         match t.phase {
-            Phase::Prepared { .. } => vec![vote(true)],
+            Phase::Prepared { .. } => vec![Step::Event(TxnEvent::Voted { txn, yes: true }), vote(true)],
             Phase::Active { .. } if epoch != self.epoch => {
                 let mut steps = self.abort_active(txn);
                 steps.push(Step::Event(TxnEvent::Voted { txn, yes: false }));
