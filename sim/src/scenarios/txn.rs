@@ -45,7 +45,7 @@ use ringfence::txn::participant::{ParticipantBugs, ParticipantConfig};
 use ringfence::txn::placement::{Placement, RingPlacement};
 use ringfence::txn::replicated::{ReplicatedBugs, ReplicatedConfig};
 use ringfence::txn::shell::{run_coordinator, run_participant, run_replicated_coordinator, Observer};
-use ringfence::txn::{Decision, Outcome, TxnEvent, TxnId, Value};
+use ringfence::txn::{Decision, Outcome, TxnEvent, TxnId};
 use serde::{Deserialize, Serialize};
 
 use ringfence::txn::bank::{account_key, decode_balance, encode_balance};
