@@ -75,12 +75,10 @@ struct Phase {
     clients: usize,
     mode: Mode,
     window: Duration,
-    latencies_us: Vec<u64>,
+    latencies: Latencies,
     errors: u64,
     first_error: Option<String>,
-    wall: Duration,
-    client_cpu: f64,
-    server_cpu: Option<f64>,
+    usage: Usage,
 }
 
 pub async fn run(args: BenchArgs) -> Result<(), String> {
@@ -166,8 +164,7 @@ async fn phase(
     clients: usize,
     mode: Mode,
 ) -> Result<Phase, String> {
-    let started = Instant::now();
-    let (client_cpu0, server_cpu0) = (cpu_seconds(&[std::process::id()]), cpu_seconds(server_pids));
+    let meter = Meter::start(server_pids);
     let servers: Vec<_> = config.lock_servers().into_keys().collect();
     let mut sessions = Vec::with_capacity(clients);
     for _ in 0..clients {
@@ -189,30 +186,22 @@ async fn phase(
             tokio::spawn(cycles(client, name, t0, window))
         })
         .collect();
-    let mut phase = Phase {
+    let (mut all, mut errors, mut first) = (Vec::new(), 0, None);
+    for task in tasks {
+        let (latencies, failed, first_error) = task.await.map_err(|e| e.to_string())?;
+        all.extend(latencies);
+        errors += failed;
+        first = first.or(first_error);
+    }
+    Ok(Phase {
         clients,
         mode,
         window: args.duration,
-        latencies_us: Vec::new(),
-        errors: 0,
-        first_error: None,
-        wall: Duration::ZERO,
-        client_cpu: 0.0,
-        server_cpu: None,
-    };
-    for task in tasks {
-        let (latencies, errors, first_error) = task.await.map_err(|e| e.to_string())?;
-        phase.latencies_us.extend(latencies);
-        phase.errors += errors;
-        phase.first_error = phase.first_error.or(first_error);
-    }
-    phase.latencies_us.sort_unstable();
-    phase.wall = started.elapsed();
-    phase.client_cpu = cpu_seconds(&[std::process::id()]).unwrap_or(0.0) - client_cpu0.unwrap_or(0.0);
-    phase.server_cpu = cpu_seconds(server_pids)
-        .zip(server_cpu0)
-        .map(|(end, begin)| end - begin);
-    Ok(phase)
+        latencies: Latencies::new(all),
+        errors,
+        first_error: first,
+        usage: meter.stop(),
+    })
 }
 
 /// One client's loop; returns (latencies of counted cycles, errors, first error).
@@ -253,12 +242,10 @@ async fn cycles(
 struct TransferPhase {
     clients: usize,
     window: Duration,
-    latencies_us: Vec<u64>,
+    latencies: Latencies,
     aborts: u64,
     errors: u64,
-    wall: Duration,
-    client_cpu: f64,
-    server_cpu: Option<f64>,
+    usage: Usage,
 }
 
 async fn transfers_phase(
@@ -267,8 +254,7 @@ async fn transfers_phase(
     server_pids: &[u32],
     clients: usize,
 ) -> TransferPhase {
-    let started = Instant::now();
-    let (client_cpu0, server_cpu0) = (cpu_seconds(&[std::process::id()]), cpu_seconds(server_pids));
+    let meter = Meter::start(server_pids);
     let t0 = Instant::now() + Duration::from_millis(50);
     let window = (t0 + args.warmup, t0 + args.warmup + args.duration);
     let accounts = args.accounts.max(2);
@@ -278,32 +264,24 @@ async fn transfers_phase(
             tokio::spawn(transfers(config.txn_client(env), accounts, t0, window))
         })
         .collect();
-    let mut phase = TransferPhase {
-        clients,
-        window: args.duration,
-        latencies_us: Vec::new(),
-        aborts: 0,
-        errors: 0,
-        wall: Duration::ZERO,
-        client_cpu: 0.0,
-        server_cpu: None,
-    };
+    let (mut all, mut aborts, mut errors) = (Vec::new(), 0, 0);
     for task in tasks {
-        if let Ok((latencies, aborts, errors)) = task.await {
-            phase.latencies_us.extend(latencies);
-            phase.aborts += aborts;
-            phase.errors += errors;
+        if let Ok((latencies, aborted, failed)) = task.await {
+            all.extend(latencies);
+            aborts += aborted;
+            errors += failed;
         } else {
-            phase.errors += 1;
+            errors += 1;
         }
     }
-    phase.latencies_us.sort_unstable();
-    phase.wall = started.elapsed();
-    phase.client_cpu = cpu_seconds(&[std::process::id()]).unwrap_or(0.0) - client_cpu0.unwrap_or(0.0);
-    phase.server_cpu = cpu_seconds(server_pids)
-        .zip(server_cpu0)
-        .map(|(end, begin)| end - begin);
-    phase
+    TransferPhase {
+        clients,
+        window: args.duration,
+        latencies: Latencies::new(all),
+        aborts,
+        errors,
+        usage: meter.stop(),
+    }
 }
 
 /// One client's transfers; returns (latencies of counted commits, aborts, errors).
@@ -342,26 +320,21 @@ async fn transfers(
 }
 
 fn report_transfers(phase: &TransferPhase, json: bool) {
-    let lat = &phase.latencies_us;
-    let ms = |us: Option<&u64>| us.map_or(f64::NAN, |&us| us as f64 / 1000.0);
-    let percentile = |p: f64| {
-        let rank = ((p / 100.0) * lat.len() as f64).ceil() as usize;
-        ms(lat.get(rank.clamp(1, lat.len().max(1)) - 1))
-    };
-    let per_sec = lat.len() as f64 / phase.window.as_secs_f64();
-    let mean = lat.iter().sum::<u64>() as f64 / lat.len().max(1) as f64 / 1000.0;
-    let wall = phase.wall.as_secs_f64();
-    let (cli_cores, srv_cores) = (phase.client_cpu / wall, phase.server_cpu.map(|c| c / wall));
+    let lat = &phase.latencies;
+    let per_sec = lat.count() as f64 / phase.window.as_secs_f64();
+    let usage = &phase.usage;
     if json {
         println!(
-            "{{\"clients\":{},\"workload\":\"transfer\",\"commits_per_sec\":{per_sec:.1},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"mean_ms\":{mean:.3},\"max_ms\":{:.3},\"aborts\":{},\"errors\":{},\"client_cores\":{cli_cores:.2},\"server_cores\":{}}}",
+            "{{\"clients\":{},\"workload\":\"transfer\",\"commits_per_sec\":{per_sec:.1},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"mean_ms\":{:.3},\"max_ms\":{:.3},\"aborts\":{},\"errors\":{},\"client_cores\":{:.2},\"server_cores\":{}}}",
             phase.clients,
-            percentile(50.0),
-            percentile(99.0),
-            ms(lat.last()),
+            lat.percentile(50.0),
+            lat.percentile(99.0),
+            lat.mean(),
+            lat.max(),
             phase.aborts,
             phase.errors,
-            srv_cores.map_or("null".to_string(), |c| format!("{c:.2}")),
+            usage.client_cores,
+            usage.server_cores.map_or("null".to_string(), |c| format!("{c:.2}")),
         );
     } else {
         println!(
@@ -369,45 +342,40 @@ fn report_transfers(phase: &TransferPhase, json: bool) {
             phase.clients,
             "transfer",
             per_sec,
-            percentile(50.0),
-            percentile(99.0),
-            mean,
-            ms(lat.last()),
+            lat.percentile(50.0),
+            lat.percentile(99.0),
+            lat.mean(),
+            lat.max(),
             phase.aborts,
             phase.errors,
-            cli_cores,
-            srv_cores.map_or("-".to_string(), |c| format!("{c:.2}")),
+            usage.client_cores,
+            usage.server_cores.map_or("-".to_string(), |c| format!("{c:.2}")),
         );
     }
 }
 
 fn report(phase: &Phase, json: bool) {
-    let lat = &phase.latencies_us;
-    let ms = |us: Option<&u64>| us.map_or(f64::NAN, |&us| us as f64 / 1000.0);
-    let percentile = |p: f64| {
-        let rank = ((p / 100.0) * lat.len() as f64).ceil() as usize;
-        ms(lat.get(rank.clamp(1, lat.len().max(1)) - 1))
-    };
-    let cycles_per_sec = lat.len() as f64 / phase.window.as_secs_f64();
-    let mean = lat.iter().sum::<u64>() as f64 / lat.len().max(1) as f64 / 1000.0;
+    let lat = &phase.latencies;
+    let cycles_per_sec = lat.count() as f64 / phase.window.as_secs_f64();
     // One lock changes hands once per cycle: the time between grants.
     let handoff = match phase.mode {
-        Mode::Contended if !lat.is_empty() => 1000.0 / cycles_per_sec,
+        Mode::Contended if lat.count() > 0 => 1000.0 / cycles_per_sec,
         _ => f64::NAN,
     };
-    let wall = phase.wall.as_secs_f64();
-    let (cli_cores, srv_cores) = (phase.client_cpu / wall, phase.server_cpu.map(|c| c / wall));
+    let usage = &phase.usage;
     let mode = format!("{:?}", phase.mode).to_lowercase();
     if json {
         println!(
-            "{{\"clients\":{},\"mode\":\"{mode}\",\"cycles_per_sec\":{cycles_per_sec:.1},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"mean_ms\":{mean:.3},\"max_ms\":{:.3},\"handoff_ms\":{},\"errors\":{},\"client_cores\":{cli_cores:.2},\"server_cores\":{},\"first_error\":{}}}",
+            "{{\"clients\":{},\"mode\":\"{mode}\",\"cycles_per_sec\":{cycles_per_sec:.1},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"mean_ms\":{:.3},\"max_ms\":{:.3},\"handoff_ms\":{},\"errors\":{},\"client_cores\":{:.2},\"server_cores\":{},\"first_error\":{}}}",
             phase.clients,
-            percentile(50.0),
-            percentile(99.0),
-            ms(lat.last()),
+            lat.percentile(50.0),
+            lat.percentile(99.0),
+            lat.mean(),
+            lat.max(),
             if handoff.is_nan() { "null".to_string() } else { format!("{handoff:.3}") },
             phase.errors,
-            srv_cores.map_or("null".to_string(), |c| format!("{c:.2}")),
+            usage.client_cores,
+            usage.server_cores.map_or("null".to_string(), |c| format!("{c:.2}")),
             phase.first_error.as_ref().map_or("null".to_string(), |e| format!("{e:?}")),
         );
     } else {
@@ -416,21 +384,90 @@ fn report(phase: &Phase, json: bool) {
             phase.clients,
             mode,
             cycles_per_sec,
-            percentile(50.0),
-            percentile(99.0),
-            mean,
-            ms(lat.last()),
+            lat.percentile(50.0),
+            lat.percentile(99.0),
+            lat.mean(),
+            lat.max(),
             if handoff.is_nan() {
                 "-".to_string()
             } else {
                 format!("{handoff:.3}")
             },
             phase.errors,
-            cli_cores,
-            srv_cores.map_or("-".to_string(), |c| format!("{c:.2}")),
+            usage.client_cores,
+            usage.server_cores.map_or("-".to_string(), |c| format!("{c:.2}")),
         );
         if let Some(e) = &phase.first_error {
             eprintln!("  first error: {e}");
+        }
+    }
+}
+
+/// Latencies of counted operations in µs, sorted; read in milliseconds,
+/// percentiles nearest-rank (as the etcd benchmark computes them).
+struct Latencies(Vec<u64>);
+
+impl Latencies {
+    fn new(mut us: Vec<u64>) -> Self {
+        us.sort_unstable();
+        Latencies(us)
+    }
+
+    fn count(&self) -> usize {
+        self.0.len()
+    }
+
+    fn percentile(&self, p: f64) -> f64 {
+        let rank = ((p / 100.0) * self.0.len() as f64).ceil() as usize;
+        ms(self.0.get(rank.clamp(1, self.0.len().max(1)) - 1))
+    }
+
+    fn mean(&self) -> f64 {
+        self.0.iter().sum::<u64>() as f64 / self.0.len().max(1) as f64 / 1000.0
+    }
+
+    fn max(&self) -> f64 {
+        ms(self.0.last())
+    }
+}
+
+fn ms(us: Option<&u64>) -> f64 {
+    us.map_or(f64::NAN, |&us| us as f64 / 1000.0)
+}
+
+/// CPU cores the load generator and the servers kept busy over a phase.
+struct Usage {
+    client_cores: f64,
+    server_cores: Option<f64>,
+}
+
+/// Measures [`Usage`] from `start` to `stop`.
+struct Meter {
+    started: Instant,
+    server_pids: Vec<u32>,
+    client_cpu: Option<f64>,
+    server_cpu: Option<f64>,
+}
+
+impl Meter {
+    fn start(server_pids: &[u32]) -> Meter {
+        Meter {
+            started: Instant::now(),
+            server_pids: server_pids.to_vec(),
+            client_cpu: cpu_seconds(&[std::process::id()]),
+            server_cpu: cpu_seconds(server_pids),
+        }
+    }
+
+    fn stop(&self) -> Usage {
+        let wall = self.started.elapsed().as_secs_f64();
+        let client = cpu_seconds(&[std::process::id()]).unwrap_or(0.0) - self.client_cpu.unwrap_or(0.0);
+        let server = cpu_seconds(&self.server_pids)
+            .zip(self.server_cpu)
+            .map(|(end, begin)| end - begin);
+        Usage {
+            client_cores: client / wall,
+            server_cores: server.map(|c| c / wall),
         }
     }
 }
