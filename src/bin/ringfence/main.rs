@@ -112,7 +112,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 #[derive(clap::Args, Debug, Clone)]
 pub struct ConfigArg {
     /// The cluster file.
-    #[arg(long, short, default_value = "ringfence-cluster/cluster.toml")]
+    #[arg(long, short, global = true, default_value = "ringfence-cluster/cluster.toml")]
     pub config: PathBuf,
 }
 
