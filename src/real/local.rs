@@ -47,9 +47,19 @@ impl LocalCluster {
         Ok(cluster)
     }
 
-    /// A loopback config for `nodes` nodes on free ports, data under `dir`.
+    /// A loopback config for `nodes` nodes on ports the OS has free now
+    /// (another process could take one before the node binds it, which
+    /// then fails loudly), data under `dir`.
     pub fn free_ports_config(nodes: u32, dir: &Path) -> std::io::Result<ClusterConfig> {
         let mut config = ClusterConfig::loopback(nodes, 0, dir.join("data"));
+        // Held until every port is chosen, so no two are the same.
+        let mut held = Vec::new();
+        let mut free_port = || -> std::io::Result<SocketAddr> {
+            let listener = TcpListener::bind("127.0.0.1:0")?;
+            let addr = listener.local_addr()?;
+            held.push(listener);
+            Ok(addr)
+        };
         for node in &mut config.nodes {
             node.lock = free_port()?;
             node.txn = free_port()?;
@@ -148,10 +158,4 @@ impl LocalCluster {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-}
-
-/// A loopback port nobody listens on right now (the OS picks it; another
-/// process could take it before the node binds, which then fails loudly).
-fn free_port() -> std::io::Result<SocketAddr> {
-    TcpListener::bind("127.0.0.1:0")?.local_addr()
 }
