@@ -20,12 +20,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::{select, Either};
-
 use super::machine::{LockCommand, LockMachine, LockQuery, LockView, SessionId};
 use super::MAX_SESSIONS;
 use crate::env::{Env, NodeId};
-use crate::log::node::{drain_ready, execute, NodeError, Probe};
+use crate::log::node::{execute, next_batch, NodeError, Probe};
 use crate::log::{ClientId, Output, Raft, Role, Term, Wire, WireOf};
 
 /// Configuration of a lock server.
@@ -173,37 +171,29 @@ pub async fn run<E: Env>(
     let mut leases = LeaseTimer::new(config.ttl, config.log.heartbeat_interval * 2);
     let mut watches = Watches::default();
     loop {
-        let now = env.now();
         let deadline = raft.next_deadline().min(leases.next_due()).min(watches.next_due());
-        let output = if now >= deadline {
-            raft.on_tick(now)
-        } else {
-            let recv = std::pin::pin!(env.recv());
-            let sleep = std::pin::pin!(env.sleep(deadline - now));
-            match select(recv, sleep).await {
-                Either::Left((first, _)) => {
-                    let mut batch: Vec<(NodeId, WireOf<LockMachine>)> = drain_ready(&env, first);
-                    if config.unsynced_token && raft.role() == Role::Leader {
-                        for (_, msg) in &mut batch {
-                            // PLANTED BUG: a token from a local counter whose
-                            // record is appended but never synced.
-                            if let Wire::Command {
-                                command: LockCommand::Acquire { token_hint, .. },
-                                ..
-                            } = msg
-                            {
-                                counter += 1;
-                                *token_hint = Some(counter);
-                                let mut record = COUNTER_MAGIC.to_vec();
-                                record.extend_from_slice(&counter.to_le_bytes());
-                                env.append(&record)?;
-                            }
+        let output = match next_batch::<_, WireOf<LockMachine>>(&env, deadline).await {
+            None => raft.on_tick(env.now()),
+            Some(mut batch) => {
+                if config.unsynced_token && raft.role() == Role::Leader {
+                    for (_, msg) in &mut batch {
+                        // PLANTED BUG: a token from a local counter whose
+                        // record is appended but never synced.
+                        if let Wire::Command {
+                            command: LockCommand::Acquire { token_hint, .. },
+                            ..
+                        } = msg
+                        {
+                            counter += 1;
+                            *token_hint = Some(counter);
+                            let mut record = COUNTER_MAGIC.to_vec();
+                            record.extend_from_slice(&counter.to_le_bytes());
+                            env.append(&record)?;
                         }
                     }
-                    watches.park(&mut batch, &raft, env.now());
-                    raft.on_messages(env.now(), batch)
                 }
-                Either::Right(((), _)) => raft.on_tick(env.now()),
+                watches.park(&mut batch, &raft, env.now());
+                raft.on_messages(env.now(), batch)
             }
         };
         carry_out(&env, output, probe.as_ref()).await?;

@@ -67,22 +67,27 @@ pub async fn run<E: Env, S: StateMachine>(
         "replica recovered"
     );
     loop {
-        let now = env.now();
         let deadline = raft.next_deadline();
-        let output = if now >= deadline {
-            raft.on_tick(now)
-        } else {
-            let recv = std::pin::pin!(env.recv());
-            let sleep = std::pin::pin!(env.sleep(deadline - now));
-            match select(recv, sleep).await {
-                Either::Left((first, _)) => {
-                    let batch = drain_ready(&env, first);
-                    raft.on_messages(env.now(), batch)
-                }
-                Either::Right(((), _)) => raft.on_tick(env.now()),
-            }
+        let output = match next_batch(&env, deadline).await {
+            Some(batch) => raft.on_messages(env.now(), batch),
+            None => raft.on_tick(env.now()),
         };
         execute(&env, output, probe.as_ref()).await?;
+    }
+}
+
+/// The messages that arrive before `deadline` (see [`drain_ready`]), or
+/// `None` once it has passed on this node's clock.
+pub async fn next_batch<E: Env, M: DeserializeOwned>(env: &E, deadline: Duration) -> Option<Vec<(NodeId, M)>> {
+    let now = env.now();
+    if now >= deadline {
+        return None;
+    }
+    let recv = std::pin::pin!(env.recv());
+    let sleep = std::pin::pin!(env.sleep(deadline - now));
+    match select(recv, sleep).await {
+        Either::Left((first, _)) => Some(drain_ready(env, first)),
+        Either::Right(((), _)) => None,
     }
 }
 
