@@ -105,6 +105,9 @@ pub struct Config {
     pub heartbeat_interval: Duration,
     pub max_entries_per_append: usize,
     /// Compact the log into a snapshot every this many applied entries.
+    /// Each compaction rewrites the log file and frees the old one's
+    /// blocks, which stalls the disk for tens of milliseconds on this
+    /// project's machine (ext4 with `discard`); see the default's figures.
     pub snapshot_every: u64,
     /// Client sessions remembered for deduplication (least recently used
     /// evicted; a client idle for that many other clients' commands loses
@@ -125,7 +128,11 @@ impl Default for Config {
             election_timeout_max: Duration::from_millis(300),
             heartbeat_interval: Duration::from_millis(50),
             max_entries_per_append: MAX_ENTRIES_PER_APPEND,
-            snapshot_every: 1024,
+            // Measured with `ringfence bench` (3 nodes, fsync on), 32
+            // clients on distinct locks: 1024 gave 5,448 cycles/s with a
+            // p99 of 45 ms, 8192 gave 9,145 and 25 ms, 32768 gave 9,976
+            // and 4.9 ms. 32768 entries of a lock log are about 2 MB.
+            snapshot_every: 32768,
             max_sessions: 4096,
             max_pending_reads: 1024,
             paranoid: false,
