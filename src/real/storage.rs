@@ -159,6 +159,11 @@ impl FileStorage {
     }
 
     /// Makes every record appended before the call durable.
+    ///
+    /// On a multi-thread runtime the fsync runs on the calling worker
+    /// (`block_in_place` moves its other tasks away), which is shorter for
+    /// a commit than a hop to a blocking thread and back; a current-thread
+    /// runtime cannot lend its only worker, so there it is such a hop.
     pub async fn sync(&self) -> Result<(), EnvError> {
         let target = self.inner.pending.lock().expect("pending lock").appended;
         if tokio::runtime::Handle::current().runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread {
