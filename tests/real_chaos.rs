@@ -13,13 +13,13 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use ringfence::history::lock::{check_lock, LockOp};
 use ringfence::history::{EventKind, History};
 use ringfence::lock::{FencedResource, Lease, LockClient, LockError};
 use ringfence::real::cluster::ClusterConfig;
 use ringfence::real::local::LocalCluster;
 use ringfence::real::RealEnv;
 use ringfence::txn::{bank, Outcome};
-use ringfence_sim::scenarios::lock::{check_lock, LockOp};
 
 const CLIENTS: u32 = 4;
 const BANK_CLIENTS: u32 = 3;

@@ -5,6 +5,7 @@
 //! checker judges a simulated run and a real loopback run.
 
 pub mod linearizability;
+pub mod lock;
 
 use std::fmt;
 

@@ -49,42 +49,17 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use ringfence::env::{Env, NodeId};
-use ringfence::history::{EventKind, History, Violation};
+use ringfence::history::lock::{check_lock, LockOp};
+use ringfence::history::{History, Violation};
 use ringfence::lock::resource::{self, ResourceRequest};
 use ringfence::lock::{server, ClientConfig, LockClient, LockError, ServerConfig, Token};
 use ringfence::log::node::Probe;
 use ringfence::log::{Event, Term};
-use serde::{Deserialize, Serialize};
 
 use crate::env::SimEnv;
 use crate::plan::{AimedAction, DiskLoss, Fault, FaultKind, FaultPlan, Swarm, Targets};
 use crate::scenario::{client_ids, Bug, Client, Params, Scenario, Workload};
 use crate::world::{derive_rng, elapsed, stream, World};
-
-/// A client operation as the history records it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum LockOp {
-    /// `token` is `None` on invocation.
-    Acquire {
-        token: Option<Token>,
-    },
-    Release {
-        token: Token,
-    },
-    /// A fenced read of the counter; `value` and the resource's acceptance
-    /// position `seq` on success.
-    Read {
-        token: Token,
-        value: Option<u64>,
-        seq: Option<u64>,
-    },
-    /// A fenced write of `value`; `seq` on success.
-    Write {
-        token: Token,
-        value: u64,
-        seq: Option<u64>,
-    },
-}
 
 pub const NO_FENCING: Bug = Bug {
     name: "no-fencing",
@@ -817,179 +792,5 @@ impl Scenario for LockScenario {
     fn check(&self, history: &History<LockOp>) -> Vec<Violation> {
         let within = self.watch.lock().unwrap_or_else(|e| e.into_inner()).within_bound();
         check_lock(history, within)
-    }
-}
-
-/// The lock invariants on a history. `leases_judged`: whether the run's
-/// clocks stayed within the drift bound (then believed leases must not
-/// overlap).
-pub fn check_lock(history: &History<LockOp>, leases_judged: bool) -> Vec<Violation> {
-    let mut v = Vec::new();
-    check_resource(history, &mut v);
-    check_tokens(history, &mut v);
-    if leases_judged {
-        check_leases(history, &mut v);
-    }
-    v
-}
-
-fn check_resource(history: &History<LockOp>, v: &mut Vec<Violation>) {
-    // Accepted accesses in the resource's order: (seq, token, value, write, event).
-    let mut accepted: Vec<(u64, Token, u64, bool, usize)> = history
-        .events()
-        .iter()
-        .filter(|e| e.kind == EventKind::Ok)
-        .filter_map(|e| match e.op {
-            LockOp::Read {
-                token,
-                value: Some(value),
-                seq: Some(seq),
-            } => Some((seq, token, value, false, e.index)),
-            LockOp::Write {
-                token,
-                value,
-                seq: Some(seq),
-            } => Some((seq, token, value, true, e.index)),
-            _ => None,
-        })
-        .collect();
-    accepted.sort_unstable();
-    let mut highest: Option<(Token, usize)> = None;
-    let mut written: Option<(u64, usize)> = None;
-    for &(seq, token, value, write, event) in &accepted {
-        if let Some((h, at)) = highest {
-            if token < h {
-                v.push(Violation::new(
-                    "fencing",
-                    format!("the resource accepted token {token} (access #{seq}) after it had accepted token {h}"),
-                    vec![at, event],
-                ));
-                break;
-            }
-        }
-        if highest.is_none_or(|(h, _)| token > h) {
-            highest = Some((token, event));
-        }
-        if let Some((w, at)) = written {
-            if (write && value <= w) || (!write && value < w) {
-                v.push(Violation::new(
-                    "lost-increment",
-                    format!(
-                        "counter {} {value} at access #{seq}, after an accepted write of {w}",
-                        if write { "written back as" } else { "read as" }
-                    ),
-                    vec![at, event],
-                ));
-                break;
-            }
-        }
-        if write {
-            written = Some((value, event));
-        }
-    }
-}
-
-fn check_tokens(history: &History<LockOp>, v: &mut Vec<Violation>) {
-    // Highest token granted (ok) so far, and where.
-    let mut granted: Option<(Token, usize)> = None;
-    // Per client: the floor its open acquire/release must beat.
-    let mut floor: BTreeMap<u32, Option<(Token, usize)>> = BTreeMap::new();
-    let mut released: BTreeMap<Token, usize> = BTreeMap::new();
-    // Token → client it was granted to. A session that still holds a lock
-    // (say, its release timed out) is granted the same claim again: that
-    // is its ownership continuing, not a new grant.
-    let mut owner: BTreeMap<Token, u32> = BTreeMap::new();
-    for e in history.events() {
-        match (&e.kind, &e.op) {
-            (EventKind::Invoke, LockOp::Acquire { .. } | LockOp::Release { .. }) => {
-                floor.insert(e.client, granted);
-            }
-            (EventKind::Ok, LockOp::Acquire { token: Some(t) }) => {
-                let same_claim = owner.get(t) == Some(&e.client);
-                owner.insert(*t, e.client);
-                if let Some(Some((f, at))) = floor.get(&e.client).filter(|_| !same_claim) {
-                    if t <= f {
-                        v.push(Violation::new(
-                            "token-order",
-                            format!("acquire granted token {t}, but token {f} had been granted before it began"),
-                            vec![*at, e.index],
-                        ));
-                        return;
-                    }
-                }
-                if granted.is_none_or(|(g, _)| *t > g) {
-                    granted = Some((*t, e.index));
-                }
-            }
-            (EventKind::Ok, LockOp::Release { token }) => {
-                if let Some(Some((f, at))) = floor.get(&e.client) {
-                    if f > token {
-                        v.push(Violation::new(
-                            "release-owner",
-                            format!("release of token {token} succeeded after token {f} had been granted"),
-                            vec![*at, e.index],
-                        ));
-                        return;
-                    }
-                }
-                if let Some(first) = released.insert(*token, e.index) {
-                    v.push(Violation::new(
-                        "release-owner",
-                        format!("token {token} was released twice"),
-                        vec![first, e.index],
-                    ));
-                    return;
-                }
-            }
-            _ => {}
-        }
-    }
-}
-
-fn check_leases(history: &History<LockOp>, v: &mut Vec<Violation>) {
-    // (client, token) → (start ns, start event, end ns, end event)
-    let mut leases: BTreeMap<(u32, Token), (u64, usize, u64, usize)> = BTreeMap::new();
-    for e in history.events() {
-        match (&e.kind, &e.op) {
-            (EventKind::Ok, LockOp::Acquire { token: Some(t) }) => {
-                // A repeated grant of the same claim continues the lease.
-                leases
-                    .entry((e.client, *t))
-                    .or_insert((e.time_ns, e.index, e.time_ns, e.index));
-            }
-            (EventKind::Invoke, LockOp::Read { token, .. }) => {
-                if let Some(l) = leases.get_mut(&(e.client, *token)) {
-                    l.2 = e.time_ns;
-                    l.3 = e.index;
-                }
-            }
-            _ => {}
-        }
-    }
-    let list: Vec<_> = leases.into_iter().collect();
-    for (i, ((ca, ta), a)) in list.iter().enumerate() {
-        for ((cb, tb), b) in &list[i + 1..] {
-            if ca != cb && a.0 < b.2 && b.0 < a.2 {
-                let (first, second) = if a.0 <= b.0 {
-                    ((ca, ta, a), (cb, tb, b))
-                } else {
-                    ((cb, tb, b), (ca, ta, a))
-                };
-                v.push(Violation::new(
-                    "lease-overlap",
-                    format!(
-                        "client {} believed it held token {} until {:.3}s, but client {} was granted token {} at {:.3}s",
-                        first.0,
-                        first.1,
-                        first.2 .2 as f64 / 1e9,
-                        second.0,
-                        second.1,
-                        second.2 .0 as f64 / 1e9
-                    ),
-                    vec![first.2 .1, second.2 .1, first.2 .3],
-                ));
-                return;
-            }
-        }
     }
 }
