@@ -106,6 +106,11 @@ fn every_planted_txn_bug_is_registered_with_a_distinct_name() {
     );
     assert_eq!(
         names("txn-replicated"),
-        ["send-before-commit", "replica-presumes-abort", "ignore-inherited"]
+        [
+            "send-before-commit",
+            "replica-presumes-abort",
+            "ignore-inherited",
+            "forget-presumes-abort"
+        ]
     );
 }

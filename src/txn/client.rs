@@ -33,6 +33,11 @@ pub enum TxnError {
     /// is unknown.
     #[error("node {node} did not answer")]
     Unavailable { node: NodeId },
+    /// The replicated coordinator no longer remembers the transaction (see
+    /// `txn::replicated`, "Forgetting"): its outcome is unknown, as with
+    /// `Unavailable` for a commit, and asking again will not tell.
+    #[error("the coordinator no longer remembers transaction {txn:#x}; its outcome is unknown")]
+    Forgotten { txn: TxnId },
 }
 
 /// Retry policy.
@@ -247,7 +252,7 @@ impl<E: Env> TxnClient<E> {
     }
 
     /// Commits: two-phase commit over the shards touched. `Err(Unavailable)`
-    /// means the outcome is unknown.
+    /// and `Err(Forgotten)` mean the outcome is unknown.
     pub async fn commit(&mut self, txn: Txn) -> Result<Outcome, TxnError> {
         let participants: Option<Vec<(NodeId, u64)>> = txn.shards.iter().map(|(&n, e)| e.map(|e| (n, e))).collect();
         let Some(participants) = participants else {
@@ -271,9 +276,10 @@ impl<E: Env> TxnClient<E> {
 
     async fn ask(&mut self, txn: TxnId, msg: Msg) -> Result<Outcome, TxnError> {
         self.call_coordinator(&msg, self.config.commit_attempts, |m| match m {
-            Msg::Outcome { txn: t, outcome } if t == txn => Some(outcome),
+            Msg::Outcome { txn: t, outcome } if t == txn => Some(Ok(outcome)),
+            Msg::Forgotten { txn: t } if t == txn => Some(Err(TxnError::Forgotten { txn })),
             _ => None,
         })
-        .await
+        .await?
     }
 }

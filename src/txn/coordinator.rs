@@ -203,6 +203,7 @@ impl Coordinator {
             | Msg::Decide { .. }
             | Msg::Began { .. }
             | Msg::Outcome { .. }
+            | Msg::Forgotten { .. }
             | Msg::Known { .. }
             | Msg::Redirect { .. }
             | Msg::Log(_) => vec![],
@@ -341,7 +342,9 @@ impl Coordinator {
             match state {
                 State::Preparing(round) if round.timed_out(now, prepare_timeout) => timed_out.push(txn),
                 State::Preparing(round) => steps.extend(round.prepares_due(txn, &[self.id], now, resend_every)),
-                State::Committed(delivery) => steps.extend(delivery.resend_due(txn, now, resend_every)),
+                State::Committed(delivery) => {
+                    steps.extend(delivery.resend_due(txn, Decision::Commit, now, resend_every))
+                }
                 State::Aborted { .. } => {}
             }
         }

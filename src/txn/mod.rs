@@ -150,6 +150,12 @@ pub enum Msg {
         txn: TxnId,
         outcome: Outcome,
     },
+    /// The replicated coordinator no longer knows what became of `txn`: it
+    /// finished (committed or aborted) and was forgotten, or it began so
+    /// long ago that the coordinator forgot past it before it was started.
+    Forgotten {
+        txn: TxnId,
+    },
     /// A replica of a replicated coordinator that does not lead: try
     /// `leader` (if known) instead.
     Redirect {

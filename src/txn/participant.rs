@@ -267,6 +267,7 @@ impl Participant {
             | Msg::Status { .. }
             | Msg::Began { .. }
             | Msg::Outcome { .. }
+            | Msg::Forgotten { .. }
             | Msg::OpReply { .. }
             | Msg::Vote { .. }
             | Msg::Ack { .. }

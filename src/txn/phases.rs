@@ -139,19 +139,20 @@ impl Delivery {
         self.unacked.remove(&from) && self.unacked.is_empty()
     }
 
-    /// The commit again to every silent participant, if the re-send is due.
-    pub(crate) fn resend_due<R>(&mut self, txn: TxnId, now: Duration, resend_every: Duration) -> Vec<Step<R>> {
+    /// The decision again to every silent participant, if the re-send is
+    /// due.
+    pub(crate) fn resend_due<R>(
+        &mut self,
+        txn: TxnId,
+        decision: Decision,
+        now: Duration,
+        resend_every: Duration,
+    ) -> Vec<Step<R>> {
         if self.done() || now < self.next_resend {
             return vec![];
         }
         self.next_resend = now + resend_every;
-        sends(
-            self.unacked.iter().copied(),
-            &Msg::Decide {
-                txn,
-                decision: Decision::Commit,
-            },
-        )
+        sends(self.unacked.iter().copied(), &Msg::Decide { txn, decision })
     }
 }
 

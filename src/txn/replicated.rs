@@ -25,13 +25,39 @@
 //! - **Presumed abort, logged.** A question about a transaction the log does
 //!   not know (a retried commit lost with a leader, a status query, a yes
 //!   vote) is answered abort only after an `Abort` command for it is
-//!   applied; a `Start` or `Commit` arriving later changes nothing. Aborts
-//!   still need no acknowledgements: a prepared shard that missed one asks.
+//!   applied; a `Start` or `Commit` arriving later changes nothing.
+//! - **Acknowledged decisions.** The leader re-sends a decision, commit or
+//!   abort, until every participant acknowledged it, then logs `End`. Plain
+//!   presumed abort skips the abort's acknowledgements (a prepared shard
+//!   that missed one asks); here they are what makes an aborted
+//!   transaction safe to forget.
 //! - **Ids** are `term << 32 | seq`, issued by the leader without the log:
 //!   a term has at most one leader, so they are unique, and an id the log
 //!   never saw committed is presumed aborted.
 //! - **Followers** answer outcome questions from their applied state (only
 //!   decided transactions) and redirect clients to the leader.
+//! - **Forgetting.** The machine would otherwise grow with every
+//!   transaction, and its snapshot must fit one message. When more than
+//!   [`ReplicatedConfig::retain_finished`] finished transactions (aborted,
+//!   or committed and acknowledged by every participant) are held, the
+//!   leader logs [`Command::Forget`]: finished transactions below an id
+//!   are dropped and that id becomes the machine's *floor*. An id below the
+//!   floor that the machine does not hold is *forgotten*: it finished, or
+//!   it was begun and never started (its client is slow). Then:
+//!   - a decision or `End` about it is ignored, and nothing is presumed:
+//!     an abort presumed now could contradict a forgotten commit;
+//!   - a client's commit request starts it again: two-phase commit re-runs
+//!     and the shards' votes give the right decision, because a shard
+//!     remembers every decision it applied and votes it again (yes for a
+//!     commit, no for an abort), while a slow client's transaction that
+//!     was never started is prepared for the first time. Such a re-run is
+//!     never aborted on the prepare timeout, only on a no vote: a timeout
+//!     abort could contradict a forgotten commit;
+//!   - a shard's vote or query about it is a stale duplicate (every
+//!     participant of a finished transaction acknowledged its decision)
+//!     and gets no answer;
+//!   - a client's status question is told [`Msg::Forgotten`]: the outcome
+//!     is unknown to it, as after a lost reply.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -57,17 +83,22 @@ pub enum Command {
     /// A no vote, a prepare timeout, or a question about a transaction the
     /// log does not know.
     Abort { txn: TxnId, reason: AbortReason },
-    /// Every participant acknowledged the commit: stop re-sending it.
+    /// Every participant acknowledged the decision: stop re-sending it.
     End { txn: TxnId },
+    /// Drop the finished transactions below `below` and raise the floor to
+    /// it (module docs, "Forgetting").
+    Forget { below: TxnId },
 }
 
 impl Command {
-    pub fn txn(&self) -> TxnId {
+    /// The transaction the command is about (`None` for `Forget`).
+    pub fn txn(&self) -> Option<TxnId> {
         match self {
             Command::Start { txn, .. }
             | Command::Commit { txn, .. }
             | Command::Abort { txn, .. }
-            | Command::End { txn } => *txn,
+            | Command::End { txn } => Some(*txn),
+            Command::Forget { .. } => None,
         }
     }
 }
@@ -87,6 +118,8 @@ pub enum TxnState {
         /// Empty when the abort was presumed (the log never saw a `Start`).
         participants: Vec<NodeId>,
         reason: AbortReason,
+        /// Every participant acknowledged (at once when there are none).
+        ended: bool,
     },
 }
 
@@ -106,17 +139,60 @@ impl TxnState {
             TxnState::Aborted { reason, .. } => Some(Outcome::Aborted(reason.clone())),
         }
     }
+
+    /// Decided, and acknowledged by every participant.
+    fn finished(&self) -> bool {
+        matches!(
+            self,
+            TxnState::Aborted { ended: true, .. } | TxnState::Committed { ended: true, .. }
+        )
+    }
 }
 
 /// The coordinator's replicated state.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CoordMachine {
     txns: BTreeMap<TxnId, TxnState>,
+    /// The ids of the finished transactions in `txns` (derived).
+    finished: BTreeSet<TxnId>,
+    /// Ids below this that `txns` does not hold are forgotten.
+    floor: TxnId,
 }
 
 impl CoordMachine {
     pub fn get(&self, txn: TxnId) -> Option<&TxnState> {
         self.txns.get(&txn)
+    }
+
+    /// Whether `txn` finished and was dropped by a `Forget` (module docs).
+    pub fn forgotten(&self, txn: TxnId) -> bool {
+        txn < self.floor && !self.txns.contains_key(&txn)
+    }
+
+    /// The `Forget` bound that would leave `retain` finished transactions,
+    /// once more than `retain` plus an eighth are held (so that forgetting
+    /// comes in batches, not one command per transaction).
+    fn forget_bound(&self, retain: usize) -> Option<TxnId> {
+        let excess = self.finished.len().saturating_sub(retain);
+        if excess == 0 || excess < retain / 8 {
+            return None;
+        }
+        self.finished.iter().nth(excess - 1).map(|&last| last + 1)
+    }
+
+    /// Drops the finished transactions below `below` (re-runs below the
+    /// floor included) and raises the floor to `below` if it is lower.
+    fn forget_below(&mut self, below: TxnId) {
+        let kept = self.finished.split_off(&below);
+        for txn in std::mem::replace(&mut self.finished, kept) {
+            self.txns.remove(&txn);
+        }
+        self.floor = self.floor.max(below);
+    }
+
+    /// Whether a `Forget { below }` is still to be applied.
+    fn holds_finished_below(&self, below: TxnId) -> bool {
+        self.finished.range(..below).next().is_some()
     }
 
     pub fn decision(&self, txn: TxnId) -> Option<Decision> {
@@ -132,7 +208,16 @@ impl StateMachine for CoordMachine {
     type Output = Option<Decision>;
 
     fn apply(&mut self, command: &Command) -> Option<Decision> {
-        let txn = command.txn();
+        let txn = match command {
+            Command::Forget { below } => {
+                self.forget_below(*below);
+                return None;
+            }
+            other => other.txn().expect("every other command names its transaction"),
+        };
+        if self.forgotten(txn) && !matches!(command, Command::Start { .. }) {
+            return None;
+        }
         let state = self.txns.get(&txn);
         let next = match (command, state) {
             (Command::Start { participants, .. }, None) => Some(TxnState::Preparing {
@@ -152,13 +237,25 @@ impl StateMachine for CoordMachine {
             (Command::Abort { reason, .. }, None) => Some(TxnState::Aborted {
                 participants: vec![],
                 reason: reason.clone(),
+                ended: true,
             }),
             (Command::Abort { reason, .. }, Some(TxnState::Preparing { participants })) => Some(TxnState::Aborted {
                 participants: participants.iter().map(|(n, _)| *n).collect(),
                 reason: reason.clone(),
+                ended: participants.is_empty(),
             }),
             (Command::End { .. }, Some(TxnState::Committed { participants, .. })) => Some(TxnState::Committed {
                 participants: participants.clone(),
+                ended: true,
+            }),
+            (
+                Command::End { .. },
+                Some(TxnState::Aborted {
+                    participants, reason, ..
+                }),
+            ) => Some(TxnState::Aborted {
+                participants: participants.clone(),
+                reason: reason.clone(),
                 ended: true,
             }),
             // Start of a known transaction, a decision for a decided one, or
@@ -166,6 +263,9 @@ impl StateMachine for CoordMachine {
             _ => None,
         };
         if let Some(next) = next {
+            if next.finished() {
+                self.finished.insert(txn);
+            }
             self.txns.insert(txn, next);
         }
         self.decision(txn)
@@ -177,12 +277,20 @@ impl StateMachine for CoordMachine {
 
     fn snapshot(&self) -> Vec<u8> {
         let txns: Vec<(&TxnId, &TxnState)> = self.txns.iter().collect();
-        codec::encode(&txns).expect("coordinator snapshot exceeds the codec limit")
+        codec::encode(&(self.floor, txns)).expect("coordinator snapshot exceeds the codec limit")
     }
 
     fn restore(&mut self, snapshot: &[u8]) {
-        let txns: Vec<(TxnId, TxnState)> = codec::decode(snapshot).expect("coordinator snapshot must decode");
+        let (floor, txns): (TxnId, Vec<(TxnId, TxnState)>) =
+            codec::decode(snapshot).expect("coordinator snapshot must decode");
         self.txns = txns.into_iter().collect();
+        self.finished = self
+            .txns
+            .iter()
+            .filter(|(_, t)| t.finished())
+            .map(|(&id, _)| id)
+            .collect();
+        self.floor = floor;
     }
 }
 
@@ -201,6 +309,10 @@ pub struct ReplicatedBugs {
     /// A new leader drives only the transactions started in its own term,
     /// not those it inherited.
     pub ignore_inherited: bool,
+    /// A replica answers every question about a forgotten transaction
+    /// (a client's commit or status, a shard's query) with abort, as plain
+    /// presumed abort would, though it may have committed.
+    pub forget_presumes_abort: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -211,6 +323,10 @@ pub struct ReplicatedConfig {
     /// Abort a transaction whose votes are not all in after this long (on
     /// the leader's clock, from when it started leading the transaction).
     pub prepare_timeout: Duration,
+    /// Finished transactions the machine keeps answering for; older ones
+    /// are forgotten (module docs). The default keeps the snapshot well
+    /// under the message limit: about 30 bytes per transaction.
+    pub retain_finished: usize,
     pub log: crate::log::Config,
     pub bugs: ReplicatedBugs,
 }
@@ -220,6 +336,7 @@ impl Default for ReplicatedConfig {
         ReplicatedConfig {
             resend_every: Duration::from_millis(200),
             prepare_timeout: Duration::from_millis(1_000),
+            retain_finished: 8192,
             log: crate::log::Config::default(),
             bugs: ReplicatedBugs::default(),
         }
@@ -266,13 +383,16 @@ pub struct Driver {
     seq: u64,
     next_txn: u64,
     rounds: BTreeMap<TxnId, Round>,
-    deliveries: BTreeMap<TxnId, Delivery>,
+    /// Decisions being re-sent until every participant acknowledges.
+    deliveries: BTreeMap<TxnId, (Decision, Delivery)>,
     waiting: Waiters,
     /// Proposed in this term and not applied yet. A leader's entry commits
     /// unless it loses leadership (which resets all of this), so each is
     /// proposed once per term.
     starting: BTreeSet<TxnId>,
     deciding: BTreeSet<TxnId>,
+    /// The `Forget` bound proposed in this term and not applied yet.
+    forgetting: Option<TxnId>,
 }
 
 impl Driver {
@@ -291,6 +411,7 @@ impl Driver {
             waiting: Waiters::default(),
             starting: BTreeSet::new(),
             deciding: BTreeSet::new(),
+            forgetting: None,
         }
     }
 
@@ -306,6 +427,7 @@ impl Driver {
         self.waiting.clear();
         self.starting.clear();
         self.deciding.clear();
+        self.forgetting = None;
         let Some(term) = view.leading else { return };
         assert!(term < 1 << 31, "terms fit the id layout");
         // One exactly-once session per (replica, term): only this replica
@@ -323,8 +445,16 @@ impl Driver {
                     participants,
                     ended: false,
                 } => {
-                    self.deliveries
-                        .insert(txn, Delivery::new(participants.iter().copied(), now));
+                    let delivery = Delivery::new(participants.iter().copied(), now);
+                    self.deliveries.insert(txn, (Decision::Commit, delivery));
+                }
+                TxnState::Aborted {
+                    participants,
+                    ended: false,
+                    ..
+                } => {
+                    let delivery = Delivery::new(participants.iter().copied(), now);
+                    self.deliveries.insert(txn, (Decision::Abort, delivery));
                 }
                 _ => {}
             }
@@ -368,6 +498,15 @@ impl Driver {
                 }
                 None => fx.steps.push(self.redirect(from, view)),
             },
+            // It finished and the machine no longer knows how, or it was
+            // never started (a commit request would start it).
+            // PLANTED BUG (forget_presumes_abort): a forgotten one presumed aborted.
+            Msg::Commit { txn, .. } | Msg::Status { txn }
+                if machine.forgotten(txn) && self.config.bugs.forget_presumes_abort =>
+            {
+                fx.steps.extend(presume_abort(from, txn))
+            }
+            Msg::Status { txn } if machine.forgotten(txn) => fx.steps.push(Step::Send(from, Msg::Forgotten { txn })),
             Msg::Commit { txn, participants } => match machine.get(txn) {
                 Some(state) if state.decision().is_some() => fx.steps.extend(tell_outcome(from, txn, state)),
                 _ if self.term.is_none() => fx.steps.push(self.redirect(from, view)),
@@ -401,18 +540,25 @@ impl Driver {
                             fx.steps.extend(tell_shard(from, txn, decision));
                         }
                     }
+                    // A repeat from a shard that knows the decision.
+                    None if machine.forgotten(txn) => {}
                     None if yes => self.abort(&mut fx, txn, AbortReason::NotLogged),
                     _ => {}
                 },
             },
             Msg::Ack { txn } => {
-                if self.deliveries.get_mut(&txn).is_some_and(|d| d.ack(from)) {
+                if self.deliveries.get_mut(&txn).is_some_and(|(_, d)| d.ack(from)) {
                     self.deliveries.remove(&txn);
                     self.propose(&mut fx, Command::End { txn });
                 }
             }
             Msg::Query { txn } => match machine.decision(txn) {
                 Some(decision) => fx.steps.extend(tell_shard(from, txn, decision)),
+                None if machine.forgotten(txn) && self.config.bugs.forget_presumes_abort => {
+                    fx.steps.extend(tell_shard(from, txn, Decision::Abort))
+                }
+                // A stale duplicate: every participant has the decision.
+                None if machine.forgotten(txn) => {}
                 // PLANTED BUG: abort presumed from this replica's memory.
                 None if self.config.bugs.replica_presumes_abort => {
                     fx.steps.extend(tell_shard(from, txn, Decision::Abort))
@@ -432,6 +578,7 @@ impl Driver {
             | Msg::Decide { .. }
             | Msg::Began { .. }
             | Msg::Outcome { .. }
+            | Msg::Forgotten { .. }
             | Msg::Known { .. }
             | Msg::Redirect { .. }
             | Msg::Log(_) => {}
@@ -449,7 +596,8 @@ impl Driver {
             if self.deciding.contains(&txn) {
                 continue;
             }
-            if round.timed_out(now, timeout) {
+            // A re-run below the floor may be a forgotten commit (module docs).
+            if round.timed_out(now, timeout) && txn >= view.machine.floor {
                 timed_out.push(txn);
             } else {
                 fx.steps.extend(round.prepares_due(txn, &self.coordinators, now, every));
@@ -458,8 +606,8 @@ impl Driver {
         for txn in timed_out {
             self.abort(&mut fx, txn, AbortReason::PrepareTimeout);
         }
-        for (&txn, delivery) in &mut self.deliveries {
-            fx.steps.extend(delivery.resend_due(txn, now, every));
+        for (&txn, (decision, delivery)) in &mut self.deliveries {
+            fx.steps.extend(delivery.resend_due(txn, *decision, now, every));
         }
         fx
     }
@@ -493,29 +641,53 @@ impl Driver {
                 TxnState::Committed {
                     participants,
                     ended: false,
+                }
+                | TxnState::Aborted {
+                    participants,
+                    ended: false,
+                    ..
                 } => {
+                    let decision = state.decision().expect("decided");
                     self.forget_round(txn);
                     if !self.deliveries.contains_key(&txn) {
                         let resend = now + self.config.resend_every;
-                        self.deliveries
-                            .insert(txn, Delivery::new(participants.iter().copied(), resend));
-                        fx.steps.extend(announce(txn, Decision::Commit, participants.clone()));
+                        let delivery = Delivery::new(participants.iter().copied(), resend);
+                        self.deliveries.insert(txn, (decision, delivery));
+                        fx.steps.extend(announce(txn, decision, participants.clone()));
                     }
-                    fx.steps.extend(self.waiting.notify(txn, &Outcome::Committed));
+                    fx.steps
+                        .extend(self.waiting.notify(txn, &state.outcome().expect("decided")));
                 }
-                TxnState::Committed { ended: true, .. } => {
-                    self.deliveries.remove(&txn);
-                }
-                TxnState::Aborted { participants, reason } => {
+                // Aborted with no participant to tell (presumed): finished
+                // the moment it is decided.
+                TxnState::Aborted {
+                    participants, reason, ..
+                } if participants.is_empty() => {
                     self.forget_round(txn);
-                    // Best effort: a prepared shard that misses it asks.
-                    fx.steps.extend(announce(txn, Decision::Abort, participants.clone()));
+                    fx.steps.extend(announce(txn, Decision::Abort, vec![]));
                     fx.steps
                         .extend(self.waiting.notify(txn, &Outcome::Aborted(reason.clone())));
                 }
+                // `End` applied: every participant acknowledged.
+                TxnState::Committed { ended: true, .. } | TxnState::Aborted { ended: true, .. } => {
+                    self.deliveries.remove(&txn);
+                }
             }
         }
+        self.maybe_forget(&mut fx, view.machine);
         fx
+    }
+
+    /// Proposes a `Forget` when too many finished transactions are held and
+    /// none is pending.
+    fn maybe_forget(&mut self, fx: &mut Effects, machine: &CoordMachine) {
+        if self.forgetting.is_some_and(|below| machine.holds_finished_below(below)) {
+            return;
+        }
+        self.forgetting = machine.forget_bound(self.config.retain_finished);
+        if let Some(below) = self.forgetting {
+            self.propose(fx, Command::Forget { below });
+        }
     }
 
     fn forget_round(&mut self, txn: TxnId) {
@@ -536,6 +708,24 @@ fn tell_outcome(client: NodeId, txn: TxnId, state: &TxnState) -> Vec<Step<()>> {
             participants: vec![],
         }),
         Step::Send(client, Msg::Outcome { txn, outcome }),
+    ]
+}
+
+/// The planted bug's answer to a client about a forgotten transaction.
+fn presume_abort(client: NodeId, txn: TxnId) -> Vec<Step<()>> {
+    vec![
+        Step::Event(TxnEvent::Announced {
+            txn,
+            decision: Decision::Abort,
+            participants: vec![],
+        }),
+        Step::Send(
+            client,
+            Msg::Outcome {
+                txn,
+                outcome: Outcome::Aborted(AbortReason::NotLogged),
+            },
+        ),
     ]
 }
 
@@ -581,7 +771,7 @@ mod tests {
 
     /// The log commits and applies every proposal; the driver then sees it.
     fn commit_log(d: &mut Driver, m: &mut CoordMachine, fx: &Effects) -> Effects {
-        let txns: Vec<TxnId> = fx.propose.iter().map(|(_, _, c)| c.txn()).collect();
+        let txns: Vec<TxnId> = fx.propose.iter().filter_map(|(_, _, c)| c.txn()).collect();
         for (_, _, command) in &fx.propose {
             m.apply(command);
         }
@@ -637,6 +827,167 @@ mod tests {
         let mut restored = CoordMachine::default();
         restored.restore(&m.snapshot());
         assert_eq!(restored, m);
+    }
+
+    /// Applies the commands that finish `txn`: committed (else aborted on a
+    /// lock conflict), then acknowledged by every participant.
+    fn finish(m: &mut CoordMachine, txn: TxnId, commit: bool) {
+        m.apply(&Command::Start {
+            txn,
+            participants: vec![(1004, 1), (1005, 1)],
+        });
+        if commit {
+            m.apply(&Command::Commit {
+                txn,
+                votes: vec![1004, 1005],
+            });
+        } else {
+            m.apply(&Command::Abort {
+                txn,
+                reason: AbortReason::LockConflict {
+                    key: "account-63".into(),
+                    holder: (TERM << 32) | 1_000_000,
+                },
+            });
+        }
+        assert!(
+            !m.get(txn).is_some_and(TxnState::finished),
+            "not before the acknowledgements"
+        );
+        m.apply(&Command::End { txn });
+    }
+
+    #[test]
+    fn forget_drops_finished_transactions_and_only_a_start_brings_one_back() {
+        let mut m = CoordMachine::default();
+        for txn in 1..=6 {
+            finish(&mut m, txn, txn % 2 == 0);
+        }
+        // 7 committed but not acknowledged, 8 still preparing: not finished.
+        m.apply(&Command::Start {
+            txn: 7,
+            participants: vec![(1004, 1)],
+        });
+        m.apply(&Command::Commit {
+            txn: 7,
+            votes: vec![1004],
+        });
+        m.apply(&Command::Start {
+            txn: 8,
+            participants: vec![(1004, 1)],
+        });
+        finish(&mut m, 9, true);
+        assert_eq!(m.forget_bound(2), Some(6), "7 finished, keep the newest 2 (6 and 9)");
+        m.apply(&Command::Forget { below: 9 });
+        assert!((1..=6).all(|t| m.forgotten(t)));
+        assert!(!m.forgotten(7) && !m.forgotten(8) && !m.forgotten(9));
+        assert_eq!(m.decision(7), Some(Decision::Commit));
+        // A late decision or end about a forgotten transaction is ignored.
+        for late in [
+            Command::Abort {
+                txn: 4,
+                reason: AbortReason::NotLogged,
+            },
+            Command::Commit {
+                txn: 5,
+                votes: vec![1004],
+            },
+            Command::End { txn: 6 },
+        ] {
+            assert_eq!(m.apply(&late), None);
+        }
+        assert!(m.forgotten(4) && m.forgotten(5) && m.forgotten(6));
+        // A start re-runs two-phase commit for it (the shards' votes decide).
+        let restart = Command::Start {
+            txn: 3,
+            participants: vec![(1004, 1)],
+        };
+        assert_eq!(m.apply(&restart), None);
+        assert!(matches!(m.get(3), Some(TxnState::Preparing { .. })));
+        // A lower bound later keeps the floor; it survives a snapshot.
+        m.apply(&Command::Forget { below: 2 });
+        assert_eq!(m.floor, 9);
+        let mut restored = CoordMachine::default();
+        restored.restore(&m.snapshot());
+        assert_eq!(restored, m);
+        // Ids at or above the floor are new as before.
+        assert_eq!(
+            m.apply(&Command::Abort {
+                txn: 10,
+                reason: AbortReason::NotLogged
+            }),
+            Some(Decision::Abort)
+        );
+    }
+
+    /// The default retention keeps the snapshot within half the limit, with
+    /// every finished transaction as large as the bank's aborts.
+    #[test]
+    fn the_default_retention_fits_a_snapshot() {
+        let retain = ReplicatedConfig::default().retain_finished;
+        let mut m = CoordMachine::default();
+        // Up to an eighth more are held before a Forget.
+        let held = retain + retain / 8;
+        for i in 0..held as u64 {
+            finish(&mut m, (TERM << 32) | (i + 1), false);
+        }
+        let bytes = m.snapshot().len();
+        assert!(
+            bytes <= crate::log::MAX_SNAPSHOT_BYTES / 2,
+            "{bytes} bytes for {held} transactions"
+        );
+    }
+
+    #[test]
+    fn the_leader_forgets_in_batches_and_still_answers_shards() {
+        let config = ReplicatedConfig {
+            retain_finished: 16,
+            ..ReplicatedConfig::default()
+        };
+        let (mut d, mut m) = (Driver::new(1, vec![1, 2, 3], config), CoordMachine::default());
+        let ids: Vec<TxnId> = (1..=17).map(|i| (TERM << 32) | i).collect();
+        for &txn in &ids {
+            finish(&mut m, txn, txn % 2 == 1);
+        }
+        // 17 finished, 16 retained: an excess of one is below a batch (2).
+        assert!(d.on_applied(MS, &leading(&m), []).propose.is_empty());
+        let txn = (TERM << 32) | 18;
+        finish(&mut m, txn, false);
+        let fx = d.on_applied(MS, &leading(&m), [txn]);
+        let below = ids[1] + 1;
+        assert!(matches!(fx.propose[..], [(_, _, Command::Forget { below: b })] if b == below));
+        assert!(
+            d.on_applied(MS, &leading(&m), []).propose.is_empty(),
+            "one Forget at a time"
+        );
+        commit_log(&mut d, &mut m, &fx);
+        assert!(m.forgotten(ids[0]) && m.forgotten(ids[1]) && !m.forgotten(ids[2]));
+        // A shard's query or vote about one is a stale duplicate (every
+        // participant acknowledged the decision): no answer, nothing logged.
+        for msg in [Msg::Query { txn: ids[0] }, Msg::Vote { txn: ids[0], yes: true }] {
+            let fx = d.on_message(MS, 1004, msg, &leading(&m));
+            assert!(fx.propose.is_empty() && fx.steps.is_empty(), "{fx:?}");
+        }
+        // A status question, at the leader or a follower: the client
+        // learns it is forgotten; nothing is logged.
+        for view in [leading(&m), following(&m)] {
+            let fx = d.on_message(MS, CLIENT, Msg::Status { txn: ids[1] }, &view);
+            assert!(fx.propose.is_empty());
+            assert!(matches!(&fx.steps[..], [Step::Send(CLIENT, Msg::Forgotten { txn })] if *txn == ids[1]));
+        }
+        // A retried commit re-runs it, and the prepare timeout never aborts
+        // the re-run: only the shards' votes decide it.
+        let retried = Msg::Commit {
+            txn: ids[1],
+            participants: vec![(1004, 1)],
+        };
+        let fx = d.on_message(MS, CLIENT, retried, &leading(&m));
+        assert!(matches!(fx.propose[..], [(_, _, Command::Start { txn, .. })] if txn == ids[1]));
+        commit_log(&mut d, &mut m, &fx);
+        let late = d.tick(Duration::from_secs(60), &leading(&m));
+        assert!(late.propose.is_empty(), "{late:?}");
+        let fx = d.on_message(MS, 1004, Msg::Vote { txn: ids[1], yes: true }, &leading(&m));
+        assert!(matches!(fx.propose[..], [(_, _, Command::Commit { .. })]));
     }
 
     #[test]

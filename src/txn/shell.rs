@@ -195,7 +195,7 @@ pub async fn run_replicated_coordinator<E: Env>(
             for (client, seq, command) in std::mem::take(&mut fx.propose) {
                 if speculate {
                     // PLANTED BUG: what was appended is acted on at once.
-                    applied.push(command.txn());
+                    applied.extend(command.txn());
                 }
                 let output = raft.on_message(now, env.id(), Wire::Command { client, seq, command });
                 applied.extend(carry_out(&env, output).await?);
@@ -238,7 +238,7 @@ async fn carry_out<E: Env>(env: &E, mut output: Output<CoordMachine>) -> Result<
         .iter()
         .filter_map(|event| match event {
             Event::Applied { payload, .. } => match codec::decode::<Payload<Command>>(payload) {
-                Ok(Payload::Command { command, .. }) => Some(command.txn()),
+                Ok(Payload::Command { command, .. }) => command.txn(),
                 Ok(Payload::Noop) => None,
                 Err(e) => panic!("an applied entry must decode: {e}"),
             },

@@ -118,6 +118,12 @@ pub const IGNORE_INHERITED: Bug = Bug {
     about: "a new coordinator leader drives only transactions started in its own term, not those it inherited",
     caught_by: "liveness",
 };
+pub const FORGET_PRESUMES_ABORT: Bug = Bug {
+    name: "forget-presumes-abort",
+    about:
+        "a coordinator replica answers questions about a forgotten transaction with abort, though it may have committed",
+    caught_by: "decision-changed",
+};
 
 /// The bank scenario with `C` coordinator replicas (1: classic 2PC; 3: the
 /// coordinator replicated on the log). One instance per run; it collects
@@ -215,7 +221,7 @@ async fn transfer<const C: u32>(
     }
     .await;
     if matches!(result, Ok(Outcome::Committed))
-        || !writes.is_empty() && matches!(result, Err(TxnError::Unavailable { .. }))
+        || !writes.is_empty() && matches!(result, Err(TxnError::Unavailable { .. } | TxnError::Forgotten { .. }))
     {
         bank.recheck(op_txn.expect("begun"));
     }
@@ -234,6 +240,11 @@ async fn transfer<const C: u32>(
             } else {
                 client.info(op)
             }
+        }
+        // Only commit hears this, and then the outcome is unknown.
+        Err(e @ TxnError::Forgotten { .. }) => {
+            *reason = Some(e.to_string());
+            client.info(op)
         }
     };
 }
@@ -274,7 +285,7 @@ async fn audit(txc: &mut TxnClient<SimEnv>, client: &Client<BankOp>) -> bool {
             false
         }
         // A read-only transaction changes nothing: unknown is as good as failed.
-        Err(e @ TxnError::Unavailable { .. }) => {
+        Err(e @ (TxnError::Unavailable { .. } | TxnError::Forgotten { .. })) => {
             client.fail(BankOp::Audit {
                 txn: id,
                 balances: None,
@@ -302,7 +313,12 @@ impl<const C: u32> Scenario for Bank<C> {
             RECOVERY_PRESUMES_COMMIT,
         ]
     } else {
-        &[SEND_BEFORE_COMMIT, REPLICA_PRESUMES_ABORT, IGNORE_INHERITED]
+        &[
+            SEND_BEFORE_COMMIT,
+            REPLICA_PRESUMES_ABORT,
+            IGNORE_INHERITED,
+            FORGET_PRESUMES_ABORT,
+        ]
     };
     const SERVERS: u32 = C + 3;
     const MIN_SERVERS: u32 = C + 1;
@@ -331,6 +347,7 @@ impl<const C: u32> Scenario for Bank<C> {
                 send_before_commit: bug(&SEND_BEFORE_COMMIT),
                 replica_presumes_abort: bug(&REPLICA_PRESUMES_ABORT),
                 ignore_inherited: bug(&IGNORE_INHERITED),
+                forget_presumes_abort: bug(&FORGET_PRESUMES_ABORT),
             },
             participant: ParticipantBugs {
                 vote_without_sync: bug(&VOTE_WITHOUT_SYNCED_PREPARE),
@@ -356,6 +373,9 @@ impl<const C: u32> Scenario for Bank<C> {
         } else if env.id() < COORDINATOR + C {
             let config = ReplicatedConfig {
                 bugs: self.replicated,
+                // Small, so that runs forget transactions (a Forget every
+                // few decisions) while clients still retry and shards ask.
+                retain_finished: 4,
                 ..ReplicatedConfig::default()
             };
             if let Err(error) = run_replicated_coordinator(env, coordinators(C), config, observer).await {
@@ -399,7 +419,9 @@ impl<const C: u32> Scenario for Bank<C> {
         // log; its answers are checked as announcements.
         let txns = self.to_recheck.lock().unwrap_or_else(|e| e.into_inner()).clone();
         for txn in txns {
-            while txc.outcome(txn).await.is_err() {}
+            // Forgotten is final too (the coordinator keeps only the latest
+            // finished transactions).
+            while let Err(TxnError::Unavailable { .. }) = txc.outcome(txn).await {}
         }
     }
 
