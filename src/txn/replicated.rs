@@ -586,7 +586,8 @@ impl Driver {
         fx
     }
 
-    /// Timeouts: re-send prepares and commits; abort slow votes.
+    /// Timeouts: re-send prepares and decisions; abort slow votes (except
+    /// in re-runs below the floor, module docs).
     pub fn tick(&mut self, now: Duration, view: &View) -> Effects {
         self.follow(now, view);
         let mut fx = Effects::default();
