@@ -138,8 +138,47 @@ struct Session {
     renewed: u64,
     /// Locks held or waited for.
     locks: BTreeSet<String>,
-    /// Highest request id finished (released or cancelled) per lock.
-    finished: BTreeMap<String, u64>,
+    finished: Finished,
+}
+
+/// The requests a session finished (released or cancelled), so a late
+/// duplicate of one is refused rather than granted again.
+///
+/// Per lock for the latest [`FINISHED_MEMORY`] locks, then one bound for
+/// the rest: the table lives in the snapshot, which must fit one message,
+/// and a long-lived session may take thousands of differently named locks.
+/// A session's request ids increase (its client numbers them in order), so
+/// an evicted lock's requests all lie at or below `below`. A request at or
+/// below it that is not a duplicate (a client sending requests out of
+/// order) is refused too; its client retries under a new id.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Finished {
+    by_lock: BTreeMap<String, u64>,
+    below: u64,
+}
+
+/// Locks whose finished request is remembered exactly, per session.
+const FINISHED_MEMORY: usize = 64;
+
+impl Finished {
+    fn is_stale(&self, lock: &str, request: u64) -> bool {
+        request <= self.below || self.by_lock.get(lock).is_some_and(|&done| request <= done)
+    }
+
+    fn record(&mut self, lock: &str, request: u64) {
+        let done = self.by_lock.entry(lock.to_string()).or_default();
+        *done = (*done).max(request);
+        if self.by_lock.len() > FINISHED_MEMORY {
+            let (oldest, done) = self
+                .by_lock
+                .iter()
+                .min_by_key(|(_, &done)| done)
+                .map(|(name, &done)| (name.clone(), done))
+                .expect("over the limit, so not empty");
+            self.by_lock.remove(&oldest);
+            self.below = self.below.max(done);
+        }
+    }
 }
 
 /// The replicated lock table.
@@ -253,7 +292,7 @@ impl LockMachine {
             return LockOutput::Refused(Refusal::NameTooLong);
         }
         let s = self.sessions.get(&session).expect("caller checked");
-        if s.finished.get(name).is_some_and(|&done| request <= done) {
+        if s.finished.is_stale(name, request) {
             return LockOutput::Refused(Refusal::StaleRequest);
         }
         if let Some(lock) = self.locks.get_mut(name) {
@@ -323,8 +362,7 @@ impl LockMachine {
                 }
                 let s = self.sessions.get_mut(&session).expect("caller checked");
                 s.locks.remove(name);
-                let done = s.finished.entry(name.to_string()).or_default();
-                *done = (*done).max(request);
+                s.finished.record(name, request);
                 LockOutput::Released
             }
             _ => LockOutput::NotOwner,
@@ -333,15 +371,14 @@ impl LockMachine {
 
     fn cancel(&mut self, session: SessionId, name: &str, request: u64) -> LockOutput {
         let s = self.sessions.get_mut(&session).expect("caller checked");
-        let done = s.finished.entry(name.to_string()).or_default();
         let Some(lock) = self.locks.get_mut(name) else {
-            *done = (*done).max(request);
+            s.finished.record(name, request);
             return LockOutput::Cancelled;
         };
         if let Some(h) = lock.holder.as_ref().filter(|c| c.session == session) {
             return LockOutput::Granted { token: unmark(h.token) };
         }
-        *done = (*done).max(request);
+        s.finished.record(name, request);
         let before = lock.waiters.len();
         lock.waiters.retain(|c| c.session != session);
         if lock.waiters.len() != before {

@@ -81,6 +81,58 @@ fn try_acquire_reports_busy_and_retries_are_idempotent() {
     );
 }
 
+/// A long-lived session that takes many differently named locks: late
+/// duplicates of its finished requests are still refused, new requests are
+/// granted, and its memory of them (which every snapshot carries) stays
+/// bounded.
+#[test]
+fn a_session_remembers_finished_requests_in_bounded_space() {
+    let mut m = opened(&[1]);
+    let take_and_release = |m: &mut LockMachine, lock: &str, request: u64| {
+        let O::Granted { token } = m.apply(&C::Acquire {
+            session: 1,
+            lock: lock.into(),
+            request,
+            wait: false,
+            token_hint: None,
+        }) else {
+            panic!("lock {lock} request {request}")
+        };
+        assert_eq!(
+            m.apply(&C::Release {
+                session: 1,
+                lock: lock.into(),
+                token
+            }),
+            O::Released
+        );
+    };
+    let late = |m: &mut LockMachine, lock: &str, request: u64| {
+        m.apply(&C::Acquire {
+            session: 1,
+            lock: lock.into(),
+            request,
+            wait: false,
+            token_hint: None,
+        })
+    };
+    for request in 1..=100 {
+        take_and_release(&mut m, &format!("user-{request}"), request);
+    }
+    let small = m.snapshot().len();
+    for request in 101..=10_000 {
+        take_and_release(&mut m, &format!("user-{request}"), request);
+    }
+    // Longer names and numbers only; one entry per lock would add ~150 KB.
+    assert!(m.snapshot().len() <= 2 * small, "{small} then {}", m.snapshot().len());
+    let stale = O::Refused(super::Refusal::StaleRequest);
+    assert_eq!(late(&mut m, "user-1", 1), stale, "evicted long ago");
+    assert_eq!(late(&mut m, "user-10000", 10_000), stale, "remembered exactly");
+    let O::Granted { .. } = late(&mut m, "user-1", 10_001) else {
+        panic!("a new request is granted")
+    };
+}
+
 #[test]
 fn expiry_releases_and_dequeues_and_stale_expiry_is_ignored() {
     let mut m = opened(&[1, 2, 3]);
