@@ -140,6 +140,17 @@ impl TxnState {
         }
     }
 
+    /// This decided state with every participant's acknowledgement in
+    /// (`None` while preparing: there is nothing to acknowledge).
+    fn acknowledged(&self) -> Option<TxnState> {
+        let mut next = self.clone();
+        match &mut next {
+            TxnState::Preparing { .. } => return None,
+            TxnState::Committed { ended, .. } | TxnState::Aborted { ended, .. } => *ended = true,
+        }
+        Some(next)
+    }
+
     /// Decided, and acknowledged by every participant.
     fn finished(&self) -> bool {
         matches!(
@@ -244,20 +255,7 @@ impl StateMachine for CoordMachine {
                 reason: reason.clone(),
                 ended: participants.is_empty(),
             }),
-            (Command::End { .. }, Some(TxnState::Committed { participants, .. })) => Some(TxnState::Committed {
-                participants: participants.clone(),
-                ended: true,
-            }),
-            (
-                Command::End { .. },
-                Some(TxnState::Aborted {
-                    participants, reason, ..
-                }),
-            ) => Some(TxnState::Aborted {
-                participants: participants.clone(),
-                reason: reason.clone(),
-                ended: true,
-            }),
+            (Command::End { .. }, Some(decided)) => decided.acknowledged(),
             // Start of a known transaction, a decision for a decided one, or
             // a commit the log cannot vouch for: the first writer stands.
             _ => None,
@@ -444,17 +442,15 @@ impl Driver {
                 TxnState::Committed {
                     participants,
                     ended: false,
-                } => {
-                    let delivery = Delivery::new(participants.iter().copied(), now);
-                    self.deliveries.insert(txn, (Decision::Commit, delivery));
                 }
-                TxnState::Aborted {
+                | TxnState::Aborted {
                     participants,
                     ended: false,
                     ..
                 } => {
+                    let decision = state.decision().expect("decided");
                     let delivery = Delivery::new(participants.iter().copied(), now);
-                    self.deliveries.insert(txn, (Decision::Abort, delivery));
+                    self.deliveries.insert(txn, (decision, delivery));
                 }
                 _ => {}
             }
@@ -714,20 +710,12 @@ fn tell_outcome(client: NodeId, txn: TxnId, state: &TxnState) -> Vec<Step<()>> {
 
 /// The planted bug's answer to a client about a forgotten transaction.
 fn presume_abort(client: NodeId, txn: TxnId) -> Vec<Step<()>> {
-    vec![
-        Step::Event(TxnEvent::Announced {
-            txn,
-            decision: Decision::Abort,
-            participants: vec![],
-        }),
-        Step::Send(
-            client,
-            Msg::Outcome {
-                txn,
-                outcome: Outcome::Aborted(AbortReason::NotLogged),
-            },
-        ),
-    ]
+    let presumed = TxnState::Aborted {
+        participants: vec![],
+        reason: AbortReason::NotLogged,
+        ended: true,
+    };
+    tell_outcome(client, txn, &presumed)
 }
 
 /// A shard's answer (to a query or a late vote).
