@@ -15,7 +15,8 @@
 //!
 //! To guard a file on a running cluster instead, build the client from the
 //! cluster file: `ClusterConfig::load(path)` gives the servers
-//! (`lock_servers`) and the client settings (`lock_client_config`).
+//! (`lock_servers`), the client settings (`lock_client_config`) and the
+//! credentials (`client_env`).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -27,6 +28,7 @@ use std::time::Duration;
 use ringfence::env::NodeId;
 use ringfence::lock::{self, ClientConfig, FencedResource, LockClient, ServerConfig, Token};
 use ringfence::log::node::NoProbe;
+use ringfence::real::auth::{ClientCredentials, ClusterSecret, FIRST_PRINCIPAL};
 use ringfence::real::{NodeConfig, RealEnv};
 use tokio::net::TcpListener;
 
@@ -56,7 +58,11 @@ impl FencedFile {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = std::env::temp_dir().join(format!("ringfence-example-{}", std::process::id()));
-    let servers = start_lock_service(&dir).await?;
+    // The cluster secret makes the replicas members; a client proves
+    // itself with the key of its principal, derived from the secret.
+    let secret = ClusterSecret::generate();
+    let credentials = secret.client_credentials(FIRST_PRINCIPAL)?;
+    let servers = start_lock_service(&dir, &secret).await?;
     let file = Arc::new(Mutex::new(FencedFile {
         path: dir.join("ledger.txt"),
         fence: FencedResource::new(),
@@ -66,13 +72,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (slow_holds, slow_has_it) = tokio::sync::oneshot::channel();
     let slow = tokio::spawn(worker(
         "slow",
+        credentials.clone(),
         servers.clone(),
         file.clone(),
         Duration::from_millis(1500),
         Some(slow_holds),
     ));
     slow_has_it.await?;
-    let fast = tokio::spawn(worker("fast", servers.clone(), file.clone(), Duration::ZERO, None));
+    let fast = tokio::spawn(worker(
+        "fast",
+        credentials,
+        servers.clone(),
+        file.clone(),
+        Duration::ZERO,
+        None,
+    ));
     slow.await??;
     fast.await??;
 
@@ -86,12 +100,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// append twice.
 async fn worker(
     name: &'static str,
+    credentials: ClientCredentials,
     servers: BTreeMap<NodeId, SocketAddr>,
     file: Arc<Mutex<FencedFile>>,
     pause: Duration,
     holds: Option<tokio::sync::oneshot::Sender<()>>,
 ) -> Result<(), String> {
-    let env = RealEnv::client(RealEnv::client_id(), &servers);
+    let env = RealEnv::client(&credentials, &servers);
     let config = ClientConfig {
         ttl: TTL,
         ..ClientConfig::default()
@@ -127,7 +142,7 @@ async fn worker(
 }
 
 /// Three lock replicas on loopback ports, in this process.
-async fn start_lock_service(dir: &Path) -> std::io::Result<BTreeMap<NodeId, SocketAddr>> {
+async fn start_lock_service(dir: &Path, secret: &ClusterSecret) -> std::io::Result<BTreeMap<NodeId, SocketAddr>> {
     let mut listeners = BTreeMap::new();
     for id in 1..=3 {
         listeners.insert(id, TcpListener::bind("127.0.0.1:0").await?);
@@ -142,6 +157,7 @@ async fn start_lock_service(dir: &Path) -> std::io::Result<BTreeMap<NodeId, Sock
                 id,
                 peers: peers.clone(),
                 data_dir: dir.join(format!("node-{id}")),
+                secret: secret.clone(),
             },
             listener,
         )?;

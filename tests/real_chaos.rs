@@ -114,7 +114,7 @@ async fn lock_and_bank_survive_sigkill_and_restart_of_real_nodes() {
     );
     let granted_after = started.elapsed();
     // Every node back: a final audit sees the opening total too.
-    let env = RealEnv::client(RealEnv::client_id(), &config.txn_nodes());
+    let env = config.client_env(&config.txn_nodes()).unwrap();
     let mut txc = config.txn_client(env);
     let last = tokio::time::timeout(LIVENESS_BOUND, async {
         loop {
@@ -156,7 +156,7 @@ async fn lock_and_bank_survive_sigkill_and_restart_of_real_nodes() {
 /// Transfers between random accounts, and an audit every fourth operation;
 /// returns the transfers that committed and every committed audit.
 async fn banker(id: u32, config: ClusterConfig, until: Instant) -> (u64, Vec<Vec<i64>>) {
-    let env = RealEnv::client(RealEnv::client_id(), &config.txn_nodes());
+    let env = config.client_env(&config.txn_nodes()).unwrap();
     let mut txc = config.txn_client(env);
     let mut rng = ChaCha8Rng::from_entropy(); // determinism: ok
     let (mut committed, mut audits) = (0, Vec::new());
@@ -180,7 +180,7 @@ async fn banker(id: u32, config: ClusterConfig, until: Instant) -> (u64, Vec<Vec
 }
 
 fn lock_client(config: &ClusterConfig) -> LockClient<RealEnv> {
-    let env = RealEnv::client(RealEnv::client_id(), &config.lock_servers());
+    let env = config.client_env(&config.lock_servers()).unwrap();
     LockClient::new(
         env,
         config.lock_servers().into_keys().collect(),

@@ -182,6 +182,7 @@ async fn a_node_env_recovers_its_log_after_restart() {
         id: 1,
         peers: [(1, listener.local_addr().unwrap())].into(),
         data_dir: dir.path().to_path_buf(),
+        secret: ringfence::real::auth::ClusterSecret::generate(),
     };
     let env = RealEnv::start_on(config.clone(), listener).unwrap();
     env.append(b"term=3").unwrap();

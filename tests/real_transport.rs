@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use ringfence::env::{Env, EnvError, NodeId, MAX_MESSAGE_BYTES};
-use ringfence::real::transport::{frame_codec, handshake, parse_handshake, Hello};
+use ringfence::real::auth::{self, ClientCredentials, ClusterSecret, Credentials, Hello, Role, FIRST_PRINCIPAL};
+use ringfence::real::transport::{frame_codec, MAX_CONNECTIONS_PER_PRINCIPAL};
 use ringfence::real::{NodeConfig, RealEnv};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -16,6 +17,7 @@ use tokio_util::codec::Decoder;
 const LIMIT: Duration = Duration::from_secs(10);
 
 struct Cluster {
+    secret: ClusterSecret,
     peers: BTreeMap<NodeId, SocketAddr>,
     nodes: BTreeMap<NodeId, RealEnv>,
     dir: tempfile::TempDir,
@@ -30,16 +32,27 @@ impl Cluster {
         let peers: BTreeMap<NodeId, SocketAddr> =
             listeners.iter().map(|(&id, l)| (id, l.local_addr().unwrap())).collect();
         let dir = tempfile::tempdir().unwrap();
+        let secret = ClusterSecret::generate();
         let mut nodes = BTreeMap::new();
         for (id, listener) in listeners {
             let config = NodeConfig {
                 id,
                 peers: peers.clone(),
                 data_dir: dir.path().join(format!("n{id}")),
+                secret: secret.clone(),
             };
             nodes.insert(id, RealEnv::start_on(config, listener).unwrap());
         }
-        Cluster { peers, nodes, dir }
+        Cluster {
+            secret,
+            peers,
+            nodes,
+            dir,
+        }
+    }
+
+    fn client_credentials(&self, principal: u32) -> ClientCredentials {
+        self.secret.client_credentials(principal).unwrap()
     }
 
     fn node(&self, id: NodeId) -> &RealEnv {
@@ -53,6 +66,7 @@ impl Cluster {
             id,
             peers: self.peers.clone(),
             data_dir: self.dir.path().join(format!("n{id}")),
+            secret: self.secret.clone(),
         };
         // The old listener closes once its task sees the shutdown.
         let listener = tokio::time::timeout(LIMIT, async {
@@ -167,6 +181,51 @@ async fn reconnects_after_a_peer_restarts() {
     send_until_received(cluster.node(2), cluster.node(1), b"back").await;
 }
 
+/// Writes one length-delimited frame. Errors are ignored: the node may
+/// already have closed the connection, which is what the tests look for.
+async fn write_frame(stream: &mut TcpStream, frame: &[u8]) {
+    let _ = stream.write_all(&(frame.len() as u32).to_be_bytes()).await;
+    let _ = stream.write_all(frame).await;
+}
+
+/// Reads one length-delimited frame (within the limit).
+async fn read_frame(stream: &mut TcpStream) -> Vec<u8> {
+    tokio::time::timeout(LIMIT, async {
+        let mut len = [0u8; 4];
+        stream.read_exact(&mut len).await.unwrap();
+        let mut frame = vec![0u8; u32::from_be_bytes(len) as usize];
+        stream.read_exact(&mut frame).await.unwrap();
+        frame
+    })
+    .await
+    .expect("a frame within the limit")
+}
+
+/// Runs the handshake of `credentials` claiming `hello` on a raw socket;
+/// the socket and this end's frame keys if the node accepted the answer.
+async fn raw_handshake(addr: SocketAddr, credentials: &Credentials, hello: Hello) -> (TcpStream, auth::FrameKeys) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    write_frame(&mut stream, &hello.encode()).await;
+    let answer = read_frame(&mut stream).await;
+    let (proof, keys) = auth::initiate(credentials, &hello, &answer).expect("the node proves membership");
+    write_frame(&mut stream, &proof).await;
+    (stream, keys)
+}
+
+/// Asserts node `to` receives nothing from `from` for a while.
+async fn assert_nothing_from(to: &RealEnv, from: NodeId) {
+    let quiet = tokio::time::timeout(Duration::from_millis(300), async {
+        loop {
+            let (sender, _) = to.recv().await;
+            if sender == from {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(quiet.is_err(), "a message from {from} got through");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn misbehaving_connections_are_dropped_while_the_node_serves_others() {
     let cluster = Cluster::start(&[1, 2]).await;
@@ -177,37 +236,111 @@ async fn misbehaving_connections_are_dropped_while_the_node_serves_others() {
     http.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
     assert_disconnected(http).await;
 
-    // A well-framed handshake with the wrong magic.
+    // A well-framed hello with the wrong magic.
     let mut wrong = TcpStream::connect(addr).await.unwrap();
-    wrong.write_all(&[0, 0, 0, 8]).await.unwrap();
-    wrong.write_all(b"HTTP1234").await.unwrap();
+    write_frame(&mut wrong, b"HTTP1234").await;
     assert_disconnected(wrong).await;
 
-    // A correct handshake from an id outside the peer map.
+    // A correct hello from an id outside the peer map.
     let mut stranger = TcpStream::connect(addr).await.unwrap();
-    stranger.write_all(&[0, 0, 0, 8]).await.unwrap();
-    stranger.write_all(&handshake(Hello::Node(99))).await.unwrap();
+    write_frame(&mut stranger, &Hello::new(Role::Member, 99).encode()).await;
     assert_disconnected(stranger).await;
 
-    // A client pretending to be a node of the cluster.
+    // A client pretending to be a member of the cluster.
     let mut impostor = TcpStream::connect(addr).await.unwrap();
-    impostor.write_all(&[0, 0, 0, 8]).await.unwrap();
-    impostor.write_all(&handshake(Hello::Client(2))).await.unwrap();
+    write_frame(&mut impostor, &Hello::new(Role::Client, 2).encode()).await;
     assert_disconnected(impostor).await;
 
-    // A known id that then announces a frame over the limit.
-    let mut oversized = TcpStream::connect(addr).await.unwrap();
-    oversized.write_all(&[0, 0, 0, 8]).await.unwrap();
-    oversized.write_all(&handshake(Hello::Node(2))).await.unwrap();
+    // A member that then announces a frame over the limit.
+    let member = Credentials::Member(cluster.secret.clone());
+    let (mut oversized, _) = raw_handshake(addr, &member, Hello::new(Role::Member, 2)).await;
     oversized
-        .write_all(&((MAX_MESSAGE_BYTES + 1) as u32).to_be_bytes())
+        .write_all(&((MAX_MESSAGE_BYTES + 1000) as u32).to_be_bytes())
         .await
         .unwrap();
     assert_disconnected(oversized).await;
 
+    // A member whose frame fails its tag.
+    let (mut tampered, mut keys) = raw_handshake(addr, &member, Hello::new(Role::Member, 2)).await;
+    let mut frame = keys.sealer.seal(b"tampered");
+    frame[0] ^= 1;
+    write_frame(&mut tampered, &frame).await;
+    assert_disconnected(tampered).await;
+    assert_nothing_from(cluster.node(1), 2).await;
+
     // Meanwhile the real peer is served as before, both ways.
     send_until_received(cluster.node(2), cluster.node(1), b"still here").await;
     send_until_received(cluster.node(1), cluster.node(2), b"and back").await;
+}
+
+/// The forged-frame attack: anyone could claim to be member 2 with a bare
+/// hello and send it a vote request. Without the secret the node never
+/// reads past the handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_without_the_secret_cannot_speak_as_a_member() {
+    let cluster = Cluster::start(&[1, 2]).await;
+    let addr = cluster.node(1).local_addr().unwrap();
+
+    // The old handshake: magic and a declared id, then a message.
+    let mut forged = TcpStream::connect(addr).await.unwrap();
+    let mut old_hello = b"RFN1".to_vec();
+    old_hello.extend_from_slice(&2u32.to_le_bytes());
+    write_frame(&mut forged, &old_hello).await;
+    write_frame(&mut forged, b"forged vote request").await;
+    assert_disconnected(forged).await;
+
+    // The new hello, then a proof made with another cluster's secret.
+    let other = Credentials::Member(ClusterSecret::generate());
+    let hello = Hello::new(Role::Member, 2);
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    write_frame(&mut stream, &hello.encode()).await;
+    let answer = read_frame(&mut stream).await;
+    assert!(
+        auth::initiate(&other, &hello, &answer).is_err(),
+        "the node's answer cannot verify under another secret"
+    );
+    write_frame(&mut stream, &[0u8; 32]).await;
+    write_frame(&mut stream, b"forged vote request").await;
+    assert_disconnected(stream).await;
+    assert_nothing_from(cluster.node(1), 2).await;
+
+    // A client holding a real key of principal 40 cannot claim principal
+    // 41's ids, nor a member's.
+    let client = Credentials::Client(cluster.client_credentials(40));
+    for hello in [Hello::new(Role::Client, 41 << 16), Hello::new(Role::Member, 2)] {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        write_frame(&mut stream, &hello.encode()).await;
+        let answer = read_frame(&mut stream).await;
+        assert!(auth::initiate(&client, &hello, &answer).is_err());
+        assert_disconnected(stream).await;
+    }
+    let stolen_id = RealEnv::client_as(41 << 16, &cluster.client_credentials(40), &cluster.peers);
+    assert!(
+        stolen_id.is_err(),
+        "a client id outside the principal is refused locally"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_principal_cannot_take_every_connection_slot() {
+    let cluster = Cluster::start(&[1]).await;
+    let addr = cluster.node(1).local_addr().unwrap();
+    let greedy = cluster.client_credentials(40);
+    let credentials = Credentials::Client(greedy.clone());
+    let mut held = Vec::new();
+    for instance in 0..MAX_CONNECTIONS_PER_PRINCIPAL as u32 {
+        let hello = Hello::new(Role::Client, 40 << 16 | instance);
+        held.push(raw_handshake(addr, &credentials, hello).await);
+    }
+    // One more of the same principal is refused at the hello...
+    let mut extra = TcpStream::connect(addr).await.unwrap();
+    write_frame(&mut extra, &Hello::new(Role::Client, 40 << 16 | 999).encode()).await;
+    assert_disconnected(extra).await;
+    // ...while another principal is served.
+    let servers: BTreeMap<NodeId, SocketAddr> = [(1, addr)].into_iter().collect();
+    let polite = RealEnv::client(&cluster.client_credentials(FIRST_PRINCIPAL), &servers);
+    send_until_received(&polite, cluster.node(1), b"ping").await;
+    send_until_received(cluster.node(1), &polite, b"pong").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -217,13 +350,14 @@ async fn clients_are_answered_on_their_own_connection() {
         .into_iter()
         .map(|id| (id, cluster.node(id).local_addr().unwrap()))
         .collect();
-    let client = RealEnv::client(RealEnv::client_id(), &servers);
+    let credentials = cluster.client_credentials(FIRST_PRINCIPAL);
+    let client = RealEnv::client(&credentials, &servers);
     for server in [1, 2] {
         send_until_received(&client, cluster.node(server), b"ping").await;
         send_until_received(cluster.node(server), &client, b"pong").await;
     }
     // A second client with the same id takes over the answers.
-    let again = RealEnv::client(client.id(), &servers);
+    let again = RealEnv::client_as(client.id(), &credentials, &servers).unwrap();
     send_until_received(&again, cluster.node(1), b"ping").await;
     send_until_received(cluster.node(1), &again, b"pong").await;
     // Clients keep nothing on disk.
@@ -266,8 +400,8 @@ proptest::proptest! {
             loop {
                 match codec.decode(&mut buf) {
                     Ok(Some(frame)) => {
-                        proptest::prop_assert!(frame.len() <= MAX_MESSAGE_BYTES);
-                        let _ = parse_handshake(&frame);
+                        proptest::prop_assert!(frame.len() <= MAX_MESSAGE_BYTES + auth::TAG_BYTES);
+                        let _ = Hello::decode(&frame);
                     }
                     Ok(None) => break,
                     Err(_) => break 'feed, // the connection would be dropped here
@@ -277,8 +411,8 @@ proptest::proptest! {
     }
 
     #[test]
-    fn handshakes_round_trip(id in proptest::num::u32::ANY, client in proptest::bool::ANY) {
-        let hello = if client { Hello::Client(id) } else { Hello::Node(id) };
-        proptest::prop_assert_eq!(parse_handshake(&handshake(hello)), Ok(hello));
+    fn hellos_round_trip(id in proptest::num::u32::ANY, client in proptest::bool::ANY) {
+        let hello = Hello::new(if client { Role::Client } else { Role::Member }, id);
+        proptest::prop_assert_eq!(Hello::decode(&hello.encode()), Ok(hello));
     }
 }

@@ -3,6 +3,10 @@
 //! ```toml
 //! data_dir = "data"          # node <id> keeps its files in data/node-<id>/
 //!
+//! [auth]
+//! secret_file = "cluster.secret"   # members only: the cluster secret
+//! client_key_file = "client.key"   # clients: a principal and its key
+//!
 //! [lock]
 //! ttl_ms = 2000              # session lease; servers and clients read it here
 //!
@@ -16,6 +20,11 @@
 //! id = 2
 //! # ...
 //! ```
+//!
+//! Paths are taken from the directory of the file itself. Nodes read the
+//! secret, clients read the client key; [`ClusterConfig::create_credentials`]
+//! writes both for a new cluster, and [`ClusterConfig::mint_client_key`]
+//! more client keys (see `docs/security.md`).
 //!
 //! Every service replica is its own [`RealEnv`] with its own address and
 //! record file, so services never share an inbox or a log. Clients read the
@@ -34,6 +43,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::auth::{ClientCredentials, ClusterSecret, CredentialError, FIRST_PRINCIPAL};
 use super::{NodeConfig, RealEnv};
 use crate::env::NodeId;
 use crate::lock::{self, ServerConfig};
@@ -51,6 +61,8 @@ pub struct ClusterConfig {
     /// directory of the file itself.
     pub data_dir: PathBuf,
     #[serde(default)]
+    pub auth: AuthSettings,
+    #[serde(default)]
     pub lock: LockSettings,
     #[serde(rename = "node")]
     pub nodes: Vec<NodeEntry>,
@@ -67,6 +79,26 @@ pub struct LockSettings {
 impl Default for LockSettings {
     fn default() -> Self {
         LockSettings { ttl_ms: 2000 }
+    }
+}
+
+/// Where the credentials are; relative paths are taken from the directory
+/// of the cluster file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    /// The cluster secret (64 hex digits), read by nodes only.
+    pub secret_file: PathBuf,
+    /// The credentials the command-line clients use.
+    pub client_key_file: PathBuf,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        AuthSettings {
+            secret_file: PathBuf::from("cluster.secret"),
+            client_key_file: PathBuf::from("client.key"),
+        }
     }
 }
 
@@ -97,6 +129,8 @@ pub enum ConfigError {
     Invalid { path: PathBuf, reason: String },
     #[error("node {0} is not in the cluster file")]
     UnknownNode(NodeId),
+    #[error("credentials: {0}")]
+    Credentials(#[from] CredentialError),
 }
 
 impl ClusterConfig {
@@ -105,6 +139,7 @@ impl ClusterConfig {
     pub fn loopback(nodes: u32, base_port: u16, data_dir: PathBuf) -> ClusterConfig {
         ClusterConfig {
             data_dir,
+            auth: AuthSettings::default(),
             lock: LockSettings::default(),
             nodes: (1..=nodes)
                 .map(|id| {
@@ -130,9 +165,15 @@ impl ClusterConfig {
             path: path.to_owned(),
             error: Box::new(error),
         })?;
-        if config.data_dir.is_relative() {
-            let base = path.parent().unwrap_or(Path::new("."));
-            config.data_dir = base.join(&config.data_dir);
+        let base = path.parent().unwrap_or(Path::new("."));
+        for path in [
+            &mut config.data_dir,
+            &mut config.auth.secret_file,
+            &mut config.auth.client_key_file,
+        ] {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
         }
         config.validate().map_err(|reason| ConfigError::Invalid {
             path: path.to_owned(),
@@ -174,6 +215,50 @@ impl ClusterConfig {
             return Err("lock.ttl_ms must be at least 100".to_string());
         }
         Ok(())
+    }
+
+    /// The cluster secret, for a node.
+    pub fn secret(&self) -> Result<ClusterSecret, ConfigError> {
+        Ok(ClusterSecret::load(&self.auth.secret_file)?)
+    }
+
+    /// The command-line clients' credentials.
+    pub fn client_credentials(&self) -> Result<ClientCredentials, ConfigError> {
+        Ok(ClientCredentials::load(&self.auth.client_key_file)?)
+    }
+
+    /// Writes a fresh cluster secret and a client key (principal
+    /// [`FIRST_PRINCIPAL`]) where the settings say, unless a secret is
+    /// already there: a running cluster keeps its credentials.
+    pub fn create_credentials(&self) -> Result<(), ConfigError> {
+        if self.auth.secret_file.exists() {
+            return Ok(());
+        }
+        let secret = ClusterSecret::generate();
+        secret.save(&self.auth.secret_file)?;
+        let client = secret
+            .client_credentials(FIRST_PRINCIPAL)
+            .expect("the first principal is valid");
+        client.save(&self.auth.client_key_file)?;
+        Ok(())
+    }
+
+    /// Writes credentials for client `principal` to `path` (needs the
+    /// secret, so only an operator with a node's files can do it).
+    pub fn mint_client_key(&self, principal: u32, path: &Path) -> Result<(), ConfigError> {
+        let credentials = self
+            .secret()?
+            .client_credentials(principal)
+            .map_err(|reason| ConfigError::Invalid {
+                path: path.to_owned(),
+                reason,
+            })?;
+        Ok(credentials.save(path)?)
+    }
+
+    /// A client of `servers` with the command-line credentials.
+    pub fn client_env(&self, servers: &BTreeMap<NodeId, SocketAddr>) -> Result<RealEnv, ConfigError> {
+        Ok(RealEnv::client(&self.client_credentials()?, servers))
     }
 
     /// Lock service replicas by id.
@@ -258,11 +343,13 @@ pub async fn run_node(config: &ClusterConfig, id: NodeId) -> Result<(), RunError
         .iter()
         .find(|n| n.id == id)
         .ok_or(ConfigError::UnknownNode(id))?;
+    let secret = config.secret()?;
     let start = |id, peers, dir: &str| {
         RealEnv::start(NodeConfig {
             id,
             peers,
             data_dir: config.node_dir(entry.id).join(dir),
+            secret: secret.clone(),
         })
     };
     let lock_env = start(id, config.lock_servers(), "lock").await?;

@@ -1,5 +1,6 @@
 //! A cluster of `ringfence node` processes on loopback: what `ringfence
 //! cluster` runs, what the benchmarks measure and what the chaos test kills.
+//! Starting one creates its credentials next to the cluster file.
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
@@ -9,7 +10,7 @@ use std::time::Duration;
 
 use tokio::process::{Child, Command};
 
-use super::cluster::{ClusterConfig, SHARD_ID_BASE};
+use super::cluster::{AuthSettings, ClusterConfig, SHARD_ID_BASE};
 use crate::env::NodeId;
 
 /// How long a started node has to accept connections.
@@ -31,6 +32,9 @@ impl LocalCluster {
         std::fs::create_dir_all(dir)?;
         let config_path = dir.join("cluster.toml");
         config.save(&config_path)?;
+        // Read back, so relative credential paths resolve against `dir`.
+        let config = ClusterConfig::load(&config_path).map_err(std::io::Error::other)?;
+        config.create_credentials().map_err(std::io::Error::other)?;
         let mut cluster = LocalCluster {
             exe: exe.to_owned(),
             config_path,
@@ -52,6 +56,11 @@ impl LocalCluster {
     /// then fails loudly), data under `dir`.
     pub fn free_ports_config(nodes: u32, dir: &Path) -> std::io::Result<ClusterConfig> {
         let mut config = ClusterConfig::loopback(nodes, 0, dir.join("data"));
+        // Absolute, so that copies of this config find them from anywhere.
+        config.auth = AuthSettings {
+            secret_file: dir.join("cluster.secret"),
+            client_key_file: dir.join("client.key"),
+        };
         // Held until every port is chosen, so no two are the same.
         let mut held = Vec::new();
         let mut free_port = || -> std::io::Result<SocketAddr> {

@@ -6,11 +6,13 @@
 //!
 //! - clock: tokio's monotonic [`Instant`](tokio::time::Instant), from the
 //!   moment the node started;
-//! - network: [`transport`] (TCP, length-delimited frames, reconnects);
+//! - network: [`transport`] (TCP, length-delimited frames, reconnects),
+//!   every connection authenticated by [`auth`];
 //! - storage: [`storage`] (one record file per node, fsync, group commit);
 //! - rng: ChaCha seeded from the OS — the one place `from_entropy` is allowed,
 //!   since a real run is not meant to be reproducible from a seed.
 
+pub mod auth;
 pub mod cluster;
 pub mod local;
 pub mod storage;
@@ -29,13 +31,14 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::env::{Env, EnvError, NodeId};
+use auth::{ClientCredentials, ClusterSecret, Credentials};
 
 pub use storage::FileStorage;
 pub use transport::Transport;
 
-/// Client ids start here; node ids stay below (a convention that lets
-/// clients pick ids at random without asking anyone).
-pub const FIRST_CLIENT_ID: NodeId = 1 << 20;
+/// Client ids start here (principal [`auth::FIRST_PRINCIPAL`]); member ids
+/// stay below.
+pub const FIRST_CLIENT_ID: NodeId = auth::FIRST_PRINCIPAL << 16;
 
 /// What a node needs to know to start.
 #[derive(Debug, Clone)]
@@ -46,6 +49,9 @@ pub struct NodeConfig {
     pub peers: BTreeMap<NodeId, SocketAddr>,
     /// Where this node keeps its record log (`node-<id>.log`).
     pub data_dir: PathBuf,
+    /// The cluster secret: proves this node a member and checks everyone
+    /// who connects to it.
+    pub secret: ClusterSecret,
 }
 
 /// One node's environment on tokio. Cheap to clone; clones share the node.
@@ -87,7 +93,8 @@ impl RealEnv {
         let storage =
             FileStorage::open(&config.data_dir, config.id).map_err(|e| std::io::Error::other(e.to_string()))?;
         let shutdown = CancellationToken::new();
-        let transport = Transport::start(config.id, &config.peers, Some(listener), &shutdown);
+        let credentials = Credentials::Member(config.secret.clone());
+        let transport = Transport::start(config.id, &config.peers, Some(listener), credentials, &shutdown);
         tracing::info!(node = config.id, %local_addr, data = %storage.path().display(), "node started");
         Ok(RealEnv::new(
             config.id,
@@ -98,23 +105,33 @@ impl RealEnv {
         ))
     }
 
-    /// A client of the nodes in `servers`: it connects to each of them and
-    /// reads their answers on those connections, so it needs no listener,
-    /// no place in the servers' peer maps and no disk (its storage calls
-    /// fail). `id` must not be a server's id and must be unique among
-    /// connected clients; [`RealEnv::client_id`] draws one. Must be called
+    /// A client of the nodes in `servers`, under a fresh node id of its
+    /// principal: it connects to each of them and reads their answers on
+    /// those connections, so it needs no listener, no place in the servers'
+    /// peer maps and no disk (its storage calls fail). Must be called
     /// within a tokio runtime.
-    pub fn client(id: NodeId, servers: &BTreeMap<NodeId, SocketAddr>) -> RealEnv {
-        let shutdown = CancellationToken::new();
-        let transport = Transport::start(id, servers, None, &shutdown);
-        RealEnv::new(id, None, transport, None, shutdown)
+    pub fn client(credentials: &ClientCredentials, servers: &BTreeMap<NodeId, SocketAddr>) -> RealEnv {
+        Self::client_as(credentials.random_id(), credentials, servers).expect("a random id of its own principal")
     }
 
-    /// A random client id at or above [`FIRST_CLIENT_ID`], so that clients
-    /// started independently do not collide with each other or with nodes.
-    pub fn client_id() -> NodeId {
-        use rand::Rng;
-        ChaCha8Rng::from_entropy().gen_range(FIRST_CLIENT_ID..=NodeId::MAX)
+    /// Like [`client`](Self::client) under a chosen id, which must belong to
+    /// the credentials' principal (`id >> 16`) and be unique among the
+    /// clients connected at once (a second connection under the same id
+    /// takes its answers over).
+    pub fn client_as(
+        id: NodeId,
+        credentials: &ClientCredentials,
+        servers: &BTreeMap<NodeId, SocketAddr>,
+    ) -> std::io::Result<RealEnv> {
+        if !credentials.owns(id) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("client id {id} does not belong to principal {}", credentials.principal),
+            ));
+        }
+        let shutdown = CancellationToken::new();
+        let transport = Transport::start(id, servers, None, Credentials::Client(credentials.clone()), &shutdown);
+        Ok(RealEnv::new(id, None, transport, None, shutdown))
     }
 
     fn new(

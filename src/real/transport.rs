@@ -6,44 +6,43 @@
 //! connection is owned by the sender, who alone reconnects it.
 //!
 //! Clients are different: they are not in the peer map and do not listen
-//! (a command-line tool, a service behind a firewall). A client connects with
-//! the [`CLIENT_MAGIC`] handshake, and the node answers on that same
-//! connection for as long as it stays up. A client's id must be unique among
-//! the clients connected at once and must not be a node's id.
+//! (a command-line tool, a service behind a firewall). A client connects and
+//! the node answers on that same connection for as long as it stays up. A
+//! client that loses its connection reconnects when it next has something
+//! to send, so an idle client holds no connection.
 //!
-//! Wire format: length-delimited frames (4-byte big-endian length, at most
-//! [`MAX_MESSAGE_BYTES`]). The first frame of a connection is a handshake,
-//! [`HANDSHAKE_MAGIC`] (node) or [`CLIENT_MAGIC`] (client) followed by the
-//! sender's id (u32 little-endian); every later frame is one message.
+//! Every connection starts with the mutual handshake of [`super::auth`]:
+//! a member proves it holds the cluster secret and a client proves it holds
+//! its principal's key, and may only use that principal's node ids. After
+//! it every frame carries an authentication tag. Wire format:
+//! length-delimited frames (4-byte big-endian length, at most
+//! [`MAX_MESSAGE_BYTES`] plus the tag).
 //!
 //! Delivery is unreliable, as the [`Env`](crate::env::Env) contract says:
 //! each peer has a bounded queue, a full queue drops the message (the
 //! protocol never waits for a slow peer), and messages in flight when a
-//! connection breaks are lost. A peer that sends a bad handshake, an unknown
-//! id, or an oversized frame is disconnected and logged; the node keeps
-//! serving everyone else.
+//! connection breaks are lost. A peer that fails the handshake, claims an
+//! identity it cannot prove, sends a frame whose tag fails or an oversized
+//! frame, exceeds its principal's connection quota or stays silent too long
+//! is disconnected and logged; the node keeps serving everyone else.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 
+use super::auth::{self, Credentials, FrameKeys, Hello, Opener, Role, Sealer, TAG_BYTES};
 use crate::env::{EnvError, NodeId, MAX_MESSAGE_BYTES};
-
-/// First bytes of a connection from a node: protocol name and wire version.
-pub const HANDSHAKE_MAGIC: [u8; 4] = *b"RFN1";
-
-/// First bytes of a connection from a client, which is answered on it.
-pub const CLIENT_MAGIC: [u8; 4] = *b"RFC1";
 
 /// Messages queued per peer before new ones are dropped.
 pub const PEER_QUEUE_CAPACITY: usize = 1024;
@@ -54,10 +53,18 @@ pub const PEER_QUEUE_CAPACITY: usize = 1024;
 pub const INBOX_CAPACITY: usize = 4096;
 
 /// Incoming connections served at once; more wait in the accept backlog.
-pub const MAX_INBOUND_CONNECTIONS: usize = 256;
+pub const MAX_INBOUND_CONNECTIONS: usize = 1024;
+
+/// Authenticated connections one client principal may hold to one node at
+/// once, so that no single client can take every slot.
+pub const MAX_CONNECTIONS_PER_PRINCIPAL: usize = 128;
 
 /// A peer has this long to complete its handshake.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A client connection that carries nothing for this long is closed; the
+/// client reconnects when it next sends.
+pub const CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Reconnect delays: doubling from the first to the last, with jitter so
 /// that restarted nodes do not reconnect in lockstep.
@@ -68,47 +75,8 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(2);
 pub fn frame_codec() -> LengthDelimitedCodec {
     LengthDelimitedCodec::builder()
         .length_field_type::<u32>()
-        .max_frame_length(MAX_MESSAGE_BYTES)
+        .max_frame_length(MAX_MESSAGE_BYTES + TAG_BYTES)
         .new_codec()
-}
-
-/// Who opened a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Hello {
-    /// A node of the peer map; the connection only carries its messages in.
-    Node(NodeId),
-    /// A client; the connection carries the node's answers back out too.
-    Client(NodeId),
-}
-
-/// The handshake frame announcing `hello`.
-pub fn handshake(hello: Hello) -> Bytes {
-    let (magic, id) = match hello {
-        Hello::Node(id) => (HANDSHAKE_MAGIC, id),
-        Hello::Client(id) => (CLIENT_MAGIC, id),
-    };
-    let mut frame = BytesMut::with_capacity(8);
-    frame.put_slice(&magic);
-    frame.put_u32_le(id);
-    frame.freeze()
-}
-
-/// Parses a handshake frame.
-pub fn parse_handshake(frame: &[u8]) -> Result<Hello, &'static str> {
-    let [m0, m1, m2, m3, id @ ..] = frame else {
-        return Err("not a ringfence handshake");
-    };
-    let magic = [*m0, *m1, *m2, *m3];
-    if magic != HANDSHAKE_MAGIC && magic != CLIENT_MAGIC {
-        return Err("not a ringfence handshake");
-    }
-    let id: [u8; 4] = id.try_into().map_err(|_| "handshake of the wrong length")?;
-    let id = NodeId::from_le_bytes(id);
-    Ok(if magic == HANDSHAKE_MAGIC {
-        Hello::Node(id)
-    } else {
-        Hello::Client(id)
-    })
 }
 
 type Inbox = mpsc::Sender<(NodeId, Vec<u8>)>;
@@ -116,7 +84,10 @@ type Inbox = mpsc::Sender<(NodeId, Vec<u8>)>;
 /// Answer queues of the clients connected now, each tagged with its
 /// connection so that a closing old connection does not unregister a newer
 /// one from the same client.
-type Clients = std::sync::Mutex<BTreeMap<NodeId, (u64, mpsc::Sender<Bytes>)>>;
+type Clients = Mutex<BTreeMap<NodeId, (u64, mpsc::Sender<Bytes>)>>;
+
+type FrameReader = FramedRead<OwnedReadHalf, LengthDelimitedCodec>;
+type FrameWriter = FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>;
 
 /// The transport of one node (or client).
 pub struct Transport {
@@ -131,21 +102,20 @@ pub struct Transport {
 
 impl Transport {
     /// Starts accepting on `listener` (nodes and clients) and connecting to
-    /// every other peer in `peers`. Without a listener this is a client:
-    /// it connects to every peer and reads their answers on those
+    /// every other peer in `peers`. With a listener this is a member and
+    /// `credentials` must be [`Credentials::Member`]; without one it is a
+    /// client: it connects to every peer and reads their answers on those
     /// connections. Every task stops when `shutdown` is cancelled.
     pub fn start(
         id: NodeId,
         peers: &BTreeMap<NodeId, SocketAddr>,
         listener: Option<TcpListener>,
+        credentials: Credentials,
         shutdown: &CancellationToken,
     ) -> Arc<Transport> {
         let (inbox_tx, inbox_rx) = mpsc::channel(INBOX_CAPACITY);
-        let hello = if listener.is_some() {
-            Hello::Node(id)
-        } else {
-            Hello::Client(id)
-        };
+        let role = if listener.is_some() { Role::Member } else { Role::Client };
+        let credentials = Arc::new(credentials);
         let mut queues = BTreeMap::new();
         for (&peer, &addr) in peers {
             if peer == id {
@@ -153,15 +123,25 @@ impl Transport {
             }
             let (tx, rx) = mpsc::channel(PEER_QUEUE_CAPACITY);
             queues.insert(peer, tx);
-            spawn_until(shutdown, connect_loop(hello, peer, addr, rx, inbox_tx.clone()));
+            let link = Link {
+                role,
+                id,
+                peer,
+                addr,
+                credentials: credentials.clone(),
+                inbox: inbox_tx.clone(),
+            };
+            spawn_until(shutdown, link.run(rx));
         }
         let clients = Arc::new(Clients::default());
         if let Some(listener) = listener {
             let acceptor = Acceptor {
                 id,
                 known: peers.keys().copied().filter(|&p| p != id).collect(),
+                credentials,
                 inbox: inbox_tx.clone(),
                 clients: clients.clone(),
+                per_principal: Mutex::default(),
                 shutdown: shutdown.clone(),
             };
             spawn_until(shutdown, acceptor.run(listener));
@@ -230,77 +210,149 @@ pub(crate) fn spawn_until(shutdown: &CancellationToken, task: impl std::future::
     });
 }
 
-/// Keeps one connection to `peer` up and feeds it from the queue.
-async fn connect_loop(hello: Hello, peer: NodeId, addr: SocketAddr, mut queue: mpsc::Receiver<Bytes>, inbox: Inbox) {
-    let id = match hello {
-        Hello::Node(id) | Hello::Client(id) => id,
-    };
-    let mut rng = ChaCha8Rng::from_entropy();
-    let mut backoff = BACKOFF_MIN;
-    loop {
-        match TcpStream::connect(addr).await {
-            Ok(stream) => {
-                tracing::debug!(node = id, peer, %addr, "connected");
-                backoff = BACKOFF_MIN;
-                match feed(hello, peer, stream, &mut queue, &inbox).await {
-                    Ok(()) => return, // the transport is gone
-                    Err(reason) => tracing::debug!(node = id, peer, %reason, "connection lost"),
-                }
-            }
-            Err(e) => tracing::trace!(node = id, peer, %addr, error = %e, "connect failed"),
-        }
-        let jitter = rng.gen_range(0.5..1.5);
-        tokio::time::sleep(backoff.mul_f64(jitter)).await;
-        backoff = (backoff * 2).min(BACKOFF_MAX);
-    }
-}
-
-/// Sends the handshake, then queued messages, until the connection breaks
-/// (`Err`) or the queue closes (`Ok`). A node never writes on a connection
-/// from another node, but reading still notices at once when it closes (a
-/// restarted peer) before the next send is lost to it; a client reads its
-/// answers here.
-async fn feed(
-    hello: Hello,
-    peer: NodeId,
-    stream: TcpStream,
-    queue: &mut mpsc::Receiver<Bytes>,
-    inbox: &Inbox,
-) -> Result<(), String> {
+/// Splits a connected stream into framed halves.
+fn framed(stream: TcpStream) -> Result<(FrameReader, FrameWriter), String> {
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
     let (read_half, write_half) = stream.into_split();
-    let mut frames = FramedWrite::new(write_half, frame_codec());
-    let mut answers = FramedRead::new(read_half, frame_codec());
-    frames.send(handshake(hello)).await.map_err(|e| e.to_string())?;
-    loop {
-        tokio::select! {
-            message = queue.recv() => {
-                let Some(message) = message else { return Ok(()) };
-                frames.send(message).await.map_err(|e| e.to_string())?;
-            }
-            answer = answers.next() => match answer {
-                None => return Err("closed by peer".to_string()),
-                Some(Err(e)) => return Err(format!("bad frame from peer {peer}: {e}")),
-                Some(Ok(_)) if matches!(hello, Hello::Node(_)) => {
-                    return Err("peer wrote on a send-only connection".to_string())
-                }
-                Some(Ok(frame)) => {
-                    if inbox.send((peer, frame.to_vec())).await.is_err() {
-                        return Ok(());
+    Ok((
+        FramedRead::new(read_half, frame_codec()),
+        FramedWrite::new(write_half, frame_codec()),
+    ))
+}
+
+/// The next frame within `limit`, or why there is none.
+async fn next_frame(frames: &mut FrameReader, limit: Duration, what: &str) -> Result<bytes::BytesMut, String> {
+    match tokio::time::timeout(limit, frames.next()).await {
+        Err(_) => Err(format!("no {what} in time")),
+        Ok(None) => Err(format!("closed before the {what}")),
+        Ok(Some(Err(e))) => Err(format!("bad {what} frame: {e}")),
+        Ok(Some(Ok(frame))) => Ok(frame),
+    }
+}
+
+/// This end's connection to one peer: it owns the peer's queue.
+struct Link {
+    role: Role,
+    id: NodeId,
+    peer: NodeId,
+    addr: SocketAddr,
+    credentials: Arc<Credentials>,
+    inbox: Inbox,
+}
+
+impl Link {
+    /// Keeps one connection to the peer up (a client's only while it has
+    /// something to send) and feeds it from the queue.
+    async fn run(self, mut queue: mpsc::Receiver<Bytes>) {
+        let (id, peer, addr) = (self.id, self.peer, self.addr);
+        let mut rng = ChaCha8Rng::from_entropy();
+        let mut backoff = BACKOFF_MIN;
+        let mut first = None;
+        loop {
+            match TcpStream::connect(addr).await {
+                Ok(stream) => {
+                    tracing::debug!(node = id, peer, %addr, "connected");
+                    match self.feed(stream, &mut queue, first.take()).await {
+                        Ok(()) => return, // the transport is gone
+                        Err(reason) => tracing::debug!(node = id, peer, %reason, "connection lost"),
+                    }
+                    backoff = BACKOFF_MIN;
+                    if self.role == Role::Client {
+                        // Reconnect only when there is something to send.
+                        match queue.recv().await {
+                            Some(message) => first = Some(message),
+                            None => return,
+                        }
+                        continue;
                     }
                 }
-            },
+                Err(e) => tracing::trace!(node = id, peer, %addr, error = %e, "connect failed"),
+            }
+            let jitter = rng.gen_range(0.5..1.5);
+            tokio::time::sleep(backoff.mul_f64(jitter)).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// Authenticates, then sends `first` and queued messages until the
+    /// connection breaks (`Err`) or the queue closes (`Ok`). A member never
+    /// writes on a connection from another member after the handshake, but
+    /// reading still notices at once when it closes (a restarted peer)
+    /// before the next send is lost to it; a client reads its answers here.
+    async fn feed(
+        &self,
+        stream: TcpStream,
+        queue: &mut mpsc::Receiver<Bytes>,
+        first: Option<Bytes>,
+    ) -> Result<(), String> {
+        let (mut answers, mut frames) = framed(stream)?;
+        let hello = Hello::new(self.role, self.id);
+        frames
+            .send(Bytes::from(hello.encode()))
+            .await
+            .map_err(|e| e.to_string())?;
+        let answer = next_frame(&mut answers, HANDSHAKE_TIMEOUT, "handshake answer").await?;
+        let (proof, FrameKeys { mut sealer, mut opener }) =
+            auth::initiate(&self.credentials, &hello, &answer).map_err(|e| format!("peer {}: {e}", self.peer))?;
+        frames.send(Bytes::from(proof)).await.map_err(|e| e.to_string())?;
+        if let Some(message) = first {
+            frames
+                .send(Bytes::from(sealer.seal(&message)))
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        loop {
+            tokio::select! {
+                message = queue.recv() => {
+                    let Some(message) = message else { return Ok(()) };
+                    frames.send(Bytes::from(sealer.seal(&message))).await.map_err(|e| e.to_string())?;
+                }
+                answer = answers.next() => match answer {
+                    None => return Err("closed by peer".to_string()),
+                    Some(Err(e)) => return Err(format!("bad frame from peer {}: {e}", self.peer)),
+                    Some(Ok(_)) if self.role == Role::Member => {
+                        return Err("peer wrote on a send-only connection".to_string())
+                    }
+                    Some(Ok(frame)) => {
+                        let payload = opener.open(&frame).map_err(|e| format!("peer {}: {e}", self.peer))?;
+                        if self.inbox.send((self.peer, payload.to_vec())).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                },
+            }
         }
     }
 }
 
-/// Accepts connections from nodes and clients.
+/// Accepts connections from members and clients.
 struct Acceptor {
     id: NodeId,
     known: Vec<NodeId>,
+    credentials: Arc<Credentials>,
     inbox: Inbox,
     clients: Arc<Clients>,
+    /// Authenticated client connections per principal.
+    per_principal: Mutex<BTreeMap<u32, usize>>,
     shutdown: CancellationToken,
+}
+
+/// Holds one of a principal's connection slots; frees it when dropped.
+struct PrincipalSlot<'a> {
+    acceptor: &'a Acceptor,
+    principal: u32,
+}
+
+impl Drop for PrincipalSlot<'_> {
+    fn drop(&mut self) {
+        let mut counts = self.acceptor.per_principal.lock().expect("quota table poisoned");
+        if let Some(count) = counts.get_mut(&self.principal) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.principal);
+            }
+        }
+    }
 }
 
 impl Acceptor {
@@ -332,42 +384,65 @@ impl Acceptor {
         }
     }
 
-    /// Reads one incoming connection: handshake, then messages into the
+    /// Takes a connection slot of `principal`, if it has one left.
+    fn take_slot(&self, principal: u32) -> Option<PrincipalSlot<'_>> {
+        let mut counts = self.per_principal.lock().expect("quota table poisoned");
+        let count = counts.entry(principal).or_default();
+        if *count >= MAX_CONNECTIONS_PER_PRINCIPAL {
+            return None;
+        }
+        *count += 1;
+        Some(PrincipalSlot {
+            acceptor: self,
+            principal,
+        })
+    }
+
+    /// Serves one incoming connection: handshake, then messages into the
     /// inbox; for a client, also writes the node's answers back.
     async fn serve(&self, stream: TcpStream, connection: u64) -> Result<(), String> {
-        stream.set_nodelay(true).map_err(|e| e.to_string())?;
-        let (read_half, write_half) = stream.into_split();
-        let mut frames = FramedRead::new(read_half, frame_codec());
-        let first = tokio::time::timeout(HANDSHAKE_TIMEOUT, frames.next())
-            .await
-            .map_err(|_| "no handshake in time".to_string())?;
-        let hello = match first {
-            None => return Ok(()),
-            Some(Err(e)) => return Err(format!("bad handshake frame: {e}")),
-            Some(Ok(frame)) => parse_handshake(&frame)?,
-        };
-        let from = match hello {
-            Hello::Node(from) if self.known.contains(&from) => from,
-            Hello::Node(from) => return Err(format!("unknown peer id {from}")),
-            Hello::Client(from) if from == self.id || self.known.contains(&from) => {
-                return Err(format!("client claims node id {from}"))
+        let (mut frames, mut writer) = framed(stream)?;
+        let first = next_frame(&mut frames, HANDSHAKE_TIMEOUT, "hello").await?;
+        let hello = Hello::decode(&first).map_err(|e| e.to_string())?;
+        let from = hello.id;
+        let _slot = match hello.role {
+            Role::Member if self.known.contains(&from) => None,
+            Role::Member => return Err(format!("unknown member id {from}")),
+            Role::Client if from == self.id || self.known.contains(&from) => {
+                return Err(format!("client claims member id {from}"))
             }
-            Hello::Client(from) => {
+            Role::Client => match self.take_slot(auth::principal_of(from)) {
+                Some(slot) => Some(slot),
+                None => {
+                    return Err(format!(
+                        "principal {} already holds {MAX_CONNECTIONS_PER_PRINCIPAL} connections",
+                        auth::principal_of(from)
+                    ))
+                }
+            },
+        };
+        let (answer, pending) = auth::accept(&self.credentials, &hello).map_err(|e| e.to_string())?;
+        writer.send(Bytes::from(answer)).await.map_err(|e| e.to_string())?;
+        let proof = next_frame(&mut frames, HANDSHAKE_TIMEOUT, "handshake proof").await?;
+        let FrameKeys { sealer, opener } = pending.finish(&proof).map_err(|e| format!("peer {from}: {e}"))?;
+        let idle = match hello.role {
+            Role::Member => None,
+            Role::Client => {
                 let (tx, rx) = mpsc::channel(PEER_QUEUE_CAPACITY);
                 self.clients
                     .lock()
                     .expect("client table poisoned")
                     .insert(from, (connection, tx));
-                spawn_until(&self.shutdown, answer(write_half, rx));
-                from
+                spawn_until(&self.shutdown, answer_client(writer, sealer, rx));
+                Some(CLIENT_IDLE_TIMEOUT)
             }
         };
-        tracing::debug!(node = self.id, peer = from, "peer connected");
-        let result = self.read_messages(from, &mut frames).await;
-        if let Hello::Client(client) = hello {
+        tracing::debug!(node = self.id, peer = from, "peer authenticated");
+        let result = self.read_messages(from, &mut frames, opener, idle).await;
+        if hello.role == Role::Client {
             let mut clients = self.clients.lock().expect("client table poisoned");
-            if clients.get(&client).is_some_and(|(c, _)| *c == connection) {
-                clients.remove(&client);
+            if clients.get(&from).is_some_and(|(c, _)| *c == connection) {
+                clients.remove(&from);
             }
         }
         result
@@ -376,24 +451,36 @@ impl Acceptor {
     async fn read_messages(
         &self,
         from: NodeId,
-        frames: &mut FramedRead<tokio::net::tcp::OwnedReadHalf, LengthDelimitedCodec>,
+        frames: &mut FrameReader,
+        mut opener: Opener,
+        idle: Option<Duration>,
     ) -> Result<(), String> {
-        while let Some(frame) = frames.next().await {
+        loop {
+            let next = match idle {
+                Some(limit) => match tokio::time::timeout(limit, frames.next()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        tracing::debug!(node = self.id, peer = from, "closing an idle client connection");
+                        return Ok(());
+                    }
+                },
+                None => frames.next().await,
+            };
+            let Some(frame) = next else { return Ok(()) };
             let frame = frame.map_err(|e| format!("bad frame from peer {from}: {e}"))?;
-            if self.inbox.send((from, frame.to_vec())).await.is_err() {
+            let payload = opener.open(&frame).map_err(|e| format!("peer {from}: {e}"))?;
+            if self.inbox.send((from, payload.to_vec())).await.is_err() {
                 return Ok(()); // the node is shutting down
             }
         }
-        Ok(())
     }
 }
 
 /// Writes a client's answers until its queue closes (the client left and
 /// was unregistered) or the connection breaks.
-async fn answer(write_half: tokio::net::tcp::OwnedWriteHalf, mut queue: mpsc::Receiver<Bytes>) {
-    let mut frames = FramedWrite::new(write_half, frame_codec());
+async fn answer_client(mut frames: FrameWriter, mut sealer: Sealer, mut queue: mpsc::Receiver<Bytes>) {
     while let Some(message) = queue.recv().await {
-        if frames.send(message).await.is_err() {
+        if frames.send(Bytes::from(sealer.seal(&message))).await.is_err() {
             return;
         }
     }

@@ -145,7 +145,7 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
             );
         }
         for &clients in &args.clients {
-            let phase = transfers_phase(&config, &args, &server_pids, clients).await;
+            let phase = transfers_phase(&config, &args, &server_pids, clients).await?;
             report_transfers(&phase, args.json);
         }
     }
@@ -168,7 +168,7 @@ async fn phase(
     let servers: Vec<_> = config.lock_servers().into_keys().collect();
     let mut sessions = Vec::with_capacity(clients);
     for _ in 0..clients {
-        let env = RealEnv::client(RealEnv::client_id(), &config.lock_servers());
+        let env = config.client_env(&config.lock_servers()).map_err(|e| e.to_string())?;
         let mut client = LockClient::new(env, servers.clone(), config.lock_client_config());
         client.open().await.map_err(|e| format!("open session: {e}"))?;
         sessions.push(client);
@@ -253,14 +253,15 @@ async fn transfers_phase(
     args: &BenchArgs,
     server_pids: &[u32],
     clients: usize,
-) -> TransferPhase {
+) -> Result<TransferPhase, String> {
+    let credentials = &config.client_credentials().map_err(|e| e.to_string())?;
     let meter = Meter::start(server_pids);
     let t0 = Instant::now() + Duration::from_millis(50);
     let window = (t0 + args.warmup, t0 + args.warmup + args.duration);
     let accounts = args.accounts.max(2);
     let tasks: Vec<_> = (0..clients)
         .map(|_| {
-            let env = RealEnv::client(RealEnv::client_id(), &config.txn_nodes());
+            let env = RealEnv::client(credentials, &config.txn_nodes());
             tokio::spawn(transfers(config.txn_client(env), accounts, t0, window))
         })
         .collect();
@@ -274,14 +275,14 @@ async fn transfers_phase(
             errors += 1;
         }
     }
-    TransferPhase {
+    Ok(TransferPhase {
         clients,
         window: args.duration,
         latencies: Latencies::new(all),
         aborts,
         errors,
         usage: meter.stop(),
-    }
+    })
 }
 
 /// One client's transfers; returns (latencies of counted commits, aborts, errors).

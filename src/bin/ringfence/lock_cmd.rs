@@ -56,7 +56,7 @@ pub async fn run(args: LockArgs) -> Result<(), String> {
             command,
         } => acquire(&config, &name, wait, hold, command).await,
         LockCommand::Release { name, session, token } => {
-            let mut client = LockClient::attach(env(&config), servers(&config), config.lock_client_config(), session);
+            let mut client = LockClient::attach(env(&config)?, servers(&config), config.lock_client_config(), session);
             client
                 .release(&Lease {
                     lock: name.clone(),
@@ -68,7 +68,7 @@ pub async fn run(args: LockArgs) -> Result<(), String> {
             Ok(())
         }
         LockCommand::Status { name } => {
-            let mut client = LockClient::new(env(&config), servers(&config), config.lock_client_config());
+            let mut client = LockClient::new(env(&config)?, servers(&config), config.lock_client_config());
             let status = client.status(&name).await.map_err(|e| format!("status {name}: {e}"))?;
             match status.holder {
                 Some((session, token)) => println!("lock={name} holder session={session} token={token}"),
@@ -82,8 +82,8 @@ pub async fn run(args: LockArgs) -> Result<(), String> {
     }
 }
 
-fn env(config: &ClusterConfig) -> RealEnv {
-    RealEnv::client(RealEnv::client_id(), &config.lock_servers())
+fn env(config: &ClusterConfig) -> Result<RealEnv, String> {
+    config.client_env(&config.lock_servers()).map_err(|e| e.to_string())
 }
 
 fn servers(config: &ClusterConfig) -> Vec<ringfence::env::NodeId> {
@@ -97,7 +97,7 @@ async fn acquire(
     hold: Option<Duration>,
     command: Vec<String>,
 ) -> Result<(), String> {
-    let mut client = LockClient::new(env(config), servers(config), config.lock_client_config());
+    let mut client = LockClient::new(env(config)?, servers(config), config.lock_client_config());
     client.open().await.map_err(|e| format!("open session: {e}"))?;
     let lease = client
         .acquire(name, wait)

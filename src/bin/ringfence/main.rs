@@ -39,6 +39,19 @@ enum Command {
     /// Start a local cluster on loopback (one process per node) and keep it
     /// running until Ctrl-C.
     Cluster(local::ClusterArgs),
+    /// Write credentials for another client principal (reads the cluster
+    /// secret, so run it where a node's files are).
+    ClientKey {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The principal, 16..65536; its clients use node ids
+        /// `principal << 16 | instance`.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(16..65536))]
+        principal: u32,
+        /// Where to write the key file (owner-only permissions).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Lock service: acquire, release, status.
     Lock(lock_cmd::LockArgs),
     /// Transactions (the bank workload): transfer, audit.
@@ -66,6 +79,12 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Node { config, id } => node(&config, id).await,
             Command::Cluster(args) => local::run(args).await,
+            Command::ClientKey { config, principal, out } => {
+                let config = config.load()?;
+                config.mint_client_key(principal, &out).map_err(|e| e.to_string())?;
+                println!("wrote the key of principal {principal} to {}", out.display());
+                Ok(())
+            }
             Command::Lock(args) => lock_cmd::run(args).await,
             Command::Txn(args) => txn_cmd::run(args).await,
             Command::Bench(args) => bench::run(args).await,

@@ -1,7 +1,6 @@
 //! `ringfence txn`: the bank workload on the transaction service.
 
 use clap::Subcommand;
-use ringfence::real::RealEnv;
 use ringfence::txn::{bank, Outcome};
 
 use crate::ConfigArg;
@@ -29,7 +28,7 @@ enum TxnCommand {
 
 pub async fn run(args: TxnArgs) -> Result<(), String> {
     let config = args.config.load()?;
-    let env = RealEnv::client(RealEnv::client_id(), &config.txn_nodes());
+    let env = config.client_env(&config.txn_nodes()).map_err(|e| e.to_string())?;
     let mut client = config.txn_client(env);
     match args.command {
         TxnCommand::Transfer { from, to, amount } => {
