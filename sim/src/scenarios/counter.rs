@@ -13,8 +13,10 @@
 //! 3. **The probe**: after the faults heal, one read must succeed within
 //!    [`Scenario::LIVENESS_BOUND`].
 //! 4. **The checker**: every increment acknowledged before a read began must
-//!    appear in that read (no acknowledged write lost, across crashes), and
-//!    no read shows an id nobody sent.
+//!    appear in that read (no acknowledged write lost, across crashes), no
+//!    read shows an id nobody sent, and reads are monotonic: what a read
+//!    returned is in every read that began after it ended, acknowledged or
+//!    not (a read of state that was never durable shows up here).
 //!
 //! Planted bug `ack-before-sync` sends the acknowledgement before syncing:
 //! a crash that loses the unsynced tail then loses an acknowledged increment,
@@ -254,7 +256,43 @@ pub fn check_counter(history: &History<CounterOp>) -> Vec<Violation> {
             return violations;
         }
     }
+    violations.extend(check_monotonic_reads(history));
     violations
+}
+
+/// Every id a completed read returned is in every read invoked after that
+/// read completed: the counter never forgets what it showed.
+fn check_monotonic_reads(history: &History<CounterOp>) -> Option<Violation> {
+    let reads: Vec<(
+        &ringfence::history::Event<CounterOp>,
+        &ringfence::history::Event<CounterOp>,
+        BTreeSet<u64>,
+    )> = history
+        .operations()
+        .into_iter()
+        .filter_map(|(invoke, done)| {
+            let done = done.filter(|d| d.kind == EventKind::Ok)?;
+            let CounterOp::Read { ids: Some(ids) } = &done.op else {
+                return None;
+            };
+            Some((invoke, done, ids.iter().copied().collect()))
+        })
+        .collect();
+    for (_, earlier_done, earlier) in &reads {
+        for (later_invoke, later_done, later) in &reads {
+            if later_invoke.time_ns <= earlier_done.time_ns {
+                continue;
+            }
+            if let Some(gone) = earlier.difference(later).next() {
+                return Some(Violation::new(
+                    "non-monotonic-read",
+                    format!("a read showed increment {gone:#x}; a read that began after it ended does not"),
+                    vec![earlier_done.index, later_invoke.index, later_done.index],
+                ));
+            }
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -306,6 +344,31 @@ mod tests {
             (1, Invoke, Read { ids: None }),
             (0, Ok, Increment { id: 1 }),
             (1, Ok, Read { ids: Some(vec![]) }),
+        ]);
+        assert!(check_counter(&h).is_empty());
+    }
+
+    #[test]
+    fn catches_a_read_that_forgets_what_an_earlier_read_showed() {
+        // Increment 1 was never acknowledged, but a read showed it.
+        let h = history(&[
+            (0, Invoke, Increment { id: 1 }),
+            (1, Invoke, Read { ids: None }),
+            (1, Ok, Read { ids: Some(vec![1]) }),
+            (0, Info, Increment { id: 1 }),
+            (1, Invoke, Read { ids: None }),
+            (1, Ok, Read { ids: Some(vec![]) }),
+        ]);
+        let v = check_counter(&h);
+        assert_eq!(v[0].invariant, "non-monotonic-read");
+        assert_eq!(v[0].events, vec![2, 4, 5]);
+        // Overlapping reads may disagree.
+        let h = history(&[
+            (0, Invoke, Increment { id: 1 }),
+            (1, Invoke, Read { ids: None }),
+            (2, Invoke, Read { ids: None }),
+            (1, Ok, Read { ids: Some(vec![1]) }),
+            (2, Ok, Read { ids: Some(vec![]) }),
         ]);
         assert!(check_counter(&h).is_empty());
     }
