@@ -142,6 +142,8 @@ async fn start_lock_service(dir: &Path) -> std::io::Result<BTreeMap<NodeId, Sock
                 id,
                 peers: peers.clone(),
                 data_dir: dir.join(format!("node-{id}")),
+                cluster_id: "example".to_string(),
+                init: true,
             },
             listener,
         )?;

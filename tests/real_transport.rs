@@ -36,6 +36,8 @@ impl Cluster {
                 id,
                 peers: peers.clone(),
                 data_dir: dir.path().join(format!("n{id}")),
+                cluster_id: "example".to_string(),
+                init: true,
             };
             nodes.insert(id, RealEnv::start_on(config, listener).unwrap());
         }
@@ -53,6 +55,8 @@ impl Cluster {
             id,
             peers: self.peers.clone(),
             data_dir: self.dir.path().join(format!("n{id}")),
+            cluster_id: "example".to_string(),
+            init: true,
         };
         // The old listener closes once its task sees the shutdown.
         let listener = tokio::time::timeout(LIMIT, async {
