@@ -278,3 +278,45 @@ async fn a_node_env_recovers_its_log_after_restart() {
     env.sleep(std::time::Duration::from_millis(10)).await;
     assert!(env.now() >= before + std::time::Duration::from_millis(10));
 }
+
+/// Node processes: one whose synced log has a flipped bit refuses to start
+/// and says where and what to do; one whose data directory was wiped
+/// refuses to rejoin silently; the two others keep serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_processes_refuse_a_corrupt_log_and_a_wiped_directory() {
+    use ringfence::real::local::LocalCluster;
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = LocalCluster::free_ports_config(3, dir.path()).unwrap();
+    let exe = Path::new(env!("CARGO_BIN_EXE_ringfence"));
+    let mut cluster = LocalCluster::start(exe, dir.path(), config).await.unwrap();
+    let log = cluster.config().node_dir(1).join("lock").join("node-1.log");
+    // Wait until the lock replica has synced a batch that a later one proves.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let bytes = fs::read(&log).unwrap();
+        if record::decode(&bytes).unwrap().unproven_from > 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no second batch in {}", log.display());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    cluster.kill(1).await.unwrap();
+    let mut bytes = fs::read(&log).unwrap();
+    bytes[record::HEADER_BYTES - 1] ^= 0x10; // in the first batch's header
+    fs::write(&log, &bytes).unwrap();
+    let err = cluster.restart(1).await.unwrap_err().to_string();
+    assert!(err.contains("node 1 exited"), "{err}");
+    let out = fs::read_to_string(dir.path().join("node-1.out")).unwrap();
+    assert!(out.contains(&log.display().to_string()), "{out}");
+    assert!(out.contains("byte offset 0: batch header checksum mismatch"), "{out}");
+    assert_eq!(fs::read(&log).unwrap(), bytes, "nothing truncated");
+
+    cluster.kill(2).await.unwrap();
+    fs::remove_dir_all(cluster.config().node_dir(2)).unwrap();
+    let err = cluster.restart(2).await.unwrap_err().to_string();
+    assert!(err.contains("node 2 exited"), "{err}");
+    let out = fs::read_to_string(dir.path().join("node-2.out")).unwrap();
+    assert!(out.contains("no identity file"), "{out}");
+    cluster.stop().await;
+}
