@@ -96,7 +96,9 @@ async fn torn_zeroed_and_garbage_tails_are_dropped_and_truncated() {
     torn.push(b"fourth, never synced").unwrap();
     let mut torn = torn.seal(&mut record::Chain::default());
     torn.truncate(record::HEADER_BYTES + 3);
-    let garbage: Vec<u8> = (0..300u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let garbage: Vec<u8> = (0..300u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     for tail in [torn, vec![0; 4096], garbage] {
         let dir = tempfile::tempdir().unwrap();
         let (path, _) = three_batches(dir.path()).await;
@@ -149,7 +151,11 @@ async fn a_flipped_bit_in_any_synced_batch_but_the_last_is_refused() {
         let Some(EnvError::Storage(message)) = err else {
             panic!("flip at byte {byte} was not refused")
         };
-        let batch = if byte < starts[1] as usize { starts[0] } else { starts[1] };
+        let batch = if byte < starts[1] as usize {
+            starts[0]
+        } else {
+            starts[1]
+        };
         assert!(message.contains(&format!("byte offset {batch}:")), "{message}");
         assert_eq!(fs::read(&path).unwrap(), bytes);
     }
@@ -177,9 +183,15 @@ async fn another_members_or_clusters_directory_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     three_batches(dir.path()).await;
     let foreign = Identity::new("another-cluster", 1);
-    for attempt in [FileStorage::open(dir.path(), &foreign), FileStorage::init(dir.path(), &foreign)] {
+    for attempt in [
+        FileStorage::open(dir.path(), &foreign),
+        FileStorage::init(dir.path(), &foreign),
+    ] {
         let message = attempt.err().unwrap().to_string();
-        assert!(message.contains("belongs to member 1 of cluster \"test-cluster\""), "{message}");
+        assert!(
+            message.contains("belongs to member 1 of cluster \"test-cluster\""),
+            "{message}"
+        );
     }
     // Another member's log copied in under this member's name.
     fs::copy(dir.path().join("node-1.log"), dir.path().join("node-2.log")).unwrap();
@@ -298,7 +310,11 @@ async fn node_processes_refuse_a_corrupt_log_and_a_wiped_directory() {
         if record::decode(&bytes).unwrap().unproven_from > 0 {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "no second batch in {}", log.display());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no second batch in {}",
+            log.display()
+        );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     cluster.kill(1).await.unwrap();

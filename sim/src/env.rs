@@ -226,7 +226,11 @@ impl Env for SimEnv {
             }
             Err(lost @ DiskError::SyncedRecordLost { .. }) => {
                 drop(w);
-                abort_run(Violation::new("synced-record-lost", format!("node {id}: {lost}"), vec![]))
+                abort_run(Violation::new(
+                    "synced-record-lost",
+                    format!("node {id}: {lost}"),
+                    vec![],
+                ))
             }
         }
     }

@@ -162,7 +162,13 @@ impl Nemesis {
     fn disk_fault(&mut self, index: usize, node: NodeId, what: DiskFault, down: Duration) {
         match what {
             DiskFault::BitFlip => {
-                self.crash(node, DiskLoss::LoseUnsynced, index, FaultKind::Crash, "its disk is about to flip a bit");
+                self.crash(
+                    node,
+                    DiskLoss::LoseUnsynced,
+                    index,
+                    FaultKind::Crash,
+                    "its disk is about to flip a bit",
+                );
                 let Some(offset) = self.world.lock().flip_bit(node) else {
                     return;
                 };

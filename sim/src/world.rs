@@ -788,7 +788,12 @@ mod tests {
     fn every_crash_loss_keeps_synced_records_and_invents_none() {
         let all = owned(&[b"a", b"bb", b"ccc", b"dddd"]);
         for seed in 0..200 {
-            for loss in [DiskLoss::KeepPrefix, DiskLoss::Torn, DiskLoss::Zeroed, DiskLoss::Garbage] {
+            for loss in [
+                DiskLoss::KeepPrefix,
+                DiskLoss::Torn,
+                DiskLoss::Zeroed,
+                DiskLoss::Garbage,
+            ] {
                 let mut disk = disk_with(&[b"a"], &[b"bb"]);
                 disk.start_sync(); // written, never synced
                 disk.append(b"ccc").unwrap();

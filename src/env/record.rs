@@ -433,7 +433,10 @@ mod tests {
     }
 
     fn batches() -> impl Strategy<Value = Vec<Vec<Vec<u8>>>> {
-        prop::collection::vec(prop::collection::vec(prop::collection::vec(any::<u8>(), 0..12), 0..4), 1..6)
+        prop::collection::vec(
+            prop::collection::vec(prop::collection::vec(any::<u8>(), 0..12), 0..4),
+            1..6,
+        )
     }
 
     fn framed(batches: &[Vec<Vec<u8>>]) -> (Vec<u8>, Vec<usize>) {
@@ -467,7 +470,7 @@ mod tests {
             let bit = bit.index(proven * 8);
             bytes[bit / 8] ^= 1 << (bit % 8);
             let err = decode(&bytes).unwrap_err();
-            let damaged = *starts.iter().filter(|&&s| s <= bit / 8).last().unwrap();
+            let damaged = *starts.iter().rfind(|&&s| s <= bit / 8).unwrap();
             prop_assert_eq!(err.offset, damaged);
         }
 

@@ -158,9 +158,11 @@ impl ClusterConfig {
     /// Checks what serde cannot: ids, addresses, sizes.
     pub fn validate(&self) -> Result<(), String> {
         if self.cluster_id.is_empty() {
-            return Err("no cluster_id: add a line `cluster_id = \"...\"` with a string unique to this \
+            return Err(
+                "no cluster_id: add a line `cluster_id = \"...\"` with a string unique to this \
                         cluster (`ringfence cluster` generates one)"
-                .to_string());
+                    .to_string(),
+            );
         }
         if self.nodes.is_empty() {
             return Err("the cluster has no [[node]]".to_string());

@@ -196,7 +196,10 @@ impl FileStorage {
             )));
         }
         let mut pending = self.inner.pending.lock().expect("pending lock");
-        pending.batch.push(payload).map_err(|e| EnvError::Storage(e.to_string()))?;
+        pending
+            .batch
+            .push(payload)
+            .map_err(|e| EnvError::Storage(e.to_string()))?;
         pending.appended += 1;
         Ok(())
     }

@@ -42,6 +42,15 @@
 //! that just voted and the leader it elected, or a leader before its new
 //! entry reaches a majority and right after it learns of a commit — the
 //! two hazards behind those bugs.
+//!
+//! The disk is hostile too ([`FaultKind::DISK`]): crashes leave zeroed or
+//! garbage tails, a write or fsync fails (the replica stops and restarts),
+//! and one replica per run finds a flipped bit in records it synced, so it
+//! refuses to start and stays down while the other replicas go on. The
+//! planted bug `torn-tail-anywhere` (`RecordBug::AnyDamageIsTornTail`, the
+//! recovery rule found dropping synced records on real processes) is caught
+//! by the simulated disk's own check, `synced-record-lost`: a node got back
+//! fewer records than it had synced before its crash.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
