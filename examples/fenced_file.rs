@@ -158,6 +158,8 @@ async fn start_lock_service(dir: &Path, secret: &ClusterSecret) -> std::io::Resu
                 peers: peers.clone(),
                 data_dir: dir.join(format!("node-{id}")),
                 secret: secret.clone(),
+                cluster_id: "example".to_string(),
+                init: true,
             },
             listener,
         )?;

@@ -5,6 +5,7 @@
 //!   reason* (the violation names the invariant, not some other failure);
 //!   `vote-not-synced` and `commit-earlier-term` only through the
 //!   role-aware faults (crashes at votes, elections, proposals, commits);
+//! - the old storage recovery rule is caught on several default seeds;
 //! - the correct protocol survives a crash storm: hand-built fault plans
 //!   with a crash every 100-250 ms that loses the unsynced tail, plus
 //!   frequent partitions (far harsher than the default nemesis).
@@ -33,6 +34,7 @@ fn expected(bug: &str) -> &'static [&'static str] {
         "no-step-down" => &["leader-per-term", "election safety"],
         "ack-before-sync" | "commit-earlier-term" => &["committed-entry-changed", "would truncate committed entry"],
         "vote-not-synced" => &["leader-per-term", "election safety"],
+        "torn-tail-anywhere" => &["synced-record-lost"],
         _ => unreachable!("unknown bug {bug}"),
     }
 }
@@ -76,6 +78,32 @@ fn default_sweep_catches_log_bugs_for_the_right_reason() {
         );
         assert!(right.is_some(), "{} not caught for the expected reason", bug.name);
     }
+}
+
+/// The old storage recovery rule (any damage is a torn tail) loses synced
+/// records whenever a bit flips mid-log; the default seeds catch it as
+/// `synced-record-lost` on several seeds, not by luck on one.
+#[test]
+fn default_sweep_catches_the_old_recovery_rule_on_several_seeds() {
+    let scenario = log_scenario("log");
+    let mut cases = sweep::default_cases(scenario, None, Some("torn-tail-anywhere"));
+    cases.truncate(24);
+    let plan = SweepPlan {
+        groups: vec![(scenario, cases)],
+        jobs: jobs(),
+        determinism_every: 0,
+        progress: false,
+        stop_at_first_failure: false,
+    };
+    let summary = sweep::sweep(&plan).remove(0);
+    let seeds: Vec<u64> = summary
+        .failures
+        .iter()
+        .filter(|f| f.violation.invariant == "synced-record-lost")
+        .map(|f| f.seed)
+        .collect();
+    println!("log +torn-tail-anywhere: synced-record-lost on seeds {seeds:?} of the first 24");
+    assert!(seeds.len() >= 3, "caught on {seeds:?} only");
 }
 
 /// A plan with a crash (losing everything unsynced) every 100–250 ms and

@@ -3,8 +3,24 @@
 
 use std::fs;
 
-use ringfence::env::{record, EnvError};
-use ringfence::real::FileStorage;
+use std::path::Path;
+
+use ringfence::env::{record, EnvError, NodeId};
+use ringfence::real::{FileStorage, Identity};
+
+fn member(id: NodeId) -> Identity {
+    Identity::new("test-cluster", id)
+}
+
+/// A new member's storage in `dir`.
+fn init(dir: &Path, id: NodeId) -> FileStorage {
+    FileStorage::init(dir, &member(id)).unwrap()
+}
+
+/// The member's existing storage in `dir`, as a restart opens it.
+fn reopen(dir: &Path, id: NodeId) -> Result<FileStorage, String> {
+    FileStorage::open(dir, &member(id)).map_err(|e| e.to_string())
+}
 
 fn records(names: &[&str]) -> Vec<Vec<u8>> {
     names.iter().map(|n| n.as_bytes().to_vec()).collect()
@@ -13,7 +29,7 @@ fn records(names: &[&str]) -> Vec<Vec<u8>> {
 #[tokio::test]
 async fn synced_records_survive_a_restart_and_unsynced_ones_may_not() {
     let dir = tempfile::tempdir().unwrap();
-    let storage = FileStorage::open(dir.path(), 1).unwrap();
+    let storage = init(dir.path(), 1);
     assert_eq!(storage.load().unwrap(), Vec::<Vec<u8>>::new());
     storage.append(b"a").unwrap();
     storage.append(b"").unwrap();
@@ -23,16 +39,16 @@ async fn synced_records_survive_a_restart_and_unsynced_ones_may_not() {
     assert_eq!(storage.load().unwrap(), records(&["a", "", "unsynced"]));
     drop(storage);
     // A restart (a crash, for this implementation) keeps what was synced.
-    let reopened = FileStorage::open(dir.path(), 1).unwrap();
+    let reopened = reopen(dir.path(), 1).unwrap();
     assert_eq!(reopened.load().unwrap(), records(&["a", ""]));
     // Another node's log in the same directory is separate.
-    assert!(FileStorage::open(dir.path(), 2).unwrap().load().unwrap().is_empty());
+    assert!(init(dir.path(), 2).load().unwrap().is_empty());
 }
 
 #[tokio::test]
 async fn concurrent_syncs_all_become_durable() {
     let dir = tempfile::tempdir().unwrap();
-    let storage = FileStorage::open(dir.path(), 1).unwrap();
+    let storage = init(dir.path(), 1);
     let tasks: Vec<_> = (0..32u32)
         .map(|i| {
             let storage = storage.clone();
@@ -45,72 +61,148 @@ async fn concurrent_syncs_all_become_durable() {
     for task in tasks {
         task.await.unwrap();
     }
-    let mut got = FileStorage::open(dir.path(), 1).unwrap().load().unwrap();
+    let mut got = reopen(dir.path(), 1).unwrap().load().unwrap();
     got.sort();
     let mut expected: Vec<Vec<u8>> = (0..32u32).map(|i| i.to_le_bytes().to_vec()).collect();
     expected.sort();
     assert_eq!(got, expected);
 }
 
-#[tokio::test]
-async fn a_torn_tail_is_dropped_and_truncated() {
-    let dir = tempfile::tempdir().unwrap();
-    let storage = FileStorage::open(dir.path(), 1).unwrap();
-    storage.append(b"first").unwrap();
-    storage.append(b"second").unwrap();
-    storage.sync().await.unwrap();
-    let path = storage.path().to_path_buf();
-    drop(storage);
-    let good_len = fs::metadata(&path).unwrap().len();
-    // A crash in the middle of writing a third record: header and a bit.
-    let mut torn = Vec::new();
-    record::encode(b"third, never synced", &mut torn);
-    torn.truncate(record::HEADER_BYTES + 3);
-    let mut bytes = fs::read(&path).unwrap();
-    bytes.extend_from_slice(&torn);
-    fs::write(&path, &bytes).unwrap();
+/// Three synced batches ("first", "second", "third"), one per sync; the
+/// log's path and each batch's offset.
+async fn three_batches(dir: &Path) -> (std::path::PathBuf, Vec<u64>) {
+    let storage = init(dir, 1);
+    let mut starts = Vec::new();
+    for r in ["first", "second", "third"] {
+        starts.push(fs::metadata(storage.path()).unwrap().len());
+        storage.append(r.as_bytes()).unwrap();
+        storage.sync().await.unwrap();
+    }
+    (storage.path().to_path_buf(), starts)
+}
 
-    let storage = FileStorage::open(dir.path(), 1).unwrap();
-    assert_eq!(storage.load().unwrap(), records(&["first", "second"]));
-    assert_eq!(fs::metadata(&path).unwrap().len(), good_len, "tail truncated");
-    // New records land after the valid prefix, not after the garbage.
-    storage.append(b"fourth").unwrap();
-    storage.sync().await.unwrap();
-    drop(storage);
-    let storage = FileStorage::open(dir.path(), 1).unwrap();
-    assert_eq!(storage.load().unwrap(), records(&["first", "second", "fourth"]));
+/// Appends `tail` to the file at `path`.
+fn append_bytes(path: &Path, tail: &[u8]) {
+    let mut bytes = fs::read(path).unwrap();
+    bytes.extend_from_slice(tail);
+    fs::write(path, &bytes).unwrap();
 }
 
 #[tokio::test]
-async fn damage_before_the_tail_names_the_file_and_offset() {
-    let dir = tempfile::tempdir().unwrap();
-    let storage = FileStorage::open(dir.path(), 1).unwrap();
-    for r in ["first", "second", "third"] {
-        storage.append(r.as_bytes()).unwrap();
+async fn torn_zeroed_and_garbage_tails_are_dropped_and_truncated() {
+    // A batch cut short, a zero-filled tail (typical after a power loss: the
+    // size reached the disk, the data did not), and garbage.
+    let mut torn = record::Batch::default();
+    torn.push(b"fourth, never synced").unwrap();
+    let mut torn = torn.seal(&mut record::Chain::default());
+    torn.truncate(record::HEADER_BYTES + 3);
+    let garbage: Vec<u8> = (0..300u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    for tail in [torn, vec![0; 4096], garbage] {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, _) = three_batches(dir.path()).await;
+        let good_len = fs::metadata(&path).unwrap().len();
+        append_bytes(&path, &tail);
+
+        let storage = reopen(dir.path(), 1).unwrap();
+        assert_eq!(storage.load().unwrap(), records(&["first", "second", "third"]));
+        assert_eq!(fs::metadata(&path).unwrap().len(), good_len, "tail truncated");
+        // New records land after the valid prefix, not after the garbage.
+        storage.append(b"fifth").unwrap();
+        storage.sync().await.unwrap();
+        drop(storage);
+        let storage = reopen(dir.path(), 1).unwrap();
+        assert_eq!(storage.load().unwrap(), records(&["first", "second", "third", "fifth"]));
     }
-    storage.sync().await.unwrap();
-    let path = storage.path().to_path_buf();
-    drop(storage);
+}
+
+/// The defect found on real processes: a flipped bit in a mid-log length
+/// field made the record run past the end of the file, which recovery took
+/// for a torn tail and truncated, dropping synced records.
+#[tokio::test]
+async fn a_flipped_length_bit_mid_log_is_refused_with_the_offset_and_nothing_is_truncated() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, starts) = three_batches(dir.path()).await;
     let mut bytes = fs::read(&path).unwrap();
-    let second = record::HEADER_BYTES + "first".len();
-    bytes[second + record::HEADER_BYTES] ^= 0xff; // a bit flip in "second"
+    // The high bit of the second batch's body length.
+    bytes[starts[1] as usize + 27] ^= 0x80;
     fs::write(&path, &bytes).unwrap();
 
-    let err = FileStorage::open(dir.path(), 1).unwrap().load().unwrap_err();
-    let EnvError::Storage(message) = err else {
-        panic!("expected a storage error, got {err:?}")
-    };
+    let message = reopen(dir.path(), 1).err().expect("a corrupt log must not open");
     assert!(message.contains(&path.display().to_string()), "{message}");
-    assert!(message.contains(&format!("byte offset {second}")), "{message}");
+    assert!(message.contains(&format!("byte offset {}", starts[1])), "{message}");
     assert!(message.contains("checksum"), "{message}");
+    assert!(message.contains("--init"), "says what to do: {message}");
     // Nothing was truncated: the damage is for a person to look at.
     assert_eq!(fs::read(&path).unwrap(), bytes);
 }
 
 #[tokio::test]
+async fn a_flipped_bit_in_any_synced_batch_but_the_last_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, starts) = three_batches(dir.path()).await;
+    let clean = fs::read(&path).unwrap();
+    for byte in 0..starts[2] as usize {
+        let mut bytes = clean.clone();
+        bytes[byte] ^= 1 << (byte % 8);
+        fs::write(&path, &bytes).unwrap();
+        let err = FileStorage::open(dir.path(), &member(1)).err();
+        let Some(EnvError::Storage(message)) = err else {
+            panic!("flip at byte {byte} was not refused")
+        };
+        let batch = if byte < starts[1] as usize {
+            starts[0]
+        } else {
+            starts[1]
+        };
+        assert!(message.contains(&format!("byte offset {batch}:")), "{message}");
+        assert_eq!(fs::read(&path).unwrap(), bytes);
+    }
+}
+
+#[tokio::test]
+async fn a_wiped_or_never_initialized_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let message = reopen(&dir.path().join("missing"), 1).err().unwrap();
+    assert!(message.contains("no identity file"), "{message}");
+    assert!(message.contains("--init"), "{message}");
+
+    three_batches(dir.path()).await;
+    for entry in fs::read_dir(dir.path()).unwrap() {
+        fs::remove_file(entry.unwrap().path()).unwrap(); // wiped
+    }
+    let message = reopen(dir.path(), 1).err().unwrap();
+    assert!(message.contains("no identity file"), "{message}");
+    // Initializing it again is the operator's explicit choice.
+    assert!(init(dir.path(), 1).load().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn another_members_or_clusters_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    three_batches(dir.path()).await;
+    let foreign = Identity::new("another-cluster", 1);
+    for attempt in [
+        FileStorage::open(dir.path(), &foreign),
+        FileStorage::init(dir.path(), &foreign),
+    ] {
+        let message = attempt.err().unwrap().to_string();
+        assert!(
+            message.contains("belongs to member 1 of cluster \"test-cluster\""),
+            "{message}"
+        );
+    }
+    // Another member's log copied in under this member's name.
+    fs::copy(dir.path().join("node-1.log"), dir.path().join("node-2.log")).unwrap();
+    let message = FileStorage::init(dir.path(), &member(2)).err().unwrap().to_string();
+    assert!(message.contains("without an identity file"), "{message}");
+}
+
+#[tokio::test]
 async fn rewrite_replaces_the_log_atomically() {
     let dir = tempfile::tempdir().unwrap();
-    let storage = FileStorage::open(dir.path(), 1).unwrap();
+    let storage = init(dir.path(), 1);
     for r in ["e1", "e2", "e3"] {
         storage.append(r.as_bytes()).unwrap();
     }
@@ -118,12 +210,12 @@ async fn rewrite_replaces_the_log_atomically() {
     storage.append(b"unsynced, replaced too").unwrap();
     storage.rewrite(records(&["snapshot", "e3"])).await.unwrap();
     assert_eq!(storage.load().unwrap(), records(&["snapshot", "e3"]));
-    // Appends after a rewrite go to the new file.
+    // Appends after a rewrite go to the new file and continue its chain.
     storage.append(b"e4").unwrap();
     storage.sync().await.unwrap();
     let path = storage.path().to_path_buf();
     drop(storage);
-    let storage = FileStorage::open(dir.path(), 1).unwrap();
+    let storage = reopen(dir.path(), 1).unwrap();
     assert_eq!(storage.load().unwrap(), records(&["snapshot", "e3", "e4"]));
     drop(storage);
 
@@ -131,38 +223,38 @@ async fn rewrite_replaces_the_log_atomically() {
     // old log is still whole and the temp file is discarded on open.
     let tmp = path.with_file_name("node-1.log.tmp");
     fs::write(&tmp, b"half a snapshot").unwrap();
-    let storage = FileStorage::open(dir.path(), 1).unwrap();
+    let storage = reopen(dir.path(), 1).unwrap();
     assert!(!tmp.exists());
     assert_eq!(storage.load().unwrap(), records(&["snapshot", "e3", "e4"]));
     // No temp file is left behind by a completed rewrite either.
     storage.rewrite(records(&["only"])).await.unwrap();
     assert!(!tmp.exists());
-    let names: Vec<_> = fs::read_dir(dir.path())
+    let mut names: Vec<_> = fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
-    assert_eq!(names, vec![std::ffi::OsString::from("node-1.log")]);
+    names.sort();
+    assert_eq!(names, vec!["node-1.identity", "node-1.log"]);
 }
 
 proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
 
-    /// Recovery from whatever bytes the file holds never panics: it yields
-    /// records or an error.
+    /// Recovery from whatever bytes follow a valid log never panics and
+    /// never loses the proven records: it yields them (and maybe more) or
+    /// an error.
     #[test]
     fn recovery_never_panics_on_arbitrary_files(
         bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..256),
         valid_prefix in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..16), 0..4),
     ) {
         let dir = tempfile::tempdir().unwrap();
-        let mut file = Vec::new();
-        for r in &valid_prefix {
-            record::encode(r, &mut file);
-        }
+        drop(init(dir.path(), 1));
+        let (mut file, _) = record::encode_log(&valid_prefix).unwrap();
         file.extend_from_slice(&bytes);
         fs::write(dir.path().join("node-1.log"), &file).unwrap();
-        let storage = FileStorage::open(dir.path(), 1).unwrap();
-        if let Ok(got) = storage.load() {
+        if let Ok(storage) = FileStorage::open(dir.path(), &member(1)) {
+            let got = storage.load().unwrap();
             proptest::prop_assert!(got.len() >= valid_prefix.len());
             proptest::prop_assert_eq!(&got[..valid_prefix.len()], &valid_prefix[..]);
         }
@@ -183,6 +275,8 @@ async fn a_node_env_recovers_its_log_after_restart() {
         peers: [(1, listener.local_addr().unwrap())].into(),
         data_dir: dir.path().to_path_buf(),
         secret: ringfence::real::auth::ClusterSecret::generate(),
+        cluster_id: "test-cluster".to_string(),
+        init: true,
     };
     let env = RealEnv::start_on(config.clone(), listener).unwrap();
     env.append(b"term=3").unwrap();
@@ -190,9 +284,56 @@ async fn a_node_env_recovers_its_log_after_restart() {
     env.shutdown();
     drop(env);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let env = RealEnv::start_on(config, listener).unwrap();
+    let restart = NodeConfig { init: false, ..config };
+    let env = RealEnv::start_on(restart, listener).unwrap();
     assert_eq!(env.load().unwrap(), records(&["term=3"]));
     let before = env.now();
     env.sleep(std::time::Duration::from_millis(10)).await;
     assert!(env.now() >= before + std::time::Duration::from_millis(10));
+}
+
+/// Node processes: one whose synced log has a flipped bit refuses to start
+/// and says where and what to do; one whose data directory was wiped
+/// refuses to rejoin silently; the two others keep serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_processes_refuse_a_corrupt_log_and_a_wiped_directory() {
+    use ringfence::real::local::LocalCluster;
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = LocalCluster::free_ports_config(3, dir.path()).unwrap();
+    let exe = Path::new(env!("CARGO_BIN_EXE_ringfence"));
+    let mut cluster = LocalCluster::start(exe, dir.path(), config).await.unwrap();
+    let log = cluster.config().node_dir(1).join("lock").join("node-1.log");
+    // Wait until the lock replica has synced a batch that a later one proves.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let bytes = fs::read(&log).unwrap();
+        if record::decode(&bytes).unwrap().unproven_from > 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no second batch in {}",
+            log.display()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    cluster.kill(1).await.unwrap();
+    let mut bytes = fs::read(&log).unwrap();
+    bytes[record::HEADER_BYTES - 1] ^= 0x10; // in the first batch's header
+    fs::write(&log, &bytes).unwrap();
+    let err = cluster.restart(1).await.unwrap_err().to_string();
+    assert!(err.contains("node 1 exited"), "{err}");
+    let out = fs::read_to_string(dir.path().join("node-1.out")).unwrap();
+    assert!(out.contains(&log.display().to_string()), "{out}");
+    assert!(out.contains("byte offset 0: batch header checksum mismatch"), "{out}");
+    assert_eq!(fs::read(&log).unwrap(), bytes, "nothing truncated");
+
+    cluster.kill(2).await.unwrap();
+    fs::remove_dir_all(cluster.config().node_dir(2)).unwrap();
+    let err = cluster.restart(2).await.unwrap_err().to_string();
+    assert!(err.contains("node 2 exited"), "{err}");
+    let out = fs::read_to_string(dir.path().join("node-2.out")).unwrap();
+    assert!(out.contains("no identity file"), "{out}");
+    cluster.stop().await;
 }

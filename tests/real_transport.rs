@@ -40,6 +40,8 @@ impl Cluster {
                 peers: peers.clone(),
                 data_dir: dir.path().join(format!("n{id}")),
                 secret: secret.clone(),
+                cluster_id: "example".to_string(),
+                init: true,
             };
             nodes.insert(id, RealEnv::start_on(config, listener).unwrap());
         }
@@ -67,6 +69,8 @@ impl Cluster {
             peers: self.peers.clone(),
             data_dir: self.dir.path().join(format!("n{id}")),
             secret: self.secret.clone(),
+            cluster_id: "example".to_string(),
+            init: true,
         };
         // The old listener closes once its task sees the shutdown.
         let listener = tokio::time::timeout(LIMIT, async {

@@ -13,12 +13,15 @@ use std::time::Duration;
 
 use madsim::net::Endpoint;
 use rand_chacha::ChaCha8Rng;
+use ringfence::env::record::RecordBug;
 use ringfence::env::{Env, EnvError, NodeId, MAX_MESSAGE_BYTES};
+use ringfence::history::Violation;
 use tokio::sync::{mpsc, Mutex};
 
 use crate::plan::Moment;
+use crate::scenario::abort_run;
 use crate::trace::TraceEvent;
-use crate::world::{addr_of, elapsed, node_of, World};
+use crate::world::{addr_of, elapsed, node_of, DiskError, World, INJECTED_FAILURE};
 
 /// The tag our messages use on madsim endpoints.
 const TAG: u64 = 0x7269_6e67;
@@ -47,9 +50,9 @@ struct Inner {
 }
 
 impl SimEnv {
-    /// Starts an incarnation of node `id`: binds its address, recovers its
-    /// disk (dropping a torn tail) and starts delivering its messages. Must
-    /// run inside the node's madsim task.
+    /// Starts an incarnation of node `id`: binds its address and starts
+    /// delivering its messages; its disk is recovered when the node first
+    /// reads it ([`Env::load`]). Must run inside the node's madsim task.
     pub async fn boot(world: World, id: NodeId) -> SimEnv {
         let endpoint = Endpoint::bind(addr_of(id))
             .await
@@ -58,7 +61,6 @@ impl SimEnv {
             let mut w = world.lock();
             let node = w.node(id);
             node.incarnation += 1;
-            let _ = node.disk.load(); // truncates a torn tail, as opening a real file does
             let incarnation = node.incarnation;
             w.event(TraceEvent::Boot { node: id, incarnation });
             incarnation
@@ -106,6 +108,12 @@ impl SimEnv {
 
     pub fn world(&self) -> &World {
         &self.inner.world
+    }
+
+    /// Switches on a planted recovery bug for this node's disk; call it
+    /// before the node first reads its disk.
+    pub fn set_record_bug(&self, bug: Option<RecordBug>) {
+        self.inner.world.lock().node(self.inner.id).disk.bug = bug;
     }
 
     /// Reports that this node reached a protocol moment, for the faults
@@ -202,38 +210,71 @@ impl Env for SimEnv {
         madsim::task::spawn(task);
     }
 
+    /// Recovers the disk first if the node has not read it since it
+    /// crashed: corruption is an error (the node must refuse to start), and
+    /// a recovery that loses synced records stops the run as the
+    /// `synced-record-lost` violation.
     fn load(&self) -> Result<Vec<Vec<u8>>, EnvError> {
+        let id = self.inner.id;
         let mut w = self.inner.world.lock();
-        w.node(self.inner.id)
-            .disk
-            .load()
-            .map_err(|e| EnvError::Storage(e.to_string()))
+        let disk = &mut w.node(id).disk;
+        match disk.open() {
+            Ok(()) => disk.load().map_err(|e| EnvError::Storage(e.to_string())),
+            Err(DiskError::Corrupt(e)) => {
+                tracing::warn!(%e, "corrupt disk: the node refuses to start");
+                Err(EnvError::Storage(e.to_string()))
+            }
+            Err(lost @ DiskError::SyncedRecordLost { .. }) => {
+                drop(w);
+                abort_run(Violation::new(
+                    "synced-record-lost",
+                    format!("node {id}: {lost}"),
+                    vec![],
+                ))
+            }
+        }
     }
 
     fn append(&self, record: &[u8]) -> Result<(), EnvError> {
         let mut w = self.inner.world.lock();
-        w.node(self.inner.id).disk.append(record);
+        let disk = &mut w.node(self.inner.id).disk;
+        if disk.failed() {
+            return Err(EnvError::Storage(INJECTED_FAILURE.to_string()));
+        }
+        disk.append(record).map_err(|e| EnvError::Storage(e.to_string()))?;
         w.after_append(self.inner.id);
         Ok(())
     }
 
     async fn sync(&self) -> Result<(), EnvError> {
-        let pending = self.inner.world.lock().node(self.inner.id).disk.pending();
+        let point = {
+            let mut w = self.inner.world.lock();
+            if w.sync_fails(self.inner.id) {
+                return Err(EnvError::Storage(INJECTED_FAILURE.to_string()));
+            }
+            w.node(self.inner.id).disk.start_sync()
+        };
         madsim::time::sleep(SYNC_LATENCY).await;
         // If the node crashed meanwhile, this task is gone and nothing below
         // runs: the crash already decided what survived.
         let mut w = self.inner.world.lock();
-        w.node(self.inner.id).disk.sync_prefix(pending);
+        w.node(self.inner.id).disk.finish_sync(point);
         w.event(TraceEvent::Sync {
             node: self.inner.id,
-            bytes: pending.1,
+            bytes: point.1,
         });
         Ok(())
     }
 
     async fn rewrite(&self, records: &[Vec<u8>]) -> Result<(), EnvError> {
+        if self.inner.world.lock().node(self.inner.id).disk.failed() {
+            return Err(EnvError::Storage(INJECTED_FAILURE.to_string()));
+        }
         madsim::time::sleep(SYNC_LATENCY).await;
-        self.inner.world.lock().node(self.inner.id).disk.rewrite(records);
-        Ok(())
+        let mut w = self.inner.world.lock();
+        w.node(self.inner.id)
+            .disk
+            .rewrite(records)
+            .map_err(|e| EnvError::Storage(e.to_string()))
     }
 }

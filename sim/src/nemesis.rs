@@ -13,7 +13,7 @@ use madsim::net::NetSim;
 use madsim::runtime::Handle;
 use ringfence::env::NodeId;
 
-use crate::plan::{AimedAction, DiskLoss, Fault, FaultKind, FaultPlan};
+use crate::plan::{AimedAction, DiskFault, DiskLoss, Fault, FaultKind, FaultPlan};
 use crate::trace::{Phase, TraceEvent};
 use crate::world::{MomentWindow, NetFaults, NodeState, World};
 
@@ -82,7 +82,13 @@ impl Nemesis {
         loop {
             let requests = std::mem::take(&mut self.world.lock().crash_requests);
             for r in requests {
-                if self.crash(r.node, DiskLoss::LoseUnsynced, r.index, r.kind, &r.why) {
+                // After a failed write or fsync, what the kernel kept of it is unknown.
+                let loss = if r.kind == FaultKind::DiskError {
+                    DiskLoss::Torn
+                } else {
+                    DiskLoss::LoseUnsynced
+                };
+                if self.crash(r.node, loss, r.index, r.kind, &r.why) {
                     if let Some(Fault::Aimed { situation, .. }) = plan.faults.get(r.index) {
                         self.world.lock().count_situation(situation);
                     }
@@ -136,9 +142,45 @@ impl Nemesis {
         } else {
             format!("{why}; ")
         };
-        let text = format!("{kind} node {node} ({why}{disk:?}, {lost} unsynced bytes lost)");
+        let junk = if lost.junk > 0 {
+            format!(", {} bytes of junk after", lost.junk)
+        } else {
+            String::new()
+        };
+        let text = format!(
+            "{kind} node {node} ({why}{disk:?}, {} unsynced bytes lost{junk})",
+            lost.lost
+        );
         self.note(Phase::Start, FaultKind::Crash, Some(index), vec![node], text);
         true
+    }
+
+    /// Starts a hostile-disk fault. A bit flip strikes a stopped node (a
+    /// running one would not read its disk again until it restarts), so
+    /// the node crashes first; a write/fsync failure is armed for the
+    /// node's next sync (see [`crate::world::WorldState::sync_fails`]).
+    fn disk_fault(&mut self, index: usize, node: NodeId, what: DiskFault, down: Duration) {
+        match what {
+            DiskFault::BitFlip => {
+                self.crash(
+                    node,
+                    DiskLoss::LoseUnsynced,
+                    index,
+                    FaultKind::Crash,
+                    "its disk is about to flip a bit",
+                );
+                let Some(offset) = self.world.lock().flip_bit(node) else {
+                    return;
+                };
+                let text = format!("bit flip on node {node}'s disk at byte {offset}");
+                self.note(Phase::Instant, FaultKind::BitFlip, Some(index), vec![node], text);
+            }
+            DiskFault::Error => {
+                self.world.lock().disk_error = Some((node, index, down));
+                let text = format!("node {node}'s next write or fsync fails");
+                self.note(Phase::Start, FaultKind::DiskError, Some(index), vec![node], text);
+            }
+        }
     }
 
     fn note(&self, phase: Phase, kind: FaultKind, index: Option<usize>, nodes: Vec<NodeId>, text: String) {
@@ -257,6 +299,9 @@ impl Nemesis {
                 );
                 self.note(Phase::Start, FaultKind::MomentCrash, Some(index), vec![], text);
             }
+            Fault::Disk {
+                node, what, down_ms, ..
+            } => self.disk_fault(index, *node, *what, Duration::from_millis(*down_ms)),
             Fault::IsolateLeader { .. } => {
                 let leader = {
                     let mut w = self.world.lock();
@@ -276,7 +321,7 @@ impl Nemesis {
     fn end(&mut self, index: usize, fault: &Fault) {
         match fault {
             Fault::Partition { .. } | Fault::OneWay { .. } => self.partition(index, fault, false),
-            Fault::Crash { node, .. } => self.restart(*node),
+            Fault::Crash { node, .. } | Fault::Disk { node, .. } => self.restart(*node),
             Fault::Pause { node, .. } => self.resume(*node),
             Fault::Network { .. } => {
                 if self.active_network == Some(index) {
@@ -509,6 +554,7 @@ impl Nemesis {
         w.crash_requests.clear();
         w.link_delay.clear();
         w.crash_on_append = None;
+        w.disk_error = None;
         w.clear_role_faults();
         for &node in &nodes {
             w.set_clock_rate(node, 1.0);

@@ -40,6 +40,12 @@ pub enum FaultKind {
     MomentCrash,
     /// A partition that cuts off whichever node currently leads.
     IsolateLeader,
+    /// A crash leaves a zero-filled or garbage tail past the last sync.
+    DiskTail,
+    /// A bit flips in one node's synced records while it is down.
+    BitFlip,
+    /// A write or fsync fails; the node fail-stops and restarts.
+    DiskError,
 }
 
 impl FaultKind {
@@ -60,6 +66,13 @@ impl FaultKind {
     /// `Scenario::fault_kinds`.
     pub const ROLE_AWARE: [FaultKind; 2] = [FaultKind::MomentCrash, FaultKind::IsolateLeader];
 
+    /// Hostile-disk kinds, for scenarios whose servers are replicated, so
+    /// that a node refusing to start on a corrupt disk (or stopping on a
+    /// failed fsync) leaves a majority; they opt in through
+    /// `Scenario::fault_kinds`. Drawn from their own seed stream
+    /// ([`disk_faults`]), so adding them leaves other kinds' plans as they were.
+    pub const DISK: [FaultKind; 3] = [FaultKind::DiskTail, FaultKind::BitFlip, FaultKind::DiskError];
+
     pub fn name(self) -> &'static str {
         match self {
             FaultKind::Partition => "partition",
@@ -73,6 +86,9 @@ impl FaultKind {
             FaultKind::UnsyncedCrash => "unsynced-crash",
             FaultKind::MomentCrash => "moment-crash",
             FaultKind::IsolateLeader => "isolate-leader",
+            FaultKind::DiskTail => "disk-tail",
+            FaultKind::BitFlip => "bit-flip",
+            FaultKind::DiskError => "disk-error",
         }
     }
 
@@ -99,6 +115,11 @@ pub enum DiskLoss {
     KeepPrefix,
     /// The tail is cut at a random byte, possibly inside a record.
     Torn,
+    /// Cut at a random byte; from there on the file reads back as zeros
+    /// (a size update reached the disk, the data did not).
+    Zeroed,
+    /// Cut at a random byte; from there on the file reads back as garbage.
+    Garbage,
 }
 
 /// A protocol moment a scenario reports as it happens, so that faults can
@@ -205,6 +226,25 @@ pub enum Fault {
     /// Cuts the node that leads at `at_ms` (the last to report
     /// [`Moment::Lead`] and still up) off from every other node.
     IsolateLeader { at_ms: u64, for_ms: u64 },
+    /// A hostile disk under `node` (see [`DiskFault`]).
+    Disk {
+        at_ms: u64,
+        node: NodeId,
+        down_ms: u64,
+        what: DiskFault,
+    },
+}
+
+/// What a [`Fault::Disk`] does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DiskFault {
+    /// The node crashes, a bit flips in records it provably synced, and it
+    /// restarts `down_ms` later: it must refuse to start.
+    BitFlip,
+    /// The node's next write or fsync fails: it must stop acknowledging
+    /// and fail-stop; a supervisor restarts it `down_ms` later.
+    Error,
 }
 
 impl Fault {
@@ -220,7 +260,8 @@ impl Fault {
             | Fault::UnsyncedCrash { at_ms, .. }
             | Fault::Aimed { at_ms, .. }
             | Fault::MomentCrash { at_ms, .. }
-            | Fault::IsolateLeader { at_ms, .. } => *at_ms,
+            | Fault::IsolateLeader { at_ms, .. }
+            | Fault::Disk { at_ms, .. } => *at_ms,
         }
     }
 
@@ -235,6 +276,7 @@ impl Fault {
             | Fault::MomentCrash { for_ms, .. }
             | Fault::IsolateLeader { for_ms, .. } => Some(*for_ms),
             Fault::Crash { down_ms, .. } => Some(*down_ms),
+            Fault::Disk { down_ms, what, .. } => (*what == DiskFault::BitFlip).then_some(*down_ms),
             Fault::Drift { .. } | Fault::Jump { .. } => None,
             Fault::Aimed { action, .. } => action.duration_ms(),
         }
@@ -251,7 +293,7 @@ impl Fault {
             | Fault::UnsyncedCrash { for_ms, .. }
             | Fault::MomentCrash { for_ms, .. }
             | Fault::IsolateLeader { for_ms, .. } => *for_ms = ms,
-            Fault::Crash { down_ms, .. } => *down_ms = ms,
+            Fault::Crash { down_ms, .. } | Fault::Disk { down_ms, .. } => *down_ms = ms,
             Fault::Drift { .. } | Fault::Jump { .. } => {}
             Fault::Aimed { action, .. } => match action {
                 AimedAction::Pause { for_ms }
@@ -313,7 +355,13 @@ impl FaultPlan {
         // One seed in ten is calm (no faults at all): the baseline must work
         // too, and a calm failure is the easiest to read.
         let calm = rng.gen_bool(0.1);
-        let mut enabled: Vec<FaultKind> = targets.kinds.iter().copied().filter(|_| rng.gen_bool(0.5)).collect();
+        let mut enabled: Vec<FaultKind> = targets
+            .kinds
+            .iter()
+            .copied()
+            .filter(|k| !FaultKind::DISK.contains(k))
+            .filter(|_| rng.gen_bool(0.5))
+            .collect();
         if calm {
             enabled.clear();
         } else if enabled.is_empty() && !targets.kinds.is_empty() {
@@ -402,7 +450,11 @@ impl FaultPlan {
                     }
                 }
                 FaultKind::Crash | FaultKind::UnsyncedCrash | FaultKind::MomentCrash => {}
+                FaultKind::DiskTail | FaultKind::BitFlip | FaultKind::DiskError => {}
             }
+        }
+        if !calm {
+            disk_faults(seed, duration_ms, intensity, targets, &mut enabled, &mut faults);
         }
         let on = |kind| enabled.contains(&kind);
         if on(FaultKind::MessageLoss) || on(FaultKind::MessageDuplicate) || on(FaultKind::MessageDelay) {
@@ -445,6 +497,59 @@ impl FaultPlan {
             duration_ms,
             swarm: Swarm { enabled, intensity },
             faults,
+        }
+    }
+}
+
+/// Hostile-disk faults ([`FaultKind::DISK`]) the scenario takes, from their
+/// own seed stream: each kind is on for half the seeds. At most one node's
+/// synced records are damaged per run, so a majority always stays able to
+/// start.
+fn disk_faults(
+    seed: u64,
+    duration_ms: u64,
+    intensity: f64,
+    targets: &Targets,
+    enabled: &mut Vec<FaultKind>,
+    out: &mut Vec<Fault>,
+) {
+    let mut rng = derive_rng(seed, stream::PLAN, 1);
+    if targets.servers.is_empty() {
+        return;
+    }
+    for kind in FaultKind::DISK {
+        if !targets.kinds.contains(&kind) || !rng.gen_bool(0.5) {
+            continue;
+        }
+        enabled.push(kind);
+        let count = match kind {
+            FaultKind::BitFlip => 1,
+            _ => 1 + rng.gen_range(0..=(intensity * 3.0) as u64),
+        };
+        for _ in 0..count {
+            let at_ms = rng.gen_range(0..duration_ms * 9 / 10);
+            let node = *targets.servers.choose(&mut rng).expect("non-empty");
+            let down_ms = rng.gen_range(10..=(100 + (1_000.0 * intensity) as u64));
+            out.push(match kind {
+                FaultKind::DiskTail => Fault::Crash {
+                    at_ms,
+                    node,
+                    down_ms,
+                    disk: *[DiskLoss::Zeroed, DiskLoss::Garbage].choose(&mut rng).expect("2"),
+                },
+                FaultKind::BitFlip => Fault::Disk {
+                    at_ms,
+                    node,
+                    down_ms,
+                    what: DiskFault::BitFlip,
+                },
+                _ => Fault::Disk {
+                    at_ms,
+                    node,
+                    down_ms,
+                    what: DiskFault::Error,
+                },
+            });
         }
     }
 }

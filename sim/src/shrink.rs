@@ -248,7 +248,8 @@ pub fn restrict(plan: &FaultPlan, servers: &[NodeId], clients: &[NodeId]) -> Fau
             Fault::Crash { node, .. }
             | Fault::Pause { node, .. }
             | Fault::Drift { node, .. }
-            | Fault::Jump { node, .. } => exists(node).then(|| f.clone()),
+            | Fault::Jump { node, .. }
+            | Fault::Disk { node, .. } => exists(node).then(|| f.clone()),
             Fault::Partition {
                 at_ms,
                 for_ms,

@@ -83,7 +83,7 @@ fn span_kind(kind: crate::plan::FaultKind) -> &'static str {
     use crate::plan::FaultKind::*;
     match kind {
         Partition => "partition",
-        Crash => "crash",
+        Crash | DiskTail | BitFlip | DiskError => "crash",
         IsolateLeader => "partition",
         UnsyncedCrash | MomentCrash => "network",
         Pause => "pause",

@@ -94,86 +94,214 @@ impl Clock {
     }
 }
 
-/// A node's disk: framed records, split at the last sync.
+/// A node's disk, framed as the real files are ([`record`]): a file whose
+/// first `durable` bytes a completed sync covered, followed by batches
+/// written but not yet synced, plus the records appended since the last
+/// sync began, which live only in the process's memory.
+///
+/// Offsets are absolute: a sync makes durable everything written before it
+/// began, however syncs overlap, and nothing written after.
 #[derive(Debug, Default, Clone)]
 pub struct Disk {
-    synced: Vec<u8>,
-    unsynced: Vec<u8>,
+    file: Vec<u8>,
+    durable: usize,
+    memory: record::Batch,
+    chain: record::Chain,
     /// Bumped by `rewrite`, so a sync that straddles one does not mistake
     /// the new log's bytes for the ones it was asked to make durable.
     generation: u64,
+    /// Records the durable bytes held at the last crash: recovery must
+    /// give back at least these, or report corruption.
+    synced_records: usize,
+    /// Set by an injected write/fsync error: the process must restart.
+    failed: bool,
+    /// Recovered since the last crash (recovery runs when the node first
+    /// reads its disk, as opening a real file does).
+    opened: bool,
+    /// The planted recovery bug, if the scenario switched it on.
+    pub bug: Option<record::RecordBug>,
 }
 
-/// The unsynced bytes a sync must cover: `(generation, length)`.
+/// Where a sync ends: `(generation, absolute end offset)`.
 pub type SyncPoint = (u64, usize);
 
+/// A storage failure the disk was told to inject.
+pub const INJECTED_FAILURE: &str = "injected write/fsync failure";
+
+/// What a crash did to the bytes after the last sync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CrashDamage {
+    /// Unsynced bytes lost (cut off or overwritten).
+    pub lost: usize,
+    /// Zeroed or garbage bytes the crash left past the last sync.
+    pub junk: usize,
+}
+
+/// Zeroed or garbage bytes a crash may leave past the end of what it kept
+/// (a size update that reached the disk before the data did).
+const MAX_JUNK: usize = 512;
+
 impl Disk {
-    pub fn append(&mut self, payload: &[u8]) {
-        record::encode(payload, &mut self.unsynced);
+    pub fn append(&mut self, payload: &[u8]) -> Result<(), record::TooLarge> {
+        self.memory.push(payload)
     }
 
-    /// What a sync started now must make durable.
-    pub fn pending(&self) -> SyncPoint {
-        (self.generation, self.unsynced.len())
+    /// Whether the node holds writes a crash may lose.
+    pub fn has_unsynced(&self) -> bool {
+        !self.memory.is_empty() || self.durable < self.file.len()
     }
 
-    /// Makes the unsynced bytes up to `point` durable.
-    pub fn sync_prefix(&mut self, point: SyncPoint) {
-        let (generation, len) = point;
-        if generation != self.generation {
-            return; // a rewrite replaced (and durably wrote) the log meanwhile
+    /// Starts a sync: writes the records appended so far as one batch and
+    /// returns what the sync must make durable when it completes.
+    pub fn start_sync(&mut self) -> SyncPoint {
+        if !self.memory.is_empty() {
+            let batch = self.memory.seal(&mut self.chain);
+            self.file.extend(batch);
         }
-        let len = len.min(self.unsynced.len());
-        self.synced.extend(self.unsynced.drain(..len));
+        (self.generation, self.file.len())
     }
 
-    pub fn rewrite(&mut self, records: &[Vec<u8>]) {
+    /// Completes a sync started at `point`.
+    pub fn finish_sync(&mut self, point: SyncPoint) {
+        let (generation, end) = point;
+        if generation == self.generation {
+            self.durable = self.durable.max(end);
+        }
+    }
+
+    pub fn rewrite(&mut self, records: &[Vec<u8>]) -> Result<(), record::TooLarge> {
+        let (bytes, chain) = record::encode_log(records)?;
         self.generation += 1;
-        self.synced.clear();
-        self.unsynced.clear();
-        for r in records {
-            record::encode(r, &mut self.synced);
-        }
+        self.file = bytes;
+        self.durable = self.file.len();
+        self.chain = chain;
+        self.memory = record::Batch::default();
+        Ok(())
     }
 
-    /// What a crash leaves: the synced bytes plus, depending on `loss`, part
-    /// of the unsynced tail (cut at a record boundary, or torn mid-record).
-    fn crash(&mut self, loss: DiskLoss, rng: &mut ChaCha8Rng) -> usize {
-        let tail = std::mem::take(&mut self.unsynced);
+    /// The injected failure, if one happened: the process must restart.
+    pub fn failed(&self) -> bool {
+        self.failed
+    }
+
+    /// Fails this and every later write until the process restarts.
+    pub fn fail(&mut self) {
+        self.failed = true;
+    }
+
+    /// What a crash leaves: the durable bytes plus, depending on `loss`,
+    /// part of what was not yet synced. Records appended but not yet
+    /// written count as a sync in flight, except under
+    /// [`DiskLoss::LoseUnsynced`].
+    fn crash(&mut self, loss: DiskLoss, rng: &mut ChaCha8Rng) -> CrashDamage {
+        self.failed = false;
+        self.opened = false;
+        if let Ok(synced) = record::decode(&self.file[..self.durable]) {
+            self.synced_records = synced.records.len();
+        }
+        if loss != DiskLoss::LoseUnsynced {
+            self.start_sync();
+        }
+        self.memory = record::Batch::default();
+        let tail = self.file.split_off(self.durable);
         let keep = match loss {
             DiskLoss::LoseUnsynced => 0,
             DiskLoss::KeepPrefix => {
-                let cuts = record_boundaries(&tail);
+                let cuts = batch_boundaries(&tail);
                 cuts[rng.gen_range(0..cuts.len())]
             }
-            DiskLoss::Torn if tail.is_empty() => 0,
-            DiskLoss::Torn => rng.gen_range(0..tail.len()),
+            DiskLoss::Torn | DiskLoss::Zeroed | DiskLoss::Garbage => rng.gen_range(0..=tail.len()),
         };
-        self.synced.extend_from_slice(&tail[..keep]);
-        tail.len() - keep
+        self.file.extend_from_slice(&tail[..keep]);
+        let junk = match loss {
+            DiskLoss::Zeroed | DiskLoss::Garbage => {
+                // The rest of the tail, and maybe more, reads back as junk.
+                let len = (tail.len() - keep).max(rng.gen_range(1..=MAX_JUNK));
+                let start = self.file.len();
+                self.file.resize(start + len, 0);
+                if loss == DiskLoss::Garbage {
+                    rng.fill(&mut self.file[start..]);
+                }
+                len
+            }
+            _ => 0,
+        };
+        CrashDamage {
+            lost: tail.len() - keep,
+            junk,
+        }
     }
 
-    /// Recovers the records, dropping a torn tail as a real restart would.
-    pub fn load(&mut self) -> Result<Vec<Vec<u8>>, record::CorruptRecord> {
-        if !self.unsynced.is_empty() {
-            // A live process reads back what it wrote, synced or not.
-            let mut all = self.synced.clone();
-            all.extend_from_slice(&self.unsynced);
-            return Ok(record::decode(&all)?.records);
+    /// Flips one bit of a synced record that recovery can prove synced
+    /// (before the last batch: see [`record`]'s module docs); returns the
+    /// byte offset, or `None` if no record is provably synced.
+    pub fn flip_synced_bit(&mut self, rng: &mut ChaCha8Rng) -> Option<usize> {
+        let proven = record::decode(&self.file[..self.durable]).ok()?.unproven_from;
+        if proven == 0 {
+            return None;
         }
-        let recovered = record::decode(&self.synced)?;
-        self.synced.truncate(recovered.valid_len);
-        Ok(recovered.records)
+        let bit = rng.gen_range(0..proven * 8);
+        self.file[bit / 8] ^= 1 << (bit % 8);
+        Some(bit / 8)
+    }
+
+    /// Recovers the disk if it was not since the last crash (see
+    /// [`Disk::recover`]).
+    pub fn open(&mut self) -> Result<(), DiskError> {
+        if !self.opened {
+            self.recover()?;
+            self.opened = true;
+        }
+        Ok(())
+    }
+
+    /// Recovery after a crash, as opening a real file does: drops a torn
+    /// tail and truncates it, or reports corruption (the node refuses to
+    /// start). A recovery that gives back fewer records than were synced
+    /// before the crash is the `synced-record-lost` violation.
+    pub fn recover(&mut self) -> Result<(), DiskError> {
+        let recovered = record::decode_with(&self.file, self.bug).map_err(DiskError::Corrupt)?;
+        if recovered.records.len() < self.synced_records {
+            return Err(DiskError::SyncedRecordLost {
+                synced: self.synced_records,
+                recovered: recovered.records.len(),
+            });
+        }
+        self.file.truncate(recovered.valid_len);
+        self.durable = self.file.len();
+        self.chain = recovered.chain;
+        self.synced_records = recovered.records.len();
+        Ok(())
+    }
+
+    /// Every record: what the file holds, then what is appended but not
+    /// yet written (a live process reads back what it wrote).
+    pub fn load(&self) -> Result<Vec<Vec<u8>>, record::CorruptRecord> {
+        let mut records = record::decode(&self.file)?.records;
+        records.extend(self.memory.records());
+        Ok(records)
     }
 }
 
-/// Offsets at which a framed log can be cut without tearing a record
-/// (always includes 0).
-fn record_boundaries(bytes: &[u8]) -> Vec<usize> {
+/// Why a node's disk cannot be used at boot.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DiskError {
+    /// Damage recovery detected: the node must refuse to start.
+    #[error(transparent)]
+    Corrupt(record::CorruptRecord),
+    /// Recovery silently dropped synced records: a simulator-detected
+    /// violation, never a correct outcome.
+    #[error("recovery gave back {recovered} records, but {synced} were synced before the crash")]
+    SyncedRecordLost { synced: usize, recovered: usize },
+}
+
+/// Offsets at which a framed log can be cut between whole batches (always
+/// includes 0).
+fn batch_boundaries(bytes: &[u8]) -> Vec<usize> {
     let mut cuts = vec![0];
     let mut offset = 0;
     while offset + record::HEADER_BYTES <= bytes.len() {
-        let len = u32::from_le_bytes(bytes[offset..offset + 4].try_into().expect("4 bytes")) as usize;
+        let len = u32::from_le_bytes(bytes[offset + 24..offset + 28].try_into().expect("4 bytes")) as usize;
         offset += record::HEADER_BYTES + len;
         if offset > bytes.len() {
             break;
@@ -283,6 +411,9 @@ pub struct WorldState {
     /// An armed crash: (node, plan index, down time), carried out at the
     /// node's next disk append.
     pub crash_on_append: Option<(NodeId, usize, Duration)>,
+    /// An armed write/fsync failure: (node, plan index, down time),
+    /// carried out at the node's next sync.
+    pub disk_error: Option<(NodeId, usize, Duration)>,
 }
 
 /// Cheap handle to a run's [`WorldState`].
@@ -332,6 +463,7 @@ impl World {
             situations: BTreeMap::new(),
             link_delay: BTreeMap::new(),
             crash_on_append: None,
+            disk_error: None,
         })))
     }
 
@@ -432,7 +564,7 @@ impl WorldState {
         let Some((index, probability, down)) = self.unsynced_crash else {
             return;
         };
-        if !self.servers.contains(&id) || self.node(id).disk.pending().1 == 0 || self.node(id).down {
+        if !self.servers.contains(&id) || !self.node(id).disk.has_unsynced() || self.node(id).down {
             return;
         }
         if self.crash_rng.gen_bool(probability) && !self.crash_requested(id) {
@@ -536,11 +668,46 @@ impl WorldState {
         self.armed.clear();
     }
 
-    /// Applies a crash to `id`'s disk; returns the unsynced bytes lost.
-    pub fn crash_disk(&mut self, id: NodeId, loss: DiskLoss) -> usize {
+    /// Applies a crash to `id`'s disk; returns what it did to the
+    /// unsynced bytes.
+    pub fn crash_disk(&mut self, id: NodeId, loss: DiskLoss) -> CrashDamage {
         let WorldState { nodes, disk_rng, .. } = self;
         let node = nodes.get_mut(&id).expect("known node");
-        node.disk.crash(loss, disk_rng)
+        let damage = node.disk.crash(loss, disk_rng);
+        if damage.junk > 0 {
+            self.count(FaultKind::DiskTail);
+        }
+        damage
+    }
+
+    /// Flips a bit in `id`'s synced records; the offset, if any record is
+    /// provably synced.
+    pub fn flip_bit(&mut self, id: NodeId) -> Option<usize> {
+        let WorldState { nodes, disk_rng, .. } = self;
+        let offset = nodes.get_mut(&id).expect("known node").disk.flip_synced_bit(disk_rng);
+        if offset.is_some() {
+            self.count(FaultKind::BitFlip);
+        }
+        offset
+    }
+
+    /// Called as `id` starts a sync: carries out an armed write/fsync
+    /// failure. The sync fails, the storage refuses further writes, and the
+    /// process fail-stops (the nemesis kills it as soon as it yields and a
+    /// supervisor restarts it `down` later). `true` if the sync must fail.
+    pub fn sync_fails(&mut self, id: NodeId) -> bool {
+        if self.node(id).disk.failed() {
+            return true;
+        }
+        let Some((node, index, down)) = self.disk_error.filter(|a| a.0 == id) else {
+            return false;
+        };
+        self.disk_error = None;
+        self.node(node).disk.fail();
+        self.count(FaultKind::DiskError);
+        let why = "a write or fsync failed".to_string();
+        self.request_crash(node, index, FaultKind::DiskError, down, why);
+        true
     }
 
     pub fn set_clock_rate(&mut self, id: NodeId, rate: f64) {
@@ -590,39 +757,59 @@ mod tests {
     fn disk_with(synced: &[&[u8]], unsynced: &[&[u8]]) -> Disk {
         let mut disk = Disk::default();
         for r in synced {
-            disk.append(r);
+            disk.append(r).unwrap();
         }
-        disk.sync_prefix(disk.pending());
+        let point = disk.start_sync();
+        disk.finish_sync(point);
         for r in unsynced {
-            disk.append(r);
+            disk.append(r).unwrap();
         }
         disk
+    }
+
+    fn owned(records: &[&[u8]]) -> Vec<Vec<u8>> {
+        records.iter().map(|r| r.to_vec()).collect()
+    }
+
+    fn crash_and_recover(disk: &mut Disk, loss: DiskLoss, seed: u64) -> Result<Vec<Vec<u8>>, DiskError> {
+        disk.crash(loss, &mut derive_rng(seed, 0, 0));
+        disk.recover()?;
+        Ok(disk.load().unwrap())
     }
 
     #[test]
     fn a_crash_keeps_exactly_the_synced_records_when_it_loses_the_tail() {
         let mut disk = disk_with(&[b"a", b"b"], &[b"c"]);
-        let lost = disk.crash(DiskLoss::LoseUnsynced, &mut derive_rng(0, 0, 0));
-        assert_eq!(lost, record::HEADER_BYTES + 1);
-        assert_eq!(disk.load().unwrap(), vec![b"a".to_vec(), b"b".to_vec()]);
+        let got = crash_and_recover(&mut disk, DiskLoss::LoseUnsynced, 0).unwrap();
+        assert_eq!(got, owned(&[b"a", b"b"]));
     }
 
     #[test]
-    fn prefix_and_torn_crashes_never_lose_synced_records_or_invent_any() {
+    fn every_crash_loss_keeps_synced_records_and_invents_none() {
+        let all = owned(&[b"a", b"bb", b"ccc", b"dddd"]);
         for seed in 0..200 {
-            for loss in [DiskLoss::KeepPrefix, DiskLoss::Torn] {
-                let mut disk = disk_with(&[b"a"], &[b"bb", b"ccc", b"dddd"]);
-                disk.crash(loss, &mut derive_rng(seed, 0, 0));
-                let got = disk.load().unwrap();
-                let all: Vec<Vec<u8>> = [&b"a"[..], b"bb", b"ccc", b"dddd"].iter().map(|r| r.to_vec()).collect();
+            for loss in [
+                DiskLoss::KeepPrefix,
+                DiskLoss::Torn,
+                DiskLoss::Zeroed,
+                DiskLoss::Garbage,
+            ] {
+                let mut disk = disk_with(&[b"a"], &[b"bb"]);
+                disk.start_sync(); // written, never synced
+                disk.append(b"ccc").unwrap();
+                disk.start_sync();
+                disk.append(b"dddd").unwrap();
+                let got = crash_and_recover(&mut disk, loss, seed).unwrap();
                 assert!(
                     !got.is_empty() && got[..] == all[..got.len()],
                     "{loss:?} seed {seed}: {got:?}"
                 );
                 // After recovery the log is clean: appends and syncs work on.
-                disk.append(b"e");
-                disk.sync_prefix(disk.pending());
-                assert_eq!(disk.load().unwrap().last().unwrap(), b"e");
+                disk.append(b"e").unwrap();
+                let point = disk.start_sync();
+                disk.finish_sync(point);
+                let got = crash_and_recover(&mut disk, DiskLoss::LoseUnsynced, seed).unwrap();
+                assert_eq!(got.last().unwrap(), b"e");
             }
         }
     }
@@ -630,22 +817,64 @@ mod tests {
     #[test]
     fn a_sync_started_before_more_appends_covers_only_what_came_before() {
         let mut disk = disk_with(&[], &[b"a"]);
-        let pending = disk.pending();
-        disk.append(b"b");
-        disk.sync_prefix(pending);
-        disk.crash(DiskLoss::LoseUnsynced, &mut derive_rng(0, 0, 0));
-        assert_eq!(disk.load().unwrap(), vec![b"a".to_vec()]);
+        let point = disk.start_sync();
+        disk.append(b"b").unwrap();
+        disk.finish_sync(point);
+        let got = crash_and_recover(&mut disk, DiskLoss::LoseUnsynced, 0).unwrap();
+        assert_eq!(got, owned(&[b"a"]));
+    }
+
+    /// Two overlapping syncs: the second to start finishes second. With
+    /// lengths relative to the unsynced tail, the second one used to drain
+    /// bytes written after it began, making "c" durable though no sync
+    /// covered it.
+    #[test]
+    fn overlapping_syncs_make_durable_only_what_each_covered() {
+        let mut disk = disk_with(&[], &[b"a"]);
+        let first = disk.start_sync();
+        disk.append(b"b").unwrap();
+        let second = disk.start_sync();
+        disk.append(b"c").unwrap();
+        disk.start_sync(); // a third sync, still in flight at the crash
+        disk.finish_sync(first);
+        disk.finish_sync(second);
+        let got = crash_and_recover(&mut disk, DiskLoss::LoseUnsynced, 0).unwrap();
+        assert_eq!(got, owned(&[b"a", b"b"]));
     }
 
     #[test]
     fn a_sync_that_straddles_a_rewrite_does_not_sync_the_new_tail() {
         let mut disk = disk_with(&[], &[b"old"]);
-        let pending = disk.pending();
-        disk.rewrite(&[b"snapshot".to_vec()]);
-        disk.append(b"new");
-        disk.sync_prefix(pending);
-        disk.crash(DiskLoss::LoseUnsynced, &mut derive_rng(0, 0, 0));
-        assert_eq!(disk.load().unwrap(), vec![b"snapshot".to_vec()]);
+        let point = disk.start_sync();
+        disk.rewrite(&[b"snapshot".to_vec()]).unwrap();
+        disk.append(b"new").unwrap();
+        disk.start_sync();
+        disk.finish_sync(point);
+        let got = crash_and_recover(&mut disk, DiskLoss::LoseUnsynced, 0).unwrap();
+        assert_eq!(got, owned(&[b"snapshot"]));
+    }
+
+    #[test]
+    fn a_flipped_synced_bit_is_refused_and_the_old_rule_loses_records() {
+        for seed in 0..50 {
+            for bug in [None, Some(record::RecordBug::AnyDamageIsTornTail)] {
+                let mut disk = disk_with(&[b"a", b"b"], &[]);
+                disk.append(b"c").unwrap();
+                let point = disk.start_sync();
+                disk.finish_sync(point);
+                disk.bug = bug;
+                disk.crash(DiskLoss::LoseUnsynced, &mut derive_rng(seed, 0, 0));
+                assert!(disk.flip_synced_bit(&mut derive_rng(seed, 1, 0)).is_some());
+                match (bug, disk.recover()) {
+                    (None, Err(DiskError::Corrupt(_))) => {}
+                    (Some(_), Err(DiskError::SyncedRecordLost { synced: 3, .. })) => {}
+                    (bug, other) => panic!("seed {seed}, {bug:?}: {other:?}"),
+                }
+            }
+        }
+        // Only the last batch is synced: no flip recovery could prove.
+        let mut disk = disk_with(&[b"a"], &[]);
+        assert_eq!(disk.flip_synced_bit(&mut derive_rng(0, 0, 0)), None);
     }
 
     #[test]

@@ -16,7 +16,9 @@
 //! - **Storage.** One append-only record log per node. After a crash the node
 //!   gets back every record that was [`sync`](Env::sync)ed, in order; records
 //!   appended after the last sync may be lost, and the last one may be torn
-//!   (the framing in [`record`] detects and drops it).
+//!   (the framing in [`record`] detects and drops it). Damage to synced
+//!   records is reported as an error, never dropped: the node must not
+//!   start on them.
 //! - **Rng.** [`Env::rng`] gives a ChaCha generator derived from the run's seed
 //!   and the node (in simulation) or from the OS (for real).
 

@@ -1,6 +1,7 @@
 //! A cluster described by a small TOML file, and one node of it as a process.
 //!
 //! ```toml
+//! cluster_id = "5f0c2a9e41d7b388"  # ties every node's data directory to this cluster
 //! data_dir = "data"          # node <id> keeps its files in data/node-<id>/
 //!
 //! [auth]
@@ -57,6 +58,12 @@ use crate::txn::shell::{self, no_observer};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
+    /// Names this cluster; written into each member's data directory when
+    /// it is initialized, so a directory from another cluster is refused.
+    /// `ringfence cluster` generates one; files from before it existed must
+    /// add one (any string unique to the cluster).
+    #[serde(default)]
+    pub cluster_id: String,
     /// Root of every node's data; relative paths are taken from the
     /// directory of the file itself.
     pub data_dir: PathBuf,
@@ -138,6 +145,7 @@ impl ClusterConfig {
     /// `base_port + i` (lock), `+ 100 + i` (txn) and `+ 200 + i` (shard).
     pub fn loopback(nodes: u32, base_port: u16, data_dir: PathBuf) -> ClusterConfig {
         ClusterConfig {
+            cluster_id: new_cluster_id(),
             data_dir,
             auth: AuthSettings::default(),
             lock: LockSettings::default(),
@@ -190,6 +198,13 @@ impl ClusterConfig {
 
     /// Checks what serde cannot: ids, addresses, sizes.
     pub fn validate(&self) -> Result<(), String> {
+        if self.cluster_id.is_empty() {
+            return Err(
+                "no cluster_id: add a line `cluster_id = \"...\"` with a string unique to this \
+                        cluster (`ringfence cluster` generates one)"
+                    .to_string(),
+            );
+        }
         if self.nodes.is_empty() {
             return Err("the cluster has no [[node]]".to_string());
         }
@@ -336,8 +351,16 @@ pub enum RunError {
     Shard,
 }
 
-/// Runs node `id` of the cluster until one of its services fails.
-pub async fn run_node(config: &ClusterConfig, id: NodeId) -> Result<(), RunError> {
+/// A fresh random cluster id (16 hex digits).
+pub fn new_cluster_id() -> String {
+    use rand::{Rng, SeedableRng};
+    format!("{:016x}", rand_chacha::ChaCha8Rng::from_entropy().gen::<u64>())
+}
+
+/// Runs node `id` of the cluster until one of its services fails. `init`
+/// initializes the node's data directories if they hold nothing of it yet
+/// (a new member); without it a missing or wiped directory is refused.
+pub async fn run_node(config: &ClusterConfig, id: NodeId, init: bool) -> Result<(), RunError> {
     let entry = config
         .nodes
         .iter()
@@ -350,6 +373,8 @@ pub async fn run_node(config: &ClusterConfig, id: NodeId) -> Result<(), RunError
             peers,
             data_dir: config.node_dir(entry.id).join(dir),
             secret: secret.clone(),
+            cluster_id: config.cluster_id.clone(),
+            init,
         })
     };
     let lock_env = start(id, config.lock_servers(), "lock").await?;

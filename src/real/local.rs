@@ -26,7 +26,8 @@ pub struct LocalCluster {
 
 impl LocalCluster {
     /// Writes `config` to `<dir>/cluster.toml` and starts every node with
-    /// `exe node` (the `ringfence` binary), each logging to
+    /// `exe node --init` (the `ringfence` binary: a new cluster's nodes
+    /// initialize their data directories; restarts do not), each logging to
     /// `<dir>/node-<id>.out`; returns once every node accepts connections.
     pub async fn start(exe: &Path, dir: &Path, config: ClusterConfig) -> std::io::Result<LocalCluster> {
         std::fs::create_dir_all(dir)?;
@@ -43,7 +44,7 @@ impl LocalCluster {
         };
         let ids: Vec<NodeId> = cluster.config.nodes.iter().map(|n| n.id).collect();
         for id in ids {
-            cluster.spawn(id)?;
+            cluster.spawn(id, true)?;
         }
         for id in cluster.ids() {
             cluster.wait_until_serving(id).await?;
@@ -105,7 +106,7 @@ impl LocalCluster {
     /// Starts node `id` again on its data directory.
     pub async fn restart(&mut self, id: NodeId) -> std::io::Result<()> {
         self.kill(id).await?;
-        self.spawn(id)?;
+        self.spawn(id, false)?;
         self.wait_until_serving(id).await
     }
 
@@ -123,7 +124,8 @@ impl LocalCluster {
         }
     }
 
-    fn spawn(&mut self, id: NodeId) -> std::io::Result<()> {
+    /// Starts node `id`'s process; `init` only for a new cluster's first start.
+    fn spawn(&mut self, id: NodeId, init: bool) -> std::io::Result<()> {
         let dir = self.config_path.parent().unwrap_or(Path::new("."));
         let out = std::fs::OpenOptions::new()
             .create(true)
@@ -135,6 +137,7 @@ impl LocalCluster {
             .arg(&self.config_path)
             .arg("--id")
             .arg(id.to_string())
+            .args(init.then_some("--init"))
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)

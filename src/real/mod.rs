@@ -14,6 +14,7 @@
 
 pub mod auth;
 pub mod cluster;
+pub mod identity;
 pub mod local;
 pub mod storage;
 pub mod transport;
@@ -33,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use crate::env::{Env, EnvError, NodeId};
 use auth::{ClientCredentials, ClusterSecret, Credentials};
 
+pub use identity::Identity;
 pub use storage::FileStorage;
 pub use transport::Transport;
 
@@ -47,11 +49,17 @@ pub struct NodeConfig {
     pub id: NodeId,
     /// Every node of the cluster (this one included) and where it listens.
     pub peers: BTreeMap<NodeId, SocketAddr>,
-    /// Where this node keeps its record log (`node-<id>.log`).
+    /// Where this node keeps its record log (`node-<id>.log`) and the
+    /// identity file that ties the directory to this member.
     pub data_dir: PathBuf,
     /// The cluster secret: proves this node a member and checks everyone
     /// who connects to it.
     pub secret: ClusterSecret,
+    /// The cluster this node belongs to (the cluster file's `cluster_id`).
+    pub cluster_id: String,
+    /// Initialize `data_dir` as a new member's if it holds nothing of this
+    /// member yet; otherwise a missing or wiped directory is refused.
+    pub init: bool,
 }
 
 /// One node's environment on tokio. Cheap to clone; clones share the node.
@@ -90,8 +98,13 @@ impl RealEnv {
     /// the ports the OS chose. Must be called within a tokio runtime.
     pub fn start_on(config: NodeConfig, listener: TcpListener) -> std::io::Result<RealEnv> {
         let local_addr = listener.local_addr()?;
-        let storage =
-            FileStorage::open(&config.data_dir, config.id).map_err(|e| std::io::Error::other(e.to_string()))?;
+        let identity = Identity::new(config.cluster_id.clone(), config.id);
+        let storage = if config.init {
+            FileStorage::init(&config.data_dir, &identity)
+        } else {
+            FileStorage::open(&config.data_dir, &identity)
+        };
+        let storage = storage.map_err(|e| std::io::Error::other(e.to_string()))?;
         let shutdown = CancellationToken::new();
         let credentials = Credentials::Member(config.secret.clone());
         let transport = Transport::start(config.id, &config.peers, Some(listener), credentials, &shutdown);

@@ -1,16 +1,25 @@
 //! Durable storage on a real disk: one append-only file of records per node,
-//! framed with [`crate::env::record`] (length + crc32 per record), so the
-//! recovery code is the one the simulator exercises.
+//! framed with [`crate::env::record`] (checksummed, chained batches, one per
+//! sync), so the recovery code is the one the simulator exercises.
 //!
-//! Appends go to an in-memory buffer; [`FileStorage::sync`] writes the buffer
-//! and fsyncs on a blocking thread. Concurrent syncs are batched (group
-//! commit): a sync that waited behind another one returns at once when that
-//! one already made its records durable, so one fsync serves many callers.
+//! Appends go to an in-memory batch; [`FileStorage::sync`] seals it, writes
+//! it and fsyncs. Concurrent syncs are batched (group commit): a sync that
+//! waited behind another one returns at once when that one already made its
+//! records durable, so one fsync serves many callers. One lock covers the
+//! write and the fsync, so a batch is only written once the previous one is
+//! durable: what lets recovery tell a torn tail from corruption.
+//!
+//! Opening recovers the log: a torn tail past the last sync is truncated;
+//! any other damage refuses to open, with the file, the byte offset and
+//! what the operator can do. A directory is tied to one member of one
+//! cluster by its [`Identity`] file: a directory without one (wiped, or
+//! never initialized) or with another member's is refused, unless the
+//! caller explicitly initializes a new member ([`FileStorage::init`]).
 //!
 //! After a failed write or fsync the storage refuses everything: what the
 //! kernel kept of the failed write is unknown, and retrying an fsync can
 //! report success for data that was dropped (the "fsyncgate" lesson). The
-//! node must restart and recover from what `load` finds.
+//! node must restart and recover from what the file holds.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -18,7 +27,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::env::{record, EnvError, NodeId};
+use super::identity::Identity;
+use crate::env::record::{self, Batch, Chain};
+use crate::env::{EnvError, NodeId};
 
 /// One node's record log in a data directory.
 #[derive(Clone)]
@@ -29,10 +40,10 @@ pub struct FileStorage {
 struct Inner {
     path: PathBuf,
     dir: PathBuf,
-    /// Appended records not yet written, framed, and how many appends ever.
+    /// Appended records not yet written, and how many appends ever.
     pending: Mutex<Pending>,
     /// Held for the whole of a write+fsync, a rewrite or a load, so file
-    /// operations never interleave.
+    /// operations never interleave (and batches reach the disk in order).
     file: Mutex<FileState>,
     /// Mirrors `FileState::poisoned` for `append`, which must not wait
     /// behind an fsync holding the file lock.
@@ -41,7 +52,7 @@ struct Inner {
 
 #[derive(Default)]
 struct Pending {
-    bytes: Vec<u8>,
+    batch: Batch,
     appended: u64,
 }
 
@@ -49,31 +60,98 @@ struct FileState {
     file: File,
     /// Appends (by count) known durable.
     durable: u64,
+    /// Where the next batch continues the file's checksum chain.
+    chain: Chain,
     /// Set by a failed write or fsync; every later call fails with it.
     poisoned: Option<String>,
 }
 
+/// What an operator can do about a member whose data cannot be used.
+const RECOVER_ADVICE: &str = "the node refuses to start rather than lose or invent acknowledged writes. \
+    Keep the file for inspection; then either restore this member's data directory from a backup, \
+    or wipe it and start the member again as a new one (`ringfence node --init`) so that it catches up \
+    from its peers, once the other members hold a majority without it";
+
 impl FileStorage {
-    /// Opens (creating if needed) `node-<id>.log` in `dir`. A temporary file
-    /// left by a rewrite that crashed before its rename is removed: the old
-    /// log is still the valid one.
-    pub fn open(dir: &Path, id: NodeId) -> Result<Self, EnvError> {
-        fs::create_dir_all(dir).map_err(|e| io_error(dir, "create directory", e))?;
-        let path = dir.join(format!("node-{id}.log"));
+    /// Opens member `identity.member`'s existing log in `dir` and recovers
+    /// it (see the module docs). Refuses a directory the member was never
+    /// initialized in, or another member's or cluster's.
+    pub fn open(dir: &Path, identity: &Identity) -> Result<Self, EnvError> {
+        let id = identity.member;
+        let id_path = Identity::path(dir, id);
+        match Identity::read(&id_path)? {
+            Some(found) if found == *identity => {}
+            Some(found) => {
+                return Err(EnvError::Storage(format!(
+                    "{}: this directory belongs to {found}, not {identity}; start the node on its own data directory",
+                    id_path.display()
+                )))
+            }
+            None => {
+                return Err(EnvError::Storage(format!(
+                    "{}: no identity file: {} holds no data of {identity} (wiped, or never initialized). \
+                     A member that lost its data has lost its votes and acknowledged entries; \
+                     start it with `--init` (NodeConfig::init) only to add it as a new member, \
+                     once the other members hold a majority without it",
+                    id_path.display(),
+                    dir.display()
+                )))
+            }
+        }
+        Self::recover(dir, id)
+    }
+
+    /// Initializes member `identity.member`'s storage in `dir` if the
+    /// directory holds nothing of it yet (writing its identity file and an
+    /// empty log), then opens it. A directory already initialized for this
+    /// member just opens; a log without an identity file, or another
+    /// member's or cluster's identity, is refused as by [`open`](Self::open).
+    pub fn init(dir: &Path, identity: &Identity) -> Result<Self, EnvError> {
+        let id_path = Identity::path(dir, identity.member);
+        let log = log_path(dir, identity.member);
+        if Identity::read(&id_path)?.is_none() {
+            if log.exists() {
+                return Err(EnvError::Storage(format!(
+                    "{}: a log without an identity file (written by an older version, or its identity was lost); \
+                     refusing to adopt it as {identity}",
+                    log.display()
+                )));
+            }
+            fs::create_dir_all(dir).map_err(|e| io_error(dir, "create directory", e))?;
+            File::create(&log).map_err(|e| io_error(&log, "create", e))?;
+            identity.write(&id_path)?;
+            fsync_dir(dir)?;
+            tracing::info!(dir = %dir.display(), %identity, "initialized a new member's storage");
+        }
+        Self::open(dir, identity)
+    }
+
+    /// Recovers `node-<id>.log` in `dir`: drops a torn tail, refuses
+    /// corruption. A temporary file left by a rewrite that crashed before
+    /// its rename is removed: the old log is still the valid one.
+    fn recover(dir: &Path, id: NodeId) -> Result<Self, EnvError> {
+        let path = log_path(dir, id);
         let tmp = temp_path(&path);
         if tmp.exists() {
             fs::remove_file(&tmp).map_err(|e| io_error(&tmp, "remove stale temp file", e))?;
         }
-        let existed = path.exists();
         let file = OpenOptions::new()
-            .create(true)
             .append(true)
             .read(true)
             .open(&path)
-            .map_err(|e| io_error(&path, "open", e))?;
-        if !existed {
-            // The new file's directory entry must itself survive a crash.
-            fsync_dir(dir)?;
+            .map_err(|e| io_error(&path, "open (the member's identity file exists, its log does not)", e))?;
+        let bytes = fs::read(&path).map_err(|e| io_error(&path, "read", e))?;
+        let recovered = decode(&path, &bytes)?;
+        if recovered.valid_len < bytes.len() {
+            tracing::warn!(
+                file = %path.display(),
+                offset = recovered.valid_len,
+                dropped = bytes.len() - recovered.valid_len,
+                "truncating a torn write after the last sync"
+            );
+            file.set_len(recovered.valid_len as u64)
+                .and_then(|()| file.sync_all())
+                .map_err(|e| io_error(&path, "truncate torn tail", e))?;
         }
         Ok(FileStorage {
             inner: Arc::new(Inner {
@@ -83,6 +161,7 @@ impl FileStorage {
                 file: Mutex::new(FileState {
                     file,
                     durable: 0,
+                    chain: recovered.chain,
                     poisoned: None,
                 }),
                 poisoned: AtomicBool::new(false),
@@ -96,55 +175,19 @@ impl FileStorage {
     }
 
     /// Every record on disk, then those appended but not yet synced.
-    ///
-    /// A torn last record (a crash interrupted an unsynced write) is dropped
-    /// and truncated from the file; any other damage is an error naming the
-    /// file and the byte offset. Blocking: meant for startup.
+    /// Blocking: meant for startup.
     pub fn load(&self) -> Result<Vec<Vec<u8>>, EnvError> {
-        let state = self.inner.lock_file()?;
+        let _state = self.inner.lock_file()?;
         let path = &self.inner.path;
         let bytes = fs::read(path).map_err(|e| io_error(path, "read", e))?;
-        let recovered = record::decode(&bytes).map_err(|e| {
-            EnvError::Storage(format!(
-                "{}: corrupt record at byte offset {}: {}",
-                path.display(),
-                e.offset,
-                e.reason
-            ))
-        })?;
-        if recovered.valid_len < bytes.len() {
-            tracing::warn!(
-                file = %path.display(),
-                offset = recovered.valid_len,
-                dropped = bytes.len() - recovered.valid_len,
-                "truncating a torn record at the end of the log"
-            );
-            state
-                .file
-                .set_len(recovered.valid_len as u64)
-                .and_then(|()| state.file.sync_all())
-                .map_err(|e| io_error(path, "truncate torn tail", e))?;
-        }
-        let mut records = recovered.records;
-        let pending = self.inner.pending.lock().expect("pending lock");
-        records.extend(
-            record::decode(&pending.bytes)
-                .expect("pending records are framed by this process")
-                .records,
-        );
+        let mut records = decode(path, &bytes)?.records;
+        records.extend(self.inner.pending.lock().expect("pending lock").batch.records());
         Ok(records)
     }
 
     /// Buffers one record; durable only once a later [`sync`](Self::sync)
     /// returns.
     pub fn append(&self, payload: &[u8]) -> Result<(), EnvError> {
-        if payload.len() > record::MAX_RECORD_BYTES {
-            return Err(EnvError::Storage(format!(
-                "record of {} bytes exceeds the {}-byte limit",
-                payload.len(),
-                record::MAX_RECORD_BYTES
-            )));
-        }
         if self.inner.poisoned.load(Ordering::Acquire) {
             // The reason is with the file state; the next sync reports it.
             return Err(EnvError::Storage(format!(
@@ -153,7 +196,10 @@ impl FileStorage {
             )));
         }
         let mut pending = self.inner.pending.lock().expect("pending lock");
-        record::encode(payload, &mut pending.bytes);
+        pending
+            .batch
+            .push(payload)
+            .map_err(|e| EnvError::Storage(e.to_string()))?;
         pending.appended += 1;
         Ok(())
     }
@@ -182,6 +228,16 @@ impl FileStorage {
     }
 }
 
+/// Decodes a whole log file; corruption becomes an error naming the file,
+/// the offset and what to do.
+fn decode(path: &Path, bytes: &[u8]) -> Result<record::Recovered, EnvError> {
+    record::decode(bytes).map_err(|e| EnvError::Storage(format!("{}: {e}; {RECOVER_ADVICE}", path.display())))
+}
+
+fn log_path(dir: &Path, id: NodeId) -> PathBuf {
+    dir.join(format!("node-{id}.log"))
+}
+
 impl Inner {
     fn lock_file(&self) -> Result<MutexGuard<'_, FileState>, EnvError> {
         let state = self.file.lock().expect("file lock");
@@ -196,10 +252,11 @@ impl Inner {
         if state.durable >= target {
             return Ok(()); // a sync that ran while this one waited covered it
         }
-        let (bytes, appended) = {
+        let (mut batch, appended) = {
             let mut pending = self.pending.lock().expect("pending lock");
-            (std::mem::take(&mut pending.bytes), pending.appended)
+            (std::mem::take(&mut pending.batch), pending.appended)
         };
+        let bytes = batch.seal(&mut state.chain);
         let result = (&state.file).write_all(&bytes).and_then(|()| state.file.sync_data());
         match result {
             Ok(()) => {
@@ -212,20 +269,10 @@ impl Inner {
 
     fn rewrite(&self, records: &[Vec<u8>]) -> Result<(), EnvError> {
         let mut state = self.lock_file()?;
-        let mut bytes = Vec::with_capacity(records.iter().map(|r| r.len() + 8).sum());
-        for r in records {
-            if r.len() > record::MAX_RECORD_BYTES {
-                return Err(EnvError::Storage(format!(
-                    "record of {} bytes exceeds the {}-byte limit",
-                    r.len(),
-                    record::MAX_RECORD_BYTES
-                )));
-            }
-            record::encode(r, &mut bytes);
-        }
+        let (bytes, chain) = record::encode_log(records).map_err(|e| EnvError::Storage(e.to_string()))?;
         let appended = {
             let mut pending = self.pending.lock().expect("pending lock");
-            pending.bytes.clear();
+            pending.batch = Batch::default();
             pending.appended
         };
         let tmp = temp_path(&self.path);
@@ -256,6 +303,7 @@ impl Inner {
             Ok(file) => {
                 let old = std::mem::replace(&mut state.file, file);
                 state.durable = appended;
+                state.chain = chain;
                 close_in_background(old);
                 Ok(())
             }

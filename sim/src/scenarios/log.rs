@@ -42,11 +42,21 @@
 //! that just voted and the leader it elected, or a leader before its new
 //! entry reaches a majority and right after it learns of a commit — the
 //! two hazards behind those bugs.
+//!
+//! The disk is hostile too ([`FaultKind::DISK`]): crashes leave zeroed or
+//! garbage tails, a write or fsync fails (the replica stops and restarts),
+//! and one replica per run finds a flipped bit in records it synced, so it
+//! refuses to start and stays down while the other replicas go on. The
+//! planted bug `torn-tail-anywhere` (`RecordBug::AnyDamageIsTornTail`, the
+//! recovery rule found dropping synced records on real processes) is caught
+//! by the simulated disk's own check, `synced-record-lost`: a node got back
+//! fewer records than it had synced before its crash.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ringfence::env::record::RecordBug;
 use ringfence::env::{Env, NodeId};
 use ringfence::history::linearizability::{self, Model};
 use ringfence::history::{EventKind, History, Violation};
@@ -89,6 +99,17 @@ pub const ACK_BEFORE_SYNC: Bug = Bug {
     about: "a follower acknowledges appended entries before syncing them",
     caught_by: "committed-entry-changed",
 };
+
+pub const TORN_TAIL_ANYWHERE: Bug = Bug {
+    name: "torn-tail-anywhere",
+    about: "storage recovery takes any damage for a torn tail, so a bit flipped mid-log silently drops synced records",
+    caught_by: "synced-record-lost",
+};
+
+/// The planted storage-recovery bug behind a simulator bug name.
+pub fn record_bug(name: &str) -> Option<RecordBug> {
+    (name == TORN_TAIL_ANYWHERE.name).then_some(RecordBug::AnyDamageIsTornTail)
+}
 
 /// The planted bug behind each simulator bug name.
 pub fn log_bug(name: &str) -> Option<LogBug> {
@@ -212,6 +233,7 @@ impl Probe for Observer {
 /// The log scenario over `N` replicas.
 pub struct LogScenario<const N: u32> {
     bug: Option<LogBug>,
+    record_bug: Option<RecordBug>,
     members: Vec<NodeId>,
     observer: Arc<Observer>,
 }
@@ -293,7 +315,13 @@ impl<const N: u32> Scenario for LogScenario<N> {
     /// and `vote-not-synced` and `commit-earlier-term`, though caught there
     /// too, are left to the three-replica sweep to keep `cargo test` short.
     const BUGS: &'static [Bug] = if N == 3 {
-        &[NO_STEP_DOWN, ACK_BEFORE_SYNC, VOTE_NOT_SYNCED, COMMIT_EARLIER_TERM]
+        &[
+            NO_STEP_DOWN,
+            ACK_BEFORE_SYNC,
+            VOTE_NOT_SYNCED,
+            COMMIT_EARLIER_TERM,
+            TORN_TAIL_ANYWHERE,
+        ]
     } else {
         &[NO_STEP_DOWN]
     };
@@ -309,26 +337,35 @@ impl<const N: u32> Scenario for LogScenario<N> {
     fn new(params: &Params) -> Self {
         LogScenario {
             bug: params.bug.and_then(|b| log_bug(b.name)),
+            record_bug: params.bug.and_then(|b| record_bug(b.name)),
             members: (1..=params.servers).collect(),
             observer: Arc::new(Observer::default()),
         }
     }
 
     /// Everything, including the faults that aim at replicas' votes,
-    /// elections, proposals and commits.
+    /// elections, proposals and commits, and a hostile disk: a replica
+    /// that finds its synced records damaged refuses to start and stays
+    /// down, and the others go on as a majority.
     fn fault_kinds() -> Vec<FaultKind> {
-        FaultKind::ALL.into_iter().chain(FaultKind::ROLE_AWARE).collect()
+        FaultKind::ALL
+            .into_iter()
+            .chain(FaultKind::ROLE_AWARE)
+            .chain(FaultKind::DISK)
+            .collect()
     }
 
     async fn server(self: Arc<Self>, env: SimEnv) {
         self.observer.booted(env.id());
+        env.set_record_bug(self.record_bug);
         let probe = Arc::new(ReplicaProbe {
             observer: self.observer.clone(),
             env: env.clone(),
         });
         let result = node::run::<SimEnv, Kv>(env, self.members.clone(), sim_config(self.bug), probe).await;
         if let Err(error) = result {
-            // The replica stopped to protect what it acknowledged; it stays
+            // The replica stopped to protect what it acknowledged (a failed
+            // write, or a corrupt disk it refuses to start on); it stays
             // down until the nemesis restarts it.
             tracing::warn!(%error, "replica stopped");
             std::future::pending::<()>().await;

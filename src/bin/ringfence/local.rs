@@ -20,7 +20,12 @@ pub struct ClusterArgs {
 
 pub async fn run(args: ClusterArgs) -> Result<(), String> {
     let data = std::path::absolute(args.dir.join("data")).map_err(|e| e.to_string())?;
-    let config = ClusterConfig::loopback(args.nodes, args.base_port, data);
+    let mut config = ClusterConfig::loopback(args.nodes, args.base_port, data);
+    // Started again in the same directory: the nodes' data belongs to the
+    // cluster the old file names, so keep its id.
+    if let Ok(old) = ClusterConfig::load(&args.dir.join("cluster.toml")) {
+        config.cluster_id = old.cluster_id;
+    }
     let exe = std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?;
     let mut cluster = LocalCluster::start(&exe, &args.dir, config)
         .await

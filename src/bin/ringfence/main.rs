@@ -35,6 +35,11 @@ enum Command {
         /// This node's id in the file.
         #[arg(long)]
         id: NodeId,
+        /// Initialize this node's data directories if they hold nothing of
+        /// it yet: only for a new member (or one re-added after its data
+        /// was lost). Without it a missing or wiped directory is refused.
+        #[arg(long)]
+        init: bool,
     },
     /// Start a local cluster on loopback (one process per node) and keep it
     /// running until Ctrl-C.
@@ -77,7 +82,7 @@ fn main() -> ExitCode {
         .expect("tokio runtime");
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Node { config, id } => node(&config, id).await,
+            Command::Node { config, id, init } => node(&config, id, init).await,
             Command::Cluster(args) => local::run(args).await,
             Command::ClientKey { config, principal, out } => {
                 let config = config.load()?;
@@ -99,10 +104,10 @@ fn main() -> ExitCode {
     }
 }
 
-async fn node(config: &std::path::Path, id: NodeId) -> Result<(), String> {
+async fn node(config: &std::path::Path, id: NodeId, init: bool) -> Result<(), String> {
     let config = ClusterConfig::load(config).map_err(|e| e.to_string())?;
     tokio::select! {
-        result = run_node(&config, id) => result.map_err(|e| e.to_string()),
+        result = run_node(&config, id, init) => result.map_err(|e| e.to_string()),
         _ = tokio::signal::ctrl_c() => Ok(()),
     }
 }
