@@ -69,6 +69,14 @@ fn bad_input_gets_a_clear_error() {
     assert!(!parsed.status.success());
     assert!(String::from_utf8_lossy(&parsed.stderr).contains("missing field `txn`"));
 
+    // A cluster file from before cluster ids: told what to add.
+    let old = dir.path().join("old.toml");
+    let node = "[[node]]\nid = 1\nlock = \"127.0.0.1:1\"\ntxn = \"127.0.0.1:2\"\nshard = \"127.0.0.1:3\"\n";
+    std::fs::write(&old, format!("data_dir = \"d\"\n{node}")).unwrap();
+    let unnamed = ringfence(&["node", "--config", old.to_str().unwrap(), "--id", "1"]);
+    assert!(!unnamed.status.success());
+    assert!(String::from_utf8_lossy(&unnamed.stderr).contains("no cluster_id: add a line `cluster_id = "));
+
     let duration = ringfence(&["lock", "acquire", "x", "--wait", "soon"]);
     assert!(!duration.status.success());
     assert!(String::from_utf8_lossy(&duration.stderr).contains("is not a duration"));

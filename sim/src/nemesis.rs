@@ -178,7 +178,7 @@ impl Nemesis {
             DiskFault::Error => {
                 self.world.lock().disk_error = Some((node, index, down));
                 let text = format!("node {node}'s next write or fsync fails");
-                self.note(Phase::Start, FaultKind::DiskError, Some(index), vec![node], text);
+                self.note(Phase::Instant, FaultKind::DiskError, Some(index), vec![node], text);
             }
         }
     }

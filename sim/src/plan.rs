@@ -70,7 +70,7 @@ impl FaultKind {
     /// that a node refusing to start on a corrupt disk (or stopping on a
     /// failed fsync) leaves a majority; they opt in through
     /// `Scenario::fault_kinds`. Drawn from their own seed stream
-    /// ([`disk_faults`]), so adding them leaves other kinds' plans as they were.
+    /// (`disk_faults`), so adding them leaves other kinds' plans as they were.
     pub const DISK: [FaultKind; 3] = [FaultKind::DiskTail, FaultKind::BitFlip, FaultKind::DiskError];
 
     pub fn name(self) -> &'static str {

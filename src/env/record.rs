@@ -335,7 +335,8 @@ fn batch_at(bytes: &[u8], offset: usize, chain: Chain) -> Result<Option<(Vec<Vec
         return Err("batch header does not continue the chain");
     }
     let start = offset + HEADER_BYTES;
-    let Some(body) = bytes.get(start..start + header.body_len as usize) else {
+    let end = start.checked_add(header.body_len as usize);
+    let Some(body) = end.and_then(|end| bytes.get(start..end)) else {
         return Err("batch body cut short by the end of the file");
     };
     if crc32fast::hash(body) != header.body_crc {
