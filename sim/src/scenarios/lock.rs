@@ -84,6 +84,17 @@ pub const NO_DRIFT_MARGIN: Bug = Bug {
     caught_by: "lease-overlap",
 };
 
+pub const CLIENT_TOKEN: Bug = Bug {
+    name: "client-token",
+    about: "the server admits a client's hinted acquire, so a client chooses its own fencing token",
+    caught_by: "client-token",
+};
+pub const SYNC_PER_EXPIRY: Bug = Bug {
+    name: "sync-per-expiry",
+    about: "the leader proposes and syncs each due expiry on its own and, once a round outlasts a heartbeat, stops reading its inbox: an expiry storm never commits",
+    caught_by: "liveness",
+};
+
 /// Server lease TTL.
 pub const TTL: Duration = Duration::from_millis(1500);
 /// ρ, the drift bound clients assume. The nemesis drifts clocks by up to
@@ -475,6 +486,8 @@ impl LockScenario {
             log: crate::scenarios::log::sim_config(None),
             ttl: TTL,
             unsynced_token: self.has(&UNSYNCED_TOKEN),
+            client_token: self.has(&CLIENT_TOKEN),
+            sync_per_expiry: self.has(&SYNC_PER_EXPIRY),
         }
     }
 
