@@ -159,7 +159,11 @@ async fn a_thousand_sessions_vanishing_at_once_do_not_wedge_the_service() {
     for task in tasks {
         clients.push(task.await.unwrap());
     }
-    println!("{} sessions opened in {:?}", PER_PRINCIPAL * PRINCIPALS as usize, opened.elapsed());
+    println!(
+        "{} sessions opened in {:?}",
+        PER_PRINCIPAL * PRINCIPALS as usize,
+        opened.elapsed()
+    );
     // Every client vanishes at once.
     drop(clients);
     let vanished = Instant::now(); // determinism: ok
