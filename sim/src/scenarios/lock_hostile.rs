@@ -165,12 +165,10 @@ pub fn check_grants(applied: &BTreeMap<Index, Vec<u8>>, max_sessions: usize) -> 
     let mut holder: BTreeMap<String, (SessionId, Token)> = BTreeMap::new();
     let mut highest: BTreeMap<String, Token> = BTreeMap::new();
     let mut violations = Vec::new();
-    let mut next = 1;
-    for (&index, bytes) in applied {
+    for (next, (&index, bytes)) in (1..).zip(applied) {
         if index != next {
             break;
         }
-        next += 1;
         let Ok(Payload::Command {
             client, seq, command, ..
         }) = codec::decode::<Payload<LockCommand>>(bytes)
