@@ -537,3 +537,47 @@ fn followers_answer_not_leader_and_forward_nothing() {
         })
     ));
 }
+
+/// The log's session table is shared with clients: a client that names the
+/// id a leader proposes its expiries under, with a huge sequence number,
+/// must not turn them into ignored "stale duplicates" (the id used to be
+/// `1 << 63 | node << 40 | term`).
+#[test]
+fn a_client_cannot_shadow_the_leaders_expiries() {
+    use crate::log::{Config, Raft, Wire};
+    use rand::SeedableRng;
+    let ms = Duration::from_millis;
+    let mut raft = Raft::<LockMachine>::recover(
+        1,
+        &[1],
+        Config::default(),
+        rand_chacha::ChaCha8Rng::seed_from_u64(1),
+        &[],
+        ms(0),
+    )
+    .unwrap();
+    let _ = raft.on_tick(ms(1_000));
+    let open = Wire::Command {
+        client: 9,
+        seq: 1,
+        command: cmd(R::Open { session: 5 }),
+    };
+    let _ = raft.on_message(ms(1_000), 5, open);
+    let guessed = (1 << 63) | (1 << 40) | raft.term();
+    let shadow = Wire::Command {
+        client: guessed,
+        seq: u64::MAX,
+        command: cmd(R::KeepAlive { session: 70 }),
+    };
+    let _ = raft.on_message(ms(1_000), 70, shadow);
+    let mut timer = LeaseTimer::new(ms(500), ms(100), rand_chacha::ChaCha8Rng::seed_from_u64(2));
+    assert!(timer.poll(&raft, ms(1_000)).is_empty());
+    let expiries: Vec<_> = timer
+        .poll(&raft, ms(1_500))
+        .into_iter()
+        .map(|(client, seq, command)| (1, Wire::Command { client, seq, command }))
+        .collect();
+    assert_eq!(expiries.len(), 1);
+    let _ = raft.on_messages(ms(1_500), expiries);
+    assert_eq!(raft.state_machine().sessions().count(), 0, "the session expired");
+}
