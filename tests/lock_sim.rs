@@ -96,3 +96,38 @@ fn odd_seeds_take_the_situations_in_turn() {
         assert_eq!(aimed, vec![*name; 2], "seed {seed}");
     }
 }
+
+/// Default-sweep seeds of the lock scenario that catch `bug` through
+/// `invariant`, among `seeds`.
+fn caught(bug: &str, invariant: &str, seeds: impl Iterator<Item = u64>) -> Vec<u64> {
+    use ringfence_sim::runner::RunOptions;
+    use ringfence_sim::scenarios;
+    let scenario = scenarios::find("lock").unwrap();
+    seeds
+        .filter(|&seed| {
+            let case = scenarios::default_case(scenario, seed, Some(bug));
+            let outcome = ringfence_sim::sweep::run_isolated(scenario, &case, RunOptions::default());
+            outcome.violations.iter().any(|v| v.invariant == invariant)
+        })
+        .collect()
+}
+
+/// The old one-sync-per-expiry leader wedges under the storm seeds' 600
+/// vanishing sessions: the service never recovers within the liveness
+/// bound. (The same seeds pass without the bug: the default sweep.)
+#[test]
+fn the_expiry_storm_catches_sync_per_expiry_on_default_seeds() {
+    use ringfence_sim::scenarios::lock::storm_at;
+    let storms: Vec<u64> = (0..100).filter(|&s| storm_at(s).is_some()).take(5).collect();
+    assert_eq!(storms.len(), 5);
+    let hits = caught("sync-per-expiry", "liveness", storms.iter().copied());
+    assert!(hits.len() >= 3, "caught on {hits:?} of storm seeds {storms:?}");
+}
+
+/// A rogue's own choice of token, admitted, shows as a grant that is not
+/// above the lock's previous one in what the replicas applied.
+#[test]
+fn the_rogue_client_catches_client_token_on_default_seeds() {
+    let hits = caught("client-token", "client-token", 0..12);
+    assert!(hits.len() >= 3, "caught on {hits:?}");
+}

@@ -363,7 +363,7 @@ fn lock_round_trips() {
                             let config = ServerConfig {
                                 log: scenarios::log::sim_config(None),
                                 ttl: TTL,
-                                unsynced_token: false,
+                                ..ServerConfig::default()
                             };
                             let _ = server::run(env, members, config, Arc::new(NoProbe)).await;
                         }

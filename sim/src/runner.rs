@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::env::SimEnv;
 use crate::nemesis::Nemesis;
 use crate::plan::{FaultKind, FaultPlan, Targets};
-use crate::scenario::{client_ids, server_ids, Client, Params, Recorder, Scenario, Workload, PROBE_ID};
+use crate::scenario::{server_ids, Client, Params, Recorder, Scenario, Workload, PROBE_ID};
 use crate::trace::{Stamped, Trace, TraceEvent};
 use crate::world::{addr_of, World};
 
@@ -124,7 +124,7 @@ pub fn plan_for<S: Scenario>(case: &Case) -> FaultPlan {
     case.plan.clone().unwrap_or_else(|| {
         let targets = Targets {
             servers: server_ids(case.servers),
-            clients: client_ids(case.workload.clients),
+            clients: S::client_ids(case.workload.clients),
             kinds: S::fault_kinds(),
         };
         S::plan(case.seed, &targets)
@@ -141,7 +141,7 @@ pub fn run<S: Scenario>(case: &Case, bug: Option<&'static crate::scenario::Bug>,
         workload: case.workload,
     };
     let servers = server_ids(case.servers);
-    let clients = client_ids(case.workload.clients);
+    let clients = S::client_ids(case.workload.clients);
     let all: Vec<_> = servers.iter().chain([&PROBE_ID]).chain(&clients).copied().collect();
     let world = World::new(case.seed, &all, &servers, Trace::new(options.keep_trace));
 

@@ -61,6 +61,11 @@ pub trait Scenario: Send + Sync + Sized + 'static {
     const SERVERS: u32;
     const MIN_SERVERS: u32;
     const WORKLOAD: Workload;
+    /// The node ids of `clients` workload clients (by default 101, 102, ...;
+    /// a scenario may place some in other principals, `id >> 16`).
+    fn client_ids(clients: u32) -> Vec<NodeId> {
+        client_ids(clients)
+    }
     /// Simulated time during which faults happen, before everything heals.
     const FAULT_WINDOW: Duration;
     /// After healing, the probe must complete within this bound (the

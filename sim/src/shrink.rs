@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::plan::{Fault, FaultPlan};
 use crate::runner::{Case, Outcome, RunOptions};
-use crate::scenario::{client_ids, server_ids};
+use crate::scenario::server_ids;
 use crate::scenarios::DynScenario;
 use crate::sweep::run_isolated;
 
@@ -208,7 +208,7 @@ impl Shrinker {
             case.plan = Some(restrict(
                 &self.plan(),
                 &server_ids(case.servers),
-                &client_ids(case.workload.clients),
+                &self.scenario.client_ids(case.workload.clients),
             ));
             if !self.try_case(case) {
                 break;

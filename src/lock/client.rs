@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use rand::Rng;
 
-use super::machine::{LockCommand, LockMachine, LockOutput, LockQuery, LockView, Refusal, SessionId, Token};
+use super::machine::{LockCommand, LockMachine, LockOutput, LockQuery, LockView, Refusal, Request, SessionId, Token};
 use crate::env::{Env, NodeId};
 use crate::log::client::{Client, ClientError};
 
@@ -102,16 +102,6 @@ impl<E: Env> LockClient<E> {
         }
     }
 
-    /// A client acting for an existing `session`, e.g. to release a lock
-    /// that another process took. Its lease is not trusted until a command
-    /// renews it.
-    pub fn attach(env: E, servers: Vec<NodeId>, config: ClientConfig, session: SessionId) -> Self {
-        LockClient {
-            session,
-            ..LockClient::new(env, servers, config)
-        }
-    }
-
     pub fn session(&self) -> SessionId {
         self.session
     }
@@ -150,16 +140,23 @@ impl<E: Env> LockClient<E> {
         }
     }
 
-    /// Runs a session command; renews the local lease from its send time.
-    async fn command(&mut self, command: LockCommand) -> Result<LockOutput, LockError> {
+    /// Runs a session request; renews the local lease from its send time.
+    /// (`owner` is filled in for form's sake: the server overwrites it with
+    /// the node the request came from.)
+    async fn command(&mut self, request: Request) -> Result<LockOutput, LockError> {
         let sent = self.env.now();
+        let command = LockCommand::Client {
+            owner: self.env.id(),
+            request,
+        };
         let out = match self.log.execute(command, self.config.request_timeout).await {
             Ok(out) => out,
             Err(ClientError::Timeout) => return Err(LockError::Timeout),
             Err(ClientError::Rejected(_)) => return Err(LockError::Refused(Refusal::NameTooLong)),
         };
         match out {
-            LockOutput::SessionExpired | LockOutput::Refused(Refusal::SessionReused) => {
+            // A session id another node owns is as good as expired to us.
+            LockOutput::SessionExpired | LockOutput::Refused(Refusal::SessionReused | Refusal::ForeignSession) => {
                 self.valid_until = None;
                 Err(LockError::SessionExpired)
             }
@@ -175,7 +172,7 @@ impl<E: Env> LockClient<E> {
     /// Opens the session (idempotent). After `SessionExpired`, call
     /// [`LockClient::reopen`] instead.
     pub async fn open(&mut self) -> Result<(), LockError> {
-        match self.command(LockCommand::Open { session: self.session }).await? {
+        match self.command(Request::Open { session: self.session }).await? {
             LockOutput::Opened => Ok(()),
             LockOutput::Refused(r) => Err(LockError::Refused(r)),
             other => panic!("open answered {other:?}"),
@@ -193,7 +190,7 @@ impl<E: Env> LockClient<E> {
 
     /// Renews the session; returns the locks it holds.
     pub async fn keep_alive(&mut self) -> Result<Vec<(String, Token)>, LockError> {
-        match self.command(LockCommand::KeepAlive { session: self.session }).await? {
+        match self.command(Request::KeepAlive { session: self.session }).await? {
             LockOutput::Alive { held } => Ok(held),
             other => panic!("keep-alive answered {other:?}"),
         }
@@ -223,13 +220,12 @@ impl<E: Env> LockClient<E> {
         }
     }
 
-    fn acquire_command(&self, lock: &str, request: u64, wait: bool) -> LockCommand {
-        LockCommand::Acquire {
+    fn acquire_command(&self, lock: &str, request: u64, wait: bool) -> Request {
+        Request::Acquire {
             session: self.session,
             lock: lock.to_string(),
             request,
             wait,
-            token_hint: None,
         }
     }
 
@@ -323,7 +319,7 @@ impl<E: Env> LockClient<E> {
 
     /// Leaves the line; if the grant raced the cancel, releases the lock.
     async fn give_up(&mut self, lock: &str, request: u64) {
-        let cancel = LockCommand::Cancel {
+        let cancel = Request::Cancel {
             session: self.session,
             lock: lock.to_string(),
             request,
@@ -340,7 +336,7 @@ impl<E: Env> LockClient<E> {
 
     /// Releases a lock this session holds with `lease.token`.
     pub async fn release(&mut self, lease: &Lease) -> Result<(), LockError> {
-        let command = LockCommand::Release {
+        let command = Request::Release {
             session: self.session,
             lock: lease.lock.clone(),
             token: lease.token,
@@ -354,7 +350,7 @@ impl<E: Env> LockClient<E> {
 
     /// Ends the session, releasing everything it holds.
     pub async fn close(&mut self) -> Result<(), LockError> {
-        self.command(LockCommand::Close { session: self.session }).await?;
+        self.command(Request::Close { session: self.session }).await?;
         self.valid_until = None;
         Ok(())
     }

@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use super::{MAX_LOCKS, MAX_LOCK_NAME_BYTES, MAX_SESSIONS, MAX_WAITERS};
-use crate::env::codec;
+use super::{principal, MAX_LOCKS, MAX_LOCK_NAME_BYTES, MAX_SESSIONS, MAX_SESSIONS_PER_PRINCIPAL, MAX_WAITERS};
+use crate::env::{codec, NodeId};
 use crate::log::StateMachine;
 
 /// A client session, chosen at random by the client.
@@ -16,10 +16,10 @@ pub type SessionId = u64;
 /// A fencing token: strictly increasing per lock, never reused.
 pub type Token = u64;
 
-/// A state-changing request, appended to the log. Every command of a live
-/// session renews its lease.
+/// What a client may ask for: the only commands a lock server admits from
+/// the network. Every request of a live session renews its lease.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum LockCommand {
+pub enum Request {
     /// Starts a session (or renews it, for a retried `Open`).
     Open { session: SessionId },
     /// Renews the session; answered with the locks it holds.
@@ -27,14 +27,11 @@ pub enum LockCommand {
     /// Takes `lock`, or queues for it (`wait`), or reports `Busy`.
     /// `request` makes retries idempotent: the same request gets the same
     /// grant or queue slot, an older one is refused as stale.
-    /// `token_hint` is set only by servers running the `UnsyncedToken`
-    /// planted bug; clients leave it `None`.
     Acquire {
         session: SessionId,
         lock: String,
         request: u64,
         wait: bool,
-        token_hint: Option<Token>,
     },
     /// Releases `lock` if `session` holds it with `token`.
     Release {
@@ -51,6 +48,39 @@ pub enum LockCommand {
     },
     /// Ends the session, releasing everything.
     Close { session: SessionId },
+}
+
+impl Request {
+    /// The session the request acts on.
+    pub fn session(&self) -> SessionId {
+        match self {
+            Request::Open { session }
+            | Request::KeepAlive { session }
+            | Request::Acquire { session, .. }
+            | Request::Release { session, .. }
+            | Request::Cancel { session, .. }
+            | Request::Close { session } => *session,
+        }
+    }
+}
+
+/// A command as the log carries it. Only `Client` may come from a client,
+/// and only with `owner` overwritten by the leader's shell (see
+/// `server::admit`); the other variants are proposed by the leader's own
+/// machinery and dropped when they arrive from the network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LockCommand {
+    /// A client's request. `owner` is the node it came from, as the
+    /// transport authenticated it: a session belongs to the node that
+    /// opened it, and its principal (`owner >> 16`) carries the quota.
+    Client { owner: NodeId, request: Request },
+    /// Planted bug `UnsyncedToken`: an acquire stamped by the leader with a
+    /// token from its own counter instead of the machine's revision.
+    Hinted {
+        owner: NodeId,
+        request: Request,
+        token: Token,
+    },
     /// Proposed by a leader whose clock says `session` has not renewed for
     /// a TTL since the renewal at revision `renewed`. Ignored if the session
     /// renewed since (the leader decided on stale information).
@@ -87,6 +117,12 @@ pub enum Refusal {
     StaleRequest,
     /// `Open` of a session id that existed before.
     SessionReused,
+    /// The session belongs to another node: only the node that opened a
+    /// session may renew, use or close it.
+    ForeignSession,
+    /// The owner's principal already has [`super::MAX_SESSIONS_PER_PRINCIPAL`]
+    /// live sessions.
+    PrincipalQuota,
 }
 
 /// Results of commands and queries.
@@ -122,18 +158,24 @@ struct Claim {
     session: SessionId,
     request: u64,
     token: Token,
+    /// The token came from a leader's hint (planted bug `UnsyncedToken`),
+    /// not from the revision, so the machine promises nothing about it.
+    hinted: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct LockState {
     holder: Option<Claim>,
     waiters: VecDeque<Claim>,
-    /// Highest token ever granted for this lock (assertion: grants increase).
+    /// Highest revision-derived token granted for this lock (assertion:
+    /// such grants increase; hinted ones are the planted bug's business).
     last_granted: Token,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Session {
+    /// The node that opened the session: the only one that may act on it.
+    owner: NodeId,
     /// Revision of the command that last renewed the lease.
     renewed: u64,
     /// Locks held or waited for.
@@ -207,25 +249,44 @@ impl LockMachine {
         self.revision
     }
 
-    /// The holder's session and token.
     /// `lock` as a read shows it (a lock nobody holds or waits for is free).
     pub fn view(&self, lock: &str) -> LockView {
         match self.locks.get(lock) {
             Some(l) => LockView {
-                holder: l.holder.as_ref().map(|c| (c.session, unmark(c.token))),
-                waiters: l.waiters.iter().map(|c| (c.session, unmark(c.token))).collect(),
+                holder: l.holder.as_ref().map(|c| (c.session, c.token)),
+                waiters: l.waiters.iter().map(|c| (c.session, c.token)).collect(),
             },
             None => LockView::default(),
         }
     }
 
+    /// The holder's session and token.
     pub fn holder(&self, lock: &str) -> Option<(SessionId, Token)> {
         self.locks.get(lock)?.holder.as_ref().map(|c| (c.session, c.token))
     }
 
+    /// Live sessions of `owner`'s principal.
+    fn sessions_of_principal(&self, owner: NodeId) -> usize {
+        let p = principal(owner);
+        self.sessions.values().filter(|s| principal(s.owner) == p).count()
+    }
+
     /// Checks the table's internal consistency (run after every command).
-    fn check(&self) {
+    /// Every assertion here is an invariant no command sequence can break;
+    /// `tests.rs` drives arbitrary sequences through `apply` to hold it so.
+    pub(super) fn check(&self) {
+        assert!(self.sessions.len() <= MAX_SESSIONS);
+        assert!(self.locks.len() <= MAX_LOCKS);
+        let mut per_principal: BTreeMap<u32, usize> = BTreeMap::new();
+        for s in self.sessions.values() {
+            *per_principal.entry(principal(s.owner)).or_default() += 1;
+        }
+        assert!(per_principal.values().all(|&n| n <= MAX_SESSIONS_PER_PRINCIPAL));
         for (name, lock) in &self.locks {
+            assert!(lock.holder.is_some(), "a lock without holder leaves the table");
+            assert!(lock.waiters.len() <= MAX_WAITERS);
+            // Revision tokens increase along the line (hinted ones, from
+            // the planted bug, are whatever the leader's counter said).
             let mut prev = 0;
             for claim in lock.holder.iter().chain(&lock.waiters) {
                 let s = self
@@ -233,16 +294,23 @@ impl LockMachine {
                     .get(&claim.session)
                     .expect("claims belong to live sessions");
                 assert!(s.locks.contains(name), "session tracks its claim");
-                if !claim_is_hinted(claim) {
+                if !claim.hinted {
                     assert!(claim.token > prev, "FIFO queue tokens increase");
+                    prev = claim.token;
                 }
-                prev = claim.token;
             }
-            assert!(
-                lock.holder.is_some() || lock.waiters.is_empty(),
-                "a free lock has no waiters"
-            );
-            assert!(lock.waiters.len() <= MAX_WAITERS);
+            let holder = lock.holder.as_ref().expect("checked above");
+            assert!(holder.hinted || holder.token <= lock.last_granted);
+        }
+        for (id, s) in &self.sessions {
+            for name in &s.locks {
+                let lock = self.locks.get(name).expect("a tracked lock exists");
+                let mut claims = lock.holder.iter().chain(&lock.waiters);
+                assert!(
+                    claims.any(|c| c.session == *id),
+                    "a tracked lock has the session's claim"
+                );
+            }
         }
     }
 
@@ -275,15 +343,17 @@ impl LockMachine {
     }
 
     fn grant(lock: &mut LockState, claim: Claim) {
-        // Fencing tokens strictly increase per lock (skipped under the
-        // planted bug, whose hinted tokens are exactly what breaks this).
-        assert!(
-            claim.token > lock.last_granted || claim_is_hinted(&claim),
-            "token {} granted after {}",
-            claim.token,
-            lock.last_granted
-        );
-        lock.last_granted = lock.last_granted.max(claim.token);
+        if !claim.hinted {
+            // Revision tokens strictly increase per lock: a claim's token is
+            // the revision that queued it, and the line is in that order.
+            assert!(
+                claim.token > lock.last_granted,
+                "token {} granted after {}",
+                claim.token,
+                lock.last_granted
+            );
+            lock.last_granted = claim.token;
+        }
         lock.holder = Some(claim);
     }
 
@@ -300,30 +370,28 @@ impl LockMachine {
             // a newer request of the same session takes the claim over).
             if let Some(h) = lock.holder.as_mut().filter(|c| c.session == session) {
                 h.request = h.request.max(request);
-                return LockOutput::Granted { token: unmark(h.token) };
+                return LockOutput::Granted { token: h.token };
             }
-            let mut ahead = lock.holder.as_ref().map_or(0, |c| unmark(c.token));
+            let mut ahead = lock.holder.as_ref().map_or(0, |c| c.token);
             for w in lock.waiters.iter_mut() {
                 if w.session == session {
                     w.request = w.request.max(request);
-                    return LockOutput::Queued {
-                        token: unmark(w.token),
-                        ahead,
-                    };
+                    return LockOutput::Queued { token: w.token, ahead };
                 }
-                ahead = unmark(w.token);
+                ahead = w.token;
             }
         }
-        let token = hint.unwrap_or(self.revision);
         if !self.locks.contains_key(name) && self.locks.len() >= MAX_LOCKS {
             return LockOutput::Refused(Refusal::TooManyLocks);
         }
-        let lock = self.locks.entry(name.to_string()).or_default();
+        let token = hint.unwrap_or(self.revision);
         let claim = Claim {
             session,
             request,
-            token: mark_hinted(token, hint.is_some()),
+            token,
+            hinted: hint.is_some(),
         };
+        let lock = self.locks.entry(name.to_string()).or_default();
         let out = if lock.holder.is_none() {
             Self::grant(lock, claim);
             LockOutput::Granted { token }
@@ -332,11 +400,7 @@ impl LockMachine {
         } else if lock.waiters.len() >= MAX_WAITERS {
             return LockOutput::Refused(Refusal::TooManyWaiters);
         } else {
-            let ahead = lock
-                .waiters
-                .back()
-                .or(lock.holder.as_ref())
-                .map_or(0, |c| unmark(c.token));
+            let ahead = lock.waiters.back().or(lock.holder.as_ref()).map_or(0, |c| c.token);
             lock.waiters.push_back(claim);
             LockOutput::Queued { token, ahead }
         };
@@ -353,7 +417,7 @@ impl LockMachine {
             return LockOutput::NotOwner;
         };
         match &lock.holder {
-            Some(h) if h.session == session && unmark(h.token) == token => {
+            Some(h) if h.session == session && h.token == token => {
                 let request = h.request;
                 lock.holder = None;
                 Self::grant_next(lock);
@@ -376,7 +440,7 @@ impl LockMachine {
             return LockOutput::Cancelled;
         };
         if let Some(h) = lock.holder.as_ref().filter(|c| c.session == session) {
-            return LockOutput::Granted { token: unmark(h.token) };
+            return LockOutput::Granted { token: h.token };
         }
         s.finished.record(name, request);
         let before = lock.waiters.len();
@@ -393,27 +457,70 @@ impl LockMachine {
             .iter()
             .filter_map(|name| {
                 let h = self.locks[name].holder.as_ref()?;
-                (h.session == session).then(|| (name.clone(), unmark(h.token)))
+                (h.session == session).then(|| (name.clone(), h.token))
             })
             .collect()
     }
-}
 
-// Hinted (planted-bug) tokens carry a marker bit inside the machine so the
-// monotonicity assertion can tell them apart; it never leaves the machine.
-const HINT_BIT: u64 = 1 << 63;
-fn mark_hinted(token: Token, hinted: bool) -> Token {
-    if hinted {
-        token | HINT_BIT
-    } else {
-        token
+    /// `Open`: a new session owned by `owner`, or a retry by its owner.
+    fn open(&mut self, owner: NodeId, session: SessionId) -> LockOutput {
+        let revision = self.revision;
+        if let Some(s) = self.sessions.get_mut(&session) {
+            if s.owner != owner {
+                return LockOutput::Refused(Refusal::ForeignSession);
+            }
+            s.renewed = revision;
+            return LockOutput::Opened;
+        }
+        if self.ended.contains(&session) {
+            return LockOutput::Refused(Refusal::SessionReused);
+        }
+        if self.sessions.len() >= MAX_SESSIONS {
+            return LockOutput::Refused(Refusal::TooManySessions);
+        }
+        if self.sessions_of_principal(owner) >= MAX_SESSIONS_PER_PRINCIPAL {
+            return LockOutput::Refused(Refusal::PrincipalQuota);
+        }
+        let session_state = Session {
+            owner,
+            renewed: revision,
+            ..Session::default()
+        };
+        self.sessions.insert(session, session_state);
+        LockOutput::Opened
     }
-}
-fn unmark(token: Token) -> Token {
-    token & !HINT_BIT
-}
-fn claim_is_hinted(claim: &Claim) -> bool {
-    claim.token & HINT_BIT != 0
+
+    /// A client's request on behalf of `owner`; `hint` only under the
+    /// planted bug.
+    fn request(&mut self, owner: NodeId, request: &Request, hint: Option<Token>) -> LockOutput {
+        let session = request.session();
+        if let Request::Open { .. } = request {
+            return self.open(owner, session);
+        }
+        let revision = self.revision;
+        let Some(s) = self.sessions.get_mut(&session) else {
+            return LockOutput::SessionExpired;
+        };
+        if s.owner != owner {
+            return LockOutput::Refused(Refusal::ForeignSession);
+        }
+        s.renewed = revision;
+        match request {
+            Request::Open { .. } => LockOutput::Opened,
+            Request::KeepAlive { .. } => LockOutput::Alive {
+                held: self.held(session),
+            },
+            Request::Acquire {
+                lock, request, wait, ..
+            } => self.acquire(session, lock, *request, *wait, hint),
+            Request::Release { lock, token, .. } => self.release(session, lock, *token),
+            Request::Cancel { lock, request, .. } => self.cancel(session, lock, *request),
+            Request::Close { .. } => {
+                self.end_session(session);
+                LockOutput::Released
+            }
+        }
+    }
 }
 
 impl StateMachine for LockMachine {
@@ -423,69 +530,16 @@ impl StateMachine for LockMachine {
 
     fn apply(&mut self, command: &LockCommand) -> LockOutput {
         self.revision += 1;
-        let revision = self.revision;
-        let session = match command {
-            LockCommand::Open { session }
-            | LockCommand::KeepAlive { session }
-            | LockCommand::Acquire { session, .. }
-            | LockCommand::Release { session, .. }
-            | LockCommand::Cancel { session, .. }
-            | LockCommand::Close { session }
-            | LockCommand::Expire { session, .. } => *session,
-        };
         let out = match command {
-            LockCommand::Open { .. } => {
-                if let Some(s) = self.sessions.get_mut(&session) {
-                    s.renewed = revision;
-                    return LockOutput::Opened;
-                }
-                if self.ended.contains(&session) {
-                    return LockOutput::Refused(Refusal::SessionReused);
-                }
-                if self.sessions.len() >= MAX_SESSIONS {
-                    return LockOutput::Refused(Refusal::TooManySessions);
-                }
-                self.sessions.insert(
-                    session,
-                    Session {
-                        renewed: revision,
-                        ..Session::default()
-                    },
-                );
-                LockOutput::Opened
-            }
-            LockCommand::Expire { renewed, .. } => match self.sessions.get(&session) {
+            LockCommand::Client { owner, request } => self.request(*owner, request, None),
+            LockCommand::Hinted { owner, request, token } => self.request(*owner, request, Some(*token)),
+            LockCommand::Expire { session, renewed } => match self.sessions.get(session) {
                 Some(s) if s.renewed == *renewed => {
-                    self.end_session(session);
+                    self.end_session(*session);
                     LockOutput::Expired
                 }
                 _ => LockOutput::Ignored,
             },
-            _ => {
-                let Some(s) = self.sessions.get_mut(&session) else {
-                    return LockOutput::SessionExpired;
-                };
-                s.renewed = revision;
-                match command {
-                    LockCommand::KeepAlive { .. } => LockOutput::Alive {
-                        held: self.held(session),
-                    },
-                    LockCommand::Acquire {
-                        lock,
-                        request,
-                        wait,
-                        token_hint,
-                        ..
-                    } => self.acquire(session, lock, *request, *wait, *token_hint),
-                    LockCommand::Release { lock, token, .. } => self.release(session, lock, *token),
-                    LockCommand::Cancel { lock, request, .. } => self.cancel(session, lock, *request),
-                    LockCommand::Close { .. } => {
-                        self.end_session(session);
-                        LockOutput::Released
-                    }
-                    LockCommand::Open { .. } | LockCommand::Expire { .. } => unreachable!(),
-                }
-            }
         };
         self.check();
         out

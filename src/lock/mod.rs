@@ -26,12 +26,23 @@ pub mod server;
 mod tests;
 
 pub use client::{ClientConfig, Lease, LockClient, LockError};
-pub use machine::{LockCommand, LockMachine, LockOutput, LockQuery, LockView, Refusal, SessionId, Token};
+pub use machine::{LockCommand, LockMachine, LockOutput, LockQuery, LockView, Refusal, Request, SessionId, Token};
 pub use resource::{FencedResource, Stale};
 pub use server::ServerConfig;
 
 /// Live sessions the machine keeps; more are refused.
 pub const MAX_SESSIONS: usize = 1024;
+/// Live sessions one principal may own: a quarter of the table, so one
+/// client (or every instance of one principal together) cannot fill it,
+/// and far above what one process needs (a session per lock user).
+pub const MAX_SESSIONS_PER_PRINCIPAL: usize = 256;
+
+/// The principal a node id belongs to. The transport authenticates
+/// clients and guarantees that a client's id is `principal << 16 |
+/// instance` and usable only by that principal.
+pub fn principal(node: crate::env::NodeId) -> u32 {
+    node >> 16
+}
 /// Locks that exist at once (a lock exists while held or waited for).
 pub const MAX_LOCKS: usize = 1024;
 /// Waiters per lock.
@@ -52,4 +63,11 @@ pub enum LockBug {
     NoRecheck,
     /// The client trusts its lease for the whole TTL, ignoring drift.
     NoDriftMargin,
+    /// The server admits a client's `Hinted` command, so a client chooses
+    /// its own fencing token.
+    ClientToken,
+    /// The leader proposes and syncs each due expiry on its own, and ticks
+    /// without reading its inbox while a deadline has passed: an expiry
+    /// storm starves the followers' replies and never commits.
+    SyncPerExpiry,
 }

@@ -20,10 +20,14 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::machine::{LockCommand, LockMachine, LockQuery, LockView, SessionId};
+use futures::FutureExt;
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+use super::machine::{LockCommand, LockMachine, LockQuery, LockView, Request, SessionId};
 use super::MAX_SESSIONS;
 use crate::env::{Env, NodeId};
-use crate::log::node::{execute, next_batch, NodeError, Probe};
+use crate::log::node::{drain_ready, execute, next_batch, NodeError, Probe};
 use crate::log::{ClientId, Output, Raft, Role, Term, Wire, WireOf};
 
 /// Configuration of a lock server.
@@ -36,6 +40,13 @@ pub struct ServerConfig {
     /// Planted bug `UnsyncedToken`: the leader stamps acquires with tokens
     /// from its own counter, written to its disk without sync.
     pub unsynced_token: bool,
+    /// Planted bug `ClientToken`: a client's `Hinted` command is admitted,
+    /// so the client chooses its own fencing token.
+    pub client_token: bool,
+    /// Planted bug `SyncPerExpiry`: each due expiry is proposed and synced
+    /// on its own, retried every two heartbeats, and a passed deadline is
+    /// served without reading the inbox (the expiry storm that wedges).
+    pub sync_per_expiry: bool,
 }
 
 impl Default for ServerConfig {
@@ -44,6 +55,8 @@ impl Default for ServerConfig {
             log: crate::log::Config::default(),
             ttl: Duration::from_secs(2),
             unsynced_token: false,
+            client_token: false,
+            sync_per_expiry: false,
         }
     }
 }
@@ -64,10 +77,14 @@ pub struct LeaseTimer {
     pending: BTreeMap<SessionId, Duration>,
     client: ClientId,
     seq: u64,
+    /// Draws each leadership's exactly-once session id (see `poll`).
+    rng: ChaCha8Rng,
 }
 
 impl LeaseTimer {
-    pub fn new(ttl: Duration, retry: Duration) -> Self {
+    /// `retry`: how long an `Expire` may stay uncommitted before it is
+    /// proposed again.
+    pub fn new(ttl: Duration, retry: Duration, rng: ChaCha8Rng) -> Self {
         LeaseTimer {
             ttl,
             retry,
@@ -76,12 +93,13 @@ impl LeaseTimer {
             pending: BTreeMap::new(),
             client: 0,
             seq: 0,
+            rng,
         }
     }
 
     /// Looks at the replica after a handler: returns the `Expire` commands
     /// to propose now, as `(client, seq, command)`.
-    pub fn poll(&mut self, id: NodeId, raft: &Raft<LockMachine>, now: Duration) -> Vec<(ClientId, u64, LockCommand)> {
+    pub fn poll(&mut self, raft: &Raft<LockMachine>, now: Duration) -> Vec<(ClientId, u64, LockCommand)> {
         if raft.role() != Role::Leader {
             self.term = None;
             self.seen.clear();
@@ -93,9 +111,12 @@ impl LeaseTimer {
             self.term = Some(raft.term());
             self.seen.clear();
             self.pending.clear();
-            // One exactly-once session per (replica, term): only this
-            // replica proposes under it, in order.
-            self.client = (1 << 63) | (u64::from(id) << 40) | raft.term();
+            // One exactly-once session per leadership: only this replica
+            // proposes under it, in order. Random, because the log's session
+            // table is shared with clients: a client that named a predictable
+            // id with a huge sequence number would make every later `Expire`
+            // a "stale duplicate", and no session would ever expire.
+            self.client = self.rng.gen();
             self.seq = 0;
         }
         let machine = raft.state_machine();
@@ -168,45 +189,121 @@ pub async fn run<E: Env>(
         &raft_records,
         env.now(),
     )?;
-    let mut leases = LeaseTimer::new(config.ttl, config.log.heartbeat_interval * 2);
+    // A proposed expiry commits within a round trip unless this replica
+    // stops leading (which resets the timer), so a retry is only a safety
+    // net: once a TTL, not every two heartbeats, or a storm of retries
+    // would fill the log faster than it commits.
+    let retry = if config.sync_per_expiry {
+        config.log.heartbeat_interval * 2
+    } else {
+        config.ttl
+    };
+    let mut leases = LeaseTimer::new(config.ttl, retry, env.rng());
     let mut watches = Watches::default();
     loop {
         let deadline = raft.next_deadline().min(leases.next_due()).min(watches.next_due());
-        let output = match next_batch::<_, WireOf<LockMachine>>(&env, deadline).await {
-            None => raft.on_tick(env.now()),
-            Some(mut batch) => {
-                if config.unsynced_token && raft.role() == Role::Leader {
-                    for (_, msg) in &mut batch {
-                        // PLANTED BUG: a token from a local counter whose
-                        // record is appended but never synced.
-                        if let Wire::Command {
-                            command: LockCommand::Acquire { token_hint, .. },
-                            ..
-                        } = msg
-                        {
-                            counter += 1;
-                            *token_hint = Some(counter);
-                            let mut record = COUNTER_MAGIC.to_vec();
-                            record.extend_from_slice(&counter.to_le_bytes());
-                            env.append(&record)?;
-                        }
-                    }
+        let mut batch = match next_batch::<_, WireOf<LockMachine>>(&env, deadline).await {
+            Some(batch) => batch,
+            None => {
+                let output = raft.on_tick(env.now());
+                carry_out(&env, output, probe.as_ref()).await?;
+                // A deadline that passed while the last round ran must not
+                // keep the inbox unread: the followers' acknowledgements are
+                // what commits our proposals. (Under the planted bug the
+                // loop only ticks, and an expiry round longer than a
+                // heartbeat never reads its inbox again.)
+                match env.recv().now_or_never() {
+                    Some(first) if !config.sync_per_expiry => drain_ready(&env, first),
+                    _ => Vec::new(),
                 }
-                watches.park(&mut batch, &raft, env.now());
-                raft.on_messages(env.now(), batch)
             }
         };
-        carry_out(&env, output, probe.as_ref()).await?;
+        batch.retain_mut(|(from, msg)| admit(env.id(), *from, msg, &config));
+        if config.unsynced_token && raft.role() == Role::Leader {
+            for (_, msg) in &mut batch {
+                // PLANTED BUG: a token from a local counter whose record is
+                // appended but never synced.
+                if let Wire::Command { command, .. } = msg {
+                    if let LockCommand::Client {
+                        owner,
+                        request: request @ Request::Acquire { .. },
+                    } = command
+                    {
+                        counter += 1;
+                        *command = LockCommand::Hinted {
+                            owner: *owner,
+                            request: request.clone(),
+                            token: counter,
+                        };
+                        let mut record = COUNTER_MAGIC.to_vec();
+                        record.extend_from_slice(&counter.to_le_bytes());
+                        env.append(&record)?;
+                    }
+                }
+            }
+        }
+        if !batch.is_empty() {
+            watches.park(&mut batch, &raft, env.now());
+            let output = raft.on_messages(env.now(), batch);
+            carry_out(&env, output, probe.as_ref()).await?;
+        }
         let now = env.now();
-        for (client, seq, command) in leases.poll(env.id(), &raft, now) {
-            tracing::debug!(node = env.id(), ?command, "proposing expiry");
-            let output = raft.on_message(now, env.id(), Wire::Command { client, seq, command });
+        let expiries: Vec<_> = leases
+            .poll(&raft, now)
+            .into_iter()
+            .map(|(client, seq, command)| (env.id(), Wire::Command { client, seq, command }))
+            .collect();
+        if config.sync_per_expiry {
+            // PLANTED BUG: one proposal, and one sync, per expiry.
+            for (from, msg) in expiries {
+                let output = raft.on_message(now, from, msg);
+                carry_out(&env, output, probe.as_ref()).await?;
+            }
+        } else if !expiries.is_empty() {
+            // Every expiry due now in one batch: one append, one sync, one
+            // `Append` per follower, however many sessions vanished at once.
+            tracing::debug!(node = env.id(), count = expiries.len(), "proposing expiries");
+            let output = raft.on_messages(now, expiries);
             carry_out(&env, output, probe.as_ref()).await?;
         }
         let due = watches.due(&raft, now);
         if !due.is_empty() {
             let output = raft.on_messages(now, due);
             carry_out(&env, output, probe.as_ref()).await?;
+        }
+    }
+}
+
+/// Admission of a message that arrived from `from` (authenticated by the
+/// transport). A client command is rebuilt with `owner = from`, whatever
+/// the client wrote there; commands only the leader's own machinery may
+/// propose (`Expire`, `Hinted`) are dropped. Returns whether to keep it.
+///
+/// Replica traffic and client reads pass unchanged. A follower needs no
+/// admission of its own: it answers every client command `NotLeader` and
+/// never forwards one, so only the leader's admitted commands reach the log.
+pub fn admit(me: NodeId, from: NodeId, msg: &mut WireOf<LockMachine>, config: &ServerConfig) -> bool {
+    let Wire::Command { command, .. } = msg else {
+        return true;
+    };
+    match command {
+        LockCommand::Client { owner, .. } => {
+            *owner = from;
+            true
+        }
+        LockCommand::Hinted { owner, .. } if config.client_token => {
+            // PLANTED BUG: the client's own token goes into the log.
+            *owner = from;
+            true
+        }
+        LockCommand::Hinted { .. } | LockCommand::Expire { .. } => {
+            tracing::warn!(
+                node = me,
+                from,
+                ?command,
+                "dropping an internal lock command from the network"
+            );
+            false
         }
     }
 }

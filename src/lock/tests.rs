@@ -2,24 +2,30 @@
 
 use std::time::Duration;
 
-use super::machine::{LockCommand as C, LockMachine, LockOutput as O, LockQuery, LockView};
+use super::machine::{LockCommand as C, LockMachine, LockOutput as O, LockQuery, LockView, Request as R};
 use super::server::LeaseTimer;
 use crate::log::StateMachine;
 
+/// A client request from the node that owns `session` in these tests
+/// (node id = session id, all in principal 0).
+fn cmd(request: R) -> C {
+    let owner = request.session() as u32;
+    C::Client { owner, request }
+}
+
 fn acquire(session: u64, request: u64, wait: bool) -> C {
-    C::Acquire {
+    cmd(R::Acquire {
         session,
         lock: "l".into(),
         request,
         wait,
-        token_hint: None,
-    }
+    })
 }
 
 fn opened(sessions: &[u64]) -> LockMachine {
     let mut m = LockMachine::default();
     for &s in sessions {
-        assert_eq!(m.apply(&C::Open { session: s }), O::Opened);
+        assert_eq!(m.apply(&cmd(R::Open { session: s })), O::Opened);
     }
     m
 }
@@ -44,10 +50,12 @@ fn fifo_grants_with_increasing_tokens() {
     assert_eq!(ahead, t2);
     assert!(t1 < t2 && t2 < t3);
     assert_eq!(m.apply(&acquire(3, 2, false)), O::Queued { token: t3, ahead: t2 });
-    let release = |s, token| C::Release {
-        session: s,
-        lock: "l".into(),
-        token,
+    let release = |s, token| {
+        cmd(R::Release {
+            session: s,
+            lock: "l".into(),
+            token,
+        })
     };
     assert_eq!(m.apply(&release(2, t2)), O::NotOwner, "only the owner releases");
     assert_eq!(m.apply(&release(1, t1)), O::Released);
@@ -69,11 +77,11 @@ fn try_acquire_reports_busy_and_retries_are_idempotent() {
         "retry gets the same grant"
     );
     assert_eq!(m.apply(&acquire(2, 1, false)), O::Busy);
-    m.apply(&C::Release {
+    m.apply(&cmd(R::Release {
         session: 1,
         lock: "l".into(),
         token,
-    });
+    }));
     assert_eq!(
         m.apply(&acquire(1, 7, false)),
         O::Refused(super::Refusal::StaleRequest),
@@ -89,32 +97,30 @@ fn try_acquire_reports_busy_and_retries_are_idempotent() {
 fn a_session_remembers_finished_requests_in_bounded_space() {
     let mut m = opened(&[1]);
     let take_and_release = |m: &mut LockMachine, lock: &str, request: u64| {
-        let O::Granted { token } = m.apply(&C::Acquire {
+        let O::Granted { token } = m.apply(&cmd(R::Acquire {
             session: 1,
             lock: lock.into(),
             request,
             wait: false,
-            token_hint: None,
-        }) else {
+        })) else {
             panic!("lock {lock} request {request}")
         };
         assert_eq!(
-            m.apply(&C::Release {
+            m.apply(&cmd(R::Release {
                 session: 1,
                 lock: lock.into(),
                 token
-            }),
+            })),
             O::Released
         );
     };
     let late = |m: &mut LockMachine, lock: &str, request: u64| {
-        m.apply(&C::Acquire {
+        m.apply(&cmd(R::Acquire {
             session: 1,
             lock: lock.into(),
             request,
             wait: false,
-            token_hint: None,
-        })
+        }))
     };
     for request in 1..=100 {
         take_and_release(&mut m, &format!("user-{request}"), request);
@@ -154,10 +160,10 @@ fn expiry_releases_and_dequeues_and_stale_expiry_is_ignored() {
         }),
         O::Expired
     );
-    assert_eq!(m.apply(&C::KeepAlive { session: 2 }), O::SessionExpired);
+    assert_eq!(m.apply(&cmd(R::KeepAlive { session: 2 })), O::SessionExpired);
     // Session 1 renews after the leader decided: the expiry is stale.
     let r1 = renewed(&m, 1);
-    m.apply(&C::KeepAlive { session: 1 });
+    m.apply(&cmd(R::KeepAlive { session: 1 }));
     assert_eq!(
         m.apply(&C::Expire {
             session: 1,
@@ -175,7 +181,7 @@ fn expiry_releases_and_dequeues_and_stale_expiry_is_ignored() {
     );
     assert_eq!(m.holder("l"), Some((3, t3)));
     assert_eq!(
-        m.apply(&C::Open { session: 2 }),
+        m.apply(&cmd(R::Open { session: 2 })),
         O::Refused(super::Refusal::SessionReused)
     );
 }
@@ -187,10 +193,12 @@ fn cancel_leaves_the_line_or_reports_the_grant() {
         panic!()
     };
     m.apply(&acquire(2, 1, true));
-    let cancel = |s| C::Cancel {
-        session: s,
-        lock: "l".into(),
-        request: 1,
+    let cancel = |s| {
+        cmd(R::Cancel {
+            session: s,
+            lock: "l".into(),
+            request: 1,
+        })
     };
     assert_eq!(m.apply(&cancel(2)), O::Cancelled);
     assert_eq!(m.apply(&cancel(1)), O::Granted { token });
@@ -212,11 +220,11 @@ fn snapshot_round_trips_and_tokens_continue_above() {
     let mut r = LockMachine::default();
     r.restore(&m.snapshot());
     assert_eq!(r, m);
-    r.apply(&C::Release {
+    r.apply(&cmd(R::Release {
         session: 1,
         lock: "l".into(),
         token,
-    });
+    }));
     let O::Granted { token: next } = r.apply(&acquire(1, 2, true)) else {
         panic!()
     };
@@ -243,14 +251,333 @@ fn lease_timer_starts_at_leadership_and_restarts_on_renewal() {
         seq,
         command,
     };
-    let _ = raft.on_message(ms(1_000), 5, command(1, C::Open { session: 1 }));
-    let mut timer = LeaseTimer::new(ms(500), ms(100));
-    assert!(timer.poll(1, &raft, ms(1_100)).is_empty());
-    assert!(timer.poll(1, &raft, ms(1_500)).is_empty());
-    let _ = raft.on_message(ms(1_550), 5, command(2, C::KeepAlive { session: 1 }));
-    assert!(timer.poll(1, &raft, ms(1_590)).is_empty(), "renewal restarts the timer");
+    let _ = raft.on_message(ms(1_000), 5, command(1, cmd(R::Open { session: 1 })));
+    let mut timer = LeaseTimer::new(ms(500), ms(100), rand_chacha::ChaCha8Rng::seed_from_u64(2));
+    assert!(timer.poll(&raft, ms(1_100)).is_empty());
+    assert!(timer.poll(&raft, ms(1_500)).is_empty());
+    let _ = raft.on_message(ms(1_550), 5, command(2, cmd(R::KeepAlive { session: 1 })));
+    assert!(timer.poll(&raft, ms(1_590)).is_empty(), "renewal restarts the timer");
     assert_eq!(timer.next_due(), ms(2_090));
-    let out = timer.poll(1, &raft, ms(2_090));
+    let out = timer.poll(&raft, ms(2_090));
     assert!(matches!(out.as_slice(), [(_, 1, C::Expire { session: 1, .. })]));
-    assert!(timer.poll(1, &raft, ms(2_100)).is_empty(), "one proposal in flight");
+    assert!(timer.poll(&raft, ms(2_100)).is_empty(), "one proposal in flight");
+}
+
+#[test]
+fn sessions_belong_to_the_node_that_opened_them() {
+    use super::Refusal::ForeignSession;
+    let mut m = opened(&[1]);
+    let O::Granted { token } = m.apply(&acquire(1, 1, true)) else {
+        panic!()
+    };
+    let foreign = |request| C::Client { owner: 99, request };
+    let refused = O::Refused(ForeignSession);
+    assert_eq!(m.apply(&foreign(R::Open { session: 1 })), refused);
+    assert_eq!(m.apply(&foreign(R::KeepAlive { session: 1 })), refused);
+    let release = R::Release {
+        session: 1,
+        lock: "l".into(),
+        token,
+    };
+    assert_eq!(m.apply(&foreign(release)), refused);
+    let cancel = R::Cancel {
+        session: 1,
+        lock: "l".into(),
+        request: 1,
+    };
+    assert_eq!(m.apply(&foreign(cancel)), refused);
+    assert_eq!(m.apply(&foreign(R::Close { session: 1 })), refused);
+    let take = R::Acquire {
+        session: 1,
+        lock: "other".into(),
+        request: 2,
+        wait: true,
+    };
+    assert_eq!(m.apply(&foreign(take)), refused);
+    assert_eq!(m.holder("l"), Some((1, token)), "the owner still holds it");
+    // A foreign command renews nothing: the owner's lease still expires.
+    let r1 = renewed(&m, 1);
+    assert_eq!(
+        m.apply(&C::Expire {
+            session: 1,
+            renewed: r1
+        }),
+        O::Expired
+    );
+}
+
+#[test]
+fn one_principal_cannot_fill_the_session_table() {
+    use super::{MAX_SESSIONS, MAX_SESSIONS_PER_PRINCIPAL};
+    let mut m = LockMachine::default();
+    let open = |m: &mut LockMachine, owner: u32, session| {
+        m.apply(&C::Client {
+            owner,
+            request: R::Open { session },
+        })
+    };
+    // Many instances of principal 7 (node ids 7 << 16 | i) share its quota.
+    for i in 0..MAX_SESSIONS_PER_PRINCIPAL as u64 {
+        assert_eq!(open(&mut m, 7 << 16 | i as u32, i), O::Opened);
+    }
+    assert_eq!(
+        open(&mut m, 7 << 16 | 999, 10_000),
+        O::Refused(super::Refusal::PrincipalQuota)
+    );
+    // Other principals still get sessions, up to the table's size.
+    let mut session = 20_000;
+    for principal in 8.. {
+        for _ in 0..MAX_SESSIONS_PER_PRINCIPAL {
+            session += 1;
+            let out = open(&mut m, principal << 16, session);
+            if m.sessions().count() == MAX_SESSIONS && out != O::Opened {
+                assert_eq!(out, O::Refused(super::Refusal::TooManySessions));
+                return;
+            }
+            assert_eq!(out, O::Opened);
+        }
+    }
+}
+
+/// A leader-hinted token (planted bug `UnsyncedToken`) far above or below
+/// the revision, with a line behind it: once a poison pill that failed the
+/// machine's assertion on every replica and every replay.
+#[test]
+fn hinted_tokens_never_trip_an_assertion() {
+    let mut m = opened(&[1, 2, 3]);
+    let hinted = |session, token| C::Hinted {
+        owner: session as u32,
+        request: R::Acquire {
+            session,
+            lock: "l".into(),
+            request: 1,
+            wait: true,
+        },
+        token,
+    };
+    assert_eq!(
+        m.apply(&hinted(1, 1_000_000_000_000)),
+        O::Granted {
+            token: 1_000_000_000_000
+        }
+    );
+    let O::Queued { token: t2, .. } = m.apply(&acquire(2, 1, true)) else {
+        panic!()
+    };
+    assert!(matches!(m.apply(&hinted(3, 1)), O::Queued { token: 1, .. }));
+    m.apply(&cmd(R::Close { session: 1 }));
+    assert_eq!(m.holder("l"), Some((2, t2)));
+    m.apply(&cmd(R::Close { session: 2 }));
+    assert_eq!(m.holder("l"), Some((3, 1)));
+}
+
+mod props {
+    use proptest::prelude::*;
+
+    use super::{C, R};
+    use crate::lock::machine::LockMachine;
+    use crate::log::StateMachine;
+
+    fn session() -> impl Strategy<Value = u64> {
+        prop_oneof![4 => 0..6u64, 1 => any::<u64>()]
+    }
+
+    fn owner() -> impl Strategy<Value = u32> {
+        prop_oneof![4 => 0..6u32, 2 => (0..3u32, 0..3u32).prop_map(|(p, i)| p << 16 | i), 1 => any::<u32>()]
+    }
+
+    fn lock() -> impl Strategy<Value = String> {
+        prop_oneof![4 => prop::sample::select(vec!["a", "b", ""]).prop_map(String::from), 1 => ".{0,140}"]
+    }
+
+    fn small() -> impl Strategy<Value = u64> {
+        prop_oneof![4 => 0..40u64, 1 => any::<u64>()]
+    }
+
+    fn request() -> impl Strategy<Value = R> {
+        prop_oneof![
+            session().prop_map(|session| R::Open { session }),
+            session().prop_map(|session| R::KeepAlive { session }),
+            (session(), lock(), small(), any::<bool>()).prop_map(|(session, lock, request, wait)| R::Acquire {
+                session,
+                lock,
+                request,
+                wait
+            }),
+            (session(), lock(), small()).prop_map(|(session, lock, token)| R::Release { session, lock, token }),
+            (session(), lock(), small()).prop_map(|(session, lock, request)| R::Cancel { session, lock, request }),
+            session().prop_map(|session| R::Close { session }),
+        ]
+    }
+
+    /// Mostly the session's usual owner (node id = session id), so that
+    /// sequences get past the ownership check; sometimes anyone.
+    fn owned() -> impl Strategy<Value = (u32, R)> {
+        (request(), prop::bool::weighted(0.8), owner())
+            .prop_map(|(request, usual, other)| (if usual { request.session() as u32 } else { other }, request))
+    }
+
+    fn command() -> impl Strategy<Value = C> {
+        prop_oneof![
+            6 => owned().prop_map(|(owner, request)| C::Client { owner, request }),
+            1 => (owned(), small()).prop_map(|((owner, request), token)| C::Hinted { owner, request, token }),
+            2 => (session(), small()).prop_map(|(session, renewed)| C::Expire { session, renewed }),
+        ]
+    }
+
+    proptest! {
+        /// `apply` runs the machine's invariant check after every command,
+        /// so a sequence that broke one would panic here.
+        #[test]
+        fn arbitrary_commands_never_panic_and_keep_the_invariants(commands in prop::collection::vec(command(), 0..120)) {
+            let mut m = LockMachine::default();
+            for c in &commands {
+                m.apply(c);
+                m.check();
+            }
+        }
+
+        #[test]
+        fn snapshot_restore_round_trips(commands in prop::collection::vec(command(), 0..80)) {
+            let mut m = LockMachine::default();
+            for c in &commands {
+                m.apply(c);
+            }
+            let mut r = LockMachine::default();
+            r.restore(&m.snapshot());
+            prop_assert_eq!(&r, &m);
+            // And the copy goes on exactly as the original.
+            for c in &commands {
+                prop_assert_eq!(r.apply(c), m.apply(c));
+            }
+        }
+    }
+}
+
+#[test]
+fn admission_stamps_the_owner_and_drops_internal_commands() {
+    use super::server::{admit, ServerConfig};
+    use crate::log::{Wire, WireOf};
+    let wire = |command| -> WireOf<LockMachine> {
+        Wire::Command {
+            client: 1,
+            seq: 1,
+            command,
+        }
+    };
+    let config = ServerConfig::default();
+    let mut claimed = wire(C::Client {
+        owner: 5,
+        request: R::KeepAlive { session: 1 },
+    });
+    assert!(admit(1, 70_000, &mut claimed, &config));
+    assert_eq!(
+        claimed,
+        wire(C::Client {
+            owner: 70_000,
+            request: R::KeepAlive { session: 1 }
+        }),
+        "the owner is the sender, whatever the client wrote"
+    );
+    let expire = C::Expire { session: 1, renewed: 3 };
+    assert!(!admit(1, 70_000, &mut wire(expire.clone()), &config));
+    let hinted = C::Hinted {
+        owner: 70_000,
+        request: R::Acquire {
+            session: 1,
+            lock: "l".into(),
+            request: 1,
+            wait: true,
+        },
+        token: 1_000_000_000_000,
+    };
+    assert!(!admit(1, 70_000, &mut wire(hinted.clone()), &config));
+    // Planted bug `ClientToken`: the hint goes in.
+    let buggy = ServerConfig {
+        client_token: true,
+        ..ServerConfig::default()
+    };
+    assert!(admit(1, 70_000, &mut wire(hinted), &buggy));
+    assert!(!admit(1, 70_000, &mut wire(expire), &buggy));
+}
+
+/// Only the leader admits: a follower answers a client command `NotLeader`
+/// and neither logs nor forwards it.
+#[test]
+fn followers_answer_not_leader_and_forward_nothing() {
+    use crate::log::{Config, Outcome, Raft, Response, Wire};
+    use rand::SeedableRng;
+    let mut raft = Raft::<LockMachine>::recover(
+        2,
+        &[1, 2, 3],
+        Config::default(),
+        rand_chacha::ChaCha8Rng::seed_from_u64(1),
+        &[],
+        Duration::ZERO,
+    )
+    .unwrap();
+    let out = raft.on_message(
+        Duration::from_millis(1),
+        70_000,
+        Wire::Command {
+            client: 9,
+            seq: 1,
+            command: cmd(R::Open { session: 1 }),
+        },
+    );
+    assert!(out.append.is_empty() && out.rewrite.is_none());
+    assert_eq!(out.messages.len(), 1, "{:?}", out.messages);
+    let (to, msg) = &out.messages[0];
+    assert_eq!(*to, 70_000);
+    assert!(matches!(
+        msg,
+        Wire::Response(Response {
+            outcome: Outcome::NotLeader(_),
+            ..
+        })
+    ));
+}
+
+/// The log's session table is shared with clients: a client that names the
+/// id a leader proposes its expiries under, with a huge sequence number,
+/// must not turn them into ignored "stale duplicates" (the id used to be
+/// `1 << 63 | node << 40 | term`).
+#[test]
+fn a_client_cannot_shadow_the_leaders_expiries() {
+    use crate::log::{Config, Raft, Wire};
+    use rand::SeedableRng;
+    let ms = Duration::from_millis;
+    let mut raft = Raft::<LockMachine>::recover(
+        1,
+        &[1],
+        Config::default(),
+        rand_chacha::ChaCha8Rng::seed_from_u64(1),
+        &[],
+        ms(0),
+    )
+    .unwrap();
+    let _ = raft.on_tick(ms(1_000));
+    let open = Wire::Command {
+        client: 9,
+        seq: 1,
+        command: cmd(R::Open { session: 5 }),
+    };
+    let _ = raft.on_message(ms(1_000), 5, open);
+    let guessed = (1 << 63) | (1 << 40) | raft.term();
+    let shadow = Wire::Command {
+        client: guessed,
+        seq: u64::MAX,
+        command: cmd(R::KeepAlive { session: 70 }),
+    };
+    let _ = raft.on_message(ms(1_000), 70, shadow);
+    let mut timer = LeaseTimer::new(ms(500), ms(100), rand_chacha::ChaCha8Rng::seed_from_u64(2));
+    assert!(timer.poll(&raft, ms(1_000)).is_empty());
+    let expiries: Vec<_> = timer
+        .poll(&raft, ms(1_500))
+        .into_iter()
+        .map(|(client, seq, command)| (1, Wire::Command { client, seq, command }))
+        .collect();
+    assert_eq!(expiries.len(), 1);
+    let _ = raft.on_messages(ms(1_500), expiries);
+    assert_eq!(raft.state_machine().sessions().count(), 0, "the session expired");
 }

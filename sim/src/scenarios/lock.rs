@@ -54,11 +54,12 @@ use ringfence::history::{History, Violation};
 use ringfence::lock::resource::{self, ResourceRequest};
 use ringfence::lock::{server, ClientConfig, LockClient, LockError, ServerConfig, Token};
 use ringfence::log::node::Probe;
-use ringfence::log::{Event, Term};
+use ringfence::log::{Event, Index, Term};
 
 use crate::env::SimEnv;
 use crate::plan::{AimedAction, DiskLoss, Fault, FaultKind, FaultPlan, Swarm, Targets};
 use crate::scenario::{client_ids, Bug, Client, Params, Scenario, Workload};
+use crate::scenarios::lock_hostile;
 use crate::world::{derive_rng, elapsed, stream, World};
 
 pub const NO_FENCING: Bug = Bug {
@@ -82,6 +83,17 @@ pub const NO_DRIFT_MARGIN: Bug = Bug {
     about:
         "the client trusts its lease for the full TTL instead of ttl*(1-rho), so a fast server clock expires it first",
     caught_by: "lease-overlap",
+};
+
+pub const CLIENT_TOKEN: Bug = Bug {
+    name: "client-token",
+    about: "the server admits a client's hinted acquire, so a client chooses its own fencing token",
+    caught_by: "client-token",
+};
+pub const SYNC_PER_EXPIRY: Bug = Bug {
+    name: "sync-per-expiry",
+    about: "the leader proposes and syncs each due expiry on its own and, once a round outlasts a heartbeat, stops reading its inbox: an expiry storm never commits",
+    caught_by: "liveness",
 };
 
 /// Server lease TTL.
@@ -216,14 +228,21 @@ impl Roles {
     }
 }
 
-/// Reports each lock server's leaderships into [`Roles`].
+/// Reports each lock server's leaderships into [`Roles`], and the entries
+/// the replicas applied (by index; every replica applies the same) for the
+/// `client-token` checker.
 struct LeaderWatch {
     roles: Arc<Mutex<Roles>>,
     world: World,
+    applied: Arc<Mutex<BTreeMap<Index, Vec<u8>>>>,
 }
 
 impl Probe for LeaderWatch {
     fn observe(&self, node: NodeId, _now: Duration, event: &Event) {
+        if let Event::Applied { index, payload, .. } = event {
+            let mut applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
+            applied.entry(*index).or_insert_with(|| payload.clone());
+        }
         if let Event::Leader { term } = event {
             let mut roles = self.roles.lock().unwrap_or_else(|e| e.into_inner());
             if roles.leader.is_none_or(|(t, _)| *term > t) {
@@ -432,13 +451,34 @@ impl ClockWatch {
     }
 }
 
+/// Clients that take the lock and touch the resource (history indices
+/// 0..4); after them come the rogue and the storm clients.
+const LOCK_USERS: u32 = 4;
+/// The rogue client's index (see [`lock_hostile::rogue`]).
+const ROGUE: u32 = LOCK_USERS;
+/// Storm clients, each of its own principal (the per-principal quota is
+/// 256), each opening [`STORM_SESSIONS`] sessions and vanishing.
+const STORM_CLIENTS: u32 = 3;
+const STORM_SESSIONS: u64 = 200;
+/// One seed in this many runs the storm (the heavy configuration).
+const STORM_EVERY: u64 = 8;
+const STORM_STREAM: u64 = 0x5707;
+
+/// Whether `seed` runs the expiry storm, and when (into the run).
+pub fn storm_at(seed: u64) -> Option<Duration> {
+    (seed % STORM_EVERY == STORM_EVERY / 2)
+        .then(|| Duration::from_millis(derive_rng(seed, STORM_STREAM, 0).gen_range(1_000..3_000)))
+}
+
 /// The lock scenario; one instance per run.
 pub struct LockScenario {
     bug: Option<&'static str>,
     servers: u32,
+    /// The lock users' node ids (whose clocks the lease arithmetic concerns).
     clients: Vec<NodeId>,
     watch: Arc<Mutex<ClockWatch>>,
     roles: Arc<Mutex<Roles>>,
+    applied: Arc<Mutex<BTreeMap<Index, Vec<u8>>>>,
 }
 
 impl LockScenario {
@@ -475,6 +515,8 @@ impl LockScenario {
             log: crate::scenarios::log::sim_config(None),
             ttl: TTL,
             unsynced_token: self.has(&UNSYNCED_TOKEN),
+            client_token: self.has(&CLIENT_TOKEN),
+            sync_per_expiry: self.has(&SYNC_PER_EXPIRY),
         }
     }
 
@@ -592,11 +634,35 @@ impl Scenario for LockScenario {
     const NAME: &'static str = "lock";
     const ABOUT: &'static str =
         "fenced lock service on the replicated log: sessions with leases, FIFO waiters, fencing tokens, a fenced counter";
-    const BUGS: &'static [Bug] = &[NO_FENCING, UNSYNCED_TOKEN, NO_RECHECK, NO_DRIFT_MARGIN];
+    const BUGS: &'static [Bug] = &[
+        NO_FENCING,
+        UNSYNCED_TOKEN,
+        NO_RECHECK,
+        NO_DRIFT_MARGIN,
+        CLIENT_TOKEN,
+        SYNC_PER_EXPIRY,
+    ];
     /// Three lock servers and the resource node.
     const SERVERS: u32 = 4;
     const MIN_SERVERS: u32 = 2;
-    const WORKLOAD: Workload = Workload { clients: 4, ops: 40 };
+    /// Four lock users, the rogue, three storm clients.
+    const WORKLOAD: Workload = Workload {
+        clients: LOCK_USERS + 1 + STORM_CLIENTS,
+        ops: 40,
+    };
+
+    /// Lock users 101.., the rogue in principal 1, storm client `k` in
+    /// principal 2 + k: each has its own session quota.
+    fn client_ids(clients: u32) -> Vec<NodeId> {
+        client_ids(clients)
+            .into_iter()
+            .enumerate()
+            .map(|(i, id)| match i as u32 {
+                i if i < ROGUE => id,
+                i => (i - ROGUE + 1) << 16 | id,
+            })
+            .collect()
+    }
     const FAULT_WINDOW: Duration = Duration::from_secs(6);
     /// TTL (an abandoned session expires) + a few election timeouts + the
     /// acquire's retries.
@@ -612,7 +678,7 @@ impl Scenario for LockScenario {
         LockScenario {
             bug: params.bug.map(|b| b.name),
             servers: params.servers,
-            clients: client_ids(params.workload.clients),
+            clients: client_ids(params.workload.clients.min(LOCK_USERS)),
             watch: Arc::new(Mutex::new(ClockWatch {
                 last: BTreeMap::new(),
                 max_server_rate: 1.0,
@@ -620,6 +686,7 @@ impl Scenario for LockScenario {
                 server_jumped: false,
             })),
             roles: Arc::default(),
+            applied: Arc::default(),
         }
     }
 
@@ -632,6 +699,7 @@ impl Scenario for LockScenario {
             let watch = Arc::new(LeaderWatch {
                 roles: self.roles.clone(),
                 world: env.world().clone(),
+                applied: self.applied.clone(),
             });
             if let Err(error) = server::run(env, self.lock_servers(), self.server_config(), watch).await {
                 tracing::warn!(%error, "lock server stopped");
@@ -641,6 +709,16 @@ impl Scenario for LockScenario {
     }
 
     async fn client(self: Arc<Self>, env: SimEnv, mut client: Client<LockOp>) {
+        if client.id == ROGUE {
+            return lock_hostile::rogue(env, self.lock_servers(), LOCK, || client.next_op()).await;
+        }
+        if client.id > ROGUE {
+            let seed = env.world().lock().seed;
+            if let Some(at) = storm_at(seed) {
+                lock_hostile::storm(env, self.lock_servers(), STORM_SESSIONS, at).await;
+            }
+            return;
+        }
         if client.id == 0 {
             // One sampler per run (clients are never crashed). Rates hold
             // until the next drift fault, so sampling misses little.
@@ -791,6 +869,10 @@ impl Scenario for LockScenario {
 
     fn check(&self, history: &History<LockOp>) -> Vec<Violation> {
         let within = self.watch.lock().unwrap_or_else(|e| e.into_inner()).within_bound();
-        check_lock(history, within)
+        let mut violations = check_lock(history, within);
+        let applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
+        let max_sessions = crate::scenarios::log::sim_config(None).max_sessions;
+        violations.extend(lock_hostile::check_grants(&applied, max_sessions));
+        violations
     }
 }

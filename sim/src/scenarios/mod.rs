@@ -2,6 +2,7 @@
 
 pub mod counter;
 pub mod lock;
+pub mod lock_hostile;
 pub mod log;
 pub mod txn;
 
@@ -19,6 +20,7 @@ pub trait DynScenario: Sync {
     fn default_servers(&self) -> u32;
     fn min_servers(&self) -> u32;
     fn default_workload(&self) -> Workload;
+    fn client_ids(&self, clients: u32) -> Vec<ringfence::env::NodeId>;
     fn default_seeds(&self) -> u64;
     fn fault_kinds(&self) -> Vec<FaultKind>;
     fn situations(&self) -> &'static [&'static str];
@@ -48,6 +50,9 @@ impl<S: Scenario> DynScenario for Registered<S> {
     }
     fn default_workload(&self) -> Workload {
         S::WORKLOAD
+    }
+    fn client_ids(&self, clients: u32) -> Vec<ringfence::env::NodeId> {
+        S::client_ids(clients)
     }
     fn default_seeds(&self) -> u64 {
         S::DEFAULT_SEEDS

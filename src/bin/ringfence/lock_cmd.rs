@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use clap::Subcommand;
-use ringfence::lock::{Lease, LockClient, SessionId, Token};
+use ringfence::lock::{Lease, LockClient};
 use ringfence::real::cluster::ClusterConfig;
 use ringfence::real::RealEnv;
 
@@ -34,14 +34,6 @@ enum LockCommand {
         #[arg(last = true)]
         command: Vec<String>,
     },
-    /// Release a lock held by a session (e.g. one printed by `acquire`).
-    Release {
-        name: String,
-        #[arg(long)]
-        session: SessionId,
-        #[arg(long)]
-        token: Token,
-    },
     /// Show who holds a lock and who waits for it.
     Status { name: String },
 }
@@ -55,18 +47,6 @@ pub async fn run(args: LockArgs) -> Result<(), String> {
             hold,
             command,
         } => acquire(&config, &name, wait, hold, command).await,
-        LockCommand::Release { name, session, token } => {
-            let mut client = LockClient::attach(env(&config)?, servers(&config), config.lock_client_config(), session);
-            client
-                .release(&Lease {
-                    lock: name.clone(),
-                    token,
-                })
-                .await
-                .map_err(|e| format!("release {name}: {e}"))?;
-            println!("released lock={name} token={token}");
-            Ok(())
-        }
         LockCommand::Status { name } => {
             let mut client = LockClient::new(env(&config)?, servers(&config), config.lock_client_config());
             let status = client.status(&name).await.map_err(|e| format!("status {name}: {e}"))?;
