@@ -141,7 +141,7 @@ impl Holder {
     async fn start(config: &Path, name: &str, dir: &Path) -> Holder {
         let pid_file = dir.join(format!("{name}.pid"));
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ringfence"))
-            .args(["lock", "acquire", name, "--grace", "1s", "--config"])
+            .args(["lock", "acquire", name, "--config"])
             .arg(config)
             .args(["--", "sh", "-c"])
             .arg(format!("echo $$ > {}; exec sleep 600", pid_file.display()))
@@ -218,7 +218,7 @@ async fn a_command_is_stopped_once_its_paused_holder_resumes_without_the_lock() 
     println!("stopped {took:?} after SIGCONT: {err}");
     assert_eq!(code, Some(EXIT_LOCK_LOST), "{err}");
     assert!(err.contains("lost the lock paused"), "{err}");
-    assert!(err.contains("SIGKILL after 1s"), "{err}");
+    assert!(err.contains("SIGKILL after 1s"), "the default grace: {err}");
     // Stopping at once: SIGTERM ends `sleep`, well inside the grace.
     assert!(took < Duration::from_secs(2), "stopped {took:?} after SIGCONT");
     cluster.stop().await;
