@@ -178,13 +178,17 @@ impl Holder {
         let started = Instant::now();
         let status = tokio::time::timeout(bound, self.child.wait()).await;
         let took = started.elapsed();
-        let mut err = String::new();
-        self.child.stderr.take().unwrap().read_to_string(&mut err).await.unwrap();
+        if status.is_err() {
+            let _ = self.child.start_kill();
+        }
         let alive = Path::new(&format!("/proc/{}", self.command_pid)).exists();
         if alive {
-            // SAFETY: the test's own `sleep 600`, left behind.
+            // SAFETY: the test's own `sleep 600`, left behind (it holds
+            // the stderr pipe open too).
             unsafe { libc::kill(self.command_pid, libc::SIGKILL) };
         }
+        let mut err = String::new();
+        self.child.stderr.take().unwrap().read_to_string(&mut err).await.unwrap();
         let status = status.unwrap_or_else(|_| panic!("`lock acquire` still running {bound:?} after the lease was lost"));
         assert!(!alive, "the command outlived `lock acquire` (status {status:?}): {err}");
         (status.unwrap().code(), err, took)
