@@ -157,7 +157,7 @@ async fn chaos(length: Duration, fencing: bool, stop_early: bool) -> Run {
     }
     let bank_until = tokio::time::Instant::now() + length;
     let bankers: Vec<_> = (0..BANK_CLIENTS)
-        .map(|id| tokio::spawn(banker(id, config.clone(), bank_until)))
+        .map(|id| tokio::spawn(banker(id, config.clone(), bank_until, dir.join("stop"))))
         .collect();
 
     let mut rng = ChaCha8Rng::from_entropy(); // determinism: ok
@@ -205,6 +205,7 @@ async fn chaos(length: Duration, fencing: bool, stop_early: bool) -> Run {
         }
     }
     resource.resume_all();
+    std::fs::write(dir.join("stop"), "").unwrap();
 
     let mut merged = Vec::new();
     for client in clients {
@@ -296,15 +297,15 @@ async fn final_audit(config: &ClusterConfig) -> Vec<i64> {
     .expect("a final audit commits once every node is back")
 }
 
-/// Transfers between random accounts, and an audit every fourth operation;
-/// returns the transfers that committed and every committed audit.
-async fn banker(id: u32, config: ClusterConfig, until: tokio::time::Instant) -> (u64, Vec<Vec<i64>>) {
+/// Transfers between random accounts, and an audit every fourth operation,
+/// until `until` or until the `stop` file exists; returns the transfers that committed and every committed audit.
+async fn banker(id: u32, config: ClusterConfig, until: tokio::time::Instant, stop: PathBuf) -> (u64, Vec<Vec<i64>>) {
     let env = RealEnv::client(RealEnv::client_id(), &config.txn_nodes());
     let mut txc = config.txn_client(env);
     let mut rng = ChaCha8Rng::from_entropy(); // determinism: ok
     let (mut committed, mut audits) = (0, Vec::new());
     let mut op = u64::from(id);
-    while tokio::time::Instant::now() < until {
+    while tokio::time::Instant::now() < until && !stop.exists() {
         op += 1;
         if op % 4 == 0 {
             if let Ok(balances) = bank::audit(&mut txc, ACCOUNTS).await {
@@ -503,8 +504,9 @@ struct ClientSpec {
     /// Its cluster file (lock addresses are its proxies).
     config: PathBuf,
     resource: SocketAddr,
-    /// Stop at this [`mono_ns`] time.
+    /// Stop at this [`mono_ns`] time, or once this file exists.
     until: u64,
+    stop: PathBuf,
     /// Where to write its history (JSON).
     out: PathBuf,
 }
@@ -531,6 +533,7 @@ impl ClientProcess {
             config: file,
             resource,
             until,
+            stop: dir.join("stop"),
             out: dir.join(format!("client-{id}.history.json")),
         };
         let log = std::fs::File::create(dir.join(format!("client-{id}.out"))).unwrap();
@@ -614,7 +617,7 @@ async fn lock_loop(spec: &ClientSpec, config: &ClusterConfig) -> History<LockOp>
     };
     let mut lc = lock_client(config);
     let mut acquires = 0;
-    while mono_ns() < spec.until {
+    while mono_ns() < spec.until && !spec.stop.exists() {
         if !lc.is_valid() && lc.reopen().await.is_err() {
             continue;
         }
