@@ -102,7 +102,11 @@ async fn lock_and_bank_survive_kills_stops_partitions_and_paused_holders() {
         run.dir.display()
     );
     for kind in ["kill", "node-stop", "partition", "holder-pause"] {
-        assert!(run.faults.get(kind).copied().unwrap_or(0) > 0, "no {kind} fired: {:?}", run.faults);
+        assert!(
+            run.faults.get(kind).copied().unwrap_or(0) > 0,
+            "no {kind} fired: {:?}",
+            run.faults
+        );
     }
     assert!(run.increments > 0, "no increment got through");
     assert!(run.transfers > 0, "no transfer committed");
@@ -226,10 +230,7 @@ async fn chaos(length: Duration, fencing: bool, stop_early: bool) -> Run {
     }
 
     let truth = resource.truth();
-    let increments = truth
-        .iter()
-        .filter(|e| matches!(e.op, LockOp::Write { .. }))
-        .count() as u64;
+    let increments = truth.iter().filter(|e| matches!(e.op, LockOp::Write { .. })).count() as u64;
     merged.extend(truth);
     let history = merge(start, merged);
     // Leases are judged: every process reads the same clock, so no drift.
@@ -403,7 +404,6 @@ impl Resource {
     fn truth(&self) -> Vec<Event<LockOp>> {
         self.state.lock().unwrap().applied.clone()
     }
-
 }
 
 impl ResourceState {

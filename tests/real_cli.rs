@@ -3,6 +3,8 @@
 //! and `lock acquire -- CMD` stopping CMD once the lease is lost (to a
 //! stopped client process, or to servers it can no longer reach).
 
+// Shared with real_chaos.rs, which uses all of it; this file only cuts.
+#[allow(dead_code)]
 mod support;
 
 use std::path::Path;
@@ -59,7 +61,10 @@ async fn lock_and_bank_commands_work_against_a_loopback_cluster() {
         let huge = ringfence(&["lock", "acquire", "demo", "-c", &file, flag, "99999999999s"]);
         let err = String::from_utf8_lossy(&huge.stderr);
         assert_eq!(huge.status.code(), Some(2), "{flag}: {err}");
-        assert!(err.contains("is too long") && !err.contains("panicked"), "{flag}: {err}");
+        assert!(
+            err.contains("is too long") && !err.contains("panicked"),
+            "{flag}: {err}"
+        );
     }
 
     assert!(stdout(&ringfence(&["txn", "transfer", "0", "1", "30", "-c", &file])).contains("committed"));
@@ -158,7 +163,10 @@ impl Holder {
             .unwrap_or_default();
         assert!(granted.starts_with(&format!("granted lock={name}")), "{granted}");
         let command_pid = loop {
-            if let Some(pid) = std::fs::read_to_string(&pid_file).ok().and_then(|p| p.trim().parse().ok()) {
+            if let Some(pid) = std::fs::read_to_string(&pid_file)
+                .ok()
+                .and_then(|p| p.trim().parse().ok())
+            {
                 break pid;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -188,8 +196,15 @@ impl Holder {
             unsafe { libc::kill(self.command_pid, libc::SIGKILL) };
         }
         let mut err = String::new();
-        self.child.stderr.take().unwrap().read_to_string(&mut err).await.unwrap();
-        let status = status.unwrap_or_else(|_| panic!("`lock acquire` still running {bound:?} after the lease was lost"));
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .await
+            .unwrap();
+        let status =
+            status.unwrap_or_else(|_| panic!("`lock acquire` still running {bound:?} after the lease was lost"));
         assert!(!alive, "the command outlived `lock acquire` (status {status:?}): {err}");
         (status.unwrap().code(), err, took)
     }
@@ -209,7 +224,9 @@ async fn a_command_is_stopped_once_its_paused_holder_resumes_without_the_lock() 
     let holder = Holder::start(&file, "paused", dir.path()).await;
     holder.signal(libc::SIGSTOP);
     let other = tokio::process::Command::new(exe)
-        .args(["lock", "acquire", "paused", "--wait", "20s", "--hold", "200ms", "--config"])
+        .args([
+            "lock", "acquire", "paused", "--wait", "20s", "--hold", "200ms", "--config",
+        ])
         .arg(&file)
         .output()
         .await
@@ -258,6 +275,9 @@ async fn a_command_is_stopped_when_the_lease_runs_out_behind_a_partition() {
     assert_eq!(code, Some(EXIT_LOCK_LOST), "{err}");
     assert!(err.contains("lost the lock cut"), "{err}");
     // At most a TTL of trust after the last renewal, plus the grace.
-    assert!(took <= config.lock_ttl() + Duration::from_millis(1500), "stopped {took:?} after the partition");
+    assert!(
+        took <= config.lock_ttl() + Duration::from_millis(1500),
+        "stopped {took:?} after the partition"
+    );
     cluster.stop().await;
 }

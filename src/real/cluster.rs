@@ -106,7 +106,9 @@ impl ClusterConfig {
     /// two services would share one (more than 99 nodes).
     pub fn loopback(nodes: u32, base_port: u16, data_dir: PathBuf) -> Result<ClusterConfig, String> {
         if nodes > 99 {
-            return Err(format!("{nodes} nodes on loopback: at most 99 (ports are base + 100·service + id)"));
+            return Err(format!(
+                "{nodes} nodes on loopback: at most 99 (ports are base + 100·service + id)"
+            ));
         }
         let highest = u32::from(base_port) + 200 + nodes;
         if highest > u32::from(u16::MAX) {
@@ -116,7 +118,8 @@ impl ClusterConfig {
                 u32::from(u16::MAX) - 200 - nodes
             ));
         }
-        let port = |offset: u32, id: u32| SocketAddr::from(([127, 0, 0, 1], (u32::from(base_port) + offset + id) as u16));
+        let port =
+            |offset: u32, id: u32| SocketAddr::from(([127, 0, 0, 1], (u32::from(base_port) + offset + id) as u16));
         Ok(ClusterConfig {
             data_dir,
             lock: LockSettings::default(),

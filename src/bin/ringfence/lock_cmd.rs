@@ -174,7 +174,9 @@ async fn acquire(
                 lease.token
             );
         }
-        let status = stop(child, grace).await.map_err(|e| format!("stopping the command: {e}"))?;
+        let status = stop(child, grace)
+            .await
+            .map_err(|e| format!("stopping the command: {e}"))?;
         eprintln!("command stopped: {status}");
     }
     if let Ended::Lost(reason) = ended {

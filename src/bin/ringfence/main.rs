@@ -131,7 +131,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     };
     match Duration::try_from_secs_f64(seconds) {
         Ok(duration) if duration <= MAX_DURATION => Ok(duration),
-        _ => Err(format!("`{text}` is too long (at most 365 days, {}s)", MAX_DURATION.as_secs())),
+        _ => Err(format!(
+            "`{text}` is too long (at most 365 days, {}s)",
+            MAX_DURATION.as_secs()
+        )),
     }
 }
 
@@ -165,6 +168,8 @@ mod tests {
         assert!(parse_duration("-1s").is_err());
         assert_eq!(parse_duration("31536000"), Ok(MAX_DURATION));
         assert!(parse_duration("31536001s").unwrap_err().contains("too long"));
-        assert!(parse_duration("99999999999999999999s").unwrap_err().contains("too long"));
+        assert!(parse_duration("99999999999999999999s")
+            .unwrap_err()
+            .contains("too long"));
     }
 }
