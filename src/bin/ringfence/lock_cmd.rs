@@ -161,6 +161,8 @@ async fn acquire(
                 // Its own process group, so stopping it reaches whatever
                 // it started (a shell's pipeline, say) too.
                 .process_group(0)
+                // A safety net for the error paths that return early.
+                .kill_on_drop(true)
                 .spawn()
                 .map_err(|e| format!("cannot run {program}: {e}"))?,
         ),
