@@ -1,11 +1,20 @@
 //! The `ringfence` binary end to end: a loopback cluster of node processes,
-//! then the lock and bank commands against it, and clear errors for bad
-//! input.
+//! then the lock and bank commands against it, clear errors for bad input,
+//! and `lock acquire -- CMD` stopping CMD once the lease is lost (to a
+//! stopped client process, or to servers it can no longer reach).
+
+// Shared with real_chaos.rs, which uses all of it; this file only cuts.
+#[allow(dead_code)]
+mod support;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
+use ringfence::real::cluster::ClusterConfig;
 use ringfence::real::local::LocalCluster;
+use support::proxy::Proxy;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
 fn ringfence(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_ringfence"))
@@ -47,6 +56,17 @@ async fn lock_and_bank_commands_work_against_a_loopback_cluster() {
     assert!(out.contains("released lock=demo"), "{out}");
     assert!(stdout(&ringfence(&["lock", "status", "demo", "-c", &file])).contains("lock=demo free"));
 
+    // Durations too long for a deadline are refused before anything runs.
+    for flag in ["--hold", "--wait", "--grace"] {
+        let huge = ringfence(&["lock", "acquire", "demo", "-c", &file, flag, "99999999999s"]);
+        let err = String::from_utf8_lossy(&huge.stderr);
+        assert_eq!(huge.status.code(), Some(2), "{flag}: {err}");
+        assert!(
+            err.contains("is too long") && !err.contains("panicked"),
+            "{flag}: {err}"
+        );
+    }
+
     assert!(stdout(&ringfence(&["txn", "transfer", "0", "1", "30", "-c", &file])).contains("committed"));
     let audit = stdout(&ringfence(&["txn", "audit", "--accounts", "2", "-c", &file]));
     assert!(
@@ -80,4 +100,192 @@ fn bad_input_gets_a_clear_error() {
     let duration = ringfence(&["lock", "acquire", "x", "--wait", "soon"]);
     assert!(!duration.status.success());
     assert!(String::from_utf8_lossy(&duration.stderr).contains("is not a duration"));
+
+    // Every count is checked by the flag parser (status 2, clap's usage error).
+    for args in [
+        &["bench", "--nodes", "0"][..],
+        &["bench", "--nodes", "16"],
+        &["bench", "--clients", "0"],
+        &["bench", "--accounts", "1"],
+        &["txn", "audit", "--accounts", "0"],
+        &["txn", "audit", "--accounts", "4294967295"],
+        &["cluster", "--nodes", "0"],
+        &["cluster", "--base-port", "70000"],
+    ] {
+        let refused = ringfence(args);
+        let err = String::from_utf8_lossy(&refused.stderr);
+        assert_eq!(refused.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("invalid value"), "{args:?}: {err}");
+    }
+}
+
+/// Ports past 65535 are refused, not wrapped around to low ports.
+#[tokio::test]
+async fn cluster_refuses_a_base_port_whose_ports_would_pass_65535() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_ringfence"))
+        .args(["cluster", "--base-port", "65530", "--dir"])
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(20), run)
+        .await
+        .expect("`cluster --base-port 65530` must fail at once, not start a cluster")
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("base port 65530") && err.contains("65535"), "{err}");
+    assert!(!dir.path().join("cluster.toml").exists());
+}
+
+/// `lock acquire` exits with this when the lock was lost (see docs/real.md).
+const EXIT_LOCK_LOST: i32 = 3;
+
+/// A running `ringfence lock acquire NAME -- sh -c '... exec sleep 600'`,
+/// once it printed its grant, and the pid of its command.
+struct Holder {
+    child: tokio::process::Child,
+    command_pid: i32,
+}
+
+impl Holder {
+    async fn start(config: &Path, name: &str, dir: &Path) -> Holder {
+        let pid_file = dir.join(format!("{name}.pid"));
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ringfence"))
+            .args(["lock", "acquire", name, "--config"])
+            .arg(config)
+            .args(["--", "sh", "-c"])
+            .arg(format!("echo $$ > {}; exec sleep 600", pid_file.display()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let granted = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("granted within 20 s")
+            .unwrap()
+            .unwrap_or_default();
+        assert!(granted.starts_with(&format!("granted lock={name}")), "{granted}");
+        let command_pid = loop {
+            if let Some(pid) = std::fs::read_to_string(&pid_file)
+                .ok()
+                .and_then(|p| p.trim().parse().ok())
+            {
+                break pid;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        Holder { child, command_pid }
+    }
+
+    fn signal(&self, signal: i32) {
+        let pid = self.child.id().unwrap() as i32;
+        // SAFETY: kill(2) on a child process we started.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+    }
+
+    /// Waits (at most `bound`) for `lock acquire` to exit: its status, its
+    /// stderr and how long it took.
+    async fn exit(mut self, bound: Duration) -> (Option<i32>, String, Duration) {
+        let started = Instant::now();
+        let status = tokio::time::timeout(bound, self.child.wait()).await;
+        let took = started.elapsed();
+        if status.is_err() {
+            let _ = self.child.start_kill();
+        }
+        let alive = Path::new(&format!("/proc/{}", self.command_pid)).exists();
+        if alive {
+            // SAFETY: the test's own `sleep 600`, left behind (it holds
+            // the stderr pipe open too).
+            unsafe { libc::kill(self.command_pid, libc::SIGKILL) };
+        }
+        let mut err = String::new();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .await
+            .unwrap();
+        let status =
+            status.unwrap_or_else(|_| panic!("`lock acquire` still running {bound:?} after the lease was lost"));
+        assert!(!alive, "the command outlived `lock acquire` (status {status:?}): {err}");
+        (status.unwrap().code(), err, took)
+    }
+}
+
+/// The holder stopped (SIGSTOP) past its TTL while another client takes
+/// the lock and finishes: once it runs again it must not let its command
+/// carry on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_is_stopped_once_its_paused_holder_resumes_without_the_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LocalCluster::free_ports_config(3, dir.path()).unwrap();
+    let exe = Path::new(env!("CARGO_BIN_EXE_ringfence"));
+    let mut cluster = LocalCluster::start(exe, dir.path(), config.clone()).await.unwrap();
+    let file = cluster.config_path().to_owned();
+
+    let holder = Holder::start(&file, "paused", dir.path()).await;
+    holder.signal(libc::SIGSTOP);
+    let other = tokio::process::Command::new(exe)
+        .args([
+            "lock", "acquire", "paused", "--wait", "20s", "--hold", "200ms", "--config",
+        ])
+        .arg(&file)
+        .output()
+        .await
+        .unwrap();
+    assert!(other.status.success(), "{}", String::from_utf8_lossy(&other.stderr));
+    assert!(String::from_utf8_lossy(&other.stdout).contains("granted lock=paused"));
+    holder.signal(libc::SIGCONT);
+
+    let (code, err, took) = holder.exit(Duration::from_secs(10)).await;
+    println!("stopped {took:?} after SIGCONT: {err}");
+    assert_eq!(code, Some(EXIT_LOCK_LOST), "{err}");
+    assert!(err.contains("lost the lock paused"), "{err}");
+    assert!(err.contains("SIGKILL after 1s"), "the default grace: {err}");
+    // Stopping at once: SIGTERM ends `sleep`, well inside the grace.
+    assert!(took < Duration::from_secs(2), "stopped {took:?} after SIGCONT");
+    cluster.stop().await;
+}
+
+/// The holder cut off from every server: its command is stopped when the
+/// lease runs out, while `lock acquire` itself keeps running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_is_stopped_when_the_lease_runs_out_behind_a_partition() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LocalCluster::free_ports_config(3, dir.path()).unwrap();
+    let exe = Path::new(env!("CARGO_BIN_EXE_ringfence"));
+    let mut cluster = LocalCluster::start(exe, dir.path(), config.clone()).await.unwrap();
+    let mut behind_proxies = config.clone();
+    let mut proxies = Vec::new();
+    for node in &mut behind_proxies.nodes {
+        let proxy = Proxy::start(node.lock).await.unwrap();
+        node.lock = proxy.addr();
+        proxies.push(proxy);
+    }
+    let client_file = dir.path().join("client.toml");
+    behind_proxies.save(&client_file).unwrap();
+    ClusterConfig::load(&client_file).unwrap();
+
+    let holder = Holder::start(&client_file, "cut", dir.path()).await;
+    // Renewals go through for a while first.
+    tokio::time::sleep(config.lock_ttl()).await;
+    for proxy in &proxies {
+        proxy.partition();
+    }
+    let (code, err, took) = holder.exit(Duration::from_secs(10)).await;
+    println!("stopped {took:?} after the partition: {err}");
+    assert_eq!(code, Some(EXIT_LOCK_LOST), "{err}");
+    assert!(err.contains("lost the lock cut"), "{err}");
+    // At most a TTL of trust after the last renewal, plus the grace.
+    assert!(
+        took <= config.lock_ttl() + Duration::from_millis(1500),
+        "stopped {took:?} after the partition"
+    );
+    cluster.stop().await;
 }

@@ -143,24 +143,38 @@ pub enum ConfigError {
 impl ClusterConfig {
     /// A cluster of `nodes` nodes on loopback: node `i` listens on
     /// `base_port + i` (lock), `+ 100 + i` (txn) and `+ 200 + i` (shard).
-    pub fn loopback(nodes: u32, base_port: u16, data_dir: PathBuf) -> ClusterConfig {
-        ClusterConfig {
+    /// Refused when a port would pass 65535 (rather than wrap around) or
+    /// two services would share one (more than 99 nodes).
+    pub fn loopback(nodes: u32, base_port: u16, data_dir: PathBuf) -> Result<ClusterConfig, String> {
+        if nodes > 99 {
+            return Err(format!(
+                "{nodes} nodes on loopback: at most 99 (ports are base + 100·service + id)"
+            ));
+        }
+        let highest = u32::from(base_port) + 200 + nodes;
+        if highest > u32::from(u16::MAX) {
+            return Err(format!(
+                "base port {base_port} with {nodes} nodes needs ports up to {highest}; the highest is 65535 \
+                 (use a base port of at most {})",
+                u32::from(u16::MAX) - 200 - nodes
+            ));
+        }
+        let port =
+            |offset: u32, id: u32| SocketAddr::from(([127, 0, 0, 1], (u32::from(base_port) + offset + id) as u16));
+        Ok(ClusterConfig {
             cluster_id: new_cluster_id(),
             data_dir,
             auth: AuthSettings::default(),
             lock: LockSettings::default(),
             nodes: (1..=nodes)
-                .map(|id| {
-                    let port = |offset: u16| SocketAddr::from(([127, 0, 0, 1], base_port + offset + id as u16));
-                    NodeEntry {
-                        id,
-                        lock: port(0),
-                        txn: port(100),
-                        shard: port(200),
-                    }
+                .map(|id| NodeEntry {
+                    id,
+                    lock: port(0, id),
+                    txn: port(100, id),
+                    shard: port(200, id),
                 })
                 .collect(),
-        }
+        })
     }
 
     /// Reads and validates a cluster file.

@@ -56,7 +56,7 @@ impl LocalCluster {
     /// (another process could take one before the node binds it, which
     /// then fails loudly), data under `dir`.
     pub fn free_ports_config(nodes: u32, dir: &Path) -> std::io::Result<ClusterConfig> {
-        let mut config = ClusterConfig::loopback(nodes, 0, dir.join("data"));
+        let mut config = ClusterConfig::loopback(nodes, 0, dir.join("data")).map_err(std::io::Error::other)?;
         // Absolute, so that copies of this config find them from anywhere.
         config.auth = AuthSettings {
             secret_file: dir.join("cluster.secret"),

@@ -31,10 +31,11 @@ pub struct BenchArgs {
     #[arg(long, short)]
     config: Option<PathBuf>,
     /// Nodes of the cluster started for the run (fsync on, loopback).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=15))]
     nodes: u32,
     /// Client counts, one phase per count and mode.
-    #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32",
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=MAX_CLIENTS))]
     clients: Vec<usize>,
     /// `contended` (one shared lock) and/or `uncontended` (a lock per client).
     #[arg(long, value_delimiter = ',', default_value = "contended,uncontended")]
@@ -52,7 +53,7 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "lock,txn")]
     workloads: Vec<Workload>,
     /// Accounts the transfers pick from.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(2..=1_000_000))]
     accounts: u32,
 }
 
@@ -67,6 +68,10 @@ enum Mode {
     Contended,
     Uncontended,
 }
+
+/// Most clients in one phase: each keeps a connection to every node, and a
+/// node serves at most `real::transport::MAX_INBOUND_CONNECTIONS`.
+const MAX_CLIENTS: u64 = 200;
 
 /// Longest wait for one acquire before it counts as an error.
 const OP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -258,7 +263,7 @@ async fn transfers_phase(
     let meter = Meter::start(server_pids);
     let t0 = Instant::now() + Duration::from_millis(50);
     let window = (t0 + args.warmup, t0 + args.warmup + args.duration);
-    let accounts = args.accounts.max(2);
+    let accounts = args.accounts;
     let tasks: Vec<_> = (0..clients)
         .map(|_| {
             let env = RealEnv::client(credentials, &config.txn_nodes());

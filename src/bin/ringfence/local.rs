@@ -13,14 +13,16 @@ pub struct ClusterArgs {
     /// Directory for the cluster file, the nodes' data and their output.
     #[arg(long, default_value = "ringfence-cluster")]
     dir: PathBuf,
-    /// Node `i`'s lock service listens on 127.0.0.1:<base-port + i>.
-    #[arg(long, default_value_t = 7100)]
+    /// Node `i`'s lock service listens on 127.0.0.1:<base-port + i>, its
+    /// transaction replica on +100 and its shard on +200 (all at most 65535).
+    #[arg(long, default_value_t = 7100, value_parser = clap::value_parser!(u16).range(1..))]
     base_port: u16,
 }
 
 pub async fn run(args: ClusterArgs) -> Result<(), String> {
     let data = std::path::absolute(args.dir.join("data")).map_err(|e| e.to_string())?;
-    let mut config = ClusterConfig::loopback(args.nodes, args.base_port, data);
+    let mut config =
+        ClusterConfig::loopback(args.nodes, args.base_port, data).map_err(|e| format!("--base-port: {e}"))?;
     // Started again in the same directory: the nodes' data belongs to the
     // cluster the old file names, so keep its id.
     if let Ok(old) = ClusterConfig::load(&args.dir.join("cluster.toml")) {

@@ -1,13 +1,32 @@
 //! `ringfence lock`: the lock service from the command line.
+//!
+//! `acquire NAME -- COMMAND` runs COMMAND only while the lease is trusted:
+//! the session is renewed in the background, and the moment the lease can
+//! no longer be trusted (its deadline on this machine's clock passes, or a
+//! renewal says the session no longer holds the lock) COMMAND's process
+//! group gets SIGTERM, then SIGKILL after `--grace`, and the command exits
+//! with [`EXIT_LOCK_LOST`]. COMMAND may still act for up to the grace
+//! after the lease ended, so what it writes must be fenced with the token
+//! it gets in `RINGFENCE_LOCK_TOKEN`.
 
+use std::process::ExitStatus;
 use std::time::Duration;
 
 use clap::Subcommand;
-use ringfence::lock::{Lease, LockClient};
+use ringfence::lock::{Lease, LockClient, LockError, Token};
 use ringfence::real::cluster::ClusterConfig;
 use ringfence::real::RealEnv;
+use tokio::process::Child;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::time::Instant;
 
-use crate::{parse_duration, ConfigArg};
+use crate::{parse_duration, ConfigArg, Failure, EXIT_ERROR};
+
+/// `lock acquire`: the lease ended before the command or the hold did; the
+/// command was stopped and the lock was not released (it is no longer ours).
+pub const EXIT_LOCK_LOST: u8 = 3;
+/// `lock acquire`: the lock was not granted within `--wait`.
+pub const EXIT_NOT_GRANTED: u8 = 4;
 
 #[derive(clap::Args, Debug)]
 pub struct LockArgs {
@@ -20,8 +39,10 @@ pub struct LockArgs {
 #[derive(Subcommand, Debug)]
 enum LockCommand {
     /// Take a lock and hold it (keeping the session alive) while COMMAND
-    /// runs, for --hold, or until Ctrl-C; then release it. COMMAND sees the
-    /// fencing token in RINGFENCE_LOCK_TOKEN.
+    /// runs, for --hold, or until Ctrl-C / SIGTERM; then release it.
+    /// COMMAND sees the fencing token in RINGFENCE_LOCK_TOKEN. Exit status:
+    /// 0 done and released; 1 error (COMMAND failed, no cluster, ...);
+    /// 3 the lock was lost (COMMAND stopped); 4 not granted within --wait.
     Acquire {
         name: String,
         /// How long to wait in line for the lock.
@@ -30,6 +51,10 @@ enum LockCommand {
         /// Hold the lock this long, then release it.
         #[arg(long, value_parser = parse_duration, conflicts_with = "command")]
         hold: Option<Duration>,
+        /// When the lock is lost: how long COMMAND has between SIGTERM and
+        /// SIGKILL.
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        grace: Duration,
         /// Run this while holding the lock.
         #[arg(last = true)]
         command: Vec<String>,
@@ -38,15 +63,16 @@ enum LockCommand {
     Status { name: String },
 }
 
-pub async fn run(args: LockArgs) -> Result<(), String> {
+pub async fn run(args: LockArgs) -> Result<(), Failure> {
     let config = args.config.load()?;
     match args.command {
         LockCommand::Acquire {
             name,
             wait,
             hold,
+            grace,
             command,
-        } => acquire(&config, &name, wait, hold, command).await,
+        } => acquire(&config, &name, wait, hold, grace, command).await,
         LockCommand::Status { name } => {
             let mut client = LockClient::new(env(&config)?, servers(&config), config.lock_client_config());
             let status = client.status(&name).await.map_err(|e| format!("status {name}: {e}"))?;
@@ -70,70 +96,162 @@ fn servers(config: &ClusterConfig) -> Vec<ringfence::env::NodeId> {
     config.lock_servers().into_keys().collect()
 }
 
+/// How holding the lock ended.
+enum Ended {
+    /// The hold elapsed, or COMMAND exited (with this status).
+    Finished(Option<ExitStatus>),
+    /// Ctrl-C, SIGTERM or SIGHUP.
+    Interrupted,
+    /// The lease can no longer be trusted, for this reason.
+    Lost(String),
+}
+
 async fn acquire(
     config: &ClusterConfig,
     name: &str,
     wait: Duration,
     hold: Option<Duration>,
+    grace: Duration,
     command: Vec<String>,
-) -> Result<(), String> {
+) -> Result<(), Failure> {
     let mut client = LockClient::new(env(config)?, servers(config), config.lock_client_config());
     client.open().await.map_err(|e| format!("open session: {e}"))?;
-    let lease = client
-        .acquire(name, wait)
-        .await
-        .map_err(|e| format!("acquire {name}: {e}"))?;
+    let lease = match client.acquire(name, wait).await {
+        Ok(lease) if client.is_valid() => lease,
+        Ok(_) => return Err(lost(name, None, "the lease ran out before the grant was confirmed")),
+        Err(LockError::Timeout) => {
+            return Err(Failure {
+                status: EXIT_NOT_GRANTED,
+                message: format!("acquire {name}: not granted within {wait:?}"),
+            })
+        }
+        Err(e) => return Err(format!("acquire {name}: {e}").into()),
+    };
     println!(
         "granted lock={name} token={} session={} valid_for={:?}",
         lease.token,
         client.session(),
         client.valid_for()
     );
-    let held = hold_while(&mut client, &lease, hold, command).await;
-    client
-        .release(&lease)
-        .await
-        .map_err(|e| format!("release {name}: {e}"))?;
-    println!("released lock={name} token={}", lease.token);
-    held
-}
-
-/// Keeps the session alive while the command runs / the hold lasts / until
-/// Ctrl-C. A lost lease is reported as an error: the holder may no longer
-/// be the only one.
-async fn hold_while(
-    client: &mut LockClient<RealEnv>,
-    lease: &Lease,
-    hold: Option<Duration>,
-    command: Vec<String>,
-) -> Result<(), String> {
     let mut child = match command.split_first() {
         Some((program, args)) => Some(
             tokio::process::Command::new(program)
                 .args(args)
                 .env("RINGFENCE_LOCK_TOKEN", lease.token.to_string())
+                // Its own process group, so stopping it reaches whatever
+                // it started (a shell's pipeline, say) too.
+                .process_group(0)
+                // A safety net for the error paths that return early.
+                .kill_on_drop(true)
                 .spawn()
                 .map_err(|e| format!("cannot run {program}: {e}"))?,
         ),
         None => None,
     };
-    let until = hold.map(|h| tokio::time::Instant::now() + h);
-    let renew_every = client.valid_for() / 3;
+    let ended = hold_while(&mut client, &lease, hold, child.as_mut(), config.lock_ttl() / 4).await?;
+    if let (Ended::Lost(_) | Ended::Interrupted, Some(child)) = (&ended, child.as_mut()) {
+        if let Ended::Lost(reason) = &ended {
+            eprintln!(
+                "lost the lock {name} (token {}): {reason}; stopping the command (SIGTERM, SIGKILL after {grace:?})",
+                lease.token
+            );
+        }
+        let status = stop(child, grace)
+            .await
+            .map_err(|e| format!("stopping the command: {e}"))?;
+        eprintln!("command stopped: {status}");
+    }
+    if let Ended::Lost(reason) = ended {
+        return Err(lost(name, Some(lease.token), &reason));
+    }
+    // The lease held throughout; a release that fails now only means the
+    // servers free the lock when the session expires instead.
+    match client.release(&lease).await {
+        Ok(()) => println!("released lock={name} token={}", lease.token),
+        Err(e) => eprintln!("warning: release {name}: {e} (the lock is freed when the session expires)"),
+    }
+    match ended {
+        Ended::Finished(Some(status)) if !status.success() => Err(Failure {
+            status: EXIT_ERROR,
+            message: format!("command failed: {status}"),
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn lost(name: &str, token: Option<Token>, reason: &str) -> Failure {
+    let token = token.map_or(String::new(), |t| format!(" (token {t})"));
+    Failure {
+        status: EXIT_LOCK_LOST,
+        message: format!("lost the lock {name}{token}: {reason}"),
+    }
+}
+
+/// Keeps the session alive while the command runs / the hold lasts / until
+/// a signal, renewing every `renew_every`. The lease's deadline is watched
+/// on its own, so a renewal that hangs (servers unreachable) or a process
+/// that was stopped past the deadline ends the hold at once.
+async fn hold_while(
+    client: &mut LockClient<RealEnv>,
+    lease: &Lease,
+    hold: Option<Duration>,
+    mut child: Option<&mut Child>,
+    renew_every: Duration,
+) -> Result<Ended, String> {
+    let until = hold.map(|h| Instant::now() + h);
+    let signal_error = |e: std::io::Error| format!("cannot watch signals: {e}");
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_error)?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(signal_error)?;
+    let mut hangup = signal(SignalKind::hangup()).map_err(signal_error)?;
     loop {
-        let sleep = tokio::time::sleep(renew_every);
+        let expires = Instant::now() + client.valid_for();
+        // Polled first: after a stall, an expired lease wins over
+        // everything else that became ready at the same time.
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => return Ok(()),
+            biased;
+            () = tokio::time::sleep_until(expires) => {
+                return Ok(Ended::Lost("the lease expired on this machine's clock (no renewal confirmed in time)".to_string()));
+            }
+            _ = interrupt.recv() => return Ok(Ended::Interrupted),
+            _ = terminate.recv() => return Ok(Ended::Interrupted),
+            _ = hangup.recv() => return Ok(Ended::Interrupted),
             status = async { child.as_mut().expect("guarded").wait().await }, if child.is_some() => {
-                let status = status.map_err(|e| e.to_string())?;
-                return if status.success() { Ok(()) } else { Err(format!("command failed: {status}")) };
+                return status.map(|s| Ended::Finished(Some(s))).map_err(|e| format!("waiting for the command: {e}"));
             }
-            _ = async { tokio::time::sleep_until(until.expect("guarded")).await }, if until.is_some() => return Ok(()),
-            _ = sleep => {
-                let held = client.keep_alive().await.map_err(|e| format!("keep-alive: {e}"))?;
-                if !held.iter().any(|(l, t)| *l == lease.lock && *t == lease.token) || !client.is_valid() {
-                    return Err(format!("lost lock {} (token {})", lease.lock, lease.token));
-                }
+            () = async { tokio::time::sleep_until(until.expect("guarded")).await }, if until.is_some() => {
+                return Ok(Ended::Finished(None));
             }
+            renewed = async { tokio::time::sleep(renew_every).await; client.keep_alive().await } => match renewed {
+                Ok(held) if held.iter().any(|(l, t)| *l == lease.lock && *t == lease.token) => {}
+                Ok(_) => return Ok(Ended::Lost("the servers no longer count this session as its holder".to_string())),
+                // Unknown: the deadline decides.
+                Err(LockError::Timeout) => {}
+                Err(e) => return Ok(Ended::Lost(format!("renewal answered: {e}"))),
+            }
+        }
+    }
+}
+
+/// SIGTERM to the command's process group; SIGKILL to it after `grace` if
+/// the command has not exited. Returns how the command ended.
+async fn stop(child: &mut Child, grace: Duration) -> std::io::Result<ExitStatus> {
+    if let Some(status) = child.try_wait()? {
+        return Ok(status);
+    }
+    let group = child.id().map(|pid| pid as libc::pid_t);
+    let send = |sig| {
+        if let Some(group) = group {
+            // SAFETY: kill(2) with a negative pid signals that process
+            // group; it touches no memory of ours.
+            unsafe { libc::kill(-group, sig) };
+        }
+    };
+    send(libc::SIGTERM);
+    match tokio::time::timeout(grace, child.wait()).await {
+        Ok(status) => status,
+        Err(_) => {
+            send(libc::SIGKILL);
+            child.wait().await
         }
     }
 }

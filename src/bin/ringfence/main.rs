@@ -82,26 +82,49 @@ fn main() -> ExitCode {
         .expect("tokio runtime");
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Node { config, id, init } => node(&config, id, init).await,
-            Command::Cluster(args) => local::run(args).await,
-            Command::ClientKey { config, principal, out } => {
-                let config = config.load()?;
-                config.mint_client_key(principal, &out).map_err(|e| e.to_string())?;
-                println!("wrote the key of principal {principal} to {}", out.display());
-                Ok(())
-            }
+            Command::Node { config, id, init } => node(&config, id, init).await.map_err(Failure::from),
+            Command::Cluster(args) => local::run(args).await.map_err(Failure::from),
+            Command::ClientKey { config, principal, out } => client_key(&config, principal, &out).map_err(Failure::from),
             Command::Lock(args) => lock_cmd::run(args).await,
-            Command::Txn(args) => txn_cmd::run(args).await,
-            Command::Bench(args) => bench::run(args).await,
+            Command::Txn(args) => txn_cmd::run(args).await.map_err(Failure::from),
+            Command::Bench(args) => bench::run(args).await.map_err(Failure::from),
         }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
+        Err(Failure { status, message }) => {
             eprintln!("error: {message}");
-            ExitCode::FAILURE
+            ExitCode::from(status)
         }
     }
+}
+
+/// Exit status of a command that failed: its error message, and the status
+/// ([`EXIT_ERROR`] unless the command documents another for the case).
+#[derive(Debug)]
+pub struct Failure {
+    pub status: u8,
+    pub message: String,
+}
+
+/// Any error without a status of its own (clap's usage errors exit with 2).
+pub const EXIT_ERROR: u8 = 1;
+
+impl From<String> for Failure {
+    fn from(message: String) -> Failure {
+        Failure {
+            status: EXIT_ERROR,
+            message,
+        }
+    }
+}
+
+/// Writes the key of client `principal` to `out`.
+fn client_key(config: &ConfigArg, principal: u32, out: &std::path::Path) -> Result<(), String> {
+    let config = config.load()?;
+    config.mint_client_key(principal, out).map_err(|e| e.to_string())?;
+    println!("wrote the key of principal {principal} to {}", out.display());
+    Ok(())
 }
 
 async fn node(config: &std::path::Path, id: NodeId, init: bool) -> Result<(), String> {
@@ -112,7 +135,12 @@ async fn node(config: &std::path::Path, id: NodeId, init: bool) -> Result<(), St
     }
 }
 
-/// Parses `250ms`, `2s`, `1.5s`, `3m`, or a bare number of seconds.
+/// The longest duration any flag takes: longer ones are refused, not left
+/// to overflow a deadline.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Parses `250ms`, `2s`, `1.5s`, `3m`, or a bare number of seconds, at most
+/// [`MAX_DURATION`].
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
@@ -128,7 +156,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "m" => value * 60.0,
         _ => return Err(format!("unknown unit `{unit}` in `{text}` (use ms, s or m)")),
     };
-    Duration::try_from_secs_f64(seconds).map_err(|_| format!("`{text}` is out of range"))
+    match Duration::try_from_secs_f64(seconds) {
+        Ok(duration) if duration <= MAX_DURATION => Ok(duration),
+        _ => Err(format!(
+            "`{text}` is too long (at most 365 days, {}s)",
+            MAX_DURATION.as_secs()
+        )),
+    }
 }
 
 /// The cluster file: `--config`, else `ringfence-cluster/cluster.toml`
@@ -159,5 +193,10 @@ mod tests {
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("5h").is_err());
         assert!(parse_duration("-1s").is_err());
+        assert_eq!(parse_duration("31536000"), Ok(MAX_DURATION));
+        assert!(parse_duration("31536001s").unwrap_err().contains("too long"));
+        assert!(parse_duration("99999999999999999999s")
+            .unwrap_err()
+            .contains("too long"));
     }
 }

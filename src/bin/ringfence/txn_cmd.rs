@@ -21,7 +21,8 @@ enum TxnCommand {
     /// Read accounts 0..ACCOUNTS in one transaction and print them and their
     /// total (the same total every time, if transactions are atomic).
     Audit {
-        #[arg(long, default_value_t = 8)]
+        /// At most 1000: every account is one read in the transaction.
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1000))]
         accounts: u32,
     },
 }

@@ -1,0 +1,3 @@
+//! Helpers shared by the real-process tests.
+
+pub mod proxy;
