@@ -40,6 +40,10 @@ pub enum FaultKind {
     MomentCrash,
     /// A partition that cuts off whichever node currently leads.
     IsolateLeader,
+    /// Hostile messages injected into the network as if a member sent
+    /// them: well-formed, with absurd fields the scenario's adversary
+    /// crafts ([`crate::scenario::Scenario::rogue`]).
+    Rogue,
 }
 
 impl FaultKind {
@@ -60,6 +64,11 @@ impl FaultKind {
     /// `Scenario::fault_kinds`.
     pub const ROLE_AWARE: [FaultKind; 2] = [FaultKind::MomentCrash, FaultKind::IsolateLeader];
 
+    /// Kinds that need the scenario's adversary (a protocol-aware message
+    /// forger); a scenario that has one opts in through
+    /// `Scenario::fault_kinds`.
+    pub const ADVERSARIAL: [FaultKind; 1] = [FaultKind::Rogue];
+
     pub fn name(self) -> &'static str {
         match self {
             FaultKind::Partition => "partition",
@@ -73,6 +82,7 @@ impl FaultKind {
             FaultKind::UnsyncedCrash => "unsynced-crash",
             FaultKind::MomentCrash => "moment-crash",
             FaultKind::IsolateLeader => "isolate-leader",
+            FaultKind::Rogue => "rogue",
         }
     }
 
@@ -205,6 +215,15 @@ pub enum Fault {
     /// Cuts the node that leads at `at_ms` (the last to report
     /// [`Moment::Lead`] and still up) off from every other node.
     IsolateLeader { at_ms: u64, for_ms: u64 },
+    /// Delivers `messages` hostile messages to `to` as if `from` sent them,
+    /// crafted by the scenario's adversary from an rng seeded with `salt`.
+    Rogue {
+        at_ms: u64,
+        from: NodeId,
+        to: NodeId,
+        messages: u32,
+        salt: u64,
+    },
 }
 
 impl Fault {
@@ -220,7 +239,8 @@ impl Fault {
             | Fault::UnsyncedCrash { at_ms, .. }
             | Fault::Aimed { at_ms, .. }
             | Fault::MomentCrash { at_ms, .. }
-            | Fault::IsolateLeader { at_ms, .. } => *at_ms,
+            | Fault::IsolateLeader { at_ms, .. }
+            | Fault::Rogue { at_ms, .. } => *at_ms,
         }
     }
 
@@ -235,7 +255,7 @@ impl Fault {
             | Fault::MomentCrash { for_ms, .. }
             | Fault::IsolateLeader { for_ms, .. } => Some(*for_ms),
             Fault::Crash { down_ms, .. } => Some(*down_ms),
-            Fault::Drift { .. } | Fault::Jump { .. } => None,
+            Fault::Drift { .. } | Fault::Jump { .. } | Fault::Rogue { .. } => None,
             Fault::Aimed { action, .. } => action.duration_ms(),
         }
     }
@@ -252,7 +272,7 @@ impl Fault {
             | Fault::MomentCrash { for_ms, .. }
             | Fault::IsolateLeader { for_ms, .. } => *for_ms = ms,
             Fault::Crash { down_ms, .. } => *down_ms = ms,
-            Fault::Drift { .. } | Fault::Jump { .. } => {}
+            Fault::Drift { .. } | Fault::Jump { .. } | Fault::Rogue { .. } => {}
             Fault::Aimed { action, .. } => match action {
                 AimedAction::Pause { for_ms }
                 | AimedAction::Isolate { for_ms, .. }
@@ -313,11 +333,19 @@ impl FaultPlan {
         // One seed in ten is calm (no faults at all): the baseline must work
         // too, and a calm failure is the easiest to read.
         let calm = rng.gen_bool(0.1);
-        let mut enabled: Vec<FaultKind> = targets.kinds.iter().copied().filter(|_| rng.gen_bool(0.5)).collect();
+        // Rogue messages draw from their own stream (see `rogue_faults`), so
+        // opting in to them leaves every other fault of a seed as it was.
+        let kinds: Vec<FaultKind> = targets
+            .kinds
+            .iter()
+            .copied()
+            .filter(|&k| k != FaultKind::Rogue)
+            .collect();
+        let mut enabled: Vec<FaultKind> = kinds.iter().copied().filter(|_| rng.gen_bool(0.5)).collect();
         if calm {
             enabled.clear();
-        } else if enabled.is_empty() && !targets.kinds.is_empty() {
-            enabled.push(*targets.kinds.choose(&mut rng).expect("non-empty"));
+        } else if enabled.is_empty() && !kinds.is_empty() {
+            enabled.push(*kinds.choose(&mut rng).expect("non-empty"));
         }
         let intensity: f64 = rng.gen_range(0.1..1.0);
         let all: Vec<NodeId> = targets.servers.iter().chain(&targets.clients).copied().collect();
@@ -402,6 +430,7 @@ impl FaultPlan {
                     }
                 }
                 FaultKind::Crash | FaultKind::UnsyncedCrash | FaultKind::MomentCrash => {}
+                FaultKind::Rogue => {} // generated below, from its own stream
             }
         }
         let on = |kind| enabled.contains(&kind);
@@ -440,12 +469,49 @@ impl FaultPlan {
                 });
             }
         }
+        if !calm && targets.kinds.contains(&FaultKind::Rogue) {
+            rogue_faults(
+                seed,
+                duration_ms,
+                intensity,
+                &targets.servers,
+                &mut enabled,
+                &mut faults,
+            );
+        }
         faults.sort_by_key(Fault::at_ms);
         FaultPlan {
             duration_ms,
             swarm: Swarm { enabled, intensity },
             faults,
         }
+    }
+}
+
+/// On half the seeds, bursts of rogue messages between two servers, drawn
+/// from the seed's own rogue stream.
+fn rogue_faults(
+    seed: u64,
+    duration_ms: u64,
+    intensity: f64,
+    servers: &[NodeId],
+    enabled: &mut Vec<FaultKind>,
+    out: &mut Vec<Fault>,
+) {
+    let mut rng = derive_rng(seed, stream::ROGUE, 0);
+    if servers.len() < 2 || !rng.gen_bool(0.5) {
+        return;
+    }
+    enabled.push(FaultKind::Rogue);
+    for _ in 0..1 + rng.gen_range(0..=(intensity * 4.0) as u64) {
+        let pair: Vec<NodeId> = servers.choose_multiple(&mut rng, 2).copied().collect();
+        out.push(Fault::Rogue {
+            at_ms: rng.gen_range(0..duration_ms * 9 / 10),
+            from: pair[0],
+            to: pair[1],
+            messages: rng.gen_range(1..=8),
+            salt: rng.gen(),
+        });
     }
 }
 

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{MAX_LOCKS, MAX_LOCK_NAME_BYTES, MAX_SESSIONS, MAX_WAITERS};
 use crate::env::codec;
-use crate::log::StateMachine;
+use crate::log::{SnapshotError, StateMachine};
 
 /// A client session, chosen at random by the client.
 pub type SessionId = u64;
@@ -501,7 +501,8 @@ impl StateMachine for LockMachine {
         codec::encode(self).expect("lock table fits a snapshot (bounded by MAX_* limits)")
     }
 
-    fn restore(&mut self, snapshot: &[u8]) {
-        *self = codec::decode(snapshot).expect("a lock snapshot we wrote decodes");
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), SnapshotError> {
+        *self = codec::decode(snapshot)?;
+        Ok(())
     }
 }

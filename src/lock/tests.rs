@@ -210,7 +210,7 @@ fn snapshot_round_trips_and_tokens_continue_above() {
         panic!()
     };
     let mut r = LockMachine::default();
-    r.restore(&m.snapshot());
+    r.restore(&m.snapshot()).unwrap();
     assert_eq!(r, m);
     r.apply(&C::Release {
         session: 1,

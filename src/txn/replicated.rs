@@ -67,7 +67,7 @@ use serde::{Deserialize, Serialize};
 use super::phases::{announce, Delivery, Round, Tally, Waiters};
 use super::{AbortReason, Decision, Msg, Outcome, Step, TxnEvent, TxnId};
 use crate::env::{codec, NodeId};
-use crate::log::{ClientId, StateMachine, Term};
+use crate::log::{ClientId, SnapshotError, StateMachine, Term};
 
 /// A command on the coordinator's log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -278,9 +278,8 @@ impl StateMachine for CoordMachine {
         codec::encode(&(self.floor, txns)).expect("coordinator snapshot exceeds the codec limit")
     }
 
-    fn restore(&mut self, snapshot: &[u8]) {
-        let (floor, txns): (TxnId, Vec<(TxnId, TxnState)>) =
-            codec::decode(snapshot).expect("coordinator snapshot must decode");
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), SnapshotError> {
+        let (floor, txns): (TxnId, Vec<(TxnId, TxnState)>) = codec::decode(snapshot)?;
         self.txns = txns.into_iter().collect();
         self.finished = self
             .txns
@@ -289,6 +288,7 @@ impl StateMachine for CoordMachine {
             .map(|(&id, _)| id)
             .collect();
         self.floor = floor;
+        Ok(())
     }
 }
 
@@ -814,7 +814,7 @@ mod tests {
         };
         assert_eq!(m.apply(&start8), Some(Decision::Abort));
         let mut restored = CoordMachine::default();
-        restored.restore(&m.snapshot());
+        restored.restore(&m.snapshot()).unwrap();
         assert_eq!(restored, m);
     }
 
@@ -897,7 +897,7 @@ mod tests {
         m.apply(&Command::Forget { below: 2 });
         assert_eq!(m.floor, 9);
         let mut restored = CoordMachine::default();
-        restored.restore(&m.snapshot());
+        restored.restore(&m.snapshot()).unwrap();
         assert_eq!(restored, m);
         // Ids at or above the floor are new as before.
         assert_eq!(

@@ -3,6 +3,7 @@
 pub mod counter;
 pub mod lock;
 pub mod log;
+pub mod rogue;
 pub mod txn;
 
 use std::marker::PhantomData;
