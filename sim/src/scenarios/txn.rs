@@ -386,6 +386,7 @@ impl<const C: u32> Scenario for Bank<C> {
             std::future::pending::<()>().await
         } else {
             let config = ParticipantConfig {
+                coordinators: coordinators(C),
                 bugs: self.participant,
                 ..ParticipantConfig::default()
             };
