@@ -56,6 +56,9 @@ pub struct ParticipantBugs {
     pub vote_without_sync: bool,
     /// After this long in the prepared state, abort alone.
     pub abort_alone_after: Option<Duration>,
+    /// Accept prepares and decisions from any sender, as the shard once
+    /// did: one forged `Decide` commits or aborts what it likes.
+    pub decide_from_anyone: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -217,7 +220,8 @@ impl Participant {
     /// Whether `from` may tell this shard how `txn` ended: a coordinator,
     /// or a peer this shard asked (one listed in its prepare).
     fn may_decide(&self, from: NodeId, txn: TxnId) -> bool {
-        self.config.coordinators.contains(&from)
+        self.config.bugs.decide_from_anyone
+            || self.config.coordinators.contains(&from)
             || matches!(
                 self.txns.get(&txn).map(|t| &t.phase),
                 Some(Phase::Prepared { coordinators, participants, .. })
@@ -268,7 +272,9 @@ impl Participant {
     /// the peers it asked); anything else is refused.
     pub fn on_message(&mut self, now: Duration, from: NodeId, msg: Msg) -> Steps {
         match msg {
-            Msg::Prepare { txn, .. } | Msg::Decide { txn, .. } if !self.config.coordinators.contains(&from) => {
+            Msg::Prepare { txn, .. } | Msg::Decide { txn, .. }
+                if !self.config.bugs.decide_from_anyone && !self.config.coordinators.contains(&from) =>
+            {
                 self.refuse(from, txn, "a prepare or decision")
             }
             Msg::Known {
