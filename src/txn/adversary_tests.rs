@@ -185,3 +185,34 @@ fn recovery_refuses_undecodable_records() {
     assert!(Participant::recover(1000, &bad, Duration::ZERO, ParticipantConfig::default()).is_err());
     assert!(Coordinator::recover(C, &bad, Duration::ZERO, CoordinatorConfig::default()).is_err());
 }
+
+/// A replicated coordinator's driver in any role, at any term (a faulty
+/// member can push the log's term far up): no message panics it, and it
+/// issues no transaction id whose epoch half cannot hold the term.
+mod driver {
+    use super::*;
+    use crate::txn::replicated::{CoordMachine, Driver, ReplicatedConfig, View};
+
+    proptest! {
+        #[test]
+        fn a_driver_survives_any_message_at_any_term(
+            term in prop_oneof![0..8u64, (1u64 << 31)..(1u64 << 33), any::<u64>()],
+            msgs in prop::collection::vec((node(), msg(), any::<bool>()), 1..40),
+        ) {
+            let machine = CoordMachine::default();
+            let mut d = Driver::new(C, vec![C, 2, 3], ReplicatedConfig::default());
+            let mut now = Duration::ZERO;
+            for (from, msg, leads) in msgs {
+                now += Duration::from_millis(20);
+                let view = View { leading: leads.then_some(term), leader: Some(C), machine: &machine };
+                let fx = d.on_message(now, from, msg, &view);
+                for step in &fx.steps {
+                    if let Step::Send(_, Msg::Began { txn, .. }) = step {
+                        prop_assert_eq!(txn >> 32, term, "ids carry the term");
+                    }
+                }
+                d.tick(now, &view);
+            }
+        }
+    }
+}

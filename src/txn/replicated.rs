@@ -427,7 +427,18 @@ impl Driver {
         self.deciding.clear();
         self.forgetting = None;
         let Some(term) = view.leading else { return };
-        assert!(term < 1 << 31, "terms fit the id layout");
+        if term >= 1 << 31 {
+            // Only a faulty member's terms get this high (see the log's term
+            // rule); they no longer fit transaction ids, so drive nothing
+            // rather than issue ids that collide.
+            tracing::error!(
+                replica = self.id,
+                term,
+                "term too large for transaction ids; not driving"
+            );
+            self.term = None;
+            return;
+        }
         // One exactly-once session per (replica, term): only this replica
         // proposes under it, in order.
         self.session = (1 << 63) | (u64::from(self.id) << 40) | term;
@@ -486,9 +497,12 @@ impl Driver {
         let machine = view.machine;
         match msg {
             Msg::Begin { request } => match self.term {
+                Some(_) if self.next_txn + 1 >= 1 << 32 => {
+                    // This term's ids are used up; the next leader's are fresh.
+                    tracing::error!(replica = self.id, "transaction ids of this term exhausted");
+                }
                 Some(term) => {
                     self.next_txn += 1;
-                    assert!(self.next_txn < 1 << 32, "sequence fits the id layout");
                     let txn = (term << 32) | self.next_txn;
                     fx.steps.push(Step::Send(from, Msg::Began { request, txn }));
                 }
