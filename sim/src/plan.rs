@@ -743,6 +743,24 @@ mod tests {
     }
 
     #[test]
+    fn opting_in_to_rogue_messages_leaves_every_other_fault_as_it_was() {
+        let rogue = Targets {
+            kinds: FaultKind::ALL.into_iter().chain(FaultKind::ADVERSARIAL).collect(),
+            ..targets()
+        };
+        let mut fired = 0;
+        for seed in 0..64 {
+            let mut with = FaultPlan::generate(seed, 5_000, &rogue);
+            let before = with.faults.len();
+            with.faults.retain(|f| !matches!(f, Fault::Rogue { .. }));
+            fired += before - with.faults.len();
+            with.swarm.enabled.retain(|&k| k != FaultKind::Rogue);
+            assert_eq!(with, FaultPlan::generate(seed, 5_000, &targets()), "seed {seed}");
+        }
+        assert!(fired > 0, "no seed of 64 plans rogue messages");
+    }
+
+    #[test]
     fn plans_round_trip_through_json() {
         let plan = FaultPlan::generate(3, 5_000, &targets());
         let text = serde_json::to_string_pretty(&plan).unwrap();
