@@ -33,6 +33,7 @@ fn expected(bug: &str) -> &'static [&'static str] {
     match bug {
         "no-step-down" => &["leader-per-term", "election safety"],
         "ack-before-sync" | "commit-earlier-term" => &["committed-entry-changed", "would truncate committed entry"],
+        "term-overflow" => &["entry from a future term"],
         "vote-not-synced" => &["leader-per-term", "election safety"],
         "torn-tail-anywhere" => &["synced-record-lost"],
         _ => unreachable!("unknown bug {bug}"),

@@ -33,11 +33,7 @@ async fn cluster(dir: &Path) -> (LocalCluster, ClusterConfig) {
 /// A client of the lock servers as node `id`, authenticated with the key
 /// of `id`'s principal (minted from the cluster secret the test holds).
 fn client_env(config: &ClusterConfig, id: NodeId) -> RealEnv {
-    let credentials = config
-        .secret()
-        .unwrap()
-        .client_credentials(principal_of(id))
-        .unwrap();
+    let credentials = config.secret().unwrap().client_credentials(principal_of(id)).unwrap();
     RealEnv::client_as(id, &credentials, &config.lock_servers()).unwrap()
 }
 

@@ -101,7 +101,8 @@ fn every_planted_txn_bug_is_registered_with_a_distinct_name() {
             "decision-before-sync",
             "vote-without-synced-prepare",
             "participant-aborts-alone",
-            "recovery-presumes-commit"
+            "recovery-presumes-commit",
+            "decide-from-anyone"
         ]
     );
     assert_eq!(

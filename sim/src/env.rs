@@ -67,6 +67,7 @@ impl SimEnv {
         };
         tracing::debug!(incarnation, "boot");
         let (tx, rx) = mpsc::unbounded_channel();
+        world.lock().inboxes.insert(id, tx.clone());
         let env = SimEnv {
             inner: Arc::new(Inner {
                 id,

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use madsim::net::NetSim;
 use madsim::runtime::Handle;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 use ringfence::env::NodeId;
 
 use crate::plan::{AimedAction, DiskFault, DiskLoss, Fault, FaultKind, FaultPlan};
@@ -23,6 +25,10 @@ enum Action {
     /// Restart a node an unsynced-crash took down.
     Restart(NodeId),
 }
+
+/// Crafts one hostile message as if `from` sent it to `to` (the scenario's
+/// [`crate::scenario::Scenario::rogue`]); `None` when it has none.
+pub type Adversary = Box<dyn Fn(&mut ChaCha8Rng, NodeId, NodeId) -> Option<Vec<u8>> + Send>;
 
 /// Executes plans; owns the clog bookkeeping so overlapping partitions
 /// compose (a link stays cut while any partition cuts it).
@@ -42,6 +48,8 @@ pub struct Nemesis {
     /// Links each leader isolation cut, by plan index: who led is only
     /// known when it starts.
     isolated: BTreeMap<usize, Vec<(NodeId, NodeId)>>,
+    /// Crafts the messages of rogue faults.
+    adversary: Option<Adversary>,
 }
 
 impl Nemesis {
@@ -56,7 +64,34 @@ impl Nemesis {
             armed: Vec::new(),
             aimed: BTreeMap::new(),
             isolated: BTreeMap::new(),
+            adversary: None,
         }
+    }
+
+    /// Rogue faults inject what `adversary` crafts; without one they do
+    /// nothing (and are not counted).
+    pub fn with_adversary(mut self, adversary: Adversary) -> Self {
+        self.adversary = Some(adversary);
+        self
+    }
+
+    /// Delivers the adversary's messages to `to` as if `from` sent them.
+    /// Counted once per burst that reached a running node.
+    fn rogue(&mut self, index: usize, from: NodeId, to: NodeId, messages: u32, salt: u64) {
+        let Some(adversary) = &self.adversary else { return };
+        let mut rng = ChaCha8Rng::seed_from_u64(salt);
+        let mut delivered = 0;
+        for _ in 0..messages {
+            if let Some(bytes) = adversary(&mut rng, from, to) {
+                delivered += u32::from(self.world.lock().inject(from, to, bytes));
+            }
+        }
+        if delivered == 0 {
+            return;
+        }
+        self.world.lock().count(FaultKind::Rogue);
+        let text = format!("rogue: {delivered} hostile messages to node {to} as if from node {from}");
+        self.note(Phase::Instant, FaultKind::Rogue, Some(index), vec![from, to], text);
     }
 
     /// Applies `plan` in simulated time; returns when its window has ended
@@ -302,6 +337,13 @@ impl Nemesis {
             Fault::Disk {
                 node, what, down_ms, ..
             } => self.disk_fault(index, *node, *what, Duration::from_millis(*down_ms)),
+            Fault::Rogue {
+                from,
+                to,
+                messages,
+                salt,
+                ..
+            } => self.rogue(index, *from, *to, *messages, *salt),
             Fault::IsolateLeader { .. } => {
                 let leader = {
                     let mut w = self.world.lock();
@@ -376,7 +418,7 @@ impl Nemesis {
                     self.note(Phase::End, FaultKind::Partition, Some(index), endpoints(&links), text);
                 }
             }
-            Fault::Drift { .. } | Fault::Jump { .. } => {}
+            Fault::Drift { .. } | Fault::Jump { .. } | Fault::Rogue { .. } => {}
         }
     }
 

@@ -46,6 +46,10 @@ pub enum FaultKind {
     BitFlip,
     /// A write or fsync fails; the node fail-stops and restarts.
     DiskError,
+    /// Hostile messages injected into the network as if a member sent
+    /// them: well-formed, with absurd fields the scenario's adversary
+    /// crafts ([`crate::scenario::Scenario::rogue`]).
+    Rogue,
 }
 
 impl FaultKind {
@@ -72,6 +76,10 @@ impl FaultKind {
     /// `Scenario::fault_kinds`. Drawn from their own seed stream
     /// (`disk_faults`), so adding them leaves other kinds' plans as they were.
     pub const DISK: [FaultKind; 3] = [FaultKind::DiskTail, FaultKind::BitFlip, FaultKind::DiskError];
+    /// Kinds that need the scenario's adversary (a protocol-aware message
+    /// forger); a scenario that has one opts in through
+    /// `Scenario::fault_kinds`.
+    pub const ADVERSARIAL: [FaultKind; 1] = [FaultKind::Rogue];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -89,6 +97,7 @@ impl FaultKind {
             FaultKind::DiskTail => "disk-tail",
             FaultKind::BitFlip => "bit-flip",
             FaultKind::DiskError => "disk-error",
+            FaultKind::Rogue => "rogue",
         }
     }
 
@@ -226,6 +235,15 @@ pub enum Fault {
     /// Cuts the node that leads at `at_ms` (the last to report
     /// [`Moment::Lead`] and still up) off from every other node.
     IsolateLeader { at_ms: u64, for_ms: u64 },
+    /// Delivers `messages` hostile messages to `to` as if `from` sent them,
+    /// crafted by the scenario's adversary from an rng seeded with `salt`.
+    Rogue {
+        at_ms: u64,
+        from: NodeId,
+        to: NodeId,
+        messages: u32,
+        salt: u64,
+    },
     /// A hostile disk under `node` (see [`DiskFault`]).
     Disk {
         at_ms: u64,
@@ -261,7 +279,8 @@ impl Fault {
             | Fault::Aimed { at_ms, .. }
             | Fault::MomentCrash { at_ms, .. }
             | Fault::IsolateLeader { at_ms, .. }
-            | Fault::Disk { at_ms, .. } => *at_ms,
+            | Fault::Disk { at_ms, .. }
+            | Fault::Rogue { at_ms, .. } => *at_ms,
         }
     }
 
@@ -277,7 +296,7 @@ impl Fault {
             | Fault::IsolateLeader { for_ms, .. } => Some(*for_ms),
             Fault::Crash { down_ms, .. } => Some(*down_ms),
             Fault::Disk { down_ms, what, .. } => (*what == DiskFault::BitFlip).then_some(*down_ms),
-            Fault::Drift { .. } | Fault::Jump { .. } => None,
+            Fault::Drift { .. } | Fault::Jump { .. } | Fault::Rogue { .. } => None,
             Fault::Aimed { action, .. } => action.duration_ms(),
         }
     }
@@ -294,7 +313,7 @@ impl Fault {
             | Fault::MomentCrash { for_ms, .. }
             | Fault::IsolateLeader { for_ms, .. } => *for_ms = ms,
             Fault::Crash { down_ms, .. } | Fault::Disk { down_ms, .. } => *down_ms = ms,
-            Fault::Drift { .. } | Fault::Jump { .. } => {}
+            Fault::Drift { .. } | Fault::Jump { .. } | Fault::Rogue { .. } => {}
             Fault::Aimed { action, .. } => match action {
                 AimedAction::Pause { for_ms }
                 | AimedAction::Isolate { for_ms, .. }
@@ -355,17 +374,20 @@ impl FaultPlan {
         // One seed in ten is calm (no faults at all): the baseline must work
         // too, and a calm failure is the easiest to read.
         let calm = rng.gen_bool(0.1);
-        let mut enabled: Vec<FaultKind> = targets
+        // Disk faults and rogue messages draw from their own streams (see
+        // `disk_faults`, `rogue_faults`), so opting in to them leaves every
+        // other fault of a seed as it was.
+        let kinds: Vec<FaultKind> = targets
             .kinds
             .iter()
             .copied()
-            .filter(|k| !FaultKind::DISK.contains(k))
-            .filter(|_| rng.gen_bool(0.5))
+            .filter(|k| !FaultKind::DISK.contains(k) && *k != FaultKind::Rogue)
             .collect();
+        let mut enabled: Vec<FaultKind> = kinds.iter().copied().filter(|_| rng.gen_bool(0.5)).collect();
         if calm {
             enabled.clear();
-        } else if enabled.is_empty() && !targets.kinds.is_empty() {
-            enabled.push(*targets.kinds.choose(&mut rng).expect("non-empty"));
+        } else if enabled.is_empty() && !kinds.is_empty() {
+            enabled.push(*kinds.choose(&mut rng).expect("non-empty"));
         }
         let intensity: f64 = rng.gen_range(0.1..1.0);
         let all: Vec<NodeId> = targets.servers.iter().chain(&targets.clients).copied().collect();
@@ -451,6 +473,7 @@ impl FaultPlan {
                 }
                 FaultKind::Crash | FaultKind::UnsyncedCrash | FaultKind::MomentCrash => {}
                 FaultKind::DiskTail | FaultKind::BitFlip | FaultKind::DiskError => {}
+                FaultKind::Rogue => {} // generated below, from its own stream
             }
         }
         if !calm {
@@ -491,6 +514,16 @@ impl FaultPlan {
                     max_delay_ms,
                 });
             }
+        }
+        if !calm && targets.kinds.contains(&FaultKind::Rogue) {
+            rogue_faults(
+                seed,
+                duration_ms,
+                intensity,
+                &targets.servers,
+                &mut enabled,
+                &mut faults,
+            );
         }
         faults.sort_by_key(Fault::at_ms);
         FaultPlan {
@@ -551,6 +584,33 @@ fn disk_faults(
                 },
             });
         }
+    }
+}
+
+/// On half the seeds, bursts of rogue messages between two servers, drawn
+/// from the seed's own rogue stream.
+fn rogue_faults(
+    seed: u64,
+    duration_ms: u64,
+    intensity: f64,
+    servers: &[NodeId],
+    enabled: &mut Vec<FaultKind>,
+    out: &mut Vec<Fault>,
+) {
+    let mut rng = derive_rng(seed, stream::ROGUE, 0);
+    if servers.len() < 2 || !rng.gen_bool(0.5) {
+        return;
+    }
+    enabled.push(FaultKind::Rogue);
+    for _ in 0..1 + rng.gen_range(0..=(intensity * 4.0) as u64) {
+        let pair: Vec<NodeId> = servers.choose_multiple(&mut rng, 2).copied().collect();
+        out.push(Fault::Rogue {
+            at_ms: rng.gen_range(0..duration_ms * 9 / 10),
+            from: pair[0],
+            to: pair[1],
+            messages: rng.gen_range(1..=8),
+            salt: rng.gen(),
+        });
     }
 }
 
@@ -779,6 +839,24 @@ mod tests {
             }
         }
         assert_eq!(seen.len(), 2, "both hazards appear in 64 seeds");
+    }
+
+    #[test]
+    fn opting_in_to_rogue_messages_leaves_every_other_fault_as_it_was() {
+        let rogue = Targets {
+            kinds: FaultKind::ALL.into_iter().chain(FaultKind::ADVERSARIAL).collect(),
+            ..targets()
+        };
+        let mut fired = 0;
+        for seed in 0..64 {
+            let mut with = FaultPlan::generate(seed, 5_000, &rogue);
+            let before = with.faults.len();
+            with.faults.retain(|f| !matches!(f, Fault::Rogue { .. }));
+            fired += before - with.faults.len();
+            with.swarm.enabled.retain(|&k| k != FaultKind::Rogue);
+            assert_eq!(with, FaultPlan::generate(seed, 5_000, &targets()), "seed {seed}");
+        }
+        assert!(fired > 0, "no seed of 64 plans rogue messages");
     }
 
     #[test]

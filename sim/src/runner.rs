@@ -253,7 +253,11 @@ async fn drive<S: Scenario>(
     world.lock().node(PROBE_ID).madsim_id = Some(probe_node.id());
 
     let targets: Vec<_> = servers.iter().chain(clients).copied().collect();
-    Nemesis::new(world.clone(), targets).run(plan).await;
+    let adversary = scenario.clone();
+    Nemesis::new(world.clone(), targets)
+        .with_adversary(Box::new(move |rng, from, to| adversary.rogue(rng, from, to)))
+        .run(plan)
+        .await;
     stop.store(true, Ordering::Relaxed);
 
     let mut violations = Vec::new();

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rand_chacha::ChaCha8Rng;
 use ringfence::env::NodeId;
 use ringfence::history::{EventKind, History, Violation};
 use serde::{Deserialize, Serialize};
@@ -107,6 +108,17 @@ pub trait Scenario: Send + Sync + Sized + 'static {
 
     /// Judges the history (and any per-run observations the instance kept).
     fn check(&self, history: &History<Self::Op>) -> Vec<Violation>;
+
+    /// The adversary behind [`FaultKind::Rogue`]: one encoded, well-formed
+    /// but hostile message (absurd terms, indices, snapshots...) that the
+    /// nemesis delivers to `to` as if `from` sent it. The simulator knows no
+    /// protocol; the scenario does. Its messages must be ones the correct
+    /// protocol refuses or survives, so that a violation means a bug. A
+    /// scenario that has an adversary opts in to the kind through
+    /// [`Scenario::fault_kinds`]; by default there is none.
+    fn rogue(&self, _rng: &mut ChaCha8Rng, _from: NodeId, _to: NodeId) -> Option<Vec<u8>> {
+        None
+    }
 }
 
 /// Stops the whole run now with a named violation. For invariants observed

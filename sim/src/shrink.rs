@@ -250,6 +250,7 @@ pub fn restrict(plan: &FaultPlan, servers: &[NodeId], clients: &[NodeId]) -> Fau
             | Fault::Drift { node, .. }
             | Fault::Jump { node, .. }
             | Fault::Disk { node, .. } => exists(node).then(|| f.clone()),
+            Fault::Rogue { from, to, .. } => (exists(from) && exists(to)).then(|| f.clone()),
             Fault::Partition {
                 at_ms,
                 for_ms,

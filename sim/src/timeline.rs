@@ -87,7 +87,7 @@ fn span_kind(kind: crate::plan::FaultKind) -> &'static str {
         IsolateLeader => "partition",
         UnsyncedCrash | MomentCrash => "network",
         Pause => "pause",
-        MessageLoss | MessageDuplicate | MessageDelay => "network",
+        MessageLoss | MessageDuplicate | MessageDelay | Rogue => "network",
         ClockDrift | ClockJump => "clock",
     }
 }

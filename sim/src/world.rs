@@ -29,6 +29,8 @@ pub mod stream {
     pub const NODE: u64 = 4;
     pub const CLOCK: u64 = 5;
     pub const CRASH: u64 = 6;
+    /// Rogue-message plans (a label no other stream will pick).
+    pub const ROGUE: u64 = u64::from_be_bytes(*b"\0\0\0rogue");
 }
 
 /// A ChaCha generator for `(seed, stream, index)`.
@@ -414,7 +416,13 @@ pub struct WorldState {
     /// An armed write/fsync failure: (node, plan index, down time),
     /// carried out at the node's next sync.
     pub disk_error: Option<(NodeId, usize, Duration)>,
+    /// Each running node's inbox, where rogue messages are put
+    /// ([`WorldState::inject`]).
+    pub inboxes: BTreeMap<NodeId, Inbox>,
 }
+
+/// The sending side of a node incarnation's inbox: `(from, bytes)`.
+pub type Inbox = tokio::sync::mpsc::UnboundedSender<(NodeId, Vec<u8>)>;
 
 /// Cheap handle to a run's [`WorldState`].
 #[derive(Clone)]
@@ -464,6 +472,7 @@ impl World {
             link_delay: BTreeMap::new(),
             crash_on_append: None,
             disk_error: None,
+            inboxes: BTreeMap::new(),
         })))
     }
 
@@ -551,6 +560,35 @@ impl WorldState {
             dropped: delivery.drop,
         });
         delivery
+    }
+
+    /// Puts `bytes` in `to`'s inbox as if `from` had sent them, past every
+    /// link fault (the forger sits inside the network). `false` if `to` is
+    /// not running.
+    pub fn inject(&mut self, from: NodeId, to: NodeId, bytes: Vec<u8>) -> bool {
+        if self.node(to).down {
+            return false;
+        }
+        let (len, digest) = (bytes.len(), crate::trace::digest(&bytes));
+        let Some(inbox) = self.inboxes.get(&to) else {
+            return false;
+        };
+        if inbox.send((from, bytes)).is_err() {
+            return false;
+        }
+        let id = self.next_message;
+        self.next_message += 1;
+        self.delivered += 1;
+        self.event(TraceEvent::Send {
+            from,
+            to,
+            id,
+            len,
+            digest,
+            dropped: false,
+        });
+        self.event(TraceEvent::Deliver { to, from, id });
+        true
     }
 
     pub fn next_message_id(&self) -> u64 {

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{principal, MAX_LOCKS, MAX_LOCK_NAME_BYTES, MAX_SESSIONS, MAX_SESSIONS_PER_PRINCIPAL, MAX_WAITERS};
 use crate::env::{codec, NodeId};
-use crate::log::StateMachine;
+use crate::log::{SnapshotError, StateMachine};
 
 /// A client session, chosen at random by the client.
 pub type SessionId = u64;
@@ -275,43 +275,64 @@ impl LockMachine {
     /// Every assertion here is an invariant no command sequence can break;
     /// `tests.rs` drives arbitrary sequences through `apply` to hold it so.
     pub(super) fn check(&self) {
-        assert!(self.sessions.len() <= MAX_SESSIONS);
-        assert!(self.locks.len() <= MAX_LOCKS);
+        if let Err(broken) = self.consistency() {
+            panic!("lock table invariant broken: {broken}");
+        }
+    }
+
+    /// The table's internal consistency: what every command keeps, and what
+    /// a snapshot from a peer must show before it replaces this table.
+    fn consistency(&self) -> Result<(), &'static str> {
+        let ensure = |ok: bool, broken: &'static str| if ok { Ok(()) } else { Err(broken) };
+        ensure(
+            self.sessions.len() <= MAX_SESSIONS,
+            "more sessions than the table holds",
+        )?;
+        ensure(self.locks.len() <= MAX_LOCKS, "more locks than the table holds")?;
         let mut per_principal: BTreeMap<u32, usize> = BTreeMap::new();
         for s in self.sessions.values() {
             *per_principal.entry(principal(s.owner)).or_default() += 1;
         }
-        assert!(per_principal.values().all(|&n| n <= MAX_SESSIONS_PER_PRINCIPAL));
+        ensure(
+            per_principal.values().all(|&n| n <= MAX_SESSIONS_PER_PRINCIPAL),
+            "a principal over its session quota",
+        )?;
         for (name, lock) in &self.locks {
-            assert!(lock.holder.is_some(), "a lock without holder leaves the table");
-            assert!(lock.waiters.len() <= MAX_WAITERS);
+            let Some(holder) = lock.holder.as_ref() else {
+                return Err("a lock without holder stays in the table");
+            };
+            ensure(lock.waiters.len() <= MAX_WAITERS, "more waiters than a lock holds")?;
             // Revision tokens increase along the line (hinted ones, from
             // the planted bug, are whatever the leader's counter said).
             let mut prev = 0;
             for claim in lock.holder.iter().chain(&lock.waiters) {
-                let s = self
-                    .sessions
-                    .get(&claim.session)
-                    .expect("claims belong to live sessions");
-                assert!(s.locks.contains(name), "session tracks its claim");
+                let Some(s) = self.sessions.get(&claim.session) else {
+                    return Err("a claim of a session that does not exist");
+                };
+                ensure(s.locks.contains(name), "a session does not track its claim")?;
                 if !claim.hinted {
-                    assert!(claim.token > prev, "FIFO queue tokens increase");
+                    ensure(claim.token > prev, "queue tokens do not increase")?;
                     prev = claim.token;
                 }
             }
-            let holder = lock.holder.as_ref().expect("checked above");
-            assert!(holder.hinted || holder.token <= lock.last_granted);
+            ensure(
+                holder.hinted || holder.token <= lock.last_granted,
+                "a holder's token above the last granted",
+            )?;
         }
         for (id, s) in &self.sessions {
             for name in &s.locks {
-                let lock = self.locks.get(name).expect("a tracked lock exists");
+                let Some(lock) = self.locks.get(name) else {
+                    return Err("a session tracks a lock that does not exist");
+                };
                 let mut claims = lock.holder.iter().chain(&lock.waiters);
-                assert!(
+                ensure(
                     claims.any(|c| c.session == *id),
-                    "a tracked lock has the session's claim"
-                );
+                    "a tracked lock lacks the session's claim",
+                )?;
             }
         }
+        Ok(())
     }
 
     fn end_session(&mut self, session: SessionId) {
@@ -555,7 +576,47 @@ impl StateMachine for LockMachine {
         codec::encode(self).expect("lock table fits a snapshot (bounded by MAX_* limits)")
     }
 
-    fn restore(&mut self, snapshot: &[u8]) {
-        *self = codec::decode(snapshot).expect("a lock snapshot we wrote decodes");
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), SnapshotError> {
+        let table: LockMachine = codec::decode(snapshot)?;
+        table.consistency().map_err(SnapshotError::Invalid)?;
+        *self = table;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod snapshot_tests {
+    use super::*;
+
+    fn client(request: Request) -> LockCommand {
+        LockCommand::Client {
+            owner: 1 << 20,
+            request,
+        }
+    }
+
+    /// A member may send any bytes as a snapshot: a table that decodes but
+    /// breaks the table's invariants is refused, not installed to trip an
+    /// assertion on the next command.
+    #[test]
+    fn an_inconsistent_snapshot_is_refused() {
+        let mut m = LockMachine::default();
+        m.apply(&client(Request::Open { session: 7 }));
+        m.apply(&client(Request::Acquire {
+            session: 7,
+            lock: "a".into(),
+            request: 1,
+            wait: false,
+        }));
+        let mut broken = m.clone();
+        broken.sessions.clear(); // the lock's holder no longer exists
+        let mut r = LockMachine::default();
+        assert!(matches!(
+            r.restore(&codec::encode(&broken).unwrap()),
+            Err(SnapshotError::Invalid(_))
+        ));
+        assert_eq!(r, LockMachine::default(), "nothing installed");
+        r.restore(&m.snapshot()).unwrap();
+        assert_eq!(r, m);
     }
 }

@@ -218,7 +218,7 @@ fn snapshot_round_trips_and_tokens_continue_above() {
         panic!()
     };
     let mut r = LockMachine::default();
-    r.restore(&m.snapshot());
+    r.restore(&m.snapshot()).unwrap();
     assert_eq!(r, m);
     r.apply(&cmd(R::Release {
         session: 1,
@@ -444,7 +444,7 @@ mod props {
                 m.apply(c);
             }
             let mut r = LockMachine::default();
-            r.restore(&m.snapshot());
+            r.restore(&m.snapshot()).unwrap();
             prop_assert_eq!(&r, &m);
             // And the copy goes on exactly as the original.
             for c in &commands {

@@ -46,12 +46,14 @@ mod state_machine;
 mod types;
 
 #[cfg(test)]
+mod adversary_tests;
+#[cfg(test)]
 mod tests;
 
 use std::time::Duration;
 
 pub use raft::{Output, Raft, RecoverError, Role, WireOf};
-pub use state_machine::{Applied, Kv, KvCommand, KvOutput, KvQuery, Replicated, StateMachine};
+pub use state_machine::{Applied, Kv, KvCommand, KvOutput, KvQuery, Replicated, SnapshotError, StateMachine};
 pub use types::{
     ClientId, Entry, Event, Index, Message, Outcome, Payload, Record, Reject, RequestId, Response, Term, Wire,
 };
@@ -64,6 +66,17 @@ pub const MAX_ENTRIES_PER_APPEND: usize = 64;
 pub const MAX_COMMAND_BYTES: usize = 8 << 10;
 /// Largest snapshot; it must fit one message with room to spare.
 pub const MAX_SNAPSHOT_BYTES: usize = crate::env::MAX_MESSAGE_BYTES - (64 << 10);
+/// Largest term a replica adopts from a message above its own. Honest terms
+/// grow by one per election, so even a replica cut off for years stays far
+/// below this; a message that jumps further is refused, so that a faulty
+/// member cannot exhaust the term space (terms must stay incrementable, see
+/// `docs/log.md`).
+pub const MAX_TERM_STEP: Term = 1 << 32;
+/// Largest log index a replica accepts in a message or a record: index
+/// arithmetic (`index + 1`, a log's length on top of its start) then never
+/// overflows. A log grows by one index per command, so no honest log gets
+/// near it.
+pub const MAX_INDEX: Index = 1 << 62;
 
 /// Deliberately broken variants, so the simulator can prove it catches the
 /// mistakes that matter. `None` in [`Config::bug`] is the correct protocol.
@@ -81,14 +94,20 @@ pub enum LogBug {
     /// A follower acknowledges appended entries before syncing them; a crash
     /// loses entries that were counted for commit → committed entries vanish.
     AckBeforeSync,
+    /// A replica adopts any term a member sends, however far ahead, and
+    /// increments its own with wrapping arithmetic: one forged message with
+    /// term `u64::MAX` makes the next election wrap the term to 0, and the
+    /// replica's own invariant check stops it, again after every restart.
+    UncheckedTerm,
 }
 
 impl LogBug {
-    pub const ALL: [LogBug; 4] = [
+    pub const ALL: [LogBug; 5] = [
         LogBug::VoteNotSynced,
         LogBug::CommitEarlierTermByCounting,
         LogBug::NoStepDownOnHigherTerm,
         LogBug::AckBeforeSync,
+        LogBug::UncheckedTerm,
     ];
 }
 

@@ -14,11 +14,11 @@ use std::time::Duration;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
-use super::state_machine::{Applied, Replicated, StateMachine};
+use super::state_machine::{Applied, Replicated, SnapshotError, StateMachine};
 use super::types::{
     ClientId, Entry, Event, Index, Message, Outcome, Payload, Record, Reject, RequestId, Response, Term, Wire,
 };
-use super::{Config, LogBug, MAX_COMMAND_BYTES, MAX_SNAPSHOT_BYTES};
+use super::{Config, LogBug, MAX_COMMAND_BYTES, MAX_INDEX, MAX_SNAPSHOT_BYTES, MAX_TERM_STEP};
 use crate::env::codec::{self, CodecError};
 use crate::env::NodeId;
 
@@ -67,6 +67,8 @@ pub enum RecoverError {
     Decode { position: usize, error: CodecError },
     #[error("log record {position} breaks the log's structure: {reason}")]
     Structure { position: usize, reason: &'static str },
+    #[error("log record {position} holds a snapshot that cannot be restored: {error}")]
+    Snapshot { position: usize, error: SnapshotError },
 }
 
 /// The in-memory log: a snapshot boundary plus the entries after it.
@@ -263,10 +265,16 @@ impl<S: StateMachine> Raft<S> {
                     if term < raft.term {
                         return Err(bad("term went backwards"));
                     }
+                    if term == Term::MAX && !raft.bug(LogBug::UncheckedTerm) {
+                        return Err(bad("a term that cannot be incremented"));
+                    }
                     raft.term = term;
                     raft.voted_for = voted_for;
                 }
                 Record::Entry(entry) => {
+                    if entry.index > MAX_INDEX {
+                        return Err(bad("entry index beyond the largest"));
+                    }
                     if entry.index <= raft.log.start || entry.index > raft.log.last_index() + 1 {
                         return Err(bad("entry outside the log"));
                     }
@@ -283,12 +291,16 @@ impl<S: StateMachine> Raft<S> {
                     last_term,
                     data,
                 } => {
+                    if last_index > MAX_INDEX {
+                        return Err(bad("snapshot index beyond the largest"));
+                    }
+                    raft.machine = Replicated::restored(raft.config.max_sessions, &data)
+                        .map_err(|error| RecoverError::Snapshot { position, error })?;
                     raft.log = Log {
                         start: last_index,
                         start_term: last_term,
                         entries: Vec::new(),
                     };
-                    raft.machine.restore(&data);
                     raft.snapshot = data;
                     raft.commit = last_index;
                     raft.applied = last_index;
@@ -405,6 +417,24 @@ impl<S: StateMachine> Raft<S> {
 
     fn on_raft(&mut self, now: Duration, from: NodeId, msg: Message<S::Command>) {
         let term = msg.term();
+        if let Err(reason) = self.admit(&msg) {
+            self.refuse(from, term, reason);
+            return;
+        }
+        // A snapshot this replica would install must decode before the
+        // message changes anything, its term included.
+        let snapshot = match &msg {
+            Message::InstallSnapshot { last_index, data, .. } if term >= self.term && *last_index > self.commit => {
+                match Replicated::restored(self.config.max_sessions, data) {
+                    Ok(machine) => Some(machine),
+                    Err(error) => {
+                        tracing::warn!(node = self.id, from, term, %error, "refusing a snapshot");
+                        return;
+                    }
+                }
+            }
+            _ => None,
+        };
         if term > self.term {
             if self.role == Role::Leader && self.bug(LogBug::NoStepDownOnHigherTerm) {
                 // PLANTED BUG: adopt the term but keep leading in it.
@@ -442,13 +472,17 @@ impl<S: StateMachine> Raft<S> {
                 last_term,
                 data,
                 read_seq,
-            } => self.on_install_snapshot(now, from, term, last_index, last_term, data, read_seq),
+            } => self.on_install_snapshot(now, from, term, last_index, last_term, (data, snapshot), read_seq),
             Message::SnapshotReply {
                 term,
                 last_index,
                 read_seq,
             } => {
                 if term == self.term && self.role == Role::Leader {
+                    if let Err(reason) = self.admit_ack(last_index, read_seq) {
+                        self.refuse(from, term, reason);
+                        return;
+                    }
                     let p = self.progress_mut(from);
                     let advanced = last_index > p.matched || p.probing;
                     p.matched = p.matched.max(last_index);
@@ -463,6 +497,112 @@ impl<S: StateMachine> Raft<S> {
                 }
             }
         }
+    }
+
+    /// Checks what a message claims against what any honest member could
+    /// send, before it changes anything; a message that fails is refused
+    /// (dropped and logged). The term rule: a term is adopted only if it can
+    /// still be incremented (below `Term::MAX`) and lies at most
+    /// [`MAX_TERM_STEP`] above this replica's own.
+    fn admit(&self, msg: &Message<S::Command>) -> Result<(), &'static str> {
+        let term = msg.term();
+        if !self.bug(LogBug::UncheckedTerm) {
+            // (The planted bug adopts any term, as the code once did.)
+            if term == Term::MAX {
+                return Err("its term cannot be incremented");
+            }
+            if term > self.term.saturating_add(MAX_TERM_STEP) {
+                return Err("its term jumps too far ahead");
+            }
+        }
+        match msg {
+            Message::RequestVote {
+                last_index, last_term, ..
+            } => {
+                if *last_term > term {
+                    return Err("the candidate's log ends in a term above its own");
+                }
+                if *last_index > MAX_INDEX {
+                    return Err("an index beyond the largest");
+                }
+            }
+            Message::Vote { .. } => {}
+            Message::Append {
+                prev_index,
+                prev_term,
+                entries,
+                ..
+            } => {
+                if *prev_term > term {
+                    return Err("the entry before the batch is from a term above the sender's");
+                }
+                if *prev_index == 0 && *prev_term != 0 {
+                    return Err("nothing precedes index 1");
+                }
+                if *prev_index > MAX_INDEX - entries.len() as Index {
+                    return Err("an index beyond the largest");
+                }
+                let mut previous = *prev_term;
+                for (i, e) in entries.iter().enumerate() {
+                    if e.index != prev_index + 1 + i as Index {
+                        return Err("entries do not follow each other");
+                    }
+                    if e.term < previous || e.term > term {
+                        return Err("entry terms decrease or exceed the sender's term");
+                    }
+                    previous = e.term;
+                    if let Payload::Command { command, .. } = &e.payload {
+                        if codec::encode(command).map_or(true, |b| b.len() > MAX_COMMAND_BYTES) {
+                            return Err("an entry's command is larger than any replica accepts");
+                        }
+                    }
+                }
+            }
+            Message::AppendReply { index, .. } => {
+                if *index > MAX_INDEX {
+                    return Err("an index beyond the largest");
+                }
+            }
+            Message::InstallSnapshot {
+                last_index,
+                last_term,
+                data,
+                ..
+            } => {
+                if *last_term > term {
+                    return Err("the snapshot ends in a term above the sender's");
+                }
+                if *last_index > MAX_INDEX {
+                    return Err("an index beyond the largest");
+                }
+                if data.len() > MAX_SNAPSHOT_BYTES {
+                    return Err("a snapshot larger than any replica keeps");
+                }
+            }
+            Message::SnapshotReply { last_index, .. } => {
+                if *last_index > MAX_INDEX {
+                    return Err("an index beyond the largest");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A follower's acknowledgement, as this leader of its term sees it: it
+    /// cannot match beyond the leader's log nor echo a confirmation round
+    /// not yet sent.
+    fn admit_ack(&self, matched: Index, read_seq: u64) -> Result<(), &'static str> {
+        if matched > self.log.last_index() {
+            return Err("the follower claims to match beyond the leader's log");
+        }
+        if read_seq > self.lead.as_ref().map_or(0, |l| l.read_seq) {
+            return Err("the follower acknowledges a round never sent");
+        }
+        Ok(())
+    }
+
+    fn refuse(&self, from: NodeId, term: Term, reason: &'static str) {
+        tracing::warn!(node = self.id, from, term, reason, "refusing a message");
     }
 
     fn on_request_vote(&mut self, now: Duration, from: NodeId, term: Term, last_index: Index, last_term: Term) {
@@ -527,13 +667,11 @@ impl<S: StateMachine> Raft<S> {
             );
             return;
         }
-        assert_ne!(
-            self.role,
-            Role::Leader,
-            "election safety: node {} leads term {} and got an append from {from}",
-            self.id,
-            self.term
-        );
+        if self.role == Role::Leader {
+            // Only one leader per term: the sender is not an honest one.
+            self.refuse(from, term, "an append from another leader of this replica's term");
+            return;
+        }
         if self.role == Role::Candidate || self.leader != Some(from) {
             self.become_follower(term, Some(from));
         }
@@ -552,6 +690,10 @@ impl<S: StateMachine> Raft<S> {
                 return;
             }
             prev_term = self.log.start_term;
+            if entries.first().is_some_and(|e| e.term < prev_term) {
+                self.refuse(from, term, "entries from terms before the snapshot that covers them");
+                return;
+            }
         }
 
         if self.log.term_at(prev_index) != Some(prev_term) {
@@ -560,7 +702,7 @@ impl<S: StateMachine> Raft<S> {
             } else {
                 // Skip the whole conflicting term at once.
                 let bad = self.log.term_at(prev_index);
-                let mut i = prev_index - 1;
+                let mut i = prev_index.saturating_sub(1);
                 while i > self.log.start && self.log.term_at(i) == bad {
                     i -= 1;
                 }
@@ -571,17 +713,26 @@ impl<S: StateMachine> Raft<S> {
         }
 
         let match_index = prev_index + entries.len() as Index;
+        let conflict = entries
+            .iter()
+            .find(|e| self.log.term_at(e.index).is_some_and(|t| t != e.term));
+        if let Some(e) = conflict.filter(|e| e.index <= self.commit) {
+            // Committed entries never change: the sender contradicts them.
+            tracing::warn!(
+                node = self.id,
+                from,
+                term,
+                index = e.index,
+                commit = self.commit,
+                "refusing an append that would truncate committed entry"
+            );
+            self.out.events.push(Event::Contradicted { from, index: e.index });
+            return;
+        }
         for entry in entries {
             match self.log.term_at(entry.index) {
                 Some(t) if t == entry.term => {} // already have it
                 Some(_) => {
-                    assert!(
-                        entry.index > self.commit,
-                        "node {} would truncate committed entry {} (commit {})",
-                        self.id,
-                        entry.index,
-                        self.commit
-                    );
                     self.log.truncate_from(entry.index);
                     self.append_entry(entry);
                 }
@@ -617,12 +768,15 @@ impl<S: StateMachine> Raft<S> {
             return;
         }
         let last = self.log.last_index();
+        if let Err(reason) = self.admit_ack(if success { index } else { 0 }, read_seq) {
+            self.refuse(from, term, reason);
+            return;
+        }
         let p = self.progress_mut(from);
         p.acked_seq = p.acked_seq.max(read_seq);
         // Only a reply that taught us something triggers the next send:
         // duplicated or stale replies must not start parallel send chains.
         if success {
-            assert!(index <= last, "follower matched beyond the leader's log");
             let advanced = index > p.matched || p.probing;
             p.matched = p.matched.max(index);
             p.next = p.next.max(index + 1);
@@ -635,7 +789,7 @@ impl<S: StateMachine> Raft<S> {
             }
         } else {
             // A stale rejection must not move `next` below what matched.
-            let next = (index + 1).min(p.next).max(p.matched + 1);
+            let next = index.saturating_add(1).min(p.next).max(p.matched + 1);
             let moved = next < p.next || !p.probing;
             p.next = next;
             p.probing = true;
@@ -654,7 +808,7 @@ impl<S: StateMachine> Raft<S> {
         term: Term,
         last_index: Index,
         last_term: Term,
-        data: Vec<u8>,
+        (data, machine): (Vec<u8>, Option<Replicated<S>>),
         read_seq: u64,
     ) {
         if term < self.term {
@@ -668,12 +822,16 @@ impl<S: StateMachine> Raft<S> {
             );
             return;
         }
-        assert_ne!(self.role, Role::Leader, "election safety: two leaders in term {term}");
+        if self.role == Role::Leader {
+            self.refuse(from, term, "a snapshot from another leader of this replica's term");
+            return;
+        }
         if self.role == Role::Candidate || self.leader != Some(from) {
             self.become_follower(term, Some(from));
         }
         self.reset_election_timer(now);
-        if last_index > self.commit {
+        // Decoded before anything changed, exactly when it is installed.
+        if let Some(machine) = machine.filter(|_| last_index > self.commit) {
             if self.log.term_at(last_index) == Some(last_term) {
                 // We have the entries: keep the suffix after the snapshot.
                 self.log.compact_to(last_index, last_term);
@@ -684,7 +842,7 @@ impl<S: StateMachine> Raft<S> {
                     entries: Vec::new(),
                 };
             }
-            self.machine.restore(&data);
+            self.machine = machine;
             self.snapshot = data;
             self.commit = last_index;
             self.applied = last_index;
@@ -775,7 +933,27 @@ impl<S: StateMachine> Raft<S> {
     // ----- role changes ---------------------------------------------------
 
     fn start_election(&mut self, now: Duration) {
-        self.term += 1;
+        let next = if self.bug(LogBug::UncheckedTerm) {
+            // PLANTED BUG: past `Term::MAX` the term wraps to 0.
+            self.term.wrapping_add(1)
+        } else {
+            // Never campaign into a term that could not be incremented in
+            // turn. Only billions of forged terms, each within
+            // `MAX_TERM_STEP` of the last, get a replica here.
+            match self.term.checked_add(1).filter(|&t| t < Term::MAX) {
+                Some(t) => t,
+                None => {
+                    tracing::error!(
+                        node = self.id,
+                        term = self.term,
+                        "term space exhausted: not campaigning"
+                    );
+                    self.reset_election_timer(now);
+                    return;
+                }
+            }
+        };
+        self.term = next;
         self.role = Role::Candidate;
         self.leader = None;
         self.voted_for = Some(self.id);

@@ -8,7 +8,19 @@ use std::fmt::Debug;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use super::types::{ClientId, Index};
-use crate::env::codec;
+use crate::env::codec::{self, CodecError};
+
+/// A snapshot that cannot become a state: it does not decode, or it breaks
+/// a limit the replica keeps. A replica refuses it and keeps its own state.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("undecodable snapshot: {0}")]
+    Decode(#[from] CodecError),
+    #[error("snapshot holds {sessions} client sessions, more than the {max} this replica keeps")]
+    TooManySessions { sessions: usize, max: usize },
+    #[error("invalid snapshot: {0}")]
+    Invalid(&'static str),
+}
 
 /// A deterministic state machine replicated by the log.
 ///
@@ -28,7 +40,10 @@ pub trait StateMachine: Default + Send + 'static {
     /// The whole state, for compaction and for catching up lagging replicas.
     fn snapshot(&self) -> Vec<u8>;
     /// Replaces the whole state by one produced by [`StateMachine::snapshot`].
-    fn restore(&mut self, snapshot: &[u8]);
+    /// The bytes may come from a faulty peer: anything that is not such a
+    /// snapshot is an error (and `self` is then left unchanged), never a
+    /// panic.
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), SnapshotError>;
 }
 
 /// The last command of one client session and its result.
@@ -131,13 +146,31 @@ impl<S: StateMachine> Replicated<S> {
         codec::encode(&(sessions, self.machine.snapshot())).expect("snapshot exceeds the codec limit")
     }
 
-    /// Replaces everything by a [`Replicated::snapshot`].
-    pub fn restore(&mut self, bytes: &[u8]) {
+    /// The state a [`Replicated::snapshot`] encodes, keeping at most
+    /// `max_sessions` sessions; a snapshot with more (which no replica with
+    /// this limit writes) is refused.
+    pub fn restored(max_sessions: usize, bytes: &[u8]) -> Result<Self, SnapshotError> {
         type Decoded<O> = (Vec<(ClientId, Session<O>)>, Vec<u8>);
-        let (sessions, machine): Decoded<S::Output> = codec::decode(bytes).expect("a snapshot we wrote must decode");
-        self.sessions = sessions.into_iter().collect();
-        self.machine = S::default();
-        self.machine.restore(&machine);
+        let (sessions, state): Decoded<S::Output> = codec::decode(bytes)?;
+        let sessions: BTreeMap<ClientId, Session<S::Output>> = sessions.into_iter().collect();
+        if sessions.len() > max_sessions {
+            return Err(SnapshotError::TooManySessions {
+                sessions: sessions.len(),
+                max: max_sessions,
+            });
+        }
+        let mut machine = S::default();
+        machine.restore(&state)?;
+        Ok(Replicated {
+            machine,
+            sessions,
+            max_sessions,
+        })
+    }
+
+    /// The session limit this table was built with.
+    pub fn max_sessions(&self) -> usize {
+        self.max_sessions
     }
 }
 
@@ -229,9 +262,10 @@ impl StateMachine for Kv {
         codec::encode(&pairs).expect("kv snapshot exceeds the codec limit")
     }
 
-    fn restore(&mut self, snapshot: &[u8]) {
-        let pairs: Vec<(String, u64)> = codec::decode(snapshot).expect("kv snapshot must decode");
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), SnapshotError> {
+        let pairs: Vec<(String, u64)> = codec::decode(snapshot)?;
         self.data = pairs.into_iter().collect();
+        Ok(())
     }
 }
 
@@ -263,11 +297,27 @@ mod tests {
     fn snapshot_carries_sessions() {
         let mut r = Replicated::<Kv>::new(16);
         r.apply(1, 7, 1, &add("x"));
-        let mut s = Replicated::<Kv>::new(16);
-        s.restore(&r.snapshot());
+        let mut s = Replicated::<Kv>::restored(16, &r.snapshot()).unwrap();
         assert_eq!(s.machine().get("x"), Some(1));
         assert!(matches!(s.apply(2, 7, 1, &add("x")), Applied::Duplicate(_)));
         assert_eq!(s.machine().get("x"), Some(1));
+    }
+
+    #[test]
+    fn refuses_bad_snapshots() {
+        assert!(matches!(
+            Replicated::<Kv>::restored(16, &[0xff, 0xff]),
+            Err(SnapshotError::Decode(_))
+        ));
+        let mut r = Replicated::<Kv>::new(4);
+        for client in 0..4 {
+            r.apply(client + 1, client, 1, &add("x"));
+        }
+        assert!(matches!(
+            Replicated::<Kv>::restored(3, &r.snapshot()),
+            Err(SnapshotError::TooManySessions { sessions: 4, max: 3 })
+        ));
+        assert!(Replicated::<Kv>::restored(4, &r.snapshot()).is_ok());
     }
 
     #[test]

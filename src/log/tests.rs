@@ -247,6 +247,9 @@ impl Cluster {
                 }
                 self.last_applied.insert(id, index);
             }
+            Event::Contradicted { from, index } => {
+                self.fail(format!("node {from} contradicts node {id}'s committed entry {index}"))
+            }
             Event::Compacted { .. } | Event::Voted { .. } | Event::Proposed { .. } | Event::Committed { .. } => {}
         }
     }

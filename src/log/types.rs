@@ -192,4 +192,8 @@ pub enum Event {
     Restored { index: Index, term: Term },
     /// This replica compacted its log into a snapshot ending at `index`.
     Compacted { index: Index },
+    /// `from` sent entries that contradict this replica's committed entry
+    /// at `index`; refused. Among honest replicas that means a leader lost
+    /// a committed entry: a safety violation elsewhere, worth reporting.
+    Contradicted { from: NodeId, index: Index },
 }

@@ -51,6 +51,7 @@ use crate::lock::{self, ServerConfig};
 use crate::log::node::{NoProbe, NodeError};
 use crate::txn;
 use crate::txn::client::TxnClient;
+use crate::txn::participant::ParticipantConfig;
 use crate::txn::placement::RingPlacement;
 use crate::txn::shell::{self, no_observer};
 
@@ -407,7 +408,11 @@ pub async fn run_node(config: &ClusterConfig, id: NodeId, init: bool) -> Result<
         Default::default(),
         no_observer(),
     );
-    let shard = shell::run_participant(shard_env.clone(), Default::default(), no_observer());
+    let shard_config = ParticipantConfig {
+        coordinators: config.coordinators(),
+        ..Default::default()
+    };
+    let shard = shell::run_participant(shard_env.clone(), shard_config, no_observer());
     let result = tokio::select! {
         result = lock => result.map_err(RunError::Lock),
         result = coordinator => result.map_err(RunError::Coordinator),

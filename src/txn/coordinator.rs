@@ -100,11 +100,28 @@ pub struct Coordinator {
     waiting: Waiters,
 }
 
+/// Largest boot epoch: epochs fill the high half of transaction ids.
+const MAX_EPOCH: u64 = (1 << 31) - 1;
+
+/// The coordinator's log holds a record it cannot make sense of.
+#[derive(Debug, thiserror::Error)]
+pub enum RecoverError {
+    #[error("undecodable coordinator record {position}: {error}")]
+    Decode { position: usize, error: codec::CodecError },
+    #[error("coordinator record {position}: boot epochs are exhausted")]
+    EpochsExhausted { position: usize },
+}
+
 impl Coordinator {
     /// Rebuilds the coordinator from its log. The returned steps (a synced
     /// boot record, then the re-sent commit decisions) must run before it
     /// serves anything.
-    pub fn recover(id: NodeId, log: &[Vec<u8>], now: Duration, config: CoordinatorConfig) -> (Self, Steps) {
+    pub fn recover(
+        id: NodeId,
+        log: &[Vec<u8>],
+        now: Duration,
+        config: CoordinatorConfig,
+    ) -> Result<(Self, Steps), RecoverError> {
         let mut c = Coordinator {
             id,
             epoch: 1,
@@ -113,9 +130,15 @@ impl Coordinator {
             txns: BTreeMap::new(),
             waiting: Waiters::default(),
         };
-        for bytes in log {
-            match codec::decode::<Record>(bytes).expect("coordinator records decode") {
-                Record::Boot { epoch } => c.epoch = c.epoch.max(epoch + 1),
+        for (position, bytes) in log.iter().enumerate() {
+            match codec::decode::<Record>(bytes).map_err(|error| RecoverError::Decode { position, error })? {
+                Record::Boot { epoch } => {
+                    // Epochs are the high half of transaction ids.
+                    if epoch >= MAX_EPOCH {
+                        return Err(RecoverError::EpochsExhausted { position });
+                    }
+                    c.epoch = c.epoch.max(epoch + 1);
+                }
                 Record::Commit { txn, participants } => {
                     c.txns.insert(txn, State::Committed(Delivery::new(participants, now)));
                 }
@@ -126,10 +149,9 @@ impl Coordinator {
                 }
             }
         }
-        assert!(c.epoch < 1 << 31, "epoch fits the id layout");
         let mut steps = vec![Step::Append(Record::Boot { epoch: c.epoch }), Step::Sync];
         steps.extend(c.tick(now));
-        (c, steps)
+        Ok((c, steps))
     }
 
     pub fn id(&self) -> NodeId {
@@ -162,8 +184,12 @@ impl Coordinator {
     pub fn on_message(&mut self, now: Duration, from: NodeId, msg: Msg) -> Steps {
         match msg {
             Msg::Begin { request } => {
+                if self.next_seq + 1 >= 1 << 32 {
+                    // Ids of this epoch are used up; a restart starts the next.
+                    tracing::error!(coordinator = self.id, "transaction ids of this epoch exhausted");
+                    return vec![];
+                }
                 self.next_seq += 1;
-                assert!(self.next_seq < 1 << 32, "sequence fits the id layout");
                 let txn = (self.epoch << 32) | self.next_seq;
                 vec![Step::Send(from, Msg::Began { request, txn })]
             }
@@ -363,7 +389,7 @@ mod tests {
     const MS: Duration = Duration::from_millis(1);
 
     fn boot(log: &[Vec<u8>]) -> (Coordinator, Steps) {
-        Coordinator::recover(1, log, Duration::ZERO, CoordinatorConfig::default())
+        Coordinator::recover(1, log, Duration::ZERO, CoordinatorConfig::default()).unwrap()
     }
 
     fn begin(c: &mut Coordinator) -> TxnId {

@@ -43,6 +43,9 @@ pub mod placement;
 pub mod replicated;
 pub mod shell;
 
+#[cfg(test)]
+mod adversary_tests;
+
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};

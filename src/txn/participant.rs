@@ -56,10 +56,16 @@ pub struct ParticipantBugs {
     pub vote_without_sync: bool,
     /// After this long in the prepared state, abort alone.
     pub abort_alone_after: Option<Duration>,
+    /// Accept prepares and decisions from any sender, as the shard once
+    /// did: one forged `Decide` commits or aborts what it likes.
+    pub decide_from_anyone: bool,
 }
 
 #[derive(Debug, Clone)]
 pub struct ParticipantConfig {
+    /// The coordinator's node ids (every replica of a replicated one): the
+    /// only senders whose prepares and decisions this shard accepts.
+    pub coordinators: Vec<NodeId>,
     /// An active (unprepared) transaction idle this long is aborted here,
     /// releasing its locks (the client vanished, or its abort was lost).
     pub active_timeout: Duration,
@@ -71,6 +77,7 @@ pub struct ParticipantConfig {
 impl Default for ParticipantConfig {
     fn default() -> Self {
         ParticipantConfig {
+            coordinators: Vec::new(),
             active_timeout: Duration::from_millis(1_000),
             query_every: Duration::from_millis(200),
             bugs: ParticipantBugs::default(),
@@ -107,6 +114,15 @@ struct Txn {
 
 type Steps = Vec<Step<Record>>;
 
+/// The participant's log holds a record it cannot make sense of.
+#[derive(Debug, thiserror::Error)]
+pub enum RecoverError {
+    #[error("undecodable participant record {position}: {error}")]
+    Decode { position: usize, error: codec::CodecError },
+    #[error("participant record {position}: {reason}")]
+    Invalid { position: usize, reason: &'static str },
+}
+
 /// A shard's protocol state. Rebuilt from the log by [`Participant::recover`].
 #[derive(Debug)]
 pub struct Participant {
@@ -124,7 +140,12 @@ impl Participant {
     /// Rebuilds the shard from its log. The returned steps (a new boot
     /// record, synced, then queries for every prepared transaction) must run
     /// before the shard serves anything.
-    pub fn recover(id: NodeId, log: &[Vec<u8>], now: Duration, config: ParticipantConfig) -> (Self, Steps) {
+    pub fn recover(
+        id: NodeId,
+        log: &[Vec<u8>],
+        now: Duration,
+        config: ParticipantConfig,
+    ) -> Result<(Self, Steps), RecoverError> {
         let mut p = Participant {
             id,
             epoch: 1,
@@ -134,11 +155,16 @@ impl Participant {
             txns: BTreeMap::new(),
             done: BTreeMap::new(),
         };
-        for bytes in log {
-            let record: Record =
-                codec::decode(bytes).expect("participant records decode (torn tails are dropped below)");
+        for (position, bytes) in log.iter().enumerate() {
+            let record: Record = codec::decode(bytes).map_err(|error| RecoverError::Decode { position, error })?;
             match record {
-                Record::Boot { epoch } => p.epoch = p.epoch.max(epoch + 1),
+                Record::Boot { epoch } => {
+                    let next = epoch.checked_add(1).ok_or(RecoverError::Invalid {
+                        position,
+                        reason: "a boot epoch that cannot be incremented",
+                    })?;
+                    p.epoch = p.epoch.max(next);
+                }
                 Record::Prepared {
                     txn,
                     coordinators,
@@ -188,7 +214,29 @@ impl Participant {
         }
         let mut steps = vec![Step::Append(Record::Boot { epoch: p.epoch }), Step::Sync];
         steps.extend(p.tick(now));
-        (p, steps)
+        Ok((p, steps))
+    }
+
+    /// Whether `from` may tell this shard how `txn` ended: a coordinator,
+    /// or a peer this shard asked (one listed in its prepare).
+    fn may_decide(&self, from: NodeId, txn: TxnId) -> bool {
+        self.config.bugs.decide_from_anyone
+            || self.config.coordinators.contains(&from)
+            || matches!(
+                self.txns.get(&txn).map(|t| &t.phase),
+                Some(Phase::Prepared { coordinators, participants, .. })
+                    if coordinators.contains(&from) || participants.contains(&from)
+            )
+    }
+
+    fn refuse(&self, from: NodeId, txn: TxnId, what: &'static str) -> Steps {
+        tracing::warn!(
+            shard = self.id,
+            from,
+            txn,
+            "refusing {what} from a node that may not send it"
+        );
+        vec![]
     }
 
     pub fn id(&self) -> NodeId {
@@ -219,8 +267,20 @@ impl Participant {
         self.done.get(&txn).copied()
     }
 
+    /// A message from anyone: prepares and decisions only count from the
+    /// configured coordinators (and answers to this shard's queries from
+    /// the peers it asked); anything else is refused.
     pub fn on_message(&mut self, now: Duration, from: NodeId, msg: Msg) -> Steps {
         match msg {
+            Msg::Prepare { txn, .. } | Msg::Decide { txn, .. }
+                if !self.config.bugs.decide_from_anyone && !self.config.coordinators.contains(&from) =>
+            {
+                self.refuse(from, txn, "a prepare or decision")
+            }
+            Msg::Known {
+                txn,
+                knowledge: Knowledge::Decided(_),
+            } if !self.may_decide(from, txn) => self.refuse(from, txn, "a decision"),
             Msg::Get {
                 txn,
                 request,
@@ -556,8 +616,15 @@ mod tests {
     const CLIENT: NodeId = 100;
     const MS: Duration = Duration::from_millis(1);
 
+    fn config() -> ParticipantConfig {
+        ParticipantConfig {
+            coordinators: vec![C],
+            ..ParticipantConfig::default()
+        }
+    }
+
     fn shard() -> Participant {
-        Participant::recover(2, &[], Duration::ZERO, ParticipantConfig::default()).0
+        Participant::recover(2, &[], Duration::ZERO, config()).unwrap().0
     }
 
     fn get(p: &mut Participant, txn: TxnId, key: &str) -> Result<Option<Value>, AbortReason> {
@@ -701,13 +768,13 @@ mod tests {
 
     #[test]
     fn recovery_reacquires_locks_of_prepared_transactions_and_asks_around() {
-        let (mut p, boot1) = Participant::recover(2, &[], Duration::ZERO, ParticipantConfig::default());
+        let (mut p, boot1) = Participant::recover(2, &[], Duration::ZERO, config()).unwrap();
         let mut history = vec![boot1];
         put(&mut p, 10, "a", 7).unwrap();
         put(&mut p, 11, "b", 8).unwrap();
         history.push(prepare(&mut p, 10));
         // Crash: txn 11 was only active, txn 10 prepared.
-        let (mut p, boot) = Participant::recover(2, &log_of(&history), 5 * MS, ParticipantConfig::default());
+        let (mut p, boot) = Participant::recover(2, &log_of(&history), 5 * MS, config()).unwrap();
         assert_eq!(p.epoch(), 2);
         assert_eq!(p.prepared(), vec![10]);
         let queries: Vec<_> = boot

@@ -67,7 +67,7 @@ use serde::{Deserialize, Serialize};
 use super::phases::{announce, Delivery, Round, Tally, Waiters};
 use super::{AbortReason, Decision, Msg, Outcome, Step, TxnEvent, TxnId};
 use crate::env::{codec, NodeId};
-use crate::log::{ClientId, StateMachine, Term};
+use crate::log::{ClientId, SnapshotError, StateMachine, Term};
 
 /// A command on the coordinator's log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -278,9 +278,8 @@ impl StateMachine for CoordMachine {
         codec::encode(&(self.floor, txns)).expect("coordinator snapshot exceeds the codec limit")
     }
 
-    fn restore(&mut self, snapshot: &[u8]) {
-        let (floor, txns): (TxnId, Vec<(TxnId, TxnState)>) =
-            codec::decode(snapshot).expect("coordinator snapshot must decode");
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), SnapshotError> {
+        let (floor, txns): (TxnId, Vec<(TxnId, TxnState)>) = codec::decode(snapshot)?;
         self.txns = txns.into_iter().collect();
         self.finished = self
             .txns
@@ -289,6 +288,7 @@ impl StateMachine for CoordMachine {
             .map(|(&id, _)| id)
             .collect();
         self.floor = floor;
+        Ok(())
     }
 }
 
@@ -427,7 +427,18 @@ impl Driver {
         self.deciding.clear();
         self.forgetting = None;
         let Some(term) = view.leading else { return };
-        assert!(term < 1 << 31, "terms fit the id layout");
+        if term >= 1 << 31 {
+            // Only a faulty member's terms get this high (see the log's term
+            // rule); they no longer fit transaction ids, so drive nothing
+            // rather than issue ids that collide.
+            tracing::error!(
+                replica = self.id,
+                term,
+                "term too large for transaction ids; not driving"
+            );
+            self.term = None;
+            return;
+        }
         // One exactly-once session per (replica, term): only this replica
         // proposes under it, in order.
         self.session = (1 << 63) | (u64::from(self.id) << 40) | term;
@@ -486,9 +497,12 @@ impl Driver {
         let machine = view.machine;
         match msg {
             Msg::Begin { request } => match self.term {
+                Some(_) if self.next_txn + 1 >= 1 << 32 => {
+                    // This term's ids are used up; the next leader's are fresh.
+                    tracing::error!(replica = self.id, "transaction ids of this term exhausted");
+                }
                 Some(term) => {
                     self.next_txn += 1;
-                    assert!(self.next_txn < 1 << 32, "sequence fits the id layout");
                     let txn = (term << 32) | self.next_txn;
                     fx.steps.push(Step::Send(from, Msg::Began { request, txn }));
                 }
@@ -814,7 +828,7 @@ mod tests {
         };
         assert_eq!(m.apply(&start8), Some(Decision::Abort));
         let mut restored = CoordMachine::default();
-        restored.restore(&m.snapshot());
+        restored.restore(&m.snapshot()).unwrap();
         assert_eq!(restored, m);
     }
 
@@ -897,7 +911,7 @@ mod tests {
         m.apply(&Command::Forget { below: 2 });
         assert_eq!(m.floor, 9);
         let mut restored = CoordMachine::default();
-        restored.restore(&m.snapshot());
+        restored.restore(&m.snapshot()).unwrap();
         assert_eq!(restored, m);
         // Ids at or above the floor are new as before.
         assert_eq!(

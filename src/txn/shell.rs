@@ -125,7 +125,15 @@ pub async fn run_participant<E: Env>(env: E, config: ParticipantConfig, observer
         spawn_lazy_syncer(&env);
     }
     let log = env.load().expect("the participant log is readable");
-    let (core, steps) = Participant::recover(env.id(), &log, env.now(), config);
+    let (core, steps) = match Participant::recover(env.id(), &log, env.now(), config) {
+        Ok(recovered) => recovered,
+        Err(error) => {
+            // Serving without what the log promised could break atomicity:
+            // the shard stays down for an operator.
+            tracing::error!(shard = env.id(), %error, "participant cannot recover; not serving");
+            return std::future::pending().await;
+        }
+    };
     execute(&env, steps, &observer).await;
     serve(env, core, observer).await
 }
@@ -136,7 +144,14 @@ pub async fn run_coordinator<E: Env>(env: E, config: CoordinatorConfig, observer
         spawn_lazy_syncer(&env);
     }
     let log = env.load().expect("the coordinator log is readable");
-    let (core, steps) = Coordinator::recover(env.id(), &log, env.now(), config);
+    let (core, steps) = match Coordinator::recover(env.id(), &log, env.now(), config) {
+        Ok(recovered) => recovered,
+        Err(error) => {
+            // Deciding without the logged commits could contradict them.
+            tracing::error!(coordinator = env.id(), %error, "coordinator cannot recover; not serving");
+            return std::future::pending().await;
+        }
+    };
     execute(&env, steps, &observer).await;
     serve(env, core, observer).await
 }

@@ -56,15 +56,17 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rand_chacha::ChaCha8Rng;
 use ringfence::env::record::RecordBug;
-use ringfence::env::{Env, NodeId};
+use ringfence::env::{codec, Env, NodeId};
 use ringfence::history::linearizability::{self, Model};
 use ringfence::history::{EventKind, History, Violation};
 use ringfence::log::client::{Client as LogClient, ClientError};
 use ringfence::log::node::{self, Probe};
-use ringfence::log::{Config, Event, Index, Kv, KvCommand, KvOutput, KvQuery, LogBug, Term};
+use ringfence::log::{Config, Event, Index, Kv, KvCommand, KvOutput, KvQuery, LogBug, Term, Wire, WireOf};
 use serde::{Deserialize, Serialize};
 
+use super::rogue;
 use crate::env::SimEnv;
 use crate::plan::{FaultKind, Moment};
 use crate::scenario::{abort_run, Bug, Client, Params, Scenario, Workload};
@@ -94,6 +96,11 @@ pub const NO_STEP_DOWN: Bug = Bug {
     about: "a leader that sees a higher term adopts it but keeps leading",
     caught_by: "leader-per-term",
 };
+pub const TERM_OVERFLOW: Bug = Bug {
+    name: "term-overflow",
+    about: "a replica adopts any term a member sends; after a forged term near u64::MAX an election wraps it to 0",
+    caught_by: "panic",
+};
 pub const ACK_BEFORE_SYNC: Bug = Bug {
     name: "ack-before-sync",
     about: "a follower acknowledges appended entries before syncing them",
@@ -118,6 +125,7 @@ pub fn log_bug(name: &str) -> Option<LogBug> {
         "commit-earlier-term" => LogBug::CommitEarlierTermByCounting,
         "no-step-down" => LogBug::NoStepDownOnHigherTerm,
         "ack-before-sync" => LogBug::AckBeforeSync,
+        "term-overflow" => LogBug::UncheckedTerm,
         _ => return None,
     })
 }
@@ -170,7 +178,9 @@ impl Probe for ReplicaProbe {
             Event::Leader { .. } => Moment::Lead,
             Event::Proposed { .. } => Moment::Propose,
             Event::Committed { .. } => Moment::Commit,
-            Event::Applied { .. } | Event::Restored { .. } | Event::Compacted { .. } => return,
+            Event::Applied { .. } | Event::Restored { .. } | Event::Compacted { .. } | Event::Contradicted { .. } => {
+                return
+            }
         };
         self.env.moment(moment);
     }
@@ -225,6 +235,10 @@ impl Probe for Observer {
                 }
                 s.last_applied.insert(node, Some(*index));
             }
+            Event::Contradicted { from, index } => violated(
+                "committed-entry-changed",
+                format!("node {from} sent node {node} entries that contradict its committed entry {index}"),
+            ),
             Event::Compacted { .. } | Event::Voted { .. } | Event::Proposed { .. } | Event::Committed { .. } => {}
         }
     }
@@ -321,6 +335,7 @@ impl<const N: u32> Scenario for LogScenario<N> {
             VOTE_NOT_SYNCED,
             COMMIT_EARLIER_TERM,
             TORN_TAIL_ANYWHERE,
+            TERM_OVERFLOW,
         ]
     } else {
         &[NO_STEP_DOWN]
@@ -344,15 +359,23 @@ impl<const N: u32> Scenario for LogScenario<N> {
     }
 
     /// Everything, including the faults that aim at replicas' votes,
-    /// elections, proposals and commits, and a hostile disk: a replica
-    /// that finds its synced records damaged refuses to start and stays
-    /// down, and the others go on as a majority.
+    /// elections, proposals and commits, hostile messages from members, and
+    /// a hostile disk: a replica that finds its synced records damaged
+    /// refuses to start and stays down, and the others go on as a majority.
     fn fault_kinds() -> Vec<FaultKind> {
         FaultKind::ALL
             .into_iter()
             .chain(FaultKind::ROLE_AWARE)
             .chain(FaultKind::DISK)
+            .chain(FaultKind::ADVERSARIAL)
             .collect()
+    }
+
+    /// Hostile Raft messages a correct replica refuses ([`rogue`]).
+    fn rogue(&self, rng: &mut ChaCha8Rng, _from: NodeId, _to: NodeId) -> Option<Vec<u8>> {
+        let known = self.observer.lock().leaders.last_key_value().map_or(0, |(&t, _)| t);
+        let msg: WireOf<Kv> = Wire::Raft(rogue::raft_message(rng, known));
+        codec::encode(&msg).ok()
     }
 
     async fn server(self: Arc<Self>, env: SimEnv) {

@@ -4,6 +4,7 @@ pub mod counter;
 pub mod lock;
 pub mod lock_hostile;
 pub mod log;
+pub mod rogue;
 pub mod txn;
 
 use std::marker::PhantomData;

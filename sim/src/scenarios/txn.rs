@@ -37,20 +37,24 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::Rng;
-use ringfence::env::{Env, NodeId};
+use rand_chacha::ChaCha8Rng;
+use ringfence::env::{codec, Env, NodeId};
 use ringfence::history::{EventKind, History, Violation};
+use ringfence::log::{Wire, WireOf};
 use ringfence::txn::client::{ClientConfig, TxnClient, TxnError};
 use ringfence::txn::coordinator::{CoordinatorBugs, CoordinatorConfig};
 use ringfence::txn::participant::{ParticipantBugs, ParticipantConfig};
 use ringfence::txn::placement::{Placement, RingPlacement};
-use ringfence::txn::replicated::{ReplicatedBugs, ReplicatedConfig};
+use ringfence::txn::replicated::{CoordMachine, ReplicatedBugs, ReplicatedConfig};
 use ringfence::txn::shell::{run_coordinator, run_participant, run_replicated_coordinator, Observer};
-use ringfence::txn::{Decision, Outcome, TxnEvent, TxnId};
+use ringfence::txn::{Decision, Msg, Outcome, TxnEvent, TxnId};
 use serde::{Deserialize, Serialize};
 
 use ringfence::txn::bank::{account_key, decode_balance, encode_balance};
 
+use super::rogue;
 use crate::env::SimEnv;
+use crate::plan::FaultKind;
 use crate::scenario::{Bug, Client, Params, Scenario, Workload};
 
 /// Number of accounts.
@@ -96,6 +100,11 @@ pub const PARTICIPANT_ABORTS_ALONE: Bug = Bug {
     name: "participant-aborts-alone",
     about: "a shard that voted yes aborts on its own after 300 ms without a decision",
     caught_by: "atomicity",
+};
+pub const DECIDE_FROM_ANYONE: Bug = Bug {
+    name: "decide-from-anyone",
+    about: "a shard accepts prepares and decisions from any sender, not only from the coordinator",
+    caught_by: "commit-without-yes-vote",
 };
 pub const RECOVERY_PRESUMES_COMMIT: Bug = Bug {
     name: "recovery-presumes-commit",
@@ -311,6 +320,7 @@ impl<const C: u32> Scenario for Bank<C> {
             VOTE_WITHOUT_SYNCED_PREPARE,
             PARTICIPANT_ABORTS_ALONE,
             RECOVERY_PRESUMES_COMMIT,
+            DECIDE_FROM_ANYONE,
         ]
     } else {
         &[
@@ -336,6 +346,44 @@ impl<const C: u32> Scenario for Bank<C> {
     /// longer than an election: about 1 seed in 140 (first at seed 84).
     const DEFAULT_SEEDS: u64 = if C == 1 { 50 } else { 100 };
 
+    /// The default kinds, and hostile messages from members.
+    fn fault_kinds() -> Vec<FaultKind> {
+        FaultKind::ALL.into_iter().chain(FaultKind::ADVERSARIAL).collect()
+    }
+
+    /// What a member that is not a coordinator may not say: a shard
+    /// forging prepares and decisions to another shard, and (replicated
+    /// mode) absurd Raft messages between coordinator replicas
+    /// ([`rogue`]). A coordinator may decide, so nothing is forged in its
+    /// name to shards.
+    fn rogue(&self, rng: &mut ChaCha8Rng, from: NodeId, to: NodeId) -> Option<Vec<u8>> {
+        let coordinators = coordinators(C);
+        let msg = match (coordinators.contains(&from), coordinators.contains(&to)) {
+            (true, true) if C > 1 => {
+                let raft: WireOf<CoordMachine> = Wire::Raft(rogue::raft_message(rng, 0));
+                Msg::Log(codec::encode(&raft).ok()?)
+            }
+            (false, false) => {
+                // Ids as coordinators issue them: an epoch (or term) in the
+                // high half, a small sequence number in the low.
+                let txn = rng.gen_range(1..=3u64) << 32 | rng.gen_range(1..=64u64);
+                if rng.gen_bool(0.5) {
+                    let decision = if rng.gen() { Decision::Commit } else { Decision::Abort };
+                    Msg::Decide { txn, decision }
+                } else {
+                    Msg::Prepare {
+                        txn,
+                        epoch: rng.gen_range(1..=3),
+                        participants: vec![to],
+                        coordinators: vec![from],
+                    }
+                }
+            }
+            _ => return None,
+        };
+        codec::encode(&msg).ok()
+    }
+
     fn new(params: &Params) -> Self {
         let bug = |b: &Bug| params.bug.is_some_and(|x| x.name == b.name);
         Bank {
@@ -352,6 +400,7 @@ impl<const C: u32> Scenario for Bank<C> {
             participant: ParticipantBugs {
                 vote_without_sync: bug(&VOTE_WITHOUT_SYNCED_PREPARE),
                 abort_alone_after: bug(&PARTICIPANT_ABORTS_ALONE).then_some(Duration::from_millis(300)),
+                decide_from_anyone: bug(&DECIDE_FROM_ANYONE),
             },
             placement: Arc::new(
                 RingPlacement::new((COORDINATOR + C..=params.servers).collect()).expect("distinct shard ids"),
@@ -386,6 +435,7 @@ impl<const C: u32> Scenario for Bank<C> {
             std::future::pending::<()>().await
         } else {
             let config = ParticipantConfig {
+                coordinators: coordinators(C),
                 bugs: self.participant,
                 ..ParticipantConfig::default()
             };

@@ -84,7 +84,9 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Node { config, id, init } => node(&config, id, init).await.map_err(Failure::from),
             Command::Cluster(args) => local::run(args).await.map_err(Failure::from),
-            Command::ClientKey { config, principal, out } => client_key(&config, principal, &out).map_err(Failure::from),
+            Command::ClientKey { config, principal, out } => {
+                client_key(&config, principal, &out).map_err(Failure::from)
+            }
             Command::Lock(args) => lock_cmd::run(args).await,
             Command::Txn(args) => txn_cmd::run(args).await.map_err(Failure::from),
             Command::Bench(args) => bench::run(args).await.map_err(Failure::from),
