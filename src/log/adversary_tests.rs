@@ -202,7 +202,7 @@ fn snapshot() -> impl Strategy<Value = Vec<u8>> {
                     key: "x".into(),
                     delta: 1,
                 };
-                r.apply(i + 1, i, 1, &command);
+                r.apply(i + 1, (0, i), 1, &command);
             }
             r.snapshot()
         }),

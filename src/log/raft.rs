@@ -870,7 +870,7 @@ impl<S: StateMachine> Raft<S> {
             self.respond(from, client, id, Outcome::NotLeader(self.leader));
             return;
         }
-        match self.machine.lookup(client, seq) {
+        match self.machine.lookup((from, client), seq) {
             Some(Applied::Duplicate(output)) => {
                 self.respond(from, client, id, Outcome::Done(output));
                 return;
@@ -1140,7 +1140,7 @@ impl<S: StateMachine> Raft<S> {
                 command,
             } = entry.payload
             {
-                let result = self.machine.apply(index, client, seq, &command);
+                let result = self.machine.apply(index, (reply_to, client), seq, &command);
                 if self.role == Role::Leader {
                     if let Applied::Fresh(output) | Applied::Duplicate(output) = result {
                         self.respond(reply_to, client, RequestId::Command(seq), Outcome::Done(output));

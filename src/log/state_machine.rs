@@ -9,6 +9,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use super::types::{ClientId, Index};
 use crate::env::codec::{self, CodecError};
+use crate::env::NodeId;
 
 /// A snapshot that cannot become a state: it does not decode, or it breaks
 /// a limit the replica keeps. A replica refuses it and keeps its own state.
@@ -63,9 +64,16 @@ struct Session<O> {
 #[derive(Debug, Default)]
 pub struct Replicated<S: StateMachine> {
     machine: S,
-    sessions: BTreeMap<ClientId, Session<S::Output>>,
+    sessions: BTreeMap<SessionKey, Session<S::Output>>,
     max_sessions: usize,
 }
+
+/// A client session of the table: the node that sent the command (its
+/// transport identity, which the sender cannot choose on an authenticated
+/// transport) and the client id it chose. Keying by both means no client
+/// can name another's session, so none can make another's commands look
+/// like stale retries or take its remembered answers.
+pub type SessionKey = (NodeId, ClientId);
 
 /// What the session table decided about a command.
 #[derive(Debug, Clone, PartialEq)]
@@ -94,9 +102,9 @@ impl<S: StateMachine> Replicated<S> {
         &self.machine
     }
 
-    /// The answer to `(client, seq)` if that command was already applied.
-    pub fn lookup(&self, client: ClientId, seq: u64) -> Option<Applied<S::Output>> {
-        let session = self.sessions.get(&client)?;
+    /// The answer to `(session, seq)` if that command was already applied.
+    pub fn lookup(&self, session: SessionKey, seq: u64) -> Option<Applied<S::Output>> {
+        let session = self.sessions.get(&session)?;
         if seq == session.seq {
             Some(Applied::Duplicate(session.output.clone()))
         } else if seq < session.seq {
@@ -107,8 +115,8 @@ impl<S: StateMachine> Replicated<S> {
     }
 
     /// Applies the command at log index `index`, at most once per
-    /// `(client, seq)`.
-    pub fn apply(&mut self, index: Index, client: ClientId, seq: u64, command: &S::Command) -> Applied<S::Output> {
+    /// `(session, seq)`.
+    pub fn apply(&mut self, index: Index, client: SessionKey, seq: u64, command: &S::Command) -> Applied<S::Output> {
         if let Some(seen) = self.lookup(client, seq) {
             if let Some(session) = self.sessions.get_mut(&client) {
                 session.index = index;
@@ -142,7 +150,7 @@ impl<S: StateMachine> Replicated<S> {
 
     /// Sessions and machine state, encoded together.
     pub fn snapshot(&self) -> Vec<u8> {
-        let sessions: Vec<(ClientId, &Session<S::Output>)> = self.sessions.iter().map(|(k, v)| (*k, v)).collect();
+        let sessions: Vec<(SessionKey, &Session<S::Output>)> = self.sessions.iter().map(|(k, v)| (*k, v)).collect();
         codec::encode(&(sessions, self.machine.snapshot())).expect("snapshot exceeds the codec limit")
     }
 
@@ -150,9 +158,9 @@ impl<S: StateMachine> Replicated<S> {
     /// `max_sessions` sessions; a snapshot with more (which no replica with
     /// this limit writes) is refused.
     pub fn restored(max_sessions: usize, bytes: &[u8]) -> Result<Self, SnapshotError> {
-        type Decoded<O> = (Vec<(ClientId, Session<O>)>, Vec<u8>);
+        type Decoded<O> = (Vec<(SessionKey, Session<O>)>, Vec<u8>);
         let (sessions, state): Decoded<S::Output> = codec::decode(bytes)?;
-        let sessions: BTreeMap<ClientId, Session<S::Output>> = sessions.into_iter().collect();
+        let sessions: BTreeMap<SessionKey, Session<S::Output>> = sessions.into_iter().collect();
         if sessions.len() > max_sessions {
             return Err(SnapshotError::TooManySessions {
                 sessions: sessions.len(),
@@ -283,23 +291,43 @@ mod tests {
     #[test]
     fn retries_are_applied_once() {
         let mut r = Replicated::<Kv>::new(16);
-        assert_eq!(r.apply(1, 7, 1, &add("x")), Applied::Fresh(KvOutput::Value(Some(1))));
         assert_eq!(
-            r.apply(2, 7, 1, &add("x")),
+            r.apply(1, (0, 7), 1, &add("x")),
+            Applied::Fresh(KvOutput::Value(Some(1)))
+        );
+        assert_eq!(
+            r.apply(2, (0, 7), 1, &add("x")),
             Applied::Duplicate(KvOutput::Value(Some(1)))
         );
-        assert_eq!(r.apply(3, 7, 2, &add("x")), Applied::Fresh(KvOutput::Value(Some(2))));
-        assert_eq!(r.apply(4, 7, 1, &add("x")), Applied::Stale);
+        assert_eq!(
+            r.apply(3, (0, 7), 2, &add("x")),
+            Applied::Fresh(KvOutput::Value(Some(2)))
+        );
+        assert_eq!(r.apply(4, (0, 7), 1, &add("x")), Applied::Stale);
         assert_eq!(r.machine().get("x"), Some(2));
+    }
+
+    /// Two nodes that pick the same client id have two sessions: a rogue
+    /// naming another's id with a huge sequence number cannot make that
+    /// client's next command look like a stale retry.
+    #[test]
+    fn sessions_are_per_sending_node() {
+        let mut r = Replicated::<Kv>::new(16);
+        assert!(matches!(r.apply(1, (2, 7), u64::MAX, &add("x")), Applied::Fresh(_)));
+        assert_eq!(
+            r.apply(2, (1, 7), 1, &add("x")),
+            Applied::Fresh(KvOutput::Value(Some(2)))
+        );
+        assert_eq!(r.lookup((1, 7), 1), Some(Applied::Duplicate(KvOutput::Value(Some(2)))));
     }
 
     #[test]
     fn snapshot_carries_sessions() {
         let mut r = Replicated::<Kv>::new(16);
-        r.apply(1, 7, 1, &add("x"));
+        r.apply(1, (0, 7), 1, &add("x"));
         let mut s = Replicated::<Kv>::restored(16, &r.snapshot()).unwrap();
         assert_eq!(s.machine().get("x"), Some(1));
-        assert!(matches!(s.apply(2, 7, 1, &add("x")), Applied::Duplicate(_)));
+        assert!(matches!(s.apply(2, (0, 7), 1, &add("x")), Applied::Duplicate(_)));
         assert_eq!(s.machine().get("x"), Some(1));
     }
 
@@ -311,7 +339,7 @@ mod tests {
         ));
         let mut r = Replicated::<Kv>::new(4);
         for client in 0..4 {
-            r.apply(client + 1, client, 1, &add("x"));
+            r.apply(client + 1, (0, client), 1, &add("x"));
         }
         assert!(matches!(
             Replicated::<Kv>::restored(3, &r.snapshot()),
@@ -323,13 +351,13 @@ mod tests {
     #[test]
     fn evicts_least_recently_used_session() {
         let mut r = Replicated::<Kv>::new(2);
-        r.apply(1, 1, 1, &add("x"));
-        r.apply(2, 2, 1, &add("x"));
-        r.apply(3, 1, 2, &add("x"));
-        r.apply(4, 3, 1, &add("x"));
-        assert!(r.lookup(2, 1).is_none(), "client 2 was least recently used");
-        assert!(r.lookup(1, 2).is_some());
-        assert!(r.lookup(3, 1).is_some());
+        r.apply(1, (0, 1), 1, &add("x"));
+        r.apply(2, (0, 2), 1, &add("x"));
+        r.apply(3, (0, 1), 2, &add("x"));
+        r.apply(4, (0, 3), 1, &add("x"));
+        assert!(r.lookup((0, 2), 1).is_none(), "client 2 was least recently used");
+        assert!(r.lookup((0, 1), 2).is_some());
+        assert!(r.lookup((0, 3), 1).is_some());
     }
 
     #[test]

@@ -170,7 +170,10 @@ pub fn check_grants(applied: &BTreeMap<Index, Vec<u8>>, max_sessions: usize) -> 
             break;
         }
         let Ok(Payload::Command {
-            client, seq, command, ..
+            client,
+            seq,
+            reply_to,
+            command,
         }) = codec::decode::<Payload<LockCommand>>(bytes)
         else {
             continue;
@@ -186,7 +189,7 @@ pub fn check_grants(applied: &BTreeMap<Index, Vec<u8>>, max_sessions: usize) -> 
         {
             names.insert(lock.clone());
         }
-        shadow.apply(index, client, seq, &command);
+        shadow.apply(index, (reply_to, client), seq, &command);
         for name in &names {
             let Some(now) = shadow.machine().holder(name) else {
                 holder.remove(name);
