@@ -160,6 +160,7 @@ async fn start_lock_service(dir: &Path, secret: &ClusterSecret) -> std::io::Resu
                 secret: secret.clone(),
                 cluster_id: "example".to_string(),
                 init: true,
+                limits: Default::default(),
             },
             listener,
         )?;

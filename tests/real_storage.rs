@@ -277,6 +277,7 @@ async fn a_node_env_recovers_its_log_after_restart() {
         secret: ringfence::real::auth::ClusterSecret::generate(),
         cluster_id: "test-cluster".to_string(),
         init: true,
+        limits: Default::default(),
     };
     let env = RealEnv::start_on(config.clone(), listener).unwrap();
     env.append(b"term=3").unwrap();

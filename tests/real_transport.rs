@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use ringfence::env::{Env, EnvError, NodeId, MAX_MESSAGE_BYTES};
 use ringfence::real::auth::{self, ClientCredentials, ClusterSecret, Credentials, Hello, Role, FIRST_PRINCIPAL};
-use ringfence::real::transport::{frame_codec, MAX_CONNECTIONS_PER_PRINCIPAL};
+use ringfence::real::transport::{frame_codec, Limits, MAX_CONNECTIONS_PER_PRINCIPAL};
 use ringfence::real::{NodeConfig, RealEnv};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -25,6 +25,10 @@ struct Cluster {
 
 impl Cluster {
     async fn start(ids: &[NodeId]) -> Cluster {
+        Self::start_with(ids, Limits::default()).await
+    }
+
+    async fn start_with(ids: &[NodeId], limits: Limits) -> Cluster {
         let mut listeners = BTreeMap::new();
         for &id in ids {
             listeners.insert(id, TcpListener::bind("127.0.0.1:0").await.unwrap());
@@ -42,6 +46,7 @@ impl Cluster {
                 secret: secret.clone(),
                 cluster_id: "example".to_string(),
                 init: true,
+                limits,
             };
             nodes.insert(id, RealEnv::start_on(config, listener).unwrap());
         }
@@ -71,6 +76,7 @@ impl Cluster {
             secret: self.secret.clone(),
             cluster_id: "example".to_string(),
             init: true,
+            limits: Default::default(),
         };
         // The old listener closes once its task sees the shutdown.
         let listener = tokio::time::timeout(LIMIT, async {
@@ -345,6 +351,30 @@ async fn one_principal_cannot_take_every_connection_slot() {
     let polite = RealEnv::client(&cluster.client_credentials(FIRST_PRINCIPAL), &servers);
     send_until_received(&polite, cluster.node(1), b"ping").await;
     send_until_received(cluster.node(1), &polite, b"pong").await;
+}
+
+/// Idle connections cannot pile up at a node: a silent client is
+/// disconnected (the node can no longer reach it), and it reconnects by
+/// itself the next time it sends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_client_connections_are_closed_and_reopened_on_demand() {
+    let limits = Limits {
+        client_idle_timeout: Duration::from_millis(300),
+        ..Limits::default()
+    };
+    let cluster = Cluster::start_with(&[1], limits).await;
+    let servers: BTreeMap<NodeId, SocketAddr> = [(1, cluster.node(1).local_addr().unwrap())].into();
+    let client = RealEnv::client(&cluster.client_credentials(FIRST_PRINCIPAL), &servers);
+    send_until_received(&client, cluster.node(1), b"ping").await;
+    send_until_received(cluster.node(1), &client, b"pong").await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        cluster.node(1).send(client.id(), b"anyone?".to_vec()).await,
+        Err(EnvError::UnknownPeer(client.id())),
+        "the idle client's connection was closed"
+    );
+    send_until_received(&client, cluster.node(1), b"back").await;
+    send_until_received(cluster.node(1), &client, b"welcome back").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -390,6 +390,7 @@ pub async fn run_node(config: &ClusterConfig, id: NodeId, init: bool) -> Result<
             secret: secret.clone(),
             cluster_id: config.cluster_id.clone(),
             init,
+            limits: Default::default(),
         })
     };
     let lock_env = start(id, config.lock_servers(), "lock").await?;

@@ -60,6 +60,8 @@ pub struct NodeConfig {
     /// Initialize `data_dir` as a new member's if it holds nothing of this
     /// member yet; otherwise a missing or wiped directory is refused.
     pub init: bool,
+    /// What the listener allows (connections, handshake and idle time).
+    pub limits: transport::Limits,
 }
 
 /// One node's environment on tokio. Cheap to clone; clones share the node.
@@ -107,7 +109,13 @@ impl RealEnv {
         let storage = storage.map_err(|e| std::io::Error::other(e.to_string()))?;
         let shutdown = CancellationToken::new();
         let credentials = Credentials::Member(config.secret.clone());
-        let transport = Transport::start(config.id, &config.peers, Some(listener), credentials, &shutdown);
+        let transport = Transport::start(
+            config.id,
+            &config.peers,
+            Some((listener, config.limits)),
+            credentials,
+            &shutdown,
+        );
         tracing::info!(node = config.id, %local_addr, data = %storage.path().display(), "node started");
         Ok(RealEnv::new(
             config.id,

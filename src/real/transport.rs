@@ -71,6 +71,31 @@ pub const CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const BACKOFF_MIN: Duration = Duration::from_millis(20);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
+/// What a node's listener allows; [`Limits::default`] is the constants
+/// above. Tests and small deployments may tighten them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// Authenticated connections one client principal may hold at once.
+    pub max_connections_per_principal: usize,
+    /// Time a peer has to complete its handshake.
+    pub handshake_timeout: Duration,
+    /// A client connection carrying nothing for this long is closed.
+    pub client_idle_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: MAX_INBOUND_CONNECTIONS,
+            max_connections_per_principal: MAX_CONNECTIONS_PER_PRINCIPAL,
+            handshake_timeout: HANDSHAKE_TIMEOUT,
+            client_idle_timeout: CLIENT_IDLE_TIMEOUT,
+        }
+    }
+}
+
 /// The frame codec both ends use.
 pub fn frame_codec() -> LengthDelimitedCodec {
     LengthDelimitedCodec::builder()
@@ -101,15 +126,16 @@ pub struct Transport {
 }
 
 impl Transport {
-    /// Starts accepting on `listener` (nodes and clients) and connecting to
-    /// every other peer in `peers`. With a listener this is a member and
-    /// `credentials` must be [`Credentials::Member`]; without one it is a
-    /// client: it connects to every peer and reads their answers on those
-    /// connections. Every task stops when `shutdown` is cancelled.
+    /// Starts accepting on `listener` (nodes and clients, within `limits`)
+    /// and connecting to every other peer in `peers`. With a listener this
+    /// is a member and `credentials` must be [`Credentials::Member`];
+    /// without one it is a client: it connects to every peer and reads
+    /// their answers on those connections. Every task stops when `shutdown`
+    /// is cancelled.
     pub fn start(
         id: NodeId,
         peers: &BTreeMap<NodeId, SocketAddr>,
-        listener: Option<TcpListener>,
+        listener: Option<(TcpListener, Limits)>,
         credentials: Credentials,
         shutdown: &CancellationToken,
     ) -> Arc<Transport> {
@@ -134,9 +160,10 @@ impl Transport {
             spawn_until(shutdown, link.run(rx));
         }
         let clients = Arc::new(Clients::default());
-        if let Some(listener) = listener {
+        if let Some((listener, limits)) = listener {
             let acceptor = Acceptor {
                 id,
+                limits,
                 known: peers.keys().copied().filter(|&p| p != id).collect(),
                 credentials,
                 inbox: inbox_tx.clone(),
@@ -328,6 +355,7 @@ impl Link {
 /// Accepts connections from members and clients.
 struct Acceptor {
     id: NodeId,
+    limits: Limits,
     known: Vec<NodeId>,
     credentials: Arc<Credentials>,
     inbox: Inbox,
@@ -358,7 +386,7 @@ impl Drop for PrincipalSlot<'_> {
 impl Acceptor {
     async fn run(self, listener: TcpListener) {
         let this = Arc::new(self);
-        let slots = Arc::new(Semaphore::new(MAX_INBOUND_CONNECTIONS));
+        let slots = Arc::new(Semaphore::new(this.limits.max_connections));
         let mut connections = 0u64;
         loop {
             let Ok(permit) = slots.clone().acquire_owned().await else {
@@ -388,7 +416,7 @@ impl Acceptor {
     fn take_slot(&self, principal: u32) -> Option<PrincipalSlot<'_>> {
         let mut counts = self.per_principal.lock().expect("quota table poisoned");
         let count = counts.entry(principal).or_default();
-        if *count >= MAX_CONNECTIONS_PER_PRINCIPAL {
+        if *count >= self.limits.max_connections_per_principal {
             return None;
         }
         *count += 1;
@@ -402,7 +430,7 @@ impl Acceptor {
     /// inbox; for a client, also writes the node's answers back.
     async fn serve(&self, stream: TcpStream, connection: u64) -> Result<(), String> {
         let (mut frames, mut writer) = framed(stream)?;
-        let first = next_frame(&mut frames, HANDSHAKE_TIMEOUT, "hello").await?;
+        let first = next_frame(&mut frames, self.limits.handshake_timeout, "hello").await?;
         let hello = Hello::decode(&first).map_err(|e| e.to_string())?;
         let from = hello.id;
         let _slot = match hello.role {
@@ -415,15 +443,16 @@ impl Acceptor {
                 Some(slot) => Some(slot),
                 None => {
                     return Err(format!(
-                        "principal {} already holds {MAX_CONNECTIONS_PER_PRINCIPAL} connections",
-                        auth::principal_of(from)
+                        "principal {} already holds {} connections",
+                        auth::principal_of(from),
+                        self.limits.max_connections_per_principal
                     ))
                 }
             },
         };
         let (answer, pending) = auth::accept(&self.credentials, &hello).map_err(|e| e.to_string())?;
         writer.send(Bytes::from(answer)).await.map_err(|e| e.to_string())?;
-        let proof = next_frame(&mut frames, HANDSHAKE_TIMEOUT, "handshake proof").await?;
+        let proof = next_frame(&mut frames, self.limits.handshake_timeout, "handshake proof").await?;
         let FrameKeys { sealer, opener } = pending.finish(&proof).map_err(|e| format!("peer {from}: {e}"))?;
         let idle = match hello.role {
             Role::Member => None,
@@ -434,7 +463,7 @@ impl Acceptor {
                     .expect("client table poisoned")
                     .insert(from, (connection, tx));
                 spawn_until(&self.shutdown, answer_client(writer, sealer, rx));
-                Some(CLIENT_IDLE_TIMEOUT)
+                Some(self.limits.client_idle_timeout)
             }
         };
         tracing::debug!(node = self.id, peer = from, "peer authenticated");

@@ -69,9 +69,10 @@ enum Mode {
     Uncontended,
 }
 
-/// Most clients in one phase: each keeps a connection to every node, and a
-/// node serves at most `real::transport::MAX_INBOUND_CONNECTIONS`.
-const MAX_CLIENTS: u64 = 200;
+/// Most clients in one phase: each keeps a connection to every node, all
+/// under the cluster file's one client principal, and a node serves at most
+/// `real::transport::MAX_CONNECTIONS_PER_PRINCIPAL` of one principal.
+const MAX_CLIENTS: u64 = ringfence::real::transport::MAX_CONNECTIONS_PER_PRINCIPAL as u64;
 
 /// Longest wait for one acquire before it counts as an error.
 const OP_TIMEOUT: Duration = Duration::from_secs(10);
