@@ -58,6 +58,19 @@ impl Case {
     }
 }
 
+/// The trace hash with the run's verdicts folded in, so that the
+/// determinism check also catches a rerun that judged differently.
+fn verdict_hash(trace: u64, violations: &[Violation]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    // determinism: ok — `DefaultHasher::new` has fixed keys.
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    trace.hash(&mut hasher);
+    for v in violations {
+        (&v.invariant, &v.detail, &v.events).hash(&mut hasher);
+    }
+    hasher.finish()
+}
+
 /// What a run produced.
 #[derive(Debug, Clone, Serialize)]
 pub struct Outcome {
@@ -94,7 +107,9 @@ impl Outcome {
         Outcome {
             case,
             plan,
-            trace_hash: 0,
+            // The panic is the run's verdict: a rerun that panics elsewhere,
+            // or not at all, must not compare equal.
+            trace_hash: verdict_hash(0, std::slice::from_ref(&violation)),
             trace_events: 0,
             ops: 0,
             fired: BTreeMap::new(),
@@ -184,7 +199,7 @@ pub fn run<S: Scenario>(case: &Case, bug: Option<&'static crate::scenario::Bug>,
     Outcome {
         case: case.clone(),
         plan,
-        trace_hash: w.trace.hash(),
+        trace_hash: verdict_hash(w.trace.hash(), &all_violations),
         trace_events: w.trace.len(),
         ops: history.operations().iter().filter(|(_, done)| done.is_some()).count() as u64,
         fired: std::mem::take(&mut w.fired),
@@ -292,4 +307,20 @@ async fn drive<S: Scenario>(
         ));
     }
     (violations, start.elapsed())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdicts_change_the_trace_hash() {
+        let lost = Violation::new("acked-write-lost", "write 3", vec![4]);
+        let other = Violation::new("acked-write-lost", "write 5", vec![4]);
+        let clean = verdict_hash(7, &[]);
+        assert_ne!(clean, verdict_hash(7, std::slice::from_ref(&lost)));
+        assert_ne!(verdict_hash(7, &[lost.clone()]), verdict_hash(7, &[other]));
+        assert_eq!(verdict_hash(7, &[lost.clone()]), verdict_hash(7, &[lost]));
+        assert_ne!(clean, verdict_hash(8, &[]));
+    }
 }
