@@ -319,8 +319,8 @@ mod tests {
         let other = Violation::new("acked-write-lost", "write 5", vec![4]);
         let clean = verdict_hash(7, &[]);
         assert_ne!(clean, verdict_hash(7, std::slice::from_ref(&lost)));
-        assert_ne!(verdict_hash(7, &[lost.clone()]), verdict_hash(7, &[other]));
-        assert_eq!(verdict_hash(7, &[lost.clone()]), verdict_hash(7, &[lost]));
+        assert_ne!(verdict_hash(7, std::slice::from_ref(&lost)), verdict_hash(7, &[other]));
+        assert_eq!(verdict_hash(7, std::slice::from_ref(&lost)), verdict_hash(7, &[lost]));
         assert_ne!(clean, verdict_hash(8, &[]));
     }
 }
