@@ -36,6 +36,7 @@ fn expected(bug: &str) -> &'static [&'static str] {
         "term-overflow" => &["entry from a future term"],
         "vote-not-synced" => &["leader-per-term", "election safety"],
         "torn-tail-anywhere" => &["synced-record-lost"],
+        "refuse-entries" => &["replica-behind"],
         _ => unreachable!("unknown bug {bug}"),
     }
 }

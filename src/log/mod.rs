@@ -99,15 +99,20 @@ pub enum LogBug {
     /// term `u64::MAX` makes the next election wrap the term to 0, and the
     /// replica's own invariant check stops it, again after every restart.
     UncheckedTerm,
+    /// The member with the highest id takes heartbeats but refuses every
+    /// entry, forever: a majority without it still commits, so only a check
+    /// that every replica catches up after the faults heal notices.
+    RefuseEntries,
 }
 
 impl LogBug {
-    pub const ALL: [LogBug; 5] = [
+    pub const ALL: [LogBug; 6] = [
         LogBug::VoteNotSynced,
         LogBug::CommitEarlierTermByCounting,
         LogBug::NoStepDownOnHigherTerm,
         LogBug::AckBeforeSync,
         LogBug::UncheckedTerm,
+        LogBug::RefuseEntries,
     ];
 }
 

@@ -676,6 +676,11 @@ impl<S: StateMachine> Raft<S> {
             self.become_follower(term, Some(from));
         }
         self.reset_election_timer(now);
+        if self.bug(LogBug::RefuseEntries) && !entries.is_empty() && self.members.last() == Some(&self.id) {
+            // PLANTED BUG: heartbeats are taken, entries never are.
+            self.reply_append(from, false, self.log.last_index(), read_seq);
+            return;
+        }
 
         // Entries at or below our snapshot are committed, hence identical.
         let mut prev_index = prev_index;

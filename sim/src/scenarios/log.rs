@@ -52,13 +52,13 @@
 //! by the simulated disk's own check, `synced-record-lost`: a node got back
 //! fewer records than it had synced before its crash.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand_chacha::ChaCha8Rng;
 use ringfence::env::record::RecordBug;
-use ringfence::env::{codec, Env, NodeId};
+use ringfence::env::{codec, timeout, Env, NodeId};
 use ringfence::history::linearizability::{self, Model};
 use ringfence::history::{EventKind, History, Violation};
 use ringfence::log::client::{Client as LogClient, ClientError};
@@ -107,6 +107,12 @@ pub const ACK_BEFORE_SYNC: Bug = Bug {
     caught_by: "committed-entry-changed",
 };
 
+pub const REFUSE_ENTRIES: Bug = Bug {
+    name: "refuse-entries",
+    about: "one follower takes heartbeats but refuses every entry, while the others commit without it",
+    caught_by: "replica-behind",
+};
+
 pub const TORN_TAIL_ANYWHERE: Bug = Bug {
     name: "torn-tail-anywhere",
     about: "storage recovery takes any damage for a torn tail, so a bit flipped mid-log silently drops synced records",
@@ -126,9 +132,14 @@ pub fn log_bug(name: &str) -> Option<LogBug> {
         "no-step-down" => LogBug::NoStepDownOnHigherTerm,
         "ack-before-sync" => LogBug::AckBeforeSync,
         "term-overflow" => LogBug::UncheckedTerm,
+        "refuse-entries" => LogBug::RefuseEntries,
         _ => return None,
     })
 }
+
+/// How long, after the probe's write and read, every running replica has to
+/// apply everything applied anywhere: a few heartbeats and one snapshot.
+const CATCH_UP_BOUND: Duration = Duration::from_secs(2);
 
 /// Counters the clients touch: few, so operations contend.
 const KEYS: u8 = 3;
@@ -150,11 +161,29 @@ struct Observed {
     /// Last index each replica applied since it booted (`None`: just booted,
     /// it resumes from its snapshot, wherever that is).
     last_applied: BTreeMap<NodeId, Option<Index>>,
+    /// Replicas that stopped on purpose (a corrupt disk, a failed write).
+    stopped: BTreeSet<NodeId>,
 }
 
 impl Observer {
     fn booted(&self, node: NodeId) {
-        self.lock().last_applied.insert(node, None);
+        let mut s = self.lock();
+        s.last_applied.insert(node, None);
+        s.stopped.remove(&node);
+    }
+
+    fn stopped(&self, node: NodeId) {
+        self.lock().stopped.insert(node);
+    }
+
+    /// Running replicas that have not applied up to `index`.
+    fn behind(&self, index: Index) -> Vec<(NodeId, Option<Index>)> {
+        let s = self.lock();
+        s.last_applied
+            .iter()
+            .filter(|(node, applied)| !s.stopped.contains(node) && applied.is_none_or(|a| a < index))
+            .map(|(&node, &applied)| (node, applied))
+            .collect()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Observed> {
@@ -336,6 +365,7 @@ impl<const N: u32> Scenario for LogScenario<N> {
             COMMIT_EARLIER_TERM,
             TORN_TAIL_ANYWHERE,
             TERM_OVERFLOW,
+            REFUSE_ENTRIES,
         ]
     } else {
         &[NO_STEP_DOWN]
@@ -379,7 +409,8 @@ impl<const N: u32> Scenario for LogScenario<N> {
     }
 
     async fn server(self: Arc<Self>, env: SimEnv) {
-        self.observer.booted(env.id());
+        let node_id = env.id();
+        self.observer.booted(node_id);
         env.set_record_bug(self.record_bug);
         let probe = Arc::new(ReplicaProbe {
             observer: self.observer.clone(),
@@ -391,6 +422,7 @@ impl<const N: u32> Scenario for LogScenario<N> {
             // write, or a corrupt disk it refuses to start on); it stays
             // down until the nemesis restarts it.
             tracing::warn!(%error, "replica stopped");
+            self.observer.stopped(node_id);
             std::future::pending::<()>().await;
         }
     }
@@ -410,10 +442,33 @@ impl<const N: u32> Scenario for LogScenario<N> {
         }
     }
 
+    /// A write and a read succeed, then every running replica catches up
+    /// with everything applied anywhere (a majority serving is not enough:
+    /// a replica that never catches up is one failure from unavailability).
     async fn probe(self: Arc<Self>, env: SimEnv, client: Client<KvOp>) {
-        let mut log = LogClient::<SimEnv, Kv>::new(env, client.servers.clone());
+        let mut log = LogClient::<SimEnv, Kv>::new(env.clone(), client.servers.clone());
         while !Self::operate(&client, &mut log, KvOp::Add { key: 0, result: None }).await {}
         while !Self::operate(&client, &mut log, KvOp::Get { key: 0, value: None }).await {}
+        let target = self
+            .observer
+            .lock()
+            .committed
+            .last_key_value()
+            .map_or(0, |(&index, _)| index);
+        let caught_up = timeout(&env, CATCH_UP_BOUND, async {
+            while !self.observer.behind(target).is_empty() {
+                env.sleep(Duration::from_millis(10)).await;
+            }
+        });
+        if caught_up.await.is_none() {
+            violated(
+                "replica-behind",
+                format!(
+                    "after the heal, replicas (id, last applied) {:?} did not apply up to index {target} within {CATCH_UP_BOUND:?}",
+                    self.observer.behind(target)
+                ),
+            );
+        }
     }
 
     fn check(&self, history: &History<KvOp>) -> Vec<Violation> {
