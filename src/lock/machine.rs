@@ -572,8 +572,8 @@ impl StateMachine for LockMachine {
         }
     }
 
-    fn snapshot(&self) -> Vec<u8> {
-        codec::encode(self).expect("lock table fits a snapshot (bounded by MAX_* limits)")
+    fn snapshot(&self) -> Result<Vec<u8>, crate::env::codec::CodecError> {
+        codec::encode(self)
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), SnapshotError> {
@@ -616,7 +616,7 @@ mod snapshot_tests {
             Err(SnapshotError::Invalid(_))
         ));
         assert_eq!(r, LockMachine::default(), "nothing installed");
-        r.restore(&m.snapshot()).unwrap();
+        r.restore(&m.snapshot().unwrap()).unwrap();
         assert_eq!(r, m);
     }
 }

@@ -125,12 +125,16 @@ fn a_session_remembers_finished_requests_in_bounded_space() {
     for request in 1..=100 {
         take_and_release(&mut m, &format!("user-{request}"), request);
     }
-    let small = m.snapshot().len();
+    let small = m.snapshot().unwrap().len();
     for request in 101..=10_000 {
         take_and_release(&mut m, &format!("user-{request}"), request);
     }
     // Longer names and numbers only; one entry per lock would add ~150 KB.
-    assert!(m.snapshot().len() <= 2 * small, "{small} then {}", m.snapshot().len());
+    assert!(
+        m.snapshot().unwrap().len() <= 2 * small,
+        "{small} then {}",
+        m.snapshot().unwrap().len()
+    );
     let stale = O::Refused(super::Refusal::StaleRequest);
     assert_eq!(late(&mut m, "user-1", 1), stale, "evicted long ago");
     assert_eq!(late(&mut m, "user-10000", 10_000), stale, "remembered exactly");
@@ -218,7 +222,7 @@ fn snapshot_round_trips_and_tokens_continue_above() {
         panic!()
     };
     let mut r = LockMachine::default();
-    r.restore(&m.snapshot()).unwrap();
+    r.restore(&m.snapshot().unwrap()).unwrap();
     assert_eq!(r, m);
     r.apply(&cmd(R::Release {
         session: 1,
@@ -444,7 +448,7 @@ mod props {
                 m.apply(c);
             }
             let mut r = LockMachine::default();
-            r.restore(&m.snapshot()).unwrap();
+            r.restore(&m.snapshot().unwrap()).unwrap();
             prop_assert_eq!(&r, &m);
             // And the copy goes on exactly as the original.
             for c in &commands {

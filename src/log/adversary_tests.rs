@@ -204,7 +204,7 @@ fn snapshot() -> impl Strategy<Value = Vec<u8>> {
                 };
                 r.apply(i + 1, (0, i), 1, &command);
             }
-            r.snapshot()
+            r.snapshot().unwrap()
         }),
     ]
 }
@@ -456,7 +456,7 @@ fn a_leader_refuses_a_match_beyond_its_log_and_an_append_of_its_own_term() {
         term,
         last_index: 100,
         last_term: term,
-        data: Replicated::<Kv>::new(8).snapshot(),
+        data: Replicated::<Kv>::new(8).snapshot().unwrap(),
         read_seq: 0,
     };
     inject(&mut g, peer, l, snapshot);

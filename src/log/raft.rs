@@ -191,6 +191,9 @@ pub struct Raft<S: StateMachine> {
     log: Log<S::Command>,
     /// The encoded state at `log.start` (empty when `log.start == 0`).
     snapshot: Vec<u8>,
+    /// Applied index at which the state last proved too large to snapshot
+    /// (volatile: a restarted replica tries again).
+    compaction_refused_at: Index,
 
     // Volatile state.
     role: Role,
@@ -243,6 +246,7 @@ impl<S: StateMachine> Raft<S> {
                 entries: Vec::new(),
             },
             snapshot: Vec::new(),
+            compaction_refused_at: 0,
             role: Role::Follower,
             leader: None,
             votes: BTreeSet::new(),
@@ -1181,16 +1185,24 @@ impl<S: StateMachine> Raft<S> {
     }
 
     fn maybe_compact(&mut self) {
-        if self.applied - self.log.start < self.config.snapshot_every {
+        let since = self.log.start.max(self.compaction_refused_at);
+        if self.applied - since < self.config.snapshot_every {
             return;
         }
         let term = self.log.term_at(self.applied).expect("applied entry is in the log");
-        self.snapshot = self.machine.snapshot();
-        assert!(
-            self.snapshot.len() <= MAX_SNAPSHOT_BYTES,
-            "snapshot of {} bytes exceeds the limit",
-            self.snapshot.len()
-        );
+        let snapshot = match self.machine.snapshot() {
+            Ok(bytes) if bytes.len() <= MAX_SNAPSHOT_BYTES => bytes,
+            too_large => {
+                // The state outgrew one message: keep the whole log (it
+                // still holds everything) and try again a period later,
+                // rather than stop every replica on the same entry.
+                let size = too_large.map_or_else(|e| e.to_string(), |b| format!("{} bytes", b.len()));
+                tracing::error!(node = self.id, applied = self.applied, %size, "state too large to snapshot; not compacting");
+                self.compaction_refused_at = self.applied;
+                return;
+            }
+        };
+        self.snapshot = snapshot;
         self.log.compact_to(self.applied, term);
         self.rewrite_pending = true;
         self.out.events.push(Event::Compacted { index: self.applied });

@@ -39,7 +39,10 @@ pub trait StateMachine: Default + Send + 'static {
     fn apply(&mut self, command: &Self::Command) -> Self::Output;
     fn query(&self, query: &Self::Query) -> Self::Output;
     /// The whole state, for compaction and for catching up lagging replicas.
-    fn snapshot(&self) -> Vec<u8>;
+    /// A state too large for the codec is an error, not a panic: clients
+    /// may grow a state past any fixed limit, and the replica then goes on
+    /// without compacting.
+    fn snapshot(&self) -> Result<Vec<u8>, CodecError>;
     /// Replaces the whole state by one produced by [`StateMachine::snapshot`].
     /// The bytes may come from a faulty peer: anything that is not such a
     /// snapshot is an error (and `self` is then left unchanged), never a
@@ -149,9 +152,9 @@ impl<S: StateMachine> Replicated<S> {
     }
 
     /// Sessions and machine state, encoded together.
-    pub fn snapshot(&self) -> Vec<u8> {
+    pub fn snapshot(&self) -> Result<Vec<u8>, CodecError> {
         let sessions: Vec<(SessionKey, &Session<S::Output>)> = self.sessions.iter().map(|(k, v)| (*k, v)).collect();
-        codec::encode(&(sessions, self.machine.snapshot())).expect("snapshot exceeds the codec limit")
+        codec::encode(&(sessions, self.machine.snapshot()?))
     }
 
     /// The state a [`Replicated::snapshot`] encodes, keeping at most
@@ -265,9 +268,9 @@ impl StateMachine for Kv {
         }
     }
 
-    fn snapshot(&self) -> Vec<u8> {
+    fn snapshot(&self) -> Result<Vec<u8>, CodecError> {
         let pairs: Vec<(&String, &u64)> = self.data.iter().collect();
-        codec::encode(&pairs).expect("kv snapshot exceeds the codec limit")
+        codec::encode(&pairs)
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), SnapshotError> {
@@ -325,7 +328,7 @@ mod tests {
     fn snapshot_carries_sessions() {
         let mut r = Replicated::<Kv>::new(16);
         r.apply(1, (0, 7), 1, &add("x"));
-        let mut s = Replicated::<Kv>::restored(16, &r.snapshot()).unwrap();
+        let mut s = Replicated::<Kv>::restored(16, &r.snapshot().unwrap()).unwrap();
         assert_eq!(s.machine().get("x"), Some(1));
         assert!(matches!(s.apply(2, (0, 7), 1, &add("x")), Applied::Duplicate(_)));
         assert_eq!(s.machine().get("x"), Some(1));
@@ -342,10 +345,10 @@ mod tests {
             r.apply(client + 1, (0, client), 1, &add("x"));
         }
         assert!(matches!(
-            Replicated::<Kv>::restored(3, &r.snapshot()),
+            Replicated::<Kv>::restored(3, &r.snapshot().unwrap()),
             Err(SnapshotError::TooManySessions { sessions: 4, max: 3 })
         ));
-        assert!(Replicated::<Kv>::restored(4, &r.snapshot()).is_ok());
+        assert!(Replicated::<Kv>::restored(4, &r.snapshot().unwrap()).is_ok());
     }
 
     #[test]

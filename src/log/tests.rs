@@ -726,6 +726,39 @@ fn duplicate_command_is_applied_once() {
     assert_eq!(c.violation, None);
 }
 
+/// Clients can grow a state past what one snapshot message holds. The
+/// replicas then keep serving on their whole log instead of stopping on the
+/// same entry (before: an assertion in compaction, on every replica).
+#[test]
+fn a_state_too_large_to_snapshot_does_not_stop_the_replicas() {
+    let mut c = Cluster::new(5, 3, 0, test_config(None), CALM);
+    c.run_ms(1_000);
+    let leader = c.leader().expect("leader");
+    // 200 keys of 7 KiB: about 1.4 MiB of state, past the 1 MiB message.
+    for i in 0..200u64 {
+        let cmd: W = Wire::Command {
+            client: 7,
+            seq: i + 1,
+            command: KvCommand::Put {
+                key: format!("{i:07}{}", "k".repeat(7 << 10)),
+                value: i,
+            },
+        };
+        c.post(CLIENT_BASE + 7, leader, cmd);
+        c.run_ms(20);
+    }
+    c.run_ms(1_000);
+    assert_eq!(c.violation, None);
+    for id in 1..=3 {
+        let machine = c.raft(id).state_machine();
+        assert_eq!(
+            machine.get(&format!("{:07}{}", 199, "k".repeat(7 << 10))),
+            Some(199),
+            "node {id}"
+        );
+    }
+}
+
 #[test]
 fn lagging_node_catches_up_from_snapshot() {
     let mut c = Cluster::new(11, 3, 3, test_config(None), CALM);

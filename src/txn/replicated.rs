@@ -273,9 +273,9 @@ impl StateMachine for CoordMachine {
         self.decision(*txn)
     }
 
-    fn snapshot(&self) -> Vec<u8> {
+    fn snapshot(&self) -> Result<Vec<u8>, crate::env::codec::CodecError> {
         let txns: Vec<(&TxnId, &TxnState)> = self.txns.iter().collect();
-        codec::encode(&(self.floor, txns)).expect("coordinator snapshot exceeds the codec limit")
+        codec::encode(&(self.floor, txns))
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), SnapshotError> {
@@ -828,7 +828,7 @@ mod tests {
         };
         assert_eq!(m.apply(&start8), Some(Decision::Abort));
         let mut restored = CoordMachine::default();
-        restored.restore(&m.snapshot()).unwrap();
+        restored.restore(&m.snapshot().unwrap()).unwrap();
         assert_eq!(restored, m);
     }
 
@@ -911,7 +911,7 @@ mod tests {
         m.apply(&Command::Forget { below: 2 });
         assert_eq!(m.floor, 9);
         let mut restored = CoordMachine::default();
-        restored.restore(&m.snapshot()).unwrap();
+        restored.restore(&m.snapshot().unwrap()).unwrap();
         assert_eq!(restored, m);
         // Ids at or above the floor are new as before.
         assert_eq!(
@@ -934,7 +934,7 @@ mod tests {
         for i in 0..held as u64 {
             finish(&mut m, (TERM << 32) | (i + 1), false);
         }
-        let bytes = m.snapshot().len();
+        let bytes = m.snapshot().unwrap().len();
         assert!(
             bytes <= crate::log::MAX_SNAPSHOT_BYTES / 2,
             "{bytes} bytes for {held} transactions"
