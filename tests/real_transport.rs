@@ -272,7 +272,7 @@ async fn misbehaving_connections_are_dropped_while_the_node_serves_others() {
 
     // A member whose frame fails its tag.
     let (mut tampered, mut keys) = raw_handshake(addr, &member, Hello::new(Role::Member, 2)).await;
-    let mut frame = keys.sealer.seal(b"tampered");
+    let mut frame = keys.sealer.seal(b"tampered".to_vec());
     frame[0] ^= 1;
     write_frame(&mut tampered, &frame).await;
     assert_disconnected(tampered).await;
@@ -337,14 +337,28 @@ async fn one_principal_cannot_take_every_connection_slot() {
     let addr = cluster.node(1).local_addr().unwrap();
     let greedy = cluster.client_credentials(40);
     let credentials = Credentials::Client(greedy.clone());
+    // Hellos that claim principal 40 but never prove it, held open: they
+    // must not use up its slots.
+    let mut squatters = Vec::new();
+    for instance in 0..MAX_CONNECTIONS_PER_PRINCIPAL as u32 {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        write_frame(
+            &mut stream,
+            &Hello::new(Role::Client, (40 << 16) | (2000 + instance)).encode(),
+        )
+        .await;
+        read_frame(&mut stream).await;
+        squatters.push(stream);
+    }
     let mut held = Vec::new();
     for instance in 0..MAX_CONNECTIONS_PER_PRINCIPAL as u32 {
         let hello = Hello::new(Role::Client, 40 << 16 | instance);
         held.push(raw_handshake(addr, &credentials, hello).await);
     }
-    // One more of the same principal is refused at the hello...
-    let mut extra = TcpStream::connect(addr).await.unwrap();
-    write_frame(&mut extra, &Hello::new(Role::Client, 40 << 16 | 999).encode()).await;
+    // The node takes a slot once it has checked a proof: let it finish.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // One more of the same principal is refused once it has proven itself...
+    let (extra, _) = raw_handshake(addr, &credentials, Hello::new(Role::Client, 40 << 16 | 999)).await;
     assert_disconnected(extra).await;
     // ...while another principal is served.
     let servers: BTreeMap<NodeId, SocketAddr> = [(1, addr)].into_iter().collect();

@@ -235,21 +235,28 @@ fn snapshot_round_trips_and_tokens_continue_above() {
     assert!(next > token);
 }
 
-#[test]
-fn lease_timer_starts_at_leadership_and_restarts_on_renewal() {
-    use crate::log::{Config, Raft, Wire};
+/// A one-member lock group, elected at once at 1 s.
+fn single_replica() -> crate::log::Raft<LockMachine> {
     use rand::SeedableRng;
-    let ms = Duration::from_millis;
-    let mut raft = Raft::<LockMachine>::recover(
+    let mut raft = crate::log::Raft::<LockMachine>::recover(
         1,
         &[1],
-        Config::default(),
+        crate::log::Config::default(),
         rand_chacha::ChaCha8Rng::seed_from_u64(1),
         &[],
-        ms(0),
+        Duration::ZERO,
     )
     .unwrap();
-    let _ = raft.on_tick(ms(1_000)); // single member: elected at once
+    let _ = raft.on_tick(Duration::from_secs(1));
+    raft
+}
+
+#[test]
+fn lease_timer_starts_at_leadership_and_restarts_on_renewal() {
+    use crate::log::Wire;
+    use rand::SeedableRng;
+    let ms = Duration::from_millis;
+    let mut raft = single_replica();
     let command = |seq, command| Wire::Command {
         client: 9,
         seq,
@@ -548,19 +555,10 @@ fn followers_answer_not_leader_and_forward_nothing() {
 /// `1 << 63 | node << 40 | term`).
 #[test]
 fn a_client_cannot_shadow_the_leaders_expiries() {
-    use crate::log::{Config, Raft, Wire};
+    use crate::log::Wire;
     use rand::SeedableRng;
     let ms = Duration::from_millis;
-    let mut raft = Raft::<LockMachine>::recover(
-        1,
-        &[1],
-        Config::default(),
-        rand_chacha::ChaCha8Rng::seed_from_u64(1),
-        &[],
-        ms(0),
-    )
-    .unwrap();
-    let _ = raft.on_tick(ms(1_000));
+    let mut raft = single_replica();
     let open = Wire::Command {
         client: 9,
         seq: 1,

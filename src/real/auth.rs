@@ -467,14 +467,13 @@ pub struct Sealer {
 }
 
 impl Sealer {
-    /// `payload ‖ tag`.
-    pub fn seal(&mut self, payload: &[u8]) -> Vec<u8> {
-        let tag = tag(&self.mac, self.counter, payload);
+    /// `payload ‖ tag`, appending the tag in place (no copy of the payload
+    /// on the send path).
+    pub fn seal(&mut self, mut payload: Vec<u8>) -> Vec<u8> {
+        let tag = tag(&self.mac, self.counter, &payload);
         self.counter += 1;
-        let mut frame = Vec::with_capacity(payload.len() + TAG_BYTES);
-        frame.extend_from_slice(payload);
-        frame.extend_from_slice(&tag);
-        frame
+        payload.extend_from_slice(&tag);
+        payload
     }
 }
 
@@ -526,9 +525,9 @@ mod tests {
         let secret = ClusterSecret::generate();
         let member = Credentials::Member(secret.clone());
         let (mut a, mut b) = handshake(&member, &member, Hello::new(Role::Member, 2)).unwrap();
-        let frame = a.sealer.seal(b"hello");
+        let frame = a.sealer.seal(b"hello".to_vec());
         assert_eq!(b.opener.open(&frame).unwrap(), b"hello");
-        let back = b.sealer.seal(b"back");
+        let back = b.sealer.seal(b"back".to_vec());
         assert_eq!(a.opener.open(&back).unwrap(), b"back");
 
         let creds = secret.client_credentials(40).unwrap();
@@ -572,8 +571,8 @@ mod tests {
     fn altered_replayed_or_reordered_frames_fail_their_tag() {
         let member = Credentials::Member(ClusterSecret::generate());
         let (mut a, mut b) = handshake(&member, &member, Hello::new(Role::Member, 2)).unwrap();
-        let first = a.sealer.seal(b"first");
-        let second = a.sealer.seal(b"second");
+        let first = a.sealer.seal(b"first".to_vec());
+        let second = a.sealer.seal(b"second".to_vec());
         let mut altered = first.clone();
         altered[0] ^= 1;
         assert!(b.opener.open(&altered).is_err());

@@ -109,7 +109,7 @@ type Inbox = mpsc::Sender<(NodeId, Vec<u8>)>;
 /// Answer queues of the clients connected now, each tagged with its
 /// connection so that a closing old connection does not unregister a newer
 /// one from the same client.
-type Clients = Mutex<BTreeMap<NodeId, (u64, mpsc::Sender<Bytes>)>>;
+type Clients = Mutex<BTreeMap<NodeId, (u64, mpsc::Sender<Vec<u8>>)>>;
 
 type FrameReader = FramedRead<OwnedReadHalf, LengthDelimitedCodec>;
 type FrameWriter = FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>;
@@ -118,7 +118,7 @@ type FrameWriter = FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>;
 pub struct Transport {
     id: NodeId,
     /// Outgoing queue per peer (every peer but this node).
-    queues: BTreeMap<NodeId, mpsc::Sender<Bytes>>,
+    queues: BTreeMap<NodeId, mpsc::Sender<Vec<u8>>>,
     clients: Arc<Clients>,
     /// Messages to self skip the network.
     inbox_tx: Inbox,
@@ -208,7 +208,7 @@ impl Transport {
                 &client_queue
             }
         };
-        if queue.try_send(Bytes::from(msg)).is_err() {
+        if queue.try_send(msg).is_err() {
             tracing::debug!(node = self.id, peer = to, "queue full: dropped a message");
         }
         Ok(())
@@ -270,7 +270,7 @@ struct Link {
 impl Link {
     /// Keeps one connection to the peer up (a client's only while it has
     /// something to send) and feeds it from the queue.
-    async fn run(self, mut queue: mpsc::Receiver<Bytes>) {
+    async fn run(self, mut queue: mpsc::Receiver<Vec<u8>>) {
         let (id, peer, addr) = (self.id, self.peer, self.addr);
         let mut rng = ChaCha8Rng::from_entropy();
         let mut backoff = BACKOFF_MIN;
@@ -309,8 +309,8 @@ impl Link {
     async fn feed(
         &self,
         stream: TcpStream,
-        queue: &mut mpsc::Receiver<Bytes>,
-        first: Option<Bytes>,
+        queue: &mut mpsc::Receiver<Vec<u8>>,
+        first: Option<Vec<u8>>,
     ) -> Result<(), String> {
         let (mut answers, mut frames) = framed(stream)?;
         let hello = Hello::new(self.role, self.id);
@@ -324,7 +324,7 @@ impl Link {
         frames.send(Bytes::from(proof)).await.map_err(|e| e.to_string())?;
         if let Some(message) = first {
             frames
-                .send(Bytes::from(sealer.seal(&message)))
+                .send(Bytes::from(sealer.seal(message)))
                 .await
                 .map_err(|e| e.to_string())?;
         }
@@ -332,7 +332,7 @@ impl Link {
             tokio::select! {
                 message = queue.recv() => {
                     let Some(message) = message else { return Ok(()) };
-                    frames.send(Bytes::from(sealer.seal(&message))).await.map_err(|e| e.to_string())?;
+                    frames.send(Bytes::from(sealer.seal(message))).await.map_err(|e| e.to_string())?;
                 }
                 answer = answers.next() => match answer {
                     None => return Err("closed by peer".to_string()),
@@ -433,12 +433,22 @@ impl Acceptor {
         let first = next_frame(&mut frames, self.limits.handshake_timeout, "hello").await?;
         let hello = Hello::decode(&first).map_err(|e| e.to_string())?;
         let from = hello.id;
-        let _slot = match hello.role {
-            Role::Member if self.known.contains(&from) => None,
+        match hello.role {
+            Role::Member if self.known.contains(&from) => {}
             Role::Member => return Err(format!("unknown member id {from}")),
             Role::Client if from == self.id || self.known.contains(&from) => {
                 return Err(format!("client claims member id {from}"))
             }
+            Role::Client => {}
+        }
+        let (answer, pending) = auth::accept(&self.credentials, &hello).map_err(|e| e.to_string())?;
+        writer.send(Bytes::from(answer)).await.map_err(|e| e.to_string())?;
+        let proof = next_frame(&mut frames, self.limits.handshake_timeout, "handshake proof").await?;
+        let FrameKeys { sealer, opener } = pending.finish(&proof).map_err(|e| format!("peer {from}: {e}"))?;
+        // The quota counts proven connections only: hellos that claim a
+        // principal without its key cannot use up its slots.
+        let _slot = match hello.role {
+            Role::Member => None,
             Role::Client => match self.take_slot(auth::principal_of(from)) {
                 Some(slot) => Some(slot),
                 None => {
@@ -450,10 +460,6 @@ impl Acceptor {
                 }
             },
         };
-        let (answer, pending) = auth::accept(&self.credentials, &hello).map_err(|e| e.to_string())?;
-        writer.send(Bytes::from(answer)).await.map_err(|e| e.to_string())?;
-        let proof = next_frame(&mut frames, self.limits.handshake_timeout, "handshake proof").await?;
-        let FrameKeys { sealer, opener } = pending.finish(&proof).map_err(|e| format!("peer {from}: {e}"))?;
         let idle = match hello.role {
             Role::Member => None,
             Role::Client => {
@@ -507,9 +513,9 @@ impl Acceptor {
 
 /// Writes a client's answers until its queue closes (the client left and
 /// was unregistered) or the connection breaks.
-async fn answer_client(mut frames: FrameWriter, mut sealer: Sealer, mut queue: mpsc::Receiver<Bytes>) {
+async fn answer_client(mut frames: FrameWriter, mut sealer: Sealer, mut queue: mpsc::Receiver<Vec<u8>>) {
     while let Some(message) = queue.recv().await {
-        if frames.send(Bytes::from(sealer.seal(&message))).await.is_err() {
+        if frames.send(Bytes::from(sealer.seal(message))).await.is_err() {
             return;
         }
     }
