@@ -37,7 +37,7 @@ use std::time::Duration;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use ringfence::history::lock::{check_lock, LockOp};
+use ringfence::history::lock::{check_lock, LockOp, ResourceTruth};
 use ringfence::history::{Event, EventKind, History, Violation};
 use ringfence::lock::{FencedResource, LockClient, LockError};
 use ringfence::real::cluster::ClusterConfig;
@@ -204,7 +204,7 @@ async fn chaos(length: Duration, fencing: bool, stop_early: bool) -> Run {
                 }
             }
         }
-        if stop_early && !check_lock(&merge(start, resource.truth()), false).is_empty() {
+        if stop_early && !check_lock(&merge(start, resource.truth()), ResourceTruth::InHistory, &|_| false).is_empty() {
             break;
         }
     }
@@ -234,7 +234,7 @@ async fn chaos(length: Duration, fencing: bool, stop_early: bool) -> Run {
     merged.extend(truth);
     let history = merge(start, merged);
     // Leases are judged: every process reads the same clock, so no drift.
-    let violations = check_lock(&history, true);
+    let violations = check_lock(&history, ResourceTruth::InHistory, &|_| true);
     // The first violation is shown by its latest event.
     let caught_after = violations.first().map(|v| {
         let at = v.events.iter().map(|&i| history.events()[i].time_ns).max().unwrap_or(0);

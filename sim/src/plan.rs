@@ -368,6 +368,32 @@ impl FaultPlan {
         }
     }
 
+    /// The same plan without the faults that know where to strike: aimed
+    /// faults (roles the scenario publishes), crashes at protocol moments
+    /// and leader isolation. What a sweep still catches then is found by
+    /// exploration alone (the bench's aimed-off column).
+    pub fn unaimed(&self) -> FaultPlan {
+        let aimed = |kind: &FaultKind| matches!(kind, FaultKind::MomentCrash | FaultKind::IsolateLeader);
+        FaultPlan {
+            duration_ms: self.duration_ms,
+            swarm: Swarm {
+                enabled: self.swarm.enabled.iter().copied().filter(|k| !aimed(k)).collect(),
+                intensity: self.swarm.intensity,
+            },
+            faults: self
+                .faults
+                .iter()
+                .filter(|f| {
+                    !matches!(
+                        f,
+                        Fault::Aimed { .. } | Fault::MomentCrash { .. } | Fault::IsolateLeader { .. }
+                    )
+                })
+                .cloned()
+                .collect(),
+        }
+    }
+
     /// The plan for `seed`: swarm selection, then faults spread over the run.
     pub fn generate(seed: u64, duration_ms: u64, targets: &Targets) -> Self {
         let mut rng = derive_rng(seed, stream::PLAN, 0);

@@ -59,12 +59,30 @@ pub fn node_of(addr: SocketAddr) -> Option<NodeId> {
     }
 }
 
-/// A node's clock: `now = anchor_local + (real - anchor_real) * rate`.
+/// A node's clock: `now = anchor_local + (real - anchor_real) * rate`,
+/// with the exact history of its rate changes and jumps, so checkers can
+/// judge any window of the run from what the clock really did.
 #[derive(Debug, Clone)]
 pub struct Clock {
     anchor_real: Duration,
     anchor_local: Duration,
     rate: f64,
+    changes: Vec<ClockChange>,
+}
+
+/// One change of a clock, at real time `at`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ClockChange {
+    Rate { at: Duration, rate: f64 },
+    Jump { at: Duration, forward: Duration },
+}
+
+/// What a clock did over a window of real time.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ClockSpan {
+    pub min_rate: f64,
+    pub max_rate: f64,
+    pub jumped: bool,
 }
 
 impl Clock {
@@ -73,7 +91,33 @@ impl Clock {
             anchor_real: Duration::ZERO,
             anchor_local: origin,
             rate: 1.0,
+            changes: Vec::new(),
         }
+    }
+
+    /// The rates the clock ran at during `[from, to]` of real time, and
+    /// whether it jumped then.
+    pub fn over(&self, from: Duration, to: Duration) -> ClockSpan {
+        let mut rate = 1.0;
+        let mut span = ClockSpan {
+            min_rate: f64::INFINITY,
+            max_rate: 0.0,
+            jumped: false,
+        };
+        for change in &self.changes {
+            match *change {
+                ClockChange::Rate { at, rate: r } if at <= from => rate = r,
+                ClockChange::Rate { at, rate: r } if at <= to => {
+                    span.min_rate = span.min_rate.min(r);
+                    span.max_rate = span.max_rate.max(r);
+                }
+                ClockChange::Jump { at, .. } if from <= at && at <= to => span.jumped = true,
+                _ => {}
+            }
+        }
+        span.min_rate = span.min_rate.min(rate);
+        span.max_rate = span.max_rate.max(rate);
+        span
     }
 
     pub fn now(&self, real: Duration) -> Duration {
@@ -89,10 +133,12 @@ impl Clock {
         self.anchor_local = self.now(real);
         self.anchor_real = real;
         self.rate = rate;
+        self.changes.push(ClockChange::Rate { at: real, rate });
     }
 
-    fn jump(&mut self, forward: Duration) {
+    fn jump(&mut self, real: Duration, forward: Duration) {
         self.anchor_local += forward;
+        self.changes.push(ClockChange::Jump { at: real, forward });
     }
 }
 
@@ -754,7 +800,8 @@ impl WorldState {
     }
 
     pub fn jump_clock(&mut self, id: NodeId, forward: Duration) {
-        self.node(id).clock.jump(forward);
+        let now = elapsed();
+        self.node(id).clock.jump(now, forward);
     }
 
     /// Replaces the published roles and wakes the nemesis, which may have
@@ -922,9 +969,38 @@ mod tests {
         clock.set_rate(Duration::from_secs(1), 1.5);
         let t2 = clock.now(Duration::from_secs(2));
         assert_eq!(t2 - t1, Duration::from_millis(1500));
-        clock.jump(Duration::from_secs(10));
+        clock.jump(Duration::from_secs(2), Duration::from_secs(10));
         assert!(clock.now(Duration::from_secs(2)) > t2);
         assert_eq!(clock.real_for(Duration::from_millis(1500)), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_clock_window_sees_only_the_rates_and_jumps_in_force_then() {
+        let secs = Duration::from_secs;
+        let mut clock = Clock::new(secs(0));
+        clock.set_rate(secs(1), 1.5);
+        clock.jump(secs(3), secs(10));
+        clock.set_rate(secs(5), 0.9);
+        let span = |from, to| clock.over(secs(from), secs(to));
+        assert_eq!(
+            span(0, 1),
+            ClockSpan {
+                min_rate: 1.0,
+                max_rate: 1.5,
+                jumped: false
+            }
+        );
+        assert_eq!(
+            span(2, 2),
+            ClockSpan {
+                min_rate: 1.5,
+                max_rate: 1.5,
+                jumped: false
+            }
+        );
+        assert!(span(2, 4).jumped && !span(4, 6).jumped);
+        assert_eq!(span(4, 6).min_rate, 0.9);
+        assert_eq!(span(6, 9).max_rate, 0.9);
     }
 
     #[test]

@@ -5,22 +5,29 @@
 //!
 //! - `fencing`: in the resource's acceptance order, tokens never decrease;
 //! - `lost-increment`: accepted writes strictly increase and every accepted
-//!   read sees every earlier accepted write;
+//!   read sees every earlier accepted write.
+//!
+//!   Both are judged on the resource's own record of what it applied
+//!   ([`ResourceTruth::Applied`]) where the caller has it — the simulator
+//!   owns the resource, so an access whose answer was lost still counts —
+//!   or on what clients heard acknowledged;
 //! - `token-order`: an acquire that began after another was granted gets a
 //!   higher token;
 //! - `release-owner`: a release succeeds only while its token still owns
 //!   the lock, and once;
-//! - `lease-overlap` (only when the caller says leases can be judged: every
-//!   clock stayed within the drift bound the clients assume and no lock
-//!   server's clock jumped): no two clients' believed lease intervals —
-//!   from the acquire's success to the last lease check that passed, a
-//!   read's invocation — overlap in real time.
+//! - `lease-overlap`: no two clients' believed lease intervals — from the
+//!   acquire's success to the last lease check that passed, a read's
+//!   invocation — overlap in real time. Judged per pair, only where the
+//!   caller says the clocks kept the assumption over that pair's window
+//!   (the holder's clock within the drift bound of every lock server's, no
+//!   lock server's clock jumping).
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use super::{EventKind, History, Violation};
+use crate::lock::resource::Applied;
 use crate::lock::Token;
 
 /// A client operation as the history records it: lock requests, and
@@ -50,71 +57,149 @@ pub enum LockOp {
     },
 }
 
-/// The lock invariants on a history. `leases_judged`: whether the run's
-/// clocks stayed within the drift bound (then believed leases must not
-/// overlap).
-pub fn check_lock(history: &History<LockOp>, leases_judged: bool) -> Vec<Violation> {
+/// Where the resource's accesses are judged from.
+#[derive(Debug, Clone, Copy)]
+pub enum ResourceTruth<'a> {
+    /// The accesses recorded in the history as `Ok` events with their
+    /// positions: what clients heard acknowledged (an access whose answer
+    /// was lost is invisible), or the resource's record merged in as the
+    /// real-process chaos test does.
+    InHistory,
+    /// The resource's own record of every access it applied: the ground
+    /// truth, whatever the callers heard.
+    Applied(&'a [Applied]),
+}
+
+/// Two believed leases of different clients that overlap in real time:
+/// `holder` believed it held the lock from `from_ns` (its grant) until
+/// `until_ns` (its last passed lease check), and `granted_ns` is when the
+/// other client was granted it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeasePair {
+    pub holder: u32,
+    pub from_ns: u64,
+    pub until_ns: u64,
+    pub granted_ns: u64,
+}
+
+/// The lock invariants on a history. `leases_judged` says, for a pair of
+/// overlapping believed leases, whether the clocks kept the lease
+/// arithmetic's assumption over that pair's window (then the overlap is a
+/// violation); a jump elsewhere in the run does not blind the check.
+pub fn check_lock(
+    history: &History<LockOp>,
+    resource: ResourceTruth<'_>,
+    leases_judged: &dyn Fn(&LeasePair) -> bool,
+) -> Vec<Violation> {
     let mut v = Vec::new();
-    check_resource(history, &mut v);
-    check_tokens(history, &mut v);
-    if leases_judged {
-        check_leases(history, &mut v);
+    match resource {
+        ResourceTruth::InHistory => check_resource(heard_accesses(history), &mut v),
+        ResourceTruth::Applied(applied) => check_resource(applied_accesses(applied), &mut v),
     }
+    check_tokens(history, &mut v);
+    check_leases(history, leases_judged, &mut v);
     v
 }
 
-fn check_resource(history: &History<LockOp>, v: &mut Vec<Violation>) {
-    // Accepted accesses in the resource's order: (seq, token, value, write, event).
-    let mut accepted: Vec<(u64, Token, u64, bool, usize)> = history
+/// One access the resource accepted, as a checker sees it.
+struct Access {
+    seq: u64,
+    token: Token,
+    value: u64,
+    write: bool,
+    /// Who made it, for the report.
+    by: String,
+    /// The history event that heard it, if one did.
+    event: Option<usize>,
+}
+
+fn heard_accesses(history: &History<LockOp>) -> Vec<Access> {
+    history
         .events()
         .iter()
         .filter(|e| e.kind == EventKind::Ok)
-        .filter_map(|e| match e.op {
-            LockOp::Read {
-                token,
-                value: Some(value),
-                seq: Some(seq),
-            } => Some((seq, token, value, false, e.index)),
-            LockOp::Write {
+        .filter_map(|e| {
+            let (token, value, seq, write) = match e.op {
+                LockOp::Read {
+                    token,
+                    value: Some(value),
+                    seq: Some(seq),
+                } => (token, value, seq, false),
+                LockOp::Write {
+                    token,
+                    value,
+                    seq: Some(seq),
+                } => (token, value, seq, true),
+                _ => return None,
+            };
+            Some(Access {
+                seq,
                 token,
                 value,
-                seq: Some(seq),
-            } => Some((seq, token, value, true, e.index)),
-            _ => None,
+                write,
+                by: format!("client {}", e.client),
+                event: Some(e.index),
+            })
         })
-        .collect();
-    accepted.sort_unstable();
-    let mut highest: Option<(Token, usize)> = None;
-    let mut written: Option<(u64, usize)> = None;
-    for &(seq, token, value, write, event) in &accepted {
-        if let Some((h, at)) = highest {
-            if token < h {
+        .collect()
+}
+
+fn applied_accesses(applied: &[Applied]) -> Vec<Access> {
+    applied
+        .iter()
+        .map(|a| Access {
+            seq: a.seq,
+            token: a.token,
+            value: a.value,
+            write: a.write,
+            by: format!("node {}", a.from),
+            event: None,
+        })
+        .collect()
+}
+
+fn check_resource(mut accepted: Vec<Access>, v: &mut Vec<Violation>) {
+    accepted.sort_unstable_by_key(|a| a.seq);
+    let events = |a: &Access, b: &Access| a.event.into_iter().chain(b.event).collect::<Vec<_>>();
+    let mut highest: Option<&Access> = None;
+    let mut written: Option<&Access> = None;
+    for a in &accepted {
+        if let Some(h) = highest {
+            if a.token < h.token {
                 v.push(Violation::new(
                     "fencing",
-                    format!("the resource accepted token {token} (access #{seq}) after it had accepted token {h}"),
-                    vec![at, event],
+                    format!(
+                        "the resource accepted token {} from {} (access #{}) after it had accepted token {} from {}",
+                        a.token, a.by, a.seq, h.token, h.by
+                    ),
+                    events(h, a),
                 ));
                 break;
             }
         }
-        if highest.is_none_or(|(h, _)| token > h) {
-            highest = Some((token, event));
+        if highest.is_none_or(|h| a.token > h.token) {
+            highest = Some(a);
         }
-        if let Some((w, at)) = written {
-            if (write && value <= w) || (!write && value < w) {
+        if let Some(w) = written {
+            if (a.write && a.value <= w.value) || (!a.write && a.value < w.value) {
                 v.push(Violation::new(
                     "lost-increment",
                     format!(
-                        "counter {} {value} at access #{seq}, after an accepted write of {w}",
-                        if write { "written back as" } else { "read as" }
+                        "counter {} {} by {} at access #{}, after an accepted write of {} by {}",
+                        if a.write { "written back as" } else { "read as" },
+                        a.value,
+                        a.by,
+                        a.seq,
+                        w.value,
+                        w.by
                     ),
-                    vec![at, event],
+                    events(w, a),
                 ));
                 break;
             }
         }
-        if write {
-            written = Some((value, event));
+        if a.write {
+            written = Some(a);
         }
     }
 }
@@ -176,7 +261,7 @@ fn check_tokens(history: &History<LockOp>, v: &mut Vec<Violation>) {
     }
 }
 
-fn check_leases(history: &History<LockOp>, v: &mut Vec<Violation>) {
+fn check_leases(history: &History<LockOp>, judged: &dyn Fn(&LeasePair) -> bool, v: &mut Vec<Violation>) {
     // (client, token) → (start ns, start event, end ns, end event)
     let mut leases: BTreeMap<(u32, Token), (u64, usize, u64, usize)> = BTreeMap::new();
     for e in history.events() {
@@ -205,6 +290,15 @@ fn check_leases(history: &History<LockOp>, v: &mut Vec<Violation>) {
                 } else {
                     ((cb, tb, b), (ca, ta, a))
                 };
+                let pair = LeasePair {
+                    holder: *first.0,
+                    from_ns: first.2 .0,
+                    until_ns: first.2 .2,
+                    granted_ns: second.2 .0,
+                };
+                if !judged(&pair) {
+                    continue;
+                }
                 v.push(Violation::new(
                     "lease-overlap",
                     format!(
@@ -248,7 +342,10 @@ mod tests {
     }
 
     fn invariants(h: &History<LockOp>, judged: bool) -> Vec<String> {
-        check_lock(h, judged).into_iter().map(|v| v.invariant).collect()
+        check_lock(h, ResourceTruth::InHistory, &|_| judged)
+            .into_iter()
+            .map(|v| v.invariant)
+            .collect()
     }
 
     #[test]
@@ -325,5 +422,72 @@ mod tests {
         ]);
         assert_eq!(invariants(&h, true), vec!["lease-overlap"]);
         assert!(invariants(&h, false).is_empty());
+    }
+
+    #[test]
+    fn each_overlapping_pair_is_judged_over_its_own_window() {
+        // Client 0 believes token 3 over [1 µs, 4 µs]; client 1 is granted
+        // token 5 at 3 µs. A judge that refuses other windows (a clock jump
+        // elsewhere in the run) does not blind this one.
+        let h = history(&[
+            (0, Invoke, acq(None)),
+            (0, Ok, acq(Some(3))),
+            (1, Invoke, acq(None)),
+            (1, Ok, acq(Some(5))),
+            (0, Invoke, read(3, None, None)),
+        ]);
+        let seen = std::cell::RefCell::new(Vec::new());
+        let judge = |p: &LeasePair| {
+            seen.borrow_mut().push(*p);
+            p.holder == 0 && p.granted_ns == 3000
+        };
+        let found = check_lock(&h, ResourceTruth::InHistory, &judge);
+        assert_eq!(found.len(), 1);
+        assert_eq!(
+            seen.into_inner(),
+            vec![LeasePair {
+                holder: 0,
+                from_ns: 1000,
+                until_ns: 4000,
+                granted_ns: 3000
+            }]
+        );
+    }
+
+    fn applied(from: u32, token: u64, seq: u64, value: u64, write: bool) -> Applied {
+        Applied {
+            from,
+            token,
+            seq,
+            value,
+            write,
+        }
+    }
+
+    #[test]
+    fn the_resource_record_shows_what_clients_never_heard() {
+        // Client 0's write timed out (info), yet the resource applied it
+        // after client 1's write: invisible in what clients heard.
+        let h = history(&[
+            (1, Invoke, write(5, 1, None)),
+            (1, Ok, write(5, 1, Some(1))),
+            (0, Invoke, write(3, 1, None)),
+            (0, EventKind::Info, write(3, 1, None)),
+        ]);
+        assert!(invariants(&h, false).is_empty());
+        let truth = [applied(102, 5, 1, 1, true), applied(101, 3, 2, 1, true)];
+        let found: Vec<_> = check_lock(&h, ResourceTruth::Applied(&truth), &|_| false)
+            .into_iter()
+            .map(|v| v.invariant)
+            .collect();
+        assert_eq!(found, vec!["fencing"]);
+        // Same token, applied twice (a retried write landing again): a
+        // lost increment the callers never saw.
+        let twice = [applied(101, 3, 1, 1, true), applied(101, 3, 2, 1, true)];
+        let found: Vec<_> = check_lock(&h, ResourceTruth::Applied(&twice), &|_| false)
+            .into_iter()
+            .map(|v| v.invariant)
+            .collect();
+        assert_eq!(found, vec!["lost-increment"]);
     }
 }

@@ -8,6 +8,8 @@
 //!
 //! [`serve`] runs one as a network node (its state synced before every
 //! answer, so the fence survives crashes) and [`call`] is its client.
+//! [`serve_recorded`] also reports every access it made durable: the ground
+//! truth a checker judges, whatever the callers heard.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -122,6 +124,19 @@ fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Option<T> {
 /// An access's answer: `(value, position)` or the refusal.
 pub type AccessResult = Result<(u64, u64), Stale>;
 
+/// One access a resource node applied and synced, as it saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    /// The node that sent the request.
+    pub from: NodeId,
+    pub token: Token,
+    /// The access's position in the resource's acceptance order.
+    pub seq: u64,
+    /// The value read, or the value written.
+    pub value: u64,
+    pub write: bool,
+}
+
 #[derive(Default, Serialize, Deserialize)]
 struct Durable {
     resource: FencedResource,
@@ -134,23 +149,46 @@ const COMPACT_EVERY: usize = 256;
 
 /// Runs a resource node until storage fails. Every answer is sent only
 /// after the state it reports is synced.
-pub async fn serve<E: Env>(env: E, no_fencing: bool) -> Result<(), crate::env::EnvError> {
+pub async fn serve<E: Env>(env: E) -> Result<(), crate::env::EnvError> {
+    serve_recorded(env, None, |_| {}).await
+}
+
+/// Planted bugs of a resource node, for the simulator's checkers to find.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResourceBug {
+    /// Accept every token (no fencing at all).
+    NoFencing,
+    /// Apply a retried or duplicated request again instead of answering it
+    /// from the table: a write delayed in the network lands twice.
+    ReapplyRetries,
+}
+
+/// [`serve`], calling `record` with every access once it is durable (before
+/// its answer is sent): a crash before the sync loses the access and it is
+/// never recorded.
+pub async fn serve_recorded<E: Env>(
+    env: E,
+    bug: Option<ResourceBug>,
+    mut record: impl FnMut(Applied),
+) -> Result<(), crate::env::EnvError> {
+    let reapply = bug == Some(ResourceBug::ReapplyRetries);
     let mut records = env.load()?.len();
     let mut state: Durable = env
         .load()?
         .last()
         .map(|r| codec::decode(r).expect("resource records decode"))
         .unwrap_or_default();
-    state.resource.no_fencing = no_fencing;
+    state.resource.no_fencing = bug == Some(ResourceBug::NoFencing);
     loop {
         let (from, bytes) = env.recv().await;
         let Some(request) = decode::<ResourceRequest>(&bytes) else {
             continue;
         };
-        let req = match request {
-            ResourceRequest::Read { req, .. } | ResourceRequest::Write { req, .. } => req,
+        let (req, token, write) = match request {
+            ResourceRequest::Read { req, token } => (req, token, false),
+            ResourceRequest::Write { req, token, .. } => (req, token, true),
         };
-        let result = match state.last.get(&from) {
+        let result = match state.last.get(&from).filter(|_| !reapply) {
             Some((last, _)) if req < *last => continue, // stale duplicate
             Some((last, result)) if req == *last => *result,
             _ => {
@@ -161,14 +199,23 @@ pub async fn serve<E: Env>(env: E, no_fencing: bool) -> Result<(), crate::env::E
                     }
                 };
                 state.last.insert(from, (req, result));
-                let record = codec::encode(&state).expect("resource state encodes");
+                let bytes = codec::encode(&state).expect("resource state encodes");
                 if records >= COMPACT_EVERY {
-                    env.rewrite(&[record]).await?;
+                    env.rewrite(&[bytes]).await?;
                     records = 1;
                 } else {
-                    env.append(&record)?;
+                    env.append(&bytes)?;
                     env.sync().await?;
                     records += 1;
+                }
+                if let Ok((value, seq)) = result {
+                    record(Applied {
+                        from,
+                        token,
+                        seq,
+                        value,
+                        write,
+                    });
                 }
                 result
             }

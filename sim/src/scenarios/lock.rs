@@ -25,23 +25,30 @@
 //! situation alone, in turn; even seeds run the swarm plan, half of them with
 //! one situation on top. Sweeps report how often each situation occurred.
 //!
-//! Invariants on the history (see [`check_lock`]):
+//! Invariants (see [`check_lock`]), judged from ground truth where the
+//! simulator owns it:
 //! - `fencing`: in the resource's acceptance order, tokens never decrease;
 //! - `lost-increment`: accepted writes strictly increase and every accepted
-//!   read sees every earlier accepted write;
+//!   read sees every earlier accepted write. Both are judged on the
+//!   resource node's own record of every access it made durable, so an
+//!   access whose answer was lost (an `info` in the history) still counts;
 //! - `token-order`: an acquire that began after another was granted gets a
 //!   higher token;
 //! - `release-owner`: a release succeeds only while its token still owns
 //!   the lock, and once;
-//! - `lease-overlap` (only when every clock stayed within the drift bound
-//!   and no lock server's clock jumped): no two clients' believed lease
-//!   intervals — from the acquire's success to the last lease check that
-//!   passed — overlap in real time;
+//! - `lease-overlap`: no two clients' believed lease intervals — from the
+//!   acquire's success to the last lease check that passed — overlap in
+//!   real time. Each overlapping pair is judged over its own window with the
+//!   world's exact record of every node's clock: judged when, over that
+//!   window, the holder's clock ran within the drift bound of every lock
+//!   server's and no lock server's clock jumped;
+//! - `client-token`: every grant in the committed log carries a token above
+//!   every earlier grant of that lock (replayed from the log itself);
 //! - liveness (the runner): after healing, the probe acquires the lock
 //!   within TTL + election time + retries.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures::future::{select, Either};
@@ -49,18 +56,18 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use ringfence::env::{Env, NodeId};
-use ringfence::history::lock::{check_lock, LockOp};
+use ringfence::history::lock::{check_lock, LeasePair, LockOp, ResourceTruth};
 use ringfence::history::{History, Violation};
-use ringfence::lock::resource::{self, ResourceRequest};
+use ringfence::lock::resource::{self, ResourceBug, ResourceRequest};
 use ringfence::lock::{server, ClientConfig, LockClient, LockError, ServerConfig, Token};
 use ringfence::log::node::Probe;
 use ringfence::log::{Event, Index, Term};
 
 use crate::env::SimEnv;
 use crate::plan::{AimedAction, DiskLoss, Fault, FaultKind, FaultPlan, Swarm, Targets};
-use crate::scenario::{client_ids, Bug, Client, Params, Scenario, Workload};
+use crate::scenario::{client_ids, Bug, Client, Params, Scenario, Workload, PROBE_ID};
 use crate::scenarios::lock_hostile;
-use crate::world::{derive_rng, elapsed, stream, World};
+use crate::world::{derive_rng, stream, World};
 
 pub const NO_FENCING: Bug = Bug {
     name: "no-fencing",
@@ -90,6 +97,11 @@ pub const CLIENT_TOKEN: Bug = Bug {
     about: "the server admits a client's hinted acquire, so a client chooses its own fencing token",
     caught_by: "client-token",
 };
+pub const REAPPLY_RETRIES: Bug = Bug {
+    name: "reapply-retries",
+    about: "the resource applies a retried or duplicated request again instead of answering it from its table, so a write delayed in the network lands twice",
+    caught_by: "lost-increment",
+};
 pub const SYNC_PER_EXPIRY: Bug = Bug {
     name: "sync-per-expiry",
     about: "the leader proposes and syncs each due expiry on its own and, once a round outlasts a heartbeat, stops reading its inbox: an expiry storm never commits",
@@ -99,8 +111,8 @@ pub const SYNC_PER_EXPIRY: Bug = Bug {
 /// Server lease TTL.
 pub const TTL: Duration = Duration::from_millis(1500);
 /// ρ, the drift bound clients assume. The nemesis drifts clocks by up to
-/// ±20%, so the bound is wide; runs that exceed it are not judged on
-/// lease overlap (fencing must still hold).
+/// ±20%, so the bound is wide; lease pairs whose window exceeds it are not
+/// judged on overlap (fencing must still hold).
 pub const DRIFT_BOUND: f64 = 0.25;
 const LOCK: &str = "counter";
 
@@ -408,47 +420,30 @@ fn lock_plan(seed: u64, targets: &Targets) -> FaultPlan {
     }
 }
 
-/// Clock rates and jumps seen during the run, sampled from the world.
-#[derive(Debug)]
-struct ClockWatch {
-    last: BTreeMap<NodeId, (Duration, Duration, f64)>,
-    max_server_rate: f64,
-    min_client_rate: f64,
-    server_jumped: bool,
-}
+/// How far before a holder's last lease check its lease's window starts:
+/// the renewal its belief rests on was sent at most a TTL (on its clock)
+/// earlier, and the servers count the TTL from about then.
+const LEASE_LOOKBACK: Duration = Duration::from_millis(2 * TTL.as_millis() as u64);
 
-impl ClockWatch {
-    fn sample(&mut self, world: &World, servers: &[NodeId], clients: &[NodeId]) {
-        let real = elapsed();
-        let w = world.lock();
-        for (&id, is_server) in servers
-            .iter()
-            .map(|s| (s, true))
-            .chain(clients.iter().map(|c| (c, false)))
-        {
-            let Some(node) = w.nodes.get(&id) else { continue };
-            let one = Duration::from_secs(1);
-            let rate = one.as_secs_f64() / node.clock.real_for(one).as_secs_f64();
-            let local = node.clock.now(real);
-            if let Some((r0, l0, rate0)) = self.last.get(&id) {
-                let slack = (real - *r0).mul_f64(rate.max(*rate0)) + Duration::from_millis(1);
-                if is_server && local.saturating_sub(*l0) > slack {
-                    self.server_jumped = true;
-                }
-            }
-            self.last.insert(id, (real, local, rate));
-            if is_server {
-                self.max_server_rate = self.max_server_rate.max(rate);
-            } else {
-                self.min_client_rate = self.min_client_rate.min(rate);
-            }
-        }
-    }
-
-    /// Whether the lease arithmetic's assumption held all run.
-    fn within_bound(&self) -> bool {
-        !self.server_jumped && self.max_server_rate * (1.0 - DRIFT_BOUND) <= self.min_client_rate
-    }
+/// Whether the lease arithmetic's assumption held over `pair`'s window,
+/// by the world's record of every clock: the holder's clock never ran
+/// slower than `(1 − ρ)` times any lock server's, and no lock server's
+/// clock jumped.
+fn clocks_kept_bound(world: &World, holder: NodeId, servers: &[NodeId], pair: &LeasePair) -> bool {
+    let until = Duration::from_nanos(pair.until_ns);
+    let from = until
+        .saturating_sub(LEASE_LOOKBACK)
+        .min(Duration::from_nanos(pair.from_ns));
+    let to = until.max(Duration::from_nanos(pair.granted_ns));
+    let w = world.lock();
+    let Some(holder) = w.nodes.get(&holder) else {
+        return false;
+    };
+    let slowest_holder = holder.clock.over(from, to).min_rate;
+    servers.iter().filter_map(|s| w.nodes.get(s)).all(|server| {
+        let span = server.clock.over(from, to);
+        !span.jumped && span.max_rate * (1.0 - DRIFT_BOUND) <= slowest_holder
+    })
 }
 
 /// Clients that take the lock and touch the resource (history indices
@@ -474,11 +469,15 @@ pub fn storm_at(seed: u64) -> Option<Duration> {
 pub struct LockScenario {
     bug: Option<&'static str>,
     servers: u32,
-    /// The lock users' node ids (whose clocks the lease arithmetic concerns).
+    /// Every client's node id, by history index; the probe comes after
+    /// them (whose clocks the lease arithmetic concerns).
     clients: Vec<NodeId>,
-    watch: Arc<Mutex<ClockWatch>>,
     roles: Arc<Mutex<Roles>>,
     applied: Arc<Mutex<BTreeMap<Index, Vec<u8>>>>,
+    /// The resource node's record of every access it made durable.
+    accesses: Arc<Mutex<Vec<resource::Applied>>>,
+    /// The run's world, for the clock record (set when a server boots).
+    world: Arc<OnceLock<World>>,
 }
 
 impl LockScenario {
@@ -641,6 +640,7 @@ impl Scenario for LockScenario {
         NO_DRIFT_MARGIN,
         CLIENT_TOKEN,
         SYNC_PER_EXPIRY,
+        REAPPLY_RETRIES,
     ];
     /// Three lock servers and the resource node.
     const SERVERS: u32 = 4;
@@ -678,21 +678,27 @@ impl Scenario for LockScenario {
         LockScenario {
             bug: params.bug.map(|b| b.name),
             servers: params.servers,
-            clients: client_ids(params.workload.clients.min(LOCK_USERS)),
-            watch: Arc::new(Mutex::new(ClockWatch {
-                last: BTreeMap::new(),
-                max_server_rate: 1.0,
-                min_client_rate: 1.0,
-                server_jumped: false,
-            })),
+            clients: Self::client_ids(params.workload.clients),
             roles: Arc::default(),
             applied: Arc::default(),
+            accesses: Arc::default(),
+            world: Arc::default(),
         }
     }
 
     async fn server(self: Arc<Self>, env: SimEnv) {
+        let _ = self.world.set(env.world().clone());
         if env.id() == self.resource() {
-            if let Err(error) = resource::serve(env, self.has(&NO_FENCING)).await {
+            let bug = if self.has(&NO_FENCING) {
+                Some(ResourceBug::NoFencing)
+            } else if self.has(&REAPPLY_RETRIES) {
+                Some(ResourceBug::ReapplyRetries)
+            } else {
+                None
+            };
+            let accesses = self.accesses.clone();
+            let record = move |a| accesses.lock().unwrap_or_else(|e| e.into_inner()).push(a);
+            if let Err(error) = resource::serve_recorded(env, bug, record).await {
                 tracing::warn!(%error, "resource stopped");
             }
         } else {
@@ -718,21 +724,6 @@ impl Scenario for LockScenario {
                 lock_hostile::storm(env, self.lock_servers(), STORM_SESSIONS, at).await;
             }
             return;
-        }
-        if client.id == 0 {
-            // One sampler per run (clients are never crashed). Rates hold
-            // until the next drift fault, so sampling misses little.
-            let (watch, world) = (self.watch.clone(), env.world().clone());
-            let (servers, clients) = (self.lock_servers(), self.clients.clone());
-            env.spawn(async move {
-                loop {
-                    watch
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .sample(&world, &servers, &clients);
-                    madsim::time::sleep(Duration::from_millis(10)).await;
-                }
-            });
         }
         let mut rng = env.rng();
         let mut lc = LockClient::new(env.clone(), self.lock_servers(), self.client_config());
@@ -868,8 +859,19 @@ impl Scenario for LockScenario {
     }
 
     fn check(&self, history: &History<LockOp>) -> Vec<Violation> {
-        let within = self.watch.lock().unwrap_or_else(|e| e.into_inner()).within_bound();
-        let mut violations = check_lock(history, within);
+        let accesses = self.accesses.lock().unwrap_or_else(|e| e.into_inner());
+        let servers = self.lock_servers();
+        let judged = |pair: &LeasePair| {
+            // The probe's history index comes after every client's.
+            let holder = match self.clients.get(pair.holder as usize) {
+                Some(&id) => id,
+                None => PROBE_ID,
+            };
+            self.world
+                .get()
+                .is_some_and(|world| clocks_kept_bound(world, holder, &servers, pair))
+        };
+        let mut violations = check_lock(history, ResourceTruth::Applied(&accesses), &judged);
         let applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
         let max_sessions = crate::scenarios::log::sim_config(None).max_sessions;
         violations.extend(lock_hostile::check_grants(&applied, max_sessions));
