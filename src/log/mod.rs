@@ -103,16 +103,23 @@ pub enum LogBug {
     /// entry, forever: a majority without it still commits, so only a check
     /// that every replica catches up after the faults heal notices.
     RefuseEntries,
+    /// The leader answers a read from its own state at once, without the
+    /// heartbeat round that confirms it still leads: a leader cut off from
+    /// the majority keeps serving reads after another was elected, so a
+    /// read can miss writes that completed before it began. The replicas'
+    /// logs stay correct; only a result no linearization allows shows it.
+    ReadWithoutQuorum,
 }
 
 impl LogBug {
-    pub const ALL: [LogBug; 6] = [
+    pub const ALL: [LogBug; 7] = [
         LogBug::VoteNotSynced,
         LogBug::CommitEarlierTermByCounting,
         LogBug::NoStepDownOnHigherTerm,
         LogBug::AckBeforeSync,
         LogBug::UncheckedTerm,
         LogBug::RefuseEntries,
+        LogBug::ReadWithoutQuorum,
     ];
 }
 

@@ -1164,7 +1164,8 @@ impl<S: StateMachine> Raft<S> {
         if self.role != Role::Leader {
             return;
         }
-        let quorum = self.quorum();
+        // PLANTED BUG `ReadWithoutQuorum`: no confirmation round.
+        let quorum = if self.bug(LogBug::ReadWithoutQuorum) { 1 } else { self.quorum() };
         let applied = self.applied;
         let mut ready = Vec::new();
         {

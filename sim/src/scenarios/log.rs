@@ -113,6 +113,12 @@ pub const REFUSE_ENTRIES: Bug = Bug {
     caught_by: "replica-behind",
 };
 
+pub const READ_WITHOUT_QUORUM: Bug = Bug {
+    name: "read-without-quorum",
+    about: "the leader answers reads from its own state without confirming it still leads, so a deposed leader serves stale reads",
+    caught_by: "linearizable",
+};
+
 pub const TORN_TAIL_ANYWHERE: Bug = Bug {
     name: "torn-tail-anywhere",
     about: "storage recovery takes any damage for a torn tail, so a bit flipped mid-log silently drops synced records",
@@ -133,6 +139,7 @@ pub fn log_bug(name: &str) -> Option<LogBug> {
         "ack-before-sync" => LogBug::AckBeforeSync,
         "term-overflow" => LogBug::UncheckedTerm,
         "refuse-entries" => LogBug::RefuseEntries,
+        "read-without-quorum" => LogBug::ReadWithoutQuorum,
         _ => return None,
     })
 }
