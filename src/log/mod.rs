@@ -103,12 +103,12 @@ pub enum LogBug {
     /// entry, forever: a majority without it still commits, so only a check
     /// that every replica catches up after the faults heal notices.
     RefuseEntries,
-    /// The leader answers a read from its own state at once, without the
-    /// heartbeat round that confirms it still leads: a leader cut off from
-    /// the majority keeps serving reads after another was elected, so a
-    /// read can miss writes that completed before it began. The replicas'
-    /// logs stay correct; only a result no linearization allows shows it.
-    ReadWithoutQuorum,
+    /// A new leader serves reads at its own commit index before its term's
+    /// no-op commits, when it may not yet know every committed entry: a
+    /// read can miss a write the old leader acknowledged before the read
+    /// began. The replicas' logs stay correct; only a result no
+    /// linearization allows shows it.
+    ReadBeforeNoOp,
 }
 
 impl LogBug {
@@ -119,7 +119,7 @@ impl LogBug {
         LogBug::AckBeforeSync,
         LogBug::UncheckedTerm,
         LogBug::RefuseEntries,
-        LogBug::ReadWithoutQuorum,
+        LogBug::ReadBeforeNoOp,
     ];
 }
 

@@ -918,6 +918,7 @@ impl<S: StateMachine> Raft<S> {
         }
         let max = self.config.max_pending_reads;
         let commit = self.commit;
+        let skip_no_op = self.bug(LogBug::ReadBeforeNoOp);
         let lead = self.lead_mut();
         if lead.reads.len() >= max {
             self.respond(from, client, rid, Outcome::Rejected(Reject::Busy));
@@ -925,7 +926,11 @@ impl<S: StateMachine> Raft<S> {
         }
         // Read index: our commit, but never before this term's no-op (until
         // that commits we may not know every committed entry).
-        let read_index = commit.max(lead.term_start);
+        let read_index = if skip_no_op {
+            commit // PLANTED BUG: the no-op is not waited for
+        } else {
+            commit.max(lead.term_start)
+        };
         let seq = lead.read_seq + 1;
         lead.reads.push_back(PendingRead {
             from,
@@ -1164,8 +1169,7 @@ impl<S: StateMachine> Raft<S> {
         if self.role != Role::Leader {
             return;
         }
-        // PLANTED BUG `ReadWithoutQuorum`: no confirmation round.
-        let quorum = if self.bug(LogBug::ReadWithoutQuorum) { 1 } else { self.quorum() };
+        let quorum = self.quorum();
         let applied = self.applied;
         let mut ready = Vec::new();
         {
