@@ -73,7 +73,11 @@ impl Knobs {
                     None => 0..number("RINGFENCE_SEEDS", &seeds)?,
                 };
                 if range.is_empty() {
-                    return Err(bad("RINGFENCE_SEEDS", &seeds, "no seeds (use N > 0 or A..B with B > A)"));
+                    return Err(bad(
+                        "RINGFENCE_SEEDS",
+                        &seeds,
+                        "no seeds (use N > 0 or A..B with B > A)",
+                    ));
                 }
                 (Some(range), false)
             }
@@ -133,12 +137,18 @@ impl Knobs {
 
     /// Whether the knobs keep scenario `name`.
     pub fn selects(&self, name: &str) -> bool {
-        self.scenarios.as_ref().is_none_or(|names| names.iter().any(|n| n == name))
+        self.scenarios
+            .as_ref()
+            .is_none_or(|names| names.iter().any(|n| n == name))
     }
 
     /// The scenarios to sweep, in the registry's order.
     pub fn scenarios(&self) -> Vec<&'static dyn DynScenario> {
-        scenarios::ALL.iter().copied().filter(|s| self.selects(s.name())).collect()
+        scenarios::ALL
+            .iter()
+            .copied()
+            .filter(|s| self.selects(s.name()))
+            .collect()
     }
 
     /// The seeds of `scenario` that run before any exploration.
@@ -349,7 +359,11 @@ mod tests {
         let scenario = scenarios::find("counter").unwrap();
         let first_fresh = scenario.default_seeds();
         // Seeds on both sides of the default range, with the planted bug on.
-        let cases = sweep::default_cases(scenario, Some(first_fresh - 15..first_fresh + 15), Some("ack-before-sync"));
+        let cases = sweep::default_cases(
+            scenario,
+            Some(first_fresh - 15..first_fresh + 15),
+            Some("ack-before-sync"),
+        );
         let summaries = sweep::sweep(&SweepPlan {
             groups: vec![(scenario, cases)],
             jobs: 2,
@@ -360,11 +374,11 @@ mod tests {
         let failures = &summaries[0].failures;
         assert!(failures.iter().any(|f| f.seed < first_fresh) && failures.iter().any(|f| f.seed >= first_fresh));
 
-        let message = k.conclude(&summaries, "default_sweep").unwrap_err();
+        let message = k.conclude(&summaries, "default_sweep_is_clean").unwrap_err();
         let f = &failures[0];
         assert!(
             message.contains(&format!(
-                "reproduce: RINGFENCE_SCENARIO=counter RINGFENCE_SEED={} cargo test --test sim_sweep default_sweep",
+                "reproduce: RINGFENCE_SCENARIO=counter RINGFENCE_SEED={} cargo test --test sim_sweep default_sweep_is_clean",
                 f.seed
             )),
             "{message}"
@@ -373,10 +387,21 @@ mod tests {
         assert!(message.contains("RINGFENCE_SEEDS="), "the knobs are listed: {message}");
 
         let saved = corpus::load_dir(&dir).unwrap();
-        let fresh: Vec<u64> = failures.iter().filter(|f| f.seed >= first_fresh).map(|f| f.seed).collect();
-        assert_eq!(saved.iter().map(|(_, e)| e.case.seed).collect::<Vec<_>>().len(), fresh.len());
+        let fresh: Vec<u64> = failures
+            .iter()
+            .filter(|f| f.seed >= first_fresh)
+            .map(|f| f.seed)
+            .collect();
+        assert_eq!(
+            saved.iter().map(|(_, e)| e.case.seed).collect::<Vec<_>>().len(),
+            fresh.len()
+        );
         for (path, entry) in &saved {
-            assert!(entry.case.seed >= first_fresh, "{} is in the default sweep", path.display());
+            assert!(
+                entry.case.seed >= first_fresh,
+                "{} is in the default sweep",
+                path.display()
+            );
             assert!(message.contains(&path.display().to_string()), "{message}");
             assert_eq!(entry.expect, "acked-increment-lost", "a planted bug must stay caught");
             assert!(entry.case.plan.is_some(), "the plan is written out");

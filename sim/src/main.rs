@@ -7,12 +7,12 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
+use ringfence_sim::explore::{Explore, Group, Progress};
+use ringfence_sim::merge::{self, Report, Shard, SweepConfig};
 use ringfence_sim::runner::{Case, RunOptions};
 use ringfence_sim::scenario::Workload;
 use ringfence_sim::scenarios::{self, DynScenario};
 use ringfence_sim::sweep::{self, SweepPlan};
-use ringfence_sim::explore::{Explore, Group, Progress};
-use ringfence_sim::merge::{self, Report, Shard, SweepConfig};
 use ringfence_sim::{bench, corpus, knobs, logging, shrink, timeline, trace};
 
 /// Deterministic simulation testing for ringfence's protocols.
