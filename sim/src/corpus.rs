@@ -201,3 +201,31 @@ pub fn save_found(dir: &Path, failures: &[Failure], options: SaveOptions) -> Res
     }
     Ok(saved)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_found_case_must_pass_unless_its_bug_is_planted() {
+        let scenario = scenarios::find("counter").unwrap();
+        let real = Entry::found(
+            scenarios::default_case(scenario, 7, None),
+            "acked-increment-lost",
+            "n".into(),
+        );
+        assert_eq!(
+            (real.expect.as_str(), real.violated.as_str()),
+            (PASS, "acked-increment-lost")
+        );
+        let planted = scenarios::default_case(scenario, 7, Some("ack-before-sync"));
+        let planted = Entry::found(planted, "acked-increment-lost", "n".into());
+        assert_eq!(planted.expect, "acked-increment-lost");
+        let text = serde_json::to_string(&real).unwrap();
+        assert_eq!(
+            serde_json::from_str::<Entry>(&text).unwrap(),
+            real,
+            "`violated` round-trips"
+        );
+    }
+}

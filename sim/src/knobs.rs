@@ -394,7 +394,10 @@ mod tests {
             .collect();
         let mut saved_seeds: Vec<u64> = saved.iter().map(|(_, e)| e.case.seed).collect();
         saved_seeds.sort_unstable();
-        assert_eq!(saved_seeds, fresh, "every failure outside the default seeds, and only those");
+        assert_eq!(
+            saved_seeds, fresh,
+            "every failure outside the default seeds, and only those"
+        );
         for (path, entry) in &saved {
             assert!(
                 entry.case.seed >= first_fresh,

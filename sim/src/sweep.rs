@@ -452,3 +452,38 @@ pub fn default_cases(scenario: &dyn DynScenario, seeds: Option<std::ops::Range<u
     let seeds = seeds.unwrap_or(0..scenario.default_seeds());
     cases(scenario, seeds, (1, 1), &scenarios::default_case(scenario, 0, bug))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(hashes: &[(u64, &str)]) -> ScenarioSummary {
+        let mut s = ScenarioSummary::empty(scenarios::find("counter").unwrap(), None);
+        s.seeds = hashes.len() as u64;
+        s.ops = 10 * s.seeds;
+        s.trace_hashes = hashes.iter().map(|(seed, h)| (*seed, h.to_string())).collect();
+        s
+    }
+
+    #[test]
+    fn absorbing_counts_each_seed_once_and_flags_differing_hashes() {
+        let mut a = summary(&[(0, "aa"), (2, "bb")]);
+        a.absorb(summary(&[(1, "cc"), (3, "dd")]));
+        assert_eq!((a.seeds, a.ops, a.nondeterministic.len()), (4, 40, 0));
+        a.absorb(summary(&[(2, "bb"), (3, "ee")]));
+        assert_eq!(a.seeds, 4, "seeds 2 and 3 were already there");
+        assert_eq!(a.nondeterministic, [3], "seed 3 ran twice with different hashes");
+        assert!(!a.passed());
+    }
+
+    #[test]
+    fn coverage_is_judged_on_the_folded_seeds() {
+        let scenario = scenarios::find("counter").unwrap();
+        let mut small = summary(&(0..20).map(|s| (s, "aa")).collect::<Vec<_>>());
+        small.finish(scenario, 1.0);
+        assert!(small.never_fired.is_empty(), "too few seeds to judge");
+        small.absorb(summary(&(20..40).map(|s| (s, "aa")).collect::<Vec<_>>()));
+        small.finish(scenario, 1.0);
+        assert!(!small.never_fired.is_empty(), "40 seeds fired nothing");
+    }
+}
