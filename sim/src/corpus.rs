@@ -148,6 +148,8 @@ pub struct SaveOptions {
 #[derive(Debug, Default)]
 pub struct Saved {
     pub paths: Vec<PathBuf>,
+    /// Files that already held the same case (found by an earlier run).
+    pub existing: Vec<PathBuf>,
     /// Failures beyond `per_invariant`, not saved.
     pub skipped: usize,
 }
@@ -194,6 +196,7 @@ pub fn save_found(dir: &Path, failures: &[Failure], options: SaveOptions) -> Res
         };
         let path = dir.join(shrink::corpus_name(&entry.case));
         if load(&path).is_ok_and(|old| old.case == entry.case) {
+            saved.existing.push(path);
             continue;
         }
         save(&path, &entry)?;

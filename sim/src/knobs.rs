@@ -253,6 +253,9 @@ impl Knobs {
                     for path in &saved.paths {
                         message += &format!("saved {} (the next cargo test replays it)\n", path.display());
                     }
+                    for path in &saved.existing {
+                        message += &format!("already in the corpus: {}\n", path.display());
+                    }
                 }
                 Err(e) => message += &format!("could not save the failures: {e}\n"),
             }
@@ -408,6 +411,17 @@ mod tests {
             assert_eq!(entry.expect, "acked-increment-lost", "a planted bug must stay caught");
             assert!(entry.case.plan.is_some(), "the plan is written out");
             corpus::replay(entry).expect("the saved case fails the same way");
+        }
+        let again = k.conclude(&summaries, "default_sweep_is_clean").unwrap_err();
+        assert!(
+            !again.contains("the next cargo test replays it"),
+            "nothing new to save: {again}"
+        );
+        for (path, _) in &saved {
+            assert!(
+                again.contains(&format!("already in the corpus: {}", path.display())),
+                "{again}"
+            );
         }
         std::fs::remove_dir_all(dir).unwrap();
     }

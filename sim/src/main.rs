@@ -407,6 +407,9 @@ fn run_sweep(args: SweepArgs) -> Result<bool, String> {
                     path.display()
                 ));
             }
+            for path in &saved.existing {
+                say(format!("already in the corpus: {}", path.display()));
+            }
             if saved.skipped > 0 {
                 say(format!(
                     "{} more failures not saved (--save-max {} per scenario and invariant)",
