@@ -18,7 +18,8 @@
 //!
 //! `expect` is `"pass"` for a case that must run clean (a fixed bug must stay
 //! fixed), or the name of the invariant the case must violate (a planted bug
-//! must stay caught). Every aimed fault in the plan must find its moment
+//! must stay caught). `violated` (optional) names the invariant a case
+//! violated when a sweep found it. Every aimed fault in the plan must find its moment
 //! (its situation must occur), or the case fails. Without `plan`, the plan is generated from the seed;
 //! shrunk cases carry their reduced plan explicitly.
 
@@ -29,7 +30,8 @@ use serde::{Deserialize, Serialize};
 use crate::plan::Fault;
 use crate::runner::{Case, Outcome, RunOptions};
 use crate::scenarios;
-use crate::sweep::run_isolated;
+use crate::shrink;
+use crate::sweep::{run_isolated, Failure};
 
 /// What a corpus case must do when replayed.
 pub const PASS: &str = "pass";
@@ -41,8 +43,30 @@ pub struct Entry {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub note: String,
     pub expect: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub violated: String,
     #[serde(flatten)]
     pub case: Case,
+}
+
+impl Entry {
+    /// The entry for a case a sweep found violating `invariant`. With a
+    /// planted bug the case must stay caught by that invariant; without one
+    /// it is a real bug, so the case must pass: `cargo test` fails until the
+    /// bug is fixed, and keeps it fixed (the way proptest's regression files
+    /// work).
+    pub fn found(case: Case, invariant: &str, note: String) -> Entry {
+        Entry {
+            note,
+            expect: if case.bug.is_some() {
+                invariant.to_string()
+            } else {
+                PASS.to_string()
+            },
+            violated: invariant.to_string(),
+            case,
+        }
+    }
 }
 
 /// Reads every `*.json` file in `dir`, sorted by name.
@@ -107,5 +131,104 @@ pub fn replay(entry: &Entry) -> Result<Outcome, String> {
                 detail.join("; ")
             }
         ))
+    }
+}
+
+/// How [`save_found`] saves failures.
+#[derive(Debug, Clone, Copy)]
+pub struct SaveOptions {
+    /// Shrink each case before saving it (at most this many runs each).
+    pub shrink: Option<u32>,
+    /// Most cases saved per scenario, bug and invariant: a planted bug can
+    /// fail on most seeds, and a few cases of it say as much as thousands.
+    pub per_invariant: usize,
+}
+
+/// What [`save_found`] did.
+#[derive(Debug, Default)]
+pub struct Saved {
+    pub paths: Vec<PathBuf>,
+    /// Files that already held the same case (found by an earlier run).
+    pub existing: Vec<PathBuf>,
+    /// Failures beyond `per_invariant`, not saved.
+    pub skipped: usize,
+}
+
+/// Saves found failures to the corpus in `dir`, each with its fault plan
+/// written out (so a later change to plan generation cannot change what
+/// the case tests), shrunk first if asked. A file already holding the same
+/// case is left alone.
+pub fn save_found(dir: &Path, failures: &[Failure], options: SaveOptions) -> Result<Saved, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let mut saved = Saved::default();
+    let mut per_invariant: std::collections::BTreeMap<(String, Option<String>, String), usize> = Default::default();
+    for failure in failures {
+        let key = (
+            failure.case.scenario.clone(),
+            failure.case.bug.clone(),
+            failure.violation.invariant.clone(),
+        );
+        let count = per_invariant.entry(key).or_default();
+        if *count >= options.per_invariant {
+            saved.skipped += 1;
+            continue;
+        }
+        *count += 1;
+        let scenario = scenarios::validate(&failure.case)?;
+        let entry = match options.shrink {
+            Some(max_runs) => {
+                let shrunk = shrink::shrink(scenario, &failure.case, max_runs)?;
+                let note = format!(
+                    "found by a sweep, shrunk from {}; violates {}: {}",
+                    shrunk.before, shrunk.invariant, failure.violation.detail
+                );
+                Entry::found(shrunk.case, &shrunk.invariant, note)
+            }
+            None => {
+                let mut case = failure.case.clone();
+                case.plan = Some(scenario.plan(&case));
+                let note = format!(
+                    "found by a sweep; violates {}: {}",
+                    failure.violation.invariant, failure.violation.detail
+                );
+                Entry::found(case, &failure.violation.invariant, note)
+            }
+        };
+        let path = dir.join(shrink::corpus_name(&entry.case));
+        if load(&path).is_ok_and(|old| old.case == entry.case) {
+            saved.existing.push(path);
+            continue;
+        }
+        save(&path, &entry)?;
+        saved.paths.push(path);
+    }
+    Ok(saved)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_found_case_must_pass_unless_its_bug_is_planted() {
+        let scenario = scenarios::find("counter").unwrap();
+        let real = Entry::found(
+            scenarios::default_case(scenario, 7, None),
+            "acked-increment-lost",
+            "n".into(),
+        );
+        assert_eq!(
+            (real.expect.as_str(), real.violated.as_str()),
+            (PASS, "acked-increment-lost")
+        );
+        let planted = scenarios::default_case(scenario, 7, Some("ack-before-sync"));
+        let planted = Entry::found(planted, "acked-increment-lost", "n".into());
+        assert_eq!(planted.expect, "acked-increment-lost");
+        let text = serde_json::to_string(&real).unwrap();
+        assert_eq!(
+            serde_json::from_str::<Entry>(&text).unwrap(),
+            real,
+            "`violated` round-trips"
+        );
     }
 }

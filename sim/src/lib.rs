@@ -5,7 +5,9 @@
 //!   lose or tear unsynced storage, process pauses, clock drift and jumps.
 //! - [`plan`] makes fault plans from a seed (swarm testing); [`nemesis`]
 //!   carries them out; [`runner`] runs one case to a verdict; [`sweep`] runs
-//!   many across all cores; [`corpus`] replays saved failures.
+//!   many across all cores; [`explore`] sweeps fresh seeds for a time budget;
+//!   [`merge`] folds the reports of a sweep's shards; [`corpus`] saves and
+//!   replays failures; [`knobs`] lets `cargo test` widen or pin its sweeps.
 //! - A protocol plugs in by implementing [`scenario::Scenario`];
 //!   [`scenarios::counter`] is the tutorial.
 
@@ -19,7 +21,10 @@ compile_error!(
 pub mod bench;
 pub mod corpus;
 pub mod env;
+pub mod explore;
+pub mod knobs;
 pub mod logging;
+pub mod merge;
 pub mod nemesis;
 pub mod plan;
 pub mod runner;

@@ -1,16 +1,19 @@
 //! `ringfence-sim`: sweep seeds, replay one, list scenarios, benchmark.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::ops::Range;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
+use ringfence_sim::explore::{Explore, Group, Progress};
+use ringfence_sim::merge::{self, Report, Shard, SweepConfig};
 use ringfence_sim::runner::{Case, RunOptions};
 use ringfence_sim::scenario::Workload;
 use ringfence_sim::scenarios::{self, DynScenario};
 use ringfence_sim::sweep::{self, SweepPlan};
-use ringfence_sim::{bench, corpus, logging, shrink, timeline, trace};
+use ringfence_sim::{bench, corpus, knobs, logging, shrink, timeline, trace};
 
 /// Deterministic simulation testing for ringfence's protocols.
 #[derive(Parser)]
@@ -29,6 +32,9 @@ enum Command {
     /// Reduce a failing case to a minimal one that fails the same way, and
     /// save it to the corpus.
     Shrink(ShrinkArgs),
+    /// Fold the JSON reports of a sweep's shards into one table, one list of
+    /// failures and one exit status (1 if any shard is missing).
+    Merge(MergeArgs),
     /// Replay every case saved in a corpus directory.
     Corpus {
         /// Directory of corpus JSON files.
@@ -83,10 +89,15 @@ struct SweepArgs {
     /// Scenario to sweep; repeat for several (default: all).
     #[arg(long = "scenario", short = 's')]
     scenarios: Vec<String>,
-    /// Seeds to run: `START..END` (end exclusive) or a single seed
-    /// (default: each scenario's default sweep, `0..N`; see `list`).
+    /// Seeds to run: `START..END` (end exclusive), a single seed, or
+    /// `START..` with --for (default: each scenario's default sweep, `0..N`
+    /// (see `list`); with --for, the seeds after it).
     #[arg(long, value_parser = parse_seeds)]
     seeds: Option<Range<u64>>,
+    /// Explore fresh seeds of every scenario, interleaved, for this long
+    /// (e.g. `90s`, `10m`, `2h`), saving every failure to the corpus.
+    #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration)]
+    budget: Option<Duration>,
     #[command(flatten)]
     case: CaseArgs,
     /// Worker threads (default: all cores).
@@ -96,9 +107,12 @@ struct SweepArgs {
     /// across machines.
     #[arg(long, default_value = "1/1", value_parser = parse_shard)]
     shard: (u64, u64),
-    /// Print the summary as JSON on stdout.
+    /// Print the report (JSON, what `merge` reads) on stdout instead of the table.
     #[arg(long)]
     json: bool,
+    /// Also write the report (JSON, what `merge` reads) to this file.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
     /// Rerun every seed and fail on any trace-hash difference.
     #[arg(long)]
     check_determinism: bool,
@@ -106,9 +120,37 @@ struct SweepArgs {
     #[arg(long)]
     no_progress: bool,
     /// Shrink the first failure of each scenario before reporting it, and
-    /// save the result in `seeds/`.
+    /// save the result in `seeds/`; with --for, shrink every failure saved.
     #[arg(long)]
     shrink: bool,
+    /// Corpus directory where --for saves the failures it finds.
+    #[arg(long, default_value = "seeds")]
+    corpus: PathBuf,
+    /// With --for, do not save failures.
+    #[arg(long)]
+    no_save: bool,
+    /// With --for, most failures saved per scenario, bug and invariant.
+    #[arg(long, default_value_t = 10)]
+    save_max: usize,
+    /// With --for, how often the running table is shown.
+    #[arg(long, default_value = "1m", value_parser = parse_duration)]
+    report_every: Duration,
+}
+
+#[derive(Args)]
+struct MergeArgs {
+    /// Shard reports (`sweep --out FILE`), or directories holding them.
+    #[arg(required = true)]
+    reports: Vec<PathBuf>,
+    /// Print the merged report as JSON instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Also write the merged report (JSON) to this file.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// Most failures listed per row (default: all).
+    #[arg(long)]
+    show: Option<usize>,
 }
 
 /// Which case to run: a scenario and seed (plus case options), or a saved file.
@@ -183,6 +225,7 @@ fn parse_seeds(text: &str) -> Result<Range<u64>, String> {
             .map_err(|_| format!("`{s}` is not a seed (a non-negative integer)"))
     };
     let range = match text.split_once("..") {
+        Some((a, "")) => parse(a)?..u64::MAX,
         Some((a, b)) => parse(a)?..parse(b)?,
         None => {
             let seed = parse(text)?;
@@ -195,6 +238,10 @@ fn parse_seeds(text: &str) -> Result<Range<u64>, String> {
         ));
     }
     Ok(range)
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    knobs::parse_duration(text)
 }
 
 fn parse_shard(text: &str) -> Result<(u64, u64), String> {
@@ -216,6 +263,7 @@ fn main() -> ExitCode {
         Command::Sweep(args) => run_sweep(args),
         Command::Replay(args) => run_replay(args),
         Command::Shrink(args) => run_shrink(args),
+        Command::Merge(args) => run_merge(args),
         Command::Corpus { dir } => run_corpus(&dir),
         Command::List => {
             list();
@@ -245,38 +293,157 @@ fn run_sweep(args: SweepArgs) -> Result<bool, String> {
             .map(|name| scenarios::find(name))
             .collect::<Result<_, _>>()?
     };
-    let mut groups = Vec::new();
-    for scenario in chosen {
-        let template = args.case.case(scenario, 0)?;
-        let seeds = args.seeds.clone().unwrap_or(0..scenario.default_seeds());
-        groups.push((scenario, sweep::cases(scenario, seeds, args.shard, &template)));
+    let open = args.seeds.as_ref().is_some_and(|s| s.end == u64::MAX);
+    if open && args.budget.is_none() {
+        return Err("an open seed range `START..` needs a time budget (--for)".into());
     }
-    let plan = SweepPlan {
-        groups,
-        jobs: args
-            .jobs
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
-        determinism_every: usize::from(args.check_determinism),
-        progress: !args.no_progress && !args.json,
-        stop_at_first_failure: false,
+    let jobs = args
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let config = SweepConfig {
+        scenarios: chosen.iter().map(|s| s.name().to_string()).collect(),
+        seeds: args.seeds.as_ref().map(|r| match r.end {
+            u64::MAX => format!("{}..", r.start),
+            end => format!("{}..{end}", r.start),
+        }),
+        bug: args.case.bug.clone(),
+        servers: args.case.servers,
+        clients: args.case.clients,
+        ops: args.case.ops,
+        budget_secs: args.budget.map(|b| b.as_secs()),
+        check_determinism: args.check_determinism,
     };
-    let summaries = sweep::sweep(&plan);
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&summaries).expect("summaries serialize")
-        );
-    } else {
-        print!("{}", sweep::table(&summaries));
+    let started = Instant::now(); // determinism: ok — wall time for the report only
+    let summaries = match args.budget {
+        None => {
+            let mut groups = Vec::new();
+            for &scenario in &chosen {
+                let template = args.case.case(scenario, 0)?;
+                let seeds = args.seeds.clone().unwrap_or(0..scenario.default_seeds());
+                groups.push((scenario, sweep::cases(scenario, seeds, args.shard, &template)));
+            }
+            sweep::sweep(&SweepPlan {
+                groups,
+                jobs,
+                determinism_every: usize::from(args.check_determinism),
+                progress: !args.no_progress && !args.json,
+                stop_at_first_failure: false,
+            })
+        }
+        Some(budget) => {
+            let groups = chosen
+                .iter()
+                .map(|&scenario| {
+                    Ok(Group {
+                        scenario,
+                        template: args.case.case(scenario, 0)?,
+                        seeds: args.seeds.clone().unwrap_or(scenario.default_seeds()..u64::MAX),
+                    })
+                })
+                .collect::<Result<_, String>>()?;
+            let progress = if args.no_progress {
+                Progress::Hidden
+            } else if std::io::stderr().is_terminal() {
+                Progress::Bar
+            } else {
+                Progress::Lines
+            };
+            Explore {
+                groups,
+                shard: args.shard,
+                jobs,
+                budget,
+                check_determinism: args.check_determinism,
+                progress,
+                report_every: args.report_every,
+            }
+            .run()
+        }
+    };
+    let report = Report {
+        format: merge::FORMAT,
+        sweep: config,
+        shard: Shard {
+            index: args.shard.0,
+            count: args.shard.1,
+        },
+        wall_secs: started.elapsed().as_secs_f64(),
+        summaries,
+    };
+    let json = || serde_json::to_string_pretty(&report).expect("reports serialize");
+    if let Some(path) = &args.out {
+        std::fs::write(path, json() + "\n").map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
-    if args.shrink {
-        for failure in summaries.iter().filter_map(|s| s.failures.first()) {
+    // With --json, stdout holds only the report; everything else goes to stderr.
+    let say = |text: String| {
+        if args.json {
+            eprintln!("{text}");
+        } else {
+            println!("{text}");
+        }
+    };
+    if args.json {
+        println!("{}", json());
+    } else {
+        print!("{}", sweep::table(&report.summaries));
+    }
+    if args.budget.is_some() {
+        for s in &report.summaries {
+            if let (Some(first), Some(last)) = (s.trace_hashes.keys().next(), s.trace_hashes.keys().last()) {
+                say(format!("{}: explored {} seeds, {first} to {last}", s.label(), s.seeds));
+            }
+        }
+        if !args.no_save {
+            let failures: Vec<sweep::Failure> = report.summaries.iter().flat_map(|s| s.failures.clone()).collect();
+            let options = corpus::SaveOptions {
+                shrink: args.shrink.then_some(400),
+                per_invariant: args.save_max,
+            };
+            let saved = corpus::save_found(&args.corpus, &failures, options)?;
+            for path in &saved.paths {
+                say(format!(
+                    "saved {}; replay: cargo run --release -p ringfence-sim -- replay --case-file {}",
+                    path.display(),
+                    path.display()
+                ));
+            }
+            for path in &saved.existing {
+                say(format!("already in the corpus: {}", path.display()));
+            }
+            if saved.skipped > 0 {
+                say(format!(
+                    "{} more failures not saved (--save-max {} per scenario and invariant)",
+                    saved.skipped, args.save_max
+                ));
+            }
+        }
+    } else if args.shrink {
+        for failure in report.summaries.iter().filter_map(|s| s.failures.first()) {
             let scenario = scenarios::validate(&failure.case)?;
             let shrunk = shrink::shrink(scenario, &failure.case, 400)?;
             report_shrunk(&shrunk, Some(std::path::Path::new("seeds")))?;
         }
     }
-    Ok(summaries.iter().all(|s| s.passed()))
+    Ok(report.passed())
+}
+
+fn run_merge(args: MergeArgs) -> Result<bool, String> {
+    let paths = merge::report_paths(&args.reports)?;
+    let reports = paths
+        .into_iter()
+        .map(|path| merge::load(&path).map(|report| (path, report)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let merged = merge::merge(reports)?;
+    let json = || serde_json::to_string_pretty(&merged.report).expect("reports serialize");
+    if let Some(path) = &args.out {
+        std::fs::write(path, json() + "\n").map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    if args.json {
+        println!("{}", json());
+    } else {
+        print!("{}", merged.text(args.show.unwrap_or(usize::MAX)));
+    }
+    Ok(merged.passed())
 }
 
 fn run_replay(args: ReplayArgs) -> Result<bool, String> {
@@ -346,11 +513,11 @@ fn report_shrunk(shrunk: &shrink::Shrunk, dir: Option<&std::path::Path>) -> Resu
     );
     println!("  before: {}", shrunk.before);
     println!("  after:  {}", shrunk.after);
-    let entry = corpus::Entry {
-        note: format!("shrunk from {}; violates {}", shrunk.before, shrunk.invariant),
-        expect: shrunk.invariant.clone(),
-        case: shrunk.case.clone(),
-    };
+    let entry = corpus::Entry::found(
+        shrunk.case.clone(),
+        &shrunk.invariant,
+        format!("shrunk from {}; violates {}", shrunk.before, shrunk.invariant),
+    );
     println!("{}", serde_json::to_string_pretty(&entry).expect("entries serialize"));
     if let Some(dir) = dir {
         let path = dir.join(shrink::corpus_name(&shrunk.case));

@@ -10,7 +10,7 @@ use std::sync::{Mutex, Once};
 use std::time::{Duration, Instant};
 
 use ringfence::history::Violation;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::plan::FaultKind;
 use crate::runner::{Case, Outcome, RunOptions};
@@ -73,18 +73,19 @@ pub fn run_isolated(scenario: &'static dyn DynScenario, case: &Case, options: Ru
 }
 
 /// One failing seed, with the command that reproduces it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Failure {
     pub seed: u64,
     pub violation: Violation,
     pub repro: String,
     pub trace_hash: String,
-    #[serde(skip)]
+    /// The case that failed (its plan is the seed's), so that a merged
+    /// report can still save it to the corpus.
     pub case: Case,
 }
 
 /// The results for one scenario (and planted bug, if any).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ScenarioSummary {
     pub scenario: String,
     pub bug: Option<String>,
@@ -103,11 +104,19 @@ pub struct ScenarioSummary {
     pub nondeterministic: Vec<u64>,
     pub determinism_checked: u64,
     pub wall_secs: f64,
+    /// Wall time of the seeds' runs, summed (more than `wall_secs` with
+    /// several jobs).
+    #[serde(default)]
+    pub busy_secs: f64,
     /// Simulated seconds, summed over seeds.
     pub sim_secs: f64,
     pub seeds_per_sec: f64,
     /// Simulated seconds per wall second of one core.
     pub sim_to_wall: f64,
+    /// Every seed that ran and its trace hash: what shows that a merged
+    /// sweep ran the same cases as an unsharded one.
+    #[serde(default)]
+    pub trace_hashes: BTreeMap<u64, String>,
 }
 
 impl ScenarioSummary {
@@ -116,6 +125,140 @@ impl ScenarioSummary {
             && self.nondeterministic.is_empty()
             && self.never_fired.is_empty()
             && self.never_occurred.is_empty()
+    }
+
+    /// An empty summary, to fold seeds or other summaries into.
+    pub fn empty(scenario: &dyn DynScenario, bug: Option<String>) -> ScenarioSummary {
+        ScenarioSummary {
+            scenario: scenario.name().to_string(),
+            bug,
+            seeds: 0,
+            ops: 0,
+            messages: 0,
+            fired: BTreeMap::new(),
+            never_fired: Vec::new(),
+            situations: BTreeMap::new(),
+            never_occurred: Vec::new(),
+            failures: Vec::new(),
+            nondeterministic: Vec::new(),
+            determinism_checked: 0,
+            wall_secs: 0.0,
+            busy_secs: 0.0,
+            sim_secs: 0.0,
+            seeds_per_sec: 0.0,
+            sim_to_wall: 0.0,
+            trace_hashes: BTreeMap::new(),
+        }
+    }
+
+    /// Folds one seed in: its outcome, the wall time it took, and the trace
+    /// hash of its rerun if determinism was checked.
+    pub fn add(&mut self, scenario: &dyn DynScenario, outcome: &Outcome, took: Duration, rerun: Option<u64>) {
+        for (kind, n) in &outcome.fired {
+            *self.fired.entry(*kind).or_default() += n;
+        }
+        for (situation, n) in &outcome.situations {
+            *self.situations.entry(situation.clone()).or_default() += n;
+        }
+        self.seeds += 1;
+        self.ops += outcome.ops;
+        self.messages += outcome.messages;
+        self.sim_secs += outcome.sim_time.as_secs_f64();
+        self.busy_secs += took.as_secs_f64();
+        let hash = format!("{:016x}", outcome.trace_hash);
+        if let Some(rerun) = rerun {
+            self.determinism_checked += 1;
+            if rerun != outcome.trace_hash {
+                self.nondeterministic.push(outcome.case.seed);
+            }
+        }
+        if let Some(violation) = outcome.violations.first() {
+            let defaults = (scenario.default_servers(), scenario.default_workload());
+            self.failures.push(Failure {
+                seed: outcome.case.seed,
+                violation: violation.clone(),
+                repro: outcome.case.repro_command(defaults),
+                trace_hash: hash.clone(),
+                case: outcome.case.clone(),
+            });
+        }
+        self.trace_hashes.insert(outcome.case.seed, hash);
+    }
+
+    /// Folds in the summary of other seeds of the same scenario and bug (a
+    /// shard, or a later batch). A seed present in both with different trace
+    /// hashes is nondeterministic.
+    pub fn absorb(&mut self, other: ScenarioSummary) {
+        for (kind, n) in other.fired {
+            *self.fired.entry(kind).or_default() += n;
+        }
+        for (situation, n) in other.situations {
+            *self.situations.entry(situation).or_default() += n;
+        }
+        self.ops += other.ops;
+        self.messages += other.messages;
+        self.sim_secs += other.sim_secs;
+        self.busy_secs += other.busy_secs;
+        self.wall_secs += other.wall_secs;
+        self.determinism_checked += other.determinism_checked;
+        self.failures.extend(other.failures);
+        self.nondeterministic.extend(other.nondeterministic);
+        let mut seen_twice = 0;
+        for (seed, hash) in other.trace_hashes {
+            match self.trace_hashes.get(&seed) {
+                Some(mine) => {
+                    seen_twice += 1;
+                    if *mine != hash {
+                        self.nondeterministic.push(seed);
+                    }
+                }
+                None => {
+                    self.trace_hashes.insert(seed, hash);
+                }
+            }
+        }
+        self.seeds += other.seeds - seen_twice.min(other.seeds);
+        self.failures.sort_by_key(|f| f.seed);
+        self.failures.dedup_by_key(|f| f.seed);
+        self.nondeterministic.sort_unstable();
+        self.nondeterministic.dedup();
+    }
+
+    /// Recomputes what depends on all seeds together: fault-kind and
+    /// situation coverage (demanded from [`MIN_SEEDS_FOR_FAULT_COVERAGE`]
+    /// seeds on) and the rates, given the wall time to charge.
+    pub fn finish(&mut self, scenario: &dyn DynScenario, wall_secs: f64) {
+        let covered = self.seeds >= MIN_SEEDS_FOR_FAULT_COVERAGE;
+        self.never_fired = if covered {
+            scenario
+                .fault_kinds()
+                .into_iter()
+                .filter(|k| !k.opportunistic() && !self.fired.contains_key(k))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        self.never_occurred = if covered {
+            scenario
+                .situations()
+                .iter()
+                .filter(|s| !self.situations.contains_key(**s))
+                .map(|s| s.to_string())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        self.wall_secs = wall_secs;
+        self.seeds_per_sec = self.seeds as f64 / wall_secs.max(1e-9);
+        self.sim_to_wall = self.sim_secs / self.busy_secs.max(1e-9);
+    }
+
+    /// The scenario's name with its planted bug, as tables show it.
+    pub fn label(&self) -> String {
+        match &self.bug {
+            Some(bug) => format!("{} +{bug}", self.scenario),
+            None => self.scenario.clone(),
+        }
     }
 }
 
@@ -204,80 +347,13 @@ fn sweep_group(
 type SeedResult = (usize, Outcome, Duration, Option<u64>);
 
 fn summarize(scenario: &dyn DynScenario, results: Vec<SeedResult>, wall: Duration) -> ScenarioSummary {
-    let mut fired: BTreeMap<FaultKind, u64> = BTreeMap::new();
-    let mut situations: BTreeMap<String, u64> = BTreeMap::new();
-    let (mut ops, mut messages, mut sim, mut busy) = (0, 0, Duration::ZERO, Duration::ZERO);
-    let mut failures = Vec::new();
-    let mut nondeterministic = Vec::new();
-    let mut determinism_checked = 0;
-    let defaults = (scenario.default_servers(), scenario.default_workload());
     let bug = results.first().and_then(|(_, o, ..)| o.case.bug.clone());
+    let mut summary = ScenarioSummary::empty(scenario, bug);
     for (_, outcome, took, rerun) in &results {
-        for (kind, n) in &outcome.fired {
-            *fired.entry(*kind).or_default() += n;
-        }
-        for (situation, n) in &outcome.situations {
-            *situations.entry(situation.clone()).or_default() += n;
-        }
-        ops += outcome.ops;
-        messages += outcome.messages;
-        sim += outcome.sim_time;
-        busy += *took;
-        if let Some(hash) = rerun {
-            determinism_checked += 1;
-            if *hash != outcome.trace_hash {
-                nondeterministic.push(outcome.case.seed);
-            }
-        }
-        if let Some(violation) = outcome.violations.first() {
-            failures.push(Failure {
-                seed: outcome.case.seed,
-                violation: violation.clone(),
-                repro: outcome.case.repro_command(defaults),
-                trace_hash: format!("{:016x}", outcome.trace_hash),
-                case: outcome.case.clone(),
-            });
-        }
+        summary.add(scenario, outcome, *took, *rerun);
     }
-    let seeds = results.len() as u64;
-    let covered = seeds >= MIN_SEEDS_FOR_FAULT_COVERAGE;
-    let never_fired = if covered {
-        scenario
-            .fault_kinds()
-            .into_iter()
-            .filter(|k| !k.opportunistic() && !fired.contains_key(k))
-            .collect()
-    } else {
-        Vec::new()
-    };
-    let never_occurred = if covered {
-        scenario
-            .situations()
-            .iter()
-            .filter(|s| !situations.contains_key(**s))
-            .map(|s| s.to_string())
-            .collect()
-    } else {
-        Vec::new()
-    };
-    ScenarioSummary {
-        scenario: scenario.name().to_string(),
-        bug,
-        seeds,
-        ops,
-        messages,
-        fired,
-        never_fired,
-        situations,
-        never_occurred,
-        failures,
-        nondeterministic,
-        determinism_checked,
-        wall_secs: wall.as_secs_f64(),
-        sim_secs: sim.as_secs_f64(),
-        seeds_per_sec: seeds as f64 / wall.as_secs_f64().max(1e-9),
-        sim_to_wall: sim.as_secs_f64() / busy.as_secs_f64().max(1e-9),
-    }
+    summary.finish(scenario, wall.as_secs_f64());
+    summary
 }
 
 /// Cases for `seeds` of `scenario`, keeping those of shard `shard` (1-based
@@ -294,8 +370,13 @@ pub fn cases(scenario: &dyn DynScenario, seeds: std::ops::Range<u64>, shard: (u6
         .collect()
 }
 
-/// A text table of sweep results.
+/// A text table of sweep results, with the first few failures of each row.
 pub fn table(summaries: &[ScenarioSummary]) -> String {
+    table_showing(summaries, 5)
+}
+
+/// A text table of sweep results, with at most `shown` failures of each row.
+pub fn table_showing(summaries: &[ScenarioSummary], shown: usize) -> String {
     let mut out = String::new();
     let header = format!(
         "{:<22} {:>6} {:>7} {:>8} {:>5} {:>8} {:>9}  faults fired\n",
@@ -303,10 +384,7 @@ pub fn table(summaries: &[ScenarioSummary]) -> String {
     );
     out += &header;
     for s in summaries {
-        let name = match &s.bug {
-            Some(bug) => format!("{} +{bug}", s.scenario),
-            None => s.scenario.clone(),
-        };
+        let name = s.label();
         let fired: Vec<String> = s.fired.iter().map(|(k, n)| format!("{k}={n}")).collect();
         out += &format!(
             "{:<22} {:>6} {:>7} {:>8} {:>5} {:>8.1} {:>8.0}x  {}\n",
@@ -341,19 +419,23 @@ pub fn table(summaries: &[ScenarioSummary]) -> String {
                 s.determinism_checked
             );
         }
-        const SHOWN: usize = 5;
-        for f in s.failures.iter().take(SHOWN) {
-            out += &format!(
-                "  seed {} violates {}: {}\n    reproduce: {}  (trace hash {})\n",
-                f.seed, f.violation.invariant, f.violation.detail, f.repro, f.trace_hash
-            );
+        for f in s.failures.iter().take(shown) {
+            out += &failure_line(f);
         }
-        if s.failures.len() > SHOWN {
-            let rest: Vec<String> = s.failures[SHOWN..].iter().map(|f| f.seed.to_string()).collect();
+        if s.failures.len() > shown {
+            let rest: Vec<String> = s.failures[shown..].iter().map(|f| f.seed.to_string()).collect();
             out += &format!("  ... and {} more failing seeds: {}\n", rest.len(), rest.join(" "));
         }
     }
     out
+}
+
+/// One failure with its reproduce command, as tables print it.
+pub fn failure_line(f: &Failure) -> String {
+    format!(
+        "  seed {} violates {}: {}\n    reproduce: {}  (trace hash {})\n",
+        f.seed, f.violation.invariant, f.violation.detail, f.repro, f.trace_hash
+    )
 }
 
 /// Every scenario's default cases over its default seeds (or `seeds`) —
@@ -369,4 +451,39 @@ pub fn default_groups(seeds: Option<std::ops::Range<u64>>) -> Vec<(&'static dyn 
 pub fn default_cases(scenario: &dyn DynScenario, seeds: Option<std::ops::Range<u64>>, bug: Option<&str>) -> Vec<Case> {
     let seeds = seeds.unwrap_or(0..scenario.default_seeds());
     cases(scenario, seeds, (1, 1), &scenarios::default_case(scenario, 0, bug))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(hashes: &[(u64, &str)]) -> ScenarioSummary {
+        let mut s = ScenarioSummary::empty(scenarios::find("counter").unwrap(), None);
+        s.seeds = hashes.len() as u64;
+        s.ops = 10 * s.seeds;
+        s.trace_hashes = hashes.iter().map(|(seed, h)| (*seed, h.to_string())).collect();
+        s
+    }
+
+    #[test]
+    fn absorbing_counts_each_seed_once_and_flags_differing_hashes() {
+        let mut a = summary(&[(0, "aa"), (2, "bb")]);
+        a.absorb(summary(&[(1, "cc"), (3, "dd")]));
+        assert_eq!((a.seeds, a.ops, a.nondeterministic.len()), (4, 40, 0));
+        a.absorb(summary(&[(2, "bb"), (3, "ee")]));
+        assert_eq!(a.seeds, 4, "seeds 2 and 3 were already there");
+        assert_eq!(a.nondeterministic, [3], "seed 3 ran twice with different hashes");
+        assert!(!a.passed());
+    }
+
+    #[test]
+    fn coverage_is_judged_on_the_folded_seeds() {
+        let scenario = scenarios::find("counter").unwrap();
+        let mut small = summary(&(0..20).map(|s| (s, "aa")).collect::<Vec<_>>());
+        small.finish(scenario, 1.0);
+        assert!(small.never_fired.is_empty(), "too few seeds to judge");
+        small.absorb(summary(&(20..40).map(|s| (s, "aa")).collect::<Vec<_>>()));
+        small.finish(scenario, 1.0);
+        assert!(!small.never_fired.is_empty(), "40 seeds fired nothing");
+    }
 }

@@ -71,7 +71,7 @@ fn sweep_json_reports_failures_whose_repro_command_reproduces_them() {
     ]);
     assert_eq!(out.status.code(), Some(1), "violations exit 1: {}", stderr(&out));
     let summaries: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
-    let failure = &summaries[0]["failures"][0];
+    let failure = &summaries["summaries"][0]["failures"][0];
     let repro = failure["repro"].as_str().expect("a repro command");
     let hash = failure["trace_hash"].as_str().expect("a trace hash");
     let args: Vec<&str> = repro
