@@ -9,8 +9,8 @@
 use ringfence::history::{Event, EventKind};
 use ringfence_sim::plan::{DiskLoss, Fault, FaultPlan};
 use ringfence_sim::runner::{Case, RunOptions};
-use ringfence_sim::scenarios::{self, txn::BankOp};
 use ringfence_sim::scenarios::txn::{COMPACTED, FORGOT, INSTALLED_SNAPSHOT};
+use ringfence_sim::scenarios::{self, txn::BankOp};
 use ringfence_sim::sweep::{self, run_isolated, SweepPlan};
 
 /// Transfers committed, transfers failed, audits committed, and the latest
@@ -148,7 +148,11 @@ fn only_the_isolation_checker_catches_write_skew() {
         println!("seed {}: {}", f.seed, f.violation.detail);
     }
     for f in &summary.failures {
-        assert_eq!(f.violation.invariant, "serializable", "seed {}: {}", f.seed, f.violation);
+        assert_eq!(
+            f.violation.invariant, "serializable",
+            "seed {}: {}",
+            f.seed, f.violation
+        );
     }
     assert!(caught.len() >= 3, "caught on {caught:?} only");
 }
@@ -169,6 +173,9 @@ fn under_load_the_replicated_coordinator_forgets_compacts_and_installs_snapshots
     }
     println!("txn-replicated-load seeds 0..2: {ops} operations, {totals:?}");
     for situation in [FORGOT, COMPACTED, INSTALLED_SNAPSHOT] {
-        assert!(totals.get(situation).is_some_and(|&n| n > 0), "no {situation}: {totals:?}");
+        assert!(
+            totals.get(situation).is_some_and(|&n| n > 0),
+            "no {situation}: {totals:?}"
+        );
     }
 }

@@ -238,11 +238,7 @@ fn check_reads(txns: &[Txn], writes: &Writes, anomalies: &mut Vec<Anomaly>) {
                         if *value != Some(mine) && internal.is_none() {
                             internal = Some(Anomaly {
                                 name: "internal".into(),
-                                detail: format!(
-                                    "{} wrote {mine} to {key} and then read {}",
-                                    txn.name,
-                                    show(*value)
-                                ),
+                                detail: format!("{} wrote {mine} to {key} and then read {}", txn.name, show(*value)),
                                 events: txn.events.clone(),
                             });
                         }
@@ -381,7 +377,9 @@ impl Graph {
             }
         }
         for (key, chain) in versions {
-            let Some((key, _)) = installed.get_key_value(key) else { continue };
+            let Some((key, _)) = installed.get_key_value(key) else {
+                continue;
+            };
             for pair in chain.windows(2) {
                 order.entry(key).or_default().insert((Some(pair[0]), pair[1]), false);
             }
@@ -488,7 +486,10 @@ impl Graph {
         let allowed = |dep: &Dep| realtime || !dep.realtime;
         let mut found = Vec::new();
         let only = |kinds: &'static [Kind]| move |dep: &Dep| allowed(dep) && kinds.contains(&dep.kind);
-        for (name, kinds) in [("G0", &[Kind::Ww, Kind::Rt][..]), ("G1c", &[Kind::Ww, Kind::Wr, Kind::Rt][..])] {
+        for (name, kinds) in [
+            ("G0", &[Kind::Ww, Kind::Rt][..]),
+            ("G1c", &[Kind::Ww, Kind::Wr, Kind::Rt][..]),
+        ] {
             if let Some(cycle) = self.any_cycle(&only(kinds)) {
                 found.push(self.anomaly(name, txns, &cycle));
             }
@@ -535,11 +536,7 @@ impl Graph {
     /// A shortest cycle made of one `rw` edge (allowed by `first`) and a
     /// path back over edges `rest` allows, inside one strongly connected
     /// component of the edges `first` allows.
-    fn through_rw(
-        &self,
-        first: &dyn Fn(&Dep) -> bool,
-        rest: &dyn Fn(&Dep) -> bool,
-    ) -> Option<Vec<(NodeIndex, Dep)>> {
+    fn through_rw(&self, first: &dyn Fn(&Dep) -> bool, rest: &dyn Fn(&Dep) -> bool) -> Option<Vec<(NodeIndex, Dep)>> {
         let filtered = petgraph::visit::EdgeFiltered::from_fn(&self.graph, |e| first(e.weight()));
         let mut best: Option<Vec<(NodeIndex, Dep)>> = None;
         for scc in tarjan_scc(&filtered) {

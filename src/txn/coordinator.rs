@@ -502,7 +502,9 @@ mod tests {
         let end = c.on_message(MS, 2, Msg::Ack { txn });
         let end2 = c.on_message(MS, 3, Msg::Ack { txn });
         let (_, again) = boot(&log_of(&[&boot1, &steps, &end, &end2]));
-        assert!(again.iter().any(|s| matches!(s, Step::Event(TxnEvent::Recovered { .. }))));
+        assert!(again
+            .iter()
+            .any(|s| matches!(s, Step::Event(TxnEvent::Recovered { .. }))));
     }
 
     #[test]

@@ -598,7 +598,8 @@ impl Participant {
             lock.holders.insert(txn);
             return Ok(());
         }
-        if self.config.bugs.blind_write_ignores_readers && exclusive && !lock.exclusive && !lock.holders.contains(&txn) {
+        if self.config.bugs.blind_write_ignores_readers && exclusive && !lock.exclusive && !lock.holders.contains(&txn)
+        {
             // The planted bug: the readers keep their shared locks.
             lock.exclusive = true;
             lock.holders.insert(txn);

@@ -5,10 +5,12 @@
 //! Servers `1..=C` are the coordinator (replicas); the rest are shards, each
 //! holding some of [`ACCOUNTS`] accounts (placed by the consistent-hashing ring,
 //! `RingPlacement`). Every account starts with [`INITIAL`]. Clients run transfers
-//! (read two balances, write both, commit) and audits (read every account in
-//! one transaction, commit). After the heal the probe audits until one
-//! commits: it has to wait out every transaction still holding locks, so
-//! its success also shows that every transaction got decided.
+//! (read two balances, write both, commit), audits (read every account in
+//! one transaction, commit) and register transactions ([`registers`]: read
+//! one register and blindly write another, or read both). After the heal
+//! the probe audits until one commits: it has to wait out every
+//! transaction still holding locks, so its success also shows that every
+//! transaction got decided.
 //!
 //! Servers report what they did ([`TxnEvent`]: votes, applied decisions,
 //! announced decisions) into this run's instance; [`check_bank`] judges
@@ -23,6 +25,8 @@
 //! | `final-state` | the probe's balances differ from the initial ones plus every committed transfer |
 //! | `audit-total` | an audit saw a total other than the invariant sum |
 //! | `aborted-read` | a read returned a value that only uncommitted transactions wrote |
+//! | `serializable` | the register transactions' dependency graph has a cycle (G0, G1c, G-single, G2) or a read of an aborted or intermediate write (G1a, G1b) |
+//! | `strict-serializable` | a cycle that needs real-time order (a stale read) |
 //!
 //! Liveness: the probe must commit an audit within `LIVENESS_BOUND` (5 s)
 //! of the heal. In classic mode that *includes* the time for a coordinator
@@ -383,9 +387,11 @@ impl<const C: u32, const LOAD: u32> Scenario for Bank<C, LOAD> {
     };
     const SERVERS: u32 = C + 3;
     const MIN_SERVERS: u32 = C + 1;
+    /// Classic runs get more operations: a quarter of them are register
+    /// transactions, and its planted bugs need commits to go wrong.
     const WORKLOAD: Workload = Workload {
         clients: 4 * LOAD,
-        ops: 30,
+        ops: if C == 1 { 40 } else { 30 },
     };
     const FAULT_WINDOW: Duration = Duration::from_secs(5);
     /// Coordinator restart at the heal (classic) or an election

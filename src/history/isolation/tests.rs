@@ -81,7 +81,10 @@ fn g1a_aborted_read() {
     ];
     assert_eq!(names(&txns, &[], true), ["G1a"]);
     // A write whose outcome is unknown may have committed: reading it is fine.
-    let txns = vec![txn(0, Unknown, vec![w("x", 1)]), txn(1, Committed, vec![r("x", Some(1))])];
+    let txns = vec![
+        txn(0, Unknown, vec![w("x", 1)]),
+        txn(1, Committed, vec![r("x", Some(1))]),
+    ];
     assert!(names(&txns, &[], true).is_empty());
 }
 
@@ -159,7 +162,10 @@ fn a_stale_read_is_a_realtime_anomaly_only() {
 fn internal_and_garbage_reads() {
     let txns = vec![txn(0, Committed, vec![w("x", 1), r("x", None)])];
     assert_eq!(names(&txns, &[], false), ["internal"]);
-    let txns = vec![txn(0, Committed, vec![r("x", None), r("x", Some(3))]), txn(1, Committed, vec![w("x", 3)])];
+    let txns = vec![
+        txn(0, Committed, vec![r("x", None), r("x", Some(3))]),
+        txn(1, Committed, vec![w("x", 3)]),
+    ];
     assert!(names(&txns, &[], false).contains(&"internal".to_string()));
     let txns = vec![txn(0, Committed, vec![r("x", Some(7))])];
     assert_eq!(names(&txns, &[], false), ["garbage-read"]);

@@ -100,7 +100,11 @@ pub(super) async fn run<const C: u32, const LOAD: u32>(
 /// Isolation of the register transactions: `serializable` (a cycle of
 /// ww/wr/rw dependencies, an aborted or intermediate read) and
 /// `strict-serializable` (a cycle that needs real-time order).
-pub(super) fn check(history: &History<BankOp>, events: &[(NodeId, TxnEvent)], placement: &dyn Placement) -> Vec<Violation> {
+pub(super) fn check(
+    history: &History<BankOp>,
+    events: &[(NodeId, TxnEvent)],
+    placement: &dyn Placement,
+) -> Vec<Violation> {
     let mut committed: BTreeSet<TxnId> = BTreeSet::new();
     // Commits each shard applied, in order.
     let mut applied: BTreeMap<NodeId, Vec<TxnId>> = BTreeMap::new();
@@ -177,4 +181,80 @@ pub(super) fn check(history: &History<BankOp>, events: &[(NodeId, TxnEvent)], pl
         versions.insert(key, order);
     }
     isolation::violations(&isolation::check(&txns, &versions, Options { realtime: true }))
+}
+
+#[cfg(test)]
+mod tests {
+    use ringfence::txn::placement::RingPlacement;
+
+    use super::*;
+
+    const T1: TxnId = (1 << 32) | 1;
+    const T2: TxnId = (1 << 32) | 2;
+
+    fn op(txn: Option<TxnId>, reads: Vec<(u32, Option<TxnId>)>, writes: Vec<(u32, TxnId)>) -> BankOp {
+        BankOp::Registers {
+            txn,
+            reads,
+            writes,
+            reason: None,
+        }
+    }
+
+    /// Write skew: each read the register the other wrote, before it did.
+    /// `second` is how T2's client heard of its commit.
+    fn skew(second: EventKind) -> History<BankOp> {
+        let mut h = History::default();
+        h.push(0, 1, EventKind::Invoke, op(None, vec![], vec![]));
+        h.push(1, 2, EventKind::Invoke, op(None, vec![], vec![]));
+        h.push(0, 3, EventKind::Ok, op(Some(T1), vec![(0, None)], vec![(1, T1)]));
+        h.push(1, 4, second, op(Some(T2), vec![(1, None)], vec![(0, T2)]));
+        h
+    }
+
+    fn check_with(h: &History<BankOp>, events: &[(NodeId, TxnEvent)]) -> Vec<String> {
+        let placement = RingPlacement::new(vec![2, 3, 4]).unwrap();
+        check(h, events, &placement).into_iter().map(|v| v.detail).collect()
+    }
+
+    #[test]
+    fn write_skew_is_a_g2_cycle() {
+        let found = check_with(&skew(EventKind::Ok), &[]);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].starts_with("G2: "), "{}", found[0]);
+    }
+
+    #[test]
+    fn an_unknown_outcome_counts_once_the_coordinator_committed_it() {
+        // T2's client heard nothing: its reads are not judged...
+        assert!(check_with(&skew(EventKind::Info), &[]).is_empty());
+        // ...until the coordinator's own record shows it committed.
+        let committed = TxnEvent::Announced {
+            txn: T2,
+            decision: Decision::Commit,
+            participants: vec![],
+        };
+        assert_eq!(check_with(&skew(EventKind::Info), &[(1, committed)]).len(), 1);
+    }
+
+    #[test]
+    fn the_shards_apply_order_orders_the_versions() {
+        // Both read nothing and wrote register 0 (a lost update); the
+        // shard applied T1 then T2, so the cycle has one anti-dependency.
+        let mut h = History::default();
+        h.push(0, 1, EventKind::Invoke, op(None, vec![], vec![]));
+        h.push(1, 2, EventKind::Invoke, op(None, vec![], vec![]));
+        h.push(0, 3, EventKind::Ok, op(Some(T1), vec![(0, None)], vec![(0, T1)]));
+        h.push(1, 4, EventKind::Ok, op(Some(T2), vec![(0, None)], vec![(0, T2)]));
+        let placement = RingPlacement::new(vec![2, 3, 4]).unwrap();
+        let shard = placement.shard_for(&register_key(0));
+        let applied = |txn| TxnEvent::Applied {
+            txn,
+            decision: Decision::Commit,
+            prepared: true,
+        };
+        let found = check_with(&h, &[(shard, applied(T1)), (shard, applied(T2))]);
+        assert!(found[0].starts_with("G-single: "), "{found:?}");
+        assert!(check_with(&h, &[])[0].starts_with("G2: "));
+    }
 }
