@@ -9,9 +9,10 @@
 use ringfence::history::{Event, EventKind};
 use ringfence_sim::plan::{DiskLoss, Fault, FaultPlan};
 use ringfence_sim::runner::{Case, RunOptions};
-use ringfence_sim::scenarios::txn::{COMPACTED, FORGOT, INSTALLED_SNAPSHOT};
+use ringfence_sim::scenarios::txn::{COMPACTED, FORGOT, INSTALLED_SNAPSHOT, RECOVERED_UNANNOUNCED};
 use ringfence_sim::scenarios::{self, txn::BankOp};
 use ringfence_sim::sweep::{self, run_isolated, SweepPlan};
+use ringfence_sim::trace::TraceEvent;
 
 /// Transfers committed, transfers failed, audits committed, and the latest
 /// transfer commit's simulated time, in one run's history.
@@ -178,4 +179,53 @@ fn under_load_the_replicated_coordinator_forgets_compacts_and_installs_snapshots
             "no {situation}: {totals:?}"
         );
     }
+}
+
+/// The classic coordinator crashes while its commit record is being synced,
+/// and the crash keeps the record: no incarnation announced the commit, the
+/// next one re-sends it. The run must be judged with that commit counted
+/// (before recovered commits were reported, the shards' writes looked
+/// uncommitted: `final-state`).
+#[test]
+fn a_commit_only_the_recovered_coordinator_knows_is_judged() {
+    let scenario = scenarios::find("txn").unwrap();
+    let mut calm = scenarios::default_case(scenario, 1, None);
+    calm.plan = Some(FaultPlan::calm(5_000));
+    let outcome = run_isolated(scenario, &calm, RunOptions { keep_trace: true });
+    // The coordinator's syncs after its boot are commit records; a crash at
+    // a whole millisecond inside one (they take 200 us) cuts it short.
+    let crash_points: Vec<u64> = outcome
+        .events
+        .iter()
+        .filter(|s| matches!(s.event, TraceEvent::Sync { node: 1, .. }))
+        .skip(1)
+        .filter_map(|s| {
+            let at_ms = (s.time_ns - 200_000).div_ceil(1_000_000);
+            (at_ms * 1_000_000 < s.time_ns).then_some(at_ms)
+        })
+        .collect();
+    let mut seen = 0;
+    for &at_ms in crash_points.iter().take(12) {
+        let mut case = calm.clone();
+        let mut plan = FaultPlan::calm(5_000);
+        plan.faults.push(Fault::Crash {
+            at_ms,
+            node: 1,
+            down_ms: 300,
+            disk: DiskLoss::KeepPrefix,
+        });
+        case.plan = Some(plan);
+        let outcome = run_isolated(scenario, &case, RunOptions::default());
+        assert!(
+            outcome.violations.is_empty(),
+            "crash at {at_ms} ms: {:?}",
+            outcome.violations
+        );
+        seen += outcome.situations.get(RECOVERED_UNANNOUNCED).copied().unwrap_or(0);
+    }
+    println!(
+        "{} crash points tried, {seen} commits known only to a recovered coordinator",
+        crash_points.len().min(12)
+    );
+    assert!(seen > 0, "no crash kept an unannounced commit: {crash_points:?}");
 }

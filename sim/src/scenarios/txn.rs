@@ -181,19 +181,21 @@ impl<const C: u32, const LOAD: u32> Bank<C, LOAD> {
         let me = self.clone();
         let world = env.world().clone();
         Arc::new(move |node, event| {
+            let mut events = me.events.lock().unwrap_or_else(|e| e.into_inner());
             let situation = match event {
+                TxnEvent::Recovered { txn, .. } if !events.iter().any(|(_, e)| announced(e, *txn)) => {
+                    Some(RECOVERED_UNANNOUNCED)
+                }
                 TxnEvent::Forgot { .. } => Some(FORGOT),
                 TxnEvent::Snapshot { installed: false, .. } => Some(COMPACTED),
                 TxnEvent::Snapshot { installed: true, .. } => Some(INSTALLED_SNAPSHOT),
                 _ => None,
             };
+            events.push((node, event.clone()));
+            drop(events);
             if let Some(situation) = situation {
                 world.lock().count_situation(situation);
             }
-            me.events
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push((node, event.clone()))
         })
     }
 
@@ -347,6 +349,13 @@ async fn audit(txc: &mut TxnClient<SimEnv>, client: &Client<BankOp>) -> bool {
 pub const FORGOT: &str = "coordinator-forgot";
 pub const COMPACTED: &str = "coordinator-compacted";
 pub const INSTALLED_SNAPSHOT: &str = "coordinator-installed-snapshot";
+/// A restarted classic coordinator found a commit in its log that no
+/// incarnation had announced (a crash during the record's sync).
+pub const RECOVERED_UNANNOUNCED: &str = "coordinator-recovered-unannounced-commit";
+
+fn announced(event: &TxnEvent, txn: TxnId) -> bool {
+    matches!(event, TxnEvent::Announced { txn: t, .. } | TxnEvent::Recovered { txn: t, .. } if *t == txn)
+}
 
 /// Finished transactions the replicated coordinator keeps under load.
 pub const LOAD_RETAIN_FINISHED: usize = 16;
