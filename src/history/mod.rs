@@ -4,6 +4,7 @@
 //! ended. Checkers judge histories, never protocol internals, so the same
 //! checker judges a simulated run and a real loopback run.
 
+pub mod isolation;
 pub mod linearizability;
 pub mod lock;
 

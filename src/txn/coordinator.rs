@@ -130,6 +130,8 @@ impl Coordinator {
             txns: BTreeMap::new(),
             waiting: Waiters::default(),
         };
+        // Every durable decision is reported, whoever announced it before.
+        let mut recovered = Vec::new();
         for (position, bytes) in log.iter().enumerate() {
             match codec::decode::<Record>(bytes).map_err(|error| RecoverError::Decode { position, error })? {
                 Record::Boot { epoch } => {
@@ -140,6 +142,11 @@ impl Coordinator {
                     c.epoch = c.epoch.max(epoch + 1);
                 }
                 Record::Commit { txn, participants } => {
+                    recovered.push(Step::Event(TxnEvent::Recovered {
+                        txn,
+                        decision: Decision::Commit,
+                        participants: participants.clone(),
+                    }));
                     c.txns.insert(txn, State::Committed(Delivery::new(participants, now)));
                 }
                 Record::End { txn } => {
@@ -149,7 +156,8 @@ impl Coordinator {
                 }
             }
         }
-        let mut steps = vec![Step::Append(Record::Boot { epoch: c.epoch }), Step::Sync];
+        let mut steps = recovered;
+        steps.extend([Step::Append(Record::Boot { epoch: c.epoch }), Step::Sync]);
         steps.extend(c.tick(now));
         Ok((c, steps))
     }
@@ -468,6 +476,35 @@ mod tests {
             2
         );
         assert_eq!(outcome(&commit(&mut c2, txn)), Some(Outcome::Committed));
+    }
+
+    #[test]
+    fn recovery_reports_every_durable_commit() {
+        let (mut c, boot1) = boot(&[]);
+        let txn = begin(&mut c);
+        commit(&mut c, txn);
+        c.on_message(MS, 2, Msg::Vote { txn, yes: true });
+        let steps = c.on_message(MS, 3, Msg::Vote { txn, yes: true });
+        // A crash after the commit record was synced, before anything
+        // after it ran: only the log knows the decision.
+        let sync = steps.iter().position(|s| matches!(s, Step::Sync)).unwrap();
+        let log = log_of(&[&boot1, &steps[..sync].to_vec()]);
+        let (_, resent) = boot(&log);
+        assert_eq!(
+            resent[0],
+            Step::Event(TxnEvent::Recovered {
+                txn,
+                decision: Decision::Commit,
+                participants: vec![2, 3]
+            })
+        );
+        // Acknowledged and ended, it is still a durable decision.
+        let end = c.on_message(MS, 2, Msg::Ack { txn });
+        let end2 = c.on_message(MS, 3, Msg::Ack { txn });
+        let (_, again) = boot(&log_of(&[&boot1, &steps, &end, &end2]));
+        assert!(again
+            .iter()
+            .any(|s| matches!(s, Step::Event(TxnEvent::Recovered { .. }))));
     }
 
     #[test]

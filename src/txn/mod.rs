@@ -254,6 +254,20 @@ pub enum TxnEvent {
         decision: Decision,
         participants: Vec<NodeId>,
     },
+    /// A restarted classic coordinator found `decision` for `txn` durable in
+    /// its log. A crash between the sync and the announcement leaves a
+    /// decision that only the next incarnation knows (and acts on).
+    Recovered {
+        txn: TxnId,
+        decision: Decision,
+        participants: Vec<NodeId>,
+    },
+    /// A replica of a replicated coordinator compacted its log into a
+    /// snapshot ending at `index`, or (`installed`) replaced its state by
+    /// its leader's snapshot.
+    Snapshot { index: u64, installed: bool },
+    /// A replica of a replicated coordinator applied `Forget { below }`.
+    Forgot { below: TxnId },
 }
 
 /// One effect of a handler. Executed strictly in order by the shell: an

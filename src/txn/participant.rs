@@ -59,6 +59,11 @@ pub struct ParticipantBugs {
     /// Accept prepares and decisions from any sender, as the shard once
     /// did: one forged `Decide` commits or aborts what it likes.
     pub decide_from_anyone: bool,
+    /// A write of a key the transaction has not read takes the exclusive
+    /// lock even while other transactions hold it shared ("a writer that
+    /// read nothing cannot spoil a read"): two transactions that each read
+    /// what the other writes both commit (write skew).
+    pub blind_write_ignores_readers: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -590,6 +595,13 @@ impl Participant {
             return Ok(());
         }
         if !exclusive && !lock.exclusive {
+            lock.holders.insert(txn);
+            return Ok(());
+        }
+        if self.config.bugs.blind_write_ignores_readers && exclusive && !lock.exclusive && !lock.holders.contains(&txn)
+        {
+            // The planted bug: the readers keep their shared locks.
+            lock.exclusive = true;
             lock.holders.insert(txn);
             return Ok(());
         }

@@ -186,7 +186,7 @@ pub async fn run_replicated_coordinator<E: Env>(
         let mut fx = Effects::default();
         match next_message(&env, raft.next_deadline().min(next_tick)).await {
             Some((from, Msg::Log(bytes))) => match codec::decode::<WireOf<CoordMachine>>(&bytes) {
-                Ok(wire) => applied = carry_out(&env, raft.on_message(env.now(), from, wire)).await?,
+                Ok(wire) => applied = carry_out(&env, raft.on_message(env.now(), from, wire), &observer).await?,
                 Err(e) => tracing::warn!(from, error = %e, "dropping a malformed log message"),
             },
             Some((from, msg)) => {
@@ -197,7 +197,7 @@ pub async fn run_replicated_coordinator<E: Env>(
         }
         let now = env.now();
         if now >= raft.next_deadline() {
-            applied.extend(carry_out(&env, raft.on_tick(now)).await?);
+            applied.extend(carry_out(&env, raft.on_tick(now), &observer).await?);
         }
         if now >= next_tick {
             next_tick = now + TICK;
@@ -213,7 +213,7 @@ pub async fn run_replicated_coordinator<E: Env>(
                     applied.extend(command.txn());
                 }
                 let output = raft.on_message(now, env.id(), Wire::Command { client, seq, command });
-                applied.extend(carry_out(&env, output).await?);
+                applied.extend(carry_out(&env, output, &observer).await?);
             }
             execute(&env, std::mem::take(&mut fx.steps), &observer).await;
             if applied.is_empty() {
@@ -246,20 +246,42 @@ fn uncommitted(raft: &Raft<CoordMachine>) -> CoordMachine {
 
 /// Persists a log output, then sends its messages wrapped in `Msg::Log`
 /// (answers to this replica's own proposals dropped). Returns the
-/// transactions whose commands it applied.
-async fn carry_out<E: Env>(env: &E, mut output: Output<CoordMachine>) -> Result<Vec<TxnId>, EnvError> {
-    let applied = output
-        .events
-        .iter()
-        .filter_map(|event| match event {
+/// transactions whose commands it applied; reports snapshots and
+/// forgetting to `observer`.
+async fn carry_out<E: Env>(
+    env: &E,
+    mut output: Output<CoordMachine>,
+    observer: &Observer,
+) -> Result<Vec<TxnId>, EnvError> {
+    let mut applied = Vec::new();
+    for event in &output.events {
+        let report = match event {
             Event::Applied { payload, .. } => match codec::decode::<Payload<Command>>(payload) {
-                Ok(Payload::Command { command, .. }) => command.txn(),
+                Ok(Payload::Command {
+                    command: Command::Forget { below },
+                    ..
+                }) => Some(TxnEvent::Forgot { below }),
+                Ok(Payload::Command { command, .. }) => {
+                    applied.extend(command.txn());
+                    None
+                }
                 Ok(Payload::Noop) => None,
                 Err(e) => panic!("an applied entry must decode: {e}"),
             },
+            Event::Compacted { index } => Some(TxnEvent::Snapshot {
+                index: *index,
+                installed: false,
+            }),
+            Event::Restored { index, .. } => Some(TxnEvent::Snapshot {
+                index: *index,
+                installed: true,
+            }),
             _ => None,
-        })
-        .collect();
+        };
+        if let Some(report) = report {
+            observer(env.id(), &report);
+        }
+    }
     let messages = std::mem::take(&mut output.messages);
     node::execute(env, output, &NoProbe).await?;
     let me = env.id();

@@ -90,6 +90,7 @@ pub static ALL: &[&dyn DynScenario] = &[
     &Registered::<lock::LockScenario>(PhantomData),
     &Registered::<txn::Bank<1>>(PhantomData),
     &Registered::<txn::Bank<3>>(PhantomData),
+    &Registered::<txn::Bank<3, 4>>(PhantomData),
 ];
 
 fn find_bug(bugs: &'static [Bug], name: &str) -> Option<&'static Bug> {

@@ -5,10 +5,12 @@
 //! Servers `1..=C` are the coordinator (replicas); the rest are shards, each
 //! holding some of [`ACCOUNTS`] accounts (placed by the consistent-hashing ring,
 //! `RingPlacement`). Every account starts with [`INITIAL`]. Clients run transfers
-//! (read two balances, write both, commit) and audits (read every account in
-//! one transaction, commit). After the heal the probe audits until one
-//! commits: it has to wait out every transaction still holding locks, so
-//! its success also shows that every transaction got decided.
+//! (read two balances, write both, commit), audits (read every account in
+//! one transaction, commit) and register transactions ([`registers`]: read
+//! one register and blindly write another, or read both). After the heal
+//! the probe audits until one commits: it has to wait out every
+//! transaction still holding locks, so its success also shows that every
+//! transaction got decided.
 //!
 //! Servers report what they did ([`TxnEvent`]: votes, applied decisions,
 //! announced decisions) into this run's instance; [`check_bank`] judges
@@ -23,6 +25,8 @@
 //! | `final-state` | the probe's balances differ from the initial ones plus every committed transfer |
 //! | `audit-total` | an audit saw a total other than the invariant sum |
 //! | `aborted-read` | a read returned a value that only uncommitted transactions wrote |
+//! | `serializable` | the register transactions' dependency graph has a cycle (G0, G1c, G-single, G2) or a read of an aborted or intermediate write (G1a, G1b) |
+//! | `strict-serializable` | a cycle that needs real-time order (a stale read) |
 //!
 //! Liveness: the probe must commit an audit within `LIVENESS_BOUND` (5 s)
 //! of the heal. In classic mode that *includes* the time for a coordinator
@@ -53,6 +57,8 @@ use serde::{Deserialize, Serialize};
 use ringfence::txn::bank::{account_key, decode_balance, encode_balance};
 
 use super::rogue;
+
+pub mod registers;
 use crate::env::SimEnv;
 use crate::plan::FaultKind;
 use crate::scenario::{Bug, Client, Params, Scenario, Workload};
@@ -84,6 +90,15 @@ pub enum BankOp {
         balances: Option<Vec<i64>>,
         reason: Option<String>,
     },
+    /// A register transaction ([`registers`]): each read with the id of the
+    /// transaction whose write it saw (`None`: never written), and each
+    /// write with its value (this transaction's id).
+    Registers {
+        txn: Option<TxnId>,
+        reads: Vec<(u32, Option<TxnId>)>,
+        writes: Vec<(u32, TxnId)>,
+        reason: Option<String>,
+    },
 }
 
 pub const DECISION_BEFORE_SYNC: Bug = Bug {
@@ -105,6 +120,11 @@ pub const DECIDE_FROM_ANYONE: Bug = Bug {
     name: "decide-from-anyone",
     about: "a shard accepts prepares and decisions from any sender, not only from the coordinator",
     caught_by: "commit-without-yes-vote",
+};
+pub const BLIND_WRITE_IGNORES_READERS: Bug = Bug {
+    name: "blind-write-ignores-readers",
+    about: "a shard grants a write of a key the transaction has not read while other transactions hold it shared (write skew)",
+    caught_by: "serializable",
 };
 pub const RECOVERY_PRESUMES_COMMIT: Bug = Bug {
     name: "recovery-presumes-commit",
@@ -135,9 +155,14 @@ pub const FORGET_PRESUMES_ABORT: Bug = Bug {
 };
 
 /// The bank scenario with `C` coordinator replicas (1: classic 2PC; 3: the
-/// coordinator replicated on the log). One instance per run; it collects
-/// the servers' observations.
-pub struct Bank<const C: u32> {
+/// coordinator replicated on the log) and `LOAD` times the clients. One
+/// instance per run; it collects the servers' observations.
+///
+/// Under load (`LOAD` > 1, replicated only) the coordinator keeps
+/// [`LOAD_RETAIN_FINISHED`] finished transactions and compacts its log every
+/// [`LOAD_SNAPSHOT_EVERY`] entries, so that a run forgets under pressure
+/// and its replicas snapshot, install snapshots and restart from them.
+pub struct Bank<const C: u32, const LOAD: u32 = 1> {
     coordinator: CoordinatorBugs,
     replicated: ReplicatedBugs,
     participant: ParticipantBugs,
@@ -149,14 +174,28 @@ pub struct Bank<const C: u32> {
     to_recheck: Mutex<Vec<TxnId>>,
 }
 
-impl<const C: u32> Bank<C> {
-    fn observer(self: &Arc<Self>) -> Observer {
+impl<const C: u32, const LOAD: u32> Bank<C, LOAD> {
+    /// Collects what `env`'s node reports; the replicated coordinator's
+    /// forgetting and snapshots are counted as situations of the run.
+    fn observer(self: &Arc<Self>, env: &SimEnv) -> Observer {
         let me = self.clone();
+        let world = env.world().clone();
         Arc::new(move |node, event| {
-            me.events
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push((node, event.clone()))
+            let mut events = me.events.lock().unwrap_or_else(|e| e.into_inner());
+            let situation = match event {
+                TxnEvent::Recovered { txn, .. } if !events.iter().any(|(_, e)| announced(e, *txn)) => {
+                    Some(RECOVERED_UNANNOUNCED)
+                }
+                TxnEvent::Forgot { .. } => Some(FORGOT),
+                TxnEvent::Snapshot { installed: false, .. } => Some(COMPACTED),
+                TxnEvent::Snapshot { installed: true, .. } => Some(INSTALLED_SNAPSHOT),
+                _ => None,
+            };
+            events.push((node, event.clone()));
+            drop(events);
+            if let Some(situation) = situation {
+                world.lock().count_situation(situation);
+            }
         })
     }
 
@@ -183,8 +222,8 @@ fn coordinators(c: u32) -> Vec<NodeId> {
 }
 
 /// Runs one transfer; records it in the history.
-async fn transfer<const C: u32>(
-    bank: &Bank<C>,
+async fn transfer<const C: u32, const LOAD: u32>(
+    bank: &Bank<C, LOAD>,
     txc: &mut TxnClient<SimEnv>,
     client: &Client<BankOp>,
     from: u32,
@@ -305,22 +344,47 @@ async fn audit(txc: &mut TxnClient<SimEnv>, client: &Client<BankOp>) -> bool {
     }
 }
 
-impl<const C: u32> Scenario for Bank<C> {
+/// Situations (counted per run): a coordinator replica applied a `Forget`,
+/// compacted its log, installed its leader's snapshot.
+pub const FORGOT: &str = "coordinator-forgot";
+pub const COMPACTED: &str = "coordinator-compacted";
+pub const INSTALLED_SNAPSHOT: &str = "coordinator-installed-snapshot";
+/// A restarted classic coordinator found a commit in its log that no
+/// incarnation had announced (a crash during the record's sync).
+pub const RECOVERED_UNANNOUNCED: &str = "coordinator-recovered-unannounced-commit";
+
+fn announced(event: &TxnEvent, txn: TxnId) -> bool {
+    matches!(event, TxnEvent::Announced { txn: t, .. } | TxnEvent::Recovered { txn: t, .. } if *t == txn)
+}
+
+/// Finished transactions the replicated coordinator keeps under load.
+pub const LOAD_RETAIN_FINISHED: usize = 16;
+/// Log entries between the replicated coordinator's snapshots under load.
+pub const LOAD_SNAPSHOT_EVERY: u64 = 64;
+
+impl<const C: u32, const LOAD: u32> Scenario for Bank<C, LOAD> {
     type Op = BankOp;
 
-    const NAME: &'static str = if C == 1 { "txn" } else { "txn-replicated" };
-    const ABOUT: &'static str = if C == 1 {
-        "bank on classic two-phase commit: transfers and audits over 3 shards + 1 coordinator; atomic, durable, conserved"
-    } else {
-        "bank on two-phase commit with the coordinator replicated on the log (3 replicas) over 3 shards; no single crash blocks"
+    const NAME: &'static str = match (C, LOAD) {
+        (1, _) => "txn",
+        (_, 1) => "txn-replicated",
+        _ => "txn-replicated-load",
     };
-    const BUGS: &'static [Bug] = if C == 1 {
+    const ABOUT: &'static str = match (C, LOAD) {
+        (1, _) => "bank on classic two-phase commit: transfers and audits over 3 shards + 1 coordinator; atomic, durable, conserved",
+        (_, 1) => "bank on two-phase commit with the coordinator replicated on the log (3 replicas) over 3 shards; no single crash blocks",
+        _ => "txn-replicated with 4x the clients, a small retained window and frequent log snapshots: forgetting and compaction under load",
+    };
+    const BUGS: &'static [Bug] = if LOAD > 1 {
+        &[]
+    } else if C == 1 {
         &[
             DECISION_BEFORE_SYNC,
             VOTE_WITHOUT_SYNCED_PREPARE,
             PARTICIPANT_ABORTS_ALONE,
             RECOVERY_PRESUMES_COMMIT,
             DECIDE_FROM_ANYONE,
+            BLIND_WRITE_IGNORES_READERS,
         ]
     } else {
         &[
@@ -332,7 +396,12 @@ impl<const C: u32> Scenario for Bank<C> {
     };
     const SERVERS: u32 = C + 3;
     const MIN_SERVERS: u32 = C + 1;
-    const WORKLOAD: Workload = Workload { clients: 4, ops: 30 };
+    /// Classic runs get more operations: a quarter of them are register
+    /// transactions, and its planted bugs need commits to go wrong.
+    const WORKLOAD: Workload = Workload {
+        clients: 4 * LOAD,
+        ops: if C == 1 { 40 } else { 30 },
+    };
     const FAULT_WINDOW: Duration = Duration::from_secs(5);
     /// Coordinator restart at the heal (classic) or an election
     /// (replicated, at most 300 ms plus a lost vote round), a query round
@@ -344,7 +413,16 @@ impl<const C: u32> Scenario for Bank<C> {
     /// The replicated mode's `send-before-commit` needs a leader cut off
     /// from the other replicas while still reaching shards and clients for
     /// longer than an election: about 1 seed in 140 (first at seed 84).
-    const DEFAULT_SEEDS: u64 = if C == 1 { 50 } else { 100 };
+    /// Under load, fewer: each run is several times longer.
+    const DEFAULT_SEEDS: u64 = match (C, LOAD) {
+        (1, _) => 50,
+        (_, 1) => 100,
+        _ => 10,
+    };
+
+    /// Under load, a large enough sweep must see the coordinator forget and
+    /// compact.
+    const SITUATIONS: &'static [&'static str] = if LOAD > 1 { &[FORGOT, COMPACTED] } else { &[] };
 
     /// The default kinds, and hostile messages from members.
     fn fault_kinds() -> Vec<FaultKind> {
@@ -401,6 +479,7 @@ impl<const C: u32> Scenario for Bank<C> {
                 vote_without_sync: bug(&VOTE_WITHOUT_SYNCED_PREPARE),
                 abort_alone_after: bug(&PARTICIPANT_ABORTS_ALONE).then_some(Duration::from_millis(300)),
                 decide_from_anyone: bug(&DECIDE_FROM_ANYONE),
+                blind_write_ignores_readers: bug(&BLIND_WRITE_IGNORES_READERS),
             },
             placement: Arc::new(
                 RingPlacement::new((COORDINATOR + C..=params.servers).collect()).expect("distinct shard ids"),
@@ -412,7 +491,7 @@ impl<const C: u32> Scenario for Bank<C> {
     }
 
     async fn server(self: Arc<Self>, env: SimEnv) {
-        let observer = self.observer();
+        let observer = self.observer(&env);
         if C == 1 && env.id() == COORDINATOR {
             let config = CoordinatorConfig {
                 bugs: self.coordinator,
@@ -420,13 +499,17 @@ impl<const C: u32> Scenario for Bank<C> {
             };
             run_coordinator(env, config, observer).await
         } else if env.id() < COORDINATOR + C {
-            let config = ReplicatedConfig {
+            let mut config = ReplicatedConfig {
                 bugs: self.replicated,
                 // Small, so that runs forget transactions (a Forget every
                 // few decisions) while clients still retry and shards ask.
                 retain_finished: 4,
                 ..ReplicatedConfig::default()
             };
+            if LOAD > 1 {
+                config.retain_finished = LOAD_RETAIN_FINISHED;
+                config.log.snapshot_every = LOAD_SNAPSHOT_EVERY;
+            }
             if let Err(error) = run_replicated_coordinator(env, coordinators(C), config, observer).await {
                 // The replica stopped to protect what it promised; it stays
                 // down until the nemesis restarts it.
@@ -445,12 +528,16 @@ impl<const C: u32> Scenario for Bank<C> {
 
     async fn client(self: Arc<Self>, env: SimEnv, mut client: Client<BankOp>) {
         let mut rng = env.rng();
+        // Its own stream: the bank's draws stay as they were.
+        let mut register_rng = env.rng();
         let mut txc = self.txn_client(env);
         let mut n = 0u32;
         while client.next_op() {
             n += 1;
             if n % 4 == 0 {
                 audit(&mut txc, &client).await;
+            } else if n % 4 == 2 {
+                registers::run(&self, &mut txc, &client, &mut register_rng).await;
             } else {
                 let from = rng.gen_range(0..ACCOUNTS);
                 let to = (from + rng.gen_range(1..ACCOUNTS)) % ACCOUNTS;
@@ -477,7 +564,9 @@ impl<const C: u32> Scenario for Bank<C> {
 
     fn check(&self, history: &History<BankOp>) -> Vec<Violation> {
         let events = self.events.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        check_bank(history, &events, self.placement.as_ref(), self.probe_client)
+        let mut violations = check_bank(history, &events, self.placement.as_ref(), self.probe_client);
+        violations.extend(registers::check(history, &events, self.placement.as_ref()));
+        violations
     }
 }
 
@@ -513,9 +602,16 @@ impl Observed {
                         .or_default()
                         .insert(*decision);
                 }
-                TxnEvent::Applied { prepared: false, .. } => {}
+                TxnEvent::Applied { prepared: false, .. } | TxnEvent::Snapshot { .. } | TxnEvent::Forgot { .. } => {}
                 TxnEvent::CommitUnprepared { txn } => o.unprepared.push((*node, *txn)),
+                // A decision a coordinator found in its log counts as
+                // announced: a crash may have cut off the announcement.
                 TxnEvent::Announced {
+                    txn,
+                    decision,
+                    participants,
+                }
+                | TxnEvent::Recovered {
                     txn,
                     decision,
                     participants,
@@ -736,7 +832,7 @@ pub fn check_bank(
         let reads: Vec<(u32, i64)> = match &done.op {
             BankOp::Transfer { reads, .. } => reads.clone(),
             BankOp::Audit { balances: Some(b), .. } => b.iter().enumerate().map(|(a, &v)| (a as u32, v)).collect(),
-            BankOp::Audit { .. } => vec![],
+            BankOp::Audit { .. } | BankOp::Registers { .. } => vec![],
         };
         for (account, value) in reads {
             if !committed_value(account, value) {
@@ -929,6 +1025,45 @@ mod tests {
         assert_eq!(
             first(&history(FINAL.to_vec()), &events).as_deref(),
             Some("commit-without-yes-vote")
+        );
+    }
+
+    #[test]
+    fn a_commit_only_a_recovered_log_holds_is_judged_as_committed() {
+        // The coordinator crashed between syncing the commit record and
+        // announcing it; its next incarnation found it and re-sent it.
+        let recovered: Vec<_> = clean_events()
+            .into_iter()
+            .map(|(n, e)| match e {
+                TxnEvent::Announced {
+                    txn,
+                    decision,
+                    participants,
+                } => (
+                    n,
+                    TxnEvent::Recovered {
+                        txn,
+                        decision,
+                        participants,
+                    },
+                ),
+                e => (n, e),
+            })
+            .collect();
+        assert_eq!(first(&history(FINAL.to_vec()), &recovered), None);
+        // A later incarnation that presumes it aborted changed the decision.
+        let mut events = recovered;
+        events.push((
+            COORDINATOR,
+            TxnEvent::Announced {
+                txn: T,
+                decision: Decision::Abort,
+                participants: vec![],
+            },
+        ));
+        assert_eq!(
+            first(&history(FINAL.to_vec()), &events).as_deref(),
+            Some("decision-changed")
         );
     }
 
