@@ -160,6 +160,7 @@ impl Participant {
             txns: BTreeMap::new(),
             done: BTreeMap::new(),
         };
+        let mut recovered = Vec::new();
         for (position, bytes) in log.iter().enumerate() {
             let record: Record = codec::decode(bytes).map_err(|error| RecoverError::Decode { position, error })?;
             match record {
@@ -207,17 +208,26 @@ impl Participant {
                     );
                 }
                 Record::Decided { txn, decision } => {
-                    if let Some(t) = p.txns.remove(&txn) {
+                    let prepared = p.txns.remove(&txn).inspect(|t| {
                         if decision == Decision::Commit {
                             p.data.extend(t.writes.clone());
                         }
-                        p.release(txn, &t);
-                    }
+                        p.release(txn, t);
+                    });
                     p.done.insert(txn, decision);
+                    // What the disk holds is what was applied, reported
+                    // again: a crash between the decision's sync and its
+                    // report leaves it known only to this incarnation.
+                    recovered.push(Step::Event(TxnEvent::Applied {
+                        txn,
+                        decision,
+                        prepared: prepared.is_some(),
+                    }));
                 }
             }
         }
         let mut steps = vec![Step::Append(Record::Boot { epoch: p.epoch }), Step::Sync];
+        steps.extend(recovered);
         steps.extend(p.tick(now));
         Ok((p, steps))
     }
@@ -776,6 +786,30 @@ mod tests {
         assert!(steps.iter().any(|s| matches!(s, Step::Send(C, Msg::Ack { txn: 10 }))));
         assert_eq!(p.committed("a"), Some(&vec![7]));
         assert_eq!(get(&mut p, 13, "a"), Ok(Some(vec![7])));
+    }
+
+    #[test]
+    fn recovery_reports_every_decision_its_log_holds() {
+        // A crash right after the decision's sync, before its report: only
+        // the next incarnation knows the commit was applied, and says so.
+        let (mut p, boot1) = Participant::recover(2, &[], Duration::ZERO, config()).unwrap();
+        put(&mut p, 10, "a", 7).unwrap();
+        let prepared = prepare(&mut p, 10);
+        let decided = p.on_message(
+            MS,
+            C,
+            Msg::Decide {
+                txn: 10,
+                decision: Decision::Commit,
+            },
+        );
+        let (p, boot) = Participant::recover(2, &log_of(&[boot1, prepared, decided]), 5 * MS, config()).unwrap();
+        assert_eq!(p.committed("a"), Some(&vec![7]));
+        assert!(boot.contains(&Step::Event(TxnEvent::Applied {
+            txn: 10,
+            decision: Decision::Commit,
+            prepared: true
+        })));
     }
 
     #[test]
