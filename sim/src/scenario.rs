@@ -219,6 +219,14 @@ impl<Op: Clone + fmt::Debug> Client<Op> {
         self.recorder.record(self.id, EventKind::Invoke, op)
     }
 
+    /// What the client has learned of its operation in flight (an id the
+    /// servers gave it, what it wrote): if the client crashes before the
+    /// operation completes, the operation ends as `info` with this, so a
+    /// checker still knows what may have taken effect.
+    pub fn progress(&self, op: Op) {
+        self.recorder.progress(self.id, op);
+    }
+
     /// The operation took effect; `op` carries its result.
     pub fn ok(&self, op: Op) -> usize {
         self.recorder.record(self.id, EventKind::Ok, op)
@@ -273,6 +281,12 @@ impl<Op: Clone + fmt::Debug> Recorder<Op> {
         let open = self.lock().open.get(&client).cloned();
         if let Some(op) = open {
             self.record(client, EventKind::Info, op);
+        }
+    }
+
+    fn progress(&self, client: u32, op: Op) {
+        if let Some(open) = self.lock().open.get_mut(&client) {
+            *open = op;
         }
     }
 

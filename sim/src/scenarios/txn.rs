@@ -226,6 +226,16 @@ async fn transfer<const C: u32>(
             .await?;
         txc.put(&mut txn, &account_key(to), encode_balance(b + amount)).await?;
         writes.extend([(from, a - amount), (to, b + amount)]);
+        // A crash from here on leaves a transfer that may commit.
+        client.progress(BankOp::Transfer {
+            from,
+            to,
+            amount,
+            txn: Some(txn.id),
+            reads: reads.clone(),
+            writes: writes.clone(),
+            reason: None,
+        });
         txc.commit(txn).await
     }
     .await;
