@@ -81,6 +81,8 @@ pub struct Outcome {
     pub trace_events: u64,
     /// Completed client operations.
     pub ops: u64,
+    /// Fault effects by kind, counted where they took effect (see
+    /// [`crate::world`]).
     pub fired: BTreeMap<FaultKind, u64>,
     /// Named situations aimed faults brought about.
     pub situations: BTreeMap<String, u64>,
