@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use ringfence::env::Env;
 use ringfence::history::{History, Violation};
-use ringfence_sim::plan::FaultPlan;
+use ringfence_sim::plan::{DiskLoss, Fault, FaultKind, FaultPlan, Swarm};
 use ringfence_sim::runner::Case;
 use ringfence_sim::runner::RunOptions;
 use ringfence_sim::scenario::{abort_run, Bug, Client, Params, Scenario, Workload};
@@ -176,4 +176,325 @@ fn abort_run_reports_the_named_violation() {
         .expect("some seed runs server 2 first");
     assert_eq!(named.violations[0].invariant, "two-leaders");
     assert_eq!(named.violations[0].detail, "nodes 1 and 2 lead term 3");
+}
+
+/// Server 1 sends `(its incarnation, seq)` to server 2 every 5 ms; server 2
+/// notes each arrival whose sender has since died or is paused. Its
+/// "invariant" is that none does, which a network that owns its copies
+/// must be able to break.
+struct Courier {
+    late: std::sync::Mutex<Vec<&'static str>>,
+}
+
+impl Scenario for Courier {
+    type Op = ();
+    const NAME: &'static str = "courier";
+    const ABOUT: &'static str = "test: copies in flight outlive and outrun their sender";
+    const BUGS: &'static [Bug] = &[];
+    const SERVERS: u32 = 2;
+    const MIN_SERVERS: u32 = 2;
+    const WORKLOAD: Workload = Workload { clients: 1, ops: 0 };
+    const FAULT_WINDOW: Duration = Duration::from_millis(1_000);
+    const LIVENESS_BOUND: Duration = Duration::from_secs(1);
+
+    fn new(_: &Params) -> Self {
+        Courier {
+            late: Default::default(),
+        }
+    }
+    async fn server(self: Arc<Self>, env: SimEnv) {
+        let incarnation = |env: &SimEnv, id| env.world().lock().node(id).incarnation;
+        if env.id() == 1 {
+            let me = incarnation(&env, 1);
+            for seq in 0u64.. {
+                let _ = env.send(2, [me.to_le_bytes(), seq.to_le_bytes()].concat()).await;
+                env.sleep(Duration::from_millis(5)).await;
+            }
+        }
+        loop {
+            let (_, bytes) = env.recv().await;
+            let sent_by = u64::from_le_bytes(bytes[..8].try_into().unwrap());
+            let (down, paused, now) = {
+                let mut w = env.world().lock();
+                let sender = w.node(1);
+                (sender.down, sender.paused, sender.incarnation)
+            };
+            let mut late = self.late.lock().unwrap();
+            if down || now > sent_by {
+                late.push("from-dead-incarnation");
+            }
+            if paused {
+                late.push("from-paused-sender");
+            }
+        }
+    }
+    async fn client(self: Arc<Self>, _env: SimEnv, _client: Client<()>) {}
+    async fn probe(self: Arc<Self>, _env: SimEnv, _client: Client<()>) {}
+    fn check(&self, _: &History<()>) -> Vec<Violation> {
+        let late = self.late.lock().unwrap();
+        let mut kinds: Vec<&str> = late.clone();
+        kinds.dedup();
+        kinds.into_iter().map(|k| Violation::new(k, "", vec![])).collect()
+    }
+}
+
+/// Every copy is delayed up to 300 ms while `fault` hits server 1.
+fn courier_case(fault: Fault) -> Case {
+    let scenario = scenarios::erase::<Courier>();
+    let network = Fault::Network {
+        at_ms: 0,
+        for_ms: 1_000,
+        loss: 0.0,
+        duplicate: 0.0,
+        delay: 1.0,
+        max_delay_ms: 300,
+    };
+    Case {
+        plan: Some(FaultPlan {
+            duration_ms: 1_000,
+            swarm: Swarm {
+                enabled: vec![],
+                intensity: 1.0,
+            },
+            faults: vec![network, fault],
+        }),
+        ..scenarios::default_case(scenario, 7, None)
+    }
+}
+
+#[test]
+fn a_copy_sent_before_its_sender_crashed_is_delivered_after_it() {
+    let scenario = scenarios::erase::<Courier>();
+    let crash = Fault::Crash {
+        at_ms: 300,
+        node: 1,
+        down_ms: 400,
+        disk: DiskLoss::LoseUnsynced,
+    };
+    let case = courier_case(crash);
+    let outcome = run_isolated(scenario, &case, RunOptions::default());
+    let seen: Vec<&str> = outcome.violations.iter().map(|v| v.invariant.as_str()).collect();
+    assert_eq!(seen, ["from-dead-incarnation"]);
+    assert_eq!(outcome.fired.get(&FaultKind::Crash), Some(&1));
+    assert_eq!(
+        run_isolated(scenario, &case, RunOptions::default()).trace_hash,
+        outcome.trace_hash
+    );
+}
+
+#[test]
+fn a_paused_senders_copies_keep_arriving() {
+    let scenario = scenarios::erase::<Courier>();
+    let pause = Fault::Pause {
+        at_ms: 300,
+        node: 1,
+        for_ms: 400,
+    };
+    let outcome = run_isolated(scenario, &courier_case(pause), RunOptions::default());
+    let seen: Vec<&str> = outcome.violations.iter().map(|v| v.invariant.as_str()).collect();
+    assert_eq!(seen, ["from-paused-sender"]);
+    assert_eq!(outcome.fired.get(&FaultKind::Pause), Some(&1));
+}
+
+/// Where each fault kind fires: the log scenario takes every kind but the
+/// unsynced crash, which needs a protocol that sends before it syncs.
+fn firing_ground(kind: FaultKind) -> (&'static str, Option<&'static str>) {
+    match kind {
+        FaultKind::UnsyncedCrash => ("counter", Some("ack-before-sync")),
+        FaultKind::Partition
+        | FaultKind::Crash
+        | FaultKind::Pause
+        | FaultKind::MessageLoss
+        | FaultKind::MessageDuplicate
+        | FaultKind::MessageDelay
+        | FaultKind::ClockDrift
+        | FaultKind::ClockJump
+        | FaultKind::MomentCrash
+        | FaultKind::IsolateLeader
+        | FaultKind::DiskTail
+        | FaultKind::BitFlip
+        | FaultKind::DiskError
+        | FaultKind::Rogue
+        | FaultKind::ClientCrash => ("log", None),
+    }
+}
+
+/// Runs `cases` two at a time, each with the effect of its kind (if any)
+/// switched off.
+fn run_all(cases: &[(Case, Option<FaultKind>)]) -> Vec<ringfence_sim::runner::Outcome> {
+    let mut out: Vec<_> = Vec::new();
+    for pair in cases.chunks(2) {
+        let outcomes: Vec<_> = std::thread::scope(|s| {
+            let handles: Vec<_> = pair
+                .iter()
+                .map(|(case, off)| {
+                    let scenario = scenarios::validate(case).unwrap();
+                    s.spawn(move || sweep::run_isolated_with(scenario, case, RunOptions::default(), *off))
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        out.extend(outcomes);
+    }
+    out
+}
+
+/// Fault accounting counts effects: every kind's count grows over a few
+/// seeds, and stays at zero on those same seeds when only its effect is
+/// switched off (its decisions still made), so a sweep's "every kind
+/// fired" check would fail.
+#[test]
+fn every_fault_kind_is_counted_by_its_effect() {
+    const SEEDS: std::ops::Range<u64> = 0..12;
+    let grounds: std::collections::BTreeSet<_> = FaultKind::EVERY.into_iter().map(firing_ground).collect();
+    let normal: Vec<(Case, Option<FaultKind>)> = grounds
+        .iter()
+        .flat_map(|&(name, bug)| {
+            let scenario = scenarios::find(name).unwrap();
+            sweep::default_cases(scenario, Some(SEEDS), bug)
+        })
+        .map(|case| (case, None))
+        .collect();
+    let normal = run_all(&normal);
+    let mut disabled = Vec::new();
+    for kind in FaultKind::EVERY {
+        let (name, bug) = firing_ground(kind);
+        let fired: Vec<&Case> = normal
+            .iter()
+            .filter(|o| o.case.scenario == name && o.case.bug.as_deref() == bug)
+            .filter(|o| o.fired.get(&kind).is_some_and(|&n| n > 0))
+            .map(|o| &o.case)
+            .take(2)
+            .collect();
+        assert!(!fired.is_empty(), "{kind} had no effect on {name} seeds {SEEDS:?}");
+        disabled.extend(fired.into_iter().map(|c| (c.clone(), Some(kind))));
+    }
+    for ((_, off), outcome) in disabled.iter().zip(run_all(&disabled)) {
+        let off = off.expect("set above");
+        assert_eq!(
+            outcome.fired.get(&off).copied().unwrap_or(0),
+            0,
+            "{off} counted on seed {} of {} with its effect switched off",
+            outcome.case.seed,
+            outcome.case.scenario
+        );
+    }
+}
+
+/// One client whose operations (numbered by [`Client::claimed`]) each take
+/// 100 ms; a probe that takes `PROBE_MS`; the client's last operation
+/// finishes `DRAIN_MS` after the heal.
+struct Patient;
+
+const DRAIN_MS: u64 = 3_000;
+const PROBE_MS: u64 = 2_000;
+
+impl Scenario for Patient {
+    type Op = u32;
+    const NAME: &'static str = "patient";
+    const ABOUT: &'static str = "test: slow operations, a slow drain and a slow probe";
+    const BUGS: &'static [Bug] = &[];
+    const SERVERS: u32 = 1;
+    const MIN_SERVERS: u32 = 1;
+    const WORKLOAD: Workload = Workload { clients: 1, ops: 100 };
+    const FAULT_WINDOW: Duration = Duration::from_millis(1_000);
+    const LIVENESS_BOUND: Duration = Duration::from_millis(4_000);
+
+    fn new(_: &Params) -> Self {
+        Patient
+    }
+    async fn server(self: Arc<Self>, env: SimEnv) {
+        std::future::pending::<()>().await;
+        drop(env);
+    }
+    async fn client(self: Arc<Self>, env: SimEnv, mut client: Client<u32>) {
+        while client.next_op() {
+            let n = client.claimed();
+            client.invoke(n);
+            env.sleep(Duration::from_millis(100)).await;
+            client.ok(n);
+        }
+        client.invoke(0);
+        env.sleep(Duration::from_millis(DRAIN_MS)).await;
+        client.ok(0);
+    }
+    async fn probe(self: Arc<Self>, env: SimEnv, _client: Client<u32>) {
+        env.sleep(Duration::from_millis(PROBE_MS)).await;
+    }
+    fn check(&self, _: &History<u32>) -> Vec<Violation> {
+        Vec::new()
+    }
+}
+
+fn patient_case(faults: Vec<Fault>) -> Case {
+    let scenario = scenarios::erase::<Patient>();
+    Case {
+        plan: Some(FaultPlan {
+            duration_ms: 1_000,
+            swarm: Swarm {
+                enabled: vec![],
+                intensity: 1.0,
+            },
+            faults,
+        }),
+        ..scenarios::default_case(scenario, 3, None)
+    }
+}
+
+/// The probe's bound runs from the heal, not from the end of the drain:
+/// a 3 s drain and a 2 s probe miss a 4 s bound (timed from the drain's
+/// end, as it used to be, they passed).
+#[test]
+fn liveness_is_timed_from_the_heal() {
+    let outcome = run_isolated(
+        scenarios::erase::<Patient>(),
+        &patient_case(vec![]),
+        RunOptions::default(),
+    );
+    assert_eq!(outcome.violations.len(), 1, "{:?}", outcome.violations);
+    assert_eq!(outcome.violations[0].invariant, "liveness");
+    assert!(
+        outcome.violations[0].detail.contains("probe"),
+        "{:?}",
+        outcome.violations
+    );
+}
+
+/// A crashed client's operation in flight ends as `info` at the crash, and
+/// the restarted client goes on with fresh operations from what is left of
+/// the budget.
+#[test]
+fn a_client_crash_leaves_its_operation_indeterminate_and_the_workload_goes_on() {
+    let crash = Fault::ClientCrash {
+        at_ms: 250,
+        node: 101,
+        down_ms: 100,
+    };
+    let outcome = run_isolated(
+        scenarios::erase::<Patient>(),
+        &patient_case(vec![crash]),
+        RunOptions { keep_trace: true },
+    );
+    assert_eq!(outcome.fired.get(&FaultKind::ClientCrash), Some(&1));
+    let events: Vec<ringfence::history::Event<u32>> = outcome
+        .history
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    use ringfence::history::EventKind::{Info, Invoke};
+    let infos: Vec<_> = events.iter().filter(|e| e.kind == Info).collect();
+    assert_eq!(infos.len(), 1, "{events:?}");
+    let (crashed, at) = (infos[0].op, infos[0].time_ns);
+    assert!(
+        (250_000_000..251_000_000).contains(&at),
+        "closed at the crash, not {at}"
+    );
+    let invoked: Vec<u32> = events.iter().filter(|e| e.kind == Invoke).map(|e| e.op).collect();
+    let after: Vec<u32> = events
+        .iter()
+        .filter(|e| e.kind == Invoke && e.time_ns > at)
+        .map(|e| e.op)
+        .collect();
+    assert!(after.len() > 3, "the restarted client works on: {events:?}");
+    assert!(after.iter().filter(|&&n| n != 0).all(|&n| n > crashed), "{invoked:?}");
 }

@@ -1,11 +1,15 @@
 //! [`SimEnv`]: the runtime boundary on madsim, with our fault layer.
 //!
-//! Messages travel through `madsim::net` (which adds latency and applies the
-//! nemesis's clogs); on top of it this layer drops, duplicates and delays
-//! messages according to the world's current network faults, counts what it
-//! did and feeds every send and delivery into the trace. Clocks are per node
-//! and drift or jump as the world says. Storage lives in the world, so it
-//! outlives the process.
+//! This layer decides each message's fate from the world's current network
+//! faults: refused on a link a partition cuts, lost, duplicated, delayed.
+//! Copies that go at once travel through `madsim::net` (which adds latency
+//! on a timer of its own, so they survive their sender). Delayed copies are
+//! owned by the network, not the sender: they wait as tasks on the network's
+//! own node and are delivered to whichever incarnation of the receiver runs
+//! then, so a stale message from a dead incarnation can arrive late and a
+//! paused sender's copies keep moving (see [`crate::world`]). Every send and
+//! delivery feeds the trace. Clocks are per node and drift or jump as the
+//! world says. Storage lives in the world, so it outlives the process.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -18,10 +22,10 @@ use ringfence::env::{Env, EnvError, NodeId, MAX_MESSAGE_BYTES};
 use ringfence::history::Violation;
 use tokio::sync::{mpsc, Mutex};
 
-use crate::plan::Moment;
+use crate::plan::{FaultKind, Moment};
 use crate::scenario::abort_run;
 use crate::trace::TraceEvent;
-use crate::world::{addr_of, elapsed, node_of, DiskError, World, INJECTED_FAILURE};
+use crate::world::{addr_of, elapsed, node_of, DiskError, InFlight, World, INJECTED_FAILURE};
 
 /// The tag our messages use on madsim endpoints.
 const TAG: u64 = 0x7269_6e67;
@@ -30,9 +34,11 @@ const TAG: u64 = 0x7269_6e67;
 /// as it does on a real disk.
 const SYNC_LATENCY: Duration = Duration::from_micros(200);
 
-/// What travels through madsim: the message id (for the trace) and the bytes.
+/// What travels through madsim: the message id and copy (for the trace and
+/// the fault counts) and the bytes.
 struct Envelope {
     id: u64,
+    copy: u8,
     bytes: Vec<u8>,
 }
 
@@ -62,6 +68,10 @@ impl SimEnv {
             let node = w.node(id);
             node.incarnation += 1;
             let incarnation = node.incarnation;
+            // A crash's effect: the node is running again as a new incarnation.
+            if let Some(kind) = node.killed_by.take() {
+                w.count(kind);
+            }
             w.event(TraceEvent::Boot { node: id, incarnation });
             incarnation
         };
@@ -92,15 +102,15 @@ impl SimEnv {
                 continue;
             };
             let Some(from) = node_of(from) else { continue };
-            {
-                let mut w = self.inner.world.lock();
-                w.delivered += 1;
-                w.event(TraceEvent::Deliver {
-                    to: self.inner.id,
-                    from,
-                    id: envelope.id,
-                });
-            }
+            let now = elapsed();
+            self.inner.world.lock().delivered_copy(
+                self.inner.id,
+                from,
+                envelope.id,
+                envelope.copy,
+                now,
+                Duration::ZERO,
+            );
             if tx.send((from, envelope.bytes)).is_err() {
                 return;
             }
@@ -125,13 +135,13 @@ impl SimEnv {
         self.inner.world.lock().moment(self.inner.id, moment);
     }
 
-    async fn transmit(&self, to: NodeId, id: u64, bytes: Vec<u8>) {
+    async fn transmit(&self, to: NodeId, id: u64, copy: u8, bytes: Vec<u8>) {
         // madsim only fails a send when the local socket is gone, which
         // happens when this node is being killed; the message is lost then.
         let _ = self
             .inner
             .endpoint
-            .send_to_raw(addr_of(to), TAG, Box::new(Envelope { id, bytes }))
+            .send_to_raw(addr_of(to), TAG, Box::new(Envelope { id, copy, bytes }))
             .await;
     }
 }
@@ -172,25 +182,39 @@ impl Env for SimEnv {
             self.inner.world.lock().sent(self.inner.id, to);
             return Ok(());
         }
+        let from = self.inner.id;
         let [first, second] = delivery.delays;
-        let mut copies = vec![(first.expect("first copy always exists"), msg)];
+        let mut copies = vec![(0, first.expect("first copy always exists"))];
         if let Some(second) = second {
-            let bytes = copies[0].1.clone();
-            copies.push((second, bytes));
-        }
-        for (delay, bytes) in copies {
-            if delay.is_zero() {
-                self.transmit(to, delivery.id, bytes).await;
-                self.inner.world.lock().after_send(self.inner.id);
-            } else {
-                let env = self.clone();
-                madsim::task::spawn(async move {
-                    madsim::time::sleep(delay).await;
-                    env.transmit(to, delivery.id, bytes).await;
-                });
+            if !self.inner.world.lock().effect_off(FaultKind::MessageDuplicate) {
+                copies.push((1, second));
             }
         }
-        self.inner.world.lock().sent(self.inner.id, to);
+        let mut bytes = Some(msg);
+        for (i, &(copy, late)) in copies.iter().enumerate() {
+            let bytes = if i + 1 == copies.len() {
+                bytes.take().expect("taken once, by the last copy")
+            } else {
+                bytes.clone().expect("not yet taken")
+            };
+            if late.is_zero() {
+                self.transmit(to, delivery.id, copy, bytes).await;
+                self.inner.world.lock().after_send(from);
+            } else {
+                let world = self.inner.world.clone();
+                let in_flight = InFlight {
+                    from,
+                    to,
+                    id: delivery.id,
+                    copy,
+                    sent_at: elapsed(),
+                    late,
+                    bytes,
+                };
+                world.lock().send_late(world.clone(), in_flight);
+            }
+        }
+        self.inner.world.lock().sent(from, to);
         Ok(())
     }
 

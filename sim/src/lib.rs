@@ -1,8 +1,10 @@
 //! Deterministic simulation testing for ringfence, on madsim.
 //!
 //! - [`SimEnv`] implements the runtime boundary (`ringfence::env::Env`) with
-//!   faults: message loss, duplication and delay, partitions, crashes that
-//!   lose or tear unsynced storage, process pauses, clock drift and jumps.
+//!   faults: message loss, duplication and delay, partitions, crashes (of
+//!   servers and clients) that lose or tear unsynced storage, process
+//!   pauses, clock drift and jumps. Copies in flight belong to the network,
+//!   not their sender, and faults are counted by their effect ([`world`]).
 //! - [`plan`] makes fault plans from a seed (swarm testing); [`nemesis`]
 //!   carries them out; [`runner`] runs one case to a verdict; [`sweep`] runs
 //!   many across all cores; [`explore`] sweeps fresh seeds for a time budget;

@@ -2,14 +2,15 @@
 //! heals everything when the plan's window ends.
 //!
 //! Every fault becomes a start and (where it lasts) an end action on one
-//! timeline. A fault that cannot take effect — crashing a node that is
-//! already down, pausing a crashed node — is skipped and not counted, so the
-//! sweep's "faults fired" figures are what really happened.
+//! timeline. The nemesis only decides; faults are counted where their
+//! effect shows (see [`crate::world`]), so the sweep's "faults fired"
+//! figures are what really happened. Partitions are cut links the network
+//! layer refuses to carry, not madsim clogs, so the network's own late
+//! copies obey them too.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use madsim::net::NetSim;
 use madsim::runtime::Handle;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -30,15 +31,17 @@ enum Action {
 /// [`crate::scenario::Scenario::rogue`]); `None` when it has none.
 pub type Adversary = Box<dyn Fn(&mut ChaCha8Rng, NodeId, NodeId) -> Option<Vec<u8>> + Send>;
 
-/// Executes plans; owns the clog bookkeeping so overlapping partitions
-/// compose (a link stays cut while any partition cuts it).
+/// Called with a client node the nemesis has just killed, before it
+/// restarts: the runner closes the operation it had in flight.
+pub type OnClientCrash = Box<dyn Fn(NodeId) + Send>;
+
+/// Executes plans. Overlapping partitions compose: a link stays cut while
+/// any partition cuts it (the world keeps which).
 pub struct Nemesis {
     world: World,
     handle: Handle,
-    net: std::sync::Arc<NetSim>,
     /// Nodes that partitions apply to.
     nodes: Vec<NodeId>,
-    cut: BTreeMap<(NodeId, NodeId), u32>,
     active_network: Option<usize>,
     /// Aimed faults waiting for their role to be played, by plan index.
     armed: Vec<usize>,
@@ -50,6 +53,9 @@ pub struct Nemesis {
     isolated: BTreeMap<usize, Vec<(NodeId, NodeId)>>,
     /// Crafts the messages of rogue faults.
     adversary: Option<Adversary>,
+    on_client_crash: Option<OnClientCrash>,
+    /// Per paused node: whether a task spawned on it at the pause has run.
+    heartbeats: BTreeMap<NodeId, std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl Nemesis {
@@ -57,15 +63,21 @@ impl Nemesis {
         Nemesis {
             world,
             handle: Handle::current(),
-            net: NetSim::current(),
             nodes,
-            cut: BTreeMap::new(),
             active_network: None,
             armed: Vec::new(),
             aimed: BTreeMap::new(),
             isolated: BTreeMap::new(),
             adversary: None,
+            on_client_crash: None,
+            heartbeats: BTreeMap::new(),
         }
+    }
+
+    /// `hook` hears of every client crash (see [`OnClientCrash`]).
+    pub fn on_client_crash(mut self, hook: OnClientCrash) -> Self {
+        self.on_client_crash = Some(hook);
+        self
     }
 
     /// Rogue faults inject what `adversary` crafts; without one they do
@@ -156,22 +168,39 @@ impl Nemesis {
         self.heal();
     }
 
-    /// Kills `node`, applying `disk` loss; `false` if it was already down.
-    /// `why` says what the node had just done, for crashes it asked for.
+    /// Kills `node`, applying `disk` loss; `false` if it was already down
+    /// (or the kind's effect is switched off). `why` says what the node had
+    /// just done, for crashes it asked for. The crash is counted when the
+    /// node boots again.
     fn crash(&mut self, node: NodeId, disk: DiskLoss, index: usize, kind: FaultKind, why: &str) -> bool {
         let lost = {
             let mut w = self.world.lock();
+            let off = w.effect_off(kind);
             let state = w.node(node);
-            if state.down {
+            if state.down || off {
                 return false;
             }
             state.down = true;
             state.paused = false;
-            w.count(kind);
             w.disarm(node);
-            w.crash_disk(node, disk)
+            let lost = w.crash_disk(node, disk);
+            // An unsynced crash is one only if it lost unsynced bytes; a
+            // failed sync was counted when it failed.
+            let counts = match kind {
+                FaultKind::UnsyncedCrash => lost.lost > 0,
+                FaultKind::DiskError => false,
+                _ => true,
+            };
+            w.node(node).killed_by = counts.then_some(kind);
+            lost
         };
         self.handle.kill(self.madsim_id(node));
+        self.heartbeats.remove(&node);
+        if kind == FaultKind::ClientCrash {
+            if let Some(hook) = &self.on_client_crash {
+                hook(node);
+            }
+        }
         let why = if why.is_empty() {
             String::new()
         } else {
@@ -243,17 +272,29 @@ impl Nemesis {
             Fault::Crash { node, disk, .. } => {
                 self.crash(*node, *disk, index, FaultKind::Crash, "");
             }
+            Fault::ClientCrash { node, .. } => {
+                self.crash(*node, DiskLoss::LoseUnsynced, index, FaultKind::ClientCrash, "");
+            }
             Fault::Pause { node, .. } => {
-                {
+                let off = {
                     let mut w = self.world.lock();
+                    let off = w.effect_off(FaultKind::Pause);
                     let state = w.node(*node);
                     if state.down || state.paused {
                         return;
                     }
                     state.paused = true;
-                    w.count(FaultKind::Pause);
+                    off
+                };
+                // The pause's effect, checked at the resume: a task spawned
+                // on the node now must not have run by then.
+                let ran = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                self.heartbeats.insert(*node, ran.clone());
+                let spawner = self.handle.get_node(self.madsim_id(*node)).expect("node exists");
+                spawner.spawn(async move { ran.store(true, std::sync::atomic::Ordering::Relaxed) });
+                if !off {
+                    self.handle.pause(self.madsim_id(*node));
                 }
-                self.handle.pause(self.madsim_id(*node));
                 self.note(
                     Phase::Start,
                     FaultKind::Pause,
@@ -283,8 +324,12 @@ impl Nemesis {
             }
             Fault::Drift { node, ppm, .. } => {
                 let mut w = self.world.lock();
-                w.set_clock_rate(*node, 1.0 + *ppm as f64 / 1e6);
-                w.count(FaultKind::ClockDrift);
+                let rate = if w.effect_off(FaultKind::ClockDrift) {
+                    1.0
+                } else {
+                    1.0 + *ppm as f64 / 1e6
+                };
+                w.set_clock_rate(*node, rate);
                 drop(w);
                 self.note(
                     Phase::Instant,
@@ -295,10 +340,7 @@ impl Nemesis {
                 );
             }
             Fault::Jump { node, forward_ms, .. } => {
-                let mut w = self.world.lock();
-                w.jump_clock(*node, Duration::from_millis(*forward_ms));
-                w.count(FaultKind::ClockJump);
-                drop(w);
+                self.world.lock().jump_clock(*node, Duration::from_millis(*forward_ms));
                 self.note(
                     Phase::Instant,
                     FaultKind::ClockJump,
@@ -351,9 +393,8 @@ impl Nemesis {
                 };
                 let Some(leader) = leader else { return };
                 let links: Vec<_> = self.pairs().filter(|&(a, b)| a == leader || b == leader).collect();
-                self.cut_links(&links, true);
+                self.cut_links(&links, index, FaultKind::IsolateLeader, true);
                 self.isolated.insert(index, links.clone());
-                self.world.lock().count(FaultKind::IsolateLeader);
                 let text = format!("isolate leader {leader}");
                 self.note(Phase::Start, FaultKind::Partition, Some(index), endpoints(&links), text);
             }
@@ -363,7 +404,9 @@ impl Nemesis {
     fn end(&mut self, index: usize, fault: &Fault) {
         match fault {
             Fault::Partition { .. } | Fault::OneWay { .. } => self.partition(index, fault, false),
-            Fault::Crash { node, .. } | Fault::Disk { node, .. } => self.restart(*node),
+            Fault::Crash { node, .. } | Fault::Disk { node, .. } | Fault::ClientCrash { node, .. } => {
+                self.restart(*node)
+            }
             Fault::Pause { node, .. } => self.resume(*node),
             Fault::Network { .. } => {
                 if self.active_network == Some(index) {
@@ -413,7 +456,7 @@ impl Nemesis {
             }
             Fault::IsolateLeader { .. } => {
                 if let Some(links) = self.isolated.remove(&index) {
-                    self.cut_links(&links, false);
+                    self.cut_links(&links, index, FaultKind::IsolateLeader, false);
                     let text = "leader isolation healed".into();
                     self.note(Phase::End, FaultKind::Partition, Some(index), endpoints(&links), text);
                 }
@@ -533,13 +576,8 @@ impl Nemesis {
             ),
             _ => unreachable!("only partitions cut links"),
         };
-        self.cut_links(&links, cut);
-        let phase = if cut {
-            self.world.lock().count(FaultKind::Partition);
-            Phase::Start
-        } else {
-            Phase::End
-        };
+        self.cut_links(&links, index, FaultKind::Partition, cut);
+        let phase = if cut { Phase::Start } else { Phase::End };
         let text = if cut { text } else { format!("{text} healed") };
         self.note(phase, FaultKind::Partition, Some(index), endpoints(&links), text);
     }
@@ -559,6 +597,10 @@ impl Nemesis {
 
     fn resume(&mut self, node: NodeId) {
         if self.clear_flag(node, |state| &mut state.paused) {
+            let ran = self.heartbeats.remove(&node);
+            if ran.is_some_and(|r| !r.load(std::sync::atomic::Ordering::Relaxed)) {
+                self.world.lock().count(FaultKind::Pause);
+            }
             self.handle.resume(self.madsim_id(node));
             self.note(
                 Phase::End,
@@ -579,11 +621,7 @@ impl Nemesis {
     /// network clean, clocks back to the true rate (jumps stay: a monotonic
     /// clock never goes back).
     fn heal(&mut self) {
-        let links: Vec<_> = self.cut.keys().copied().collect();
-        for (a, b) in links {
-            self.net.unclog_link(self.madsim_id(a), self.madsim_id(b));
-        }
-        self.cut.clear();
+        self.world.lock().uncut_all();
         self.isolated.clear();
         let nodes: Vec<NodeId> = self.world.lock().nodes.keys().copied().collect();
         for &node in &nodes {
@@ -613,22 +651,10 @@ impl Nemesis {
             .flat_map(move |&a| self.nodes.iter().filter(move |&&b| b != a).map(move |&b| (a, b)))
     }
 
-    fn cut_links(&mut self, links: &[(NodeId, NodeId)], cut: bool) {
+    fn cut_links(&mut self, links: &[(NodeId, NodeId)], index: usize, kind: FaultKind, cut: bool) {
+        let mut w = self.world.lock();
         for &(a, b) in links {
-            let (ma, mb) = (self.madsim_id(a), self.madsim_id(b));
-            let count = self.cut.entry((a, b)).or_default();
-            if cut {
-                *count += 1;
-                if *count == 1 {
-                    self.net.clog_link(ma, mb);
-                }
-            } else {
-                *count = count.saturating_sub(1);
-                if *count == 0 {
-                    self.cut.remove(&(a, b));
-                    self.net.unclog_link(ma, mb);
-                }
-            }
+            w.cut_link(a, b, index, kind, cut);
         }
     }
 }

@@ -50,10 +50,14 @@ pub enum FaultKind {
     /// them: well-formed, with absurd fields the scenario's adversary
     /// crafts ([`crate::scenario::Scenario::rogue`]).
     Rogue,
+    /// A client process dies and restarts as a new incarnation; the
+    /// operation it had in flight is indeterminate.
+    ClientCrash,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 9] = [
+    /// Every kind, for the checks that must cover them all.
+    pub const EVERY: [FaultKind; 16] = [
         FaultKind::Partition,
         FaultKind::Crash,
         FaultKind::Pause,
@@ -63,6 +67,29 @@ impl FaultKind {
         FaultKind::ClockDrift,
         FaultKind::ClockJump,
         FaultKind::UnsyncedCrash,
+        FaultKind::MomentCrash,
+        FaultKind::IsolateLeader,
+        FaultKind::DiskTail,
+        FaultKind::BitFlip,
+        FaultKind::DiskError,
+        FaultKind::Rogue,
+        FaultKind::ClientCrash,
+    ];
+
+    /// The kinds every scenario takes by default. Client crashes draw from
+    /// their own seed stream (`client_crashes`), so they leave the other
+    /// kinds' plans as they were.
+    pub const ALL: [FaultKind; 10] = [
+        FaultKind::Partition,
+        FaultKind::Crash,
+        FaultKind::Pause,
+        FaultKind::MessageLoss,
+        FaultKind::MessageDuplicate,
+        FaultKind::MessageDelay,
+        FaultKind::ClockDrift,
+        FaultKind::ClockJump,
+        FaultKind::UnsyncedCrash,
+        FaultKind::ClientCrash,
     ];
 
     /// Kinds aimed at protocol roles, which only a scenario that reports
@@ -98,6 +125,7 @@ impl FaultKind {
             FaultKind::BitFlip => "bit-flip",
             FaultKind::DiskError => "disk-error",
             FaultKind::Rogue => "rogue",
+            FaultKind::ClientCrash => "client-crash",
         }
     }
 
@@ -244,6 +272,9 @@ pub enum Fault {
         messages: u32,
         salt: u64,
     },
+    /// The client process dies; after `down_ms` it restarts as a new
+    /// incarnation with the rest of its operation budget.
+    ClientCrash { at_ms: u64, node: NodeId, down_ms: u64 },
     /// A hostile disk under `node` (see [`DiskFault`]).
     Disk {
         at_ms: u64,
@@ -280,6 +311,7 @@ impl Fault {
             | Fault::MomentCrash { at_ms, .. }
             | Fault::IsolateLeader { at_ms, .. }
             | Fault::Disk { at_ms, .. }
+            | Fault::ClientCrash { at_ms, .. }
             | Fault::Rogue { at_ms, .. } => *at_ms,
         }
     }
@@ -294,7 +326,7 @@ impl Fault {
             | Fault::UnsyncedCrash { for_ms, .. }
             | Fault::MomentCrash { for_ms, .. }
             | Fault::IsolateLeader { for_ms, .. } => Some(*for_ms),
-            Fault::Crash { down_ms, .. } => Some(*down_ms),
+            Fault::Crash { down_ms, .. } | Fault::ClientCrash { down_ms, .. } => Some(*down_ms),
             Fault::Disk { down_ms, what, .. } => (*what == DiskFault::BitFlip).then_some(*down_ms),
             Fault::Drift { .. } | Fault::Jump { .. } | Fault::Rogue { .. } => None,
             Fault::Aimed { action, .. } => action.duration_ms(),
@@ -312,7 +344,9 @@ impl Fault {
             | Fault::UnsyncedCrash { for_ms, .. }
             | Fault::MomentCrash { for_ms, .. }
             | Fault::IsolateLeader { for_ms, .. } => *for_ms = ms,
-            Fault::Crash { down_ms, .. } | Fault::Disk { down_ms, .. } => *down_ms = ms,
+            Fault::Crash { down_ms, .. } | Fault::Disk { down_ms, .. } | Fault::ClientCrash { down_ms, .. } => {
+                *down_ms = ms
+            }
             Fault::Drift { .. } | Fault::Jump { .. } | Fault::Rogue { .. } => {}
             Fault::Aimed { action, .. } => match action {
                 AimedAction::Pause { for_ms }
@@ -349,8 +383,11 @@ pub struct FaultPlan {
 pub struct Targets {
     /// Nodes that may crash (processes with durable state).
     pub servers: Vec<NodeId>,
-    /// Client nodes: may be paused, partitioned and drift, never crashed.
+    /// Client nodes: may be paused, partitioned and drift.
     pub clients: Vec<NodeId>,
+    /// The clients a client crash may hit
+    /// ([`crate::scenario::Scenario::crashable_clients`]).
+    pub crashable_clients: Vec<NodeId>,
     /// Fault kinds this scenario supports.
     pub kinds: Vec<FaultKind>,
 }
@@ -407,7 +444,7 @@ impl FaultPlan {
             .kinds
             .iter()
             .copied()
-            .filter(|k| !FaultKind::DISK.contains(k) && *k != FaultKind::Rogue)
+            .filter(|k| !FaultKind::DISK.contains(k) && !matches!(k, FaultKind::Rogue | FaultKind::ClientCrash))
             .collect();
         let mut enabled: Vec<FaultKind> = kinds.iter().copied().filter(|_| rng.gen_bool(0.5)).collect();
         if calm {
@@ -499,7 +536,8 @@ impl FaultPlan {
                 }
                 FaultKind::Crash | FaultKind::UnsyncedCrash | FaultKind::MomentCrash => {}
                 FaultKind::DiskTail | FaultKind::BitFlip | FaultKind::DiskError => {}
-                FaultKind::Rogue => {} // generated below, from its own stream
+                // Generated below, from their own streams.
+                FaultKind::Rogue | FaultKind::ClientCrash => {}
             }
         }
         if !calm {
@@ -551,12 +589,39 @@ impl FaultPlan {
                 &mut faults,
             );
         }
+        if !calm && targets.kinds.contains(&FaultKind::ClientCrash) {
+            client_crashes(seed, duration_ms, intensity, targets, &mut enabled, &mut faults);
+        }
         faults.sort_by_key(Fault::at_ms);
         FaultPlan {
             duration_ms,
             swarm: Swarm { enabled, intensity },
             faults,
         }
+    }
+}
+
+/// On half the seeds, crashes of clients the scenario lets crash, drawn
+/// from the seed's own client-crash stream.
+fn client_crashes(
+    seed: u64,
+    duration_ms: u64,
+    intensity: f64,
+    targets: &Targets,
+    enabled: &mut Vec<FaultKind>,
+    out: &mut Vec<Fault>,
+) {
+    let mut rng = derive_rng(seed, stream::CLIENT_CRASH, 0);
+    if targets.crashable_clients.is_empty() || !rng.gen_bool(0.5) {
+        return;
+    }
+    enabled.push(FaultKind::ClientCrash);
+    for _ in 0..1 + rng.gen_range(0..=(intensity * 3.0) as u64) {
+        out.push(Fault::ClientCrash {
+            at_ms: rng.gen_range(0..duration_ms * 9 / 10),
+            node: *targets.crashable_clients.choose(&mut rng).expect("non-empty"),
+            down_ms: rng.gen_range(10..=(100 + (1_000.0 * intensity) as u64)),
+        });
     }
 }
 
@@ -805,6 +870,7 @@ mod tests {
         Targets {
             servers: vec![1, 2, 3],
             clients: vec![10, 11],
+            crashable_clients: vec![10, 11],
             kinds: FaultKind::ALL.to_vec(),
         }
     }
@@ -883,6 +949,39 @@ mod tests {
             assert_eq!(with, FaultPlan::generate(seed, 5_000, &targets()), "seed {seed}");
         }
         assert!(fired > 0, "no seed of 64 plans rogue messages");
+    }
+
+    #[test]
+    fn opting_in_to_client_crashes_leaves_every_other_fault_as_it_was() {
+        let without = Targets {
+            kinds: FaultKind::ALL
+                .into_iter()
+                .filter(|&k| k != FaultKind::ClientCrash)
+                .collect(),
+            ..targets()
+        };
+        let mut crashes = 0;
+        for seed in 0..64 {
+            let mut with = FaultPlan::generate(seed, 5_000, &targets());
+            for f in &with.faults {
+                if let Fault::ClientCrash { node, .. } = f {
+                    assert!([10, 11].contains(node), "seed {seed}: {f:?}");
+                    crashes += 1;
+                }
+            }
+            with.faults.retain(|f| !matches!(f, Fault::ClientCrash { .. }));
+            with.swarm.enabled.retain(|&k| k != FaultKind::ClientCrash);
+            assert_eq!(with, FaultPlan::generate(seed, 5_000, &without), "seed {seed}");
+        }
+        assert!(crashes > 0, "no seed of 64 plans a client crash");
+        let none = Targets {
+            crashable_clients: vec![],
+            ..targets()
+        };
+        assert!((0..64).all(|seed| !FaultPlan::generate(seed, 5_000, &none)
+            .faults
+            .iter()
+            .any(|f| matches!(f, Fault::ClientCrash { .. }))));
     }
 
     #[test]

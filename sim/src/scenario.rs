@@ -6,6 +6,7 @@
 //! to judge the recorded history. The runner does the rest: nodes, nemesis,
 //! trace, timing, checks. `scenarios/counter.rs` is the worked example.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -81,6 +82,15 @@ pub trait Scenario: Send + Sync + Sized + 'static {
         FaultKind::ALL.to_vec()
     }
 
+    /// The clients (of `clients`, this scenario's client node ids) that a
+    /// [`FaultKind::ClientCrash`] may hit; by default all. A crashed client
+    /// restarts as a new incarnation with the rest of its budget, and the
+    /// operation it had in flight is recorded as indeterminate (`info`). A
+    /// scenario keeps out a client whose loss would blind its checker.
+    fn crashable_clients(clients: &[NodeId]) -> Vec<NodeId> {
+        clients.to_vec()
+    }
+
     /// Named situations the scenario's plans aim for (see
     /// [`Fault::Aimed`](crate::plan::Fault::Aimed)); a sweep large enough to
     /// demand fault coverage fails if one never occurred.
@@ -139,22 +149,46 @@ pub fn client_ids(clients: u32) -> Vec<NodeId> {
 }
 
 /// A client's handle on the run: where the servers are, its operation
-/// budget, and the history recorder.
+/// budget, and the history recorder. The budget is shared by the client's
+/// incarnations: one that restarts after a crash goes on with what is left.
 pub struct Client<Op> {
     /// This client's index in the history.
     pub id: u32,
     pub servers: Vec<NodeId>,
-    ops_left: u32,
+    budget: Arc<Budget>,
     stop: Arc<AtomicBool>,
     recorder: Recorder<Op>,
 }
 
-impl<Op: fmt::Debug> Client<Op> {
-    pub(crate) fn new(id: u32, servers: Vec<NodeId>, ops: u32, stop: Arc<AtomicBool>, recorder: Recorder<Op>) -> Self {
+/// Operations a client (all its incarnations) may still start, and how
+/// many it has claimed.
+#[derive(Debug)]
+pub(crate) struct Budget {
+    total: u32,
+    claimed: std::sync::atomic::AtomicU32,
+}
+
+impl Budget {
+    pub(crate) fn new(total: u32) -> Arc<Self> {
+        Arc::new(Budget {
+            total,
+            claimed: 0.into(),
+        })
+    }
+}
+
+impl<Op: Clone + fmt::Debug> Client<Op> {
+    pub(crate) fn new(
+        id: u32,
+        servers: Vec<NodeId>,
+        budget: Arc<Budget>,
+        stop: Arc<AtomicBool>,
+        recorder: Recorder<Op>,
+    ) -> Self {
         Client {
             id,
             servers,
-            ops_left: ops,
+            budget,
             stop,
             recorder,
         }
@@ -163,16 +197,34 @@ impl<Op: fmt::Debug> Client<Op> {
     /// Claims the next operation of the budget; `false` once the budget is
     /// spent or the fault window has ended.
     pub fn next_op(&mut self) -> bool {
-        if self.ops_left == 0 || self.stop.load(Ordering::Relaxed) {
+        if self.stop.load(Ordering::Relaxed) {
             return false;
         }
-        self.ops_left -= 1;
-        true
+        let total = self.budget.total;
+        self.budget
+            .claimed
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < total).then_some(n + 1))
+            .is_ok()
+    }
+
+    /// How many operations this client has claimed so far, over all its
+    /// incarnations: a number no earlier incarnation used for its current
+    /// operation, for ids that must stay unique across restarts.
+    pub fn claimed(&self) -> u32 {
+        self.budget.claimed.load(Ordering::Relaxed)
     }
 
     /// Records that this client sends `op`; returns its history index.
     pub fn invoke(&self, op: Op) -> usize {
         self.recorder.record(self.id, EventKind::Invoke, op)
+    }
+
+    /// What the client has learned of its operation in flight (an id the
+    /// servers gave it, what it wrote): if the client crashes before the
+    /// operation completes, the operation ends as `info` with this, so a
+    /// checker still knows what may have taken effect.
+    pub fn progress(&self, op: Op) {
+        self.recorder.progress(self.id, op);
     }
 
     /// The operation took effect; `op` carries its result.
@@ -193,8 +245,14 @@ impl<Op: fmt::Debug> Client<Op> {
 
 /// Appends to the run's history, stamping simulated time and tracing it.
 pub struct Recorder<Op> {
-    history: Arc<Mutex<History<Op>>>,
+    history: Arc<Mutex<Recording<Op>>>,
     world: World,
+}
+
+struct Recording<Op> {
+    history: History<Op>,
+    /// Each client's operation in flight: invoked, not yet completed.
+    open: BTreeMap<u32, Op>,
 }
 
 impl<Op> Clone for Recorder<Op> {
@@ -206,22 +264,48 @@ impl<Op> Clone for Recorder<Op> {
     }
 }
 
-impl<Op: fmt::Debug> Recorder<Op> {
+impl<Op: Clone + fmt::Debug> Recorder<Op> {
     pub(crate) fn new(world: World) -> Self {
         Recorder {
-            history: Arc::new(Mutex::new(History::default())),
+            history: Arc::new(Mutex::new(Recording {
+                history: History::default(),
+                open: BTreeMap::new(),
+            })),
             world,
         }
+    }
+
+    /// Client `client` crashed: the operation it had in flight, if any,
+    /// ends with an unknown outcome.
+    pub(crate) fn crashed(&self, client: u32) {
+        let open = self.lock().open.get(&client).cloned();
+        if let Some(op) = open {
+            self.record(client, EventKind::Info, op);
+        }
+    }
+
+    fn progress(&self, client: u32, op: Op) {
+        if let Some(open) = self.lock().open.get_mut(&client) {
+            *open = op;
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Recording<Op>> {
+        self.history.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn record(&self, client: u32, kind: EventKind, op: Op) -> usize {
         let now = elapsed();
         let text = format!("{op:?}");
-        let index =
-            self.history
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(client, now.as_nanos() as u64, kind, op);
+        let index = {
+            let mut recording = self.lock();
+            if kind == EventKind::Invoke {
+                recording.open.insert(client, op.clone());
+            } else {
+                recording.open.remove(&client);
+            }
+            recording.history.push(client, now.as_nanos() as u64, kind, op)
+        };
         let kind = format!("{kind:?}").to_lowercase();
         tracing::debug!(client, index, %kind, op = %text, "history");
         self.world.lock().event(TraceEvent::Op {
@@ -234,6 +318,6 @@ impl<Op: fmt::Debug> Recorder<Op> {
     }
 
     pub(crate) fn take(&self) -> History<Op> {
-        std::mem::take(&mut *self.history.lock().unwrap_or_else(|e| e.into_inner()))
+        std::mem::take(&mut self.lock().history)
     }
 }

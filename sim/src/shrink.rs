@@ -249,6 +249,7 @@ pub fn restrict(plan: &FaultPlan, servers: &[NodeId], clients: &[NodeId]) -> Fau
             | Fault::Pause { node, .. }
             | Fault::Drift { node, .. }
             | Fault::Jump { node, .. }
+            | Fault::ClientCrash { node, .. }
             | Fault::Disk { node, .. } => exists(node).then(|| f.clone()),
             Fault::Rogue { from, to, .. } => (exists(from) && exists(to)).then(|| f.clone()),
             Fault::Partition {

@@ -50,6 +50,17 @@ fn quiet_seed_panics() {
 /// instead of aborting the caller: the one passed to
 /// [`abort_run`](crate::scenario::abort_run), or `panic` for any other.
 pub fn run_isolated(scenario: &'static dyn DynScenario, case: &Case, options: RunOptions) -> Outcome {
+    run_isolated_with(scenario, case, options, None)
+}
+
+/// [`run_isolated`] with the test knob of [`crate::runner::run_with`].
+#[doc(hidden)]
+pub fn run_isolated_with(
+    scenario: &'static dyn DynScenario,
+    case: &Case,
+    options: RunOptions,
+    disable_effect: Option<FaultKind>,
+) -> Outcome {
     quiet_seed_panics();
     let case = case.clone();
     // determinism: ok — a fresh OS thread per seed is what makes runs independent.
@@ -57,7 +68,9 @@ pub fn run_isolated(scenario: &'static dyn DynScenario, case: &Case, options: Ru
         .name(SEED_THREAD.into())
         .stack_size(32 << 20)
         .spawn(move || {
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scenario.run(&case, options)));
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                scenario.run_with(&case, options, disable_effect)
+            }));
             result.unwrap_or_else(|payload| {
                 let message = PANIC.with(|p| p.borrow_mut().take()).unwrap_or_else(|| "panic".into());
                 let violation = match payload.downcast::<Violation>() {

@@ -83,7 +83,7 @@ fn span_kind(kind: crate::plan::FaultKind) -> &'static str {
     use crate::plan::FaultKind::*;
     match kind {
         Partition => "partition",
-        Crash | DiskTail | BitFlip | DiskError => "crash",
+        Crash | DiskTail | BitFlip | DiskError | ClientCrash => "crash",
         IsolateLeader => "partition",
         UnsyncedCrash | MomentCrash => "network",
         Pause => "pause",

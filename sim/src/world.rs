@@ -1,9 +1,25 @@
 //! The state of one simulated run that lives outside every node: disks,
-//! clocks, network fault settings, fault counters and the trace.
+//! clocks, the network (its fault settings, cut links and the copies it
+//! holds in flight), fault counters and the trace.
 //!
-//! It survives node crashes on purpose — a disk outlives its process — and is
-//! shared by the nodes' [`SimEnv`](crate::SimEnv)s and the nemesis. madsim runs
-//! a whole simulation on one thread, so a plain mutex never contends.
+//! It survives node crashes on purpose — a disk outlives its process, and a
+//! message outlives its sender — and is shared by the nodes'
+//! [`SimEnv`](crate::SimEnv)s and the nemesis. madsim runs a whole
+//! simulation on one thread, so a plain mutex never contends.
+//!
+//! **Fault accounting counts effects, not decisions.** `fired` grows where a
+//! fault's effect happens, never where the nemesis decides on it: a lost
+//! message when its bytes are dropped, a duplicate when its second copy
+//! reaches an inbox, a delay when a copy arrives at least that late, a
+//! partition when it refuses a message, a crash when the node boots again
+//! as a new incarnation (an unsynced crash only if bytes were lost), a pause
+//! when a task spawned on the node could not run until the resume, drift
+//! when the node's clock advanced at another rate than real time, a jump
+//! when its reading moved forward, a disk fault when bytes changed or a sync
+//! failed, a rogue burst when a message reached an inbox. The hidden
+//! [`WorldState::disabled`] knob switches one kind's effect off while its
+//! decisions are still made; a test shows every kind's count then stays at
+//! zero, so an effect that silently stops working fails `cargo test`.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -20,6 +36,10 @@ use crate::trace::{Trace, TraceEvent};
 /// UDP-style port every simulated node listens on.
 pub const PORT: u16 = 7000;
 
+/// madsim's default one-way latency, which the network's delayed copies
+/// get on top of their delay.
+const LATENCY: std::ops::Range<Duration> = Duration::from_millis(1)..Duration::from_millis(10);
+
 /// Fixed seed-stream labels, so each consumer of randomness gets its own
 /// stream and adding draws in one never shifts another.
 pub mod stream {
@@ -31,6 +51,8 @@ pub mod stream {
     pub const CRASH: u64 = 6;
     /// Rogue-message plans (a label no other stream will pick).
     pub const ROGUE: u64 = u64::from_be_bytes(*b"\0\0\0rogue");
+    /// Client-crash plans.
+    pub const CLIENT_CRASH: u64 = u64::from_be_bytes(*b"\0clcrash");
 }
 
 /// A ChaCha generator for `(seed, stream, index)`.
@@ -129,11 +151,16 @@ impl Clock {
         local.div_f64(self.rate)
     }
 
-    fn set_rate(&mut self, real: Duration, rate: f64) {
-        self.anchor_local = self.now(real);
+    /// Changes the rate from `real` on; `true` if the clock ran at another
+    /// rate than real time since the last change.
+    fn set_rate(&mut self, real: Duration, rate: f64) -> bool {
+        let local = self.now(real);
+        let drifted = local - self.anchor_local != real - self.anchor_real;
+        self.anchor_local = local;
         self.anchor_real = real;
         self.rate = rate;
         self.changes.push(ClockChange::Rate { at: real, rate });
+        drifted
     }
 
     fn jump(&mut self, real: Duration, forward: Duration) {
@@ -179,7 +206,7 @@ pub const INJECTED_FAILURE: &str = "injected write/fsync failure";
 /// What a crash did to the bytes after the last sync.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CrashDamage {
-    /// Unsynced bytes lost (cut off or overwritten).
+    /// Unsynced bytes lost (cut off, overwritten, or never written).
     pub lost: usize,
     /// Zeroed or garbage bytes the crash left past the last sync.
     pub junk: usize,
@@ -247,7 +274,11 @@ impl Disk {
         if let Ok(synced) = record::decode(&self.file[..self.durable]) {
             self.synced_records = synced.records.len();
         }
-        if loss != DiskLoss::LoseUnsynced {
+        // Records still in memory are lost unless they count as written.
+        let mut unwritten = 0;
+        if loss == DiskLoss::LoseUnsynced {
+            unwritten = self.memory.records().iter().map(Vec::len).sum();
+        } else {
             self.start_sync();
         }
         self.memory = record::Batch::default();
@@ -275,7 +306,7 @@ impl Disk {
             _ => 0,
         };
         CrashDamage {
-            lost: tail.len() - keep,
+            lost: unwritten + tail.len() - keep,
             junk,
         }
     }
@@ -370,6 +401,10 @@ pub struct NodeState {
     rng_draws: u64,
     pub down: bool,
     pub paused: bool,
+    /// The crash kind that killed the running incarnation, counted when the
+    /// node boots again (the crash's effect); `None` for a crash that does
+    /// not count (an unsynced crash that lost no bytes).
+    pub killed_by: Option<FaultKind>,
 }
 
 /// Message faults in force on the whole network.
@@ -388,6 +423,23 @@ pub struct Delivery {
     pub drop: bool,
     /// Extra delay for the first copy and, if duplicated, the second.
     pub delays: [Option<Duration>; 2],
+}
+
+/// A copy of a message the network holds: delayed copies travel as tasks on
+/// the network's own node, so they outlive a crashed sender and keep moving
+/// while it is paused.
+#[derive(Debug)]
+pub struct InFlight {
+    pub from: NodeId,
+    pub to: NodeId,
+    pub id: u64,
+    /// 0 for the original, 1 for a duplicate.
+    pub copy: u8,
+    /// When it was sent, and how long the network holds it (its delay
+    /// plus latency).
+    pub sent_at: Duration,
+    pub late: Duration,
+    pub bytes: Vec<u8>,
 }
 
 /// A crash a node's own actions asked for (an unsynced or moment crash);
@@ -462,9 +514,21 @@ pub struct WorldState {
     /// An armed write/fsync failure: (node, plan index, down time),
     /// carried out at the node's next sync.
     pub disk_error: Option<(NodeId, usize, Duration)>,
-    /// Each running node's inbox, where rogue messages are put
-    /// ([`WorldState::inject`]).
+    /// Each running node's inbox, where rogue messages and late copies are
+    /// put ([`WorldState::inject`], [`WorldState::deliver_late`]).
     pub inboxes: BTreeMap<NodeId, Inbox>,
+    /// Directed links partitions cut now: for each, the plan index and
+    /// kind of every fault cutting it (cut while any does).
+    cut: BTreeMap<(NodeId, NodeId), BTreeMap<usize, FaultKind>>,
+    /// Partition faults that refused at least one message.
+    refused_by: std::collections::BTreeSet<usize>,
+    /// The madsim node the network's in-flight copies run on; it is never
+    /// killed or paused.
+    pub network: Option<madsim::runtime::NodeHandle>,
+    /// Test knob: this kind's effect is not carried out, though every
+    /// decision about it is still made (see the module docs).
+    #[doc(hidden)]
+    pub disabled: Option<FaultKind>,
 }
 
 /// The sending side of a node incarnation's inbox: `(from, bytes)`.
@@ -491,6 +555,7 @@ impl World {
                     rng_draws: 0,
                     down: false,
                     paused: false,
+                    killed_by: None,
                 };
                 (id, state)
             })
@@ -519,6 +584,10 @@ impl World {
             crash_on_append: None,
             disk_error: None,
             inboxes: BTreeMap::new(),
+            cut: BTreeMap::new(),
+            refused_by: Default::default(),
+            network: None,
+            disabled: None,
         })))
     }
 
@@ -558,7 +627,54 @@ impl WorldState {
         derive_rng(seed, stream::NODE, index)
     }
 
-    /// Decides the fate of one message under the current network faults.
+    /// Whether `kind`'s effect is switched off (the test knob).
+    pub fn effect_off(&self, kind: FaultKind) -> bool {
+        self.disabled == Some(kind)
+    }
+
+    /// Cuts (or restores) the directed link `from → to` for plan fault
+    /// `index` of `kind`. Sends on a cut link are refused
+    /// ([`WorldState::refused`]).
+    pub fn cut_link(&mut self, from: NodeId, to: NodeId, index: usize, kind: FaultKind, cut: bool) {
+        let faults = self.cut.entry((from, to)).or_default();
+        if cut {
+            faults.insert(index, kind);
+        } else {
+            faults.remove(&index);
+            if faults.is_empty() {
+                self.cut.remove(&(from, to));
+            }
+        }
+    }
+
+    /// Restores every link.
+    pub fn uncut_all(&mut self) {
+        self.cut.clear();
+    }
+
+    /// Whether a partition refuses a message on `from → to` now; counts
+    /// each partition fault the first time it refuses one (its effect).
+    pub fn refused(&mut self, from: NodeId, to: NodeId) -> bool {
+        let Some(faults) = self.cut.get(&(from, to)) else {
+            return false;
+        };
+        let cutting: Vec<(usize, FaultKind)> = faults
+            .iter()
+            .map(|(&i, &k)| (i, k))
+            .filter(|&(_, k)| !self.effect_off(k))
+            .collect();
+        for &(index, kind) in &cutting {
+            if self.refused_by.insert(index) {
+                self.count(kind);
+            }
+        }
+        !cutting.is_empty()
+    }
+
+    /// Decides the fate of one message: refused by a partition, or lost,
+    /// duplicated and delayed under the current network faults. A loss is
+    /// counted here, where its bytes are dropped; a duplicate and a delay
+    /// where their copy is delivered.
     pub fn route(&mut self, from: NodeId, to: NodeId, bytes: &[u8]) -> Delivery {
         let id = self.next_message;
         self.next_message += 1;
@@ -568,7 +684,9 @@ impl WorldState {
             drop: false,
             delays: [Some(Duration::ZERO), None],
         };
-        if net != NetFaults::default() {
+        if self.refused(from, to) {
+            delivery.drop = true;
+        } else if net != NetFaults::default() {
             let rng = &mut self.net_rng;
             let extra = |rng: &mut ChaCha8Rng| {
                 if net.delay > 0.0 && rng.gen_bool(net.delay) && !net.max_delay.is_zero() {
@@ -577,10 +695,14 @@ impl WorldState {
                     Some(Duration::ZERO)
                 }
             };
-            delivery.drop = net.loss > 0.0 && rng.gen_bool(net.loss);
+            let lost = net.loss > 0.0 && rng.gen_bool(net.loss);
             delivery.delays[0] = extra(rng);
             if net.duplicate > 0.0 && rng.gen_bool(net.duplicate) {
                 delivery.delays[1] = extra(rng);
+            }
+            if lost && !self.effect_off(FaultKind::MessageLoss) {
+                delivery.drop = true;
+                self.count(FaultKind::MessageLoss);
             }
         }
         if let Some(&late) = self.link_delay.get(&(from, to)) {
@@ -588,14 +710,9 @@ impl WorldState {
                 *d += late;
             }
         }
-        if delivery.drop {
-            self.count(FaultKind::MessageLoss);
-        }
-        if delivery.delays[1].is_some() && !delivery.drop {
-            self.count(FaultKind::MessageDuplicate);
-        }
-        if delivery.delays.iter().flatten().any(|d| !d.is_zero()) && !delivery.drop {
-            self.count(FaultKind::MessageDelay);
+        // A delayed copy bypasses madsim, so it gets madsim's latency too.
+        for d in delivery.delays.iter_mut().flatten().filter(|d| !d.is_zero()) {
+            *d += self.net_rng.gen_range(LATENCY);
         }
         self.event(TraceEvent::Send {
             from,
@@ -608,11 +725,62 @@ impl WorldState {
         delivery
     }
 
+    /// Counts what a copy reaching `to`'s inbox shows: a duplicate if it is
+    /// the second copy, a delay if it arrived at least `late` after it was
+    /// sent.
+    pub fn delivered_copy(&mut self, to: NodeId, from: NodeId, id: u64, copy: u8, sent_at: Duration, late: Duration) {
+        self.delivered += 1;
+        if copy == 1 {
+            self.count(FaultKind::MessageDuplicate);
+        }
+        if !late.is_zero() && elapsed() >= sent_at + late {
+            self.count(FaultKind::MessageDelay);
+        }
+        self.event(TraceEvent::Deliver { to, from, id });
+    }
+
+    /// Hands a delayed copy to the network: it waits on the network's own
+    /// node, then goes through [`WorldState::deliver_late`].
+    pub fn send_late(&mut self, world: World, copy: InFlight) {
+        let network = self.network.as_ref().expect("the runner starts the network node");
+        let wait = if self.effect_off(FaultKind::MessageDelay) {
+            Duration::ZERO
+        } else {
+            copy.late
+        };
+        network.spawn(async move {
+            madsim::time::sleep(wait).await;
+            world.lock().deliver_late(copy);
+        });
+    }
+
+    /// Delivers a delayed copy to whichever incarnation of its receiver runs
+    /// now, unless a partition cuts the link or the receiver is down. A
+    /// paused receiver finds it in its inbox when it resumes.
+    pub fn deliver_late(&mut self, copy: InFlight) {
+        let InFlight {
+            from,
+            to,
+            id,
+            copy,
+            sent_at,
+            late,
+            bytes,
+        } = copy;
+        if self.refused(from, to) || self.node(to).down {
+            return;
+        }
+        let Some(inbox) = self.inboxes.get(&to) else { return };
+        if inbox.send((from, bytes)).is_ok() {
+            self.delivered_copy(to, from, id, copy, sent_at, late);
+        }
+    }
+
     /// Puts `bytes` in `to`'s inbox as if `from` had sent them, past every
     /// link fault (the forger sits inside the network). `false` if `to` is
     /// not running.
     pub fn inject(&mut self, from: NodeId, to: NodeId, bytes: Vec<u8>) -> bool {
-        if self.node(to).down {
+        if self.node(to).down || self.effect_off(FaultKind::Rogue) {
             return false;
         }
         let (len, digest) = (bytes.len(), crate::trace::digest(&bytes));
@@ -755,6 +923,10 @@ impl WorldState {
     /// Applies a crash to `id`'s disk; returns what it did to the
     /// unsynced bytes.
     pub fn crash_disk(&mut self, id: NodeId, loss: DiskLoss) -> CrashDamage {
+        let loss = match loss {
+            DiskLoss::Zeroed | DiskLoss::Garbage if self.effect_off(FaultKind::DiskTail) => DiskLoss::Torn,
+            loss => loss,
+        };
         let WorldState { nodes, disk_rng, .. } = self;
         let node = nodes.get_mut(&id).expect("known node");
         let damage = node.disk.crash(loss, disk_rng);
@@ -767,6 +939,9 @@ impl WorldState {
     /// Flips a bit in `id`'s synced records; the offset, if any record is
     /// provably synced.
     pub fn flip_bit(&mut self, id: NodeId) -> Option<usize> {
+        if self.effect_off(FaultKind::BitFlip) {
+            return None;
+        }
         let WorldState { nodes, disk_rng, .. } = self;
         let offset = nodes.get_mut(&id).expect("known node").disk.flip_synced_bit(disk_rng);
         if offset.is_some() {
@@ -787,6 +962,9 @@ impl WorldState {
             return false;
         };
         self.disk_error = None;
+        if self.effect_off(FaultKind::DiskError) {
+            return false;
+        }
         self.node(node).disk.fail();
         self.count(FaultKind::DiskError);
         let why = "a write or fsync failed".to_string();
@@ -794,14 +972,27 @@ impl WorldState {
         true
     }
 
+    /// Sets `id`'s clock rate; counts drift if, since the last change, the
+    /// clock advanced at another rate than real time.
     pub fn set_clock_rate(&mut self, id: NodeId, rate: f64) {
         let now = elapsed();
-        self.node(id).clock.set_rate(now, rate);
+        if self.node(id).clock.set_rate(now, rate) {
+            self.count(FaultKind::ClockDrift);
+        }
     }
 
+    /// Jumps `id`'s clock forward; counted if its reading moved that far.
     pub fn jump_clock(&mut self, id: NodeId, forward: Duration) {
+        if self.effect_off(FaultKind::ClockJump) {
+            return;
+        }
         let now = elapsed();
-        self.node(id).clock.jump(now, forward);
+        let clock = &mut self.node(id).clock;
+        let before = clock.now(now);
+        clock.jump(now, forward);
+        if clock.now(now) >= before + forward {
+            self.count(FaultKind::ClockJump);
+        }
     }
 
     /// Replaces the published roles and wakes the nemesis, which may have

@@ -174,10 +174,10 @@ impl Scenario for Counter {
     }
 
     async fn client(self: Arc<Self>, env: SimEnv, mut client: Client<CounterOp>) {
-        let mut seq = 0u64;
         while client.next_op() {
-            seq += 1;
-            // Ids are unique across clients: the client index in the high bits.
+            // Ids are unique across clients (the client index in the high
+            // bits) and across a client's restarts (its claimed operations).
+            let seq = u64::from(client.claimed());
             let id = (u64::from(client.id) << 32) | seq;
             if seq % 5 == 0 {
                 read(&env, &client, id).await;

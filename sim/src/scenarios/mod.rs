@@ -10,7 +10,7 @@ pub mod txn;
 use std::marker::PhantomData;
 
 use crate::plan::{FaultKind, FaultPlan};
-use crate::runner::{plan_for, run, Case, Outcome, RunOptions};
+use crate::runner::{plan_for, run_with, Case, Outcome, RunOptions};
 use crate::scenario::{Bug, Scenario, Workload};
 
 /// A scenario with its types erased, so the CLI and sweeps can hold a list.
@@ -28,7 +28,12 @@ pub trait DynScenario: Sync {
     /// The fault plan `case` runs with.
     fn plan(&self, case: &Case) -> FaultPlan;
     /// Runs a validated case (see [`validate`]).
-    fn run(&self, case: &Case, options: RunOptions) -> Outcome;
+    fn run(&self, case: &Case, options: RunOptions) -> Outcome {
+        self.run_with(case, options, None)
+    }
+    /// [`DynScenario::run`] with the test knob of [`crate::runner::run_with`].
+    #[doc(hidden)]
+    fn run_with(&self, case: &Case, options: RunOptions, disable_effect: Option<FaultKind>) -> Outcome;
 }
 
 struct Registered<S>(PhantomData<fn() -> S>);
@@ -67,12 +72,12 @@ impl<S: Scenario> DynScenario for Registered<S> {
     fn plan(&self, case: &Case) -> FaultPlan {
         plan_for::<S>(case)
     }
-    fn run(&self, case: &Case, options: RunOptions) -> Outcome {
+    fn run_with(&self, case: &Case, options: RunOptions, disable_effect: Option<FaultKind>) -> Outcome {
         let bug = case
             .bug
             .as_deref()
             .map(|name| find_bug(S::BUGS, name).expect("case was validated"));
-        run::<S>(case, bug, options)
+        run_with::<S>(case, bug, options, disable_effect)
     }
 }
 
