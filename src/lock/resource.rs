@@ -85,8 +85,10 @@ impl FencedResource {
     }
 }
 
-/// A request to a resource node. `req` numbers a client's requests so that
-/// retries and network duplicates are answered, not applied, again.
+/// A request to a resource node. `req` numbers a client's requests under
+/// one token, so that retries and network duplicates are answered, not
+/// applied, again; a request under an older token than the client's last
+/// is a late copy of a finished series and is dropped.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ResourceRequest {
     Read { req: u64, token: Token },
@@ -140,8 +142,11 @@ pub struct Applied {
 #[derive(Default, Serialize, Deserialize)]
 struct Durable {
     resource: FencedResource,
-    /// Per client: its last request and the answer.
-    last: BTreeMap<NodeId, (u64, AccessResult)>,
+    /// Per client: the token its last request carried, the request's
+    /// number and the answer. Requests are numbered per token, not per
+    /// node: a client that restarts (and lost its count) holds a new
+    /// token, so its new requests are never taken for old ones.
+    last: BTreeMap<NodeId, (Token, u64, AccessResult)>,
 }
 
 /// Rewrite the disk after this many records.
@@ -189,8 +194,10 @@ pub async fn serve_recorded<E: Env>(
             ResourceRequest::Write { req, token, .. } => (req, token, true),
         };
         let result = match state.last.get(&from).filter(|_| !reapply) {
-            Some((last, _)) if req < *last => continue, // stale duplicate
-            Some((last, result)) if req == *last => *result,
+            // A copy from a series this client has moved on from.
+            Some((t, _, _)) if token < *t => continue,
+            Some((t, last, _)) if token == *t && req < *last => continue, // stale duplicate
+            Some((t, last, result)) if token == *t && req == *last => *result,
             _ => {
                 let result = match request {
                     ResourceRequest::Read { token, .. } => state.resource.read(token),
@@ -198,7 +205,7 @@ pub async fn serve_recorded<E: Env>(
                         state.resource.write(token, value).map(|seq| (value, seq))
                     }
                 };
-                state.last.insert(from, (req, result));
+                state.last.insert(from, (token, req, result));
                 let bytes = codec::encode(&state).expect("resource state encodes");
                 if records >= COMPACT_EVERY {
                     env.rewrite(&[bytes]).await?;

@@ -71,6 +71,15 @@ pub(super) async fn run<const C: u32, const LOAD: u32>(
             txc.put(&mut txn, &register_key(w), value).await?;
             writes.push((w, txn.id));
         }
+        // A crash of this client from here on leaves a transaction that may
+        // commit: its writes must be in the history, or a later read of
+        // them looks like garbage.
+        client.progress(BankOp::Registers {
+            txn: id,
+            reads: reads.clone(),
+            writes: writes.clone(),
+            reason: None,
+        });
         txc.commit(txn).await
     }
     .await;
