@@ -66,7 +66,7 @@ async fn a_raw_client_cannot_choose_tokens_act_on_foreign_sessions_or_expire() {
     let dir = tempfile::tempdir().unwrap();
     let (mut cluster, config) = cluster(dir.path()).await;
     // The victim: an ordinary client holding a lock.
-    let mut victim = lock_client(&config, 100 << 16 | 1);
+    let victim = lock_client(&config, 100 << 16 | 1);
     victim.open().await.unwrap();
     let lease = victim.acquire("v", Duration::from_secs(5)).await.unwrap();
     let session = victim.session();
@@ -150,7 +150,7 @@ async fn a_thousand_sessions_vanishing_at_once_do_not_wedge_the_service() {
     let opened = Instant::now(); // determinism: ok
     let tasks: Vec<_> = (0..PRINCIPALS)
         .map(|p| {
-            let mut client = lock_client(&config, (1_000 + p) << 16 | 1);
+            let client = lock_client(&config, (1_000 + p) << 16 | 1);
             tokio::spawn(async move {
                 client.open().await.unwrap();
                 for _ in 1..PER_PRINCIPAL {

@@ -89,6 +89,12 @@ pub trait Env: Clone + Send + Sync + 'static {
     /// Atomically and durably replaces the whole log with `records`
     /// (compaction: a snapshot plus the entries after it).
     fn rewrite(&self, records: &[Vec<u8>]) -> impl Future<Output = Result<(), EnvError>> + Send;
+
+    /// How error messages name `node`: an id here, the real runtime adds
+    /// the address it dials, so "unavailable" says where it looked.
+    fn peer_name(&self, node: NodeId) -> String {
+        format!("node {node}")
+    }
 }
 
 /// Runs `fut` for at most `limit` on the node's clock; `None` on timeout.

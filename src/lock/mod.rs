@@ -25,7 +25,7 @@ pub mod server;
 #[cfg(test)]
 mod tests;
 
-pub use client::{ClientConfig, Lease, LockClient, LockError};
+pub use client::{ClientConfig, FenceError, Lease, LockClient, LockError, LockGuard};
 pub use machine::{LockCommand, LockMachine, LockOutput, LockQuery, LockView, Refusal, Request, SessionId, Token};
 pub use resource::{FencedResource, Stale};
 pub use server::ServerConfig;

@@ -24,11 +24,11 @@ use futures::FutureExt;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
-use super::machine::{LockCommand, LockMachine, LockQuery, LockView, Request, SessionId};
+use super::machine::{LockCommand, LockMachine, LockOutput, LockQuery, LockView, Request, SessionId};
 use super::MAX_SESSIONS;
-use crate::env::{Env, NodeId};
+use crate::env::{codec, Env, NodeId};
 use crate::log::node::{drain_ready, execute, next_batch, NodeError, Probe};
-use crate::log::{ClientId, Output, Raft, Role, Term, Wire, WireOf};
+use crate::log::{ClientId, Outcome, Output, Raft, RequestId, Response, Role, Term, Wire, WireOf};
 
 /// Configuration of a lock server.
 #[derive(Debug, Clone)]
@@ -219,6 +219,7 @@ pub async fn run<E: Env>(
             }
         };
         batch.retain_mut(|(from, msg)| admit(env.id(), *from, msg, &config));
+        answer_settings(&env, &mut batch, &config).await;
         if config.unsynced_token && raft.role() == Role::Leader {
             for (_, msg) in &mut batch {
                 // PLANTED BUG: a token from a local counter whose record is
@@ -304,6 +305,35 @@ pub fn admit(me: NodeId, from: NodeId, msg: &mut WireOf<LockMachine>, config: &S
                 "dropping an internal lock command from the network"
             );
             false
+        }
+    }
+}
+
+/// Answers `Settings` reads from this replica's configuration (any
+/// replica knows it; no round through the log) and takes them out of
+/// `batch`.
+async fn answer_settings<E: Env>(env: &E, batch: &mut Vec<(NodeId, WireOf<LockMachine>)>, config: &ServerConfig) {
+    let mut answers = Vec::new();
+    batch.retain(|(from, msg)| match msg {
+        Wire::Read {
+            client,
+            id,
+            query: LockQuery::Settings,
+        } => {
+            answers.push((*from, *client, *id));
+            false
+        }
+        _ => true,
+    });
+    let ttl_ms = u64::try_from(config.ttl.as_millis()).unwrap_or(u64::MAX);
+    for (to, client, id) in answers {
+        let answer: WireOf<LockMachine> = Wire::Response(Response {
+            client,
+            id: RequestId::Read(id),
+            outcome: Outcome::Done(LockOutput::Settings { ttl_ms }),
+        });
+        if let Ok(bytes) = codec::encode(&answer) {
+            let _ = env.send(to, bytes).await;
         }
     }
 }

@@ -334,12 +334,10 @@ impl ClusterConfig {
         self.data_dir.join(format!("node-{id}"))
     }
 
-    /// Settings for a lock client of this cluster.
+    /// Settings for a lock client of this cluster (the TTL it learns from
+    /// the servers at open).
     pub fn lock_client_config(&self) -> lock::ClientConfig {
-        lock::ClientConfig {
-            ttl: self.lock_ttl(),
-            ..lock::ClientConfig::default()
-        }
+        lock::ClientConfig::default()
     }
 
     /// Settings for the lock service replicas of this cluster.
