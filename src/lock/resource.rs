@@ -42,6 +42,8 @@ impl FencedResource {
     }
 
     /// The planted bug: a resource that trusts every caller.
+    #[cfg(feature = "planted-bugs")]
+    #[doc(hidden)]
     pub fn without_fencing() -> Self {
         FencedResource {
             no_fencing: true,
@@ -228,6 +230,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "planted-bugs")]
     fn without_fencing_accepts_stale_writes() {
         let mut r = FencedResource::without_fencing();
         r.read(7).unwrap();
