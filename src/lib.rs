@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! ringfence: high-availability protocols written against an abstract clock,
 //! network and disk ([`env`]), so that the same code runs under a seeded
 //! deterministic simulator (`ringfence-sim`) and for real on tokio.
