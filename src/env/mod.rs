@@ -42,7 +42,12 @@ pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
 pub enum EnvError {
     /// The message is larger than [`MAX_MESSAGE_BYTES`].
     #[error("message of {size} bytes exceeds the {max}-byte limit")]
-    MessageTooLarge { size: usize, max: usize },
+    MessageTooLarge {
+        /// The message's size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
     /// The destination is not part of the cluster.
     #[error("unknown peer {0}")]
     UnknownPeer(NodeId),

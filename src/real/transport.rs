@@ -69,6 +69,7 @@ pub const CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Reconnect delays: doubling from the first to the last, with jitter so
 /// that restarted nodes do not reconnect in lockstep.
 pub const BACKOFF_MIN: Duration = Duration::from_millis(20);
+/// The longest pause between reconnection attempts.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// What a node's listener allows; [`Limits::default`] is the constants

@@ -35,12 +35,18 @@ pub enum TxnError {
     /// has been abandoned (it will never commit); for `commit` the outcome
     /// is unknown.
     #[error("node {node} did not answer")]
-    Unavailable { node: NodeId },
+    Unavailable {
+        /// The node that did not answer.
+        node: NodeId,
+    },
     /// The replicated coordinator no longer remembers the transaction (see
     /// `txn::replicated`, "Forgetting"): its outcome is unknown, as with
     /// `Unavailable` for a commit, and asking again will not tell.
     #[error("the coordinator no longer remembers transaction {txn:#x}; its outcome is unknown")]
-    Forgotten { txn: TxnId },
+    Forgotten {
+        /// The transaction.
+        txn: TxnId,
+    },
 }
 
 /// Retry policy; build with `..ClientConfig::default()`.
@@ -153,6 +159,7 @@ impl<E: Env> Tx<E> {
 /// An open transaction.
 #[derive(Debug, Clone)]
 pub struct Txn {
+    /// Its id, issued by the coordinator.
     pub id: TxnId,
     /// Shards touched, with the shard epoch they reported (`None` when no
     /// reply came back yet).
