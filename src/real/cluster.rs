@@ -9,7 +9,7 @@
 //! client_key_file = "client.key"   # clients: a principal and its key
 //!
 //! [lock]
-//! ttl_ms = 2000              # session lease; servers and clients read it here
+//! ttl_ms = 2000              # session lease; servers read it, clients learn it at open
 //!
 //! [[node]]
 //! id = 1

@@ -227,10 +227,15 @@ impl Transport {
     }
 }
 
-/// Runs `task` until it ends or `shutdown` is cancelled.
+/// Runs `task` until it ends or `shutdown` is cancelled. Outside a tokio
+/// runtime (a lock guard dropped after its runtime ended) the task is
+/// dropped instead of panicking: nothing could run it.
 pub(crate) fn spawn_until(shutdown: &CancellationToken, task: impl std::future::Future<Output = ()> + Send + 'static) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
     let shutdown = shutdown.clone();
-    tokio::spawn(async move {
+    runtime.spawn(async move {
         tokio::select! {
             () = shutdown.cancelled() => {}
             () = task => {}
