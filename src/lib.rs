@@ -2,7 +2,7 @@
 //! High-availability protocols — a consistent-hashing [`ring`], a Raft
 //! replicated [`log`], a fenced [`lock`] service and two-phase-commit
 //! transactions ([`txn`]) — written once against an abstract clock, network
-//! and disk ([`env`]), so the same code runs under a seeded deterministic
+//! and disk ([`env`](mod@env)), so the same code runs under a seeded deterministic
 //! simulator (the `ringfence-sim` crate) and for real on tokio over TCP
 //! ([`real`]).
 //!

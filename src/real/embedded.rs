@@ -2,7 +2,7 @@
 //! transaction coordinator replica and shard run as tokio tasks on
 //! loopback ports, with fsync'd files under a directory of the caller's
 //! choosing. For tests, examples and trying the library out; the
-//! `ringfence` binary's [`LocalCluster`](super::local::LocalCluster) runs
+//! `ringfence` binary's [`LocalCluster`] runs
 //! nodes as processes instead.
 //!
 //! ```no_run
