@@ -1029,17 +1029,19 @@ impl<E: Env> LockGuard<E> {
         Ok(())
     }
 
-    /// Releases the lock and waits for the servers to confirm. Cancel-safe:
+    /// Releases the lock and waits for the servers to confirm; a guard
+    /// already lost is still released at the servers (its lease may only
+    /// have run out here) and reports why it was lost. Cancel-safe:
     /// dropped before it returns, the release goes on in the background.
     pub async fn release(mut self) -> Result<(), LockError> {
         self.shared.unregister(&self.lease.lock, self.lease.token);
-        if let Some(why) = self.lost.borrow().clone() {
-            self.released = true;
-            return Err(why);
-        }
+        let lost = self.lost.borrow().clone();
         let result = self.shared.release(self.session, &self.lease).await;
         self.released = true;
-        result
+        match lost {
+            Some(why) => Err(why),
+            None => result,
+        }
     }
 }
 
