@@ -12,8 +12,6 @@
 //! - rng: ChaCha seeded from the OS — the one place `from_entropy` is allowed,
 //!   since a real run is not meant to be reproducible from a seed.
 
-// Credential files and the handshake: docs/security.md describes them.
-#[allow(missing_docs)]
 pub mod auth;
 pub mod cluster;
 pub mod embedded;
