@@ -107,11 +107,8 @@ async fn worker(
     holds: Option<tokio::sync::oneshot::Sender<()>>,
 ) -> Result<(), String> {
     let env = RealEnv::client(&credentials, &servers);
-    let config = ClientConfig {
-        ttl: TTL,
-        ..ClientConfig::default()
-    };
-    let mut client = LockClient::new(env, servers.keys().copied().collect(), config);
+    // The TTL is the servers'; the client learns it when it opens.
+    let client = LockClient::new(env, servers.keys().copied().collect(), ClientConfig::default());
     client.open().await.map_err(|e| e.to_string())?;
     let lease = client
         .acquire("ledger", Duration::from_secs(5))

@@ -266,7 +266,7 @@ fn merge(start: u64, mut events: Vec<Event<LockOp>>) -> History<LockOp> {
 /// within [`LIVENESS_BOUND`]; returns how long that took.
 async fn liveness(config: &ClusterConfig) -> Duration {
     let started = tokio::time::Instant::now();
-    let mut probe = lock_client(config);
+    let probe = lock_client(config);
     let granted = tokio::time::timeout(LIVENESS_BOUND, async {
         loop {
             if probe.open().await.is_ok() && probe.acquire(LOCK, Duration::from_secs(5)).await.is_ok() {
@@ -615,7 +615,7 @@ async fn lock_loop(spec: &ClientSpec, config: &ClusterConfig) -> History<LockOp>
             _ => None,
         }
     };
-    let mut lc = lock_client(config);
+    let lc = lock_client(config);
     let mut acquires = 0;
     while mono_ns() < spec.until && !spec.stop.exists() {
         if !lc.is_valid() && lc.reopen().await.is_err() {
@@ -625,7 +625,7 @@ async fn lock_loop(spec: &ClientSpec, config: &ClusterConfig) -> History<LockOp>
         acquires += 1;
         let lease = match lc.acquire(LOCK, Duration::from_secs(3)).await {
             Ok(lease) if lc.is_valid() => lease,
-            Ok(_) | Err(LockError::Timeout) => {
+            Ok(_) | Err(LockError::Unavailable { .. } | LockError::WaitExpired { .. }) => {
                 record(mono_ns(), EventKind::Info, LockOp::Acquire { token: None });
                 continue;
             }
@@ -662,7 +662,7 @@ async fn lock_loop(spec: &ClientSpec, config: &ClusterConfig) -> History<LockOp>
         record(mono_ns(), EventKind::Invoke, LockOp::Release { token });
         let kind = match lc.release(&lease).await {
             Ok(()) => EventKind::Ok,
-            Err(LockError::Timeout) => EventKind::Info,
+            Err(LockError::Unavailable { .. }) => EventKind::Info,
             Err(_) => EventKind::Fail,
         };
         record(mono_ns(), kind, LockOp::Release { token });

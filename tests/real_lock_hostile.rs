@@ -66,7 +66,7 @@ async fn a_raw_client_cannot_choose_tokens_act_on_foreign_sessions_or_expire() {
     let dir = tempfile::tempdir().unwrap();
     let (mut cluster, config) = cluster(dir.path()).await;
     // The victim: an ordinary client holding a lock.
-    let mut victim = lock_client(&config, 100 << 16 | 1);
+    let victim = lock_client(&config, 100 << 16 | 1);
     victim.open().await.unwrap();
     let lease = victim.acquire("v", Duration::from_secs(5)).await.unwrap();
     let session = victim.session();
@@ -126,7 +126,7 @@ async fn a_raw_client_cannot_choose_tokens_act_on_foreign_sessions_or_expire() {
     // lock names gets ordinary revision tokens.
     let held = victim.keep_alive().await.unwrap();
     assert_eq!(held, vec![("v".to_string(), lease.token)]);
-    let mut other = lock_client(&config, 300 << 16 | 1);
+    let other = lock_client(&config, 300 << 16 | 1);
     other.open().await.unwrap();
     let t = other.acquire("t0", Duration::from_secs(5)).await.unwrap();
     assert!(t.token < 1_000_000, "token {}", t.token);
@@ -150,7 +150,7 @@ async fn a_thousand_sessions_vanishing_at_once_do_not_wedge_the_service() {
     let opened = Instant::now(); // determinism: ok
     let tasks: Vec<_> = (0..PRINCIPALS)
         .map(|p| {
-            let mut client = lock_client(&config, (1_000 + p) << 16 | 1);
+            let client = lock_client(&config, (1_000 + p) << 16 | 1);
             tokio::spawn(async move {
                 client.open().await.unwrap();
                 for _ in 1..PER_PRINCIPAL {
@@ -176,7 +176,7 @@ async fn a_thousand_sessions_vanishing_at_once_do_not_wedge_the_service() {
     drop(clients);
     let vanished = Instant::now(); // determinism: ok
     let bound = ttl + Duration::from_secs(5);
-    let mut probe = lock_client(&config, 2_000 << 16 | 1);
+    let probe = lock_client(&config, 2_000 << 16 | 1);
     let granted = tokio::time::timeout(bound, async {
         loop {
             if probe.open().await.is_ok() {

@@ -443,12 +443,11 @@ fn lock_round_trips() {
                 running.push(node.spawn(async move {
                     let env = SimEnv::boot(world, id).await;
                     let config = ClientConfig {
-                        ttl: TTL,
                         drift_bound: DRIFT_BOUND,
                         request_timeout: Duration::from_millis(600),
                         ..ClientConfig::default()
                     };
-                    let mut lc = LockClient::new(env.clone(), servers, config);
+                    let lc = LockClient::new(env.clone(), servers, config);
                     while lc.open().await.is_err() {}
                     let lock = if shared {
                         "shared".to_string()

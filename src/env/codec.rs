@@ -9,7 +9,14 @@ use super::MAX_MESSAGE_BYTES;
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum CodecError {
     #[error("{size} bytes exceed the {max}-byte limit")]
-    TooLarge { size: usize, max: usize },
+    /// The encoding would exceed the limit.
+    TooLarge {
+        /// Encoded size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The bytes do not decode as the expected type.
     #[error("malformed: {0}")]
     Malformed(String),
 }

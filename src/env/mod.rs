@@ -42,7 +42,12 @@ pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
 pub enum EnvError {
     /// The message is larger than [`MAX_MESSAGE_BYTES`].
     #[error("message of {size} bytes exceeds the {max}-byte limit")]
-    MessageTooLarge { size: usize, max: usize },
+    MessageTooLarge {
+        /// The message's size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
     /// The destination is not part of the cluster.
     #[error("unknown peer {0}")]
     UnknownPeer(NodeId),
@@ -89,6 +94,12 @@ pub trait Env: Clone + Send + Sync + 'static {
     /// Atomically and durably replaces the whole log with `records`
     /// (compaction: a snapshot plus the entries after it).
     fn rewrite(&self, records: &[Vec<u8>]) -> impl Future<Output = Result<(), EnvError>> + Send;
+
+    /// How error messages name `node`: an id here, the real runtime adds
+    /// the address it dials, so "unavailable" says where it looked.
+    fn peer_name(&self, node: NodeId) -> String {
+        format!("node {node}")
+    }
 }
 
 /// Runs `fut` for at most `limit` on the node's clock; `None` on timeout.

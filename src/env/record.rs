@@ -80,7 +80,9 @@ pub struct CorruptRecord {
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 #[error("record of {size} bytes exceeds the {max}-byte limit")]
 pub struct TooLarge {
+    /// The record's size.
     pub size: usize,
+    /// The limit.
     pub max: usize,
 }
 
@@ -127,6 +129,7 @@ impl Batch {
         Ok(())
     }
 
+    /// Whether nothing is buffered.
     pub fn is_empty(&self) -> bool {
         self.count == 0
     }
@@ -260,6 +263,7 @@ fn parse_body(mut body: &[u8], count: u32) -> Option<Vec<Vec<u8>>> {
 /// The records recovered from a log, and what the writer needs to go on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recovered {
+    /// The records, oldest first.
     pub records: Vec<Vec<u8>>,
     /// Length of the valid prefix; bytes after it are a torn tail to truncate.
     pub valid_len: usize,

@@ -96,6 +96,9 @@ pub enum LockQuery {
     /// still looks like `seen` (for at most [`super::server::WATCH_PARK`]):
     /// how a queued acquirer learns of its grant without polling.
     Watch { lock: String, seen: Option<LockView> },
+    /// The servers' lease settings, answered by any replica's shell (see
+    /// `server::run`), so a client agrees on the TTL when it opens.
+    Settings,
 }
 
 /// Who holds a lock and who waits for it (in line order), as
@@ -151,6 +154,11 @@ pub enum LockOutput {
     Ignored,
     Refused(Refusal),
     Lock(LockView),
+    /// The session TTL the servers enforce (0 from the bare machine, which
+    /// keeps no clock settings).
+    Settings {
+        ttl_ms: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -569,6 +577,7 @@ impl StateMachine for LockMachine {
     fn query(&self, query: &LockQuery) -> LockOutput {
         match query {
             LockQuery::Lock { lock } | LockQuery::Watch { lock, .. } => LockOutput::Lock(self.view(lock)),
+            LockQuery::Settings => LockOutput::Settings { ttl_ms: 0 },
         }
     }
 

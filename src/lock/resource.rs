@@ -23,7 +23,9 @@ use crate::env::{codec, timeout, Env, NodeId};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[error("stale token: {token} < highest accepted {highest}")]
 pub struct Stale {
+    /// The token the access carried.
     pub token: Token,
+    /// The highest token the resource had accepted.
     pub highest: Token,
 }
 
@@ -39,11 +41,22 @@ pub struct FencedResource {
 }
 
 impl FencedResource {
+    /// A resource that has accepted no token yet (value 0).
+    ///
+    /// ```
+    /// use ringfence::lock::FencedResource;
+    /// let mut r = FencedResource::new();
+    /// r.write(7, 1).unwrap(); // the holder with token 7 writes
+    /// assert!(r.write(5, 2).is_err()); // an older holder is refused
+    /// assert_eq!(r.value(), 1);
+    /// ```
     pub fn new() -> Self {
         Self::default()
     }
 
     /// The planted bug: a resource that trusts every caller.
+    #[cfg(feature = "planted-bugs")]
+    #[doc(hidden)]
     pub fn without_fencing() -> Self {
         FencedResource {
             no_fencing: true,
@@ -76,10 +89,12 @@ impl FencedResource {
         Ok(seq)
     }
 
+    /// The highest token accepted so far.
     pub fn highest(&self) -> Token {
         self.highest
     }
 
+    /// The value last written.
     pub fn value(&self) -> u64 {
         self.value
     }
@@ -91,14 +106,30 @@ impl FencedResource {
 /// is a late copy of a finished series and is dropped.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ResourceRequest {
-    Read { req: u64, token: Token },
-    Write { req: u64, token: Token, value: u64 },
+    /// Read the value under `token`.
+    Read {
+        /// The client's request number.
+        req: u64,
+        /// The caller's fencing token.
+        token: Token,
+    },
+    /// Write `value` under `token`.
+    Write {
+        /// The client's request number.
+        req: u64,
+        /// The caller's fencing token.
+        token: Token,
+        /// The value to write.
+        value: u64,
+    },
 }
 
 /// The answer: `(value, position)` for reads, `(written, position)` for writes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResourceReply {
+    /// The request answered.
     pub req: u64,
+    /// Its result.
     pub result: Result<(u64, u64), Stale>,
 }
 
@@ -282,6 +313,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "planted-bugs")]
     fn without_fencing_accepts_stale_writes() {
         let mut r = FencedResource::without_fencing();
         r.read(7).unwrap();

@@ -24,28 +24,35 @@ use futures::FutureExt;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
-use super::machine::{LockCommand, LockMachine, LockQuery, LockView, Request, SessionId};
+use super::machine::{LockCommand, LockMachine, LockOutput, LockQuery, LockView, Request, SessionId};
 use super::MAX_SESSIONS;
-use crate::env::{Env, NodeId};
+use crate::env::{codec, Env, NodeId};
 use crate::log::node::{drain_ready, execute, next_batch, NodeError, Probe};
-use crate::log::{ClientId, Output, Raft, Role, Term, Wire, WireOf};
+use crate::log::{ClientId, Outcome, Output, Raft, RequestId, Response, Role, Term, Wire, WireOf};
 
-/// Configuration of a lock server.
+/// Configuration of a lock server; build with `..ServerConfig::default()`.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
+    /// The replicated log's settings (elections, heartbeats, limits).
     pub log: crate::log::Config,
     /// Session lease: a session that has not renewed for this long on the
-    /// leader's clock is expired. Clients must use the same value.
+    /// leader's clock is expired. Clients learn it when they open.
     pub ttl: Duration,
     /// Planted bug `UnsyncedToken`: the leader stamps acquires with tokens
     /// from its own counter, written to its disk without sync.
+    #[cfg(feature = "planted-bugs")]
+    #[doc(hidden)]
     pub unsynced_token: bool,
     /// Planted bug `ClientToken`: a client's `Hinted` command is admitted,
     /// so the client chooses its own fencing token.
+    #[cfg(feature = "planted-bugs")]
+    #[doc(hidden)]
     pub client_token: bool,
     /// Planted bug `SyncPerExpiry`: each due expiry is proposed and synced
     /// on its own, retried every two heartbeats, and a passed deadline is
     /// served without reading the inbox (the expiry storm that wedges).
+    #[cfg(feature = "planted-bugs")]
+    #[doc(hidden)]
     pub sync_per_expiry: bool,
 }
 
@@ -54,10 +61,34 @@ impl Default for ServerConfig {
         ServerConfig {
             log: crate::log::Config::default(),
             ttl: Duration::from_secs(2),
+            #[cfg(feature = "planted-bugs")]
             unsynced_token: false,
+            #[cfg(feature = "planted-bugs")]
             client_token: false,
+            #[cfg(feature = "planted-bugs")]
             sync_per_expiry: false,
         }
+    }
+}
+
+/// The planted bugs, read as `false` when the feature is off.
+#[derive(Debug, Clone, Copy, Default)]
+struct Bugs {
+    unsynced_token: bool,
+    client_token: bool,
+    sync_per_expiry: bool,
+}
+
+impl ServerConfig {
+    fn bugs(&self) -> Bugs {
+        #[cfg(feature = "planted-bugs")]
+        return Bugs {
+            unsynced_token: self.unsynced_token,
+            client_token: self.client_token,
+            sync_per_expiry: self.sync_per_expiry,
+        };
+        #[cfg(not(feature = "planted-bugs"))]
+        Bugs::default()
     }
 }
 
@@ -193,7 +224,7 @@ pub async fn run<E: Env>(
     // stops leading (which resets the timer), so a retry is only a safety
     // net: once a TTL, not every two heartbeats, or a storm of retries
     // would fill the log faster than it commits.
-    let retry = if config.sync_per_expiry {
+    let retry = if config.bugs().sync_per_expiry {
         config.log.heartbeat_interval * 2
     } else {
         config.ttl
@@ -213,13 +244,14 @@ pub async fn run<E: Env>(
                 // loop only ticks, and an expiry round longer than a
                 // heartbeat never reads its inbox again.)
                 match env.recv().now_or_never() {
-                    Some(first) if !config.sync_per_expiry => drain_ready(&env, first),
+                    Some(first) if !config.bugs().sync_per_expiry => drain_ready(&env, first),
                     _ => Vec::new(),
                 }
             }
         };
         batch.retain_mut(|(from, msg)| admit(env.id(), *from, msg, &config));
-        if config.unsynced_token && raft.role() == Role::Leader {
+        answer_settings(&env, &mut batch, &config).await;
+        if config.bugs().unsynced_token && raft.role() == Role::Leader {
             for (_, msg) in &mut batch {
                 // PLANTED BUG: a token from a local counter whose record is
                 // appended but never synced.
@@ -253,7 +285,7 @@ pub async fn run<E: Env>(
             .into_iter()
             .map(|(client, seq, command)| (env.id(), Wire::Command { client, seq, command }))
             .collect();
-        if config.sync_per_expiry {
+        if config.bugs().sync_per_expiry {
             // PLANTED BUG: one proposal, and one sync, per expiry.
             for (from, msg) in expiries {
                 let output = raft.on_message(now, from, msg);
@@ -291,7 +323,7 @@ pub fn admit(me: NodeId, from: NodeId, msg: &mut WireOf<LockMachine>, config: &S
             *owner = from;
             true
         }
-        LockCommand::Hinted { owner, .. } if config.client_token => {
+        LockCommand::Hinted { owner, .. } if config.bugs().client_token => {
             // PLANTED BUG: the client's own token goes into the log.
             *owner = from;
             true
@@ -304,6 +336,35 @@ pub fn admit(me: NodeId, from: NodeId, msg: &mut WireOf<LockMachine>, config: &S
                 "dropping an internal lock command from the network"
             );
             false
+        }
+    }
+}
+
+/// Answers `Settings` reads from this replica's configuration (any
+/// replica knows it; no round through the log) and takes them out of
+/// `batch`.
+async fn answer_settings<E: Env>(env: &E, batch: &mut Vec<(NodeId, WireOf<LockMachine>)>, config: &ServerConfig) {
+    let mut answers = Vec::new();
+    batch.retain(|(from, msg)| match msg {
+        Wire::Read {
+            client,
+            id,
+            query: LockQuery::Settings,
+        } => {
+            answers.push((*from, *client, *id));
+            false
+        }
+        _ => true,
+    });
+    let ttl_ms = u64::try_from(config.ttl.as_millis()).unwrap_or(u64::MAX);
+    for (to, client, id) in answers {
+        let answer: WireOf<LockMachine> = Wire::Response(Response {
+            client,
+            id: RequestId::Read(id),
+            outcome: Outcome::Done(LockOutput::Settings { ttl_ms }),
+        });
+        if let Ok(bytes) = codec::encode(&answer) {
+            let _ = env.send(to, bytes).await;
         }
     }
 }

@@ -3,16 +3,20 @@
 //! applied at most once.
 //!
 //! One client has at most one request outstanding (the session table keeps
-//! only each client's last command). Run several clients for concurrency.
+//! only each client's last command). Run several clients for concurrency:
+//! clients of one node share its inbox through an [`Inbox`], which hands
+//! each answer to the client it names.
 
+use std::collections::{BTreeMap, VecDeque};
 use std::marker::PhantomData;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::Rng;
 
 use super::raft::WireOf;
 use super::state_machine::StateMachine;
-use super::types::{ClientId, Outcome, Reject, RequestId, Wire};
+use super::types::{ClientId, Outcome, Reject, RequestId, Response, Wire};
 use crate::env::{codec, timeout, Env, NodeId};
 
 /// A request that did not complete.
@@ -27,9 +31,76 @@ pub enum ClientError {
     Rejected(Reject),
 }
 
-/// A client session bound to one node's env (its inbox must be its own).
+/// Answers held for one client until it asks; beyond this the oldest go
+/// (a client that stopped waiting leaves late answers behind).
+const QUEUED_PER_CLIENT: usize = 64;
+
+/// One node's inbox shared by several [`Client`]s: whichever client waits
+/// reads the node's messages, keeps its own answers and queues the others'
+/// for their clients, so concurrent clients on one node never lose each
+/// other's answers. Messages that are not answers to a registered client
+/// are dropped.
+pub struct Inbox<E: Env, S: StateMachine> {
+    env: E,
+    /// Held by the one waiter reading `env.recv()`; fair, so a waiter whose
+    /// answer was queued gets its turn next.
+    reader: tokio::sync::Mutex<()>,
+    queues: Mutex<BTreeMap<ClientId, VecDeque<Response<S::Output>>>>,
+}
+
+impl<E: Env, S: StateMachine> Inbox<E, S> {
+    /// The inbox of `env`'s node. Nothing else may read `env.recv()` while
+    /// clients use it.
+    pub fn new(env: E) -> Arc<Self> {
+        Arc::new(Inbox {
+            env,
+            reader: tokio::sync::Mutex::new(()),
+            queues: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    fn queues(&self) -> std::sync::MutexGuard<'_, BTreeMap<ClientId, VecDeque<Response<S::Output>>>> {
+        self.queues.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn pop(&self, client: ClientId) -> Option<Response<S::Output>> {
+        self.queues().get_mut(&client)?.pop_front()
+    }
+
+    /// The next answer addressed to `client`. Cancel-safe: an answer read
+    /// while this future is dropped is queued, not lost.
+    async fn next(&self, client: ClientId) -> Response<S::Output> {
+        loop {
+            if let Some(response) = self.pop(client) {
+                return response;
+            }
+            let _reading = self.reader.lock().await;
+            if let Some(response) = self.pop(client) {
+                return response;
+            }
+            let (_, bytes) = self.env.recv().await;
+            let Ok(Wire::Response(response)) = codec::decode::<WireOf<S>>(&bytes) else {
+                continue;
+            };
+            if response.client == client {
+                return response;
+            }
+            if let Some(queue) = self.queues().get_mut(&response.client) {
+                if queue.len() >= QUEUED_PER_CLIENT {
+                    queue.pop_front();
+                }
+                queue.push_back(response);
+            }
+        }
+    }
+}
+
+/// A client session bound to one node's env. Its answers come through an
+/// [`Inbox`]: its own ([`Client::new`]) or one shared with other clients of
+/// the node ([`Client::sharing`]).
 pub struct Client<E: Env, S: StateMachine> {
     env: E,
+    inbox: Arc<Inbox<E, S>>,
     servers: Vec<NodeId>,
     id: ClientId,
     seq: u64,
@@ -44,13 +115,23 @@ pub struct Client<E: Env, S: StateMachine> {
 impl<E: Env, S: StateMachine> Client<E, S> {
     /// A new session with a fresh random id drawn from the env's rng (unique
     /// per incarnation, as exactly-once requires).
+    /// The client reads `env.recv()` itself: nothing else on the node may.
     pub fn new(env: E, servers: Vec<NodeId>) -> Self {
+        Self::sharing(Inbox::new(env), servers)
+    }
+
+    /// A new session reading its answers from `inbox`, which other clients
+    /// of the same node may share.
+    pub fn sharing(inbox: Arc<Inbox<E, S>>, servers: Vec<NodeId>) -> Self {
         assert!(!servers.is_empty());
+        let env = inbox.env.clone();
         let mut rng = env.rng();
         let id = rng.gen();
         let cursor = rng.gen_range(0..servers.len());
+        inbox.queues().insert(id, VecDeque::new());
         Client {
             env,
+            inbox,
             servers,
             id,
             seq: 0,
@@ -62,6 +143,7 @@ impl<E: Env, S: StateMachine> Client<E, S> {
         }
     }
 
+    /// This session's id, which names it in every request and answer.
     pub fn id(&self) -> ClientId {
         self.id
     }
@@ -134,12 +216,16 @@ impl<E: Env, S: StateMachine> Client<E, S> {
     /// replies, duplicates) are dropped.
     async fn wait_for(&self, id: RequestId) -> Outcome<S::Output> {
         loop {
-            let (_, bytes) = self.env.recv().await;
-            if let Ok(Wire::Response(response)) = codec::decode::<WireOf<S>>(&bytes) {
-                if response.client == self.id && response.id == id {
-                    return response.outcome;
-                }
+            let response = self.inbox.next(self.id).await;
+            if response.id == id {
+                return response.outcome;
             }
         }
+    }
+}
+
+impl<E: Env, S: StateMachine> Drop for Client<E, S> {
+    fn drop(&mut self) {
+        self.inbox.queues().remove(&self.id);
     }
 }

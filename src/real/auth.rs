@@ -74,6 +74,7 @@ impl fmt::Debug for Key {
 
 /// Why credentials could not be read or used.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each variant's message says what it means
 pub enum CredentialError {
     #[error("cannot read {path}: {error}")]
     Read { path: String, error: std::io::Error },
@@ -91,6 +92,7 @@ impl Key {
         Key(bytes)
     }
 
+    /// The key with these bytes.
     pub fn from_bytes(bytes: [u8; KEY_BYTES]) -> Key {
         Key(bytes)
     }
@@ -125,6 +127,7 @@ impl Key {
 pub struct ClusterSecret(pub Key);
 
 impl ClusterSecret {
+    /// A fresh random cluster secret.
     pub fn generate() -> ClusterSecret {
         ClusterSecret(Key::generate())
     }
@@ -177,6 +180,7 @@ fn check_principal(principal: u32) -> Result<(), String> {
 /// What a client needs to connect: its principal and that principal's key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientCredentials {
+    /// The principal (`client id >> 16`) these credentials speak for.
     pub principal: u32,
     key: Key,
 }
@@ -202,6 +206,7 @@ impl ClientCredentials {
         principal_of(id) == self.principal
     }
 
+    /// Reads a client key file (principal and key).
     pub fn load(path: &Path) -> Result<ClientCredentials, CredentialError> {
         let text = read(path)?;
         let file: ClientKeyFile = toml::from_str(&text).map_err(|e| invalid(path, e.to_string()))?;
@@ -213,6 +218,7 @@ impl ClientCredentials {
         })
     }
 
+    /// Writes a client key file, readable by its owner only.
     pub fn save(&self, path: &Path) -> Result<(), CredentialError> {
         let file = ClientKeyFile {
             principal: self.principal,
@@ -289,8 +295,11 @@ pub enum Role {
 /// The first frame of a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hello {
+    /// Member or client.
     pub role: Role,
+    /// The id the initiator claims.
     pub id: NodeId,
+    /// The initiator's fresh nonce.
     pub nonce: [u8; NONCE_BYTES],
 }
 
@@ -302,6 +311,7 @@ impl Hello {
         Hello { role, id, nonce }
     }
 
+    /// The hello as a frame.
     pub fn encode(&self) -> Vec<u8> {
         let magic = match self.role {
             Role::Member => MEMBER_MAGIC,
@@ -314,6 +324,7 @@ impl Hello {
         frame
     }
 
+    /// Reads a hello frame.
     pub fn decode(frame: &[u8]) -> Result<Hello, HandshakeError> {
         if frame.len() != 8 + NONCE_BYTES {
             return Err(HandshakeError::Malformed("hello of the wrong length"));
@@ -331,6 +342,7 @@ impl Hello {
 
 /// Why a handshake failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[allow(missing_docs)] // each variant's message says what it means
 pub enum HandshakeError {
     #[error("malformed handshake: {0}")]
     Malformed(&'static str),
@@ -423,7 +435,9 @@ enum Direction {
 /// The per-connection keys: one [`Sealer`] for what this end sends, one
 /// [`Opener`] for what it receives.
 pub struct FrameKeys {
+    /// Tags what this end sends.
     pub sealer: Sealer,
+    /// Checks what this end receives.
     pub opener: Opener,
 }
 

@@ -9,7 +9,7 @@
 //! client_key_file = "client.key"   # clients: a principal and its key
 //!
 //! [lock]
-//! ttl_ms = 2000              # session lease; servers and clients read it here
+//! ttl_ms = 2000              # session lease; servers read it, clients learn it at open
 //!
 //! [[node]]
 //! id = 1
@@ -68,10 +68,13 @@ pub struct ClusterConfig {
     /// Root of every node's data; relative paths are taken from the
     /// directory of the file itself.
     pub data_dir: PathBuf,
+    /// Where the credentials are.
     #[serde(default)]
     pub auth: AuthSettings,
+    /// The lock service's settings.
     #[serde(default)]
     pub lock: LockSettings,
+    /// Every node, as `[[node]]` tables.
     #[serde(rename = "node")]
     pub nodes: Vec<NodeEntry>,
 }
@@ -114,6 +117,7 @@ impl Default for AuthSettings {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeEntry {
+    /// The node's id (1..1000).
     pub id: NodeId,
     /// Where this node's lock service replica listens.
     pub lock: SocketAddr,
@@ -128,6 +132,7 @@ pub const SHARD_ID_BASE: NodeId = 1000;
 
 /// A cluster file that cannot be used, with the reason.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each variant's message says what it means
 pub enum ConfigError {
     #[error("cannot read {path}: {error}")]
     Read { path: PathBuf, error: std::io::Error },
@@ -305,10 +310,12 @@ impl ClusterConfig {
             .collect()
     }
 
+    /// The transaction coordinator replicas' ids.
     pub fn coordinators(&self) -> Vec<NodeId> {
         self.nodes.iter().map(|n| n.id).collect()
     }
 
+    /// The shards' ids.
     pub fn shards(&self) -> Vec<NodeId> {
         self.nodes.iter().map(|n| SHARD_ID_BASE + n.id).collect()
     }
@@ -325,6 +332,7 @@ impl ClusterConfig {
         )
     }
 
+    /// The lock servers' session TTL.
     pub fn lock_ttl(&self) -> Duration {
         Duration::from_millis(self.lock.ttl_ms)
     }
@@ -334,12 +342,10 @@ impl ClusterConfig {
         self.data_dir.join(format!("node-{id}"))
     }
 
-    /// Settings for a lock client of this cluster.
+    /// Settings for a lock client of this cluster (the TTL it learns from
+    /// the servers at open).
     pub fn lock_client_config(&self) -> lock::ClientConfig {
-        lock::ClientConfig {
-            ttl: self.lock_ttl(),
-            ..lock::ClientConfig::default()
-        }
+        lock::ClientConfig::default()
     }
 
     /// Settings for the lock service replicas of this cluster.
@@ -353,6 +359,7 @@ impl ClusterConfig {
 
 /// Why a node stopped.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each variant's message says what it means
 pub enum RunError {
     #[error(transparent)]
     Config(#[from] ConfigError),

@@ -25,6 +25,7 @@ pub struct Identity {
 }
 
 impl Identity {
+    /// Member `member` of cluster `cluster_id`.
     pub fn new(cluster_id: impl Into<String>, member: NodeId) -> Identity {
         Identity {
             cluster_id: cluster_id.into(),

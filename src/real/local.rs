@@ -78,14 +78,17 @@ impl LocalCluster {
         Ok(config)
     }
 
+    /// The cluster file the nodes run.
     pub fn config(&self) -> &ClusterConfig {
         &self.config
     }
 
+    /// Where the cluster file is.
     pub fn config_path(&self) -> &Path {
         &self.config_path
     }
 
+    /// The node ids.
     pub fn ids(&self) -> Vec<NodeId> {
         self.config.nodes.iter().map(|n| n.id).collect()
     }

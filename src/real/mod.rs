@@ -14,6 +14,7 @@
 
 pub mod auth;
 pub mod cluster;
+pub mod embedded;
 pub mod identity;
 pub mod local;
 pub mod storage;
@@ -75,6 +76,8 @@ struct Inner {
     /// `None` for a client, which does not listen.
     local_addr: Option<SocketAddr>,
     origin: tokio::time::Instant,
+    /// Where each peer is dialled (for error messages).
+    peers: BTreeMap<NodeId, SocketAddr>,
     transport: Arc<Transport>,
     /// `None` for a client, which keeps nothing on disk.
     storage: Option<FileStorage>,
@@ -120,6 +123,7 @@ impl RealEnv {
         Ok(RealEnv::new(
             config.id,
             Some(local_addr),
+            config.peers,
             transport,
             Some(storage),
             shutdown,
@@ -152,12 +156,13 @@ impl RealEnv {
         }
         let shutdown = CancellationToken::new();
         let transport = Transport::start(id, servers, None, Credentials::Client(credentials.clone()), &shutdown);
-        Ok(RealEnv::new(id, None, transport, None, shutdown))
+        Ok(RealEnv::new(id, None, servers.clone(), transport, None, shutdown))
     }
 
     fn new(
         id: NodeId,
         local_addr: Option<SocketAddr>,
+        peers: BTreeMap<NodeId, SocketAddr>,
         transport: Arc<Transport>,
         storage: Option<FileStorage>,
         shutdown: CancellationToken,
@@ -166,6 +171,7 @@ impl RealEnv {
             inner: Arc::new(Inner {
                 id,
                 local_addr,
+                peers,
                 origin: tokio::time::Instant::now(),
                 transport,
                 storage,
@@ -247,5 +253,12 @@ impl Env for RealEnv {
     fn rewrite(&self, records: &[Vec<u8>]) -> impl Future<Output = Result<(), EnvError>> + Send {
         let (storage, records) = (self.storage().cloned(), records.to_vec());
         async move { storage?.rewrite(records).await }
+    }
+
+    fn peer_name(&self, node: NodeId) -> String {
+        match self.inner.peers.get(&node) {
+            Some(addr) => format!("node {node} at {addr}"),
+            None => format!("node {node}"),
+        }
     }
 }

@@ -69,6 +69,7 @@ pub const CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Reconnect delays: doubling from the first to the last, with jitter so
 /// that restarted nodes do not reconnect in lockstep.
 pub const BACKOFF_MIN: Duration = Duration::from_millis(20);
+/// The longest pause between reconnection attempts.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// What a node's listener allows; [`Limits::default`] is the constants
@@ -226,10 +227,15 @@ impl Transport {
     }
 }
 
-/// Runs `task` until it ends or `shutdown` is cancelled.
+/// Runs `task` until it ends or `shutdown` is cancelled. Outside a tokio
+/// runtime (a lock guard dropped after its runtime ended) the task is
+/// dropped instead of panicking: nothing could run it.
 pub(crate) fn spawn_until(shutdown: &CancellationToken, task: impl std::future::Future<Output = ()> + Send + 'static) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
     let shutdown = shutdown.clone();
-    tokio::spawn(async move {
+    runtime.spawn(async move {
         tokio::select! {
             () = shutdown.cancelled() => {}
             () = task => {}

@@ -20,16 +20,20 @@ use super::{NodeId, Placement};
 /// a range across the top of the ring is reported as two.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct HashRange {
+    /// First hash of the range.
     pub start: KeyHash,
+    /// Last hash of the range (inclusive).
     pub end: KeyHash,
 }
 
 impl HashRange {
+    /// Whether `h` lies in the range.
     pub fn contains(&self, h: KeyHash) -> bool {
         self.start <= h && h <= self.end
     }
 
     /// Number of hashes in the range, as a fraction of the whole space.
+    /// The share of the hash space the range covers.
     pub fn fraction(&self) -> f64 {
         ((self.end - self.start) as f64 + 1.0) / 18_446_744_073_709_551_616.0
     }
@@ -39,12 +43,16 @@ impl HashRange {
 /// (owner first in both).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RangeMove {
+    /// The hashes that move.
     pub range: HashRange,
+    /// Their preference list before (owner first).
     pub from: Vec<NodeId>,
+    /// Their preference list after.
     pub to: Vec<NodeId>,
 }
 
 impl RangeMove {
+    /// Whether the owner changes (not only a replica).
     pub fn owner_changed(&self) -> bool {
         self.from.first() != self.to.first()
     }
@@ -55,12 +63,17 @@ impl RangeMove {
 pub struct KeyMove {
     /// Position of the key in the list given to [`diff_keys`].
     pub index: usize,
+    /// The key's hash.
     pub hash: KeyHash,
+    /// Its preference list before (owner first).
     pub from: Vec<NodeId>,
+    /// Its preference list after.
     pub to: Vec<NodeId>,
 }
 
 impl KeyMove {
+    /// Whether the owner changes (not only a replica): with R > 1 a key
+    /// also "moves" when only a replica does, so count owners with this.
     pub fn owner_changed(&self) -> bool {
         self.from.first() != self.to.first()
     }

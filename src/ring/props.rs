@@ -16,8 +16,11 @@ use super::{NodeId, Placement};
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{property} violated for key hash {hash:#018x}: {detail}")]
 pub struct Violation {
+    /// The property's name.
     pub property: &'static str,
+    /// The key hash that shows it.
     pub hash: KeyHash,
+    /// What went wrong.
     pub detail: String,
 }
 

@@ -28,6 +28,7 @@ pub struct RendezvousView {
 }
 
 impl RendezvousView {
+    /// The view of `nodes` at `epoch` with `replicas` replicas per key.
     pub fn build(epoch: u64, nodes: &[NodeSpec], replicas: usize) -> Result<Self, ViewError> {
         let members = Members::new(epoch, nodes, replicas)?;
         let seeds = members.nodes.iter().map(|n| node_seed(n.id.0)).collect();

@@ -30,6 +30,7 @@ pub struct ZoneId(pub u32);
 /// One member of a view.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeSpec {
+    /// The node's id.
     pub id: NodeId,
     /// Relative capacity. A node of weight 2 gets twice the virtual points
     /// (ring), twice the score weight (rendezvous) and twice the load cap
@@ -50,11 +51,13 @@ impl NodeSpec {
         }
     }
 
+    /// This node with relative capacity `weight`.
     pub fn with_weight(mut self, weight: u32) -> Self {
         self.weight = weight;
         self
     }
 
+    /// This node in failure domain `zone`.
     pub fn with_zone(mut self, zone: u32) -> Self {
         self.zone = Some(ZoneId(zone));
         self
@@ -72,6 +75,7 @@ pub const MAX_REPLICAS: usize = 16;
 
 /// Why a view could not be built.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[allow(missing_docs)] // each variant's message says what it means
 pub enum ViewError {
     #[error("a view needs at least one node")]
     NoNodes,

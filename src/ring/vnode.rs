@@ -17,7 +17,7 @@
 //!   it replaces the ~17 dependent probes of a binary search with one read;
 //! - per point, its *fragment* (the 16 hash bits that follow the index bits)
 //!   in one `u16` array and its owner's node index in another. A lookup
-//!   compares the key's fragment with a fixed window of [`WINDOW`]
+//!   compares the key's fragment with a fixed window of `WINDOW`
 //!   fragments starting at its bucket (32 bytes, one or two cache lines),
 //!   masks out the lanes past the bucket and counts those below the key:
 //!   fixed-width code the compiler turns into a few vector instructions, and

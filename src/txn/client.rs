@@ -15,8 +15,11 @@
 //! with the same [`Txn`] id via [`TxnClient::outcome`]).
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
+
+use rand::Rng;
 
 use super::placement::Placement;
 use super::{AbortReason, Msg, Outcome, TxnId, Value};
@@ -32,15 +35,21 @@ pub enum TxnError {
     /// has been abandoned (it will never commit); for `commit` the outcome
     /// is unknown.
     #[error("node {node} did not answer")]
-    Unavailable { node: NodeId },
+    Unavailable {
+        /// The node that did not answer.
+        node: NodeId,
+    },
     /// The replicated coordinator no longer remembers the transaction (see
     /// `txn::replicated`, "Forgetting"): its outcome is unknown, as with
     /// `Unavailable` for a commit, and asking again will not tell.
     #[error("the coordinator no longer remembers transaction {txn:#x}; its outcome is unknown")]
-    Forgotten { txn: TxnId },
+    Forgotten {
+        /// The transaction.
+        txn: TxnId,
+    },
 }
 
-/// Retry policy.
+/// Retry policy; build with `..ClientConfig::default()`.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
     /// Wait this long for a reply before resending.
@@ -49,6 +58,13 @@ pub struct ClientConfig {
     pub op_attempts: u32,
     /// Attempts for `commit` (it waits out a prepare round).
     pub commit_attempts: u32,
+    /// Transactions [`TxnClient::run`] starts before it gives up on one
+    /// that keeps aborting.
+    pub run_attempts: u32,
+    /// [`TxnClient::run`]'s first pause after an abort; each further one
+    /// doubles (up to 64 times this), with jitter so that contenders
+    /// spread out.
+    pub backoff: Duration,
 }
 
 impl Default for ClientConfig {
@@ -57,13 +73,93 @@ impl Default for ClientConfig {
             retry_after: Duration::from_millis(100),
             op_attempts: 5,
             commit_attempts: 20,
+            run_attempts: 20,
+            backoff: Duration::from_millis(5),
         }
+    }
+}
+
+/// Why [`TxnClient::run`] did not commit: the one error type of a run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RunError<E = std::convert::Infallible> {
+    /// Every attempt aborted (conflicts, shard restarts); nothing committed.
+    #[error("aborted {attempts} times, last: {reason:?}")]
+    Aborted {
+        /// The last attempt's reason.
+        reason: AbortReason,
+        /// Transactions started.
+        attempts: u32,
+    },
+    /// A node stopped answering before commit: nothing committed.
+    #[error("node {node} did not answer; nothing committed")]
+    Unavailable {
+        /// The node that did not answer.
+        node: NodeId,
+    },
+    /// The commit was sent and no answer says how it ended: it may have
+    /// committed. Retrying could apply it twice.
+    #[error("outcome of transaction {txn:#x} unknown; it may have committed")]
+    OutcomeUnknown {
+        /// The transaction, for [`TxnClient::outcome`].
+        txn: TxnId,
+    },
+    /// The body gave up with its own error; nothing committed.
+    #[error("failed: {0}")]
+    Failed(E),
+}
+
+impl<E> From<TxnError> for RunError<E> {
+    /// Lets the body use `?` on [`Tx`] operations: an abort is retried,
+    /// anything else ends the run.
+    fn from(error: TxnError) -> Self {
+        match error {
+            TxnError::Aborted(reason) => RunError::Aborted { reason, attempts: 0 },
+            TxnError::Unavailable { node } => RunError::Unavailable { node },
+            TxnError::Forgotten { txn } => RunError::OutcomeUnknown { txn },
+        }
+    }
+}
+
+/// The transaction a [`TxnClient::run`] body works in; clones share it.
+pub struct Tx<E: Env> {
+    inner: Arc<tokio::sync::Mutex<(TxnClient<E>, Txn)>>,
+    id: TxnId,
+}
+
+impl<E: Env> Clone for Tx<E> {
+    fn clone(&self) -> Self {
+        Tx {
+            inner: self.inner.clone(),
+            id: self.id,
+        }
+    }
+}
+
+impl<E: Env> Tx<E> {
+    /// Reads `key` (seeing this transaction's own writes).
+    pub async fn get(&self, key: &str) -> Result<Option<Value>, TxnError> {
+        let mut guard = self.inner.lock().await;
+        let (client, txn) = &mut *guard;
+        client.get(txn, key).await
+    }
+
+    /// Writes `key`, applied at commit.
+    pub async fn put(&self, key: &str, value: Value) -> Result<(), TxnError> {
+        let mut guard = self.inner.lock().await;
+        let (client, txn) = &mut *guard;
+        client.put(txn, key, value).await
+    }
+
+    /// This attempt's transaction id.
+    pub fn id(&self) -> TxnId {
+        self.id
     }
 }
 
 /// An open transaction.
 #[derive(Debug, Clone)]
 pub struct Txn {
+    /// Its id, issued by the coordinator.
     pub id: TxnId,
     /// Shards touched, with the shard epoch they reported (`None` when no
     /// reply came back yet).
@@ -272,6 +368,106 @@ impl<E: Env> TxnClient<E> {
     /// or memory, or presumes abort (and then never commits it).
     pub async fn outcome(&mut self, txn: TxnId) -> Result<Outcome, TxnError> {
         self.ask(txn, Msg::Status { txn }).await
+    }
+
+    /// Runs `body` in a transaction and commits it, starting over after
+    /// every abort (with backoff) until it commits or
+    /// [`ClientConfig::run_attempts`] transactions aborted: FoundationDB's
+    /// `transact`. The body may run several times, so it should only read
+    /// and write through its [`Tx`]; it ends the run early by returning
+    /// `Err(RunError::Failed(..))`. The body's future owns what it uses
+    /// (clone captures into it), so a run can be spawned.
+    ///
+    /// ```no_run
+    /// # use ringfence::txn::client::{RunError, TxnClient};
+    /// # async fn demo(client: &mut TxnClient<ringfence::real::RealEnv>) -> Result<(), RunError<String>> {
+    /// client
+    ///     .run(|tx| async move {
+    ///         let a = tx.get("a").await?.unwrap_or_default();
+    ///         if a.is_empty() {
+    ///             return Err(RunError::Failed("a is empty".to_string()));
+    ///         }
+    ///         tx.put("b", a).await?;
+    ///         Ok(())
+    ///     })
+    ///     .await
+    /// # }
+    /// ```
+    pub async fn run<T, X, F, Fut>(&mut self, mut body: F) -> Result<T, RunError<X>>
+    where
+        F: FnMut(Tx<E>) -> Fut,
+        Fut: Future<Output = Result<T, RunError<X>>>,
+    {
+        let mut rng = self.env.rng();
+        let mut pause = self.config.backoff;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let reason = match self.attempt(&mut body).await {
+                Ok(value) => return Ok(value),
+                Err(RunError::Aborted { reason, .. }) => reason,
+                Err(other) => return Err(other),
+            };
+            if attempts >= self.config.run_attempts {
+                return Err(RunError::Aborted { reason, attempts });
+            }
+            // Jittered exponential backoff: the contenders that made this
+            // attempt abort are unlikely to meet again.
+            let jitter = rng.gen_range(0.5..1.5);
+            self.env.sleep(pause.mul_f64(jitter)).await;
+            pause = (pause * 2).min(self.config.backoff * 64);
+        }
+    }
+
+    /// One transaction of [`TxnClient::run`]. The body works on a copy of
+    /// this client (so its future owns everything); the copy's request
+    /// numbering and leader guess come back afterwards.
+    async fn attempt<T, X, Fut>(&mut self, body: &mut impl FnMut(Tx<E>) -> Fut) -> Result<T, RunError<X>>
+    where
+        Fut: Future<Output = Result<T, RunError<X>>>,
+    {
+        let txn = self.begin().await?;
+        let id = txn.id;
+        let fork = TxnClient {
+            env: self.env.clone(),
+            coordinators: self.coordinators.clone(),
+            current: self.current,
+            placement: self.placement.clone(),
+            config: self.config.clone(),
+            next_request: self.next_request,
+        };
+        let inner = Arc::new(tokio::sync::Mutex::new((fork, txn)));
+        let result = body(Tx {
+            inner: inner.clone(),
+            id,
+        })
+        .await;
+        let txn = {
+            let guard = inner.lock().await;
+            self.next_request = guard.0.next_request;
+            self.current = guard.0.current;
+            guard.1.clone()
+        };
+        let value = match result {
+            Ok(value) => value,
+            Err(error) => {
+                self.abort(txn).await;
+                return Err(error);
+            }
+        };
+        let outcome = match self.commit(txn).await {
+            Ok(outcome) => outcome,
+            // Unknown: ask once more before saying so.
+            Err(TxnError::Unavailable { .. }) => match self.outcome(id).await {
+                Ok(outcome) => outcome,
+                Err(_) => return Err(RunError::OutcomeUnknown { txn: id }),
+            },
+            Err(_) => return Err(RunError::OutcomeUnknown { txn: id }),
+        };
+        match outcome {
+            Outcome::Committed => Ok(value),
+            Outcome::Aborted(reason) => Err(RunError::Aborted { reason, attempts: 0 }),
+        }
     }
 
     async fn ask(&mut self, txn: TxnId, msg: Msg) -> Result<Outcome, TxnError> {

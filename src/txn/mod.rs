@@ -17,7 +17,7 @@
 //!   is a state machine on the replicated log (`crate::log`), decisions are
 //!   log commands, and whichever replica leads drives pending transactions,
 //!   so losing any f of 2f+1 coordinator replicas blocks nothing.
-//! - [`phases`]: the bookkeeping both coordinator modes share (voting
+//! - `phases`: the bookkeeping both coordinator modes share (voting
 //!   rounds, delivering a commit until acknowledged, waiting clients).
 //! - [`shell`]: the thin async loops that drive the cores over an `Env`.
 //! - [`placement`]: which shard holds a key — the seam where the

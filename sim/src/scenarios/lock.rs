@@ -501,7 +501,6 @@ impl LockScenario {
 
     fn client_config(&self) -> ClientConfig {
         ClientConfig {
-            ttl: TTL,
             drift_bound: DRIFT_BOUND,
             request_timeout: Duration::from_millis(600),
             no_recheck: self.has(&NO_RECHECK),
@@ -622,7 +621,7 @@ async fn release(client: &Client<LockOp>, lc: &mut LockClient<SimEnv>, lease: &r
     client.invoke(LockOp::Release { token });
     match lc.release(lease).await {
         Ok(()) => client.ok(LockOp::Release { token }),
-        Err(LockError::Timeout) => client.info(LockOp::Release { token }),
+        Err(LockError::Unavailable { .. }) => client.info(LockOp::Release { token }),
         Err(_) => client.fail(LockOp::Release { token }),
     };
 }
@@ -761,7 +760,7 @@ impl Scenario for LockScenario {
                     });
                     lease
                 }
-                Ok(_) | Err(LockError::Timeout) => {
+                Ok(_) | Err(LockError::Unavailable { .. } | LockError::WaitExpired { .. }) => {
                     client.info(LockOp::Acquire { token: None });
                     fresh = true;
                     continue;
@@ -795,7 +794,7 @@ impl Scenario for LockScenario {
                         Ok(_) => {}
                         // Cut off from the servers: the lease still runs;
                         // use it to the end, as a holder that cannot renew would.
-                        Err(LockError::Timeout) => abandon = true,
+                        Err(LockError::Unavailable { .. }) => abandon = true,
                         Err(_) => break,
                     }
                 }

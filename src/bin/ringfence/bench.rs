@@ -175,7 +175,7 @@ async fn phase(
     let mut sessions = Vec::with_capacity(clients);
     for _ in 0..clients {
         let env = config.client_env(&config.lock_servers()).map_err(|e| e.to_string())?;
-        let mut client = LockClient::new(env, servers.clone(), config.lock_client_config());
+        let client = LockClient::new(env, servers.clone(), config.lock_client_config());
         client.open().await.map_err(|e| format!("open session: {e}"))?;
         sessions.push(client);
     }
@@ -212,7 +212,7 @@ async fn phase(
 
 /// One client's loop; returns (latencies of counted cycles, errors, first error).
 async fn cycles(
-    mut client: LockClient<RealEnv>,
+    client: LockClient<RealEnv>,
     name: String,
     t0: Instant,
     (window_start, window_end): (Instant, Instant),

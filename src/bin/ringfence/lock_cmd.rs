@@ -74,7 +74,7 @@ pub async fn run(args: LockArgs) -> Result<(), Failure> {
             command,
         } => acquire(&config, &name, wait, hold, grace, command).await,
         LockCommand::Status { name } => {
-            let mut client = LockClient::new(env(&config)?, servers(&config), config.lock_client_config());
+            let client = LockClient::new(env(&config)?, servers(&config), config.lock_client_config());
             let status = client.status(&name).await.map_err(|e| format!("status {name}: {e}"))?;
             match status.holder {
                 Some((session, token)) => println!("lock={name} holder session={session} token={token}"),
@@ -114,12 +114,12 @@ async fn acquire(
     grace: Duration,
     command: Vec<String>,
 ) -> Result<(), Failure> {
-    let mut client = LockClient::new(env(config)?, servers(config), config.lock_client_config());
+    let client = LockClient::new(env(config)?, servers(config), config.lock_client_config());
     client.open().await.map_err(|e| format!("open session: {e}"))?;
     let lease = match client.acquire(name, wait).await {
         Ok(lease) if client.is_valid() => lease,
         Ok(_) => return Err(lost(name, None, "the lease ran out before the grant was confirmed")),
-        Err(LockError::Timeout) => {
+        Err(LockError::WaitExpired { .. }) => {
             return Err(Failure {
                 status: EXIT_NOT_GRANTED,
                 message: format!("acquire {name}: not granted within {wait:?}"),
@@ -148,7 +148,7 @@ async fn acquire(
         ),
         None => None,
     };
-    let ended = hold_while(&mut client, &lease, hold, child.as_mut(), config.lock_ttl() / 4).await?;
+    let ended = hold_while(&client, &lease, hold, child.as_mut(), config.lock_ttl() / 4).await?;
     if let (Ended::Lost(_) | Ended::Interrupted, Some(child)) = (&ended, child.as_mut()) {
         if let Ended::Lost(reason) = &ended {
             eprintln!(
@@ -192,7 +192,7 @@ fn lost(name: &str, token: Option<Token>, reason: &str) -> Failure {
 /// on its own, so a renewal that hangs (servers unreachable) or a process
 /// that was stopped past the deadline ends the hold at once.
 async fn hold_while(
-    client: &mut LockClient<RealEnv>,
+    client: &LockClient<RealEnv>,
     lease: &Lease,
     hold: Option<Duration>,
     mut child: Option<&mut Child>,
@@ -225,7 +225,7 @@ async fn hold_while(
                 Ok(held) if held.iter().any(|(l, t)| *l == lease.lock && *t == lease.token) => {}
                 Ok(_) => return Ok(Ended::Lost("the servers no longer count this session as its holder".to_string())),
                 // Unknown: the deadline decides.
-                Err(LockError::Timeout) => {}
+                Err(LockError::Unavailable { .. }) => {}
                 Err(e) => return Ok(Ended::Lost(format!("renewal answered: {e}"))),
             }
         }
