@@ -162,11 +162,13 @@ pub type AccessResult = Result<(u64, u64), Stale>;
 pub struct Applied {
     /// The node that sent the request.
     pub from: NodeId,
+    /// The fencing token the access carried.
     pub token: Token,
     /// The access's position in the resource's acceptance order.
     pub seq: u64,
     /// The value read, or the value written.
     pub value: u64,
+    /// A write (else a read).
     pub write: bool,
 }
 
@@ -186,10 +188,11 @@ const COMPACT_EVERY: usize = 256;
 /// Runs a resource node until storage fails. Every answer is sent only
 /// after the state it reports is synced.
 pub async fn serve<E: Env>(env: E) -> Result<(), crate::env::EnvError> {
-    serve_recorded(env, None, |_| {}).await
+    serve_recorded(env, |_| {}).await
 }
 
 /// Planted bugs of a resource node, for the simulator's checkers to find.
+#[cfg(feature = "planted-bugs")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResourceBug {
     /// Accept every token (no fencing at all).
@@ -202,19 +205,40 @@ pub enum ResourceBug {
 /// [`serve`], calling `record` with every access once it is durable (before
 /// its answer is sent): a crash before the sync loses the access and it is
 /// never recorded.
-pub async fn serve_recorded<E: Env>(
+pub async fn serve_recorded<E: Env>(env: E, record: impl FnMut(Applied)) -> Result<(), crate::env::EnvError> {
+    run(env, Bugs::default(), record).await
+}
+
+/// [`serve_recorded`] with a planted bug switched on.
+#[cfg(feature = "planted-bugs")]
+pub async fn serve_with_bug<E: Env>(
     env: E,
-    bug: Option<ResourceBug>,
-    mut record: impl FnMut(Applied),
+    bug: ResourceBug,
+    record: impl FnMut(Applied),
 ) -> Result<(), crate::env::EnvError> {
-    let reapply = bug == Some(ResourceBug::ReapplyRetries);
+    let bugs = Bugs {
+        no_fencing: bug == ResourceBug::NoFencing,
+        reapply: bug == ResourceBug::ReapplyRetries,
+    };
+    run(env, bugs, record).await
+}
+
+/// The planted bugs in force, all off unless the feature switches one on.
+#[derive(Default)]
+struct Bugs {
+    no_fencing: bool,
+    reapply: bool,
+}
+
+async fn run<E: Env>(env: E, bugs: Bugs, mut record: impl FnMut(Applied)) -> Result<(), crate::env::EnvError> {
+    let reapply = bugs.reapply;
     let mut records = env.load()?.len();
     let mut state: Durable = env
         .load()?
         .last()
         .map(|r| codec::decode(r).expect("resource records decode"))
         .unwrap_or_default();
-    state.resource.no_fencing = bug == Some(ResourceBug::NoFencing);
+    state.resource.no_fencing = bugs.no_fencing;
     loop {
         let (from, bytes) = env.recv().await;
         let Some(request) = decode::<ResourceRequest>(&bytes) else {

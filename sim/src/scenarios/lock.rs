@@ -697,7 +697,11 @@ impl Scenario for LockScenario {
             };
             let accesses = self.accesses.clone();
             let record = move |a| accesses.lock().unwrap_or_else(|e| e.into_inner()).push(a);
-            if let Err(error) = resource::serve_recorded(env, bug, record).await {
+            let served = match bug {
+                Some(bug) => resource::serve_with_bug(env, bug, record).await,
+                None => resource::serve_recorded(env, record).await,
+            };
+            if let Err(error) = served {
                 tracing::warn!(%error, "resource stopped");
             }
         } else {
