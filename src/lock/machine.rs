@@ -628,4 +628,40 @@ mod snapshot_tests {
         r.restore(&m.snapshot().unwrap()).unwrap();
         assert_eq!(r, m);
     }
+
+    /// The check run after every command stops at a broken table.
+    #[test]
+    #[should_panic(expected = "lock table invariant broken")]
+    fn the_check_after_every_command_stops_a_broken_table() {
+        let mut m = LockMachine::default();
+        m.apply(&client(Request::Open { session: 7 }));
+        m.apply(&client(Request::Acquire {
+            session: 7,
+            lock: "a".into(),
+            request: 1,
+            wait: false,
+        }));
+        m.sessions.clear();
+        m.check();
+    }
+
+    /// A snapshot that gives one principal more sessions than its quota
+    /// (which no command sequence can) is refused too.
+    #[test]
+    fn a_snapshot_over_a_principals_quota_is_refused() {
+        let mut m = LockMachine::default();
+        m.apply(&client(Request::Open { session: 1 }));
+        let mut over = m.clone();
+        let session = over.sessions[&1].clone();
+        for id in 2..=MAX_SESSIONS_PER_PRINCIPAL as u64 + 1 {
+            over.sessions.insert(id, session.clone());
+        }
+        let mut r = LockMachine::default();
+        assert!(matches!(
+            r.restore(&codec::encode(&over).unwrap()),
+            Err(SnapshotError::Invalid("a principal over its session quota"))
+        ));
+        over.sessions.remove(&2);
+        r.restore(&codec::encode(&over).unwrap()).unwrap();
+    }
 }
