@@ -94,7 +94,7 @@ impl Explore {
                 .collect();
             let mut last_report = Instant::now(); // determinism: ok — report pacing
             while !workers.iter().all(|w| w.is_finished()) {
-                std::thread::sleep(Duration::from_millis(100));
+                std::thread::sleep(Duration::from_millis(100)); // determinism: ok — the reporter paces its output, it runs no seed
                 let elapsed = started.elapsed();
                 let (seeds, failing) = totals(&tallies.lock().expect("no panics hold this lock"));
                 bar.set_position(elapsed.as_millis().min(self.budget.as_millis()) as u64);
@@ -130,6 +130,7 @@ impl Explore {
         // determinism: ok — the budget is wall time; it decides how many seeds
         // run, never how one runs.
         while Instant::now() < deadline {
+            // determinism: ok — the wall-time budget
             let Some((g, seed)) = self.claim(next) else { return };
             let group = &self.groups[g];
             let case = Case {
@@ -262,7 +263,7 @@ mod tests {
             progress: Progress::Hidden,
             report_every: Duration::from_secs(60),
         };
-        let started = Instant::now();
+        let started = Instant::now(); // determinism: ok — the test measures the wall-time budget
         let summary = explore.run().remove(0);
         assert!(started.elapsed() < Duration::from_secs(20));
         assert!(summary.seeds > 0);

@@ -411,31 +411,30 @@ mod tests {
         assert_eq!(invariants(&h, false), vec!["release-owner"]);
     }
 
-    #[test]
-    fn overlapping_beliefs_are_judged_only_within_the_drift_bound() {
-        let h = history(&[
+    /// Client 0 believes token 3 over [1 µs, 4 µs]; client 1 is granted
+    /// token 5 at 3 µs.
+    fn overlapping_leases() -> History<LockOp> {
+        history(&[
             (0, Invoke, acq(None)),
             (0, Ok, acq(Some(3))),
             (1, Invoke, acq(None)),
             (1, Ok, acq(Some(5))),
             (0, Invoke, read(3, None, None)),
-        ]);
+        ])
+    }
+
+    #[test]
+    fn overlapping_beliefs_are_judged_only_within_the_drift_bound() {
+        let h = overlapping_leases();
         assert_eq!(invariants(&h, true), vec!["lease-overlap"]);
         assert!(invariants(&h, false).is_empty());
     }
 
     #[test]
     fn each_overlapping_pair_is_judged_over_its_own_window() {
-        // Client 0 believes token 3 over [1 µs, 4 µs]; client 1 is granted
-        // token 5 at 3 µs. A judge that refuses other windows (a clock jump
-        // elsewhere in the run) does not blind this one.
-        let h = history(&[
-            (0, Invoke, acq(None)),
-            (0, Ok, acq(Some(3))),
-            (1, Invoke, acq(None)),
-            (1, Ok, acq(Some(5))),
-            (0, Invoke, read(3, None, None)),
-        ]);
+        // A judge that refuses other windows (a clock jump elsewhere in the
+        // run) does not blind this one.
+        let h = overlapping_leases();
         let seen = std::cell::RefCell::new(Vec::new());
         let judge = |p: &LeasePair| {
             seen.borrow_mut().push(*p);
@@ -476,18 +475,16 @@ mod tests {
         ]);
         assert!(invariants(&h, false).is_empty());
         let truth = [applied(102, 5, 1, 1, true), applied(101, 3, 2, 1, true)];
-        let found: Vec<_> = check_lock(&h, ResourceTruth::Applied(&truth), &|_| false)
-            .into_iter()
-            .map(|v| v.invariant)
-            .collect();
-        assert_eq!(found, vec!["fencing"]);
+        let judged = |truth: &[Applied]| -> Vec<String> {
+            check_lock(&h, ResourceTruth::Applied(truth), &|_| false)
+                .into_iter()
+                .map(|v| v.invariant)
+                .collect()
+        };
+        assert_eq!(judged(&truth), vec!["fencing"]);
         // Same token, applied twice (a retried write landing again): a
         // lost increment the callers never saw.
         let twice = [applied(101, 3, 1, 1, true), applied(101, 3, 2, 1, true)];
-        let found: Vec<_> = check_lock(&h, ResourceTruth::Applied(&twice), &|_| false)
-            .into_iter()
-            .map(|v| v.invariant)
-            .collect();
-        assert_eq!(found, vec!["lost-increment"]);
+        assert_eq!(judged(&twice), vec!["lost-increment"]);
     }
 }
