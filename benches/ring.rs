@@ -92,22 +92,22 @@ fn per_key(g: &mut BenchmarkGroup<'_, WallTime>, name: &str, mut lookup: impl Fn
 fn lookup(c: &mut Criterion) {
     let keys = Keys::new();
     let hashes: Vec<u64> = (0..KEYS).map(|i| hash_key(keys.get(i))).collect();
-    for n in [10u64, 100, 1000] {
+    for n in [10u32, 100, 1000] {
         let nodes: Vec<NodeSpec> = (0..n).map(NodeSpec::new).collect();
         let jump = JumpView::build(1, &nodes, 1).unwrap();
         for v in [40u32, 160, 1000] {
             let ring = RingView::build(1, &nodes, RingConfig { vnodes: v, replicas: 1 }).unwrap();
             let mut theirs: HashRing<VNode> = HashRing::new();
             theirs.batch_add(
-                (0..n)
+                (0..u64::from(n))
                     .flat_map(|node| (0..v).map(move |idx| VNode { node, idx }))
                     .collect(),
             );
             let mut g = c.benchmark_group(format!("lookup/n={n}/v={v}"));
-            per_key(&mut g, "ours", |i| ring.owner(keys.get(i)).0);
-            per_key(&mut g, "ours_prehashed", |i| ring.owner_of_hash(hashes[i]).0);
+            per_key(&mut g, "ours", |i| u64::from(ring.owner(keys.get(i))));
+            per_key(&mut g, "ours_prehashed", |i| u64::from(ring.owner_of_hash(hashes[i])));
             per_key(&mut g, "hashring", |i| theirs.get(&keys.get(i)).map_or(0, |v| v.node));
-            per_key(&mut g, "jump", |i| jump.owner(keys.get(i)).0);
+            per_key(&mut g, "jump", |i| u64::from(jump.owner(keys.get(i))));
             g.finish();
         }
     }

@@ -25,7 +25,12 @@ struct VNode {
 const TWO64: f64 = 18_446_744_073_709_551_616.0;
 
 fn nodes(ids: impl IntoIterator<Item = u64>) -> Vec<NodeSpec> {
-    ids.into_iter().map(NodeSpec::new).collect()
+    ids.into_iter().map(spec).collect()
+}
+
+/// The report counts nodes in `u64`; node ids are `u32`.
+fn spec(id: u64) -> NodeSpec {
+    NodeSpec::new(NodeId::try_from(id).expect("node ids fit in u32"))
 }
 
 fn ring(ids: &[NodeSpec], v: u32) -> RingView {
@@ -209,11 +214,11 @@ fn main() {
             let (mut add, mut rem) = (Vec::new(), Vec::new());
             for t in 0..adds {
                 let mut grown = base.clone();
-                grown.push(NodeSpec::new(n + t));
+                grown.push(spec(n + t));
                 add.push(exact_moved(&r0, &ring(&grown, v)) * (n + 1) as f64);
             }
             for gone in 0..removes {
-                let less: Vec<NodeSpec> = base.iter().copied().filter(|x| x.id.0 != gone).collect();
+                let less: Vec<NodeSpec> = base.iter().copied().filter(|x| u64::from(x.id) != gone).collect();
                 rem.push(exact_moved(&r0, &ring(&less, v)) * n as f64);
             }
             let (a, b) = (summary(&add), summary(&rem));
@@ -263,7 +268,7 @@ fn main() {
         if n <= 100 {
             let h0 = RendezvousView::build(1, &base, 1).unwrap();
             let mut grown = base.clone();
-            grown.push(NodeSpec::new(n));
+            grown.push(spec(n));
             let h1 = RendezvousView::build(2, &grown, 1).unwrap();
             let hm = RendezvousView::build(2, &base[1..], 1).unwrap();
             println!(
@@ -309,9 +314,9 @@ fn main() {
             let (mut add, mut rem) = (Vec::new(), Vec::new());
             for t in 0..trials {
                 let mut grown = base.clone();
-                grown.push(NodeSpec::new(n + t));
+                grown.push(spec(n + t));
                 add.push(moved(&*b0, &*build(ring(&grown, 160)), bh) * (n + 1) as f64);
-                let less: Vec<NodeSpec> = base.iter().copied().filter(|x| x.id.0 != t).collect();
+                let less: Vec<NodeSpec> = base.iter().copied().filter(|x| u64::from(x.id) != t).collect();
                 rem.push(moved(&*b0, &*build(ring(&less, 160)), bh) * n as f64);
             }
             let label = if eps.is_finite() {

@@ -1,7 +1,7 @@
 //! Consistent hashing: place keys on five nodes, add a sixth, count the
 //! keys whose owner moved: `cargo run --example ring`.
 
-use ringfence::ring::{diff_keys, NodeId, NodeSpec, Placement, RingConfig, RingView};
+use ringfence::ring::{diff_keys, NodeSpec, Placement, RingConfig, RingView};
 
 /// Runs the example (also run by `cargo test`, `tests/examples.rs`).
 pub fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
@@ -17,7 +17,7 @@ pub fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let owners_moved = moved.iter().filter(|m| m.owner_changed()).count();
     println!("adding a sixth node moved {owners_moved} of {} keys", keys.len());
     // Every moved key went to the new node, and about a sixth moved.
-    assert!(moved.iter().all(|m| m.to == [NodeId(6)]));
+    assert!(moved.iter().all(|m| m.to == [6]));
     assert!((1_200..2_200).contains(&owners_moved));
     Ok(())
 }

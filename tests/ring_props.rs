@@ -26,9 +26,9 @@ fn keys(salt: u64, n: usize) -> Vec<KeyHash> {
 /// A node set: distinct ids, weights 1..=3 when `weighted`, and zones
 /// (0..3) on some nodes when `zoned`.
 fn node_set(max: usize, weighted: bool, zoned: bool) -> impl Strategy<Value = Vec<NodeSpec>> {
-    proptest::collection::btree_set(0u64..10_000, 1..=max).prop_flat_map(move |ids| {
+    proptest::collection::btree_set(0u32..10_000, 1..=max).prop_flat_map(move |ids| {
         let n = ids.len();
-        let ids: Vec<u64> = ids.into_iter().collect();
+        let ids: Vec<NodeId> = ids.into_iter().collect();
         (
             Just(ids),
             proptest::collection::vec(if weighted { 1u32..=3 } else { 1u32..=1 }, n),
@@ -46,7 +46,7 @@ fn node_set(max: usize, weighted: bool, zoned: bool) -> impl Strategy<Value = Ve
                     .zip(ws)
                     .zip(zs)
                     .map(|((&id, w), z)| NodeSpec {
-                        id: NodeId(id),
+                        id,
                         weight: w,
                         zone: z.map(ringfence::ring::ZoneId),
                     })
@@ -61,7 +61,7 @@ fn ring(epoch: u64, nodes: &[NodeSpec], vnodes: u32, r: usize) -> RingView {
 
 /// A node id not in `nodes`.
 fn fresh_id(nodes: &[NodeSpec]) -> NodeId {
-    NodeId(nodes.iter().map(|n| n.id.0).max().unwrap_or(0) + 1)
+    nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1
 }
 
 fn cfg(cases: u32) -> ProptestConfig {
@@ -101,7 +101,7 @@ proptest! {
     fn add_remove_readd(nodes in node_set(12, true, true), salt in any::<u64>(), w in 1u32..=3) {
         let ks = keys(salt, KEYS);
         let r = nodes.len().min(3);
-        let new = NodeSpec::new(fresh_id(&nodes).0).with_weight(w);
+        let new = NodeSpec::new(fresh_id(&nodes)).with_weight(w);
         let mut grown = nodes.clone();
         grown.push(new);
 
@@ -143,7 +143,7 @@ proptest! {
     fn jump_tail_and_bounded_restore(nodes in node_set(12, false, false), salt in any::<u64>(), eps in 0.05f64..0.5) {
         let ks = keys(salt, KEYS);
         let r = nodes.len().min(3);
-        let new = NodeSpec::new(fresh_id(&nodes).0);
+        let new = NodeSpec::new(fresh_id(&nodes));
         let mut grown = nodes.clone();
         grown.push(new);
         let (j0, j1) = (JumpView::build(1, &nodes, r).unwrap(), JumpView::build(2, &grown, r).unwrap());
@@ -186,7 +186,7 @@ proptest! {
     #[test]
     fn diff_ranges_match_keys(nodes in node_set(8, true, true), salt in any::<u64>()) {
         let r = nodes.len().min(2);
-        let new = NodeSpec::new(fresh_id(&nodes).0);
+        let new = NodeSpec::new(fresh_id(&nodes));
         let mut grown = nodes.clone();
         grown.push(new);
         let (a, b) = (ring(1, &nodes, 16, r), ring(2, &grown, 16, r));
@@ -249,7 +249,7 @@ fn add_property<P: Placement>(
     nodes: &[NodeSpec],
     salt: u64,
 ) -> Result<(), TestCaseError> {
-    let new = NodeSpec::new(fresh_id(nodes).0);
+    let new = NodeSpec::new(fresh_id(nodes));
     let mut grown = nodes.to_vec();
     grown.push(new);
     let ks = keys(salt, 500);
@@ -326,11 +326,11 @@ fn view_errors() {
     assert_eq!(RendezvousView::build(1, &[], 1).unwrap_err(), ViewError::NoNodes);
     assert_eq!(
         JumpView::build(1, &[NodeSpec::new(1), NodeSpec::new(1)], 1).unwrap_err(),
-        ViewError::DuplicateNode(NodeId(1))
+        ViewError::DuplicateNode(1)
     );
     assert_eq!(
         RendezvousView::build(1, &[NodeSpec::new(3).with_weight(0)], 1).unwrap_err(),
-        ViewError::ZeroWeight(NodeId(3))
+        ViewError::ZeroWeight(3)
     );
     assert_eq!(
         ModuloPlacement::build(1, &two, 3).unwrap_err(),
@@ -346,7 +346,7 @@ fn view_errors() {
         ViewError::BadEpsilon(_)
     ));
     assert!(BoundedLoad::new(r, f64::NAN, []).is_err());
-    let many: Vec<NodeSpec> = (0..=ringfence::ring::view::MAX_NODES as u64)
+    let many: Vec<NodeSpec> = (0..=ringfence::ring::view::MAX_NODES as NodeId)
         .map(NodeSpec::new)
         .collect();
     assert!(matches!(
@@ -371,6 +371,6 @@ fn epoch_and_duplicate_skipping() {
         let list = r.preference_list(&k.to_be_bytes());
         let mut sorted = list.clone();
         sorted.sort();
-        assert_eq!(sorted, vec![NodeId(1), NodeId(2), NodeId(3)]);
+        assert_eq!(sorted, vec![1, 2, 3]);
     }
 }

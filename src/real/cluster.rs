@@ -52,7 +52,7 @@ use crate::log::node::{NoProbe, NodeError};
 use crate::txn;
 use crate::txn::client::TxnClient;
 use crate::txn::participant::ParticipantConfig;
-use crate::txn::placement::RingPlacement;
+use crate::txn::placement::RingShardMap;
 use crate::txn::shell::{self, no_observer};
 
 /// The cluster file.
@@ -323,7 +323,7 @@ impl ClusterConfig {
     /// A transaction client of this cluster on `env` (a client of
     /// [`ClusterConfig::txn_nodes`]).
     pub fn txn_client(&self, env: RealEnv) -> TxnClient<RealEnv> {
-        let placement = RingPlacement::new(self.shards()).expect("validated: distinct shard ids");
+        let placement = RingShardMap::new(self.shards()).expect("validated: distinct shard ids");
         TxnClient::new(
             env,
             self.coordinators(),

@@ -157,7 +157,7 @@ mod tests {
     use super::*;
     use crate::ring::{NodeSpec, RingConfig};
 
-    fn ring(epoch: u64, ids: &[u64], r: usize) -> RingView {
+    fn ring(epoch: u64, ids: &[NodeId], r: usize) -> RingView {
         let nodes: Vec<NodeSpec> = ids.iter().map(|&i| NodeSpec::new(i)).collect();
         RingView::build(epoch, &nodes, RingConfig { vnodes: 8, replicas: r }).unwrap()
     }

@@ -92,7 +92,7 @@ pub fn preference_lists_valid<P: Placement + ?Sized>(p: &P, keys: &[KeyHash]) ->
     let zone_of: BTreeMap<NodeId, (u8, u64)> = p
         .nodes()
         .iter()
-        .map(|n| (n.id, n.zone.map_or((1, n.id.0), |z| (0, u64::from(z.0)))))
+        .map(|n| (n.id, n.zone.map_or((1, u64::from(n.id)), |z| (0, u64::from(z.0)))))
         .collect();
     let zones = zone_of.values().collect::<std::collections::BTreeSet<_>>().len();
     let r = p.replicas();

@@ -31,7 +31,7 @@ impl RendezvousView {
     /// The view of `nodes` at `epoch` with `replicas` replicas per key.
     pub fn build(epoch: u64, nodes: &[NodeSpec], replicas: usize) -> Result<Self, ViewError> {
         let members = Members::new(epoch, nodes, replicas)?;
-        let seeds = members.nodes.iter().map(|n| node_seed(n.id.0)).collect();
+        let seeds = members.nodes.iter().map(|n| node_seed(u64::from(n.id))).collect();
         let w0 = members.nodes[0].weight;
         let uniform = members.nodes.iter().all(|n| n.weight == w0);
         Ok(RendezvousView {

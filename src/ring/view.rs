@@ -9,18 +9,12 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// Identity of a storage node. Placement depends only on this id (and the
-/// node's weight), never on its position in the node list, so reordering
-/// the list does not move keys (except for [`super::JumpView`], whose
-/// buckets are positions by design).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct NodeId(pub u64);
-
-impl std::fmt::Display for NodeId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "n{}", self.0)
-    }
-}
+/// A storage node is named by the crate-wide [`NodeId`](crate::env::NodeId),
+/// the id the node has on the network and in the cluster file. Placement
+/// depends only on this id (and the node's weight), never on its position
+/// in the node list, so reordering the list does not move keys (except for
+/// [`super::JumpView`], whose buckets are positions by design).
+pub use crate::env::NodeId;
 
 /// A failure domain (rack, availability zone). Preference lists put
 /// replicas in distinct zones before they reuse one.
@@ -43,9 +37,9 @@ pub struct NodeSpec {
 
 impl NodeSpec {
     /// A node of weight 1 with no zone.
-    pub fn new(id: u64) -> Self {
+    pub fn new(id: NodeId) -> Self {
         NodeSpec {
-            id: NodeId(id),
+            id,
             weight: 1,
             zone: None,
         }

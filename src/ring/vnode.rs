@@ -140,7 +140,7 @@ impl RingView {
             // Within limits by the MAX_POINTS check: weight · vnodes ≤ 2^25.
             let count = n.weight * config.vnodes;
             for v in 0..count {
-                entries.push((point(n.id.0, v), i as u32));
+                entries.push((point(u64::from(n.id), v), i as u32));
             }
         }
         // Ties (two equal 64-bit points) are broken by node id, not by list
@@ -343,7 +343,7 @@ impl Placement for RingView {
 mod tests {
     use super::*;
 
-    fn nodes(n: u64) -> Vec<NodeSpec> {
+    fn nodes(n: NodeId) -> Vec<NodeSpec> {
         (0..n).map(NodeSpec::new).collect()
     }
 
@@ -405,7 +405,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.points(), 40);
-        assert_eq!(r.iter_points().filter(|p| p.1 == NodeId(2)).count(), 30);
+        assert_eq!(r.iter_points().filter(|p| p.1 == 2).count(), 30);
     }
 
     #[test]
@@ -414,7 +414,7 @@ mod tests {
         assert_eq!(RingView::build(1, &[], cfg).unwrap_err(), ViewError::NoNodes);
         assert_eq!(
             RingView::build(1, &[NodeSpec::new(1), NodeSpec::new(1)], cfg).unwrap_err(),
-            ViewError::DuplicateNode(NodeId(1))
+            ViewError::DuplicateNode(1)
         );
         assert_eq!(
             RingView::build(
@@ -423,7 +423,7 @@ mod tests {
                 RingConfig { vnodes: 1, replicas: 1 }
             )
             .unwrap_err(),
-            ViewError::ZeroWeight(NodeId(1))
+            ViewError::ZeroWeight(1)
         );
         assert_eq!(
             RingView::build(1, &nodes(2), cfg).unwrap_err(),

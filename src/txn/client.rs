@@ -1,7 +1,7 @@
 //! The client API: `begin`, `get`, `put`, `commit` over an [`Env`].
 //!
 //! Reads and writes go straight to the shard that owns the key (found by a
-//! [`Placement`]); the shard locks the key and buffers writes. `commit` asks
+//! [`ShardMap`]); the shard locks the key and buffers writes. `commit` asks
 //! the coordinator to run two-phase commit over the shards touched. A
 //! replicated coordinator is a group: the client talks to the replica it
 //! believes leads, follows `Redirect` hints, and moves on to the next
@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use rand::Rng;
 
-use super::placement::Placement;
+use super::placement::ShardMap;
 use super::{AbortReason, Msg, Outcome, TxnId, Value};
 use crate::env::{codec, timeout, Env, NodeId};
 
@@ -179,7 +179,7 @@ pub struct TxnClient<E: Env> {
     coordinators: Vec<NodeId>,
     /// Index in `coordinators` of the replica asked first.
     current: usize,
-    placement: Arc<dyn Placement>,
+    placement: Arc<dyn ShardMap>,
     config: ClientConfig,
     next_request: u64,
 }
@@ -187,7 +187,7 @@ pub struct TxnClient<E: Env> {
 impl<E: Env> TxnClient<E> {
     /// `coordinators` is the classic coordinator alone, or every replica of
     /// a replicated one.
-    pub fn new(env: E, coordinators: Vec<NodeId>, placement: Arc<dyn Placement>, config: ClientConfig) -> Self {
+    pub fn new(env: E, coordinators: Vec<NodeId>, placement: Arc<dyn ShardMap>, config: ClientConfig) -> Self {
         assert!(!coordinators.is_empty());
         TxnClient {
             env,

@@ -6,7 +6,8 @@ use crate::env::NodeId;
 use crate::ring::{self, NodeSpec, RingConfig, RingView, ViewError};
 
 /// Maps keys to the shard (participant node) that owns them.
-pub trait Placement: Send + Sync {
+pub trait ShardMap: Send + Sync {
+    /// The shard that owns `key`.
     fn shard_for(&self, key: &str) -> NodeId;
     /// Every shard, in a stable order.
     fn shards(&self) -> &[NodeId];
@@ -15,24 +16,23 @@ pub trait Placement: Send + Sync {
 /// Shards on a weighted virtual-node ring (160 points each, sha1-placed):
 /// the same mapping on every node, platform and release.
 #[derive(Debug, Clone)]
-pub struct RingPlacement {
+pub struct RingShardMap {
     ring: RingView,
     shards: Vec<NodeId>,
 }
 
-impl RingPlacement {
+impl RingShardMap {
     /// Fails on an empty or duplicated shard list.
     pub fn new(shards: Vec<NodeId>) -> Result<Self, ViewError> {
-        let nodes: Vec<NodeSpec> = shards.iter().map(|&s| NodeSpec::new(u64::from(s))).collect();
+        let nodes: Vec<NodeSpec> = shards.iter().map(|&s| NodeSpec::new(s)).collect();
         let ring = RingView::build(0, &nodes, RingConfig::default().with_replicas(1))?;
-        Ok(RingPlacement { ring, shards })
+        Ok(RingShardMap { ring, shards })
     }
 }
 
-impl Placement for RingPlacement {
+impl ShardMap for RingShardMap {
     fn shard_for(&self, key: &str) -> NodeId {
-        let owner = ring::Placement::owner(&self.ring, key.as_bytes());
-        NodeId::try_from(owner.0).expect("ring nodes are shard ids")
+        ring::Placement::owner(&self.ring, key.as_bytes())
     }
     fn shards(&self) -> &[NodeId] {
         &self.shards
@@ -45,7 +45,7 @@ mod tests {
 
     #[test]
     fn placement_is_stable_and_uses_every_shard() {
-        let p = RingPlacement::new(vec![2, 3, 4]).unwrap();
+        let p = RingShardMap::new(vec![2, 3, 4]).unwrap();
         let keys: Vec<String> = (0..30).map(|i| format!("acct-{i}")).collect();
         let a: Vec<_> = keys.iter().map(|k| p.shard_for(k)).collect();
         let b: Vec<_> = keys.iter().map(|k| p.shard_for(k)).collect();
@@ -57,7 +57,22 @@ mod tests {
 
     #[test]
     fn bad_shard_lists_are_refused() {
-        assert!(RingPlacement::new(vec![]).is_err());
-        assert!(RingPlacement::new(vec![2, 2]).is_err());
+        assert!(RingShardMap::new(vec![]).is_err());
+        assert!(RingShardMap::new(vec![2, 2]).is_err());
+    }
+
+    /// One `NodeId` across the crate: a ring built from the cluster's node
+    /// ids answers with those ids, and the shard map is that ring's owner.
+    #[test]
+    fn the_shard_map_is_the_rings_owner_in_the_clusters_ids() {
+        let shards: Vec<NodeId> = vec![2, 3, 4];
+        let nodes: Vec<NodeSpec> = shards.iter().map(|&s| NodeSpec::new(s)).collect();
+        let ring = RingView::build(0, &nodes, RingConfig::default().with_replicas(1)).unwrap();
+        let map = RingShardMap::new(shards).unwrap();
+        for i in 0..100 {
+            let key = format!("acct-{i}");
+            let owner: NodeId = ring::Placement::owner(&ring, key.as_bytes());
+            assert_eq!(map.shard_for(&key), owner);
+        }
     }
 }

@@ -4,7 +4,7 @@
 //!
 //! Servers `1..=C` are the coordinator (replicas); the rest are shards, each
 //! holding some of [`ACCOUNTS`] accounts (placed by the consistent-hashing ring,
-//! `RingPlacement`). Every account starts with [`INITIAL`]. Clients run transfers
+//! `RingShardMap`). Every account starts with [`INITIAL`]. Clients run transfers
 //! (read two balances, write both, commit), audits (read every account in
 //! one transaction, commit) and register transactions ([`registers`]: read
 //! one register and blindly write another, or read both). After the heal
@@ -48,7 +48,7 @@ use ringfence::log::{Wire, WireOf};
 use ringfence::txn::client::{ClientConfig, TxnClient, TxnError};
 use ringfence::txn::coordinator::{CoordinatorBugs, CoordinatorConfig};
 use ringfence::txn::participant::{ParticipantBugs, ParticipantConfig};
-use ringfence::txn::placement::{Placement, RingPlacement};
+use ringfence::txn::placement::{RingShardMap, ShardMap};
 use ringfence::txn::replicated::{CoordMachine, ReplicatedBugs, ReplicatedConfig};
 use ringfence::txn::shell::{run_coordinator, run_participant, run_replicated_coordinator, Observer};
 use ringfence::txn::{Decision, Msg, Outcome, TxnEvent, TxnId};
@@ -166,7 +166,7 @@ pub struct Bank<const C: u32, const LOAD: u32 = 1> {
     coordinator: CoordinatorBugs,
     replicated: ReplicatedBugs,
     participant: ParticipantBugs,
-    placement: Arc<RingPlacement>,
+    placement: Arc<RingShardMap>,
     probe_client: u32,
     events: Mutex<Vec<(NodeId, TxnEvent)>>,
     /// Transactions whose commit the clients saw succeed or not answer: the
@@ -493,7 +493,7 @@ impl<const C: u32, const LOAD: u32> Scenario for Bank<C, LOAD> {
                 blind_write_ignores_readers: bug(&BLIND_WRITE_IGNORES_READERS),
             },
             placement: Arc::new(
-                RingPlacement::new((COORDINATOR + C..=params.servers).collect()).expect("distinct shard ids"),
+                RingShardMap::new((COORDINATOR + C..=params.servers).collect()).expect("distinct shard ids"),
             ),
             probe_client: params.workload.clients,
             events: Mutex::new(Vec::new()),
@@ -648,7 +648,7 @@ impl Observed {
 pub fn check_bank(
     history: &History<BankOp>,
     events: &[(NodeId, TxnEvent)],
-    placement: &dyn Placement,
+    placement: &dyn ShardMap,
     probe_client: u32,
 ) -> Vec<Violation> {
     let mut violations = Vec::new();
@@ -867,8 +867,8 @@ mod tests {
 
     const T: TxnId = (1 << 32) | 1;
 
-    fn placement() -> RingPlacement {
-        RingPlacement::new(vec![2, 3, 4]).expect("distinct shard ids")
+    fn placement() -> RingShardMap {
+        RingShardMap::new(vec![2, 3, 4]).expect("distinct shard ids")
     }
 
     fn transfer(txn: TxnId, reads: Vec<(u32, i64)>, writes: Vec<(u32, i64)>) -> BankOp {

@@ -13,7 +13,7 @@ use std::process::ExitStatus;
 use std::time::Duration;
 
 use clap::Subcommand;
-use ringfence::lock::{Lease, LockClient, LockError, Token};
+use ringfence::lock::{LockClient, LockError, LockGuard, Token};
 use ringfence::real::cluster::ClusterConfig;
 use ringfence::real::RealEnv;
 use tokio::process::Child;
@@ -116,8 +116,10 @@ async fn acquire(
 ) -> Result<(), Failure> {
     let client = LockClient::new(env(config)?, servers(config), config.lock_client_config());
     client.open().await.map_err(|e| format!("open session: {e}"))?;
-    let lease = match client.acquire(name, wait).await {
-        Ok(lease) if client.is_valid() => lease,
+    // The guard renews the session in the background and says when the
+    // lock is lost; the loop below only watches it.
+    let guard = match client.lock(name, wait).await {
+        Ok(guard) if guard.is_valid() => guard,
         Ok(_) => return Err(lost(name, None, "the lease ran out before the grant was confirmed")),
         Err(LockError::WaitExpired { .. }) => {
             return Err(Failure {
@@ -127,9 +129,9 @@ async fn acquire(
         }
         Err(e) => return Err(format!("acquire {name}: {e}").into()),
     };
+    let token = guard.token();
     println!(
-        "granted lock={name} token={} session={} valid_for={:?}",
-        lease.token,
+        "granted lock={name} token={token} session={} valid_for={:?}",
         client.session(),
         client.valid_for()
     );
@@ -137,7 +139,7 @@ async fn acquire(
         Some((program, args)) => Some(
             tokio::process::Command::new(program)
                 .args(args)
-                .env("RINGFENCE_LOCK_TOKEN", lease.token.to_string())
+                .env("RINGFENCE_LOCK_TOKEN", token.to_string())
                 // Its own process group, so stopping it reaches whatever
                 // it started (a shell's pipeline, say) too.
                 .process_group(0)
@@ -148,12 +150,11 @@ async fn acquire(
         ),
         None => None,
     };
-    let ended = hold_while(&client, &lease, hold, child.as_mut(), config.lock_ttl() / 4).await?;
+    let ended = hold_while(&client, &guard, hold, child.as_mut()).await?;
     if let (Ended::Lost(_) | Ended::Interrupted, Some(child)) = (&ended, child.as_mut()) {
         if let Ended::Lost(reason) = &ended {
             eprintln!(
-                "lost the lock {name} (token {}): {reason}; stopping the command (SIGTERM, SIGKILL after {grace:?})",
-                lease.token
+                "lost the lock {name} (token {token}): {reason}; stopping the command (SIGTERM, SIGKILL after {grace:?})"
             );
         }
         let status = stop(child, grace)
@@ -162,12 +163,12 @@ async fn acquire(
         eprintln!("command stopped: {status}");
     }
     if let Ended::Lost(reason) = ended {
-        return Err(lost(name, Some(lease.token), &reason));
+        return Err(lost(name, Some(token), &reason));
     }
     // The lease held throughout; a release that fails now only means the
     // servers free the lock when the session expires instead.
-    match client.release(&lease).await {
-        Ok(()) => println!("released lock={name} token={}", lease.token),
+    match guard.release().await {
+        Ok(()) => println!("released lock={name} token={token}"),
         Err(e) => eprintln!("warning: release {name}: {e} (the lock is freed when the session expires)"),
     }
     match ended {
@@ -187,16 +188,16 @@ fn lost(name: &str, token: Option<Token>, reason: &str) -> Failure {
     }
 }
 
-/// Keeps the session alive while the command runs / the hold lasts / until
-/// a signal, renewing every `renew_every`. The lease's deadline is watched
-/// on its own, so a renewal that hangs (servers unreachable) or a process
-/// that was stopped past the deadline ends the hold at once.
+/// Holds the lock while the command runs / the hold lasts / until a
+/// signal. The guard renews in the background and reports a loss; the
+/// lease's deadline on this machine's clock is also watched here, so after
+/// a stall (the process stopped past its deadline) an expired lease wins
+/// over everything else that became ready at the same time.
 async fn hold_while(
     client: &LockClient<RealEnv>,
-    lease: &Lease,
+    guard: &LockGuard<RealEnv>,
     hold: Option<Duration>,
     mut child: Option<&mut Child>,
-    renew_every: Duration,
 ) -> Result<Ended, String> {
     let until = hold.map(|h| Instant::now() + h);
     let signal_error = |e: std::io::Error| format!("cannot watch signals: {e}");
@@ -205,13 +206,15 @@ async fn hold_while(
     let mut hangup = signal(SignalKind::hangup()).map_err(signal_error)?;
     loop {
         let expires = Instant::now() + client.valid_for();
-        // Polled first: after a stall, an expired lease wins over
-        // everything else that became ready at the same time.
         tokio::select! {
             biased;
             () = tokio::time::sleep_until(expires) => {
-                return Ok(Ended::Lost("the lease expired on this machine's clock (no renewal confirmed in time)".to_string()));
+                // A renewal may have moved the deadline since.
+                if !guard.is_valid() {
+                    return Ok(Ended::Lost("the lease expired on this machine's clock (no renewal confirmed in time)".to_string()));
+                }
             }
+            why = guard.lost() => return Ok(Ended::Lost(why.to_string())),
             _ = interrupt.recv() => return Ok(Ended::Interrupted),
             _ = terminate.recv() => return Ok(Ended::Interrupted),
             _ = hangup.recv() => return Ok(Ended::Interrupted),
@@ -220,13 +223,6 @@ async fn hold_while(
             }
             () = async { tokio::time::sleep_until(until.expect("guarded")).await }, if until.is_some() => {
                 return Ok(Ended::Finished(None));
-            }
-            renewed = async { tokio::time::sleep(renew_every).await; client.keep_alive().await } => match renewed {
-                Ok(held) if held.iter().any(|(l, t)| *l == lease.lock && *t == lease.token) => {}
-                Ok(_) => return Ok(Ended::Lost("the servers no longer count this session as its holder".to_string())),
-                // Unknown: the deadline decides.
-                Err(LockError::Unavailable { .. }) => {}
-                Err(e) => return Ok(Ended::Lost(format!("renewal answered: {e}"))),
             }
         }
     }

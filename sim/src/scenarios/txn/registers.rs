@@ -19,7 +19,7 @@ use ringfence::env::NodeId;
 use ringfence::history::isolation::{self, Mop, Options, Status, Txn};
 use ringfence::history::{EventKind, History, Violation};
 use ringfence::txn::client::{TxnClient, TxnError};
-use ringfence::txn::placement::Placement;
+use ringfence::txn::placement::ShardMap;
 use ringfence::txn::{Decision, Outcome, TxnEvent, TxnId, Value};
 
 use super::{Bank, BankOp};
@@ -112,7 +112,7 @@ pub(super) async fn run<const C: u32, const LOAD: u32>(
 pub(super) fn check(
     history: &History<BankOp>,
     events: &[(NodeId, TxnEvent)],
-    placement: &dyn Placement,
+    placement: &dyn ShardMap,
 ) -> Vec<Violation> {
     let mut committed: BTreeSet<TxnId> = BTreeSet::new();
     // Commits each shard applied, in order.
@@ -199,7 +199,7 @@ pub(super) fn check(
 
 #[cfg(test)]
 mod tests {
-    use ringfence::txn::placement::RingPlacement;
+    use ringfence::txn::placement::RingShardMap;
 
     use super::*;
 
@@ -227,7 +227,7 @@ mod tests {
     }
 
     fn check_with(h: &History<BankOp>, events: &[(NodeId, TxnEvent)]) -> Vec<String> {
-        let placement = RingPlacement::new(vec![2, 3, 4]).unwrap();
+        let placement = RingShardMap::new(vec![2, 3, 4]).unwrap();
         check(h, events, &placement).into_iter().map(|v| v.detail).collect()
     }
 
@@ -260,7 +260,7 @@ mod tests {
         h.push(1, 2, EventKind::Invoke, op(None, vec![], vec![]));
         h.push(0, 3, EventKind::Ok, op(Some(T1), vec![(0, None)], vec![(0, T1)]));
         h.push(1, 4, EventKind::Ok, op(Some(T2), vec![(0, None)], vec![(0, T2)]));
-        let placement = RingPlacement::new(vec![2, 3, 4]).unwrap();
+        let placement = RingShardMap::new(vec![2, 3, 4]).unwrap();
         let shard = placement.shard_for(&register_key(0));
         let applied = |txn| TxnEvent::Applied {
             txn,
