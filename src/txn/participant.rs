@@ -183,13 +183,20 @@ impl Participant {
                     }
                     let mut locked = BTreeSet::new();
                     for (key, exclusive) in locks {
-                        // Prepared transactions never conflict: a later one
-                        // could only prepare after this one's decision.
                         let lock = p.locks.entry(key.clone()).or_insert(Lock {
                             exclusive,
                             holders: BTreeSet::new(),
                         });
-                        lock.exclusive |= exclusive;
+                        // Prepared transactions never conflict: a later one
+                        // could only prepare after this one's decision. A
+                        // log that says otherwise is not this shard's.
+                        let others = lock.holders.iter().any(|&h| h != txn);
+                        if others && (lock.exclusive || exclusive) {
+                            return Err(RecoverError::Invalid {
+                                position,
+                                reason: "two undecided prepared transactions hold conflicting locks",
+                            });
+                        }
                         lock.holders.insert(txn);
                         locked.insert(key);
                     }
@@ -252,10 +259,6 @@ impl Participant {
             "refusing {what} from a node that may not send it"
         );
         vec![]
-    }
-
-    pub fn id(&self) -> NodeId {
-        self.id
     }
 
     /// This incarnation's epoch (echoed by clients in every request).
@@ -810,6 +813,31 @@ mod tests {
             decision: Decision::Commit,
             prepared: true
         })));
+    }
+
+    #[test]
+    fn recovery_refuses_prepared_transactions_whose_locks_conflict() {
+        // Two shards each prepare a write of "a"; one log holding both
+        // records cannot be this shard's own.
+        let prepared_write = |txn| {
+            let (mut p, boot) = Participant::recover(2, &[], Duration::ZERO, config()).unwrap();
+            put(&mut p, txn, "a", 7).unwrap();
+            vec![boot, prepare(&mut p, txn)]
+        };
+        let (mut first, second) = (prepared_write(10), prepared_write(11));
+        first.push(second[1].clone());
+        let error = Participant::recover(2, &log_of(&first), MS, config()).unwrap_err();
+        assert!(matches!(error, RecoverError::Invalid { position: 2, .. }), "{error:?}");
+
+        // Shared locks do not conflict, and a record written twice is one
+        // transaction, not two.
+        let (mut p, boot) = Participant::recover(2, &[], Duration::ZERO, config()).unwrap();
+        get(&mut p, 10, "a").unwrap();
+        get(&mut p, 11, "a").unwrap();
+        let (ten, eleven) = (prepare(&mut p, 10), prepare(&mut p, 11));
+        let history = [boot, ten.clone(), eleven, ten];
+        let (p, _) = Participant::recover(2, &log_of(&history), MS, config()).unwrap();
+        assert_eq!(p.prepared(), vec![10, 11]);
     }
 
     #[test]
