@@ -52,14 +52,9 @@
 //! and `docs/library.md` sets them beside etcd-client and hashring.
 
 pub mod env;
-// Not every item of these three is documented yet (their module docs and
-// docs/ explain them); the lint holds everywhere else.
-#[allow(missing_docs)]
 pub mod history;
 pub mod lock;
-#[allow(missing_docs)]
 pub mod log;
 pub mod real;
 pub mod ring;
-#[allow(missing_docs)]
 pub mod txn;

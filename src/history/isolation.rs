@@ -34,6 +34,36 @@
 //! (it read a version its writer later overwrote itself), `internal` (a
 //! transaction did not read its own latest write), `garbage-read` (a value
 //! nobody wrote).
+//!
+//! # Example
+//!
+//! Write skew: two concurrent transactions each read both keys' initial
+//! versions and write one of them. Each read is overwritten by the other's
+//! write — two `rw` edges in one cycle, so `G2`:
+//!
+//! ```
+//! use std::collections::BTreeMap;
+//!
+//! use ringfence::history::isolation::{check, Mop, Options, Status, Txn};
+//!
+//! let txn = |name: &str, write: Mop, event: usize| Txn {
+//!     name: name.into(),
+//!     invoked_ns: 0,
+//!     committed_ns: Some(100),
+//!     status: Status::Committed,
+//!     mops: vec![Mop::Read("x".into(), None), Mop::Read("y".into(), None), write],
+//!     events: vec![event],
+//! };
+//! let txns = [
+//!     txn("T1", Mop::Write("x".into(), 1), 0),
+//!     txn("T2", Mop::Write("y".into(), 2), 1),
+//! ];
+//! let found = check(&txns, &BTreeMap::new(), Options::default());
+//! assert_eq!(found.len(), 1);
+//! assert_eq!(found[0].name, "G2");
+//! assert_eq!(found[0].invariant(), "serializable");
+//! assert_eq!(found[0].events, [0, 1]);
+//! ```
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Write as _;
@@ -44,6 +74,7 @@ use petgraph::visit::EdgeRef;
 
 use super::Violation;
 
+/// A register's name; keys are independent of one another.
 pub type Key = String;
 /// A written value; unique among the writes of one key.
 pub type Value = u64;
@@ -53,13 +84,19 @@ pub type Value = u64;
 pub enum Mop {
     /// Read `key`; `None` is the initial, never-written version.
     Read(Key, Option<Value>),
+    /// Write `value` to `key`; only a transaction's last write of a key is
+    /// an installed version, earlier ones are intermediate (`G1b` if read).
     Write(Key, Value),
 }
 
 /// How a transaction ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
+    /// Its client saw the commit: its reads are judged and its writes
+    /// installed.
     Committed,
+    /// Its client saw the abort: it is left out of the graph, and reading
+    /// one of its writes is `G1a`.
     Aborted,
     /// Unknown (a lost reply): its writes may be visible, its reads are not
     /// judged.
@@ -71,15 +108,21 @@ pub enum Status {
 pub struct Txn {
     /// How reports name it, e.g. `txn 0x100000003`.
     pub name: String,
+    /// When its client invoked it; with [`Options::realtime`], a
+    /// transaction committed before this precedes it.
     pub invoked_ns: u64,
     /// When its client learned that it committed.
     pub committed_ns: Option<u64>,
+    /// How it ended, which decides whether its reads are judged and its
+    /// writes count as versions.
     pub status: Status,
+    /// What it read and wrote, in the order it ran.
     pub mops: Vec<Mop>,
     /// History events that show it.
     pub events: Vec<usize>,
 }
 
+/// What to judge; the default is plain serializability.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Options {
     /// Judge strict serializability: real-time order counts.
@@ -90,8 +133,13 @@ pub struct Options {
 /// happened (the cycle, for graph anomalies) and the events involved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Anomaly {
+    /// The anomaly class, e.g. `G-single`; stable, so tests and reports
+    /// can match on it.
     pub name: String,
+    /// For a cycle, its transactions and edges (`T1 -rw y-> T2 -rw x-> T1`);
+    /// otherwise the offending read or write.
     pub detail: String,
+    /// History events of the transactions involved.
     pub events: Vec<usize>,
 }
 
@@ -106,6 +154,8 @@ impl Anomaly {
         }
     }
 
+    /// As a history [`Violation`] of [`Anomaly::invariant`], so that
+    /// isolation reports share the other checkers' format.
     pub fn violation(&self) -> Violation {
         Violation::new(
             self.invariant(),

@@ -29,6 +29,38 @@
 //! When a key is not linearizable, the checker shrinks the evidence to a small
 //! set of operations whose recorded results cannot all be true, whatever the
 //! remaining operations on that key did within their intervals (see [`check`]).
+//!
+//! # Example
+//!
+//! A register: client 0 writes 1 and is acknowledged, client 1 reads the
+//! key. A read that overlaps the write may return the old value; one
+//! invoked after the acknowledgement must see the write:
+//!
+//! ```
+//! use ringfence::history::linearizability::{check_kv, KvOp};
+//! use ringfence::history::{EventKind, History};
+//!
+//! let write = KvOp::Write { key: 7, value: 1 };
+//! let read = |value| KvOp::Read { key: 7, value };
+//!
+//! // The read is invoked at 5, during the write: seeing nothing is fine.
+//! let mut h = History::default();
+//! h.push(0, 0, EventKind::Invoke, write.clone());
+//! h.push(1, 5, EventKind::Invoke, read(None));
+//! h.push(0, 10, EventKind::Ok, write.clone());
+//! h.push(1, 30, EventKind::Ok, read(None));
+//! assert!(check_kv(&h).is_ok());
+//!
+//! // Invoked at 20, after the write was acknowledged: a stale read.
+//! let mut h = History::default();
+//! h.push(0, 0, EventKind::Invoke, write.clone());
+//! h.push(0, 10, EventKind::Ok, write);
+//! h.push(1, 20, EventKind::Invoke, read(None));
+//! h.push(1, 30, EventKind::Ok, read(None));
+//! let violation = check_kv(&h).unwrap_err();
+//! assert_eq!(violation.invariant, "linearizable");
+//! assert_eq!(violation.events, [0, 1, 2, 3]);
+//! ```
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -99,20 +131,36 @@ pub trait Model {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KvOp<K = u64, V = u64> {
     /// Reads `key`; `value` is the result, `None` if the key was never written.
-    Read { key: K, value: Option<V> },
+    Read {
+        /// The register read.
+        key: K,
+        /// What the read returned: a result, ignored on `Invoke`.
+        value: Option<V>,
+    },
     /// Overwrites `key` with `value`.
-    Write { key: K, value: V },
+    Write {
+        /// The register written.
+        key: K,
+        /// The new value; the same on invocation and completion.
+        value: V,
+    },
     /// Sets `key` to `to` if it currently holds `from` (`None`: never written);
     /// `swapped` is the result.
     Cas {
+        /// The register compared and perhaps set.
         key: K,
+        /// The value expected; `None` expects a never-written register.
         from: Option<V>,
+        /// The value installed when `from` matched.
         to: V,
+        /// Whether it matched and swapped: a result, ignored on `Invoke`.
         swapped: bool,
     },
 }
 
 impl<K, V> KvOp<K, V> {
+    /// The register touched, whatever the operation: what the per-key
+    /// decomposition splits the history by.
     pub fn key(&self) -> &K {
         match self {
             KvOp::Read { key, .. } | KvOp::Write { key, .. } | KvOp::Cas { key, .. } => key,

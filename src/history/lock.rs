@@ -37,22 +37,31 @@ use crate::lock::Token;
 pub enum LockOp {
     /// `token` is `None` on invocation.
     Acquire {
+        /// The fencing token granted: the result, filled in on `Ok`.
         token: Option<Token>,
     },
+    /// Giving the lock back; only its current owner may succeed, once.
     Release {
+        /// The token the client believes it holds.
         token: Token,
     },
     /// A fenced read of the counter; `value` and the resource's acceptance
     /// position `seq` on success.
     Read {
+        /// The token presented to the resource.
         token: Token,
+        /// The counter read; a result, `None` until it succeeds.
         value: Option<u64>,
+        /// Where the resource placed the access in its acceptance order.
         seq: Option<u64>,
     },
     /// A fenced write of `value`; `seq` on success.
     Write {
+        /// The token presented to the resource.
         token: Token,
+        /// The counter written back (one more than the holder read).
         value: u64,
+        /// Where the resource placed the access in its acceptance order.
         seq: Option<u64>,
     },
 }
@@ -76,9 +85,14 @@ pub enum ResourceTruth<'a> {
 /// other client was granted it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LeasePair {
+    /// The client granted first, whose belief outlasted the other's grant.
     pub holder: u32,
+    /// When `holder`'s acquire succeeded.
     pub from_ns: u64,
+    /// When `holder` last passed a lease check (invoked a read).
     pub until_ns: u64,
+    /// When the other client's acquire succeeded, inside
+    /// `from_ns..until_ns`.
     pub granted_ns: u64,
 }
 

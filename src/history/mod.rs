@@ -36,7 +36,10 @@ pub struct Event<Op> {
     pub client: u32,
     /// Real (simulated) time in nanoseconds since the run began.
     pub time_ns: u64,
+    /// Whether this opens an operation or how it ended; pairs with the same
+    /// client's previous `Invoke`.
     pub kind: EventKind,
+    /// Arguments on `Invoke`, the observed result on `Ok`/`Fail`/`Info`.
     pub op: Op,
 }
 
@@ -69,14 +72,19 @@ impl<Op> History<Op> {
         index
     }
 
+    /// The raw events in recording (time) order, for checkers that need
+    /// more than the invoke/completion pairs of [`History::operations`].
     pub fn events(&self) -> &[Event<Op>] {
         &self.events
     }
 
+    /// Number of events (invocations and completions counted separately).
     pub fn len(&self) -> usize {
         self.events.len()
     }
 
+    /// True when nothing was recorded, e.g. a run that never reached its
+    /// workload.
     pub fn is_empty(&self) -> bool {
         self.events.is_empty()
     }
@@ -115,6 +123,8 @@ pub struct Violation {
 }
 
 impl Violation {
+    /// Builds a violation from the invariant's stable name, a readable
+    /// explanation and the history indices that show it.
     pub fn new(invariant: impl Into<String>, detail: impl Into<String>, events: Vec<usize>) -> Self {
         Violation {
             invariant: invariant.into(),

@@ -21,33 +21,54 @@ pub type Token = u64;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
     /// Starts a session (or renews it, for a retried `Open`).
-    Open { session: SessionId },
+    Open {
+        /// The new session's id, chosen at random by the client.
+        session: SessionId,
+    },
     /// Renews the session; answered with the locks it holds.
-    KeepAlive { session: SessionId },
+    KeepAlive {
+        /// The session to renew.
+        session: SessionId,
+    },
     /// Takes `lock`, or queues for it (`wait`), or reports `Busy`.
     /// `request` makes retries idempotent: the same request gets the same
     /// grant or queue slot, an older one is refused as stale.
     Acquire {
+        /// The session that will hold the lock; it must be the sender's.
         session: SessionId,
+        /// The lock's name, at most [`super::MAX_LOCK_NAME_BYTES`] bytes.
         lock: String,
+        /// The client's id for this attempt, increasing per session.
         request: u64,
+        /// Queue behind the holder instead of answering `Busy`.
         wait: bool,
     },
     /// Releases `lock` if `session` holds it with `token`.
     Release {
+        /// The session that holds the lock.
         session: SessionId,
+        /// The lock's name.
         lock: String,
+        /// The token it was granted: a release under an older grant is
+        /// `NotOwner`, not a release of a newer one.
         token: Token,
     },
     /// Leaves the queue for `lock` (answered `Granted` if it was already
     /// granted: the caller then owns it and should release it).
     Cancel {
+        /// The session that queued.
         session: SessionId,
+        /// The lock's name.
         lock: String,
+        /// The acquire's request id, remembered so that a late duplicate
+        /// of that acquire is refused rather than queued again.
         request: u64,
     },
     /// Ends the session, releasing everything.
-    Close { session: SessionId },
+    Close {
+        /// The session to end.
+        session: SessionId,
+    },
 }
 
 impl Request {
@@ -73,29 +94,52 @@ pub enum LockCommand {
     /// A client's request. `owner` is the node it came from, as the
     /// transport authenticated it: a session belongs to the node that
     /// opened it, and its principal (`owner >> 16`) carries the quota.
-    Client { owner: NodeId, request: Request },
+    Client {
+        /// The authenticated sender, stamped by the leader, never trusted
+        /// from the client.
+        owner: NodeId,
+        /// What the client asked for.
+        request: Request,
+    },
     /// Planted bug `UnsyncedToken`: an acquire stamped by the leader with a
     /// token from its own counter instead of the machine's revision.
     Hinted {
+        /// The authenticated sender, as for `Client`.
         owner: NodeId,
+        /// The client's request (an `Acquire` is what the hint affects).
         request: Request,
+        /// The leader's own counter value, used as the token if granted.
         token: Token,
     },
     /// Proposed by a leader whose clock says `session` has not renewed for
     /// a TTL since the renewal at revision `renewed`. Ignored if the session
     /// renewed since (the leader decided on stale information).
-    Expire { session: SessionId, renewed: u64 },
+    Expire {
+        /// The session whose lease ran out on the leader's clock.
+        session: SessionId,
+        /// The revision of the renewal the leader saw last: a renewal
+        /// after it makes the command a no-op.
+        renewed: u64,
+    },
 }
 
 /// Read-only requests (served linearizably by the log's read-index).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LockQuery {
     /// Holder and waiters of a lock.
-    Lock { lock: String },
+    Lock {
+        /// The lock's name.
+        lock: String,
+    },
     /// The same answer, but the leader holds the request while the lock
     /// still looks like `seen` (for at most [`super::server::WATCH_PARK`]):
     /// how a queued acquirer learns of its grant without polling.
-    Watch { lock: String, seen: Option<LockView> },
+    Watch {
+        /// The lock's name.
+        lock: String,
+        /// The view the watcher already has; `None` answers at once.
+        seen: Option<LockView>,
+    },
     /// The servers' lease settings, answered by any replica's shell (see
     /// `server::run`), so a client agrees on the TTL when it opens.
     Settings,
@@ -105,16 +149,25 @@ pub enum LockQuery {
 /// `(session, token)` pairs.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LockView {
+    /// The owning session and its token; `None` when the lock is free.
     pub holder: Option<(SessionId, Token)>,
+    /// The queue, first in line first; each token is what that session
+    /// will hold once granted.
     pub waiters: Vec<(SessionId, Token)>,
 }
 
 /// Why a request was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Refusal {
+    /// The table already holds [`super::MAX_SESSIONS`] sessions: the
+    /// snapshot must fit one message.
     TooManySessions,
+    /// The table already holds [`super::MAX_LOCKS`] locks, and this one
+    /// would be new.
     TooManyLocks,
+    /// The lock already has [`super::MAX_WAITERS`] queued.
     TooManyWaiters,
+    /// The lock name exceeds [`super::MAX_LOCK_NAME_BYTES`].
     NameTooLong,
     /// The request id is older than one this session already finished.
     StaleRequest,
@@ -131,32 +184,51 @@ pub enum Refusal {
 /// Results of commands and queries.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LockOutput {
+    /// `Open` succeeded: the session is live (new, or renewed by a retry).
     Opened,
+    /// `KeepAlive` renewed the session.
     Alive {
+        /// The locks the session holds (not those it waits for), so the
+        /// client learns of grants and losses while renewing.
         held: Vec<(String, Token)>,
     },
+    /// The session holds the lock (now, or already: retries get the same
+    /// answer; also `Cancel`'s answer when the grant came first).
     Granted {
+        /// The fencing token to present to resources.
         token: Token,
     },
     /// Queued behind `ahead` (the token just before ours in line).
     Queued {
+        /// The token the session will hold once granted.
         token: Token,
+        /// The token just ahead in line (the holder's, when first).
         ahead: Token,
     },
     /// Try-acquire of a held lock.
     Busy,
+    /// `Release` gave the lock up, or `Close` ended the session and
+    /// everything it held.
     Released,
+    /// `Release` with a lock or token the session does not hold (any more).
     NotOwner,
+    /// `Cancel` left the queue (or there was nothing to leave).
     Cancelled,
     /// The session does not exist (expired, closed, or never opened).
     SessionExpired,
+    /// `Expire` ended the session and released its locks.
     Expired,
+    /// `Expire` found the session renewed since (or gone): nothing done.
     Ignored,
+    /// The request was refused for the reason given; no session, lock or
+    /// queue slot was created.
     Refused(Refusal),
+    /// Answer to [`LockQuery::Lock`] and [`LockQuery::Watch`].
     Lock(LockView),
     /// The session TTL the servers enforce (0 from the bare machine, which
     /// keeps no clock settings).
     Settings {
+        /// The session lease, in milliseconds.
         ttl_ms: u64,
     },
 }
@@ -253,6 +325,8 @@ impl LockMachine {
         self.sessions.iter().map(|(id, s)| (*id, s.renewed))
     }
 
+    /// The count of applied commands: the logical clock that tokens and
+    /// the renewal revisions of [`LockMachine::sessions`] are read from.
     pub fn revision(&self) -> u64 {
         self.revision
     }

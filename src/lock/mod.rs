@@ -18,8 +18,6 @@
 //! See `docs/lock.md` for what each mechanism guarantees.
 
 pub mod client;
-// The wire types: their variants are described in docs/lock.md.
-#[allow(missing_docs)]
 mod machine;
 pub mod resource;
 pub mod server;

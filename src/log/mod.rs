@@ -112,6 +112,7 @@ pub enum LogBug {
 }
 
 impl LogBug {
+    /// Every planted bug, for sweeps that must show each one is caught.
     pub const ALL: [LogBug; 7] = [
         LogBug::VoteNotSynced,
         LogBug::CommitEarlierTermByCounting,
@@ -130,10 +131,14 @@ pub struct Config {
     /// Election timeouts are drawn uniformly from `[min, max]` with the env's
     /// rng each time the timer is reset.
     pub election_timeout_min: Duration,
+    /// Upper end of the election timeout range; the spread is what keeps
+    /// replicas from timing out together and splitting the vote.
     pub election_timeout_max: Duration,
     /// Leader heartbeat (and retransmission) period; well below the minimum
     /// election timeout.
     pub heartbeat_interval: Duration,
+    /// Cap on entries in one `Append` ([`MAX_ENTRIES_PER_APPEND`] by
+    /// default); with [`MAX_COMMAND_BYTES`] it must fit one message.
     pub max_entries_per_append: usize,
     /// Compact the log into a snapshot every this many applied entries.
     /// Each compaction rewrites the log file and frees the old one's

@@ -28,6 +28,8 @@ use crate::env::{codec, Env, EnvError, NodeId};
 /// Watches what replicas do (tests and the simulator's checkers). Called
 /// synchronously, in order, before the output's messages are sent.
 pub trait Probe: Send + Sync + 'static {
+    /// Called with each observer event of `node`'s replica, stamped with
+    /// its clock's `now`; must not block, the replica waits for it.
     fn observe(&self, node: NodeId, now: Duration, event: &Event);
 }
 
@@ -42,6 +44,8 @@ impl Probe for NoProbe {
 /// Why a replica stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
+    /// The durable records do not rebuild a valid replica: it refuses to
+    /// start rather than run on a log it cannot trust.
     #[error("recovery failed: {0}")]
     Recover(#[from] RecoverError),
     /// Storage failed: the replica stops rather than acknowledge anything

@@ -36,7 +36,11 @@ pub struct Output<S: StateMachine> {
     pub rewrite: Option<Vec<Vec<u8>>>,
     /// Sync the appended records before sending any message.
     pub sync: bool,
+    /// Messages to send, each to its member, only once the records are
+    /// durable: they may promise what was persisted.
     pub messages: Vec<(NodeId, WireOf<S>)>,
+    /// What happened, for the driver to pass to observers (tests, the
+    /// simulator's checkers); no effect on the protocol.
     pub events: Vec<Event>,
 }
 
@@ -55,20 +59,44 @@ impl<S: StateMachine> Default for Output<S> {
 /// A replica's role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
+    /// Accepts entries from the leader of its term; campaigns if none is
+    /// heard from within an election timeout.
     Follower,
+    /// Asking for votes in a new term.
     Candidate,
+    /// Won its term's election: the only replica that appends, commits and
+    /// serves reads.
     Leader,
 }
 
 /// Recovery found records it cannot make sense of.
 #[derive(Debug, thiserror::Error)]
 pub enum RecoverError {
+    /// A record's bytes are not a [`Record`].
     #[error("undecodable log record {position}: {error}")]
-    Decode { position: usize, error: CodecError },
+    Decode {
+        /// Which record, counted from the first durable one.
+        position: usize,
+        /// What the decoder objected to.
+        error: CodecError,
+    },
+    /// The records decode but contradict each other (an index gap, a term
+    /// going backwards...).
     #[error("log record {position} breaks the log's structure: {reason}")]
-    Structure { position: usize, reason: &'static str },
+    Structure {
+        /// Which record, counted from the first durable one.
+        position: usize,
+        /// The rule it breaks.
+        reason: &'static str,
+    },
+    /// A snapshot record the state machine refuses to restore.
     #[error("log record {position} holds a snapshot that cannot be restored: {error}")]
-    Snapshot { position: usize, error: SnapshotError },
+    Snapshot {
+        /// Which record, counted from the first durable one.
+        position: usize,
+        /// Why the state machine refused it.
+        error: SnapshotError,
+    },
 }
 
 /// The in-memory log: a snapshot boundary plus the entries after it.
@@ -324,12 +352,16 @@ impl<S: StateMachine> Raft<S> {
 
     // ----- accessors ------------------------------------------------------
 
+    /// This replica's member id, as the group's member list names it.
     pub fn id(&self) -> NodeId {
         self.id
     }
+    /// Whether it follows, campaigns or leads right now.
     pub fn role(&self) -> Role {
         self.role
     }
+    /// The current (durable) term: the highest it has seen, carried by
+    /// every vote and append it sends.
     pub fn term(&self) -> Term {
         self.term
     }
@@ -337,12 +369,17 @@ impl<S: StateMachine> Raft<S> {
     pub fn leader(&self) -> Option<NodeId> {
         self.leader
     }
+    /// Highest index this replica knows committed: entries up to it are
+    /// never overwritten and may be applied.
     pub fn commit_index(&self) -> Index {
         self.commit
     }
+    /// Highest index applied to the state machine; it trails
+    /// [`Raft::commit_index`] while the replica catches up.
     pub fn applied_index(&self) -> Index {
         self.applied
     }
+    /// Index of the last entry it stores, committed or not.
     pub fn last_index(&self) -> Index {
         self.log.last_index()
     }
@@ -350,6 +387,8 @@ impl<S: StateMachine> Raft<S> {
     pub fn snapshot_index(&self) -> Index {
         self.log.start
     }
+    /// The service's state as of [`Raft::applied_index`], for checkers
+    /// comparing replicas.
     pub fn state_machine(&self) -> &S {
         self.machine.machine()
     }

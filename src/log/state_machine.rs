@@ -15,10 +15,21 @@ use crate::env::NodeId;
 /// a limit the replica keeps. A replica refuses it and keeps its own state.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SnapshotError {
+    /// The bytes are not an encoded snapshot of this machine.
     #[error("undecodable snapshot: {0}")]
     Decode(#[from] CodecError),
+    /// The session table is larger than this replica's
+    /// [`super::Config::max_sessions`], so installing it would break the
+    /// bound every replica keeps.
     #[error("snapshot holds {sessions} client sessions, more than the {max} this replica keeps")]
-    TooManySessions { sessions: usize, max: usize },
+    TooManySessions {
+        /// Sessions in the snapshot.
+        sessions: usize,
+        /// This replica's limit.
+        max: usize,
+    },
+    /// It decodes, but breaks an invariant of the state machine (the
+    /// message names which); no command sequence produces such a state.
     #[error("invalid snapshot: {0}")]
     Invalid(&'static str),
 }
@@ -36,7 +47,11 @@ pub trait StateMachine: Default + Send + 'static {
     /// The result of a command or query.
     type Output: Clone + Debug + PartialEq + Serialize + DeserializeOwned + Send + 'static;
 
+    /// Applies a committed command; every replica calls it with the same
+    /// commands in the same order, once each.
     fn apply(&mut self, command: &Self::Command) -> Self::Output;
+    /// Answers a read without changing the state; the leader calls it once
+    /// the read-index round has confirmed it is still the leader.
     fn query(&self, query: &Self::Query) -> Self::Output;
     /// The whole state, for compaction and for catching up lagging replicas.
     /// A state too large for the codec is an error, not a panic: clients
@@ -92,6 +107,8 @@ pub enum Applied<O> {
 }
 
 impl<S: StateMachine> Replicated<S> {
+    /// An empty machine whose table remembers at most `max_sessions`
+    /// clients (least recently used evicted).
     pub fn new(max_sessions: usize) -> Self {
         assert!(max_sessions > 0);
         Replicated {
@@ -101,6 +118,8 @@ impl<S: StateMachine> Replicated<S> {
         }
     }
 
+    /// The service's state behind the session table, for queries and
+    /// checkers.
     pub fn machine(&self) -> &S {
         &self.machine
     }
@@ -147,6 +166,8 @@ impl<S: StateMachine> Replicated<S> {
         Applied::Fresh(output)
     }
 
+    /// Reads the machine; queries bypass the session table, as retrying a
+    /// read is harmless.
     pub fn query(&self, query: &S::Query) -> S::Output {
         self.machine.query(query)
     }
@@ -188,20 +209,28 @@ impl<S: StateMachine> Replicated<S> {
 /// A command of the [`Kv`] machine.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KvCommand {
+    /// Sets `key` to `value`.
     Put {
+        /// The key set.
         key: String,
+        /// Its new value.
         value: u64,
     },
     /// Adds `delta` (wrapping) to the key's value (absent = 0). Not
     /// idempotent, which is what makes exactly-once observable.
     Add {
+        /// The key incremented.
         key: String,
+        /// The amount added.
         delta: u64,
     },
     /// Sets `new` if the current value equals `expected`.
     Cas {
+        /// The key compared and perhaps set.
         key: String,
+        /// The value required; `None` requires the key to be absent.
         expected: Option<u64>,
+        /// The value set when it matched.
         new: u64,
     },
 }
@@ -209,7 +238,11 @@ pub enum KvCommand {
 /// A query of the [`Kv`] machine.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KvQuery {
-    Get { key: String },
+    /// The key's current value (`None` when absent).
+    Get {
+        /// The key read.
+        key: String,
+    },
 }
 
 /// A result of the [`Kv`] machine.
@@ -220,7 +253,12 @@ pub enum KvOutput {
     /// `Get` and `Add`: the value (after the add, for `Add`).
     Value(Option<u64>),
     /// `Cas`: whether it swapped, and the value it found.
-    Cas { ok: bool, previous: Option<u64> },
+    Cas {
+        /// Whether the value matched and was replaced.
+        ok: bool,
+        /// The value found before (unchanged if `ok` is false).
+        previous: Option<u64>,
+    },
 }
 
 /// A replicated map from string keys to integers.
@@ -230,6 +268,8 @@ pub struct Kv {
 }
 
 impl Kv {
+    /// A key's value straight from this replica's state, bypassing the
+    /// log: for tests and checkers, not a linearizable read.
     pub fn get(&self, key: &str) -> Option<u64> {
         self.data.get(key).copied()
     }

@@ -20,8 +20,12 @@ pub type ClientId = u64;
 /// One slot of the replicated log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry<C> {
+    /// The term of the leader that appended it: what log matching and the
+    /// election restriction compare.
     pub term: Term,
+    /// Its position in the log.
     pub index: Index,
+    /// What applying it does.
     pub payload: Payload<C>,
 }
 
@@ -35,9 +39,14 @@ pub enum Payload<C> {
     /// A client command. `(client, seq)` deduplicates retries; `reply_to` is
     /// the node the leader answers when the entry is applied.
     Command {
+        /// The client session that sent it.
         client: ClientId,
+        /// Its sequence number in that session.
         seq: u64,
+        /// The node to answer once applied (the sender as the transport
+        /// saw it, which also keys the session).
         reply_to: NodeId,
+        /// The state machine's command.
         command: C,
     },
 }
@@ -46,43 +55,78 @@ pub enum Payload<C> {
 /// piggybacked on `Append` via `read_seq`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message<C> {
+    /// A candidate asks for a vote in `term`.
     RequestVote {
+        /// The candidate's new term.
         term: Term,
+        /// Index of its last entry; with `last_term`, how up to date its
+        /// log is (voters refuse a candidate behind them).
         last_index: Index,
+        /// Term of its last entry.
         last_term: Term,
     },
+    /// A voter's answer to `RequestVote`.
     Vote {
+        /// The voter's term (higher than the candidate's makes it step
+        /// down).
         term: Term,
+        /// Whether the vote went to the candidate.
         granted: bool,
     },
+    /// The leader's entries (or an empty heartbeat) for one follower.
     Append {
+        /// The leader's term.
         term: Term,
+        /// Index of the entry just before `entries`; the follower must
+        /// hold it with `prev_term` to accept them.
         prev_index: Index,
+        /// Term of the entry at `prev_index`.
         prev_term: Term,
+        /// The entries after `prev_index`, at most
+        /// [`super::Config::max_entries_per_append`].
         entries: Vec<Entry<C>>,
+        /// The leader's commit index, so followers apply what committed.
         commit: Index,
         /// The leader's confirmation round; echoed in the reply.
         read_seq: u64,
     },
+    /// A follower's answer to `Append`.
     AppendReply {
+        /// The follower's term.
         term: Term,
+        /// Whether the entries were accepted (its log matched at
+        /// `prev_index`).
         success: bool,
         /// On success, the index up to which the follower's log now matches
         /// the leader's. On failure, a hint: the follower's log certainly
         /// does not match beyond this index.
         index: Index,
+        /// The `read_seq` of the `Append` answered: confirms the leader's
+        /// reads up to that round.
         read_seq: u64,
     },
+    /// The leader's snapshot, for a follower that needs entries already
+    /// compacted away; sent whole, in one message.
     InstallSnapshot {
+        /// The leader's term.
         term: Term,
+        /// Last index the snapshot covers.
         last_index: Index,
+        /// Term of the entry at `last_index`.
         last_term: Term,
+        /// The encoded state: session table and state machine together.
         data: Vec<u8>,
+        /// The leader's confirmation round; echoed in the reply.
         read_seq: u64,
     },
+    /// A follower's answer to `InstallSnapshot`.
     SnapshotReply {
+        /// The follower's term.
         term: Term,
+        /// The index its log now matches the leader's up to (0 when the
+        /// snapshot came from a stale term).
         last_index: Index,
+        /// The `read_seq` of the snapshot answered.
         read_seq: u64,
     },
 }
@@ -128,6 +172,7 @@ pub enum Outcome<O> {
     /// not executed *by this reply's sender*, but a command may still commit
     /// through an earlier attempt.
     NotLeader(Option<NodeId>),
+    /// Refused before execution, for the reason given.
     Rejected(Reject),
 }
 
@@ -137,7 +182,10 @@ pub struct Response<O> {
     /// The client session asking: a node may host several in turn, and an
     /// answer to an earlier one must not pass for an answer to the next.
     pub client: ClientId,
+    /// The request answered, so a client ignores late answers to ones it
+    /// gave up on.
     pub id: RequestId,
+    /// What happened to it.
     pub outcome: Outcome<O>,
 }
 
@@ -145,9 +193,27 @@ pub struct Response<O> {
 /// share one inbox and one codec.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Wire<C, Q, O> {
+    /// Between replicas of the group (dropped when from anyone else).
     Raft(Message<C>),
-    Command { client: ClientId, seq: u64, command: C },
-    Read { client: ClientId, id: u64, query: Q },
+    /// A client's command to the replica it takes for the leader.
+    Command {
+        /// The client's session.
+        client: ClientId,
+        /// Its sequence number in the session; a retry reuses it.
+        seq: u64,
+        /// The state machine's command.
+        command: C,
+    },
+    /// A client's linearizable read.
+    Read {
+        /// The client's session.
+        client: ClientId,
+        /// Client-chosen, echoed in the response's [`RequestId::Read`].
+        id: u64,
+        /// The state machine's query.
+        query: Q,
+    },
+    /// A replica's answer to a client.
     Response(Response<O>),
 }
 
@@ -159,14 +225,23 @@ pub enum Wire<C, Q, O> {
 /// `Snapshot` starts a rewritten log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Record<C> {
+    /// The replica's term and vote, which must survive a crash so it never
+    /// votes twice in one term.
     HardState {
+        /// The current term.
         term: Term,
+        /// Whom it voted for in `term`, if anyone.
         voted_for: Option<NodeId>,
     },
+    /// A log entry, appended (or overwriting a conflicting suffix).
     Entry(Entry<C>),
+    /// The state up to `last_index`, replacing the entries it covers.
     Snapshot {
+        /// Last index the snapshot covers.
         last_index: Index,
+        /// Term of the entry at `last_index`, for log matching after it.
         last_term: Term,
+        /// The encoded state: session table and state machine together.
         data: Vec<u8>,
     },
 }
@@ -176,24 +251,61 @@ pub enum Record<C> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// This replica acts as leader of `term` (reported once per term).
-    Leader { term: Term },
+    Leader {
+        /// The term it leads.
+        term: Term,
+    },
     /// This replica granted its vote in `term` to `candidate`.
-    Voted { term: Term, candidate: NodeId },
+    Voted {
+        /// The election's term.
+        term: Term,
+        /// Who got the vote.
+        candidate: NodeId,
+    },
     /// This replica, as leader, appended a client command at `index` and is
     /// about to replicate it.
-    Proposed { index: Index, term: Term },
+    Proposed {
+        /// Where it sits in the log.
+        index: Index,
+        /// The leader's term, which the entry carries.
+        term: Term,
+    },
     /// This replica, as leader, learned that the log up to `index` is
     /// committed (before telling the followers).
-    Committed { index: Index },
+    Committed {
+        /// The new commit index.
+        index: Index,
+    },
     /// This replica applied the entry at `index` to its state machine.
     /// `payload` is the entry's encoded payload, for comparing replicas.
-    Applied { index: Index, term: Term, payload: Vec<u8> },
+    Applied {
+        /// The entry's index.
+        index: Index,
+        /// The entry's term.
+        term: Term,
+        /// The entry's payload, encoded: equal on every replica for one
+        /// index, or the log diverged.
+        payload: Vec<u8>,
+    },
     /// This replica replaced its state by a snapshot ending at `index`.
-    Restored { index: Index, term: Term },
+    Restored {
+        /// Last index the snapshot covers.
+        index: Index,
+        /// Term of the entry at `index`.
+        term: Term,
+    },
     /// This replica compacted its log into a snapshot ending at `index`.
-    Compacted { index: Index },
+    Compacted {
+        /// Last index the new snapshot covers.
+        index: Index,
+    },
     /// `from` sent entries that contradict this replica's committed entry
     /// at `index`; refused. Among honest replicas that means a leader lost
     /// a committed entry: a safety violation elsewhere, worth reporting.
-    Contradicted { from: NodeId, index: Index },
+    Contradicted {
+        /// The sender of the contradicting entries.
+        from: NodeId,
+        /// The committed index they contradict.
+        index: Index,
+    },
 }

@@ -13,10 +13,14 @@ use crate::env::Env;
 /// Every account's opening balance.
 pub const INITIAL: i64 = 100;
 
+/// The key account `account` is stored under; every party of the workload
+/// must agree on it, so it lives here.
 pub fn account_key(account: u32) -> Key {
     format!("acct-{account}")
 }
 
+/// A balance as stored: 8 little-endian bytes, what [`decode_balance`]
+/// reads back.
 pub fn encode_balance(balance: i64) -> Value {
     balance.to_le_bytes().to_vec()
 }
@@ -30,7 +34,8 @@ pub fn decode_balance(value: Option<Value>) -> i64 {
 }
 
 /// Moves `amount` from account `from` to account `to`; aborts (with
-/// [`AbortReason::ClientAbort`]) if `from` holds less.
+/// [`AbortReason::ClientAbort`]) if `from` holds less. `from` and `to`
+/// must differ: the second write would overwrite the first and add `amount`.
 pub async fn transfer<E: Env>(txc: &mut TxnClient<E>, from: u32, to: u32, amount: i64) -> Result<Outcome, TxnError> {
     let mut txn = txc.begin().await?;
     let a = decode_balance(txc.get(&mut txn, &account_key(from)).await?);

@@ -34,16 +34,22 @@ use crate::env::{codec, NodeId};
 /// What the coordinator writes to its log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Record {
+    /// One per incarnation, synced before it issues any id: the next boot
+    /// takes a higher epoch, so ids are never reused.
     Boot {
+        /// This incarnation's epoch (the high half of its ids).
         epoch: u64,
     },
     /// Synced before the commit decision is sent.
     Commit {
+        /// The committed transaction.
         txn: TxnId,
+        /// The shards to tell, again after a crash, until they acknowledge.
         participants: Vec<NodeId>,
     },
     /// Every participant acknowledged the commit.
     End {
+        /// The transaction whose commit needs no more re-sending.
         txn: TxnId,
     },
 }
@@ -59,6 +65,7 @@ pub struct CoordinatorBugs {
     pub recovery_presumes_commit: bool,
 }
 
+/// Timing of a classic coordinator (and its planted bugs).
 #[derive(Debug, Clone)]
 pub struct CoordinatorConfig {
     /// Re-send prepares to silent shards and commits to unacknowledging ones
@@ -66,6 +73,7 @@ pub struct CoordinatorConfig {
     pub resend_every: Duration,
     /// Abort a transaction whose votes are not all in after this long.
     pub prepare_timeout: Duration,
+    /// Planted bugs; all off by default.
     pub bugs: CoordinatorBugs,
 }
 
@@ -106,10 +114,21 @@ const MAX_EPOCH: u64 = (1 << 31) - 1;
 /// The coordinator's log holds a record it cannot make sense of.
 #[derive(Debug, thiserror::Error)]
 pub enum RecoverError {
+    /// A record's bytes are not a [`Record`].
     #[error("undecodable coordinator record {position}: {error}")]
-    Decode { position: usize, error: codec::CodecError },
+    Decode {
+        /// Which record, counted from the first.
+        position: usize,
+        /// What the decoder objected to.
+        error: codec::CodecError,
+    },
+    /// A boot record already at the largest epoch ids can carry: the next
+    /// incarnation has no fresh epoch left, so it refuses to start.
     #[error("coordinator record {position}: boot epochs are exhausted")]
-    EpochsExhausted { position: usize },
+    EpochsExhausted {
+        /// Which record, counted from the first.
+        position: usize,
+    },
 }
 
 impl Coordinator {
@@ -162,10 +181,14 @@ impl Coordinator {
         Ok((c, steps))
     }
 
+    /// The node this coordinator runs as, the one clients and shards
+    /// address.
     pub fn id(&self) -> NodeId {
         self.id
     }
 
+    /// This incarnation's boot epoch: ids it issues carry it, and an
+    /// unknown id of another epoch is presumed aborted.
     pub fn epoch(&self) -> u64 {
         self.epoch
     }
@@ -189,6 +212,9 @@ impl Coordinator {
         }
     }
 
+    /// Handles one message from a client or a shard; messages meant for
+    /// other roles are ignored. The steps must run in order (a commit
+    /// record is synced before its decision is sent).
     pub fn on_message(&mut self, now: Duration, from: NodeId, msg: Msg) -> Steps {
         match msg {
             Msg::Begin { request } => {

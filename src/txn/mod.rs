@@ -57,7 +57,10 @@ use crate::env::NodeId;
 /// coordinator crashes and an id from an earlier epoch that the log does not
 /// know is, by presumed abort, aborted.
 pub type TxnId = u64;
+/// A key of the sharded store; [`placement`] maps it to its shard.
 pub type Key = String;
+/// A stored value: opaque bytes (the [`bank`] workload puts balances in
+/// them).
 pub type Value = Vec<u8>;
 
 /// The coordinator epoch a transaction id was issued in.
@@ -68,7 +71,11 @@ pub fn epoch_of(txn: TxnId) -> u64 {
 /// How a transaction ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Decision {
+    /// Every participant voted yes and the decision is durable: each shard
+    /// installs its writes.
     Commit,
+    /// Taken (or presumed) by the coordinator, or by an unprepared shard
+    /// alone: each shard drops its writes.
     Abort,
 }
 
@@ -76,12 +83,23 @@ pub enum Decision {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AbortReason {
     /// No-wait locking: `key` is locked in a conflicting mode by `holder`.
-    LockConflict { key: Key, holder: TxnId },
+    LockConflict {
+        /// The key the request needed.
+        key: Key,
+        /// A transaction holding it (one of them, for shared locks).
+        holder: TxnId,
+    },
     /// The shard restarted (or timed the transaction out) and lost its
     /// locks and buffered writes, so it cannot vouch for the reads.
-    ShardLostTxn { shard: NodeId },
+    ShardLostTxn {
+        /// The shard that restarted or timed the transaction out.
+        shard: NodeId,
+    },
     /// A participant voted no (it had lost or aborted the transaction).
-    VotedNo { shard: NodeId },
+    VotedNo {
+        /// The first shard whose no was counted.
+        shard: NodeId,
+    },
     /// Not every participant voted within the coordinator's prepare timeout.
     PrepareTimeout,
     /// The coordinator restarted before deciding; presumed abort.
@@ -113,7 +131,10 @@ impl std::fmt::Display for AbortReason {
 /// What a client learns from `commit`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
+    /// Durably committed: every write is installed, or will be once each
+    /// shard hears the decision.
     Committed,
+    /// None of its writes took effect, for the reason given.
     Aborted(AbortReason),
 }
 
@@ -121,6 +142,8 @@ pub enum Outcome {
 /// termination query.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Knowledge {
+    /// The peer knows the decision (or, not having voted, just aborted),
+    /// which settles the asker's transaction too.
     Decided(Decision),
     /// Prepared (voted yes) and waiting, like the asker.
     Uncertain,
@@ -131,95 +154,151 @@ pub enum Knowledge {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Msg {
     // client -> coordinator
+    /// Asks for a fresh transaction id.
     Begin {
+        /// Client-chosen, echoed in `Began` to match the answer.
         request: u64,
     },
     /// Commit `txn`, which touched these shards (with the shard epoch each
     /// reported). Retrying it is safe: it is also the outcome query.
     Commit {
+        /// The transaction to commit.
         txn: TxnId,
+        /// Each shard touched, with the epoch it reported: a shard that
+        /// restarted since votes no.
         participants: Vec<(NodeId, u64)>,
     },
     /// What became of `txn`? Answered once decided; never starts a commit.
     Status {
+        /// The transaction asked about.
         txn: TxnId,
     },
     // coordinator -> client
+    /// Answers `Begin`.
     Began {
+        /// The `Begin`'s request id.
         request: u64,
+        /// The new transaction's id.
         txn: TxnId,
     },
+    /// Answers `Commit` and `Status` once the transaction is decided.
     Outcome {
+        /// The transaction decided.
         txn: TxnId,
+        /// How it ended.
         outcome: Outcome,
     },
     /// The replicated coordinator no longer knows what became of `txn`: it
     /// finished (committed or aborted) and was forgotten, or it began so
     /// long ago that the coordinator forgot past it before it was started.
     Forgotten {
+        /// The transaction asked about.
         txn: TxnId,
     },
     /// A replica of a replicated coordinator that does not lead: try
     /// `leader` (if known) instead.
     Redirect {
+        /// The replica it believes leads, if any.
         leader: Option<NodeId>,
     },
 
     // client -> shard
+    /// Reads `key` under a shared lock (seeing the transaction's own
+    /// buffered write, if any).
     Get {
+        /// The transaction reading.
         txn: TxnId,
+        /// Client-chosen, echoed in `OpReply` to match the answer.
         request: u64,
+        /// The key read.
         key: Key,
+        /// The shard epoch from this transaction's earlier replies here;
+        /// `None` on its first request to the shard.
         epoch: Option<u64>,
     },
+    /// Buffers a write of `key` under an exclusive lock, installed only if
+    /// the transaction commits.
     Put {
+        /// The transaction writing.
         txn: TxnId,
+        /// Client-chosen, echoed in `OpReply` to match the answer.
         request: u64,
+        /// The key written.
         key: Key,
+        /// The new value.
         value: Value,
+        /// The shard epoch from this transaction's earlier replies here;
+        /// `None` on its first request to the shard.
         epoch: Option<u64>,
     },
     /// Abort an active (not yet prepared) transaction: release its locks.
     Abort {
+        /// The transaction to abort.
         txn: TxnId,
     },
     // shard -> client
+    /// Answers `Get` and `Put`.
     OpReply {
+        /// The transaction.
         txn: TxnId,
+        /// The request answered.
         request: u64,
+        /// The shard's current epoch: a change between replies means it
+        /// restarted and lost the transaction.
         epoch: u64,
+        /// The value read (`None` for a `Put` or an absent key), or why the
+        /// transaction was aborted here.
         result: Result<Option<Value>, AbortReason>,
     },
 
     // coordinator -> shard
+    /// Phase one: vote on `txn`.
     Prepare {
+        /// The transaction to prepare.
         txn: TxnId,
+        /// The shard epoch the client reported: a shard now in another
+        /// epoch lost the transaction and votes no.
         epoch: u64,
+        /// Every shard of the transaction, the peers a prepared shard asks.
         participants: Vec<NodeId>,
         /// Whom a prepared shard asks for the decision: the coordinator, or
         /// every replica of a replicated coordinator.
         coordinators: Vec<NodeId>,
     },
+    /// Phase two: the decision (also the answer to a shard's `Query`).
     Decide {
+        /// The decided transaction.
         txn: TxnId,
+        /// How it ended.
         decision: Decision,
     },
     // shard -> coordinator
+    /// A shard's vote; a yes is durable before it is sent.
     Vote {
+        /// The transaction voted on.
         txn: TxnId,
+        /// Whether the shard prepared it.
         yes: bool,
     },
+    /// The shard applied a `Decide` (a commit durably), so the coordinator
+    /// can stop re-sending it.
     Ack {
+        /// The transaction acknowledged.
         txn: TxnId,
     },
 
     // shard -> coordinator and peers (cooperative termination)
+    /// A prepared shard asks how `txn` ended.
     Query {
+        /// The transaction asked about.
         txn: TxnId,
     },
     // peer -> shard
+    /// A peer shard's answer to `Query`.
     Known {
+        /// The transaction asked about.
         txn: TxnId,
+        /// What the peer knows of it.
         knowledge: Knowledge,
     },
 
@@ -234,49 +313,78 @@ pub enum Msg {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TxnEvent {
     /// A shard voted (after syncing its prepare record, for a yes).
-    Voted { txn: TxnId, yes: bool },
+    Voted {
+        /// The transaction voted on.
+        txn: TxnId,
+        /// The vote.
+        yes: bool,
+    },
     /// A shard applied a decision (released locks; installed writes on
     /// commit). `prepared` says whether it had voted yes: an unprepared
     /// shard may abort on its own (lock conflict, timeout, restart), and
     /// only prepared shards are bound by the global decision.
     Applied {
+        /// The transaction.
         txn: TxnId,
+        /// The decision applied.
         decision: Decision,
+        /// Whether the shard had voted yes.
         prepared: bool,
     },
     /// A shard was told to commit a transaction it holds no prepare record
     /// for — its yes vote was not durable. Never happens in a correct run.
-    CommitUnprepared { txn: TxnId },
+    CommitUnprepared {
+        /// The transaction.
+        txn: TxnId,
+    },
     /// The coordinator announced `decision` for `txn` (to a client, a shard or
     /// a query). `participants` is empty when it answered from presumption.
     Announced {
+        /// The transaction.
         txn: TxnId,
+        /// The decision announced.
         decision: Decision,
+        /// The shards it involved, as the coordinator knew them.
         participants: Vec<NodeId>,
     },
     /// A restarted classic coordinator found `decision` for `txn` durable in
     /// its log. A crash between the sync and the announcement leaves a
     /// decision that only the next incarnation knows (and acts on).
     Recovered {
+        /// The transaction.
         txn: TxnId,
+        /// The logged decision (always a commit: aborts are not logged).
         decision: Decision,
+        /// The shards the commit record names.
         participants: Vec<NodeId>,
     },
     /// A replica of a replicated coordinator compacted its log into a
     /// snapshot ending at `index`, or (`installed`) replaced its state by
     /// its leader's snapshot.
-    Snapshot { index: u64, installed: bool },
+    Snapshot {
+        /// Last log index the snapshot covers.
+        index: u64,
+        /// True when it came from the leader, false for its own compaction.
+        installed: bool,
+    },
     /// A replica of a replicated coordinator applied `Forget { below }`.
-    Forgot { below: TxnId },
+    Forgot {
+        /// The bound applied: transactions below it are forgotten.
+        below: TxnId,
+    },
 }
 
 /// One effect of a handler. Executed strictly in order by the shell: an
 /// `Append` then `Sync` before a `Send` is the durability guarantee.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step<R> {
+    /// Append a record to the core's log (durable only after a `Sync`).
     Append(R),
+    /// Make every record appended so far durable before the next step.
     Sync,
+    /// Send a message to a node.
     Send(NodeId, Msg),
+    /// Report an event to observers; no effect on the protocol.
     Event(TxnEvent),
 }
 

@@ -33,19 +33,33 @@ use crate::env::{codec, NodeId};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Record {
     /// One per incarnation: the epoch is the number of boots so far.
-    Boot { epoch: u64 },
+    Boot {
+        /// This incarnation's epoch; requests carrying another are from
+        /// transactions that died with an earlier one.
+        epoch: u64,
+    },
     /// Synced before voting yes: enough to finish the transaction either way
     /// after a crash.
     Prepared {
+        /// The transaction voted yes for.
         txn: TxnId,
+        /// Whom to ask for the decision after a crash.
         coordinators: Vec<NodeId>,
+        /// The other shards of the transaction, asked too (cooperative
+        /// termination).
         participants: Vec<NodeId>,
+        /// Its buffered writes here, installed if it commits.
         writes: Writes,
         /// Locks held: key and whether exclusive.
         locks: Vec<(Key, bool)>,
     },
     /// The decision, applied. Synced before acknowledging a commit.
-    Decided { txn: TxnId, decision: Decision },
+    Decided {
+        /// The prepared transaction decided.
+        txn: TxnId,
+        /// How it ended: a commit installs the prepared writes on replay.
+        decision: Decision,
+    },
 }
 
 /// Deliberately broken behaviour, for the simulator's planted bugs.
@@ -66,6 +80,7 @@ pub struct ParticipantBugs {
     pub blind_write_ignores_readers: bool,
 }
 
+/// Who a shard listens to and how long it waits.
 #[derive(Debug, Clone)]
 pub struct ParticipantConfig {
     /// The coordinator's node ids (every replica of a replicated one): the
@@ -76,6 +91,7 @@ pub struct ParticipantConfig {
     pub active_timeout: Duration,
     /// A prepared transaction asks the coordinator and its peers this often.
     pub query_every: Duration,
+    /// Planted bugs; all off by default.
     pub bugs: ParticipantBugs,
 }
 
@@ -122,10 +138,23 @@ type Steps = Vec<Step<Record>>;
 /// The participant's log holds a record it cannot make sense of.
 #[derive(Debug, thiserror::Error)]
 pub enum RecoverError {
+    /// A record's bytes are not a [`Record`].
     #[error("undecodable participant record {position}: {error}")]
-    Decode { position: usize, error: codec::CodecError },
+    Decode {
+        /// Which record, counted from the first.
+        position: usize,
+        /// What the decoder objected to.
+        error: codec::CodecError,
+    },
+    /// A record decodes but cannot be replayed (e.g. a boot epoch with no
+    /// successor).
     #[error("participant record {position}: {reason}")]
-    Invalid { position: usize, reason: &'static str },
+    Invalid {
+        /// Which record, counted from the first.
+        position: usize,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
 }
 
 /// A shard's protocol state. Rebuilt from the log by [`Participant::recover`].

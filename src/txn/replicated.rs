@@ -75,19 +75,38 @@ pub enum Command {
     /// A client asked to commit `txn`: the participants to prepare, with the
     /// shard epoch each reported. Ignored if `txn` is known.
     Start {
+        /// The transaction to prepare.
         txn: TxnId,
+        /// Each shard with the epoch the client saw, as in [`Msg::Commit`].
         participants: Vec<(NodeId, u64)>,
     },
     /// Every participant voted yes; `votes` lists them.
-    Commit { txn: TxnId, votes: Vec<NodeId> },
+    Commit {
+        /// The transaction to commit.
+        txn: TxnId,
+        /// The shards that voted yes; the machine refuses a commit they do
+        /// not cover.
+        votes: Vec<NodeId>,
+    },
     /// A no vote, a prepare timeout, or a question about a transaction the
     /// log does not know.
-    Abort { txn: TxnId, reason: AbortReason },
+    Abort {
+        /// The transaction to abort.
+        txn: TxnId,
+        /// Why, as the client will be told.
+        reason: AbortReason,
+    },
     /// Every participant acknowledged the decision: stop re-sending it.
-    End { txn: TxnId },
+    End {
+        /// The transaction now finished.
+        txn: TxnId,
+    },
     /// Drop the finished transactions below `below` and raise the floor to
     /// it (module docs, "Forgetting").
-    Forget { below: TxnId },
+    Forget {
+        /// The new floor.
+        below: TxnId,
+    },
 }
 
 impl Command {
@@ -106,17 +125,23 @@ impl Command {
 /// One transaction in the machine.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TxnState {
+    /// Started: the leader is collecting votes.
     Preparing {
+        /// Each shard with the epoch the client saw, to put in prepares.
         participants: Vec<(NodeId, u64)>,
     },
+    /// Committed on the log: the leader re-sends the commit until `ended`.
     Committed {
+        /// The shards to tell, until each acknowledges.
         participants: Vec<NodeId>,
         /// Every participant acknowledged.
         ended: bool,
     },
+    /// Aborted on the log; acknowledged too, so that it can be forgotten.
     Aborted {
         /// Empty when the abort was presumed (the log never saw a `Start`).
         participants: Vec<NodeId>,
+        /// Why, as the client is told.
         reason: AbortReason,
         /// Every participant acknowledged (at once when there are none).
         ended: bool,
@@ -124,6 +149,7 @@ pub enum TxnState {
 }
 
 impl TxnState {
+    /// The decision the log settled on; `None` while preparing.
     pub fn decision(&self) -> Option<Decision> {
         match self {
             TxnState::Preparing { .. } => None,
@@ -171,6 +197,8 @@ pub struct CoordMachine {
 }
 
 impl CoordMachine {
+    /// The transaction's state, if the machine holds it (not never started
+    /// nor forgotten: see [`CoordMachine::forgotten`]).
     pub fn get(&self, txn: TxnId) -> Option<&TxnState> {
         self.txns.get(&txn)
     }
@@ -206,6 +234,8 @@ impl CoordMachine {
         self.finished.range(..below).next().is_some()
     }
 
+    /// The applied decision for `txn`; `None` while preparing, or when the
+    /// machine does not hold it.
     pub fn decision(&self, txn: TxnId) -> Option<Decision> {
         self.txns.get(&txn).and_then(TxnState::decision)
     }
@@ -313,6 +343,8 @@ pub struct ReplicatedBugs {
     pub forget_presumes_abort: bool,
 }
 
+/// Timing and limits of a replicated coordinator replica; every replica
+/// of the group should use the same.
 #[derive(Debug, Clone)]
 pub struct ReplicatedConfig {
     /// Re-send prepares to silent shards and commits to unacknowledging ones
@@ -325,7 +357,9 @@ pub struct ReplicatedConfig {
     /// are forgotten (module docs). The default keeps the snapshot well
     /// under the message limit: about 30 bytes per transaction.
     pub retain_finished: usize,
+    /// The replicated log's own tuning.
     pub log: crate::log::Config,
+    /// Planted bugs; all off by default.
     pub bugs: ReplicatedBugs,
 }
 
@@ -356,11 +390,16 @@ pub struct View<'a> {
 /// `(session, seq, command)`, then steps to execute.
 #[derive(Debug, Default)]
 pub struct Effects {
+    /// Commands for the log, under the driver's session for this term and
+    /// in sequence order.
     pub propose: Vec<(ClientId, u64, Command)>,
+    /// Messages and events, executed in order; the driver has no log of
+    /// its own, so no `Append` or `Sync`.
     pub steps: Vec<Step<()>>,
 }
 
 impl Effects {
+    /// Appends `other`'s proposals and steps after these, keeping order.
     pub fn extend(&mut self, other: Effects) {
         self.propose.extend(other.propose);
         self.steps.extend(other.steps);
@@ -394,6 +433,9 @@ pub struct Driver {
 }
 
 impl Driver {
+    /// The driver of replica `id` of the group `coordinators` (the ids put
+    /// in prepares, so shards know whom to ask); it drives nothing until
+    /// its replica leads.
     pub fn new(id: NodeId, coordinators: Vec<NodeId>, config: ReplicatedConfig) -> Self {
         assert!(coordinators.contains(&id), "a driver runs on a coordinator replica");
         Driver {
