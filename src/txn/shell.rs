@@ -160,9 +160,11 @@ pub async fn run_coordinator<E: Env>(env: E, config: CoordinatorConfig, observer
 /// `coordinators`, from whatever its log holds. Returns only when storage
 /// fails (the replica stops rather than promise what may not be durable).
 ///
-/// One loop serves both protocols: `Msg::Log` goes to the Raft replica,
-/// everything else to the [`Driver`]; after every step the driver sees which
-/// transactions the log applied, and its proposals go back into the log.
+/// One loop serves both protocols: `Msg::Log` from the group's replicas
+/// goes to the Raft replica (a log command or read from anyone is
+/// dropped), everything else to the [`Driver`]; after every step the
+/// driver sees which transactions the log applied, and its proposals go
+/// back into the log.
 pub async fn run_replicated_coordinator<E: Env>(
     env: E,
     coordinators: Vec<NodeId>,
@@ -186,7 +188,13 @@ pub async fn run_replicated_coordinator<E: Env>(
         let mut fx = Effects::default();
         match next_message(&env, raft.next_deadline().min(next_tick)).await {
             Some((from, Msg::Log(bytes))) => match codec::decode::<WireOf<CoordMachine>>(&bytes) {
-                Ok(wire) => applied = carry_out(&env, raft.on_message(env.now(), from, wire), &observer).await?,
+                // Replica traffic only (Raft drops a non-member's): the
+                // group's log takes commands from its own driver alone, so
+                // a forged commit, abort or forget never reaches it.
+                Ok(wire @ Wire::Raft(_)) => {
+                    applied = carry_out(&env, raft.on_message(env.now(), from, wire), &observer).await?
+                }
+                Ok(_) => tracing::warn!(from, "dropping a coordinator log command or read from the network"),
                 Err(e) => tracing::warn!(from, error = %e, "dropping a malformed log message"),
             },
             Some((from, msg)) => {

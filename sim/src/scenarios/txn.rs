@@ -49,9 +49,9 @@ use ringfence::txn::client::{ClientConfig, TxnClient, TxnError};
 use ringfence::txn::coordinator::{CoordinatorBugs, CoordinatorConfig};
 use ringfence::txn::participant::{ParticipantBugs, ParticipantConfig};
 use ringfence::txn::placement::{RingShardMap, ShardMap};
-use ringfence::txn::replicated::{CoordMachine, ReplicatedBugs, ReplicatedConfig};
+use ringfence::txn::replicated::{Command, CoordMachine, ReplicatedBugs, ReplicatedConfig};
 use ringfence::txn::shell::{run_coordinator, run_participant, run_replicated_coordinator, Observer};
-use ringfence::txn::{Decision, Msg, Outcome, TxnEvent, TxnId};
+use ringfence::txn::{AbortReason, Decision, Msg, Outcome, TxnEvent, TxnId};
 use serde::{Deserialize, Serialize};
 
 use ringfence::txn::bank::{account_key, decode_balance, encode_balance};
@@ -215,6 +215,37 @@ impl<const C: u32, const LOAD: u32> Bank<C, LOAD> {
         };
         TxnClient::new(env, coordinators(C), self.placement.clone(), config)
     }
+}
+
+/// A coordinator-log message from outside the group: one of the commands
+/// only the group's own leader may propose (a commit without the votes, an
+/// abort, forgetting everything), sent as a client would, or a Raft
+/// message from a node that is not a member. Transaction ids are drawn
+/// where the replicated coordinator issues them (term in the high half).
+fn forged_log_message(rng: &mut ChaCha8Rng, to: NodeId) -> Result<Vec<u8>, codec::CodecError> {
+    let txn = rng.gen_range(1..=4u64) << 32 | rng.gen_range(1..=64u64);
+    let command = match rng.gen_range(0..4) {
+        0 => Command::Commit { txn, votes: vec![] },
+        1 => Command::Abort {
+            txn,
+            reason: AbortReason::PrepareTimeout,
+        },
+        2 => Command::Forget { below: u64::MAX },
+        _ => Command::Start {
+            txn,
+            participants: vec![(to, 1)],
+        },
+    };
+    let wire: WireOf<CoordMachine> = if rng.gen_bool(0.8) {
+        Wire::Command {
+            client: rng.gen(),
+            seq: rng.gen_range(1..=8),
+            command,
+        }
+    } else {
+        Wire::Raft(rogue::raft_message(rng, 0))
+    };
+    codec::encode(&wire)
 }
 
 fn coordinators(c: u32) -> Vec<NodeId> {
@@ -443,8 +474,9 @@ impl<const C: u32, const LOAD: u32> Scenario for Bank<C, LOAD> {
     /// What a member that is not a coordinator may not say: a shard
     /// forging prepares and decisions to another shard, and (replicated
     /// mode) absurd Raft messages between coordinator replicas
-    /// ([`rogue`]). A coordinator may decide, so nothing is forged in its
-    /// name to shards.
+    /// ([`rogue`]), and the coordinators' own log commands sent to them
+    /// from outside the group. A coordinator may decide, so nothing is
+    /// forged in its name to shards.
     fn rogue(&self, rng: &mut ChaCha8Rng, from: NodeId, to: NodeId) -> Option<Vec<u8>> {
         let coordinators = coordinators(C);
         let msg = match (coordinators.contains(&from), coordinators.contains(&to)) {
@@ -452,6 +484,7 @@ impl<const C: u32, const LOAD: u32> Scenario for Bank<C, LOAD> {
                 let raft: WireOf<CoordMachine> = Wire::Raft(rogue::raft_message(rng, 0));
                 Msg::Log(codec::encode(&raft).ok()?)
             }
+            (false, true) if C > 1 => Msg::Log(forged_log_message(rng, to).ok()?),
             (false, false) => {
                 // Ids as coordinators issue them: an epoch (or term) in the
                 // high half, a small sequence number in the low.
