@@ -80,14 +80,24 @@ async fn forged_coordinator_log_commands_are_dropped() {
     let config = cluster.cluster_config();
     let forger = RealEnv::client(cluster.client_credentials(), &config.txn_nodes());
     let forge = |seq: u64, command: Command| {
-        let wire: WireOf<CoordMachine> = Wire::Command { client: 7, seq, command };
+        let wire: WireOf<CoordMachine> = Wire::Command {
+            client: 7,
+            seq,
+            command,
+        };
         codec::encode(&Msg::Log(codec::encode(&wire).unwrap())).unwrap()
     };
 
     let mut client = cluster.txn_client();
     let mut txn = client.begin().await.unwrap();
-    client.put(&mut txn, &account_key(0), encode_balance(INITIAL - 1)).await.unwrap();
-    client.put(&mut txn, &account_key(1), encode_balance(INITIAL + 1)).await.unwrap();
+    client
+        .put(&mut txn, &account_key(0), encode_balance(INITIAL - 1))
+        .await
+        .unwrap();
+    client
+        .put(&mut txn, &account_key(1), encode_balance(INITIAL + 1))
+        .await
+        .unwrap();
     let victim = txn.id;
     // Forget would cover the abort's tracks: the abort alone shows the hole.
     let forged = [

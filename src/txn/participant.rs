@@ -115,6 +115,9 @@ struct Lock {
 #[derive(Debug, Clone)]
 enum Phase {
     Active {
+        /// The node whose first operation began it here: only its client
+        /// may add to it or abort it.
+        client: NodeId,
         last: Duration,
     },
     Prepared {
@@ -343,6 +346,10 @@ impl Participant {
             } => self.on_op(now, from, txn, request, epoch, key, Some(value)),
             Msg::Abort { txn } => match self.txns.get(&txn) {
                 Some(Txn {
+                    phase: Phase::Active { client, .. },
+                    ..
+                }) if *client != from => self.refuse(from, txn, "an abort of another client's transaction"),
+                Some(Txn {
                     phase: Phase::Active { .. },
                     ..
                 }) => self.abort_active(txn),
@@ -413,6 +420,11 @@ impl Participant {
                 phase: Phase::Prepared { .. },
                 ..
             }) => return reply(self.epoch, Err(AbortReason::NotActive)),
+            // Another node's transaction: not one this sender may touch.
+            Some(Txn {
+                phase: Phase::Active { client, .. },
+                ..
+            }) if *client != from => return reply(self.epoch, Err(AbortReason::NotActive)),
             Some(_) => {}
             None if epoch.is_some_and(|e| e != self.epoch) => {
                 // The client began here in an earlier incarnation: its locks
@@ -423,7 +435,10 @@ impl Participant {
                 self.txns.insert(
                     txn,
                     Txn {
-                        phase: Phase::Active { last: now },
+                        phase: Phase::Active {
+                            client: from,
+                            last: now,
+                        },
                         writes: Writes::new(),
                         locked: BTreeSet::new(),
                     },
@@ -436,7 +451,10 @@ impl Participant {
             return steps;
         }
         let t = self.txns.get_mut(&txn).expect("active above");
-        t.phase = Phase::Active { last: now };
+        t.phase = Phase::Active {
+            client: from,
+            last: now,
+        };
         t.locked.insert(key.clone());
         let result = match put {
             Some(value) => {
@@ -589,7 +607,7 @@ impl Participant {
         for txn in ids {
             let t = self.txns.get_mut(&txn).expect("listed");
             match &mut t.phase {
-                Phase::Active { last } => {
+                Phase::Active { last, .. } => {
                     if now.saturating_sub(*last) >= self.config.active_timeout {
                         steps.extend(self.abort_active(txn));
                     }
@@ -842,6 +860,30 @@ mod tests {
             decision: Decision::Commit,
             prepared: true
         })));
+    }
+
+    #[test]
+    fn only_the_client_that_began_a_transaction_may_add_to_it_or_abort_it() {
+        let mut p = shard();
+        put(&mut p, 10, "a", 7).unwrap();
+        let stranger = CLIENT + 1;
+        let forged_put = Msg::Put {
+            txn: 10,
+            request: 0,
+            key: "b".into(),
+            value: vec![66],
+            epoch: Some(p.epoch()),
+        };
+        assert_eq!(
+            op_result(p.on_message(MS, stranger, forged_put)),
+            Err(AbortReason::NotActive)
+        );
+        assert!(p.on_message(MS, stranger, Msg::Abort { txn: 10 }).is_empty());
+        // The client's transaction is untouched: it prepares with its own
+        // write only, and the key the stranger named is not locked.
+        assert_eq!(vote_of(&prepare(&mut p, 10)), Some(true));
+        assert_eq!(p.txns[&10].writes.keys().collect::<Vec<_>>(), ["a"]);
+        assert!(get(&mut p, 11, "b").is_ok());
     }
 
     #[test]

@@ -472,7 +472,8 @@ impl<const C: u32, const LOAD: u32> Scenario for Bank<C, LOAD> {
     }
 
     /// What a member that is not a coordinator may not say: a shard
-    /// forging prepares and decisions to another shard, and (replicated
+    /// forging prepares and decisions to another shard, or work and aborts
+    /// in some client's transaction, and (replicated
     /// mode) absurd Raft messages between coordinator replicas
     /// ([`rogue`]), and the coordinators' own log commands sent to them
     /// from outside the group. A coordinator may decide, so nothing is
@@ -489,16 +490,26 @@ impl<const C: u32, const LOAD: u32> Scenario for Bank<C, LOAD> {
                 // Ids as coordinators issue them: an epoch (or term) in the
                 // high half, a small sequence number in the low.
                 let txn = rng.gen_range(1..=3u64) << 32 | rng.gen_range(1..=64u64);
-                if rng.gen_bool(0.5) {
-                    let decision = if rng.gen() { Decision::Commit } else { Decision::Abort };
-                    Msg::Decide { txn, decision }
-                } else {
-                    Msg::Prepare {
+                match rng.gen_range(0..4) {
+                    0 => {
+                        let decision = if rng.gen() { Decision::Commit } else { Decision::Abort };
+                        Msg::Decide { txn, decision }
+                    }
+                    1 => Msg::Prepare {
                         txn,
                         epoch: rng.gen_range(1..=3),
                         participants: vec![to],
                         coordinators: vec![from],
-                    }
+                    },
+                    // Work in some client's transaction, in its name.
+                    2 => Msg::Put {
+                        txn,
+                        request: rng.gen(),
+                        key: account_key(rng.gen_range(0..ACCOUNTS)),
+                        value: encode_balance(rng.gen_range(0..1_000)),
+                        epoch: None,
+                    },
+                    _ => Msg::Abort { txn },
                 }
             }
             _ => return None,
