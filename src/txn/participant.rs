@@ -863,6 +863,50 @@ mod tests {
     }
 
     #[test]
+    fn an_idle_transaction_is_aborted_at_its_timeout_and_not_before() {
+        let mut p = shard();
+        put(&mut p, 10, "a", 7).unwrap();
+        let timeout = config().active_timeout;
+        p.tick(MS + timeout - MS);
+        assert!(get(&mut p, 11, "a").is_err(), "still active: its lock holds");
+        let steps = p.tick(MS + timeout);
+        assert!(steps.contains(&Step::Event(TxnEvent::Applied {
+            txn: 10,
+            decision: Decision::Abort,
+            prepared: false
+        })));
+        assert_eq!(p.decision(10), Some(Decision::Abort));
+        assert!(get(&mut p, 12, "a").is_ok(), "the lock went with it");
+    }
+
+    #[test]
+    fn a_transaction_begun_again_in_a_new_incarnation_cannot_prepare() {
+        // The client wrote "a" and "b" at epoch 1; the shard restarts, and a
+        // late duplicate of the first write (sent before any reply, so
+        // without an epoch) begins the transaction again with "a" alone.
+        let (mut p, boot) = Participant::recover(2, &[], Duration::ZERO, config()).unwrap();
+        put(&mut p, 10, "a", 7).unwrap();
+        put(&mut p, 10, "b", 8).unwrap();
+        let (mut p, _) = Participant::recover(2, &log_of(&[boot]), MS, config()).unwrap();
+        assert_eq!(p.epoch(), 2);
+        let duplicate = Msg::Put {
+            txn: 10,
+            request: 0,
+            key: "a".into(),
+            value: vec![7],
+            epoch: None,
+        };
+        op_result(p.on_message(MS, CLIENT, duplicate)).unwrap();
+        let prepare_at_epoch_1 = Msg::Prepare {
+            txn: 10,
+            epoch: 1,
+            participants: vec![2],
+            coordinators: vec![C],
+        };
+        assert_eq!(vote_of(&p.on_message(MS, C, prepare_at_epoch_1)), Some(false));
+    }
+
+    #[test]
     fn only_the_client_that_began_a_transaction_may_add_to_it_or_abort_it() {
         let mut p = shard();
         put(&mut p, 10, "a", 7).unwrap();
