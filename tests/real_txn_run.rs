@@ -9,7 +9,7 @@ use ringfence::env::{codec, Env};
 use ringfence::log::{Wire, WireOf};
 use ringfence::real::embedded::EmbeddedCluster;
 use ringfence::real::RealEnv;
-use ringfence::txn::bank::{account_key, audit, decode_balance, encode_balance, INITIAL};
+use ringfence::txn::bank::{account_key, audit, decode_balance, encode_balance, transfer, INITIAL};
 use ringfence::txn::client::RunError;
 use ringfence::txn::replicated::{Command, CoordMachine};
 use ringfence::txn::{AbortReason, Msg, Outcome};
@@ -68,6 +68,14 @@ async fn contending_transfers_all_commit_and_a_failed_body_writes_nothing() {
         .await;
     assert_eq!(failed, Err(RunError::Failed("changed my mind")));
     assert_eq!(audit(&mut client, 1).await.unwrap(), vec![INITIAL]);
+
+    // To itself, or a negative amount: no money is made.
+    assert_eq!(transfer(&mut client, 0, 0, 5).await.unwrap(), Outcome::Committed);
+    assert!(matches!(
+        transfer(&mut client, 0, 1, -5).await.unwrap(),
+        Outcome::Aborted(_)
+    ));
+    assert_eq!(audit(&mut client, 2).await.unwrap(), vec![INITIAL, INITIAL]);
 }
 
 /// The coordinators' log takes commands from its own leader only: a client

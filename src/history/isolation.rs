@@ -489,7 +489,7 @@ impl Graph {
     /// the committed transactions on the frontier when it is invoked (those
     /// not already followed in real time by another that committed before).
     fn add_realtime(&mut self, txns: &[Txn]) {
-        // (time, 0 = committed / 1 = invoked, txn): a commit at the same
+        // (time, 0 = invoked / 1 = committed, txn): a commit at the same
         // instant as an invocation does not precede it.
         let mut moments: Vec<(u64, u8, usize)> = Vec::new();
         for (t, txn) in txns.iter().enumerate() {

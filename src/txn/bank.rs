@@ -34,19 +34,22 @@ pub fn decode_balance(value: Option<Value>) -> i64 {
 }
 
 /// Moves `amount` from account `from` to account `to`; aborts (with
-/// [`AbortReason::ClientAbort`]) if `from` holds less. `from` and `to`
-/// must differ: the second write would overwrite the first and add `amount`.
+/// [`AbortReason::ClientAbort`]) if `amount` is negative or `from` holds
+/// less. A transfer from an account to itself checks the balance and
+/// writes nothing (two writes of one key would keep only the second).
 pub async fn transfer<E: Env>(txc: &mut TxnClient<E>, from: u32, to: u32, amount: i64) -> Result<Outcome, TxnError> {
     let mut txn = txc.begin().await?;
     let a = decode_balance(txc.get(&mut txn, &account_key(from)).await?);
     let b = decode_balance(txc.get(&mut txn, &account_key(to)).await?);
-    if a < amount {
+    if amount < 0 || a < amount {
         txc.abort(txn).await;
         return Ok(Outcome::Aborted(AbortReason::ClientAbort));
     }
-    txc.put(&mut txn, &account_key(from), encode_balance(a - amount))
-        .await?;
-    txc.put(&mut txn, &account_key(to), encode_balance(b + amount)).await?;
+    if from != to {
+        txc.put(&mut txn, &account_key(from), encode_balance(a - amount))
+            .await?;
+        txc.put(&mut txn, &account_key(to), encode_balance(b + amount)).await?;
+    }
     txc.commit(txn).await
 }
 

@@ -505,6 +505,25 @@ mod tests {
     }
 
     #[test]
+    fn a_shard_listed_twice_is_asked_once_and_its_yes_counts() {
+        let (mut c, _) = boot(&[]);
+        let txn = begin(&mut c);
+        let participants = vec![(2, 1), (3, 1), (2, 1)];
+        let prepares = c.on_message(MS, CLIENT, Msg::Commit { txn, participants });
+        let asked: Vec<NodeId> = prepares
+            .iter()
+            .filter_map(|s| match s {
+                Step::Send(to, Msg::Prepare { .. }) => Some(*to),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(asked, vec![2, 3]);
+        c.on_message(MS, 2, Msg::Vote { txn, yes: true });
+        let steps = c.on_message(MS, 3, Msg::Vote { txn, yes: true });
+        assert_eq!(outcome(&steps), Some(Outcome::Committed));
+    }
+
+    #[test]
     fn recovery_reports_every_durable_commit() {
         let (mut c, boot1) = boot(&[]);
         let txn = begin(&mut c);

@@ -30,8 +30,12 @@ pub(crate) struct Round {
 }
 
 impl Round {
-    /// A round whose prepares are due at once.
-    pub(crate) fn new(participants: Vec<(NodeId, u64)>, now: Duration) -> Self {
+    /// A round whose prepares are due at once. A shard the client listed
+    /// twice is asked once (the first listing counts), or its single yes
+    /// could never make the votes complete.
+    pub(crate) fn new(mut participants: Vec<(NodeId, u64)>, now: Duration) -> Self {
+        let mut listed = BTreeSet::new();
+        participants.retain(|&(node, _)| listed.insert(node));
         Round {
             participants,
             yes: BTreeSet::new(),
