@@ -108,7 +108,8 @@ pub struct Coordinator {
     waiting: Waiters,
 }
 
-/// Largest boot epoch: epochs fill the high half of transaction ids.
+/// Largest boot epoch: epochs fill the high half of transaction ids, and
+/// every id stays below 2^63.
 const MAX_EPOCH: u64 = (1 << 31) - 1;
 
 /// The coordinator's log holds a record it cannot make sense of.
@@ -521,6 +522,17 @@ mod tests {
         c.on_message(MS, 2, Msg::Vote { txn, yes: true });
         let steps = c.on_message(MS, 3, Msg::Vote { txn, yes: true });
         assert_eq!(outcome(&steps), Some(Outcome::Committed));
+    }
+
+    #[test]
+    fn boot_epochs_end_where_transaction_ids_would_reach_bit_63() {
+        let boot_at = |epoch| vec![codec::encode(&Record::Boot { epoch }).unwrap()];
+        let (mut last, _) = boot(&boot_at((1 << 31) - 2));
+        let txn = begin(&mut last);
+        assert_eq!(txn >> 32, (1 << 31) - 1, "the last epoch");
+        assert!(txn < 1 << 63);
+        let refused = Coordinator::recover(1, &boot_at((1 << 31) - 1), Duration::ZERO, CoordinatorConfig::default());
+        assert!(matches!(refused, Err(RecoverError::EpochsExhausted { position: 0 })));
     }
 
     #[test]
