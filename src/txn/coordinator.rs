@@ -182,12 +182,6 @@ impl Coordinator {
         Ok((c, steps))
     }
 
-    /// The node this coordinator runs as, the one clients and shards
-    /// address.
-    pub fn id(&self) -> NodeId {
-        self.id
-    }
-
     /// This incarnation's boot epoch: ids it issues carry it, and an
     /// unknown id of another epoch is presumed aborted.
     pub fn epoch(&self) -> u64 {
@@ -533,6 +527,15 @@ mod tests {
         assert!(txn < 1 << 63);
         let refused = Coordinator::recover(1, &boot_at((1 << 31) - 1), Duration::ZERO, CoordinatorConfig::default());
         assert!(matches!(refused, Err(RecoverError::EpochsExhausted { position: 0 })));
+    }
+
+    #[test]
+    fn an_unknown_transaction_is_presumed_aborted_only_from_an_earlier_epoch() {
+        let (c1, boot1) = boot(&[]);
+        let (c2, _) = boot(&log_of(&[&boot1]));
+        let (old, current) = ((c1.epoch() << 32) | 7, (c2.epoch() << 32) | 7);
+        assert_eq!(c2.decision(old), Some(Decision::Abort));
+        assert_eq!(c2.decision(current), None, "not begun yet, or still running");
     }
 
     #[test]
