@@ -461,9 +461,6 @@ impl LockMachine {
     }
 
     fn acquire(&mut self, session: SessionId, name: &str, request: u64, wait: bool, hint: Option<Token>) -> LockOutput {
-        if name.len() > MAX_LOCK_NAME_BYTES {
-            return LockOutput::Refused(Refusal::NameTooLong);
-        }
         let s = self.sessions.get(&session).expect("caller checked");
         if s.finished.is_stale(name, request) {
             return LockOutput::Refused(Refusal::StaleRequest);
@@ -599,6 +596,13 @@ impl LockMachine {
         let session = request.session();
         if let Request::Open { .. } = request {
             return self.open(owner, session);
+        }
+        // Every request that names a lock, since each may be remembered
+        // (a cancel of an unknown name is, in the session's finished table).
+        if let Request::Acquire { lock, .. } | Request::Release { lock, .. } | Request::Cancel { lock, .. } = request {
+            if lock.len() > MAX_LOCK_NAME_BYTES {
+                return LockOutput::Refused(Refusal::NameTooLong);
+            }
         }
         let revision = self.revision;
         let Some(s) = self.sessions.get_mut(&session) else {

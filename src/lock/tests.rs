@@ -216,6 +216,35 @@ fn cancel_leaves_the_line_or_reports_the_grant() {
 }
 
 #[test]
+fn no_request_may_name_a_lock_longer_than_the_limit() {
+    let mut m = opened(&[1]);
+    let before = m.snapshot().unwrap().len();
+    let long = "x".repeat(crate::lock::MAX_LOCK_NAME_BYTES + 1);
+    let requests = [
+        R::Acquire {
+            session: 1,
+            lock: long.clone(),
+            request: 1,
+            wait: true,
+        },
+        R::Release {
+            session: 1,
+            lock: long.clone(),
+            token: 1,
+        },
+        R::Cancel {
+            session: 1,
+            lock: long,
+            request: 2,
+        },
+    ];
+    for request in requests {
+        assert_eq!(m.apply(&cmd(request)), O::Refused(super::machine::Refusal::NameTooLong));
+    }
+    assert_eq!(m.snapshot().unwrap().len(), before, "nothing of the names was kept");
+}
+
+#[test]
 fn snapshot_round_trips_and_tokens_continue_above() {
     let mut m = opened(&[1]);
     let O::Granted { token } = m.apply(&acquire(1, 1, true)) else {

@@ -111,6 +111,13 @@ pub enum AbortReason {
     ClientAbort,
     /// The transaction is no longer active at the shard.
     NotActive,
+    /// The transaction's keys and values at one shard would exceed
+    /// [`participant::MAX_TXN_BYTES`], past which its prepare record could
+    /// not be stored.
+    TooLarge {
+        /// The limit, in bytes.
+        limit: usize,
+    },
 }
 
 impl std::fmt::Display for AbortReason {
@@ -124,6 +131,12 @@ impl std::fmt::Display for AbortReason {
             AbortReason::NotLogged => f.write_str("the coordinator log has no record of the commit request"),
             AbortReason::ClientAbort => f.write_str("client aborted"),
             AbortReason::NotActive => f.write_str("transaction not active at the shard"),
+            AbortReason::TooLarge { limit } => {
+                write!(
+                    f,
+                    "the transaction's keys and values at one shard would exceed {limit} bytes"
+                )
+            }
         }
     }
 }

@@ -106,6 +106,12 @@ impl Default for ParticipantConfig {
     }
 }
 
+/// The most bytes of keys and values one transaction may hold at one shard,
+/// counted as its prepare record stores them (each locked key, each
+/// written key and value): a quarter of the codec's limit, so the record
+/// always encodes, with room for its participant lists.
+pub const MAX_TXN_BYTES: usize = crate::env::MAX_MESSAGE_BYTES / 4;
+
 #[derive(Debug, Clone)]
 struct Lock {
     exclusive: bool,
@@ -444,6 +450,16 @@ impl Participant {
                     },
                 );
             }
+        }
+        let t = self.txns.get(&txn).expect("active above");
+        let stored = |k: &Key| if t.locked.contains(k) { 0 } else { k.len() };
+        let held: usize = t.locked.iter().map(String::len).sum::<usize>()
+            + t.writes.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+        let adds = stored(&key) + put.as_ref().map_or(0, |v| key.len() + v.len());
+        if held + adds > MAX_TXN_BYTES {
+            let mut steps = self.abort_active(txn);
+            steps.extend(reply(self.epoch, Err(AbortReason::TooLarge { limit: MAX_TXN_BYTES })));
+            return steps;
         }
         if let Err(holder) = self.acquire(txn, &key, put.is_some()) {
             let mut steps = self.abort_active(txn);
@@ -860,6 +876,39 @@ mod tests {
             decision: Decision::Commit,
             prepared: true
         })));
+    }
+
+    #[test]
+    fn a_transaction_too_large_for_its_prepare_record_is_aborted_not_stored() {
+        let mut p = shard();
+        let write = |p: &mut Participant, txn, key: &str, bytes: usize| {
+            let msg = Msg::Put {
+                txn,
+                request: 0,
+                key: key.into(),
+                value: vec![7; bytes],
+                epoch: Some(p.epoch()),
+            };
+            op_result(p.on_message(MS, CLIENT, msg))
+        };
+        // Up to the limit, the prepare record still encodes.
+        let half = MAX_TXN_BYTES / 2 - 10;
+        write(&mut p, 10, "a", half).unwrap();
+        write(&mut p, 10, "b", half).unwrap();
+        let prepared = prepare(&mut p, 10);
+        assert_eq!(vote_of(&prepared), Some(true));
+        for step in &prepared {
+            if let Step::Append(record) = step {
+                codec::encode(record).expect("the prepare record fits");
+            }
+        }
+        // One byte more is refused and the transaction aborted, its locks
+        // released.
+        write(&mut p, 11, "c", MAX_TXN_BYTES - 2).unwrap();
+        let limit = MAX_TXN_BYTES;
+        assert_eq!(write(&mut p, 11, "d", 0), Err(AbortReason::TooLarge { limit }));
+        assert_eq!(p.decision(11), Some(Decision::Abort));
+        assert!(get(&mut p, 12, "c").is_ok());
     }
 
     #[test]

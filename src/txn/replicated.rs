@@ -515,6 +515,17 @@ impl Driver {
         fx.propose.push((self.session, self.seq, command));
     }
 
+    /// Whether a leader could have issued `txn`: one of an earlier term,
+    /// or of this term up to the last this leader gave out. Any other id
+    /// names a transaction that does not exist yet, and logging it (a
+    /// start, a presumed abort) would let anyone fill the machine with ids
+    /// above every real one and raise its forgetting floor past them.
+    fn may_exist(&self, txn: TxnId) -> bool {
+        let Some(term) = self.term else { return true };
+        let (issued_in, seq) = (txn >> 32, txn & u64::from(u32::MAX));
+        issued_in < term || (issued_in == term && (1..=self.next_txn).contains(&seq))
+    }
+
     fn abort(&mut self, fx: &mut Effects, txn: TxnId, reason: AbortReason) {
         if self.deciding.insert(txn) {
             self.propose(fx, Command::Abort { txn, reason });
@@ -559,6 +570,16 @@ impl Driver {
                 fx.steps.extend(presume_abort(from, txn))
             }
             Msg::Status { txn } if machine.forgotten(txn) => fx.steps.push(Step::Send(from, Msg::Forgotten { txn })),
+            Msg::Commit { txn, .. } | Msg::Status { txn } | Msg::Query { txn } | Msg::Vote { txn, .. }
+                if !self.may_exist(txn) =>
+            {
+                tracing::warn!(
+                    replica = self.id,
+                    from,
+                    txn,
+                    "ignoring a transaction id no leader issued"
+                );
+            }
             Msg::Commit { txn, participants } => match machine.get(txn) {
                 Some(state) if state.decision().is_some() => fx.steps.extend(tell_outcome(from, txn, state)),
                 _ if self.term.is_none() => fx.steps.push(self.redirect(from, view)),
@@ -990,13 +1011,14 @@ mod tests {
             ..ReplicatedConfig::default()
         };
         let (mut d, mut m) = (Driver::new(1, vec![1, 2, 3], config), CoordMachine::default());
-        let ids: Vec<TxnId> = (1..=17).map(|i| (TERM << 32) | i).collect();
+        // Issued and finished under an earlier leader.
+        let ids: Vec<TxnId> = (1..=17).map(|i| ((TERM - 1) << 32) | i).collect();
         for &txn in &ids {
             finish(&mut m, txn, txn % 2 == 1);
         }
         // 17 finished, 16 retained: an excess of one is below a batch (2).
         assert!(d.on_applied(MS, &leading(&m), []).propose.is_empty());
-        let txn = (TERM << 32) | 18;
+        let txn = ((TERM - 1) << 32) | 18;
         finish(&mut m, txn, false);
         let fx = d.on_applied(MS, &leading(&m), [txn]);
         let below = ids[1] + 1;
@@ -1044,6 +1066,36 @@ mod tests {
             participants: vec![(4, 1), (5, 1)],
         });
         m.apply(&Command::Commit { txn: 7, votes: vec![4] });
+    }
+
+    #[test]
+    fn ids_no_leader_issued_are_never_logged() {
+        let (mut d, m) = (driver(), CoordMachine::default());
+        let began = d.on_message(MS, CLIENT, Msg::Begin { request: 1 }, &leading(&m));
+        let [Step::Send(CLIENT, Msg::Began { txn: issued, .. })] = began.steps[..] else {
+            panic!("{:?}", began.steps)
+        };
+        let unissued = [issued + 1, (TERM + 1) << 32 | 1, u64::MAX];
+        for txn in unissued {
+            let asks = [
+                Msg::Status { txn },
+                Msg::Commit {
+                    txn,
+                    participants: vec![(4, 1)],
+                },
+                Msg::Query { txn },
+                Msg::Vote { txn, yes: true },
+            ];
+            for msg in asks {
+                let fx = d.on_message(MS, 4, msg.clone(), &leading(&m));
+                assert!(fx.propose.is_empty() && fx.steps.is_empty(), "{msg:?} gave {fx:?}");
+            }
+        }
+        // Issued ones, this term's and an earlier term's, are asked about.
+        for txn in [issued, (TERM - 1) << 32 | 9] {
+            let fx = d.on_message(MS, CLIENT, Msg::Status { txn }, &leading(&m));
+            assert!(matches!(fx.propose[..], [(_, _, Command::Abort { .. })]), "{fx:?}");
+        }
     }
 
     #[test]

@@ -485,7 +485,24 @@ impl<const C: u32, const LOAD: u32> Scenario for Bank<C, LOAD> {
                 let raft: WireOf<CoordMachine> = Wire::Raft(rogue::raft_message(rng, 0));
                 Msg::Log(codec::encode(&raft).ok()?)
             }
-            (false, true) if C > 1 => Msg::Log(forged_log_message(rng, to).ok()?),
+            (false, true) if C > 1 && rng.gen_bool(0.5) => Msg::Log(forged_log_message(rng, to).ok()?),
+            // Questions about ids no leader issued: near the top of the id
+            // space, or just above what the current term gave out.
+            (false, true) if C > 1 => {
+                let txn = if rng.gen() {
+                    u64::MAX - rng.gen_range(0..1_000)
+                } else {
+                    rng.gen_range(1..=4u64) << 32 | rng.gen_range(1_000..2_000u64)
+                };
+                if rng.gen() {
+                    Msg::Status { txn }
+                } else {
+                    Msg::Commit {
+                        txn,
+                        participants: vec![],
+                    }
+                }
+            }
             (false, false) => {
                 // Ids as coordinators issue them: an epoch (or term) in the
                 // high half, a small sequence number in the low.
