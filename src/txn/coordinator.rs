@@ -614,6 +614,40 @@ mod tests {
     }
 
     #[test]
+    fn a_late_yes_is_told_the_abort_and_a_late_no_needs_no_answer() {
+        let abort_to = |steps: &Steps, shard: NodeId| {
+            steps
+                .iter()
+                .any(|s| matches!(s, Step::Send(to, Msg::Decide { decision: Decision::Abort, .. }) if *to == shard))
+        };
+        let (mut c, boot1) = boot(&[]);
+        let txn = begin(&mut c);
+        commit(&mut c, txn);
+        c.on_message(MS, 2, Msg::Vote { txn, yes: false });
+        // Shard 3 prepared and waits: it is told at once.
+        assert!(abort_to(&c.on_message(MS, 3, Msg::Vote { txn, yes: true }), 3));
+        assert!(c.on_message(MS, 3, Msg::Vote { txn, yes: false }).is_empty());
+        // After a restart the transaction is unknown: presumed aborted,
+        // and a waiting shard is told so.
+        let (mut c, _) = boot(&log_of(&[&boot1]));
+        assert!(c.on_message(MS, 3, Msg::Vote { txn, yes: false }).is_empty());
+        assert!(abort_to(&c.on_message(MS, 3, Msg::Vote { txn, yes: true }), 3));
+    }
+
+    #[test]
+    fn an_epoch_issues_ids_until_its_sequence_space_ends() {
+        let (mut c, _) = boot(&[]);
+        c.next_seq = (1 << 32) - 2;
+        assert_eq!(
+            begin(&mut c),
+            (1 << 32) | u64::from(u32::MAX),
+            "epoch 1, the last sequence number"
+        );
+        let past = c.on_message(MS, CLIENT, Msg::Begin { request: 1 });
+        assert!(past.is_empty(), "no id past the epoch's space: {past:?}");
+    }
+
+    #[test]
     fn slow_votes_time_out_into_an_abort() {
         let (mut c, _) = boot(&[]);
         let txn = begin(&mut c);
