@@ -150,6 +150,7 @@ fn describe(refusal: &Refusal) -> &'static str {
         Refusal::SessionReused => "the session id was used before",
         Refusal::ForeignSession => "the session belongs to another client",
         Refusal::PrincipalQuota => "this principal holds as many sessions as it may",
+        Refusal::PrincipalLockQuota => "this principal holds or waits for as many locks as it may",
     }
 }
 

@@ -7,7 +7,10 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use super::{principal, MAX_LOCKS, MAX_LOCK_NAME_BYTES, MAX_SESSIONS, MAX_SESSIONS_PER_PRINCIPAL, MAX_WAITERS};
+use super::{
+    principal, MAX_LOCKS, MAX_LOCKS_PER_PRINCIPAL, MAX_LOCK_NAME_BYTES, MAX_SESSIONS, MAX_SESSIONS_PER_PRINCIPAL,
+    MAX_WAITERS,
+};
 use crate::env::{codec, NodeId};
 use crate::log::{SnapshotError, StateMachine};
 
@@ -179,6 +182,9 @@ pub enum Refusal {
     /// The owner's principal already has [`super::MAX_SESSIONS_PER_PRINCIPAL`]
     /// live sessions.
     PrincipalQuota,
+    /// The owner's principal already holds or waits for
+    /// [`super::MAX_LOCKS_PER_PRINCIPAL`] locks, and this one would be new.
+    PrincipalLockQuota,
 }
 
 /// Results of commands and queries.
@@ -348,6 +354,16 @@ impl LockMachine {
     }
 
     /// Live sessions of `owner`'s principal.
+    /// Locks held or waited for by the sessions of `owner`'s principal.
+    fn claims_of_principal(&self, owner: NodeId) -> usize {
+        let p = principal(owner);
+        self.sessions
+            .values()
+            .filter(|s| principal(s.owner) == p)
+            .map(|s| s.locks.len())
+            .sum()
+    }
+
     fn sessions_of_principal(&self, owner: NodeId) -> usize {
         let p = principal(owner);
         self.sessions.values().filter(|s| principal(s.owner) == p).count()
@@ -371,13 +387,19 @@ impl LockMachine {
             "more sessions than the table holds",
         )?;
         ensure(self.locks.len() <= MAX_LOCKS, "more locks than the table holds")?;
-        let mut per_principal: BTreeMap<u32, usize> = BTreeMap::new();
+        let mut per_principal: BTreeMap<u32, (usize, usize)> = BTreeMap::new();
         for s in self.sessions.values() {
-            *per_principal.entry(principal(s.owner)).or_default() += 1;
+            let (sessions, claims) = per_principal.entry(principal(s.owner)).or_default();
+            *sessions += 1;
+            *claims += s.locks.len();
         }
         ensure(
-            per_principal.values().all(|&n| n <= MAX_SESSIONS_PER_PRINCIPAL),
+            per_principal.values().all(|&(n, _)| n <= MAX_SESSIONS_PER_PRINCIPAL),
             "a principal over its session quota",
+        )?;
+        ensure(
+            per_principal.values().all(|&(_, n)| n <= MAX_LOCKS_PER_PRINCIPAL),
+            "a principal over its lock quota",
         )?;
         for (name, lock) in &self.locks {
             let Some(holder) = lock.holder.as_ref() else {
@@ -480,6 +502,9 @@ impl LockMachine {
                 }
                 ahead = w.token;
             }
+        }
+        if self.claims_of_principal(self.sessions[&session].owner) >= MAX_LOCKS_PER_PRINCIPAL {
+            return LockOutput::Refused(Refusal::PrincipalLockQuota);
         }
         if !self.locks.contains_key(name) && self.locks.len() >= MAX_LOCKS {
             return LockOutput::Refused(Refusal::TooManyLocks);

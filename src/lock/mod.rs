@@ -45,6 +45,10 @@ pub fn principal(node: crate::env::NodeId) -> u32 {
 }
 /// Locks that exist at once (a lock exists while held or waited for).
 pub const MAX_LOCKS: usize = 1024;
+/// Locks the sessions of one principal may hold or wait for at once: a
+/// quarter of the table, so one client cannot take every slot and leave
+/// the others refused.
+pub const MAX_LOCKS_PER_PRINCIPAL: usize = MAX_LOCKS / 4;
 /// Waiters per lock.
 pub const MAX_WAITERS: usize = 64;
 /// Longest lock name.

@@ -379,6 +379,44 @@ fn one_principal_cannot_fill_the_session_table() {
     }
 }
 
+#[test]
+fn one_principal_cannot_take_every_lock() {
+    use super::MAX_LOCKS_PER_PRINCIPAL;
+    let mut m = LockMachine::default();
+    let as_node = |owner: u32, request| C::Client { owner, request };
+    // Principal 7 spreads its claims over two sessions of two instances.
+    let (a, b) = (7 << 16, 7 << 16 | 1);
+    assert_eq!(m.apply(&as_node(a, R::Open { session: 1 })), O::Opened);
+    assert_eq!(m.apply(&as_node(b, R::Open { session: 2 })), O::Opened);
+    let acquire = |owner, session, lock: String| {
+        as_node(
+            owner,
+            R::Acquire {
+                session,
+                lock,
+                request: 1,
+                wait: true,
+            },
+        )
+    };
+    for i in 0..MAX_LOCKS_PER_PRINCIPAL {
+        let (owner, session) = if i % 2 == 0 { (a, 1) } else { (b, 2) };
+        assert!(matches!(
+            m.apply(&acquire(owner, session, format!("l{i}"))),
+            O::Granted { .. }
+        ));
+    }
+    let refused = O::Refused(super::Refusal::PrincipalLockQuota);
+    assert_eq!(m.apply(&acquire(a, 1, "one-more".into())), refused);
+    // A retry of a claim it has is answered, and other principals are
+    // served, queued behind it included.
+    assert!(matches!(m.apply(&acquire(a, 1, "l0".into())), O::Granted { .. }));
+    let other = 8 << 16;
+    assert_eq!(m.apply(&as_node(other, R::Open { session: 3 })), O::Opened);
+    assert!(matches!(m.apply(&acquire(other, 3, "free".into())), O::Granted { .. }));
+    assert!(matches!(m.apply(&acquire(other, 3, "l0".into())), O::Queued { .. }));
+}
+
 /// A leader-hinted token (planted bug `UnsyncedToken`) far above or below
 /// the revision, with a line behind it: once a poison pill that failed the
 /// machine's assertion on every replica and every replay.
