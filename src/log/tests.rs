@@ -786,6 +786,38 @@ fn lagging_node_catches_up_from_snapshot() {
     assert_eq!(c.violation, None);
 }
 
+/// A late append whose entries all lie inside the follower's snapshot is
+/// acknowledged up to its end, not refused: a refusal would send the
+/// leader back over entries (or a snapshot) the follower already has.
+#[test]
+fn an_append_inside_the_followers_snapshot_is_acknowledged() {
+    let mut c = Cluster::new(11, 3, 3, test_config(None), CALM);
+    c.run_ms(2_000);
+    let leader = c.leader().expect("leader");
+    let follower = c.members.iter().copied().find(|&m| m != leader).unwrap();
+    let start = c.raft(follower).snapshot_index();
+    assert!(start > 2, "the follower compacted");
+    let term = c.raft(leader).term();
+    let late = W::Raft(Message::Append {
+        term,
+        prev_index: 0,
+        prev_term: 0,
+        entries: vec![Entry {
+            index: 1,
+            term: 1,
+            payload: Payload::Noop,
+        }],
+        commit: 0,
+        read_seq: 0,
+    });
+    let replies = c.drive(follower, |r, now| r.on_message(now, leader, late));
+    let W::Raft(Message::AppendReply { success, index, .. }) = to(&replies, leader) else {
+        panic!("{replies:?}")
+    };
+    assert!(success, "{replies:?}");
+    assert_eq!(index, 1);
+}
+
 #[test]
 fn recovery_rebuilds_exactly_the_synced_state() {
     let mut c = Cluster::new(5, 3, 3, test_config(None), CALM);
