@@ -54,12 +54,14 @@ fn msg() -> impl Strategy<Value = Msg> {
         txn_id().prop_map(|txn| Msg::Abort { txn }),
         (
             txn_id(),
+            node(),
             any::<u64>(),
             prop::collection::vec(node(), 0..4),
             prop::collection::vec(node(), 0..3)
         )
-            .prop_map(|(txn, epoch, participants, coordinators)| Msg::Prepare {
+            .prop_map(|(txn, client, epoch, participants, coordinators)| Msg::Prepare {
                 txn,
+                client,
                 epoch,
                 participants,
                 coordinators
@@ -99,6 +101,7 @@ fn prepare_seven(p: &mut Participant) {
     p.on_message(Duration::ZERO, CLIENT, put);
     let prepare = Msg::Prepare {
         txn: 7,
+        client: CLIENT,
         epoch,
         participants: vec![1000],
         coordinators: vec![C],

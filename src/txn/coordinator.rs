@@ -194,7 +194,7 @@ impl Coordinator {
             Some(State::Committed(_)) => Some(Decision::Commit),
             Some(State::Aborted { .. }) => Some(Decision::Abort),
             Some(State::Preparing(_)) => None,
-            None if epoch_of(txn) != self.epoch => Some(self.presumption()),
+            None if epoch_of(txn) < self.epoch => Some(self.presumption()),
             None => None,
         }
     }
@@ -265,6 +265,13 @@ impl Coordinator {
         }
     }
 
+    /// Whether `txn` was given out: by an earlier epoch, or by this one so
+    /// far.
+    fn issued(&self, txn: TxnId) -> bool {
+        let seq = txn & u64::from(u32::MAX);
+        epoch_of(txn) < self.epoch || (epoch_of(txn) == self.epoch && (1..=self.next_seq).contains(&seq))
+    }
+
     /// The decision for `txn`, fixing a presumption in memory the first time
     /// it is given. `None` while the vote is still running.
     fn known_or_presumed(&mut self, txn: TxnId) -> Option<(Decision, Steps)> {
@@ -272,6 +279,9 @@ impl Coordinator {
             Some(State::Committed(_)) => Some((Decision::Commit, vec![])),
             Some(State::Aborted { .. }) => Some((Decision::Abort, vec![])),
             Some(State::Preparing(_)) => None,
+            // Not given out yet: a presumption now would decide whichever
+            // transaction gets the id later.
+            None if !self.issued(txn) => None,
             None => {
                 // Unknown: from an earlier epoch (lost in a crash, never
                 // committed) or never begun here. Presumed aborted.
@@ -306,9 +316,21 @@ impl Coordinator {
     }
 
     fn on_commit(&mut self, now: Duration, client: NodeId, txn: TxnId, participants: Vec<(NodeId, u64)>) -> Steps {
+        if !self.issued(txn) {
+            // Deciding it now would decide the transaction this id is
+            // later given to.
+            tracing::warn!(
+                coordinator = self.id,
+                client,
+                txn,
+                "ignoring a commit of an id not issued"
+            );
+            return vec![];
+        }
         if !self.txns.contains_key(&txn) && epoch_of(txn) == self.epoch {
             let empty = participants.is_empty();
-            self.txns.insert(txn, State::Preparing(Round::new(participants, now)));
+            self.txns
+                .insert(txn, State::Preparing(Round::new(client, participants, now)));
             if empty {
                 self.waiting.add(txn, client);
                 return self.decide_commit(txn);
@@ -536,6 +558,7 @@ mod tests {
         let (old, current) = ((c1.epoch() << 32) | 7, (c2.epoch() << 32) | 7);
         assert_eq!(c2.decision(old), Some(Decision::Abort));
         assert_eq!(c2.decision(current), None, "not begun yet, or still running");
+        assert_eq!(c2.decision((c2.epoch() + 1) << 32 | 7), None, "a later epoch's");
     }
 
     #[test]
@@ -645,6 +668,56 @@ mod tests {
         );
         let past = c.on_message(MS, CLIENT, Msg::Begin { request: 1 });
         assert!(past.is_empty(), "no id past the epoch's space: {past:?}");
+    }
+
+    #[test]
+    fn a_commit_of_an_id_not_yet_issued_decides_nothing() {
+        let (mut c, _) = boot(&[]);
+        let first = begin(&mut c);
+        let ahead = first + 1;
+        let forged = Msg::Commit {
+            txn: ahead,
+            participants: vec![(2, 1)],
+        };
+        assert!(c.on_message(MS, 7, forged).is_empty());
+        assert_eq!(c.decision(ahead), None);
+        // The id, once issued, belongs to its client alone.
+        assert_eq!(begin(&mut c), ahead);
+        commit(&mut c, ahead);
+        c.on_message(MS, 2, Msg::Vote { txn: ahead, yes: true });
+        let steps = c.on_message(MS, 3, Msg::Vote { txn: ahead, yes: true });
+        assert_eq!(outcome(&steps), Some(Outcome::Committed));
+    }
+
+    #[test]
+    fn ids_not_given_out_yet_are_never_presumed() {
+        let (mut c, _) = boot(&[]);
+        let later_epoch = (c.epoch() + 1) << 32 | 1;
+        let unissued = (c.epoch() << 32) | 1;
+        for txn in [later_epoch, unissued] {
+            assert!(c.on_message(MS, 7, Msg::Status { txn }).is_empty());
+            assert!(c.on_message(MS, 3, Msg::Vote { txn, yes: true }).is_empty());
+            assert_eq!(c.decision(txn), None);
+        }
+        assert_eq!(begin(&mut c), unissued);
+        commit(&mut c, unissued);
+        c.on_message(
+            MS,
+            2,
+            Msg::Vote {
+                txn: unissued,
+                yes: true,
+            },
+        );
+        let steps = c.on_message(
+            MS,
+            3,
+            Msg::Vote {
+                txn: unissued,
+                yes: true,
+            },
+        );
+        assert_eq!(outcome(&steps), Some(Outcome::Committed));
     }
 
     #[test]

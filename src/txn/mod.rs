@@ -269,6 +269,10 @@ pub enum Msg {
     Prepare {
         /// The transaction to prepare.
         txn: TxnId,
+        /// The node that asked to commit it: a shard votes no unless that
+        /// is the client whose work the transaction holds there, so no one
+        /// commits a part of someone else's transaction.
+        client: NodeId,
         /// The shard epoch the client reported: a shard now in another
         /// epoch lost the transaction and votes no.
         epoch: u64,

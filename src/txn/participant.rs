@@ -364,10 +364,11 @@ impl Participant {
             },
             Msg::Prepare {
                 txn,
+                client,
                 epoch,
                 participants,
                 coordinators,
-            } => self.on_prepare(now, from, txn, epoch, participants, coordinators),
+            } => self.on_prepare(now, from, txn, client, epoch, participants, coordinators),
             Msg::Decide { txn, decision } => {
                 let mut steps = self.apply(txn, decision);
                 steps.push(Step::Send(from, Msg::Ack { txn }));
@@ -482,11 +483,13 @@ impl Participant {
         reply(self.epoch, Ok(result))
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn on_prepare(
         &mut self,
         now: Duration,
         from: NodeId,
         txn: TxnId,
+        client: NodeId,
         epoch: u64,
         participants: Vec<NodeId>,
         coordinators: Vec<NodeId>,
@@ -505,7 +508,9 @@ impl Participant {
         };
         match t.phase {
             Phase::Prepared { .. } => vec![Step::Event(TxnEvent::Voted { txn, yes: true }), vote(true)],
-            Phase::Active { .. } if epoch != self.epoch => {
+            // Work of an earlier incarnation, or a commit asked for by
+            // someone other than the client whose work this is.
+            Phase::Active { client: owner, .. } if epoch != self.epoch || owner != client => {
                 let mut steps = self.abort_active(txn);
                 steps.push(Step::Event(TxnEvent::Voted { txn, yes: false }));
                 steps.push(vote(false));
@@ -761,6 +766,7 @@ mod tests {
             C,
             Msg::Prepare {
                 txn,
+                client: CLIENT,
                 epoch,
                 participants: vec![2, 3],
                 coordinators: vec![C],
@@ -948,6 +954,7 @@ mod tests {
         op_result(p.on_message(MS, CLIENT, duplicate)).unwrap();
         let prepare_at_epoch_1 = Msg::Prepare {
             txn: 10,
+            client: CLIENT,
             epoch: 1,
             participants: vec![2],
             coordinators: vec![C],
@@ -977,6 +984,22 @@ mod tests {
         assert_eq!(vote_of(&prepare(&mut p, 10)), Some(true));
         assert_eq!(p.txns[&10].writes.keys().collect::<Vec<_>>(), ["a"]);
         assert!(get(&mut p, 11, "b").is_ok());
+    }
+
+    #[test]
+    fn a_commit_asked_for_by_someone_else_gets_a_no_vote() {
+        let mut p = shard();
+        put(&mut p, 10, "a", 7).unwrap();
+        let forged = Msg::Prepare {
+            txn: 10,
+            client: CLIENT + 1,
+            epoch: p.epoch(),
+            participants: vec![2],
+            coordinators: vec![C],
+        };
+        assert_eq!(vote_of(&p.on_message(MS, C, forged)), Some(false));
+        assert_eq!(p.decision(10), Some(Decision::Abort));
+        assert_eq!(p.committed("a"), None);
     }
 
     #[test]

@@ -22,6 +22,8 @@ pub(crate) enum Tally {
 /// Phase one of one transaction: prepares out, votes in.
 #[derive(Debug, Clone)]
 pub(crate) struct Round {
+    /// The node that asked to commit, named in every prepare.
+    client: NodeId,
     /// Each participant with the shard epoch the client reported.
     participants: Vec<(NodeId, u64)>,
     yes: BTreeSet<NodeId>,
@@ -33,10 +35,11 @@ impl Round {
     /// A round whose prepares are due at once. A shard the client listed
     /// twice is asked once (the first listing counts), or its single yes
     /// could never make the votes complete.
-    pub(crate) fn new(mut participants: Vec<(NodeId, u64)>, now: Duration) -> Self {
+    pub(crate) fn new(client: NodeId, mut participants: Vec<(NodeId, u64)>, now: Duration) -> Self {
         let mut listed = BTreeSet::new();
         participants.retain(|&(node, _)| listed.insert(node));
         Round {
+            client,
             participants,
             yes: BTreeSet::new(),
             started: now,
@@ -91,6 +94,7 @@ impl Round {
                     n,
                     Msg::Prepare {
                         txn,
+                        client: self.client,
                         epoch,
                         participants: ids.clone(),
                         coordinators: coordinators.to_vec(),

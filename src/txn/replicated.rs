@@ -77,6 +77,8 @@ pub enum Command {
     Start {
         /// The transaction to prepare.
         txn: TxnId,
+        /// The node that asked to commit it (named in every prepare).
+        client: NodeId,
         /// Each shard with the epoch the client saw, as in [`Msg::Commit`].
         participants: Vec<(NodeId, u64)>,
     },
@@ -127,6 +129,8 @@ impl Command {
 pub enum TxnState {
     /// Started: the leader is collecting votes.
     Preparing {
+        /// The node that asked to commit, named in every prepare.
+        client: NodeId,
         /// Each shard with the epoch the client saw, to put in prepares.
         participants: Vec<(NodeId, u64)>,
     },
@@ -261,10 +265,16 @@ impl StateMachine for CoordMachine {
         }
         let state = self.txns.get(&txn);
         let next = match (command, state) {
-            (Command::Start { participants, .. }, None) => Some(TxnState::Preparing {
+            (
+                Command::Start {
+                    client, participants, ..
+                },
+                None,
+            ) => Some(TxnState::Preparing {
+                client: *client,
                 participants: participants.clone(),
             }),
-            (Command::Commit { votes, .. }, Some(TxnState::Preparing { participants })) => {
+            (Command::Commit { votes, .. }, Some(TxnState::Preparing { participants, .. })) => {
                 let votes: BTreeSet<NodeId> = votes.iter().copied().collect();
                 assert!(
                     participants.iter().all(|(n, _)| votes.contains(n)),
@@ -280,11 +290,13 @@ impl StateMachine for CoordMachine {
                 reason: reason.clone(),
                 ended: true,
             }),
-            (Command::Abort { reason, .. }, Some(TxnState::Preparing { participants })) => Some(TxnState::Aborted {
-                participants: participants.iter().map(|(n, _)| *n).collect(),
-                reason: reason.clone(),
-                ended: participants.is_empty(),
-            }),
+            (Command::Abort { reason, .. }, Some(TxnState::Preparing { participants, .. })) => {
+                Some(TxnState::Aborted {
+                    participants: participants.iter().map(|(n, _)| *n).collect(),
+                    reason: reason.clone(),
+                    ended: participants.is_empty(),
+                })
+            }
             (Command::End { .. }, Some(decided)) => decided.acknowledged(),
             // Start of a known transaction, a decision for a decided one, or
             // a commit the log cannot vouch for: the first writer stands.
@@ -489,8 +501,8 @@ impl Driver {
         for (&txn, state) in &view.machine.txns {
             match state {
                 // PLANTED BUG (ignore_inherited): no round for inherited ones.
-                TxnState::Preparing { participants } if !self.config.bugs.ignore_inherited => {
-                    self.rounds.insert(txn, Round::new(participants.clone(), now));
+                TxnState::Preparing { client, participants } if !self.config.bugs.ignore_inherited => {
+                    self.rounds.insert(txn, Round::new(*client, participants.clone(), now));
                 }
                 TxnState::Committed {
                     participants,
@@ -587,7 +599,14 @@ impl Driver {
                 None => {
                     self.waiting.add(txn, from);
                     if self.starting.insert(txn) {
-                        self.propose(&mut fx, Command::Start { txn, participants });
+                        self.propose(
+                            &mut fx,
+                            Command::Start {
+                                txn,
+                                client: from,
+                                participants,
+                            },
+                        );
                     }
                 }
             },
@@ -698,12 +717,12 @@ impl Driver {
         for txn in txns {
             let Some(state) = view.machine.get(txn) else { continue };
             match state {
-                TxnState::Preparing { participants } => {
+                TxnState::Preparing { client, participants } => {
                     let inherited = !self.starting.remove(&txn);
                     // PLANTED BUG (ignore_inherited): leave inherited ones alone.
                     let skip = inherited && self.config.bugs.ignore_inherited;
                     if !skip && !self.rounds.contains_key(&txn) {
-                        let mut round = Round::new(participants.clone(), now);
+                        let mut round = Round::new(*client, participants.clone(), now);
                         fx.steps
                             .extend(round.prepares(txn, &self.coordinators, now, self.config.resend_every));
                         self.rounds.insert(txn, round);
@@ -866,6 +885,7 @@ mod tests {
         let mut m = CoordMachine::default();
         let start = Command::Start {
             txn: 7,
+            client: CLIENT,
             participants: vec![(4, 1), (5, 1)],
         };
         assert_eq!(m.apply(&start), None);
@@ -887,6 +907,7 @@ mod tests {
         assert_eq!(m.apply(&presumed), Some(Decision::Abort));
         let start8 = Command::Start {
             txn: 8,
+            client: CLIENT,
             participants: vec![(4, 1)],
         };
         assert_eq!(m.apply(&start8), Some(Decision::Abort));
@@ -900,6 +921,7 @@ mod tests {
     fn finish(m: &mut CoordMachine, txn: TxnId, commit: bool) {
         m.apply(&Command::Start {
             txn,
+            client: CLIENT,
             participants: vec![(1004, 1), (1005, 1)],
         });
         if commit {
@@ -932,6 +954,7 @@ mod tests {
         // 7 committed but not acknowledged, 8 still preparing: not finished.
         m.apply(&Command::Start {
             txn: 7,
+            client: CLIENT,
             participants: vec![(1004, 1)],
         });
         m.apply(&Command::Commit {
@@ -940,6 +963,7 @@ mod tests {
         });
         m.apply(&Command::Start {
             txn: 8,
+            client: CLIENT,
             participants: vec![(1004, 1)],
         });
         finish(&mut m, 9, true);
@@ -966,6 +990,7 @@ mod tests {
         // A start re-runs two-phase commit for it (the shards' votes decide).
         let restart = Command::Start {
             txn: 3,
+            client: CLIENT,
             participants: vec![(1004, 1)],
         };
         assert_eq!(m.apply(&restart), None);
@@ -1063,6 +1088,7 @@ mod tests {
         let mut m = CoordMachine::default();
         m.apply(&Command::Start {
             txn: 7,
+            client: CLIENT,
             participants: vec![(4, 1), (5, 1)],
         });
         m.apply(&Command::Commit { txn: 7, votes: vec![4] });
@@ -1176,6 +1202,7 @@ mod tests {
         );
         m.apply(&Command::Start {
             txn: 7,
+            client: CLIENT,
             participants: vec![(4, 1)],
         });
         m.apply(&Command::Commit { txn: 7, votes: vec![4] });
@@ -1188,10 +1215,12 @@ mod tests {
         let (mut d, mut m) = (driver(), CoordMachine::default());
         m.apply(&Command::Start {
             txn: 7,
+            client: CLIENT,
             participants: vec![(4, 1), (5, 1)],
         });
         m.apply(&Command::Start {
             txn: 8,
+            client: CLIENT,
             participants: vec![(4, 1)],
         });
         m.apply(&Command::Commit { txn: 8, votes: vec![4] });

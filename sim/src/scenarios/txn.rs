@@ -233,6 +233,7 @@ fn forged_log_message(rng: &mut ChaCha8Rng, to: NodeId) -> Result<Vec<u8>, codec
         2 => Command::Forget { below: u64::MAX },
         _ => Command::Start {
             txn,
+            client: to,
             participants: vec![(to, 1)],
         },
     };
@@ -486,6 +487,12 @@ impl<const C: u32, const LOAD: u32> Scenario for Bank<C, LOAD> {
                 Msg::Log(codec::encode(&raft).ok()?)
             }
             (false, true) if C > 1 && rng.gen_bool(0.5) => Msg::Log(forged_log_message(rng, to).ok()?),
+            // A commit of a live transaction in its client's stead, naming
+            // only one of its shards.
+            (false, true) if rng.gen_bool(0.5) => Msg::Commit {
+                txn: rng.gen_range(1..=4u64) << 32 | rng.gen_range(1..=64u64),
+                participants: vec![(C + 1 + rng.gen_range(0..3), rng.gen_range(1..=2))],
+            },
             // Questions about ids no leader issued: near the top of the id
             // space, or just above what the current term gave out.
             (false, true) if C > 1 => {
@@ -514,6 +521,7 @@ impl<const C: u32, const LOAD: u32> Scenario for Bank<C, LOAD> {
                     }
                     1 => Msg::Prepare {
                         txn,
+                        client: from,
                         epoch: rng.gen_range(1..=3),
                         participants: vec![to],
                         coordinators: vec![from],
