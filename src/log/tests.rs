@@ -686,6 +686,35 @@ fn single_node_commits_and_reads() {
     assert_eq!(c.violation, None);
 }
 
+/// The command size limit is inclusive: a command of exactly
+/// `MAX_COMMAND_BYTES` is taken, one byte more is refused.
+#[test]
+fn a_command_of_the_largest_size_is_taken_and_one_byte_more_refused() {
+    let mut c = Cluster::new(1, 1, 0, test_config(None), CALM);
+    c.run_ms(500);
+    assert_eq!(c.leader(), Some(1));
+    let put = |len: usize| KvCommand::Put {
+        key: "k".repeat(len),
+        value: 0,
+    };
+    let len = (0..MAX_COMMAND_BYTES)
+        .find(|&len| crate::env::codec::encode(&put(len)).unwrap().len() == MAX_COMMAND_BYTES)
+        .expect("a key length that hits the limit");
+    for (seq, len, refused) in [(1, len, false), (2, len + 1, true)] {
+        let command = W::Command {
+            client: 9,
+            seq,
+            command: put(len),
+        };
+        let replies = c.drive(1, |r, now| r.on_message(now, 50, command));
+        assert_eq!(
+            format!("{replies:?}").contains("TooLarge"),
+            refused,
+            "{len} bytes of key"
+        );
+    }
+}
+
 #[test]
 fn three_nodes_calm_elect_replicate_and_agree() {
     let mut c = Cluster::new(7, 3, 3, test_config(None), CALM);
