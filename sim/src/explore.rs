@@ -127,10 +127,13 @@ impl Explore {
         tallies: &Mutex<Vec<ScenarioSummary>>,
         bar: &indicatif::ProgressBar,
     ) {
-        // determinism: ok — the budget is wall time; it decides how many seeds
-        // run, never how one runs.
-        while Instant::now() < deadline {
-            // determinism: ok — the wall-time budget
+        // The budget is wall time: it decides how many seeds run, never how
+        // one runs.
+        loop {
+            let spent = Instant::now() >= deadline; // determinism: ok — the budget of `--for`
+            if spent {
+                return;
+            }
             let Some((g, seed)) = self.claim(next) else { return };
             let group = &self.groups[g];
             let case = Case {

@@ -6,7 +6,7 @@
 //! panics; looking a key up in one is a pure function of the view and the key,
 //! so every process that holds the same view computes the same mapping on any
 //! platform. That is why points are placed with sha1 and keys hashed with xxh3
-//! (both fixed by spec), why no `HashMap` iteration order and no float
+//! (both fixed by spec), why no hash-map iteration order and no float
 //! function from the platform's libm ever influences a result.
 //!
 //! Implementations behind the one [`Placement`] trait:

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::phases::{announce, Delivery, Round, Tally, Waiters};
+use super::phases::{announce, Delivery, Ids, Round, Tally, Waiters};
 use super::{epoch_of, AbortReason, Decision, Msg, Outcome, Step, TxnEvent, TxnId};
 use crate::env::{codec, NodeId};
 
@@ -101,7 +101,7 @@ type Steps = Vec<Step<Record>>;
 pub struct Coordinator {
     id: NodeId,
     epoch: u64,
-    next_seq: u64,
+    ids: Ids,
     config: CoordinatorConfig,
     txns: BTreeMap<TxnId, State>,
     /// Clients waiting for an outcome.
@@ -145,7 +145,7 @@ impl Coordinator {
         let mut c = Coordinator {
             id,
             epoch: 1,
-            next_seq: 0,
+            ids: Ids::default(),
             config,
             txns: BTreeMap::new(),
             waiting: Waiters::default(),
@@ -212,16 +212,14 @@ impl Coordinator {
     /// record is synced before its decision is sent).
     pub fn on_message(&mut self, now: Duration, from: NodeId, msg: Msg) -> Steps {
         match msg {
-            Msg::Begin { request } => {
-                if self.next_seq + 1 >= 1 << 32 {
-                    // Ids of this epoch are used up; a restart starts the next.
+            Msg::Begin { request } => match self.ids.issue(self.epoch) {
+                Some(txn) => vec![Step::Send(from, Msg::Began { request, txn })],
+                None => {
+                    // A restart starts the next epoch's ids.
                     tracing::error!(coordinator = self.id, "transaction ids of this epoch exhausted");
-                    return vec![];
+                    vec![]
                 }
-                self.next_seq += 1;
-                let txn = (self.epoch << 32) | self.next_seq;
-                vec![Step::Send(from, Msg::Began { request, txn })]
-            }
+            },
             Msg::Commit { txn, participants } => self.on_commit(now, from, txn, participants),
             Msg::Status { txn } => match self.known_or_presumed(txn) {
                 Some((_, mut steps)) => {
@@ -265,13 +263,6 @@ impl Coordinator {
         }
     }
 
-    /// Whether `txn` was given out: by an earlier epoch, or by this one so
-    /// far.
-    fn issued(&self, txn: TxnId) -> bool {
-        let seq = txn & u64::from(u32::MAX);
-        epoch_of(txn) < self.epoch || (epoch_of(txn) == self.epoch && (1..=self.next_seq).contains(&seq))
-    }
-
     /// The decision for `txn`, fixing a presumption in memory the first time
     /// it is given. `None` while the vote is still running.
     fn known_or_presumed(&mut self, txn: TxnId) -> Option<(Decision, Steps)> {
@@ -281,7 +272,7 @@ impl Coordinator {
             Some(State::Preparing(_)) => None,
             // Not given out yet: a presumption now would decide whichever
             // transaction gets the id later.
-            None if !self.issued(txn) => None,
+            None if !self.ids.issued(self.epoch, txn) => None,
             None => {
                 // Unknown: from an earlier epoch (lost in a crash, never
                 // committed) or never begun here. Presumed aborted.
@@ -316,7 +307,7 @@ impl Coordinator {
     }
 
     fn on_commit(&mut self, now: Duration, client: NodeId, txn: TxnId, participants: Vec<(NodeId, u64)>) -> Steps {
-        if !self.issued(txn) {
+        if !self.ids.issued(self.epoch, txn) {
             // Deciding it now would decide the transaction this id is
             // later given to.
             tracing::warn!(
@@ -658,47 +649,21 @@ mod tests {
     }
 
     #[test]
-    fn an_epoch_issues_ids_until_its_sequence_space_ends() {
-        let (mut c, _) = boot(&[]);
-        c.next_seq = (1 << 32) - 2;
-        assert_eq!(
-            begin(&mut c),
-            (1 << 32) | u64::from(u32::MAX),
-            "epoch 1, the last sequence number"
-        );
-        let past = c.on_message(MS, CLIENT, Msg::Begin { request: 1 });
-        assert!(past.is_empty(), "no id past the epoch's space: {past:?}");
-    }
-
-    #[test]
-    fn a_commit_of_an_id_not_yet_issued_decides_nothing() {
-        let (mut c, _) = boot(&[]);
-        let first = begin(&mut c);
-        let ahead = first + 1;
-        let forged = Msg::Commit {
-            txn: ahead,
-            participants: vec![(2, 1)],
-        };
-        assert!(c.on_message(MS, 7, forged).is_empty());
-        assert_eq!(c.decision(ahead), None);
-        // The id, once issued, belongs to its client alone.
-        assert_eq!(begin(&mut c), ahead);
-        commit(&mut c, ahead);
-        c.on_message(MS, 2, Msg::Vote { txn: ahead, yes: true });
-        let steps = c.on_message(MS, 3, Msg::Vote { txn: ahead, yes: true });
-        assert_eq!(outcome(&steps), Some(Outcome::Committed));
-    }
-
-    #[test]
-    fn ids_not_given_out_yet_are_never_presumed() {
+    fn ids_not_given_out_yet_are_never_decided_or_presumed() {
         let (mut c, _) = boot(&[]);
         let later_epoch = (c.epoch() + 1) << 32 | 1;
         let unissued = (c.epoch() << 32) | 1;
         for txn in [later_epoch, unissued] {
+            let commit = Msg::Commit {
+                txn,
+                participants: vec![(2, 1)],
+            };
+            assert!(c.on_message(MS, 7, commit).is_empty());
             assert!(c.on_message(MS, 7, Msg::Status { txn }).is_empty());
             assert!(c.on_message(MS, 3, Msg::Vote { txn, yes: true }).is_empty());
             assert_eq!(c.decision(txn), None);
         }
+        // The id, once issued, belongs to its client alone.
         assert_eq!(begin(&mut c), unissued);
         commit(&mut c, unissued);
         c.on_message(

@@ -140,6 +140,15 @@ struct Txn {
     writes: Writes,
     /// Keys this transaction holds a lock on here.
     locked: BTreeSet<Key>,
+    /// Bytes its prepare record would store ([`stored_bytes`]), kept as it
+    /// grows so each operation checks [`MAX_TXN_BYTES`] in constant time.
+    bytes: usize,
+}
+
+/// Bytes of keys and values a prepare record stores: each locked key, each
+/// written key and value.
+fn stored_bytes(locked: &BTreeSet<Key>, writes: &Writes) -> usize {
+    locked.iter().map(String::len).sum::<usize>() + writes.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
 }
 
 type Steps = Vec<Step<Record>>;
@@ -247,6 +256,7 @@ impl Participant {
                                 since: now,
                                 next_query: now,
                             },
+                            bytes: stored_bytes(&locked, &writes),
                             writes,
                             locked,
                         },
@@ -448,16 +458,20 @@ impl Participant {
                         },
                         writes: Writes::new(),
                         locked: BTreeSet::new(),
+                        bytes: 0,
                     },
                 );
             }
         }
-        let t = self.txns.get(&txn).expect("active above");
-        let stored = |k: &Key| if t.locked.contains(k) { 0 } else { k.len() };
-        let held: usize = t.locked.iter().map(String::len).sum::<usize>()
-            + t.writes.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
-        let adds = stored(&key) + put.as_ref().map_or(0, |v| key.len() + v.len());
-        if held + adds > MAX_TXN_BYTES {
+        let t = &self.txns[&txn];
+        let locks = if t.locked.contains(&key) { 0 } else { key.len() };
+        let writes = put.as_ref().map_or(0, |v| key.len() + v.len());
+        let replaced = put
+            .as_ref()
+            .and(t.writes.get(&key))
+            .map_or(0, |old| key.len() + old.len());
+        let bytes = t.bytes + locks + writes - replaced;
+        if bytes > MAX_TXN_BYTES {
             let mut steps = self.abort_active(txn);
             steps.extend(reply(self.epoch, Err(AbortReason::TooLarge { limit: MAX_TXN_BYTES })));
             return steps;
@@ -472,6 +486,7 @@ impl Participant {
             client: from,
             last: now,
         };
+        t.bytes = bytes;
         t.locked.insert(key.clone());
         let result = match put {
             Some(value) => {
@@ -915,6 +930,12 @@ mod tests {
         assert_eq!(write(&mut p, 11, "d", 0), Err(AbortReason::TooLarge { limit }));
         assert_eq!(p.decision(11), Some(Decision::Abort));
         assert!(get(&mut p, 12, "c").is_ok());
+        // A write replaces what the key held: rewriting never adds up.
+        for _ in 0..3 {
+            write(&mut p, 13, "e", MAX_TXN_BYTES / 2).unwrap();
+        }
+        let t = &p.txns[&13];
+        assert_eq!(t.bytes, stored_bytes(&t.locked, &t.writes));
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! The bookkeeping of the two phases, shared by both coordinator modes: a
-//! voting round (prepares re-sent to silent shards, votes counted, a
+//! The bookkeeping of the two phases, shared by both coordinator modes:
+//! transaction ids, a voting round (prepares re-sent to silent shards, votes counted, a
 //! deadline), the delivery of a commit until every participant acknowledges
 //! it, and the clients waiting for an outcome. The modes differ only in what
 //! makes a decision durable — a synced local record, or a committed log
@@ -8,8 +8,37 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use super::{sends, Decision, Msg, Outcome, Step, TxnEvent, TxnId};
+use super::{epoch_of, sends, Decision, Msg, Outcome, Step, TxnEvent, TxnId};
 use crate::env::NodeId;
+
+/// Transaction ids `epoch << 32 | seq` as one coordinator incarnation gives
+/// them out (the classic one's boot epoch, a leader's term); the epoch is
+/// passed in, not kept, so it has one home.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Ids {
+    /// The last sequence number given out in this epoch (0: none yet).
+    last: u64,
+}
+
+impl Ids {
+    /// The next id of `epoch`, or `None` once its sequence numbers are used
+    /// up (the next epoch's are fresh).
+    pub(crate) fn issue(&mut self, epoch: u64) -> Option<TxnId> {
+        if self.last >= u64::from(u32::MAX) {
+            return None;
+        }
+        self.last += 1;
+        Some((epoch << 32) | self.last)
+    }
+
+    /// Whether `txn` was given out, by an earlier epoch or by `epoch` so
+    /// far. Deciding, presuming or logging anything about another id would
+    /// decide whichever transaction gets it later.
+    pub(crate) fn issued(&self, epoch: u64, txn: TxnId) -> bool {
+        let seq = txn & u64::from(u32::MAX);
+        epoch_of(txn) < epoch || (epoch_of(txn) == epoch && (1..=self.last).contains(&seq))
+    }
+}
 
 /// How a round stands after a vote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -198,5 +227,37 @@ impl Waiters {
 
     pub(crate) fn clear(&mut self) {
         self.0.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_epoch_gives_out_ids_until_its_sequence_space_ends() {
+        let mut ids = Ids {
+            last: u64::from(u32::MAX) - 1,
+        };
+        let last = ids.issue(1).expect("one left");
+        assert_eq!(
+            last,
+            (1 << 32) | u64::from(u32::MAX),
+            "epoch 1, the last sequence number"
+        );
+        assert_eq!(ids.issue(1), None, "no id past the epoch's space");
+        assert!(ids.issued(1, last));
+    }
+
+    #[test]
+    fn issued_means_an_earlier_epoch_or_this_one_so_far() {
+        let mut ids = Ids::default();
+        assert!(!ids.issued(2, 2 << 32 | 1), "nothing given out yet");
+        let first = ids.issue(2).unwrap();
+        assert!(ids.issued(2, first));
+        assert!(!ids.issued(2, first + 1));
+        assert!(!ids.issued(2, 2 << 32), "sequence 0 is never given out");
+        assert!(ids.issued(2, 1 << 32 | 77), "an earlier epoch's");
+        assert!(!ids.issued(2, 3 << 32 | 1), "a later epoch's");
     }
 }

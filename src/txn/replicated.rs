@@ -64,7 +64,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::phases::{announce, Delivery, Round, Tally, Waiters};
+use super::phases::{announce, Delivery, Ids, Round, Tally, Waiters};
 use super::{AbortReason, Decision, Msg, Outcome, Step, TxnEvent, TxnId};
 use crate::env::{codec, NodeId};
 use crate::log::{ClientId, SnapshotError, StateMachine, Term};
@@ -430,7 +430,7 @@ pub struct Driver {
     term: Option<Term>,
     session: ClientId,
     seq: u64,
-    next_txn: u64,
+    ids: Ids,
     rounds: BTreeMap<TxnId, Round>,
     /// Decisions being re-sent until every participant acknowledges.
     deliveries: BTreeMap<TxnId, (Decision, Delivery)>,
@@ -457,7 +457,7 @@ impl Driver {
             term: None,
             session: 0,
             seq: 0,
-            next_txn: 0,
+            ids: Ids::default(),
             rounds: BTreeMap::new(),
             deliveries: BTreeMap::new(),
             waiting: Waiters::default(),
@@ -497,7 +497,7 @@ impl Driver {
         // proposes under it, in order.
         self.session = (1 << 63) | (u64::from(self.id) << 40) | term;
         self.seq = 0;
-        self.next_txn = 0;
+        self.ids = Ids::default();
         for (&txn, state) in &view.machine.txns {
             match state {
                 // PLANTED BUG (ignore_inherited): no round for inherited ones.
@@ -533,9 +533,7 @@ impl Driver {
     /// start, a presumed abort) would let anyone fill the machine with ids
     /// above every real one and raise its forgetting floor past them.
     fn may_exist(&self, txn: TxnId) -> bool {
-        let Some(term) = self.term else { return true };
-        let (issued_in, seq) = (txn >> 32, txn & u64::from(u32::MAX));
-        issued_in < term || (issued_in == term && (1..=self.next_txn).contains(&seq))
+        self.term.is_none_or(|term| self.ids.issued(term, txn))
     }
 
     fn abort(&mut self, fx: &mut Effects, txn: TxnId, reason: AbortReason) {
@@ -561,16 +559,10 @@ impl Driver {
         let mut fx = Effects::default();
         let machine = view.machine;
         match msg {
-            Msg::Begin { request } => match self.term {
-                Some(_) if self.next_txn + 1 >= 1 << 32 => {
-                    // This term's ids are used up; the next leader's are fresh.
-                    tracing::error!(replica = self.id, "transaction ids of this term exhausted");
-                }
-                Some(term) => {
-                    self.next_txn += 1;
-                    let txn = (term << 32) | self.next_txn;
-                    fx.steps.push(Step::Send(from, Msg::Began { request, txn }));
-                }
+            Msg::Begin { request } => match self.term.map(|term| self.ids.issue(term)) {
+                Some(Some(txn)) => fx.steps.push(Step::Send(from, Msg::Began { request, txn })),
+                // This term's ids are used up; the next leader's are fresh.
+                Some(None) => tracing::error!(replica = self.id, "transaction ids of this term exhausted"),
                 None => fx.steps.push(self.redirect(from, view)),
             },
             // It finished and the machine no longer knows how, or it was
