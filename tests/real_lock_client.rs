@@ -73,6 +73,8 @@ async fn a_dropped_guard_or_client_frees_the_lock_within_a_round_trip() {
     let second = opened(&cluster).await;
 
     let guard = first.lock("y", Duration::from_secs(5)).await.unwrap();
+    // At work long enough for its renewal task to be asleep.
+    tokio::time::sleep(Duration::from_millis(100)).await;
     drop(guard);
     let start = Instant::now();
     let guard = second.lock("y", Duration::from_secs(3)).await.unwrap();
@@ -83,9 +85,11 @@ async fn a_dropped_guard_or_client_frees_the_lock_within_a_round_trip() {
     drop(guard);
     let lease = first.acquire("z", Duration::from_secs(5)).await.unwrap();
     assert!(lease.token > 0);
+    // The renewal task the first guard started must not keep the dropped
+    // client's session alive until its next renewal (a third of a TTL).
     drop(first);
     let start = Instant::now();
-    second.acquire("z", Duration::from_secs(3)).await.unwrap();
+    second.acquire("z", Duration::from_secs(8)).await.unwrap();
     assert!(start.elapsed() < Duration::from_secs(1), "waited {:?}", start.elapsed());
 }
 

@@ -16,7 +16,7 @@
 //! never left holding the lock and never blocks the next one.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use rand::Rng;
@@ -842,8 +842,7 @@ impl<E: Env> Shared<E> {
         guards.live.insert(lease.lock.clone(), entry);
         if !guards.renewing {
             guards.renewing = true;
-            let shared = self.clone();
-            self.env.spawn(async move { shared.renew().await });
+            self.env.spawn(Self::renew(Arc::downgrade(self)));
         }
         LockGuard {
             shared: self.clone(),
@@ -874,42 +873,52 @@ impl<E: Env> Shared<E> {
     /// Keeps the session renewed while any guard lives: a renewal a third
     /// of a TTL after the last, each bounded by what is left of the lease;
     /// guards whose lock the servers no longer list, or whose lease ran
-    /// out, are told so.
-    async fn renew(self: Arc<Self>) {
+    /// out, are told so. It holds the client only weakly while it sleeps:
+    /// the guards keep the client alive, and a client whose last handle
+    /// is dropped closes its session at once, not at the next renewal.
+    async fn renew(client: Weak<Self>) {
         loop {
-            {
-                let mut guards = lock(&self.guards);
+            let (env, pause) = {
+                let Some(this) = client.upgrade() else { return };
+                let mut guards = lock(&this.guards);
                 if guards.live.is_empty() {
                     guards.renewing = false;
                     return;
                 }
-            }
-            let (ttl, last) = {
-                let state = lock(&self.state);
-                (state.ttl.unwrap_or_default(), state.last_renewal)
+                drop(guards);
+                let state = lock(&this.state);
+                let next = state.last_renewal + state.ttl.unwrap_or_default() / 3;
+                drop(state);
+                (this.env.clone(), next.saturating_sub(this.env.now()))
             };
-            self.env.sleep((last + ttl / 3).saturating_sub(self.env.now())).await;
-            let left = self.valid_for();
-            if left.is_zero() {
-                self.forget_session(LockError::LeaseExpired);
-                continue;
+            env.sleep(pause).await;
+            let Some(this) = client.upgrade() else { return };
+            this.renew_once().await;
+        }
+    }
+
+    /// One renewal on behalf of the live guards.
+    async fn renew_once(&self) {
+        let left = self.valid_for();
+        if left.is_zero() {
+            self.forget_session(LockError::LeaseExpired);
+            return;
+        }
+        let sent = lock(&self.guards).registered;
+        match timeout(&self.env, left, self.keep_alive()).await {
+            None => self.forget_session(LockError::LeaseExpired),
+            Some(Ok(held)) => {
+                let mut guards = lock(&self.guards);
+                guards.live.retain(|name, g| {
+                    let kept = g.registered > sent || held.iter().any(|(l, t)| l == name && *t == g.token);
+                    if !kept {
+                        let _ = g.lost.send(Some(LockError::NotOwner));
+                    }
+                    kept
+                });
             }
-            let sent = lock(&self.guards).registered;
-            match timeout(&self.env, left, self.keep_alive()).await {
-                None => self.forget_session(LockError::LeaseExpired),
-                Some(Ok(held)) => {
-                    let mut guards = lock(&self.guards);
-                    guards.live.retain(|name, g| {
-                        let kept = g.registered > sent || held.iter().any(|(l, t)| l == name && *t == g.token);
-                        if !kept {
-                            let _ = g.lost.send(Some(LockError::NotOwner));
-                        }
-                        kept
-                    });
-                }
-                Some(Err(LockError::Unavailable { .. })) => {}
-                Some(Err(e)) => self.forget_session(e),
-            }
+            Some(Err(LockError::Unavailable { .. })) => {}
+            Some(Err(e)) => self.forget_session(e),
         }
     }
 }
