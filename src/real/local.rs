@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use rand::{Rng, SeedableRng};
 use tokio::process::{Child, Command};
 
 use super::cluster::{AuthSettings, ClusterConfig, SHARD_ID_BASE};
@@ -15,6 +16,19 @@ use crate::env::NodeId;
 
 /// How long a started node has to accept connections.
 pub const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The lowest port [`LocalCluster::free_ports_config`] draws.
+const LISTEN_PORTS_FROM: u16 = 10_000;
+
+/// Where the OS starts choosing ports for outgoing connections (Linux's
+/// default when it cannot be read).
+fn ephemeral_range_start() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .filter(|&start| start > LISTEN_PORTS_FROM + 1000)
+        .unwrap_or(32_768)
+}
 
 /// Running node processes of one cluster file. Dropping it kills them.
 pub struct LocalCluster {
@@ -52,9 +66,11 @@ impl LocalCluster {
         Ok(cluster)
     }
 
-    /// A loopback config for `nodes` nodes on ports the OS has free now
-    /// (another process could take one before the node binds it, which
-    /// then fails loudly), data under `dir`.
+    /// A loopback config for `nodes` nodes on ports free now, data under
+    /// `dir`. The ports are drawn below the OS's ephemeral range, so an
+    /// outgoing connection of another process cannot take one before the
+    /// node binds it; another listener still could (the node then fails
+    /// loudly), which drawing at random makes unlikely.
     pub fn free_ports_config(nodes: u32, dir: &Path) -> std::io::Result<ClusterConfig> {
         let mut config = ClusterConfig::loopback(nodes, 0, dir.join("data")).map_err(std::io::Error::other)?;
         // Absolute, so that copies of this config find them from anywhere.
@@ -64,8 +80,12 @@ impl LocalCluster {
         };
         // Held until every port is chosen, so no two are the same.
         let mut held = Vec::new();
+        let below = ephemeral_range_start();
+        let mut rng = rand_chacha::ChaCha8Rng::from_entropy(); // determinism: ok — real runtime, port choice
         let mut free_port = || -> std::io::Result<SocketAddr> {
-            let listener = TcpListener::bind("127.0.0.1:0")?;
+            let listener = (0..64)
+                .find_map(|_| TcpListener::bind(("127.0.0.1", rng.gen_range(LISTEN_PORTS_FROM..below))).ok())
+                .map_or_else(|| TcpListener::bind("127.0.0.1:0"), Ok)?;
             let addr = listener.local_addr()?;
             held.push(listener);
             Ok(addr)
