@@ -44,20 +44,23 @@
 //!   are dropped and that id becomes the machine's *floor*. An id below the
 //!   floor that the machine does not hold is *forgotten*: it finished, or
 //!   it was begun and never started (its client is slow). Then:
-//!   - a decision or `End` about it is ignored, and nothing is presumed:
-//!     an abort presumed now could contradict a forgotten commit;
-//!   - a client's commit request starts it again: two-phase commit re-runs
-//!     and the shards' votes give the right decision, because a shard
-//!     remembers every decision it applied and votes it again (yes for a
-//!     commit, no for an abort), while a slow client's transaction that
-//!     was never started is prepared for the first time. Such a re-run is
-//!     never aborted on the prepare timeout, only on a no vote: a timeout
-//!     abort could contradict a forgotten commit;
+//!   - every command about it is ignored, a `Start` too, and nothing is
+//!     presumed: an abort presumed now could contradict a forgotten commit;
+//!   - a client's commit request or status question is told
+//!     [`Msg::Forgotten`]: the outcome is unknown here, as after a lost
+//!     reply. It is never run again: a re-run would be prepared on the
+//!     participants the asker lists, and any node may list a shard that
+//!     never heard of the transaction, whose no vote would abort a
+//!     forgotten commit. A slow client's transaction that was never
+//!     started is not lost either way: it never committed, and its shards
+//!     abort it when it idles past their timeout;
 //!   - a shard's vote or query about it is a stale duplicate (every
 //!     participant of a finished transaction acknowledged its decision)
-//!     and gets no answer;
-//!   - a client's status question is told [`Msg::Forgotten`]: the outcome
-//!     is unknown to it, as after a lost reply.
+//!     and gets no answer.
+//!
+//!   So [`ReplicatedConfig::retain_finished`] is what bounds how late a
+//!   client may retry a commit whose reply it lost and still learn the
+//!   outcome.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -223,8 +226,8 @@ impl CoordMachine {
         self.finished.iter().nth(excess - 1).map(|&last| last + 1)
     }
 
-    /// Drops the finished transactions below `below` (re-runs below the
-    /// floor included) and raises the floor to `below` if it is lower.
+    /// Drops the finished transactions below `below` and raises the floor
+    /// to `below` if it is lower.
     fn forget_below(&mut self, below: TxnId) {
         let kept = self.finished.split_off(&below);
         for txn in std::mem::replace(&mut self.finished, kept) {
@@ -260,7 +263,7 @@ impl StateMachine for CoordMachine {
             }
             other => other.txn().expect("every other command names its transaction"),
         };
-        if self.forgotten(txn) && !matches!(command, Command::Start { .. }) {
+        if self.forgotten(txn) {
             return None;
         }
         let state = self.txns.get(&txn);
@@ -566,14 +569,16 @@ impl Driver {
                 None => fx.steps.push(self.redirect(from, view)),
             },
             // It finished and the machine no longer knows how, or it was
-            // never started (a commit request would start it).
+            // never started before the floor passed it (module docs).
             // PLANTED BUG (forget_presumes_abort): a forgotten one presumed aborted.
             Msg::Commit { txn, .. } | Msg::Status { txn }
                 if machine.forgotten(txn) && self.config.bugs.forget_presumes_abort =>
             {
                 fx.steps.extend(presume_abort(from, txn))
             }
-            Msg::Status { txn } if machine.forgotten(txn) => fx.steps.push(Step::Send(from, Msg::Forgotten { txn })),
+            Msg::Commit { txn, .. } | Msg::Status { txn } if machine.forgotten(txn) => {
+                fx.steps.push(Step::Send(from, Msg::Forgotten { txn }))
+            }
             Msg::Commit { txn, .. } | Msg::Status { txn } | Msg::Query { txn } | Msg::Vote { txn, .. }
                 if !self.may_exist(txn) =>
             {
@@ -670,8 +675,7 @@ impl Driver {
         fx
     }
 
-    /// Timeouts: re-send prepares and decisions; abort slow votes (except
-    /// in re-runs below the floor, module docs).
+    /// Timeouts: re-send prepares and decisions; abort slow votes.
     pub fn tick(&mut self, now: Duration, view: &View) -> Effects {
         self.follow(now, view);
         let mut fx = Effects::default();
@@ -681,8 +685,7 @@ impl Driver {
             if self.deciding.contains(&txn) {
                 continue;
             }
-            // A re-run below the floor may be a forgotten commit (module docs).
-            if round.timed_out(now, timeout) && txn >= view.machine.floor {
+            if round.timed_out(now, timeout) {
                 timed_out.push(txn);
             } else {
                 fx.steps.extend(round.prepares_due(txn, &self.coordinators, now, every));
@@ -938,7 +941,7 @@ mod tests {
     }
 
     #[test]
-    fn forget_drops_finished_transactions_and_only_a_start_brings_one_back() {
+    fn forget_drops_finished_transactions_for_good() {
         let mut m = CoordMachine::default();
         for txn in 1..=6 {
             finish(&mut m, txn, txn % 2 == 0);
@@ -964,8 +967,14 @@ mod tests {
         assert!((1..=6).all(|t| m.forgotten(t)));
         assert!(!m.forgotten(7) && !m.forgotten(8) && !m.forgotten(9));
         assert_eq!(m.decision(7), Some(Decision::Commit));
-        // A late decision or end about a forgotten transaction is ignored.
+        // A late start, decision or end about a forgotten transaction is
+        // ignored.
         for late in [
+            Command::Start {
+                txn: 3,
+                client: CLIENT,
+                participants: vec![(1004, 1)],
+            },
             Command::Abort {
                 txn: 4,
                 reason: AbortReason::NotLogged,
@@ -978,15 +987,7 @@ mod tests {
         ] {
             assert_eq!(m.apply(&late), None);
         }
-        assert!(m.forgotten(4) && m.forgotten(5) && m.forgotten(6));
-        // A start re-runs two-phase commit for it (the shards' votes decide).
-        let restart = Command::Start {
-            txn: 3,
-            client: CLIENT,
-            participants: vec![(1004, 1)],
-        };
-        assert_eq!(m.apply(&restart), None);
-        assert!(matches!(m.get(3), Some(TxnState::Preparing { .. })));
+        assert!((3..=6).all(|t| m.forgotten(t)));
         // A lower bound later keeps the floor; it survives a snapshot.
         m.apply(&Command::Forget { below: 2 });
         assert_eq!(m.floor, 9);
@@ -1059,19 +1060,19 @@ mod tests {
             assert!(fx.propose.is_empty());
             assert!(matches!(&fx.steps[..], [Step::Send(CLIENT, Msg::Forgotten { txn })] if *txn == ids[1]));
         }
-        // A retried commit re-runs it, and the prepare timeout never aborts
-        // the re-run: only the shards' votes decide it.
-        let retried = Msg::Commit {
-            txn: ids[1],
-            participants: vec![(1004, 1)],
-        };
-        let fx = d.on_message(MS, CLIENT, retried, &leading(&m));
-        assert!(matches!(fx.propose[..], [(_, _, Command::Start { txn, .. })] if txn == ids[1]));
-        commit_log(&mut d, &mut m, &fx);
-        let late = d.tick(Duration::from_secs(60), &leading(&m));
-        assert!(late.propose.is_empty(), "{late:?}");
-        let fx = d.on_message(MS, 1004, Msg::Vote { txn: ids[1], yes: true }, &leading(&m));
-        assert!(matches!(fx.propose[..], [(_, _, Command::Commit { .. })]));
+        // A retried commit, from its client or from anyone listing any
+        // shards, is never run again: a shard that never heard of it would
+        // vote no and abort a forgotten commit (txn-replicated-load seed
+        // 1171). The asker learns it is forgotten; nothing is logged.
+        for (from, shard) in [(CLIENT, 1004), (1005, 1006)] {
+            let retried = Msg::Commit {
+                txn: ids[1],
+                participants: vec![(shard, 1)],
+            };
+            let fx = d.on_message(MS, from, retried, &leading(&m));
+            assert!(fx.propose.is_empty(), "{fx:?}");
+            assert!(matches!(&fx.steps[..], [Step::Send(to, Msg::Forgotten { txn })] if *to == from && *txn == ids[1]));
+        }
     }
 
     #[test]
