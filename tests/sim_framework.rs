@@ -310,7 +310,7 @@ fn firing_ground(kind: FaultKind) -> (&'static str, Option<&'static str>) {
         | FaultKind::ClockDrift
         | FaultKind::ClockJump
         | FaultKind::MomentCrash
-        | FaultKind::IsolateLeader
+        | FaultKind::Isolate
         | FaultKind::DiskTail
         | FaultKind::BitFlip
         | FaultKind::DiskError

@@ -22,7 +22,7 @@ use ringfence::env::{Env, EnvError, NodeId, MAX_MESSAGE_BYTES};
 use ringfence::history::Violation;
 use tokio::sync::{mpsc, Mutex};
 
-use crate::plan::{FaultKind, Moment};
+use crate::plan::FaultKind;
 use crate::scenario::abort_run;
 use crate::trace::TraceEvent;
 use crate::world::{addr_of, elapsed, node_of, DiskError, InFlight, World, INJECTED_FAILURE};
@@ -127,11 +127,11 @@ impl SimEnv {
         self.inner.world.lock().node(self.inner.id).disk.bug = bug;
     }
 
-    /// Reports that this node reached a protocol moment, for the faults
-    /// that aim at roles ([`crate::plan::Fault::MomentCrash`],
-    /// [`crate::plan::Fault::IsolateLeader`]). Call it before sending the
-    /// messages the moment leads to.
-    pub fn moment(&self, moment: Moment) {
+    /// Reports that this node reached a protocol moment, named by the
+    /// scenario, for the faults that aim at moments
+    /// ([`crate::plan::Fault::MomentCrash`], [`crate::plan::Fault::Isolate`]).
+    /// Call it before sending the messages the moment leads to.
+    pub fn moment(&self, moment: &str) {
         self.inner.world.lock().moment(self.inner.id, moment);
     }
 

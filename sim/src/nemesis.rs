@@ -48,7 +48,7 @@ pub struct Nemesis {
     /// Aimed faults that fired: the node hit, and the concrete fault the
     /// action became where there is one (for its end).
     aimed: BTreeMap<usize, (NodeId, Option<Fault>)>,
-    /// Links each leader isolation cut, by plan index: who led is only
+    /// Links each isolation cut, by plan index: whom it cuts off is only
     /// known when it starts.
     isolated: BTreeMap<usize, Vec<(NodeId, NodeId)>>,
     /// Crafts the messages of rogue faults.
@@ -365,7 +365,7 @@ impl Nemesis {
                 ..
             } => {
                 let window = MomentWindow {
-                    moment: *moment,
+                    moment: moment.clone(),
                     after_sends: *after_sends,
                     probability: *probability,
                     down: Duration::from_millis(*down_ms),
@@ -386,16 +386,14 @@ impl Nemesis {
                 salt,
                 ..
             } => self.rogue(index, *from, *to, *messages, *salt),
-            Fault::IsolateLeader { .. } => {
-                let leader = {
-                    let mut w = self.world.lock();
-                    w.leader.filter(|&l| !w.node(l).down)
+            Fault::Isolate { moment, .. } => {
+                let Some(node) = self.world.lock().last_up_at(moment) else {
+                    return;
                 };
-                let Some(leader) = leader else { return };
-                let links: Vec<_> = self.pairs().filter(|&(a, b)| a == leader || b == leader).collect();
-                self.cut_links(&links, index, FaultKind::IsolateLeader, true);
+                let links: Vec<_> = self.pairs().filter(|&(a, b)| a == node || b == node).collect();
+                self.cut_links(&links, index, FaultKind::Isolate, true);
                 self.isolated.insert(index, links.clone());
-                let text = format!("isolate leader {leader}");
+                let text = format!("isolate node {node}, the last to reach {moment}");
                 self.note(Phase::Start, FaultKind::Partition, Some(index), endpoints(&links), text);
             }
         }
@@ -454,10 +452,10 @@ impl Nemesis {
                     self.note(Phase::End, FaultKind::MomentCrash, Some(index), vec![], text);
                 }
             }
-            Fault::IsolateLeader { .. } => {
+            Fault::Isolate { .. } => {
                 if let Some(links) = self.isolated.remove(&index) {
-                    self.cut_links(&links, index, FaultKind::IsolateLeader, false);
-                    let text = "leader isolation healed".into();
+                    self.cut_links(&links, index, FaultKind::Isolate, false);
+                    let text = "isolation healed".into();
                     self.note(Phase::End, FaultKind::Partition, Some(index), endpoints(&links), text);
                 }
             }

@@ -145,6 +145,7 @@ pub fn plan_for<S: Scenario>(case: &Case) -> FaultPlan {
             crashable_clients: S::crashable_clients(&clients),
             clients,
             kinds: S::fault_kinds(),
+            aiming: S::AIMING,
         };
         S::plan(case.seed, &targets)
     })

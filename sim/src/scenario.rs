@@ -19,7 +19,7 @@ use ringfence::history::{EventKind, History, Violation};
 use serde::{Deserialize, Serialize};
 
 use crate::env::SimEnv;
-use crate::plan::{FaultKind, FaultPlan, Targets};
+use crate::plan::{Aiming, FaultKind, FaultPlan, Targets};
 use crate::trace::TraceEvent;
 use crate::world::{elapsed, World};
 
@@ -81,6 +81,11 @@ pub trait Scenario: Send + Sync + Sized + 'static {
     fn fault_kinds() -> Vec<FaultKind> {
         FaultKind::ALL.to_vec()
     }
+
+    /// How to aim the moment kinds ([`FaultKind::ROLE_AWARE`]) at the
+    /// moments this scenario's servers report ([`crate::SimEnv::moment`]);
+    /// none by default.
+    const AIMING: Option<Aiming> = None;
 
     /// The clients (of `clients`, this scenario's client node ids) that a
     /// [`FaultKind::ClientCrash`] may hit; by default all. A crashed client

@@ -282,7 +282,7 @@ pub fn restrict(plan: &FaultPlan, servers: &[NodeId], clients: &[NodeId]) -> Fau
             | Fault::UnsyncedCrash { .. }
             | Fault::Aimed { .. }
             | Fault::MomentCrash { .. }
-            | Fault::IsolateLeader { .. } => Some(f.clone()),
+            | Fault::Isolate { .. } => Some(f.clone()),
         })
         .collect();
     FaultPlan { faults, ..plan.clone() }

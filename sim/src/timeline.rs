@@ -84,7 +84,7 @@ fn span_kind(kind: crate::plan::FaultKind) -> &'static str {
     match kind {
         Partition => "partition",
         Crash | DiskTail | BitFlip | DiskError | ClientCrash => "crash",
-        IsolateLeader => "partition",
+        Isolate => "partition",
         UnsyncedCrash | MomentCrash => "network",
         Pause => "pause",
         MessageLoss | MessageDuplicate | MessageDelay | Rogue => "network",

@@ -30,7 +30,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use ringfence::env::{record, NodeId};
 
-use crate::plan::{DiskLoss, FaultKind, Moment};
+use crate::plan::{DiskLoss, FaultKind};
 use crate::trace::{Trace, TraceEvent};
 
 /// UDP-style port every simulated node listens on.
@@ -456,9 +456,9 @@ pub struct CrashRequest {
 }
 
 /// A moment-crash window in force.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct MomentWindow {
-    pub moment: Moment,
+    pub moment: String,
     pub after_sends: u32,
     pub probability: f64,
     pub down: Duration,
@@ -466,7 +466,7 @@ pub struct MomentWindow {
 
 /// A node that reached an aimed-at moment: it crashes once `sends_left`
 /// more messages to servers have gone out.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Armed {
     index: usize,
     window: MomentWindow,
@@ -495,9 +495,9 @@ pub struct WorldState {
     /// Moment-crash windows in force, by plan index.
     pub moment_windows: BTreeMap<usize, MomentWindow>,
     armed: BTreeMap<NodeId, Armed>,
-    /// The last server to report [`Moment::Lead`]: who "the leader" is for
-    /// faults that aim at it.
-    pub leader: Option<NodeId>,
+    /// Each moment's last server to reach it: whom [`crate::plan::Fault::Isolate`]
+    /// cuts off.
+    last_at_moment: BTreeMap<String, NodeId>,
     pub crash_wakeup: Arc<tokio::sync::Notify>,
     /// Servers: the nodes an unsynced-crash may hit.
     pub servers: Vec<NodeId>,
@@ -575,7 +575,7 @@ impl World {
             crash_requests: Vec::new(),
             moment_windows: BTreeMap::new(),
             armed: BTreeMap::new(),
-            leader: None,
+            last_at_moment: BTreeMap::new(),
             crash_wakeup: Arc::new(tokio::sync::Notify::new()),
             servers: servers.to_vec(),
             roles: BTreeMap::new(),
@@ -842,9 +842,12 @@ impl WorldState {
 
     /// A server reports that it reached `moment`; a moment-crash window in
     /// force for it may arm a crash a few sends later.
-    pub fn moment(&mut self, id: NodeId, moment: Moment) {
-        if moment == Moment::Lead {
-            self.leader = Some(id);
+    pub fn moment(&mut self, id: NodeId, moment: &str) {
+        match self.last_at_moment.get_mut(moment) {
+            Some(last) => *last = id,
+            None => {
+                self.last_at_moment.insert(moment.to_string(), id);
+            }
         }
         if !self.servers.contains(&id) || self.node(id).down || self.armed.contains_key(&id) || self.crash_requested(id)
         {
@@ -854,7 +857,7 @@ impl WorldState {
             .moment_windows
             .iter()
             .filter(|(_, w)| w.moment == moment)
-            .map(|(&i, &w)| (i, w))
+            .map(|(&i, w)| (i, w.clone()))
             .collect();
         for (index, window) in windows {
             if self.crash_rng.gen_bool(window.probability) {
@@ -907,6 +910,12 @@ impl WorldState {
         let w = armed.window;
         let why = format!("{} moment, after {} sends to servers", w.moment, w.after_sends);
         self.request_crash(id, armed.index, FaultKind::MomentCrash, w.down, why);
+    }
+
+    /// The live server that last reached `moment`.
+    pub fn last_up_at(&mut self, moment: &str) -> Option<NodeId> {
+        let last = *self.last_at_moment.get(moment)?;
+        (!self.node(last).down).then_some(last)
     }
 
     /// Forgets what a crashed process was armed to do.
@@ -1198,18 +1207,18 @@ mod tests {
     fn a_moment_crash_fires_after_its_sends_to_servers_and_silences_the_node() {
         let world = World::new(1, &[1, 2, 3, 100], &[1, 2, 3], Trace::new(false));
         let mut w = world.lock();
-        let window = |moment, after_sends| MomentWindow {
-            moment,
+        let window = |moment: &str, after_sends| MomentWindow {
+            moment: moment.to_string(),
             after_sends,
             probability: 1.0,
             down: Duration::from_millis(5),
         };
-        w.moment_windows.insert(0, window(Moment::Vote, 1));
-        w.moment(1, Moment::Lead); // no window aims at it
+        w.moment_windows.insert(0, window("handed-over", 1));
+        w.moment(1, "in-charge"); // no window aims at it
         assert!(w.may_send(1, 2));
         w.sent(1, 2);
-        assert_eq!(w.leader, Some(1));
-        w.moment(2, Moment::Vote);
+        assert_eq!(w.last_up_at("in-charge"), Some(1));
+        w.moment(2, "handed-over");
         assert!(w.may_send(2, 100));
         w.sent(2, 100); // messages to clients do not count
         assert!(w.crash_requests.is_empty());
@@ -1226,8 +1235,8 @@ mod tests {
         );
 
         // After 0 sends: the first message to a server is never sent.
-        w.moment_windows.insert(1, window(Moment::Propose, 0));
-        w.moment(3, Moment::Propose);
+        w.moment_windows.insert(1, window("announcing", 0));
+        w.moment(3, "announcing");
         assert!(w.may_send(3, 100));
         assert!(!w.may_send(3, 1));
         assert_eq!(w.crash_requests.last().map(|r| r.node), Some(3));

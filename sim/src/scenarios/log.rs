@@ -36,7 +36,7 @@
 //! events that random faults almost never produce (0 of 1,200 seeds each).
 //! They are caught through the role-aware faults the scenario opts in to
 //! ([`FaultKind::ROLE_AWARE`]): each replica reports its votes, elections,
-//! proposals and commits as [`Moment`]s, and the nemesis crashes the node
+//! proposals and commits as moments ([`moment`]), and the nemesis crashes the node
 //! that just voted and the leader it elected, or a leader before its new
 //! entry reaches a majority and right after it learns of a commit — the
 //! two hazards behind those bugs.
@@ -54,6 +54,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rand::seq::SliceRandom;
+use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use ringfence::env::record::RecordBug;
 use ringfence::env::{codec, timeout, Env, NodeId};
@@ -66,7 +68,7 @@ use serde::{Deserialize, Serialize};
 
 use super::rogue;
 use crate::env::SimEnv;
-use crate::plan::{FaultKind, Moment};
+use crate::plan::{Aiming, Fault, FaultKind};
 use crate::scenario::{abort_run, Bug, Client, Params, Scenario, Workload};
 
 /// A client operation as the history records it. Results are `None` on
@@ -196,6 +198,68 @@ impl Observer {
     }
 }
 
+/// The moments a replica reports ([`SimEnv::moment`]).
+pub mod moment {
+    /// It granted its vote to a candidate.
+    pub const VOTE: &str = "vote";
+    /// It has just become leader.
+    pub const LEAD: &str = "lead";
+    /// As leader, it appended a new client entry and is about to replicate it.
+    pub const PROPOSE: &str = "propose";
+    /// As leader, it learned that entries are committed, before telling the
+    /// followers.
+    pub const COMMIT: &str = "commit";
+}
+
+/// The hazards a moment-crash window aims at, each a set of moments that
+/// compose into one known failure pattern (random mixes mostly cancel out:
+/// a window that crashes every new leader never lets one replicate).
+#[derive(Clone, Copy)]
+enum Hazard {
+    /// The leader is cut off to force an election, then the voter and the
+    /// leader it elects both crash before anyone else hears of the new
+    /// term (vote durability).
+    Election,
+    /// A leader dies before a new entry reaches a majority, and right after
+    /// learning of a commit, before the followers do: logs diverge across
+    /// terms (the commit rule, Raft's figure 8).
+    Replication,
+}
+
+/// One window of moment crashes aimed at a random [`Hazard`].
+fn hazard_window(rng: &mut ChaCha8Rng, at_ms: u64, intensity: f64, servers: usize, out: &mut Vec<Fault>) {
+    let for_ms = rng.gen_range(1_000..=(1_500 + (3_000.0 * intensity) as u64));
+    let moments: &[&str] = match [Hazard::Election, Hazard::Replication].choose(rng).expect("non-empty") {
+        Hazard::Election => {
+            out.push(Fault::Isolate {
+                at_ms,
+                for_ms: rng.gen_range(300..=(500 + (1_500.0 * intensity) as u64)),
+                moment: moment::LEAD.to_string(),
+            });
+            &[moment::VOTE, moment::LEAD]
+        }
+        Hazard::Replication => &[moment::PROPOSE, moment::COMMIT],
+    };
+    // A leader's messages are cut before they reach a majority with it.
+    let short_of_majority = (servers as u32).saturating_sub(1) / 2;
+    for &moment in moments {
+        // A vote is one message: worth crashing right after it is sent.
+        let after_sends = if moment == moment::VOTE {
+            1
+        } else {
+            rng.gen_range(0..short_of_majority.max(1))
+        };
+        out.push(Fault::MomentCrash {
+            at_ms,
+            for_ms,
+            moment: moment.to_string(),
+            after_sends,
+            probability: rng.gen_range(0.75..=1.0),
+            down_ms: rng.gen_range(20..=(200 + (1_000.0 * intensity) as u64)),
+        });
+    }
+}
+
 /// One replica's probe: the shared [`Observer`] judges, and the replica's
 /// votes, elections, proposals and commits are reported to the simulator as
 /// moments for the role-aware faults to aim at.
@@ -208,10 +272,10 @@ impl Probe for ReplicaProbe {
     fn observe(&self, node: NodeId, now: Duration, event: &Event) {
         self.observer.observe(node, now, event);
         let moment = match event {
-            Event::Voted { .. } => Moment::Vote,
-            Event::Leader { .. } => Moment::Lead,
-            Event::Proposed { .. } => Moment::Propose,
-            Event::Committed { .. } => Moment::Commit,
+            Event::Voted { .. } => moment::VOTE,
+            Event::Leader { .. } => moment::LEAD,
+            Event::Proposed { .. } => moment::PROPOSE,
+            Event::Committed { .. } => moment::COMMIT,
             Event::Applied { .. } | Event::Restored { .. } | Event::Compacted { .. } | Event::Contradicted { .. } => {
                 return
             }
@@ -407,6 +471,13 @@ impl<const N: u32> Scenario for LogScenario<N> {
             .collect()
     }
 
+    /// Isolations cut off the newest leader; crash windows aim at the
+    /// election and replication hazards ([`hazard_window`]).
+    const AIMING: Option<Aiming> = Some(Aiming {
+        isolate_after: moment::LEAD,
+        crash_window: hazard_window,
+    });
+
     /// Hostile Raft messages a correct replica refuses ([`rogue`]).
     fn rogue(&self, rng: &mut ChaCha8Rng, _from: NodeId, _to: NodeId) -> Option<Vec<u8>> {
         let known = self.observer.lock().leaders.last_key_value().map_or(0, |(&t, _)| t);
@@ -522,6 +593,7 @@ impl Model for Counters {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plan::{FaultPlan, Targets};
     use ringfence::history::EventKind::{self, Info, Invoke, Ok};
 
     fn history(events: &[(u32, EventKind, KvOp)]) -> History<KvOp> {
@@ -606,5 +678,44 @@ mod tests {
             (0, Info, add(None)),
         ]);
         assert!(linearizability::check(&Counters, &fine).is_ok());
+    }
+
+    #[test]
+    fn moment_crash_windows_aim_at_one_hazard_each() {
+        let targets = Targets {
+            servers: vec![1, 2, 3],
+            clients: vec![10, 11],
+            crashable_clients: vec![10, 11],
+            kinds: FaultKind::ALL.into_iter().chain(FaultKind::ROLE_AWARE).collect(),
+            aiming: LogScenario::<3>::AIMING,
+        };
+        let election = BTreeSet::from([moment::VOTE, moment::LEAD]);
+        let replication = BTreeSet::from([moment::PROPOSE, moment::COMMIT]);
+        let mut seen = BTreeSet::new();
+        for seed in 0..64 {
+            let plan = FaultPlan::generate(seed, 5_000, &targets);
+            for f in &plan.faults {
+                let Fault::MomentCrash { at_ms, .. } = f else { continue };
+                let together: BTreeSet<&str> = plan
+                    .faults
+                    .iter()
+                    .filter_map(|g| match g {
+                        Fault::MomentCrash {
+                            at_ms: a, moment: m, ..
+                        } if a == at_ms => Some(m.as_str()),
+                        _ => None,
+                    })
+                    .collect();
+                assert!(together == election || together == replication, "{together:?}");
+                if together == election {
+                    // The election it aims at is forced by isolating the leader.
+                    assert!(plan.faults.iter().any(
+                        |g| matches!(g, Fault::Isolate { at_ms: a, moment: m, .. } if a == at_ms && m == moment::LEAD)
+                    ));
+                }
+                seen.insert(together.into_iter().map(str::to_string).collect::<Vec<_>>());
+            }
+        }
+        assert_eq!(seen.len(), 2, "both hazards appear in 64 seeds");
     }
 }
