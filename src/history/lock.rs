@@ -21,14 +21,21 @@
 //!   caller says the clocks kept the assumption over that pair's window
 //!   (the holder's clock within the drift bound of every lock server's, no
 //!   lock server's clock jumping).
+//!
+//! [`check_grants`] (`client-token`) judges the log instead of a history:
+//! it replays the entries the replicas applied through a shadow machine —
+//! ground truth, not what any client heard — and checks that every lock's
+//! successive grants have increasing tokens.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
 use super::{EventKind, History, Violation};
+use crate::env::codec;
 use crate::lock::resource::Applied;
-use crate::lock::Token;
+use crate::lock::{LockCommand, LockMachine, Request, SessionId, Token};
+use crate::log::{Index, Payload, Replicated};
 
 /// A client operation as the history records it: lock requests, and
 /// accesses to a fenced resource holding a counter that holders increment
@@ -330,6 +337,67 @@ fn check_leases(history: &History<LockOp>, judged: &dyn Fn(&LeasePair) -> bool, 
             }
         }
     }
+}
+
+/// `client-token`: successive grants of each lock, as the replicas applied
+/// them (`applied`: entry payloads by log index, from the replicas'
+/// `Applied` events), have strictly increasing tokens. Judged up to the
+/// first index no replica reported.
+pub fn check_grants(applied: &BTreeMap<Index, Vec<u8>>, max_sessions: usize) -> Vec<Violation> {
+    let mut shadow = Replicated::<LockMachine>::new(max_sessions);
+    let mut names: BTreeSet<String> = BTreeSet::new();
+    let mut holder: BTreeMap<String, (SessionId, Token)> = BTreeMap::new();
+    let mut highest: BTreeMap<String, Token> = BTreeMap::new();
+    let mut violations = Vec::new();
+    for (next, (&index, bytes)) in (1..).zip(applied) {
+        if index != next {
+            break;
+        }
+        let Ok(Payload::Command {
+            client,
+            seq,
+            reply_to,
+            command,
+        }) = codec::decode::<Payload<LockCommand>>(bytes)
+        else {
+            continue;
+        };
+        if let LockCommand::Client {
+            request: Request::Acquire { lock, .. },
+            ..
+        }
+        | LockCommand::Hinted {
+            request: Request::Acquire { lock, .. },
+            ..
+        } = &command
+        {
+            names.insert(lock.clone());
+        }
+        shadow.apply(index, (reply_to, client), seq, &command);
+        for name in &names {
+            let Some(now) = shadow.machine().holder(name) else {
+                holder.remove(name);
+                continue;
+            };
+            if holder.get(name) == Some(&now) {
+                continue;
+            }
+            holder.insert(name.clone(), now);
+            let top = highest.entry(name.clone()).or_insert(0);
+            if now.1 <= *top && violations.len() < 5 {
+                violations.push(Violation::new(
+                    "client-token",
+                    format!(
+                        "lock {name:?} granted to session {} with token {} at log index {index}, not above the {} granted before",
+                        now.0, now.1, *top
+                    ),
+                    vec![],
+                ));
+            }
+            *top = (*top).max(now.1);
+        }
+    }
+    violations
 }
 
 #[cfg(test)]

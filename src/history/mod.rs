@@ -4,7 +4,11 @@
 //! ended. Checkers judge histories, never protocol internals, so the same
 //! checker judges a simulated run and a real loopback run.
 
+pub mod bank;
+pub mod commit;
+pub mod counter;
 pub mod isolation;
+pub mod kv;
 pub mod linearizability;
 pub mod lock;
 

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ringfence::env::{codec, timeout, Env};
-use ringfence::history::{EventKind, History, Violation};
+use ringfence::history::{counter, History, Violation};
 use serde::{Deserialize, Serialize};
 
 use crate::env::SimEnv;
@@ -42,17 +42,7 @@ enum Msg {
     Value { request: u64, ids: Vec<u64> },
 }
 
-/// A counter operation as the history records it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum CounterOp {
-    Increment {
-        id: u64,
-    },
-    /// `ids` is `None` on invocation and the observed set on success.
-    Read {
-        ids: Option<Vec<u64>>,
-    },
-}
+pub use ringfence::history::counter::CounterOp;
 
 pub const ACK_BEFORE_SYNC: Bug = Bug {
     name: "ack-before-sync",
@@ -202,180 +192,6 @@ impl Scenario for Counter {
     }
 
     fn check(&self, history: &History<CounterOp>) -> Vec<Violation> {
-        check_counter(history)
-    }
-}
-
-/// The counter's invariants, on the history alone.
-pub fn check_counter(history: &History<CounterOp>) -> Vec<Violation> {
-    let mut violations = Vec::new();
-    let invoked: BTreeSet<u64> = history
-        .events()
-        .iter()
-        .filter_map(|e| match (&e.kind, &e.op) {
-            (EventKind::Invoke, CounterOp::Increment { id }) => Some(*id),
-            _ => None,
-        })
-        .collect();
-    // Acknowledged increments, in completion order: (time acked, id, event).
-    let acked: Vec<(u64, u64, usize)> = history
-        .events()
-        .iter()
-        .filter_map(|e| match (&e.kind, &e.op) {
-            (EventKind::Ok, CounterOp::Increment { id }) => Some((e.time_ns, *id, e.index)),
-            _ => None,
-        })
-        .collect();
-    for (invoke, done) in history.operations() {
-        let Some(done) = done else { continue };
-        let CounterOp::Read { ids: Some(ids) } = &done.op else {
-            continue;
-        };
-        if done.kind != EventKind::Ok {
-            continue;
-        }
-        let seen: BTreeSet<u64> = ids.iter().copied().collect();
-        for &(acked_at, id, ack_event) in &acked {
-            if acked_at < invoke.time_ns && !seen.contains(&id) {
-                violations.push(Violation::new(
-                    "acked-increment-lost",
-                    format!(
-                        "increment {id:#x} was acknowledged before the read began, but the read does not contain it"
-                    ),
-                    vec![ack_event, invoke.index, done.index],
-                ));
-                return violations;
-            }
-        }
-        if let Some(phantom) = seen.iter().find(|id| !invoked.contains(id)) {
-            violations.push(Violation::new(
-                "phantom-increment",
-                format!("read shows increment {phantom:#x}, which no client sent"),
-                vec![done.index],
-            ));
-            return violations;
-        }
-    }
-    violations.extend(check_monotonic_reads(history));
-    violations
-}
-
-/// Every id a completed read returned is in every read invoked after that
-/// read completed: the counter never forgets what it showed.
-fn check_monotonic_reads(history: &History<CounterOp>) -> Option<Violation> {
-    let reads: Vec<(
-        &ringfence::history::Event<CounterOp>,
-        &ringfence::history::Event<CounterOp>,
-        BTreeSet<u64>,
-    )> = history
-        .operations()
-        .into_iter()
-        .filter_map(|(invoke, done)| {
-            let done = done.filter(|d| d.kind == EventKind::Ok)?;
-            let CounterOp::Read { ids: Some(ids) } = &done.op else {
-                return None;
-            };
-            Some((invoke, done, ids.iter().copied().collect()))
-        })
-        .collect();
-    for (_, earlier_done, earlier) in &reads {
-        for (later_invoke, later_done, later) in &reads {
-            if later_invoke.time_ns <= earlier_done.time_ns {
-                continue;
-            }
-            if let Some(gone) = earlier.difference(later).next() {
-                return Some(Violation::new(
-                    "non-monotonic-read",
-                    format!("a read showed increment {gone:#x}; a read that began after it ended does not"),
-                    vec![earlier_done.index, later_invoke.index, later_done.index],
-                ));
-            }
-        }
-    }
-    None
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn history(events: &[(u32, EventKind, CounterOp)]) -> History<CounterOp> {
-        let mut h = History::default();
-        for (t, (client, kind, op)) in events.iter().enumerate() {
-            h.push(*client, t as u64, *kind, op.clone());
-        }
-        h
-    }
-
-    use CounterOp::{Increment, Read};
-    use EventKind::{Info, Invoke, Ok};
-
-    #[test]
-    fn accepts_a_read_that_contains_every_acked_increment() {
-        let h = history(&[
-            (0, Invoke, Increment { id: 1 }),
-            (0, Ok, Increment { id: 1 }),
-            (1, Invoke, Increment { id: 2 }),
-            (1, Info, Increment { id: 2 }),
-            (0, Invoke, Read { ids: None }),
-            (0, Ok, Read { ids: Some(vec![1]) }),
-        ]);
-        assert!(check_counter(&h).is_empty());
-    }
-
-    #[test]
-    fn catches_a_lost_acknowledged_increment() {
-        let h = history(&[
-            (0, Invoke, Increment { id: 1 }),
-            (0, Ok, Increment { id: 1 }),
-            (0, Invoke, Read { ids: None }),
-            (0, Ok, Read { ids: Some(vec![]) }),
-        ]);
-        let v = check_counter(&h);
-        assert_eq!(v[0].invariant, "acked-increment-lost");
-        assert_eq!(v[0].events, vec![1, 2, 3]);
-    }
-
-    #[test]
-    fn concurrent_ack_may_be_missing_from_a_read() {
-        // The read began before the ack arrived: either order is fine.
-        let h = history(&[
-            (0, Invoke, Increment { id: 1 }),
-            (1, Invoke, Read { ids: None }),
-            (0, Ok, Increment { id: 1 }),
-            (1, Ok, Read { ids: Some(vec![]) }),
-        ]);
-        assert!(check_counter(&h).is_empty());
-    }
-
-    #[test]
-    fn catches_a_read_that_forgets_what_an_earlier_read_showed() {
-        // Increment 1 was never acknowledged, but a read showed it.
-        let h = history(&[
-            (0, Invoke, Increment { id: 1 }),
-            (1, Invoke, Read { ids: None }),
-            (1, Ok, Read { ids: Some(vec![1]) }),
-            (0, Info, Increment { id: 1 }),
-            (1, Invoke, Read { ids: None }),
-            (1, Ok, Read { ids: Some(vec![]) }),
-        ]);
-        let v = check_counter(&h);
-        assert_eq!(v[0].invariant, "non-monotonic-read");
-        assert_eq!(v[0].events, vec![2, 4, 5]);
-        // Overlapping reads may disagree.
-        let h = history(&[
-            (0, Invoke, Increment { id: 1 }),
-            (1, Invoke, Read { ids: None }),
-            (2, Invoke, Read { ids: None }),
-            (1, Ok, Read { ids: Some(vec![1]) }),
-            (2, Ok, Read { ids: Some(vec![]) }),
-        ]);
-        assert!(check_counter(&h).is_empty());
-    }
-
-    #[test]
-    fn catches_a_phantom_increment() {
-        let h = history(&[(0, Invoke, Read { ids: None }), (0, Ok, Read { ids: Some(vec![9]) })]);
-        assert_eq!(check_counter(&h)[0].invariant, "phantom-increment");
+        counter::check(history)
     }
 }

@@ -56,7 +56,7 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use ringfence::env::{Env, NodeId};
-use ringfence::history::lock::{check_lock, LeasePair, LockOp, ResourceTruth};
+use ringfence::history::lock::{check_grants, check_lock, LeasePair, LockOp, ResourceTruth};
 use ringfence::history::{History, Violation};
 use ringfence::lock::resource::{self, ResourceBug, ResourceRequest};
 use ringfence::lock::{server, ClientConfig, LockClient, LockError, ServerConfig, Token};
@@ -877,7 +877,7 @@ impl Scenario for LockScenario {
         let mut violations = check_lock(history, ResourceTruth::Applied(&accesses), &judged);
         let applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
         let max_sessions = crate::scenarios::log::sim_config(None).max_sessions;
-        violations.extend(lock_hostile::check_grants(&applied, max_sessions));
+        violations.extend(check_grants(&applied, max_sessions));
         violations
     }
 }

@@ -1,5 +1,4 @@
-//! Hostile parts of the `lock` scenario's workload, and the checker that
-//! judges grants by what the replicas applied.
+//! Hostile parts of the `lock` scenario's workload.
 //!
 //! - [`rogue`]: a client that sends well-formed adversarial commands from
 //!   its own node id: other clients' session ids (read from the lock's
@@ -9,20 +8,18 @@
 //! - [`storm`]: a client that opens hundreds of sessions in one burst and
 //!   vanishes, so their expiries all fall due together (the expiry storm).
 //!   The run's liveness bound then says the service recovers in time.
-//! - [`check_grants`] (`client-token`): replays the entries the replicas
-//!   applied through a shadow machine — ground truth, not what any client
-//!   heard — and checks every lock's successive grants have increasing tokens.
+//!
+//! `ringfence::history::lock::check_grants` (`client-token`) judges what
+//! the rogue tries: it replays the entries the replicas applied.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use rand::seq::SliceRandom;
 use rand::Rng;
 use ringfence::env::{codec, Env, NodeId};
-use ringfence::history::Violation;
-use ringfence::lock::{LockCommand, LockMachine, LockOutput, LockQuery, Request, SessionId, Token};
+use ringfence::lock::{LockCommand, LockMachine, LockOutput, LockQuery, Request, SessionId};
 use ringfence::log::client::Client as LogClient;
-use ringfence::log::{Index, Payload, Replicated, Wire, WireOf};
+use ringfence::log::{Wire, WireOf};
 
 use crate::env::SimEnv;
 
@@ -153,65 +150,4 @@ pub async fn storm(env: SimEnv, servers: Vec<NodeId>, sessions: u64, at: Duratio
             let _ = env.send(server, bytes.clone()).await;
         }
     }
-}
-
-/// `client-token`: successive grants of each lock, as the replicas applied
-/// them (`applied`: entry payloads by log index, from the replicas'
-/// `Applied` events), have strictly increasing tokens. Judged up to the
-/// first index no replica reported.
-pub fn check_grants(applied: &BTreeMap<Index, Vec<u8>>, max_sessions: usize) -> Vec<Violation> {
-    let mut shadow = Replicated::<LockMachine>::new(max_sessions);
-    let mut names: BTreeSet<String> = BTreeSet::new();
-    let mut holder: BTreeMap<String, (SessionId, Token)> = BTreeMap::new();
-    let mut highest: BTreeMap<String, Token> = BTreeMap::new();
-    let mut violations = Vec::new();
-    for (next, (&index, bytes)) in (1..).zip(applied) {
-        if index != next {
-            break;
-        }
-        let Ok(Payload::Command {
-            client,
-            seq,
-            reply_to,
-            command,
-        }) = codec::decode::<Payload<LockCommand>>(bytes)
-        else {
-            continue;
-        };
-        if let LockCommand::Client {
-            request: Request::Acquire { lock, .. },
-            ..
-        }
-        | LockCommand::Hinted {
-            request: Request::Acquire { lock, .. },
-            ..
-        } = &command
-        {
-            names.insert(lock.clone());
-        }
-        shadow.apply(index, (reply_to, client), seq, &command);
-        for name in &names {
-            let Some(now) = shadow.machine().holder(name) else {
-                holder.remove(name);
-                continue;
-            };
-            if holder.get(name) == Some(&now) {
-                continue;
-            }
-            holder.insert(name.clone(), now);
-            let top = highest.entry(name.clone()).or_insert(0);
-            if now.1 <= *top && violations.len() < 5 {
-                violations.push(Violation::new(
-                    "client-token",
-                    format!(
-                        "lock {name:?} granted to session {} with token {} at log index {index}, not above the {} granted before",
-                        now.0, now.1, *top
-                    ),
-                    vec![],
-                ));
-            }
-            *top = (*top).max(now.1);
-        }
-    }
-    violations
 }

@@ -59,27 +59,17 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use ringfence::env::record::RecordBug;
 use ringfence::env::{codec, timeout, Env, NodeId};
-use ringfence::history::linearizability::{self, Model};
-use ringfence::history::{History, Violation};
+use ringfence::history::{kv, History, Violation};
 use ringfence::log::client::{Client as LogClient, ClientError};
 use ringfence::log::node::{self, Probe};
 use ringfence::log::{Config, Event, Index, Kv, KvCommand, KvOutput, KvQuery, LogBug, Term, Wire, WireOf};
-use serde::{Deserialize, Serialize};
 
 use super::rogue;
 use crate::env::SimEnv;
 use crate::plan::{Aiming, Fault, FaultKind};
 use crate::scenario::{abort_run, Bug, Client, Params, Scenario, Workload};
 
-/// A client operation as the history records it. Results are `None` on
-/// invocation.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum KvOp {
-    /// Adds 1 to counter `key`; the result is the counter's new value.
-    Add { key: u8, result: Option<u64> },
-    /// Reads counter `key` (absent = 0).
-    Get { key: u8, value: Option<u64> },
-}
+pub use ringfence::history::kv::KvOp;
 
 pub const VOTE_NOT_SYNCED: Bug = Bug {
     name: "vote-not-synced",
@@ -548,45 +538,9 @@ impl<const N: u32> Scenario for LogScenario<N> {
         }
     }
 
-    /// The linearizability search alone judges results: a cheap pre-check
-    /// (results within real-time bounds) would only speed up histories that
-    /// fail, and would make the search the catcher of nothing.
+    /// Linearizability of the counters ([`kv::check`]).
     fn check(&self, history: &History<KvOp>) -> Vec<Violation> {
-        linearizability::check(&Counters, history).err().into_iter().collect()
-    }
-}
-
-/// The replicated counters as a linearizability model: `Add` returns the
-/// new value, `Get` the current one.
-struct Counters;
-
-impl Model for Counters {
-    type Op = KvOp;
-    type Key = u8;
-    type State = u64;
-
-    fn key(&self, op: &KvOp) -> u8 {
-        match op {
-            KvOp::Add { key, .. } | KvOp::Get { key, .. } => *key,
-        }
-    }
-
-    fn init(&self) -> u64 {
-        0
-    }
-
-    fn step(&self, state: &u64, invoke: &KvOp, completion: Option<&KvOp>) -> Option<u64> {
-        match (invoke, completion) {
-            (KvOp::Add { .. }, None) => Some(state + 1),
-            (KvOp::Add { .. }, Some(KvOp::Add { result: Some(r), .. })) => (*r == state + 1).then_some(state + 1),
-            (KvOp::Get { .. }, None) => Some(*state),
-            (KvOp::Get { .. }, Some(KvOp::Get { value: Some(v), .. })) => (v == state).then_some(*state),
-            _ => None,
-        }
-    }
-
-    fn is_read_only(&self, op: &KvOp) -> bool {
-        matches!(op, KvOp::Get { .. })
+        kv::check(history)
     }
 }
 
@@ -594,91 +548,6 @@ impl Model for Counters {
 mod tests {
     use super::*;
     use crate::plan::{FaultPlan, Targets};
-    use ringfence::history::EventKind::{self, Info, Invoke, Ok};
-
-    fn history(events: &[(u32, EventKind, KvOp)]) -> History<KvOp> {
-        let mut h = History::default();
-        for (t, (client, kind, op)) in events.iter().enumerate() {
-            h.push(*client, t as u64, *kind, op.clone());
-        }
-        h
-    }
-    fn add(result: Option<u64>) -> KvOp {
-        KvOp::Add { key: 0, result }
-    }
-    fn get(value: Option<u64>) -> KvOp {
-        KvOp::Get { key: 0, value }
-    }
-
-    #[test]
-    fn accepts_concurrent_and_unknown_adds() {
-        let h = history(&[
-            (0, Invoke, add(None)),
-            (1, Invoke, add(None)),
-            (1, Ok, add(Some(1))),
-            (0, Info, add(None)),
-            (1, Invoke, get(None)),
-            (1, Ok, get(Some(2))),
-        ]);
-        assert!(linearizability::check(&Counters, &h).is_ok());
-    }
-
-    #[test]
-    fn catches_a_duplicated_add_result() {
-        let h = history(&[
-            (0, Invoke, add(None)),
-            (0, Ok, add(Some(1))),
-            (1, Invoke, add(None)),
-            (1, Ok, add(Some(1))),
-        ]);
-        assert_eq!(invariant(&h), "linearizable");
-    }
-
-    #[test]
-    fn catches_a_stale_read() {
-        let h = history(&[
-            (0, Invoke, add(None)),
-            (0, Ok, add(Some(1))),
-            (1, Invoke, get(None)),
-            (1, Ok, get(Some(0))),
-        ]);
-        assert_eq!(invariant(&h), "linearizable");
-    }
-
-    fn invariant(h: &History<KvOp>) -> String {
-        linearizability::check(&Counters, h)
-            .expect_err("not linearizable")
-            .invariant
-    }
-
-    #[test]
-    fn catches_a_read_from_the_future() {
-        let h = history(&[(1, Invoke, get(None)), (1, Ok, get(Some(1))), (0, Invoke, add(None))]);
-        assert_eq!(invariant(&h), "linearizable");
-    }
-
-    #[test]
-    fn the_counter_model_rejects_an_impossible_read_and_accepts_an_unknown_add() {
-        // One add completed and one is unknown: no order lets a read see 3.
-        let h = history(&[
-            (0, Invoke, add(None)),
-            (0, Ok, add(Some(1))),
-            (1, Invoke, KvOp::Get { key: 0, value: None }),
-            (1, Ok, KvOp::Get { key: 0, value: Some(1) }),
-            (0, Invoke, add(None)),
-            (2, Invoke, KvOp::Get { key: 0, value: None }),
-            (2, Ok, KvOp::Get { key: 0, value: Some(3) }),
-            (0, Info, add(None)),
-        ]);
-        assert!(linearizability::check(&Counters, &h).is_err());
-        let fine = history(&[
-            (0, Invoke, add(None)),
-            (1, Invoke, KvOp::Get { key: 0, value: None }),
-            (1, Ok, KvOp::Get { key: 0, value: Some(1) }),
-            (0, Info, add(None)),
-        ]);
-        assert!(linearizability::check(&Counters, &fine).is_ok());
-    }
 
     #[test]
     fn moment_crash_windows_aim_at_one_hazard_each() {
