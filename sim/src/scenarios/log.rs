@@ -6,7 +6,8 @@
 //! 1. **The protocol** is `ringfence::log::node::run` with [`Kv`]; each boot
 //!    rebuilds the replica from its disk. An [`Observer`] (a
 //!    `ringfence::log::node::Probe`) watches every replica's events as they
-//!    happen and stops the run at the first safety violation, naming it:
+//!    happen and stops the run at the first safety violation that
+//!    `ringfence::history::replicas` finds, naming it:
 //!    - `leader-per-term`: at most one leader per term;
 //!    - `committed-entry-changed`: an index, once applied anywhere, holds the
 //!      same entry everywhere forever (across crashes and snapshots);
@@ -50,7 +51,7 @@
 //! by the simulated disk's own check, `synced-record-lost`: a node got back
 //! fewer records than it had synced before its crash.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -59,10 +60,11 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use ringfence::env::record::RecordBug;
 use ringfence::env::{codec, timeout, Env, NodeId};
+use ringfence::history::replicas::Replicas;
 use ringfence::history::{kv, History, Violation};
 use ringfence::log::client::{Client as LogClient, ClientError};
 use ringfence::log::node::{self, Probe};
-use ringfence::log::{Config, Event, Index, Kv, KvCommand, KvOutput, KvQuery, LogBug, Term, Wire, WireOf};
+use ringfence::log::{Config, Event, Index, Kv, KvCommand, KvOutput, KvQuery, LogBug, Wire, WireOf};
 
 use super::rogue;
 use crate::env::SimEnv;
@@ -144,7 +146,7 @@ const KEYS: u8 = 3;
 const GIVE_UP: Duration = Duration::from_secs(2);
 
 /// Watches replicas' events; stops the run at the first safety violation
-/// with a named violation ([`abort_run`]).
+/// that [`Replicas`] finds ([`abort_run`]).
 #[derive(Default)]
 pub struct Observer {
     state: Mutex<Observed>,
@@ -152,12 +154,7 @@ pub struct Observer {
 
 #[derive(Default)]
 struct Observed {
-    leaders: BTreeMap<Term, NodeId>,
-    /// Every index ever applied anywhere: its term and encoded payload.
-    committed: BTreeMap<Index, (Term, Vec<u8>)>,
-    /// Last index each replica applied since it booted (`None`: just booted,
-    /// it resumes from its snapshot, wherever that is).
-    last_applied: BTreeMap<NodeId, Option<Index>>,
+    replicas: Replicas,
     /// Replicas that stopped on purpose (a corrupt disk, a failed write).
     stopped: BTreeSet<NodeId>,
 }
@@ -165,7 +162,7 @@ struct Observed {
 impl Observer {
     fn booted(&self, node: NodeId) {
         let mut s = self.lock();
-        s.last_applied.insert(node, None);
+        s.replicas.booted(node);
         s.stopped.remove(&node);
     }
 
@@ -176,11 +173,7 @@ impl Observer {
     /// Running replicas that have not applied up to `index`.
     fn behind(&self, index: Index) -> Vec<(NodeId, Option<Index>)> {
         let s = self.lock();
-        s.last_applied
-            .iter()
-            .filter(|(node, applied)| !s.stopped.contains(node) && applied.is_none_or(|a| a < index))
-            .map(|(&node, &applied)| (node, applied))
-            .collect()
+        s.replicas.behind(index, |node| !s.stopped.contains(&node))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Observed> {
@@ -274,60 +267,10 @@ impl Probe for ReplicaProbe {
     }
 }
 
-/// Stops the run with a named violation.
-fn violated(invariant: &str, detail: String) -> ! {
-    abort_run(Violation::new(invariant, detail, vec![]))
-}
-
 impl Probe for Observer {
     fn observe(&self, node: NodeId, _now: Duration, event: &Event) {
-        let mut s = self.lock();
-        match event {
-            Event::Leader { term } => {
-                if let Some(&other) = s.leaders.get(term).filter(|&&other| other != node) {
-                    violated(
-                        "leader-per-term",
-                        format!("nodes {other} and {node} both lead term {term}"),
-                    );
-                }
-                s.leaders.insert(*term, node);
-            }
-            Event::Applied { index, term, payload } => {
-                if let Some(Some(last)) = s
-                    .last_applied
-                    .get(&node)
-                    .filter(|last| matches!(last, Some(l) if l + 1 != *index))
-                {
-                    violated("apply-order", format!("node {node} applied {index} right after {last}"));
-                }
-                s.last_applied.insert(node, Some(*index));
-                match s.committed.get(index) {
-                    Some((t, p)) if t != term || p != payload => violated(
-                        "committed-entry-changed",
-                        format!("index {index} was applied with term {t}, node {node} applied term {term}"),
-                    ),
-                    Some(_) => {}
-                    None => {
-                        s.committed.insert(*index, (*term, payload.clone()));
-                    }
-                }
-            }
-            Event::Restored { index, term } => {
-                if let Some((t, _)) = s.committed.get(index).filter(|(t, _)| t != term) {
-                    violated(
-                        "committed-entry-changed",
-                        format!(
-                            "node {node} restored a snapshot ending at {index} with term {term}, applied with term {t}"
-                        ),
-                    );
-                }
-                s.last_applied.insert(node, Some(*index));
-            }
-            Event::Contradicted { from, index } => violated(
-                "committed-entry-changed",
-                format!("node {from} sent node {node} entries that contradict its committed entry {index}"),
-            ),
-            Event::Compacted { .. } | Event::Voted { .. } | Event::Proposed { .. } | Event::Committed { .. } => {}
+        if let Err(violation) = self.lock().replicas.observe(node, event) {
+            abort_run(violation);
         }
     }
 }
@@ -470,7 +413,7 @@ impl<const N: u32> Scenario for LogScenario<N> {
 
     /// Hostile Raft messages a correct replica refuses ([`rogue`]).
     fn rogue(&self, rng: &mut ChaCha8Rng, _from: NodeId, _to: NodeId) -> Option<Vec<u8>> {
-        let known = self.observer.lock().leaders.last_key_value().map_or(0, |(&t, _)| t);
+        let known = self.observer.lock().replicas.last_leader_term().unwrap_or(0);
         let msg: WireOf<Kv> = Wire::Raft(rogue::raft_message(rng, known));
         codec::encode(&msg).ok()
     }
@@ -516,25 +459,21 @@ impl<const N: u32> Scenario for LogScenario<N> {
         let mut log = LogClient::<SimEnv, Kv>::new(env.clone(), client.servers.clone());
         while !Self::operate(&client, &mut log, KvOp::Add { key: 0, result: None }).await {}
         while !Self::operate(&client, &mut log, KvOp::Get { key: 0, value: None }).await {}
-        let target = self
-            .observer
-            .lock()
-            .committed
-            .last_key_value()
-            .map_or(0, |(&index, _)| index);
+        let target = self.observer.lock().replicas.highest_applied().unwrap_or(0);
         let caught_up = timeout(&env, CATCH_UP_BOUND, async {
             while !self.observer.behind(target).is_empty() {
                 env.sleep(Duration::from_millis(10)).await;
             }
         });
         if caught_up.await.is_none() {
-            violated(
+            abort_run(Violation::new(
                 "replica-behind",
                 format!(
                     "after the heal, replicas (id, last applied) {:?} did not apply up to index {target} within {CATCH_UP_BOUND:?}",
                     self.observer.behind(target)
                 ),
-            );
+                vec![],
+            ));
         }
     }
 
