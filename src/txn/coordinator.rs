@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::phases::{announce, Delivery, Ids, Round, Tally, Waiters};
+use super::phases::{announce, too_many, Delivery, Ids, Round, Tally, Waiters, MAX_PARTICIPANTS};
 use super::{epoch_of, AbortReason, Decision, Msg, Outcome, Step, TxnEvent, TxnId};
 use crate::env::{codec, NodeId};
 
@@ -318,6 +318,17 @@ impl Coordinator {
             );
             return vec![];
         }
+        if !self.txns.contains_key(&txn) && epoch_of(txn) == self.epoch && too_many(&participants) {
+            let reason = AbortReason::TooManyParticipants {
+                limit: MAX_PARTICIPANTS,
+            };
+            self.txns.insert(txn, State::Aborted { reason: reason.clone() });
+            self.waiting.add(txn, client);
+            // No shard was asked: none is told.
+            let mut steps = announce(txn, Decision::Abort, vec![]);
+            steps.extend(self.waiting.notify(txn, &Outcome::Aborted(reason)));
+            return steps;
+        }
         if !self.txns.contains_key(&txn) && epoch_of(txn) == self.epoch {
             let empty = participants.is_empty();
             self.txns
@@ -529,6 +540,27 @@ mod tests {
         c.on_message(MS, 2, Msg::Vote { txn, yes: true });
         let steps = c.on_message(MS, 3, Msg::Vote { txn, yes: true });
         assert_eq!(outcome(&steps), Some(Outcome::Committed));
+    }
+
+    #[test]
+    fn a_commit_listing_too_many_shards_is_aborted_without_asking_any() {
+        let (mut c, _) = boot(&[]);
+        let txn = begin(&mut c);
+        let listed = MAX_PARTICIPANTS as NodeId + 1;
+        // Listed twice each: only distinct shards count.
+        let at_the_limit: Vec<(NodeId, u64)> = (0..MAX_PARTICIPANTS as NodeId).flat_map(|n| [(n, 1), (n, 1)]).collect();
+        assert!(!too_many(&at_the_limit));
+        let participants = (0..listed).map(|n| (n + 100, 1)).collect();
+        let steps = c.on_message(MS, CLIENT, Msg::Commit { txn, participants });
+        assert!(
+            !steps.iter().any(|s| matches!(s, Step::Send(_, Msg::Prepare { .. }))),
+            "{steps:?}"
+        );
+        let limit = MAX_PARTICIPANTS;
+        assert_eq!(
+            outcome(&steps),
+            Some(Outcome::Aborted(AbortReason::TooManyParticipants { limit }))
+        );
     }
 
     #[test]

@@ -39,6 +39,7 @@ pub mod client;
 pub mod coordinator;
 pub mod participant;
 mod phases;
+pub use phases::MAX_PARTICIPANTS;
 pub mod placement;
 pub mod replicated;
 pub mod shell;
@@ -118,6 +119,12 @@ pub enum AbortReason {
         /// The limit, in bytes.
         limit: usize,
     },
+    /// The commit request listed more shards than
+    /// [`MAX_PARTICIPANTS`].
+    TooManyParticipants {
+        /// The limit, in shards.
+        limit: usize,
+    },
 }
 
 impl std::fmt::Display for AbortReason {
@@ -136,6 +143,9 @@ impl std::fmt::Display for AbortReason {
                     f,
                     "the transaction's keys and values at one shard would exceed {limit} bytes"
                 )
+            }
+            AbortReason::TooManyParticipants { limit } => {
+                write!(f, "the commit request lists more than {limit} shards")
             }
         }
     }

@@ -48,6 +48,23 @@ pub(crate) enum Tally {
     No,
 }
 
+/// Most shards one transaction may span. A commit request that lists more
+/// is aborted at once: one message must not make a coordinator prepare, and
+/// re-send to, a list as long as the message can hold.
+pub const MAX_PARTICIPANTS: usize = 256;
+
+/// Whether a commit request lists more distinct shards than
+/// [`MAX_PARTICIPANTS`].
+pub(crate) fn too_many(participants: &[(NodeId, u64)]) -> bool {
+    participants.len() > MAX_PARTICIPANTS
+        && participants
+            .iter()
+            .map(|&(node, _)| node)
+            .collect::<BTreeSet<_>>()
+            .len()
+            > MAX_PARTICIPANTS
+}
+
 /// Phase one of one transaction: prepares out, votes in.
 #[derive(Debug, Clone)]
 pub(crate) struct Round {

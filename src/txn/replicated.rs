@@ -67,7 +67,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::phases::{announce, Delivery, Ids, Round, Tally, Waiters};
+use super::phases::{announce, too_many, Delivery, Ids, Round, Tally, Waiters, MAX_PARTICIPANTS};
 use super::{AbortReason, Decision, Msg, Outcome, Step, TxnEvent, TxnId};
 use crate::env::{codec, NodeId};
 use crate::log::{ClientId, SnapshotError, StateMachine, Term};
@@ -593,6 +593,13 @@ impl Driver {
                 Some(state) if state.decision().is_some() => fx.steps.extend(tell_outcome(from, txn, state)),
                 _ if self.term.is_none() => fx.steps.push(self.redirect(from, view)),
                 Some(_) => self.waiting.add(txn, from),
+                None if too_many(&participants) => {
+                    self.waiting.add(txn, from);
+                    let reason = AbortReason::TooManyParticipants {
+                        limit: MAX_PARTICIPANTS,
+                    };
+                    self.abort(&mut fx, txn, reason);
+                }
                 None => {
                     self.waiting.add(txn, from);
                     if self.starting.insert(txn) {
@@ -1115,6 +1122,31 @@ mod tests {
             let fx = d.on_message(MS, CLIENT, Msg::Status { txn }, &leading(&m));
             assert!(matches!(fx.propose[..], [(_, _, Command::Abort { .. })]), "{fx:?}");
         }
+    }
+
+    #[test]
+    fn a_commit_listing_too_many_shards_is_aborted_not_started() {
+        let (mut d, mut m) = (driver(), CoordMachine::default());
+        let began = d.on_message(MS, CLIENT, Msg::Begin { request: 1 }, &leading(&m));
+        let [Step::Send(CLIENT, Msg::Began { txn, .. })] = began.steps[..] else {
+            panic!("{:?}", began.steps)
+        };
+        let participants = (0..=MAX_PARTICIPANTS as NodeId).map(|n| (n + 100, 1)).collect();
+        let fx = d.on_message(MS, CLIENT, Msg::Commit { txn, participants }, &leading(&m));
+        let limit = MAX_PARTICIPANTS;
+        let reason = AbortReason::TooManyParticipants { limit };
+        assert!(
+            matches!(&fx.propose[..], [(_, _, Command::Abort { reason: r, .. })] if *r == reason),
+            "{fx:?}"
+        );
+        let fx = commit_log(&mut d, &mut m, &fx);
+        assert!(
+            !fx.steps.iter().any(|s| matches!(s, Step::Send(_, Msg::Prepare { .. }))),
+            "{fx:?}"
+        );
+        assert!(fx.steps.iter().any(
+            |s| matches!(s, Step::Send(CLIENT, Msg::Outcome { outcome: Outcome::Aborted(r), .. }) if *r == reason)
+        ));
     }
 
     #[test]
