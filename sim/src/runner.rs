@@ -168,6 +168,7 @@ pub fn run_with<S: Scenario>(
 ) -> Outcome {
     let plan = plan_for::<S>(case);
     let params = Params {
+        seed: case.seed,
         bug,
         servers: case.servers,
         workload: case.workload,

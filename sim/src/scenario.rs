@@ -44,6 +44,10 @@ pub struct Workload {
 /// What a scenario instance is built from.
 #[derive(Debug, Clone)]
 pub struct Params {
+    /// The run's seed, for choices a scenario makes once per run (draw
+    /// them from their own stream, [`crate::world::derive_rng`], so the
+    /// fault plan and everything else stay as they were).
+    pub seed: u64,
     /// Planted bug to switch on, validated against [`Scenario::BUGS`].
     pub bug: Option<&'static Bug>,
     pub servers: u32,

@@ -70,6 +70,7 @@ use super::rogue;
 use crate::env::SimEnv;
 use crate::plan::{Aiming, Fault, FaultKind};
 use crate::scenario::{abort_run, Bug, Client, Params, Scenario, Workload};
+use crate::world::{derive_rng, stream};
 
 pub use ringfence::history::kv::KvOp;
 
@@ -280,15 +281,66 @@ pub struct LogScenario<const N: u32> {
     bug: Option<LogBug>,
     record_bug: Option<RecordBug>,
     members: Vec<NodeId>,
+    /// This run's replica timers ([`Timers::for_seed`]).
+    timers: Timers,
     observer: Arc<Observer>,
 }
 
 /// The replica configuration the scenario runs.
 pub fn sim_config(bug: Option<LogBug>) -> Config {
+    timed_config(bug, Timers::default())
+}
+
+/// A replica's timers, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timers {
+    election_min: u64,
+    election_max: u64,
+    heartbeat: u64,
+}
+
+impl Default for Timers {
+    fn default() -> Self {
+        Timers {
+            election_min: 150,
+            election_max: 300,
+            heartbeat: 50,
+        }
+    }
+}
+
+impl Timers {
+    /// The timers of run `seed`: half the runs keep the defaults; the
+    /// others draw what an operator might configure — an election window
+    /// as narrow as `Config::validate` allows (a tenth of its minimum, plus
+    /// up to 15 ms: candidates of one term are common, and so are late
+    /// votes among them), or up to twice its minimum, with a heartbeat
+    /// anywhere below a third of it.
+    pub fn for_seed(seed: u64) -> Self {
+        let mut rng = derive_rng(seed, stream::SETTINGS, 0);
+        if rng.gen_bool(0.5) {
+            return Timers::default();
+        }
+        let election_min: u64 = rng.gen_range(80..=250);
+        let spread = if rng.gen_bool(0.5) {
+            election_min.div_ceil(10) + rng.gen_range(0..=15)
+        } else {
+            rng.gen_range(election_min / 2..=election_min * 2)
+        };
+        Timers {
+            election_min,
+            election_max: election_min + spread,
+            heartbeat: rng.gen_range(10..=election_min / 3),
+        }
+    }
+}
+
+/// [`sim_config`] with `timers`.
+pub fn timed_config(bug: Option<LogBug>, timers: Timers) -> Config {
     Config {
-        election_timeout_min: Duration::from_millis(150),
-        election_timeout_max: Duration::from_millis(300),
-        heartbeat_interval: Duration::from_millis(50),
+        election_timeout_min: Duration::from_millis(timers.election_min),
+        election_timeout_max: Duration::from_millis(timers.election_max),
+        heartbeat_interval: Duration::from_millis(timers.heartbeat),
         // Small enough that snapshots, compaction and InstallSnapshot
         // happen within a run.
         snapshot_every: 48,
@@ -377,16 +429,20 @@ impl<const N: u32> Scenario for LogScenario<N> {
     const MIN_SERVERS: u32 = 1;
     const WORKLOAD: Workload = Workload { clients: 4, ops: 60 };
     const FAULT_WINDOW: Duration = Duration::from_secs(5);
-    /// After healing: elections finish within a few timeouts (≤ 300 ms
+    /// After healing: elections finish within a few timeouts (≤ 750 ms
     /// each, plus clock drift), then a client needs a few retries.
     const LIVENESS_BOUND: Duration = Duration::from_secs(5);
-    const DEFAULT_SEEDS: u64 = 200;
+    /// `commit-earlier-term` needs the Figure 8 sequence, which the moment
+    /// crashes aim at: 11 of seeds 0..600, the third at seed 210 (`sweep -s
+    /// log --bug commit-earlier-term --seeds 0..600`).
+    const DEFAULT_SEEDS: u64 = 300;
 
     fn new(params: &Params) -> Self {
         LogScenario {
             bug: params.bug.and_then(|b| log_bug(b.name)),
             record_bug: params.bug.and_then(|b| record_bug(b.name)),
             members: (1..=params.servers).collect(),
+            timers: Timers::for_seed(params.seed),
             observer: Arc::new(Observer::default()),
         }
     }
@@ -426,7 +482,9 @@ impl<const N: u32> Scenario for LogScenario<N> {
             observer: self.observer.clone(),
             env: env.clone(),
         });
-        let result = node::run::<SimEnv, Kv>(env, self.members.clone(), sim_config(self.bug), probe).await;
+        let config = timed_config(self.bug, self.timers);
+        tracing::info!(timers = ?self.timers, "replica boots");
+        let result = node::run::<SimEnv, Kv>(env, self.members.clone(), config, probe).await;
         if let Err(error) = result {
             // The replica stopped to protect what it acknowledged (a failed
             // write, or a corrupt disk it refuses to start on); it stays
