@@ -865,6 +865,36 @@ fn an_append_inside_the_followers_snapshot_is_acknowledged() {
     };
     assert!(success, "{replies:?}");
     assert_eq!(index, 1);
+
+    // An append that starts inside the snapshot and goes past it: the part
+    // past it is taken in the same message, not left for another round.
+    let next = c
+        .raft(follower)
+        .entry(start + 1)
+        .cloned()
+        .expect("an entry past the snapshot");
+    assert!(c.raft(follower).last_index() > start);
+    let straddling = W::Raft(Message::Append {
+        term,
+        prev_index: start - 1,
+        prev_term: 0,
+        entries: vec![
+            Entry {
+                index: start,
+                term: c.raft(follower).term_at(start).expect("the snapshot's term"),
+                payload: Payload::Noop,
+            },
+            next,
+        ],
+        commit: 0,
+        read_seq: 0,
+    });
+    let replies = c.drive(follower, |r, now| r.on_message(now, leader, straddling));
+    let W::Raft(Message::AppendReply { success, index, .. }) = to(&replies, leader) else {
+        panic!("{replies:?}")
+    };
+    assert!(success, "{replies:?}");
+    assert_eq!(index, start + 1, "acknowledged through the entry past the snapshot");
 }
 
 #[test]
