@@ -93,6 +93,7 @@ pub fn check(history: &History<BankOp>, events: &[(NodeId, crate::txn::TxnEvent)
     let cite = |txn| index.events.get(&txn).cloned().unwrap_or_default();
     let touched = |txn| index.shards.get(&txn).cloned().unwrap_or_default();
     let final_audit = final_audit(&ops, bank.probe_client);
+    let committed = CommittedTransfers::new(&ops, &reports, bank.accounts);
     [
         commit::commit_without_yes_vote(&reports, touched, cite),
         commit::decision_changed(&reports, cite),
@@ -100,9 +101,9 @@ pub fn check(history: &History<BankOp>, events: &[(NodeId, crate::txn::TxnEvent)
         final_audit
             .as_ref()
             .and_then(|f| acked_commit_lost(&ops, &reports, &index, f)),
-        final_audit.as_ref().and_then(|f| final_state(&ops, &reports, bank, f)),
+        final_audit.as_ref().and_then(|f| final_state(&committed, f)),
         audit_total(&ops, bank),
-        aborted_read(&ops, &reports, bank),
+        aborted_read(&ops, &committed),
     ]
     .into_iter()
     .flatten()
@@ -200,42 +201,45 @@ fn acked_commit_lost(
 
 /// The transfers that committed: the balances they give, and every value
 /// they wrote per account.
-fn committed_transfers(
-    ops: &Operations<'_>,
-    reports: &Reports,
-    accounts: u32,
-) -> (Vec<i64>, BTreeMap<u32, BTreeSet<i64>>) {
-    let mut expected: Vec<i64> = vec![INITIAL; accounts as usize];
-    let mut written: BTreeMap<u32, BTreeSet<i64>> = BTreeMap::new();
-    for (invoke, done) in ops {
-        let (
-            BankOp::Transfer { from, to, amount, .. },
-            Some(Event {
-                op: BankOp::Transfer {
-                    txn: Some(txn), writes, ..
-                },
-                ..
-            }),
-        ) = (&invoke.op, done)
-        else {
-            continue;
-        };
-        if reports.committed(*txn) && !writes.is_empty() {
-            expected[*from as usize] -= amount;
-            expected[*to as usize] += amount;
-            for &(account, value) in writes {
-                written.entry(account).or_default().insert(value);
+struct CommittedTransfers {
+    balances: Vec<i64>,
+    written: BTreeMap<u32, BTreeSet<i64>>,
+}
+
+impl CommittedTransfers {
+    fn new(ops: &Operations<'_>, reports: &Reports, accounts: u32) -> Self {
+        let mut balances: Vec<i64> = vec![INITIAL; accounts as usize];
+        let mut written: BTreeMap<u32, BTreeSet<i64>> = BTreeMap::new();
+        for (invoke, done) in ops {
+            let (
+                BankOp::Transfer { from, to, amount, .. },
+                Some(Event {
+                    op: BankOp::Transfer {
+                        txn: Some(txn), writes, ..
+                    },
+                    ..
+                }),
+            ) = (&invoke.op, done)
+            else {
+                continue;
+            };
+            if reports.committed(*txn) && !writes.is_empty() {
+                balances[*from as usize] -= amount;
+                balances[*to as usize] += amount;
+                for &(account, value) in writes {
+                    written.entry(account).or_default().insert(value);
+                }
             }
         }
+        CommittedTransfers { balances, written }
     }
-    (expected, written)
 }
 
 /// `final-state`: after the heal the balances are the opening ones plus
 /// every committed transfer.
-fn final_state(ops: &Operations<'_>, reports: &Reports, bank: Bank<'_>, last: &FinalAudit) -> Option<Violation> {
-    let (expected, _) = committed_transfers(ops, reports, bank.accounts);
-    (last.balances != expected).then(|| {
+fn final_state(committed: &CommittedTransfers, last: &FinalAudit) -> Option<Violation> {
+    let expected = &committed.balances;
+    (last.balances != *expected).then(|| {
         Violation::new(
             "final-state",
             format!(
@@ -273,10 +277,10 @@ fn audit_total(ops: &Operations<'_>, bank: Bank<'_>) -> Option<Violation> {
 
 /// `aborted-read`: a read sees the opening balance or a value some
 /// committed transfer wrote.
-fn aborted_read(ops: &Operations<'_>, reports: &Reports, bank: Bank<'_>) -> Option<Violation> {
-    let (_, written) = committed_transfers(ops, reports, bank.accounts);
-    let committed_value =
-        |account: u32, value: i64| value == INITIAL || written.get(&account).is_some_and(|w| w.contains(&value));
+fn aborted_read(ops: &Operations<'_>, committed: &CommittedTransfers) -> Option<Violation> {
+    let committed_value = |account: u32, value: i64| {
+        value == INITIAL || committed.written.get(&account).is_some_and(|w| w.contains(&value))
+    };
     ops.iter().find_map(|(_, done)| {
         let done = (*done)?;
         let reads: Vec<(u32, i64)> = match &done.op {

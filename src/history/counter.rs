@@ -125,11 +125,7 @@ mod tests {
     use super::*;
 
     fn history(events: &[(u32, EventKind, CounterOp)]) -> History<CounterOp> {
-        let mut h = History::default();
-        for (t, (client, kind, op)) in events.iter().enumerate() {
-            h.push(*client, t as u64, *kind, op.clone());
-        }
-        h
+        History::in_order(events)
     }
 
     use CounterOp::{Increment, Read};

@@ -75,11 +75,7 @@ mod tests {
     use crate::history::EventKind::{self, Info, Invoke, Ok};
 
     fn history(events: &[(u32, EventKind, KvOp)]) -> History<KvOp> {
-        let mut h = History::default();
-        for (t, (client, kind, op)) in events.iter().enumerate() {
-            h.push(*client, t as u64, *kind, op.clone());
-        }
-        h
+        History::in_order(events)
     }
     fn add(result: Option<u64>) -> KvOp {
         KvOp::Add { key: 0, result }

@@ -826,13 +826,8 @@ mod tests {
         KvOp::Cas { key, from, to, swapped }
     }
 
-    /// Builds a history from `(client, kind, op)`; time is the position.
     fn history(events: &[(u32, EventKind, KvOp)]) -> History<KvOp> {
-        let mut h = History::default();
-        for (t, (client, kind, op)) in events.iter().enumerate() {
-            h.push(*client, t as u64, *kind, op.clone());
-        }
-        h
+        History::in_order(events)
     }
 
     #[test]

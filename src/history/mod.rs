@@ -60,6 +60,19 @@ impl<Op> Default for History<Op> {
     }
 }
 
+#[cfg(test)]
+impl<Op: Clone> History<Op> {
+    /// A history of `(client, kind, op)` events whose time is their
+    /// position, for checker tests.
+    pub(crate) fn in_order(events: &[(u32, EventKind, Op)]) -> Self {
+        let mut h = History::default();
+        for (t, (client, kind, op)) in events.iter().enumerate() {
+            h.push(*client, t as u64, *kind, op.clone());
+        }
+        h
+    }
+}
+
 impl<Op> History<Op> {
     /// Appends an event and returns its index.
     pub fn push(&mut self, client: u32, time_ns: u64, kind: EventKind, op: Op) -> usize {

@@ -847,24 +847,29 @@ fn an_append_inside_the_followers_snapshot_is_acknowledged() {
     let start = c.raft(follower).snapshot_index();
     assert!(start > 2, "the follower compacted");
     let term = c.raft(leader).term();
-    let late = W::Raft(Message::Append {
-        term,
-        prev_index: 0,
-        prev_term: 0,
-        entries: vec![Entry {
-            index: 1,
-            term: 1,
-            payload: Payload::Noop,
-        }],
-        commit: 0,
-        read_seq: 0,
-    });
-    let replies = c.drive(follower, |r, now| r.on_message(now, leader, late));
-    let W::Raft(Message::AppendReply { success, index, .. }) = to(&replies, leader) else {
-        panic!("{replies:?}")
+    // The index the follower acknowledges for an append from the leader.
+    let acknowledged = |c: &mut Cluster, prev_index, entries| {
+        let append = W::Raft(Message::Append {
+            term,
+            prev_index,
+            prev_term: 0,
+            entries,
+            commit: 0,
+            read_seq: 0,
+        });
+        let replies = c.drive(follower, |r, now| r.on_message(now, leader, append));
+        let W::Raft(Message::AppendReply { success, index, .. }) = to(&replies, leader) else {
+            panic!("{replies:?}")
+        };
+        assert!(success, "{replies:?}");
+        index
     };
-    assert!(success, "{replies:?}");
-    assert_eq!(index, 1);
+    let noop = |index, term| Entry {
+        index,
+        term,
+        payload: Payload::Noop,
+    };
+    assert_eq!(acknowledged(&mut c, 0, vec![noop(1, 1)]), 1);
 
     // An append that starts inside the snapshot and goes past it: the part
     // past it is taken in the same message, not left for another round.
@@ -874,27 +879,12 @@ fn an_append_inside_the_followers_snapshot_is_acknowledged() {
         .cloned()
         .expect("an entry past the snapshot");
     assert!(c.raft(follower).last_index() > start);
-    let straddling = W::Raft(Message::Append {
-        term,
-        prev_index: start - 1,
-        prev_term: 0,
-        entries: vec![
-            Entry {
-                index: start,
-                term: c.raft(follower).term_at(start).expect("the snapshot's term"),
-                payload: Payload::Noop,
-            },
-            next,
-        ],
-        commit: 0,
-        read_seq: 0,
-    });
-    let replies = c.drive(follower, |r, now| r.on_message(now, leader, straddling));
-    let W::Raft(Message::AppendReply { success, index, .. }) = to(&replies, leader) else {
-        panic!("{replies:?}")
-    };
-    assert!(success, "{replies:?}");
-    assert_eq!(index, start + 1, "acknowledged through the entry past the snapshot");
+    let at_start = noop(start, c.raft(follower).term_at(start).expect("the snapshot's term"));
+    assert_eq!(
+        acknowledged(&mut c, start - 1, vec![at_start, next]),
+        start + 1,
+        "acknowledged through the entry past the snapshot"
+    );
 }
 
 #[test]

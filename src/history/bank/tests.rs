@@ -37,6 +37,14 @@ fn invoke() -> BankOp {
     }
 }
 
+fn audit_invoke() -> BankOp {
+    BankOp::Audit {
+        txn: None,
+        balances: None,
+        reason: None,
+    }
+}
+
 fn audit(balances: Vec<i64>) -> BankOp {
     BankOp::Audit {
         txn: Some(T + 1),
@@ -56,16 +64,7 @@ fn history(final_balances: Vec<i64>) -> History<BankOp> {
         EventKind::Ok,
         transfer(T, vec![(0, 100), (1, 100)], vec![(0, 90), (1, 110)]),
     );
-    h.push(
-        1,
-        3,
-        EventKind::Invoke,
-        BankOp::Audit {
-            txn: None,
-            balances: None,
-            reason: None,
-        },
-    );
+    h.push(1, 3, EventKind::Invoke, audit_invoke());
     h.push(1, 4, EventKind::Ok, audit(final_balances));
     h
 }
@@ -247,40 +246,13 @@ fn catches_lost_money_and_dirty_reads() {
         EventKind::Fail,
         transfer(T, vec![(0, 100), (1, 100)], vec![(0, 90), (1, 110)]),
     );
-    h.push(
-        1,
-        3,
-        EventKind::Invoke,
-        BankOp::Audit {
-            txn: None,
-            balances: None,
-            reason: None,
-        },
-    );
-    h.push(
-        2,
-        4,
-        EventKind::Invoke,
-        BankOp::Audit {
-            txn: None,
-            balances: None,
-            reason: None,
-        },
-    );
+    h.push(1, 3, EventKind::Invoke, audit_invoke());
+    h.push(2, 4, EventKind::Invoke, audit_invoke());
     h.push(2, 5, EventKind::Ok, audit(vec![90, 110, 100, 100, 100, 100]));
     h.push(1, 6, EventKind::Ok, audit(vec![100; 6]));
     assert_eq!(first(&h, &events).as_deref(), Some("aborted-read"));
     let mut h = history(FINAL.to_vec());
-    h.push(
-        2,
-        5,
-        EventKind::Invoke,
-        BankOp::Audit {
-            txn: None,
-            balances: None,
-            reason: None,
-        },
-    );
+    h.push(2, 5, EventKind::Invoke, audit_invoke());
     h.push(2, 6, EventKind::Ok, audit(vec![90, 100, 100, 100, 100, 100]));
     let v = check(&h, &clean_events(), bank(&placement()));
     assert!(v.iter().any(|v| v.invariant == "audit-total"), "{v:?}");
