@@ -58,11 +58,14 @@ fn every_situation_has_named_corpus_cases_aimed_at_it() {
 #[test]
 fn drift_situations_stay_within_the_bound_the_clients_assume() {
     use ringfence_sim::plan::Fault;
-    use ringfence_sim::scenarios::lock::{plan_situation, situation, DRIFT_BOUND};
+    use ringfence_sim::scenarios::lock::{drift_bound, plan_situation, situation, DRIFT_BOUND};
     use ringfence_sim::world::derive_rng;
-    for seed in 0..200 {
+    let bounds: Vec<f64> = (0..200).map(drift_bound).collect();
+    assert!(bounds.iter().any(|&b| b == DRIFT_BOUND) && bounds.iter().any(|&b| b < 0.02));
+    for (seed, bound) in (0..200).zip(bounds) {
         let faults = plan_situation(
             situation::DRIFT_WITHIN_BOUND,
+            bound,
             &mut derive_rng(seed, 0, 0),
             0,
             &[1, 2, 3],
@@ -71,7 +74,7 @@ fn drift_situations_stay_within_the_bound_the_clients_assume() {
         for f in faults {
             if let Fault::Drift { ppm, .. } = f {
                 let rate = 1.0 + ppm as f64 / 1e6;
-                assert!(rate > 1.0 && rate * (1.0 - DRIFT_BOUND) <= 1.0, "rate {rate}");
+                assert!(rate > 1.0 && rate * (1.0 - bound) <= 1.0, "rate {rate} bound {bound}");
             }
         }
     }
