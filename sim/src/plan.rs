@@ -608,12 +608,44 @@ impl FaultPlan {
         if !calm && targets.kinds.contains(&FaultKind::ClientCrash) {
             client_crashes(seed, duration_ms, intensity, targets, &mut enabled, &mut faults);
         }
+        if enabled.contains(&FaultKind::Crash) {
+            power_loss(seed, duration_ms, intensity, &targets.servers, &mut faults);
+        }
         faults.sort_by_key(Fault::at_ms);
         FaultPlan {
             duration_ms,
             swarm: Swarm { enabled, intensity },
             faults,
         }
+    }
+}
+
+/// On half the seeds that crash servers, one correlated crash besides: a
+/// power loss takes two to all of the servers down within a few
+/// milliseconds, each restarting after its own delay and losing its own
+/// unsynced writes. Independent crashes rarely overlap, but real machines
+/// share racks and power, and a cluster must come back from all of its
+/// members restarting at once, in any order (a shard recovering prepared
+/// transactions while its coordinator is still down, a whole Raft group
+/// electing from disks alone). Drawn from the seed's own stream.
+fn power_loss(seed: u64, duration_ms: u64, intensity: f64, servers: &[NodeId], out: &mut Vec<Fault>) {
+    let mut rng = derive_rng(seed, stream::POWER_LOSS, 0);
+    if servers.len() < 2 || !rng.gen_bool(0.5) {
+        return;
+    }
+    let at_ms = rng.gen_range(0..duration_ms * 9 / 10);
+    let mut hit = servers.to_vec();
+    hit.shuffle(&mut rng);
+    hit.truncate(rng.gen_range(2..=servers.len()));
+    for node in hit {
+        out.push(Fault::Crash {
+            at_ms: at_ms + rng.gen_range(0..5),
+            node,
+            down_ms: rng.gen_range(10..=(100 + (1_500.0 * intensity) as u64)),
+            disk: *[DiskLoss::LoseUnsynced, DiskLoss::KeepPrefix, DiskLoss::Torn]
+                .choose(&mut rng)
+                .expect("3"),
+        });
     }
 }
 

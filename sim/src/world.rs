@@ -53,6 +53,8 @@ pub mod stream {
     pub const ROGUE: u64 = u64::from_be_bytes(*b"\0\0\0rogue");
     /// Client-crash plans.
     pub const CLIENT_CRASH: u64 = u64::from_be_bytes(*b"\0clcrash");
+    /// Correlated server crashes (a power loss).
+    pub const POWER_LOSS: u64 = u64::from_be_bytes(*b"powerlos");
     /// A scenario's per-run protocol settings (e.g. the log's timers).
     pub const SETTINGS: u64 = u64::from_be_bytes(*b"settings");
 }
