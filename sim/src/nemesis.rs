@@ -386,11 +386,21 @@ impl Nemesis {
                 salt,
                 ..
             } => self.rogue(index, *from, *to, *messages, *salt),
-            Fault::Isolate { moment, .. } => {
-                let Some(node) = self.world.lock().last_up_at(moment) else {
-                    return;
+            Fault::Isolate {
+                moment, keep_clients, ..
+            } => {
+                let (node, servers) = {
+                    let mut w = self.world.lock();
+                    let Some(node) = w.last_up_at(moment) else {
+                        return;
+                    };
+                    (node, w.servers.clone())
                 };
-                let links: Vec<_> = self.pairs().filter(|&(a, b)| a == node || b == node).collect();
+                let cut = |other: NodeId| !keep_clients || servers.contains(&other);
+                let links: Vec<_> = self
+                    .pairs()
+                    .filter(|&(a, b)| (a == node && cut(b)) || (b == node && cut(a)))
+                    .collect();
                 self.cut_links(&links, index, FaultKind::Isolate, true);
                 self.isolated.insert(index, links.clone());
                 let text = format!("isolate node {node}, the last to reach {moment}");

@@ -253,9 +253,18 @@ pub enum Fault {
         probability: f64,
         down_ms: u64,
     },
-    /// Cuts off from every other node the node that last reached
-    /// `moment` before `at_ms`, if it is up.
-    Isolate { at_ms: u64, for_ms: u64, moment: String },
+    /// Cuts off the node that last reached `moment` before `at_ms`, if it
+    /// is up: from every other node, or, with `keep_clients`, from the
+    /// other servers only — a node whose links to its peers failed while
+    /// its clients still reach it (a deposed leader that goes on serving
+    /// whoever asks, the classic source of stale reads).
+    Isolate {
+        at_ms: u64,
+        for_ms: u64,
+        moment: String,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        keep_clients: bool,
+    },
     /// Delivers `messages` hostile messages to `to` as if `from` sent them,
     /// crafted by the scenario's adversary from an rng seeded with `salt`.
     Rogue {
@@ -541,11 +550,15 @@ impl FaultPlan {
                 },
                 FaultKind::Isolate => {
                     if let Some(aiming) = targets.aiming {
+                        // Whom it stays reachable by comes from a stream of
+                        // its own, so the plans drawn before it are kept.
+                        let mut shape = derive_rng(seed, stream::ISOLATE, 0);
                         for _ in 0..count(&mut rng) {
                             faults.push(Fault::Isolate {
                                 at_ms: at(&mut rng),
                                 for_ms: rng.gen_range(100..=(300 + (1_500.0 * intensity) as u64)),
                                 moment: aiming.isolate_after.to_string(),
+                                keep_clients: shape.gen_bool(0.5),
                             });
                         }
                     }

@@ -53,6 +53,8 @@ pub mod stream {
     pub const ROGUE: u64 = u64::from_be_bytes(*b"\0\0\0rogue");
     /// Client-crash plans.
     pub const CLIENT_CRASH: u64 = u64::from_be_bytes(*b"\0clcrash");
+    /// Which isolations keep the node's clients.
+    pub const ISOLATE: u64 = u64::from_be_bytes(*b"isolate\0");
     /// Correlated server crashes (a power loss).
     pub const POWER_LOSS: u64 = u64::from_be_bytes(*b"powerlos");
     /// A scenario's per-run protocol settings (e.g. the log's timers).

@@ -286,7 +286,7 @@ struct Finished {
 }
 
 /// Locks whose finished request is remembered exactly, per session.
-const FINISHED_MEMORY: usize = 64;
+pub(super) const FINISHED_MEMORY: usize = 64;
 
 impl Finished {
     fn is_stale(&self, lock: &str, request: u64) -> bool {
@@ -323,7 +323,7 @@ pub struct LockMachine {
 }
 
 /// How many ended session ids are remembered.
-const ENDED_MEMORY: usize = 1024;
+pub(super) const ENDED_MEMORY: usize = 1024;
 
 impl LockMachine {
     /// Sessions and the revision of their last renewal.

@@ -144,6 +144,58 @@ fn a_session_remembers_finished_requests_in_bounded_space() {
 }
 
 #[test]
+fn finished_requests_are_remembered_exactly_for_the_latest_locks_up_to_the_limit() {
+    use super::machine::FINISHED_MEMORY;
+    let mut m = opened(&[1]);
+    let acquire_lock = |m: &mut LockMachine, lock: String, request: u64| {
+        m.apply(&cmd(R::Acquire {
+            session: 1,
+            lock,
+            request,
+            wait: false,
+        }))
+    };
+    // Exactly the limit of locks, each taken and released with ever
+    // higher request ids: every one still remembered on its own.
+    for i in 1..=FINISHED_MEMORY as u64 {
+        let O::Granted { token } = acquire_lock(&mut m, format!("l{i}"), 10 * i) else {
+            panic!()
+        };
+        let release = R::Release {
+            session: 1,
+            lock: format!("l{i}"),
+            token,
+        };
+        assert_eq!(m.apply(&cmd(release)), O::Released);
+    }
+    // So nothing was folded into the one bound yet: a request out of order
+    // on a new lock, below every finished one, is no duplicate.
+    let O::Granted { .. } = acquire_lock(&mut m, "new".into(), 5) else {
+        panic!("a request below no bound is granted")
+    };
+}
+
+#[test]
+fn the_latest_ended_sessions_up_to_the_limit_cannot_be_reopened() {
+    use super::machine::ENDED_MEMORY;
+    let mut m = LockMachine::default();
+    let sessions = 1..=ENDED_MEMORY as u64;
+    for s in sessions.clone() {
+        assert_eq!(m.apply(&cmd(R::Open { session: s })), O::Opened);
+        m.apply(&cmd(R::Close { session: s }));
+    }
+    let reused = O::Refused(super::Refusal::SessionReused);
+    for s in sessions {
+        assert_eq!(m.apply(&cmd(R::Open { session: s })), reused, "session {s}");
+    }
+    // One more ended session pushes the oldest out.
+    let next = ENDED_MEMORY as u64 + 1;
+    m.apply(&cmd(R::Open { session: next }));
+    m.apply(&cmd(R::Close { session: next }));
+    assert_eq!(m.apply(&cmd(R::Open { session: 1 })), O::Opened);
+}
+
+#[test]
 fn expiry_releases_and_dequeues_and_stale_expiry_is_ignored() {
     let mut m = opened(&[1, 2, 3]);
     let O::Granted { .. } = m.apply(&acquire(1, 1, true)) else {

@@ -157,6 +157,12 @@ impl Habits {
         Habits { renew_below, rng }
     }
 
+    /// Whether to release the last lease again after the next grant: one
+    /// grant in four.
+    fn stale_release(&mut self) -> bool {
+        self.rng.gen_range(0..4) == 0
+    }
+
     /// Read-modify-write rounds in a cycle that takes the lock: 1–3 (as
     /// drawn by `workload`), or, one cycle in four, 8–20 — a holder that
     /// keeps the lock past its lease and must renew.
@@ -809,6 +815,7 @@ impl Scenario for LockScenario {
         }
         let mut rng = env.rng();
         let mut habits = Habits::of(env.world().lock().seed, client.id);
+        let mut released = None;
         let mut lc = LockClient::new(env.clone(), self.lock_servers(), self.client_config());
         let mut access = Access {
             env: &env,
@@ -859,6 +866,11 @@ impl Scenario for LockScenario {
                     continue;
                 }
             };
+            if let Some(old) = released.take().filter(|_| habits.stale_release()) {
+                // A stale handle released late (a guard of an earlier grant
+                // dropped after the next one): it must not free this grant.
+                release(&client, &mut lc, &old).await;
+            }
             let token = lease.token;
             let mut rounds = habits.rounds(&mut rng);
             // The last access of a holder that stopped renewing, made at its
@@ -908,6 +920,7 @@ impl Scenario for LockScenario {
             if rng.gen_range(0..6) == 0 {
                 release(&client, &mut lc, &lease).await;
             }
+            released = Some(lease);
         }
         let _ = lc.close().await;
     }

@@ -219,6 +219,7 @@ fn hazard_window(rng: &mut ChaCha8Rng, at_ms: u64, intensity: f64, servers: usiz
                 at_ms,
                 for_ms: rng.gen_range(300..=(500 + (1_500.0 * intensity) as u64)),
                 moment: moment::LEAD.to_string(),
+                keep_clients: false,
             });
             &[moment::VOTE, moment::LEAD]
         }
