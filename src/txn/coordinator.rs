@@ -681,6 +681,20 @@ mod tests {
     }
 
     #[test]
+    fn only_the_participants_votes_count() {
+        let (mut c, _) = boot(&[]);
+        let txn = begin(&mut c);
+        commit(&mut c, txn);
+        c.on_message(MS, 2, Msg::Vote { txn, yes: true });
+        // Shard 4 takes no part (the commit listed 2 and 3): its yes is not
+        // shard 3's.
+        assert!(c.on_message(MS, 4, Msg::Vote { txn, yes: true }).is_empty());
+        assert_eq!(c.decision(txn), None);
+        c.on_message(MS, 3, Msg::Vote { txn, yes: true });
+        assert_eq!(c.decision(txn), Some(Decision::Commit));
+    }
+
+    #[test]
     fn ids_not_given_out_yet_are_never_decided_or_presumed() {
         let (mut c, _) = boot(&[]);
         let later_epoch = (c.epoch() + 1) << 32 | 1;
