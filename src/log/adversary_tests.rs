@@ -465,6 +465,43 @@ fn a_leader_refuses_a_match_beyond_its_log_and_an_append_of_its_own_term() {
 }
 
 #[test]
+fn a_follower_takes_an_appended_command_of_the_largest_size_and_refuses_one_byte_more() {
+    let mut g = settled(None);
+    let l = leader(&g);
+    let f = MEMBERS.into_iter().find(|&m| m != l).expect("a follower");
+    let term = g.nodes[&f].term();
+    let put = |len: usize| KvCommand::Put {
+        key: "k".repeat(len),
+        value: 0,
+    };
+    let len = (0..MAX_COMMAND_BYTES)
+        .find(|&len| codec::encode(&put(len)).unwrap().len() == MAX_COMMAND_BYTES)
+        .expect("a key length that hits the limit");
+    for (seq, len, taken) in [(7, len, true), (8, len + 1, false)] {
+        let last = g.nodes[&f].last_index();
+        let append = Message::Append {
+            term,
+            prev_index: last,
+            prev_term: g.nodes[&f].term_at(last).expect("the follower's last entry"),
+            entries: vec![Entry {
+                term,
+                index: last + 1,
+                payload: Payload::Command {
+                    client: 9,
+                    seq,
+                    reply_to: 9,
+                    command: put(len),
+                },
+            }],
+            commit: 0,
+            read_seq: 0,
+        };
+        inject(&mut g, l, f, append);
+        assert_eq!(g.nodes[&f].last_index() == last + 1, taken, "{len} bytes of key");
+    }
+}
+
+#[test]
 fn a_follower_refuses_undecodable_snapshots_and_inconsistent_appends() {
     let mut g = settled(None);
     let l = leader(&g);

@@ -736,6 +736,20 @@ fn a_command_of_the_largest_size_is_taken_and_one_byte_more_refused() {
 }
 
 #[test]
+fn a_candidate_wakes_to_resend_its_vote_requests_before_its_election_times_out() {
+    let config = test_config(None);
+    let rng = ChaCha8Rng::seed_from_u64(1);
+    let mut raft = Raft::<Kv>::recover(1, &[1, 2, 3], config.clone(), rng, &[], Duration::ZERO).unwrap();
+    let due = raft.next_deadline();
+    let _ = raft.on_tick(due);
+    assert_eq!(raft.role(), Role::Candidate);
+    // Vote requests lost on the way are sent again a heartbeat later, not
+    // an election timeout later.
+    assert_eq!(raft.next_deadline(), due + config.heartbeat_interval);
+    assert!(config.heartbeat_interval < config.election_timeout_min);
+}
+
+#[test]
 fn three_nodes_calm_elect_replicate_and_agree() {
     let mut c = Cluster::new(7, 3, 3, test_config(None), CALM);
     c.run_ms(3_000);
