@@ -389,18 +389,14 @@ impl Nemesis {
             Fault::Isolate {
                 moment, keep_clients, ..
             } => {
-                let (node, servers) = {
+                let (node, links) = {
                     let mut w = self.world.lock();
                     let Some(node) = w.last_up_at(moment) else {
                         return;
                     };
-                    (node, w.servers.clone())
+                    let from = if *keep_clients { &w.servers } else { &self.nodes };
+                    (node, isolation_links(node, from))
                 };
-                let cut = |other: NodeId| !keep_clients || servers.contains(&other);
-                let links: Vec<_> = self
-                    .pairs()
-                    .filter(|&(a, b)| (a == node && cut(b)) || (b == node && cut(a)))
-                    .collect();
                 self.cut_links(&links, index, FaultKind::Isolate, true);
                 self.isolated.insert(index, links.clone());
                 let text = format!("isolate node {node}, the last to reach {moment}");
@@ -671,4 +667,28 @@ impl Nemesis {
 fn endpoints(links: &[(NodeId, NodeId)]) -> Vec<NodeId> {
     let set: std::collections::BTreeSet<NodeId> = links.iter().flat_map(|&(a, b)| [a, b]).collect();
     set.into_iter().collect()
+}
+
+/// Both directions of every link between `node` and the others of `from`:
+/// what an isolation of `node` from them cuts.
+fn isolation_links(node: NodeId, from: &[NodeId]) -> Vec<(NodeId, NodeId)> {
+    from.iter()
+        .filter(|&&other| other != node)
+        .flat_map(|&other| [(node, other), (other, node)])
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_isolation_that_keeps_clients_cuts_only_the_links_to_servers() {
+        let (servers, nodes) = ([1, 2, 3], [1, 2, 3, 10, 11]);
+        let from_peers = isolation_links(2, &servers);
+        assert_eq!(from_peers, vec![(2, 1), (1, 2), (2, 3), (3, 2)]);
+        let from_all = isolation_links(2, &nodes);
+        assert_eq!(from_all.len(), 8);
+        assert!(from_all.contains(&(2, 10)) && from_all.contains(&(11, 2)));
+    }
 }

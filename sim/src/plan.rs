@@ -971,6 +971,36 @@ mod tests {
     }
 
     #[test]
+    fn a_power_loss_takes_down_two_or_more_servers_together_on_about_half_the_seeds() {
+        let servers = [1, 2, 3];
+        let mut losses = 0;
+        for seed in 0..64 {
+            let mut crashes = Vec::new();
+            power_loss(seed, 5_000, 0.5, &servers, &mut crashes);
+            if crashes.is_empty() {
+                continue;
+            }
+            losses += 1;
+            let (mut nodes, mut at): (Vec<NodeId>, Vec<u64>) = crashes
+                .iter()
+                .map(|f| match f {
+                    Fault::Crash { node, at_ms, .. } => (*node, *at_ms),
+                    other => panic!("seed {seed}: {other:?}"),
+                })
+                .unzip();
+            nodes.sort_unstable();
+            nodes.dedup();
+            at.sort_unstable();
+            assert!(
+                nodes.len() >= 2 && nodes.len() == crashes.len(),
+                "seed {seed}: {crashes:?}"
+            );
+            assert!(at[at.len() - 1] - at[0] < 5, "seed {seed}: not together: {crashes:?}");
+        }
+        assert!((16..=48).contains(&losses), "{losses} of 64 seeds");
+    }
+
+    #[test]
     fn crashes_only_hit_servers() {
         for seed in 0..64 {
             for f in FaultPlan::generate(seed, 5_000, &targets()).faults {

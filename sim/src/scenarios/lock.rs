@@ -6,14 +6,16 @@
 //! and can be delayed, duplicated, or outlive its lease. Crashes hit both.
 //!
 //! Each client, in a loop: (re)opens a session; acquires the lock `counter`
-//! (sometimes try-acquire); while its lease is valid does 1–3 (one cycle in
-//! four: 8–20) read-modify-write increments through the resource with its token —
-//! checking the lease once before the read, then "working" 20–60 ms, then
-//! writing, as a real holder would (a GC pause or a slow network after the
-//! check is exactly what fencing exists for); renews when half the lease is
-//! used, or, for a lazy client, in its last few milliseconds (see
-//! [`Habits`]; half the runs' clients assume a tight drift bound,
-//! [`drift_bound`]); releases (now and then twice, to test "only the owner releases").
+//! (sometimes try-acquire), and now and then first releases its previous
+//! lease again, late; while its lease is valid does 1–3 (one cycle in
+//! four: 8–20) read-modify-write increments through the resource with its
+//! token — checking the lease once before the read, then "working"
+//! 20–60 ms, then writing, as a real holder would (a GC pause or a slow
+//! network after the check is exactly what fencing exists for); renews
+//! when half the lease is used, or, for a lazy client, in its last few
+//! milliseconds (see [`Habits`]; half the runs' clients assume a tight
+//! drift bound, [`drift_bound`]); releases (now and then twice, to test
+//! "only the owner releases").
 //! One cycle in four *abandons* the lock — a holder that dies: it stops
 //! renewing, makes one last access at its lease's last moment (where a
 //! wrong lease belief shows), then walks away without releasing; the servers
@@ -125,6 +127,7 @@ pub const DRIFT_BOUND: f64 = 0.25;
 /// bound never reaches (an `Expire` that ignored a renewal went unseen on
 /// 600 seeds of wide bounds). Drawn from a stream of its own, so fault
 /// plans are unchanged.
+///
 /// Runs that aim at drift within the bound alone (see [`lock_plan`])
 /// always assume the wide bound: only a bound that wide leaves room for
 /// drift large enough that a client ignoring it overlaps.
@@ -142,7 +145,8 @@ struct Habits {
     /// Renew once the lease has less than this left: half the lease for a
     /// careful client, the last few milliseconds for a lazy one.
     renew_below: Duration,
-    /// Draws which cycles hold the lock long (see [`Habits::rounds`]).
+    /// Draws which cycles hold the lock long and which release a stale
+    /// lease ([`Habits::rounds`], [`Habits::stale_release`]).
     rng: ChaCha8Rng,
 }
 
@@ -459,19 +463,14 @@ fn lock_plan(seed: u64, targets: &Targets) -> FaultPlan {
     let window = LockScenario::FAULT_WINDOW.as_millis() as u64;
     let mut rng = derive_rng(seed, stream::PLAN, AIM_STREAM);
     let (&resource, servers) = targets.servers.split_last().expect("lock servers and a resource");
+    let bound = drift_bound(seed);
+    let aim = |name, rng: &mut ChaCha8Rng, at_ms| plan_situation(name, bound, rng, at_ms, servers, resource);
     if seed % 2 == 0 {
         let mut plan = FaultPlan::generate(seed, window, targets);
         if rng.gen_bool(0.5) {
             let name = *situation::ALL.choose(&mut rng).expect("non-empty");
             let at_ms = rng.gen_range(100..window * 8 / 10);
-            plan.faults.extend(plan_situation(
-                name,
-                drift_bound(seed),
-                &mut rng,
-                at_ms,
-                servers,
-                resource,
-            ));
+            plan.faults.extend(aim(name, &mut rng, at_ms));
             plan.faults.sort_by_key(Fault::at_ms);
         }
         return plan;
@@ -482,14 +481,7 @@ fn lock_plan(seed: u64, targets: &Targets) -> FaultPlan {
         rng.gen_range(100..window * 4 / 10),
         rng.gen_range(window / 2..window * 8 / 10),
     ] {
-        faults.extend(plan_situation(
-            name,
-            drift_bound(seed),
-            &mut rng,
-            at_ms,
-            servers,
-            resource,
-        ));
+        faults.extend(aim(name, &mut rng, at_ms));
     }
     faults.sort_by_key(Fault::at_ms);
     FaultPlan {
