@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use ringfence::env::NodeId;
 use ringfence::lock::{self, ClientConfig, FencedResource, LockClient, ServerConfig, Token};
-use ringfence::log::node::NoProbe;
+use ringfence::log::service::NoProbe;
 use ringfence::real::auth::{ClientCredentials, ClusterSecret, FIRST_PRINCIPAL};
 use ringfence::real::{NodeConfig, RealEnv};
 use tokio::net::TcpListener;

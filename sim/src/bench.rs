@@ -396,7 +396,7 @@ fn scenario_window_ms(case: &crate::runner::Case) -> u64 {
 /// shared lock, and how fast such runs simulate.
 fn lock_round_trips() {
     use ringfence::lock::{server, ClientConfig, LockClient, ServerConfig};
-    use ringfence::log::node::NoProbe;
+    use ringfence::log::service::NoProbe;
     use scenarios::lock::{DRIFT_BOUND, TTL};
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;

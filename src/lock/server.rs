@@ -20,15 +20,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::FutureExt;
-use rand::Rng;
-use rand_chacha::ChaCha8Rng;
-
 use super::machine::{LockCommand, LockMachine, LockOutput, LockQuery, LockView, Request, SessionId};
 use super::MAX_SESSIONS;
-use crate::env::{codec, Env, NodeId};
-use crate::log::node::{drain_ready, execute, next_batch, NodeError, Probe};
-use crate::log::{ClientId, Outcome, Output, Raft, RequestId, Response, Role, Term, Wire, WireOf};
+use crate::env::{Env, NodeId};
+use crate::log::service::{self, Companion, NodeError, Out, Probe};
+use crate::log::{ClientId, Outcome, Raft, RequestId, Response, Role, Wire, WireOf};
 
 /// Configuration of a lock server; build with `..ServerConfig::default()`.
 #[derive(Debug, Clone)]
@@ -48,12 +44,12 @@ pub struct ServerConfig {
     #[cfg(feature = "planted-bugs")]
     #[doc(hidden)]
     pub client_token: bool,
-    /// Planted bug `SyncPerExpiry`: each due expiry is proposed and synced
-    /// on its own, retried every two heartbeats, and a passed deadline is
-    /// served without reading the inbox (the expiry storm that wedges).
+    /// Planted bug `ExpiryRetryTooSoon`: an uncommitted expiry is proposed
+    /// again after a quarter of a heartbeat instead of a TTL, so in an
+    /// expiry storm the retries fill the log faster than it commits.
     #[cfg(feature = "planted-bugs")]
     #[doc(hidden)]
-    pub sync_per_expiry: bool,
+    pub expiry_retry_too_soon: bool,
 }
 
 impl Default for ServerConfig {
@@ -66,7 +62,7 @@ impl Default for ServerConfig {
             #[cfg(feature = "planted-bugs")]
             client_token: false,
             #[cfg(feature = "planted-bugs")]
-            sync_per_expiry: false,
+            expiry_retry_too_soon: false,
         }
     }
 }
@@ -76,7 +72,7 @@ impl Default for ServerConfig {
 struct Bugs {
     unsynced_token: bool,
     client_token: bool,
-    sync_per_expiry: bool,
+    expiry_retry_too_soon: bool,
 }
 
 impl ServerConfig {
@@ -85,7 +81,7 @@ impl ServerConfig {
         return Bugs {
             unsynced_token: self.unsynced_token,
             client_token: self.client_token,
-            sync_per_expiry: self.sync_per_expiry,
+            expiry_retry_too_soon: self.expiry_retry_too_soon,
         };
         #[cfg(not(feature = "planted-bugs"))]
         Bugs::default()
@@ -101,56 +97,41 @@ const COUNTER_MAGIC: [u8; 3] = [0xFF, b'T', b'K'];
 pub struct LeaseTimer {
     ttl: Duration,
     retry: Duration,
-    term: Option<Term>,
+    /// Whether this replica leads (it measures leases only then).
+    leading: bool,
     /// Session → (renewal revision, local time we first saw it).
     seen: BTreeMap<SessionId, (u64, Duration)>,
     /// Sessions with an `Expire` in flight, and when it was proposed.
     pending: BTreeMap<SessionId, Duration>,
-    client: ClientId,
-    seq: u64,
-    /// Draws each leadership's exactly-once session id (see `poll`).
-    rng: ChaCha8Rng,
 }
 
 impl LeaseTimer {
     /// `retry`: how long an `Expire` may stay uncommitted before it is
     /// proposed again.
-    pub fn new(ttl: Duration, retry: Duration, rng: ChaCha8Rng) -> Self {
+    pub fn new(ttl: Duration, retry: Duration) -> Self {
         LeaseTimer {
             ttl,
             retry,
-            term: None,
+            leading: false,
             seen: BTreeMap::new(),
             pending: BTreeMap::new(),
-            client: 0,
-            seq: 0,
-            rng,
         }
     }
 
-    /// Looks at the replica after a handler: returns the `Expire` commands
-    /// to propose now, as `(client, seq, command)`.
-    pub fn poll(&mut self, raft: &Raft<LockMachine>, now: Duration) -> Vec<(ClientId, u64, LockCommand)> {
-        if raft.role() != Role::Leader {
-            self.term = None;
-            self.seen.clear();
-            self.pending.clear();
+    /// This replica started leading a term (every timer starts now, at the
+    /// next poll) or stopped leading.
+    pub fn lead(&mut self, leading: bool) {
+        self.leading = leading;
+        self.seen.clear();
+        self.pending.clear();
+    }
+
+    /// Looks at the applied state after a round: returns the `Expire`
+    /// commands to propose now.
+    pub fn poll(&mut self, machine: &LockMachine, now: Duration) -> Vec<LockCommand> {
+        if !self.leading {
             return vec![];
         }
-        if self.term != Some(raft.term()) {
-            // A new leadership: every timer starts now.
-            self.term = Some(raft.term());
-            self.seen.clear();
-            self.pending.clear();
-            // One exactly-once session per leadership: only this replica
-            // proposes under it, in order. Random, because the log's session
-            // table is shared with clients: a client that named a predictable
-            // id with a huge sequence number would make every later `Expire`
-            // a "stale duplicate", and no session would ever expire.
-            self.client = self.rng.gen();
-            self.seq = 0;
-        }
-        let machine = raft.state_machine();
         let live: BTreeMap<SessionId, u64> = machine.sessions().collect();
         self.seen.retain(|s, _| live.contains_key(s));
         self.pending.retain(|s, _| live.contains_key(s));
@@ -172,15 +153,14 @@ impl LeaseTimer {
                 continue;
             }
             self.pending.insert(session, now);
-            self.seq += 1;
-            out.push((self.client, self.seq, LockCommand::Expire { session, renewed }));
+            out.push(LockCommand::Expire { session, renewed });
         }
         out
     }
 
     /// When [`LeaseTimer::poll`] next has something to do.
     pub fn next_due(&self) -> Duration {
-        if self.term.is_none() {
+        if !self.leading {
             return Duration::MAX;
         }
         self.seen
@@ -202,106 +182,148 @@ pub async fn run<E: Env>(
     config: ServerConfig,
     probe: Arc<dyn Probe>,
 ) -> Result<(), NodeError> {
-    let records = env.load()?;
-    let mut counter = 0u64;
-    let mut raft_records = Vec::with_capacity(records.len());
-    for r in records {
-        if r.len() == COUNTER_MAGIC.len() + 8 && r.starts_with(&COUNTER_MAGIC) {
-            counter = u64::from_le_bytes(r[3..].try_into().expect("8 bytes"));
+    let log = config.log.clone();
+    let companion = LockService::new(env.id(), config);
+    service::run(env, members, log, companion, probe).await
+}
+
+/// The lock service's companion on the log: admission of client commands,
+/// the leader's lease timer, watches parked at the leader, and `Settings`
+/// answered without a round through the log.
+pub struct LockService {
+    me: NodeId,
+    config: ServerConfig,
+    leases: LeaseTimer,
+    watches: Watches,
+    /// The planted bug's token counter, as its records last left it.
+    counter: u64,
+}
+
+impl LockService {
+    /// The companion of lock server `me`.
+    pub fn new(me: NodeId, config: ServerConfig) -> Self {
+        // A proposed expiry commits within a round trip unless this replica
+        // stops leading (which resets the timer), so a retry is only a safety
+        // net: once a TTL, not every two heartbeats, or a storm of retries
+        // would fill the log faster than it commits.
+        let retry = if config.bugs().expiry_retry_too_soon {
+            // PLANTED BUG: a retry timer shorter than a round trip.
+            config.log.heartbeat_interval / 4
         } else {
-            raft_records.push(r);
+            config.ttl
+        };
+        LockService {
+            me,
+            leases: LeaseTimer::new(config.ttl, retry),
+            watches: Watches::default(),
+            counter: 0,
+            config,
         }
     }
-    let mut raft = Raft::<LockMachine>::recover(
-        env.id(),
-        &members,
-        config.log.clone(),
-        env.rng(),
-        &raft_records,
-        env.now(),
-    )?;
-    // A proposed expiry commits within a round trip unless this replica
-    // stops leading (which resets the timer), so a retry is only a safety
-    // net: once a TTL, not every two heartbeats, or a storm of retries
-    // would fill the log faster than it commits.
-    let retry = if config.bugs().sync_per_expiry {
-        config.log.heartbeat_interval * 2
-    } else {
-        config.ttl
-    };
-    let mut leases = LeaseTimer::new(config.ttl, retry, env.rng());
-    let mut watches = Watches::default();
-    loop {
-        let deadline = raft.next_deadline().min(leases.next_due()).min(watches.next_due());
-        let mut batch = match next_batch::<_, WireOf<LockMachine>>(&env, deadline).await {
-            Some(batch) => batch,
-            None => {
-                let output = raft.on_tick(env.now());
-                carry_out(&env, output, probe.as_ref()).await?;
-                // A deadline that passed while the last round ran must not
-                // keep the inbox unread: the followers' acknowledgements are
-                // what commits our proposals. (Under the planted bug the
-                // loop only ticks, and an expiry round longer than a
-                // heartbeat never reads its inbox again.)
-                match env.recv().now_or_never() {
-                    Some(first) if !config.bugs().sync_per_expiry => drain_ready(&env, first),
-                    _ => Vec::new(),
-                }
-            }
-        };
-        batch.retain_mut(|(from, msg)| admit(env.id(), *from, msg, &config));
-        answer_settings(&env, &mut batch, &config).await;
-        if config.bugs().unsynced_token && raft.role() == Role::Leader {
-            for (_, msg) in &mut batch {
-                // PLANTED BUG: a token from a local counter whose record is
-                // appended but never synced.
-                if let Wire::Command { command, .. } = msg {
-                    if let LockCommand::Client {
-                        owner,
-                        request: request @ Request::Acquire { .. },
-                    } = command
-                    {
-                        counter += 1;
-                        *command = LockCommand::Hinted {
-                            owner: *owner,
-                            request: request.clone(),
-                            token: counter,
-                        };
-                        let mut record = COUNTER_MAGIC.to_vec();
-                        record.extend_from_slice(&counter.to_le_bytes());
-                        env.append(&record)?;
-                    }
-                }
+}
+
+impl Companion for LockService {
+    type Machine = LockMachine;
+    type Wire = WireOf<LockMachine>;
+
+    fn wrap(msg: WireOf<LockMachine>) -> WireOf<LockMachine> {
+        msg
+    }
+
+    fn recover(&mut self, records: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+        let mut log = Vec::with_capacity(records.len());
+        for r in records {
+            if r.len() == COUNTER_MAGIC.len() + 8 && r.starts_with(&COUNTER_MAGIC) {
+                self.counter = u64::from_le_bytes(r[3..].try_into().expect("8 bytes"));
+            } else {
+                log.push(r);
             }
         }
-        if !batch.is_empty() {
-            watches.park(&mut batch, &raft, env.now());
-            let output = raft.on_messages(env.now(), batch);
-            carry_out(&env, output, probe.as_ref()).await?;
+        log
+    }
+
+    fn on_message(
+        &mut self,
+        now: Duration,
+        from: NodeId,
+        mut msg: WireOf<LockMachine>,
+        replica: &Raft<LockMachine>,
+        out: &mut Out<LockMachine, WireOf<LockMachine>>,
+    ) -> Option<WireOf<LockMachine>> {
+        if !admit(self.me, from, &mut msg, &self.config) {
+            return None;
         }
-        let now = env.now();
-        let expiries: Vec<_> = leases
-            .poll(&raft, now)
-            .into_iter()
-            .map(|(client, seq, command)| (env.id(), Wire::Command { client, seq, command }))
-            .collect();
-        if config.bugs().sync_per_expiry {
-            // PLANTED BUG: one proposal, and one sync, per expiry.
-            for (from, msg) in expiries {
-                let output = raft.on_message(now, from, msg);
-                carry_out(&env, output, probe.as_ref()).await?;
-            }
-        } else if !expiries.is_empty() {
-            // Every expiry due now in one batch: one append, one sync, one
-            // `Append` per follower, however many sessions vanished at once.
-            tracing::debug!(node = env.id(), count = expiries.len(), "proposing expiries");
-            let output = raft.on_messages(now, expiries);
-            carry_out(&env, output, probe.as_ref()).await?;
+        if let Wire::Read {
+            client,
+            id,
+            query: LockQuery::Settings,
+        } = msg
+        {
+            // Any replica knows its configuration: no round through the log.
+            let ttl_ms = u64::try_from(self.config.ttl.as_millis()).unwrap_or(u64::MAX);
+            out.send(
+                from,
+                Wire::Response(Response {
+                    client,
+                    id: RequestId::Read(id),
+                    outcome: Outcome::Done(LockOutput::Settings { ttl_ms }),
+                }),
+            );
+            return None;
         }
-        let due = watches.due(&raft, now);
-        if !due.is_empty() {
-            let output = raft.on_messages(now, due);
-            carry_out(&env, output, probe.as_ref()).await?;
+        if self.config.bugs().unsynced_token && replica.role() == Role::Leader {
+            self.stamp_own_token(&mut msg, out);
+        }
+        self.watches.park(from, msg, replica, now)
+    }
+
+    fn on_leadership(&mut self, _: Duration, replica: &Raft<LockMachine>, _: &mut Out<LockMachine, Self::Wire>) {
+        self.leases.lead(replica.role() == Role::Leader);
+    }
+
+    fn on_tick(&mut self, now: Duration, replica: &Raft<LockMachine>, out: &mut Out<LockMachine, Self::Wire>) {
+        let expiries = self.leases.poll(replica.state_machine(), now);
+        if !expiries.is_empty() {
+            tracing::debug!(node = self.me, count = expiries.len(), "proposing expiries");
+        }
+        for expiry in expiries {
+            out.propose(expiry);
+        }
+        for (from, read) in self.watches.due(replica, now) {
+            out.pass(from, read);
+        }
+    }
+
+    fn next_deadline(&self) -> Duration {
+        self.leases.next_due().min(self.watches.next_due())
+    }
+}
+
+impl LockService {
+    /// PLANTED BUG `unsynced_token`: the leader stamps an acquire with a
+    /// token from its own counter, whose record is appended but not synced.
+    fn stamp_own_token(&mut self, msg: &mut WireOf<LockMachine>, out: &mut Out<LockMachine, WireOf<LockMachine>>) {
+        if let Wire::Command {
+            command:
+                command @ LockCommand::Client {
+                    request: Request::Acquire { .. },
+                    ..
+                },
+            ..
+        } = msg
+        {
+            let LockCommand::Client { owner, request } = command else {
+                unreachable!("matched above")
+            };
+            self.counter += 1;
+            *command = LockCommand::Hinted {
+                owner: *owner,
+                request: request.clone(),
+                token: self.counter,
+            };
+            let mut record = COUNTER_MAGIC.to_vec();
+            record.extend_from_slice(&self.counter.to_le_bytes());
+            out.records.push(record);
         }
     }
 }
@@ -340,35 +362,6 @@ pub fn admit(me: NodeId, from: NodeId, msg: &mut WireOf<LockMachine>, config: &S
     }
 }
 
-/// Answers `Settings` reads from this replica's configuration (any
-/// replica knows it; no round through the log) and takes them out of
-/// `batch`.
-async fn answer_settings<E: Env>(env: &E, batch: &mut Vec<(NodeId, WireOf<LockMachine>)>, config: &ServerConfig) {
-    let mut answers = Vec::new();
-    batch.retain(|(from, msg)| match msg {
-        Wire::Read {
-            client,
-            id,
-            query: LockQuery::Settings,
-        } => {
-            answers.push((*from, *client, *id));
-            false
-        }
-        _ => true,
-    });
-    let ttl_ms = u64::try_from(config.ttl.as_millis()).unwrap_or(u64::MAX);
-    for (to, client, id) in answers {
-        let answer: WireOf<LockMachine> = Wire::Response(Response {
-            client,
-            id: RequestId::Read(id),
-            outcome: Outcome::Done(LockOutput::Settings { ttl_ms }),
-        });
-        if let Ok(bytes) = codec::encode(&answer) {
-            let _ = env.send(to, bytes).await;
-        }
-    }
-}
-
 /// Longest a watch waits at the leader: well under the client's
 /// per-attempt timeout, so a parked watch is not taken for a dead leader.
 pub const WATCH_PARK: Duration = Duration::from_millis(100);
@@ -391,31 +384,36 @@ struct Watches {
 }
 
 impl Watches {
-    /// Takes out of `batch` the watches that must wait: this replica leads
-    /// and their lock still looks as the client last saw it.
-    fn park(&mut self, batch: &mut Vec<(NodeId, WireOf<LockMachine>)>, raft: &Raft<LockMachine>, now: Duration) {
-        if raft.role() != Role::Leader {
-            return;
+    /// Parks `msg` if it is a watch that must wait: this replica leads and
+    /// the lock still looks as the client last saw it. Returns it otherwise.
+    fn park(
+        &mut self,
+        from: NodeId,
+        msg: WireOf<LockMachine>,
+        replica: &Raft<LockMachine>,
+        now: Duration,
+    ) -> Option<WireOf<LockMachine>> {
+        if replica.role() != Role::Leader || self.parked.len() >= MAX_SESSIONS {
+            return Some(msg);
         }
-        let machine = raft.state_machine();
-        batch.retain(|(from, msg)| match msg {
+        match msg {
             Wire::Read {
                 client,
                 id,
                 query: LockQuery::Watch { lock, seen: Some(seen) },
-            } if self.parked.len() < MAX_SESSIONS && machine.view(lock) == *seen => {
+            } if replica.state_machine().view(&lock) == seen => {
                 self.parked.push(Parked {
-                    from: *from,
-                    client: *client,
-                    id: *id,
-                    lock: lock.clone(),
-                    seen: seen.clone(),
+                    from,
+                    client,
+                    id,
+                    lock,
+                    seen,
                     until: now + WATCH_PARK,
                 });
-                false
+                None
             }
-            _ => true,
-        });
+            msg => Some(msg),
+        }
     }
 
     /// The parked watches to answer now, as reads for the log to confirm:
@@ -446,12 +444,4 @@ impl Watches {
     fn next_due(&self) -> Duration {
         self.parked.iter().map(|p| p.until).min().unwrap_or(Duration::MAX)
     }
-}
-
-/// Executes an output, minus answers to our own `Expire` proposals.
-async fn carry_out<E: Env>(env: &E, mut output: Output<LockMachine>, probe: &dyn Probe) -> Result<(), NodeError> {
-    let me = env.id();
-    output.messages.retain(|(to, _)| *to != me);
-    execute(env, output, probe).await?;
-    Ok(())
 }

@@ -335,7 +335,6 @@ fn single_replica() -> crate::log::Raft<LockMachine> {
 #[test]
 fn lease_timer_starts_at_leadership_and_restarts_on_renewal() {
     use crate::log::Wire;
-    use rand::SeedableRng;
     let ms = Duration::from_millis;
     let mut raft = single_replica();
     let command = |seq, command| Wire::Command {
@@ -344,15 +343,28 @@ fn lease_timer_starts_at_leadership_and_restarts_on_renewal() {
         command,
     };
     let _ = raft.on_message(ms(1_000), 5, command(1, cmd(R::Open { session: 1 })));
-    let mut timer = LeaseTimer::new(ms(500), ms(100), rand_chacha::ChaCha8Rng::seed_from_u64(2));
-    assert!(timer.poll(&raft, ms(1_100)).is_empty());
-    assert!(timer.poll(&raft, ms(1_500)).is_empty());
+    let mut timer = LeaseTimer::new(ms(500), ms(100));
+    assert!(
+        timer.poll(raft.state_machine(), ms(1_100)).is_empty(),
+        "not leading yet"
+    );
+    timer.lead(true);
+    assert!(timer.poll(raft.state_machine(), ms(1_100)).is_empty());
+    assert!(timer.poll(raft.state_machine(), ms(1_500)).is_empty());
     let _ = raft.on_message(ms(1_550), 5, command(2, cmd(R::KeepAlive { session: 1 })));
-    assert!(timer.poll(&raft, ms(1_590)).is_empty(), "renewal restarts the timer");
+    assert!(
+        timer.poll(raft.state_machine(), ms(1_590)).is_empty(),
+        "renewal restarts the timer"
+    );
     assert_eq!(timer.next_due(), ms(2_090));
-    let out = timer.poll(&raft, ms(2_090));
-    assert!(matches!(out.as_slice(), [(_, 1, C::Expire { session: 1, .. })]));
-    assert!(timer.poll(&raft, ms(2_100)).is_empty(), "one proposal in flight");
+    let out = timer.poll(raft.state_machine(), ms(2_090));
+    assert!(matches!(out.as_slice(), [C::Expire { session: 1, .. }]));
+    assert!(
+        timer.poll(raft.state_machine(), ms(2_100)).is_empty(),
+        "one proposal in flight"
+    );
+    timer.lead(false);
+    assert_eq!(timer.next_due(), Duration::MAX, "only a leader measures leases");
 }
 
 #[test]
@@ -672,13 +684,15 @@ fn followers_answer_not_leader_and_forward_nothing() {
 }
 
 /// The log's session table is shared with clients: a client that names the
-/// id a leader proposes its expiries under, with a huge sequence number,
-/// must not turn them into ignored "stale duplicates" (the id used to be
-/// `1 << 63 | node << 40 | term`).
+/// session a leader proposes its expiries under, with a huge sequence
+/// number, must not turn them into ignored "stale duplicates". The engine
+/// proposes under `(replica, term)`, and a client that names the term from
+/// its own node names another session.
 #[test]
 fn a_client_cannot_shadow_the_leaders_expiries() {
+    use super::server::{LockService, ServerConfig};
+    use crate::log::service::{Companion, Out};
     use crate::log::Wire;
-    use rand::SeedableRng;
     let ms = Duration::from_millis;
     let mut raft = single_replica();
     let open = Wire::Command {
@@ -687,21 +701,22 @@ fn a_client_cannot_shadow_the_leaders_expiries() {
         command: cmd(R::Open { session: 5 }),
     };
     let _ = raft.on_message(ms(1_000), 5, open);
-    let guessed = (1 << 63) | (1 << 40) | raft.term();
     let shadow = Wire::Command {
-        client: guessed,
+        client: raft.term(),
         seq: u64::MAX,
         command: cmd(R::KeepAlive { session: 70 }),
     };
     let _ = raft.on_message(ms(1_000), 70, shadow);
-    let mut timer = LeaseTimer::new(ms(500), ms(100), rand_chacha::ChaCha8Rng::seed_from_u64(2));
-    assert!(timer.poll(&raft, ms(1_000)).is_empty());
-    let expiries: Vec<_> = timer
-        .poll(&raft, ms(1_500))
-        .into_iter()
-        .map(|(client, seq, command)| (1, Wire::Command { client, seq, command }))
-        .collect();
-    assert_eq!(expiries.len(), 1);
-    let _ = raft.on_messages(ms(1_500), expiries);
+    let config = ServerConfig {
+        ttl: ms(500),
+        ..ServerConfig::default()
+    };
+    let mut lock = LockService::new(1, config);
+    let mut out = Out::new(1, Some(raft.term()));
+    lock.on_leadership(ms(1_000), &raft, &mut out);
+    lock.on_tick(ms(1_000), &raft, &mut out);
+    lock.on_tick(ms(1_500), &raft, &mut out);
+    assert_eq!(out.proposals().count(), 1, "one expiry due");
+    let _ = raft.on_messages(ms(1_500), std::mem::take(&mut out.to_log));
     assert_eq!(raft.state_machine().sessions().count(), 0, "the session expired");
 }

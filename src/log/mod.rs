@@ -19,9 +19,12 @@
 //!   handlers returning an [`Output`] (records to persist, whether to sync
 //!   before sending, messages, observer events). No async, no clock reads,
 //!   no rng other than the one it was given.
-//! - [`node::run`] is the thin async shell over any [`crate::env::Env`]: it
-//!   loads the records, rebuilds the replica, then loops over
-//!   recv / timer → handler → persist → sync → send.
+//! - [`service::run`] is the one async engine over any [`crate::env::Env`]
+//!   for every service on the log: it loads the records, rebuilds the
+//!   replica, then loops over recv / timer → handler → persist → sync →
+//!   send, with a [`service::Companion`] for what the service adds (timers,
+//!   proposals of its own, traffic beside the log); the plain log's
+//!   companion adds nothing ([`service::run_plain`]).
 //! - [`client::Client`] sends commands and reads, retrying across replicas.
 //! - [`StateMachine`] is what services implement; [`Kv`] is the test subject.
 //!
@@ -40,8 +43,8 @@
 //! cost a confirmation round, so clock drift cannot break them).
 
 pub mod client;
-pub mod node;
 mod raft;
+pub mod service;
 mod state_machine;
 mod types;
 

@@ -48,7 +48,7 @@ use super::auth::{ClientCredentials, ClusterSecret, CredentialError, FIRST_PRINC
 use super::{NodeConfig, RealEnv};
 use crate::env::NodeId;
 use crate::lock::{self, ServerConfig};
-use crate::log::node::{NoProbe, NodeError};
+use crate::log::service::{NoProbe, NodeError};
 use crate::txn;
 use crate::txn::client::TxnClient;
 use crate::txn::participant::ParticipantConfig;

@@ -194,7 +194,7 @@ fn recovery_refuses_undecodable_records() {
 /// issues no transaction id whose epoch half cannot hold the term.
 mod driver {
     use super::*;
-    use crate::txn::replicated::{CoordMachine, Driver, ReplicatedConfig, View};
+    use crate::txn::replicated::{CoordLeader, CoordMachine, ReplicatedConfig, View};
 
     proptest! {
         #[test]
@@ -203,7 +203,7 @@ mod driver {
             msgs in prop::collection::vec((node(), msg(), any::<bool>()), 1..40),
         ) {
             let machine = CoordMachine::default();
-            let mut d = Driver::new(C, vec![C, 2, 3], ReplicatedConfig::default());
+            let mut d = CoordLeader::new(C, vec![C, 2, 3], ReplicatedConfig::default());
             let mut now = Duration::ZERO;
             for (from, msg, leads) in msgs {
                 now += Duration::from_millis(20);

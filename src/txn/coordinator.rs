@@ -179,6 +179,7 @@ impl Coordinator {
         let mut steps = recovered;
         steps.extend([Step::Append(Record::Boot { epoch: c.epoch }), Step::Sync]);
         steps.extend(c.tick(now));
+        c.checked();
         Ok((c, steps))
     }
 
@@ -207,10 +208,38 @@ impl Coordinator {
         }
     }
 
+    /// Asserts the coordinator's own invariants (run after every handler
+    /// under the `core-checks` feature): it holds state only about ids it
+    /// gave out, and only this incarnation's transactions are still
+    /// preparing (recovery presumes every earlier in-flight one aborted).
+    pub fn check(&self) {
+        for (&txn, state) in &self.txns {
+            assert!(
+                self.ids.issued(self.epoch, txn),
+                "coordinator {}: holds {txn}, an id it never gave out",
+                self.id
+            );
+            if let State::Preparing(_) = state {
+                assert_eq!(
+                    epoch_of(txn),
+                    self.epoch,
+                    "coordinator {}: {txn} of an earlier incarnation still preparing",
+                    self.id
+                );
+            }
+        }
+    }
+
     /// Handles one message from a client or a shard; messages meant for
     /// other roles are ignored. The steps must run in order (a commit
     /// record is synced before its decision is sent).
     pub fn on_message(&mut self, now: Duration, from: NodeId, msg: Msg) -> Steps {
+        let steps = self.handle(now, from, msg);
+        self.checked();
+        steps
+    }
+
+    fn handle(&mut self, now: Duration, from: NodeId, msg: Msg) -> Steps {
         match msg {
             Msg::Begin { request } => match self.ids.issue(self.epoch) {
                 Some(txn) => vec![Step::Send(from, Msg::Began { request, txn })],
@@ -414,6 +443,20 @@ impl Coordinator {
 
     /// Timeouts: re-send prepares and commits; abort slow votes.
     pub fn tick(&mut self, now: Duration) -> Steps {
+        let steps = self.timeouts(now);
+        self.checked();
+        steps
+    }
+
+    /// Runs [`Self::check`] where checks are built in (unit tests, and the
+    /// `core-checks` feature the simulator turns on).
+    fn checked(&self) {
+        if cfg!(any(test, feature = "core-checks")) {
+            self.check();
+        }
+    }
+
+    fn timeouts(&mut self, now: Duration) -> Steps {
         let mut steps = Vec::new();
         let (resend_every, prepare_timeout) = (self.config.resend_every, self.config.prepare_timeout);
         let mut timed_out = Vec::new();

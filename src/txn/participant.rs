@@ -284,6 +284,7 @@ impl Participant {
         let mut steps = vec![Step::Append(Record::Boot { epoch: p.epoch }), Step::Sync];
         steps.extend(recovered);
         steps.extend(p.tick(now));
+        p.checked();
         Ok((p, steps))
     }
 
@@ -319,6 +320,76 @@ impl Participant {
         self.data.get(key)
     }
 
+    /// Asserts the shard's own invariants (the shells run it after every
+    /// handler when the `core-checks` feature is on, as the simulator and
+    /// the tests build it): locks and transactions agree both ways, an
+    /// exclusive lock has one holder, every buffered write sits under its
+    /// transaction's exclusive lock, no decided transaction is still
+    /// active or prepared, and each transaction's byte count is the one
+    /// its prepare record would store, under the limit.
+    pub fn check(&self) {
+        for (key, lock) in &self.locks {
+            assert!(
+                !lock.holders.is_empty(),
+                "shard {}: lock on {key:?} held by no one",
+                self.id
+            );
+            assert!(
+                !lock.exclusive || lock.holders.len() == 1 || self.config.bugs.blind_write_ignores_readers,
+                "shard {}: exclusive lock on {key:?} has holders {:?}",
+                self.id,
+                lock.holders
+            );
+            for holder in &lock.holders {
+                let holds = self.txns.get(holder).is_some_and(|t| t.locked.contains(key));
+                assert!(
+                    holds,
+                    "shard {}: lock on {key:?} held by {holder}, which does not hold it",
+                    self.id
+                );
+            }
+        }
+        for (txn, t) in &self.txns {
+            assert!(
+                !self.done.contains_key(txn),
+                "shard {}: decided {txn} is still {:?}",
+                self.id,
+                t.phase
+            );
+            for key in &t.locked {
+                let held = self.locks.get(key).is_some_and(|l| l.holders.contains(txn));
+                assert!(
+                    held,
+                    "shard {}: {txn} lists {key:?} as locked, the lock table does not",
+                    self.id
+                );
+            }
+            for key in t.writes.keys() {
+                let exclusive = self
+                    .locks
+                    .get(key)
+                    .is_some_and(|l| l.exclusive && l.holders.contains(txn));
+                assert!(
+                    exclusive,
+                    "shard {}: {txn} writes {key:?} without its exclusive lock",
+                    self.id
+                );
+            }
+            assert_eq!(
+                t.bytes,
+                stored_bytes(&t.locked, &t.writes),
+                "shard {}: {txn}'s byte count",
+                self.id
+            );
+            assert!(
+                t.bytes <= MAX_TXN_BYTES,
+                "shard {}: {txn} holds {} bytes",
+                self.id,
+                t.bytes
+            );
+        }
+    }
+
     /// Transactions prepared here and not yet decided.
     pub fn prepared(&self) -> Vec<TxnId> {
         self.txns
@@ -337,6 +408,12 @@ impl Participant {
     /// configured coordinators (and answers to this shard's queries from
     /// the peers it asked); anything else is refused.
     pub fn on_message(&mut self, now: Duration, from: NodeId, msg: Msg) -> Steps {
+        let steps = self.handle(now, from, msg);
+        self.checked();
+        steps
+    }
+
+    fn handle(&mut self, now: Duration, from: NodeId, msg: Msg) -> Steps {
         match msg {
             Msg::Prepare { txn, .. } | Msg::Decide { txn, .. }
                 if !self.config.bugs.decide_from_anyone && !self.config.coordinators.contains(&from) =>
@@ -638,6 +715,20 @@ impl Participant {
 
     /// Timeouts: idle active transactions abort; prepared ones ask around.
     pub fn tick(&mut self, now: Duration) -> Steps {
+        let steps = self.timeouts(now);
+        self.checked();
+        steps
+    }
+
+    /// Runs [`Self::check`] where checks are built in (unit tests, and the
+    /// `core-checks` feature the simulator turns on).
+    fn checked(&self) {
+        if cfg!(any(test, feature = "core-checks")) {
+            self.check();
+        }
+    }
+
+    fn timeouts(&mut self, now: Duration) -> Steps {
         let mut steps = Vec::new();
         let ids: Vec<TxnId> = self.txns.keys().copied().collect();
         for txn in ids {

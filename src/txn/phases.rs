@@ -242,6 +242,13 @@ impl Waiters {
         )
     }
 
+    /// Tells everyone waiting for `txn` that it finished and is forgotten
+    /// (its outcome is no longer known here).
+    pub(crate) fn forgotten<R>(&mut self, txn: TxnId) -> Vec<Step<R>> {
+        let clients = self.0.remove(&txn).unwrap_or_default();
+        sends(clients, &Msg::Forgotten { txn })
+    }
+
     pub(crate) fn clear(&mut self) {
         self.0.clear();
     }

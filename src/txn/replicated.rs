@@ -16,7 +16,7 @@
 //!   are collected in the leader's memory: they are durable at the
 //!   participants (a prepare record each), so a new leader simply asks
 //!   again.
-//! - **Any leader drives.** The [`Driver`] runs on every replica and acts
+//! - **Any leader drives.** The [`CoordLeader`] runs on every replica and acts
 //!   only while its replica leads: when it becomes leader it takes over
 //!   every undecided transaction in the machine (prepares re-sent, votes
 //!   counted afresh, a fresh prepare timeout on its own clock) and every
@@ -70,7 +70,7 @@ use serde::{Deserialize, Serialize};
 use super::phases::{announce, too_many, Delivery, Ids, Round, Tally, Waiters, MAX_PARTICIPANTS};
 use super::{AbortReason, Decision, Msg, Outcome, Step, TxnEvent, TxnId};
 use crate::env::{codec, NodeId};
-use crate::log::{ClientId, SnapshotError, StateMachine, Term};
+use crate::log::{SnapshotError, StateMachine, Term};
 
 /// A command on the coordinator's log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -343,8 +343,8 @@ pub struct ReplicatedBugs {
     /// The leader acts on the entries in its own log as if committed: it
     /// prepares and sends decisions (to shards and clients) before a
     /// majority stored them. A deposed leader's decisions then contradict
-    /// the log's. Carried out by the shell, which shows the driver that
-    /// state instead of the applied one.
+    /// the log's. Carried out by the companion (`txn::shell::CoordService`),
+    /// which shows the leader logic that state instead of the applied one.
     pub send_before_commit: bool,
     /// A replica answers a shard's query about a transaction it has no
     /// applied decision for with abort, without logging that abort.
@@ -390,7 +390,7 @@ impl Default for ReplicatedConfig {
     }
 }
 
-/// What the driver sees of its replica.
+/// What the leader logic sees of its replica.
 #[derive(Debug, Clone, Copy)]
 pub struct View<'a> {
     /// `Some(term)` while this replica leads `term`.
@@ -401,14 +401,14 @@ pub struct View<'a> {
     pub machine: &'a CoordMachine,
 }
 
-/// What the driver asks for: commands to propose to the log, as
-/// `(session, seq, command)`, then steps to execute.
+/// What the leader logic asks for: commands to propose to the log, then
+/// steps to execute.
 #[derive(Debug, Default)]
 pub struct Effects {
-    /// Commands for the log, under the driver's session for this term and
-    /// in sequence order.
-    pub propose: Vec<(ClientId, u64, Command)>,
-    /// Messages and events, executed in order; the driver has no log of
+    /// Commands for the log, in order; the log service's engine proposes
+    /// them under this replica's session for the term.
+    pub propose: Vec<Command>,
+    /// Messages and events, executed in order; the leader logic has no log of
     /// its own, so no `Append` or `Sync`.
     pub steps: Vec<Step<()>>,
 }
@@ -425,14 +425,12 @@ impl Effects {
 /// messages, ticks and the transactions each log handler applied. Its state
 /// is volatile: rebuilt from the machine whenever its replica becomes leader.
 #[derive(Debug)]
-pub struct Driver {
+pub struct CoordLeader {
     id: NodeId,
     coordinators: Vec<NodeId>,
     config: ReplicatedConfig,
     /// The term this replica leads, if it does.
     term: Option<Term>,
-    session: ClientId,
-    seq: u64,
     ids: Ids,
     rounds: BTreeMap<TxnId, Round>,
     /// Decisions being re-sent until every participant acknowledges.
@@ -447,19 +445,20 @@ pub struct Driver {
     forgetting: Option<TxnId>,
 }
 
-impl Driver {
-    /// The driver of replica `id` of the group `coordinators` (the ids put
+impl CoordLeader {
+    /// The leader logic of replica `id` of the group `coordinators` (the ids put
     /// in prepares, so shards know whom to ask); it drives nothing until
     /// its replica leads.
     pub fn new(id: NodeId, coordinators: Vec<NodeId>, config: ReplicatedConfig) -> Self {
-        assert!(coordinators.contains(&id), "a driver runs on a coordinator replica");
-        Driver {
+        assert!(
+            coordinators.contains(&id),
+            "the leader logic runs on a coordinator replica"
+        );
+        CoordLeader {
             id,
             coordinators,
             config,
             term: None,
-            session: 0,
-            seq: 0,
             ids: Ids::default(),
             rounds: BTreeMap::new(),
             deliveries: BTreeMap::new(),
@@ -471,8 +470,10 @@ impl Driver {
     }
 
     /// Adopts the replica's role: a new leadership takes over every pending
-    /// transaction; losing leadership forgets the volatile state.
-    fn follow(&mut self, now: Duration, view: &View) {
+    /// transaction; losing leadership forgets the volatile state. Every
+    /// handler calls it first; the log service's engine calls it as soon as
+    /// the role changes.
+    pub fn follow(&mut self, now: Duration, view: &View) {
         if self.term == view.leading {
             return;
         }
@@ -496,10 +497,6 @@ impl Driver {
             self.term = None;
             return;
         }
-        // One exactly-once session per (replica, term): only this replica
-        // proposes under it, in order.
-        self.session = (1 << 63) | (u64::from(self.id) << 40) | term;
-        self.seq = 0;
         self.ids = Ids::default();
         for (&txn, state) in &view.machine.txns {
             match state {
@@ -526,8 +523,7 @@ impl Driver {
     }
 
     fn propose(&mut self, fx: &mut Effects, command: Command) {
-        self.seq += 1;
-        fx.propose.push((self.session, self.seq, command));
+        fx.propose.push(command);
     }
 
     /// Whether a leader could have issued `txn`: one of an earlier term,
@@ -558,6 +554,12 @@ impl Driver {
 
     /// A message from a client or a shard (log traffic goes to the log).
     pub fn on_message(&mut self, now: Duration, from: NodeId, msg: Msg, view: &View) -> Effects {
+        let fx = self.handle_message(now, from, msg, view);
+        self.checked(view);
+        fx
+    }
+
+    fn handle_message(&mut self, now: Duration, from: NodeId, msg: Msg, view: &View) -> Effects {
         self.follow(now, view);
         let mut fx = Effects::default();
         let machine = view.machine;
@@ -684,6 +686,12 @@ impl Driver {
 
     /// Timeouts: re-send prepares and decisions; abort slow votes.
     pub fn tick(&mut self, now: Duration, view: &View) -> Effects {
+        let fx = self.timeouts(now, view);
+        self.checked(view);
+        fx
+    }
+
+    fn timeouts(&mut self, now: Duration, view: &View) -> Effects {
         self.follow(now, view);
         let mut fx = Effects::default();
         let (every, timeout) = (self.config.resend_every, self.config.prepare_timeout);
@@ -710,6 +718,20 @@ impl Driver {
     /// The log applied commands about `txns`: act on what is now decided.
     /// Only here does a leader send a decision — after the log committed it.
     pub fn on_applied(&mut self, now: Duration, view: &View, txns: impl IntoIterator<Item = TxnId>) -> Effects {
+        let fx = self.act_on_applied(now, view, txns);
+        self.checked(view);
+        fx
+    }
+
+    /// Runs [`Self::check`] where checks are built in (unit tests, and the
+    /// `core-checks` feature the simulator turns on).
+    fn checked(&self, view: &View) {
+        if cfg!(any(test, feature = "core-checks")) {
+            self.check(view.machine);
+        }
+    }
+
+    fn act_on_applied(&mut self, now: Duration, view: &View, txns: impl IntoIterator<Item = TxnId>) -> Effects {
         self.follow(now, view);
         let mut fx = Effects::default();
         if self.term.is_none() {
@@ -717,7 +739,15 @@ impl Driver {
         }
         let txns: BTreeSet<TxnId> = txns.into_iter().collect();
         for txn in txns {
-            let Some(state) = view.machine.get(txn) else { continue };
+            let Some(state) = view.machine.get(txn) else {
+                if view.machine.forgotten(txn) {
+                    // Decided, ended and forgotten in one batch: finished.
+                    self.forget_round(txn);
+                    self.deliveries.remove(&txn);
+                    fx.steps.extend(self.waiting.forgotten(txn));
+                }
+                continue;
+            };
             match state {
                 TxnState::Preparing { client, participants } => {
                     let inherited = !self.starting.remove(&txn);
@@ -763,9 +793,15 @@ impl Driver {
                     fx.steps
                         .extend(self.waiting.notify(txn, &Outcome::Aborted(reason.clone())));
                 }
-                // `End` applied: every participant acknowledged.
+                // `End` applied: every participant acknowledged. The
+                // decision may have been applied in the same batch (a new
+                // leader catching up on its predecessor's entries), so its
+                // round and its waiting clients are settled here too.
                 TxnState::Committed { ended: true, .. } | TxnState::Aborted { ended: true, .. } => {
+                    self.forget_round(txn);
                     self.deliveries.remove(&txn);
+                    fx.steps
+                        .extend(self.waiting.notify(txn, &state.outcome().expect("decided")));
                 }
             }
         }
@@ -782,6 +818,39 @@ impl Driver {
         self.forgetting = machine.forget_bound(self.config.retain_finished);
         if let Some(below) = self.forgetting {
             self.propose(fx, Command::Forget { below });
+        }
+    }
+
+    /// Asserts the leader logic's own invariants against `machine`, the
+    /// state it was last shown (run after every handler under the
+    /// `core-checks` feature): a follower drives nothing; a voting round
+    /// runs only for a transaction the machine holds as preparing; a
+    /// decision is re-sent only while the machine holds it decided and not
+    /// ended.
+    pub fn check(&self, machine: &CoordMachine) {
+        if self.term.is_none() {
+            assert!(
+                self.rounds.is_empty() && self.deliveries.is_empty() && self.forgetting.is_none(),
+                "replica {}: drives transactions while not leading",
+                self.id
+            );
+            return;
+        }
+        for txn in self.rounds.keys() {
+            assert!(
+                matches!(machine.get(*txn), Some(TxnState::Preparing { .. })),
+                "replica {}: a voting round for {txn}, which is {:?}",
+                self.id,
+                machine.get(*txn)
+            );
+        }
+        for (txn, (decision, _)) in &self.deliveries {
+            let state = machine.get(*txn);
+            assert!(
+                state.is_some_and(|t| t.decision() == Some(*decision) && !t.finished()),
+                "replica {}: re-sends {decision:?} for {txn}, which is {state:?}",
+                self.id
+            );
         }
     }
 
@@ -836,8 +905,8 @@ mod tests {
     const MS: Duration = Duration::from_millis(1);
     const TERM: Term = 3;
 
-    fn driver() -> Driver {
-        Driver::new(1, vec![1, 2, 3], ReplicatedConfig::default())
+    fn leader_logic() -> CoordLeader {
+        CoordLeader::new(1, vec![1, 2, 3], ReplicatedConfig::default())
     }
 
     fn leading(machine: &CoordMachine) -> View<'_> {
@@ -856,10 +925,10 @@ mod tests {
         }
     }
 
-    /// The log commits and applies every proposal; the driver then sees it.
-    fn commit_log(d: &mut Driver, m: &mut CoordMachine, fx: &Effects) -> Effects {
-        let txns: Vec<TxnId> = fx.propose.iter().filter_map(|(_, _, c)| c.txn()).collect();
-        for (_, _, command) in &fx.propose {
+    /// The log commits and applies every proposal; the leader logic then sees it.
+    fn commit_log(d: &mut CoordLeader, m: &mut CoordMachine, fx: &Effects) -> Effects {
+        let txns: Vec<TxnId> = fx.propose.iter().filter_map(|c| c.txn()).collect();
+        for command in &fx.propose {
             m.apply(command);
         }
         d.on_applied(MS, &leading(m), txns)
@@ -1035,7 +1104,7 @@ mod tests {
             retain_finished: 16,
             ..ReplicatedConfig::default()
         };
-        let (mut d, mut m) = (Driver::new(1, vec![1, 2, 3], config), CoordMachine::default());
+        let (mut d, mut m) = (CoordLeader::new(1, vec![1, 2, 3], config), CoordMachine::default());
         // Issued and finished under an earlier leader.
         let ids: Vec<TxnId> = (1..=17).map(|i| ((TERM - 1) << 32) | i).collect();
         for &txn in &ids {
@@ -1047,7 +1116,7 @@ mod tests {
         finish(&mut m, txn, false);
         let fx = d.on_applied(MS, &leading(&m), [txn]);
         let below = ids[1] + 1;
-        assert!(matches!(fx.propose[..], [(_, _, Command::Forget { below: b })] if b == below));
+        assert!(matches!(fx.propose[..], [Command::Forget { below: b }] if b == below));
         assert!(
             d.on_applied(MS, &leading(&m), []).propose.is_empty(),
             "one Forget at a time"
@@ -1096,7 +1165,7 @@ mod tests {
 
     #[test]
     fn ids_no_leader_issued_are_never_logged() {
-        let (mut d, m) = (driver(), CoordMachine::default());
+        let (mut d, m) = (leader_logic(), CoordMachine::default());
         let began = d.on_message(MS, CLIENT, Msg::Begin { request: 1 }, &leading(&m));
         let [Step::Send(CLIENT, Msg::Began { txn: issued, .. })] = began.steps[..] else {
             panic!("{:?}", began.steps)
@@ -1120,13 +1189,13 @@ mod tests {
         // Issued ones, this term's and an earlier term's, are asked about.
         for txn in [issued, (TERM - 1) << 32 | 9] {
             let fx = d.on_message(MS, CLIENT, Msg::Status { txn }, &leading(&m));
-            assert!(matches!(fx.propose[..], [(_, _, Command::Abort { .. })]), "{fx:?}");
+            assert!(matches!(fx.propose[..], [Command::Abort { .. }]), "{fx:?}");
         }
     }
 
     #[test]
     fn a_commit_listing_too_many_shards_is_aborted_not_started() {
-        let (mut d, mut m) = (driver(), CoordMachine::default());
+        let (mut d, mut m) = (leader_logic(), CoordMachine::default());
         let began = d.on_message(MS, CLIENT, Msg::Begin { request: 1 }, &leading(&m));
         let [Step::Send(CLIENT, Msg::Began { txn, .. })] = began.steps[..] else {
             panic!("{:?}", began.steps)
@@ -1136,7 +1205,7 @@ mod tests {
         let limit = MAX_PARTICIPANTS;
         let reason = AbortReason::TooManyParticipants { limit };
         assert!(
-            matches!(&fx.propose[..], [(_, _, Command::Abort { reason: r, .. })] if *r == reason),
+            matches!(&fx.propose[..], [Command::Abort { reason: r, .. }] if *r == reason),
             "{fx:?}"
         );
         let fx = commit_log(&mut d, &mut m, &fx);
@@ -1151,7 +1220,7 @@ mod tests {
 
     #[test]
     fn a_decision_is_sent_only_after_the_log_applied_it() {
-        let (mut d, mut m) = (driver(), CoordMachine::default());
+        let (mut d, mut m) = (leader_logic(), CoordMachine::default());
         let began = d.on_message(MS, CLIENT, Msg::Begin { request: 1 }, &leading(&m));
         let txn = match &began.steps[..] {
             [Step::Send(CLIENT, Msg::Began { txn, .. })] => *txn,
@@ -1163,7 +1232,7 @@ mod tests {
             participants: vec![(4, 1), (5, 1)],
         };
         let fx = d.on_message(MS, CLIENT, commit.clone(), &leading(&m));
-        assert!(matches!(fx.propose[..], [(_, 1, Command::Start { .. })]));
+        assert!(matches!(fx.propose[..], [Command::Start { .. }]));
         assert!(fx.steps.is_empty(), "nothing is sent before the start is logged");
         // A retry while the start is in flight proposes nothing new.
         assert!(d.on_message(MS, CLIENT, commit, &leading(&m)).propose.is_empty());
@@ -1181,7 +1250,7 @@ mod tests {
             .propose
             .is_empty());
         let fx = d.on_message(MS, 5, Msg::Vote { txn, yes: true }, &leading(&m));
-        assert!(matches!(&fx.propose[..], [(_, _, Command::Commit { votes, .. })] if votes == &[4, 5]));
+        assert!(matches!(&fx.propose[..], [Command::Commit { votes, .. }] if votes == &[4, 5]));
         assert!(
             decides(&fx).is_empty() && outcome(&fx).is_none(),
             "not before the log commits it"
@@ -1192,15 +1261,15 @@ mod tests {
         // Acknowledgements end it, through the log.
         assert!(d.on_message(MS, 4, Msg::Ack { txn }, &leading(&m)).propose.is_empty());
         let fx = d.on_message(MS, 5, Msg::Ack { txn }, &leading(&m));
-        assert!(matches!(fx.propose[..], [(_, _, Command::End { .. })]));
+        assert!(matches!(fx.propose[..], [Command::End { .. }]));
     }
 
     #[test]
     fn questions_about_unknown_transactions_are_answered_by_a_logged_abort() {
-        let (mut d, mut m) = (driver(), CoordMachine::default());
+        let (mut d, mut m) = (leader_logic(), CoordMachine::default());
         let txn = (2 << 32) | 9;
         let fx = d.on_message(MS, 4, Msg::Query { txn }, &leading(&m));
-        assert!(matches!(fx.propose[..], [(_, _, Command::Abort { .. })]));
+        assert!(matches!(fx.propose[..], [Command::Abort { .. }]));
         assert!(decides(&fx).is_empty());
         commit_log(&mut d, &mut m, &fx);
         let answer = d.on_message(MS, 4, Msg::Query { txn }, &leading(&m));
@@ -1217,7 +1286,7 @@ mod tests {
 
     #[test]
     fn a_follower_redirects_clients_and_answers_only_logged_decisions() {
-        let (mut d, mut m) = (driver(), CoordMachine::default());
+        let (mut d, mut m) = (leader_logic(), CoordMachine::default());
         let fx = d.on_message(MS, CLIENT, Msg::Begin { request: 1 }, &following(&m));
         assert_eq!(fx.steps, vec![Step::Send(CLIENT, Msg::Redirect { leader: Some(2) })]);
         let fx = d.on_message(MS, 4, Msg::Query { txn: 7 }, &following(&m));
@@ -1237,7 +1306,7 @@ mod tests {
 
     #[test]
     fn a_new_leader_takes_over_undecided_and_unacknowledged_transactions() {
-        let (mut d, mut m) = (driver(), CoordMachine::default());
+        let (mut d, mut m) = (leader_logic(), CoordMachine::default());
         m.apply(&Command::Start {
             txn: 7,
             client: CLIENT,
@@ -1263,14 +1332,62 @@ mod tests {
         let fx = d.tick(1_200 * MS, &leading(&m));
         assert!(matches!(
             fx.propose[..],
-            [(
-                _,
-                _,
-                Command::Abort {
-                    txn: 7,
-                    reason: AbortReason::PrepareTimeout
-                }
-            )]
+            [Command::Abort {
+                txn: 7,
+                reason: AbortReason::PrepareTimeout
+            }]
         ));
+    }
+
+    /// A new leader inherits a preparing transaction, then applies its
+    /// predecessor's decision and `End` in one batch: the round ends there
+    /// (it used to stay, re-sending prepares for a finished transaction and
+    /// proposing an abort the machine ignores, until the next election), and
+    /// a client waiting on it is told. `check` runs after every handler.
+    #[test]
+    fn a_decision_and_its_end_applied_together_end_the_round() {
+        let (mut d, mut m) = (leader_logic(), CoordMachine::default());
+        m.apply(&Command::Start {
+            txn: 7,
+            client: CLIENT,
+            participants: vec![(4, 1)],
+        });
+        d.tick(MS, &leading(&m));
+        assert!(d
+            .on_message(MS, CLIENT, Msg::Status { txn: 7 }, &leading(&m))
+            .steps
+            .is_empty());
+        m.apply(&Command::Commit { txn: 7, votes: vec![4] });
+        m.apply(&Command::End { txn: 7 });
+        let fx = d.on_applied(2 * MS, &leading(&m), [7, 7]);
+        assert_eq!(outcome(&fx), Some(Outcome::Committed));
+        let fx = d.tick(1_200 * MS, &leading(&m));
+        assert!(fx.propose.is_empty() && fx.steps.is_empty(), "{fx:?}");
+    }
+
+    /// The same when the batch also forgets the transaction: the machine no
+    /// longer holds it, and the leader logic lets go of it as well (it
+    /// used to keep its round and re-send its commit forever).
+    #[test]
+    fn a_transaction_decided_ended_and_forgotten_in_one_batch_is_let_go() {
+        let (mut d, mut m) = (leader_logic(), CoordMachine::default());
+        m.apply(&Command::Start {
+            txn: 7,
+            client: CLIENT,
+            participants: vec![(4, 1)],
+        });
+        d.tick(MS, &leading(&m));
+        assert!(d
+            .on_message(MS, CLIENT, Msg::Status { txn: 7 }, &leading(&m))
+            .steps
+            .is_empty());
+        m.apply(&Command::Commit { txn: 7, votes: vec![4] });
+        m.apply(&Command::End { txn: 7 });
+        m.apply(&Command::Forget { below: 8 });
+        assert!(m.forgotten(7));
+        let fx = d.on_applied(2 * MS, &leading(&m), [7, 7]);
+        assert_eq!(fx.steps, vec![Step::Send(CLIENT, Msg::Forgotten { txn: 7 })]);
+        let fx = d.tick(1_200 * MS, &leading(&m));
+        assert!(fx.propose.is_empty() && fx.steps.is_empty(), "{fx:?}");
     }
 }

@@ -10,11 +10,11 @@ use serde::Serialize;
 
 use super::coordinator::{Coordinator, CoordinatorConfig};
 use super::participant::{Participant, ParticipantConfig};
-use super::replicated::{Command, CoordMachine, Driver, Effects, ReplicatedConfig, View};
+use super::replicated::{Command, CoordLeader, CoordMachine, Effects, ReplicatedConfig, View};
 use super::{Msg, Step, TxnEvent, TxnId};
-use crate::env::{codec, timeout, Env, EnvError, NodeId};
-use crate::log::node::{self, NoProbe, NodeError};
-use crate::log::{Event, Output, Payload, Raft, Role, StateMachine, Wire, WireOf};
+use crate::env::{codec, timeout, Env, NodeId};
+use crate::log::service::{self, Companion, NoProbe, NodeError, Out};
+use crate::log::{Event, Payload, Raft, Role, StateMachine, Wire, WireOf};
 
 /// Receives every [`TxnEvent`] a core reports, with the reporting node.
 /// The simulator collects them for its checks; a service may log them.
@@ -157,87 +157,185 @@ pub async fn run_coordinator<E: Env>(env: E, config: CoordinatorConfig, observer
 }
 
 /// Runs replica `env.id()` of a replicated coordinator over the group
-/// `coordinators`, from whatever its log holds. Returns only when storage
-/// fails (the replica stops rather than promise what may not be durable).
-///
-/// One loop serves both protocols: `Msg::Log` from the group's replicas
-/// goes to the Raft replica (a log command or read from anyone is
-/// dropped), everything else to the [`Driver`]; after every step the
-/// driver sees which transactions the log applied, and its proposals go
-/// back into the log.
+/// `coordinators`, from whatever its log holds, on the log service's
+/// engine ([`service::run`]). Returns only when storage fails (the replica
+/// stops rather than promise what may not be durable).
 pub async fn run_replicated_coordinator<E: Env>(
     env: E,
     coordinators: Vec<NodeId>,
     config: ReplicatedConfig,
     observer: Observer,
 ) -> Result<(), NodeError> {
-    let records = env.load()?;
-    let mut raft = Raft::<CoordMachine>::recover(
-        env.id(),
-        &coordinators,
-        config.log.clone(),
-        env.rng(),
-        &records,
-        env.now(),
-    )?;
-    let speculate = config.bugs.send_before_commit;
-    let mut driver = Driver::new(env.id(), coordinators, config);
-    let mut next_tick = env.now() + TICK;
-    loop {
-        let mut applied = Vec::new();
-        let mut fx = Effects::default();
-        match next_message(&env, raft.next_deadline().min(next_tick)).await {
-            Some((from, Msg::Log(bytes))) => match codec::decode::<WireOf<CoordMachine>>(&bytes) {
-                // Replica traffic only (Raft drops a non-member's): the
-                // group's log takes commands from its own driver alone, so
-                // a forged commit, abort or forget never reaches it.
-                Ok(wire @ Wire::Raft(_)) => {
-                    applied = carry_out(&env, raft.on_message(env.now(), from, wire), &observer).await?
-                }
-                Ok(_) => tracing::warn!(from, "dropping a coordinator log command or read from the network"),
-                Err(e) => tracing::warn!(from, error = %e, "dropping a malformed log message"),
-            },
-            Some((from, msg)) => {
-                let spec = speculate.then(|| uncommitted(&raft));
-                fx = driver.on_message(env.now(), from, msg, &view(&raft, spec.as_ref()));
+    let log = config.log.clone();
+    let companion = CoordService::new(env.id(), coordinators.clone(), config, observer, env.now());
+    service::run(env, coordinators, log, companion, Arc::new(NoProbe)).await
+}
+
+/// The replicated coordinator's companion on the log: `Msg::Log` from the
+/// group's replicas goes to the replica (a log command or read from anyone
+/// is dropped: the group's log takes commands from its own leader logic
+/// alone, so a forged commit, abort or forget never reaches it); every
+/// other message goes to the [`CoordLeader`], which also sees which
+/// transactions each replica handler applied and whose proposals go back
+/// into the log.
+pub struct CoordService {
+    me: NodeId,
+    leader: CoordLeader,
+    observer: Observer,
+    next_tick: Duration,
+    /// Planted bug `send_before_commit`: the leader logic sees the state its
+    /// whole log would give, and acts on what it proposed at once.
+    speculate: bool,
+    /// Transactions proposed under that bug, to act on as if applied.
+    speculated: Vec<TxnId>,
+}
+
+impl CoordService {
+    /// The companion of replica `me` of `coordinators`, started at `now`.
+    pub fn new(
+        me: NodeId,
+        coordinators: Vec<NodeId>,
+        config: ReplicatedConfig,
+        observer: Observer,
+        now: Duration,
+    ) -> Self {
+        CoordService {
+            me,
+            speculate: config.bugs.send_before_commit,
+            leader: CoordLeader::new(me, coordinators, config),
+            observer,
+            next_tick: now + TICK,
+            speculated: Vec::new(),
+        }
+    }
+
+    /// Hands the leader logic's proposals to the log and its steps to the
+    /// network and the observer.
+    fn carry(&mut self, fx: Effects, out: &mut Out<CoordMachine, Msg>) {
+        for command in fx.propose {
+            if self.speculate {
+                // PLANTED BUG: what was appended is acted on at once.
+                self.speculated.extend(command.txn());
             }
-            None => {}
+            out.propose(command);
         }
-        let now = env.now();
-        if now >= raft.next_deadline() {
-            applied.extend(carry_out(&env, raft.on_tick(now), &observer).await?);
-        }
-        if now >= next_tick {
-            next_tick = now + TICK;
-            let spec = speculate.then(|| uncommitted(&raft));
-            fx.extend(driver.tick(now, &view(&raft, spec.as_ref())));
-        }
-        loop {
-            let spec = speculate.then(|| uncommitted(&raft));
-            fx.extend(driver.on_applied(now, &view(&raft, spec.as_ref()), std::mem::take(&mut applied)));
-            for (client, seq, command) in std::mem::take(&mut fx.propose) {
-                if speculate {
-                    // PLANTED BUG: what was appended is acted on at once.
-                    applied.extend(command.txn());
+        for step in fx.steps {
+            match step {
+                Step::Send(to, msg) => out.send(to, msg),
+                Step::Event(event) => {
+                    tracing::debug!(?event, "txn");
+                    (self.observer)(self.me, &event);
                 }
-                let output = raft.on_message(now, env.id(), Wire::Command { client, seq, command });
-                applied.extend(carry_out(&env, output, &observer).await?);
-            }
-            execute(&env, std::mem::take(&mut fx.steps), &observer).await;
-            if applied.is_empty() {
-                break;
+                Step::Append(()) | Step::Sync => unreachable!("the leader logic keeps no records of its own"),
             }
         }
     }
+
+    /// What the leader logic acts on: `replica`, or under the planted bug
+    /// the state its whole log would give.
+    fn act<R>(&mut self, replica: &Raft<CoordMachine>, act: impl FnOnce(&mut CoordLeader, &View) -> R) -> R {
+        let speculative = self.speculate.then(|| uncommitted(replica));
+        let view = View {
+            leading: (replica.role() == Role::Leader).then(|| replica.term()),
+            leader: replica.leader(),
+            machine: speculative.as_ref().unwrap_or(replica.state_machine()),
+        };
+        act(&mut self.leader, &view)
+    }
 }
 
-/// The driver's view of its replica: the applied state, or (planted bug)
-/// `speculative`, the state its whole log would give.
-fn view<'a>(raft: &'a Raft<CoordMachine>, speculative: Option<&'a CoordMachine>) -> View<'a> {
-    View {
-        leading: (raft.role() == Role::Leader).then(|| raft.term()),
-        leader: raft.leader(),
-        machine: speculative.unwrap_or(raft.state_machine()),
+impl Companion for CoordService {
+    type Machine = CoordMachine;
+    type Wire = Msg;
+
+    fn wrap(msg: WireOf<CoordMachine>) -> Msg {
+        Msg::Log(codec::encode(&msg).expect("log limits keep messages encodable"))
+    }
+
+    fn on_message(
+        &mut self,
+        now: Duration,
+        from: NodeId,
+        msg: Msg,
+        replica: &Raft<CoordMachine>,
+        out: &mut Out<CoordMachine, Msg>,
+    ) -> Option<WireOf<CoordMachine>> {
+        match msg {
+            Msg::Log(bytes) => match codec::decode::<WireOf<CoordMachine>>(&bytes) {
+                // Replica traffic only (Raft drops a non-member's).
+                Ok(wire @ Wire::Raft(_)) => Some(wire),
+                Ok(_) => {
+                    tracing::warn!(from, "dropping a coordinator log command or read from the network");
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!(from, error = %e, "dropping a malformed log message");
+                    None
+                }
+            },
+            msg => {
+                let fx = self.act(replica, |leader, view| leader.on_message(now, from, msg, view));
+                self.carry(fx, out);
+                None
+            }
+        }
+    }
+
+    fn on_leadership(&mut self, now: Duration, replica: &Raft<CoordMachine>, _: &mut Out<CoordMachine, Msg>) {
+        self.act(replica, |leader, view| leader.follow(now, view));
+    }
+
+    fn on_events(
+        &mut self,
+        now: Duration,
+        events: &[Event],
+        replica: &Raft<CoordMachine>,
+        out: &mut Out<CoordMachine, Msg>,
+    ) {
+        let mut applied = std::mem::take(&mut self.speculated);
+        for event in events {
+            let report = match event {
+                Event::Applied { payload, .. } => match codec::decode::<Payload<Command>>(payload) {
+                    Ok(Payload::Command {
+                        command: Command::Forget { below },
+                        ..
+                    }) => Some(TxnEvent::Forgot { below }),
+                    Ok(Payload::Command { command, .. }) => {
+                        applied.extend(command.txn());
+                        None
+                    }
+                    Ok(Payload::Noop) => None,
+                    Err(e) => panic!("an applied entry must decode: {e}"),
+                },
+                Event::Compacted { index } => Some(TxnEvent::Snapshot {
+                    index: *index,
+                    installed: false,
+                }),
+                Event::Restored { index, .. } => Some(TxnEvent::Snapshot {
+                    index: *index,
+                    installed: true,
+                }),
+                _ => None,
+            };
+            if let Some(report) = report {
+                (self.observer)(self.me, &report);
+            }
+        }
+        let fx = self.act(replica, |leader, view| leader.on_applied(now, view, applied));
+        self.carry(fx, out);
+    }
+
+    fn on_tick(&mut self, now: Duration, replica: &Raft<CoordMachine>, out: &mut Out<CoordMachine, Msg>) {
+        if now < self.next_tick {
+            return;
+        }
+        self.next_tick = now + TICK;
+        let fx = self.act(replica, |leader, view| leader.tick(now, view));
+        self.carry(fx, out);
+    }
+
+    fn next_deadline(&self) -> Duration {
+        self.next_tick
     }
 }
 
@@ -252,51 +350,121 @@ fn uncommitted(raft: &Raft<CoordMachine>) -> CoordMachine {
     machine
 }
 
-/// Persists a log output, then sends its messages wrapped in `Msg::Log`
-/// (answers to this replica's own proposals dropped). Returns the
-/// transactions whose commands it applied; reports snapshots and
-/// forgetting to `observer`.
-async fn carry_out<E: Env>(
-    env: &E,
-    mut output: Output<CoordMachine>,
-    observer: &Observer,
-) -> Result<Vec<TxnId>, EnvError> {
-    let mut applied = Vec::new();
-    for event in &output.events {
-        let report = match event {
-            Event::Applied { payload, .. } => match codec::decode::<Payload<Command>>(payload) {
-                Ok(Payload::Command {
-                    command: Command::Forget { below },
-                    ..
-                }) => Some(TxnEvent::Forgot { below }),
-                Ok(Payload::Command { command, .. }) => {
-                    applied.extend(command.txn());
-                    None
-                }
-                Ok(Payload::Noop) => None,
-                Err(e) => panic!("an applied entry must decode: {e}"),
-            },
-            Event::Compacted { index } => Some(TxnEvent::Snapshot {
-                index: *index,
-                installed: false,
-            }),
-            Event::Restored { index, .. } => Some(TxnEvent::Snapshot {
-                index: *index,
-                installed: true,
-            }),
-            _ => None,
-        };
-        if let Some(report) = report {
-            observer(env.id(), &report);
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use rand::SeedableRng;
+
+    use super::*;
+    use crate::txn::replicated::ReplicatedBugs;
+
+    const MS: Duration = Duration::from_millis(1);
+    const CLIENT: NodeId = 9;
+    const SHARD: NodeId = 4;
+
+    /// Three coordinator replicas with replica 1 elected, every message
+    /// between them delivered.
+    fn group() -> Vec<Raft<CoordMachine>> {
+        let mut group: Vec<_> = (1..=3)
+            .map(|id| {
+                let rng = rand_chacha::ChaCha8Rng::seed_from_u64(id.into());
+                Raft::recover(id, &[1, 2, 3], crate::log::Config::default(), rng, &[], Duration::ZERO).unwrap()
+            })
+            .collect();
+        let output = group[0].on_tick(1_000 * MS);
+        deliver(&mut group, 1, output.messages);
+        assert_eq!(group[0].role(), Role::Leader);
+        group
+    }
+
+    /// Delivers `messages` from `from`, and every answer they set off;
+    /// returns replica 1's events.
+    fn deliver(
+        group: &mut [Raft<CoordMachine>],
+        from: NodeId,
+        messages: Vec<(NodeId, WireOf<CoordMachine>)>,
+    ) -> Vec<Event> {
+        let mut queue: VecDeque<_> = messages.into_iter().map(|(to, m)| (from, to, m)).collect();
+        let mut events = Vec::new();
+        while let Some((from, to, msg)) = queue.pop_front() {
+            let output = group[to as usize - 1].on_message(1_000 * MS, from, msg);
+            if to == 1 {
+                events.extend(output.events);
+            }
+            queue.extend(output.messages.into_iter().map(|(next, m)| (to, next, m)));
         }
+        events
     }
-    let messages = std::mem::take(&mut output.messages);
-    node::execute(env, output, &NoProbe).await?;
-    let me = env.id();
-    for (to, wire) in messages.into_iter().filter(|(to, _)| *to != me) {
-        let inner = codec::encode(&wire).expect("log limits keep messages encodable");
-        let bytes = codec::encode(&Msg::Log(inner)).expect("log limits keep messages encodable");
-        let _ = env.send(to, bytes).await;
+
+    /// Begins a transaction at the leader's companion and asks to commit
+    /// it on one shard; returns the round's log output, not yet delivered.
+    fn commit_one(
+        leader: &mut Raft<CoordMachine>,
+        service: &mut CoordService,
+        out: &mut Out<CoordMachine, Msg>,
+    ) -> crate::log::Output<CoordMachine> {
+        let now = 1_000 * MS;
+        service.on_leadership(now, leader, out);
+        assert!(service
+            .on_message(now, CLIENT, Msg::Begin { request: 1 }, leader, out)
+            .is_none());
+        let [(CLIENT, Msg::Began { txn, .. })] = out.messages[..] else {
+            panic!("{:?}", out.messages)
+        };
+        out.messages.clear();
+        let commit = Msg::Commit {
+            txn,
+            participants: vec![(SHARD, 1)],
+        };
+        assert!(service.on_message(now, CLIENT, commit, leader, out).is_none());
+        assert!(matches!(
+            out.proposals().collect::<Vec<_>>()[..],
+            [Command::Start { .. }]
+        ));
+        let output = leader.on_messages(now, std::mem::take(&mut out.to_log));
+        service.on_events(now, &output.events, leader, out);
+        output
     }
-    Ok(applied)
+
+    fn prepares(out: &Out<CoordMachine, Msg>) -> usize {
+        out.messages
+            .iter()
+            .filter(|(to, m)| *to == SHARD && matches!(m, Msg::Prepare { .. }))
+            .count()
+    }
+
+    /// The leader logic prepares a transaction only once its `Start` is
+    /// committed: not while the followers have yet to store it, and at once
+    /// when they have. Runs the companion without a runtime.
+    #[test]
+    fn the_coordinator_companion_prepares_only_what_the_log_committed() {
+        let mut group = group();
+        let config = ReplicatedConfig::default();
+        let mut service = CoordService::new(1, vec![1, 2, 3], config, no_observer(), Duration::ZERO);
+        let mut out = Out::new(1, Some(group[0].term()));
+        let output = commit_one(&mut group[0], &mut service, &mut out);
+        assert_eq!(prepares(&out), 0, "appended, not committed: {:?}", out.messages);
+        let events = deliver(&mut group, 1, output.messages);
+        service.on_events(1_000 * MS, &events, &group[0], &mut out);
+        assert_eq!(prepares(&out), 1, "{:?}", out.messages);
+    }
+
+    /// Planted bug `send_before_commit`, now inside the companion: the
+    /// leader logic acts on what it appended before a majority stored it.
+    #[test]
+    fn send_before_commit_prepares_what_only_the_leader_stored() {
+        let mut group = group();
+        let config = ReplicatedConfig {
+            bugs: ReplicatedBugs {
+                send_before_commit: true,
+                ..ReplicatedBugs::default()
+            },
+            ..ReplicatedConfig::default()
+        };
+        let mut service = CoordService::new(1, vec![1, 2, 3], config, no_observer(), Duration::ZERO);
+        let mut out = Out::new(1, Some(group[0].term()));
+        let _undelivered = commit_one(&mut group[0], &mut service, &mut out);
+        assert_eq!(prepares(&out), 1, "{:?}", out.messages);
+    }
 }

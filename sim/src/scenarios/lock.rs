@@ -64,7 +64,7 @@ use ringfence::history::lock::{check_grants, check_lock, LeasePair, LockOp, Reso
 use ringfence::history::{History, Violation};
 use ringfence::lock::resource::{self, ResourceBug, ResourceRequest};
 use ringfence::lock::{server, ClientConfig, LockClient, LockError, ServerConfig, Token};
-use ringfence::log::node::Probe;
+use ringfence::log::service::Probe;
 use ringfence::log::{Event, Index, Term};
 
 use crate::env::SimEnv;
@@ -106,9 +106,9 @@ pub const REAPPLY_RETRIES: Bug = Bug {
     about: "the resource applies a retried or duplicated request again instead of answering it from its table, so a write delayed in the network lands twice",
     caught_by: "lost-increment",
 };
-pub const SYNC_PER_EXPIRY: Bug = Bug {
-    name: "sync-per-expiry",
-    about: "the leader proposes and syncs each due expiry on its own and, once a round outlasts a heartbeat, stops reading its inbox: an expiry storm never commits",
+pub const EXPIRY_RETRY_TOO_SOON: Bug = Bug {
+    name: "expiry-retry-too-soon",
+    about: "the leader proposes an uncommitted expiry again after a quarter of a heartbeat instead of a TTL: in an expiry storm the retries fill the log faster than it commits",
     caught_by: "liveness",
 };
 
@@ -590,7 +590,7 @@ impl LockScenario {
             ttl: TTL,
             unsynced_token: self.has(&UNSYNCED_TOKEN),
             client_token: self.has(&CLIENT_TOKEN),
-            sync_per_expiry: self.has(&SYNC_PER_EXPIRY),
+            expiry_retry_too_soon: self.has(&EXPIRY_RETRY_TOO_SOON),
         }
     }
 
@@ -714,7 +714,7 @@ impl Scenario for LockScenario {
         NO_RECHECK,
         NO_DRIFT_MARGIN,
         CLIENT_TOKEN,
-        SYNC_PER_EXPIRY,
+        EXPIRY_RETRY_TOO_SOON,
         REAPPLY_RETRIES,
     ];
     /// Three lock servers and the resource node.

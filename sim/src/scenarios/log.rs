@@ -3,9 +3,9 @@
 //!
 //! Same shape as the counter tutorial:
 //!
-//! 1. **The protocol** is `ringfence::log::node::run` with [`Kv`]; each boot
+//! 1. **The protocol** is `ringfence::log::service::run_plain` with [`Kv`]; each boot
 //!    rebuilds the replica from its disk. An [`Observer`] (a
-//!    `ringfence::log::node::Probe`) watches every replica's events as they
+//!    `ringfence::log::service::Probe`) watches every replica's events as they
 //!    happen and stops the run at the first safety violation that
 //!    `ringfence::history::replicas` finds, naming it:
 //!    - `leader-per-term`: at most one leader per term;
@@ -63,7 +63,7 @@ use ringfence::env::{codec, timeout, Env, NodeId};
 use ringfence::history::replicas::Replicas;
 use ringfence::history::{kv, History, Violation};
 use ringfence::log::client::{Client as LogClient, ClientError};
-use ringfence::log::node::{self, Probe};
+use ringfence::log::service::{self, Probe};
 use ringfence::log::{Config, Event, Index, Kv, KvCommand, KvOutput, KvQuery, LogBug, Wire, WireOf};
 
 use super::rogue;
@@ -485,7 +485,7 @@ impl<const N: u32> Scenario for LogScenario<N> {
         });
         let config = timed_config(self.bug, self.timers);
         tracing::info!(timers = ?self.timers, "replica boots");
-        let result = node::run::<SimEnv, Kv>(env, self.members.clone(), config, probe).await;
+        let result = service::run_plain::<SimEnv, Kv>(env, self.members.clone(), config, probe).await;
         if let Err(error) = result {
             // The replica stopped to protect what it acknowledged (a failed
             // write, or a corrupt disk it refuses to start on); it stays
