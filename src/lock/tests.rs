@@ -720,3 +720,57 @@ fn a_client_cannot_shadow_the_leaders_expiries() {
     let _ = raft.on_messages(ms(1_500), std::mem::take(&mut out.to_log));
     assert_eq!(raft.state_machine().sessions().count(), 0, "the session expired");
 }
+
+/// The lock service's companion without a runtime: `Settings` is answered
+/// from its configuration without the log, and a watch on a lock that has
+/// not changed is parked at the leader, then handed to the log when its
+/// wait is over.
+#[test]
+fn the_lock_companion_answers_settings_and_parks_unchanged_watches() {
+    use super::server::{LockService, ServerConfig, WATCH_PARK};
+    use crate::log::service::{Companion, Out};
+    use crate::log::{Outcome, RequestId, Response, Wire};
+    let ms = Duration::from_millis;
+    let raft = single_replica();
+    let mut lock = LockService::new(1, ServerConfig::default());
+    let mut out = Out::new(1, Some(raft.term()));
+    lock.on_leadership(ms(1_000), &raft, &mut out);
+    let settings = Wire::Read {
+        client: 3,
+        id: 1,
+        query: LockQuery::Settings,
+    };
+    assert!(lock.on_message(ms(1_000), 7, settings, &raft, &mut out).is_none());
+    let ttl_ms = 2_000;
+    let answer = Wire::Response(Response {
+        client: 3,
+        id: RequestId::Read(1),
+        outcome: Outcome::Done(O::Settings { ttl_ms }),
+    });
+    assert_eq!(out.messages, vec![(7, answer)]);
+    let seen = raft.state_machine().view("l");
+    let watch = Wire::Read {
+        client: 3,
+        id: 2,
+        query: LockQuery::Watch {
+            lock: "l".into(),
+            seen: Some(seen),
+        },
+    };
+    assert!(
+        lock.on_message(ms(1_000), 7, watch, &raft, &mut out).is_none(),
+        "parked"
+    );
+    assert_eq!(lock.next_deadline(), ms(1_000) + WATCH_PARK);
+    lock.on_tick(ms(1_000) + WATCH_PARK, &raft, &mut out);
+    assert!(matches!(
+        &out.to_log[..],
+        [(
+            7,
+            Wire::Read {
+                query: LockQuery::Watch { seen: None, .. },
+                ..
+            }
+        )]
+    ));
+}
