@@ -256,7 +256,7 @@ pub enum Fault {
     /// Cuts off the node that last reached `moment` before `at_ms`, if it
     /// is up: from every other node, or, with `keep_clients`, from the
     /// other servers only — a node whose links to its peers failed while
-    /// its clients still reach it (a deposed leader that goes on serving
+    /// its clients still reach it (a deposed primary that goes on serving
     /// whoever asks, the classic source of stale reads).
     Isolate {
         at_ms: u64,
@@ -639,8 +639,8 @@ impl FaultPlan {
 /// unsynced writes. Independent crashes rarely overlap, but real machines
 /// share racks and power, and a cluster must come back from all of its
 /// members restarting at once, in any order (a shard recovering prepared
-/// transactions while its coordinator is still down, a whole Raft group
-/// electing from disks alone). Drawn from the seed's own stream.
+/// transactions while its coordinator is still down, a whole replica group
+/// recovering from disks alone). Drawn from the seed's own stream.
 fn power_loss(seed: u64, duration_ms: u64, intensity: f64, servers: &[NodeId], out: &mut Vec<Fault>) {
     let mut rng = derive_rng(seed, stream::POWER_LOSS, 0);
     if servers.len() < 2 || !rng.gen_bool(0.5) {

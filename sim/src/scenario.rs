@@ -18,19 +18,47 @@ use ringfence::env::NodeId;
 use ringfence::history::{EventKind, History, Violation};
 use serde::{Deserialize, Serialize};
 
+use ringfence::env::record::RecordBug;
+use ringfence::lock::resource::ResourceBug;
+use ringfence::lock::LockBug;
+use ringfence::log::LogBug;
+use ringfence::txn::TxnBug;
+
 use crate::env::SimEnv;
 use crate::plan::{Aiming, FaultKind, FaultPlan, Targets};
 use crate::trace::TraceEvent;
 use crate::world::{elapsed, World};
 
 /// A deliberately broken variant of a protocol, and the invariant that must
-/// catch it.
+/// catch it. The scenarios' `BUGS` lists are the one table from the
+/// simulator's bug names to the library's switches.
 #[derive(Debug, Clone, Copy)]
 pub struct Bug {
     pub name: &'static str,
     pub about: &'static str,
     /// The invariant the default sweep must report for this bug.
     pub caught_by: &'static str,
+    /// The switch it turns on.
+    pub planted: Planted,
+}
+
+/// A planted bug's switch: one variant per protocol's bug enum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Planted {
+    Log(LogBug),
+    Record(RecordBug),
+    Lock(LockBug),
+    Resource(ResourceBug),
+    Txn(TxnBug),
+    /// A bug in the scenario's own service (the counter tutorial's).
+    Scenario,
+}
+
+impl Params {
+    /// The switch of the run's planted bug, if any.
+    pub fn planted(&self) -> Option<Planted> {
+        self.bug.map(|b| b.planted)
+    }
 }
 
 /// How much work the clients do.

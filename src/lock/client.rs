@@ -23,6 +23,7 @@ use rand::Rng;
 use tokio::sync::{watch, OwnedMutexGuard};
 
 use super::machine::{LockCommand, LockMachine, LockOutput, LockQuery, LockView, Refusal, Request, SessionId, Token};
+use super::LockBug;
 use crate::env::{timeout, Env, NodeId};
 use crate::log::client::{Client, ClientError, Inbox};
 use crate::log::Reject;
@@ -41,14 +42,11 @@ pub struct ClientConfig {
     /// How long one command is retried across servers before it is
     /// reported [`LockError::Unavailable`].
     pub request_timeout: Duration,
-    /// Planted bug `NoRecheck` (simulator only).
+    /// A planted bug (the client's variants of [`LockBug`]; simulator
+    /// only).
     #[cfg(feature = "planted-bugs")]
     #[doc(hidden)]
-    pub no_recheck: bool,
-    /// Planted bug `NoDriftMargin` (simulator only).
-    #[cfg(feature = "planted-bugs")]
-    #[doc(hidden)]
-    pub no_drift_margin: bool,
+    pub bug: Option<LockBug>,
 }
 
 impl Default for ClientConfig {
@@ -57,28 +55,21 @@ impl Default for ClientConfig {
             drift_bound: 0.01,
             request_timeout: Duration::from_secs(1),
             #[cfg(feature = "planted-bugs")]
-            no_recheck: false,
-            #[cfg(feature = "planted-bugs")]
-            no_drift_margin: false,
+            bug: None,
         }
     }
 }
 
 impl ClientConfig {
-    fn no_recheck(&self) -> bool {
+    /// Whether planted bug `bug` is on (never without the feature).
+    fn has(&self, bug: LockBug) -> bool {
         #[cfg(feature = "planted-bugs")]
-        if self.no_recheck {
-            return true;
+        return self.bug == Some(bug);
+        #[cfg(not(feature = "planted-bugs"))]
+        {
+            let _ = bug;
+            false
         }
-        false
-    }
-
-    fn no_drift_margin(&self) -> bool {
-        #[cfg(feature = "planted-bugs")]
-        if self.no_drift_margin {
-            return true;
-        }
-        false
     }
 }
 
@@ -502,7 +493,7 @@ impl<E: Env> Shared<E> {
 
     /// The lease length the client trusts after a renewal.
     fn trusted(&self, ttl: Duration) -> Duration {
-        if self.config.no_drift_margin() {
+        if self.config.has(LockBug::NoDriftMargin) {
             // PLANTED BUG: trusts the full TTL, as if clocks agreed.
             ttl
         } else {
@@ -740,7 +731,7 @@ impl<E: Env> Shared<E> {
                 let LockView { holder, waiters } = &view;
                 let (holder, waiters) = (*holder, waiters.clone());
                 seen = Some(view);
-                if self.config.no_recheck() {
+                if self.config.has(LockBug::NoRecheck) {
                     // PLANTED BUG: the line moved past whoever was ahead,
                     // so "it must be ours now" — no confirmation, and the
                     // lease is timed from this read, which renews nothing.

@@ -17,6 +17,30 @@
 //!
 //! See `docs/lock.md` for what each mechanism guarantees.
 
+/// Deliberately broken variants of the lock service, so the simulator can
+/// show it catches the mistakes that matter. The configs carry one only
+/// with the `planted-bugs` feature; `None` is the correct protocol. (The
+/// demo resource's own are [`resource::ResourceBug`].)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum LockBug {
+    /// Client: a queued acquire returns once the holder ahead is gone,
+    /// timing its lease from that read instead of asking again.
+    NoRecheck,
+    /// Client: the lease is trusted for the full TTL, with no margin for
+    /// clock drift.
+    NoDriftMargin,
+    /// Server: the leader stamps acquires with tokens from its own counter,
+    /// written to its disk without sync and not replicated.
+    UnsyncedToken,
+    /// Server: a client's `Hinted` command is admitted, so the client
+    /// chooses its own fencing token.
+    ClientToken,
+    /// Server: an uncommitted expiry is proposed again after a quarter of a
+    /// heartbeat instead of a TTL, so in an expiry storm the retries fill
+    /// the log faster than it commits.
+    ExpiryRetryTooSoon,
+}
+
 pub mod client;
 mod machine;
 pub mod resource;

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::machine::{LockCommand, LockMachine, LockOutput, LockQuery, LockView, Request, SessionId};
-use super::MAX_SESSIONS;
+use super::{LockBug, MAX_SESSIONS};
 use crate::env::{Env, NodeId};
 use crate::log::service::{self, Companion, NodeError, Out, Probe};
 use crate::log::{ClientId, Outcome, Raft, RequestId, Response, Role, Wire, WireOf};
@@ -34,22 +34,10 @@ pub struct ServerConfig {
     /// Session lease: a session that has not renewed for this long on the
     /// leader's clock is expired. Clients learn it when they open.
     pub ttl: Duration,
-    /// Planted bug `UnsyncedToken`: the leader stamps acquires with tokens
-    /// from its own counter, written to its disk without sync.
+    /// A planted bug (the server's variants of [`LockBug`]).
     #[cfg(feature = "planted-bugs")]
     #[doc(hidden)]
-    pub unsynced_token: bool,
-    /// Planted bug `ClientToken`: a client's `Hinted` command is admitted,
-    /// so the client chooses its own fencing token.
-    #[cfg(feature = "planted-bugs")]
-    #[doc(hidden)]
-    pub client_token: bool,
-    /// Planted bug `ExpiryRetryTooSoon`: an uncommitted expiry is proposed
-    /// again after a quarter of a heartbeat instead of a TTL, so in an
-    /// expiry storm the retries fill the log faster than it commits.
-    #[cfg(feature = "planted-bugs")]
-    #[doc(hidden)]
-    pub expiry_retry_too_soon: bool,
+    pub bug: Option<LockBug>,
 }
 
 impl Default for ServerConfig {
@@ -58,33 +46,21 @@ impl Default for ServerConfig {
             log: crate::log::Config::default(),
             ttl: Duration::from_secs(2),
             #[cfg(feature = "planted-bugs")]
-            unsynced_token: false,
-            #[cfg(feature = "planted-bugs")]
-            client_token: false,
-            #[cfg(feature = "planted-bugs")]
-            expiry_retry_too_soon: false,
+            bug: None,
         }
     }
 }
 
-/// The planted bugs, read as `false` when the feature is off.
-#[derive(Debug, Clone, Copy, Default)]
-struct Bugs {
-    unsynced_token: bool,
-    client_token: bool,
-    expiry_retry_too_soon: bool,
-}
-
 impl ServerConfig {
-    fn bugs(&self) -> Bugs {
+    /// Whether planted bug `bug` is on (never without the feature).
+    fn has(&self, bug: LockBug) -> bool {
         #[cfg(feature = "planted-bugs")]
-        return Bugs {
-            unsynced_token: self.unsynced_token,
-            client_token: self.client_token,
-            expiry_retry_too_soon: self.expiry_retry_too_soon,
-        };
+        return self.bug == Some(bug);
         #[cfg(not(feature = "planted-bugs"))]
-        Bugs::default()
+        {
+            let _ = bug;
+            false
+        }
     }
 }
 
@@ -206,7 +182,7 @@ impl LockService {
         // stops leading (which resets the timer), so a retry is only a safety
         // net: once a TTL, not every two heartbeats, or a storm of retries
         // would fill the log faster than it commits.
-        let retry = if config.bugs().expiry_retry_too_soon {
+        let retry = if config.has(LockBug::ExpiryRetryTooSoon) {
             // PLANTED BUG: a retry timer shorter than a round trip.
             config.log.heartbeat_interval / 4
         } else {
@@ -271,7 +247,7 @@ impl Companion for LockService {
             );
             return None;
         }
-        if self.config.bugs().unsynced_token && replica.role() == Role::Leader {
+        if self.config.has(LockBug::UnsyncedToken) && replica.role() == Role::Leader {
             self.stamp_own_token(&mut msg, out);
         }
         self.watches.park(from, msg, replica, now)
@@ -300,7 +276,7 @@ impl Companion for LockService {
 }
 
 impl LockService {
-    /// PLANTED BUG `unsynced_token`: the leader stamps an acquire with a
+    /// PLANTED BUG [`LockBug::UnsyncedToken`]: the leader stamps an acquire with a
     /// token from its own counter, whose record is appended but not synced.
     fn stamp_own_token(&mut self, msg: &mut WireOf<LockMachine>, out: &mut Out<LockMachine, WireOf<LockMachine>>) {
         if let Wire::Command {
@@ -345,7 +321,7 @@ pub fn admit(me: NodeId, from: NodeId, msg: &mut WireOf<LockMachine>, config: &S
             *owner = from;
             true
         }
-        LockCommand::Hinted { owner, .. } if config.bugs().client_token => {
+        LockCommand::Hinted { owner, .. } if config.has(LockBug::ClientToken) => {
             // PLANTED BUG: the client's own token goes into the log.
             *owner = from;
             true

@@ -638,7 +638,7 @@ fn admission_stamps_the_owner_and_drops_internal_commands() {
     #[cfg(feature = "planted-bugs")]
     {
         let buggy = ServerConfig {
-            client_token: true,
+            bug: Some(super::LockBug::ClientToken),
             ..ServerConfig::default()
         };
         assert!(admit(1, 70_000, &mut wire(hinted), &buggy));

@@ -28,7 +28,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::phases::{announce, too_many, Delivery, Ids, Round, Tally, Waiters, MAX_PARTICIPANTS};
-use super::{epoch_of, AbortReason, Decision, Msg, Outcome, Step, TxnEvent, TxnId};
+use super::{epoch_of, AbortReason, Decision, Msg, Outcome, Step, TxnBug, TxnEvent, TxnId};
 use crate::env::{codec, NodeId};
 
 /// What the coordinator writes to its log.
@@ -54,17 +54,6 @@ pub enum Record {
     },
 }
 
-/// Deliberately broken behaviour, for the simulator's planted bugs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct CoordinatorBugs {
-    /// Send the commit decision without syncing its record first (the shell
-    /// then syncs on an interval).
-    pub decision_before_sync: bool,
-    /// After a restart, answer queries about unknown transactions with
-    /// commit instead of abort.
-    pub recovery_presumes_commit: bool,
-}
-
 /// Timing of a classic coordinator (and its planted bugs).
 #[derive(Debug, Clone)]
 pub struct CoordinatorConfig {
@@ -73,8 +62,10 @@ pub struct CoordinatorConfig {
     pub resend_every: Duration,
     /// Abort a transaction whose votes are not all in after this long.
     pub prepare_timeout: Duration,
-    /// Planted bugs; all off by default.
-    pub bugs: CoordinatorBugs,
+    /// A planted bug ([`TxnBug::DecisionBeforeSync`],
+    /// [`TxnBug::RecoveryPresumesCommit`]); `None`, the correct protocol,
+    /// by default.
+    pub bug: Option<TxnBug>,
 }
 
 impl Default for CoordinatorConfig {
@@ -82,7 +73,7 @@ impl Default for CoordinatorConfig {
         CoordinatorConfig {
             resend_every: Duration::from_millis(200),
             prepare_timeout: Duration::from_millis(1_000),
-            bugs: CoordinatorBugs::default(),
+            bug: None,
         }
     }
 }
@@ -201,7 +192,7 @@ impl Coordinator {
     }
 
     fn presumption(&self) -> Decision {
-        if self.config.bugs.recovery_presumes_commit {
+        if self.config.bug == Some(TxnBug::RecoveryPresumesCommit) {
             Decision::Commit
         } else {
             Decision::Abort
@@ -421,7 +412,7 @@ impl Coordinator {
             txn,
             participants: ids.clone(),
         })];
-        if !self.config.bugs.decision_before_sync {
+        if self.config.bug != Some(TxnBug::DecisionBeforeSync) {
             steps.push(Step::Sync);
         }
         steps.extend(announce(txn, Decision::Commit, ids));

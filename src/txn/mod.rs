@@ -34,6 +34,52 @@
 //! coordinator restarts. That is 2PC's known blocking window, not a bug. The
 //! replicated mode closes it for up to f lost coordinator replicas.
 
+/// Deliberately broken variants of the transaction protocol, so the
+/// simulator can show it catches the mistakes that matter. `None` in a
+/// role's `bug` is the correct protocol; each role acts only on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TxnBug {
+    /// Shard: vote yes as soon as the prepare record is appended, without
+    /// syncing it (the shell then syncs on an interval).
+    VoteWithoutSync,
+    /// Shard: after [`participant::ABORT_ALONE_AFTER`] in the prepared
+    /// state, abort alone.
+    AbortAlone,
+    /// Shard: accept prepares and decisions from any sender, as the shard
+    /// once did: one forged `Decide` commits or aborts what it likes.
+    DecideFromAnyone,
+    /// Shard: a write of a key the transaction has not read takes the
+    /// exclusive lock even while other transactions hold it shared ("a
+    /// writer that read nothing cannot spoil a read"): two transactions
+    /// that each read what the other writes both commit (write skew).
+    BlindWriteIgnoresReaders,
+    /// Classic coordinator: send the commit decision without syncing its
+    /// record first (the shell then syncs on an interval).
+    DecisionBeforeSync,
+    /// Classic coordinator: after a restart, answer queries about unknown
+    /// transactions with commit instead of abort.
+    RecoveryPresumesCommit,
+    /// Replicated coordinator: the leader acts on the entries in its own
+    /// log as if committed: it prepares and sends decisions (to shards and
+    /// clients) before a majority stored them. A deposed leader's decisions
+    /// then contradict the log's. Carried out by the companion
+    /// ([`shell::CoordService`]), which shows the leader logic that state
+    /// instead of the applied one.
+    SendBeforeCommit,
+    /// Replicated coordinator: a replica answers a shard's query about a
+    /// transaction it has no applied decision for with abort, without
+    /// logging that abort.
+    ReplicaPresumesAbort,
+    /// Replicated coordinator: a new leader drives only the transactions
+    /// started in its own term, not those it inherited.
+    IgnoreInherited,
+    /// Replicated coordinator: a replica answers every question about a
+    /// forgotten transaction (a client's commit or status, a shard's query)
+    /// with abort, as plain presumed abort would, though it may have
+    /// committed.
+    ForgetPresumesAbort,
+}
+
 pub mod bank;
 pub mod client;
 pub mod coordinator;

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{sends, AbortReason, Decision, Key, Knowledge, Msg, Step, TxnEvent, TxnId, Value, Writes};
+use super::{sends, AbortReason, Decision, Key, Knowledge, Msg, Step, TxnBug, TxnEvent, TxnId, Value, Writes};
 use crate::env::{codec, NodeId};
 
 /// What a participant writes to its log.
@@ -62,23 +62,9 @@ pub enum Record {
     },
 }
 
-/// Deliberately broken behaviour, for the simulator's planted bugs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ParticipantBugs {
-    /// Vote yes as soon as the prepare record is appended, without syncing
-    /// it (the shell then syncs on an interval).
-    pub vote_without_sync: bool,
-    /// After this long in the prepared state, abort alone.
-    pub abort_alone_after: Option<Duration>,
-    /// Accept prepares and decisions from any sender, as the shard once
-    /// did: one forged `Decide` commits or aborts what it likes.
-    pub decide_from_anyone: bool,
-    /// A write of a key the transaction has not read takes the exclusive
-    /// lock even while other transactions hold it shared ("a writer that
-    /// read nothing cannot spoil a read"): two transactions that each read
-    /// what the other writes both commit (write skew).
-    pub blind_write_ignores_readers: bool,
-}
+/// How long a prepared transaction waits before the planted bug
+/// [`TxnBug::AbortAlone`] aborts it alone.
+pub const ABORT_ALONE_AFTER: Duration = Duration::from_millis(300);
 
 /// Who a shard listens to and how long it waits.
 #[derive(Debug, Clone)]
@@ -91,8 +77,9 @@ pub struct ParticipantConfig {
     pub active_timeout: Duration,
     /// A prepared transaction asks the coordinator and its peers this often.
     pub query_every: Duration,
-    /// Planted bugs; all off by default.
-    pub bugs: ParticipantBugs,
+    /// A planted bug (the shard's variants of [`TxnBug`]); `None`, the
+    /// correct protocol, by default.
+    pub bug: Option<TxnBug>,
 }
 
 impl Default for ParticipantConfig {
@@ -101,7 +88,7 @@ impl Default for ParticipantConfig {
             coordinators: Vec::new(),
             active_timeout: Duration::from_millis(1_000),
             query_every: Duration::from_millis(200),
-            bugs: ParticipantBugs::default(),
+            bug: None,
         }
     }
 }
@@ -291,7 +278,7 @@ impl Participant {
     /// Whether `from` may tell this shard how `txn` ended: a coordinator,
     /// or a peer this shard asked (one listed in its prepare).
     fn may_decide(&self, from: NodeId, txn: TxnId) -> bool {
-        self.config.bugs.decide_from_anyone
+        self.config.bug == Some(TxnBug::DecideFromAnyone)
             || self.config.coordinators.contains(&from)
             || matches!(
                 self.txns.get(&txn).map(|t| &t.phase),
@@ -335,7 +322,7 @@ impl Participant {
                 self.id
             );
             assert!(
-                !lock.exclusive || lock.holders.len() == 1 || self.config.bugs.blind_write_ignores_readers,
+                !lock.exclusive || lock.holders.len() == 1 || self.config.bug == Some(TxnBug::BlindWriteIgnoresReaders),
                 "shard {}: exclusive lock on {key:?} has holders {:?}",
                 self.id,
                 lock.holders
@@ -416,7 +403,7 @@ impl Participant {
     fn handle(&mut self, now: Duration, from: NodeId, msg: Msg) -> Steps {
         match msg {
             Msg::Prepare { txn, .. } | Msg::Decide { txn, .. }
-                if !self.config.bugs.decide_from_anyone && !self.config.coordinators.contains(&from) =>
+                if self.config.bug != Some(TxnBug::DecideFromAnyone) && !self.config.coordinators.contains(&from) =>
             {
                 self.refuse(from, txn, "a prepare or decision")
             }
@@ -627,7 +614,7 @@ impl Participant {
                     writes: t.writes.clone(),
                     locks,
                 })];
-                if !self.config.bugs.vote_without_sync {
+                if self.config.bug != Some(TxnBug::VoteWithoutSync) {
                     steps.push(Step::Sync);
                 }
                 steps.push(Step::Event(TxnEvent::Voted { txn, yes: true }));
@@ -745,12 +732,10 @@ impl Participant {
                     since,
                     next_query,
                 } => {
-                    if let Some(after) = self.config.bugs.abort_alone_after {
-                        if now.saturating_sub(*since) >= after {
-                            // The planted bug: a unilateral abort after a yes vote.
-                            steps.extend(self.apply(txn, Decision::Abort));
-                            continue;
-                        }
+                    if self.config.bug == Some(TxnBug::AbortAlone) && now.saturating_sub(*since) >= ABORT_ALONE_AFTER {
+                        // The planted bug: a unilateral abort after a yes vote.
+                        steps.extend(self.apply(txn, Decision::Abort));
+                        continue;
                     }
                     if now >= *next_query {
                         *next_query = now + self.config.query_every;
@@ -785,7 +770,10 @@ impl Participant {
             lock.holders.insert(txn);
             return Ok(());
         }
-        if self.config.bugs.blind_write_ignores_readers && exclusive && !lock.exclusive && !lock.holders.contains(&txn)
+        if self.config.bug == Some(TxnBug::BlindWriteIgnoresReaders)
+            && exclusive
+            && !lock.exclusive
+            && !lock.holders.contains(&txn)
         {
             // The planted bug: the readers keep their shared locks.
             lock.exclusive = true;

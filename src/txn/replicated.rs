@@ -68,7 +68,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::phases::{announce, too_many, Delivery, Ids, Round, Tally, Waiters, MAX_PARTICIPANTS};
-use super::{AbortReason, Decision, Msg, Outcome, Step, TxnEvent, TxnId};
+use super::{AbortReason, Decision, Msg, Outcome, Step, TxnBug, TxnEvent, TxnId};
 use crate::env::{codec, NodeId};
 use crate::log::{SnapshotError, StateMachine, Term};
 
@@ -337,27 +337,6 @@ impl StateMachine for CoordMachine {
     }
 }
 
-/// Deliberately broken behaviour, for the simulator's planted bugs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ReplicatedBugs {
-    /// The leader acts on the entries in its own log as if committed: it
-    /// prepares and sends decisions (to shards and clients) before a
-    /// majority stored them. A deposed leader's decisions then contradict
-    /// the log's. Carried out by the companion (`txn::shell::CoordService`),
-    /// which shows the leader logic that state instead of the applied one.
-    pub send_before_commit: bool,
-    /// A replica answers a shard's query about a transaction it has no
-    /// applied decision for with abort, without logging that abort.
-    pub replica_presumes_abort: bool,
-    /// A new leader drives only the transactions started in its own term,
-    /// not those it inherited.
-    pub ignore_inherited: bool,
-    /// A replica answers every question about a forgotten transaction
-    /// (a client's commit or status, a shard's query) with abort, as plain
-    /// presumed abort would, though it may have committed.
-    pub forget_presumes_abort: bool,
-}
-
 /// Timing and limits of a replicated coordinator replica; every replica
 /// of the group should use the same.
 #[derive(Debug, Clone)]
@@ -374,8 +353,9 @@ pub struct ReplicatedConfig {
     pub retain_finished: usize,
     /// The replicated log's own tuning.
     pub log: crate::log::Config,
-    /// Planted bugs; all off by default.
-    pub bugs: ReplicatedBugs,
+    /// A planted bug (the replicated coordinator's variants of
+    /// [`TxnBug`]); `None`, the correct protocol, by default.
+    pub bug: Option<TxnBug>,
 }
 
 impl Default for ReplicatedConfig {
@@ -385,7 +365,7 @@ impl Default for ReplicatedConfig {
             prepare_timeout: Duration::from_millis(1_000),
             retain_finished: 8192,
             log: crate::log::Config::default(),
-            bugs: ReplicatedBugs::default(),
+            bug: None,
         }
     }
 }
@@ -501,7 +481,7 @@ impl CoordLeader {
         for (&txn, state) in &view.machine.txns {
             match state {
                 // PLANTED BUG (ignore_inherited): no round for inherited ones.
-                TxnState::Preparing { client, participants } if !self.config.bugs.ignore_inherited => {
+                TxnState::Preparing { client, participants } if self.config.bug != Some(TxnBug::IgnoreInherited) => {
                     self.rounds.insert(txn, Round::new(*client, participants.clone(), now));
                 }
                 TxnState::Committed {
@@ -574,7 +554,7 @@ impl CoordLeader {
             // never started before the floor passed it (module docs).
             // PLANTED BUG (forget_presumes_abort): a forgotten one presumed aborted.
             Msg::Commit { txn, .. } | Msg::Status { txn }
-                if machine.forgotten(txn) && self.config.bugs.forget_presumes_abort =>
+                if machine.forgotten(txn) && self.config.bug == Some(TxnBug::ForgetPresumesAbort) =>
             {
                 fx.steps.extend(presume_abort(from, txn))
             }
@@ -652,13 +632,13 @@ impl CoordLeader {
             }
             Msg::Query { txn } => match machine.decision(txn) {
                 Some(decision) => fx.steps.extend(tell_shard(from, txn, decision)),
-                None if machine.forgotten(txn) && self.config.bugs.forget_presumes_abort => {
+                None if machine.forgotten(txn) && self.config.bug == Some(TxnBug::ForgetPresumesAbort) => {
                     fx.steps.extend(tell_shard(from, txn, Decision::Abort))
                 }
                 // A stale duplicate: every participant has the decision.
                 None if machine.forgotten(txn) => {}
                 // PLANTED BUG: abort presumed from this replica's memory.
-                None if self.config.bugs.replica_presumes_abort => {
+                None if self.config.bug == Some(TxnBug::ReplicaPresumesAbort) => {
                     fx.steps.extend(tell_shard(from, txn, Decision::Abort))
                 }
                 None if self.term.is_some() && machine.get(txn).is_none() => {
@@ -752,7 +732,7 @@ impl CoordLeader {
                 TxnState::Preparing { client, participants } => {
                     let inherited = !self.starting.remove(&txn);
                     // PLANTED BUG (ignore_inherited): leave inherited ones alone.
-                    let skip = inherited && self.config.bugs.ignore_inherited;
+                    let skip = inherited && self.config.bug == Some(TxnBug::IgnoreInherited);
                     if !skip && !self.rounds.contains_key(&txn) {
                         let mut round = Round::new(*client, participants.clone(), now);
                         fx.steps

@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::coordinator::{Coordinator, CoordinatorConfig};
 use super::participant::{Participant, ParticipantConfig};
 use super::replicated::{Command, CoordLeader, CoordMachine, Effects, ReplicatedConfig, View};
-use super::{Msg, Step, TxnEvent, TxnId};
+use super::{Msg, Step, TxnBug, TxnEvent, TxnId};
 use crate::env::{codec, timeout, Env, NodeId};
 use crate::log::service::{self, Companion, NoProbe, NodeError, Out};
 use crate::log::{Event, Payload, Raft, Role, StateMachine, Wire, WireOf};
@@ -121,7 +121,7 @@ async fn serve<E: Env, C: Core>(env: E, mut core: C, observer: Observer) {
 
 /// Runs a shard from whatever its log holds. Never returns.
 pub async fn run_participant<E: Env>(env: E, config: ParticipantConfig, observer: Observer) {
-    if config.bugs.vote_without_sync {
+    if config.bug == Some(TxnBug::VoteWithoutSync) {
         spawn_lazy_syncer(&env);
     }
     let log = env.load().expect("the participant log is readable");
@@ -140,7 +140,7 @@ pub async fn run_participant<E: Env>(env: E, config: ParticipantConfig, observer
 
 /// Runs the coordinator from whatever its log holds. Never returns.
 pub async fn run_coordinator<E: Env>(env: E, config: CoordinatorConfig, observer: Observer) {
-    if config.bugs.decision_before_sync {
+    if config.bug == Some(TxnBug::DecisionBeforeSync) {
         spawn_lazy_syncer(&env);
     }
     let log = env.load().expect("the coordinator log is readable");
@@ -201,7 +201,7 @@ impl CoordService {
     ) -> Self {
         CoordService {
             me,
-            speculate: config.bugs.send_before_commit,
+            speculate: config.bug == Some(TxnBug::SendBeforeCommit),
             leader: CoordLeader::new(me, coordinators, config),
             observer,
             next_tick: now + TICK,
@@ -357,7 +357,6 @@ mod tests {
     use rand::SeedableRng;
 
     use super::*;
-    use crate::txn::replicated::ReplicatedBugs;
 
     const MS: Duration = Duration::from_millis(1);
     const CLIENT: NodeId = 9;
@@ -456,10 +455,7 @@ mod tests {
     fn send_before_commit_prepares_what_only_the_leader_stored() {
         let mut group = group();
         let config = ReplicatedConfig {
-            bugs: ReplicatedBugs {
-                send_before_commit: true,
-                ..ReplicatedBugs::default()
-            },
+            bug: Some(TxnBug::SendBeforeCommit),
             ..ReplicatedConfig::default()
         };
         let mut service = CoordService::new(1, vec![1, 2, 3], config, no_observer(), Duration::ZERO);

@@ -31,7 +31,7 @@ use ringfence::history::{counter, History, Violation};
 use serde::{Deserialize, Serialize};
 
 use crate::env::SimEnv;
-use crate::scenario::{Bug, Client, Params, Scenario, Workload};
+use crate::scenario::{Bug, Client, Params, Planted, Scenario, Workload};
 
 /// Wire messages of the counter protocol.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -48,6 +48,7 @@ pub const ACK_BEFORE_SYNC: Bug = Bug {
     name: "ack-before-sync",
     about: "the server acknowledges increments as soon as they are appended and syncs every 100 ms",
     caught_by: "acked-increment-lost",
+    planted: Planted::Scenario,
 };
 
 /// The counter scenario; `ack_before_sync` is the planted bug switch.
@@ -155,7 +156,7 @@ impl Scenario for Counter {
 
     fn new(params: &Params) -> Self {
         Counter {
-            ack_before_sync: params.bug.is_some_and(|b| b.name == ACK_BEFORE_SYNC.name),
+            ack_before_sync: params.planted() == Some(Planted::Scenario),
         }
     }
 

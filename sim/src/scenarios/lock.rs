@@ -63,13 +63,13 @@ use ringfence::env::{Env, NodeId};
 use ringfence::history::lock::{check_grants, check_lock, LeasePair, LockOp, ResourceTruth};
 use ringfence::history::{History, Violation};
 use ringfence::lock::resource::{self, ResourceBug, ResourceRequest};
-use ringfence::lock::{server, ClientConfig, LockClient, LockError, ServerConfig, Token};
+use ringfence::lock::{server, ClientConfig, LockBug, LockClient, LockError, ServerConfig, Token};
 use ringfence::log::service::Probe;
 use ringfence::log::{Event, Index, Term};
 
 use crate::env::SimEnv;
 use crate::plan::{AimedAction, DiskLoss, Fault, FaultKind, FaultPlan, Swarm, Targets};
-use crate::scenario::{client_ids, Bug, Client, Params, Scenario, Workload, PROBE_ID};
+use crate::scenario::{client_ids, Bug, Client, Params, Planted, Scenario, Workload, PROBE_ID};
 use crate::scenarios::lock_hostile;
 use crate::world::{derive_rng, stream, World};
 
@@ -78,38 +78,45 @@ pub const NO_FENCING: Bug = Bug {
     about:
         "the resource accepts every token, so a paused or partitioned holder's late write lands after the next holder's",
     caught_by: "fencing",
+    planted: Planted::Resource(ResourceBug::NoFencing),
 };
 pub const UNSYNCED_TOKEN: Bug = Bug {
     name: "unsynced-token",
     about: "tokens come from the leader's own counter, appended to its disk without sync and not replicated",
     caught_by: "token-order",
+    planted: Planted::Lock(LockBug::UnsyncedToken),
 };
 pub const NO_RECHECK: Bug = Bug {
     name: "no-recheck",
     about: "a queued acquire returns once the holder ahead is gone, without re-checking its own session (which may have expired while queued)",
     caught_by: "lease-overlap",
+    planted: Planted::Lock(LockBug::NoRecheck),
 };
 pub const NO_DRIFT_MARGIN: Bug = Bug {
     name: "no-drift-margin",
     about:
         "the client trusts its lease for the full TTL instead of ttl*(1-rho), so a fast server clock expires it first",
     caught_by: "lease-overlap",
+    planted: Planted::Lock(LockBug::NoDriftMargin),
 };
 
 pub const CLIENT_TOKEN: Bug = Bug {
     name: "client-token",
     about: "the server admits a client's hinted acquire, so a client chooses its own fencing token",
     caught_by: "client-token",
+    planted: Planted::Lock(LockBug::ClientToken),
 };
 pub const REAPPLY_RETRIES: Bug = Bug {
     name: "reapply-retries",
     about: "the resource applies a retried or duplicated request again instead of answering it from its table, so a write delayed in the network lands twice",
     caught_by: "lost-increment",
+    planted: Planted::Resource(ResourceBug::ReapplyRetries),
 };
 pub const EXPIRY_RETRY_TOO_SOON: Bug = Bug {
     name: "expiry-retry-too-soon",
     about: "the leader proposes an uncommitted expiry again after a quarter of a heartbeat instead of a TTL: in an expiry storm the retries fill the log faster than it commits",
     caught_by: "liveness",
+    planted: Planted::Lock(LockBug::ExpiryRetryTooSoon),
 };
 
 /// Server lease TTL.
@@ -541,7 +548,7 @@ pub fn storm_at(seed: u64) -> Option<Duration> {
 
 /// The lock scenario; one instance per run.
 pub struct LockScenario {
-    bug: Option<&'static str>,
+    bug: Option<Planted>,
     servers: u32,
     /// Every client's node id, by history index; the probe comes after
     /// them (whose clocks the lease arithmetic concerns).
@@ -563,8 +570,12 @@ impl LockScenario {
     fn resource(&self) -> NodeId {
         self.servers
     }
-    fn has(&self, bug: &Bug) -> bool {
-        self.bug == Some(bug.name)
+    /// The run's planted bug if it is the lock service's.
+    fn lock_bug(&self) -> Option<LockBug> {
+        match self.bug {
+            Some(Planted::Lock(bug)) => Some(bug),
+            _ => None,
+        }
     }
 
     /// Records what client `env` is doing, for aimed faults.
@@ -579,8 +590,7 @@ impl LockScenario {
         ClientConfig {
             drift_bound: self.drift_bound,
             request_timeout: Duration::from_millis(600),
-            no_recheck: self.has(&NO_RECHECK),
-            no_drift_margin: self.has(&NO_DRIFT_MARGIN),
+            bug: self.lock_bug(),
         }
     }
 
@@ -588,9 +598,7 @@ impl LockScenario {
         ServerConfig {
             log: crate::scenarios::log::sim_config(None),
             ttl: TTL,
-            unsynced_token: self.has(&UNSYNCED_TOKEN),
-            client_token: self.has(&CLIENT_TOKEN),
-            expiry_retry_too_soon: self.has(&EXPIRY_RETRY_TOO_SOON),
+            bug: self.lock_bug(),
         }
     }
 
@@ -751,7 +759,7 @@ impl Scenario for LockScenario {
 
     fn new(params: &Params) -> Self {
         LockScenario {
-            bug: params.bug.map(|b| b.name),
+            bug: params.planted(),
             servers: params.servers,
             clients: Self::client_ids(params.workload.clients),
             roles: Arc::default(),
@@ -765,12 +773,9 @@ impl Scenario for LockScenario {
     async fn server(self: Arc<Self>, env: SimEnv) {
         let _ = self.world.set(env.world().clone());
         if env.id() == self.resource() {
-            let bug = if self.has(&NO_FENCING) {
-                Some(ResourceBug::NoFencing)
-            } else if self.has(&REAPPLY_RETRIES) {
-                Some(ResourceBug::ReapplyRetries)
-            } else {
-                None
+            let bug = match self.bug {
+                Some(Planted::Resource(bug)) => Some(bug),
+                _ => None,
             };
             let accesses = self.accesses.clone();
             let record = move |a| accesses.lock().unwrap_or_else(|e| e.into_inner()).push(a);

@@ -69,7 +69,7 @@ use ringfence::log::{Config, Event, Index, Kv, KvCommand, KvOutput, KvQuery, Log
 use super::rogue;
 use crate::env::SimEnv;
 use crate::plan::{Aiming, Fault, FaultKind};
-use crate::scenario::{abort_run, Bug, Client, Params, Scenario, Workload};
+use crate::scenario::{abort_run, Bug, Client, Params, Planted, Scenario, Workload};
 use crate::world::{derive_rng, stream};
 
 pub use ringfence::history::kv::KvOp;
@@ -78,64 +78,53 @@ pub const VOTE_NOT_SYNCED: Bug = Bug {
     name: "vote-not-synced",
     about: "a voter replies before its term and vote are synced; after a crash it may vote twice in a term",
     caught_by: "leader-per-term",
+    planted: Planted::Log(LogBug::VoteNotSynced),
 };
 pub const COMMIT_EARLIER_TERM: Bug = Bug {
     name: "commit-earlier-term",
     about: "a leader commits earlier-term entries by counting replicas (Raft figure 8), without a no-op",
     caught_by: "committed-entry-changed",
+    planted: Planted::Log(LogBug::CommitEarlierTermByCounting),
 };
 pub const NO_STEP_DOWN: Bug = Bug {
     name: "no-step-down",
     about: "a leader that sees a higher term adopts it but keeps leading",
     caught_by: "leader-per-term",
+    planted: Planted::Log(LogBug::NoStepDownOnHigherTerm),
 };
 pub const TERM_OVERFLOW: Bug = Bug {
     name: "term-overflow",
     about: "a replica adopts any term a member sends; after a forged term near u64::MAX an election wraps it to 0",
     caught_by: "panic",
+    planted: Planted::Log(LogBug::UncheckedTerm),
 };
 pub const ACK_BEFORE_SYNC: Bug = Bug {
     name: "ack-before-sync",
     about: "a follower acknowledges appended entries before syncing them",
     caught_by: "committed-entry-changed",
+    planted: Planted::Log(LogBug::AckBeforeSync),
 };
 
 pub const REFUSE_ENTRIES: Bug = Bug {
     name: "refuse-entries",
     about: "one follower takes heartbeats but refuses every entry, while the others commit without it",
     caught_by: "replica-behind",
+    planted: Planted::Log(LogBug::RefuseEntries),
 };
 
 pub const READ_BEFORE_NO_OP: Bug = Bug {
     name: "read-before-no-op",
     about: "a new leader serves reads at its own commit index before its term's no-op commits, missing writes the old leader acknowledged",
     caught_by: "linearizable",
+    planted: Planted::Log(LogBug::ReadBeforeNoOp),
 };
 
 pub const TORN_TAIL_ANYWHERE: Bug = Bug {
     name: "torn-tail-anywhere",
     about: "storage recovery takes any damage for a torn tail, so a bit flipped mid-log silently drops synced records",
     caught_by: "synced-record-lost",
+    planted: Planted::Record(RecordBug::AnyDamageIsTornTail),
 };
-
-/// The planted storage-recovery bug behind a simulator bug name.
-pub fn record_bug(name: &str) -> Option<RecordBug> {
-    (name == TORN_TAIL_ANYWHERE.name).then_some(RecordBug::AnyDamageIsTornTail)
-}
-
-/// The planted bug behind each simulator bug name.
-pub fn log_bug(name: &str) -> Option<LogBug> {
-    Some(match name {
-        "vote-not-synced" => LogBug::VoteNotSynced,
-        "commit-earlier-term" => LogBug::CommitEarlierTermByCounting,
-        "no-step-down" => LogBug::NoStepDownOnHigherTerm,
-        "ack-before-sync" => LogBug::AckBeforeSync,
-        "term-overflow" => LogBug::UncheckedTerm,
-        "refuse-entries" => LogBug::RefuseEntries,
-        "read-before-no-op" => LogBug::ReadBeforeNoOp,
-        _ => return None,
-    })
-}
 
 /// How long, after the probe's write and read, every running replica has to
 /// apply everything applied anywhere: a few heartbeats and one snapshot.
@@ -440,8 +429,14 @@ impl<const N: u32> Scenario for LogScenario<N> {
 
     fn new(params: &Params) -> Self {
         LogScenario {
-            bug: params.bug.and_then(|b| log_bug(b.name)),
-            record_bug: params.bug.and_then(|b| record_bug(b.name)),
+            bug: match params.planted() {
+                Some(Planted::Log(bug)) => Some(bug),
+                _ => None,
+            },
+            record_bug: match params.planted() {
+                Some(Planted::Record(bug)) => Some(bug),
+                _ => None,
+            },
             members: (1..=params.servers).collect(),
             timers: Timers::for_seed(params.seed),
             observer: Arc::new(Observer::default()),

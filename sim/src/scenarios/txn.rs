@@ -45,12 +45,12 @@ use ringfence::env::{codec, Env, NodeId};
 use ringfence::history::{bank, History, Violation};
 use ringfence::log::{Wire, WireOf};
 use ringfence::txn::client::{ClientConfig, TxnClient, TxnError};
-use ringfence::txn::coordinator::{CoordinatorBugs, CoordinatorConfig};
-use ringfence::txn::participant::{ParticipantBugs, ParticipantConfig};
+use ringfence::txn::coordinator::CoordinatorConfig;
+use ringfence::txn::participant::ParticipantConfig;
 use ringfence::txn::placement::RingShardMap;
-use ringfence::txn::replicated::{Command, CoordMachine, ReplicatedBugs, ReplicatedConfig};
+use ringfence::txn::replicated::{Command, CoordMachine, ReplicatedConfig};
 use ringfence::txn::shell::{run_coordinator, run_participant, run_replicated_coordinator, Observer};
-use ringfence::txn::{AbortReason, Decision, Msg, Outcome, TxnEvent, TxnId};
+use ringfence::txn::{AbortReason, Decision, Msg, Outcome, TxnBug, TxnEvent, TxnId};
 
 use ringfence::txn::bank::{account_key, decode_balance, encode_balance};
 
@@ -59,7 +59,7 @@ use super::rogue;
 pub mod registers;
 use crate::env::SimEnv;
 use crate::plan::FaultKind;
-use crate::scenario::{Bug, Client, Params, Scenario, Workload};
+use crate::scenario::{Bug, Client, Params, Planted, Scenario, Workload};
 
 /// Number of accounts.
 pub const ACCOUNTS: u32 = 6;
@@ -74,53 +74,63 @@ pub const DECISION_BEFORE_SYNC: Bug = Bug {
     name: "decision-before-sync",
     about: "the coordinator sends a commit decision before its record is synced (it syncs every 250 ms)",
     caught_by: "decision-changed",
+    planted: Planted::Txn(TxnBug::DecisionBeforeSync),
 };
 pub const VOTE_WITHOUT_SYNCED_PREPARE: Bug = Bug {
     name: "vote-without-synced-prepare",
     about: "a shard votes yes before its prepare record is synced (it syncs every 250 ms)",
     caught_by: "commit-without-yes-vote",
+    planted: Planted::Txn(TxnBug::VoteWithoutSync),
 };
 pub const PARTICIPANT_ABORTS_ALONE: Bug = Bug {
     name: "participant-aborts-alone",
     about: "a shard that voted yes aborts on its own after 300 ms without a decision",
     caught_by: "atomicity",
+    planted: Planted::Txn(TxnBug::AbortAlone),
 };
 pub const DECIDE_FROM_ANYONE: Bug = Bug {
     name: "decide-from-anyone",
     about: "a shard accepts prepares and decisions from any sender, not only from the coordinator",
     caught_by: "commit-without-yes-vote",
+    planted: Planted::Txn(TxnBug::DecideFromAnyone),
 };
 pub const BLIND_WRITE_IGNORES_READERS: Bug = Bug {
     name: "blind-write-ignores-readers",
     about: "a shard grants a write of a key the transaction has not read while other transactions hold it shared (write skew)",
     caught_by: "serializable",
+    planted: Planted::Txn(TxnBug::BlindWriteIgnoresReaders),
 };
 pub const RECOVERY_PRESUMES_COMMIT: Bug = Bug {
     name: "recovery-presumes-commit",
     about: "a restarted coordinator answers queries about transactions it does not know with commit",
     caught_by: "commit-without-yes-vote",
+    planted: Planted::Txn(TxnBug::RecoveryPresumesCommit),
 };
 
 pub const SEND_BEFORE_COMMIT: Bug = Bug {
     name: "send-before-commit",
     about: "the coordinator leader acts on entries in its own log as if committed: prepares and sends decisions before a majority stored them",
     caught_by: "decision-changed",
+    planted: Planted::Txn(TxnBug::SendBeforeCommit),
 };
 pub const REPLICA_PRESUMES_ABORT: Bug = Bug {
     name: "replica-presumes-abort",
     about: "a coordinator replica answers a query about a transaction it has no applied decision for with abort, without logging it",
     caught_by: "decision-changed",
+    planted: Planted::Txn(TxnBug::ReplicaPresumesAbort),
 };
 pub const IGNORE_INHERITED: Bug = Bug {
     name: "ignore-inherited",
     about: "a new coordinator leader drives only transactions started in its own term, not those it inherited",
     caught_by: "liveness",
+    planted: Planted::Txn(TxnBug::IgnoreInherited),
 };
 pub const FORGET_PRESUMES_ABORT: Bug = Bug {
     name: "forget-presumes-abort",
     about:
         "a coordinator replica answers questions about a forgotten transaction with abort, though it may have committed",
     caught_by: "decision-changed",
+    planted: Planted::Txn(TxnBug::ForgetPresumesAbort),
 };
 
 /// The bank scenario with `C` coordinator replicas (1: classic 2PC; 3: the
@@ -132,9 +142,9 @@ pub const FORGET_PRESUMES_ABORT: Bug = Bug {
 /// [`LOAD_SNAPSHOT_EVERY`] entries, so that a run forgets under pressure
 /// and its replicas snapshot, install snapshots and restart from them.
 pub struct Bank<const C: u32, const LOAD: u32 = 1> {
-    coordinator: CoordinatorBugs,
-    replicated: ReplicatedBugs,
-    participant: ParticipantBugs,
+    /// The run's planted bug if it is the transaction protocol's (each
+    /// role acts only on its own).
+    bug: Option<TxnBug>,
     placement: Arc<RingShardMap>,
     probe_client: u32,
     events: Mutex<Vec<(NodeId, TxnEvent)>>,
@@ -521,23 +531,10 @@ impl<const C: u32, const LOAD: u32> Scenario for Bank<C, LOAD> {
     }
 
     fn new(params: &Params) -> Self {
-        let bug = |b: &Bug| params.bug.is_some_and(|x| x.name == b.name);
         Bank {
-            coordinator: CoordinatorBugs {
-                decision_before_sync: bug(&DECISION_BEFORE_SYNC),
-                recovery_presumes_commit: bug(&RECOVERY_PRESUMES_COMMIT),
-            },
-            replicated: ReplicatedBugs {
-                send_before_commit: bug(&SEND_BEFORE_COMMIT),
-                replica_presumes_abort: bug(&REPLICA_PRESUMES_ABORT),
-                ignore_inherited: bug(&IGNORE_INHERITED),
-                forget_presumes_abort: bug(&FORGET_PRESUMES_ABORT),
-            },
-            participant: ParticipantBugs {
-                vote_without_sync: bug(&VOTE_WITHOUT_SYNCED_PREPARE),
-                abort_alone_after: bug(&PARTICIPANT_ABORTS_ALONE).then_some(Duration::from_millis(300)),
-                decide_from_anyone: bug(&DECIDE_FROM_ANYONE),
-                blind_write_ignores_readers: bug(&BLIND_WRITE_IGNORES_READERS),
+            bug: match params.planted() {
+                Some(Planted::Txn(bug)) => Some(bug),
+                _ => None,
             },
             placement: Arc::new(
                 RingShardMap::new((COORDINATOR + C..=params.servers).collect()).expect("distinct shard ids"),
@@ -552,13 +549,13 @@ impl<const C: u32, const LOAD: u32> Scenario for Bank<C, LOAD> {
         let observer = self.observer(&env);
         if C == 1 && env.id() == COORDINATOR {
             let config = CoordinatorConfig {
-                bugs: self.coordinator,
+                bug: self.bug,
                 ..CoordinatorConfig::default()
             };
             run_coordinator(env, config, observer).await
         } else if env.id() < COORDINATOR + C {
             let mut config = ReplicatedConfig {
-                bugs: self.replicated,
+                bug: self.bug,
                 // Small, so that runs forget transactions (a Forget every
                 // few decisions) while clients still retry and shards ask.
                 retain_finished: 4,
@@ -577,7 +574,7 @@ impl<const C: u32, const LOAD: u32> Scenario for Bank<C, LOAD> {
         } else {
             let config = ParticipantConfig {
                 coordinators: coordinators(C),
-                bugs: self.participant,
+                bug: self.bug,
                 ..ParticipantConfig::default()
             };
             run_participant(env, config, observer).await
