@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use ringfence::env::NodeId;
 use ringfence::lock::{self, ClientConfig, FencedResource, LockClient, ServerConfig, Token};
-use ringfence::log::service::NoProbe;
+use ringfence::observe::Ignore;
 use ringfence::real::auth::{ClientCredentials, ClusterSecret, FIRST_PRINCIPAL};
 use ringfence::real::{NodeConfig, RealEnv};
 use tokio::net::TcpListener;
@@ -166,7 +166,7 @@ async fn start_lock_service(dir: &Path, secret: &ClusterSecret) -> std::io::Resu
             ..ServerConfig::default()
         };
         let members = peers.keys().copied().collect();
-        tokio::spawn(lock::server::run(env, members, config, Arc::new(NoProbe)));
+        tokio::spawn(lock::server::run(env, members, config, Arc::new(Ignore)));
     }
     Ok(peers)
 }

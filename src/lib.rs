@@ -55,6 +55,7 @@ pub mod env;
 pub mod history;
 pub mod lock;
 pub mod log;
+pub mod observe;
 pub mod real;
 pub mod ring;
 pub mod txn;

@@ -396,7 +396,7 @@ fn scenario_window_ms(case: &crate::runner::Case) -> u64 {
 /// shared lock, and how fast such runs simulate.
 fn lock_round_trips() {
     use ringfence::lock::{server, ClientConfig, LockClient, ServerConfig};
-    use ringfence::log::service::NoProbe;
+    use ringfence::observe::Ignore;
     use scenarios::lock::{DRIFT_BOUND, TTL};
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;
@@ -430,7 +430,7 @@ fn lock_round_trips() {
                                 ttl: TTL,
                                 ..ServerConfig::default()
                             };
-                            let _ = server::run(env, members, config, Arc::new(NoProbe)).await;
+                            let _ = server::run(env, members, config, Arc::new(Ignore)).await;
                         }
                     })
                     .build();

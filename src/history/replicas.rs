@@ -2,7 +2,7 @@
 //! ([`crate::log::Event`]) as they happen, so that a run can stop at the
 //! first violation with the moment it happened in view. The simulator's log
 //! scenarios feed every replica's events to one [`Replicas`]; a test or a
-//! service can do the same with a [`crate::log::service::Probe`].
+//! service can do the same with a [`crate::observe::Observer`].
 //!
 //! - `leader-per-term`: at most one leader per term;
 //! - `apply-order`: a replica applies consecutive indices (after a restart

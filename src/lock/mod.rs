@@ -20,7 +20,7 @@
 /// Deliberately broken variants of the lock service, so the simulator can
 /// show it catches the mistakes that matter. The configs carry one only
 /// with the `planted-bugs` feature; `None` is the correct protocol. (The
-/// demo resource's own are [`resource::ResourceBug`].)
+/// demo resource's own are `resource::ResourceBug`.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum LockBug {
     /// Client: a queued acquire returns once the holder ahead is gone,

@@ -23,8 +23,9 @@ use std::time::Duration;
 use super::machine::{LockCommand, LockMachine, LockOutput, LockQuery, LockView, Request, SessionId};
 use super::{LockBug, MAX_SESSIONS};
 use crate::env::{Env, NodeId};
-use crate::log::service::{self, Companion, NodeError, Out, Probe};
+use crate::log::service::{self, Companion, NodeError, Out};
 use crate::log::{ClientId, Outcome, Raft, RequestId, Response, Role, Wire, WireOf};
+use crate::observe::Observer;
 
 /// Configuration of a lock server; build with `..ServerConfig::default()`.
 #[derive(Debug, Clone)]
@@ -156,11 +157,11 @@ pub async fn run<E: Env>(
     env: E,
     members: Vec<NodeId>,
     config: ServerConfig,
-    probe: Arc<dyn Probe>,
+    observer: Arc<dyn Observer<crate::log::Event>>,
 ) -> Result<(), NodeError> {
     let log = config.log.clone();
     let companion = LockService::new(env.id(), config);
-    service::run(env, members, log, companion, probe).await
+    service::run(env, members, log, companion, observer).await
 }
 
 /// The lock service's companion on the log: admission of client commands,

@@ -53,22 +53,7 @@ use super::state_machine::StateMachine;
 use super::types::{ClientId, Event, Term, Wire};
 use super::Config;
 use crate::env::{codec, Env, EnvError, NodeId};
-
-/// Watches what replicas do (tests and the simulator's checkers). Called
-/// synchronously, in order, before the output's messages are sent.
-pub trait Probe: Send + Sync + 'static {
-    /// Called with each observer event of `node`'s replica, stamped with
-    /// its clock's `now`; must not block, the replica waits for it.
-    fn observe(&self, node: NodeId, now: Duration, event: &Event);
-}
-
-/// A probe that ignores everything.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct NoProbe;
-
-impl Probe for NoProbe {
-    fn observe(&self, _: NodeId, _: Duration, _: &Event) {}
-}
+use crate::observe::Observer;
 
 /// Why a replica stopped.
 #[derive(Debug, thiserror::Error)]
@@ -251,9 +236,9 @@ pub async fn run_plain<E: Env, S: StateMachine>(
     env: E,
     members: Vec<NodeId>,
     config: Config,
-    probe: Arc<dyn Probe>,
+    observer: Arc<dyn Observer<Event>>,
 ) -> Result<(), NodeError> {
-    run(env, members, config, Plain::<S>::default(), probe).await
+    run(env, members, config, Plain::<S>::default(), observer).await
 }
 
 /// Runs replica `env.id()` of the group `members` with `companion` until
@@ -264,10 +249,10 @@ pub async fn run<E: Env, C: Companion>(
     members: Vec<NodeId>,
     config: Config,
     companion: C,
-    probe: Arc<dyn Probe>,
+    observer: Arc<dyn Observer<Event>>,
 ) -> Result<(), NodeError> {
     let records = env.load()?;
-    let mut engine = Engine::start(&env, members, config, companion, records, probe)?;
+    let mut engine = Engine::start(&env, members, config, companion, records, observer)?;
     loop {
         engine.round().await?;
     }
@@ -281,7 +266,7 @@ struct Engine<'e, E: Env, C: Companion> {
     out: Out<C::Machine, C::Wire>,
     /// The term this replica leads, as last told to the companion.
     leading: Option<Term>,
-    probe: Arc<dyn Probe>,
+    observer: Arc<dyn Observer<Event>>,
 }
 
 impl<'e, E: Env, C: Companion> Engine<'e, E, C> {
@@ -291,7 +276,7 @@ impl<'e, E: Env, C: Companion> Engine<'e, E, C> {
         config: Config,
         mut companion: C,
         records: Vec<Vec<u8>>,
-        probe: Arc<dyn Probe>,
+        observer: Arc<dyn Observer<Event>>,
     ) -> Result<Self, NodeError> {
         let records = companion.recover(records);
         let raft = Raft::recover(env.id(), &members, config, env.rng(), &records, env.now())?;
@@ -307,7 +292,7 @@ impl<'e, E: Env, C: Companion> Engine<'e, E, C> {
             companion,
             out: Out::new(env.id(), None),
             leading: None,
-            probe,
+            observer,
         })
     }
 
@@ -377,7 +362,7 @@ impl<'e, E: Env, C: Companion> Engine<'e, E, C> {
         let events = std::mem::take(&mut output.events);
         let now = self.env.now();
         for event in &events {
-            self.probe.observe(me, now, event);
+            self.observer.observe(me, now, event);
         }
         persist(self.env, &output).await?;
         for (to, msg) in output.messages {

@@ -48,12 +48,13 @@ use super::auth::{ClientCredentials, ClusterSecret, CredentialError, FIRST_PRINC
 use super::{NodeConfig, RealEnv};
 use crate::env::NodeId;
 use crate::lock::{self, ServerConfig};
-use crate::log::service::{NoProbe, NodeError};
+use crate::log::service::NodeError;
+use crate::observe::Ignore;
 use crate::txn;
 use crate::txn::client::TxnClient;
 use crate::txn::participant::ParticipantConfig;
 use crate::txn::placement::RingShardMap;
-use crate::txn::shell::{self, no_observer};
+use crate::txn::shell;
 
 /// The cluster file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -408,19 +409,19 @@ pub async fn run_node(config: &ClusterConfig, id: NodeId, init: bool) -> Result<
         lock_env.clone(),
         config.lock_servers().into_keys().collect(),
         config.lock_server_config(),
-        Arc::new(NoProbe),
+        Arc::new(Ignore),
     );
     let coordinator = shell::run_replicated_coordinator(
         txn_env.clone(),
         config.coordinators(),
         Default::default(),
-        no_observer(),
+        Arc::new(Ignore),
     );
     let shard_config = ParticipantConfig {
         coordinators: config.coordinators(),
         ..Default::default()
     };
-    let shard = shell::run_participant(shard_env.clone(), shard_config, no_observer());
+    let shard = shell::run_participant(shard_env.clone(), shard_config, Arc::new(Ignore));
     let result = tokio::select! {
         result = lock => result.map_err(RunError::Lock),
         result = coordinator => result.map_err(RunError::Coordinator),

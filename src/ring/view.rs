@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// A storage node is named by the crate-wide [`NodeId`](crate::env::NodeId),
+/// A storage node is named by the crate-wide [`crate::env::NodeId`],
 /// the id the node has on the network and in the cluster file. Placement
 /// depends only on this id (and the node's weight), never on its position
 /// in the node list, so reordering the list does not move keys (except for

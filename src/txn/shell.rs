@@ -13,17 +13,12 @@ use super::participant::{Participant, ParticipantConfig};
 use super::replicated::{Command, CoordLeader, CoordMachine, Effects, ReplicatedConfig, View};
 use super::{Msg, Step, TxnBug, TxnEvent, TxnId};
 use crate::env::{codec, timeout, Env, NodeId};
-use crate::log::service::{self, Companion, NoProbe, NodeError, Out};
+use crate::log::service::{self, Companion, NodeError, Out};
 use crate::log::{Event, Payload, Raft, Role, StateMachine, Wire, WireOf};
+use crate::observe::{Ignore, Observer};
 
-/// Receives every [`TxnEvent`] a core reports, with the reporting node.
-/// The simulator collects them for its checks; a service may log them.
-pub type Observer = Arc<dyn Fn(NodeId, &TxnEvent) + Send + Sync>;
-
-/// An observer that ignores everything.
-pub fn no_observer() -> Observer {
-    Arc::new(|_, _| {})
-}
+/// Receives every [`TxnEvent`] a role reports (see [`crate::observe`]).
+pub type TxnObserver = Arc<dyn Observer<TxnEvent>>;
 
 /// How often the cores' timeouts are evaluated.
 pub const TICK: Duration = Duration::from_millis(50);
@@ -33,7 +28,7 @@ const LAZY_SYNC_EVERY: Duration = Duration::from_millis(250);
 
 /// Executes a core's steps in order. A step list that syncs before it sends
 /// is what makes "durable before visible" hold.
-pub async fn execute<E: Env, R: Serialize>(env: &E, steps: Vec<Step<R>>, observer: &Observer) {
+pub async fn execute<E: Env, R: Serialize>(env: &E, steps: Vec<Step<R>>, observer: &TxnObserver) {
     for step in steps {
         match step {
             Step::Append(record) => env
@@ -45,7 +40,7 @@ pub async fn execute<E: Env, R: Serialize>(env: &E, steps: Vec<Step<R>>, observe
             }
             Step::Event(event) => {
                 tracing::debug!(?event, "txn");
-                observer(env.id(), &event);
+                observer.observe(env.id(), env.now(), &event);
             }
         }
     }
@@ -103,7 +98,7 @@ impl Core for Coordinator {
 
 /// Feeds messages and ticks to a recovered core forever, executing its
 /// steps in order.
-async fn serve<E: Env, C: Core>(env: E, mut core: C, observer: Observer) {
+async fn serve<E: Env, C: Core>(env: E, mut core: C, observer: TxnObserver) {
     let mut next_tick = env.now() + TICK;
     loop {
         if let Some((from, msg)) = next_message(&env, next_tick).await {
@@ -120,7 +115,7 @@ async fn serve<E: Env, C: Core>(env: E, mut core: C, observer: Observer) {
 }
 
 /// Runs a shard from whatever its log holds. Never returns.
-pub async fn run_participant<E: Env>(env: E, config: ParticipantConfig, observer: Observer) {
+pub async fn run_participant<E: Env>(env: E, config: ParticipantConfig, observer: TxnObserver) {
     if config.bug == Some(TxnBug::VoteWithoutSync) {
         spawn_lazy_syncer(&env);
     }
@@ -139,7 +134,7 @@ pub async fn run_participant<E: Env>(env: E, config: ParticipantConfig, observer
 }
 
 /// Runs the coordinator from whatever its log holds. Never returns.
-pub async fn run_coordinator<E: Env>(env: E, config: CoordinatorConfig, observer: Observer) {
+pub async fn run_coordinator<E: Env>(env: E, config: CoordinatorConfig, observer: TxnObserver) {
     if config.bug == Some(TxnBug::DecisionBeforeSync) {
         spawn_lazy_syncer(&env);
     }
@@ -164,11 +159,11 @@ pub async fn run_replicated_coordinator<E: Env>(
     env: E,
     coordinators: Vec<NodeId>,
     config: ReplicatedConfig,
-    observer: Observer,
+    observer: TxnObserver,
 ) -> Result<(), NodeError> {
     let log = config.log.clone();
     let companion = CoordService::new(env.id(), coordinators.clone(), config, observer, env.now());
-    service::run(env, coordinators, log, companion, Arc::new(NoProbe)).await
+    service::run(env, coordinators, log, companion, Arc::new(Ignore)).await
 }
 
 /// The replicated coordinator's companion on the log: `Msg::Log` from the
@@ -181,7 +176,7 @@ pub async fn run_replicated_coordinator<E: Env>(
 pub struct CoordService {
     me: NodeId,
     leader: CoordLeader,
-    observer: Observer,
+    observer: TxnObserver,
     next_tick: Duration,
     /// Planted bug `send_before_commit`: the leader logic sees the state its
     /// whole log would give, and acts on what it proposed at once.
@@ -196,7 +191,7 @@ impl CoordService {
         me: NodeId,
         coordinators: Vec<NodeId>,
         config: ReplicatedConfig,
-        observer: Observer,
+        observer: TxnObserver,
         now: Duration,
     ) -> Self {
         CoordService {
@@ -211,7 +206,7 @@ impl CoordService {
 
     /// Hands the leader logic's proposals to the log and its steps to the
     /// network and the observer.
-    fn carry(&mut self, fx: Effects, out: &mut Out<CoordMachine, Msg>) {
+    fn carry(&mut self, now: Duration, fx: Effects, out: &mut Out<CoordMachine, Msg>) {
         for command in fx.propose {
             if self.speculate {
                 // PLANTED BUG: what was appended is acted on at once.
@@ -224,7 +219,7 @@ impl CoordService {
                 Step::Send(to, msg) => out.send(to, msg),
                 Step::Event(event) => {
                     tracing::debug!(?event, "txn");
-                    (self.observer)(self.me, &event);
+                    self.observer.observe(self.me, now, &event);
                 }
                 Step::Append(()) | Step::Sync => unreachable!("the leader logic keeps no records of its own"),
             }
@@ -275,7 +270,7 @@ impl Companion for CoordService {
             },
             msg => {
                 let fx = self.act(replica, |leader, view| leader.on_message(now, from, msg, view));
-                self.carry(fx, out);
+                self.carry(now, fx, out);
                 None
             }
         }
@@ -318,11 +313,11 @@ impl Companion for CoordService {
                 _ => None,
             };
             if let Some(report) = report {
-                (self.observer)(self.me, &report);
+                self.observer.observe(self.me, now, &report);
             }
         }
         let fx = self.act(replica, |leader, view| leader.on_applied(now, view, applied));
-        self.carry(fx, out);
+        self.carry(now, fx, out);
     }
 
     fn on_tick(&mut self, now: Duration, replica: &Raft<CoordMachine>, out: &mut Out<CoordMachine, Msg>) {
@@ -331,7 +326,7 @@ impl Companion for CoordService {
         }
         self.next_tick = now + TICK;
         let fx = self.act(replica, |leader, view| leader.tick(now, view));
-        self.carry(fx, out);
+        self.carry(now, fx, out);
     }
 
     fn next_deadline(&self) -> Duration {
@@ -440,7 +435,7 @@ mod tests {
     fn the_coordinator_companion_prepares_only_what_the_log_committed() {
         let mut group = group();
         let config = ReplicatedConfig::default();
-        let mut service = CoordService::new(1, vec![1, 2, 3], config, no_observer(), Duration::ZERO);
+        let mut service = CoordService::new(1, vec![1, 2, 3], config, Arc::new(Ignore), Duration::ZERO);
         let mut out = Out::new(1, Some(group[0].term()));
         let output = commit_one(&mut group[0], &mut service, &mut out);
         assert_eq!(prepares(&out), 0, "appended, not committed: {:?}", out.messages);
@@ -458,7 +453,7 @@ mod tests {
             bug: Some(TxnBug::SendBeforeCommit),
             ..ReplicatedConfig::default()
         };
-        let mut service = CoordService::new(1, vec![1, 2, 3], config, no_observer(), Duration::ZERO);
+        let mut service = CoordService::new(1, vec![1, 2, 3], config, Arc::new(Ignore), Duration::ZERO);
         let mut out = Out::new(1, Some(group[0].term()));
         let _undelivered = commit_one(&mut group[0], &mut service, &mut out);
         assert_eq!(prepares(&out), 1, "{:?}", out.messages);

@@ -64,8 +64,8 @@ use ringfence::history::lock::{check_grants, check_lock, LeasePair, LockOp, Reso
 use ringfence::history::{History, Violation};
 use ringfence::lock::resource::{self, ResourceBug, ResourceRequest};
 use ringfence::lock::{server, ClientConfig, LockBug, LockClient, LockError, ServerConfig, Token};
-use ringfence::log::service::Probe;
 use ringfence::log::{Event, Index, Term};
+use ringfence::observe::Observer;
 
 use crate::env::SimEnv;
 use crate::plan::{AimedAction, DiskLoss, Fault, FaultKind, FaultPlan, Swarm, Targets};
@@ -320,7 +320,7 @@ struct LeaderWatch {
     applied: Arc<Mutex<BTreeMap<Index, Vec<u8>>>>,
 }
 
-impl Probe for LeaderWatch {
+impl Observer<Event> for LeaderWatch {
     fn observe(&self, node: NodeId, _now: Duration, event: &Event) {
         if let Event::Applied { index, payload, .. } = event {
             let mut applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());

@@ -4,8 +4,8 @@
 //! Same shape as the counter tutorial:
 //!
 //! 1. **The protocol** is `ringfence::log::service::run_plain` with [`Kv`]; each boot
-//!    rebuilds the replica from its disk. An [`Observer`] (a
-//!    `ringfence::log::service::Probe`) watches every replica's events as they
+//!    rebuilds the replica from its disk. A [`Judge`] (a
+//!    `ringfence::observe::Observer`) watches every replica's events as they
 //!    happen and stops the run at the first safety violation that
 //!    `ringfence::history::replicas` finds, naming it:
 //!    - `leader-per-term`: at most one leader per term;
@@ -28,7 +28,7 @@
 //!    read from the future has no linearization. The planted bug
 //!    `read-before-no-op` has no other symptom.
 //!
-//! Planted bugs (`ringfence::log::LogBug`): each makes the observer stop the
+//! Planted bugs (`ringfence::log::LogBug`): each makes the judge stop the
 //! run with a named violation ([`abort_run`]), or a replica's own assertion
 //! stop it as a `panic` whose detail says what broke; `tests/log_sim.rs`
 //! checks each is caught for the right reason.
@@ -63,8 +63,9 @@ use ringfence::env::{codec, timeout, Env, NodeId};
 use ringfence::history::replicas::Replicas;
 use ringfence::history::{kv, History, Violation};
 use ringfence::log::client::{Client as LogClient, ClientError};
-use ringfence::log::service::{self, Probe};
+use ringfence::log::service;
 use ringfence::log::{Config, Event, Index, Kv, KvCommand, KvOutput, KvQuery, LogBug, Wire, WireOf};
+use ringfence::observe::Observer;
 
 use super::rogue;
 use crate::env::SimEnv;
@@ -138,7 +139,7 @@ const GIVE_UP: Duration = Duration::from_secs(2);
 /// Watches replicas' events; stops the run at the first safety violation
 /// that [`Replicas`] finds ([`abort_run`]).
 #[derive(Default)]
-pub struct Observer {
+pub struct Judge {
     state: Mutex<Observed>,
 }
 
@@ -149,7 +150,7 @@ struct Observed {
     stopped: BTreeSet<NodeId>,
 }
 
-impl Observer {
+impl Judge {
     fn booted(&self, node: NodeId) {
         let mut s = self.lock();
         s.replicas.booted(node);
@@ -234,17 +235,17 @@ fn hazard_window(rng: &mut ChaCha8Rng, at_ms: u64, intensity: f64, servers: usiz
     }
 }
 
-/// One replica's probe: the shared [`Observer`] judges, and the replica's
+/// One replica's observer: the shared [`Judge`] judges, and the replica's
 /// votes, elections, proposals and commits are reported to the simulator as
 /// moments for the role-aware faults to aim at.
-struct ReplicaProbe {
-    observer: Arc<Observer>,
+struct ReplicaObserver {
+    judge: Arc<Judge>,
     env: SimEnv,
 }
 
-impl Probe for ReplicaProbe {
+impl Observer<Event> for ReplicaObserver {
     fn observe(&self, node: NodeId, now: Duration, event: &Event) {
-        self.observer.observe(node, now, event);
+        self.judge.observe(node, now, event);
         let moment = match event {
             Event::Voted { .. } => moment::VOTE,
             Event::Leader { .. } => moment::LEAD,
@@ -258,7 +259,7 @@ impl Probe for ReplicaProbe {
     }
 }
 
-impl Probe for Observer {
+impl Observer<Event> for Judge {
     fn observe(&self, node: NodeId, _now: Duration, event: &Event) {
         if let Err(violation) = self.lock().replicas.observe(node, event) {
             abort_run(violation);
@@ -273,7 +274,7 @@ pub struct LogScenario<const N: u32> {
     members: Vec<NodeId>,
     /// This run's replica timers ([`Timers::for_seed`]).
     timers: Timers,
-    observer: Arc<Observer>,
+    judge: Arc<Judge>,
 }
 
 /// The replica configuration the scenario runs.
@@ -439,7 +440,7 @@ impl<const N: u32> Scenario for LogScenario<N> {
             },
             members: (1..=params.servers).collect(),
             timers: Timers::for_seed(params.seed),
-            observer: Arc::new(Observer::default()),
+            judge: Arc::new(Judge::default()),
         }
     }
 
@@ -465,28 +466,28 @@ impl<const N: u32> Scenario for LogScenario<N> {
 
     /// Hostile Raft messages a correct replica refuses ([`rogue`]).
     fn rogue(&self, rng: &mut ChaCha8Rng, _from: NodeId, _to: NodeId) -> Option<Vec<u8>> {
-        let known = self.observer.lock().replicas.last_leader_term().unwrap_or(0);
+        let known = self.judge.lock().replicas.last_leader_term().unwrap_or(0);
         let msg: WireOf<Kv> = Wire::Raft(rogue::raft_message(rng, known));
         codec::encode(&msg).ok()
     }
 
     async fn server(self: Arc<Self>, env: SimEnv) {
         let node_id = env.id();
-        self.observer.booted(node_id);
+        self.judge.booted(node_id);
         env.set_record_bug(self.record_bug);
-        let probe = Arc::new(ReplicaProbe {
-            observer: self.observer.clone(),
+        let observer = Arc::new(ReplicaObserver {
+            judge: self.judge.clone(),
             env: env.clone(),
         });
         let config = timed_config(self.bug, self.timers);
         tracing::info!(timers = ?self.timers, "replica boots");
-        let result = service::run_plain::<SimEnv, Kv>(env, self.members.clone(), config, probe).await;
+        let result = service::run_plain::<SimEnv, Kv>(env, self.members.clone(), config, observer).await;
         if let Err(error) = result {
             // The replica stopped to protect what it acknowledged (a failed
             // write, or a corrupt disk it refuses to start on); it stays
             // down until the nemesis restarts it.
             tracing::warn!(%error, "replica stopped");
-            self.observer.stopped(node_id);
+            self.judge.stopped(node_id);
             std::future::pending::<()>().await;
         }
     }
@@ -513,9 +514,9 @@ impl<const N: u32> Scenario for LogScenario<N> {
         let mut log = LogClient::<SimEnv, Kv>::new(env.clone(), client.servers.clone());
         while !Self::operate(&client, &mut log, KvOp::Add { key: 0, result: None }).await {}
         while !Self::operate(&client, &mut log, KvOp::Get { key: 0, value: None }).await {}
-        let target = self.observer.lock().replicas.highest_applied().unwrap_or(0);
+        let target = self.judge.lock().replicas.highest_applied().unwrap_or(0);
         let caught_up = timeout(&env, CATCH_UP_BOUND, async {
-            while !self.observer.behind(target).is_empty() {
+            while !self.judge.behind(target).is_empty() {
                 env.sleep(Duration::from_millis(10)).await;
             }
         });
@@ -524,7 +525,7 @@ impl<const N: u32> Scenario for LogScenario<N> {
                 "replica-behind",
                 format!(
                     "after the heal, replicas (id, last applied) {:?} did not apply up to index {target} within {CATCH_UP_BOUND:?}",
-                    self.observer.behind(target)
+                    self.judge.behind(target)
                 ),
                 vec![],
             ));

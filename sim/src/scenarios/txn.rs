@@ -49,7 +49,7 @@ use ringfence::txn::coordinator::CoordinatorConfig;
 use ringfence::txn::participant::ParticipantConfig;
 use ringfence::txn::placement::RingShardMap;
 use ringfence::txn::replicated::{Command, CoordMachine, ReplicatedConfig};
-use ringfence::txn::shell::{run_coordinator, run_participant, run_replicated_coordinator, Observer};
+use ringfence::txn::shell::{run_coordinator, run_participant, run_replicated_coordinator, TxnObserver};
 use ringfence::txn::{AbortReason, Decision, Msg, Outcome, TxnBug, TxnEvent, TxnId};
 
 use ringfence::txn::bank::{account_key, decode_balance, encode_balance};
@@ -156,10 +156,10 @@ pub struct Bank<const C: u32, const LOAD: u32 = 1> {
 impl<const C: u32, const LOAD: u32> Bank<C, LOAD> {
     /// Collects what `env`'s node reports; the replicated coordinator's
     /// forgetting and snapshots are counted as situations of the run.
-    fn observer(self: &Arc<Self>, env: &SimEnv) -> Observer {
+    fn observer(self: &Arc<Self>, env: &SimEnv) -> TxnObserver {
         let me = self.clone();
         let world = env.world().clone();
-        Arc::new(move |node, event| {
+        Arc::new(move |node, _now, event: &TxnEvent| {
             let mut events = me.events.lock().unwrap_or_else(|e| e.into_inner());
             let situation = match event {
                 TxnEvent::Recovered { txn, .. } if !events.iter().any(|(_, e)| announced(e, *txn)) => {
