@@ -447,6 +447,20 @@ impl Coordinator {
         }
     }
 
+    /// When [`Coordinator::tick`] next has something to do: a round's
+    /// re-send or timeout, a commit's re-send.
+    pub fn next_deadline(&self) -> Duration {
+        self.txns
+            .values()
+            .map(|state| match state {
+                State::Preparing(round) => round.due(self.config.prepare_timeout),
+                State::Committed(delivery) => delivery.due(),
+                State::Aborted { .. } => Duration::MAX,
+            })
+            .min()
+            .unwrap_or(Duration::MAX)
+    }
+
     fn timeouts(&mut self, now: Duration) -> Steps {
         let mut steps = Vec::new();
         let (resend_every, prepare_timeout) = (self.config.resend_every, self.config.prepare_timeout);
@@ -805,5 +819,22 @@ mod tests {
         let end = c.on_message(MS, 3, Msg::Ack { txn });
         assert_eq!(end, vec![Step::Append(Record::End { txn })]);
         assert!(c.tick(Duration::from_secs(2)).is_empty());
+    }
+
+    /// The shell ticks the coordinator when it says: a round's prepares
+    /// are re-sent after `resend_every`; an idle coordinator has no deadline.
+    #[test]
+    fn the_next_deadline_is_the_earliest_resend_or_timeout() {
+        let (mut c, _) = boot(&[]);
+        assert_eq!(c.next_deadline(), Duration::MAX);
+        let txn = begin(&mut c);
+        commit(&mut c, txn);
+        let config = CoordinatorConfig::default();
+        assert_eq!(c.next_deadline(), MS + config.resend_every);
+        assert!(c.tick(MS + config.resend_every - MS).is_empty());
+        assert!(
+            !c.tick(MS + config.resend_every).is_empty(),
+            "prepares re-sent when due"
+        );
     }
 }

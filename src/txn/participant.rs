@@ -715,6 +715,22 @@ impl Participant {
         }
     }
 
+    /// When [`Participant::tick`] next has something to do: an active
+    /// transaction's idle timeout, a prepared one's next query.
+    pub fn next_deadline(&self) -> Duration {
+        self.txns
+            .values()
+            .map(|t| match &t.phase {
+                Phase::Active { last, .. } => *last + self.config.active_timeout,
+                Phase::Prepared { since, next_query, .. } if self.config.bug == Some(TxnBug::AbortAlone) => {
+                    (*next_query).min(*since + ABORT_ALONE_AFTER)
+                }
+                Phase::Prepared { next_query, .. } => *next_query,
+            })
+            .min()
+            .unwrap_or(Duration::MAX)
+    }
+
     fn timeouts(&mut self, now: Duration) -> Steps {
         let mut steps = Vec::new();
         let ids: Vec<TxnId> = self.txns.keys().copied().collect();
@@ -1219,5 +1235,22 @@ mod tests {
         put(&mut p, 10, "a", 7).unwrap();
         p.tick(Duration::from_secs(5));
         assert_eq!(get(&mut p, 11, "a"), Ok(None));
+    }
+
+    /// The shell ticks a shard when it says: an active transaction at its
+    /// idle timeout, a prepared one at its next query; an idle shard never.
+    #[test]
+    fn the_next_deadline_is_the_earliest_timeout() {
+        let mut p = shard();
+        assert_eq!(p.next_deadline(), Duration::MAX);
+        assert_eq!(put(&mut p, 10, "a", 1), Ok(None));
+        let idle = MS + ParticipantConfig::default().active_timeout;
+        assert_eq!(p.next_deadline(), idle);
+        assert!(p.tick(idle - MS).is_empty(), "nothing due before it");
+        prepare(&mut p, 10);
+        let query = p.next_deadline();
+        assert!(query > MS && query < idle, "{query:?}");
+        assert!(!p.tick(query).is_empty(), "the query goes out when due");
+        assert!(p.next_deadline() > query);
     }
 }

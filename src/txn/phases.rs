@@ -118,6 +118,12 @@ impl Round {
         self.yes.iter().copied().collect()
     }
 
+    /// When the round next needs a tick: its prepares' re-send or its
+    /// timeout, whichever comes first.
+    pub(crate) fn due(&self, prepare_timeout: Duration) -> Duration {
+        self.next_resend.min(self.started + prepare_timeout)
+    }
+
     pub(crate) fn timed_out(&self, now: Duration, prepare_timeout: Duration) -> bool {
         now.saturating_sub(self.started) >= prepare_timeout
     }
@@ -186,6 +192,15 @@ impl Delivery {
 
     pub(crate) fn done(&self) -> bool {
         self.unacked.is_empty()
+    }
+
+    /// When the decision is next re-sent (never, once all acknowledged).
+    pub(crate) fn due(&self) -> Duration {
+        if self.done() {
+            Duration::MAX
+        } else {
+            self.next_resend
+        }
     }
 
     /// Records an acknowledgement; `true` if it was the last one missing.

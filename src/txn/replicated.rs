@@ -664,6 +664,18 @@ impl CoordLeader {
         fx
     }
 
+    /// When [`CoordLeader::tick`] next has something to do: a voting
+    /// round's re-send or timeout, a decision's re-send.
+    pub fn next_deadline(&self) -> Duration {
+        let rounds = self
+            .rounds
+            .iter()
+            .filter(|(txn, _)| !self.deciding.contains(txn))
+            .map(|(_, round)| round.due(self.config.prepare_timeout));
+        let deliveries = self.deliveries.values().map(|(_, delivery)| delivery.due());
+        rounds.chain(deliveries).min().unwrap_or(Duration::MAX)
+    }
+
     /// Timeouts: re-send prepares and decisions; abort slow votes.
     pub fn tick(&mut self, now: Duration, view: &View) -> Effects {
         let fx = self.timeouts(now, view);

@@ -20,8 +20,14 @@ use crate::observe::{Ignore, Observer};
 /// Receives every [`TxnEvent`] a role reports (see [`crate::observe`]).
 pub type TxnObserver = Arc<dyn Observer<TxnEvent>>;
 
-/// How often the cores' timeouts are evaluated.
-pub const TICK: Duration = Duration::from_millis(50);
+/// The shortest time between two ticks of a core: each core says when it
+/// next needs one (`next_deadline`), and this floor keeps a deadline that
+/// a tick did not move from spinning the loop.
+pub const TICK_FLOOR: Duration = Duration::from_millis(1);
+
+/// Longest wait of an idle loop (a core with nothing due has no deadline;
+/// no runtime's sleep should be asked for forever).
+const IDLE_WAKE: Duration = Duration::from_secs(1);
 
 /// How often the planted "sync later" bugs sync.
 const LAZY_SYNC_EVERY: Duration = Duration::from_millis(250);
@@ -69,11 +75,14 @@ async fn next_message<E: Env>(env: &E, deadline: Duration) -> Option<(NodeId, Ms
     }
 }
 
-/// What the shell drives: a core's two handlers, both returning steps.
+/// What the shell drives: a 2PC core's handlers (both returning steps,
+/// both checking the core's invariants where checks are built in) and
+/// when it next needs a tick.
 trait Core {
     type Record: Serialize;
     fn on_message(&mut self, now: Duration, from: NodeId, msg: Msg) -> Vec<Step<Self::Record>>;
     fn tick(&mut self, now: Duration) -> Vec<Step<Self::Record>>;
+    fn next_deadline(&self) -> Duration;
 }
 
 impl Core for Participant {
@@ -83,6 +92,9 @@ impl Core for Participant {
     }
     fn tick(&mut self, now: Duration) -> Vec<Step<Self::Record>> {
         Participant::tick(self, now)
+    }
+    fn next_deadline(&self) -> Duration {
+        Participant::next_deadline(self)
     }
 }
 
@@ -94,20 +106,24 @@ impl Core for Coordinator {
     fn tick(&mut self, now: Duration) -> Vec<Step<Self::Record>> {
         Coordinator::tick(self, now)
     }
+    fn next_deadline(&self) -> Duration {
+        Coordinator::next_deadline(self)
+    }
 }
 
 /// Feeds messages and ticks to a recovered core forever, executing its
-/// steps in order.
+/// steps in order; a tick comes when the core's deadline passes.
 async fn serve<E: Env, C: Core>(env: E, mut core: C, observer: TxnObserver) {
-    let mut next_tick = env.now() + TICK;
+    let mut last_tick = env.now();
     loop {
-        if let Some((from, msg)) = next_message(&env, next_tick).await {
+        let due = core.next_deadline().max(last_tick + TICK_FLOOR);
+        if let Some((from, msg)) = next_message(&env, due.min(env.now() + IDLE_WAKE)).await {
             let steps = core.on_message(env.now(), from, msg);
             execute(&env, steps, &observer).await;
         }
         let now = env.now();
-        if now >= next_tick {
-            next_tick = now + TICK;
+        if now >= core.next_deadline().max(last_tick + TICK_FLOOR) {
+            last_tick = now;
             let steps = core.tick(now);
             execute(&env, steps, &observer).await;
         }
@@ -177,7 +193,8 @@ pub struct CoordService {
     me: NodeId,
     leader: CoordLeader,
     observer: TxnObserver,
-    next_tick: Duration,
+    /// When the leader logic last ticked ([`TICK_FLOOR`]).
+    last_tick: Duration,
     /// Planted bug `send_before_commit`: the leader logic sees the state its
     /// whole log would give, and acts on what it proposed at once.
     speculate: bool,
@@ -199,7 +216,7 @@ impl CoordService {
             speculate: config.bug == Some(TxnBug::SendBeforeCommit),
             leader: CoordLeader::new(me, coordinators, config),
             observer,
-            next_tick: now + TICK,
+            last_tick: now,
             speculated: Vec::new(),
         }
     }
@@ -321,16 +338,16 @@ impl Companion for CoordService {
     }
 
     fn on_tick(&mut self, now: Duration, replica: &Raft<CoordMachine>, out: &mut Out<CoordMachine, Msg>) {
-        if now < self.next_tick {
+        if now < self.next_deadline() {
             return;
         }
-        self.next_tick = now + TICK;
+        self.last_tick = now;
         let fx = self.act(replica, |leader, view| leader.tick(now, view));
         self.carry(now, fx, out);
     }
 
     fn next_deadline(&self) -> Duration {
-        self.next_tick
+        self.leader.next_deadline().max(self.last_tick + TICK_FLOOR)
     }
 }
 
