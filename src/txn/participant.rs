@@ -670,11 +670,13 @@ impl Participant {
                 if decision == Decision::Commit {
                     self.data.extend(t.writes);
                 }
-                let mut steps = vec![Step::Append(Record::Decided { txn, decision })];
-                if decision == Decision::Commit {
-                    // Durable before the ack lets the coordinator stop resending.
-                    steps.push(Step::Sync);
-                }
+                // Durable before the ack, an abort too: the ack lets the
+                // coordinator stop re-sending and, replicated, forget the
+                // transaction; a shard that lost an acknowledged abort in
+                // a crash would be prepared again, asking a coordinator
+                // that no longer answers, its locks held for good
+                // (txn-replicated seed 547).
+                let mut steps = vec![Step::Append(Record::Decided { txn, decision }), Step::Sync];
                 steps.push(Step::Event(TxnEvent::Applied {
                     txn,
                     decision,
@@ -1252,5 +1254,27 @@ mod tests {
         assert!(query > MS && query < idle, "{query:?}");
         assert!(!p.tick(query).is_empty(), "the query goes out when due");
         assert!(p.next_deadline() > query);
+    }
+
+    /// A decision of a prepared transaction is synced before it is
+    /// acknowledged, an abort as well as a commit.
+    #[test]
+    fn an_abort_is_synced_before_it_is_acknowledged() {
+        let mut p = shard();
+        assert_eq!(put(&mut p, 10, "a", 7), Ok(None));
+        prepare(&mut p, 10);
+        let steps = p.on_message(
+            MS,
+            C,
+            Msg::Decide {
+                txn: 10,
+                decision: Decision::Abort,
+            },
+        );
+        let at = |want: fn(&Step<Record>) -> bool| steps.iter().position(want);
+        let append = at(|s| matches!(s, Step::Append(Record::Decided { .. })));
+        let sync = at(|s| matches!(s, Step::Sync));
+        let ack = at(|s| matches!(s, Step::Send(C, Msg::Ack { txn: 10 })));
+        assert!(append < sync && sync.is_some() && sync < ack, "{steps:?}");
     }
 }
