@@ -3,7 +3,7 @@
 //! Every handler (`on_message`, `on_tick`) mutates the replica and returns an
 //! [`Output`]: records to append (or a whole log to rewrite), whether they
 //! must be synced before the messages go out, the messages, and events for
-//! observers. The driver (the async shell in [`super::node`], or a test)
+//! observers. The engine (the async shell in [`super::service`], or a test)
 //! must persist, sync when asked, and only then send — and must finish one
 //! output before calling the next handler. Crash recovery is [`Raft::recover`]
 //! from whatever records survived.
@@ -25,7 +25,7 @@ use crate::env::NodeId;
 /// The message type of a replica running `S`.
 pub type WireOf<S> = Wire<<S as StateMachine>::Command, <S as StateMachine>::Query, <S as StateMachine>::Output>;
 
-/// What a handler asks its driver to do, in this order: persist
+/// What a handler asks its engine to do, in this order: persist
 /// (`rewrite`, or `append` then `sync` if `sync`), then send `messages`.
 #[derive(Debug)]
 pub struct Output<S: StateMachine> {
@@ -39,7 +39,7 @@ pub struct Output<S: StateMachine> {
     /// Messages to send, each to its member, only once the records are
     /// durable: they may promise what was persisted.
     pub messages: Vec<(NodeId, WireOf<S>)>,
-    /// What happened, for the driver to pass to observers (tests, the
+    /// What happened, for the engine to pass to observers (tests, the
     /// simulator's checkers); no effect on the protocol.
     pub events: Vec<Event>,
 }

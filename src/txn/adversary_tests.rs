@@ -189,10 +189,10 @@ fn recovery_refuses_undecodable_records() {
     assert!(Coordinator::recover(C, &bad, Duration::ZERO, CoordinatorConfig::default()).is_err());
 }
 
-/// A replicated coordinator's driver in any role, at any term (a faulty
+/// A replicated coordinator's leader logic in any role, at any term (a faulty
 /// member can push the log's term far up): no message panics it, and it
 /// issues no transaction id whose epoch half cannot hold the term.
-mod driver {
+mod leader_logic {
     use super::*;
     use crate::txn::replicated::{CoordLeader, CoordMachine, ReplicatedConfig, View};
 
