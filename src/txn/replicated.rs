@@ -1331,13 +1331,10 @@ mod tests {
         ));
     }
 
-    /// A new leader inherits a preparing transaction, then applies its
-    /// predecessor's decision and `End` in one batch: the round ends there
-    /// (it used to stay, re-sending prepares for a finished transaction and
-    /// proposing an abort the machine ignores, until the next election), and
-    /// a client waiting on it is told. `check` runs after every handler.
-    #[test]
-    fn a_decision_and_its_end_applied_together_end_the_round() {
+    /// A leader that inherited preparing transaction 7 with a client
+    /// waiting on it, and a machine that has since applied its commit and
+    /// `End` (not yet shown to the leader logic).
+    fn inherited_then_committed_and_ended() -> (CoordLeader, CoordMachine) {
         let (mut d, mut m) = (leader_logic(), CoordMachine::default());
         m.apply(&Command::Start {
             txn: 7,
@@ -1351,6 +1348,17 @@ mod tests {
             .is_empty());
         m.apply(&Command::Commit { txn: 7, votes: vec![4] });
         m.apply(&Command::End { txn: 7 });
+        (d, m)
+    }
+
+    /// A new leader inherits a preparing transaction, then applies its
+    /// predecessor's decision and `End` in one batch: the round ends there
+    /// (it used to stay, re-sending prepares for a finished transaction and
+    /// proposing an abort the machine ignores, until the next election), and
+    /// a client waiting on it is told. `check` runs after every handler.
+    #[test]
+    fn a_decision_and_its_end_applied_together_end_the_round() {
+        let (mut d, m) = inherited_then_committed_and_ended();
         let fx = d.on_applied(2 * MS, &leading(&m), [7, 7]);
         assert_eq!(outcome(&fx), Some(Outcome::Committed));
         let fx = d.tick(1_200 * MS, &leading(&m));
@@ -1362,19 +1370,7 @@ mod tests {
     /// used to keep its round and re-send its commit forever).
     #[test]
     fn a_transaction_decided_ended_and_forgotten_in_one_batch_is_let_go() {
-        let (mut d, mut m) = (leader_logic(), CoordMachine::default());
-        m.apply(&Command::Start {
-            txn: 7,
-            client: CLIENT,
-            participants: vec![(4, 1)],
-        });
-        d.tick(MS, &leading(&m));
-        assert!(d
-            .on_message(MS, CLIENT, Msg::Status { txn: 7 }, &leading(&m))
-            .steps
-            .is_empty());
-        m.apply(&Command::Commit { txn: 7, votes: vec![4] });
-        m.apply(&Command::End { txn: 7 });
+        let (mut d, mut m) = inherited_then_committed_and_ended();
         m.apply(&Command::Forget { below: 8 });
         assert!(m.forgotten(7));
         let fx = d.on_applied(2 * MS, &leading(&m), [7, 7]);
