@@ -22,12 +22,16 @@
 //!   (the holder's clock within the drift bound of every lock server's, no
 //!   lock server's clock jumping).
 //!
-//! [`check_grants`] (`client-token`) judges the log instead of a history:
-//! it replays the entries the replicas applied through a shadow machine —
-//! ground truth, not what any client heard — and checks that every lock's
-//! successive grants have increasing tokens.
+//! Two checks judge the log instead of a history: they replay the entries
+//! the replicas applied through a shadow machine — ground truth, not what
+//! any client heard:
+//! - [`check_grants`] (`client-token`): every lock's successive grants have
+//!   increasing tokens;
+//! - [`check_expiries`] (`expiry-early`): no session is expired sooner than
+//!   a TTL of the servers' time after its last renewal.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -339,17 +343,26 @@ fn check_leases(history: &History<LockOp>, judged: &dyn Fn(&LeasePair) -> bool, 
     }
 }
 
-/// `client-token`: successive grants of each lock, as the replicas applied
-/// them (`applied`: entry payloads by log index, from the replicas'
-/// `Applied` events), have strictly increasing tokens. Judged up to the
-/// first index no replica reported.
-pub fn check_grants(applied: &BTreeMap<Index, Vec<u8>>, max_sessions: usize) -> Vec<Violation> {
+/// An entry of the lock service's log as the replicas applied it: its
+/// payload, and the real time the first replica applied it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppliedEntry {
+    /// The entry's encoded `Payload<LockCommand>`.
+    pub payload: Vec<u8>,
+    /// Real time since the run began (not any node's clock).
+    pub at: Duration,
+}
+
+/// Replays `applied` (by log index, from 1 up to the first index no
+/// replica reported) through a shadow machine, calling `visit` after each
+/// command with its index, its entry, the command and the machine.
+fn replay(
+    applied: &BTreeMap<Index, AppliedEntry>,
+    max_sessions: usize,
+    mut visit: impl FnMut(Index, &AppliedEntry, &LockCommand, &LockMachine),
+) {
     let mut shadow = Replicated::<LockMachine>::new(max_sessions);
-    let mut names: BTreeSet<String> = BTreeSet::new();
-    let mut holder: BTreeMap<String, (SessionId, Token)> = BTreeMap::new();
-    let mut highest: BTreeMap<String, Token> = BTreeMap::new();
-    let mut violations = Vec::new();
-    for (next, (&index, bytes)) in (1..).zip(applied) {
+    for (next, (&index, entry)) in (1..).zip(applied) {
         if index != next {
             break;
         }
@@ -358,10 +371,24 @@ pub fn check_grants(applied: &BTreeMap<Index, Vec<u8>>, max_sessions: usize) -> 
             seq,
             reply_to,
             command,
-        }) = codec::decode::<Payload<LockCommand>>(bytes)
+        }) = codec::decode::<Payload<LockCommand>>(&entry.payload)
         else {
             continue;
         };
+        shadow.apply(index, (reply_to, client), seq, &command);
+        visit(index, entry, &command, shadow.machine());
+    }
+}
+
+/// `client-token`: successive grants of each lock, as the replicas applied
+/// them (from the replicas' `Applied` events), have strictly increasing
+/// tokens.
+pub fn check_grants(applied: &BTreeMap<Index, AppliedEntry>, max_sessions: usize) -> Vec<Violation> {
+    let mut names: BTreeSet<String> = BTreeSet::new();
+    let mut holder: BTreeMap<String, (SessionId, Token)> = BTreeMap::new();
+    let mut highest: BTreeMap<String, Token> = BTreeMap::new();
+    let mut violations = Vec::new();
+    replay(applied, max_sessions, |index, _, command, machine| {
         if let LockCommand::Client {
             request: Request::Acquire { lock, .. },
             ..
@@ -369,13 +396,12 @@ pub fn check_grants(applied: &BTreeMap<Index, Vec<u8>>, max_sessions: usize) -> 
         | LockCommand::Hinted {
             request: Request::Acquire { lock, .. },
             ..
-        } = &command
+        } = command
         {
             names.insert(lock.clone());
         }
-        shadow.apply(index, (reply_to, client), seq, &command);
         for name in &names {
-            let Some(now) = shadow.machine().holder(name) else {
+            let Some(now) = machine.holder(name) else {
                 holder.remove(name);
                 continue;
             };
@@ -396,7 +422,62 @@ pub fn check_grants(applied: &BTreeMap<Index, Vec<u8>>, max_sessions: usize) -> 
             }
             *top = (*top).max(now.1);
         }
-    }
+    });
+    violations
+}
+
+/// `expiry-early`: an `Expire` ends a session only once it has not renewed
+/// for a TTL of the servers' time. Judged on the log, whatever any client
+/// heard: the real time from the first apply of the session's last renewal
+/// to the first apply of the `Expire` that ended it must be at least
+/// `ttl / rate`. `fastest(from, to)` is the highest rate any lock server's
+/// clock ran at over that window, or `None` if one jumped (a leader whose
+/// clock jumps may expire early, and the window is not judged).
+///
+/// Sound because a leader counts the TTL on its own clock from no earlier
+/// than it applied the renewal, which is no earlier than the first replica
+/// did. A leader that decided on a renewal it had seen, and proposed the
+/// expiry while a newer renewal committed, ends a session a client holds:
+/// with a waiter granted meanwhile that is a lease overlap, but this check
+/// needs neither the waiter nor the holder's later lease check.
+pub fn check_expiries(
+    applied: &BTreeMap<Index, AppliedEntry>,
+    max_sessions: usize,
+    ttl: Duration,
+    fastest: &dyn Fn(Duration, Duration) -> Option<f64>,
+) -> Vec<Violation> {
+    // Each live session's last renewal: (revision, first applied at).
+    let mut renewals: BTreeMap<SessionId, (u64, Duration)> = BTreeMap::new();
+    let mut violations = Vec::new();
+    replay(applied, max_sessions, |index, entry, command, machine| {
+        let live: BTreeMap<SessionId, u64> = machine.sessions().collect();
+        if let LockCommand::Expire { session, .. } = command {
+            if let (Some(&(_, renewed_at)), false) = (renewals.get(session), live.contains_key(session)) {
+                let quiet = entry.at.saturating_sub(renewed_at);
+                let judged = fastest(renewed_at, entry.at);
+                if let Some(rate) = judged.filter(|&rate| quiet < ttl.div_f64(rate)) {
+                    if violations.len() < 5 {
+                        violations.push(Violation::new(
+                            "expiry-early",
+                            format!(
+                                "session {session} expired at log index {index}, {:.3} s after its last renewal (the TTL is {:.3} s, server clocks ran at most {rate:.3}x)",
+                                quiet.as_secs_f64(),
+                                ttl.as_secs_f64()
+                            ),
+                            vec![],
+                        ));
+                    }
+                }
+            }
+        }
+        renewals.retain(|id, _| live.contains_key(id));
+        for (id, revision) in live {
+            let last = renewals.entry(id).or_insert((revision, entry.at));
+            if last.0 != revision {
+                *last = (revision, entry.at);
+            }
+        }
+    });
     violations
 }
 
@@ -568,5 +649,44 @@ mod tests {
         // lost increment the callers never saw.
         let twice = [applied(101, 3, 1, 1, true), applied(101, 3, 2, 1, true)];
         assert_eq!(judged(&twice), vec!["lost-increment"]);
+    }
+
+    /// Session 7, opened at 0 s (revision 1), then expired at `at` by an
+    /// `Expire` that names that opening.
+    fn opened_then_expired(at: Duration) -> BTreeMap<Index, AppliedEntry> {
+        let entry = |seq, command, at| {
+            let payload = Payload::Command {
+                client: 1,
+                seq,
+                reply_to: 100,
+                command,
+            };
+            AppliedEntry {
+                payload: codec::encode(&payload).unwrap(),
+                at,
+            }
+        };
+        let open = LockCommand::Client {
+            owner: 100,
+            request: Request::Open { session: 7 },
+        };
+        let expire = LockCommand::Expire { session: 7, renewed: 1 };
+        BTreeMap::from([(1, entry(1, open, Duration::ZERO)), (2, entry(2, expire, at))])
+    }
+
+    fn expiries(applied: &BTreeMap<Index, AppliedEntry>, fastest: Option<f64>) -> usize {
+        check_expiries(applied, 16, Duration::from_millis(1500), &|_, _| fastest).len()
+    }
+
+    #[test]
+    fn a_session_expired_sooner_than_a_ttl_after_its_renewal_is_caught_where_clocks_are_judged() {
+        let early = opened_then_expired(Duration::from_millis(800));
+        assert_eq!(expiries(&early, Some(1.0)), 1);
+        // A server clock twice as fast may expire it after 750 ms.
+        assert_eq!(expiries(&early, Some(2.0)), 0);
+        // A clock that jumped leaves the window unjudged.
+        assert_eq!(expiries(&early, None), 0);
+        let on_time = opened_then_expired(Duration::from_millis(1500));
+        assert_eq!(expiries(&on_time, Some(1.0)), 0);
     }
 }

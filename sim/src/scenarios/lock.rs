@@ -60,7 +60,9 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use ringfence::env::{Env, NodeId};
-use ringfence::history::lock::{check_grants, check_lock, LeasePair, LockOp, ResourceTruth};
+use ringfence::history::lock::{
+    check_expiries, check_grants, check_lock, AppliedEntry, LeasePair, LockOp, ResourceTruth,
+};
 use ringfence::history::{History, Violation};
 use ringfence::lock::resource::{self, ResourceBug, ResourceRequest};
 use ringfence::lock::{server, ClientConfig, LockBug, LockClient, LockError, ServerConfig, Token};
@@ -312,19 +314,23 @@ impl Roles {
 }
 
 /// Reports each lock server's leaderships into [`Roles`], and the entries
-/// the replicas applied (by index; every replica applies the same) for the
-/// `client-token` checker.
+/// the replicas applied (by index; every replica applies the same), with
+/// the real time the first replica applied each, for the `client-token`
+/// and `expiry-early` checkers.
 struct LeaderWatch {
     roles: Arc<Mutex<Roles>>,
     world: World,
-    applied: Arc<Mutex<BTreeMap<Index, Vec<u8>>>>,
+    applied: Arc<Mutex<BTreeMap<Index, AppliedEntry>>>,
 }
 
 impl Observer<Event> for LeaderWatch {
     fn observe(&self, node: NodeId, _now: Duration, event: &Event) {
         if let Event::Applied { index, payload, .. } = event {
             let mut applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
-            applied.entry(*index).or_insert_with(|| payload.clone());
+            applied.entry(*index).or_insert_with(|| AppliedEntry {
+                payload: payload.clone(),
+                at: crate::world::elapsed(),
+            });
         }
         if let Event::Leader { term } = event {
             let mut roles = self.roles.lock().unwrap_or_else(|e| e.into_inner());
@@ -527,6 +533,19 @@ fn clocks_kept_bound(world: &World, drift_bound: f64, holder: NodeId, servers: &
     })
 }
 
+/// The highest rate any of `servers`' clocks ran at during `[from, to]`,
+/// or `None` if one jumped.
+fn fastest_server_clock(world: &World, servers: &[NodeId], from: Duration, to: Duration) -> Option<f64> {
+    let w = world.lock();
+    servers
+        .iter()
+        .filter_map(|s| w.nodes.get(s))
+        .map(|server| server.clock.over(from, to))
+        .try_fold(0.0_f64, |fastest, span| {
+            (!span.jumped).then_some(fastest.max(span.max_rate))
+        })
+}
+
 /// Clients that take the lock and touch the resource (history indices
 /// 0..4); after them come the rogue and the storm clients.
 const LOCK_USERS: u32 = 4;
@@ -554,7 +573,7 @@ pub struct LockScenario {
     /// them (whose clocks the lease arithmetic concerns).
     clients: Vec<NodeId>,
     roles: Arc<Mutex<Roles>>,
-    applied: Arc<Mutex<BTreeMap<Index, Vec<u8>>>>,
+    applied: Arc<Mutex<BTreeMap<Index, AppliedEntry>>>,
     /// The resource node's record of every access it made durable.
     accesses: Arc<Mutex<Vec<resource::Applied>>>,
     /// The run's world, for the clock record (set when a server boots).
@@ -968,6 +987,12 @@ impl Scenario for LockScenario {
         let applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
         let max_sessions = crate::scenarios::log::sim_config(None).max_sessions;
         violations.extend(check_grants(&applied, max_sessions));
+        let fastest = |from, to| {
+            self.world
+                .get()
+                .and_then(|world| fastest_server_clock(world, &servers, from, to))
+        };
+        violations.extend(check_expiries(&applied, max_sessions, TTL, &fastest));
         violations
     }
 }
