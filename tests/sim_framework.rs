@@ -178,8 +178,9 @@ fn abort_run_reports_the_named_violation() {
     assert_eq!(named.violations[0].detail, "nodes 1 and 2 lead term 3");
 }
 
-/// Server 1 sends `(its incarnation, seq)` to server 2 every 5 ms; server 2
-/// notes each arrival whose sender has since died or is paused. Its
+/// Server 1 sends `(its incarnation, seq, when)` to server 2 every 5 ms;
+/// server 2 notes each arrival whose sender has since died or is paused,
+/// or that took over [`LATE`] to arrive. Its
 /// "invariant" is that none does, which a network that owns its copies
 /// must be able to break.
 struct Courier {
@@ -207,13 +208,17 @@ impl Scenario for Courier {
         if env.id() == 1 {
             let me = incarnation(&env, 1);
             for seq in 0u64.. {
-                let _ = env.send(2, [me.to_le_bytes(), seq.to_le_bytes()].concat()).await;
+                let sent = ringfence_sim::world::elapsed().as_millis() as u64;
+                let _ = env
+                    .send(2, [me.to_le_bytes(), seq.to_le_bytes(), sent.to_le_bytes()].concat())
+                    .await;
                 env.sleep(Duration::from_millis(5)).await;
             }
         }
         loop {
             let (_, bytes) = env.recv().await;
             let sent_by = u64::from_le_bytes(bytes[..8].try_into().unwrap());
+            let sent_at = Duration::from_millis(u64::from_le_bytes(bytes[16..24].try_into().unwrap()));
             let (down, paused, now) = {
                 let mut w = env.world().lock();
                 let sender = w.node(1);
@@ -225,6 +230,9 @@ impl Scenario for Courier {
             }
             if paused {
                 late.push("from-paused-sender");
+            }
+            if ringfence_sim::world::elapsed() > sent_at + LATE {
+                late.push("late-copy");
             }
         }
     }
@@ -238,9 +246,11 @@ impl Scenario for Courier {
     }
 }
 
+/// Longer than any copy takes but a late duplicate.
+const LATE: Duration = Duration::from_millis(400);
+
 /// Every copy is delayed up to 300 ms while `fault` hits server 1.
 fn courier_case(fault: Fault) -> Case {
-    let scenario = scenarios::erase::<Courier>();
     let network = Fault::Network {
         at_ms: 0,
         for_ms: 1_000,
@@ -248,7 +258,13 @@ fn courier_case(fault: Fault) -> Case {
         duplicate: 0.0,
         delay: 1.0,
         max_delay_ms: 300,
+        late_ms: 0,
     };
+    courier_plan(network, fault)
+}
+
+fn courier_plan(network: Fault, fault: Fault) -> Case {
+    let scenario = scenarios::erase::<Courier>();
     Case {
         plan: Some(FaultPlan {
             duration_ms: 1_000,
@@ -294,6 +310,37 @@ fn a_paused_senders_copies_keep_arriving() {
     let seen: Vec<&str> = outcome.violations.iter().map(|v| v.invariant.as_str()).collect();
     assert_eq!(seen, ["from-paused-sender"]);
     assert_eq!(outcome.fired.get(&FaultKind::Pause), Some(&1));
+}
+
+#[test]
+fn a_window_with_late_copies_delivers_some_duplicates_long_after_they_were_sent() {
+    let scenario = scenarios::erase::<Courier>();
+    let network = |late_ms| Fault::Network {
+        at_ms: 0,
+        for_ms: 1_000,
+        loss: 0.0,
+        duplicate: 0.5,
+        delay: 0.0,
+        max_delay_ms: 0,
+        late_ms,
+    };
+    // A fault of no consequence here: it only fills the plan's slot.
+    let pause = Fault::Pause {
+        at_ms: 990,
+        node: 2,
+        for_ms: 1,
+    };
+    let seen = |late_ms| {
+        let outcome = run_isolated(
+            scenario,
+            &courier_plan(network(late_ms), pause.clone()),
+            RunOptions::default(),
+        );
+        outcome.violations.into_iter().map(|v| v.invariant).collect::<Vec<_>>()
+    };
+    // Copies arrive within the 1 s window, up to 900 ms late.
+    assert_eq!(seen(900), ["late-copy"]);
+    assert!(seen(0).is_empty());
 }
 
 /// Where each fault kind fires: the log scenario takes every kind but the

@@ -308,6 +308,7 @@ impl Nemesis {
                 duplicate,
                 delay,
                 max_delay_ms,
+                late_ms,
                 ..
             } => {
                 let faults = NetFaults {
@@ -315,11 +316,15 @@ impl Nemesis {
                     duplicate: *duplicate,
                     delay: *delay,
                     max_delay: Duration::from_millis(*max_delay_ms),
+                    late: Duration::from_millis(*late_ms),
                 };
                 self.world.lock().net = faults;
                 self.active_network = Some(index);
-                let text =
+                let mut text =
                     format!("network loss={loss:.3} duplicate={duplicate:.3} delay={delay:.3} up to {max_delay_ms}ms");
+                if *late_ms > 0 {
+                    text += &format!(", late copies up to {late_ms}ms");
+                }
                 self.note(Phase::Start, FaultKind::MessageLoss, Some(index), vec![], text);
             }
             Fault::Drift { node, ppm, .. } => {

@@ -215,6 +215,11 @@ pub enum Fault {
         duplicate: f64,
         delay: f64,
         max_delay_ms: u64,
+        /// When non-zero, half the duplicates' second copies arrive between
+        /// `max_delay_ms` and this late: stale copies of an earlier term's
+        /// votes and appends, or of a sender's earlier incarnation.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        late_ms: u64,
     },
     /// The node's clock runs `ppm` parts per million fast (or slow if negative).
     Drift { at_ms: u64, node: NodeId, ppm: i64 },
@@ -284,6 +289,15 @@ pub enum Fault {
         down_ms: u64,
         what: DiskFault,
     },
+}
+
+/// How late a late duplicate may arrive ([`Fault::Network`]'s `late_ms`):
+/// past several election timeouts and a TTL, so a stale vote reaches a
+/// candidate of a later term and an old append a later leader's follower.
+const LATE_COPY_MS: std::ops::RangeInclusive<u64> = 500..=3_000;
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// What a [`Fault::Disk`] does.
@@ -598,6 +612,14 @@ impl FaultPlan {
                 };
                 let for_ms = rng.gen_range(slot / 4..=slot);
                 let at_ms = w * slot + rng.gen_range(0..=slot - for_ms);
+                // From a stream of its own, so the rest of the plan is as
+                // it was before late copies existed.
+                let mut late = derive_rng(seed, stream::LATE_COPIES, w);
+                let late_ms = if duplicate > 0.0 && late.gen_bool(0.5) {
+                    late.gen_range(LATE_COPY_MS)
+                } else {
+                    0
+                };
                 faults.push(Fault::Network {
                     at_ms,
                     for_ms,
@@ -605,6 +627,7 @@ impl FaultPlan {
                     duplicate,
                     delay,
                     max_delay_ms,
+                    late_ms,
                 });
             }
         }

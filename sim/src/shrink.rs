@@ -150,7 +150,8 @@ impl Shrinker {
         progress
     }
 
-    /// Turns off the message-fault rates a network window does not need.
+    /// Turns off the message-fault rates (and late copies) a network window
+    /// does not need.
     fn simplify_network(&mut self) -> bool {
         let mut progress = false;
         for i in 0..self.plan().faults.len() {
@@ -168,6 +169,13 @@ impl Shrinker {
                 }
                 *rate = 0.0;
                 progress |= self.try_case(self.with_plan(plan));
+            }
+            let mut plan = self.plan();
+            if let Fault::Network { late_ms, .. } = &mut plan.faults[i] {
+                if *late_ms > 0 {
+                    *late_ms = 0;
+                    progress |= self.try_case(self.with_plan(plan));
+                }
             }
         }
         progress

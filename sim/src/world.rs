@@ -57,6 +57,8 @@ pub mod stream {
     pub const ISOLATE: u64 = u64::from_be_bytes(*b"isolate\0");
     /// Correlated server crashes (a power loss).
     pub const POWER_LOSS: u64 = u64::from_be_bytes(*b"powerlos");
+    /// Which network windows deliver some duplicates late.
+    pub const LATE_COPIES: u64 = u64::from_be_bytes(*b"latecopy");
     /// A scenario's per-run protocol settings (e.g. the log's timers).
     pub const SETTINGS: u64 = u64::from_be_bytes(*b"settings");
 }
@@ -420,6 +422,9 @@ pub struct NetFaults {
     pub duplicate: f64,
     pub delay: f64,
     pub max_delay: Duration,
+    /// Non-zero: half the second copies arrive between `max_delay` and
+    /// this late.
+    pub late: Duration,
 }
 
 /// What the network layer decided for one message.
@@ -704,7 +709,11 @@ impl WorldState {
             let lost = net.loss > 0.0 && rng.gen_bool(net.loss);
             delivery.delays[0] = extra(rng);
             if net.duplicate > 0.0 && rng.gen_bool(net.duplicate) {
-                delivery.delays[1] = extra(rng);
+                delivery.delays[1] = if net.late > net.max_delay && rng.gen_bool(0.5) {
+                    Some(rng.gen_range(net.max_delay..net.late))
+                } else {
+                    extra(rng)
+                };
             }
             if lost && !self.effect_off(FaultKind::MessageLoss) {
                 delivery.drop = true;

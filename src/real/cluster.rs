@@ -416,6 +416,7 @@ pub async fn run_node(config: &ClusterConfig, id: NodeId, init: bool) -> Result<
         config.coordinators(),
         Default::default(),
         Arc::new(Ignore),
+        Arc::new(Ignore),
     );
     let shard_config = ParticipantConfig {
         coordinators: config.coordinators(),

@@ -15,7 +15,7 @@ use super::{Msg, Step, TxnBug, TxnEvent, TxnId};
 use crate::env::{codec, timeout, Env, NodeId};
 use crate::log::service::{self, Companion, NodeError, Out};
 use crate::log::{Event, Payload, Raft, Role, StateMachine, Wire, WireOf};
-use crate::observe::{Ignore, Observer};
+use crate::observe::Observer;
 
 /// Receives every [`TxnEvent`] a role reports (see [`crate::observe`]).
 pub type TxnObserver = Arc<dyn Observer<TxnEvent>>;
@@ -169,17 +169,20 @@ pub async fn run_coordinator<E: Env>(env: E, config: CoordinatorConfig, observer
 
 /// Runs replica `env.id()` of a replicated coordinator over the group
 /// `coordinators`, from whatever its log holds, on the log service's
-/// engine ([`service::run`]). Returns only when storage fails (the replica
-/// stops rather than promise what may not be durable).
+/// engine ([`service::run`]). `observer` sees the transactions,
+/// `log_observer` the replica's log (elections, applies, snapshots).
+/// Returns only when storage fails (the replica stops rather than promise
+/// what may not be durable).
 pub async fn run_replicated_coordinator<E: Env>(
     env: E,
     coordinators: Vec<NodeId>,
     config: ReplicatedConfig,
     observer: TxnObserver,
+    log_observer: Arc<dyn Observer<Event>>,
 ) -> Result<(), NodeError> {
     let log = config.log.clone();
     let companion = CoordService::new(env.id(), coordinators.clone(), config, observer, env.now());
-    service::run(env, coordinators, log, companion, Arc::new(Ignore)).await
+    service::run(env, coordinators, log, companion, log_observer).await
 }
 
 /// The replicated coordinator's companion on the log: `Msg::Log` from the
@@ -364,6 +367,7 @@ fn uncommitted(raft: &Raft<CoordMachine>) -> CoordMachine {
 
 #[cfg(test)]
 mod tests {
+    use crate::observe::Ignore;
     use std::collections::VecDeque;
 
     use rand::SeedableRng;

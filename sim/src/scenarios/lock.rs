@@ -72,6 +72,7 @@ use ringfence::observe::Observer;
 use crate::env::SimEnv;
 use crate::plan::{AimedAction, DiskLoss, Fault, FaultKind, FaultPlan, Swarm, Targets};
 use crate::scenario::{client_ids, Bug, Client, Params, Planted, Scenario, Workload, PROBE_ID};
+use crate::scenarios::judge::Judge;
 use crate::scenarios::lock_hostile;
 use crate::world::{derive_rng, stream, World};
 
@@ -321,10 +322,12 @@ struct LeaderWatch {
     roles: Arc<Mutex<Roles>>,
     world: World,
     applied: Arc<Mutex<BTreeMap<Index, AppliedEntry>>>,
+    judge: Arc<Judge>,
 }
 
 impl Observer<Event> for LeaderWatch {
-    fn observe(&self, node: NodeId, _now: Duration, event: &Event) {
+    fn observe(&self, node: NodeId, now: Duration, event: &Event) {
+        self.judge.observe(node, now, event);
         if let Event::Applied { index, payload, .. } = event {
             let mut applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
             applied.entry(*index).or_insert_with(|| AppliedEntry {
@@ -574,6 +577,8 @@ pub struct LockScenario {
     clients: Vec<NodeId>,
     roles: Arc<Mutex<Roles>>,
     applied: Arc<Mutex<BTreeMap<Index, AppliedEntry>>>,
+    /// The log's safety and the replicas' catch-up.
+    judge: Arc<Judge>,
     /// The resource node's record of every access it made durable.
     accesses: Arc<Mutex<Vec<resource::Applied>>>,
     /// The run's world, for the clock record (set when a server boots).
@@ -783,6 +788,7 @@ impl Scenario for LockScenario {
             clients: Self::client_ids(params.workload.clients),
             roles: Arc::default(),
             applied: Arc::default(),
+            judge: Arc::default(),
             accesses: Arc::default(),
             world: Arc::default(),
             drift_bound: drift_bound(params.seed),
@@ -810,9 +816,13 @@ impl Scenario for LockScenario {
                 roles: self.roles.clone(),
                 world: env.world().clone(),
                 applied: self.applied.clone(),
+                judge: self.judge.clone(),
             });
+            let me = env.id();
+            self.judge.booted(me);
             if let Err(error) = server::run(env, self.lock_servers(), self.server_config(), watch).await {
                 tracing::warn!(%error, "lock server stopped");
+                self.judge.stopped(me);
             }
         }
         std::future::pending::<()>().await;
@@ -960,6 +970,7 @@ impl Scenario for LockScenario {
                     });
                     if let Some(Ok(_)) = access.read(&client, lease.token).await {
                         release(&client, &mut lc, &lease).await;
+                        self.judge.all_caught_up(&env).await;
                         return;
                     }
                 }

@@ -51,26 +51,25 @@
 //! by the simulated disk's own check, `synced-record-lost`: a node got back
 //! fewer records than it had synced before its crash.
 
-use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rand::seq::SliceRandom;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use ringfence::env::record::RecordBug;
-use ringfence::env::{codec, timeout, Env, NodeId};
-use ringfence::history::replicas::Replicas;
+use ringfence::env::{codec, Env, NodeId};
 use ringfence::history::{kv, History, Violation};
 use ringfence::log::client::{Client as LogClient, ClientError};
 use ringfence::log::service;
-use ringfence::log::{Config, Event, Index, Kv, KvCommand, KvOutput, KvQuery, LogBug, Wire, WireOf};
+use ringfence::log::{Config, Event, Kv, KvCommand, KvOutput, KvQuery, LogBug, Wire, WireOf};
 use ringfence::observe::Observer;
 
+use super::judge::Judge;
 use super::rogue;
 use crate::env::SimEnv;
 use crate::plan::{Aiming, Fault, FaultKind};
-use crate::scenario::{abort_run, Bug, Client, Params, Planted, Scenario, Workload};
+use crate::scenario::{Bug, Client, Params, Planted, Scenario, Workload};
 use crate::world::{derive_rng, stream};
 
 pub use ringfence::history::kv::KvOp;
@@ -127,50 +126,10 @@ pub const TORN_TAIL_ANYWHERE: Bug = Bug {
     planted: Planted::Record(RecordBug::AnyDamageIsTornTail),
 };
 
-/// How long, after the probe's write and read, every running replica has to
-/// apply everything applied anywhere: a few heartbeats and one snapshot.
-const CATCH_UP_BOUND: Duration = Duration::from_secs(2);
-
 /// Counters the clients touch: few, so operations contend.
 const KEYS: u8 = 3;
 /// How long a client keeps retrying one operation before giving up.
 const GIVE_UP: Duration = Duration::from_secs(2);
-
-/// Watches replicas' events; stops the run at the first safety violation
-/// that [`Replicas`] finds ([`abort_run`]).
-#[derive(Default)]
-pub struct Judge {
-    state: Mutex<Observed>,
-}
-
-#[derive(Default)]
-struct Observed {
-    replicas: Replicas,
-    /// Replicas that stopped on purpose (a corrupt disk, a failed write).
-    stopped: BTreeSet<NodeId>,
-}
-
-impl Judge {
-    fn booted(&self, node: NodeId) {
-        let mut s = self.lock();
-        s.replicas.booted(node);
-        s.stopped.remove(&node);
-    }
-
-    fn stopped(&self, node: NodeId) {
-        self.lock().stopped.insert(node);
-    }
-
-    /// Running replicas that have not applied up to `index`.
-    fn behind(&self, index: Index) -> Vec<(NodeId, Option<Index>)> {
-        let s = self.lock();
-        s.replicas.behind(index, |node| !s.stopped.contains(&node))
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Observed> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
 
 /// The moments a replica reports ([`SimEnv::moment`]).
 pub mod moment {
@@ -256,14 +215,6 @@ impl Observer<Event> for ReplicaObserver {
             }
         };
         self.env.moment(moment);
-    }
-}
-
-impl Observer<Event> for Judge {
-    fn observe(&self, node: NodeId, _now: Duration, event: &Event) {
-        if let Err(violation) = self.lock().replicas.observe(node, event) {
-            abort_run(violation);
-        }
     }
 }
 
@@ -466,7 +417,7 @@ impl<const N: u32> Scenario for LogScenario<N> {
 
     /// Hostile Raft messages a correct replica refuses ([`rogue`]).
     fn rogue(&self, rng: &mut ChaCha8Rng, _from: NodeId, _to: NodeId) -> Option<Vec<u8>> {
-        let known = self.judge.lock().replicas.last_leader_term().unwrap_or(0);
+        let known = self.judge.last_leader_term().unwrap_or(0);
         let msg: WireOf<Kv> = Wire::Raft(rogue::raft_message(rng, known));
         codec::encode(&msg).ok()
     }
@@ -514,22 +465,7 @@ impl<const N: u32> Scenario for LogScenario<N> {
         let mut log = LogClient::<SimEnv, Kv>::new(env.clone(), client.servers.clone());
         while !Self::operate(&client, &mut log, KvOp::Add { key: 0, result: None }).await {}
         while !Self::operate(&client, &mut log, KvOp::Get { key: 0, value: None }).await {}
-        let target = self.judge.lock().replicas.highest_applied().unwrap_or(0);
-        let caught_up = timeout(&env, CATCH_UP_BOUND, async {
-            while !self.judge.behind(target).is_empty() {
-                env.sleep(Duration::from_millis(10)).await;
-            }
-        });
-        if caught_up.await.is_none() {
-            abort_run(Violation::new(
-                "replica-behind",
-                format!(
-                    "after the heal, replicas (id, last applied) {:?} did not apply up to index {target} within {CATCH_UP_BOUND:?}",
-                    self.judge.behind(target)
-                ),
-                vec![],
-            ));
-        }
+        self.judge.all_caught_up(&env).await;
     }
 
     /// Linearizability of the counters ([`kv::check`]).
@@ -542,6 +478,7 @@ impl<const N: u32> Scenario for LogScenario<N> {
 mod tests {
     use super::*;
     use crate::plan::{FaultPlan, Targets};
+    use std::collections::BTreeSet;
 
     #[test]
     fn moment_crash_windows_aim_at_one_hazard_each() {

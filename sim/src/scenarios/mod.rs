@@ -1,6 +1,7 @@
 //! The registry of simulated scenarios: one line per protocol in [`ALL`].
 
 pub mod counter;
+pub mod judge;
 pub mod lock;
 pub mod lock_hostile;
 pub mod log;

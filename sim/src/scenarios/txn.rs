@@ -60,6 +60,7 @@ pub mod registers;
 use crate::env::SimEnv;
 use crate::plan::FaultKind;
 use crate::scenario::{Bug, Client, Params, Planted, Scenario, Workload};
+use crate::scenarios::judge::Judge;
 
 /// Number of accounts.
 pub const ACCOUNTS: u32 = 6;
@@ -151,6 +152,9 @@ pub struct Bank<const C: u32, const LOAD: u32 = 1> {
     /// Transactions whose commit the clients saw succeed or not answer: the
     /// probe asks the coordinator for each one's outcome again at the end.
     to_recheck: Mutex<Vec<TxnId>>,
+    /// The replicated coordinator's log: its safety and its replicas'
+    /// catch-up.
+    judge: Arc<Judge>,
 }
 
 impl<const C: u32, const LOAD: u32> Bank<C, LOAD> {
@@ -541,6 +545,7 @@ impl<const C: u32, const LOAD: u32> Scenario for Bank<C, LOAD> {
             probe_client: params.workload.clients,
             events: Mutex::new(Vec::new()),
             to_recheck: Mutex::new(Vec::new()),
+            judge: Arc::default(),
         }
     }
 
@@ -564,10 +569,14 @@ impl<const C: u32, const LOAD: u32> Scenario for Bank<C, LOAD> {
                 config.retain_finished = LOAD_RETAIN_FINISHED;
                 config.log.snapshot_every = LOAD_SNAPSHOT_EVERY;
             }
-            if let Err(error) = run_replicated_coordinator(env, coordinators(C), config, observer).await {
+            let me = env.id();
+            self.judge.booted(me);
+            let judge = self.judge.clone();
+            if let Err(error) = run_replicated_coordinator(env, coordinators(C), config, observer, judge).await {
                 // The replica stopped to protect what it promised; it stays
                 // down until the nemesis restarts it.
                 tracing::warn!(%error, "coordinator replica stopped");
+                self.judge.stopped(me);
             }
             std::future::pending::<()>().await
         } else {
@@ -614,6 +623,7 @@ impl<const C: u32, const LOAD: u32> Scenario for Bank<C, LOAD> {
             // finished transactions).
             while let Err(TxnError::Unavailable { .. }) = txc.outcome(txn).await {}
         }
+        self.judge.all_caught_up(&env).await;
     }
 
     fn check(&self, history: &History<BankOp>) -> Vec<Violation> {
