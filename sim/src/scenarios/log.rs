@@ -225,7 +225,52 @@ pub struct LogScenario<const N: u32> {
     members: Vec<NodeId>,
     /// This run's replica timers ([`Timers::for_seed`]).
     timers: Timers,
+    /// How this run's clients use the log ([`Mix::for_seed`]).
+    mix: Mix,
     judge: Arc<Judge>,
+}
+
+/// How a run's clients use the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mix {
+    /// Every client adds, and reads one operation in three.
+    Mixed,
+    /// Odd-numbered clients only read, one read every `poll` (as a
+    /// dashboard polls); the others only add. A reader keeps reading from
+    /// the replica that last answered it, so a deposed leader that still
+    /// answers reads is read from while the writers have moved on.
+    Split {
+        /// The pause between a reader's reads.
+        poll: Duration,
+    },
+}
+
+impl Mix {
+    /// The mix of run `seed`: half the runs each, drawn from a settings
+    /// stream of its own, so fault plans and timers are unchanged.
+    pub fn for_seed(seed: u64) -> Self {
+        let mut rng = derive_rng(seed, stream::SETTINGS, 1);
+        if rng.gen_bool(0.5) {
+            Mix::Mixed
+        } else {
+            Mix::Split {
+                poll: Duration::from_millis(rng.gen_range(10..=100)),
+            }
+        }
+    }
+
+    /// Client `id`'s `n`th operation, and how long to pause before it.
+    fn op(self, id: u32, n: u32) -> (KvOp, Duration) {
+        let key = ((n + id) % u32::from(KEYS)) as u8;
+        let read = KvOp::Get { key, value: None };
+        let add = KvOp::Add { key, result: None };
+        match self {
+            Mix::Mixed if n % 3 == 0 => (read, Duration::ZERO),
+            Mix::Mixed => (add, Duration::ZERO),
+            Mix::Split { poll } if id % 2 == 1 => (read, poll),
+            Mix::Split { .. } => (add, Duration::ZERO),
+        }
+    }
 }
 
 /// The replica configuration the scenario runs.
@@ -391,6 +436,7 @@ impl<const N: u32> Scenario for LogScenario<N> {
             },
             members: (1..=params.servers).collect(),
             timers: Timers::for_seed(params.seed),
+            mix: Mix::for_seed(params.seed),
             judge: Arc::new(Judge::default()),
         }
     }
@@ -448,12 +494,10 @@ impl<const N: u32> Scenario for LogScenario<N> {
         let mut n = 0u32;
         while client.next_op() {
             n += 1;
-            let key = ((n + client.id) % u32::from(KEYS)) as u8;
-            let op = if n % 3 == 0 {
-                KvOp::Get { key, value: None }
-            } else {
-                KvOp::Add { key, result: None }
-            };
+            let (op, pause) = self.mix.op(client.id, n);
+            if !pause.is_zero() {
+                env.sleep(pause).await;
+            }
             Self::operate(&client, &mut log, op).await;
         }
     }
@@ -479,6 +523,25 @@ mod tests {
     use super::*;
     use crate::plan::{FaultPlan, Targets};
     use std::collections::BTreeSet;
+
+    #[test]
+    fn half_the_runs_split_clients_into_pacing_readers_and_writers() {
+        let split = (0..64)
+            .filter(|&seed| matches!(Mix::for_seed(seed), Mix::Split { .. }))
+            .count();
+        assert!((16..=48).contains(&split), "{split} of 64 runs split");
+        let mix = Mix::Split {
+            poll: Duration::from_millis(30),
+        };
+        for n in 1..=6 {
+            assert!(matches!(mix.op(1, n), (KvOp::Get { .. }, pause) if pause == Duration::from_millis(30)));
+            assert!(matches!(mix.op(2, n), (KvOp::Add { .. }, pause) if pause.is_zero()));
+        }
+        let reads = (1..=6)
+            .filter(|&n| matches!(Mix::Mixed.op(0, n).0, KvOp::Get { .. }))
+            .count();
+        assert_eq!(reads, 2, "one operation in three reads");
+    }
 
     #[test]
     fn moment_crash_windows_aim_at_one_hazard_each() {
