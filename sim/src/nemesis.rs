@@ -323,7 +323,7 @@ impl Nemesis {
                 let mut text =
                     format!("network loss={loss:.3} duplicate={duplicate:.3} delay={delay:.3} up to {max_delay_ms}ms");
                 if *late_ms > 0 {
-                    text += &format!(", late copies up to {late_ms}ms");
+                    text += &format!(", some copies late up to {late_ms}ms");
                 }
                 self.note(Phase::Start, FaultKind::MessageLoss, Some(index), vec![], text);
             }

@@ -215,9 +215,10 @@ pub enum Fault {
         duplicate: f64,
         delay: f64,
         max_delay_ms: u64,
-        /// When non-zero, half the duplicates' second copies arrive between
-        /// `max_delay_ms` and this late: stale copies of an earlier term's
-        /// votes and appends, or of a sender's earlier incarnation.
+        /// When non-zero, half the duplicates' second copies and a quarter
+        /// of the delayed messages arrive between `max_delay_ms` and this
+        /// late: stale votes and appends of an earlier term, or messages of
+        /// a sender's earlier incarnation.
         #[serde(default, skip_serializing_if = "is_zero")]
         late_ms: u64,
     },
@@ -291,7 +292,7 @@ pub enum Fault {
     },
 }
 
-/// How late a late duplicate may arrive ([`Fault::Network`]'s `late_ms`):
+/// How late a late message or duplicate may arrive ([`Fault::Network`]'s `late_ms`):
 /// past several election timeouts and a TTL, so a stale vote reaches a
 /// candidate of a later term and an old append a later leader's follower.
 const LATE_COPY_MS: std::ops::RangeInclusive<u64> = 500..=3_000;
@@ -615,7 +616,7 @@ impl FaultPlan {
                 // From a stream of its own, so the rest of the plan is as
                 // it was before late copies existed.
                 let mut late = derive_rng(seed, stream::LATE_COPIES, w);
-                let late_ms = if duplicate > 0.0 && late.gen_bool(0.5) {
+                let late_ms = if (duplicate > 0.0 || delay > 0.0) && late.gen_bool(0.5) {
                     late.gen_range(LATE_COPY_MS)
                 } else {
                     0

@@ -422,8 +422,8 @@ pub struct NetFaults {
     pub duplicate: f64,
     pub delay: f64,
     pub max_delay: Duration,
-    /// Non-zero: half the second copies arrive between `max_delay` and
-    /// this late.
+    /// Non-zero: half the second copies, and a quarter of the delayed
+    /// messages, arrive between `max_delay` and this late.
     pub late: Duration,
 }
 
@@ -699,9 +699,14 @@ impl WorldState {
             delivery.drop = true;
         } else if net != NetFaults::default() {
             let rng = &mut self.net_rng;
+            // Past every ordinary delay: seconds late, as a message that sat
+            // in a queue or a retransmission buffer arrives.
+            let late = |rng: &mut ChaCha8Rng, odds: f64| {
+                (net.late > net.max_delay && rng.gen_bool(odds)).then(|| rng.gen_range(net.max_delay..net.late))
+            };
             let extra = |rng: &mut ChaCha8Rng| {
                 if net.delay > 0.0 && rng.gen_bool(net.delay) && !net.max_delay.is_zero() {
-                    Some(rng.gen_range(Duration::ZERO..net.max_delay))
+                    Some(late(rng, 0.25).unwrap_or_else(|| rng.gen_range(Duration::ZERO..net.max_delay)))
                 } else {
                     Some(Duration::ZERO)
                 }
@@ -709,11 +714,7 @@ impl WorldState {
             let lost = net.loss > 0.0 && rng.gen_bool(net.loss);
             delivery.delays[0] = extra(rng);
             if net.duplicate > 0.0 && rng.gen_bool(net.duplicate) {
-                delivery.delays[1] = if net.late > net.max_delay && rng.gen_bool(0.5) {
-                    Some(rng.gen_range(net.max_delay..net.late))
-                } else {
-                    extra(rng)
-                };
+                delivery.delays[1] = late(rng, 0.5).or_else(|| extra(rng));
             }
             if lost && !self.effect_off(FaultKind::MessageLoss) {
                 delivery.drop = true;
