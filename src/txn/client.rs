@@ -189,13 +189,18 @@ impl<E: Env> TxnClient<E> {
     /// a replicated one.
     pub fn new(env: E, coordinators: Vec<NodeId>, placement: Arc<dyn ShardMap>, config: ClientConfig) -> Self {
         assert!(!coordinators.is_empty());
+        // Request ids start anywhere, so that a reply meant for an earlier
+        // client on this node (a restarted process's, arriving late) does
+        // not answer this one's request: a stale `Began` handed a new
+        // transaction an old, committed id (txn-replicated seed 1307).
+        let next_request = env.rng().gen();
         TxnClient {
             env,
             coordinators,
             current: 0,
             placement,
             config,
-            next_request: 0,
+            next_request,
         }
     }
 
@@ -261,7 +266,7 @@ impl<E: Env> TxnClient<E> {
     }
 
     fn request_id(&mut self) -> u64 {
-        self.next_request += 1;
+        self.next_request = self.next_request.wrapping_add(1);
         self.next_request
     }
 

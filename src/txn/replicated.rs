@@ -173,6 +173,16 @@ impl TxnState {
         }
     }
 
+    /// Whether `shard` takes part in the transaction.
+    fn involves(&self, shard: NodeId) -> bool {
+        match self {
+            TxnState::Preparing { participants, .. } => participants.iter().any(|&(n, _)| n == shard),
+            TxnState::Committed { participants, .. } | TxnState::Aborted { participants, .. } => {
+                participants.contains(&shard)
+            }
+        }
+    }
+
     /// This decided state with every participant's acknowledgement in
     /// (`None` while preparing: there is nothing to acknowledge).
     fn acknowledged(&self) -> Option<TxnState> {
@@ -612,12 +622,15 @@ impl CoordLeader {
                     Some(Tally::Pending) | None => {}
                 },
                 None => match machine.get(txn) {
-                    // A late yes: that shard waits for the decision.
-                    Some(state) if yes => {
-                        if let Some(decision) = state.decision() {
-                            fx.steps.extend(tell_shard(from, txn, decision));
-                        }
-                    }
+                    // A late yes: that shard waits for the decision. A
+                    // commit goes only to a shard that took part: told to
+                    // commit what it never prepared, a shard (or an
+                    // auditor) would take it for a lost yes vote.
+                    Some(state) if yes => match state.decision() {
+                        Some(Decision::Commit) if !state.involves(from) => {}
+                        Some(decision) => fx.steps.extend(tell_shard(from, txn, decision)),
+                        None => {}
+                    },
                     // A repeat from a shard that knows the decision.
                     None if machine.forgotten(txn) => {}
                     None if yes => self.abort(&mut fx, txn, AbortReason::NotLogged),
@@ -977,6 +990,38 @@ mod tests {
         let mut restored = CoordMachine::default();
         restored.restore(&m.snapshot().unwrap()).unwrap();
         assert_eq!(restored, m);
+    }
+
+    #[test]
+    fn a_late_yes_is_told_a_commit_only_by_a_participant() {
+        let mut m = CoordMachine::default();
+        m.apply(&Command::Start {
+            txn: 7,
+            client: CLIENT,
+            participants: vec![(4, 1)],
+        });
+        m.apply(&Command::Commit { txn: 7, votes: vec![4] });
+        let mut d = leader_logic();
+        let yes = Msg::Vote { txn: 7, yes: true };
+        assert_eq!(
+            decides(&d.on_message(MS, 4, yes.clone(), &leading(&m))),
+            [(4, Decision::Commit)]
+        );
+        // Shard 5 never took part: it holds no prepare to commit, and being
+        // told to would look, to the shard and to any auditor, like a yes
+        // vote of its that was lost.
+        assert!(decides(&d.on_message(MS, 5, yes.clone(), &leading(&m))).is_empty());
+        // An abort harms no one: a stranger's yes on an aborted
+        // transaction is told so.
+        m.apply(&Command::Abort {
+            txn: 8,
+            reason: AbortReason::NotLogged,
+        });
+        let yes8 = Msg::Vote { txn: 8, yes: true };
+        assert_eq!(
+            decides(&d.on_message(MS, 5, yes8, &leading(&m))),
+            [(5, Decision::Abort)]
+        );
     }
 
     /// Applies the commands that finish `txn`: committed (else aborted on a

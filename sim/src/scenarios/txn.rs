@@ -36,15 +36,17 @@
 //! replicas decides (`tests/txn_sim.rs` shows both while a coordinator
 //! replica is down).
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rand::seq::SliceRandom;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use ringfence::env::{codec, Env, NodeId};
 use ringfence::history::{bank, History, Violation};
 use ringfence::log::{Wire, WireOf};
-use ringfence::txn::client::{ClientConfig, TxnClient, TxnError};
+use ringfence::txn::client::{ClientConfig, Txn, TxnClient, TxnError};
 use ringfence::txn::coordinator::CoordinatorConfig;
 use ringfence::txn::participant::ParticipantConfig;
 use ringfence::txn::placement::RingShardMap;
@@ -155,6 +157,10 @@ pub struct Bank<const C: u32, const LOAD: u32 = 1> {
     /// The replicated coordinator's log: its safety and its replicas'
     /// catch-up.
     judge: Arc<Judge>,
+    /// Transfers whose commit a client has sent and not heard back on,
+    /// with the shards each touched: what a rogue replica, or a rogue shard
+    /// outside one, votes on ([`Bank::rogue`]).
+    committing: Mutex<BTreeMap<TxnId, Vec<NodeId>>>,
 }
 
 impl<const C: u32, const LOAD: u32> Bank<C, LOAD> {
@@ -180,6 +186,38 @@ impl<const C: u32, const LOAD: u32> Bank<C, LOAD> {
                 world.lock().count_situation(situation);
             }
         })
+    }
+
+    /// Commits `txn`, listed in `committing` while the answer is awaited
+    /// (a client that crashes meanwhile leaves it listed: a vote on a
+    /// finished transaction is as foreign).
+    async fn commit(&self, txc: &mut TxnClient<SimEnv>, txn: Txn) -> Result<Outcome, TxnError> {
+        let id = txn.id;
+        self.committing().insert(id, txn.shards());
+        let result = txc.commit(txn).await;
+        self.committing().remove(&id);
+        result
+    }
+
+    fn committing(&self) -> std::sync::MutexGuard<'_, BTreeMap<TxnId, Vec<NodeId>>> {
+        self.committing.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A transfer being committed.
+    fn live_transfer(&self, rng: &mut ChaCha8Rng) -> Option<TxnId> {
+        let live: Vec<TxnId> = self.committing().keys().copied().collect();
+        live.choose(rng).copied()
+    }
+
+    /// A transfer being committed that shard `shard` takes no part in.
+    fn foreign_transfer(&self, rng: &mut ChaCha8Rng, shard: NodeId) -> Option<TxnId> {
+        let foreign: Vec<TxnId> = self
+            .committing()
+            .iter()
+            .filter(|(_, shards)| !shards.contains(&shard))
+            .map(|(&txn, _)| txn)
+            .collect();
+        foreign.choose(rng).copied()
     }
 
     fn recheck(&self, txn: TxnId) {
@@ -290,7 +328,7 @@ async fn transfer<const C: u32, const LOAD: u32>(
             writes: writes.clone(),
             reason: None,
         });
-        txc.commit(txn).await
+        bank.commit(txc, txn).await
     }
     .await;
     if matches!(result, Ok(Outcome::Committed))
@@ -460,30 +498,46 @@ impl<const C: u32, const LOAD: u32> Scenario for Bank<C, LOAD> {
         FaultKind::ALL.into_iter().chain(FaultKind::ADVERSARIAL).collect()
     }
 
-    /// What a member that is not a coordinator may not say: a shard
-    /// forging prepares and decisions to another shard, or work and aborts
+    /// What a member may not say: a coordinator replica, or a shard
+    /// outside it, voting yes on a live transfer, a shard forging prepares
+    /// and decisions to another shard, or work and aborts
     /// in some client's transaction, and (replicated
     /// mode) absurd Raft messages between coordinator replicas
     /// ([`rogue`]), and the coordinators' own log commands sent to them
     /// from outside the group. A coordinator may decide, so nothing is
-    /// forged in its name to shards; a shard's vote is its own to give, so
-    /// no vote is forged in a shard's name to a coordinator (a forged yes
-    /// from a real participant is indistinguishable from its vote: seed
-    /// 571 of txn-replicated committed on one).
+    /// forged in its name to shards; a participant's vote is its own to
+    /// give, so no shard votes on a transfer it is in, nor is named in a
+    /// forged commit it could then vote on (a forged yes from a real
+    /// participant is indistinguishable from its vote: seed 571 of
+    /// txn-replicated committed on one).
     fn rogue(&self, rng: &mut ChaCha8Rng, from: NodeId, to: NodeId) -> Option<Vec<u8>> {
         let coordinators = coordinators(C);
         let msg = match (coordinators.contains(&from), coordinators.contains(&to)) {
-            (true, true) if C > 1 => {
-                let raft: WireOf<CoordMachine> = Wire::Raft(rogue::raft_message(rng, 0));
-                Msg::Log(codec::encode(&raft).ok()?)
-            }
-            (false, true) if C > 1 && rng.gen_bool(0.5) => Msg::Log(forged_log_message(rng, to).ok()?),
-            // A commit of a live transaction in its client's stead, naming
-            // only one of its shards.
-            (false, true) if rng.gen_bool(0.5) => Msg::Commit {
-                txn: rng.gen_range(1..=4u64) << 32 | rng.gen_range(1..=64u64),
-                participants: vec![(C + 1 + rng.gen_range(0..3), rng.gen_range(1..=2))],
+            // A replica, never a shard, voting yes on a live transfer; or
+            // absurd Raft.
+            (true, true) if C > 1 => match rng.gen_bool(0.5).then(|| self.live_transfer(rng)).flatten() {
+                Some(txn) => Msg::Vote { txn, yes: true },
+                None => {
+                    let raft: WireOf<CoordMachine> = Wire::Raft(rogue::raft_message(rng, 0));
+                    Msg::Log(codec::encode(&raft).ok()?)
+                }
             },
+            (false, true) if C > 1 && rng.gen_bool(0.5) => Msg::Log(forged_log_message(rng, to).ok()?),
+            // A yes on a live transfer this shard takes no part in.
+            (false, true) if rng.gen_bool(0.25) => Msg::Vote {
+                txn: self.foreign_transfer(rng, from)?,
+                yes: true,
+            },
+            // A commit of a live transaction in its client's stead, naming
+            // only one shard, never the forger (whose yes would then be its
+            // own to give).
+            (false, true) if rng.gen_bool(0.5) => {
+                let others: Vec<NodeId> = (C + 1..=C + 3).filter(|&n| n != from).collect();
+                Msg::Commit {
+                    txn: rng.gen_range(1..=4u64) << 32 | rng.gen_range(1..=64u64),
+                    participants: vec![(*others.choose(rng)?, rng.gen_range(1..=2))],
+                }
+            }
             // Questions about ids no leader issued: near the top of the id
             // space, or just above what the current term gave out.
             (false, true) if C > 1 => {
@@ -546,6 +600,7 @@ impl<const C: u32, const LOAD: u32> Scenario for Bank<C, LOAD> {
             events: Mutex::new(Vec::new()),
             to_recheck: Mutex::new(Vec::new()),
             judge: Arc::default(),
+            committing: Mutex::default(),
         }
     }
 
