@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use ringfence::env::{Env, EnvError, NodeId, MAX_MESSAGE_BYTES};
 use ringfence::real::auth::{self, ClientCredentials, ClusterSecret, Credentials, Hello, Role, FIRST_PRINCIPAL};
-use ringfence::real::transport::{frame_codec, Limits, MAX_CONNECTIONS_PER_PRINCIPAL};
+use ringfence::real::transport::{frame_codec, Limits, MAX_CONNECTIONS_PER_PRINCIPAL, MAX_HANDSHAKE_FRAME_BYTES};
 use ringfence::real::{NodeConfig, RealEnv};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -281,6 +281,51 @@ async fn misbehaving_connections_are_dropped_while_the_node_serves_others() {
     // Meanwhile the real peer is served as before, both ways.
     send_until_received(cluster.node(2), cluster.node(1), b"still here").await;
     send_until_received(cluster.node(1), cluster.node(2), b"and back").await;
+}
+
+/// A stranger announcing a hello of a megabyte is cut off from its length
+/// prefix alone: before authentication the node buffers no more than a
+/// handshake frame (a flood of such hellos once grew a node by 650 MB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hello_longer_than_a_handshake_frame_is_refused_from_its_length() {
+    let limits = Limits {
+        handshake_timeout: Duration::from_secs(60),
+        ..Limits::default()
+    };
+    let cluster = Cluster::start_with(&[1], limits).await;
+    let mut stream = TcpStream::connect(cluster.node(1).local_addr().unwrap()).await.unwrap();
+    stream
+        .write_all(&((MAX_HANDSHAKE_FRAME_BYTES + 1) as u32).to_be_bytes())
+        .await
+        .unwrap();
+    assert_disconnected(stream).await;
+}
+
+/// Strangers holding silent sockets, more than the node's handshake and
+/// connection budgets, cannot keep out a member that reconnects or a new
+/// client: the oldest pending handshakes make way. (Before, a semaphore
+/// taken before `accept` let 1,500 idle sockets lock clients out.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_sockets_cannot_keep_members_or_clients_out() {
+    let limits = Limits {
+        max_connections: 32,
+        max_pending_handshakes: 16,
+        handshake_timeout: Duration::from_secs(60),
+        ..Limits::default()
+    };
+    let mut cluster = Cluster::start_with(&[1, 2], limits).await;
+    let addr = cluster.node(1).local_addr().unwrap();
+    let mut squatters = Vec::new();
+    for _ in 0..200 {
+        squatters.push(TcpStream::connect(addr).await.unwrap());
+    }
+    cluster.restart(2).await;
+    send_until_received(cluster.node(2), cluster.node(1), b"member back").await;
+    send_until_received(cluster.node(1), cluster.node(2), b"and heard").await;
+    let servers: BTreeMap<NodeId, SocketAddr> = [(1, addr)].into_iter().collect();
+    let client = RealEnv::client(&cluster.client_credentials(FIRST_PRINCIPAL), &servers);
+    send_until_received(&client, cluster.node(1), b"client in").await;
+    drop(squatters);
 }
 
 /// The forged-frame attack: anyone could claim to be member 2 with a bare

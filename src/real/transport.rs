@@ -26,7 +26,7 @@
 //! frame, exceeds its principal's connection quota or stays silent too long
 //! is disconnected and logged; the node keeps serving everyone else.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -52,8 +52,21 @@ pub const PEER_QUEUE_CAPACITY: usize = 1024;
 /// queues then drop.
 pub const INBOX_CAPACITY: usize = 4096;
 
-/// Incoming connections served at once; more wait in the accept backlog.
+/// Authenticated client connections served at once; a client beyond them
+/// is disconnected once it has proven itself. Members are not counted: they
+/// are few, known, and never locked out by clients.
 pub const MAX_INBOUND_CONNECTIONS: usize = 1024;
+
+/// Connections still in their handshake at once. Every connection is
+/// accepted; past this many, the one waiting longest is dropped, so that
+/// strangers holding idle sockets cannot keep members and clients out (an
+/// honest peer finishes its handshake in a round trip).
+pub const MAX_PENDING_HANDSHAKES: usize = 256;
+
+/// The largest handshake frame (a hello or a proof, each under 100
+/// bytes): a stranger's frame is refused from its length prefix, before
+/// the node buffers anything.
+pub const MAX_HANDSHAKE_FRAME_BYTES: usize = 1024;
 
 /// Authenticated connections one client principal may hold to one node at
 /// once, so that no single client can take every slot.
@@ -76,8 +89,10 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// above. Tests and small deployments may tighten them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Connections served at once.
+    /// Authenticated client connections served at once.
     pub max_connections: usize,
+    /// Connections in their handshake at once (the oldest is dropped).
+    pub max_pending_handshakes: usize,
     /// Authenticated connections one client principal may hold at once.
     pub max_connections_per_principal: usize,
     /// Time a peer has to complete its handshake.
@@ -90,6 +105,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_connections: MAX_INBOUND_CONNECTIONS,
+            max_pending_handshakes: MAX_PENDING_HANDSHAKES,
             max_connections_per_principal: MAX_CONNECTIONS_PER_PRINCIPAL,
             handshake_timeout: HANDSHAKE_TIMEOUT,
             client_idle_timeout: CLIENT_IDLE_TIMEOUT,
@@ -170,6 +186,8 @@ impl Transport {
                 inbox: inbox_tx.clone(),
                 clients: clients.clone(),
                 per_principal: Mutex::default(),
+                client_slots: Arc::new(Semaphore::new(limits.max_connections)),
+                handshakes: Mutex::default(),
                 shutdown: shutdown.clone(),
             };
             spawn_until(shutdown, acceptor.run(listener));
@@ -368,6 +386,11 @@ struct Acceptor {
     clients: Arc<Clients>,
     /// Authenticated client connections per principal.
     per_principal: Mutex<BTreeMap<u32, usize>>,
+    /// Authenticated client connections, all principals together.
+    client_slots: Arc<Semaphore>,
+    /// Connections in their handshake, oldest first, each with the token
+    /// that drops it.
+    handshakes: Mutex<VecDeque<(u64, CancellationToken)>>,
     shutdown: CancellationToken,
 }
 
@@ -392,12 +415,8 @@ impl Drop for PrincipalSlot<'_> {
 impl Acceptor {
     async fn run(self, listener: TcpListener) {
         let this = Arc::new(self);
-        let slots = Arc::new(Semaphore::new(this.limits.max_connections));
         let mut connections = 0u64;
         loop {
-            let Ok(permit) = slots.clone().acquire_owned().await else {
-                return;
-            };
             let (stream, remote) = match listener.accept().await {
                 Ok(accepted) => accepted,
                 Err(e) => {
@@ -409,13 +428,33 @@ impl Acceptor {
             };
             connections += 1;
             let (this2, connection) = (this.clone(), connections);
+            let evicted = this.start_handshake(connection);
             spawn_until(&this.shutdown, async move {
-                if let Err(reason) = this2.serve(stream, connection).await {
+                if let Err(reason) = this2.serve(stream, connection, evicted).await {
                     tracing::warn!(node = this2.id, %remote, %reason, "disconnected a peer");
                 }
-                drop(permit);
             });
         }
+    }
+
+    /// Registers connection `connection`'s handshake; returns the token
+    /// that drops it if it is still pending when newer ones crowd it out.
+    fn start_handshake(&self, connection: u64) -> CancellationToken {
+        let token = CancellationToken::new();
+        let mut pending = self.handshakes.lock().expect("handshake table poisoned");
+        pending.push_back((connection, token.clone()));
+        while pending.len() > self.limits.max_pending_handshakes {
+            if let Some((_, oldest)) = pending.pop_front() {
+                oldest.cancel();
+            }
+        }
+        token
+    }
+
+    /// Connection `connection` finished (or abandoned) its handshake.
+    fn end_handshake(&self, connection: u64) {
+        let mut pending = self.handshakes.lock().expect("handshake table poisoned");
+        pending.retain(|(c, _)| *c != connection);
     }
 
     /// Takes a connection slot of `principal`, if it has one left.
@@ -432,10 +471,11 @@ impl Acceptor {
         })
     }
 
-    /// Serves one incoming connection: handshake, then messages into the
-    /// inbox; for a client, also writes the node's answers back.
-    async fn serve(&self, stream: TcpStream, connection: u64) -> Result<(), String> {
+    /// The handshake of one incoming connection: who it is, proven. Its
+    /// frames are held to [`MAX_HANDSHAKE_FRAME_BYTES`] until then.
+    async fn handshake(&self, stream: TcpStream) -> Result<(Hello, FrameReader, FrameWriter, FrameKeys), String> {
         let (mut frames, mut writer) = framed(stream)?;
+        frames.decoder_mut().set_max_frame_length(MAX_HANDSHAKE_FRAME_BYTES);
         let first = next_frame(&mut frames, self.limits.handshake_timeout, "hello").await?;
         let hello = Hello::decode(&first).map_err(|e| e.to_string())?;
         let from = hello.id;
@@ -450,21 +490,41 @@ impl Acceptor {
         let (answer, pending) = auth::accept(&self.credentials, &hello).map_err(|e| e.to_string())?;
         writer.send(Bytes::from(answer)).await.map_err(|e| e.to_string())?;
         let proof = next_frame(&mut frames, self.limits.handshake_timeout, "handshake proof").await?;
-        let FrameKeys { sealer, opener } = pending.finish(&proof).map_err(|e| format!("peer {from}: {e}"))?;
-        // The quota counts proven connections only: hellos that claim a
+        let keys = pending.finish(&proof).map_err(|e| format!("peer {from}: {e}"))?;
+        frames.decoder_mut().set_max_frame_length(MAX_MESSAGE_BYTES + TAG_BYTES);
+        Ok((hello, frames, writer, keys))
+    }
+
+    /// Serves one incoming connection: handshake, then messages into the
+    /// inbox; for a client, also writes the node's answers back.
+    async fn serve(&self, stream: TcpStream, connection: u64, evicted: CancellationToken) -> Result<(), String> {
+        let handshake = async {
+            tokio::select! {
+                result = self.handshake(stream) => result,
+                () = evicted.cancelled() => Err("dropped in its handshake: newer connections were waiting".to_string()),
+            }
+        };
+        let result = handshake.await;
+        self.end_handshake(connection);
+        let (hello, mut frames, writer, FrameKeys { sealer, opener }) = result?;
+        let from = hello.id;
+        // The quotas count proven connections only: hellos that claim a
         // principal without its key cannot use up its slots.
-        let _slot = match hello.role {
-            Role::Member => None,
-            Role::Client => match self.take_slot(auth::principal_of(from)) {
-                Some(slot) => Some(slot),
-                None => {
+        let (_slot, _permit) = match hello.role {
+            Role::Member => (None, None),
+            Role::Client => {
+                let principal = auth::principal_of(from);
+                let Some(slot) = self.take_slot(principal) else {
                     return Err(format!(
-                        "principal {} already holds {} connections",
-                        auth::principal_of(from),
+                        "principal {principal} already holds {} connections",
                         self.limits.max_connections_per_principal
-                    ))
-                }
-            },
+                    ));
+                };
+                let Ok(permit) = self.client_slots.clone().try_acquire_owned() else {
+                    return Err(format!("{} client connections are open", self.limits.max_connections));
+                };
+                (Some(slot), Some(permit))
+            }
         };
         let idle = match hello.role {
             Role::Member => None,
