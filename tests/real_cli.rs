@@ -111,12 +111,41 @@ fn bad_input_gets_a_clear_error() {
         &["txn", "audit", "--accounts", "4294967295"],
         &["cluster", "--nodes", "0"],
         &["cluster", "--base-port", "70000"],
+        // Lock names the servers would refuse, or that would reach another
+        // user's terminal through `status`: refused before any connection.
+        &["lock", "status", &"n".repeat(ringfence::lock::MAX_LOCK_NAME_BYTES + 1)],
+        &["lock", "status", ""],
+        &["lock", "acquire", "\u{1b}[2J"],
     ] {
         let refused = ringfence(args);
         let err = String::from_utf8_lossy(&refused.stderr);
         assert_eq!(refused.status.code(), Some(2), "{args:?}: {err}");
         assert!(err.contains("invalid value"), "{args:?}: {err}");
     }
+}
+
+/// Each `lock acquire` ends its session when it exits. It used to leave it
+/// to expire, so a principal running the command in a loop hit its session
+/// quota within one TTL (here a minute) and was refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lock_command_ends_its_session_when_it_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = LocalCluster::free_ports_config(3, dir.path()).unwrap();
+    config.lock.ttl_ms = u64::MAX;
+    assert!(config.validate().unwrap_err().contains("ttl_ms"), "an endless lease is refused");
+    config.lock.ttl_ms = 60_000;
+    let exe = Path::new(env!("CARGO_BIN_EXE_ringfence"));
+    let mut cluster = LocalCluster::start(exe, dir.path(), config).await.unwrap();
+    let file = cluster.config_path().to_str().unwrap().to_string();
+    for round in 0..ringfence::lock::MAX_SESSIONS_PER_PRINCIPAL + 4 {
+        let out = ringfence(&["lock", "acquire", "loop", "--hold", "0s", "--config", &file]);
+        assert!(
+            out.status.success(),
+            "acquire {round}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    cluster.stop().await;
 }
 
 /// Ports past 65535 are refused, not wrapped around to low ports.

@@ -55,6 +55,9 @@ use crate::txn::client::TxnClient;
 use crate::txn::participant::ParticipantConfig;
 use crate::txn::placement::RingShardMap;
 use crate::txn::shell;
+/// The longest session lease a cluster may configure, in milliseconds.
+pub const MAX_TTL_MS: u64 = 24 * 60 * 60 * 1000;
+
 
 /// The cluster file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -217,7 +220,7 @@ impl ClusterConfig {
         std::fs::write(path, text)
     }
 
-    /// Checks what serde cannot: ids, addresses, sizes.
+    /// Checks what serde cannot: ids, addresses, sizes, the lease.
     pub fn validate(&self) -> Result<(), String> {
         if self.cluster_id.is_empty() {
             return Err(
@@ -247,8 +250,11 @@ impl ClusterConfig {
                 }
             }
         }
-        if self.lock.ttl_ms < 100 {
-            return Err("lock.ttl_ms must be at least 100".to_string());
+        if !(100..=MAX_TTL_MS).contains(&self.lock.ttl_ms) {
+            return Err(format!(
+                "lock.ttl_ms must be from 100 to {MAX_TTL_MS} (a day): a lease longer than that outlives \
+                 any client that crashed holding it"
+            ));
         }
         Ok(())
     }

@@ -44,6 +44,7 @@ enum LockCommand {
     /// 0 done and released; 1 error (COMMAND failed, no cluster, ...);
     /// 3 the lock was lost (COMMAND stopped); 4 not granted within --wait.
     Acquire {
+        #[arg(value_parser = parse_lock_name)]
         name: String,
         /// How long to wait in line for the lock.
         #[arg(long, default_value = "10s", value_parser = parse_duration)]
@@ -60,7 +61,30 @@ enum LockCommand {
         command: Vec<String>,
     },
     /// Show who holds a lock and who waits for it.
-    Status { name: String },
+    Status {
+        #[arg(value_parser = parse_lock_name)]
+        name: String,
+    },
+}
+
+/// A lock name the servers accept: 1 to `MAX_LOCK_NAME_BYTES` bytes, no
+/// control characters (they would reach other users' terminals through
+/// `status`).
+fn parse_lock_name(text: &str) -> Result<String, String> {
+    if text.is_empty() {
+        return Err("a lock name cannot be empty".to_string());
+    }
+    if text.len() > ringfence::lock::MAX_LOCK_NAME_BYTES {
+        return Err(format!(
+            "a lock name has at most {} bytes, this one {}",
+            ringfence::lock::MAX_LOCK_NAME_BYTES,
+            text.len()
+        ));
+    }
+    if text.chars().any(char::is_control) {
+        return Err("a lock name cannot hold control characters".to_string());
+    }
+    Ok(text.to_string())
 }
 
 pub async fn run(args: LockArgs) -> Result<(), Failure> {
@@ -116,6 +140,26 @@ async fn acquire(
 ) -> Result<(), Failure> {
     let client = LockClient::new(env(config)?, servers(config), config.lock_client_config());
     client.open().await.map_err(|e| format!("open session: {e}"))?;
+    let result = hold_lock(&client, name, wait, hold, grace, command).await;
+    // End the session now, not a TTL from now: a principal running this
+    // command in a loop would otherwise fill its session quota. Best
+    // effort: an unreachable cluster expires it instead.
+    let _ = tokio::time::timeout(CLOSE_WITHIN, client.close()).await;
+    result
+}
+
+/// How long an exiting `lock acquire` waits for its session to close.
+const CLOSE_WITHIN: Duration = Duration::from_secs(1);
+
+/// Acquires `name` in `client`'s open session and holds it (see `acquire`).
+async fn hold_lock(
+    client: &LockClient<RealEnv>,
+    name: &str,
+    wait: Duration,
+    hold: Option<Duration>,
+    grace: Duration,
+    command: Vec<String>,
+) -> Result<(), Failure> {
     // The guard renews the session in the background and says when the
     // lock is lost; the loop below only watches it.
     let guard = match client.lock(name, wait).await {
@@ -150,7 +194,7 @@ async fn acquire(
         ),
         None => None,
     };
-    let ended = hold_while(&client, &guard, hold, child.as_mut()).await?;
+    let ended = hold_while(client, &guard, hold, child.as_mut()).await?;
     if let (Ended::Lost(_) | Ended::Interrupted, Some(child)) = (&ended, child.as_mut()) {
         if let Ended::Lost(reason) = &ended {
             eprintln!(
