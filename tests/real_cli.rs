@@ -132,7 +132,10 @@ async fn the_lock_command_ends_its_session_when_it_exits() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = LocalCluster::free_ports_config(3, dir.path()).unwrap();
     config.lock.ttl_ms = u64::MAX;
-    assert!(config.validate().unwrap_err().contains("ttl_ms"), "an endless lease is refused");
+    assert!(
+        config.validate().unwrap_err().contains("ttl_ms"),
+        "an endless lease is refused"
+    );
     config.lock.ttl_ms = 60_000;
     let exe = Path::new(env!("CARGO_BIN_EXE_ringfence"));
     let mut cluster = LocalCluster::start(exe, dir.path(), config).await.unwrap();

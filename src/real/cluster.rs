@@ -55,9 +55,9 @@ use crate::txn::client::TxnClient;
 use crate::txn::participant::ParticipantConfig;
 use crate::txn::placement::RingShardMap;
 use crate::txn::shell;
+
 /// The longest session lease a cluster may configure, in milliseconds.
 pub const MAX_TTL_MS: u64 = 24 * 60 * 60 * 1000;
-
 
 /// The cluster file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
