@@ -151,6 +151,49 @@ async fn the_lock_command_ends_its_session_when_it_exits() {
     cluster.stop().await;
 }
 
+/// A node raises its soft open-file limit to what its listeners may hold:
+/// started under `ulimit -S -n 512`, a flood of connections would take
+/// every descriptor and stop the node at its next log compaction.
+#[tokio::test]
+async fn a_node_raises_its_open_file_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LocalCluster::free_ports_config(1, dir.path()).unwrap();
+    let path = dir.path().join("cluster.toml");
+    config.save(&path).unwrap();
+    ClusterConfig::load(&path).unwrap().create_credentials().unwrap();
+    let mut node = tokio::process::Command::new("sh")
+        .args(["-c", "ulimit -S -n 512 && exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_ringfence"))
+        .args(["node", "--init", "--id", "1", "--config"])
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let limits = format!("/proc/{}/limits", node.id().unwrap());
+    let open_files = || -> (u64, u64) {
+        let text = std::fs::read_to_string(&limits).unwrap_or_default();
+        let line = text.lines().find(|l| l.starts_with("Max open files")).unwrap_or("");
+        let numbers: Vec<u64> = line.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+        (
+            numbers.first().copied().unwrap_or(0),
+            numbers.get(1).copied().unwrap_or(0),
+        )
+    };
+    // Serving means the node has set its limits.
+    let lock = config.lock_servers()[&1];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(lock).await.is_err() {
+        assert!(Instant::now() < deadline, "the node did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (soft, hard) = open_files();
+    let _ = node.kill().await;
+    let wanted = hard.min(3 * (1024 + 256) + 256);
+    assert!(hard > 0 && soft >= wanted, "soft open-file limit {soft} (hard {hard})");
+}
+
 /// Ports past 65535 are refused, not wrapped around to low ports.
 #[tokio::test]
 async fn cluster_refuses_a_base_port_whose_ports_would_pass_65535() {

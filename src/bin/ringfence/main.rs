@@ -131,9 +131,49 @@ fn client_key(config: &ConfigArg, principal: u32, out: &std::path::Path) -> Resu
 
 async fn node(config: &std::path::Path, id: NodeId, init: bool) -> Result<(), String> {
     let config = ClusterConfig::load(config).map_err(|e| e.to_string())?;
+    raise_open_file_limit();
     tokio::select! {
         result = run_node(&config, id, init) => result.map_err(|e| e.to_string()),
         _ = tokio::signal::ctrl_c() => Ok(()),
+    }
+}
+
+/// Open files a node may hold at once: its three listeners, each with its
+/// client connections and pending handshakes, plus peers, logs and slack.
+const NODE_OPEN_FILES: usize = 3
+    * (ringfence::real::transport::MAX_INBOUND_CONNECTIONS + ringfence::real::transport::MAX_PENDING_HANDSHAKES)
+    + 256;
+
+/// Raises the soft open-file limit to what a node may need (within the
+/// hard limit). At the common default of 1,024, a flood of connections
+/// used up the descriptors and the node stopped when a log compaction
+/// could not open its file; where the hard limit is lower, say so.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    let wanted = (NODE_OPEN_FILES as libc::rlim_t).min(limit.rlim_max);
+    if limit.rlim_cur < wanted {
+        let raised = libc::rlimit {
+            rlim_cur: wanted,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit only reads the struct it is given.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit.rlim_cur = wanted;
+        }
+    }
+    if (limit.rlim_cur as usize) < NODE_OPEN_FILES {
+        tracing::warn!(
+            open_files = limit.rlim_cur,
+            needed = NODE_OPEN_FILES,
+            "the open-file limit is below what a flood of connections can take: raise `ulimit -n`"
+        );
     }
 }
 
