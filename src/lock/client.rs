@@ -136,6 +136,7 @@ fn describe(refusal: &Refusal) -> &'static str {
         Refusal::TooManySessions => "the servers hold as many sessions as they allow",
         Refusal::TooManyLocks => "the servers hold as many locks as they allow",
         Refusal::TooManyWaiters => "the lock has as many waiters as allowed",
+        Refusal::PrincipalWaiterQuota => "this principal has as many sessions waiting for the lock as it may",
         Refusal::NameTooLong => "the lock name is too long",
         Refusal::StaleRequest => "a newer request of this session already finished",
         Refusal::SessionReused => "the session id was used before",

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     principal, MAX_LOCKS, MAX_LOCKS_PER_PRINCIPAL, MAX_LOCK_NAME_BYTES, MAX_SESSIONS, MAX_SESSIONS_PER_PRINCIPAL,
-    MAX_WAITERS,
+    MAX_WAITERS, MAX_WAITERS_PER_PRINCIPAL,
 };
 use crate::env::{codec, NodeId};
 use crate::log::{SnapshotError, StateMachine};
@@ -185,6 +185,9 @@ pub enum Refusal {
     /// The owner's principal already holds or waits for
     /// [`super::MAX_LOCKS_PER_PRINCIPAL`] locks, and this one would be new.
     PrincipalLockQuota,
+    /// The owner's principal already has
+    /// [`super::MAX_WAITERS_PER_PRINCIPAL`] sessions waiting for this lock.
+    PrincipalWaiterQuota,
 }
 
 /// Results of commands and queries.
@@ -509,6 +512,17 @@ impl LockMachine {
         if !self.locks.contains_key(name) && self.locks.len() >= MAX_LOCKS {
             return LockOutput::Refused(Refusal::TooManyLocks);
         }
+        let owner = principal(self.sessions[&session].owner);
+        let queued_by_owner = self.locks.get(name).map_or(0, |lock| {
+            lock.waiters
+                .iter()
+                .filter(|c| {
+                    self.sessions
+                        .get(&c.session)
+                        .is_some_and(|s| principal(s.owner) == owner)
+                })
+                .count()
+        });
         let token = hint.unwrap_or(self.revision);
         let claim = Claim {
             session,
@@ -524,6 +538,8 @@ impl LockMachine {
             return LockOutput::Busy;
         } else if lock.waiters.len() >= MAX_WAITERS {
             return LockOutput::Refused(Refusal::TooManyWaiters);
+        } else if queued_by_owner >= MAX_WAITERS_PER_PRINCIPAL {
+            return LockOutput::Refused(Refusal::PrincipalWaiterQuota);
         } else {
             let ahead = lock.waiters.back().or(lock.holder.as_ref()).map_or(0, |c| c.token);
             lock.waiters.push_back(claim);

@@ -410,6 +410,40 @@ fn sessions_belong_to_the_node_that_opened_them() {
     );
 }
 
+/// One principal cannot fill another's lock queue: its sessions may take
+/// a quarter of the line (an attack queued 64 sessions of one principal
+/// behind its own holder, and every other principal was refused).
+#[test]
+fn one_principal_cannot_fill_a_locks_queue() {
+    let mut m = LockMachine::default();
+    let as_owner = |owner: u32, request: R| C::Client { owner, request };
+    let open_and_acquire = |m: &mut LockMachine, owner: u32, session: u64| {
+        assert_eq!(m.apply(&as_owner(owner, R::Open { session })), O::Opened);
+        m.apply(&as_owner(
+            owner,
+            R::Acquire {
+                session,
+                lock: "victim".into(),
+                request: 1,
+                wait: true,
+            },
+        ))
+    };
+    assert!(matches!(open_and_acquire(&mut m, 7 << 16, 1), O::Granted { .. }));
+    for i in 0..super::MAX_WAITERS_PER_PRINCIPAL as u32 {
+        let out = open_and_acquire(&mut m, 7 << 16 | (i + 1), 100 + u64::from(i));
+        assert!(matches!(out, O::Queued { .. }), "{out:?}");
+    }
+    let greedy = open_and_acquire(&mut m, 7 << 16 | 999, 999);
+    assert_eq!(
+        greedy,
+        O::Refused(super::Refusal::PrincipalWaiterQuota),
+        "past its share"
+    );
+    let other = open_and_acquire(&mut m, 8 << 16, 2_000);
+    assert!(matches!(other, O::Queued { .. }), "{other:?}");
+}
+
 #[test]
 fn one_principal_cannot_fill_the_session_table() {
     use super::{MAX_SESSIONS, MAX_SESSIONS_PER_PRINCIPAL};
