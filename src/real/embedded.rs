@@ -46,7 +46,8 @@ pub struct EmbeddedCluster {
 impl EmbeddedCluster {
     /// Starts `nodes` nodes with default settings, data and credentials
     /// under `dir` (created if missing; a new cluster each time, so use
-    /// an empty or fresh directory). Returns once every node listens.
+    /// an empty or fresh directory). Returns once every node listens and
+    /// the lock service answers.
     pub async fn start(dir: &Path, nodes: u32) -> std::io::Result<EmbeddedCluster> {
         let config = Self::config(dir, nodes)?;
         Self::start_with(dir, config).await
@@ -77,7 +78,28 @@ impl EmbeddedCluster {
         for id in cluster.ids() {
             cluster.wait_until_serving(id).await?;
         }
+        cluster.wait_until_locks_answer().await?;
         Ok(cluster)
+    }
+
+    /// Returns once the lock service answers a read, that is once its log
+    /// has a leader: a first request must not race the election (on a
+    /// loaded machine it can outlast a client's one-second request
+    /// timeout).
+    async fn wait_until_locks_answer(&self) -> std::io::Result<()> {
+        let client = self.lock_client();
+        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+        loop {
+            match client.status("ready").await {
+                Ok(_) => return Ok(()),
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    return Err(std::io::Error::other(format!(
+                        "the lock service did not answer within {START_TIMEOUT:?}: {e}"
+                    )))
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
     }
 
     fn spawn(&mut self, id: NodeId, init: bool) {
