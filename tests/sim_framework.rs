@@ -313,15 +313,17 @@ fn a_paused_senders_copies_keep_arriving() {
 }
 
 #[test]
-fn a_window_with_late_copies_delivers_some_duplicates_long_after_they_were_sent() {
+fn a_window_with_late_copies_delivers_some_messages_long_after_they_were_sent() {
     let scenario = scenarios::erase::<Courier>();
-    let network = |late_ms| Fault::Network {
+    // Second copies of duplicates, or delayed messages (up to 50 ms, well
+    // under `LATE`, unless late copies are on).
+    let network = |duplicate, delay, late_ms| Fault::Network {
         at_ms: 0,
         for_ms: 1_000,
         loss: 0.0,
-        duplicate: 0.5,
-        delay: 0.0,
-        max_delay_ms: 0,
+        duplicate,
+        delay,
+        max_delay_ms: if delay > 0.0 { 50 } else { 0 },
         late_ms,
     };
     // A fault of no consequence here: it only fills the plan's slot.
@@ -330,17 +332,19 @@ fn a_window_with_late_copies_delivers_some_duplicates_long_after_they_were_sent(
         node: 2,
         for_ms: 1,
     };
-    let seen = |late_ms| {
-        let outcome = run_isolated(
-            scenario,
-            &courier_plan(network(late_ms), pause.clone()),
-            RunOptions::default(),
-        );
+    let seen = |network: Fault| {
+        let outcome = run_isolated(scenario, &courier_plan(network, pause.clone()), RunOptions::default());
         outcome.violations.into_iter().map(|v| v.invariant).collect::<Vec<_>>()
     };
     // Copies arrive within the 1 s window, up to 900 ms late.
-    assert_eq!(seen(900), ["late-copy"]);
-    assert!(seen(0).is_empty());
+    for (duplicate, delay) in [(0.5, 0.0), (0.0, 1.0)] {
+        assert_eq!(
+            seen(network(duplicate, delay, 900)),
+            ["late-copy"],
+            "{duplicate} {delay}"
+        );
+        assert!(seen(network(duplicate, delay, 0)).is_empty(), "{duplicate} {delay}");
+    }
 }
 
 /// Where each fault kind fires: the log scenario takes every kind but the

@@ -96,9 +96,18 @@ pub async fn run(args: LockArgs) -> Result<(), Failure> {
             hold,
             grace,
             command,
-        } => acquire(&config, &name, wait, hold, grace, command).await,
+        } => {
+            let client = client(&config)?;
+            client.open().await.map_err(|e| format!("open session: {e}"))?;
+            let result = acquire(&client, &name, wait, hold, grace, command).await;
+            // End the session now, not a TTL from now: a principal running
+            // this command in a loop would otherwise fill its session
+            // quota. Best effort: an unreachable cluster expires it instead.
+            let _ = tokio::time::timeout(CLOSE_WITHIN, client.close()).await;
+            result
+        }
         LockCommand::Status { name } => {
-            let client = LockClient::new(env(&config)?, servers(&config), config.lock_client_config());
+            let client = client(&config)?;
             let status = client.status(&name).await.map_err(|e| format!("status {name}: {e}"))?;
             match status.holder {
                 Some((session, token)) => println!("lock={name} holder session={session} token={token}"),
@@ -112,12 +121,15 @@ pub async fn run(args: LockArgs) -> Result<(), Failure> {
     }
 }
 
-fn env(config: &ClusterConfig) -> Result<RealEnv, String> {
-    config.client_env(&config.lock_servers()).map_err(|e| e.to_string())
-}
-
-fn servers(config: &ClusterConfig) -> Vec<ringfence::env::NodeId> {
-    config.lock_servers().into_keys().collect()
+/// A lock client of the cluster's lock servers.
+fn client(config: &ClusterConfig) -> Result<LockClient<RealEnv>, String> {
+    let servers = config.lock_servers();
+    let env = config.client_env(&servers).map_err(|e| e.to_string())?;
+    Ok(LockClient::new(
+        env,
+        servers.into_keys().collect(),
+        config.lock_client_config(),
+    ))
 }
 
 /// How holding the lock ended.
@@ -130,29 +142,11 @@ enum Ended {
     Lost(String),
 }
 
-async fn acquire(
-    config: &ClusterConfig,
-    name: &str,
-    wait: Duration,
-    hold: Option<Duration>,
-    grace: Duration,
-    command: Vec<String>,
-) -> Result<(), Failure> {
-    let client = LockClient::new(env(config)?, servers(config), config.lock_client_config());
-    client.open().await.map_err(|e| format!("open session: {e}"))?;
-    let result = hold_lock(&client, name, wait, hold, grace, command).await;
-    // End the session now, not a TTL from now: a principal running this
-    // command in a loop would otherwise fill its session quota. Best
-    // effort: an unreachable cluster expires it instead.
-    let _ = tokio::time::timeout(CLOSE_WITHIN, client.close()).await;
-    result
-}
-
 /// How long an exiting `lock acquire` waits for its session to close.
 const CLOSE_WITHIN: Duration = Duration::from_secs(1);
 
-/// Acquires `name` in `client`'s open session and holds it (see `acquire`).
-async fn hold_lock(
+/// Acquires `name` in `client`'s open session and holds it.
+async fn acquire(
     client: &LockClient<RealEnv>,
     name: &str,
     wait: Duration,
