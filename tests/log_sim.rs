@@ -35,7 +35,7 @@ fn expected(bug: &str) -> &'static [&'static str] {
         "ack-before-sync" | "commit-earlier-term" => &["committed-entry-changed", "would truncate committed entry"],
         "term-overflow" => &["entry from a future term"],
         "vote-not-synced" => &["leader-per-term", "election safety"],
-        "torn-tail-anywhere" => &["synced-record-lost"],
+        "torn-tail-anywhere" | "synced-tail-unnoticed" => &["synced-record-lost"],
         "refuse-entries" => &["replica-behind"],
         // No replica sees anything wrong: only the linearizability search.
         "read-before-no-op" => &["linearizable"],
@@ -84,30 +84,33 @@ fn default_sweep_catches_log_bugs_for_the_right_reason() {
     }
 }
 
-/// The old storage recovery rule (any damage is a torn tail) loses synced
-/// records whenever a bit flips mid-log; the default seeds catch it as
-/// `synced-record-lost` on several seeds, not by luck on one.
+/// Recovery that loses synced records — the old rule (any damage is a
+/// torn tail), or one that ignores the sync watermark — is caught by the
+/// default seeds as `synced-record-lost` on several seeds, not by luck on
+/// one.
 #[test]
-fn default_sweep_catches_the_old_recovery_rule_on_several_seeds() {
+fn default_sweep_catches_lossy_recovery_on_several_seeds() {
     let scenario = log_scenario("log");
-    let mut cases = sweep::default_cases(scenario, None, Some("torn-tail-anywhere"));
-    cases.truncate(24);
-    let plan = SweepPlan {
-        groups: vec![(scenario, cases)],
-        jobs: jobs(),
-        determinism_every: 0,
-        progress: false,
-        stop_at_first_failure: false,
-    };
-    let summary = sweep::sweep(&plan).remove(0);
-    let seeds: Vec<u64> = summary
-        .failures
-        .iter()
-        .filter(|f| f.violation.invariant == "synced-record-lost")
-        .map(|f| f.seed)
-        .collect();
-    println!("log +torn-tail-anywhere: synced-record-lost on seeds {seeds:?} of the first 24");
-    assert!(seeds.len() >= 3, "caught on {seeds:?} only");
+    for bug in ["torn-tail-anywhere", "synced-tail-unnoticed"] {
+        let mut cases = sweep::default_cases(scenario, None, Some(bug));
+        cases.truncate(48);
+        let plan = SweepPlan {
+            groups: vec![(scenario, cases)],
+            jobs: jobs(),
+            determinism_every: 0,
+            progress: false,
+            stop_at_first_failure: false,
+        };
+        let summary = sweep::sweep(&plan).remove(0);
+        let seeds: Vec<u64> = summary
+            .failures
+            .iter()
+            .filter(|f| f.violation.invariant == "synced-record-lost")
+            .map(|f| f.seed)
+            .collect();
+        println!("log +{bug}: synced-record-lost on seeds {seeds:?} of the first 48");
+        assert!(seeds.len() >= 3, "{bug} caught on {seeds:?} only");
+    }
 }
 
 /// A plan with a crash (losing everything unsynced) every 100–250 ms and

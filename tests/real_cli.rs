@@ -194,6 +194,48 @@ async fn a_node_raises_its_open_file_limit() {
     assert!(hard > 0 && soft >= wanted, "soft open-file limit {soft} (hard {hard})");
 }
 
+/// A stranger's refused connections cost the node's log a bounded number
+/// of lines: 300 crafted handshakes once wrote 300 warnings (about 320
+/// bytes each, at whatever rate the stranger connects).
+#[tokio::test]
+async fn a_flood_of_refused_connections_writes_a_bounded_number_of_warnings() {
+    use tokio::io::AsyncWriteExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = LocalCluster::free_ports_config(1, dir.path()).unwrap();
+    let path = dir.path().join("cluster.toml");
+    config.save(&path).unwrap();
+    ClusterConfig::load(&path).unwrap().create_credentials().unwrap();
+    let out_path = dir.path().join("node.out");
+    let out = std::fs::File::create(&out_path).unwrap();
+    let mut node = tokio::process::Command::new(env!("CARGO_BIN_EXE_ringfence"))
+        .args(["node", "--init", "--id", "1", "--config"])
+        .arg(&path)
+        .stdout(Stdio::from(out.try_clone().unwrap()))
+        .stderr(Stdio::from(out))
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let lock = config.lock_servers()[&1];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(lock).await.is_err() {
+        assert!(Instant::now() < deadline, "the node did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for _ in 0..300 {
+        let mut stream = tokio::net::TcpStream::connect(lock).await.unwrap();
+        // A handshake frame announcing 1 MiB: refused from its length.
+        stream.write_all(&(1u32 << 20).to_be_bytes()).await.unwrap();
+        let mut byte = [0u8; 1];
+        let _ = tokio::io::AsyncReadExt::read(&mut stream, &mut byte).await;
+    }
+    let _ = node.kill().await;
+    let log = std::fs::read_to_string(&out_path).unwrap();
+    let warnings = log.lines().filter(|l| l.contains("disconnected a peer")).count();
+    assert!(warnings >= 1, "the refusals are still reported:\n{log}");
+    assert!(warnings <= 10, "{warnings} warnings for 300 refused connections");
+}
+
 /// Ports past 65535 are refused, not wrapped around to low ports.
 #[tokio::test]
 async fn cluster_refuses_a_base_port_whose_ports_would_pass_65535() {

@@ -234,7 +234,104 @@ async fn rewrite_replaces_the_log_atomically() {
         .map(|e| e.unwrap().file_name())
         .collect();
     names.sort();
-    assert_eq!(names, vec!["node-1.identity", "node-1.log"]);
+    assert_eq!(names, vec!["node-1.identity", "node-1.log", "node-1.synced"]);
+}
+
+/// What an attack on a local cluster did: a log cut back at a batch
+/// boundary (or emptied, or zeroed from one) looked like a shorter log to
+/// the file alone, and a lock service granted tokens again. The
+/// watermark refuses it, and the file is left for a person to look at.
+#[tokio::test]
+async fn a_log_cut_or_zeroed_at_a_batch_boundary_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, starts) = three_batches(dir.path()).await;
+    let clean = fs::read(&path).unwrap();
+    for &cut in &starts {
+        for zeroed in [0, clean.len() - cut as usize] {
+            let mut bytes = clean[..cut as usize].to_vec();
+            bytes.resize(cut as usize + zeroed, 0);
+            fs::write(&path, &bytes).unwrap();
+            let message = reopen(dir.path(), 1)
+                .err()
+                .expect("a log that lost synced batches must not open");
+            assert!(message.contains("watermark says 3 were synced"), "{message}");
+            assert!(message.contains("--init"), "says what to do: {message}");
+            assert_eq!(fs::read(&path).unwrap(), bytes);
+        }
+    }
+    // Whole again, it opens.
+    fs::write(&path, &clean).unwrap();
+    assert_eq!(
+        reopen(dir.path(), 1).unwrap().load().unwrap(),
+        records(&["first", "second", "third"])
+    );
+}
+
+/// No later batch vouches for the last one: only the watermark tells a
+/// flipped bit there from a torn write.
+#[tokio::test]
+async fn a_flipped_bit_in_the_last_synced_batch_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, starts) = three_batches(dir.path()).await;
+    let clean = fs::read(&path).unwrap();
+    for byte in starts[2] as usize..clean.len() {
+        let mut bytes = clean.clone();
+        bytes[byte] ^= 1 << (byte % 8);
+        fs::write(&path, &bytes).unwrap();
+        let message = reopen(dir.path(), 1)
+            .err()
+            .expect("flip in the last batch must not open");
+        assert!(message.contains("watermark"), "byte {byte}: {message}");
+    }
+}
+
+/// After a compaction the new log continues the old one's numbering, so
+/// the watermark still holds; cutting the compacted log is refused too.
+#[tokio::test]
+async fn the_watermark_holds_across_a_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = init(dir.path(), 1);
+    for r in ["e1", "e2"] {
+        storage.append(r.as_bytes()).unwrap();
+        storage.sync().await.unwrap();
+    }
+    storage.rewrite(records(&["snapshot"])).await.unwrap();
+    storage.append(b"e3").unwrap();
+    storage.sync().await.unwrap();
+    let path = storage.path().to_path_buf();
+    drop(storage);
+    assert_eq!(
+        reopen(dir.path(), 1).unwrap().load().unwrap(),
+        records(&["snapshot", "e3"])
+    );
+    let bytes = fs::read(&path).unwrap();
+    fs::write(&path, &bytes[..bytes.len() - 6 - 4 - record::HEADER_BYTES]).unwrap();
+    let message = reopen(dir.path(), 1)
+        .err()
+        .expect("the compacted log lost its last batch");
+    assert!(message.contains("watermark"), "{message}");
+}
+
+#[tokio::test]
+async fn a_missing_or_damaged_watermark_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(three_batches(dir.path()).await);
+    let watermark = dir.path().join("node-1.synced");
+    let clean = fs::read(&watermark).unwrap();
+    let mut flipped = clean.clone();
+    flipped[9] ^= 1;
+    fs::write(&watermark, &flipped).unwrap();
+    let message = reopen(dir.path(), 1)
+        .err()
+        .expect("a damaged watermark must not be trusted");
+    assert!(message.contains("checksum"), "{message}");
+    fs::remove_file(&watermark).unwrap();
+    let message = reopen(dir.path(), 1)
+        .err()
+        .expect("a missing watermark must not be trusted");
+    assert!(message.contains("sync watermark"), "{message}");
+    fs::write(&watermark, &clean).unwrap();
+    assert!(reopen(dir.path(), 1).is_ok());
 }
 
 proptest::proptest! {
@@ -250,7 +347,7 @@ proptest::proptest! {
     ) {
         let dir = tempfile::tempdir().unwrap();
         drop(init(dir.path(), 1));
-        let (mut file, _) = record::encode_log(&valid_prefix).unwrap();
+        let (mut file, _) = record::encode_log(&valid_prefix, record::Chain::default()).unwrap();
         file.extend_from_slice(&bytes);
         fs::write(dir.path().join("node-1.log"), &file).unwrap();
         if let Ok(storage) = FileStorage::open(dir.path(), &member(1)) {

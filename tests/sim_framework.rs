@@ -365,6 +365,7 @@ fn firing_ground(kind: FaultKind) -> (&'static str, Option<&'static str>) {
         | FaultKind::DiskTail
         | FaultKind::BitFlip
         | FaultKind::DiskError
+        | FaultKind::LostWrite
         | FaultKind::Rogue
         | FaultKind::ClientCrash => ("log", None),
     }

@@ -286,7 +286,7 @@ impl Env for SimEnv {
         w.node(self.inner.id).disk.finish_sync(point);
         w.event(TraceEvent::Sync {
             node: self.inner.id,
-            bytes: point.1,
+            bytes: point.end(),
         });
         Ok(())
     }

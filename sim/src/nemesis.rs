@@ -219,25 +219,22 @@ impl Nemesis {
         true
     }
 
-    /// Starts a hostile-disk fault. A bit flip strikes a stopped node (a
-    /// running one would not read its disk again until it restarts), so
-    /// the node crashes first; a write/fsync failure is armed for the
-    /// node's next sync (see [`crate::world::WorldState::sync_fails`]).
+    /// Starts a hostile-disk fault. A bit flip or lost write strikes a
+    /// stopped node (a running one would not read its disk again until it
+    /// restarts), so the node crashes first; a write/fsync failure is armed
+    /// for the node's next sync (see [`crate::world::WorldState::sync_fails`]).
     fn disk_fault(&mut self, index: usize, node: NodeId, what: DiskFault, down: Duration) {
         match what {
-            DiskFault::BitFlip => {
-                self.crash(
-                    node,
-                    DiskLoss::LoseUnsynced,
-                    index,
-                    FaultKind::Crash,
-                    "its disk is about to flip a bit",
-                );
-                let Some(offset) = self.world.lock().flip_bit(node) else {
+            DiskFault::BitFlip | DiskFault::LostTail => {
+                let (kind, why) = match what {
+                    DiskFault::BitFlip => (FaultKind::BitFlip, "its disk is about to flip a bit"),
+                    _ => (FaultKind::LostWrite, "its disk is about to lose synced writes"),
+                };
+                self.crash(node, DiskLoss::LoseUnsynced, index, FaultKind::Crash, why);
+                let Some(text) = self.world.lock().damage_disk(node, kind) else {
                     return;
                 };
-                let text = format!("bit flip on node {node}'s disk at byte {offset}");
-                self.note(Phase::Instant, FaultKind::BitFlip, Some(index), vec![node], text);
+                self.note(Phase::Instant, kind, Some(index), vec![node], text);
             }
             DiskFault::Error => {
                 self.world.lock().disk_error = Some((node, index, down));

@@ -63,6 +63,9 @@ pub enum FaultKind {
     DiskTail,
     /// A bit flips in one node's synced records while it is down.
     BitFlip,
+    /// One node's disk loses synced batches from the end of its log while
+    /// it is down (a lost write; a file cut or zeroed at a batch boundary).
+    LostWrite,
     /// A write or fsync fails; the node fail-stops and restarts.
     DiskError,
     /// Hostile messages injected into the network as if a member sent
@@ -76,7 +79,7 @@ pub enum FaultKind {
 
 impl FaultKind {
     /// Every kind, for the checks that must cover them all.
-    pub const EVERY: [FaultKind; 16] = [
+    pub const EVERY: [FaultKind; 17] = [
         FaultKind::Partition,
         FaultKind::Crash,
         FaultKind::Pause,
@@ -91,6 +94,7 @@ impl FaultKind {
         FaultKind::DiskTail,
         FaultKind::BitFlip,
         FaultKind::DiskError,
+        FaultKind::LostWrite,
         FaultKind::Rogue,
         FaultKind::ClientCrash,
     ];
@@ -122,7 +126,12 @@ impl FaultKind {
     /// failed fsync) leaves a majority; they opt in through
     /// `Scenario::fault_kinds`. Drawn from their own seed stream
     /// (`disk_faults`), so adding them leaves other kinds' plans as they were.
-    pub const DISK: [FaultKind; 3] = [FaultKind::DiskTail, FaultKind::BitFlip, FaultKind::DiskError];
+    pub const DISK: [FaultKind; 4] = [
+        FaultKind::DiskTail,
+        FaultKind::BitFlip,
+        FaultKind::DiskError,
+        FaultKind::LostWrite,
+    ];
     /// Kinds that need the scenario's adversary (a protocol-aware message
     /// forger); a scenario that has one opts in through
     /// `Scenario::fault_kinds`.
@@ -144,6 +153,7 @@ impl FaultKind {
             FaultKind::DiskTail => "disk-tail",
             FaultKind::BitFlip => "bit-flip",
             FaultKind::DiskError => "disk-error",
+            FaultKind::LostWrite => "lost-write",
             FaultKind::Rogue => "rogue",
             FaultKind::ClientCrash => "client-crash",
         }
@@ -305,9 +315,12 @@ fn is_zero(n: &u64) -> bool {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum DiskFault {
-    /// The node crashes, a bit flips in records it provably synced, and it
+    /// The node crashes, a bit flips in records it synced, and it
     /// restarts `down_ms` later: it must refuse to start.
     BitFlip,
+    /// The node crashes, its disk loses synced batches from the end of
+    /// its log, and it restarts `down_ms` later: it must refuse to start.
+    LostTail,
     /// The node's next write or fsync fails: it must stop acknowledging
     /// and fail-stop; a supervisor restarts it `down_ms` later.
     Error,
@@ -344,7 +357,7 @@ impl Fault {
             | Fault::MomentCrash { for_ms, .. }
             | Fault::Isolate { for_ms, .. } => Some(*for_ms),
             Fault::Crash { down_ms, .. } | Fault::ClientCrash { down_ms, .. } => Some(*down_ms),
-            Fault::Disk { down_ms, what, .. } => (*what == DiskFault::BitFlip).then_some(*down_ms),
+            Fault::Disk { down_ms, what, .. } => (*what != DiskFault::Error).then_some(*down_ms),
             Fault::Drift { .. } | Fault::Jump { .. } | Fault::Rogue { .. } => None,
             Fault::Aimed { action, .. } => action.duration_ms(),
         }
@@ -579,7 +592,7 @@ impl FaultPlan {
                     }
                 }
                 FaultKind::Crash | FaultKind::UnsyncedCrash => {}
-                FaultKind::DiskTail | FaultKind::BitFlip | FaultKind::DiskError => {}
+                FaultKind::DiskTail | FaultKind::BitFlip | FaultKind::DiskError | FaultKind::LostWrite => {}
                 // Generated below, from their own streams.
                 FaultKind::Rogue | FaultKind::ClientCrash => {}
             }
@@ -732,12 +745,17 @@ fn disk_faults(
         }
         enabled.push(kind);
         let count = match kind {
-            FaultKind::BitFlip => 1,
+            FaultKind::BitFlip | FaultKind::LostWrite => 1,
             _ => 1 + rng.gen_range(0..=(intensity * 3.0) as u64),
         };
         for _ in 0..count {
             let at_ms = rng.gen_range(0..duration_ms * 9 / 10);
-            let node = *targets.servers.choose(&mut rng).expect("non-empty");
+            let mut node = *targets.servers.choose(&mut rng).expect("non-empty");
+            if kind == FaultKind::LostWrite {
+                // A node that lost synced data stays down: keep it to the
+                // one a bit flip already took down, so a majority remains.
+                node = disabled_by_disk(out).unwrap_or(node);
+            }
             let down_ms = rng.gen_range(10..=(100 + (1_000.0 * intensity) as u64));
             out.push(match kind {
                 FaultKind::DiskTail => Fault::Crash {
@@ -752,6 +770,12 @@ fn disk_faults(
                     down_ms,
                     what: DiskFault::BitFlip,
                 },
+                FaultKind::LostWrite => Fault::Disk {
+                    at_ms,
+                    node,
+                    down_ms,
+                    what: DiskFault::LostTail,
+                },
                 _ => Fault::Disk {
                     at_ms,
                     node,
@@ -761,6 +785,18 @@ fn disk_faults(
             });
         }
     }
+}
+
+/// The node a bit flip in `faults` takes down for good, if any.
+fn disabled_by_disk(faults: &[Fault]) -> Option<NodeId> {
+    faults.iter().find_map(|f| match f {
+        Fault::Disk {
+            node,
+            what: DiskFault::BitFlip,
+            ..
+        } => Some(*node),
+        _ => None,
+    })
 }
 
 /// On half the seeds, bursts of rogue messages between two servers, drawn

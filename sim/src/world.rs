@@ -26,6 +26,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use ringfence::env::{record, NodeId};
@@ -184,12 +185,22 @@ impl Clock {
 ///
 /// Offsets are absolute: a sync makes durable everything written before it
 /// began, however syncs overlap, and nothing written after.
+///
+/// The sync watermark ([`record::Watermark`]) lives beside the file, as on
+/// a real disk: rewritten after each sync but fsynced only by compaction
+/// and recovery, so a crash (a power loss) keeps either its last fsynced
+/// or its last written value. Disk faults damage only what the watermark
+/// that survived, or a later valid batch, vouches for: damage past both is
+/// a torn write to any recovery (see [`record`]'s module docs).
 #[derive(Debug, Default, Clone)]
 pub struct Disk {
     file: Vec<u8>,
     durable: usize,
     memory: record::Batch,
     chain: record::Chain,
+    /// The watermark as last written, and as last fsynced.
+    watermark: record::Watermark,
+    watermark_synced: record::Watermark,
     /// Bumped by `rewrite`, so a sync that straddles one does not mistake
     /// the new log's bytes for the ones it was asked to make durable.
     generation: u64,
@@ -198,15 +209,29 @@ pub struct Disk {
     synced_records: usize,
     /// Set by an injected write/fsync error: the process must restart.
     failed: bool,
-    /// Recovered since the last crash (recovery runs when the node first
+    /// Crashed and not recovered since (recovery runs when the node first
     /// reads its disk, as opening a real file does).
-    opened: bool,
+    needs_recovery: bool,
     /// The planted recovery bug, if the scenario switched it on.
     pub bug: Option<record::RecordBug>,
 }
 
-/// Where a sync ends: `(generation, absolute end offset)`.
-pub type SyncPoint = (u64, usize);
+/// Where a sync ends.
+#[derive(Debug, Clone, Copy)]
+pub struct SyncPoint {
+    generation: u64,
+    /// Absolute end offset of what it makes durable.
+    end: usize,
+    /// The chain after its last batch: the watermark once it completes.
+    chain: record::Chain,
+}
+
+impl SyncPoint {
+    /// The file length the sync makes durable.
+    pub fn end(&self) -> usize {
+        self.end
+    }
+}
 
 /// A storage failure the disk was told to inject.
 pub const INJECTED_FAILURE: &str = "injected write/fsync failure";
@@ -241,19 +266,26 @@ impl Disk {
             let batch = self.memory.seal(&mut self.chain);
             self.file.extend(batch);
         }
-        (self.generation, self.file.len())
+        SyncPoint {
+            generation: self.generation,
+            end: self.file.len(),
+            chain: self.chain,
+        }
     }
 
-    /// Completes a sync started at `point`.
+    /// Completes a sync started at `point`, and marks it in the watermark.
     pub fn finish_sync(&mut self, point: SyncPoint) {
-        let (generation, end) = point;
-        if generation == self.generation {
-            self.durable = self.durable.max(end);
+        if point.generation == self.generation {
+            self.durable = self.durable.max(point.end);
+            let mark = record::Watermark::of(point.chain);
+            self.watermark = self.watermark.max(mark);
         }
     }
 
     pub fn rewrite(&mut self, records: &[Vec<u8>]) -> Result<(), record::TooLarge> {
-        let (bytes, chain) = record::encode_log(records)?;
+        let (bytes, chain) = record::encode_log(records, self.chain)?;
+        self.watermark = record::Watermark::of(chain);
+        self.watermark_synced = self.watermark;
         self.generation += 1;
         self.file = bytes;
         self.durable = self.file.len();
@@ -278,9 +310,14 @@ impl Disk {
     /// [`DiskLoss::LoseUnsynced`].
     fn crash(&mut self, loss: DiskLoss, rng: &mut ChaCha8Rng) -> CrashDamage {
         self.failed = false;
-        self.opened = false;
-        if let Ok(synced) = record::decode(&self.file[..self.durable]) {
-            self.synced_records = synced.records.len();
+        // A disk not opened since the last crash holds nothing new: what
+        // it must give back, and its watermark, stay as they were (a disk
+        // fault may have damaged it meanwhile).
+        let was_running = !std::mem::replace(&mut self.needs_recovery, true);
+        if was_running {
+            if let Ok(synced) = record::decode(&self.file[..self.durable]) {
+                self.synced_records = synced.records.len();
+            }
         }
         // Records still in memory are lost unless they count as written.
         let mut unwritten = 0;
@@ -313,17 +350,24 @@ impl Disk {
             }
             _ => 0,
         };
+        // Drawn last, so the tail's fate is what it was before the
+        // watermark existed.
+        if was_running && rng.gen_bool(0.5) {
+            self.watermark = self.watermark_synced; // its write-back was lost
+        }
         CrashDamage {
             lost: unwritten + tail.len() - keep,
             junk,
         }
     }
 
-    /// Flips one bit of a synced record that recovery can prove synced
-    /// (before the last batch: see [`record`]'s module docs); returns the
-    /// byte offset, or `None` if no record is provably synced.
+    /// Flips one bit of the synced bytes that recovery can prove synced:
+    /// those before the last batch, or those the watermark covers (the
+    /// last batch included); returns the byte offset, or `None` if there
+    /// are none.
     pub fn flip_synced_bit(&mut self, rng: &mut ChaCha8Rng) -> Option<usize> {
-        let proven = record::decode(&self.file[..self.durable]).ok()?.unproven_from;
+        let (boundaries, covered) = self.synced_batches()?;
+        let proven = boundaries[covered].max(boundaries[boundaries.len() - 2]);
         if proven == 0 {
             return None;
         }
@@ -332,12 +376,50 @@ impl Disk {
         Some(bit / 8)
     }
 
+    /// Loses synced batches from the end of a crashed node's log, at least
+    /// one the watermark covers: cuts it at a batch boundary, or zeroes it
+    /// from there (a lost write; a file cut or zeroed by hand). Says what
+    /// it did, or `None` if the watermark covers no batch of the file.
+    pub fn lose_synced_tail(&mut self, rng: &mut ChaCha8Rng) -> Option<String> {
+        let (boundaries, covered) = self.synced_batches()?;
+        let cut = *boundaries[..covered].choose(rng)?;
+        let lost = self.durable - cut;
+        if rng.gen_bool(0.5) {
+            self.file[cut..].fill(0);
+            Some(format!("{lost} bytes from byte {cut} on read back as zeros"))
+        } else {
+            self.file.truncate(cut);
+            self.durable = cut;
+            Some(format!("cut at byte {cut}, {lost} synced bytes gone"))
+        }
+    }
+
+    /// Where the synced batches of the file start and end (from 0 to
+    /// `durable`), and how many of them the watermark covers; `None` if
+    /// nothing is synced.
+    fn synced_batches(&self) -> Option<(Vec<usize>, usize)> {
+        // Only the valid batches: a fault may have damaged the file since.
+        let synced = record::decode(&self.file[..self.durable]).ok()?;
+        let boundaries = batch_boundaries(&self.file[..synced.valid_len]);
+        let batches = boundaries.len() - 1;
+        if batches == 0 {
+            return None;
+        }
+        let first_seq = synced.chain.seq - batches as u64;
+        let covered = self
+            .watermark
+            .synced_batches
+            .saturating_sub(first_seq)
+            .min(batches as u64);
+        Some((boundaries, covered as usize))
+    }
+
     /// Recovers the disk if it was not since the last crash (see
     /// [`Disk::recover`]).
     pub fn open(&mut self) -> Result<(), DiskError> {
-        if !self.opened {
+        if self.needs_recovery {
             self.recover()?;
-            self.opened = true;
+            self.needs_recovery = false;
         }
         Ok(())
     }
@@ -347,7 +429,7 @@ impl Disk {
     /// start). A recovery that gives back fewer records than were synced
     /// before the crash is the `synced-record-lost` violation.
     pub fn recover(&mut self) -> Result<(), DiskError> {
-        let recovered = record::decode_with(&self.file, self.bug).map_err(DiskError::Corrupt)?;
+        let recovered = record::recover(&self.file, self.watermark, self.bug).map_err(DiskError::Corrupt)?;
         if recovered.records.len() < self.synced_records {
             return Err(DiskError::SyncedRecordLost {
                 synced: self.synced_records,
@@ -355,7 +437,11 @@ impl Disk {
             });
         }
         self.file.truncate(recovered.valid_len);
+        // Recovery syncs what it kept and marks it (as the real storage
+        // does), so a batch that survived a crash unsynced counts as synced.
         self.durable = self.file.len();
+        self.watermark = self.watermark.max(record::Watermark::of(recovered.chain));
+        self.watermark_synced = self.watermark;
         self.chain = recovered.chain;
         self.synced_records = recovered.records.len();
         Ok(())
@@ -961,18 +1047,28 @@ impl WorldState {
         damage
     }
 
-    /// Flips a bit in `id`'s synced records; the offset, if any record is
-    /// provably synced.
-    pub fn flip_bit(&mut self, id: NodeId) -> Option<usize> {
-        if self.effect_off(FaultKind::BitFlip) {
+    /// Damages `id`'s synced records as `kind` says (a bit flip, or
+    /// synced batches lost from the end); what it did, if the disk held
+    /// anything it could damage.
+    pub fn damage_disk(&mut self, id: NodeId, kind: FaultKind) -> Option<String> {
+        if self.effect_off(kind) {
             return None;
         }
         let WorldState { nodes, disk_rng, .. } = self;
-        let offset = nodes.get_mut(&id).expect("known node").disk.flip_synced_bit(disk_rng);
-        if offset.is_some() {
-            self.count(FaultKind::BitFlip);
+        let disk = &mut nodes.get_mut(&id).expect("known node").disk;
+        let damage = match kind {
+            FaultKind::BitFlip => disk
+                .flip_synced_bit(disk_rng)
+                .map(|offset| format!("bit flip on node {id}'s disk at byte {offset}")),
+            FaultKind::LostWrite => disk
+                .lose_synced_tail(disk_rng)
+                .map(|loss| format!("node {id}'s disk lost synced batches: {loss}")),
+            other => unreachable!("{other} does not damage synced records"),
+        };
+        if damage.is_some() {
+            self.count(kind);
         }
-        offset
+        damage
     }
 
     /// Called as `id` starts a sync: carries out an armed write/fsync
@@ -1155,27 +1251,126 @@ mod tests {
         assert_eq!(got, owned(&[b"snapshot"]));
     }
 
-    #[test]
-    fn a_flipped_synced_bit_is_refused_and_the_old_rule_loses_records() {
-        for seed in 0..50 {
-            for bug in [None, Some(record::RecordBug::AnyDamageIsTornTail)] {
-                let mut disk = disk_with(&[b"a", b"b"], &[]);
-                disk.append(b"c").unwrap();
-                let point = disk.start_sync();
-                disk.finish_sync(point);
-                disk.bug = bug;
-                disk.crash(DiskLoss::LoseUnsynced, &mut derive_rng(seed, 0, 0));
-                assert!(disk.flip_synced_bit(&mut derive_rng(seed, 1, 0)).is_some());
-                match (bug, disk.recover()) {
-                    (None, Err(DiskError::Corrupt(_))) => {}
-                    (Some(_), Err(DiskError::SyncedRecordLost { synced: 3, .. })) => {}
-                    (bug, other) => panic!("seed {seed}, {bug:?}: {other:?}"),
-                }
+    /// What recovery made of one hostile-disk fault after a crash, over
+    /// many seeds (the crash keeps or loses the watermark's write-back):
+    /// how often the fault found something to damage, and each outcome.
+    fn disk_fault_outcomes(
+        bug: Option<record::RecordBug>,
+        build: impl Fn() -> Disk,
+        fault: impl Fn(&mut Disk, &mut ChaCha8Rng) -> bool,
+    ) -> (usize, Vec<Result<(), DiskError>>) {
+        let mut struck = 0;
+        let mut outcomes = Vec::new();
+        for seed in 0..100 {
+            let mut disk = build();
+            disk.bug = bug;
+            disk.crash(DiskLoss::LoseUnsynced, &mut derive_rng(seed, 0, 0));
+            if fault(&mut disk, &mut derive_rng(seed, 1, 0)) {
+                struck += 1;
+                outcomes.push(disk.recover());
             }
         }
-        // Only the last batch is synced: no flip recovery could prove.
-        let mut disk = disk_with(&[b"a"], &[]);
+        (struck, outcomes)
+    }
+
+    fn three_synced_batches() -> Disk {
+        let mut disk = disk_with(&[b"a", b"b"], &[]);
+        for r in [b"c", b"d"] {
+            disk.append(r).unwrap();
+            let point = disk.start_sync();
+            disk.finish_sync(point);
+        }
+        disk
+    }
+
+    fn flip(disk: &mut Disk, rng: &mut ChaCha8Rng) -> bool {
+        disk.flip_synced_bit(rng).is_some()
+    }
+
+    fn lose_tail(disk: &mut Disk, rng: &mut ChaCha8Rng) -> bool {
+        disk.lose_synced_tail(rng).is_some()
+    }
+
+    fn lost(outcome: &Result<(), DiskError>) -> bool {
+        matches!(outcome, Err(DiskError::SyncedRecordLost { .. }))
+    }
+
+    /// A flip recovery can prove synced is always refused. The old rule
+    /// (any damage a torn tail) loses records where only a later batch,
+    /// not the watermark, vouches for the damaged one.
+    #[test]
+    fn a_flipped_synced_bit_is_refused_and_the_old_rule_loses_records() {
+        let (struck, outcomes) = disk_fault_outcomes(None, three_synced_batches, flip);
+        assert_eq!(struck, 100);
+        assert!(
+            outcomes.iter().all(|o| matches!(o, Err(DiskError::Corrupt(_)))),
+            "{outcomes:?}"
+        );
+        let old = Some(record::RecordBug::AnyDamageIsTornTail);
+        let (_, outcomes) = disk_fault_outcomes(old, three_synced_batches, flip);
+        assert!(outcomes.iter().any(lost), "{outcomes:?}");
+        // Nothing synced: nothing to flip.
+        let mut disk = disk_with(&[], &[b"a"]);
+        disk.crash(DiskLoss::LoseUnsynced, &mut derive_rng(0, 0, 0));
         assert_eq!(disk.flip_synced_bit(&mut derive_rng(0, 0, 0)), None);
+    }
+
+    /// With one synced batch only the watermark can vouch for it: a flip
+    /// strikes only when its write-back survived, and is then refused;
+    /// recovery that ignores the watermark loses the batch.
+    #[test]
+    fn a_flip_in_the_last_synced_batch_is_refused_while_the_watermark_covers_it() {
+        let one_batch = || disk_with(&[b"a", b"b"], &[]);
+        let (struck, outcomes) = disk_fault_outcomes(None, one_batch, flip);
+        assert!(struck > 20 && struck < 80, "struck {struck} of 100");
+        assert!(
+            outcomes.iter().all(|o| matches!(o, Err(DiskError::Corrupt(_)))),
+            "{outcomes:?}"
+        );
+        let ignores = Some(record::RecordBug::IgnoresWatermark);
+        let (_, outcomes) = disk_fault_outcomes(ignores, one_batch, flip);
+        assert!(outcomes.iter().all(lost), "{outcomes:?}");
+    }
+
+    #[test]
+    fn a_lost_synced_tail_is_refused_and_unnoticed_without_the_watermark() {
+        let compacted = || {
+            let mut disk = three_synced_batches();
+            disk.rewrite(&[b"snapshot".to_vec()]).unwrap();
+            disk.append(b"e").unwrap();
+            let point = disk.start_sync();
+            disk.finish_sync(point);
+            disk
+        };
+        let (struck, outcomes) = disk_fault_outcomes(None, compacted, lose_tail);
+        // The compaction fsynced the watermark: it always covers a batch.
+        assert_eq!(struck, 100);
+        for outcome in &outcomes {
+            assert!(
+                matches!(outcome, Err(DiskError::Corrupt(e)) if e.reason.contains("watermark")),
+                "{outcome:?}"
+            );
+        }
+        let ignores = Some(record::RecordBug::IgnoresWatermark);
+        let (_, outcomes) = disk_fault_outcomes(ignores, compacted, lose_tail);
+        assert!(outcomes.iter().all(lost), "{outcomes:?}");
+    }
+
+    /// Whole batches that survived a crash unsynced are synced and marked
+    /// by recovery: damage to them afterwards is refused, not dropped.
+    #[test]
+    fn recovery_marks_what_it_kept() {
+        let mut disk = disk_with(&[b"a"], &[b"b"]);
+        disk.start_sync(); // written, never synced
+        disk.crash(DiskLoss::KeepPrefix, &mut derive_rng(1, 0, 0));
+        disk.recover().unwrap();
+        let kept = disk.load().unwrap().len();
+        disk.crash(DiskLoss::LoseUnsynced, &mut derive_rng(0, 0, 0));
+        disk.file.truncate(disk.file.len() - 1);
+        match disk.recover() {
+            Err(DiskError::Corrupt(_)) => {}
+            other => panic!("kept {kept} records, then {other:?}"),
+        }
     }
 
     #[test]

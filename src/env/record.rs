@@ -38,16 +38,21 @@
 //!   mid-write: a short file, a zero-filled or garbage tail). It is dropped
 //!   and [`Recovered::valid_len`] says where the valid prefix ends.
 //!
-//! What cannot be told apart: damage inside the *last* batch of the file
-//! (from [`Recovered::unproven_from`] on). A batch that a crash tore and a
-//! synced batch a bit flip hit afterwards look the same, since no later
-//! batch vouches for it. The node treats it as torn: drops it, truncates
-//! the file and logs a warning with the offset. An acknowledged write is
-//! lost only if the disk damaged exactly the last synced batch and the
-//! node restarted before writing another; in a replicated log a majority
-//! still holds every committed entry. [`encode_log`] (compaction) ends its
-//! file with an empty batch, so after a rewrite no record is in that
-//! region.
+//! What the file alone cannot tell apart: damage inside the *last* batch
+//! (from [`Recovered::unproven_from`] on), or whole synced batches missing
+//! from its end (a lost write, a file cut at a batch boundary, a zeroed
+//! tail). A batch that a crash tore and a synced batch the disk damaged
+//! afterwards look the same, since no later batch vouches for it; a log
+//! cut between batches looks like a shorter log. So the writer keeps a
+//! [`Watermark`] beside the log: how many batches were ever synced. It is
+//! written after each sync returns (never ahead of the log), and
+//! [`recover`] refuses a log that ends before it. `seq` never restarts:
+//! [`encode_log`] (compaction) continues the numbering of the log it
+//! replaces, so the watermark only grows.
+//!
+//! The watermark is not fsynced on the commit path, only at compaction:
+//! a disk that loses synced batches in the same power loss that loses the
+//! watermark's write-back is not detected (two faults at once).
 //!
 //! A record inside a batch that passed both checksums yet does not parse
 //! is corruption wherever it is (a checksum collision or a writer bug).
@@ -177,15 +182,21 @@ impl Batch {
     }
 }
 
-/// A whole log holding `records`, as compaction writes it: one batch with
-/// the records, then an empty batch that proves the first one complete
-/// (see the module docs). Returns the bytes and the chain to continue from.
-pub fn encode_log(records: &[Vec<u8>]) -> Result<(Vec<u8>, Chain), TooLarge> {
+/// A whole log holding `records`, as compaction writes it in place of a
+/// log whose chain is at `replaced`: one batch with the records, then an
+/// empty batch that proves the first one complete (see the module docs).
+/// Its batches continue `replaced`'s numbering, so a [`Watermark`] taken
+/// of the old log stays below the new one. Returns the bytes and the chain
+/// to continue from.
+pub fn encode_log(records: &[Vec<u8>], replaced: Chain) -> Result<(Vec<u8>, Chain), TooLarge> {
     let mut batch = Batch::default();
     for r in records {
         batch.push(r)?;
     }
-    let mut chain = Chain::default();
+    let mut chain = Chain {
+        seq: replaced.seq,
+        prev: 0,
+    };
     let mut bytes = batch.seal(&mut chain);
     bytes.extend(Batch::default().seal(&mut chain));
     Ok((bytes, chain))
@@ -282,6 +293,76 @@ pub enum RecordBug {
     /// follows it, so a flipped bit mid-log silently drops everything
     /// after it (synced, acknowledged records included).
     AnyDamageIsTornTail,
+    /// Recovery trusts the file alone and never reads the watermark, so a
+    /// log that lost synced batches from its end starts as a shorter log.
+    IgnoresWatermark,
+}
+
+/// How many batches of a log were ever synced: the `seq` the next batch
+/// after the last synced one takes. Kept in a small file beside the log
+/// (see the module docs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Watermark {
+    /// Batches synced, counted across compactions.
+    pub synced_batches: u64,
+}
+
+const WATERMARK_MAGIC: [u8; 4] = *b"RFW1";
+
+impl Watermark {
+    /// Bytes of an encoded watermark: magic | crc u32 | synced_batches u64.
+    /// Small enough to be rewritten in place within one sector.
+    pub const BYTES: usize = 16;
+
+    /// The watermark of a log whose chain is at `chain`.
+    pub fn of(chain: Chain) -> Watermark {
+        Watermark {
+            synced_batches: chain.seq,
+        }
+    }
+
+    /// The watermark's bytes, checksummed.
+    pub fn encode(&self) -> [u8; Watermark::BYTES] {
+        let mut out = [0; Watermark::BYTES];
+        out[0..4].copy_from_slice(&WATERMARK_MAGIC);
+        out[8..16].copy_from_slice(&self.synced_batches.to_le_bytes());
+        let crc = crc32fast::hash(&out[8..16]);
+        out[4..8].copy_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    /// The watermark in `bytes`, or why it cannot be trusted.
+    pub fn decode(bytes: &[u8]) -> Result<Watermark, &'static str> {
+        if bytes.len() != Watermark::BYTES || bytes[0..4] != WATERMARK_MAGIC {
+            return Err("not a sync watermark (wrong size or magic)");
+        }
+        if crc32fast::hash(&bytes[8..16]) != u32_at(bytes, 4) {
+            return Err("sync watermark checksum mismatch");
+        }
+        Ok(Watermark {
+            synced_batches: u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes")),
+        })
+    }
+}
+
+/// Recovers a log that `watermark` says was synced this far: [`decode`],
+/// then refuses a log that ends before the watermark (synced batches lost
+/// from its end, or damage in the last one). The one recovery rule of the
+/// simulated and the real disks.
+pub fn recover(bytes: &[u8], watermark: Watermark, bug: Option<RecordBug>) -> Result<Recovered, CorruptRecord> {
+    let recovered = decode_with(bytes, bug)?;
+    if recovered.chain.seq < watermark.synced_batches && bug != Some(RecordBug::IgnoresWatermark) {
+        return Err(CorruptRecord {
+            offset: recovered.valid_len,
+            reason: format!(
+                "the log's valid batches end at number {} but its watermark says {} were synced: \
+                 synced records are missing from its end (a lost write, a cut or zeroed file, \
+                 or damage to its last batch)",
+                recovered.chain.seq, watermark.synced_batches
+            ),
+        });
+    }
+    Ok(recovered)
 }
 
 /// Parses a whole log (see the module docs). Never panics, whatever the bytes.
@@ -291,10 +372,16 @@ pub fn decode(bytes: &[u8]) -> Result<Recovered, CorruptRecord> {
 
 /// [`decode`], optionally with a planted bug.
 pub fn decode_with(bytes: &[u8], bug: Option<RecordBug>) -> Result<Recovered, CorruptRecord> {
+    // The first batch may continue the numbering of a log that compaction
+    // replaced (see [`encode_log`]); it starts a chain (`prev` 0).
+    let first_seq = Header::read(bytes).map_or(0, |(header, _)| header.seq);
     let mut recovered = Recovered {
         records: Vec::new(),
         valid_len: 0,
-        chain: Chain::default(),
+        chain: Chain {
+            seq: first_seq,
+            prev: 0,
+        },
         unproven_from: 0,
     };
     let mut offset = 0;
@@ -429,12 +516,61 @@ mod tests {
 
     #[test]
     fn a_compacted_log_proves_all_its_records() {
-        let (bytes, chain) = encode_log(&owned(&[b"snapshot", b"e1"])).unwrap();
+        let (bytes, chain) = encode_log(&owned(&[b"snapshot", b"e1"]), Chain { seq: 7, prev: 99 }).unwrap();
         let got = decode(&bytes).unwrap();
         assert_eq!(got.records, owned(&[b"snapshot", b"e1"]));
         assert_eq!(got.chain, chain);
         // Only the empty sealing batch is in the region a flip could hide in.
         assert_eq!(got.unproven_from, bytes.len() - HEADER_BYTES);
+        // It continues the replaced log's numbering, so the old log's
+        // watermark still holds.
+        assert_eq!(chain.seq, 9);
+        assert!(recover(&bytes, Watermark { synced_batches: 7 }, None).is_ok());
+    }
+
+    #[test]
+    fn a_log_that_lost_synced_batches_from_its_end_is_refused() {
+        let (bytes, starts) = log_of(&[&[b"first"], &[b"second"], &[b"third", b"fourth"]]);
+        let synced = Watermark { synced_batches: 3 };
+        assert_eq!(recover(&bytes, synced, None).unwrap().records.len(), 4);
+        // Cut at every batch boundary, or zeroed from one on: a shorter log
+        // to the file alone, refused by the watermark.
+        for &cut in &starts {
+            for tail in [0, 100] {
+                let mut damaged = bytes[..cut].to_vec();
+                damaged.resize(cut + tail, 0);
+                assert_eq!(decode(&damaged).unwrap().valid_len, cut);
+                let err = recover(&damaged, synced, None).unwrap_err();
+                assert!(err.reason.contains("watermark says 3"), "{}", err.reason);
+                let old = recover(&damaged, synced, Some(RecordBug::IgnoresWatermark)).unwrap();
+                assert_eq!(old.valid_len, cut);
+            }
+        }
+        // A flip in the last synced batch, which no later batch vouches for.
+        for bit in starts[2] * 8..bytes.len() * 8 {
+            let mut flipped = bytes.clone();
+            flipped[bit / 8] ^= 1 << (bit % 8);
+            assert!(recover(&flipped, synced, None).is_err(), "bit {bit}");
+        }
+        // A torn tail past the watermark is still just dropped.
+        let torn = &bytes[..bytes.len() - 1];
+        let got = recover(torn, Watermark { synced_batches: 2 }, None).unwrap();
+        assert_eq!(got.records, owned(&[b"first", b"second"]));
+    }
+
+    #[test]
+    fn a_watermark_round_trips_and_a_flipped_bit_is_refused() {
+        let mark = Watermark {
+            synced_batches: 0x0102_0304_0506,
+        };
+        let bytes = mark.encode();
+        assert_eq!(Watermark::decode(&bytes), Ok(mark));
+        for bit in 0..Watermark::BYTES * 8 {
+            let mut flipped = bytes;
+            flipped[bit / 8] ^= 1 << (bit % 8);
+            assert!(Watermark::decode(&flipped).is_err(), "bit {bit}");
+        }
+        assert!(Watermark::decode(&bytes[..8]).is_err());
     }
 
     fn batches() -> impl Strategy<Value = Vec<Vec<Vec<u8>>>> {

@@ -45,6 +45,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::auth::{ClientCredentials, ClusterSecret, CredentialError, FIRST_PRINCIPAL};
+use super::transport::Limits;
 use super::{NodeConfig, RealEnv};
 use crate::env::NodeId;
 use crate::lock::{self, ServerConfig};
@@ -389,7 +390,7 @@ pub fn new_cluster_id() -> String {
 /// Runs node `id` of the cluster until one of its services fails. `init`
 /// initializes the node's data directories if they hold nothing of it yet
 /// (a new member); without it a missing or wiped directory is refused.
-pub async fn run_node(config: &ClusterConfig, id: NodeId, init: bool) -> Result<(), RunError> {
+pub async fn run_node(config: &ClusterConfig, id: NodeId, init: bool, limits: Limits) -> Result<(), RunError> {
     let entry = config
         .nodes
         .iter()
@@ -404,7 +405,7 @@ pub async fn run_node(config: &ClusterConfig, id: NodeId, init: bool) -> Result<
             secret: secret.clone(),
             cluster_id: config.cluster_id.clone(),
             init,
-            limits: Default::default(),
+            limits,
         })
     };
     let lock_env = start(id, config.lock_servers(), "lock").await?;

@@ -104,7 +104,7 @@ impl EmbeddedCluster {
 
     fn spawn(&mut self, id: NodeId, init: bool) {
         let config = self.config.clone();
-        let task = tokio::spawn(async move { run_node(&config, id, init).await });
+        let task = tokio::spawn(async move { run_node(&config, id, init, Default::default()).await });
         self.nodes.insert(id, task);
     }
 

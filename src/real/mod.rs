@@ -18,6 +18,7 @@ pub mod embedded;
 pub mod identity;
 pub mod local;
 pub mod storage;
+mod throttle;
 pub mod transport;
 
 use std::collections::BTreeMap;

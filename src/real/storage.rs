@@ -11,7 +11,12 @@
 //!
 //! Opening recovers the log: a torn tail past the last sync is truncated;
 //! any other damage refuses to open, with the file, the byte offset and
-//! what the operator can do. A directory is tied to one member of one
+//! what the operator can do. So does a log that ends before its sync
+//! watermark (`node-<id>.synced`, see [`record::Watermark`]): synced
+//! batches cut or zeroed from its end, which the file alone cannot tell
+//! from a shorter log. The watermark is rewritten in place after each
+//! fsync returns (one small write, not fsynced; compaction fsyncs it).
+//! A directory is tied to one member of one
 //! cluster by its [`Identity`] file: a directory without one (wiped, or
 //! never initialized) or with another member's is refused, unless the
 //! caller explicitly initializes a new member ([`FileStorage::init`]).
@@ -23,12 +28,13 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::identity::Identity;
-use crate::env::record::{self, Batch, Chain};
+use crate::env::record::{self, Batch, Chain, Watermark};
 use crate::env::{EnvError, NodeId};
 
 /// One node's record log in a data directory.
@@ -58,6 +64,8 @@ struct Pending {
 
 struct FileState {
     file: File,
+    /// The sync watermark, rewritten in place after each fsync.
+    watermark: File,
     /// Appends (by count) known durable.
     durable: u64,
     /// Where the next batch continues the file's checksum chain.
@@ -119,6 +127,13 @@ impl FileStorage {
             }
             fs::create_dir_all(dir).map_err(|e| io_error(dir, "create directory", e))?;
             File::create(&log).map_err(|e| io_error(&log, "create", e))?;
+            let watermark = watermark_path(dir, identity.member);
+            File::create(&watermark)
+                .and_then(|file| {
+                    file.write_all_at(&Watermark::default().encode(), 0)?;
+                    file.sync_all()
+                })
+                .map_err(|e| io_error(&watermark, "create", e))?;
             identity.write(&id_path)?;
             fsync_dir(dir)?;
             tracing::info!(dir = %dir.display(), %identity, "initialized a new member's storage");
@@ -127,10 +142,12 @@ impl FileStorage {
     }
 
     /// Recovers `node-<id>.log` in `dir`: drops a torn tail, refuses
-    /// corruption. A temporary file left by a rewrite that crashed before
-    /// its rename is removed: the old log is still the valid one.
+    /// corruption and a log that ends before its watermark. A temporary
+    /// file left by a rewrite that crashed before its rename is removed:
+    /// the old log is still the valid one.
     fn recover(dir: &Path, id: NodeId) -> Result<Self, EnvError> {
         let path = log_path(dir, id);
+        let (watermark_file, watermark) = open_watermark(&watermark_path(dir, id))?;
         let tmp = temp_path(&path);
         if tmp.exists() {
             fs::remove_file(&tmp).map_err(|e| io_error(&tmp, "remove stale temp file", e))?;
@@ -141,7 +158,8 @@ impl FileStorage {
             .open(&path)
             .map_err(|e| io_error(&path, "open (the member's identity file exists, its log does not)", e))?;
         let bytes = fs::read(&path).map_err(|e| io_error(&path, "read", e))?;
-        let recovered = decode(&path, &bytes)?;
+        let recovered = record::recover(&bytes, watermark, None)
+            .map_err(|e| EnvError::Storage(format!("{}: {e}; {RECOVER_ADVICE}", path.display())))?;
         if recovered.valid_len < bytes.len() {
             tracing::warn!(
                 file = %path.display(),
@@ -153,6 +171,17 @@ impl FileStorage {
                 .and_then(|()| file.sync_all())
                 .map_err(|e| io_error(&path, "truncate torn tail", e))?;
         }
+        let recovered_mark = Watermark::of(recovered.chain);
+        if recovered_mark > watermark {
+            // Batches written before a crash, whole but never synced (or
+            // a watermark whose write-back a power loss lost): sync them
+            // and mark them, so damage to them later is not taken for a
+            // torn write.
+            file.sync_all()
+                .and_then(|()| watermark_file.write_all_at(&recovered_mark.encode(), 0))
+                .and_then(|()| watermark_file.sync_data())
+                .map_err(|e| io_error(&path, "sync and mark the recovered log", e))?;
+        }
         Ok(FileStorage {
             inner: Arc::new(Inner {
                 path,
@@ -160,6 +189,7 @@ impl FileStorage {
                 pending: Mutex::new(Pending::default()),
                 file: Mutex::new(FileState {
                     file,
+                    watermark: watermark_file,
                     durable: 0,
                     chain: recovered.chain,
                     poisoned: None,
@@ -228,6 +258,23 @@ impl FileStorage {
     }
 }
 
+/// Opens the sync watermark for rewriting in place, with what it says.
+/// Refuses a missing or unreadable one: without it a log cut at a batch
+/// boundary would pass for a shorter log.
+fn open_watermark(path: &Path) -> Result<(File, Watermark), EnvError> {
+    let file = OpenOptions::new().read(true).write(true).open(path).map_err(|e| {
+        EnvError::Storage(format!(
+            "{}: cannot open the sync watermark ({e}), which says how much of the log was synced; {RECOVER_ADVICE}",
+            path.display()
+        ))
+    })?;
+    let mut bytes = [0; Watermark::BYTES + 1];
+    let len = file.read_at(&mut bytes, 0).map_err(|e| io_error(path, "read", e))?;
+    let mark = Watermark::decode(&bytes[..len])
+        .map_err(|why| EnvError::Storage(format!("{}: {why}; {RECOVER_ADVICE}", path.display())))?;
+    Ok((file, mark))
+}
+
 /// Decodes a whole log file; corruption becomes an error naming the file,
 /// the offset and what to do.
 fn decode(path: &Path, bytes: &[u8]) -> Result<record::Recovered, EnvError> {
@@ -236,6 +283,10 @@ fn decode(path: &Path, bytes: &[u8]) -> Result<record::Recovered, EnvError> {
 
 fn log_path(dir: &Path, id: NodeId) -> PathBuf {
     dir.join(format!("node-{id}.log"))
+}
+
+fn watermark_path(dir: &Path, id: NodeId) -> PathBuf {
+    dir.join(format!("node-{id}.synced"))
 }
 
 impl Inner {
@@ -257,19 +308,23 @@ impl Inner {
             (std::mem::take(&mut pending.batch), pending.appended)
         };
         let bytes = batch.seal(&mut state.chain);
-        let result = (&state.file).write_all(&bytes).and_then(|()| state.file.sync_data());
+        let mark = Watermark::of(state.chain).encode();
+        let result = (&state.file)
+            .write_all(&bytes)
+            .and_then(|()| state.file.sync_data())
+            .and_then(|()| state.watermark.write_all_at(&mark, 0));
         match result {
             Ok(()) => {
                 state.durable = appended;
                 Ok(())
             }
-            Err(e) => Err(self.poison(&mut state, io_error(&self.path, "write and fsync", e))),
+            Err(e) => Err(self.poison(&mut state, io_error(&self.path, "write, fsync and mark synced", e))),
         }
     }
 
     fn rewrite(&self, records: &[Vec<u8>]) -> Result<(), EnvError> {
         let mut state = self.lock_file()?;
-        let (bytes, chain) = record::encode_log(records).map_err(|e| EnvError::Storage(e.to_string()))?;
+        let (bytes, chain) = record::encode_log(records, state.chain).map_err(|e| EnvError::Storage(e.to_string()))?;
         let appended = {
             let mut pending = self.pending.lock().expect("pending lock");
             pending.batch = Batch::default();
@@ -298,6 +353,14 @@ impl Inner {
                     .read(true)
                     .open(&self.path)
                     .map_err(|e| io_error(&self.path, "reopen", e))
+            })
+            .and_then(|file| {
+                // Off the commit path: the one place the watermark is fsynced.
+                let mark = Watermark::of(chain).encode();
+                (state.watermark.write_all_at(&mark, 0))
+                    .and_then(|()| state.watermark.sync_data())
+                    .map_err(|e| io_error(&self.path, "mark synced after rewrite", e))?;
+                Ok(file)
             });
         match swapped {
             Ok(file) => {

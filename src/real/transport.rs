@@ -29,7 +29,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
@@ -42,6 +42,7 @@ use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 
 use super::auth::{self, Credentials, FrameKeys, Hello, Opener, Role, Sealer, TAG_BYTES};
+use super::throttle::WarnThrottle;
 use crate::env::{EnvError, NodeId, MAX_MESSAGE_BYTES};
 
 /// Messages queued per peer before new ones are dropped.
@@ -109,6 +110,41 @@ impl Default for Limits {
             max_connections_per_principal: MAX_CONNECTIONS_PER_PRINCIPAL,
             handshake_timeout: HANDSHAKE_TIMEOUT,
             client_idle_timeout: CLIENT_IDLE_TIMEOUT,
+        }
+    }
+}
+
+/// Descriptors a node keeps for its logs, peer links and compaction,
+/// beside what its listeners take ([`Limits::within_open_files`]).
+pub const RESERVED_OPEN_FILES: usize = 256;
+
+impl Limits {
+    /// Descriptors one listener may hold under these limits.
+    pub fn open_files(&self) -> usize {
+        self.max_connections + self.max_pending_handshakes
+    }
+
+    /// Limits for `listeners` listeners that together may hold at most
+    /// `open_files` descriptors, keeping [`RESERVED_OPEN_FILES`] for the
+    /// rest of the node: the defaults where they fit, otherwise each
+    /// listener's share split one part handshakes to four parts client
+    /// connections. A flood then meets a refused connection, not a node
+    /// that cannot open its own log.
+    pub fn within_open_files(open_files: usize, listeners: usize) -> Limits {
+        let defaults = Limits::default();
+        let share = open_files.saturating_sub(RESERVED_OPEN_FILES) / listeners.max(1);
+        if share >= defaults.open_files() {
+            return defaults;
+        }
+        let max_pending_handshakes = (share / 5).clamp(1, MAX_PENDING_HANDSHAKES);
+        let max_connections = share
+            .saturating_sub(max_pending_handshakes)
+            .clamp(1, MAX_INBOUND_CONNECTIONS);
+        Limits {
+            max_connections,
+            max_pending_handshakes,
+            max_connections_per_principal: max_connections.min(MAX_CONNECTIONS_PER_PRINCIPAL),
+            ..defaults
         }
     }
 }
@@ -188,6 +224,7 @@ impl Transport {
                 per_principal: Mutex::default(),
                 client_slots: Arc::new(Semaphore::new(limits.max_connections)),
                 handshakes: Mutex::default(),
+                warnings: WarnThrottle::new(WARN_WINDOW, WARN_BURST),
                 shutdown: shutdown.clone(),
             };
             spawn_until(shutdown, acceptor.run(listener));
@@ -391,8 +428,16 @@ struct Acceptor {
     /// Connections in their handshake, oldest first, each with the token
     /// that drops it.
     handshakes: Mutex<VecDeque<(u64, CancellationToken)>>,
+    /// Warnings about refused connections and failed accepts, which a
+    /// stranger can trigger at will.
+    warnings: WarnThrottle,
     shutdown: CancellationToken,
 }
+
+/// Warnings a listener writes about strangers: at most this many per
+/// [`WARN_WINDOW`], then one line saying how many were held back.
+const WARN_BURST: u32 = 10;
+const WARN_WINDOW: Duration = Duration::from_secs(10);
 
 /// Holds one of a principal's connection slots; frees it when dropped.
 struct PrincipalSlot<'a> {
@@ -421,7 +466,9 @@ impl Acceptor {
                 Ok(accepted) => accepted,
                 Err(e) => {
                     // Usually out of file descriptors: wait instead of spinning.
-                    tracing::warn!(node = this.id, error = %e, "accept failed");
+                    if let Some(held_back) = this.warnings.admit(Instant::now()) {
+                        tracing::warn!(node = this.id, error = %e, held_back, "accept failed");
+                    }
                     tokio::time::sleep(BACKOFF_MIN).await;
                     continue;
                 }
@@ -431,7 +478,9 @@ impl Acceptor {
             let evicted = this.start_handshake(connection);
             spawn_until(&this.shutdown, async move {
                 if let Err(reason) = this2.serve(stream, connection, evicted).await {
-                    tracing::warn!(node = this2.id, %remote, %reason, "disconnected a peer");
+                    if let Some(held_back) = this2.warnings.admit(Instant::now()) {
+                        tracing::warn!(node = this2.id, %remote, %reason, held_back, "disconnected a peer");
+                    }
                 }
             });
         }
@@ -583,6 +632,30 @@ async fn answer_client(mut frames: FrameWriter, mut sealer: Sealer, mut queue: m
     while let Some(message) = queue.recv().await {
         if frames.send(Bytes::from(sealer.seal(message))).await.is_err() {
             return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Under a hard open-file limit below what the defaults take, every
+    /// listener's connections and handshakes together fit beside the
+    /// node's reserve: a flood is refused before the node runs out of
+    /// descriptors for its own logs.
+    #[test]
+    fn limits_shrink_to_fit_the_open_file_limit() {
+        assert_eq!(Limits::within_open_files(4_096, 3), Limits::default());
+        assert_eq!(Limits::within_open_files(1 << 20, 3), Limits::default());
+        for open_files in [300, 512, 1_024, 2_048, 4_095] {
+            let limits = Limits::within_open_files(open_files, 3);
+            assert!(
+                3 * limits.open_files() + RESERVED_OPEN_FILES <= open_files,
+                "{open_files}: {limits:?}"
+            );
+            assert!(limits.max_pending_handshakes >= 1 && limits.max_connections >= 1);
+            assert!(limits.max_connections_per_principal <= limits.max_connections);
         }
     }
 }

@@ -44,12 +44,15 @@
 //!
 //! The disk is hostile too ([`FaultKind::DISK`]): crashes leave zeroed or
 //! garbage tails, a write or fsync fails (the replica stops and restarts),
-//! and one replica per run finds a flipped bit in records it synced, so it
-//! refuses to start and stays down while the other replicas go on. The
-//! planted bug `torn-tail-anywhere` (`RecordBug::AnyDamageIsTornTail`, the
-//! recovery rule found dropping synced records on real processes) is caught
-//! by the simulated disk's own check, `synced-record-lost`: a node got back
-//! fewer records than it had synced before its crash.
+//! and one replica per run finds a flipped bit in records it synced, or
+//! synced batches lost from the end of its log, so it refuses to start and
+//! stays down while the other replicas go on. The planted bugs
+//! `torn-tail-anywhere` (`RecordBug::AnyDamageIsTornTail`, the recovery
+//! rule found dropping synced records on real processes) and
+//! `synced-tail-unnoticed` (`RecordBug::IgnoresWatermark`: a lock log cut
+//! at a batch boundary on a real cluster reissued granted tokens) are
+//! caught by the simulated disk's own check, `synced-record-lost`: a node
+//! got back fewer records than it had synced before its crash.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -124,6 +127,13 @@ pub const TORN_TAIL_ANYWHERE: Bug = Bug {
     about: "storage recovery takes any damage for a torn tail, so a bit flipped mid-log silently drops synced records",
     caught_by: "synced-record-lost",
     planted: Planted::Record(RecordBug::AnyDamageIsTornTail),
+};
+
+pub const SYNCED_TAIL_UNNOTICED: Bug = Bug {
+    name: "synced-tail-unnoticed",
+    about: "storage recovery trusts the file alone, so a log that lost synced batches from its end (a lost write, a file cut at a batch boundary) starts as a shorter log",
+    caught_by: "synced-record-lost",
+    planted: Planted::Record(RecordBug::IgnoresWatermark),
 };
 
 /// Counters the clients touch: few, so operations contend.
@@ -405,6 +415,7 @@ impl<const N: u32> Scenario for LogScenario<N> {
             VOTE_NOT_SYNCED,
             COMMIT_EARLIER_TERM,
             TORN_TAIL_ANYWHERE,
+            SYNCED_TAIL_UNNOTICED,
             TERM_OVERFLOW,
             REFUSE_ENTRIES,
             READ_BEFORE_NO_OP,

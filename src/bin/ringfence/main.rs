@@ -13,6 +13,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use ringfence::env::NodeId;
 use ringfence::real::cluster::{run_node, ClusterConfig};
+use ringfence::real::transport::Limits;
 
 #[derive(Parser)]
 #[command(
@@ -131,31 +132,46 @@ fn client_key(config: &ConfigArg, principal: u32, out: &std::path::Path) -> Resu
 
 async fn node(config: &std::path::Path, id: NodeId, init: bool) -> Result<(), String> {
     let config = ClusterConfig::load(config).map_err(|e| e.to_string())?;
-    raise_open_file_limit();
+    let open_files = raise_open_file_limit();
+    let limits = Limits::within_open_files(open_files, NODE_LISTENERS);
+    if limits != Limits::default() {
+        tracing::warn!(
+            open_files,
+            client_connections = limits.max_connections,
+            pending_handshakes = limits.max_pending_handshakes,
+            "the open-file limit is below what a flood of connections can take: each listener takes fewer \
+             connections; raise `ulimit -n` to {NODE_OPEN_FILES}"
+        );
+    }
     tokio::select! {
-        result = run_node(&config, id, init) => result.map_err(|e| e.to_string()),
+        result = run_node(&config, id, init, limits) => result.map_err(|e| e.to_string()),
         _ = tokio::signal::ctrl_c() => Ok(()),
     }
 }
 
-/// Open files a node may hold at once: its three listeners, each with its
-/// client connections and pending handshakes, plus peers, logs and slack.
-const NODE_OPEN_FILES: usize = 3
+/// A node's listeners: lock, coordinator and shard.
+const NODE_LISTENERS: usize = 3;
+
+/// Open files a node may hold at once under the default limits: its
+/// listeners, each with its client connections and pending handshakes,
+/// plus peers, logs and slack.
+const NODE_OPEN_FILES: usize = NODE_LISTENERS
     * (ringfence::real::transport::MAX_INBOUND_CONNECTIONS + ringfence::real::transport::MAX_PENDING_HANDSHAKES)
-    + 256;
+    + ringfence::real::transport::RESERVED_OPEN_FILES;
 
 /// Raises the soft open-file limit to what a node may need (within the
-/// hard limit). At the common default of 1,024, a flood of connections
-/// used up the descriptors and the node stopped when a log compaction
-/// could not open its file; where the hard limit is lower, say so.
-fn raise_open_file_limit() {
+/// hard limit) and returns it. At the common default of 1,024, a flood of
+/// connections used up the descriptors and the node stopped when a log
+/// compaction could not open its file; where the hard limit is lower, the
+/// node takes fewer connections ([`Limits::within_open_files`]).
+fn raise_open_file_limit() -> usize {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: getrlimit only writes the struct it is given.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return;
+        return NODE_OPEN_FILES;
     }
     let wanted = (NODE_OPEN_FILES as libc::rlim_t).min(limit.rlim_max);
     if limit.rlim_cur < wanted {
@@ -168,13 +184,7 @@ fn raise_open_file_limit() {
             limit.rlim_cur = wanted;
         }
     }
-    if (limit.rlim_cur as usize) < NODE_OPEN_FILES {
-        tracing::warn!(
-            open_files = limit.rlim_cur,
-            needed = NODE_OPEN_FILES,
-            "the open-file limit is below what a flood of connections can take: raise `ulimit -n`"
-        );
-    }
+    usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX)
 }
 
 /// The longest duration any flag takes: longer ones are refused, not left
