@@ -76,6 +76,31 @@ async fn lock_and_bank_commands_work_against_a_loopback_cluster() {
     cluster.stop().await;
 }
 
+/// A transfer the client aborts (too little money) frees its shared
+/// locks at once: the abort used to be only queued when the command
+/// exited, so the next transfer on those accounts met a lock conflict
+/// until the shard's idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aborted_transfer_frees_its_locks_before_the_command_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LocalCluster::free_ports_config(3, dir.path()).unwrap();
+    let exe = Path::new(env!("CARGO_BIN_EXE_ringfence"));
+    let mut cluster = LocalCluster::start(exe, dir.path(), config).await.unwrap();
+    let file = cluster.config_path().to_str().unwrap().to_string();
+    for round in 0..5 {
+        let refused = ringfence(&["txn", "transfer", "0", "1", "1000000", "-c", &file]);
+        let err = String::from_utf8_lossy(&refused.stderr);
+        assert!(err.contains("aborted"), "round {round}: {err}");
+        let next = ringfence(&["txn", "transfer", "1", "0", "1", "-c", &file]);
+        assert!(
+            stdout(&next).contains("committed"),
+            "round {round}: {}",
+            String::from_utf8_lossy(&next.stderr)
+        );
+    }
+    cluster.stop().await;
+}
+
 #[test]
 fn bad_input_gets_a_clear_error() {
     let missing = ringfence(&["lock", "status", "x", "--config", "/nonexistent/cluster.toml"]);

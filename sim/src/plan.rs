@@ -736,13 +736,24 @@ fn disk_faults(
     out: &mut Vec<Fault>,
 ) {
     let mut rng = derive_rng(seed, stream::PLAN, 1);
+    let mut injury = derive_rng(seed, stream::PLAN, 2);
     if targets.servers.is_empty() {
         return;
     }
-    for kind in FaultKind::DISK {
-        if !targets.kinds.contains(&kind) || !rng.gen_bool(0.5) {
+    // Synced data damaged on one replica, which then stays down: a bit
+    // flip or, on half those seeds, a lost write, so that a majority
+    // remains. Drawn in the bit flip's place (the lost write's own draw
+    // comes from a stream of its own), so other faults are as they were.
+    for slot in FaultKind::DISK.into_iter().filter(|&k| k != FaultKind::LostWrite) {
+        if !targets.kinds.contains(&slot) || !rng.gen_bool(0.5) {
             continue;
         }
+        let kind = match slot {
+            FaultKind::BitFlip if targets.kinds.contains(&FaultKind::LostWrite) && injury.gen_bool(0.5) => {
+                FaultKind::LostWrite
+            }
+            slot => slot,
+        };
         enabled.push(kind);
         let count = match kind {
             FaultKind::BitFlip | FaultKind::LostWrite => 1,
@@ -750,12 +761,7 @@ fn disk_faults(
         };
         for _ in 0..count {
             let at_ms = rng.gen_range(0..duration_ms * 9 / 10);
-            let mut node = *targets.servers.choose(&mut rng).expect("non-empty");
-            if kind == FaultKind::LostWrite {
-                // A node that lost synced data stays down: keep it to the
-                // one a bit flip already took down, so a majority remains.
-                node = disabled_by_disk(out).unwrap_or(node);
-            }
+            let node = *targets.servers.choose(&mut rng).expect("non-empty");
             let down_ms = rng.gen_range(10..=(100 + (1_000.0 * intensity) as u64));
             out.push(match kind {
                 FaultKind::DiskTail => Fault::Crash {
@@ -785,18 +791,6 @@ fn disk_faults(
             });
         }
     }
-}
-
-/// The node a bit flip in `faults` takes down for good, if any.
-fn disabled_by_disk(faults: &[Fault]) -> Option<NodeId> {
-    faults.iter().find_map(|f| match f {
-        Fault::Disk {
-            node,
-            what: DiskFault::BitFlip,
-            ..
-        } => Some(*node),
-        _ => None,
-    })
 }
 
 /// On half the seeds, bursts of rogue messages between two servers, drawn

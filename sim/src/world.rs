@@ -62,6 +62,8 @@ pub mod stream {
     pub const LATE_COPIES: u64 = u64::from_be_bytes(*b"latecopy");
     /// A scenario's per-run protocol settings (e.g. the log's timers).
     pub const SETTINGS: u64 = u64::from_be_bytes(*b"settings");
+    /// Whether a crash loses the sync watermark's write-back.
+    pub const WRITEBACK: u64 = u64::from_be_bytes(*b"writebak");
 }
 
 /// A ChaCha generator for `(seed, stream, index)`.
@@ -307,8 +309,9 @@ impl Disk {
     /// What a crash leaves: the durable bytes plus, depending on `loss`,
     /// part of what was not yet synced. Records appended but not yet
     /// written count as a sync in flight, except under
-    /// [`DiskLoss::LoseUnsynced`].
-    fn crash(&mut self, loss: DiskLoss, rng: &mut ChaCha8Rng) -> CrashDamage {
+    /// [`DiskLoss::LoseUnsynced`]. With `writeback_lost`, the watermark
+    /// falls back to its last fsynced value.
+    fn crash(&mut self, loss: DiskLoss, rng: &mut ChaCha8Rng, writeback_lost: bool) -> CrashDamage {
         self.failed = false;
         // A disk not opened since the last crash holds nothing new: what
         // it must give back, and its watermark, stay as they were (a disk
@@ -350,10 +353,8 @@ impl Disk {
             }
             _ => 0,
         };
-        // Drawn last, so the tail's fate is what it was before the
-        // watermark existed.
-        if was_running && rng.gen_bool(0.5) {
-            self.watermark = self.watermark_synced; // its write-back was lost
+        if was_running && writeback_lost {
+            self.watermark = self.watermark_synced;
         }
         CrashDamage {
             lost: unwritten + tail.len() - keep,
@@ -577,6 +578,7 @@ pub struct WorldState {
     pub net: NetFaults,
     net_rng: ChaCha8Rng,
     disk_rng: ChaCha8Rng,
+    writeback_rng: ChaCha8Rng,
     next_message: u64,
     /// Faults that actually took effect, by kind.
     pub fired: BTreeMap<FaultKind, u64>,
@@ -663,6 +665,7 @@ impl World {
             net: NetFaults::default(),
             net_rng: derive_rng(seed, stream::NETWORK, 0),
             disk_rng: derive_rng(seed, stream::DISK, 0),
+            writeback_rng: derive_rng(seed, stream::WRITEBACK, 0),
             next_message: 0,
             fired: BTreeMap::new(),
             trace,
@@ -1038,9 +1041,14 @@ impl WorldState {
             DiskLoss::Zeroed | DiskLoss::Garbage if self.effect_off(FaultKind::DiskTail) => DiskLoss::Torn,
             loss => loss,
         };
-        let WorldState { nodes, disk_rng, .. } = self;
+        let WorldState {
+            nodes,
+            disk_rng,
+            writeback_rng,
+            ..
+        } = self;
         let node = nodes.get_mut(&id).expect("known node");
-        let damage = node.disk.crash(loss, disk_rng);
+        let damage = node.disk.crash(loss, disk_rng, writeback_rng.gen_bool(0.5));
         if damage.junk > 0 {
             self.count(FaultKind::DiskTail);
         }
@@ -1169,7 +1177,7 @@ mod tests {
     }
 
     fn crash_and_recover(disk: &mut Disk, loss: DiskLoss, seed: u64) -> Result<Vec<Vec<u8>>, DiskError> {
-        disk.crash(loss, &mut derive_rng(seed, 0, 0));
+        disk.crash(loss, &mut derive_rng(seed, 0, 0), false);
         disk.recover()?;
         Ok(disk.load().unwrap())
     }
@@ -1264,7 +1272,7 @@ mod tests {
         for seed in 0..100 {
             let mut disk = build();
             disk.bug = bug;
-            disk.crash(DiskLoss::LoseUnsynced, &mut derive_rng(seed, 0, 0));
+            disk.crash(DiskLoss::LoseUnsynced, &mut derive_rng(seed, 0, 0), seed % 2 == 1);
             if fault(&mut disk, &mut derive_rng(seed, 1, 0)) {
                 struck += 1;
                 outcomes.push(disk.recover());
@@ -1311,7 +1319,7 @@ mod tests {
         assert!(outcomes.iter().any(lost), "{outcomes:?}");
         // Nothing synced: nothing to flip.
         let mut disk = disk_with(&[], &[b"a"]);
-        disk.crash(DiskLoss::LoseUnsynced, &mut derive_rng(0, 0, 0));
+        disk.crash(DiskLoss::LoseUnsynced, &mut derive_rng(0, 0, 0), false);
         assert_eq!(disk.flip_synced_bit(&mut derive_rng(0, 0, 0)), None);
     }
 
@@ -1362,10 +1370,10 @@ mod tests {
     fn recovery_marks_what_it_kept() {
         let mut disk = disk_with(&[b"a"], &[b"b"]);
         disk.start_sync(); // written, never synced
-        disk.crash(DiskLoss::KeepPrefix, &mut derive_rng(1, 0, 0));
+        disk.crash(DiskLoss::KeepPrefix, &mut derive_rng(1, 0, 0), false);
         disk.recover().unwrap();
         let kept = disk.load().unwrap().len();
-        disk.crash(DiskLoss::LoseUnsynced, &mut derive_rng(0, 0, 0));
+        disk.crash(DiskLoss::LoseUnsynced, &mut derive_rng(0, 0, 0), false);
         disk.file.truncate(disk.file.len() - 1);
         match disk.recover() {
             Err(DiskError::Corrupt(_)) => {}

@@ -193,6 +193,14 @@ impl RealEnv {
             .ok_or_else(|| EnvError::Storage("a client has no storage".to_string()))
     }
 
+    /// Waits up to `limit` until every message sent so far is written to
+    /// its connection (or lost with it); `false` if some were not. A
+    /// process calls it before it exits, so its last messages leave with
+    /// it (a transaction's abort, which nothing answers).
+    pub async fn flush(&self, limit: Duration) -> bool {
+        tokio::time::timeout(limit, self.inner.transport.flush()).await.is_ok()
+    }
+
     /// Stops the node: closes the listener and every connection and ends
     /// every task started with [`Env::spawn`]. What was synced stays on disk,
     /// so a new `RealEnv` on the same data directory is a restarted node.

@@ -28,6 +28,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -171,7 +172,7 @@ type FrameWriter = FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>;
 pub struct Transport {
     id: NodeId,
     /// Outgoing queue per peer (every peer but this node).
-    queues: BTreeMap<NodeId, mpsc::Sender<Vec<u8>>>,
+    queues: BTreeMap<NodeId, Outbox>,
     clients: Arc<Clients>,
     /// Messages to self skip the network.
     inbox_tx: Inbox,
@@ -201,7 +202,14 @@ impl Transport {
                 continue;
             }
             let (tx, rx) = mpsc::channel(PEER_QUEUE_CAPACITY);
-            queues.insert(peer, tx);
+            let unsent = Arc::new(AtomicUsize::new(0));
+            queues.insert(
+                peer,
+                Outbox {
+                    queue: tx,
+                    unsent: unsent.clone(),
+                },
+            );
             let link = Link {
                 role,
                 id,
@@ -209,6 +217,7 @@ impl Transport {
                 addr,
                 credentials: credentials.clone(),
                 inbox: inbox_tx.clone(),
+                unsent,
             };
             spawn_until(shutdown, link.run(rx));
         }
@@ -253,21 +262,38 @@ impl Transport {
             return Ok(());
         }
         let client_queue;
-        let queue = match self.queues.get(&to) {
-            Some(queue) => queue,
+        let (queue, unsent) = match self.queues.get(&to) {
+            Some(outbox) => (&outbox.queue, Some(&outbox.unsent)),
             None => {
                 let clients = self.clients.lock().expect("client table poisoned");
                 client_queue = clients
                     .get(&to)
                     .map(|(_, q)| q.clone())
                     .ok_or(EnvError::UnknownPeer(to))?;
-                &client_queue
+                (&client_queue, None)
             }
         };
+        // Counted before it is queued, so the link never uncounts first.
+        if let Some(unsent) = unsent {
+            unsent.fetch_add(1, Ordering::AcqRel);
+        }
         if queue.try_send(msg).is_err() {
+            if let Some(unsent) = unsent {
+                unsent.fetch_sub(1, Ordering::AcqRel);
+            }
             tracing::debug!(node = self.id, peer = to, "queue full: dropped a message");
         }
         Ok(())
+    }
+
+    /// Waits until every message sent to a peer so far has been written
+    /// to its connection, or given up on (a connection lost under it).
+    /// A process about to exit calls it so that its last messages (a
+    /// transaction's abort) are not lost with the process.
+    pub async fn flush(&self) {
+        while self.queues.values().any(|o| o.unsent.load(Ordering::Acquire) > 0) {
+            tokio::time::sleep(FLUSH_POLL).await;
+        }
     }
 
     /// The next message for this node. Cancel-safe: both the lock and the
@@ -318,6 +344,27 @@ async fn next_frame(frames: &mut FrameReader, limit: Duration, what: &str) -> Re
     }
 }
 
+/// One peer's outgoing queue, and how many of its messages are not yet
+/// written ([`Transport::flush`]).
+struct Outbox {
+    queue: mpsc::Sender<Vec<u8>>,
+    unsent: Arc<AtomicUsize>,
+}
+
+/// How often [`Transport::flush`] looks again.
+const FLUSH_POLL: Duration = Duration::from_millis(2);
+
+/// Held while a message the link took from its queue is not yet written:
+/// uncounts it from the unsent messages when dropped, whether it was
+/// written or lost.
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// This end's connection to one peer: it owns the peer's queue.
 struct Link {
     role: Role,
@@ -326,6 +373,7 @@ struct Link {
     addr: SocketAddr,
     credentials: Arc<Credentials>,
     inbox: Inbox,
+    unsent: Arc<AtomicUsize>,
 }
 
 impl Link {
@@ -348,7 +396,7 @@ impl Link {
                     if self.role == Role::Client {
                         // Reconnect only when there is something to send.
                         match queue.recv().await {
-                            Some(message) => first = Some(message),
+                            Some(message) => first = Some((message, InFlight(self.unsent.clone()))),
                             None => return,
                         }
                         continue;
@@ -371,7 +419,7 @@ impl Link {
         &self,
         stream: TcpStream,
         queue: &mut mpsc::Receiver<Vec<u8>>,
-        first: Option<Vec<u8>>,
+        first: Option<(Vec<u8>, InFlight)>,
     ) -> Result<(), String> {
         let (mut answers, mut frames) = framed(stream)?;
         let hello = Hello::new(self.role, self.id);
@@ -383,7 +431,7 @@ impl Link {
         let (proof, FrameKeys { mut sealer, mut opener }) =
             auth::initiate(&self.credentials, &hello, &answer).map_err(|e| format!("peer {}: {e}", self.peer))?;
         frames.send(Bytes::from(proof)).await.map_err(|e| e.to_string())?;
-        if let Some(message) = first {
+        if let Some((message, _in_flight)) = first {
             frames
                 .send(Bytes::from(sealer.seal(message)))
                 .await
@@ -393,6 +441,7 @@ impl Link {
             tokio::select! {
                 message = queue.recv() => {
                     let Some(message) = message else { return Ok(()) };
+                    let _in_flight = InFlight(self.unsent.clone());
                     frames.send(Bytes::from(sealer.seal(message))).await.map_err(|e| e.to_string())?;
                 }
                 answer = answers.next() => match answer {

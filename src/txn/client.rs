@@ -344,7 +344,9 @@ impl<E: Env> TxnClient<E> {
     }
 
     /// Abandons the transaction: its shards release its locks (best effort;
-    /// a shard that misses this times the transaction out).
+    /// a shard that misses this times the transaction out). Nothing
+    /// answers an abort: a process about to exit flushes its messages
+    /// first (`RealEnv::flush`), or the abort may leave with it.
     pub async fn abort(&mut self, txn: Txn) {
         let bytes = codec::encode(&Msg::Abort { txn: txn.id }).expect("encodes");
         for shard in txn.shards.keys() {

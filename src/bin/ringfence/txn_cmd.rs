@@ -1,6 +1,10 @@
 //! `ringfence txn`: the bank workload on the transaction service.
 
+use std::time::Duration;
+
 use clap::Subcommand;
+use ringfence::real::RealEnv;
+use ringfence::txn::client::TxnClient;
 use ringfence::txn::{bank, Outcome};
 
 use crate::ConfigArg;
@@ -27,23 +31,35 @@ enum TxnCommand {
     },
 }
 
+/// How long a `txn` command waits, before it exits, for its last messages
+/// (an abort) to be written.
+const FLUSH_LIMIT: Duration = Duration::from_secs(1);
+
 pub async fn run(args: TxnArgs) -> Result<(), String> {
     let config = args.config.load()?;
     let env = config.client_env(&config.txn_nodes()).map_err(|e| e.to_string())?;
-    let mut client = config.txn_client(env);
-    match args.command {
+    let mut client = config.txn_client(env.clone());
+    let result = command(&mut client, args.command).await;
+    if !env.flush(FLUSH_LIMIT).await {
+        tracing::warn!("exiting with messages not yet sent; a shard frees an unfinished transaction's locks after its idle timeout");
+    }
+    result
+}
+
+async fn command(client: &mut TxnClient<RealEnv>, command: TxnCommand) -> Result<(), String> {
+    match command {
         TxnCommand::Transfer { from, to, amount } => {
             if amount < 0 || from == to {
                 return Err("transfer a non-negative amount between two different accounts".to_string());
             }
-            match bank::transfer(&mut client, from, to, amount).await {
+            match bank::transfer(client, from, to, amount).await {
                 Ok(Outcome::Committed) => println!("committed: {amount} from account {from} to account {to}"),
                 Ok(Outcome::Aborted(reason)) => return Err(format!("aborted: {reason}")),
                 Err(e) => return Err(e.to_string()),
             }
         }
         TxnCommand::Audit { accounts } => {
-            let balances = bank::audit(&mut client, accounts).await.map_err(|e| e.to_string())?;
+            let balances = bank::audit(client, accounts).await.map_err(|e| e.to_string())?;
             for (account, balance) in balances.iter().enumerate() {
                 println!("account {account}: {balance}");
             }
