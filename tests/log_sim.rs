@@ -33,8 +33,9 @@ fn expected(bug: &str) -> &'static [&'static str] {
     match bug {
         "no-step-down" => &["leader-per-term", "election safety"],
         "ack-before-sync" | "commit-earlier-term" => &["committed-entry-changed", "would truncate committed entry"],
-        "term-overflow" => &["entry from a future term"],
-        "vote-not-synced" => &["leader-per-term", "election safety"],
+        // The forged term spreads and no election can follow it.
+        "term-overflow" => &["liveness"],
+        "vote-not-synced" | "pre-vote-counts-as-vote" => &["leader-per-term", "election safety"],
         "torn-tail-anywhere" | "synced-tail-unnoticed" => &["synced-record-lost"],
         "refuse-entries" => &["replica-behind"],
         // No replica sees anything wrong: only the linearizability search.

@@ -99,8 +99,9 @@ pub enum LogBug {
     AckBeforeSync,
     /// A replica adopts any term a member sends, however far ahead, and
     /// increments its own with wrapping arithmetic: one forged message with
-    /// term `u64::MAX` makes the next election wrap the term to 0, and the
-    /// replica's own invariant check stops it, again after every restart.
+    /// term `u64::MAX` spreads to every replica, and a pre-vote for the
+    /// next term (wrapped to 0) is refused by all, so the group never
+    /// elects a leader again.
     UncheckedTerm,
     /// The member with the highest id takes heartbeats but refuses every
     /// entry, forever: a majority without it still commits, so only a check
@@ -112,11 +113,16 @@ pub enum LogBug {
     /// began. The replicas' logs stay correct; only a result no
     /// linearization allows shows it.
     ReadBeforeNoOp,
+    /// Pre-vote replies are counted as votes: a replica that gathers a
+    /// majority of pre-votes takes the next term as its leader without an
+    /// election. A voter grants pre-votes to several askers, so two
+    /// replicas can lead the same term.
+    PreVoteCountsAsVote,
 }
 
 impl LogBug {
     /// Every planted bug, for sweeps that must show each one is caught.
-    pub const ALL: [LogBug; 7] = [
+    pub const ALL: [LogBug; 8] = [
         LogBug::VoteNotSynced,
         LogBug::CommitEarlierTermByCounting,
         LogBug::NoStepDownOnHigherTerm,
@@ -124,6 +130,7 @@ impl LogBug {
         LogBug::UncheckedTerm,
         LogBug::RefuseEntries,
         LogBug::ReadBeforeNoOp,
+        LogBug::PreVoteCountsAsVote,
     ];
 }
 
@@ -158,6 +165,14 @@ pub struct Config {
     pub max_sessions: usize,
     /// Reads waiting for confirmation at the leader; more are refused Busy.
     pub max_pending_reads: usize,
+    /// Ask for pre-votes before campaigning ([`types::Message::PreVote`]),
+    /// so a replica that was cut off does not depose a working leader
+    /// when it returns.
+    pub pre_vote: bool,
+    /// A leader that has not heard from a majority within the maximum
+    /// election timeout steps down, so a leader cut off in a minority
+    /// stops taking commands it cannot commit (clients go elsewhere).
+    pub check_quorum: bool,
     /// Recheck whole-log invariants after every handler (tests).
     pub paranoid: bool,
     /// A planted bug, or `None` for the correct protocol.
@@ -178,6 +193,8 @@ impl Default for Config {
             snapshot_every: 32768,
             max_sessions: 4096,
             max_pending_reads: 1024,
+            pre_vote: true,
+            check_quorum: true,
             paranoid: false,
             bug: None,
         }

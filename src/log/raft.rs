@@ -62,6 +62,9 @@ pub enum Role {
     /// Accepts entries from the leader of its term; campaigns if none is
     /// heard from within an election timeout.
     Follower,
+    /// Asking whether it could win the next term ([`Message::PreVote`]),
+    /// still in its old one.
+    PreCandidate,
     /// Asking for votes in a new term.
     Candidate,
     /// Won its term's election: the only replica that appends, commits and
@@ -179,6 +182,8 @@ struct Progress {
     probing: bool,
     /// Highest confirmation round this follower acknowledged in our term.
     acked_seq: u64,
+    /// When it last answered this leader (check-quorum).
+    heard_at: Duration,
 }
 
 /// A linearizable read waiting at the leader.
@@ -205,6 +210,13 @@ struct LeaderState<Q> {
     term_start: Index,
 }
 
+impl<Q> LeaderState<Q> {
+    /// Members (this leader included) heard from since `since`.
+    fn heard_since(&self, since: Duration) -> usize {
+        1 + self.progress.values().filter(|p| p.heard_at >= since).count()
+    }
+}
+
 /// A Raft replica.
 pub struct Raft<S: StateMachine> {
     id: NodeId,
@@ -226,7 +238,11 @@ pub struct Raft<S: StateMachine> {
     // Volatile state.
     role: Role,
     leader: Option<NodeId>,
+    /// Votes, or pre-votes while a pre-candidate, received in this round.
     votes: BTreeSet<NodeId>,
+    /// When an `Append` or snapshot last came from this term's leader: a
+    /// replica refuses pre-votes while its leader is alive.
+    leader_heard_at: Option<Duration>,
     lead: Option<LeaderState<S::Query>>,
     commit: Index,
     applied: Index,
@@ -278,6 +294,7 @@ impl<S: StateMachine> Raft<S> {
             role: Role::Follower,
             leader: None,
             votes: BTreeSet::new(),
+            leader_heard_at: None,
             lead: None,
             commit: 0,
             applied: 0,
@@ -405,7 +422,7 @@ impl<S: StateMachine> Raft<S> {
     pub fn next_deadline(&self) -> Duration {
         match &self.lead {
             Some(lead) => lead.heartbeat_due,
-            None if self.role == Role::Candidate => self.election_due.min(self.vote_resend_due),
+            None if self.role != Role::Follower => self.election_due.min(self.vote_resend_due),
             None => self.election_due,
         }
     }
@@ -419,14 +436,28 @@ impl<S: StateMachine> Raft<S> {
             Role::Leader => {
                 let due = self.lead.as_ref().expect("leader state").heartbeat_due;
                 if now >= due {
+                    if self.lost_quorum(now) {
+                        tracing::info!(
+                            node = self.id,
+                            term = self.term,
+                            "no majority heard from: stepping down"
+                        );
+                        self.become_follower(self.term, None);
+                        self.reset_election_timer(now);
+                        return self.finish();
+                    }
                     self.broadcast_append();
                     self.lead_mut().heartbeat_due = now + self.config.heartbeat_interval;
                 }
             }
-            Role::Follower | Role::Candidate => {
+            Role::Follower | Role::PreCandidate | Role::Candidate => {
                 if now >= self.election_due {
-                    self.start_election(now);
-                } else if self.role == Role::Candidate && now >= self.vote_resend_due {
+                    if self.config.pre_vote {
+                        self.start_pre_vote(now);
+                    } else {
+                        self.start_election(now);
+                    }
+                } else if self.role != Role::Follower && now >= self.vote_resend_due {
                     self.request_votes(now);
                 }
             }
@@ -478,7 +509,12 @@ impl<S: StateMachine> Raft<S> {
             }
             _ => None,
         };
-        if term > self.term {
+        // A pre-vote or a granted reply speaks of a term nobody is in yet.
+        let future_term = matches!(
+            msg,
+            Message::PreVote { .. } | Message::PreVoteReply { granted: true, .. }
+        );
+        if term > self.term && !future_term {
             if self.role == Role::Leader && self.bug(LogBug::NoStepDownOnHigherTerm) {
                 // PLANTED BUG: adopt the term but keep leading in it.
                 self.term = term;
@@ -494,7 +530,13 @@ impl<S: StateMachine> Raft<S> {
                 last_index,
                 last_term,
             } => self.on_request_vote(now, from, term, last_index, last_term),
-            Message::Vote { term, granted } => self.on_vote(from, term, granted),
+            Message::PreVote {
+                term,
+                last_index,
+                last_term,
+            } => self.on_pre_vote(now, from, term, last_index, last_term),
+            Message::PreVoteReply { term, granted } => self.on_pre_vote_reply(now, from, term, granted),
+            Message::Vote { term, granted } => self.on_vote(now, from, term, granted),
             Message::Append {
                 term,
                 prev_index,
@@ -508,7 +550,7 @@ impl<S: StateMachine> Raft<S> {
                 success,
                 index,
                 read_seq,
-            } => self.on_append_reply(from, term, success, index, read_seq),
+            } => self.on_append_reply(now, from, term, success, index, read_seq),
             Message::InstallSnapshot {
                 term,
                 last_index,
@@ -527,6 +569,7 @@ impl<S: StateMachine> Raft<S> {
                         return;
                     }
                     let p = self.progress_mut(from);
+                    p.heard_at = now;
                     let advanced = last_index > p.matched || p.probing;
                     p.matched = p.matched.max(last_index);
                     p.next = p.next.max(last_index + 1);
@@ -561,6 +604,9 @@ impl<S: StateMachine> Raft<S> {
         match msg {
             Message::RequestVote {
                 last_index, last_term, ..
+            }
+            | Message::PreVote {
+                last_index, last_term, ..
             } => {
                 if *last_term > term {
                     return Err("the candidate's log ends in a term above its own");
@@ -569,7 +615,7 @@ impl<S: StateMachine> Raft<S> {
                     return Err("an index beyond the largest");
                 }
             }
-            Message::Vote { .. } => {}
+            Message::Vote { .. } | Message::PreVoteReply { .. } => {}
             Message::Append {
                 prev_index,
                 prev_term,
@@ -651,7 +697,7 @@ impl<S: StateMachine> Raft<S> {
     fn on_request_vote(&mut self, now: Duration, from: NodeId, term: Term, last_index: Index, last_term: Term) {
         let up_to_date = (last_term, last_index) >= (self.log.last_term(), self.log.last_index());
         let granted = term == self.term
-            && self.role == Role::Follower
+            && matches!(self.role, Role::Follower | Role::PreCandidate)
             && (self.voted_for.is_none() || self.voted_for == Some(from))
             && up_to_date;
         if granted {
@@ -676,13 +722,45 @@ impl<S: StateMachine> Raft<S> {
         }
     }
 
-    fn on_vote(&mut self, from: NodeId, term: Term, granted: bool) {
+    fn on_vote(&mut self, now: Duration, from: NodeId, term: Term, granted: bool) {
         if term != self.term || self.role != Role::Candidate || !granted {
             return;
         }
         self.votes.insert(from);
         if self.votes.len() >= self.quorum() {
-            self.become_leader();
+            self.become_leader(now);
+        }
+    }
+
+    /// Would this replica vote for `from` in `term`? Changes nothing here:
+    /// neither the term, nor the vote, nor the election timer.
+    fn on_pre_vote(&mut self, now: Duration, from: NodeId, term: Term, last_index: Index, last_term: Term) {
+        let up_to_date = (last_term, last_index) >= (self.log.last_term(), self.log.last_index());
+        let leader_alive = self.role == Role::Leader
+            || self
+                .leader_heard_at
+                .is_some_and(|at| now < at + self.config.election_timeout_min);
+        let granted = term > self.term && up_to_date && !leader_alive;
+        let term = if granted { term } else { self.term };
+        self.send(from, Message::PreVoteReply { term, granted });
+    }
+
+    fn on_pre_vote_reply(&mut self, now: Duration, from: NodeId, term: Term, granted: bool) {
+        if self.role != Role::PreCandidate || Some(term) != self.next_term() || !granted {
+            return;
+        }
+        self.votes.insert(from);
+        if self.votes.len() >= self.quorum() {
+            if self.bug(LogBug::PreVoteCountsAsVote) {
+                // PLANTED BUG: the pre-votes stand in for the election.
+                self.term = term;
+                self.role = Role::Candidate;
+                self.voted_for = Some(self.id);
+                self.persist_hard_state();
+                self.become_leader(now);
+                return;
+            }
+            self.start_election(now);
         }
     }
 
@@ -715,10 +793,11 @@ impl<S: StateMachine> Raft<S> {
             self.refuse(from, term, "an append from another leader of this replica's term");
             return;
         }
-        if self.role == Role::Candidate || self.leader != Some(from) {
+        if self.role != Role::Follower || self.leader != Some(from) {
             self.become_follower(term, Some(from));
         }
         self.reset_election_timer(now);
+        self.leader_heard_at = Some(now);
         if self.bug(LogBug::RefuseEntries) && !entries.is_empty() && self.members.last() == Some(&self.id) {
             // PLANTED BUG: heartbeats are taken, entries never are.
             self.reply_append(from, false, self.log.last_index(), read_seq);
@@ -811,7 +890,7 @@ impl<S: StateMachine> Raft<S> {
         );
     }
 
-    fn on_append_reply(&mut self, from: NodeId, term: Term, success: bool, index: Index, read_seq: u64) {
+    fn on_append_reply(&mut self, now: Duration, from: NodeId, term: Term, success: bool, index: Index, read_seq: u64) {
         if term != self.term || self.role != Role::Leader {
             return;
         }
@@ -821,6 +900,7 @@ impl<S: StateMachine> Raft<S> {
             return;
         }
         let p = self.progress_mut(from);
+        p.heard_at = now;
         p.acked_seq = p.acked_seq.max(read_seq);
         // Only a reply that taught us something triggers the next send:
         // duplicated or stale replies must not start parallel send chains.
@@ -874,10 +954,11 @@ impl<S: StateMachine> Raft<S> {
             self.refuse(from, term, "a snapshot from another leader of this replica's term");
             return;
         }
-        if self.role == Role::Candidate || self.leader != Some(from) {
+        if self.role != Role::Follower || self.leader != Some(from) {
             self.become_follower(term, Some(from));
         }
         self.reset_election_timer(now);
+        self.leader_heard_at = Some(now);
         // Decoded before anything changed, exactly when it is installed.
         if let Some(machine) = machine.filter(|_| last_index > self.commit) {
             if self.log.term_at(last_index) == Some(last_term) {
@@ -985,26 +1066,30 @@ impl<S: StateMachine> Raft<S> {
 
     // ----- role changes ---------------------------------------------------
 
-    fn start_election(&mut self, now: Duration) {
-        let next = if self.bug(LogBug::UncheckedTerm) {
+    /// The term this replica would campaign in, if it may campaign at all.
+    fn next_term(&self) -> Option<Term> {
+        if self.bug(LogBug::UncheckedTerm) {
             // PLANTED BUG: past `Term::MAX` the term wraps to 0.
-            self.term.wrapping_add(1)
-        } else {
-            // Never campaign into a term that could not be incremented in
-            // turn. Only billions of forged terms, each within
-            // `MAX_TERM_STEP` of the last, get a replica here.
-            match self.term.checked_add(1).filter(|&t| t < Term::MAX) {
-                Some(t) => t,
-                None => {
-                    tracing::error!(
-                        node = self.id,
-                        term = self.term,
-                        "term space exhausted: not campaigning"
-                    );
-                    self.reset_election_timer(now);
-                    return;
-                }
-            }
+            return Some(self.term.wrapping_add(1));
+        }
+        // Never campaign into a term that could not be incremented in
+        // turn. Only billions of forged terms, each within `MAX_TERM_STEP`
+        // of the last, get a replica here.
+        let next = self.term.checked_add(1).filter(|&t| t < Term::MAX);
+        if next.is_none() {
+            tracing::error!(
+                node = self.id,
+                term = self.term,
+                "term space exhausted: not campaigning"
+            );
+        }
+        next
+    }
+
+    fn start_election(&mut self, now: Duration) {
+        let Some(next) = self.next_term() else {
+            self.reset_election_timer(now);
+            return;
         };
         self.term = next;
         self.role = Role::Candidate;
@@ -1014,19 +1099,46 @@ impl<S: StateMachine> Raft<S> {
         self.persist_hard_state();
         self.reset_election_timer(now);
         if self.votes.len() >= self.quorum() {
-            self.become_leader();
+            self.become_leader(now);
             return;
         }
         self.request_votes(now);
     }
 
-    /// Asks every peer that has not granted its vote yet.
+    /// Asks the group whether this replica could win the next term, before
+    /// campaigning in it; a group of one campaigns at once.
+    fn start_pre_vote(&mut self, now: Duration) {
+        if self.quorum() == 1 {
+            self.start_election(now);
+            return;
+        }
+        if self.next_term().is_none() {
+            self.reset_election_timer(now);
+            return;
+        }
+        self.role = Role::PreCandidate;
+        self.leader = None;
+        self.leader_heard_at = None;
+        self.votes = BTreeSet::from([self.id]);
+        self.reset_election_timer(now);
+        self.request_votes(now);
+    }
+
+    /// Asks every peer that has not granted its vote (or pre-vote) yet.
     fn request_votes(&mut self, now: Duration) {
         self.vote_resend_due = now + self.config.heartbeat_interval;
-        let msg = Message::RequestVote {
-            term: self.term,
-            last_index: self.log.last_index(),
-            last_term: self.log.last_term(),
+        let (last_index, last_term) = (self.log.last_index(), self.log.last_term());
+        let msg = match self.role {
+            Role::PreCandidate => Message::PreVote {
+                term: self.next_term().unwrap_or(self.term),
+                last_index,
+                last_term,
+            },
+            _ => Message::RequestVote {
+                term: self.term,
+                last_index,
+                last_term,
+            },
         };
         for peer in self.peers() {
             if !self.votes.contains(&peer) {
@@ -1035,7 +1147,17 @@ impl<S: StateMachine> Raft<S> {
         }
     }
 
-    fn become_leader(&mut self) {
+    /// Whether check-quorum finds this leader cut off: a whole maximum
+    /// election timeout has passed (since it was elected, at least) without
+    /// a majority answering it.
+    fn lost_quorum(&self, now: Duration) -> bool {
+        let Some(since) = now.checked_sub(self.config.election_timeout_max) else {
+            return false;
+        };
+        self.config.check_quorum && self.lead.as_ref().is_some_and(|l| l.heard_since(since) < self.quorum())
+    }
+
+    fn become_leader(&mut self, now: Duration) {
         assert_eq!(self.role, Role::Candidate);
         assert_eq!(self.voted_for, Some(self.id));
         self.role = Role::Leader;
@@ -1052,6 +1174,8 @@ impl<S: StateMachine> Raft<S> {
                         matched: 0,
                         probing: true,
                         acked_seq: 0,
+                        // A new leader gets a full timeout to hear back.
+                        heard_at: now,
                     },
                 )
             })

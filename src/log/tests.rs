@@ -620,6 +620,15 @@ fn test_config(bug: Option<LogBug>) -> Config {
     }
 }
 
+/// For tests that script an election message by message: replicas
+/// campaign at once, without a pre-vote round.
+fn scripted_config(bug: Option<LogBug>) -> Config {
+    Config {
+        pre_vote: false,
+        ..test_config(bug)
+    }
+}
+
 struct RunStats {
     restored: usize,
     crashes: usize,
@@ -741,10 +750,11 @@ fn a_candidate_wakes_to_resend_its_vote_requests_before_its_election_times_out()
     let rng = ChaCha8Rng::seed_from_u64(1);
     let mut raft = Raft::<Kv>::recover(1, &[1, 2, 3], config.clone(), rng, &[], Duration::ZERO).unwrap();
     let due = raft.next_deadline();
-    let _ = raft.on_tick(due);
-    assert_eq!(raft.role(), Role::Candidate);
-    // Vote requests lost on the way are sent again a heartbeat later, not
-    // an election timeout later.
+    let out = raft.on_tick(due);
+    assert_eq!(raft.role(), Role::PreCandidate);
+    assert!(format!("{:?}", out.messages).contains("PreVote"));
+    // Pre-vote (and vote) requests lost on the way are sent again a
+    // heartbeat later, not an election timeout later.
     assert_eq!(raft.next_deadline(), due + config.heartbeat_interval);
     assert!(config.heartbeat_interval < config.election_timeout_min);
 }
@@ -998,7 +1008,7 @@ fn to(messages: &[(NodeId, W)], dest: NodeId) -> W {
 /// The voter crashes right after granting its vote; a competing candidate
 /// of the same term then asks it.
 fn vote_then_crash(bug: Option<LogBug>) -> Option<String> {
-    let mut c = Cluster::new(1, 3, 0, test_config(bug), CALM);
+    let mut c = Cluster::new(1, 3, 0, scripted_config(bug), CALM);
     c.now = Duration::from_secs(10); // every election timer has expired
     let from1 = c.drive(1, |r, now| r.on_tick(now));
     let from2 = c.drive(2, |r, now| r.on_tick(now));
@@ -1025,7 +1035,7 @@ fn vote_not_synced_is_caught_by_crash_after_vote() {
 /// it by counting; a replica holding a conflicting entry of a higher term
 /// then wins an election and overwrites it.
 fn figure_8(bug: Option<LogBug>) -> Option<String> {
-    let mut c = Cluster::new(3, 5, 0, test_config(bug), CALM);
+    let mut c = Cluster::new(3, 5, 0, scripted_config(bug), CALM);
     let all = c.members.clone();
     let isolate = |c: &mut Cluster, groups: &[&[NodeId]]| {
         c.blocked.clear();
@@ -1119,5 +1129,113 @@ fn bug_catch_rates() {
             }
         }
         eprintln!("{bug:?}: {caught}/200, first {first:?}");
+    }
+}
+
+/// Cuts `node` off from every other member, both ways.
+fn isolate(c: &mut Cluster, node: NodeId) {
+    c.blocked.clear();
+    for &m in &c.members.clone() {
+        if m != node {
+            c.blocked.insert((m, node));
+            c.blocked.insert((node, m));
+        }
+    }
+}
+
+/// A follower cut off for many election timeouts asks for pre-votes in
+/// vain and keeps its term; when it returns, the leader keeps leading in
+/// its term. Without pre-votes its term races ahead and its return deposes
+/// the leader.
+#[test]
+fn a_returning_follower_does_not_depose_the_leader() {
+    for pre_vote in [true, false] {
+        let config = Config {
+            pre_vote,
+            ..test_config(None)
+        };
+        let mut c = Cluster::new(5, 3, 0, config, CALM);
+        c.run_ms(1_000);
+        let leader = c.leader().expect("a leader");
+        let term = c.raft(leader).term();
+        let follower = *c.members.iter().find(|&&m| m != leader).unwrap();
+        isolate(&mut c, follower);
+        c.run_ms(3_000);
+        let isolated_term = c.raft(follower).term();
+        c.heal();
+        c.run_ms(1_000);
+        assert_eq!(c.violation, None);
+        if pre_vote {
+            assert_eq!(isolated_term, term, "a pre-candidate keeps its term");
+            assert_eq!(c.leader(), Some(leader), "the leader was not deposed");
+            assert_eq!(c.raft(leader).term(), term);
+        } else {
+            assert!(isolated_term > term + 3, "campaigns raise the term: {isolated_term}");
+            assert!(c.raft(leader).term() > term, "the return forced a new election");
+        }
+    }
+}
+
+/// A pre-vote changes nothing at the voter: not its term, not its vote,
+/// not its election timer; a refusal carries the voter's own term.
+#[test]
+fn a_pre_vote_changes_nothing_at_the_voter() {
+    let config = test_config(None);
+    let rng = ChaCha8Rng::seed_from_u64(3);
+    let mut raft = Raft::<Kv>::recover(1, &[1, 2, 3], config, rng, &[], Duration::ZERO).unwrap();
+    let deadline = raft.next_deadline();
+    let ask = |term| {
+        Wire::Raft(Message::PreVote {
+            term,
+            last_index: 0,
+            last_term: 0,
+        })
+    };
+    let out = raft.on_message(Duration::from_millis(1), 2, ask(7));
+    assert_eq!(
+        out.messages,
+        vec![(2, Wire::Raft(Message::PreVoteReply { term: 7, granted: true }))]
+    );
+    assert!(out.append.is_empty() && !out.sync, "nothing to persist");
+    assert_eq!((raft.term(), raft.next_deadline()), (0, deadline));
+    // Granting one pre-vote does not stop it granting another.
+    let out = raft.on_message(Duration::from_millis(2), 3, ask(7));
+    assert_eq!(
+        out.messages,
+        vec![(3, Wire::Raft(Message::PreVoteReply { term: 7, granted: true }))]
+    );
+    // Not above its own term: refused, with its own term.
+    let out = raft.on_message(Duration::from_millis(3), 3, ask(0));
+    assert_eq!(
+        out.messages,
+        vec![(
+            3,
+            Wire::Raft(Message::PreVoteReply {
+                term: 0,
+                granted: false
+            })
+        )]
+    );
+}
+
+/// A leader cut off from every follower steps down within a few election
+/// timeouts (check-quorum); without check-quorum it goes on leading alone.
+#[test]
+fn an_isolated_leader_steps_down() {
+    for check_quorum in [true, false] {
+        let config = Config {
+            check_quorum,
+            ..test_config(None)
+        };
+        let mut c = Cluster::new(9, 3, 0, config, CALM);
+        c.run_ms(1_000);
+        let leader = c.leader().expect("a leader");
+        isolate(&mut c, leader);
+        c.run_ms(1_000);
+        let still_leading = c.raft(leader).role() == Role::Leader;
+        assert_eq!(still_leading, !check_quorum, "check_quorum {check_quorum}");
+        c.heal();
+        c.run_ms(1_000);
+        assert_eq!(c.violation, None);
     }
 }

@@ -65,6 +65,31 @@ pub enum Message<C> {
         /// Term of its last entry.
         last_term: Term,
     },
+    /// A replica whose election timer fired asks whether it could win
+    /// `term` before it campaigns in it (Ongaro's thesis, §9.6). Nothing
+    /// changes for the asker or the voter, not even their terms: a replica
+    /// cut off from the group asks in vain instead of raising its term
+    /// election after election and deposing the leader when it returns.
+    PreVote {
+        /// The term it would campaign in (its own plus one).
+        term: Term,
+        /// Index of its last entry.
+        last_index: Index,
+        /// Term of its last entry.
+        last_term: Term,
+    },
+    /// A voter's answer to `PreVote`: granted if the asker's log is as up
+    /// to date as the voter's and the voter has not heard from a leader
+    /// within the minimum election timeout.
+    PreVoteReply {
+        /// Granted: the term asked about (echoed, never adopted). Refused:
+        /// the voter's own term, which an asker behind adopts as from any
+        /// message, so a replica whose log is ahead but whose term is
+        /// behind can still win the next election.
+        term: Term,
+        /// Whether the voter would vote.
+        granted: bool,
+    },
     /// A voter's answer to `RequestVote`.
     Vote {
         /// The voter's term (higher than the candidate's makes it step
@@ -136,6 +161,8 @@ impl<C> Message<C> {
     pub fn term(&self) -> Term {
         match self {
             Message::RequestVote { term, .. }
+            | Message::PreVote { term, .. }
+            | Message::PreVoteReply { term, .. }
             | Message::Vote { term, .. }
             | Message::Append { term, .. }
             | Message::AppendReply { term, .. }

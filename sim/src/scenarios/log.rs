@@ -97,8 +97,8 @@ pub const NO_STEP_DOWN: Bug = Bug {
 };
 pub const TERM_OVERFLOW: Bug = Bug {
     name: "term-overflow",
-    about: "a replica adopts any term a member sends; after a forged term near u64::MAX an election wraps it to 0",
-    caught_by: "panic",
+    about: "a replica adopts any term a member sends; a forged term near u64::MAX spreads to every replica, and no pre-vote can ask for a term above it, so the group never elects a leader again",
+    caught_by: "liveness",
     planted: Planted::Log(LogBug::UncheckedTerm),
 };
 pub const ACK_BEFORE_SYNC: Bug = Bug {
@@ -127,6 +127,13 @@ pub const TORN_TAIL_ANYWHERE: Bug = Bug {
     about: "storage recovery takes any damage for a torn tail, so a bit flipped mid-log silently drops synced records",
     caught_by: "synced-record-lost",
     planted: Planted::Record(RecordBug::AnyDamageIsTornTail),
+};
+
+pub const PRE_VOTE_COUNTS_AS_VOTE: Bug = Bug {
+    name: "pre-vote-counts-as-vote",
+    about: "a replica that gathers a majority of pre-votes takes the next term as leader without an election; voters grant pre-votes to several askers, so two replicas lead one term",
+    caught_by: "leader-per-term",
+    planted: Planted::Log(LogBug::PreVoteCountsAsVote),
 };
 
 pub const SYNCED_TAIL_UNNOTICED: Bug = Bug {
@@ -419,6 +426,7 @@ impl<const N: u32> Scenario for LogScenario<N> {
             TERM_OVERFLOW,
             REFUSE_ENTRIES,
             READ_BEFORE_NO_OP,
+            PRE_VOTE_COUNTS_AS_VOTE,
         ]
     } else {
         &[NO_STEP_DOWN]
