@@ -411,7 +411,7 @@ fn sessions_belong_to_the_node_that_opened_them() {
 }
 
 /// One principal cannot fill another's lock queue: its sessions may take
-/// a quarter of the line (an attack queued 64 sessions of one principal
+/// three quarters of the line (an attack queued 64 sessions of one principal
 /// behind its own holder, and every other principal was refused).
 #[test]
 fn one_principal_cannot_fill_a_locks_queue() {
@@ -442,6 +442,29 @@ fn one_principal_cannot_fill_a_locks_queue() {
     );
     let other = open_and_acquire(&mut m, 8 << 16, 2_000);
     assert!(matches!(other, O::Queued { .. }), "{other:?}");
+}
+
+/// The 32 clients of the contended benchmark share one principal: they
+/// all find a place in the lock's line.
+#[test]
+fn thirty_two_sessions_of_one_principal_wait_for_one_lock() {
+    let mut m = LockMachine::default();
+    let as_owner = |owner: u32, request: R| C::Client { owner, request };
+    for i in 0..33u32 {
+        let owner = 7 << 16 | i;
+        let session = u64::from(i) + 1;
+        assert_eq!(m.apply(&as_owner(owner, R::Open { session })), O::Opened);
+        let out = m.apply(&as_owner(
+            owner,
+            R::Acquire {
+                session,
+                lock: "contended".into(),
+                request: 1,
+                wait: true,
+            },
+        ));
+        assert!(matches!(out, O::Granted { .. } | O::Queued { .. }), "{i}: {out:?}");
+    }
 }
 
 #[test]
