@@ -1075,20 +1075,26 @@ impl<S: StateMachine> Raft<S> {
         // Never campaign into a term that could not be incremented in
         // turn. Only billions of forged terms, each within `MAX_TERM_STEP`
         // of the last, get a replica here.
-        let next = self.term.checked_add(1).filter(|&t| t < Term::MAX);
+        self.term.checked_add(1).filter(|&t| t < Term::MAX)
+    }
+
+    /// [`Self::next_term`] when this election timeout may start a campaign
+    /// (or a pre-vote); otherwise says why not and waits for the next one.
+    fn campaign_term(&mut self, now: Duration) -> Option<Term> {
+        let next = self.next_term();
         if next.is_none() {
             tracing::error!(
                 node = self.id,
                 term = self.term,
                 "term space exhausted: not campaigning"
             );
+            self.reset_election_timer(now);
         }
         next
     }
 
     fn start_election(&mut self, now: Duration) {
-        let Some(next) = self.next_term() else {
-            self.reset_election_timer(now);
+        let Some(next) = self.campaign_term(now) else {
             return;
         };
         self.term = next;
@@ -1112,8 +1118,7 @@ impl<S: StateMachine> Raft<S> {
             self.start_election(now);
             return;
         }
-        if self.next_term().is_none() {
-            self.reset_election_timer(now);
+        if self.campaign_term(now).is_none() {
             return;
         }
         self.role = Role::PreCandidate;

@@ -158,8 +158,7 @@ impl FileStorage {
             .open(&path)
             .map_err(|e| io_error(&path, "open (the member's identity file exists, its log does not)", e))?;
         let bytes = fs::read(&path).map_err(|e| io_error(&path, "read", e))?;
-        let recovered = record::recover(&bytes, watermark, None)
-            .map_err(|e| EnvError::Storage(format!("{}: {e}; {RECOVER_ADVICE}", path.display())))?;
+        let recovered = record::recover(&bytes, watermark, None).map_err(|e| unusable(&path, e))?;
         if recovered.valid_len < bytes.len() {
             tracing::warn!(
                 file = %path.display(),
@@ -270,15 +269,20 @@ fn open_watermark(path: &Path) -> Result<(File, Watermark), EnvError> {
     })?;
     let mut bytes = [0; Watermark::BYTES + 1];
     let len = file.read_at(&mut bytes, 0).map_err(|e| io_error(path, "read", e))?;
-    let mark = Watermark::decode(&bytes[..len])
-        .map_err(|why| EnvError::Storage(format!("{}: {why}; {RECOVER_ADVICE}", path.display())))?;
+    let mark = Watermark::decode(&bytes[..len]).map_err(|why| unusable(path, why))?;
     Ok((file, mark))
 }
 
 /// Decodes a whole log file; corruption becomes an error naming the file,
 /// the offset and what to do.
 fn decode(path: &Path, bytes: &[u8]) -> Result<record::Recovered, EnvError> {
-    record::decode(bytes).map_err(|e| EnvError::Storage(format!("{}: {e}; {RECOVER_ADVICE}", path.display())))
+    record::decode(bytes).map_err(|e| unusable(path, e))
+}
+
+/// Damage in `path` that makes the member's data unusable, with what the
+/// operator can do.
+fn unusable(path: &Path, why: impl std::fmt::Display) -> EnvError {
+    EnvError::Storage(format!("{}: {why}; {RECOVER_ADVICE}", path.display()))
 }
 
 fn log_path(dir: &Path, id: NodeId) -> PathBuf {
