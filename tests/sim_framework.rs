@@ -368,6 +368,7 @@ fn firing_ground(kind: FaultKind) -> (&'static str, Option<&'static str>) {
         | FaultKind::LostWrite
         | FaultKind::Rogue
         | FaultKind::ClientCrash => ("log", None),
+        FaultKind::DiskLost => ("log-members", None),
     }
 }
 

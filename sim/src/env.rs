@@ -127,6 +127,14 @@ impl SimEnv {
         self.inner.world.lock().node(self.inner.id).disk.bug = bug;
     }
 
+    /// Whether this node runs on its first disk and nothing on it was ever
+    /// made durable ([`crate::world::Disk::original_and_unused`]): a
+    /// founding member whose initialization never completed may run it
+    /// again; one whose disk was lost may not.
+    pub fn original_disk_unused(&self) -> bool {
+        self.inner.world.lock().node(self.inner.id).disk.original_and_unused()
+    }
+
     /// Reports that this node reached a protocol moment, named by the
     /// scenario, for the faults that aim at moments
     /// ([`crate::plan::Fault::MomentCrash`], [`crate::plan::Fault::Isolate`]).

@@ -225,10 +225,11 @@ impl Nemesis {
     /// for the node's next sync (see [`crate::world::WorldState::sync_fails`]).
     fn disk_fault(&mut self, index: usize, node: NodeId, what: DiskFault, down: Duration) {
         match what {
-            DiskFault::BitFlip | DiskFault::LostTail => {
+            DiskFault::BitFlip | DiskFault::LostTail | DiskFault::Lost => {
                 let (kind, why) = match what {
                     DiskFault::BitFlip => (FaultKind::BitFlip, "its disk is about to flip a bit"),
-                    _ => (FaultKind::LostWrite, "its disk is about to lose synced writes"),
+                    DiskFault::LostTail => (FaultKind::LostWrite, "its disk is about to lose synced writes"),
+                    _ => (FaultKind::DiskLost, "its disk is about to be lost"),
                 };
                 self.crash(node, DiskLoss::LoseUnsynced, index, FaultKind::Crash, why);
                 let Some(text) = self.world.lock().damage_disk(node, kind) else {

@@ -68,6 +68,9 @@ pub enum FaultKind {
     LostWrite,
     /// A write or fsync fails; the node fail-stops and restarts.
     DiskError,
+    /// One node's disk is lost while it is down: it restarts empty under
+    /// its old id, as a machine whose disk was replaced.
+    DiskLost,
     /// Hostile messages injected into the network as if a member sent
     /// them: well-formed, with absurd fields the scenario's adversary
     /// crafts ([`crate::scenario::Scenario::rogue`]).
@@ -79,7 +82,7 @@ pub enum FaultKind {
 
 impl FaultKind {
     /// Every kind, for the checks that must cover them all.
-    pub const EVERY: [FaultKind; 17] = [
+    pub const EVERY: [FaultKind; 18] = [
         FaultKind::Partition,
         FaultKind::Crash,
         FaultKind::Pause,
@@ -95,6 +98,7 @@ impl FaultKind {
         FaultKind::BitFlip,
         FaultKind::DiskError,
         FaultKind::LostWrite,
+        FaultKind::DiskLost,
         FaultKind::Rogue,
         FaultKind::ClientCrash,
     ];
@@ -132,6 +136,10 @@ impl FaultKind {
         FaultKind::DiskError,
         FaultKind::LostWrite,
     ];
+    /// Kinds for scenarios that replace members: a node that lost its
+    /// disk is one its group must take back only as a new member. Drawn
+    /// from their own seed stream (`disk_losses`).
+    pub const REPLACEMENT: [FaultKind; 1] = [FaultKind::DiskLost];
     /// Kinds that need the scenario's adversary (a protocol-aware message
     /// forger); a scenario that has one opts in through
     /// `Scenario::fault_kinds`.
@@ -154,6 +162,7 @@ impl FaultKind {
             FaultKind::BitFlip => "bit-flip",
             FaultKind::DiskError => "disk-error",
             FaultKind::LostWrite => "lost-write",
+            FaultKind::DiskLost => "disk-lost",
             FaultKind::Rogue => "rogue",
             FaultKind::ClientCrash => "client-crash",
         }
@@ -324,6 +333,9 @@ pub enum DiskFault {
     /// The node's next write or fsync fails: it must stop acknowledging
     /// and fail-stop; a supervisor restarts it `down_ms` later.
     Error,
+    /// The node crashes, its disk is replaced by an empty one, and it
+    /// restarts `down_ms` later under the same id.
+    Lost,
 }
 
 impl Fault {
@@ -592,13 +604,18 @@ impl FaultPlan {
                     }
                 }
                 FaultKind::Crash | FaultKind::UnsyncedCrash => {}
-                FaultKind::DiskTail | FaultKind::BitFlip | FaultKind::DiskError | FaultKind::LostWrite => {}
+                FaultKind::DiskTail
+                | FaultKind::BitFlip
+                | FaultKind::DiskError
+                | FaultKind::LostWrite
+                | FaultKind::DiskLost => {}
                 // Generated below, from their own streams.
                 FaultKind::Rogue | FaultKind::ClientCrash => {}
             }
         }
         if !calm {
             disk_faults(seed, duration_ms, intensity, targets, &mut enabled, &mut faults);
+            disk_losses(seed, duration_ms, intensity, targets, &mut enabled, &mut faults);
         }
         let on = |kind| enabled.contains(&kind);
         if on(FaultKind::MessageLoss) || on(FaultKind::MessageDuplicate) || on(FaultKind::MessageDelay) {
@@ -697,6 +714,30 @@ fn power_loss(seed: u64, duration_ms: u64, intensity: f64, servers: &[NodeId], o
                 .expect("3"),
         });
     }
+}
+
+/// On most seeds of a scenario that takes [`FaultKind::DiskLost`], one
+/// server loses its disk (one: a group that lost a majority's disks cannot
+/// decide anything, not even to replace them). Drawn from its own stream.
+fn disk_losses(
+    seed: u64,
+    duration_ms: u64,
+    intensity: f64,
+    targets: &Targets,
+    enabled: &mut Vec<FaultKind>,
+    out: &mut Vec<Fault>,
+) {
+    let mut rng = derive_rng(seed, stream::DISK_LOST, 0);
+    if !targets.kinds.contains(&FaultKind::DiskLost) || targets.servers.is_empty() || !rng.gen_bool(0.75) {
+        return;
+    }
+    enabled.push(FaultKind::DiskLost);
+    out.push(Fault::Disk {
+        at_ms: rng.gen_range(0..duration_ms * 3 / 4),
+        node: *targets.servers.choose(&mut rng).expect("non-empty"),
+        down_ms: rng.gen_range(10..=(300 + (1_000.0 * intensity) as u64)),
+        what: DiskFault::Lost,
+    });
 }
 
 /// On half the seeds, crashes of clients the scenario lets crash, drawn

@@ -231,6 +231,12 @@ impl<Op: Clone + fmt::Debug> Client<Op> {
         }
     }
 
+    /// Whether the fault window is still open (a client that does not
+    /// spend the operation budget, an operator, stops when it closes).
+    pub fn window_open(&self) -> bool {
+        !self.stop.load(Ordering::Relaxed)
+    }
+
     /// Claims the next operation of the budget; `false` once the budget is
     /// spent or the fault window has ended.
     pub fn next_op(&mut self) -> bool {

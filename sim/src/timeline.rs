@@ -83,7 +83,7 @@ fn span_kind(kind: crate::plan::FaultKind) -> &'static str {
     use crate::plan::FaultKind::*;
     match kind {
         Partition => "partition",
-        Crash | DiskTail | BitFlip | DiskError | LostWrite | ClientCrash => "crash",
+        Crash | DiskTail | BitFlip | DiskError | LostWrite | DiskLost | ClientCrash => "crash",
         Isolate => "partition",
         UnsyncedCrash | MomentCrash => "network",
         Pause => "pause",

@@ -64,6 +64,8 @@ pub mod stream {
     pub const SETTINGS: u64 = u64::from_be_bytes(*b"settings");
     /// Whether a crash loses the sync watermark's write-back.
     pub const WRITEBACK: u64 = u64::from_be_bytes(*b"writebak");
+    /// Which server loses its disk, and when.
+    pub const DISK_LOST: u64 = u64::from_be_bytes(*b"disklost");
 }
 
 /// A ChaCha generator for `(seed, stream, index)`.
@@ -216,6 +218,8 @@ pub struct Disk {
     needs_recovery: bool,
     /// The planted recovery bug, if the scenario switched it on.
     pub bug: Option<record::RecordBug>,
+    /// This disk took the place of a lost one.
+    replaced: bool,
 }
 
 /// Where a sync ends.
@@ -282,6 +286,13 @@ impl Disk {
             let mark = record::Watermark::of(point.chain);
             self.watermark = self.watermark.max(mark);
         }
+    }
+
+    /// Whether this is the node's first disk and nothing on it was ever
+    /// made durable: what an operator knows of a machine whose
+    /// initialization never completed (and of none other).
+    pub fn original_and_unused(&self) -> bool {
+        !self.replaced && self.durable == 0
     }
 
     pub fn rewrite(&mut self, records: &[Vec<u8>]) -> Result<(), record::TooLarge> {
@@ -1071,6 +1082,15 @@ impl WorldState {
             FaultKind::LostWrite => disk
                 .lose_synced_tail(disk_rng)
                 .map(|loss| format!("node {id}'s disk lost synced batches: {loss}")),
+            FaultKind::DiskLost => {
+                let held = disk.file.len();
+                *disk = Disk {
+                    bug: disk.bug,
+                    replaced: true,
+                    ..Disk::default()
+                };
+                Some(format!("node {id}'s disk ({held} bytes) replaced by an empty one"))
+            }
             other => unreachable!("{other} does not damage synced records"),
         };
         if damage.is_some() {

@@ -92,7 +92,12 @@ impl Replicas {
 
     /// The highest term some replica led.
     pub fn last_leader_term(&self) -> Option<Term> {
-        self.leaders.last_key_value().map(|(&term, _)| term)
+        self.last_leader().map(|(term, _)| term)
+    }
+
+    /// The leader of the highest term some replica led, with its term.
+    pub fn last_leader(&self) -> Option<(Term, NodeId)> {
+        self.leaders.last_key_value().map(|(&term, &node)| (term, node))
     }
 
     /// The highest index some replica applied.

@@ -468,9 +468,11 @@ impl<E: Env> Shared<E> {
     fn client_error(&self, error: ClientError) -> LockError {
         match error {
             ClientError::Rejected(Reject::TooLarge) => LockError::Refused(Refusal::NameTooLong),
-            ClientError::Timeout | ClientError::Rejected(Reject::Busy) => LockError::Unavailable {
-                tried: self.servers.iter().map(|&s| self.env.peer_name(s)).collect(),
-            },
+            ClientError::Timeout | ClientError::Rejected(Reject::Busy | Reject::Reconfiguration(_)) => {
+                LockError::Unavailable {
+                    tried: self.servers.iter().map(|&s| self.env.peer_name(s)).collect(),
+                }
+            }
         }
     }
 

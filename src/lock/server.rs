@@ -23,6 +23,7 @@ use std::time::Duration;
 use super::machine::{LockCommand, LockMachine, LockOutput, LockQuery, LockView, Request, SessionId};
 use super::{LockBug, MAX_SESSIONS};
 use crate::env::{Env, NodeId};
+use crate::log::membership::Boot;
 use crate::log::service::{self, Companion, NodeError, Out};
 use crate::log::{ClientId, Outcome, Raft, RequestId, Response, Role, Wire, WireOf};
 use crate::observe::Observer;
@@ -161,7 +162,7 @@ pub async fn run<E: Env>(
 ) -> Result<(), NodeError> {
     let log = config.log.clone();
     let companion = LockService::new(env.id(), config);
-    service::run(env, members, log, companion, observer).await
+    service::run(env, (members.clone(), Boot::Genesis(members)), log, companion, observer).await
 }
 
 /// The lock service's companion on the log: admission of client commands,

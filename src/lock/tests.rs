@@ -322,6 +322,7 @@ fn single_replica() -> crate::log::Raft<LockMachine> {
     let mut raft = crate::log::Raft::<LockMachine>::recover(
         1,
         &[1],
+        crate::log::membership::Boot::Genesis(vec![1]),
         crate::log::Config::default(),
         rand_chacha::ChaCha8Rng::seed_from_u64(1),
         &[],
@@ -712,12 +713,15 @@ fn followers_answer_not_leader_and_forward_nothing() {
     let mut raft = Raft::<LockMachine>::recover(
         2,
         &[1, 2, 3],
+        crate::log::membership::Boot::Genesis(vec![1, 2, 3]),
         Config::default(),
         rand_chacha::ChaCha8Rng::seed_from_u64(1),
         &[],
         Duration::ZERO,
     )
     .unwrap();
+    let identity = raft.on_messages(Duration::ZERO, std::iter::empty());
+    assert_eq!(identity.append.len(), 1);
     let out = raft.on_message(
         Duration::from_millis(1),
         70_000,

@@ -13,6 +13,7 @@ use proptest::prelude::*;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+use super::membership::{Boot, Membership, GENESIS};
 use super::*;
 use crate::env::{codec, NodeId};
 
@@ -69,8 +70,16 @@ impl Group {
     fn restart(&mut self, id: NodeId) {
         self.incarnations += 1;
         let rng = ChaCha8Rng::seed_from_u64(self.incarnations);
-        let raft = Raft::recover(id, &MEMBERS, config(self.bug), rng, &self.disks[&id], self.now)
-            .unwrap_or_else(|e| panic!("node {id} cannot recover what it wrote: {e}"));
+        let raft = Raft::recover(
+            id,
+            &MEMBERS,
+            Boot::Genesis(MEMBERS.to_vec()),
+            config(self.bug),
+            rng,
+            &self.disks[&id],
+            self.now,
+        )
+        .unwrap_or_else(|e| panic!("node {id} cannot recover what it wrote: {e}"));
         self.nodes.insert(id, raft);
     }
 
@@ -216,13 +225,21 @@ fn message() -> impl Strategy<Value = Message<KvCommand>> {
             last_index,
             last_term
         }),
-        (term(), any::<bool>()).prop_map(|(term, granted)| Message::Vote { term, granted }),
+        (term(), any::<bool>()).prop_map(|(term, granted)| Message::Vote {
+            term,
+            granted,
+            incarnation: GENESIS
+        }),
         (term(), index(), term()).prop_map(|(term, last_index, last_term)| Message::PreVote {
             term,
             last_index,
             last_term
         }),
-        (term(), any::<bool>()).prop_map(|(term, granted)| Message::PreVoteReply { term, granted }),
+        (term(), any::<bool>()).prop_map(|(term, granted)| Message::PreVoteReply {
+            term,
+            granted,
+            incarnation: GENESIS
+        }),
         (term(), index(), term(), entries(), index(), any::<u64>()).prop_map(
             |(term, prev_index, prev_term, entries, commit, read_seq)| Message::Append {
                 term,
@@ -238,7 +255,8 @@ fn message() -> impl Strategy<Value = Message<KvCommand>> {
                 term,
                 success,
                 index,
-                read_seq
+                read_seq,
+                incarnation: GENESIS,
             }
         ),
         (term(), index(), term(), snapshot(), any::<u64>()).prop_map(
@@ -246,6 +264,7 @@ fn message() -> impl Strategy<Value = Message<KvCommand>> {
                 term,
                 last_index,
                 last_term,
+                membership: Membership::genesis(&MEMBERS),
                 data,
                 read_seq
             }
@@ -253,7 +272,8 @@ fn message() -> impl Strategy<Value = Message<KvCommand>> {
         (term(), index(), any::<u64>()).prop_map(|(term, last_index, read_seq)| Message::SnapshotReply {
             term,
             last_index,
-            read_seq
+            read_seq,
+            incarnation: GENESIS,
         }),
     ]
 }
@@ -455,6 +475,7 @@ fn a_leader_refuses_a_match_beyond_its_log_and_an_append_of_its_own_term() {
         success: true,
         index: 1_000,
         read_seq: 0,
+        incarnation: GENESIS,
     };
     inject(&mut g, peer, l, reply);
     let append = Message::Append {
@@ -470,6 +491,7 @@ fn a_leader_refuses_a_match_beyond_its_log_and_an_append_of_its_own_term() {
         term,
         last_index: 100,
         last_term: term,
+        membership: Membership::genesis(&MEMBERS),
         data: Replicated::<Kv>::new(8).snapshot().unwrap(),
         read_seq: 0,
     };
@@ -530,6 +552,7 @@ fn a_follower_refuses_undecodable_snapshots_and_inconsistent_appends() {
         term: term + 1,
         last_index: 50,
         last_term: term,
+        membership: Membership::genesis(&MEMBERS),
         data: vec![0xff; 7],
         read_seq: 0,
     };
@@ -565,22 +588,57 @@ fn a_follower_refuses_undecodable_snapshots_and_inconsistent_appends() {
 
 #[test]
 fn recovery_refuses_a_snapshot_record_that_does_not_decode() {
+    let identity: Record<KvCommand> = Record::Identity {
+        incarnation: GENESIS,
+        genesis: Membership::genesis(&MEMBERS),
+    };
+    let identity = codec::encode(&identity).unwrap();
     let record: Record<KvCommand> = Record::Snapshot {
         last_index: 3,
         last_term: 1,
+        membership: Membership::genesis(&MEMBERS),
         data: vec![0xff; 5],
     };
-    let records = vec![codec::encode(&record).unwrap()];
+    let records = vec![identity.clone(), codec::encode(&record).unwrap()];
     let rng = ChaCha8Rng::seed_from_u64(1);
-    let result = Raft::<Kv>::recover(1, &MEMBERS, config(None), rng, &records, Duration::ZERO);
-    assert!(matches!(result, Err(RecoverError::Snapshot { position: 0, .. })));
+    let result = Raft::<Kv>::recover(
+        1,
+        &MEMBERS,
+        Boot::Genesis(MEMBERS.to_vec()),
+        config(None),
+        rng,
+        &records,
+        Duration::ZERO,
+    );
+    assert!(matches!(result, Err(RecoverError::Snapshot { position: 1, .. })));
     let huge: Record<KvCommand> = Record::Entry(Entry {
         term: 1,
         index: u64::MAX,
         payload: Payload::Noop,
     });
     let rng = ChaCha8Rng::seed_from_u64(1);
+    let records = vec![identity, codec::encode(&huge).unwrap()];
+    let result = Raft::<Kv>::recover(
+        1,
+        &MEMBERS,
+        Boot::Genesis(MEMBERS.to_vec()),
+        config(None),
+        rng,
+        &records,
+        Duration::ZERO,
+    );
+    assert!(matches!(result, Err(RecoverError::Structure { position: 1, .. })));
+    // Records without the identity record first are no log of this format.
+    let rng = ChaCha8Rng::seed_from_u64(1);
     let records = vec![codec::encode(&huge).unwrap()];
-    let result = Raft::<Kv>::recover(1, &MEMBERS, config(None), rng, &records, Duration::ZERO);
+    let result = Raft::<Kv>::recover(
+        1,
+        &MEMBERS,
+        Boot::Genesis(MEMBERS.to_vec()),
+        config(None),
+        rng,
+        &records,
+        Duration::ZERO,
+    );
     assert!(matches!(result, Err(RecoverError::Structure { position: 0, .. })));
 }

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use rand::Rng;
 
+use super::membership::{Change, ConfigStatus};
 use super::raft::WireOf;
 use super::state_machine::StateMachine;
 use super::types::{ClientId, Outcome, Reject, RequestId, Response, Wire};
@@ -162,7 +163,10 @@ impl<E: Env, S: StateMachine> Client<E, S> {
             seq: self.seq,
             command,
         };
-        self.request(RequestId::Command(self.seq), msg, give_up).await
+        match self.request(RequestId::Command(self.seq), msg, give_up).await? {
+            Outcome::Done(output) => Ok(output),
+            _ => unreachable!("request returns the answer its request asks for"),
+        }
     }
 
     /// A linearizable read, retried until `give_up`.
@@ -174,10 +178,42 @@ impl<E: Env, S: StateMachine> Client<E, S> {
             id,
             query,
         };
-        self.request(RequestId::Read(id), msg, give_up).await
+        match self.request(RequestId::Read(id), msg, give_up).await? {
+            Outcome::Done(output) => Ok(output),
+            _ => unreachable!("request returns the answer its request asks for"),
+        }
     }
 
-    async fn request(&mut self, id: RequestId, msg: WireOf<S>, give_up: Duration) -> Result<S::Output, ClientError> {
+    /// Asks the leader for a configuration change ([`Change`]), answered
+    /// once it commits, or with `None` for the configuration and what the
+    /// leader knows of each member; retried until `give_up`. A change
+    /// already in effect is answered as done, so a retry is harmless.
+    pub async fn reconfigure(
+        &mut self,
+        change: Option<Change>,
+        give_up: Duration,
+    ) -> Result<ConfigStatus, ClientError> {
+        self.next_read += 1;
+        let id = self.next_read;
+        let msg: WireOf<S> = Wire::Reconfigure {
+            client: self.id,
+            id,
+            change,
+        };
+        match self.request(RequestId::Reconfigure(id), msg, give_up).await? {
+            Outcome::Configured(status) => Ok(status),
+            _ => unreachable!("request returns the answer its request asks for"),
+        }
+    }
+
+    /// Sends `msg` to the leader until it answers: with `Done` for a
+    /// command or read, `Configured` for a configuration request.
+    async fn request(
+        &mut self,
+        id: RequestId,
+        msg: WireOf<S>,
+        give_up: Duration,
+    ) -> Result<Outcome<S::Output>, ClientError> {
         let bytes = codec::encode(&msg).map_err(|_| ClientError::Rejected(Reject::TooLarge))?;
         let end = self.env.now() + give_up;
         while self.env.now() < end {
@@ -185,9 +221,13 @@ impl<E: Env, S: StateMachine> Client<E, S> {
             let _ = self.env.send(target, bytes.clone()).await;
             let wait = self.attempt_timeout.min(end.saturating_sub(self.env.now()));
             match timeout(&self.env, wait, self.wait_for(id)).await {
-                Some(Outcome::Done(output)) => {
+                Some(answer @ Outcome::Done(_)) if !matches!(id, RequestId::Reconfigure(_)) => {
                     self.leader = Some(target);
-                    return Ok(output);
+                    return Ok(answer);
+                }
+                Some(answer @ Outcome::Configured(_)) if matches!(id, RequestId::Reconfigure(_)) => {
+                    self.leader = Some(target);
+                    return Ok(answer);
                 }
                 Some(Outcome::Rejected(reject)) => return Err(ClientError::Rejected(reject)),
                 Some(Outcome::NotLeader(hint)) => match hint {
@@ -199,7 +239,8 @@ impl<E: Env, S: StateMachine> Client<E, S> {
                         self.env.sleep(Duration::from_millis(20)).await;
                     }
                 },
-                None => {
+                // No answer, or one no honest replica gives to this request.
+                None | Some(Outcome::Done(_) | Outcome::Configured(_)) => {
                     self.leader = None;
                     self.rotate();
                 }

@@ -1,5 +1,6 @@
-//! The replicated log: Raft consensus over a fixed group of 2f+1 replicas,
-//! with exactly-once client commands, linearizable reads, and snapshots.
+//! The replicated log: Raft consensus over a group of 2f+1 voters whose
+//! membership changes one server at a time ([`membership`]), with
+//! exactly-once client commands, linearizable reads, and snapshots.
 //!
 //! # Why Raft (and not Viewstamped Replication)
 //!
@@ -38,11 +39,12 @@
 //!
 //! # Not done
 //!
-//! No membership changes, no pre-vote (a rejoining partitioned replica with
-//! a higher term forces one extra election), no leader leases (reads always
-//! cost a confirmation round, so clock drift cannot break them).
+//! No leader leases (reads always cost a confirmation round, so clock drift
+//! cannot break them), no leadership transfer, and snapshots travel in one
+//! message.
 
 pub mod client;
+pub mod membership;
 mod raft;
 pub mod service;
 mod state_machine;
@@ -50,6 +52,8 @@ mod types;
 
 #[cfg(test)]
 mod adversary_tests;
+#[cfg(test)]
+mod membership_tests;
 #[cfg(test)]
 mod tests;
 
@@ -118,11 +122,28 @@ pub enum LogBug {
     /// election. A voter grants pre-votes to several askers, so two
     /// replicas can lead the same term.
     PreVoteCountsAsVote,
+    /// A leader appends a configuration change before an entry of its own
+    /// term has committed (the bug in the first version of Ongaro's
+    /// single-server changes): a change an earlier leader left uncommitted
+    /// and this one can be decided by majorities that do not overlap.
+    ChangeBeforeTermCommits,
+    /// A leader counts its learners' acknowledgements toward commits: an
+    /// entry "committed" by a leader and a learner is on no majority of
+    /// voters, and the next leader overwrites it.
+    LearnerCounted,
+    /// A candidate counts every vote it receives, from whoever sent it: a
+    /// removed member that never heard of its removal still elects
+    /// leaders, beside the leader the real voters elected.
+    RemovedStillVotes,
+    /// A node whose disk was lost comes back as the incarnation it was
+    /// (its id is its identity): it votes again in terms it voted in, and
+    /// its acknowledgements count for entries it no longer has.
+    RejoinKeepsIdentity,
 }
 
 impl LogBug {
     /// Every planted bug, for sweeps that must show each one is caught.
-    pub const ALL: [LogBug; 8] = [
+    pub const ALL: [LogBug; 12] = [
         LogBug::VoteNotSynced,
         LogBug::CommitEarlierTermByCounting,
         LogBug::NoStepDownOnHigherTerm,
@@ -131,6 +152,10 @@ impl LogBug {
         LogBug::RefuseEntries,
         LogBug::ReadBeforeNoOp,
         LogBug::PreVoteCountsAsVote,
+        LogBug::ChangeBeforeTermCommits,
+        LogBug::LearnerCounted,
+        LogBug::RemovedStillVotes,
+        LogBug::RejoinKeepsIdentity,
     ];
 }
 

@@ -14,6 +14,7 @@ use std::time::Duration;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
+use super::membership::{Boot, Change, ConfigStatus, Incarnation, Membership, PeerStatus, Refusal, GENESIS};
 use super::state_machine::{Applied, Replicated, SnapshotError, StateMachine};
 use super::types::{
     ClientId, Entry, Event, Index, Message, Outcome, Payload, Record, Reject, RequestId, Response, Term, Wire,
@@ -102,16 +103,53 @@ pub enum RecoverError {
     },
 }
 
-/// The in-memory log: a snapshot boundary plus the entries after it.
+/// The in-memory log: a snapshot boundary plus the entries after it, and
+/// the configurations they set.
 #[derive(Debug, Clone)]
 struct Log<C> {
     /// Index of the last entry covered by the snapshot (0: none).
     start: Index,
     start_term: Term,
+    /// The configuration in effect at `start`.
+    start_config: Membership,
     entries: Vec<Entry<C>>,
+    /// The configuration entries among `entries`, in order: the last one is
+    /// in effect, committed or not ([`super::membership`]).
+    configs: Vec<(Index, Membership)>,
 }
 
 impl<C: Clone> Log<C> {
+    /// An empty log whose snapshot boundary is `start`.
+    fn starting_at(start: Index, start_term: Term, start_config: Membership) -> Self {
+        Log {
+            start,
+            start_term,
+            start_config,
+            entries: Vec::new(),
+            configs: Vec::new(),
+        }
+    }
+
+    /// The configuration in effect: the last one in the log.
+    fn config(&self) -> &Membership {
+        self.configs.last().map_or(&self.start_config, |(_, m)| m)
+    }
+
+    /// Index of the entry that set [`Log::config`] (`start` if the
+    /// snapshot did).
+    fn config_index(&self) -> Index {
+        self.configs.last().map_or(self.start, |(i, _)| *i)
+    }
+
+    /// The configuration in effect at `index` (at least `start`).
+    fn config_at(&self, index: Index) -> &Membership {
+        self.configs
+            .iter()
+            .rev()
+            .find(|(i, _)| *i <= index)
+            .map_or(&self.start_config, |(_, m)| m)
+    }
+
     fn last_index(&self) -> Index {
         self.start + self.entries.len() as Index
     }
@@ -141,18 +179,22 @@ impl<C: Clone> Log<C> {
     fn push(&mut self, entry: Entry<C>) {
         assert_eq!(entry.index, self.last_index() + 1, "log must stay contiguous");
         assert!(entry.term >= self.last_term(), "terms in a log never decrease");
+        if let Payload::Config(membership) = &entry.payload {
+            self.configs.push((entry.index, membership.clone()));
+        }
         self.entries.push(entry);
     }
 
-    /// Drops entries at `index` and after.
+    /// Drops entries at `index` and after (and the configurations they set).
     fn truncate_from(&mut self, index: Index) {
         assert!(index > self.start, "cannot truncate into the snapshot");
         self.entries.truncate((index - self.start - 1) as usize);
+        self.configs.retain(|(i, _)| *i < index);
     }
 
     /// Forgets entries up to and including `index`, which becomes the
-    /// snapshot boundary.
-    fn compact_to(&mut self, index: Index, term: Term) {
+    /// snapshot boundary, with `config` in effect there.
+    fn compact_to(&mut self, index: Index, term: Term, config: Membership) {
         assert!(index >= self.start);
         if index <= self.last_index() {
             assert_eq!(self.term_at(index), Some(term));
@@ -160,8 +202,10 @@ impl<C: Clone> Log<C> {
         } else {
             self.entries.clear();
         }
+        self.configs.retain(|(i, _)| *i > index);
         self.start = index;
         self.start_term = term;
+        self.start_config = config;
     }
 
     fn slice(&self, from: Index, max: usize) -> Vec<Entry<C>> {
@@ -184,6 +228,34 @@ struct Progress {
     acked_seq: u64,
     /// When it last answered this leader (check-quorum).
     heard_at: Duration,
+    /// The incarnation its last answer came from: its answers count in
+    /// quorums only if the configuration names this one.
+    incarnation: Option<Incarnation>,
+}
+
+impl Progress {
+    /// A member this leader has not heard from yet, sent entries from `next`.
+    fn new(next: Index, now: Duration) -> Self {
+        Progress {
+            next,
+            matched: 0,
+            probing: true,
+            acked_seq: 0,
+            // A new leader (or member) gets a full timeout to answer.
+            heard_at: now,
+            incarnation: None,
+        }
+    }
+}
+
+/// An operator waiting for a configuration change to commit.
+#[derive(Debug, Clone)]
+struct PendingChange {
+    /// The entry that makes the change.
+    index: Index,
+    from: NodeId,
+    client: ClientId,
+    id: u64,
 }
 
 /// A linearizable read waiting at the leader.
@@ -208,21 +280,22 @@ struct LeaderState<Q> {
     reads: VecDeque<PendingRead<Q>>,
     /// Index of this term's no-op entry.
     term_start: Index,
-}
-
-impl<Q> LeaderState<Q> {
-    /// Members (this leader included) heard from since `since`.
-    fn heard_since(&self, since: Duration) -> usize {
-        1 + self.progress.values().filter(|p| p.heard_at >= since).count()
-    }
+    /// Configuration changes to answer once they commit.
+    changes: Vec<PendingChange>,
 }
 
 /// A Raft replica.
 pub struct Raft<S: StateMachine> {
     id: NodeId,
-    /// All members, including this one, sorted.
-    members: Vec<NodeId>,
+    /// The nodes this replica takes replica traffic from besides the
+    /// members its log names: the group as its operator described it.
+    known: BTreeSet<NodeId>,
     config: Config,
+    /// Which life of this node's disk this replica is.
+    incarnation: Incarnation,
+    /// The configuration before the log's first entry (durable in the
+    /// identity record).
+    genesis: Membership,
     rng: ChaCha8Rng,
 
     // Durable state.
@@ -239,7 +312,8 @@ pub struct Raft<S: StateMachine> {
     role: Role,
     leader: Option<NodeId>,
     /// Votes, or pre-votes while a pre-candidate, received in this round.
-    votes: BTreeSet<NodeId>,
+    /// (Each with the incarnation it came from.)
+    votes: BTreeMap<NodeId, Incarnation>,
     /// When an `Append` or snapshot last came from this term's leader: a
     /// replica refuses pre-votes while its leader is alive.
     leader_heard_at: Option<Duration>,
@@ -260,40 +334,44 @@ pub struct Raft<S: StateMachine> {
 }
 
 impl<S: StateMachine> Raft<S> {
-    /// Rebuilds a replica from the records its storage kept (none for a
-    /// fresh replica). `members` lists every replica of the group.
+    /// Rebuilds a replica from the records its storage kept. With none, it
+    /// starts as `boot` says: a founding member, or a new incarnation
+    /// joining a running group. `members` are the nodes it takes replica
+    /// traffic from besides those its log names: the cluster as its
+    /// operator describes it.
+    #[allow(clippy::too_many_arguments)]
     pub fn recover(
         id: NodeId,
         members: &[NodeId],
+        boot: Boot,
         config: Config,
         rng: ChaCha8Rng,
         records: &[Vec<u8>],
         now: Duration,
     ) -> Result<Self, RecoverError> {
-        let mut members = members.to_vec();
-        members.sort_unstable();
-        members.dedup();
-        assert!(members.contains(&id), "a replica must be a member");
-        assert!(!members.is_empty() && members.len() <= super::MAX_MEMBERS);
+        let known: BTreeSet<NodeId> = members.iter().copied().collect();
+        assert!(
+            known.len() <= super::MAX_MEMBERS,
+            "at most {} members",
+            super::MAX_MEMBERS
+        );
         config.validate();
         let mut raft = Raft {
             id,
-            members,
+            known,
             machine: Replicated::new(config.max_sessions),
             config,
+            incarnation: GENESIS,
+            genesis: Membership::default(),
             rng,
             term: 0,
             voted_for: None,
-            log: Log {
-                start: 0,
-                start_term: 0,
-                entries: Vec::new(),
-            },
+            log: Log::starting_at(0, 0, Membership::default()),
             snapshot: Vec::new(),
             compaction_refused_at: 0,
             role: Role::Follower,
             leader: None,
-            votes: BTreeSet::new(),
+            votes: BTreeMap::new(),
             leader_heard_at: None,
             lead: None,
             commit: 0,
@@ -305,11 +383,25 @@ impl<S: StateMachine> Raft<S> {
             replicate_pending: false,
             out: Output::default(),
         };
+        if records.is_empty() {
+            raft.initialize(boot);
+        }
         for (position, bytes) in records.iter().enumerate() {
             let record: Record<S::Command> =
                 codec::decode(bytes).map_err(|error| RecoverError::Decode { position, error })?;
             let bad = |reason| RecoverError::Structure { position, reason };
+            if (position == 0) != matches!(record, Record::Identity { .. }) {
+                return Err(bad("the identity record is not the log's first"));
+            }
             match record {
+                Record::Identity { incarnation, genesis } => {
+                    if genesis.voters.len() + genesis.learners.len() > super::MAX_MEMBERS {
+                        return Err(bad("a configuration larger than any group"));
+                    }
+                    raft.incarnation = incarnation;
+                    raft.log.start_config = genesis.clone();
+                    raft.genesis = genesis;
+                }
                 Record::HardState { term, voted_for } => {
                     if term < raft.term {
                         return Err(bad("term went backwards"));
@@ -338,6 +430,7 @@ impl<S: StateMachine> Raft<S> {
                 Record::Snapshot {
                     last_index,
                     last_term,
+                    membership,
                     data,
                 } => {
                     if last_index > MAX_INDEX {
@@ -345,11 +438,7 @@ impl<S: StateMachine> Raft<S> {
                     }
                     raft.machine = Replicated::restored(raft.config.max_sessions, &data)
                         .map_err(|error| RecoverError::Snapshot { position, error })?;
-                    raft.log = Log {
-                        start: last_index,
-                        start_term: last_term,
-                        entries: Vec::new(),
-                    };
+                    raft.log = Log::starting_at(last_index, last_term, membership);
                     raft.snapshot = data;
                     raft.commit = last_index;
                     raft.applied = last_index;
@@ -365,6 +454,32 @@ impl<S: StateMachine> Raft<S> {
         raft.reset_election_timer(now);
         raft.check();
         Ok(raft)
+    }
+
+    /// Gives an empty disk its identity record, first in the first output.
+    fn initialize(&mut self, boot: Boot) {
+        match boot {
+            Boot::Genesis(founders) => {
+                assert!(founders.contains(&self.id), "a founding replica must be a founder");
+                assert!(
+                    founders.len() <= super::MAX_MEMBERS,
+                    "at most {} members",
+                    super::MAX_MEMBERS
+                );
+                self.genesis = Membership::genesis(&founders);
+            }
+            Boot::Join if self.bug(LogBug::RejoinKeepsIdentity) => {
+                // PLANTED BUG: a fresh disk takes the founding identity back.
+            }
+            Boot::Join => self.incarnation = self.rng.gen_range(1..=Incarnation::MAX),
+        }
+        self.log.start_config = self.genesis.clone();
+        let record: Record<S::Command> = Record::Identity {
+            incarnation: self.incarnation,
+            genesis: self.genesis.clone(),
+        };
+        self.out.append.push(codec::encode(&record).expect("small"));
+        self.out.sync = true;
     }
 
     // ----- accessors ------------------------------------------------------
@@ -418,6 +533,15 @@ impl<S: StateMachine> Raft<S> {
     pub fn entry(&self, index: Index) -> Option<&Entry<S::Command>> {
         (index > self.log.start && index <= self.log.last_index()).then(|| self.log.entry(index))
     }
+    /// The configuration in effect here: the last one in this replica's
+    /// log, committed or not.
+    pub fn membership(&self) -> &Membership {
+        self.log.config()
+    }
+    /// Which life of its node's disk this replica is.
+    pub fn incarnation(&self) -> Incarnation {
+        self.incarnation
+    }
     /// When [`Raft::on_tick`] next has something to do.
     pub fn next_deadline(&self) -> Duration {
         match &self.lead {
@@ -451,7 +575,12 @@ impl<S: StateMachine> Raft<S> {
                 }
             }
             Role::Follower | Role::PreCandidate | Role::Candidate => {
-                if now >= self.election_due {
+                if now >= self.election_due && !self.may_campaign() {
+                    // A learner, a removed member or a new incarnation:
+                    // nobody would count its votes.
+                    self.role = Role::Follower;
+                    self.reset_election_timer(now);
+                } else if now >= self.election_due {
                     if self.config.pre_vote {
                         self.start_pre_vote(now);
                     } else {
@@ -477,12 +606,13 @@ impl<S: StateMachine> Raft<S> {
         for (from, msg) in msgs {
             match msg {
                 Wire::Raft(m) => {
-                    if self.members.contains(&from) && from != self.id {
+                    if self.knows(from) && from != self.id {
                         self.on_raft(now, from, m);
                     }
                 }
                 Wire::Command { client, seq, command } => self.on_command(from, client, seq, command),
                 Wire::Read { client, id, query } => self.on_read(from, client, id, query),
+                Wire::Reconfigure { client, id, change } => self.on_reconfigure(now, from, client, id, change),
                 Wire::Response(_) => {} // replicas ask nothing of anyone
             }
         }
@@ -535,8 +665,16 @@ impl<S: StateMachine> Raft<S> {
                 last_index,
                 last_term,
             } => self.on_pre_vote(now, from, term, last_index, last_term),
-            Message::PreVoteReply { term, granted } => self.on_pre_vote_reply(now, from, term, granted),
-            Message::Vote { term, granted } => self.on_vote(now, from, term, granted),
+            Message::PreVoteReply {
+                term,
+                granted,
+                incarnation,
+            } => self.on_pre_vote_reply(now, from, term, granted, incarnation),
+            Message::Vote {
+                term,
+                granted,
+                incarnation,
+            } => self.on_vote(now, from, term, granted, incarnation),
             Message::Append {
                 term,
                 prev_index,
@@ -550,26 +688,37 @@ impl<S: StateMachine> Raft<S> {
                 success,
                 index,
                 read_seq,
-            } => self.on_append_reply(now, from, term, success, index, read_seq),
+                incarnation,
+            } => self.on_append_reply(now, from, (term, incarnation), success, index, read_seq),
             Message::InstallSnapshot {
                 term,
                 last_index,
                 last_term,
+                membership,
                 data,
                 read_seq,
-            } => self.on_install_snapshot(now, from, term, last_index, last_term, (data, snapshot), read_seq),
+            } => self.on_install_snapshot(
+                now,
+                from,
+                term,
+                (last_index, last_term, membership),
+                (data, snapshot),
+                read_seq,
+            ),
             Message::SnapshotReply {
                 term,
                 last_index,
                 read_seq,
+                incarnation,
             } => {
                 if term == self.term && self.role == Role::Leader {
                     if let Err(reason) = self.admit_ack(last_index, read_seq) {
                         self.refuse(from, term, reason);
                         return;
                     }
-                    let p = self.progress_mut(from);
-                    p.heard_at = now;
+                    let Some(p) = self.answered(from, incarnation, now) else {
+                        return;
+                    };
                     let advanced = last_index > p.matched || p.probing;
                     p.matched = p.matched.max(last_index);
                     p.next = p.next.max(last_index + 1);
@@ -577,7 +726,7 @@ impl<S: StateMachine> Raft<S> {
                     p.acked_seq = p.acked_seq.max(read_seq);
                     self.advance_commit();
                     self.serve_reads();
-                    if advanced {
+                    if advanced && self.role == Role::Leader {
                         self.send_append(from);
                     }
                 }
@@ -640,10 +789,18 @@ impl<S: StateMachine> Raft<S> {
                         return Err("entry terms decrease or exceed the sender's term");
                     }
                     previous = e.term;
-                    if let Payload::Command { command, .. } = &e.payload {
-                        if codec::encode(command).map_or(true, |b| b.len() > MAX_COMMAND_BYTES) {
-                            return Err("an entry's command is larger than any replica accepts");
+                    match &e.payload {
+                        Payload::Command { command, .. } => {
+                            if codec::encode(command).map_or(true, |b| b.len() > MAX_COMMAND_BYTES) {
+                                return Err("an entry's command is larger than any replica accepts");
+                            }
                         }
+                        Payload::Config(m) => {
+                            if m.voters.len() + m.learners.len() > super::MAX_MEMBERS {
+                                return Err("a configuration larger than any group");
+                            }
+                        }
+                        Payload::Noop => {}
                     }
                 }
             }
@@ -655,9 +812,13 @@ impl<S: StateMachine> Raft<S> {
             Message::InstallSnapshot {
                 last_index,
                 last_term,
+                membership,
                 data,
                 ..
             } => {
+                if membership.voters.len() + membership.learners.len() > super::MAX_MEMBERS {
+                    return Err("a configuration larger than any group");
+                }
                 if *last_term > term {
                     return Err("the snapshot ends in a term above the sender's");
                 }
@@ -714,6 +875,7 @@ impl<S: StateMachine> Raft<S> {
             Message::Vote {
                 term: self.term,
                 granted,
+                incarnation: self.incarnation,
             },
         );
         if self.bug(LogBug::VoteNotSynced) {
@@ -722,11 +884,11 @@ impl<S: StateMachine> Raft<S> {
         }
     }
 
-    fn on_vote(&mut self, now: Duration, from: NodeId, term: Term, granted: bool) {
-        if term != self.term || self.role != Role::Candidate || !granted {
+    fn on_vote(&mut self, now: Duration, from: NodeId, term: Term, granted: bool, incarnation: Incarnation) {
+        if term != self.term || self.role != Role::Candidate || !granted || !self.counts_vote(from, incarnation) {
             return;
         }
-        self.votes.insert(from);
+        self.votes.insert(from, incarnation);
         if self.votes.len() >= self.quorum() {
             self.become_leader(now);
         }
@@ -742,14 +904,26 @@ impl<S: StateMachine> Raft<S> {
                 .is_some_and(|at| now < at + self.config.election_timeout_min);
         let granted = term > self.term && up_to_date && !leader_alive;
         let term = if granted { term } else { self.term };
-        self.send(from, Message::PreVoteReply { term, granted });
+        let incarnation = self.incarnation;
+        self.send(
+            from,
+            Message::PreVoteReply {
+                term,
+                granted,
+                incarnation,
+            },
+        );
     }
 
-    fn on_pre_vote_reply(&mut self, now: Duration, from: NodeId, term: Term, granted: bool) {
-        if self.role != Role::PreCandidate || Some(term) != self.next_term() || !granted {
+    fn on_pre_vote_reply(&mut self, now: Duration, from: NodeId, term: Term, granted: bool, incarnation: Incarnation) {
+        if self.role != Role::PreCandidate
+            || Some(term) != self.next_term()
+            || !granted
+            || !self.counts_vote(from, incarnation)
+        {
             return;
         }
-        self.votes.insert(from);
+        self.votes.insert(from, incarnation);
         if self.votes.len() >= self.quorum() {
             if self.bug(LogBug::PreVoteCountsAsVote) {
                 // PLANTED BUG: the pre-votes stand in for the election.
@@ -777,15 +951,7 @@ impl<S: StateMachine> Raft<S> {
         read_seq: u64,
     ) {
         if term < self.term {
-            self.send(
-                from,
-                Message::AppendReply {
-                    term: self.term,
-                    success: false,
-                    index: 0,
-                    read_seq,
-                },
-            );
+            self.reply_append(from, false, 0, read_seq);
             return;
         }
         if self.role == Role::Leader {
@@ -798,7 +964,10 @@ impl<S: StateMachine> Raft<S> {
         }
         self.reset_election_timer(now);
         self.leader_heard_at = Some(now);
-        if self.bug(LogBug::RefuseEntries) && !entries.is_empty() && self.members.last() == Some(&self.id) {
+        if self.bug(LogBug::RefuseEntries)
+            && !entries.is_empty()
+            && self.log.config().voters.keys().last() == Some(&self.id)
+        {
             // PLANTED BUG: heartbeats are taken, entries never are.
             self.reply_append(from, false, self.log.last_index(), read_seq);
             return;
@@ -886,11 +1055,20 @@ impl<S: StateMachine> Raft<S> {
                 success,
                 index,
                 read_seq,
+                incarnation: self.incarnation,
             },
         );
     }
 
-    fn on_append_reply(&mut self, now: Duration, from: NodeId, term: Term, success: bool, index: Index, read_seq: u64) {
+    fn on_append_reply(
+        &mut self,
+        now: Duration,
+        from: NodeId,
+        (term, incarnation): (Term, Incarnation),
+        success: bool,
+        index: Index,
+        read_seq: u64,
+    ) {
         if term != self.term || self.role != Role::Leader {
             return;
         }
@@ -899,8 +1077,9 @@ impl<S: StateMachine> Raft<S> {
             self.refuse(from, term, reason);
             return;
         }
-        let p = self.progress_mut(from);
-        p.heard_at = now;
+        let Some(p) = self.answered(from, incarnation, now) else {
+            return;
+        };
         p.acked_seq = p.acked_seq.max(read_seq);
         // Only a reply that taught us something triggers the next send:
         // duplicated or stale replies must not start parallel send chains.
@@ -934,8 +1113,7 @@ impl<S: StateMachine> Raft<S> {
         now: Duration,
         from: NodeId,
         term: Term,
-        last_index: Index,
-        last_term: Term,
+        (last_index, last_term, membership): (Index, Term, Membership),
         (data, machine): (Vec<u8>, Option<Replicated<S>>),
         read_seq: u64,
     ) {
@@ -946,6 +1124,7 @@ impl<S: StateMachine> Raft<S> {
                     term: self.term,
                     last_index: 0,
                     read_seq,
+                    incarnation: self.incarnation,
                 },
             );
             return;
@@ -963,13 +1142,9 @@ impl<S: StateMachine> Raft<S> {
         if let Some(machine) = machine.filter(|_| last_index > self.commit) {
             if self.log.term_at(last_index) == Some(last_term) {
                 // We have the entries: keep the suffix after the snapshot.
-                self.log.compact_to(last_index, last_term);
+                self.log.compact_to(last_index, last_term, membership);
             } else {
-                self.log = Log {
-                    start: last_index,
-                    start_term: last_term,
-                    entries: Vec::new(),
-                };
+                self.log = Log::starting_at(last_index, last_term, membership);
             }
             self.machine = machine;
             self.snapshot = data;
@@ -989,6 +1164,7 @@ impl<S: StateMachine> Raft<S> {
                 // `last_index` we match the leader either way.
                 last_index,
                 read_seq,
+                incarnation: self.incarnation,
             },
         );
     }
@@ -1028,6 +1204,124 @@ impl<S: StateMachine> Raft<S> {
         self.out.events.push(Event::Proposed { index, term });
         self.advance_commit(); // a one-member group commits at once
         self.replicate_pending = true;
+    }
+
+    /// An operator's configuration request ([`super::membership`]): a
+    /// status query is answered at once; a change is checked against the
+    /// rules that keep single-server changes safe, appended, and answered
+    /// once it commits.
+    fn on_reconfigure(&mut self, now: Duration, from: NodeId, client: ClientId, id: u64, change: Option<Change>) {
+        let rid = RequestId::Reconfigure(id);
+        if self.role != Role::Leader {
+            self.respond(from, client, rid, Outcome::NotLeader(self.leader));
+            return;
+        }
+        let Some(change) = change else {
+            let status = self.config_status();
+            self.respond(from, client, rid, Outcome::Configured(status));
+            return;
+        };
+        let config = self.log.config();
+        let already = match change {
+            Change::AddLearner(node) => config.learners.contains(&node),
+            Change::Promote(node) => config.voters.contains_key(&node),
+            Change::Remove(node) => !config.contains(node),
+        };
+        let pending = self.log.config_index() > self.commit;
+        if already || pending {
+            if already && pending {
+                // A retry of the change in flight: answered with it.
+                let index = self.log.config_index();
+                let change = PendingChange {
+                    index,
+                    from,
+                    client,
+                    id,
+                };
+                self.lead_mut().changes.push(change);
+            } else if already {
+                let status = self.config_status();
+                self.respond(from, client, rid, Outcome::Configured(status));
+            } else {
+                let refusal = Outcome::Rejected(Reject::Reconfiguration(Refusal::ChangeInProgress));
+                self.respond(from, client, rid, refusal);
+            }
+            return;
+        }
+        let term_start = self.lead.as_ref().expect("leader state").term_start;
+        if self.commit < term_start && !self.bug(LogBug::ChangeBeforeTermCommits) {
+            let refusal = Outcome::Rejected(Reject::Reconfiguration(Refusal::LeaderNotReady));
+            self.respond(from, client, rid, refusal);
+            return;
+        }
+        let caught_up = match change {
+            Change::Promote(node) => self
+                .lead
+                .as_ref()
+                .and_then(|l| l.progress.get(&node))
+                .filter(|p| p.matched >= self.commit)
+                .and_then(|p| p.incarnation),
+            _ => None,
+        };
+        let next = match self.log.config().change(change, caught_up) {
+            Ok(next) if self.heard_voters(&next, now) < next.quorum() => Err(Refusal::WouldLoseQuorum),
+            other => other,
+        };
+        let next = match next {
+            Ok(next) => next,
+            Err(refusal) => {
+                self.respond(from, client, rid, Outcome::Rejected(Reject::Reconfiguration(refusal)));
+                return;
+            }
+        };
+        let index = self.log.last_index() + 1;
+        tracing::info!(node = self.id, term = self.term, index, ?change, "configuration change");
+        self.append_entry(Entry {
+            term: self.term,
+            index,
+            payload: Payload::Config(next),
+        });
+        self.out.events.push(Event::Proposed { index, term: self.term });
+        self.lead_mut().changes.push(PendingChange {
+            index,
+            from,
+            client,
+            id,
+        });
+        self.track_members(now);
+        self.advance_commit();
+        self.replicate_pending = true;
+    }
+
+    /// Voters of `config` this leader heard from within an election
+    /// timeout, in the incarnation `config` names (itself included).
+    fn heard_voters(&self, config: &Membership, now: Duration) -> usize {
+        let since = now.saturating_sub(self.config.election_timeout_max);
+        let lead = self.lead.as_ref().expect("leader state");
+        let peers = lead
+            .progress
+            .iter()
+            .filter(|(&node, p)| p.heard_at >= since && p.incarnation.is_some_and(|i| config.is_voter(node, i)));
+        peers.count() + usize::from(config.is_voter(self.id, self.incarnation))
+    }
+
+    /// The leader's configuration and what it knows of each member.
+    fn config_status(&self) -> ConfigStatus {
+        let progress = self.lead.as_ref().map(|l| &l.progress);
+        ConfigStatus {
+            membership: self.log.config().clone(),
+            index: self.log.config_index(),
+            committed: self.log.config_index() <= self.commit,
+            peers: progress
+                .into_iter()
+                .flatten()
+                .map(|(&node, p)| PeerStatus {
+                    node,
+                    incarnation: p.incarnation,
+                    matched: p.matched,
+                })
+                .collect(),
+        }
     }
 
     fn on_read(&mut self, from: NodeId, client: ClientId, id: u64, query: S::Query) {
@@ -1097,11 +1391,12 @@ impl<S: StateMachine> Raft<S> {
         let Some(next) = self.campaign_term(now) else {
             return;
         };
+        tracing::debug!(node = self.id, term = next, "campaigning");
         self.term = next;
         self.role = Role::Candidate;
         self.leader = None;
         self.voted_for = Some(self.id);
-        self.votes = BTreeSet::from([self.id]);
+        self.votes = self.own_vote();
         self.persist_hard_state();
         self.reset_election_timer(now);
         if self.votes.len() >= self.quorum() {
@@ -1114,17 +1409,18 @@ impl<S: StateMachine> Raft<S> {
     /// Asks the group whether this replica could win the next term, before
     /// campaigning in it; a group of one campaigns at once.
     fn start_pre_vote(&mut self, now: Duration) {
-        if self.quorum() == 1 {
+        if self.quorum() == 1 && self.counts(self.id, self.incarnation) {
             self.start_election(now);
             return;
         }
         if self.campaign_term(now).is_none() {
             return;
         }
+        tracing::debug!(node = self.id, term = self.term, "asking for pre-votes");
         self.role = Role::PreCandidate;
         self.leader = None;
         self.leader_heard_at = None;
-        self.votes = BTreeSet::from([self.id]);
+        self.votes = self.own_vote();
         self.reset_election_timer(now);
         self.request_votes(now);
     }
@@ -1145,8 +1441,12 @@ impl<S: StateMachine> Raft<S> {
                 last_term,
             },
         };
-        for peer in self.peers() {
-            if !self.votes.contains(&peer) {
+        // Every node it knows, not only its voters: a node whose log does
+        // not show it added yet must still vote (thesis §4.1), and whose
+        // vote counts is the asker's to judge.
+        let asked: BTreeSet<NodeId> = self.known.iter().copied().chain(self.log.config().members()).collect();
+        for peer in asked {
+            if peer != self.id && !self.votes.contains_key(&peer) {
                 self.send(peer, msg.clone());
             }
         }
@@ -1159,7 +1459,21 @@ impl<S: StateMachine> Raft<S> {
         let Some(since) = now.checked_sub(self.config.election_timeout_max) else {
             return false;
         };
-        self.config.check_quorum && self.lead.as_ref().is_some_and(|l| l.heard_since(since) < self.quorum())
+        let Some(lead) = &self.lead else { return false };
+        let heard = lead
+            .progress
+            .iter()
+            .filter(|(&node, p)| {
+                // A voter not heard from yet has had a timeout's grace
+                // since this leader's election (or its own addition).
+                let counts = p
+                    .incarnation
+                    .map_or(self.log.config().voters.contains_key(&node), |i| self.counts(node, i));
+                p.heard_at >= since && counts
+            })
+            .count()
+            + usize::from(self.counts(self.id, self.incarnation));
+        self.config.check_quorum && heard < self.quorum()
     }
 
     fn become_leader(&mut self, now: Duration) {
@@ -1168,25 +1482,8 @@ impl<S: StateMachine> Raft<S> {
         self.role = Role::Leader;
         self.leader = Some(self.id);
         let next = self.log.last_index() + 1;
-        let progress = self
-            .peers()
-            .into_iter()
-            .map(|p| {
-                (
-                    p,
-                    Progress {
-                        next,
-                        matched: 0,
-                        probing: true,
-                        acked_seq: 0,
-                        // A new leader gets a full timeout to hear back.
-                        heard_at: now,
-                    },
-                )
-            })
-            .collect();
         self.lead = Some(LeaderState {
-            progress,
+            progress: BTreeMap::new(),
             heartbeat_due: Duration::ZERO, // first tick broadcasts
             read_seq: 0,
             reads: VecDeque::new(),
@@ -1196,7 +1493,15 @@ impl<S: StateMachine> Raft<S> {
             } else {
                 next
             },
+            changes: Vec::new(),
         });
+        self.track_members(now);
+        // The voters just heard from, in the incarnations their votes came from.
+        for (node, incarnation) in std::mem::take(&mut self.votes) {
+            if let Some(p) = self.lead_mut().progress.get_mut(&node) {
+                p.incarnation = Some(incarnation);
+            }
+        }
         if !self.bug(LogBug::CommitEarlierTermByCounting) {
             self.append_entry(Entry {
                 term: self.term,
@@ -1228,6 +1533,13 @@ impl<S: StateMachine> Raft<S> {
                     Outcome::NotLeader(hint),
                 );
             }
+            // The change may still commit under the next leader; the
+            // operator asks it (a retry of an applied change is answered
+            // with the configuration that has it).
+            for change in lead.changes {
+                let id = RequestId::Reconfigure(change.id);
+                self.respond(change.from, change.client, id, Outcome::NotLeader(leader));
+            }
         }
         self.role = Role::Follower;
         self.leader = leader;
@@ -1255,6 +1567,7 @@ impl<S: StateMachine> Raft<S> {
                 term: self.term,
                 last_index: self.log.start,
                 last_term: self.log.start_term,
+                membership: self.log.start_config.clone(),
                 data: self.snapshot.clone(),
                 read_seq,
             };
@@ -1285,10 +1598,23 @@ impl<S: StateMachine> Raft<S> {
             return;
         }
         let lead = self.lead.as_ref().expect("leader state");
-        let mut matched: Vec<Index> = lead.progress.values().map(|p| p.matched).collect();
-        matched.push(self.log.last_index());
+        let learners_count = self.bug(LogBug::LearnerCounted);
+        let mut matched: Vec<Index> = lead
+            .progress
+            .iter()
+            .filter(|(&node, p)| {
+                p.incarnation.is_some_and(|i| self.counts(node, i))
+                    || (learners_count && self.log.config().learners.contains(&node))
+            })
+            .map(|(_, p)| p.matched)
+            .collect();
+        if self.counts(self.id, self.incarnation) {
+            matched.push(self.log.last_index());
+        }
         matched.sort_unstable_by(|a, b| b.cmp(a));
-        let n = matched[self.quorum() - 1];
+        let Some(&n) = matched.get(self.quorum() - 1) else {
+            return;
+        };
         if n <= self.commit {
             return;
         }
@@ -1300,6 +1626,34 @@ impl<S: StateMachine> Raft<S> {
             self.out.events.push(Event::Committed { index: n });
             self.apply_committed();
             self.serve_reads();
+            self.answer_changes();
+        }
+    }
+
+    /// Answers the operators whose changes committed; a leader whose own
+    /// removal committed then steps down (it is counted in no quorum).
+    fn answer_changes(&mut self) {
+        let commit = self.commit;
+        let lead = self.lead_mut();
+        let (done, waiting) = lead.changes.drain(..).partition(|c| c.index <= commit);
+        lead.changes = waiting;
+        let done: Vec<PendingChange> = done;
+        if !done.is_empty() {
+            let status = self.config_status();
+            for change in done {
+                let id = RequestId::Reconfigure(change.id);
+                self.respond(change.from, change.client, id, Outcome::Configured(status.clone()));
+            }
+        }
+        if self.log.config_index() <= commit && !self.counts(self.id, self.incarnation) {
+            tracing::info!(
+                node = self.id,
+                term = self.term,
+                "removed from the group: stepping down"
+            );
+            // The members learn of the commit before this leader goes.
+            self.broadcast_append();
+            self.become_follower(self.term, None);
         }
     }
 
@@ -1339,17 +1693,27 @@ impl<S: StateMachine> Raft<S> {
         }
         let quorum = self.quorum();
         let applied = self.applied;
+        let me = usize::from(self.counts(self.id, self.incarnation));
         let mut ready = Vec::new();
         {
-            let lead = self.lead.as_mut().expect("leader state");
+            let lead = self.lead.as_ref().expect("leader state");
+            let voters: Vec<u64> = lead
+                .progress
+                .iter()
+                .filter(|(&node, p)| p.incarnation.is_some_and(|i| self.counts(node, i)))
+                .map(|(_, p)| p.acked_seq)
+                .collect();
             // Reads are queued in round order, so a prefix is confirmed.
-            while let Some(read) = lead.reads.front() {
-                let acks = 1 + lead.progress.values().filter(|p| p.acked_seq >= read.seq).count();
-                if acks < quorum || applied < read.read_index {
-                    break;
-                }
-                ready.push(lead.reads.pop_front().expect("front exists"));
-            }
+            let confirmed = lead
+                .reads
+                .iter()
+                .take_while(|read| {
+                    let acks = me + voters.iter().filter(|&&seq| seq >= read.seq).count();
+                    acks >= quorum && applied >= read.read_index
+                })
+                .count();
+            let lead = self.lead.as_mut().expect("leader state");
+            ready.extend(lead.reads.drain(..confirmed));
         }
         for read in ready {
             let output = self.machine.query(&read.query);
@@ -1363,6 +1727,7 @@ impl<S: StateMachine> Raft<S> {
             return;
         }
         let term = self.log.term_at(self.applied).expect("applied entry is in the log");
+        let config = self.log.config_at(self.applied).clone();
         let snapshot = match self.machine.snapshot() {
             Ok(bytes) if bytes.len() <= MAX_SNAPSHOT_BYTES => bytes,
             too_large => {
@@ -1376,7 +1741,7 @@ impl<S: StateMachine> Raft<S> {
             }
         };
         self.snapshot = snapshot;
-        self.log.compact_to(self.applied, term);
+        self.log.compact_to(self.applied, term, config);
         self.rewrite_pending = true;
         self.out.events.push(Event::Compacted { index: self.applied });
     }
@@ -1403,11 +1768,17 @@ impl<S: StateMachine> Raft<S> {
 
     /// Every record needed to rebuild the current durable state.
     fn full_log(&self) -> Vec<Vec<u8>> {
-        let mut records = Vec::with_capacity(self.log.entries.len() + 2);
+        let mut records = Vec::with_capacity(self.log.entries.len() + 3);
+        let identity: Record<S::Command> = Record::Identity {
+            incarnation: self.incarnation,
+            genesis: self.genesis.clone(),
+        };
+        records.push(codec::encode(&identity).expect("small"));
         if self.log.start > 0 {
             let snap: Record<S::Command> = Record::Snapshot {
                 last_index: self.log.start,
                 last_term: self.log.start_term,
+                membership: self.log.start_config.clone(),
                 data: self.snapshot.clone(),
             };
             records.push(codec::encode(&snap).expect("snapshot fits the codec"));
@@ -1452,6 +1823,18 @@ impl<S: StateMachine> Raft<S> {
         if self.role == Role::Leader {
             assert_eq!(self.leader, Some(self.id));
             assert!(self.bug(LogBug::NoStepDownOnHigherTerm) || self.voted_for == Some(self.id));
+            // Its own changes, one at a time (a log inherited from earlier
+            // terms may hold several this leader does not know committed).
+            let term_start = self.lead.as_ref().map_or(0, |l| l.term_start);
+            let own = self
+                .log
+                .configs
+                .iter()
+                .filter(|(i, _)| *i >= term_start && *i > self.commit);
+            assert!(
+                own.count() <= 1 || self.bug(LogBug::ChangeBeforeTermCommits),
+                "a leader with two uncommitted configurations of its own"
+            );
         }
         if self.config.paranoid {
             for (i, e) in self.log.entries.iter().enumerate() {
@@ -1470,19 +1853,82 @@ impl<S: StateMachine> Raft<S> {
     }
 
     fn quorum(&self) -> usize {
-        self.members.len() / 2 + 1
+        self.log.config().quorum()
     }
 
+    /// The members this leader replicates to.
     fn peers(&self) -> Vec<NodeId> {
-        self.members.iter().copied().filter(|&m| m != self.id).collect()
+        self.log.config().members().filter(|&m| m != self.id).collect()
+    }
+
+    /// Whether replica traffic from `from` is taken: from a node the
+    /// operator named or one some configuration in the log names.
+    fn knows(&self, from: NodeId) -> bool {
+        self.known.contains(&from)
+            || self.log.start_config.contains(from)
+            || self.log.configs.iter().any(|(_, m)| m.contains(from))
+    }
+
+    /// Whether `node` in `incarnation` is a voter of the configuration in
+    /// effect: whose votes and acknowledgements count.
+    fn counts(&self, node: NodeId, incarnation: Incarnation) -> bool {
+        self.log.config().is_voter(node, incarnation)
+    }
+
+    /// Whether this replica may campaign: as a voter of the last
+    /// configuration it knows committed or of any later one in its log.
+    /// Votes are counted by its latest configuration (without its own if
+    /// that one removed it), so this only decides who tries: a leader that
+    /// appended its own removal and lost its majority (or crashed) before
+    /// the change committed may hold the longest log, and the others may
+    /// need its vote; it must be able to win and finish the change.
+    fn may_campaign(&self) -> bool {
+        let me = (self.id, self.incarnation);
+        let committed = self.log.config_at(self.commit);
+        let later = self.log.configs.iter().filter(|(i, _)| *i > self.commit);
+        committed.is_voter(me.0, me.1) || later.into_iter().any(|(_, m)| m.is_voter(me.0, me.1))
+    }
+
+    /// The votes a campaign starts with: its own, if it counts.
+    fn own_vote(&self) -> BTreeMap<NodeId, Incarnation> {
+        let counted = self.counts(self.id, self.incarnation);
+        counted.then_some((self.id, self.incarnation)).into_iter().collect()
+    }
+
+    /// [`Self::counts`], for a vote or pre-vote just received.
+    fn counts_vote(&self, node: NodeId, incarnation: Incarnation) -> bool {
+        // PLANTED BUG: a grant counts from whoever sent it.
+        self.bug(LogBug::RemovedStillVotes) || self.counts(node, incarnation)
+    }
+
+    /// Keeps this leader's progress in step with the configuration: new
+    /// members are probed from the end of the log, gone ones forgotten.
+    fn track_members(&mut self, now: Duration) {
+        let peers = self.peers();
+        let next = self.log.last_index() + 1;
+        let lead = self.lead_mut();
+        lead.progress.retain(|node, _| peers.contains(node));
+        for peer in peers {
+            lead.progress.entry(peer).or_insert_with(|| Progress::new(next, now));
+        }
     }
 
     fn lead_mut(&mut self) -> &mut LeaderState<S::Query> {
         self.lead.as_mut().expect("leader state")
     }
 
-    fn progress_mut(&mut self, peer: NodeId) -> &mut Progress {
-        self.lead_mut().progress.get_mut(&peer).expect("peer is a member")
+    /// The progress of a member that just answered this leader from
+    /// `incarnation`; `None` if it is no member.
+    fn answered(&mut self, from: NodeId, incarnation: Incarnation, now: Duration) -> Option<&mut Progress> {
+        let next = self.log.last_index() + 1;
+        let p = self.lead_mut().progress.get_mut(&from)?;
+        if p.incarnation.is_some_and(|known| known != incarnation) {
+            // Another life of this node: what the last one stored is gone.
+            *p = Progress::new(next, now);
+        }
+        p.incarnation = Some(incarnation);
+        p.heard_at = now;
+        Some(p)
     }
 
     fn reset_election_timer(&mut self, now: Duration) {

@@ -48,6 +48,7 @@ use futures::FutureExt;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::membership::Boot;
 use super::raft::{Output, Raft, RecoverError, Role, WireOf};
 use super::state_machine::StateMachine;
 use super::types::{ClientId, Event, Term, Wire};
@@ -234,25 +235,29 @@ impl<S: StateMachine> Companion for Plain<S> {
 /// `S` with no companion. See [`run`].
 pub async fn run_plain<E: Env, S: StateMachine>(
     env: E,
-    members: Vec<NodeId>,
+    (members, boot): (Vec<NodeId>, Boot),
     config: Config,
     observer: Arc<dyn Observer<Event>>,
 ) -> Result<(), NodeError> {
-    run(env, members, config, Plain::<S>::default(), observer).await
+    run(env, (members, boot), config, Plain::<S>::default(), observer).await
 }
 
 /// Runs replica `env.id()` of the group `members` with `companion` until
 /// storage fails. Restart after a crash by calling it again: it rebuilds
-/// from `env.load()`.
+/// from `env.load()`. `boot` says how an empty disk starts
+/// ([`Raft::recover`]).
 pub async fn run<E: Env, C: Companion>(
     env: E,
-    members: Vec<NodeId>,
+    (members, boot): (Vec<NodeId>, Boot),
     config: Config,
     companion: C,
     observer: Arc<dyn Observer<Event>>,
 ) -> Result<(), NodeError> {
     let records = env.load()?;
-    let mut engine = Engine::start(&env, members, config, companion, records, observer)?;
+    let mut engine = Engine::start(&env, (members, boot), config, companion, records, observer)?;
+    // A new disk's identity record is made durable before anything else.
+    let output = engine.raft.on_tick(env.now());
+    engine.carry_out(output).await?;
     loop {
         engine.round().await?;
     }
@@ -272,14 +277,14 @@ struct Engine<'e, E: Env, C: Companion> {
 impl<'e, E: Env, C: Companion> Engine<'e, E, C> {
     fn start(
         env: &'e E,
-        members: Vec<NodeId>,
+        (members, boot): (Vec<NodeId>, Boot),
         config: Config,
         mut companion: C,
         records: Vec<Vec<u8>>,
         observer: Arc<dyn Observer<Event>>,
     ) -> Result<Self, NodeError> {
         let records = companion.recover(records);
-        let raft = Raft::recover(env.id(), &members, config, env.rng(), &records, env.now())?;
+        let raft = Raft::recover(env.id(), &members, boot, config, env.rng(), &records, env.now())?;
         tracing::debug!(
             node = env.id(),
             term = raft.term(),

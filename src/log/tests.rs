@@ -9,6 +9,7 @@ use std::time::Duration;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use super::membership::{Boot, GENESIS};
 use super::*;
 use crate::env::NodeId;
 
@@ -162,8 +163,16 @@ impl Cluster {
         let slot = self.slots.get_mut(&id).unwrap();
         slot.incarnation += 1;
         let rng = ChaCha8Rng::seed_from_u64(u64::from(id) << 32 | slot.incarnation);
-        let raft = Raft::<Kv>::recover(id, &self.members, self.config.clone(), rng, &slot.disk.synced, now)
-            .expect("recovery from synced records");
+        let raft = Raft::<Kv>::recover(
+            id,
+            &self.members,
+            Boot::Genesis(self.members.to_vec()),
+            self.config.clone(),
+            rng,
+            &slot.disk.synced,
+            now,
+        )
+        .expect("recovery from synced records");
         self.last_applied.insert(id, raft.applied_index());
         slot.raft = Some(raft);
     }
@@ -334,6 +343,7 @@ impl Cluster {
                 c.next_send = self.now + Duration::from_millis(10);
             }
             Outcome::Rejected(r) => panic!("rejected: {r:?}"),
+            Outcome::Configured(c) => panic!("a command answered with a configuration: {c:?}"),
         }
     }
 
@@ -748,7 +758,16 @@ fn a_command_of_the_largest_size_is_taken_and_one_byte_more_refused() {
 fn a_candidate_wakes_to_resend_its_vote_requests_before_its_election_times_out() {
     let config = test_config(None);
     let rng = ChaCha8Rng::seed_from_u64(1);
-    let mut raft = Raft::<Kv>::recover(1, &[1, 2, 3], config.clone(), rng, &[], Duration::ZERO).unwrap();
+    let mut raft = Raft::<Kv>::recover(
+        1,
+        &[1, 2, 3],
+        Boot::Genesis(vec![1, 2, 3]),
+        config.clone(),
+        rng,
+        &[],
+        Duration::ZERO,
+    )
+    .unwrap();
     let due = raft.next_deadline();
     let out = raft.on_tick(due);
     assert_eq!(raft.role(), Role::PreCandidate);
@@ -1182,7 +1201,18 @@ fn a_returning_follower_does_not_depose_the_leader() {
 fn a_pre_vote_changes_nothing_at_the_voter() {
     let config = test_config(None);
     let rng = ChaCha8Rng::seed_from_u64(3);
-    let mut raft = Raft::<Kv>::recover(1, &[1, 2, 3], config, rng, &[], Duration::ZERO).unwrap();
+    let mut raft = Raft::<Kv>::recover(
+        1,
+        &[1, 2, 3],
+        Boot::Genesis(vec![1, 2, 3]),
+        config,
+        rng,
+        &[],
+        Duration::ZERO,
+    )
+    .unwrap();
+    let first = raft.on_messages(Duration::ZERO, std::iter::empty());
+    assert_eq!(first.append.len(), 1, "an empty disk gets its identity record first");
     let deadline = raft.next_deadline();
     let ask = |term| {
         Wire::Raft(Message::PreVote {
@@ -1194,7 +1224,14 @@ fn a_pre_vote_changes_nothing_at_the_voter() {
     let out = raft.on_message(Duration::from_millis(1), 2, ask(7));
     assert_eq!(
         out.messages,
-        vec![(2, Wire::Raft(Message::PreVoteReply { term: 7, granted: true }))]
+        vec![(
+            2,
+            Wire::Raft(Message::PreVoteReply {
+                term: 7,
+                granted: true,
+                incarnation: GENESIS
+            })
+        )]
     );
     assert!(out.append.is_empty() && !out.sync, "nothing to persist");
     assert_eq!((raft.term(), raft.next_deadline()), (0, deadline));
@@ -1202,7 +1239,14 @@ fn a_pre_vote_changes_nothing_at_the_voter() {
     let out = raft.on_message(Duration::from_millis(2), 3, ask(7));
     assert_eq!(
         out.messages,
-        vec![(3, Wire::Raft(Message::PreVoteReply { term: 7, granted: true }))]
+        vec![(
+            3,
+            Wire::Raft(Message::PreVoteReply {
+                term: 7,
+                granted: true,
+                incarnation: GENESIS
+            })
+        )]
     );
     // Not above its own term: refused, with its own term.
     let out = raft.on_message(Duration::from_millis(3), 3, ask(0));
@@ -1212,7 +1256,8 @@ fn a_pre_vote_changes_nothing_at_the_voter() {
             3,
             Wire::Raft(Message::PreVoteReply {
                 term: 0,
-                granted: false
+                granted: false,
+                incarnation: GENESIS,
             })
         )]
     );

@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::membership::{Change, ConfigStatus, Incarnation, Membership, Refusal};
 use crate::env::NodeId;
 
 /// A Raft term: a logical epoch with at most one leader.
@@ -49,6 +50,9 @@ pub enum Payload<C> {
         /// The state machine's command.
         command: C,
     },
+    /// The group's next configuration ([`super::membership`]), in effect
+    /// on each replica from the moment the entry is in its log.
+    Config(Membership),
 }
 
 /// Replica-to-replica messages (Raft, with read-index confirmation rounds
@@ -89,6 +93,9 @@ pub enum Message<C> {
         term: Term,
         /// Whether the voter would vote.
         granted: bool,
+        /// The voter's incarnation: a pre-vote counts only from the one
+        /// the asker's configuration names.
+        incarnation: Incarnation,
     },
     /// A voter's answer to `RequestVote`.
     Vote {
@@ -97,6 +104,9 @@ pub enum Message<C> {
         term: Term,
         /// Whether the vote went to the candidate.
         granted: bool,
+        /// The voter's incarnation: a vote counts only from the one the
+        /// candidate's configuration names.
+        incarnation: Incarnation,
     },
     /// The leader's entries (or an empty heartbeat) for one follower.
     Append {
@@ -129,6 +139,9 @@ pub enum Message<C> {
         /// The `read_seq` of the `Append` answered: confirms the leader's
         /// reads up to that round.
         read_seq: u64,
+        /// The follower's incarnation: its acknowledgements count toward
+        /// commits only if the configuration names this one.
+        incarnation: Incarnation,
     },
     /// The leader's snapshot, for a follower that needs entries already
     /// compacted away; sent whole, in one message.
@@ -139,6 +152,8 @@ pub enum Message<C> {
         last_index: Index,
         /// Term of the entry at `last_index`.
         last_term: Term,
+        /// The configuration in effect at `last_index`.
+        membership: Membership,
         /// The encoded state: session table and state machine together.
         data: Vec<u8>,
         /// The leader's confirmation round; echoed in the reply.
@@ -153,6 +168,8 @@ pub enum Message<C> {
         last_index: Index,
         /// The `read_seq` of the snapshot answered.
         read_seq: u64,
+        /// The follower's incarnation, as in `AppendReply`.
+        incarnation: Incarnation,
     },
 }
 
@@ -179,6 +196,8 @@ pub enum RequestId {
     Command(u64),
     /// A read, by a client-chosen id.
     Read(u64),
+    /// A configuration request, by a client-chosen id.
+    Reconfigure(u64),
 }
 
 /// Why a request was refused without being executed.
@@ -188,6 +207,8 @@ pub enum Reject {
     TooLarge,
     /// Too many reads are waiting at the leader; retry later.
     Busy,
+    /// The leader refused a configuration change, for this reason.
+    Reconfiguration(Refusal),
 }
 
 /// How a request ended at the replica that answers.
@@ -201,6 +222,9 @@ pub enum Outcome<O> {
     NotLeader(Option<NodeId>),
     /// Refused before execution, for the reason given.
     Rejected(Reject),
+    /// A configuration request's answer: for a change, the configuration
+    /// once the change committed; for a status query, the leader's latest.
+    Configured(ConfigStatus),
 }
 
 /// A replica's answer to a client.
@@ -240,6 +264,17 @@ pub enum Wire<C, Q, O> {
         /// The state machine's query.
         query: Q,
     },
+    /// An operator's configuration request, answered by the leader: a
+    /// change once it commits, or (`None`) the configuration and what the
+    /// leader knows of each member.
+    Reconfigure {
+        /// The operator's session, to route the answer.
+        client: ClientId,
+        /// Client-chosen, echoed in [`RequestId::Reconfigure`].
+        id: u64,
+        /// The change asked for, or `None` for a status query.
+        change: Option<Change>,
+    },
     /// A replica's answer to a client.
     Response(Response<O>),
 }
@@ -252,6 +287,16 @@ pub enum Wire<C, Q, O> {
 /// `Snapshot` starts a rewritten log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Record<C> {
+    /// Written once, first, when the replica's disk is initialized: which
+    /// incarnation of its node this disk is, and the configuration it
+    /// starts from (the founding one, or empty for a replica that joins an
+    /// existing group and learns it from the leader).
+    Identity {
+        /// Drawn when the disk was initialized ([`super::membership`]).
+        incarnation: Incarnation,
+        /// The configuration before the first entry.
+        genesis: Membership,
+    },
     /// The replica's term and vote, which must survive a crash so it never
     /// votes twice in one term.
     HardState {
@@ -268,6 +313,8 @@ pub enum Record<C> {
         last_index: Index,
         /// Term of the entry at `last_index`, for log matching after it.
         last_term: Term,
+        /// The configuration in effect at `last_index`.
+        membership: Membership,
         /// The encoded state: session table and state machine together.
         data: Vec<u8>,
     },
@@ -289,8 +336,8 @@ pub enum Event {
         /// Who got the vote.
         candidate: NodeId,
     },
-    /// This replica, as leader, appended a client command at `index` and is
-    /// about to replicate it.
+    /// This replica, as leader, appended a client command or a
+    /// configuration change at `index` and is about to replicate it.
     Proposed {
         /// Where it sits in the log.
         index: Index,

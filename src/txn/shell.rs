@@ -13,6 +13,7 @@ use super::participant::{Participant, ParticipantConfig};
 use super::replicated::{Command, CoordLeader, CoordMachine, Effects, ReplicatedConfig, View};
 use super::{Msg, Step, TxnBug, TxnEvent, TxnId};
 use crate::env::{codec, timeout, Env, NodeId};
+use crate::log::membership::Boot;
 use crate::log::service::{self, Companion, NodeError, Out};
 use crate::log::{Event, Payload, Raft, Role, StateMachine, Wire, WireOf};
 use crate::observe::Observer;
@@ -182,7 +183,14 @@ pub async fn run_replicated_coordinator<E: Env>(
 ) -> Result<(), NodeError> {
     let log = config.log.clone();
     let companion = CoordService::new(env.id(), coordinators.clone(), config, observer, env.now());
-    service::run(env, coordinators, log, companion, log_observer).await
+    service::run(
+        env,
+        (coordinators.clone(), Boot::Genesis(coordinators)),
+        log,
+        companion,
+        log_observer,
+    )
+    .await
 }
 
 /// The replicated coordinator's companion on the log: `Msg::Log` from the
@@ -319,7 +327,7 @@ impl Companion for CoordService {
                         applied.extend(command.txn());
                         None
                     }
-                    Ok(Payload::Noop) => None,
+                    Ok(Payload::Noop | Payload::Config(_)) => None,
                     Err(e) => panic!("an applied entry must decode: {e}"),
                 },
                 Event::Compacted { index } => Some(TxnEvent::Snapshot {
@@ -384,7 +392,16 @@ mod tests {
         let mut group: Vec<_> = (1..=3)
             .map(|id| {
                 let rng = rand_chacha::ChaCha8Rng::seed_from_u64(id.into());
-                Raft::recover(id, &[1, 2, 3], crate::log::Config::default(), rng, &[], Duration::ZERO).unwrap()
+                Raft::recover(
+                    id,
+                    &[1, 2, 3],
+                    Boot::Genesis(vec![1, 2, 3]),
+                    crate::log::Config::default(),
+                    rng,
+                    &[],
+                    Duration::ZERO,
+                )
+                .unwrap()
             })
             .collect();
         let output = group[0].on_tick(1_000 * MS);

@@ -53,14 +53,21 @@ impl Judge {
         self.lock().replicas.last_leader_term()
     }
 
+    /// The leader of the highest term some replica led, with its term.
+    pub fn last_leader(&self) -> Option<(Term, NodeId)> {
+        self.lock().replicas.last_leader()
+    }
+
     /// `replica-behind`: within [`CATCH_UP_BOUND`], every running replica
-    /// applies up to the highest index applied anywhere now. A majority
-    /// serving is not enough: a replica that never catches up is one
-    /// failure from unavailability.
-    pub async fn all_caught_up(&self, env: &SimEnv) {
+    /// (of `members`, when the group's membership changed) applies up to
+    /// the highest index applied anywhere now. A majority serving is not
+    /// enough: a replica that never catches up is one failure from
+    /// unavailability.
+    pub async fn all_caught_up(&self, env: &SimEnv, members: Option<BTreeSet<NodeId>>) {
         let target = self.lock().replicas.highest_applied().unwrap_or(0);
+        let members = &members;
         let caught_up = timeout(env, CATCH_UP_BOUND, async {
-            while !self.behind(target).is_empty() {
+            while !self.behind(target, members).is_empty() {
                 env.sleep(Duration::from_millis(10)).await;
             }
         });
@@ -69,17 +76,20 @@ impl Judge {
                 "replica-behind",
                 format!(
                     "after the heal, replicas (id, last applied) {:?} did not apply up to index {target} within {CATCH_UP_BOUND:?}",
-                    self.behind(target)
+                    self.behind(target, members)
                 ),
                 vec![],
             ));
         }
     }
 
-    /// Running replicas that have not applied up to `index`.
-    fn behind(&self, index: Index) -> Vec<(NodeId, Option<Index>)> {
+    /// Running replicas (of `members`, if given) that have not applied up
+    /// to `index`.
+    fn behind(&self, index: Index, members: &Option<BTreeSet<NodeId>>) -> Vec<(NodeId, Option<Index>)> {
         let s = self.lock();
-        s.replicas.behind(index, |node| !s.stopped.contains(&node))
+        let counted = |node| members.as_ref().is_none_or(|m| m.contains(&node));
+        s.replicas
+            .behind(index, |node| !s.stopped.contains(&node) && counted(node))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Observed> {

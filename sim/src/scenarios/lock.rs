@@ -970,7 +970,7 @@ impl Scenario for LockScenario {
                     });
                     if let Some(Ok(_)) = access.read(&client, lease.token).await {
                         release(&client, &mut lc, &lease).await;
-                        self.judge.all_caught_up(&env).await;
+                        self.judge.all_caught_up(&env, None).await;
                         return;
                     }
                 }

@@ -64,12 +64,13 @@ use ringfence::env::record::RecordBug;
 use ringfence::env::{codec, Env, NodeId};
 use ringfence::history::{kv, History, Violation};
 use ringfence::log::client::{Client as LogClient, ClientError};
+use ringfence::log::membership::Boot;
 use ringfence::log::service;
 use ringfence::log::{Config, Event, Kv, KvCommand, KvOutput, KvQuery, LogBug, Wire, WireOf};
 use ringfence::observe::Observer;
 
 use super::judge::Judge;
-use super::rogue;
+use super::{operator, rogue};
 use crate::env::SimEnv;
 use crate::plan::{Aiming, Fault, FaultKind};
 use crate::scenario::{Bug, Client, Params, Planted, Scenario, Workload};
@@ -134,6 +135,27 @@ pub const PRE_VOTE_COUNTS_AS_VOTE: Bug = Bug {
     about: "a replica that gathers a majority of pre-votes takes the next term as leader without an election; voters grant pre-votes to several askers, so two replicas lead one term",
     caught_by: "leader-per-term",
     planted: Planted::Log(LogBug::PreVoteCountsAsVote),
+};
+
+pub const LEARNER_COUNTED: Bug = Bug {
+    name: "learner-counted",
+    about: "a leader counts learners' acknowledgements toward commits, so an entry stored by a leader and its learners is committed on no majority of voters",
+    caught_by: "committed-entry-changed",
+    planted: Planted::Log(LogBug::LearnerCounted),
+};
+
+pub const REMOVED_STILL_VOTES: Bug = Bug {
+    name: "removed-still-votes",
+    about: "a candidate counts every vote it receives: a removed member that never heard of its removal helps elect a second leader",
+    caught_by: "leader-per-term",
+    planted: Planted::Log(LogBug::RemovedStillVotes),
+};
+
+pub const REJOIN_KEEPS_IDENTITY: Bug = Bug {
+    name: "rejoin-keeps-identity",
+    about: "a node back with an empty disk takes its old identity: it votes again in terms it voted in and its acknowledgements count for entries it no longer has",
+    caught_by: "committed-entry-changed",
+    planted: Planted::Log(LogBug::RejoinKeepsIdentity),
 };
 
 pub const SYNCED_TAIL_UNNOTICED: Bug = Bug {
@@ -235,11 +257,16 @@ impl Observer<Event> for ReplicaObserver {
     }
 }
 
-/// The log scenario over `N` replicas.
-pub struct LogScenario<const N: u32> {
+/// The log scenario over `N` replicas; with `CHANGES`, the group is
+/// founded by three of them and an operator changes its membership while
+/// the faults run ([`operator`]).
+pub struct LogScenario<const N: u32, const CHANGES: bool = false> {
     bug: Option<LogBug>,
     record_bug: Option<RecordBug>,
     members: Vec<NodeId>,
+    /// The founding members: every server, or three with `CHANGES`.
+    founders: Vec<NodeId>,
+
     /// This run's replica timers ([`Timers::for_seed`]).
     timers: Timers,
     /// How this run's clients use the log ([`Mix::for_seed`]).
@@ -355,7 +382,7 @@ pub fn timed_config(bug: Option<LogBug>, timers: Timers) -> Config {
     }
 }
 
-impl<const N: u32> LogScenario<N> {
+impl<const N: u32, const CHANGES: bool> LogScenario<N, CHANGES> {
     /// Runs one operation through the client and records it.
     async fn operate(client: &Client<KvOp>, log: &mut LogClient<SimEnv, Kv>, op: KvOp) -> bool {
         client.invoke(op.clone());
@@ -404,18 +431,32 @@ impl<const N: u32> LogScenario<N> {
     }
 }
 
-impl<const N: u32> Scenario for LogScenario<N> {
+impl<const N: u32, const CHANGES: bool> Scenario for LogScenario<N, CHANGES> {
     type Op = KvOp;
 
-    const NAME: &'static str = if N == 3 { "log" } else { "log-5" };
-    const ABOUT: &'static str =
-        "Raft replicated log with a KV state machine: leader per term, committed entries stable, same apply order, exactly-once adds";
+    const NAME: &'static str = match (N, CHANGES) {
+        (_, true) => "log-members",
+        (3, false) => "log",
+        _ => "log-5",
+    };
+    const ABOUT: &'static str = if CHANGES {
+        "the replicated log while an operator adds, promotes, removes and replaces members, and a node may lose its disk: leader per term, committed entries stable, linearizable adds, every final member caught up"
+    } else {
+        "Raft replicated log with a KV state machine: leader per term, committed entries stable, same apply order, exactly-once adds"
+    };
     /// The bugs the default sweep catches. On five replicas
     /// `ack-before-sync` needs two followers to lose the same acknowledged
     /// entries (caught once in 200 seeds, and only as a liveness failure),
     /// and `vote-not-synced` and `commit-earlier-term`, though caught there
     /// too, are left to the three-replica sweep to keep `cargo test` short.
-    const BUGS: &'static [Bug] = if N == 3 {
+    /// With `CHANGES`: `change-before-term-commits` (the thesis bug) needs
+    /// two changes in flight under two leaders and a partition that splits
+    /// their majorities; no default seed finds it (0 of 3,000 seeds), so it
+    /// is shown by `log::membership_tests`, which builds Ongaro's
+    /// counterexample step by step.
+    const BUGS: &'static [Bug] = if CHANGES {
+        &[LEARNER_COUNTED, REMOVED_STILL_VOTES, REJOIN_KEEPS_IDENTITY]
+    } else if N == 3 {
         &[
             NO_STEP_DOWN,
             ACK_BEFORE_SYNC,
@@ -436,12 +477,16 @@ impl<const N: u32> Scenario for LogScenario<N> {
     const WORKLOAD: Workload = Workload { clients: 4, ops: 60 };
     const FAULT_WINDOW: Duration = Duration::from_secs(5);
     /// After healing: elections finish within a few timeouts (≤ 750 ms
-    /// each, plus clock drift), then a client needs a few retries.
-    const LIVENESS_BOUND: Duration = Duration::from_secs(5);
+    /// each, plus clock drift), then a client needs a few retries; with
+    /// `CHANGES` the operator then settles the membership, one committed
+    /// change after another.
+    const LIVENESS_BOUND: Duration = Duration::from_secs(if CHANGES { 10 } else { 5 });
     /// `commit-earlier-term` needs the Figure 8 sequence, which the moment
     /// crashes aim at: 11 of seeds 0..600, the third at seed 210 (`sweep -s
-    /// log --bug commit-earlier-term --seeds 0..600`).
-    const DEFAULT_SEEDS: u64 = 300;
+    /// log --bug commit-earlier-term --seeds 0..600`). With `CHANGES`, runs
+    /// are short (about 4 ms each on this machine) and a disk is lost on
+    /// three seeds in four: 600.
+    const DEFAULT_SEEDS: u64 = if CHANGES { 600 } else { 300 };
 
     fn new(params: &Params) -> Self {
         LogScenario {
@@ -454,6 +499,8 @@ impl<const N: u32> Scenario for LogScenario<N> {
                 _ => None,
             },
             members: (1..=params.servers).collect(),
+            founders: (1..=if CHANGES { params.servers.min(3) } else { params.servers }).collect(),
+
             timers: Timers::for_seed(params.seed),
             mix: Mix::for_seed(params.seed),
             judge: Arc::new(Judge::default()),
@@ -464,11 +511,19 @@ impl<const N: u32> Scenario for LogScenario<N> {
     /// elections, proposals and commits, hostile messages from members, and
     /// a hostile disk: a replica that finds its synced records damaged
     /// refuses to start and stays down, and the others go on as a majority.
+    /// With `CHANGES`, a lost disk takes the place of damaged records: a
+    /// node that refuses to start stays down for good, and a group that
+    /// shrinks to three voters cannot lose one for good and another's disk.
     fn fault_kinds() -> Vec<FaultKind> {
+        let disk = FaultKind::DISK
+            .into_iter()
+            .filter(|&k| !CHANGES || !matches!(k, FaultKind::BitFlip | FaultKind::LostWrite));
+        let replacement = FaultKind::REPLACEMENT.into_iter().filter(|_| CHANGES);
         FaultKind::ALL
             .into_iter()
             .chain(FaultKind::ROLE_AWARE)
-            .chain(FaultKind::DISK)
+            .chain(disk)
+            .chain(replacement)
             .chain(FaultKind::ADVERSARIAL)
             .collect()
     }
@@ -490,6 +545,14 @@ impl<const N: u32> Scenario for LogScenario<N> {
     async fn server(self: Arc<Self>, env: SimEnv) {
         let node_id = env.id();
         self.judge.booted(node_id);
+        // A founder's disk holds its founding identity once it was ever
+        // synced; until then (a crash before its first sync) it founds
+        // again. Any other empty disk joins as a new incarnation.
+        let boot = if self.founders.contains(&node_id) && env.original_disk_unused() {
+            Boot::Genesis(self.founders.clone())
+        } else {
+            Boot::Join
+        };
         env.set_record_bug(self.record_bug);
         let observer = Arc::new(ReplicaObserver {
             judge: self.judge.clone(),
@@ -497,7 +560,7 @@ impl<const N: u32> Scenario for LogScenario<N> {
         });
         let config = timed_config(self.bug, self.timers);
         tracing::info!(timers = ?self.timers, "replica boots");
-        let result = service::run_plain::<SimEnv, Kv>(env, self.members.clone(), config, observer).await;
+        let result = service::run_plain::<SimEnv, Kv>(env, (self.members.clone(), boot), config, observer).await;
         if let Err(error) = result {
             // The replica stopped to protect what it acknowledged (a failed
             // write, or a corrupt disk it refuses to start on); it stays
@@ -509,6 +572,9 @@ impl<const N: u32> Scenario for LogScenario<N> {
     }
 
     async fn client(self: Arc<Self>, env: SimEnv, mut client: Client<KvOp>) {
+        if CHANGES && client.id == 0 {
+            return operator::run::<Kv, _>(&env, &client, &self.members, &self.judge).await;
+        }
         let mut log = LogClient::<SimEnv, Kv>::new(env.clone(), client.servers.clone());
         let mut n = 0u32;
         while client.next_op() {
@@ -528,7 +594,12 @@ impl<const N: u32> Scenario for LogScenario<N> {
         let mut log = LogClient::<SimEnv, Kv>::new(env.clone(), client.servers.clone());
         while !Self::operate(&client, &mut log, KvOp::Add { key: 0, result: None }).await {}
         while !Self::operate(&client, &mut log, KvOp::Get { key: 0, value: None }).await {}
-        self.judge.all_caught_up(&env).await;
+        let members = if CHANGES {
+            Some(operator::settle::<Kv>(&env, &self.members).await)
+        } else {
+            None
+        };
+        self.judge.all_caught_up(&env, members).await;
     }
 
     /// Linearizability of the counters ([`kv::check`]).

@@ -5,6 +5,7 @@ pub mod judge;
 pub mod lock;
 pub mod lock_hostile;
 pub mod log;
+pub mod operator;
 pub mod rogue;
 pub mod txn;
 
@@ -93,6 +94,7 @@ pub static ALL: &[&dyn DynScenario] = &[
     &Registered::<counter::Counter>(PhantomData),
     &Registered::<log::LogScenario<3>>(PhantomData),
     &Registered::<log::LogScenario<5>>(PhantomData),
+    &Registered::<log::LogScenario<5, true>>(PhantomData),
     &Registered::<lock::LockScenario>(PhantomData),
     &Registered::<txn::Bank<1>>(PhantomData),
     &Registered::<txn::Bank<3>>(PhantomData),

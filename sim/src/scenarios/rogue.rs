@@ -11,7 +11,11 @@
 
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
-use ringfence::log::{Entry, Index, Message, Payload, Term, MAX_INDEX, MAX_TERM_STEP};
+use std::collections::BTreeSet;
+
+use ringfence::env::NodeId;
+use ringfence::log::membership::Membership;
+use ringfence::log::{Entry, Index, Message, Payload, Term, MAX_INDEX, MAX_MEMBERS, MAX_TERM_STEP};
 
 /// One hostile message. `known` is a term the group has reached (the latest
 /// leader's, say): messages near it carry some other absurd field instead.
@@ -50,6 +54,7 @@ fn sane_fields<C>(rng: &mut ChaCha8Rng, term: Term) -> Message<C> {
         1 => Message::Vote {
             term,
             granted: rng.gen(),
+            incarnation: rng.gen(),
         },
         2 => {
             let prev_index = small(rng);
@@ -68,11 +73,13 @@ fn sane_fields<C>(rng: &mut ChaCha8Rng, term: Term) -> Message<C> {
             success: rng.gen(),
             index: small(rng),
             read_seq: small(rng),
+            incarnation: rng.gen(),
         },
         _ => Message::SnapshotReply {
             term,
             last_index: small(rng),
             read_seq: small(rng),
+            incarnation: rng.gen(),
         },
     }
 }
@@ -103,6 +110,7 @@ fn random_fields<C>(rng: &mut ChaCha8Rng, term: Term) -> Message<C> {
             term,
             last_index: rng.gen(),
             last_term: rng.gen_range(0..=term),
+            membership: Membership::default(),
             data: (0..rng.gen_range(0..32)).map(|_| rng.gen()).collect(),
             read_seq: rng.gen(),
         },
@@ -113,7 +121,7 @@ fn random_fields<C>(rng: &mut ChaCha8Rng, term: Term) -> Message<C> {
 /// sends: an index beyond the largest, or a snapshot that does not decode.
 fn absurd_fields<C>(rng: &mut ChaCha8Rng, term: Term) -> Message<C> {
     let huge = |rng: &mut ChaCha8Rng| rng.gen_range(MAX_INDEX + 1..=u64::MAX);
-    match rng.gen_range(0..5) {
+    match rng.gen_range(0..6) {
         0 => Message::RequestVote {
             term,
             last_index: huge(rng),
@@ -135,19 +143,34 @@ fn absurd_fields<C>(rng: &mut ChaCha8Rng, term: Term) -> Message<C> {
             success: true,
             index: huge(rng),
             read_seq: rng.gen(),
+            incarnation: rng.gen(),
         },
         3 => Message::InstallSnapshot {
             term,
             last_index: rng.gen_range(1 << 20..=MAX_INDEX),
             last_term: rng.gen_range(0..=term),
+            membership: Membership::default(),
             // A run of continuation bytes: an overlong length that no
             // decoder accepts.
             data: vec![0xff; rng.gen_range(0..24)],
             read_seq: rng.gen(),
         },
-        _ => Message::SnapshotReply {
+        4 => Message::SnapshotReply {
             term,
             last_index: huge(rng),
+            read_seq: rng.gen(),
+            incarnation: rng.gen(),
+        },
+        // A configuration larger than any group.
+        _ => Message::InstallSnapshot {
+            term,
+            last_index: rng.gen_range(1..=MAX_INDEX),
+            last_term: rng.gen_range(0..=term),
+            membership: Membership {
+                voters: (0..=MAX_MEMBERS as NodeId).map(|n| (n, rng.gen())).collect(),
+                learners: BTreeSet::new(),
+            },
+            data: Vec::new(),
             read_seq: rng.gen(),
         },
     }

@@ -678,7 +678,7 @@ impl<const C: u32, const LOAD: u32> Scenario for Bank<C, LOAD> {
             // finished transactions).
             while let Err(TxnError::Unavailable { .. }) = txc.outcome(txn).await {}
         }
-        self.judge.all_caught_up(&env).await;
+        self.judge.all_caught_up(&env, None).await;
     }
 
     fn check(&self, history: &History<BankOp>) -> Vec<Violation> {

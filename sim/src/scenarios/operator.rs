@@ -1,0 +1,170 @@
+//! An operator for scenarios whose servers run the replicated log: while
+//! the faults run it changes the group's membership at random, one
+//! single-server change at a time, as the log's rules allow
+//! (`ringfence::log::membership`); after the heal it settles the group.
+//!
+//! It asks the leader what it knows (`Client::reconfigure(None)`), then:
+//!
+//! 1. promotes a learner (refused until the learner has caught up);
+//! 2. removes a voter the leader heard from in another incarnation than
+//!    the configuration names: a node back with an empty disk, which
+//!    counts in no quorum until it is added again as a new member;
+//! 3. otherwise adds a server outside the group as a learner, or removes a
+//!    voter (the leader among them), keeping three to five voters.
+//!
+//! Settling does 1 and 2, and adds learners until there are three voters;
+//! it is done once the leader has heard from every member and the last
+//! change has committed. What it returns is the group every member of
+//! which must catch up.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use rand::seq::IteratorRandom;
+use rand::Rng;
+use ringfence::env::{Env, NodeId};
+use ringfence::log::client::Client as LogClient;
+use ringfence::log::membership::{Change, ConfigStatus};
+use ringfence::log::{StateMachine, Term};
+
+use super::judge::Judge;
+use crate::env::SimEnv;
+use crate::scenario::Client;
+
+/// Voters the operator keeps while the faults run: never fewer than three
+/// (a group of two stops at one failure), never more than five.
+const VOTERS: std::ops::RangeInclusive<usize> = 3..=5;
+/// How long one request is retried.
+const GIVE_UP: Duration = Duration::from_secs(2);
+
+/// Changes the membership of the group on `servers` until the fault window
+/// closes. Like automation that reconciles after a failover, it also
+/// reacts to a new leader (as `judge` saw it elected) at once, half the
+/// time, with a change sent straight to it: the moment a new leader has
+/// not yet committed an entry of its term.
+pub async fn run<S: StateMachine, Op: Clone + std::fmt::Debug>(
+    env: &SimEnv,
+    client: &Client<Op>,
+    servers: &[NodeId],
+    judge: &Judge,
+) {
+    let mut rng = env.rng();
+    let mut log = LogClient::<SimEnv, S>::new(env.clone(), servers.to_vec());
+    let mut last: Option<ConfigStatus> = None;
+    let mut leader = judge.last_leader();
+    while client.window_open() {
+        let pause = Duration::from_millis(rng.gen_range(50..=300));
+        let elected = new_leader(env, judge, &mut leader, pause).await;
+        if let (Some(node), Some(status)) = (elected, &last) {
+            if rng.gen_bool(0.5) {
+                // From what may be an old status: only changes that never
+                // shrink the group below three voters.
+                let grow = outside(status, servers).choose(&mut rng).map(Change::AddLearner);
+                if let Some(change) = next_change(status, servers, false).or(grow) {
+                    let mut direct = LogClient::<SimEnv, S>::new(env.clone(), vec![node]);
+                    let result = direct.reconfigure(Some(change), GIVE_UP).await;
+                    tracing::info!(?change, to = node, ok = result.is_ok(), "operator, after an election");
+                    continue;
+                }
+            }
+        }
+        let status = match log.reconfigure(None, GIVE_UP).await {
+            Ok(status) => status,
+            Err(error) => {
+                tracing::debug!(%error, "operator: no status");
+                continue;
+            }
+        };
+        tracing::debug!(?status, "operator");
+        let change = next_change(&status, servers, false).or_else(|| wander(&status, servers, &mut rng));
+        last = Some(status);
+        if let Some(change) = change {
+            let result = log.reconfigure(Some(change), GIVE_UP).await;
+            tracing::info!(?change, ok = result.is_ok(), "operator");
+        }
+    }
+}
+
+/// Waits up to `pause` for a leader of a term after `seen`'s; returns it.
+async fn new_leader(env: &SimEnv, judge: &Judge, seen: &mut Option<(Term, NodeId)>, pause: Duration) -> Option<NodeId> {
+    let until = env.now() + pause;
+    while env.now() < until {
+        let latest = judge.last_leader();
+        if latest.map(|(term, _)| term) > seen.map(|(term, _)| term) {
+            *seen = latest;
+            return latest.map(|(_, node)| node);
+        }
+        env.sleep(Duration::from_millis(1)).await;
+    }
+    None
+}
+
+/// Brings the group to a settled membership (see the module docs) and
+/// returns its members.
+pub async fn settle<S: StateMachine>(env: &SimEnv, servers: &[NodeId]) -> BTreeSet<NodeId> {
+    let mut log = LogClient::<SimEnv, S>::new(env.clone(), servers.to_vec());
+    loop {
+        let Ok(status) = log.reconfigure(None, GIVE_UP).await else {
+            continue;
+        };
+        if let Some(change) = next_change(&status, servers, true) {
+            let result = log.reconfigure(Some(change), GIVE_UP).await;
+            tracing::info!(?change, ok = result.is_ok(), "operator settles");
+            if result.is_err() {
+                env.sleep(Duration::from_millis(50)).await;
+            }
+            continue;
+        }
+        let everyone_heard = status.peers.iter().all(|p| p.incarnation.is_some());
+        if status.committed && everyone_heard {
+            return status.membership.members().collect();
+        }
+        env.sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The change the rules call for, if any (steps 1 and 2, and when
+/// `settling` a learner while there are fewer than three voters).
+fn next_change(status: &ConfigStatus, servers: &[NodeId], settling: bool) -> Option<Change> {
+    let group = &status.membership;
+    if let Some(&learner) = group.learners.iter().next() {
+        return Some(Change::Promote(learner));
+    }
+    let heard = |node: NodeId| status.peers.iter().find(|p| p.node == node).and_then(|p| p.incarnation);
+    let stale = group
+        .voters
+        .iter()
+        .find(|&(&node, &incarnation)| heard(node).is_some_and(|i| i != incarnation));
+    if let Some((&node, _)) = stale {
+        return Some(Change::Remove(node));
+    }
+    if settling && group.voters.len() < *VOTERS.start() {
+        return outside(status, servers).next().map(Change::AddLearner);
+    }
+    None
+}
+
+/// A random change within [`VOTERS`], or none.
+fn wander(status: &ConfigStatus, servers: &[NodeId], rng: &mut impl Rng) -> Option<Change> {
+    let voters = status.membership.voters.len();
+    let add = (voters < *VOTERS.end())
+        .then(|| outside(status, servers).choose(rng))
+        .flatten();
+    let remove = (voters > *VOTERS.start())
+        .then(|| status.membership.voters.keys().copied().choose(rng))
+        .flatten();
+    match (add, remove, rng.gen_range(0..4)) {
+        (_, _, 0) => None,
+        (Some(node), _, 1) | (Some(node), None, _) => Some(Change::AddLearner(node)),
+        (_, Some(node), _) => Some(Change::Remove(node)),
+        (None, None, _) => None,
+    }
+}
+
+/// Servers outside the group.
+fn outside<'a>(status: &'a ConfigStatus, servers: &'a [NodeId]) -> impl Iterator<Item = NodeId> + 'a {
+    servers
+        .iter()
+        .copied()
+        .filter(|&node| !status.membership.contains(node))
+}
