@@ -601,3 +601,43 @@ fn changes_wait_for_the_term_so_majorities_of_two_changes_overlap() {
     let net = changes_decided_by_disjoint_majorities(Some(LogBug::ChangeBeforeTermCommits));
     assert!(net.split.is_some(), "the planted bug lets disjoint majorities decide");
 }
+
+/// Voters 1–4 with 1 back on an empty disk (counted nowhere): 2, 3 and 4
+/// are the majority. Leader 4 appends its own removal, is cut off before
+/// anyone stores it, and restarts (forgetting what it knew committed).
+/// Its log is now the longest: 2 and 3 need its vote, and it must be able
+/// to campaign, under the configuration without itself, to finish the
+/// change.
+#[test]
+fn a_leader_that_appended_its_own_removal_can_still_finish_it() {
+    let mut net = Net::founded_by(&[1, 2, 3], None);
+    net.join(4);
+    net.reconfigure(Change::AddLearner(4)).expect("learner added");
+    net.run(100);
+    net.reconfigure(Change::Promote(4)).expect("promoted");
+    net.join(1);
+    net.run(100);
+    while net.settle() != 4 {
+        let leader = net.settle();
+        net.cut.insert(leader);
+        net.run(1_000);
+        net.cut.clear();
+    }
+    net.run(100);
+    net.cut.extend([1, 2, 3]);
+    let remove = Wire::Reconfigure {
+        client: 7,
+        id: 1,
+        change: Some(Change::Remove(4)),
+    };
+    net.deliver(OPERATOR, 4, remove);
+    assert!(!net.nodes[&4].membership().contains(4), "the removal is in 4's log");
+    net.run(20);
+    net.restart(4);
+    net.cut.clear();
+    net.run(5_000);
+    let leader = net.leader().expect("a leader after the removal");
+    assert_ne!(leader, 4);
+    assert!(!net.nodes[&leader].membership().contains(4));
+    assert!(net.add());
+}

@@ -578,6 +578,14 @@ impl<S: StateMachine> Raft<S> {
                 if now >= self.election_due && !self.may_campaign() {
                     // A learner, a removed member or a new incarnation:
                     // nobody would count its votes.
+                    tracing::debug!(
+                        node = self.id,
+                        term = self.term,
+                        last = self.log.last_index(),
+                        commit = self.commit,
+                        membership = ?self.log.config(),
+                        "not campaigning: no configuration in its log counts it"
+                    );
                     self.role = Role::Follower;
                     self.reset_election_timer(now);
                 } else if now >= self.election_due {
@@ -1875,18 +1883,17 @@ impl<S: StateMachine> Raft<S> {
         self.log.config().is_voter(node, incarnation)
     }
 
-    /// Whether this replica may campaign: as a voter of the last
-    /// configuration it knows committed or of any later one in its log.
-    /// Votes are counted by its latest configuration (without its own if
-    /// that one removed it), so this only decides who tries: a leader that
-    /// appended its own removal and lost its majority (or crashed) before
-    /// the change committed may hold the longest log, and the others may
-    /// need its vote; it must be able to win and finish the change.
+    /// Whether this replica may campaign: whenever its log names a group.
+    /// Votes are counted by its latest configuration, and only voters'
+    /// (its own only if it is one), so who campaigns does not matter to
+    /// safety, only to liveness — and the replica with the most up-to-date
+    /// log may be one its own log does not count: a leader that appended
+    /// its own removal and crashed before it committed, or a learner that
+    /// holds entries a voter lacks. The others may need its vote and never
+    /// get it unless it can win (the simulator found both). Once its term's
+    /// entry commits, a leader its configuration does not count steps down.
     fn may_campaign(&self) -> bool {
-        let me = (self.id, self.incarnation);
-        let committed = self.log.config_at(self.commit);
-        let later = self.log.configs.iter().filter(|(i, _)| *i > self.commit);
-        committed.is_voter(me.0, me.1) || later.into_iter().any(|(_, m)| m.is_voter(me.0, me.1))
+        !self.log.config().voters.is_empty()
     }
 
     /// The votes a campaign starts with: its own, if it counts.
