@@ -311,10 +311,24 @@ impl LockService {
 /// the client wrote there; commands only the leader's own machinery may
 /// propose (`Expire`, `Hinted`) are dropped. Returns whether to keep it.
 ///
+/// Configuration requests are dropped: the lock service does not yet tell
+/// an operator from a client, and any client could otherwise remove the
+/// members (membership changes are driven through the log's own client,
+/// [`crate::log::client::Client::reconfigure`], on groups that expose it).
+///
 /// Replica traffic and client reads pass unchanged. A follower needs no
 /// admission of its own: it answers every client command `NotLeader` and
 /// never forwards one, so only the leader's admitted commands reach the log.
 pub fn admit(me: NodeId, from: NodeId, msg: &mut WireOf<LockMachine>, config: &ServerConfig) -> bool {
+    if let Wire::Reconfigure { change, .. } = msg {
+        tracing::warn!(
+            node = me,
+            from,
+            ?change,
+            "dropping a configuration request from the network"
+        );
+        return false;
+    }
     let Wire::Command { command, .. } = msg else {
         return true;
     };

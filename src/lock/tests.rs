@@ -692,6 +692,13 @@ fn admission_stamps_the_owner_and_drops_internal_commands() {
         token: 1_000_000_000_000,
     };
     assert!(!admit(1, 70_000, &mut wire(hinted.clone()), &config));
+    // Nobody reconfigures the lock group through the network.
+    let mut remove: WireOf<LockMachine> = Wire::Reconfigure {
+        client: 1,
+        id: 1,
+        change: Some(crate::log::membership::Change::Remove(2)),
+    };
+    assert!(!admit(1, 70_000, &mut remove, &config));
     // Planted bug `ClientToken`: the hint goes in.
     #[cfg(feature = "planted-bugs")]
     {
