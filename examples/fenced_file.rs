@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use ringfence::env::NodeId;
 use ringfence::lock::{self, ClientConfig, FencedResource, LockClient, ServerConfig, Token};
+use ringfence::log::membership::founding;
 use ringfence::observe::Ignore;
 use ringfence::real::auth::{ClientCredentials, ClusterSecret, FIRST_PRINCIPAL};
 use ringfence::real::{NodeConfig, RealEnv};
@@ -166,7 +167,7 @@ async fn start_lock_service(dir: &Path, secret: &ClusterSecret) -> std::io::Resu
             ..ServerConfig::default()
         };
         let members = peers.keys().copied().collect();
-        tokio::spawn(lock::server::run(env, members, config, Arc::new(Ignore)));
+        tokio::spawn(lock::server::run(env, founding(members), config, Arc::new(Ignore)));
     }
     Ok(peers)
 }

@@ -133,7 +133,7 @@ async fn a_flipped_length_bit_mid_log_is_refused_with_the_offset_and_nothing_is_
     assert!(message.contains(&path.display().to_string()), "{message}");
     assert!(message.contains(&format!("byte offset {}", starts[1])), "{message}");
     assert!(message.contains("checksum"), "{message}");
-    assert!(message.contains("--init"), "says what to do: {message}");
+    assert!(message.contains("--join"), "says what to do: {message}");
     // Nothing was truncated: the damage is for a person to look at.
     assert_eq!(fs::read(&path).unwrap(), bytes);
 }
@@ -166,7 +166,7 @@ async fn a_wiped_or_never_initialized_directory_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let message = reopen(&dir.path().join("missing"), 1).err().unwrap();
     assert!(message.contains("no identity file"), "{message}");
-    assert!(message.contains("--init"), "{message}");
+    assert!(message.contains("--join"), "{message}");
 
     three_batches(dir.path()).await;
     for entry in fs::read_dir(dir.path()).unwrap() {
@@ -255,7 +255,7 @@ async fn a_log_cut_or_zeroed_at_a_batch_boundary_is_refused() {
                 .err()
                 .expect("a log that lost synced batches must not open");
             assert!(message.contains("watermark says 3 were synced"), "{message}");
-            assert!(message.contains("--init"), "says what to do: {message}");
+            assert!(message.contains("--join"), "says what to do: {message}");
             assert_eq!(fs::read(&path).unwrap(), bytes);
         }
     }

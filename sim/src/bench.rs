@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use madsim::net::Endpoint;
 use ringfence::env::Env;
+use ringfence::log::membership::founding;
 
 use crate::plan::FaultPlan;
 use crate::runner::{Case, RunOptions};
@@ -430,7 +431,7 @@ fn lock_round_trips() {
                                 ttl: TTL,
                                 ..ServerConfig::default()
                             };
-                            let _ = server::run(env, members, config, Arc::new(Ignore)).await;
+                            let _ = server::run(env, founding(members), config, Arc::new(Ignore)).await;
                         }
                     })
                     .build();

@@ -23,7 +23,7 @@ use std::time::Duration;
 use super::machine::{LockCommand, LockMachine, LockOutput, LockQuery, LockView, Request, SessionId};
 use super::{LockBug, MAX_SESSIONS};
 use crate::env::{Env, NodeId};
-use crate::log::membership::Boot;
+use crate::log::membership::{is_operator, Boot};
 use crate::log::service::{self, Companion, NodeError, Out};
 use crate::log::{ClientId, Outcome, Raft, RequestId, Response, Role, Wire, WireOf};
 use crate::observe::Observer;
@@ -152,17 +152,19 @@ impl LeaseTimer {
     }
 }
 
-/// Runs lock server `env.id()` of the group `members` until storage fails.
+/// Runs lock server `env.id()` of the group `members` until storage fails;
+/// `boot` says how an empty disk starts (a founder of the group, or a node
+/// joining it: [`crate::log::membership::founding`] for the first).
 /// After a crash, call it again: it rebuilds from `env.load()`.
 pub async fn run<E: Env>(
     env: E,
-    members: Vec<NodeId>,
+    group: (Vec<NodeId>, Boot),
     config: ServerConfig,
     observer: Arc<dyn Observer<crate::log::Event>>,
 ) -> Result<(), NodeError> {
     let log = config.log.clone();
     let companion = LockService::new(env.id(), config);
-    service::run(env, (members.clone(), Boot::Genesis(members)), log, companion, observer).await
+    service::run(env, group, log, companion, observer).await
 }
 
 /// The lock service's companion on the log: admission of client commands,
@@ -311,16 +313,19 @@ impl LockService {
 /// the client wrote there; commands only the leader's own machinery may
 /// propose (`Expire`, `Hinted`) are dropped. Returns whether to keep it.
 ///
-/// Configuration requests are dropped: the lock service does not yet tell
-/// an operator from a client, and any client could otherwise remove the
-/// members (membership changes are driven through the log's own client,
-/// [`crate::log::client::Client::reconfigure`], on groups that expose it).
+/// Configuration requests pass from operators only
+/// ([`crate::log::membership::OPERATOR_IDS`], which the real transport
+/// grants only to holders of the cluster secret): any client could
+/// otherwise remove the members.
 ///
 /// Replica traffic and client reads pass unchanged. A follower needs no
 /// admission of its own: it answers every client command `NotLeader` and
 /// never forwards one, so only the leader's admitted commands reach the log.
 pub fn admit(me: NodeId, from: NodeId, msg: &mut WireOf<LockMachine>, config: &ServerConfig) -> bool {
     if let Wire::Reconfigure { change, .. } = msg {
+        if is_operator(from) {
+            return true;
+        }
         tracing::warn!(
             node = me,
             from,

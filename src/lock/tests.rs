@@ -665,24 +665,25 @@ fn admission_stamps_the_owner_and_drops_internal_commands() {
             command,
         }
     };
+    const CLIENT: u32 = 16 << 16 | 5;
     let config = ServerConfig::default();
     let mut claimed = wire(C::Client {
         owner: 5,
         request: R::KeepAlive { session: 1 },
     });
-    assert!(admit(1, 70_000, &mut claimed, &config));
+    assert!(admit(1, CLIENT, &mut claimed, &config));
     assert_eq!(
         claimed,
         wire(C::Client {
-            owner: 70_000,
+            owner: CLIENT,
             request: R::KeepAlive { session: 1 }
         }),
         "the owner is the sender, whatever the client wrote"
     );
     let expire = C::Expire { session: 1, renewed: 3 };
-    assert!(!admit(1, 70_000, &mut wire(expire.clone()), &config));
+    assert!(!admit(1, CLIENT, &mut wire(expire.clone()), &config));
     let hinted = C::Hinted {
-        owner: 70_000,
+        owner: CLIENT,
         request: R::Acquire {
             session: 1,
             lock: "l".into(),
@@ -691,14 +692,17 @@ fn admission_stamps_the_owner_and_drops_internal_commands() {
         },
         token: 1_000_000_000_000,
     };
-    assert!(!admit(1, 70_000, &mut wire(hinted.clone()), &config));
-    // Nobody reconfigures the lock group through the network.
+    assert!(!admit(1, CLIENT, &mut wire(hinted.clone()), &config));
+    // Only an operator reconfigures the lock group through the network.
     let mut remove: WireOf<LockMachine> = Wire::Reconfigure {
         client: 1,
         id: 1,
         change: Some(crate::log::membership::Change::Remove(2)),
     };
-    assert!(!admit(1, 70_000, &mut remove, &config));
+    assert!(!admit(1, CLIENT, &mut remove, &config));
+    assert!(!admit(1, 7, &mut remove, &config), "nor a member's id");
+    let operator = crate::log::membership::OPERATOR_IDS.start;
+    assert!(admit(1, operator, &mut remove, &config));
     // Planted bug `ClientToken`: the hint goes in.
     #[cfg(feature = "planted-bugs")]
     {
@@ -706,8 +710,8 @@ fn admission_stamps_the_owner_and_drops_internal_commands() {
             bug: Some(super::LockBug::ClientToken),
             ..ServerConfig::default()
         };
-        assert!(admit(1, 70_000, &mut wire(hinted), &buggy));
-        assert!(!admit(1, 70_000, &mut wire(expire), &buggy));
+        assert!(admit(1, CLIENT, &mut wire(hinted), &buggy));
+        assert!(!admit(1, CLIENT, &mut wire(expire), &buggy));
     }
 }
 

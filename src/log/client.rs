@@ -149,6 +149,11 @@ impl<E: Env, S: StateMachine> Client<E, S> {
         self.id
     }
 
+    /// The node this client runs on.
+    pub fn env(&self) -> &E {
+        &self.env
+    }
+
     /// The replica this client currently believes leads.
     pub fn leader(&self) -> Option<NodeId> {
         self.leader

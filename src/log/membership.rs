@@ -53,6 +53,17 @@ pub type Incarnation = u64;
 /// The incarnation of a group's founding members.
 pub const GENESIS: Incarnation = 0;
 
+/// Node ids of operators (`1 << 16` up to `2 << 16`, principal 1 of the
+/// real transport's id space): the only senders whose configuration
+/// requests a service on the log passes to its replica. Anyone else who
+/// could reconfigure a group could remove its members.
+pub const OPERATOR_IDS: std::ops::Range<NodeId> = (1 << 16)..(2 << 16);
+
+/// Whether `id` is an operator's ([`OPERATOR_IDS`]).
+pub fn is_operator(id: NodeId) -> bool {
+    OPERATOR_IDS.contains(&id)
+}
+
 /// How a replica whose disk holds nothing yet starts (a replica with a log
 /// ignores it: its identity record says who it is).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +76,12 @@ pub enum Boot {
     /// no quorum, and waits for a leader to send it the log. The operator
     /// adds it as a learner, then promotes it.
     Join,
+}
+
+/// The group of `members` as its founders start it: each knows the others
+/// and founds the group with all of them as voters.
+pub fn founding(members: Vec<NodeId>) -> (Vec<NodeId>, Boot) {
+    (members.clone(), Boot::Genesis(members))
 }
 
 /// A configuration of the group.

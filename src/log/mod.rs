@@ -43,6 +43,7 @@
 //! cannot break them), no leadership transfer, and snapshots travel in one
 //! message.
 
+pub mod admin;
 pub mod client;
 pub mod membership;
 mod raft;

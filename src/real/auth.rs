@@ -57,6 +57,13 @@ pub const CLIENT_MAGIC: [u8; 4] = *b"RFC2";
 /// The lowest principal; principals below would name member ids.
 pub const FIRST_PRINCIPAL: u32 = 16;
 
+/// The principal of operators: its node ids are
+/// [`crate::log::membership::OPERATOR_IDS`], the only ones whose
+/// configuration requests the services pass on. Its key is derived from
+/// the secret apart from every client's, and never written to a file: an
+/// operator command reads the secret (it runs where a node's files are).
+pub const OPERATOR_PRINCIPAL: u32 = 1;
+
 /// The principal a client node id belongs to (its upper 16 bits).
 pub fn principal_of(id: NodeId) -> u32 {
     id >> 16
@@ -140,6 +147,19 @@ impl ClusterSecret {
     /// The key of client principal `principal`.
     pub fn client_key(&self, principal: u32) -> Key {
         self.0.derive(&[b"ringfence client", &principal.to_le_bytes()])
+    }
+
+    /// The key of the operators' principal ([`OPERATOR_PRINCIPAL`]).
+    fn operator_key(&self) -> Key {
+        self.0.derive(&[b"ringfence operator"])
+    }
+
+    /// Credentials of an operator: a client that may reconfigure groups.
+    pub fn operator_credentials(&self) -> ClientCredentials {
+        ClientCredentials {
+            principal: OPERATOR_PRINCIPAL,
+            key: self.operator_key(),
+        }
     }
 
     /// Credentials for client principal `principal` (must be at least
@@ -273,6 +293,9 @@ impl Credentials {
     fn key_for(&self, hello: &Hello) -> Option<Key> {
         match (self, hello.role) {
             (Credentials::Member(secret), Role::Member) => Some(secret.member_key(hello.id)),
+            (Credentials::Member(secret), Role::Client) if principal_of(hello.id) == OPERATOR_PRINCIPAL => {
+                Some(secret.operator_key())
+            }
             (Credentials::Member(secret), Role::Client) => {
                 check_principal(principal_of(hello.id)).ok()?;
                 Some(secret.client_key(principal_of(hello.id)))
@@ -569,6 +592,26 @@ mod tests {
             &answer[..NONCE_BYTES].try_into().unwrap(),
         );
         assert_eq!(pending.finish(&forged).err(), Some(HandshakeError::BadProof));
+    }
+
+    #[test]
+    fn only_the_secret_makes_an_operator() {
+        let secret = ClusterSecret::generate();
+        let member = Credentials::Member(secret.clone());
+        let operator = secret.operator_credentials();
+        let id = operator.random_id();
+        assert!(crate::log::membership::is_operator(id));
+        assert!(handshake(&Credentials::Client(operator), &member, Hello::new(Role::Client, id)).is_ok());
+        // A client cannot claim an operator's id, with its own key or any
+        // other principal's, and no key file holds an operator's.
+        let client = secret.client_credentials(16).unwrap();
+        assert!(handshake(&Credentials::Client(client), &member, Hello::new(Role::Client, id)).is_err());
+        let hello = Hello::new(Role::Client, id);
+        let (answer, pending) = accept(&member, &hello).unwrap();
+        let nonce = answer[..NONCE_BYTES].try_into().unwrap();
+        let forged = proof(&secret.client_key(OPERATOR_PRINCIPAL), b"initiate", &hello, &nonce);
+        assert_eq!(pending.finish(&forged).err(), Some(HandshakeError::BadProof));
+        assert!(secret.client_credentials(OPERATOR_PRINCIPAL).is_err());
     }
 
     #[test]

@@ -49,13 +49,15 @@ use super::transport::Limits;
 use super::{NodeConfig, RealEnv};
 use crate::env::NodeId;
 use crate::lock::{self, ServerConfig};
+use crate::log::client::Client;
+use crate::log::membership::{founding, Boot};
 use crate::log::service::NodeError;
 use crate::observe::Ignore;
 use crate::txn;
 use crate::txn::client::TxnClient;
 use crate::txn::participant::ParticipantConfig;
 use crate::txn::placement::RingShardMap;
-use crate::txn::shell;
+use crate::txn::shell::{self, CoordLogEnv};
 
 /// The longest session lease a cluster may configure, in milliseconds.
 pub const MAX_TTL_MS: u64 = 24 * 60 * 60 * 1000;
@@ -128,8 +130,20 @@ pub struct NodeEntry {
     pub lock: SocketAddr,
     /// Where this node's transaction coordinator replica listens.
     pub txn: SocketAddr,
-    /// Where this node's shard listens.
-    pub shard: SocketAddr,
+    /// Where this node's shard listens, if it holds one. The shards are
+    /// the founding nodes' (the ring places accounts on them, and moving
+    /// accounts between shards is not built yet); a node added later hosts
+    /// lock and coordinator replicas only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<SocketAddr>,
+}
+
+impl NodeEntry {
+    /// The address the node binds last (its shard's, else its
+    /// coordinator's): once it accepts there, every service has started.
+    pub fn bound_last(&self) -> SocketAddr {
+        self.shard.unwrap_or(self.txn)
+    }
 }
 
 /// Shard ids are node ids plus this, so they never meet coordinator ids.
@@ -182,7 +196,7 @@ impl ClusterConfig {
                     id,
                     lock: port(0, id),
                     txn: port(100, id),
-                    shard: port(200, id),
+                    shard: Some(port(200, id)),
                 })
                 .collect(),
         })
@@ -215,10 +229,22 @@ impl ClusterConfig {
         Ok(config)
     }
 
-    /// Writes the file (for `ringfence cluster`).
+    /// Writes the file atomically: a reader (a node watching it, a client
+    /// starting) sees the old file or the new one, never half of one, and
+    /// a crash leaves one of them (written beside it, synced, renamed over
+    /// it, the directory synced).
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
+        use std::io::Write;
         let text = toml::to_string_pretty(self).map_err(std::io::Error::other)?;
-        std::fs::write(path, text)
+        let dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        let mut file = tempfile::NamedTempFile::new_in(dir)?;
+        file.write_all(text.as_bytes())?;
+        file.as_file().sync_all()?;
+        file.persist(path).map_err(|e| e.error)?;
+        std::fs::File::open(dir)?.sync_all()
     }
 
     /// Checks what serde cannot: ids, addresses, sizes, the lease.
@@ -236,6 +262,9 @@ impl ClusterConfig {
         if self.nodes.len() > crate::log::MAX_MEMBERS {
             return Err(format!("at most {} nodes", crate::log::MAX_MEMBERS));
         }
+        if self.nodes.iter().all(|n| n.shard.is_none()) {
+            return Err("no [[node]] holds a shard: the founding nodes hold the accounts".to_string());
+        }
         let mut ids = BTreeSet::new();
         let mut addrs = BTreeSet::new();
         for node in &self.nodes {
@@ -245,7 +274,7 @@ impl ClusterConfig {
             if !ids.insert(node.id) {
                 return Err(format!("node id {} appears twice", node.id));
             }
-            for addr in [node.lock, node.txn, node.shard] {
+            for addr in [Some(node.lock), Some(node.txn), node.shard].into_iter().flatten() {
                 if !addrs.insert(addr) {
                     return Err(format!("address {addr} appears twice"));
                 }
@@ -304,6 +333,24 @@ impl ClusterConfig {
         Ok(RealEnv::client(&self.client_credentials()?, servers))
     }
 
+    /// An operator's clients of the two groups (reads the secret: the
+    /// operators' key is derived from it).
+    pub fn operator(&self) -> Result<OperatorClients, ConfigError> {
+        let credentials = self.secret()?.operator_credentials();
+        let lock_servers = self.lock_servers();
+        let coordinators: BTreeMap<NodeId, SocketAddr> = self.nodes.iter().map(|n| (n.id, n.txn)).collect();
+        Ok(OperatorClients {
+            lock: Client::new(
+                RealEnv::client(&credentials, &lock_servers),
+                lock_servers.into_keys().collect(),
+            ),
+            coordinators: Client::new(
+                CoordLogEnv(RealEnv::client(&credentials, &coordinators)),
+                coordinators.into_keys().collect(),
+            ),
+        })
+    }
+
     /// Lock service replicas by id.
     pub fn lock_servers(&self) -> BTreeMap<NodeId, SocketAddr> {
         self.nodes.iter().map(|n| (n.id, n.lock)).collect()
@@ -313,9 +360,8 @@ impl ClusterConfig {
     /// address space.
     pub fn txn_nodes(&self) -> BTreeMap<NodeId, SocketAddr> {
         let coordinators = self.nodes.iter().map(|n| (n.id, n.txn));
-        coordinators
-            .chain(self.nodes.iter().map(|n| (SHARD_ID_BASE + n.id, n.shard)))
-            .collect()
+        let shards = self.nodes.iter().filter_map(|n| Some((SHARD_ID_BASE + n.id, n.shard?)));
+        coordinators.chain(shards).collect()
     }
 
     /// The transaction coordinator replicas' ids.
@@ -325,7 +371,19 @@ impl ClusterConfig {
 
     /// The shards' ids.
     pub fn shards(&self) -> Vec<NodeId> {
-        self.nodes.iter().map(|n| SHARD_ID_BASE + n.id).collect()
+        self.nodes
+            .iter()
+            .filter(|n| n.shard.is_some())
+            .map(|n| SHARD_ID_BASE + n.id)
+            .collect()
+    }
+
+    /// Node `id`'s entry.
+    pub fn node(&self, id: NodeId) -> Result<&NodeEntry, ConfigError> {
+        self.nodes
+            .iter()
+            .find(|n| n.id == id)
+            .ok_or(ConfigError::UnknownNode(id))
     }
 
     /// A transaction client of this cluster on `env` (a client of
@@ -365,6 +423,15 @@ impl ClusterConfig {
     }
 }
 
+/// An operator's clients of the cluster's replicated groups, for the
+/// procedures of [`crate::log::admin`].
+pub struct OperatorClients {
+    /// The lock service's group.
+    pub lock: Client<RealEnv, crate::lock::LockMachine>,
+    /// The transaction coordinators' group.
+    pub coordinators: Client<CoordLogEnv<RealEnv>, crate::txn::replicated::CoordMachine>,
+}
+
 /// Why a node stopped.
 #[derive(Debug, thiserror::Error)]
 #[allow(missing_docs)] // each variant's message says what it means
@@ -387,56 +454,147 @@ pub fn new_cluster_id() -> String {
     format!("{:016x}", rand_chacha::ChaCha8Rng::from_entropy().gen::<u64>())
 }
 
-/// Runs node `id` of the cluster until one of its services fails. `init`
-/// initializes the node's data directories if they hold nothing of it yet
-/// (a new member); without it a missing or wiped directory is refused.
-pub async fn run_node(config: &ClusterConfig, id: NodeId, init: bool, limits: Limits) -> Result<(), RunError> {
-    let entry = config
-        .nodes
-        .iter()
-        .find(|n| n.id == id)
-        .ok_or(ConfigError::UnknownNode(id))?;
+/// How a node starts on its data directories.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// On what its directories hold: a restart. A missing or wiped
+    /// directory is refused.
+    Restart,
+    /// A founding node of a new cluster: initializes empty directories and
+    /// founds the groups with every node of the file as a voter. Only for
+    /// the cluster's first start: a founder whose data was lost and that
+    /// founded again would vote as if it remembered its votes.
+    Found,
+    /// A node joining a running cluster, or one whose data was lost coming
+    /// back: initializes empty directories under a new incarnation that
+    /// counts in no quorum until an operator adds it to the groups
+    /// (`ringfence member add` or `member replace`).
+    Join,
+}
+
+/// How often a running node reads its cluster file again for members
+/// added since it started.
+pub const WATCH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Runs node `id` of the cluster until one of its services fails. `start`
+/// says what its data directories may hold. With `watch`, the cluster file
+/// there is read again every [`WATCH_INTERVAL`], and members added to it
+/// are connected to while the node runs.
+pub async fn run_node(
+    config: &ClusterConfig,
+    id: NodeId,
+    start: Start,
+    limits: Limits,
+    watch: Option<&Path>,
+) -> Result<(), RunError> {
+    let entry = config.node(id)?;
     let secret = config.secret()?;
-    let start = |id, peers, dir: &str| {
+    let env = |id, peers, dir: &str| {
         RealEnv::start(NodeConfig {
             id,
             peers,
             data_dir: config.node_dir(entry.id).join(dir),
             secret: secret.clone(),
             cluster_id: config.cluster_id.clone(),
-            init,
+            init: start != Start::Restart,
             limits,
         })
     };
-    let lock_env = start(id, config.lock_servers(), "lock").await?;
-    let txn_env = start(id, config.txn_nodes(), "txn").await?;
-    let shard_env = start(SHARD_ID_BASE + id, config.txn_nodes(), "shard").await?;
-    tracing::info!(node = id, lock = %entry.lock, txn = %entry.txn, shard = %entry.shard, "serving");
+    let group = |members: Vec<NodeId>| match start {
+        Start::Found => founding(members),
+        Start::Restart | Start::Join => (members, Boot::Join),
+    };
+    let lock_env = env(id, config.lock_servers(), "lock").await?;
+    let txn_env = env(id, config.txn_nodes(), "txn").await?;
+    let shard_env = match entry.shard {
+        Some(_) => Some(env(SHARD_ID_BASE + id, config.txn_nodes(), "shard").await?),
+        None => None,
+    };
+    tracing::info!(node = id, lock = %entry.lock, txn = %entry.txn, shard = ?entry.shard, "serving");
     let lock = lock::server::run(
         lock_env.clone(),
-        config.lock_servers().into_keys().collect(),
+        group(config.lock_servers().into_keys().collect()),
         config.lock_server_config(),
         Arc::new(Ignore),
     );
     let coordinator = shell::run_replicated_coordinator(
         txn_env.clone(),
-        config.coordinators(),
+        group(config.coordinators()),
         Default::default(),
         Arc::new(Ignore),
         Arc::new(Ignore),
     );
-    let shard_config = ParticipantConfig {
-        coordinators: config.coordinators(),
-        ..Default::default()
+    let shard = async {
+        match &shard_env {
+            Some(env) => {
+                let shard_config = ParticipantConfig {
+                    coordinators: config.coordinators(),
+                    ..Default::default()
+                };
+                shell::run_participant(env.clone(), shard_config, Arc::new(Ignore)).await;
+            }
+            None => std::future::pending().await,
+        }
     };
-    let shard = shell::run_participant(shard_env.clone(), shard_config, Arc::new(Ignore));
+    let envs = Envs {
+        lock: lock_env.clone(),
+        txn: txn_env.clone(),
+        shard: shard_env.clone(),
+    };
+    let watch = async {
+        match watch {
+            Some(path) => envs.watch(path).await,
+            None => std::future::pending().await,
+        }
+    };
     let result = tokio::select! {
         result = lock => result.map_err(RunError::Lock),
         result = coordinator => result.map_err(RunError::Coordinator),
         () = shard => Err(RunError::Shard),
+        () = watch => unreachable!("the watch never ends"),
     };
-    for env in [lock_env, txn_env, shard_env] {
+    for env in [Some(lock_env), Some(txn_env), shard_env].into_iter().flatten() {
         env.shutdown();
     }
     result
+}
+
+/// A node's three environments, told about members added to the file.
+struct Envs {
+    lock: RealEnv,
+    txn: RealEnv,
+    shard: Option<RealEnv>,
+}
+
+impl Envs {
+    /// Reads the cluster file at `path` every [`WATCH_INTERVAL`] and adds
+    /// the members it names (a file that cannot be read or is invalid is
+    /// skipped with a warning: the running node keeps what it knows).
+    async fn watch(&self, path: &Path) {
+        let mut seen = None;
+        loop {
+            tokio::time::sleep(WATCH_INTERVAL).await;
+            match ClusterConfig::load(path) {
+                Ok(config) if seen.as_ref() != Some(&config) => {
+                    self.add(&config);
+                    seen = Some(config);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot read the cluster file again; keeping the members known"),
+            }
+        }
+    }
+
+    /// Adds every member of `config` this node does not know yet.
+    fn add(&self, config: &ClusterConfig) {
+        for (id, addr) in config.lock_servers() {
+            self.lock.add_peer(id, addr);
+        }
+        for (id, addr) in config.txn_nodes() {
+            self.txn.add_peer(id, addr);
+            if let Some(shard) = &self.shard {
+                shard.add_peer(id, addr);
+            }
+        }
+    }
 }

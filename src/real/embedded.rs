@@ -25,7 +25,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 
 use super::auth::ClientCredentials;
-use super::cluster::{run_node, ClusterConfig, RunError};
+use super::cluster::{run_node, ClusterConfig, RunError, Start};
 use super::local::LocalCluster;
 use super::RealEnv;
 use crate::env::NodeId;
@@ -73,7 +73,7 @@ impl EmbeddedCluster {
             nodes: BTreeMap::new(),
         };
         for id in cluster.ids() {
-            cluster.spawn(id, true);
+            cluster.spawn(id, Start::Found);
         }
         for id in cluster.ids() {
             cluster.wait_until_serving(id).await?;
@@ -102,15 +102,14 @@ impl EmbeddedCluster {
         }
     }
 
-    fn spawn(&mut self, id: NodeId, init: bool) {
+    fn spawn(&mut self, id: NodeId, start: Start) {
         let config = self.config.clone();
-        let task = tokio::spawn(async move { run_node(&config, id, init, Default::default()).await });
+        let task = tokio::spawn(async move { run_node(&config, id, start, Default::default(), None).await });
         self.nodes.insert(id, task);
     }
 
     async fn wait_until_serving(&mut self, id: NodeId) -> std::io::Result<()> {
-        // A node binds its shard's address last.
-        let addr = self.config.txn_nodes()[&(super::cluster::SHARD_ID_BASE + id)];
+        let addr = self.config.node(id).map_err(std::io::Error::other)?.bound_last();
         let deadline = tokio::time::Instant::now() + START_TIMEOUT;
         loop {
             if tokio::net::TcpStream::connect(addr).await.is_ok() {
@@ -183,7 +182,7 @@ impl EmbeddedCluster {
         // may fail for a moment.
         let mut attempts = 0;
         loop {
-            self.spawn(id, false);
+            self.spawn(id, Start::Restart);
             match self.wait_until_serving(id).await {
                 Err(_) if attempts < 50 && !self.nodes.contains_key(&id) => {
                     attempts += 1;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use rand::{Rng, SeedableRng};
 use tokio::process::{Child, Command};
 
-use super::cluster::{AuthSettings, ClusterConfig, SHARD_ID_BASE};
+use super::cluster::{AuthSettings, ClusterConfig, Start};
 use crate::env::NodeId;
 
 /// How long a started node has to accept connections.
@@ -58,7 +58,7 @@ impl LocalCluster {
         };
         let ids: Vec<NodeId> = cluster.config.nodes.iter().map(|n| n.id).collect();
         for id in ids {
-            cluster.spawn(id, true)?;
+            cluster.spawn(id, Start::Found)?;
         }
         for id in cluster.ids() {
             cluster.wait_until_serving(id).await?;
@@ -93,7 +93,7 @@ impl LocalCluster {
         for node in &mut config.nodes {
             node.lock = free_port()?;
             node.txn = free_port()?;
-            node.shard = free_port()?;
+            node.shard = Some(free_port()?);
         }
         Ok(config)
     }
@@ -108,7 +108,7 @@ impl LocalCluster {
         &self.config_path
     }
 
-    /// The node ids.
+    /// The node ids of the cluster file.
     pub fn ids(&self) -> Vec<NodeId> {
         self.config.nodes.iter().map(|n| n.id).collect()
     }
@@ -129,8 +129,34 @@ impl LocalCluster {
     /// Starts node `id` again on its data directory.
     pub async fn restart(&mut self, id: NodeId) -> std::io::Result<()> {
         self.kill(id).await?;
-        self.spawn(id, false)?;
+        self.spawn(id, Start::Restart)?;
         self.wait_until_serving(id).await
+    }
+
+    /// Starts node `id` as a new member (`node --join`) on an empty data
+    /// directory, after reading the cluster file again (an operator added
+    /// it there, or it replaces a node whose data was lost). It counts in
+    /// no quorum until an operator adds it to the groups.
+    pub async fn join(&mut self, id: NodeId) -> std::io::Result<()> {
+        self.kill(id).await?;
+        self.reload()?;
+        self.spawn(id, Start::Join)?;
+        self.wait_until_serving(id).await
+    }
+
+    /// Kills node `id` and deletes its data directory: a machine lost.
+    pub async fn destroy(&mut self, id: NodeId) -> std::io::Result<()> {
+        self.kill(id).await?;
+        match std::fs::remove_dir_all(self.config.node_dir(id)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Reads the cluster file again (an operator changed its members).
+    pub fn reload(&mut self) -> std::io::Result<()> {
+        self.config = ClusterConfig::load(&self.config_path).map_err(std::io::Error::other)?;
+        Ok(())
     }
 
     /// A node that exited on its own: `(id, exit status)`.
@@ -142,13 +168,14 @@ impl LocalCluster {
 
     /// Kills every node.
     pub async fn stop(&mut self) {
-        for id in self.ids() {
+        let running: Vec<NodeId> = self.children.keys().copied().collect();
+        for id in running {
             let _ = self.kill(id).await;
         }
     }
 
-    /// Starts node `id`'s process; `init` only for a new cluster's first start.
-    fn spawn(&mut self, id: NodeId, init: bool) -> std::io::Result<()> {
+    /// Starts node `id`'s process.
+    fn spawn(&mut self, id: NodeId, start: Start) -> std::io::Result<()> {
         let dir = self.config_path.parent().unwrap_or(Path::new("."));
         let out = std::fs::OpenOptions::new()
             .create(true)
@@ -160,7 +187,11 @@ impl LocalCluster {
             .arg(&self.config_path)
             .arg("--id")
             .arg(id.to_string())
-            .args(init.then_some("--init"))
+            .args(match start {
+                Start::Restart => None,
+                Start::Found => Some("--init"),
+                Start::Join => Some("--join"),
+            })
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)
@@ -171,8 +202,7 @@ impl LocalCluster {
     }
 
     async fn wait_until_serving(&mut self, id: NodeId) -> std::io::Result<()> {
-        // A node binds its shard's address last.
-        let addr = self.config.txn_nodes()[&(SHARD_ID_BASE + id)];
+        let addr = self.config.node(id).map_err(std::io::Error::other)?.bound_last();
         let deadline = tokio::time::Instant::now() + START_TIMEOUT;
         loop {
             if tokio::net::TcpStream::connect(addr).await.is_ok() {

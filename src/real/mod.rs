@@ -78,7 +78,7 @@ struct Inner {
     local_addr: Option<SocketAddr>,
     origin: tokio::time::Instant,
     /// Where each peer is dialled (for error messages).
-    peers: BTreeMap<NodeId, SocketAddr>,
+    peers: std::sync::RwLock<BTreeMap<NodeId, SocketAddr>>,
     transport: Arc<Transport>,
     /// `None` for a client, which keeps nothing on disk.
     storage: Option<FileStorage>,
@@ -172,7 +172,7 @@ impl RealEnv {
             inner: Arc::new(Inner {
                 id,
                 local_addr,
-                peers,
+                peers: std::sync::RwLock::new(peers),
                 origin: tokio::time::Instant::now(),
                 transport,
                 storage,
@@ -199,6 +199,20 @@ impl RealEnv {
     /// it (a transaction's abort, which nothing answers).
     pub async fn flush(&self, limit: Duration) -> bool {
         tokio::time::timeout(limit, self.inner.transport.flush()).await.is_ok()
+    }
+
+    /// Adds member `id` at `addr` while the node runs (a member added to
+    /// the cluster): messages to it are sent from now on, and its
+    /// connections are taken as a member's. A known member keeps its
+    /// address.
+    pub fn add_peer(&self, id: NodeId, addr: SocketAddr) {
+        self.inner.transport.add_peer(id, addr);
+        self.inner
+            .peers
+            .write()
+            .expect("peer table poisoned")
+            .entry(id)
+            .or_insert(addr);
     }
 
     /// Stops the node: closes the listener and every connection and ends
@@ -265,7 +279,7 @@ impl Env for RealEnv {
     }
 
     fn peer_name(&self, node: NodeId) -> String {
-        match self.inner.peers.get(&node) {
+        match self.inner.peers.read().expect("peer table poisoned").get(&node) {
             Some(addr) => format!("node {node} at {addr}"),
             None => format!("node {node}"),
         }

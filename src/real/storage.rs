@@ -77,8 +77,9 @@ struct FileState {
 /// What an operator can do about a member whose data cannot be used.
 const RECOVER_ADVICE: &str = "the node refuses to start rather than lose or invent acknowledged writes. \
     Keep the file for inspection; then either restore this member's data directory from a backup, \
-    or wipe it and start the member again as a new one (`ringfence node --init`) so that it catches up \
-    from its peers, once the other members hold a majority without it";
+    or wipe it, start the member again as a new one (`ringfence node --join`) and replace the old one \
+    (`ringfence member replace`) so that it catches up from its peers, while the other members hold a \
+    majority without it";
 
 impl FileStorage {
     /// Opens member `identity.member`'s existing log in `dir` and recovers
@@ -99,8 +100,9 @@ impl FileStorage {
                 return Err(EnvError::Storage(format!(
                     "{}: no identity file: {} holds no data of {identity} (wiped, or never initialized). \
                      A member that lost its data has lost its votes and acknowledged entries; \
-                     start it with `--init` (NodeConfig::init) only to add it as a new member, \
-                     once the other members hold a majority without it",
+                     start it with `ringfence node --join` (NodeConfig::init) as a new member and \
+                     replace the old one (`ringfence member replace`), while the other members hold \
+                     a majority without it",
                     id_path.display(),
                     dir.display()
                 )))

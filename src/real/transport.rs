@@ -26,10 +26,10 @@
 //! frame, exceeds its principal's connection quota or stays silent too long
 //! is disconnected and logged; the node keeps serving everyone else.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -171,13 +171,22 @@ type FrameWriter = FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>;
 /// The transport of one node (or client).
 pub struct Transport {
     id: NodeId,
-    /// Outgoing queue per peer (every peer but this node).
-    queues: BTreeMap<NodeId, Outbox>,
+    role: Role,
+    credentials: Arc<Credentials>,
+    /// Outgoing queue per peer (every peer but this node); members added
+    /// while the node runs ([`Transport::add_peer`]) join it.
+    queues: RwLock<BTreeMap<NodeId, Outbox>>,
+    /// The member ids whose connections the listener takes, shared with it.
+    known: Known,
     clients: Arc<Clients>,
     /// Messages to self skip the network.
     inbox_tx: Inbox,
     inbox_rx: tokio::sync::Mutex<mpsc::Receiver<(NodeId, Vec<u8>)>>,
+    shutdown: CancellationToken,
 }
+
+/// Member ids a listener accepts as members.
+type Known = Arc<RwLock<BTreeSet<NodeId>>>;
 
 impl Transport {
     /// Starts accepting on `listener` (nodes and clients, within `limits`)
@@ -195,41 +204,28 @@ impl Transport {
     ) -> Arc<Transport> {
         let (inbox_tx, inbox_rx) = mpsc::channel(INBOX_CAPACITY);
         let role = if listener.is_some() { Role::Member } else { Role::Client };
-        let credentials = Arc::new(credentials);
-        let mut queues = BTreeMap::new();
+        let transport = Arc::new(Transport {
+            id,
+            role,
+            credentials: Arc::new(credentials),
+            queues: RwLock::default(),
+            known: Known::default(),
+            clients: Arc::default(),
+            inbox_tx,
+            inbox_rx: tokio::sync::Mutex::new(inbox_rx),
+            shutdown: shutdown.clone(),
+        });
         for (&peer, &addr) in peers {
-            if peer == id {
-                continue;
-            }
-            let (tx, rx) = mpsc::channel(PEER_QUEUE_CAPACITY);
-            let unsent = Arc::new(AtomicUsize::new(0));
-            queues.insert(
-                peer,
-                Outbox {
-                    queue: tx,
-                    unsent: unsent.clone(),
-                },
-            );
-            let link = Link {
-                role,
-                id,
-                peer,
-                addr,
-                credentials: credentials.clone(),
-                inbox: inbox_tx.clone(),
-                unsent,
-            };
-            spawn_until(shutdown, link.run(rx));
+            transport.add_peer(peer, addr);
         }
-        let clients = Arc::new(Clients::default());
         if let Some((listener, limits)) = listener {
             let acceptor = Acceptor {
                 id,
                 limits,
-                known: peers.keys().copied().filter(|&p| p != id).collect(),
-                credentials,
-                inbox: inbox_tx.clone(),
-                clients: clients.clone(),
+                known: transport.known.clone(),
+                credentials: transport.credentials.clone(),
+                inbox: transport.inbox_tx.clone(),
+                clients: transport.clients.clone(),
                 per_principal: Mutex::default(),
                 client_slots: Arc::new(Semaphore::new(limits.max_connections)),
                 handshakes: Mutex::default(),
@@ -238,13 +234,41 @@ impl Transport {
             };
             spawn_until(shutdown, acceptor.run(listener));
         }
-        Arc::new(Transport {
-            id,
-            queues,
-            clients,
-            inbox_tx,
-            inbox_rx: tokio::sync::Mutex::new(inbox_rx),
-        })
+        transport
+    }
+
+    /// Connects to `peer` at `addr` from now on (a member added to the
+    /// cluster while this node runs), and accepts its connections as a
+    /// member's. A peer already known keeps its address; this node is not
+    /// its own peer.
+    pub fn add_peer(&self, peer: NodeId, addr: SocketAddr) {
+        if peer == self.id {
+            return;
+        }
+        let mut queues = self.queues.write().expect("peer table poisoned");
+        if queues.contains_key(&peer) {
+            return;
+        }
+        let (tx, rx) = mpsc::channel(PEER_QUEUE_CAPACITY);
+        let unsent = Arc::new(AtomicUsize::new(0));
+        queues.insert(
+            peer,
+            Outbox {
+                queue: tx,
+                unsent: unsent.clone(),
+            },
+        );
+        self.known.write().expect("member table poisoned").insert(peer);
+        let link = Link {
+            role: self.role,
+            id: self.id,
+            peer,
+            addr,
+            credentials: self.credentials.clone(),
+            inbox: self.inbox_tx.clone(),
+            unsent,
+        };
+        spawn_until(&self.shutdown, link.run(rx));
     }
 
     /// Queues `msg` for `to`; see the module docs for what may happen to it.
@@ -261,24 +285,29 @@ impl Transport {
             }
             return Ok(());
         }
-        let client_queue;
-        let (queue, unsent) = match self.queues.get(&to) {
-            Some(outbox) => (&outbox.queue, Some(&outbox.unsent)),
+        let peer = self
+            .queues
+            .read()
+            .expect("peer table poisoned")
+            .get(&to)
+            .map(|outbox| (outbox.queue.clone(), Some(outbox.unsent.clone())));
+        let (queue, unsent) = match peer {
+            Some(peer) => peer,
             None => {
                 let clients = self.clients.lock().expect("client table poisoned");
-                client_queue = clients
+                let queue = clients
                     .get(&to)
                     .map(|(_, q)| q.clone())
                     .ok_or(EnvError::UnknownPeer(to))?;
-                (&client_queue, None)
+                (queue, None)
             }
         };
         // Counted before it is queued, so the link never uncounts first.
-        if let Some(unsent) = unsent {
+        if let Some(unsent) = &unsent {
             unsent.fetch_add(1, Ordering::AcqRel);
         }
         if queue.try_send(msg).is_err() {
-            if let Some(unsent) = unsent {
+            if let Some(unsent) = &unsent {
                 unsent.fetch_sub(1, Ordering::AcqRel);
             }
             tracing::debug!(node = self.id, peer = to, "queue full: dropped a message");
@@ -291,7 +320,11 @@ impl Transport {
     /// A process about to exit calls it so that its last messages (a
     /// transaction's abort) are not lost with the process.
     pub async fn flush(&self) {
-        while self.queues.values().any(|o| o.unsent.load(Ordering::Acquire) > 0) {
+        let busy = || {
+            let queues = self.queues.read().expect("peer table poisoned");
+            queues.values().any(|o| o.unsent.load(Ordering::Acquire) > 0)
+        };
+        while busy() {
             tokio::time::sleep(FLUSH_POLL).await;
         }
     }
@@ -466,7 +499,7 @@ impl Link {
 struct Acceptor {
     id: NodeId,
     limits: Limits,
-    known: Vec<NodeId>,
+    known: Known,
     credentials: Arc<Credentials>,
     inbox: Inbox,
     clients: Arc<Clients>,
@@ -577,12 +610,11 @@ impl Acceptor {
         let first = next_frame(&mut frames, self.limits.handshake_timeout, "hello").await?;
         let hello = Hello::decode(&first).map_err(|e| e.to_string())?;
         let from = hello.id;
+        let known = self.known.read().expect("member table poisoned").contains(&from);
         match hello.role {
-            Role::Member if self.known.contains(&from) => {}
+            Role::Member if known => {}
             Role::Member => return Err(format!("unknown member id {from}")),
-            Role::Client if from == self.id || self.known.contains(&from) => {
-                return Err(format!("client claims member id {from}"))
-            }
+            Role::Client if from == self.id || known => return Err(format!("client claims member id {from}")),
             Role::Client => {}
         }
         let (answer, pending) = auth::accept(&self.credentials, &hello).map_err(|e| e.to_string())?;

@@ -12,8 +12,8 @@ use super::coordinator::{Coordinator, CoordinatorConfig};
 use super::participant::{Participant, ParticipantConfig};
 use super::replicated::{Command, CoordLeader, CoordMachine, Effects, ReplicatedConfig, View};
 use super::{Msg, Step, TxnBug, TxnEvent, TxnId};
-use crate::env::{codec, timeout, Env, NodeId};
-use crate::log::membership::Boot;
+use crate::env::{codec, timeout, Env, EnvError, NodeId};
+use crate::log::membership::{is_operator, Boot};
 use crate::log::service::{self, Companion, NodeError, Out};
 use crate::log::{Event, Payload, Raft, Role, StateMachine, Wire, WireOf};
 use crate::observe::Observer;
@@ -170,27 +170,94 @@ pub async fn run_coordinator<E: Env>(env: E, config: CoordinatorConfig, observer
 
 /// Runs replica `env.id()` of a replicated coordinator over the group
 /// `coordinators`, from whatever its log holds, on the log service's
-/// engine ([`service::run`]). `observer` sees the transactions,
+/// engine ([`service::run`]); `boot` says how an empty disk starts. `observer` sees the transactions,
 /// `log_observer` the replica's log (elections, applies, snapshots).
 /// Returns only when storage fails (the replica stops rather than promise
 /// what may not be durable).
 pub async fn run_replicated_coordinator<E: Env>(
     env: E,
-    coordinators: Vec<NodeId>,
+    (coordinators, boot): (Vec<NodeId>, Boot),
     config: ReplicatedConfig,
     observer: TxnObserver,
     log_observer: Arc<dyn Observer<Event>>,
 ) -> Result<(), NodeError> {
     let log = config.log.clone();
     let companion = CoordService::new(env.id(), coordinators.clone(), config, observer, env.now());
-    service::run(
-        env,
-        (coordinators.clone(), Boot::Genesis(coordinators)),
-        log,
-        companion,
-        log_observer,
-    )
-    .await
+    service::run(env, (coordinators, boot), log, companion, log_observer).await
+}
+
+/// A node as a client of the coordinators' log sees it: every message
+/// travels in the coordinators' envelope ([`Msg::Log`]), so a
+/// [`crate::log::client::Client`] on this env speaks to the group's log
+/// (an operator reconfiguring it; commands and reads are refused there).
+#[derive(Clone)]
+pub struct CoordLogEnv<E>(pub E);
+
+impl<E: Env> Env for CoordLogEnv<E> {
+    fn id(&self) -> NodeId {
+        self.0.id()
+    }
+
+    fn now(&self) -> Duration {
+        self.0.now()
+    }
+
+    fn sleep(&self, duration: Duration) -> impl std::future::Future<Output = ()> + Send {
+        self.0.sleep(duration)
+    }
+
+    fn send(&self, to: NodeId, msg: Vec<u8>) -> impl std::future::Future<Output = Result<(), EnvError>> + Send {
+        let size = msg.len();
+        let envelope = codec::encode(&Msg::Log(msg));
+        let env = self.0.clone();
+        async move {
+            let bytes = envelope.map_err(|_| EnvError::MessageTooLarge {
+                size,
+                max: crate::env::MAX_MESSAGE_BYTES,
+            })?;
+            env.send(to, bytes).await
+        }
+    }
+
+    fn recv(&self) -> impl std::future::Future<Output = (NodeId, Vec<u8>)> + Send {
+        let env = self.0.clone();
+        async move {
+            loop {
+                let (from, bytes) = env.recv().await;
+                if let Ok(Msg::Log(inner)) = codec::decode(&bytes) {
+                    return (from, inner);
+                }
+            }
+        }
+    }
+
+    fn rng(&self) -> rand_chacha::ChaCha8Rng {
+        self.0.rng()
+    }
+
+    fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.0.spawn(task)
+    }
+
+    fn load(&self) -> Result<Vec<Vec<u8>>, EnvError> {
+        self.0.load()
+    }
+
+    fn append(&self, record: &[u8]) -> Result<(), EnvError> {
+        self.0.append(record)
+    }
+
+    fn sync(&self) -> impl std::future::Future<Output = Result<(), EnvError>> + Send {
+        self.0.sync()
+    }
+
+    fn rewrite(&self, records: &[Vec<u8>]) -> impl std::future::Future<Output = Result<(), EnvError>> + Send {
+        self.0.rewrite(records)
+    }
+
+    fn peer_name(&self, node: NodeId) -> String {
+        self.0.peer_name(node)
+    }
 }
 
 /// The replicated coordinator's companion on the log: `Msg::Log` from the
@@ -285,8 +352,10 @@ impl Companion for CoordService {
     ) -> Option<WireOf<CoordMachine>> {
         match msg {
             Msg::Log(bytes) => match codec::decode::<WireOf<CoordMachine>>(&bytes) {
-                // Replica traffic only (Raft drops a non-member's).
+                // Replica traffic (Raft drops a non-member's), and
+                // configuration requests from operators only.
                 Ok(wire @ Wire::Raft(_)) => Some(wire),
+                Ok(wire @ Wire::Reconfigure { .. }) if is_operator(from) => Some(wire),
                 Ok(_) => {
                     tracing::warn!(from, "dropping a coordinator log command or read from the network");
                     None
@@ -495,5 +564,44 @@ mod tests {
         let mut out = Out::new(1, Some(group[0].term()));
         let _undelivered = commit_one(&mut group[0], &mut service, &mut out);
         assert_eq!(prepares(&out), 1, "{:?}", out.messages);
+    }
+
+    /// Configuration requests reach the coordinators' log from operators
+    /// only; log commands and reads from anyone are dropped.
+    #[test]
+    fn only_operators_reconfigure_the_coordinators() {
+        let group = group();
+        let mut service = CoordService::new(
+            1,
+            vec![1, 2, 3],
+            ReplicatedConfig::default(),
+            Arc::new(Ignore),
+            Duration::ZERO,
+        );
+        let mut out = Out::new(1, Some(group[0].term()));
+        let remove: WireOf<CoordMachine> = Wire::Reconfigure {
+            client: 1,
+            id: 1,
+            change: Some(crate::log::membership::Change::Remove(2)),
+        };
+        let msg = || Msg::Log(codec::encode(&remove).unwrap());
+        let operator = crate::log::membership::OPERATOR_IDS.start;
+        for from in [CLIENT, 2, 16 << 16] {
+            assert!(
+                service.on_message(MS, from, msg(), &group[0], &mut out).is_none(),
+                "from {from}"
+            );
+        }
+        assert_eq!(
+            service.on_message(MS, operator, msg(), &group[0], &mut out),
+            Some(remove)
+        );
+        let command: WireOf<CoordMachine> = Wire::Command {
+            client: 1,
+            seq: 1,
+            command: Command::Forget { below: 9 },
+        };
+        let forged = Msg::Log(codec::encode(&command).unwrap());
+        assert!(service.on_message(MS, operator, forged, &group[0], &mut out).is_none());
     }
 }

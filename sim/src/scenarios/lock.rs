@@ -51,7 +51,7 @@
 //! - liveness (the runner): after healing, the probe acquires the lock
 //!   within TTL + election time + retries.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -65,7 +65,9 @@ use ringfence::history::lock::{
 };
 use ringfence::history::{History, Violation};
 use ringfence::lock::resource::{self, ResourceBug, ResourceRequest};
-use ringfence::lock::{server, ClientConfig, LockBug, LockClient, LockError, ServerConfig, Token};
+use ringfence::lock::{server, ClientConfig, LockBug, LockClient, LockError, LockMachine, ServerConfig, Token};
+use ringfence::real::auth::FIRST_PRINCIPAL;
+use ringfence::log::membership::{is_operator, Boot, OPERATOR_IDS};
 use ringfence::log::{Event, Index, Term};
 use ringfence::observe::Observer;
 
@@ -73,7 +75,8 @@ use crate::env::SimEnv;
 use crate::plan::{AimedAction, DiskLoss, Fault, FaultKind, FaultPlan, Swarm, Targets};
 use crate::scenario::{client_ids, Bug, Client, Params, Planted, Scenario, Workload, PROBE_ID};
 use crate::scenarios::judge::Judge;
-use crate::scenarios::lock_hostile;
+use crate::scenarios::log::{REJOIN_KEEPS_IDENTITY, REMOVED_STILL_VOTES};
+use crate::scenarios::{lock_hostile, operator};
 use crate::world::{derive_rng, stream, World};
 
 pub const NO_FENCING: Bug = Bug {
@@ -476,7 +479,7 @@ fn situation_alone(seed: u64) -> Option<&'static str> {
 /// take turns, so every one comes up in any 18 consecutive seeds). Even
 /// seeds: the swarm plan, half of them with one aimed situation on top.
 fn lock_plan(seed: u64, targets: &Targets) -> FaultPlan {
-    let window = LockScenario::FAULT_WINDOW.as_millis() as u64;
+    let window = LockScenario::<false>::FAULT_WINDOW.as_millis() as u64;
     let mut rng = derive_rng(seed, stream::PLAN, AIM_STREAM);
     let (&resource, servers) = targets.servers.split_last().expect("lock servers and a resource");
     let bound = drift_bound(seed);
@@ -554,6 +557,8 @@ fn fastest_server_clock(world: &World, servers: &[NodeId], from: Duration, to: D
 const LOCK_USERS: u32 = 4;
 /// The rogue client's index (see [`lock_hostile::rogue`]).
 const ROGUE: u32 = LOCK_USERS;
+/// The operator's client index (with `CHANGES`), after the storm clients.
+const OPERATOR: u32 = ROGUE + 1 + STORM_CLIENTS;
 /// Storm clients, each of its own principal (the per-principal quota is
 /// 256), each opening [`STORM_SESSIONS`] sessions and vanishing.
 const STORM_CLIENTS: u32 = 3;
@@ -568,10 +573,17 @@ pub fn storm_at(seed: u64) -> Option<Duration> {
         .then(|| Duration::from_millis(derive_rng(seed, STORM_STREAM, 0).gen_range(1_000..3_000)))
 }
 
-/// The lock scenario; one instance per run.
-pub struct LockScenario {
+/// The lock scenario; one instance per run. With `CHANGES`, five lock
+/// servers of which three found the group, and an operator changes its
+/// membership while the faults run ([`operator`]).
+pub struct LockScenario<const CHANGES: bool = false> {
     bug: Option<Planted>,
     servers: u32,
+    /// The lock servers that found the group: all, or three with `CHANGES`.
+    founders: Vec<NodeId>,
+    /// The group the operator settled after the heal (with `CHANGES`),
+    /// whose every member must catch up.
+    settled: Arc<Mutex<Option<BTreeSet<NodeId>>>>,
     /// Every client's node id, by history index; the probe comes after
     /// them (whose clocks the lease arithmetic concerns).
     clients: Vec<NodeId>,
@@ -587,7 +599,7 @@ pub struct LockScenario {
     drift_bound: f64,
 }
 
-impl LockScenario {
+impl<const CHANGES: bool> LockScenario<CHANGES> {
     fn lock_servers(&self) -> Vec<NodeId> {
         (1..self.servers).collect()
     }
@@ -619,8 +631,12 @@ impl LockScenario {
     }
 
     fn server_config(&self) -> ServerConfig {
+        let log_bug = match self.bug {
+            Some(Planted::Log(bug)) => Some(bug),
+            _ => None,
+        };
         ServerConfig {
-            log: crate::scenarios::log::sim_config(None),
+            log: crate::scenarios::log::sim_config(log_bug),
             ttl: TTL,
             bug: self.lock_bug(),
         }
@@ -734,41 +750,64 @@ async fn release(client: &Client<LockOp>, lc: &mut LockClient<SimEnv>, lease: &r
     };
 }
 
-impl Scenario for LockScenario {
+impl<const CHANGES: bool> Scenario for LockScenario<CHANGES> {
     type Op = LockOp;
 
-    const NAME: &'static str = "lock";
-    const ABOUT: &'static str =
-        "fenced lock service on the replicated log: sessions with leases, FIFO waiters, fencing tokens, a fenced counter";
-    const BUGS: &'static [Bug] = &[
-        NO_FENCING,
-        UNSYNCED_TOKEN,
-        NO_RECHECK,
-        NO_DRIFT_MARGIN,
-        CLIENT_TOKEN,
-        EXPIRY_RETRY_TOO_SOON,
-        REAPPLY_RETRIES,
-    ];
-    /// Three lock servers and the resource node.
-    const SERVERS: u32 = 4;
-    const MIN_SERVERS: u32 = 2;
-    /// Four lock users, the rogue, three storm clients.
+    const NAME: &'static str = if CHANGES { "lock-members" } else { "lock" };
+    const ABOUT: &'static str = if CHANGES {
+        "the fenced lock service while an operator adds, promotes, removes and replaces lock servers, and a server may lose its disk: every lock invariant, and every final member caught up"
+    } else {
+        "fenced lock service on the replicated log: sessions with leases, FIFO waiters, fencing tokens, a fenced counter"
+    };
+    const BUGS: &'static [Bug] = if CHANGES {
+        &[REMOVED_STILL_VOTES, REJOIN_KEEPS_IDENTITY]
+    } else {
+        &[
+            NO_FENCING,
+            UNSYNCED_TOKEN,
+            NO_RECHECK,
+            NO_DRIFT_MARGIN,
+            CLIENT_TOKEN,
+            EXPIRY_RETRY_TOO_SOON,
+            REAPPLY_RETRIES,
+        ]
+    };
+    /// Three lock servers and the resource node; with `CHANGES`, five.
+    const SERVERS: u32 = if CHANGES { 6 } else { 4 };
+    const MIN_SERVERS: u32 = if CHANGES { 4 } else { 2 };
+    /// Four lock users, the rogue, three storm clients; with `CHANGES`,
+    /// the operator.
     const WORKLOAD: Workload = Workload {
-        clients: LOCK_USERS + 1 + STORM_CLIENTS,
+        clients: LOCK_USERS + 1 + STORM_CLIENTS + CHANGES as u32,
         ops: 40,
     };
 
-    /// Lock users 101.., the rogue in principal 1, storm client `k` in
-    /// principal 2 + k: each has its own session quota.
+    /// Lock users 101.., the rogue and storm client `k` each in a client
+    /// principal of its own (16, 17 + k): each has its own session quota.
+    /// The operator in the operators' principal
+    /// ([`ringfence::log::membership::OPERATOR_IDS`]), the only one the
+    /// lock service takes configuration changes from.
     fn client_ids(clients: u32) -> Vec<NodeId> {
         client_ids(clients)
             .into_iter()
             .enumerate()
             .map(|(i, id)| match i as u32 {
                 i if i < ROGUE => id,
-                i => (i - ROGUE + 1) << 16 | id,
+                OPERATOR if CHANGES => OPERATOR_IDS.start | id,
+                i => (FIRST_PRINCIPAL + i - ROGUE) << 16 | id,
             })
             .collect()
+    }
+
+    /// The operator stays up: it settles the group after the heal.
+    fn crashable_clients(clients: &[NodeId]) -> Vec<NodeId> {
+        clients.iter().copied().filter(|&id| !is_operator(id)).collect()
+    }
+
+    /// The full mix; with `CHANGES`, a lost disk too.
+    fn fault_kinds() -> Vec<FaultKind> {
+        let replacement = FaultKind::REPLACEMENT.into_iter().filter(|_| CHANGES);
+        FaultKind::ALL.into_iter().chain(replacement).collect()
     }
     const FAULT_WINDOW: Duration = Duration::from_secs(6);
     /// TTL (an abandoned session expires) + a few election timeouts + the
@@ -782,9 +821,12 @@ impl Scenario for LockScenario {
     }
 
     fn new(params: &Params) -> Self {
+        let lock_servers = params.servers - 1;
         LockScenario {
             bug: params.planted(),
             servers: params.servers,
+            founders: (1..=if CHANGES { lock_servers.min(3) } else { lock_servers }).collect(),
+            settled: Arc::default(),
             clients: Self::client_ids(params.workload.clients),
             roles: Arc::default(),
             applied: Arc::default(),
@@ -820,7 +862,15 @@ impl Scenario for LockScenario {
             });
             let me = env.id();
             self.judge.booted(me);
-            if let Err(error) = server::run(env, self.lock_servers(), self.server_config(), watch).await {
+            // A founder founds the group until its disk has been synced;
+            // any other empty disk joins as a new incarnation.
+            let boot = if self.founders.contains(&me) && env.original_disk_unused() {
+                Boot::Genesis(self.founders.clone())
+            } else {
+                Boot::Join
+            };
+            let group = (self.lock_servers(), boot);
+            if let Err(error) = server::run(env, group, self.server_config(), watch).await {
                 tracing::warn!(%error, "lock server stopped");
                 self.judge.stopped(me);
             }
@@ -829,6 +879,13 @@ impl Scenario for LockScenario {
     }
 
     async fn client(self: Arc<Self>, env: SimEnv, mut client: Client<LockOp>) {
+        if CHANGES && client.id == OPERATOR {
+            let servers = self.lock_servers();
+            operator::run::<LockMachine, _>(&env, &client, &servers, &self.judge).await;
+            let members = operator::settle::<LockMachine>(&env, &servers).await;
+            *self.settled.lock().unwrap_or_else(|e| e.into_inner()) = Some(members);
+            return;
+        }
         if client.id == ROGUE {
             return lock_hostile::rogue(env, self.lock_servers(), LOCK, || client.next_op()).await;
         }
@@ -970,7 +1027,8 @@ impl Scenario for LockScenario {
                     });
                     if let Some(Ok(_)) = access.read(&client, lease.token).await {
                         release(&client, &mut lc, &lease).await;
-                        self.judge.all_caught_up(&env, None).await;
+                        let settled = self.settled.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                        self.judge.all_caught_up(&env, settled).await;
                         return;
                     }
                 }

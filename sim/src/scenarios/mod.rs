@@ -96,6 +96,7 @@ pub static ALL: &[&dyn DynScenario] = &[
     &Registered::<log::LogScenario<5>>(PhantomData),
     &Registered::<log::LogScenario<5, true>>(PhantomData),
     &Registered::<lock::LockScenario>(PhantomData),
+    &Registered::<lock::LockScenario<true>>(PhantomData),
     &Registered::<txn::Bank<1>>(PhantomData),
     &Registered::<txn::Bank<3>>(PhantomData),
     &Registered::<txn::Bank<3, 4>>(PhantomData),

@@ -45,6 +45,7 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use ringfence::env::{codec, Env, NodeId};
 use ringfence::history::{bank, History, Violation};
+use ringfence::log::membership::founding;
 use ringfence::log::{Wire, WireOf};
 use ringfence::txn::client::{ClientConfig, Txn, TxnClient, TxnError};
 use ringfence::txn::coordinator::CoordinatorConfig;
@@ -627,7 +628,9 @@ impl<const C: u32, const LOAD: u32> Scenario for Bank<C, LOAD> {
             let me = env.id();
             self.judge.booted(me);
             let judge = self.judge.clone();
-            if let Err(error) = run_replicated_coordinator(env, coordinators(C), config, observer, judge).await {
+            if let Err(error) =
+                run_replicated_coordinator(env, founding(coordinators(C)), config, observer, judge).await
+            {
                 // The replica stopped to protect what it promised; it stays
                 // down until the nemesis restarts it.
                 tracing::warn!(%error, "coordinator replica stopped");

@@ -4,6 +4,7 @@
 mod bench;
 mod local;
 mod lock_cmd;
+mod member_cmd;
 mod txn_cmd;
 
 use std::path::PathBuf;
@@ -12,7 +13,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use ringfence::env::NodeId;
-use ringfence::real::cluster::{run_node, ClusterConfig};
+use ringfence::real::cluster::{run_node, ClusterConfig, Start};
 use ringfence::real::transport::Limits;
 
 #[derive(Parser)]
@@ -36,11 +37,18 @@ enum Command {
         /// This node's id in the file.
         #[arg(long)]
         id: NodeId,
-        /// Initialize this node's data directories if they hold nothing of
-        /// it yet: only for a new member (or one re-added after its data
-        /// was lost). Without it a missing or wiped directory is refused.
-        #[arg(long)]
+        /// Found the cluster: initialize this node's data directories if
+        /// they hold nothing of it yet, as a founding member. Only for the
+        /// cluster's first start; a node whose data was lost comes back
+        /// with `--join`. Without either, a missing or wiped directory is
+        /// refused.
+        #[arg(long, conflicts_with = "join")]
         init: bool,
+        /// Join the running cluster: initialize empty data directories as
+        /// a new member, which counts in no quorum until an operator adds
+        /// it (`ringfence member add` or `member replace`).
+        #[arg(long)]
+        join: bool,
     },
     /// Start a local cluster on loopback (one process per node) and keep it
     /// running until Ctrl-C.
@@ -58,6 +66,9 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// The members of the replicated groups: status, add, remove, replace
+    /// (an operator's commands: they read the cluster secret).
+    Member(member_cmd::MemberArgs),
     /// Lock service: acquire, release, status.
     Lock(lock_cmd::LockArgs),
     /// Transactions (the bank workload): transfer, audit.
@@ -83,7 +94,15 @@ fn main() -> ExitCode {
         .expect("tokio runtime");
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Node { config, id, init } => node(&config, id, init).await.map_err(Failure::from),
+            Command::Node { config, id, init, join } => {
+                let start = match (init, join) {
+                    (true, _) => Start::Found,
+                    (_, true) => Start::Join,
+                    _ => Start::Restart,
+                };
+                node(&config, id, start).await.map_err(Failure::from)
+            }
+            Command::Member(args) => member_cmd::run(args).await.map_err(Failure::from),
             Command::Cluster(args) => local::run(args).await.map_err(Failure::from),
             Command::ClientKey { config, principal, out } => {
                 client_key(&config, principal, &out).map_err(Failure::from)
@@ -130,8 +149,8 @@ fn client_key(config: &ConfigArg, principal: u32, out: &std::path::Path) -> Resu
     Ok(())
 }
 
-async fn node(config: &std::path::Path, id: NodeId, init: bool) -> Result<(), String> {
-    let config = ClusterConfig::load(config).map_err(|e| e.to_string())?;
+async fn node(path: &std::path::Path, id: NodeId, start: Start) -> Result<(), String> {
+    let config = ClusterConfig::load(path).map_err(|e| e.to_string())?;
     let open_files = raise_open_file_limit();
     let limits = Limits::within_open_files(open_files, NODE_LISTENERS);
     if limits != Limits::default() {
@@ -144,7 +163,7 @@ async fn node(config: &std::path::Path, id: NodeId, init: bool) -> Result<(), St
         );
     }
     tokio::select! {
-        result = run_node(&config, id, init, limits) => result.map_err(|e| e.to_string()),
+        result = run_node(&config, id, start, limits, Some(path)) => result.map_err(|e| e.to_string()),
         _ = tokio::signal::ctrl_c() => Ok(()),
     }
 }

@@ -1,0 +1,226 @@
+//! `ringfence member`: the members of a running cluster's replicated groups
+//! (the lock service and the transaction coordinators) — see them, add a
+//! node, remove one, replace one whose data was lost. The procedure an
+//! operator follows is in docs/real.md ("Replacing a machine").
+//!
+//! These commands act as an operator: they read the cluster secret (run
+//! them where a node's files are) and connect under the operators' identity,
+//! the only one the services take configuration changes from.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use clap::Subcommand;
+use ringfence::env::{Env, NodeId};
+use ringfence::log::admin::{self, AdminError};
+use ringfence::log::client::Client;
+use ringfence::log::membership::ConfigStatus;
+use ringfence::log::StateMachine;
+use ringfence::real::cluster::{ClusterConfig, NodeEntry};
+
+use crate::{parse_duration, ConfigArg};
+
+#[derive(clap::Args, Debug)]
+pub struct MemberArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// How long a change may take, a new member catching up included; a
+    /// change cut short is finished by running the command again.
+    #[arg(long, default_value = "60s", value_parser = parse_duration, global = true)]
+    wait: Duration,
+    #[command(subcommand)]
+    command: MemberCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum MemberCommand {
+    /// The members of the lock and coordinator groups, as their leaders
+    /// see them.
+    Status,
+    /// Add node ID to the cluster file and make it a voter of both groups.
+    /// Start it with `ringfence node --join --id ID` (before or while this
+    /// waits for it to catch up). The node holds no shard.
+    Add {
+        #[arg(long)]
+        id: NodeId,
+        /// Where its lock service replica listens.
+        #[arg(long)]
+        lock: SocketAddr,
+        /// Where its transaction coordinator replica listens.
+        #[arg(long)]
+        txn: SocketAddr,
+    },
+    /// Remove node ID from both groups, then from the cluster file; stop
+    /// its process afterwards. Refused for a node holding a shard.
+    Remove {
+        #[arg(long)]
+        id: NodeId,
+    },
+    /// Replace node ID, whose data was lost, by a node started with
+    /// `ringfence node --join` under the same id and addresses: the old
+    /// voter is removed from both groups, the new one added once it has
+    /// caught up. Only while the other members make a majority.
+    Replace {
+        #[arg(long)]
+        id: NodeId,
+    },
+}
+
+/// What a command does to each group.
+#[derive(Debug, Clone, Copy)]
+enum Procedure {
+    Add,
+    Remove,
+    Replace,
+}
+
+pub async fn run(args: MemberArgs) -> Result<(), String> {
+    let path = args.config.config.as_path();
+    let mut config = args.config.load()?;
+    match args.command {
+        MemberCommand::Status => {
+            let mut groups = config.operator().map_err(|e| e.to_string())?;
+            print_status("lock", admin::status(&mut groups.lock, args.wait).await);
+            print_status("coordinator", admin::status(&mut groups.coordinators, args.wait).await);
+            Ok(())
+        }
+        MemberCommand::Add { id, lock, txn } => {
+            match config.node(id) {
+                Ok(entry) if entry.lock == lock && entry.txn == txn => {}
+                Ok(_) => return Err(format!("node {id} is in {} with other addresses", path.display())),
+                Err(_) => {
+                    config.nodes.push(NodeEntry {
+                        id,
+                        lock,
+                        txn,
+                        shard: None,
+                    });
+                    save(&config, path)?;
+                    println!("added node {id} to {}", path.display());
+                }
+            }
+            println!(
+                "start it with `ringfence node --config {} --id {id} --join`; waiting for it to catch up",
+                path.display()
+            );
+            change_both(&config, Procedure::Add, id, args.wait).await
+        }
+        MemberCommand::Remove { id } => {
+            if let Ok(NodeEntry { shard: Some(_), .. }) = config.node(id) {
+                return Err(format!(
+                    "node {id} holds a shard: its accounts live only there, and moving them to other \
+                     shards is not built yet; replace the node instead (`ringfence member replace`)"
+                ));
+            }
+            change_both(&config, Procedure::Remove, id, args.wait).await?;
+            if config.node(id).is_ok() {
+                config.nodes.retain(|n| n.id != id);
+                save(&config, path)?;
+                println!("removed node {id} from {}; stop its process", path.display());
+            }
+            Ok(())
+        }
+        MemberCommand::Replace { id } => {
+            config.node(id).map_err(|e| e.to_string())?;
+            println!(
+                "start the new node with `ringfence node --config {} --id {id} --join` on an empty data \
+                 directory; waiting for it to catch up",
+                path.display()
+            );
+            change_both(&config, Procedure::Replace, id, args.wait).await
+        }
+    }
+}
+
+/// Runs `procedure` for `node` on the lock group, then the coordinators.
+async fn change_both(config: &ClusterConfig, procedure: Procedure, node: NodeId, wait: Duration) -> Result<(), String> {
+    let mut groups = config.operator().map_err(|e| e.to_string())?;
+    let status = change(&mut groups.lock, procedure, node, wait).await;
+    report("lock", procedure, node, status)?;
+    let status = change(&mut groups.coordinators, procedure, node, wait).await;
+    report("coordinator", procedure, node, status)
+}
+
+async fn change<E: Env, S: StateMachine>(
+    client: &mut Client<E, S>,
+    procedure: Procedure,
+    node: NodeId,
+    wait: Duration,
+) -> Result<ConfigStatus, AdminError> {
+    match procedure {
+        Procedure::Add => admin::add_member(client, node, wait).await,
+        Procedure::Remove => admin::remove_member(client, node, wait).await,
+        Procedure::Replace => admin::replace_member(client, node, wait).await,
+    }
+}
+
+fn report(
+    group: &str,
+    procedure: Procedure,
+    node: NodeId,
+    status: Result<ConfigStatus, AdminError>,
+) -> Result<(), String> {
+    let status = status.map_err(|e| format!("{group} group: {e}; run the command again to finish it"))?;
+    let done = match procedure {
+        Procedure::Add | Procedure::Replace => format!("node {node} votes"),
+        Procedure::Remove => format!("node {node} is out"),
+    };
+    println!("{group} group: {done}; voters {}", voters(&status));
+    Ok(())
+}
+
+fn save(config: &ClusterConfig, path: &Path) -> Result<(), String> {
+    config.validate()?;
+    config
+        .save(path)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+fn voters(status: &ConfigStatus) -> String {
+    let names: Vec<String> = status.membership.voters.keys().map(|v| v.to_string()).collect();
+    names.join(", ")
+}
+
+fn print_status<E: std::fmt::Display>(group: &str, status: Result<ConfigStatus, E>) {
+    let status = match status {
+        Ok(status) => status,
+        Err(e) => {
+            println!("{group} group: no leader answered ({e})");
+            return;
+        }
+    };
+    let state = if status.committed {
+        "committed"
+    } else {
+        "not yet committed"
+    };
+    println!(
+        "{group} group: configuration of log index {} ({state}); voters {}",
+        status.index,
+        voters(&status)
+    );
+    for (&node, incarnation) in &status.membership.voters {
+        println!(
+            "  node {node}: voter, incarnation {incarnation}{}",
+            heard(&status, node)
+        );
+    }
+    for &node in &status.membership.learners {
+        println!("  node {node}: learner{}", heard(&status, node));
+    }
+}
+
+/// What the leader last heard from `node` (nothing: it is the leader).
+fn heard(status: &ConfigStatus, node: NodeId) -> String {
+    match status.peers.iter().find(|p| p.node == node) {
+        None => ", leader".to_string(),
+        Some(peer) => match peer.incarnation {
+            Some(incarnation) => format!(
+                ", heard in incarnation {incarnation}, log matched to index {}",
+                peer.matched
+            ),
+            None => ", not heard from".to_string(),
+        },
+    }
+}
