@@ -83,6 +83,12 @@ async fn a_cluster_grows_loses_a_machine_shrinks_and_grows_under_lock_clients() 
         "node {lost} votes in its new incarnation"
     );
 
+    // Planned maintenance: both groups' leadership handed to node 3.
+    member(&config_path, &["transfer", "--to", "3"]).await;
+    let status = assert_voters(&config_path, &[1, 2, 3, 4, 5]).await;
+    assert_eq!(leader(&status[0]), 3, "the lock group's leader");
+    assert_eq!(leader(&status[1]), 3, "the coordinators' leader");
+
     // 5 → 3.
     for id in [4, 5] {
         member(&config_path, &["remove", "--id", &id.to_string()]).await;

@@ -430,6 +430,9 @@ pub struct Targets {
     /// The clients a client crash may hit
     /// ([`crate::scenario::Scenario::crashable_clients`]).
     pub crashable_clients: Vec<NodeId>,
+    /// The servers whose disk may be lost for good
+    /// ([`crate::scenario::Scenario::replaceable_servers`]).
+    pub replaceable: Vec<NodeId>,
     /// Fault kinds this scenario supports.
     pub kinds: Vec<FaultKind>,
     /// How the scenario aims the moment kinds ([`FaultKind::ROLE_AWARE`]);
@@ -728,13 +731,13 @@ fn disk_losses(
     out: &mut Vec<Fault>,
 ) {
     let mut rng = derive_rng(seed, stream::DISK_LOST, 0);
-    if !targets.kinds.contains(&FaultKind::DiskLost) || targets.servers.is_empty() || !rng.gen_bool(0.75) {
+    if !targets.kinds.contains(&FaultKind::DiskLost) || targets.replaceable.is_empty() || !rng.gen_bool(0.75) {
         return;
     }
     enabled.push(FaultKind::DiskLost);
     out.push(Fault::Disk {
         at_ms: rng.gen_range(0..duration_ms * 3 / 4),
-        node: *targets.servers.choose(&mut rng).expect("non-empty"),
+        node: *targets.replaceable.choose(&mut rng).expect("non-empty"),
         down_ms: rng.gen_range(10..=(300 + (1_000.0 * intensity) as u64)),
         what: DiskFault::Lost,
     });
@@ -980,6 +983,7 @@ mod tests {
             servers: vec![1, 2, 3],
             clients: vec![10, 11],
             crashable_clients: vec![10, 11],
+            replaceable: vec![1, 2, 3],
             kinds: FaultKind::ALL.to_vec(),
             aiming: None,
         }

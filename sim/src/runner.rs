@@ -140,8 +140,10 @@ const DRAIN_BOUND: Duration = Duration::from_secs(10);
 pub fn plan_for<S: Scenario>(case: &Case) -> FaultPlan {
     case.plan.clone().unwrap_or_else(|| {
         let clients = S::client_ids(case.workload.clients);
+        let servers = server_ids(case.servers);
         let targets = Targets {
-            servers: server_ids(case.servers),
+            replaceable: S::replaceable_servers(&servers),
+            servers,
             crashable_clients: S::crashable_clients(&clients),
             clients,
             kinds: S::fault_kinds(),

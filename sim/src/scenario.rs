@@ -128,6 +128,14 @@ pub trait Scenario: Send + Sync + Sized + 'static {
         clients.to_vec()
     }
 
+    /// The servers whose disk a [`FaultKind::DiskLost`] may take for good
+    /// (a member the group must take back as a new one); by default all. A
+    /// scenario keeps out a server whose durable state is the ground truth
+    /// its checker reads, or that no protocol replicates.
+    fn replaceable_servers(servers: &[NodeId]) -> Vec<NodeId> {
+        servers.to_vec()
+    }
+
     /// Named situations the scenario's plans aim for (see
     /// [`Fault::Aimed`](crate::plan::Fault::Aimed)); a sweep large enough to
     /// demand fault coverage fails if one never occurred.

@@ -74,6 +74,7 @@ struct Data {
 fn lane_name(id: NodeId) -> String {
     match id {
         PROBE_ID => "probe".into(),
+        id if ringfence::log::membership::is_operator(id) => "operator".into(),
         id if id > PROBE_ID => format!("client {}", id - PROBE_ID - 1),
         id => format!("server {id}"),
     }

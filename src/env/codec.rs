@@ -21,26 +21,43 @@ pub enum CodecError {
     Malformed(String),
 }
 
+/// Largest encoded state: a snapshot, or a record that holds one. A
+/// replica keeps its snapshot as one record of its log, so a state may be
+/// as large as a record, far past a message (it travels in chunks).
+pub const MAX_STATE_BYTES: usize = super::record::MAX_RECORD_BYTES;
+
 /// Serializes `value`, refusing results larger than [`MAX_MESSAGE_BYTES`].
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
-    let bytes = postcard::to_stdvec(value).map_err(|e| CodecError::Malformed(e.to_string()))?;
-    if bytes.len() > MAX_MESSAGE_BYTES {
-        return Err(CodecError::TooLarge {
-            size: bytes.len(),
-            max: MAX_MESSAGE_BYTES,
-        });
-    }
-    Ok(bytes)
+    encode_within(value, MAX_MESSAGE_BYTES)
 }
 
 /// Deserializes bytes from a peer or a disk. Never panics; trailing bytes are
 /// an error, since a well-formed sender never produces them.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
-    if bytes.len() > MAX_MESSAGE_BYTES {
-        return Err(CodecError::TooLarge {
-            size: bytes.len(),
-            max: MAX_MESSAGE_BYTES,
-        });
+    decode_within(bytes, MAX_MESSAGE_BYTES)
+}
+
+/// [`encode`] for a state or a record, up to [`MAX_STATE_BYTES`].
+pub fn encode_state<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
+    encode_within(value, MAX_STATE_BYTES)
+}
+
+/// [`decode`] for a state or a record, up to [`MAX_STATE_BYTES`].
+pub fn decode_state<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    decode_within(bytes, MAX_STATE_BYTES)
+}
+
+fn encode_within<T: Serialize>(value: &T, max: usize) -> Result<Vec<u8>, CodecError> {
+    let bytes = postcard::to_stdvec(value).map_err(|e| CodecError::Malformed(e.to_string()))?;
+    if bytes.len() > max {
+        return Err(CodecError::TooLarge { size: bytes.len(), max });
+    }
+    Ok(bytes)
+}
+
+fn decode_within<T: DeserializeOwned>(bytes: &[u8], max: usize) -> Result<T, CodecError> {
+    if bytes.len() > max {
+        return Err(CodecError::TooLarge { size: bytes.len(), max });
     }
     let (value, rest) = postcard::take_from_bytes(bytes).map_err(|e| CodecError::Malformed(e.to_string()))?;
     if !rest.is_empty() {

@@ -57,7 +57,9 @@ pub enum Request {
         token: Token,
     },
     /// Leaves the queue for `lock` (answered `Granted` if it was already
-    /// granted: the caller then owns it and should release it).
+    /// granted: the caller then owns it and should release it). Acts only
+    /// on a claim of `request` or an older one: a claim a newer acquire of
+    /// the session took over stays, and the answer is `Cancelled`.
     Cancel {
         /// The session that queued.
         session: SessionId,
@@ -580,12 +582,18 @@ impl LockMachine {
             s.finished.record(name, request);
             return LockOutput::Cancelled;
         };
-        if let Some(h) = lock.holder.as_ref().filter(|c| c.session == session) {
+        // A claim a newer acquire of the session took over is that
+        // acquire's: withdrawing an older one leaves it in place.
+        if let Some(h) = lock
+            .holder
+            .as_ref()
+            .filter(|c| c.session == session && c.request <= request)
+        {
             return LockOutput::Granted { token: h.token };
         }
         s.finished.record(name, request);
         let before = lock.waiters.len();
-        lock.waiters.retain(|c| c.session != session);
+        lock.waiters.retain(|c| c.session != session || c.request > request);
         if lock.waiters.len() != before {
             s.locks.remove(name);
         }
@@ -701,11 +709,11 @@ impl StateMachine for LockMachine {
     }
 
     fn snapshot(&self) -> Result<Vec<u8>, crate::env::codec::CodecError> {
-        codec::encode(self)
+        codec::encode_state(self)
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), SnapshotError> {
-        let table: LockMachine = codec::decode(snapshot)?;
+        let table: LockMachine = codec::decode_state(snapshot)?;
         table.consistency().map_err(SnapshotError::Invalid)?;
         *self = table;
         Ok(())

@@ -39,6 +39,9 @@ pub enum LockBug {
     /// heartbeat instead of a TTL, so in an expiry storm the retries fill
     /// the log faster than it commits.
     ExpiryRetryTooSoon,
+    /// Server: a configuration request is admitted from any client, not
+    /// only from an operator, so a client can remove the lock servers.
+    AnyoneReconfigures,
 }
 
 pub mod client;

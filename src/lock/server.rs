@@ -323,7 +323,8 @@ impl LockService {
 /// never forwards one, so only the leader's admitted commands reach the log.
 pub fn admit(me: NodeId, from: NodeId, msg: &mut WireOf<LockMachine>, config: &ServerConfig) -> bool {
     if let Wire::Reconfigure { change, .. } = msg {
-        if is_operator(from) {
+        if is_operator(from) || config.has(LockBug::AnyoneReconfigures) {
+            // PLANTED BUG (the second condition): anyone reconfigures.
             return true;
         }
         tracing::warn!(

@@ -267,6 +267,55 @@ fn cancel_leaves_the_line_or_reports_the_grant() {
     );
 }
 
+/// Withdrawing an acquire that was given up (its claim is cancelled in
+/// the background) must not take the claim from a newer acquire of the
+/// same session, which took it over. Found by the simulator
+/// (`lock-members` seed 5051 of 10,000): a client whose acquire timed out
+/// behind a one-way partition acquired again; the old acquire's withdrawal
+/// was answered with the new grant, released it, and the client went on
+/// writing under a lock another client was then granted.
+#[test]
+fn cancelling_an_older_request_leaves_a_newer_claim_of_the_session() {
+    let cancel = |request| {
+        cmd(R::Cancel {
+            session: 2,
+            lock: "l".into(),
+            request,
+        })
+    };
+    let view = |m: &LockMachine| m.query(&LockQuery::Lock { lock: "l".into() });
+    // Queued: request 4 took the claim over; cancelling 3 leaves it in line.
+    let mut m = opened(&[1, 2]);
+    let O::Granted { token: first } = m.apply(&acquire(1, 1, true)) else {
+        panic!()
+    };
+    let O::Queued { token, .. } = m.apply(&acquire(2, 3, true)) else {
+        panic!()
+    };
+    assert!(matches!(m.apply(&acquire(2, 4, true)), O::Queued { .. }));
+    assert_eq!(m.apply(&cancel(3)), O::Cancelled);
+    let queued = O::Lock(LockView {
+        holder: Some((1, first)),
+        waiters: vec![(2, token)],
+    });
+    assert_eq!(view(&m), queued, "the newer claim is still in line");
+    // Granted: cancelling 3 reports no grant and keeps the lock.
+    let release = cmd(R::Release {
+        session: 1,
+        lock: "l".into(),
+        token: first,
+    });
+    assert_eq!(m.apply(&release), O::Released);
+    assert_eq!(m.apply(&cancel(3)), O::Cancelled);
+    let held = O::Lock(LockView {
+        holder: Some((2, token)),
+        waiters: vec![],
+    });
+    assert_eq!(view(&m), held, "the newer claim still holds the lock");
+    // Cancelling the newer request itself still reports the grant.
+    assert_eq!(m.apply(&cancel(4)), O::Granted { token });
+}
+
 #[test]
 fn no_request_may_name_a_lock_longer_than_the_limit() {
     let mut m = opened(&[1]);
@@ -698,6 +747,7 @@ fn admission_stamps_the_owner_and_drops_internal_commands() {
         client: 1,
         id: 1,
         change: Some(crate::log::membership::Change::Remove(2)),
+        base: 0,
     };
     assert!(!admit(1, CLIENT, &mut remove, &config));
     assert!(!admit(1, 7, &mut remove, &config), "nor a member's id");
@@ -712,6 +762,11 @@ fn admission_stamps_the_owner_and_drops_internal_commands() {
         };
         assert!(admit(1, CLIENT, &mut wire(hinted), &buggy));
         assert!(!admit(1, CLIENT, &mut wire(expire), &buggy));
+        let anyone = ServerConfig {
+            bug: Some(super::LockBug::AnyoneReconfigures),
+            ..ServerConfig::default()
+        };
+        assert!(admit(1, CLIENT, &mut remove, &anyone));
     }
 }
 

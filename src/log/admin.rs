@@ -1,8 +1,10 @@
 //! An operator's procedures on a group: add a member, remove one, replace
 //! one whose disk was lost. Each is a sequence of the single-server changes
-//! of [`super::membership`], sent through [`Client::reconfigure`] and
-//! retried while the leader asks to wait (a change in progress, a leader
-//! whose term has not committed, a learner still catching up).
+//! of [`super::membership`], each asked against the configuration the
+//! leader just reported ([`Client::reconfigure`]'s `base`) and retried
+//! while the leader asks to wait (a change in progress, a leader whose term
+//! has not committed, a learner still catching up) or the configuration
+//! moved under it.
 //!
 //! Every step is idempotent (a change already made is answered as done),
 //! so a procedure cut short by a timeout or a crash of the operator's
@@ -40,7 +42,7 @@ pub async fn status<E: Env, S: StateMachine>(
     client: &mut Client<E, S>,
     give_up: Duration,
 ) -> Result<ConfigStatus, ClientError> {
-    client.reconfigure(None, give_up).await
+    client.config_status(give_up).await
 }
 
 /// Makes `node` a voter: a learner first, promoted once it has caught up
@@ -118,7 +120,20 @@ pub async fn replace_member<E: Env, S: StateMachine>(
     add_member(client, node, end.saturating_sub(client.env().now())).await
 }
 
-/// Asks for `change` until it is made or refused for good, or `end`.
+/// Hands the group's leadership to the voter `to` (planned maintenance of
+/// the leader's machine): answered once the leader told `to` to campaign;
+/// `to` then wins the next term unless a fault intervenes.
+pub async fn transfer_leadership<E: Env, S: StateMachine>(
+    client: &mut Client<E, S>,
+    to: NodeId,
+    give_up: Duration,
+) -> Result<ConfigStatus, AdminError> {
+    let end = client.env().now() + give_up;
+    change(client, Change::TransferLeadership(to), end).await
+}
+
+/// Asks for `change` until it is made or refused for good, or `end`: each
+/// attempt against the configuration the leader reports then.
 async fn change<E: Env, S: StateMachine>(
     client: &mut Client<E, S>,
     change: Change,
@@ -126,19 +141,26 @@ async fn change<E: Env, S: StateMachine>(
 ) -> Result<ConfigStatus, AdminError> {
     let mut last = None;
     loop {
+        let base = status_until(client, change, end).await?.index;
         let left = end.saturating_sub(client.env().now());
         if left.is_zero() {
             return Err(AdminError::Timeout { change, last });
         }
-        match client.reconfigure(Some(change), left).await {
+        match client.reconfigure(change, base, left).await {
             Ok(status) => return Ok(status),
             Err(ClientError::Timeout) => return Err(AdminError::Timeout { change, last }),
+            // Another change came first: look again at once.
+            Err(ClientError::Rejected(Reject::Reconfiguration(Refusal::Stale))) => {
+                last = Some(Refusal::Stale);
+                continue;
+            }
             Err(ClientError::Rejected(Reject::Reconfiguration(refusal))) => match refusal {
                 Refusal::ChangeInProgress
                 | Refusal::LeaderNotReady
                 | Refusal::LearnerBehind
-                | Refusal::WouldLoseQuorum => last = Some(refusal),
-                Refusal::NotApplicable | Refusal::LastVoter | Refusal::TooMany => {
+                | Refusal::WouldLoseQuorum
+                | Refusal::Stale => last = Some(refusal),
+                Refusal::NotApplicable | Refusal::LastVoter | Refusal::TooMany | Refusal::TargetBehind => {
                     return Err(AdminError::Refused { change, refusal })
                 }
             },
@@ -155,8 +177,11 @@ async fn status_until<E: Env, S: StateMachine>(
     end: Duration,
 ) -> Result<ConfigStatus, AdminError> {
     let left = end.saturating_sub(client.env().now());
+    if left.is_zero() {
+        return Err(AdminError::Timeout { change, last: None });
+    }
     client
-        .reconfigure(None, left)
+        .config_status(left)
         .await
         .map_err(|_| AdminError::Timeout { change, last: None })
 }

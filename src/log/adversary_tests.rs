@@ -259,21 +259,37 @@ fn message() -> impl Strategy<Value = Message<KvCommand>> {
                 incarnation: GENESIS,
             }
         ),
-        (term(), index(), term(), snapshot(), any::<u64>()).prop_map(
-            |(term, last_index, last_term, data, read_seq)| Message::InstallSnapshot {
+        (
+            term(),
+            index(),
+            term(),
+            snapshot(),
+            any::<u64>(),
+            0..64u64,
+            any::<bool>()
+        )
+            .prop_map(|(term, last_index, last_term, data, read_seq, offset, whole)| {
+                let end = offset + data.len() as u64;
+                Message::InstallSnapshot {
+                    term,
+                    last_index,
+                    last_term,
+                    membership: Membership::genesis(&MEMBERS),
+                    offset: if whole { 0 } else { offset },
+                    total: if whole { data.len() as u64 } else { end + offset },
+                    data,
+                    read_seq,
+                }
+            }),
+        term().prop_map(|term| Message::TimeoutNow { term }),
+        (term(), index(), any::<u64>(), any::<u64>()).prop_map(|(term, last_index, read_seq, bytes)| {
+            Message::SnapshotReply {
                 term,
                 last_index,
-                last_term,
-                membership: Membership::genesis(&MEMBERS),
-                data,
-                read_seq
+                received: (last_index, bytes),
+                read_seq,
+                incarnation: GENESIS,
             }
-        ),
-        (term(), index(), any::<u64>()).prop_map(|(term, last_index, read_seq)| Message::SnapshotReply {
-            term,
-            last_index,
-            read_seq,
-            incarnation: GENESIS,
         }),
     ]
 }
@@ -347,6 +363,7 @@ fn set_term(msg: &mut Message<KvCommand>, t: Term) {
         | Message::Append { term, .. }
         | Message::AppendReply { term, .. }
         | Message::InstallSnapshot { term, .. }
+        | Message::TimeoutNow { term }
         | Message::SnapshotReply { term, .. } => *term = t,
     }
 }
@@ -487,12 +504,15 @@ fn a_leader_refuses_a_match_beyond_its_log_and_an_append_of_its_own_term() {
         read_seq: 0,
     };
     inject(&mut g, peer, l, append);
+    let data = Replicated::<Kv>::new(8).snapshot().unwrap();
     let snapshot = Message::InstallSnapshot {
         term,
         last_index: 100,
         last_term: term,
         membership: Membership::genesis(&MEMBERS),
-        data: Replicated::<Kv>::new(8).snapshot().unwrap(),
+        offset: 0,
+        total: data.len() as u64,
+        data,
         read_seq: 0,
     };
     inject(&mut g, peer, l, snapshot);
@@ -553,6 +573,8 @@ fn a_follower_refuses_undecodable_snapshots_and_inconsistent_appends() {
         last_index: 50,
         last_term: term,
         membership: Membership::genesis(&MEMBERS),
+        offset: 0,
+        total: 7,
         data: vec![0xff; 7],
         read_seq: 0,
     };

@@ -17,7 +17,7 @@ use rand::Rng;
 use super::membership::{Change, ConfigStatus};
 use super::raft::WireOf;
 use super::state_machine::StateMachine;
-use super::types::{ClientId, Outcome, Reject, RequestId, Response, Wire};
+use super::types::{ClientId, Index, Outcome, Reject, RequestId, Response, Wire};
 use crate::env::{codec, timeout, Env, NodeId};
 
 /// A request that did not complete.
@@ -189,13 +189,31 @@ impl<E: Env, S: StateMachine> Client<E, S> {
         }
     }
 
-    /// Asks the leader for a configuration change ([`Change`]), answered
-    /// once it commits, or with `None` for the configuration and what the
-    /// leader knows of each member; retried until `give_up`. A change
-    /// already in effect is answered as done, so a retry is harmless.
+    /// The leader's configuration and what it knows of each member;
+    /// retried until `give_up`.
+    pub async fn config_status(&mut self, give_up: Duration) -> Result<ConfigStatus, ClientError> {
+        self.configuration(None, 0, give_up).await
+    }
+
+    /// Asks the leader for a configuration change ([`Change`]) against the
+    /// configuration set at log index `base` (a status's
+    /// [`ConfigStatus::index`]), answered once it commits; retried until
+    /// `give_up`. A change already in effect is answered as done, so a
+    /// retry is harmless; one asked against a configuration that changed
+    /// since is refused ([`super::membership::Refusal::Stale`]).
     pub async fn reconfigure(
         &mut self,
+        change: Change,
+        base: Index,
+        give_up: Duration,
+    ) -> Result<ConfigStatus, ClientError> {
+        self.configuration(Some(change), base, give_up).await
+    }
+
+    async fn configuration(
+        &mut self,
         change: Option<Change>,
+        base: Index,
         give_up: Duration,
     ) -> Result<ConfigStatus, ClientError> {
         self.next_read += 1;
@@ -204,6 +222,7 @@ impl<E: Env, S: StateMachine> Client<E, S> {
             client: self.id,
             id,
             change,
+            base,
         };
         match self.request(RequestId::Reconfigure(id), msg, give_up).await? {
             Outcome::Configured(status) => Ok(status),

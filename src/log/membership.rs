@@ -105,6 +105,12 @@ pub enum Change {
     /// A voter or learner leaves the group. A leader that removes itself
     /// leads until the change commits, then steps down.
     Remove(NodeId),
+    /// Not a change of the configuration: the leader hands its leadership
+    /// to this voter (planned maintenance). It stops taking commands,
+    /// brings the voter up to date and tells it to campaign at once; it is
+    /// answered when it did, and the voter wins the next term unless a
+    /// fault intervenes (then an election picks a leader as usual).
+    TransferLeadership(NodeId),
 }
 
 /// Why a leader refused a configuration change.
@@ -136,6 +142,14 @@ pub enum Refusal {
     /// group would stop deciding anything, this change included.
     #[error("the voters the leader hears from would be no majority of the new configuration")]
     WouldLoseQuorum,
+    /// The configuration changed since the one the request was made
+    /// against: ask for the status and decide again.
+    #[error("the configuration changed since the request was made")]
+    Stale,
+    /// The voter leadership was to go to did not catch up with the leader
+    /// within an election timeout; the leader leads on.
+    #[error("the new leader did not catch up in time")]
+    TargetBehind,
 }
 
 impl Membership {
@@ -191,6 +205,7 @@ impl Membership {
                 next.learners.remove(&node);
                 next.voters.insert(node, incarnation);
             }
+            Change::TransferLeadership(_) => return Err(Refusal::NotApplicable),
             Change::Remove(node) => {
                 if !self.contains(node) {
                     return Err(Refusal::NotApplicable);

@@ -33,9 +33,10 @@
 //!
 //! [`MAX_ENTRIES_PER_APPEND`] by default (configurable), [`MAX_COMMAND_BYTES`]
 //! per command (so an append fits in [`crate::env::MAX_MESSAGE_BYTES`]),
-//! [`MAX_SNAPSHOT_BYTES`] per snapshot (snapshots are sent in one message;
-//! there is no chunking), [`MAX_MEMBERS`], and bounded session and pending
-//! read tables (see [`Config`]).
+//! [`Config::max_snapshot_bytes`] per snapshot (sent in chunks of
+//! [`Config::snapshot_chunk_bytes`], kept as one record, so at most
+//! [`MAX_SNAPSHOT_BYTES`]), [`MAX_MEMBERS`], and bounded session and
+//! pending read tables (see [`Config`]).
 //!
 //! # Not done
 //!
@@ -72,8 +73,11 @@ pub const MAX_MEMBERS: usize = 15;
 pub const MAX_ENTRIES_PER_APPEND: usize = 64;
 /// Largest encoded command accepted (larger ones are rejected).
 pub const MAX_COMMAND_BYTES: usize = 8 << 10;
-/// Largest snapshot; it must fit one message with room to spare.
-pub const MAX_SNAPSHOT_BYTES: usize = crate::env::MAX_MESSAGE_BYTES - (64 << 10);
+/// Largest snapshot any configuration allows: a replica keeps its snapshot
+/// as one record of its log, with room to spare for the record's header.
+pub const MAX_SNAPSHOT_BYTES: usize = crate::env::record::MAX_RECORD_BYTES - (64 << 10);
+/// Largest snapshot chunk: it must fit one message with room to spare.
+pub const MAX_SNAPSHOT_CHUNK_BYTES: usize = crate::env::MAX_MESSAGE_BYTES - (64 << 10);
 /// Largest term a replica adopts from a message above its own. Honest terms
 /// grow by one per election, so even a replica cut off for years stays far
 /// below this; a message that jumps further is refused, so that a faulty
@@ -185,6 +189,16 @@ pub struct Config {
     /// blocks, which stalls the disk for tens of milliseconds on this
     /// project's machine (ext4 with `discard`); see the default's figures.
     pub snapshot_every: u64,
+    /// Largest snapshot a replica takes or installs (at most
+    /// [`MAX_SNAPSHOT_BYTES`]). A state that outgrows it is not compacted
+    /// (the log keeps everything and the error is logged); a snapshot
+    /// offered above it is refused.
+    pub max_snapshot_bytes: usize,
+    /// Bytes of a snapshot per `InstallSnapshot` message (1 up to
+    /// [`MAX_SNAPSHOT_CHUNK_BYTES`]); a leader sends the next chunk once
+    /// the follower acknowledged the last, and the current one again at
+    /// each heartbeat until then.
+    pub snapshot_chunk_bytes: usize,
     /// Client sessions remembered for deduplication (least recently used
     /// evicted; a client idle for that many other clients' commands loses
     /// exactly-once protection).
@@ -217,6 +231,10 @@ impl Default for Config {
             // p99 of 45 ms, 8192 gave 9,145 and 25 ms, 32768 gave 9,976
             // and 4.9 ms. 32768 entries of a lock log are about 2 MB.
             snapshot_every: 32768,
+            max_snapshot_bytes: MAX_SNAPSHOT_BYTES,
+            // Half a message: two chunks in flight at most (one resent
+            // at a heartbeat) stay under the transport's queue sizes.
+            snapshot_chunk_bytes: 512 << 10,
             max_sessions: 4096,
             max_pending_reads: 1024,
             pre_vote: true,
@@ -242,6 +260,14 @@ impl Config {
             "a full append must fit one message"
         );
         assert!(self.snapshot_every >= 1);
+        assert!(
+            (1..=MAX_SNAPSHOT_BYTES).contains(&self.max_snapshot_bytes),
+            "a snapshot is kept as one record: at most {MAX_SNAPSHOT_BYTES} bytes"
+        );
+        assert!(
+            (1..=MAX_SNAPSHOT_CHUNK_BYTES).contains(&self.snapshot_chunk_bytes),
+            "a snapshot chunk must fit one message: at most {MAX_SNAPSHOT_CHUNK_BYTES} bytes"
+        );
         assert!(self.max_sessions >= 1);
         assert!(self.max_pending_reads >= 1);
     }

@@ -19,7 +19,7 @@ use super::state_machine::{Applied, Replicated, SnapshotError, StateMachine};
 use super::types::{
     ClientId, Entry, Event, Index, Message, Outcome, Payload, Record, Reject, RequestId, Response, Term, Wire,
 };
-use super::{Config, LogBug, MAX_COMMAND_BYTES, MAX_INDEX, MAX_SNAPSHOT_BYTES, MAX_TERM_STEP};
+use super::{Config, LogBug, MAX_COMMAND_BYTES, MAX_INDEX, MAX_TERM_STEP};
 use crate::env::codec::{self, CodecError};
 use crate::env::NodeId;
 
@@ -231,6 +231,9 @@ struct Progress {
     /// The incarnation its last answer came from: its answers count in
     /// quorums only if the configuration names this one.
     incarnation: Option<Incarnation>,
+    /// The snapshot being sent to it (by its last index) and how many of
+    /// its bytes it acknowledged: where the next chunk starts.
+    snapshot_sent: (Index, u64),
 }
 
 impl Progress {
@@ -244,8 +247,36 @@ impl Progress {
             // A new leader (or member) gets a full timeout to answer.
             heard_at: now,
             incarnation: None,
+            snapshot_sent: (0, 0),
         }
     }
+}
+
+/// A snapshot arriving in chunks from one leader, until its last byte.
+struct Incoming {
+    term: Term,
+    leader: NodeId,
+    last_index: Index,
+    last_term: Term,
+    total: u64,
+    bytes: Vec<u8>,
+}
+
+impl Incoming {
+    /// Whether a chunk with these headers belongs to this snapshot.
+    fn matches(&self, term: Term, leader: NodeId, (last_index, last_term, total): (Index, Term, u64)) -> bool {
+        (self.term, self.leader, self.last_index, self.last_term, self.total)
+            == (term, leader, last_index, last_term, total)
+    }
+}
+
+/// One `InstallSnapshot` chunk as a follower handles it: where it goes,
+/// and, when it is the last, the whole snapshot decoded.
+struct Chunk<S: StateMachine> {
+    offset: u64,
+    total: u64,
+    data: Vec<u8>,
+    complete: Option<(Vec<u8>, Replicated<S>)>,
 }
 
 /// An operator waiting for a configuration change to commit.
@@ -282,6 +313,19 @@ struct LeaderState<Q> {
     term_start: Index,
     /// Configuration changes to answer once they commit.
     changes: Vec<PendingChange>,
+    /// A leadership transfer under way: no commands are taken meanwhile.
+    transfer: Option<Transfer>,
+}
+
+/// A leader handing its leadership to `to` ([`Change::TransferLeadership`]).
+#[derive(Debug, Clone)]
+struct Transfer {
+    to: NodeId,
+    /// When the leader gives up and leads on.
+    until: Duration,
+    /// The operator to answer once `to` was told to campaign (`None` once
+    /// answered).
+    asker: Option<PendingChange>,
 }
 
 /// A Raft replica.
@@ -307,6 +351,9 @@ pub struct Raft<S: StateMachine> {
     /// Applied index at which the state last proved too large to snapshot
     /// (volatile: a restarted replica tries again).
     compaction_refused_at: Index,
+    /// A leader's snapshot received in part (volatile: a restarted replica
+    /// asks for it from the start).
+    incoming: Option<Incoming>,
 
     // Volatile state.
     role: Role,
@@ -369,6 +416,7 @@ impl<S: StateMachine> Raft<S> {
             log: Log::starting_at(0, 0, Membership::default()),
             snapshot: Vec::new(),
             compaction_refused_at: 0,
+            incoming: None,
             role: Role::Follower,
             leader: None,
             votes: BTreeMap::new(),
@@ -388,7 +436,7 @@ impl<S: StateMachine> Raft<S> {
         }
         for (position, bytes) in records.iter().enumerate() {
             let record: Record<S::Command> =
-                codec::decode(bytes).map_err(|error| RecoverError::Decode { position, error })?;
+                codec::decode_state(bytes).map_err(|error| RecoverError::Decode { position, error })?;
             let bad = |reason| RecoverError::Structure { position, reason };
             if (position == 0) != matches!(record, Record::Identity { .. }) {
                 return Err(bad("the identity record is not the log's first"));
@@ -515,9 +563,18 @@ impl<S: StateMachine> Raft<S> {
     pub fn last_index(&self) -> Index {
         self.log.last_index()
     }
+    /// The log index of the entry that set the configuration in effect
+    /// (0: the founding one); what a change request names as its base.
+    pub fn config_index(&self) -> Index {
+        self.log.config_index()
+    }
     /// Index covered by the latest snapshot.
     pub fn snapshot_index(&self) -> Index {
         self.log.start
+    }
+    /// The encoded size of this replica's snapshot (0 without one).
+    pub fn snapshot_bytes(&self) -> usize {
+        self.snapshot.len()
     }
     /// The service's state as of [`Raft::applied_index`], for checkers
     /// comparing replicas.
@@ -558,6 +615,7 @@ impl<S: StateMachine> Raft<S> {
     pub fn on_tick(&mut self, now: Duration) -> Output<S> {
         match self.role {
             Role::Leader => {
+                self.expire_transfer(now);
                 let due = self.lead.as_ref().expect("leader state").heartbeat_due;
                 if now >= due {
                     if self.lost_quorum(now) {
@@ -620,7 +678,12 @@ impl<S: StateMachine> Raft<S> {
                 }
                 Wire::Command { client, seq, command } => self.on_command(from, client, seq, command),
                 Wire::Read { client, id, query } => self.on_read(from, client, id, query),
-                Wire::Reconfigure { client, id, change } => self.on_reconfigure(now, from, client, id, change),
+                Wire::Reconfigure {
+                    client,
+                    id,
+                    change,
+                    base,
+                } => self.on_reconfigure(now, from, (client, id), change, base),
                 Wire::Response(_) => {} // replicas ask nothing of anyone
             }
         }
@@ -633,16 +696,37 @@ impl<S: StateMachine> Raft<S> {
             self.refuse(from, term, reason);
             return;
         }
-        // A snapshot this replica would install must decode before the
-        // message changes anything, its term included.
+        // A snapshot this replica would install (its last chunk) must
+        // decode before the message changes anything, its term included.
         let snapshot = match &msg {
-            Message::InstallSnapshot { last_index, data, .. } if term >= self.term && *last_index > self.commit => {
-                match Replicated::restored(self.config.max_sessions, data) {
-                    Ok(machine) => Some(machine),
-                    Err(error) => {
-                        tracing::warn!(node = self.id, from, term, %error, "refusing a snapshot");
-                        return;
+            Message::InstallSnapshot {
+                last_index,
+                last_term,
+                offset,
+                total,
+                data,
+                ..
+            } if term >= self.term && *last_index > self.commit => {
+                let held = self
+                    .incoming
+                    .as_ref()
+                    .filter(|i| i.matches(term, from, (*last_index, *last_term, *total)))
+                    .map_or(0, |i| i.bytes.len() as u64);
+                if *offset == held && held + data.len() as u64 == *total {
+                    let mut bytes = match self.incoming.take() {
+                        Some(incoming) if held > 0 => incoming.bytes,
+                        _ => Vec::new(),
+                    };
+                    bytes.extend_from_slice(data);
+                    match Replicated::restored(self.config.max_sessions, &bytes) {
+                        Ok(machine) => Some((bytes, machine)),
+                        Err(error) => {
+                            tracing::warn!(node = self.id, from, term, %error, "refusing a snapshot");
+                            return;
+                        }
                     }
+                } else {
+                    None
                 }
             }
             _ => None,
@@ -703,6 +787,8 @@ impl<S: StateMachine> Raft<S> {
                 last_index,
                 last_term,
                 membership,
+                offset,
+                total,
                 data,
                 read_seq,
             } => self.on_install_snapshot(
@@ -710,12 +796,19 @@ impl<S: StateMachine> Raft<S> {
                 from,
                 term,
                 (last_index, last_term, membership),
-                (data, snapshot),
+                Chunk {
+                    offset,
+                    total,
+                    data,
+                    complete: snapshot,
+                },
                 read_seq,
             ),
+            Message::TimeoutNow { term } => self.on_timeout_now(now, from, term),
             Message::SnapshotReply {
                 term,
                 last_index,
+                received,
                 read_seq,
                 incarnation,
             } => {
@@ -724,14 +817,21 @@ impl<S: StateMachine> Raft<S> {
                         self.refuse(from, term, reason);
                         return;
                     }
+                    let snapshot_index = self.log.start;
                     let Some(p) = self.answered(from, incarnation, now) else {
                         return;
                     };
-                    let advanced = last_index > p.matched || p.probing;
+                    let mut advanced = last_index > p.matched || p.probing;
                     p.matched = p.matched.max(last_index);
                     p.next = p.next.max(last_index + 1);
                     p.probing = false;
                     p.acked_seq = p.acked_seq.max(read_seq);
+                    // Part of the snapshot in place: the next chunk follows
+                    // at once (the current one again at the next heartbeat).
+                    if received.0 == snapshot_index && p.next <= snapshot_index && received != p.snapshot_sent {
+                        p.snapshot_sent = received;
+                        advanced = true;
+                    }
                     self.advance_commit();
                     self.serve_reads();
                     if advanced && self.role == Role::Leader {
@@ -772,7 +872,7 @@ impl<S: StateMachine> Raft<S> {
                     return Err("an index beyond the largest");
                 }
             }
-            Message::Vote { .. } | Message::PreVoteReply { .. } => {}
+            Message::Vote { .. } | Message::PreVoteReply { .. } | Message::TimeoutNow { .. } => {}
             Message::Append {
                 prev_index,
                 prev_term,
@@ -821,6 +921,8 @@ impl<S: StateMachine> Raft<S> {
                 last_index,
                 last_term,
                 membership,
+                offset,
+                total,
                 data,
                 ..
             } => {
@@ -833,8 +935,11 @@ impl<S: StateMachine> Raft<S> {
                 if *last_index > MAX_INDEX {
                     return Err("an index beyond the largest");
                 }
-                if data.len() > MAX_SNAPSHOT_BYTES {
-                    return Err("a snapshot larger than any replica keeps");
+                if *total > self.config.max_snapshot_bytes as u64 {
+                    return Err("a snapshot larger than this replica takes");
+                }
+                if offset.checked_add(data.len() as u64).is_none_or(|end| end > *total) {
+                    return Err("a snapshot chunk past the snapshot's end");
                 }
             }
             Message::SnapshotReply { last_index, .. } => {
@@ -1102,6 +1207,7 @@ impl<S: StateMachine> Raft<S> {
             if more && self.role == Role::Leader {
                 self.send_append(from);
             }
+            self.continue_transfer(from);
         } else {
             // A stale rejection must not move `next` below what matched.
             let next = index.saturating_add(1).min(p.next).max(p.matched + 1);
@@ -1115,14 +1221,13 @@ impl<S: StateMachine> Raft<S> {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn on_install_snapshot(
         &mut self,
         now: Duration,
         from: NodeId,
         term: Term,
         (last_index, last_term, membership): (Index, Term, Membership),
-        (data, machine): (Vec<u8>, Option<Replicated<S>>),
+        chunk: Chunk<S>,
         read_seq: u64,
     ) {
         if term < self.term {
@@ -1131,6 +1236,7 @@ impl<S: StateMachine> Raft<S> {
                 Message::SnapshotReply {
                     term: self.term,
                     last_index: 0,
+                    received: (last_index, 0),
                     read_seq,
                     incarnation: self.incarnation,
                 },
@@ -1146,41 +1252,174 @@ impl<S: StateMachine> Raft<S> {
         }
         self.reset_election_timer(now);
         self.leader_heard_at = Some(now);
-        // Decoded before anything changed, exactly when it is installed.
-        if let Some(machine) = machine.filter(|_| last_index > self.commit) {
-            if self.log.term_at(last_index) == Some(last_term) {
-                // We have the entries: keep the suffix after the snapshot.
-                self.log.compact_to(last_index, last_term, membership);
-            } else {
-                self.log = Log::starting_at(last_index, last_term, membership);
+        let header = (last_index, last_term, chunk.total);
+        let matched = match chunk.complete {
+            // Decoded before anything changed, exactly when it is installed.
+            Some((bytes, machine)) if last_index > self.commit => {
+                if self.log.term_at(last_index) == Some(last_term) {
+                    // We have the entries: keep the suffix after the snapshot.
+                    self.log.compact_to(last_index, last_term, membership);
+                } else {
+                    self.log = Log::starting_at(last_index, last_term, membership);
+                }
+                self.machine = machine;
+                self.snapshot = bytes;
+                self.commit = last_index;
+                self.applied = last_index;
+                self.rewrite_pending = true;
+                self.out.events.push(Event::Restored {
+                    index: last_index,
+                    term: last_term,
+                });
+                last_index
             }
-            self.machine = machine;
-            self.snapshot = data;
-            self.commit = last_index;
-            self.applied = last_index;
-            self.rewrite_pending = true;
-            self.out.events.push(Event::Restored {
-                index: last_index,
-                term: last_term,
-            });
-        }
+            // Committed entries are the same everywhere, so up to
+            // `last_index` this log matches the leader's already.
+            _ if last_index <= self.commit => last_index,
+            // A part: kept if it continues what arrived, or starts anew.
+            _ => {
+                let continues = self.incoming.as_ref().is_some_and(|i| i.matches(term, from, header));
+                if !continues && chunk.offset == 0 {
+                    self.incoming = Some(Incoming {
+                        term,
+                        leader: from,
+                        last_index,
+                        last_term,
+                        total: chunk.total,
+                        bytes: Vec::new(),
+                    });
+                }
+                if let Some(incoming) = self.incoming.as_mut().filter(|i| i.matches(term, from, header)) {
+                    if incoming.bytes.len() as u64 == chunk.offset {
+                        incoming.bytes.extend_from_slice(&chunk.data);
+                    }
+                }
+                0
+            }
+        };
+        let received = match &self.incoming {
+            _ if matched > 0 => chunk.total,
+            Some(incoming) if incoming.matches(term, from, header) => incoming.bytes.len() as u64,
+            _ => 0,
+        };
         self.send(
             from,
             Message::SnapshotReply {
                 term: self.term,
-                // Committed entries are the same everywhere, so up to
-                // `last_index` we match the leader either way.
-                last_index,
+                last_index: matched,
+                received: (last_index, received),
                 read_seq,
                 incarnation: self.incarnation,
             },
         );
     }
 
+    // ----- leadership transfer ------------------------------------------------
+
+    /// Begins handing leadership to `to` for the operator `asker`: refused
+    /// unless `to` is another voter; while under way, commands go to `to`.
+    fn start_transfer(&mut self, now: Duration, to: NodeId, asker: PendingChange) {
+        let rid = RequestId::Reconfigure(asker.id);
+        if to == self.id {
+            let status = self.config_status();
+            self.respond(asker.from, asker.client, rid, Outcome::Configured(status));
+            return;
+        }
+        if !self.log.config().voters.contains_key(&to) {
+            let refusal = Outcome::Rejected(Reject::Reconfiguration(Refusal::NotApplicable));
+            self.respond(asker.from, asker.client, rid, refusal);
+            return;
+        }
+        tracing::info!(node = self.id, term = self.term, to, "handing leadership over");
+        let until = now + self.config.election_timeout_max;
+        self.lead_mut().transfer = Some(Transfer {
+            to,
+            until,
+            asker: Some(asker),
+        });
+        if !self.continue_transfer(to) {
+            self.send_append(to);
+        }
+    }
+
+    /// Once `peer`, the transfer's target, has every entry of this log:
+    /// tells it to campaign and answers the operator. Whether it did.
+    fn continue_transfer(&mut self, peer: NodeId) -> bool {
+        let last = self.log.last_index();
+        let Some(lead) = self.lead.as_mut() else {
+            return false;
+        };
+        let Some(transfer) = lead.transfer.as_mut().filter(|t| t.to == peer && t.asker.is_some()) else {
+            return false;
+        };
+        if lead.progress.get(&peer).is_none_or(|p| p.matched < last) {
+            return false;
+        }
+        let asker = transfer.asker.take().expect("filtered on it");
+        self.send(peer, Message::TimeoutNow { term: self.term });
+        let status = self.config_status();
+        self.respond(
+            asker.from,
+            asker.client,
+            RequestId::Reconfigure(asker.id),
+            Outcome::Configured(status),
+        );
+        true
+    }
+
+    /// A transfer that has not handed over within an election timeout is
+    /// given up: this replica leads on and takes commands again.
+    fn expire_transfer(&mut self, now: Duration) {
+        let Some(lead) = self.lead.as_mut() else {
+            return;
+        };
+        let Some(transfer) = lead.transfer.take_if(|t| now >= t.until) else {
+            return;
+        };
+        if let Some(asker) = transfer.asker {
+            let refusal = Outcome::Rejected(Reject::Reconfiguration(Refusal::TargetBehind));
+            self.respond(asker.from, asker.client, RequestId::Reconfigure(asker.id), refusal);
+        }
+    }
+
+    /// The leader hands its leadership over: campaign at once, skipping the
+    /// pre-vote (the group's leader itself asks, so no leader is disrupted).
+    /// Only from this replica's leader of its own term.
+    fn on_timeout_now(&mut self, now: Duration, from: NodeId, term: Term) {
+        if term != self.term || self.leader != Some(from) || self.role != Role::Follower {
+            tracing::warn!(
+                node = self.id,
+                from,
+                term,
+                "ignoring a handover from no leader of this term"
+            );
+            return;
+        }
+        if !self.may_campaign() {
+            return;
+        }
+        tracing::info!(node = self.id, term, "leadership handed over: campaigning");
+        self.start_election(now);
+    }
+
     fn on_command(&mut self, from: NodeId, client: ClientId, seq: u64, command: S::Command) {
         let id = RequestId::Command(seq);
         if self.role != Role::Leader {
             self.respond(from, client, id, Outcome::NotLeader(self.leader));
+            return;
+        }
+        // Handing over: a client goes to the next leader. The service's own
+        // proposals (this replica's) are still taken: the leader logic
+        // counts on them within its term (the replicated coordinator lost
+        // a decision this way, and a transaction's locks stayed held).
+        if let Some(transfer) = self
+            .lead
+            .as_ref()
+            .and_then(|l| l.transfer.as_ref())
+            .filter(|_| from != self.id)
+        {
+            let to = transfer.to;
+            self.respond(from, client, id, Outcome::NotLeader(Some(to)));
             return;
         }
         match self.machine.lookup((from, client), seq) {
@@ -1218,7 +1457,14 @@ impl<S: StateMachine> Raft<S> {
     /// status query is answered at once; a change is checked against the
     /// rules that keep single-server changes safe, appended, and answered
     /// once it commits.
-    fn on_reconfigure(&mut self, now: Duration, from: NodeId, client: ClientId, id: u64, change: Option<Change>) {
+    fn on_reconfigure(
+        &mut self,
+        now: Duration,
+        from: NodeId,
+        (client, id): (ClientId, u64),
+        change: Option<Change>,
+        base: Index,
+    ) {
         let rid = RequestId::Reconfigure(id);
         if self.role != Role::Leader {
             self.respond(from, client, rid, Outcome::NotLeader(self.leader));
@@ -1229,11 +1475,22 @@ impl<S: StateMachine> Raft<S> {
             self.respond(from, client, rid, Outcome::Configured(status));
             return;
         };
+        if let Change::TransferLeadership(to) = change {
+            let asker = PendingChange {
+                index: 0,
+                from,
+                client,
+                id,
+            };
+            self.start_transfer(now, to, asker);
+            return;
+        }
         let config = self.log.config();
         let already = match change {
             Change::AddLearner(node) => config.learners.contains(&node),
             Change::Promote(node) => config.voters.contains_key(&node),
             Change::Remove(node) => !config.contains(node),
+            Change::TransferLeadership(_) => unreachable!("handled above"),
         };
         let pending = self.log.config_index() > self.commit;
         if already || pending {
@@ -1254,6 +1511,11 @@ impl<S: StateMachine> Raft<S> {
                 let refusal = Outcome::Rejected(Reject::Reconfiguration(Refusal::ChangeInProgress));
                 self.respond(from, client, rid, refusal);
             }
+            return;
+        }
+        if base != self.log.config_index() {
+            let refusal = Outcome::Rejected(Reject::Reconfiguration(Refusal::Stale));
+            self.respond(from, client, rid, refusal);
             return;
         }
         let term_start = self.lead.as_ref().expect("leader state").term_start;
@@ -1502,6 +1764,7 @@ impl<S: StateMachine> Raft<S> {
                 next
             },
             changes: Vec::new(),
+            transfer: None,
         });
         self.track_members(now);
         // The voters just heard from, in the incarnations their votes came from.
@@ -1571,12 +1834,20 @@ impl<S: StateMachine> Raft<S> {
         let read_seq = lead.read_seq;
         let p = &lead.progress[&peer];
         if p.next <= self.log.start {
+            let sent = match p.snapshot_sent {
+                (index, bytes) if index == self.log.start => bytes as usize,
+                _ => 0,
+            };
+            let start = sent.min(self.snapshot.len());
+            let end = (start + self.config.snapshot_chunk_bytes).min(self.snapshot.len());
             let msg = Message::InstallSnapshot {
                 term: self.term,
                 last_index: self.log.start,
                 last_term: self.log.start_term,
                 membership: self.log.start_config.clone(),
-                data: self.snapshot.clone(),
+                offset: start as u64,
+                total: self.snapshot.len() as u64,
+                data: self.snapshot[start..end].to_vec(),
                 read_seq,
             };
             self.send(peer, msg);
@@ -1737,7 +2008,7 @@ impl<S: StateMachine> Raft<S> {
         let term = self.log.term_at(self.applied).expect("applied entry is in the log");
         let config = self.log.config_at(self.applied).clone();
         let snapshot = match self.machine.snapshot() {
-            Ok(bytes) if bytes.len() <= MAX_SNAPSHOT_BYTES => bytes,
+            Ok(bytes) if bytes.len() <= self.config.max_snapshot_bytes => bytes,
             too_large => {
                 // The state outgrew one message: keep the whole log (it
                 // still holds everything) and try again a period later,
@@ -1789,7 +2060,7 @@ impl<S: StateMachine> Raft<S> {
                 membership: self.log.start_config.clone(),
                 data: self.snapshot.clone(),
             };
-            records.push(codec::encode(&snap).expect("snapshot fits the codec"));
+            records.push(codec::encode_state(&snap).expect("a snapshot within its limit fits a record"));
         }
         let hard: Record<S::Command> = Record::HardState {
             term: self.term,

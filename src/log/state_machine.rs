@@ -175,7 +175,7 @@ impl<S: StateMachine> Replicated<S> {
     /// Sessions and machine state, encoded together.
     pub fn snapshot(&self) -> Result<Vec<u8>, CodecError> {
         let sessions: Vec<(SessionKey, &Session<S::Output>)> = self.sessions.iter().map(|(k, v)| (*k, v)).collect();
-        codec::encode(&(sessions, self.machine.snapshot()?))
+        codec::encode_state(&(sessions, self.machine.snapshot()?))
     }
 
     /// The state a [`Replicated::snapshot`] encodes, keeping at most
@@ -183,7 +183,7 @@ impl<S: StateMachine> Replicated<S> {
     /// this limit writes) is refused.
     pub fn restored(max_sessions: usize, bytes: &[u8]) -> Result<Self, SnapshotError> {
         type Decoded<O> = (Vec<(SessionKey, Session<O>)>, Vec<u8>);
-        let (sessions, state): Decoded<S::Output> = codec::decode(bytes)?;
+        let (sessions, state): Decoded<S::Output> = codec::decode_state(bytes)?;
         let sessions: BTreeMap<SessionKey, Session<S::Output>> = sessions.into_iter().collect();
         if sessions.len() > max_sessions {
             return Err(SnapshotError::TooManySessions {
@@ -310,11 +310,11 @@ impl StateMachine for Kv {
 
     fn snapshot(&self) -> Result<Vec<u8>, CodecError> {
         let pairs: Vec<(&String, &u64)> = self.data.iter().collect();
-        codec::encode(&pairs)
+        codec::encode_state(&pairs)
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), SnapshotError> {
-        let pairs: Vec<(String, u64)> = codec::decode(snapshot)?;
+        let pairs: Vec<(String, u64)> = codec::decode_state(snapshot)?;
         self.data = pairs.into_iter().collect();
         Ok(())
     }

@@ -91,6 +91,8 @@ struct Cluster {
     /// Reads: (lower bound at invoke, value, upper bound at completion).
     reads_done: Vec<(u64, u64, u64, u64)>,
     restored: usize,
+    /// `InstallSnapshot` messages sent (each one chunk).
+    snapshot_chunks: usize,
     crashes: usize,
     /// Clients finish what they started but start nothing new.
     stop_clients: bool,
@@ -144,6 +146,7 @@ impl Cluster {
             max_acked: 0,
             reads_done: Vec::new(),
             restored: 0,
+            snapshot_chunks: 0,
             crashes: 0,
             stop_clients: false,
             violation: None,
@@ -264,6 +267,11 @@ impl Cluster {
     }
 
     fn post(&mut self, from: NodeId, to: NodeId, msg: W) {
+        let size = crate::env::codec::encode(&msg).expect("encodable").len();
+        assert!(size <= crate::env::MAX_MESSAGE_BYTES, "a {size}-byte message");
+        if matches!(msg, Wire::Raft(Message::InstallSnapshot { .. })) {
+            self.snapshot_chunks += 1;
+        }
         if self.rng.gen_bool(self.faults.loss) {
             return;
         }
@@ -818,36 +826,99 @@ fn duplicate_command_is_applied_once() {
     assert_eq!(c.violation, None);
 }
 
-/// Clients can grow a state past what one snapshot message holds. The
-/// replicas then keep serving on their whole log instead of stopping on the
-/// same entry (before: an assertion in compaction, on every replica).
+/// Clients can grow a state past the snapshot limit. The replicas then keep
+/// serving on their whole log instead of stopping on the same entry
+/// (before: an assertion in compaction, on every replica).
 #[test]
 fn a_state_too_large_to_snapshot_does_not_stop_the_replicas() {
-    let mut c = Cluster::new(5, 3, 0, test_config(None), CALM);
+    let config = Config {
+        max_snapshot_bytes: 1 << 20,
+        ..test_config(None)
+    };
+    let mut c = Cluster::new(5, 3, 0, config, CALM);
+    c.run_ms(1_000);
+    put_large_keys(&mut c, 200);
+    c.run_ms(1_000);
+    assert_eq!(c.violation, None);
+    for id in 1..=3 {
+        let raft = c.raft(id);
+        assert!(
+            raft.snapshot_index() + 64 < raft.applied_index(),
+            "node {id} kept compacting past the limit"
+        );
+        assert_eq!(c.raft(id).state_machine().get(&large_key(199)), Some(199), "node {id}");
+    }
+}
+
+/// A snapshot larger than a message travels in chunks, each sent once
+/// the follower acknowledged the last: a follower cut off while the leader
+/// compacted 2 MiB of state catches up by installing it, under message
+/// loss and duplication (a lost chunk is sent again at a heartbeat, a
+/// duplicate is ignored).
+#[test]
+fn a_snapshot_larger_than_a_message_installs_in_chunks() {
+    let config = Config {
+        snapshot_chunk_bytes: 64 << 10,
+        ..test_config(None)
+    };
+    let lossy = Faults {
+        loss: 0.05,
+        dup: 0.05,
+        ..CALM
+    };
+    let mut c = Cluster::new(5, 3, 0, config, lossy);
     c.run_ms(1_000);
     let leader = c.leader().expect("leader");
-    // 200 keys of 7 KiB: about 1.4 MiB of state, past the 1 MiB message.
-    for i in 0..200u64 {
+    let lagger = c.members.iter().copied().find(|&m| m != leader).unwrap();
+    for &m in &c.members.clone() {
+        if m != lagger {
+            c.blocked.insert((m, lagger));
+            c.blocked.insert((lagger, m));
+        }
+    }
+    put_large_keys(&mut c, 300);
+    c.run_ms(1_000);
+    let leader = c.leader().expect("leader");
+    let ahead = c.raft(leader).snapshot_index();
+    assert!(
+        ahead > c.raft(lagger).last_index(),
+        "the leader compacted past the lagger"
+    );
+    let (restored, chunks) = (c.restored, c.snapshot_chunks);
+    c.blocked.clear();
+    c.run_ms(3_000);
+    assert_eq!(c.violation, None);
+    assert!(c.restored > restored, "the lagger installed the snapshot");
+    assert!(c.raft(lagger).applied_index() >= ahead);
+    assert_eq!(c.raft(lagger).state_machine().get(&large_key(299)), Some(299));
+    let sent = c.snapshot_chunks - chunks;
+    let size = c.raft(leader).snapshot_bytes();
+    assert!(size > crate::env::MAX_MESSAGE_BYTES, "a {size}-byte snapshot");
+    assert!(
+        sent >= size.div_ceil(64 << 10),
+        "{size} bytes in 64 KiB chunks, {sent} sent"
+    );
+}
+
+/// Key `i` of [`put_large_keys`]: about 7 KiB.
+fn large_key(i: u64) -> String {
+    format!("{i:07}{}", "k".repeat(7 << 10))
+}
+
+/// Puts `n` keys of about 7 KiB through the leader, one every 20 ms.
+fn put_large_keys(c: &mut Cluster, n: u64) {
+    for i in 0..n {
+        let leader = c.leader().expect("leader");
         let cmd: W = Wire::Command {
             client: 7,
             seq: i + 1,
             command: KvCommand::Put {
-                key: format!("{i:07}{}", "k".repeat(7 << 10)),
+                key: large_key(i),
                 value: i,
             },
         };
         c.post(CLIENT_BASE + 7, leader, cmd);
         c.run_ms(20);
-    }
-    c.run_ms(1_000);
-    assert_eq!(c.violation, None);
-    for id in 1..=3 {
-        let machine = c.raft(id).state_machine();
-        assert_eq!(
-            machine.get(&format!("{:07}{}", 199, "k".repeat(7 << 10))),
-            Some(199),
-            "node {id}"
-        );
     }
 }
 

@@ -143,8 +143,11 @@ pub enum Message<C> {
         /// commits only if the configuration names this one.
         incarnation: Incarnation,
     },
-    /// The leader's snapshot, for a follower that needs entries already
-    /// compacted away; sent whole, in one message.
+    /// One chunk of the leader's snapshot, for a follower that needs
+    /// entries already compacted away. Chunks go one at a time, each after
+    /// the follower acknowledged the bytes before it
+    /// ([`super::Config::snapshot_chunk_bytes`]); the follower installs the
+    /// snapshot once it holds all `total` bytes.
     InstallSnapshot {
         /// The leader's term.
         term: Term,
@@ -154,18 +157,34 @@ pub enum Message<C> {
         last_term: Term,
         /// The configuration in effect at `last_index`.
         membership: Membership,
-        /// The encoded state: session table and state machine together.
+        /// Where in the encoded snapshot this chunk starts.
+        offset: u64,
+        /// The encoded snapshot's length.
+        total: u64,
+        /// The chunk: bytes `offset..offset + data.len()` of the encoded
+        /// state (session table and state machine together).
         data: Vec<u8>,
         /// The leader's confirmation round; echoed in the reply.
         read_seq: u64,
+    },
+    /// The leader hands its leadership over: the receiver, caught up with
+    /// the leader's log, campaigns at once (without a pre-vote round). Taken
+    /// only from the receiver's leader of its own term.
+    TimeoutNow {
+        /// The leader's term.
+        term: Term,
     },
     /// A follower's answer to `InstallSnapshot`.
     SnapshotReply {
         /// The follower's term.
         term: Term,
-        /// The index its log now matches the leader's up to (0 when the
-        /// snapshot came from a stale term).
+        /// The index its log now matches the leader's up to: the
+        /// snapshot's once it is installed (0 while chunks are still
+        /// missing, or when the snapshot came from a stale term).
         last_index: Index,
+        /// The snapshot being received (by its last index) and how many of
+        /// its bytes the follower holds: where the next chunk starts.
+        received: (Index, u64),
         /// The `read_seq` of the snapshot answered.
         read_seq: u64,
         /// The follower's incarnation, as in `AppendReply`.
@@ -184,6 +203,7 @@ impl<C> Message<C> {
             | Message::Append { term, .. }
             | Message::AppendReply { term, .. }
             | Message::InstallSnapshot { term, .. }
+            | Message::TimeoutNow { term }
             | Message::SnapshotReply { term, .. } => *term,
         }
     }
@@ -274,6 +294,12 @@ pub enum Wire<C, Q, O> {
         id: u64,
         /// The change asked for, or `None` for a status query.
         change: Option<Change>,
+        /// The configuration the change was asked against: the log index
+        /// of the entry that set it ([`super::membership::ConfigStatus::index`]).
+        /// A change is made only while it is still the leader's, so a copy
+        /// of an old request that arrives late (a duplicate, a retry
+        /// outliving its operator) cannot undo what was decided after it.
+        base: Index,
     },
     /// A replica's answer to a client.
     Response(Response<O>),

@@ -330,11 +330,11 @@ impl StateMachine for CoordMachine {
 
     fn snapshot(&self) -> Result<Vec<u8>, crate::env::codec::CodecError> {
         let txns: Vec<(&TxnId, &TxnState)> = self.txns.iter().collect();
-        codec::encode(&(self.floor, txns))
+        codec::encode_state(&(self.floor, txns))
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), SnapshotError> {
-        let (floor, txns): (TxnId, Vec<(TxnId, TxnState)>) = codec::decode(snapshot)?;
+        let (floor, txns): (TxnId, Vec<(TxnId, TxnState)>) = codec::decode_state(snapshot)?;
         self.txns = txns.into_iter().collect();
         self.finished = self
             .txns

@@ -583,6 +583,7 @@ mod tests {
             client: 1,
             id: 1,
             change: Some(crate::log::membership::Change::Remove(2)),
+            base: 0,
         };
         let msg = || Msg::Log(codec::encode(&remove).unwrap());
         let operator = crate::log::membership::OPERATOR_IDS.start;

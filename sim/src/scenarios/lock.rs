@@ -66,16 +66,16 @@ use ringfence::history::lock::{
 use ringfence::history::{History, Violation};
 use ringfence::lock::resource::{self, ResourceBug, ResourceRequest};
 use ringfence::lock::{server, ClientConfig, LockBug, LockClient, LockError, LockMachine, ServerConfig, Token};
-use ringfence::real::auth::FIRST_PRINCIPAL;
 use ringfence::log::membership::{is_operator, Boot, OPERATOR_IDS};
 use ringfence::log::{Event, Index, Term};
 use ringfence::observe::Observer;
+use ringfence::real::auth::FIRST_PRINCIPAL;
 
 use crate::env::SimEnv;
 use crate::plan::{AimedAction, DiskLoss, Fault, FaultKind, FaultPlan, Swarm, Targets};
 use crate::scenario::{client_ids, Bug, Client, Params, Planted, Scenario, Workload, PROBE_ID};
 use crate::scenarios::judge::Judge;
-use crate::scenarios::log::{REJOIN_KEEPS_IDENTITY, REMOVED_STILL_VOTES};
+use crate::scenarios::log::REMOVED_STILL_VOTES;
 use crate::scenarios::{lock_hostile, operator};
 use crate::world::{derive_rng, stream, World};
 
@@ -111,6 +111,12 @@ pub const CLIENT_TOKEN: Bug = Bug {
     about: "the server admits a client's hinted acquire, so a client chooses its own fencing token",
     caught_by: "client-token",
     planted: Planted::Lock(LockBug::ClientToken),
+};
+pub const ANYONE_RECONFIGURES: Bug = Bug {
+    name: "anyone-reconfigures",
+    about: "the server admits a configuration request from any client, not only from an operator: the rogue client removes lock servers, which then never catch up",
+    caught_by: "replica-behind",
+    planted: Planted::Lock(LockBug::AnyoneReconfigures),
 };
 pub const REAPPLY_RETRIES: Bug = Bug {
     name: "reapply-retries",
@@ -760,7 +766,7 @@ impl<const CHANGES: bool> Scenario for LockScenario<CHANGES> {
         "fenced lock service on the replicated log: sessions with leases, FIFO waiters, fencing tokens, a fenced counter"
     };
     const BUGS: &'static [Bug] = if CHANGES {
-        &[REMOVED_STILL_VOTES, REJOIN_KEEPS_IDENTITY]
+        &[REMOVED_STILL_VOTES]
     } else {
         &[
             NO_FENCING,
@@ -770,6 +776,7 @@ impl<const CHANGES: bool> Scenario for LockScenario<CHANGES> {
             CLIENT_TOKEN,
             EXPIRY_RETRY_TOO_SOON,
             REAPPLY_RETRIES,
+            ANYONE_RECONFIGURES,
         ]
     };
     /// Three lock servers and the resource node; with `CHANGES`, five.
@@ -799,6 +806,12 @@ impl<const CHANGES: bool> Scenario for LockScenario<CHANGES> {
             .collect()
     }
 
+    /// The lock servers: the resource's disk is the ground truth the
+    /// checker reads.
+    fn replaceable_servers(servers: &[NodeId]) -> Vec<NodeId> {
+        servers.split_last().map(|(_, lock)| lock.to_vec()).unwrap_or_default()
+    }
+
     /// The operator stays up: it settles the group after the heal.
     fn crashable_clients(clients: &[NodeId]) -> Vec<NodeId> {
         clients.iter().copied().filter(|&id| !is_operator(id)).collect()
@@ -811,8 +824,9 @@ impl<const CHANGES: bool> Scenario for LockScenario<CHANGES> {
     }
     const FAULT_WINDOW: Duration = Duration::from_secs(6);
     /// TTL (an abandoned session expires) + a few election timeouts + the
-    /// acquire's retries.
-    const LIVENESS_BOUND: Duration = Duration::from_secs(5);
+    /// acquire's retries; with `CHANGES`, the operator settles the
+    /// membership first, one committed change after another.
+    const LIVENESS_BOUND: Duration = Duration::from_secs(if CHANGES { 10 } else { 5 });
     const DEFAULT_SEEDS: u64 = 100;
     const SITUATIONS: &'static [&'static str] = &situation::ALL;
 
@@ -881,8 +895,8 @@ impl<const CHANGES: bool> Scenario for LockScenario<CHANGES> {
     async fn client(self: Arc<Self>, env: SimEnv, mut client: Client<LockOp>) {
         if CHANGES && client.id == OPERATOR {
             let servers = self.lock_servers();
-            operator::run::<LockMachine, _>(&env, &client, &servers, &self.judge).await;
-            let members = operator::settle::<LockMachine>(&env, &servers).await;
+            operator::run::<_, LockMachine, _>(&env, &client, &servers, &self.judge).await;
+            let members = operator::settle::<_, LockMachine>(&env, &servers).await;
             *self.settled.lock().unwrap_or_else(|e| e.into_inner()) = Some(members);
             return;
         }
@@ -949,7 +963,11 @@ impl<const CHANGES: bool> Scenario for LockScenario<CHANGES> {
                     continue;
                 }
             };
-            if let Some(old) = released.take().filter(|_| habits.stale_release()) {
+            let stale = released.take().filter(|_| habits.stale_release());
+            // The same grant again (a release that timed out, then an
+            // acquire that found the lock still this session's): releasing
+            // it frees this grant, so it is not a stale handle.
+            if let Some(old) = stale.filter(|old: &ringfence::lock::Lease| old.token != lease.token) {
                 // A stale handle released late (a guard of an earlier grant
                 // dropped after the next one): it must not free this grant.
                 release(&client, &mut lc, &old).await;

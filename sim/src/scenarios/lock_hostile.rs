@@ -3,8 +3,10 @@
 //! - [`rogue`]: a client that sends well-formed adversarial commands from
 //!   its own node id: other clients' session ids (read from the lock's
 //!   view), absurd tokens and request ids, `Expire`, hinted acquires with
-//!   tokens of its choosing. No replica may panic, and every invariant must
-//!   still hold.
+//!   tokens of its choosing, and requests to remove lock servers from the
+//!   group (only an operator may; a removed server would never catch up
+//!   after the heal, `replica-behind`). No replica may panic, and every
+//!   invariant must still hold.
 //! - [`storm`]: a client that opens hundreds of sessions in one burst and
 //!   vanishes, so their expiries all fall due together (the expiry storm).
 //!   The run's liveness bound then says the service recovers in time.
@@ -19,6 +21,7 @@ use rand::Rng;
 use ringfence::env::{codec, Env, NodeId};
 use ringfence::lock::{LockCommand, LockMachine, LockOutput, LockQuery, Request, SessionId};
 use ringfence::log::client::Client as LogClient;
+use ringfence::log::membership::Change;
 use ringfence::log::{Wire, WireOf};
 
 use crate::env::SimEnv;
@@ -93,7 +96,7 @@ fn rogue_command(rng: &mut impl Rng, lock: &str, seen: &[SessionId], own: &[Sess
 /// (`next_op`); it records no history.
 pub async fn rogue(env: SimEnv, servers: Vec<NodeId>, lock: &str, mut next_op: impl FnMut() -> bool) {
     let mut rng = env.rng();
-    let mut log = LogClient::<SimEnv, LockMachine>::new(env.clone(), servers);
+    let mut log = LogClient::<SimEnv, LockMachine>::new(env.clone(), servers.clone());
     log.attempt_timeout = Duration::from_millis(100);
     let mut own: Vec<SessionId> = Vec::new();
     let mut seen: Vec<SessionId> = Vec::new();
@@ -114,6 +117,14 @@ pub async fn rogue(env: SimEnv, servers: Vec<NodeId>, lock: &str, mut next_op: i
             if let Ok(LockOutput::Opened) = log.execute(open, ROGUE_PATIENCE).await {
                 own.push(session);
             }
+        }
+        if rng.gen_bool(0.1) {
+            // Only an operator may reconfigure the group: dropped unanswered.
+            let victim = servers[rng.gen_range(0..servers.len())];
+            let out = log
+                .reconfigure(Change::Remove(victim), rng.gen_range(0..64), ROGUE_PATIENCE)
+                .await;
+            tracing::debug!(?out, "rogue reconfiguration answered");
         }
         let command = rogue_command(&mut rng, lock, &seen, &own);
         let hinted = matches!(command, LockCommand::Hinted { .. });

@@ -382,8 +382,10 @@ pub fn timed_config(bug: Option<LogBug>, timers: Timers) -> Config {
         election_timeout_max: Duration::from_millis(timers.election_max),
         heartbeat_interval: Duration::from_millis(timers.heartbeat),
         // Small enough that snapshots, compaction and InstallSnapshot
-        // happen within a run.
+        // happen within a run, and that a snapshot travels in several
+        // chunks, each of which a fault may lose, delay or duplicate.
         snapshot_every: 48,
+        snapshot_chunk_bytes: 1 << 10,
         max_entries_per_append: 16,
         paranoid: true,
         bug,
@@ -582,7 +584,7 @@ impl<const N: u32, const CHANGES: bool> Scenario for LogScenario<N, CHANGES> {
 
     async fn client(self: Arc<Self>, env: SimEnv, mut client: Client<KvOp>) {
         if CHANGES && client.id == 0 {
-            return operator::run::<Kv, _>(&env, &client, &self.members, &self.judge).await;
+            return operator::run::<_, Kv, _>(&env, &client, &self.members, &self.judge).await;
         }
         let mut log = LogClient::<SimEnv, Kv>::new(env.clone(), client.servers.clone());
         let mut n = 0u32;
@@ -604,7 +606,7 @@ impl<const N: u32, const CHANGES: bool> Scenario for LogScenario<N, CHANGES> {
         while !Self::operate(&client, &mut log, KvOp::Add { key: 0, result: None }).await {}
         while !Self::operate(&client, &mut log, KvOp::Get { key: 0, value: None }).await {}
         let members = if CHANGES {
-            Some(operator::settle::<Kv>(&env, &self.members).await)
+            Some(operator::settle::<_, Kv>(&env, &self.members).await)
         } else {
             None
         };
@@ -648,6 +650,7 @@ mod tests {
             servers: vec![1, 2, 3],
             clients: vec![10, 11],
             crashable_clients: vec![10, 11],
+            replaceable: vec![1, 2, 3],
             kinds: FaultKind::ALL.into_iter().chain(FaultKind::ROLE_AWARE).collect(),
             aiming: LogScenario::<3>::AIMING,
         };

@@ -3,14 +3,16 @@
 //! single-server change at a time, as the log's rules allow
 //! (`ringfence::log::membership`); after the heal it settles the group.
 //!
-//! It asks the leader what it knows (`Client::reconfigure(None)`), then:
+//! It asks the leader what it knows (`Client::config_status`), then asks
+//! for a change against the configuration the answer showed:
 //!
 //! 1. promotes a learner (refused until the learner has caught up);
 //! 2. removes a voter the leader heard from in another incarnation than
 //!    the configuration names: a node back with an empty disk, which
 //!    counts in no quorum until it is added again as a new member;
 //! 3. otherwise adds a server outside the group as a learner, or removes a
-//!    voter (the leader among them), keeping three to five voters.
+//!    voter (the leader among them), keeping three to five voters, or now
+//!    and then hands the leadership to a voter.
 //!
 //! Settling does 1 and 2, and adds learners until there are three voters;
 //! it is done once the leader has heard from every member and the last
@@ -28,7 +30,6 @@ use ringfence::log::membership::{Change, ConfigStatus};
 use ringfence::log::{StateMachine, Term};
 
 use super::judge::Judge;
-use crate::env::SimEnv;
 use crate::scenario::Client;
 
 /// Voters the operator keeps while the faults run: never fewer than three
@@ -38,18 +39,19 @@ const VOTERS: std::ops::RangeInclusive<usize> = 3..=5;
 const GIVE_UP: Duration = Duration::from_secs(2);
 
 /// Changes the membership of the group on `servers` until the fault window
-/// closes. Like automation that reconciles after a failover, it also
+/// closes, from `env`: the operator's node as the group's clients see it
+/// (a [`SimEnv`], or an envelope around one). Like automation that reconciles after a failover, it also
 /// reacts to a new leader (as `judge` saw it elected) at once, half the
 /// time, with a change sent straight to it: the moment a new leader has
 /// not yet committed an entry of its term.
-pub async fn run<S: StateMachine, Op: Clone + std::fmt::Debug>(
-    env: &SimEnv,
+pub async fn run<E: Env, S: StateMachine, Op: Clone + std::fmt::Debug>(
+    env: &E,
     client: &Client<Op>,
     servers: &[NodeId],
     judge: &Judge,
 ) {
     let mut rng = env.rng();
-    let mut log = LogClient::<SimEnv, S>::new(env.clone(), servers.to_vec());
+    let mut log = LogClient::<E, S>::new(env.clone(), servers.to_vec());
     let mut last: Option<ConfigStatus> = None;
     let mut leader = judge.last_leader();
     while client.window_open() {
@@ -61,14 +63,14 @@ pub async fn run<S: StateMachine, Op: Clone + std::fmt::Debug>(
                 // shrink the group below three voters.
                 let grow = outside(status, servers).choose(&mut rng).map(Change::AddLearner);
                 if let Some(change) = next_change(status, servers, false).or(grow) {
-                    let mut direct = LogClient::<SimEnv, S>::new(env.clone(), vec![node]);
-                    let result = direct.reconfigure(Some(change), GIVE_UP).await;
+                    let mut direct = LogClient::<E, S>::new(env.clone(), vec![node]);
+                    let result = direct.reconfigure(change, status.index, GIVE_UP).await;
                     tracing::info!(?change, to = node, ok = result.is_ok(), "operator, after an election");
                     continue;
                 }
             }
         }
-        let status = match log.reconfigure(None, GIVE_UP).await {
+        let status = match log.config_status(GIVE_UP).await {
             Ok(status) => status,
             Err(error) => {
                 tracing::debug!(%error, "operator: no status");
@@ -77,16 +79,22 @@ pub async fn run<S: StateMachine, Op: Clone + std::fmt::Debug>(
         };
         tracing::debug!(?status, "operator");
         let change = next_change(&status, servers, false).or_else(|| wander(&status, servers, &mut rng));
+        let base = status.index;
         last = Some(status);
         if let Some(change) = change {
-            let result = log.reconfigure(Some(change), GIVE_UP).await;
+            let result = log.reconfigure(change, base, GIVE_UP).await;
             tracing::info!(?change, ok = result.is_ok(), "operator");
         }
     }
 }
 
 /// Waits up to `pause` for a leader of a term after `seen`'s; returns it.
-async fn new_leader(env: &SimEnv, judge: &Judge, seen: &mut Option<(Term, NodeId)>, pause: Duration) -> Option<NodeId> {
+async fn new_leader(
+    env: &impl Env,
+    judge: &Judge,
+    seen: &mut Option<(Term, NodeId)>,
+    pause: Duration,
+) -> Option<NodeId> {
     let until = env.now() + pause;
     while env.now() < until {
         let latest = judge.last_leader();
@@ -101,14 +109,14 @@ async fn new_leader(env: &SimEnv, judge: &Judge, seen: &mut Option<(Term, NodeId
 
 /// Brings the group to a settled membership (see the module docs) and
 /// returns its members.
-pub async fn settle<S: StateMachine>(env: &SimEnv, servers: &[NodeId]) -> BTreeSet<NodeId> {
-    let mut log = LogClient::<SimEnv, S>::new(env.clone(), servers.to_vec());
+pub async fn settle<E: Env, S: StateMachine>(env: &E, servers: &[NodeId]) -> BTreeSet<NodeId> {
+    let mut log = LogClient::<E, S>::new(env.clone(), servers.to_vec());
     loop {
-        let Ok(status) = log.reconfigure(None, GIVE_UP).await else {
+        let Ok(status) = log.config_status(GIVE_UP).await else {
             continue;
         };
         if let Some(change) = next_change(&status, servers, true) {
-            let result = log.reconfigure(Some(change), GIVE_UP).await;
+            let result = log.reconfigure(change, status.index, GIVE_UP).await;
             tracing::info!(?change, ok = result.is_ok(), "operator settles");
             if result.is_err() {
                 env.sleep(Duration::from_millis(50)).await;
@@ -144,8 +152,18 @@ fn next_change(status: &ConfigStatus, servers: &[NodeId], settling: bool) -> Opt
     None
 }
 
-/// A random change within [`VOTERS`], or none.
+/// A random change within [`VOTERS`], or none; now and then a leadership
+/// handover to a random voter instead.
 fn wander(status: &ConfigStatus, servers: &[NodeId], rng: &mut impl Rng) -> Option<Change> {
+    if rng.gen_ratio(1, 6) {
+        return status
+            .membership
+            .voters
+            .keys()
+            .copied()
+            .choose(rng)
+            .map(Change::TransferLeadership);
+    }
     let voters = status.membership.voters.len();
     let add = (voters < *VOTERS.end())
         .then(|| outside(status, servers).choose(rng))

@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 
 use ringfence::env::NodeId;
 use ringfence::log::membership::Membership;
-use ringfence::log::{Entry, Index, Message, Payload, Term, MAX_INDEX, MAX_MEMBERS, MAX_TERM_STEP};
+use ringfence::log::{Entry, Index, Message, Payload, Term, MAX_INDEX, MAX_MEMBERS, MAX_SNAPSHOT_BYTES, MAX_TERM_STEP};
 
 /// One hostile message. `known` is a term the group has reached (the latest
 /// leader's, say): messages near it carry some other absurd field instead.
@@ -78,6 +78,7 @@ fn sane_fields<C>(rng: &mut ChaCha8Rng, term: Term) -> Message<C> {
         _ => Message::SnapshotReply {
             term,
             last_index: small(rng),
+            received: (small(rng), small(rng)),
             read_seq: small(rng),
             incarnation: rng.gen(),
         },
@@ -86,7 +87,9 @@ fn sane_fields<C>(rng: &mut ChaCha8Rng, term: Term) -> Message<C> {
 
 /// A message at `term` with every field drawn from anywhere.
 fn random_fields<C>(rng: &mut ChaCha8Rng, term: Term) -> Message<C> {
-    match rng.gen_range(0..3) {
+    match rng.gen_range(0..4) {
+        // A handover in the name of a member that is no leader.
+        3 => Message::TimeoutNow { term },
         0 => Message::RequestVote {
             term,
             last_index: rng.gen(),
@@ -106,14 +109,20 @@ fn random_fields<C>(rng: &mut ChaCha8Rng, term: Term) -> Message<C> {
             commit: rng.gen(),
             read_seq: rng.gen(),
         },
-        _ => Message::InstallSnapshot {
-            term,
-            last_index: rng.gen(),
-            last_term: rng.gen_range(0..=term),
-            membership: Membership::default(),
-            data: (0..rng.gen_range(0..32)).map(|_| rng.gen()).collect(),
-            read_seq: rng.gen(),
-        },
+        _ => {
+            let data: Vec<u8> = (0..rng.gen_range(0..32)).map(|_| rng.gen()).collect();
+            let offset = if rng.gen() { 0 } else { rng.gen_range(0..64) };
+            Message::InstallSnapshot {
+                term,
+                last_index: rng.gen(),
+                last_term: rng.gen_range(0..=term),
+                membership: Membership::default(),
+                offset,
+                total: offset + data.len() as u64 + if rng.gen() { 0 } else { rng.gen_range(0..64) },
+                data,
+                read_seq: rng.gen(),
+            }
+        }
     }
 }
 
@@ -121,7 +130,7 @@ fn random_fields<C>(rng: &mut ChaCha8Rng, term: Term) -> Message<C> {
 /// sends: an index beyond the largest, or a snapshot that does not decode.
 fn absurd_fields<C>(rng: &mut ChaCha8Rng, term: Term) -> Message<C> {
     let huge = |rng: &mut ChaCha8Rng| rng.gen_range(MAX_INDEX + 1..=u64::MAX);
-    match rng.gen_range(0..6) {
+    match rng.gen_range(0..8) {
         0 => Message::RequestVote {
             term,
             last_index: huge(rng),
@@ -151,15 +160,41 @@ fn absurd_fields<C>(rng: &mut ChaCha8Rng, term: Term) -> Message<C> {
             last_term: rng.gen_range(0..=term),
             membership: Membership::default(),
             // A run of continuation bytes: an overlong length that no
-            // decoder accepts.
-            data: vec![0xff; rng.gen_range(0..24)],
+            // decoder accepts, whole in one chunk.
+            offset: 0,
+            total: 24,
+            data: vec![0xff; 24],
             read_seq: rng.gen(),
         },
         4 => Message::SnapshotReply {
             term,
             last_index: huge(rng),
+            received: (huge(rng), rng.gen()),
             read_seq: rng.gen(),
             incarnation: rng.gen(),
+        },
+        // A chunk that runs past the snapshot's end.
+        5 => Message::InstallSnapshot {
+            term,
+            last_index: rng.gen_range(1..=MAX_INDEX),
+            last_term: rng.gen_range(0..=term),
+            membership: Membership::default(),
+            offset: rng.gen_range(u64::MAX - 16..=u64::MAX),
+            total: rng.gen_range(0..64),
+            data: vec![0; rng.gen_range(1..24)],
+            read_seq: rng.gen(),
+        },
+        // A snapshot larger than any replica takes, announced in its
+        // first chunk (a replica that believed it would hold it all).
+        6 => Message::InstallSnapshot {
+            term,
+            last_index: rng.gen_range(1..=MAX_INDEX),
+            last_term: rng.gen_range(0..=term),
+            membership: Membership::default(),
+            offset: 0,
+            total: rng.gen_range(MAX_SNAPSHOT_BYTES as u64 + 1..=u64::MAX),
+            data: vec![0; rng.gen_range(0..24)],
+            read_seq: rng.gen(),
         },
         // A configuration larger than any group.
         _ => Message::InstallSnapshot {
@@ -170,6 +205,8 @@ fn absurd_fields<C>(rng: &mut ChaCha8Rng, term: Term) -> Message<C> {
                 voters: (0..=MAX_MEMBERS as NodeId).map(|n| (n, rng.gen())).collect(),
                 learners: BTreeSet::new(),
             },
+            offset: 0,
+            total: 0,
             data: Vec::new(),
             read_seq: rng.gen(),
         },

@@ -36,7 +36,7 @@
 //! replicas decides (`tests/txn_sim.rs` shows both while a coordinator
 //! replica is down).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -45,24 +45,26 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use ringfence::env::{codec, Env, NodeId};
 use ringfence::history::{bank, History, Violation};
-use ringfence::log::membership::founding;
+use ringfence::log::membership::{is_operator, Boot, OPERATOR_IDS};
+use ringfence::log::LogBug;
 use ringfence::log::{Wire, WireOf};
 use ringfence::txn::client::{ClientConfig, Txn, TxnClient, TxnError};
 use ringfence::txn::coordinator::CoordinatorConfig;
 use ringfence::txn::participant::ParticipantConfig;
 use ringfence::txn::placement::RingShardMap;
 use ringfence::txn::replicated::{Command, CoordMachine, ReplicatedConfig};
-use ringfence::txn::shell::{run_coordinator, run_participant, run_replicated_coordinator, TxnObserver};
+use ringfence::txn::shell::{run_coordinator, run_participant, run_replicated_coordinator, CoordLogEnv, TxnObserver};
 use ringfence::txn::{AbortReason, Decision, Msg, Outcome, TxnBug, TxnEvent, TxnId};
 
 use ringfence::txn::bank::{account_key, decode_balance, encode_balance};
 
-use super::rogue;
+use super::log::REMOVED_STILL_VOTES;
+use super::{operator, rogue};
 
 pub mod registers;
 use crate::env::SimEnv;
 use crate::plan::FaultKind;
-use crate::scenario::{Bug, Client, Params, Planted, Scenario, Workload};
+use crate::scenario::{client_ids, Bug, Client, Params, Planted, Scenario, Workload};
 use crate::scenarios::judge::Judge;
 
 /// Number of accounts.
@@ -145,10 +147,18 @@ pub const FORGET_PRESUMES_ABORT: Bug = Bug {
 /// [`LOAD_RETAIN_FINISHED`] finished transactions and compacts its log every
 /// [`LOAD_SNAPSHOT_EVERY`] entries, so that a run forgets under pressure
 /// and its replicas snapshot, install snapshots and restart from them.
-pub struct Bank<const C: u32, const LOAD: u32 = 1> {
+pub struct Bank<const C: u32, const LOAD: u32 = 1, const CHANGES: bool = false> {
     /// The run's planted bug if it is the transaction protocol's (each
     /// role acts only on its own).
     bug: Option<TxnBug>,
+    /// The run's planted bug if it is the coordinators' log's.
+    log_bug: Option<LogBug>,
+    /// The coordinator replicas that found the group: all, or three with
+    /// `CHANGES`.
+    founders: Vec<NodeId>,
+    /// The group the operator settled after the heal (with `CHANGES`),
+    /// whose every member must catch up.
+    settled: Mutex<Option<BTreeSet<NodeId>>>,
     placement: Arc<RingShardMap>,
     probe_client: u32,
     events: Mutex<Vec<(NodeId, TxnEvent)>>,
@@ -164,7 +174,7 @@ pub struct Bank<const C: u32, const LOAD: u32 = 1> {
     committing: Mutex<BTreeMap<TxnId, Vec<NodeId>>>,
 }
 
-impl<const C: u32, const LOAD: u32> Bank<C, LOAD> {
+impl<const C: u32, const LOAD: u32, const CHANGES: bool> Bank<C, LOAD, CHANGES> {
     /// Collects what `env`'s node reports; the replicated coordinator's
     /// forgetting and snapshots are counted as situations of the run.
     fn observer(self: &Arc<Self>, env: &SimEnv) -> TxnObserver {
@@ -276,8 +286,8 @@ fn coordinators(c: u32) -> Vec<NodeId> {
 }
 
 /// Runs one transfer; records it in the history.
-async fn transfer<const C: u32, const LOAD: u32>(
-    bank: &Bank<C, LOAD>,
+async fn transfer<const C: u32, const LOAD: u32, const CHANGES: bool>(
+    bank: &Bank<C, LOAD, CHANGES>,
     txc: &mut TxnClient<SimEnv>,
     client: &Client<BankOp>,
     from: u32,
@@ -426,20 +436,24 @@ pub const LOAD_RETAIN_FINISHED: usize = 16;
 /// Log entries between the replicated coordinator's snapshots under load.
 pub const LOAD_SNAPSHOT_EVERY: u64 = 64;
 
-impl<const C: u32, const LOAD: u32> Scenario for Bank<C, LOAD> {
+impl<const C: u32, const LOAD: u32, const CHANGES: bool> Scenario for Bank<C, LOAD, CHANGES> {
     type Op = BankOp;
 
-    const NAME: &'static str = match (C, LOAD) {
-        (1, _) => "txn",
-        (_, 1) => "txn-replicated",
+    const NAME: &'static str = match (C, LOAD, CHANGES) {
+        (_, _, true) => "txn-replicated-members",
+        (1, _, _) => "txn",
+        (_, 1, _) => "txn-replicated",
         _ => "txn-replicated-load",
     };
-    const ABOUT: &'static str = match (C, LOAD) {
-        (1, _) => "bank on classic two-phase commit: transfers and audits over 3 shards + 1 coordinator; atomic, durable, conserved",
-        (_, 1) => "bank on two-phase commit with the coordinator replicated on the log (3 replicas) over 3 shards; no single crash blocks",
+    const ABOUT: &'static str = match (C, LOAD, CHANGES) {
+        (_, _, true) => "txn-replicated over 5 coordinator replicas, 3 of which found the group, while an operator adds, promotes, removes and replaces them and a replica may lose its disk: atomic, durable, conserved, every final member caught up",
+        (1, _, _) => "bank on classic two-phase commit: transfers and audits over 3 shards + 1 coordinator; atomic, durable, conserved",
+        (_, 1, _) => "bank on two-phase commit with the coordinator replicated on the log (3 replicas) over 3 shards; no single crash blocks",
         _ => "txn-replicated with 4x the clients, a small retained window and frequent log snapshots: forgetting and compaction under load",
     };
-    const BUGS: &'static [Bug] = if LOAD > 1 {
+    const BUGS: &'static [Bug] = if CHANGES {
+        &[REMOVED_STILL_VOTES]
+    } else if LOAD > 1 {
         &[]
     } else if C == 1 {
         &[
@@ -462,10 +476,37 @@ impl<const C: u32, const LOAD: u32> Scenario for Bank<C, LOAD> {
     const MIN_SERVERS: u32 = C + 1;
     /// Classic runs get more operations: a quarter of them are register
     /// transactions, and its planted bugs need commits to go wrong.
+    /// With `CHANGES`, one more client: the operator.
     const WORKLOAD: Workload = Workload {
-        clients: 4 * LOAD,
+        clients: 4 * LOAD + CHANGES as u32,
         ops: if C == 1 { 40 } else { 30 },
     };
+
+    /// With `CHANGES`, the last client is the operator, in the operators'
+    /// principal ([`ringfence::log::membership::OPERATOR_IDS`]): the only
+    /// one the coordinators take configuration changes from.
+    fn client_ids(clients: u32) -> Vec<NodeId> {
+        let mut ids = client_ids(clients);
+        if let (true, Some(last)) = (CHANGES, ids.last_mut()) {
+            *last |= OPERATOR_IDS.start;
+        }
+        ids
+    }
+
+    /// The operator stays up: it settles the group after the heal.
+    fn crashable_clients(clients: &[NodeId]) -> Vec<NodeId> {
+        clients.iter().copied().filter(|&id| !is_operator(id)).collect()
+    }
+
+    /// The coordinator replicas: a shard's disk is its accounts, which
+    /// nothing replicates.
+    fn replaceable_servers(servers: &[NodeId]) -> Vec<NodeId> {
+        servers
+            .iter()
+            .copied()
+            .filter(|id| coordinators(C).contains(id))
+            .collect()
+    }
     const FAULT_WINDOW: Duration = Duration::from_secs(5);
     /// Coordinator restart at the heal (classic) or an election
     /// (replicated, at most 300 ms plus a lost vote round), a query round
@@ -473,7 +514,8 @@ impl<const C: u32, const LOAD: u32> Scenario for Bank<C, LOAD> {
     /// for inherited transactions, the active-transaction timeout (1 s,
     /// stretched by clock drift) for abandoned ones, and the probe's own
     /// retries.
-    const LIVENESS_BOUND: Duration = Duration::from_secs(5);
+    /// With `CHANGES`, the operator settles the membership first.
+    const LIVENESS_BOUND: Duration = Duration::from_secs(if CHANGES { 10 } else { 5 });
     /// The replicated mode's `send-before-commit` needs a leader cut off
     /// from the other replicas while still reaching shards and clients for
     /// longer than an election: 19 of seeds 0..1500, the third at seed 475
@@ -484,9 +526,10 @@ impl<const C: u32, const LOAD: u32> Scenario for Bank<C, LOAD> {
     /// transactions while its coordinator is still down (a shard that
     /// recovered them without their locks was found at seeds 77, 204 and
     /// 234). Under load, fewer: each run is several times longer.
-    const DEFAULT_SEEDS: u64 = match (C, LOAD) {
-        (1, _) => 250,
-        (_, 1) => 500,
+    const DEFAULT_SEEDS: u64 = match (C, LOAD, CHANGES) {
+        (_, _, true) => 200,
+        (1, _, _) => 250,
+        (_, 1, _) => 500,
         _ => 10,
     };
 
@@ -494,9 +537,15 @@ impl<const C: u32, const LOAD: u32> Scenario for Bank<C, LOAD> {
     /// compact.
     const SITUATIONS: &'static [&'static str] = if LOAD > 1 { &[FORGOT, COMPACTED] } else { &[] };
 
-    /// The default kinds, and hostile messages from members.
+    /// The default kinds, and hostile messages from members; with
+    /// `CHANGES`, a lost disk too.
     fn fault_kinds() -> Vec<FaultKind> {
-        FaultKind::ALL.into_iter().chain(FaultKind::ADVERSARIAL).collect()
+        let replacement = FaultKind::REPLACEMENT.into_iter().filter(|_| CHANGES);
+        FaultKind::ALL
+            .into_iter()
+            .chain(FaultKind::ADVERSARIAL)
+            .chain(replacement)
+            .collect()
     }
 
     /// What a member may not say: a coordinator replica, or a shard
@@ -594,6 +643,12 @@ impl<const C: u32, const LOAD: u32> Scenario for Bank<C, LOAD> {
                 Some(Planted::Txn(bug)) => Some(bug),
                 _ => None,
             },
+            log_bug: match params.planted() {
+                Some(Planted::Log(bug)) => Some(bug),
+                _ => None,
+            },
+            founders: coordinators(if CHANGES { C.min(3) } else { C }),
+            settled: Mutex::default(),
             placement: Arc::new(
                 RingShardMap::new((COORDINATOR + C..=params.servers).collect()).expect("distinct shard ids"),
             ),
@@ -625,11 +680,18 @@ impl<const C: u32, const LOAD: u32> Scenario for Bank<C, LOAD> {
                 config.retain_finished = LOAD_RETAIN_FINISHED;
                 config.log.snapshot_every = LOAD_SNAPSHOT_EVERY;
             }
+            config.log.bug = self.log_bug;
             let me = env.id();
             self.judge.booted(me);
             let judge = self.judge.clone();
-            if let Err(error) =
-                run_replicated_coordinator(env, founding(coordinators(C)), config, observer, judge).await
+            // A founder founds the group until its disk has been synced;
+            // any other empty disk joins as a new incarnation.
+            let boot = if self.founders.contains(&me) && env.original_disk_unused() {
+                Boot::Genesis(self.founders.clone())
+            } else {
+                Boot::Join
+            };
+            if let Err(error) = run_replicated_coordinator(env, (coordinators(C), boot), config, observer, judge).await
             {
                 // The replica stopped to protect what it promised; it stays
                 // down until the nemesis restarts it.
@@ -648,6 +710,13 @@ impl<const C: u32, const LOAD: u32> Scenario for Bank<C, LOAD> {
     }
 
     async fn client(self: Arc<Self>, env: SimEnv, mut client: Client<BankOp>) {
+        if CHANGES && client.id == self.probe_client - 1 {
+            let (env, servers) = (CoordLogEnv(env), coordinators(C));
+            operator::run::<_, CoordMachine, _>(&env, &client, &servers, &self.judge).await;
+            let members = operator::settle::<_, CoordMachine>(&env, &servers).await;
+            *self.settled.lock().unwrap_or_else(|e| e.into_inner()) = Some(members);
+            return;
+        }
         let mut rng = env.rng();
         // Its own stream: the bank's draws stay as they were.
         let mut register_rng = env.rng();
@@ -681,7 +750,8 @@ impl<const C: u32, const LOAD: u32> Scenario for Bank<C, LOAD> {
             // finished transactions).
             while let Err(TxnError::Unavailable { .. }) = txc.outcome(txn).await {}
         }
-        self.judge.all_caught_up(&env, None).await;
+        let settled = self.settled.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        self.judge.all_caught_up(&env, settled).await;
     }
 
     fn check(&self, history: &History<BankOp>) -> Vec<Violation> {

@@ -66,8 +66,8 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// The members of the replicated groups: status, add, remove, replace
-    /// (an operator's commands: they read the cluster secret).
+    /// The members of the replicated groups: status, add, remove, replace,
+    /// transfer (an operator's commands: they read the cluster secret).
     Member(member_cmd::MemberArgs),
     /// Lock service: acquire, release, status.
     Lock(lock_cmd::LockArgs),

@@ -65,6 +65,13 @@ enum MemberCommand {
         #[arg(long)]
         id: NodeId,
     },
+    /// Hand the leadership of both groups to node ID (before stopping the
+    /// leader's machine for maintenance): each leader stops taking
+    /// commands, brings ID up to date and tells it to campaign at once.
+    Transfer {
+        #[arg(long)]
+        to: NodeId,
+    },
 }
 
 /// What a command does to each group.
@@ -73,6 +80,7 @@ enum Procedure {
     Add,
     Remove,
     Replace,
+    Transfer,
 }
 
 pub async fn run(args: MemberArgs) -> Result<(), String> {
@@ -130,6 +138,10 @@ pub async fn run(args: MemberArgs) -> Result<(), String> {
             );
             change_both(&config, Procedure::Replace, id, args.wait).await
         }
+        MemberCommand::Transfer { to } => {
+            config.node(to).map_err(|e| e.to_string())?;
+            change_both(&config, Procedure::Transfer, to, args.wait).await
+        }
     }
 }
 
@@ -152,6 +164,7 @@ async fn change<E: Env, S: StateMachine>(
         Procedure::Add => admin::add_member(client, node, wait).await,
         Procedure::Remove => admin::remove_member(client, node, wait).await,
         Procedure::Replace => admin::replace_member(client, node, wait).await,
+        Procedure::Transfer => admin::transfer_leadership(client, node, wait).await,
     }
 }
 
@@ -165,6 +178,7 @@ fn report(
     let done = match procedure {
         Procedure::Add | Procedure::Replace => format!("node {node} votes"),
         Procedure::Remove => format!("node {node} is out"),
+        Procedure::Transfer => format!("leadership handed to node {node}"),
     };
     println!("{group} group: {done}; voters {}", voters(&status));
     Ok(())
