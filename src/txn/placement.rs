@@ -75,4 +75,17 @@ mod tests {
             assert_eq!(map.shard_for(&key), owner);
         }
     }
+
+    /// Which shard owns an account is part of the cluster's data layout:
+    /// every client and shard, in every process, platform and release, must
+    /// agree. Pinned for a 3-node cluster's shards (ids 1001..1003).
+    #[test]
+    fn the_owners_of_accounts_are_pinned() {
+        let p = RingShardMap::new(vec![1001, 1002, 1003]).unwrap();
+        let owners: Vec<NodeId> = (0..12).map(|i| p.shard_for(&format!("acct-{i}"))).collect();
+        assert_eq!(
+            owners,
+            [1002, 1002, 1001, 1001, 1002, 1003, 1002, 1003, 1001, 1002, 1001, 1001]
+        );
+    }
 }
