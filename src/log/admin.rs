@@ -53,34 +53,10 @@ pub async fn add_member<E: Env, S: StateMachine>(
     give_up: Duration,
 ) -> Result<ConfigStatus, AdminError> {
     let end = client.env().now() + give_up;
-    let status = change(client, Change::AddLearner(node), end).await;
-    match status {
-        Err(AdminError::Refused {
-            refusal: Refusal::NotApplicable,
-            ..
-        }) => {}
-        other => {
-            other?;
-        }
-    }
-    match change(client, Change::Promote(node), end).await {
-        // Not a learner: a voter already (the add found it one).
-        Err(AdminError::Refused {
-            refusal: Refusal::NotApplicable,
-            change,
-        }) => {
-            let status = status_until(client, change, end).await?;
-            if status.membership.voters.contains_key(&node) {
-                Ok(status)
-            } else {
-                Err(AdminError::Refused {
-                    change,
-                    refusal: Refusal::NotApplicable,
-                })
-            }
-        }
-        other => other,
-    }
+    let added = change(client, Change::AddLearner(node), end).await;
+    unless_done(client, added, end, |s| s.membership.contains(node)).await?;
+    let promoted = change(client, Change::Promote(node), end).await;
+    unless_done(client, promoted, end, |s| s.membership.voters.contains_key(&node)).await
 }
 
 /// Takes `node` out of the group (a member not in it is done). A leader
@@ -91,11 +67,34 @@ pub async fn remove_member<E: Env, S: StateMachine>(
     give_up: Duration,
 ) -> Result<ConfigStatus, AdminError> {
     let end = client.env().now() + give_up;
-    match change(client, Change::Remove(node), end).await {
+    let removed = change(client, Change::Remove(node), end).await;
+    unless_done(client, removed, end, |s| !s.membership.contains(node)).await
+}
+
+/// A step's `result`, except a change the leader found not applicable
+/// because what it asks is already so (`done` holds of the status): a
+/// procedure cut short and run again passes over what it finished.
+async fn unless_done<E: Env, S: StateMachine>(
+    client: &mut Client<E, S>,
+    result: Result<ConfigStatus, AdminError>,
+    end: Duration,
+    done: impl Fn(&ConfigStatus) -> bool,
+) -> Result<ConfigStatus, AdminError> {
+    match result {
         Err(AdminError::Refused {
             refusal: Refusal::NotApplicable,
             change,
-        }) => status_until(client, change, end).await,
+        }) => {
+            let status = status_until(client, change, end).await?;
+            if done(&status) {
+                Ok(status)
+            } else {
+                Err(AdminError::Refused {
+                    change,
+                    refusal: Refusal::NotApplicable,
+                })
+            }
+        }
         other => other,
     }
 }
@@ -149,17 +148,16 @@ async fn change<E: Env, S: StateMachine>(
         match client.reconfigure(change, base, left).await {
             Ok(status) => return Ok(status),
             Err(ClientError::Timeout) => return Err(AdminError::Timeout { change, last }),
-            // Another change came first: look again at once.
-            Err(ClientError::Rejected(Reject::Reconfiguration(Refusal::Stale))) => {
-                last = Some(Refusal::Stale);
-                continue;
-            }
             Err(ClientError::Rejected(Reject::Reconfiguration(refusal))) => match refusal {
+                // Another change came first: look again at once.
+                Refusal::Stale => {
+                    last = Some(refusal);
+                    continue;
+                }
                 Refusal::ChangeInProgress
                 | Refusal::LeaderNotReady
                 | Refusal::LearnerBehind
-                | Refusal::WouldLoseQuorum
-                | Refusal::Stale => last = Some(refusal),
+                | Refusal::WouldLoseQuorum => last = Some(refusal),
                 Refusal::NotApplicable | Refusal::LastVoter | Refusal::TooMany | Refusal::TargetBehind => {
                     return Err(AdminError::Refused { change, refusal })
                 }

@@ -285,31 +285,25 @@ impl Transport {
             }
             return Ok(());
         }
-        let peer = self
-            .queues
-            .read()
-            .expect("peer table poisoned")
-            .get(&to)
-            .map(|outbox| (outbox.queue.clone(), Some(outbox.unsent.clone())));
-        let (queue, unsent) = match peer {
-            Some(peer) => peer,
+        // Sent under the table's read lock: `try_send` never waits.
+        let queues = self.queues.read().expect("peer table poisoned");
+        let queued = match queues.get(&to) {
+            Some(outbox) => {
+                // Counted before it is queued, so the link never uncounts first.
+                outbox.unsent.fetch_add(1, Ordering::AcqRel);
+                let queued = outbox.queue.try_send(msg).is_ok();
+                if !queued {
+                    outbox.unsent.fetch_sub(1, Ordering::AcqRel);
+                }
+                queued
+            }
             None => {
                 let clients = self.clients.lock().expect("client table poisoned");
-                let queue = clients
-                    .get(&to)
-                    .map(|(_, q)| q.clone())
-                    .ok_or(EnvError::UnknownPeer(to))?;
-                (queue, None)
+                let (_, queue) = clients.get(&to).ok_or(EnvError::UnknownPeer(to))?;
+                queue.try_send(msg).is_ok()
             }
         };
-        // Counted before it is queued, so the link never uncounts first.
-        if let Some(unsent) = &unsent {
-            unsent.fetch_add(1, Ordering::AcqRel);
-        }
-        if queue.try_send(msg).is_err() {
-            if let Some(unsent) = &unsent {
-                unsent.fetch_sub(1, Ordering::AcqRel);
-            }
+        if !queued {
             tracing::debug!(node = self.id, peer = to, "queue full: dropped a message");
         }
         Ok(())
