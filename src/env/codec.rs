@@ -21,10 +21,10 @@ pub enum CodecError {
     Malformed(String),
 }
 
-/// Largest encoded state: a snapshot, or a record that holds one. A
-/// replica keeps its snapshot as one record of its log, so a state may be
-/// as large as a record, far past a message (it travels in chunks).
-pub const MAX_STATE_BYTES: usize = super::record::MAX_RECORD_BYTES;
+/// Largest encoded state (a snapshot): 4 GiB. A state travels and is
+/// stored in chunks, so it may be far larger than a message or a record;
+/// what a replica accepts is its configuration's `max_snapshot_bytes`.
+pub const MAX_STATE_BYTES: usize = 1 << 32;
 
 /// Serializes `value`, refusing results larger than [`MAX_MESSAGE_BYTES`].
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
@@ -37,12 +37,12 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     decode_within(bytes, MAX_MESSAGE_BYTES)
 }
 
-/// [`encode`] for a state or a record, up to [`MAX_STATE_BYTES`].
+/// [`encode`] for a state, up to [`MAX_STATE_BYTES`].
 pub fn encode_state<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
     encode_within(value, MAX_STATE_BYTES)
 }
 
-/// [`decode`] for a state or a record, up to [`MAX_STATE_BYTES`].
+/// [`decode`] for a state or a log record, up to [`MAX_STATE_BYTES`].
 pub fn decode_state<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     decode_within(bytes, MAX_STATE_BYTES)
 }

@@ -608,22 +608,19 @@ fn a_follower_refuses_undecodable_snapshots_and_inconsistent_appends() {
     assert_eq!(g.nodes[&f].term_at(1), first);
 }
 
-#[test]
-fn recovery_refuses_a_snapshot_record_that_does_not_decode() {
+/// Recovers replica 1 of a genesis group from `records` after its identity
+/// record.
+fn recover_from(records: &[Record<KvCommand>]) -> Result<(), RecoverError> {
     let identity: Record<KvCommand> = Record::Identity {
         incarnation: GENESIS,
         genesis: Membership::genesis(&MEMBERS),
     };
-    let identity = codec::encode(&identity).unwrap();
-    let record: Record<KvCommand> = Record::Snapshot {
-        last_index: 3,
-        last_term: 1,
-        membership: Membership::genesis(&MEMBERS),
-        data: vec![0xff; 5],
-    };
-    let records = vec![identity.clone(), codec::encode(&record).unwrap()];
+    let records: Vec<Vec<u8>> = std::iter::once(&identity)
+        .chain(records)
+        .map(|r| codec::encode(r).unwrap())
+        .collect();
     let rng = ChaCha8Rng::seed_from_u64(1);
-    let result = Raft::<Kv>::recover(
+    Raft::<Kv>::recover(
         1,
         &MEMBERS,
         Boot::Genesis(MEMBERS.to_vec()),
@@ -631,24 +628,63 @@ fn recovery_refuses_a_snapshot_record_that_does_not_decode() {
         rng,
         &records,
         Duration::ZERO,
+    )
+    .map(drop)
+}
+
+#[test]
+fn recovery_refuses_a_snapshot_record_that_does_not_decode() {
+    let snapshot = |size: u64| Record::Snapshot {
+        last_index: 3,
+        last_term: 1,
+        membership: Membership::genesis(&MEMBERS),
+        size,
+    };
+    let part = |n: usize| Record::SnapshotPart(vec![0xff; n]);
+    let result = recover_from(&[snapshot(5), part(2), part(3)]);
+    assert!(
+        matches!(result, Err(RecoverError::Snapshot { position: 3, .. })),
+        "{result:?}"
     );
-    assert!(matches!(result, Err(RecoverError::Snapshot { position: 1, .. })));
+    // Parts that stop short, run over, or come without their snapshot.
+    let short = recover_from(&[snapshot(5), part(2)]);
+    assert!(
+        matches!(short, Err(RecoverError::Structure { position: 3, .. })),
+        "{short:?}"
+    );
+    let cut = recover_from(&[
+        snapshot(5),
+        part(2),
+        Record::HardState {
+            term: 1,
+            voted_for: None,
+        },
+    ]);
+    assert!(
+        matches!(cut, Err(RecoverError::Structure { position: 3, .. })),
+        "{cut:?}"
+    );
+    let over = recover_from(&[snapshot(5), part(6)]);
+    assert!(
+        matches!(over, Err(RecoverError::Structure { position: 2, .. })),
+        "{over:?}"
+    );
+    let stray = recover_from(&[part(1)]);
+    assert!(
+        matches!(stray, Err(RecoverError::Structure { position: 1, .. })),
+        "{stray:?}"
+    );
+    let too_large = recover_from(&[snapshot(config(None).max_snapshot_bytes as u64 + 1)]);
+    assert!(
+        matches!(too_large, Err(RecoverError::Structure { position: 1, .. })),
+        "{too_large:?}"
+    );
     let huge: Record<KvCommand> = Record::Entry(Entry {
         term: 1,
         index: u64::MAX,
         payload: Payload::Noop,
     });
-    let rng = ChaCha8Rng::seed_from_u64(1);
-    let records = vec![identity, codec::encode(&huge).unwrap()];
-    let result = Raft::<Kv>::recover(
-        1,
-        &MEMBERS,
-        Boot::Genesis(MEMBERS.to_vec()),
-        config(None),
-        rng,
-        &records,
-        Duration::ZERO,
-    );
+    let result = recover_from(std::slice::from_ref(&huge));
     assert!(matches!(result, Err(RecoverError::Structure { position: 1, .. })));
     // Records without the identity record first are no log of this format.
     let rng = ChaCha8Rng::seed_from_u64(1);

@@ -34,15 +34,15 @@
 //! [`MAX_ENTRIES_PER_APPEND`] by default (configurable), [`MAX_COMMAND_BYTES`]
 //! per command (so an append fits in [`crate::env::MAX_MESSAGE_BYTES`]),
 //! [`Config::max_snapshot_bytes`] per snapshot (sent in chunks of
-//! [`Config::snapshot_chunk_bytes`], kept as one record, so at most
-//! [`MAX_SNAPSHOT_BYTES`]), [`MAX_MEMBERS`], and bounded session and
+//! [`Config::snapshot_chunk_bytes`] and kept in the log as records of one
+//! chunk each, at most [`MAX_SNAPSHOT_BYTES`]), [`MAX_MEMBERS`], and bounded session and
 //! pending read tables (see [`Config`]).
 //!
 //! # Not done
 //!
 //! No leader leases (reads always cost a confirmation round, so clock drift
-//! cannot break them), no leadership transfer, and snapshots travel in one
-//! message.
+//! cannot break them). A snapshot is held in memory while it is taken, sent
+//! and installed, as the state machine it encodes is.
 
 pub mod admin;
 pub mod client;
@@ -73,9 +73,13 @@ pub const MAX_MEMBERS: usize = 15;
 pub const MAX_ENTRIES_PER_APPEND: usize = 64;
 /// Largest encoded command accepted (larger ones are rejected).
 pub const MAX_COMMAND_BYTES: usize = 8 << 10;
-/// Largest snapshot any configuration allows: a replica keeps its snapshot
-/// as one record of its log, with room to spare for the record's header.
-pub const MAX_SNAPSHOT_BYTES: usize = crate::env::record::MAX_RECORD_BYTES - (64 << 10);
+/// Largest snapshot any configuration allows: the largest state the codec
+/// encodes. A snapshot is kept in the log as records of one chunk each,
+/// so no record limit bounds it; a replica holds it in memory, as it holds
+/// the state machine it encodes.
+pub const MAX_SNAPSHOT_BYTES: usize = crate::env::codec::MAX_STATE_BYTES;
+/// Default for `Config::max_snapshot_bytes`: 1 GiB.
+pub const DEFAULT_MAX_SNAPSHOT_BYTES: usize = 1 << 30;
 /// Largest snapshot chunk: it must fit one message with room to spare.
 pub const MAX_SNAPSHOT_CHUNK_BYTES: usize = crate::env::MAX_MESSAGE_BYTES - (64 << 10);
 /// Largest term a replica adopts from a message above its own. Honest terms
@@ -189,10 +193,12 @@ pub struct Config {
     /// blocks, which stalls the disk for tens of milliseconds on this
     /// project's machine (ext4 with `discard`); see the default's figures.
     pub snapshot_every: u64,
-    /// Largest snapshot a replica takes or installs (at most
+    /// Largest snapshot a replica takes, installs or recovers
+    /// ([`DEFAULT_MAX_SNAPSHOT_BYTES`] by default, at most
     /// [`MAX_SNAPSHOT_BYTES`]). A state that outgrows it is not compacted
     /// (the log keeps everything and the error is logged); a snapshot
-    /// offered above it is refused.
+    /// offered above it is refused, and a log holding one is refused at
+    /// start with an error that names the setting.
     pub max_snapshot_bytes: usize,
     /// Bytes of a snapshot per `InstallSnapshot` message (1 up to
     /// [`MAX_SNAPSHOT_CHUNK_BYTES`]); a leader sends the next chunk once
@@ -231,7 +237,7 @@ impl Default for Config {
             // p99 of 45 ms, 8192 gave 9,145 and 25 ms, 32768 gave 9,976
             // and 4.9 ms. 32768 entries of a lock log are about 2 MB.
             snapshot_every: 32768,
-            max_snapshot_bytes: MAX_SNAPSHOT_BYTES,
+            max_snapshot_bytes: DEFAULT_MAX_SNAPSHOT_BYTES,
             // Half a message: two chunks in flight at most (one resent
             // at a heartbeat) stay under the transport's queue sizes.
             snapshot_chunk_bytes: 512 << 10,
@@ -262,7 +268,7 @@ impl Config {
         assert!(self.snapshot_every >= 1);
         assert!(
             (1..=MAX_SNAPSHOT_BYTES).contains(&self.max_snapshot_bytes),
-            "a snapshot is kept as one record: at most {MAX_SNAPSHOT_BYTES} bytes"
+            "a snapshot may be at most {MAX_SNAPSHOT_BYTES} bytes"
         );
         assert!(
             (1..=MAX_SNAPSHOT_CHUNK_BYTES).contains(&self.snapshot_chunk_bytes),

@@ -434,12 +434,22 @@ impl<S: StateMachine> Raft<S> {
         if records.is_empty() {
             raft.initialize(boot);
         }
+        // A snapshot whose parts are still being read: its header and the
+        // bytes so far.
+        let mut partial: Option<(Index, Term, Membership, u64, Vec<u8>)> = None;
         for (position, bytes) in records.iter().enumerate() {
             let record: Record<S::Command> =
                 codec::decode_state(bytes).map_err(|error| RecoverError::Decode { position, error })?;
             let bad = |reason| RecoverError::Structure { position, reason };
             if (position == 0) != matches!(record, Record::Identity { .. }) {
                 return Err(bad("the identity record is not the log's first"));
+            }
+            if partial.is_some() != matches!(record, Record::SnapshotPart(_)) {
+                return Err(bad(if partial.is_some() {
+                    "a snapshot's parts end before its size"
+                } else {
+                    "a snapshot part without its snapshot"
+                }));
             }
             match record {
                 Record::Identity { incarnation, genesis } => {
@@ -479,19 +489,40 @@ impl<S: StateMachine> Raft<S> {
                     last_index,
                     last_term,
                     membership,
-                    data,
+                    size,
                 } => {
                     if last_index > MAX_INDEX {
                         return Err(bad("snapshot index beyond the largest"));
                     }
-                    raft.machine = Replicated::restored(raft.config.max_sessions, &data)
-                        .map_err(|error| RecoverError::Snapshot { position, error })?;
-                    raft.log = Log::starting_at(last_index, last_term, membership);
-                    raft.snapshot = data;
-                    raft.commit = last_index;
-                    raft.applied = last_index;
+                    if size > raft.config.max_snapshot_bytes as u64 {
+                        return Err(bad("a snapshot larger than max_snapshot_bytes"));
+                    }
+                    partial = Some((last_index, last_term, membership, size, Vec::new()));
+                }
+                Record::SnapshotPart(part) => {
+                    let (.., size, data) = partial.as_mut().expect("checked above");
+                    data.extend_from_slice(&part);
+                    if data.len() as u64 > *size {
+                        return Err(bad("a snapshot's parts exceed its size"));
+                    }
                 }
             }
+            if let Some((last_index, last_term, membership, _, data)) =
+                partial.take_if(|(.., size, data)| data.len() as u64 == *size)
+            {
+                raft.machine = Replicated::restored(raft.config.max_sessions, &data)
+                    .map_err(|error| RecoverError::Snapshot { position, error })?;
+                raft.log = Log::starting_at(last_index, last_term, membership);
+                raft.snapshot = data;
+                raft.commit = last_index;
+                raft.applied = last_index;
+            }
+        }
+        if partial.is_some() {
+            return Err(RecoverError::Structure {
+                position: records.len(),
+                reason: "a snapshot's parts end before its size",
+            });
         }
         if raft.log.last_term() > raft.term {
             return Err(RecoverError::Structure {
@@ -1448,7 +1479,11 @@ impl<S: StateMachine> Raft<S> {
         };
         let (index, term) = (entry.index, entry.term);
         self.append_entry(entry);
-        self.out.events.push(Event::Proposed { index, term });
+        self.out.events.push(Event::Proposed {
+            index,
+            term,
+            change: false,
+        });
         self.advance_commit(); // a one-member group commits at once
         self.replicate_pending = true;
     }
@@ -1551,7 +1586,11 @@ impl<S: StateMachine> Raft<S> {
             index,
             payload: Payload::Config(next),
         });
-        self.out.events.push(Event::Proposed { index, term: self.term });
+        self.out.events.push(Event::Proposed {
+            index,
+            term: self.term,
+            change: true,
+        });
         self.lead_mut().changes.push(PendingChange {
             index,
             from,
@@ -2010,8 +2049,8 @@ impl<S: StateMachine> Raft<S> {
         let snapshot = match self.machine.snapshot() {
             Ok(bytes) if bytes.len() <= self.config.max_snapshot_bytes => bytes,
             too_large => {
-                // The state outgrew one message: keep the whole log (it
-                // still holds everything) and try again a period later,
+                // The state outgrew max_snapshot_bytes: keep the whole log
+                // (it still holds everything) and try again a period later,
                 // rather than stop every replica on the same entry.
                 let size = too_large.map_or_else(|e| e.to_string(), |b| format!("{} bytes", b.len()));
                 tracing::error!(node = self.id, applied = self.applied, %size, "state too large to snapshot; not compacting");
@@ -2058,9 +2097,13 @@ impl<S: StateMachine> Raft<S> {
                 last_index: self.log.start,
                 last_term: self.log.start_term,
                 membership: self.log.start_config.clone(),
-                data: self.snapshot.clone(),
+                size: self.snapshot.len() as u64,
             };
-            records.push(codec::encode_state(&snap).expect("a snapshot within its limit fits a record"));
+            records.push(codec::encode(&snap).expect("small"));
+            for part in self.snapshot.chunks(self.config.snapshot_chunk_bytes) {
+                let part: Record<S::Command> = Record::SnapshotPart(part.to_vec());
+                records.push(codec::encode(&part).expect("a chunk fits a message"));
+            }
         }
         let hard: Record<S::Command> = Record::HardState {
             term: self.term,

@@ -11,7 +11,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::membership::{Boot, GENESIS};
 use super::*;
-use crate::env::NodeId;
+use crate::env::{codec, NodeId};
 
 type W = WireOf<Kv>;
 
@@ -898,6 +898,19 @@ fn a_snapshot_larger_than_a_message_installs_in_chunks() {
         sent >= size.div_ceil(64 << 10),
         "{size} bytes in 64 KiB chunks, {sent} sent"
     );
+    // The installed snapshot is on the lagger's disk in parts of a chunk
+    // each, and it recovers from them.
+    let parts = c.slots[&lagger]
+        .disk
+        .synced
+        .iter()
+        .filter(|r| matches!(codec::decode_state(r), Ok(Record::<KvCommand>::SnapshotPart(_))))
+        .count();
+    assert!(parts > 1, "{parts} parts on disk");
+    c.crash(lagger);
+    c.run_ms(1_000);
+    assert_eq!(c.violation, None);
+    assert_eq!(c.raft(lagger).state_machine().get(&large_key(299)), Some(299));
 }
 
 /// Key `i` of [`put_large_keys`]: about 7 KiB.

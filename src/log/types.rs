@@ -333,7 +333,10 @@ pub enum Record<C> {
     },
     /// A log entry, appended (or overwriting a conflicting suffix).
     Entry(Entry<C>),
-    /// The state up to `last_index`, replacing the entries it covers.
+    /// The state up to `last_index`, replacing the entries it covers. Its
+    /// bytes follow in [`Record::SnapshotPart`]s, so a snapshot is bounded
+    /// by configuration (`Config::max_snapshot_bytes`), not by the size of
+    /// one record.
     Snapshot {
         /// Last index the snapshot covers.
         last_index: Index,
@@ -341,9 +344,12 @@ pub enum Record<C> {
         last_term: Term,
         /// The configuration in effect at `last_index`.
         membership: Membership,
-        /// The encoded state: session table and state machine together.
-        data: Vec<u8>,
+        /// How many bytes the parts that follow hold together.
+        size: u64,
     },
+    /// The next bytes of the encoded state (session table and state
+    /// machine together) announced by the [`Record::Snapshot`] before it.
+    SnapshotPart(Vec<u8>),
 }
 
 /// Something a replica did that an observer (a test, the simulator's
@@ -369,6 +375,8 @@ pub enum Event {
         index: Index,
         /// The leader's term, which the entry carries.
         term: Term,
+        /// Whether the entry is a configuration change.
+        change: bool,
     },
     /// This replica, as leader, learned that the log up to `index` is
     /// committed (before telling the followers).

@@ -1130,7 +1130,7 @@ mod tests {
         }
         let bytes = m.snapshot().unwrap().len();
         assert!(
-            bytes <= crate::log::MAX_SNAPSHOT_BYTES / 2,
+            bytes <= crate::log::DEFAULT_MAX_SNAPSHOT_BYTES / 2,
             "{bytes} bytes for {held} transactions"
         );
     }

@@ -174,6 +174,10 @@ pub const SYNCED_TAIL_UNNOTICED: Bug = Bug {
     planted: Planted::Record(RecordBug::IgnoresWatermark),
 };
 
+/// With `CHANGES`, the client that is failover automation
+/// ([`operator::failover`]); client 0 is the operator.
+const FAILOVER: u32 = 1;
+
 /// Counters the clients touch: few, so operations contend.
 const KEYS: u8 = 3;
 /// How long a client keeps retrying one operation before giving up.
@@ -187,6 +191,9 @@ pub mod moment {
     pub const LEAD: &str = "lead";
     /// As leader, it appended a new client entry and is about to replicate it.
     pub const PROPOSE: &str = "propose";
+    /// As leader, it appended a configuration change and is about to
+    /// replicate it.
+    pub const RECONFIGURE: &str = "reconfigure";
     /// As leader, it learned that entries are committed, before telling the
     /// followers.
     pub const COMMIT: &str = "commit";
@@ -205,6 +212,26 @@ enum Hazard {
     /// learning of a commit, before the followers do: logs diverge across
     /// terms (the commit rule, Raft's figure 8).
     Replication,
+}
+
+/// With membership changing: half the windows crash a leader right after
+/// it appends a configuration change, before it tells anyone, so the change
+/// survives only in the deposed leader's log while the others elect a
+/// successor (and the operator answers the failover with a change of its
+/// own): the setting of the single-server-change bug in Ongaro's thesis.
+/// The other half are [`hazard_window`]s.
+fn membership_hazard_window(rng: &mut ChaCha8Rng, at_ms: u64, intensity: f64, servers: usize, out: &mut Vec<Fault>) {
+    if rng.gen_bool(0.5) {
+        return hazard_window(rng, at_ms, intensity, servers, out);
+    }
+    out.push(Fault::MomentCrash {
+        at_ms,
+        for_ms: rng.gen_range(1_000..=(1_500 + (3_000.0 * intensity) as u64)),
+        moment: moment::RECONFIGURE.to_string(),
+        after_sends: 0,
+        probability: rng.gen_range(0.75..=1.0),
+        down_ms: rng.gen_range(20..=(200 + (1_000.0 * intensity) as u64)),
+    });
 }
 
 /// One window of moment crashes aimed at a random [`Hazard`].
@@ -256,6 +283,7 @@ impl Observer<Event> for ReplicaObserver {
         let moment = match event {
             Event::Voted { .. } => moment::VOTE,
             Event::Leader { .. } => moment::LEAD,
+            Event::Proposed { change: true, .. } => moment::RECONFIGURE,
             Event::Proposed { .. } => moment::PROPOSE,
             Event::Committed { .. } => moment::COMMIT,
             Event::Applied { .. } | Event::Restored { .. } | Event::Compacted { .. } | Event::Contradicted { .. } => {
@@ -461,10 +489,14 @@ impl<const N: u32, const CHANGES: bool> Scenario for LogScenario<N, CHANGES> {
     /// and `vote-not-synced` and `commit-earlier-term`, though caught there
     /// too, are left to the three-replica sweep to keep `cargo test` short.
     /// With `CHANGES`: `change-before-term-commits` (the thesis bug) needs
-    /// two changes in flight under two leaders and a partition that splits
-    /// their majorities; no default seed finds it (0 of 3,000 seeds), so it
-    /// is shown by `log::membership_tests`, which builds Ongaro's
-    /// counterexample step by step.
+    /// a change left only in a deposed leader's log, a successor that takes
+    /// another change before its own term commits, and a voter of the first
+    /// change that missed the second when the deposed leader returns. The
+    /// crashes at `reconfigure` and the failover automation set up the
+    /// first two; the third needs a partition at that exact point, and no
+    /// seed finds it (0 of 5,000), so it is shown by
+    /// `log::membership_tests`, which builds Ongaro's counterexample step
+    /// by step.
     const BUGS: &'static [Bug] = if CHANGES {
         &[LEARNER_COUNTED, REMOVED_STILL_VOTES, REJOIN_KEEPS_IDENTITY]
     } else if N == 3 {
@@ -485,7 +517,11 @@ impl<const N: u32, const CHANGES: bool> Scenario for LogScenario<N, CHANGES> {
     };
     const SERVERS: u32 = N;
     const MIN_SERVERS: u32 = 1;
-    const WORKLOAD: Workload = Workload { clients: 4, ops: 60 };
+    /// With `CHANGES`, two more: the operator and the failover automation.
+    const WORKLOAD: Workload = Workload {
+        clients: if CHANGES { 6 } else { 4 },
+        ops: 60,
+    };
     const FAULT_WINDOW: Duration = Duration::from_secs(5);
     /// After healing: elections finish within a few timeouts (≤ 750 ms
     /// each, plus clock drift), then a client needs a few retries; with
@@ -543,7 +579,11 @@ impl<const N: u32, const CHANGES: bool> Scenario for LogScenario<N, CHANGES> {
     /// election and replication hazards ([`hazard_window`]).
     const AIMING: Option<Aiming> = Some(Aiming {
         isolate_after: moment::LEAD,
-        crash_window: hazard_window,
+        crash_window: if CHANGES {
+            membership_hazard_window
+        } else {
+            hazard_window
+        },
     });
 
     /// Hostile Raft messages a correct replica refuses ([`rogue`]).
@@ -585,6 +625,9 @@ impl<const N: u32, const CHANGES: bool> Scenario for LogScenario<N, CHANGES> {
     async fn client(self: Arc<Self>, env: SimEnv, mut client: Client<KvOp>) {
         if CHANGES && client.id == 0 {
             return operator::run::<_, Kv, _>(&env, &client, &self.members, &self.judge).await;
+        }
+        if CHANGES && client.id == FAILOVER {
+            return operator::failover::<_, Kv, _>(&env, &client, &self.members, &self.judge).await;
         }
         let mut log = LogClient::<SimEnv, Kv>::new(env.clone(), client.servers.clone());
         let mut n = 0u32;
@@ -642,6 +685,37 @@ mod tests {
             .filter(|&n| matches!(Mix::Mixed.op(0, n).0, KvOp::Get { .. }))
             .count();
         assert_eq!(reads, 2, "one operation in three reads");
+    }
+
+    #[test]
+    fn with_membership_changing_half_the_crash_windows_strike_a_fresh_change() {
+        let targets = Targets {
+            servers: vec![1, 2, 3, 4, 5],
+            clients: vec![10, 11],
+            crashable_clients: vec![10, 11],
+            replaceable: vec![1, 2, 3, 4, 5],
+            kinds: FaultKind::ALL.into_iter().chain(FaultKind::ROLE_AWARE).collect(),
+            aiming: LogScenario::<5, true>::AIMING,
+        };
+        let (mut fresh, mut others) = (0, 0);
+        for seed in 0..64 {
+            for f in FaultPlan::generate(seed, 5_000, &targets).faults {
+                match f {
+                    Fault::MomentCrash {
+                        moment, after_sends, ..
+                    } if moment == moment::RECONFIGURE => {
+                        assert_eq!(after_sends, 0, "before the change reaches anyone");
+                        fresh += 1;
+                    }
+                    Fault::MomentCrash { .. } => others += 1,
+                    _ => {}
+                }
+            }
+        }
+        assert!(
+            fresh > 0 && others > 0,
+            "{fresh} crashes at a change, {others} at other moments"
+        );
     }
 
     #[test]

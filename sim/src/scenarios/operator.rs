@@ -88,6 +88,44 @@ pub async fn run<E: Env, S: StateMachine, Op: Clone + std::fmt::Debug>(
     }
 }
 
+/// Failover automation beside the operator, from a client of its own:
+/// when `judge` sees a new leader, it asks that leader at once to remove
+/// the deposed one (keeping three voters), from the configuration it last
+/// read, without waiting for whatever change the operator has in flight.
+/// Two hands on one group: a change the deposed leader left in its log
+/// and this one are decided under different configurations, which is
+/// safe only because a leader takes a change once its own term has
+/// committed (the bug in the first version of Ongaro's single-server
+/// changes, `change-before-term-commits`).
+pub async fn failover<E: Env, S: StateMachine, Op: Clone + std::fmt::Debug>(
+    env: &E,
+    client: &Client<Op>,
+    servers: &[NodeId],
+    judge: &Judge,
+) {
+    let mut rng = env.rng();
+    let mut log = LogClient::<E, S>::new(env.clone(), servers.to_vec());
+    let mut last: Option<ConfigStatus> = None;
+    let mut leader = judge.last_leader();
+    while client.window_open() {
+        let deposed = leader.map(|(_, node)| node);
+        let pause = Duration::from_millis(rng.gen_range(50..=300));
+        let Some(node) = new_leader(env, judge, &mut leader, pause).await else {
+            last = log.config_status(GIVE_UP).await.ok().or(last);
+            continue;
+        };
+        let Some((old, status)) = deposed.zip(last.as_ref()) else {
+            continue;
+        };
+        let voters = &status.membership.voters;
+        if old != node && voters.len() > *VOTERS.start() && voters.contains_key(&old) {
+            let mut direct = LogClient::<E, S>::new(env.clone(), vec![node]);
+            let result = direct.reconfigure(Change::Remove(old), status.index, GIVE_UP).await;
+            tracing::info!(removed = old, to = node, ok = result.is_ok(), "failover automation");
+        }
+    }
+}
+
 /// Waits up to `pause` for a leader of a term after `seen`'s; returns it.
 async fn new_leader(
     env: &impl Env,

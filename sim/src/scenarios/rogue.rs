@@ -45,11 +45,21 @@ pub fn raft_message<C>(rng: &mut ChaCha8Rng, known: Term) -> Message<C> {
 /// A message at `term` that an honest member of a young group could send.
 fn sane_fields<C>(rng: &mut ChaCha8Rng, term: Term) -> Message<C> {
     let small = |rng: &mut ChaCha8Rng| rng.gen_range(0..64);
-    match rng.gen_range(0..5) {
+    match rng.gen_range(0..7) {
         0 => Message::RequestVote {
             term,
             last_index: small(rng),
             last_term: small(rng),
+        },
+        5 => Message::PreVote {
+            term,
+            last_index: small(rng),
+            last_term: small(rng),
+        },
+        6 => Message::PreVoteReply {
+            term,
+            granted: rng.gen(),
+            incarnation: rng.gen(),
         },
         1 => Message::Vote {
             term,
