@@ -28,7 +28,10 @@
 //! - [`check_grants`] (`client-token`): every lock's successive grants have
 //!   increasing tokens;
 //! - [`check_expiries`] (`expiry-early`): no session is expired sooner than
-//!   a TTL of the servers' time after its last renewal.
+//!   a TTL of the servers' time after its last renewal;
+//! - [`check_lease_ends`] (`lease-outlived`): no holder passes a lease
+//!   check after the servers expired the session that held its token,
+//!   whether or not anyone was granted the lock meanwhile.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -286,8 +289,10 @@ fn check_tokens(history: &History<LockOp>, v: &mut Vec<Violation>) {
     }
 }
 
-fn check_leases(history: &History<LockOp>, judged: &dyn Fn(&LeasePair) -> bool, v: &mut Vec<Violation>) {
-    // (client, token) → (start ns, start event, end ns, end event)
+/// Each client's believed lease per token: (client, token) → (start ns,
+/// start event, end ns, end event), from the acquire's success to the last
+/// lease check that passed (a read's invocation).
+fn believed_leases(history: &History<LockOp>) -> BTreeMap<(u32, Token), (u64, usize, u64, usize)> {
     let mut leases: BTreeMap<(u32, Token), (u64, usize, u64, usize)> = BTreeMap::new();
     for e in history.events() {
         match (&e.kind, &e.op) {
@@ -306,7 +311,11 @@ fn check_leases(history: &History<LockOp>, judged: &dyn Fn(&LeasePair) -> bool, 
             _ => {}
         }
     }
-    let list: Vec<_> = leases.into_iter().collect();
+    leases
+}
+
+fn check_leases(history: &History<LockOp>, judged: &dyn Fn(&LeasePair) -> bool, v: &mut Vec<Violation>) {
+    let list: Vec<_> = believed_leases(history).into_iter().collect();
     for (i, ((ca, ta), a)) in list.iter().enumerate() {
         for ((cb, tb), b) in &list[i + 1..] {
             if ca != cb && a.0 < b.2 && b.0 < a.2 {
@@ -478,6 +487,65 @@ pub fn check_expiries(
             }
         }
     });
+    violations
+}
+
+/// `lease-outlived`: no holder of `lock` passes a lease check after the
+/// `Expire` that ended the session holding its token was first applied.
+/// Judged on the log, as [`check_expiries`] is: a client that stretches its
+/// lease (timing it from a renewal's answer instead of its sending, say)
+/// is caught whenever it checks the lease too late, whether or not another
+/// client was granted the lock in between, as [`check_lock`]'s
+/// `lease-overlap` needs. `judged` is the same clock test: the holder's
+/// belief from `from_ns` to `until_ns` is judged against the expiry at
+/// `granted_ns`.
+///
+/// Sound for the same reason as the overlap check: the leader times a TTL
+/// on its clock from no earlier than the renewal's sending, the client
+/// trusts `ttl·(1 − ρ)` on its own from that sending, and within the
+/// drift bound the client's trust ends first; the expiry commits and is
+/// applied later still.
+pub fn check_lease_ends(
+    history: &History<LockOp>,
+    applied: &BTreeMap<Index, AppliedEntry>,
+    lock: &str,
+    max_sessions: usize,
+    judged: &dyn Fn(&LeasePair) -> bool,
+) -> Vec<Violation> {
+    // Token → when the expiry of its holding session was first applied.
+    let mut expired: BTreeMap<Token, Duration> = BTreeMap::new();
+    let mut holder: Option<(SessionId, Token)> = None;
+    replay(applied, max_sessions, |_, entry, command, machine| {
+        let now = machine.holder(lock);
+        if let (LockCommand::Expire { session, .. }, Some((held_by, token))) = (command, holder) {
+            if *session == held_by && now != holder {
+                expired.insert(token, entry.at);
+            }
+        }
+        holder = now;
+    });
+    let mut violations = Vec::new();
+    for ((client, token), (from_ns, _, until_ns, until_event)) in believed_leases(history) {
+        let Some(&at) = expired.get(&token) else { continue };
+        let at_ns = u64::try_from(at.as_nanos()).unwrap_or(u64::MAX);
+        let pair = LeasePair {
+            holder: client,
+            from_ns,
+            until_ns,
+            granted_ns: at_ns,
+        };
+        if until_ns > at_ns && judged(&pair) && violations.len() < 5 {
+            violations.push(Violation::new(
+                "lease-outlived",
+                format!(
+                    "client {client} passed a lease check for token {token} at {:.3}s, after the servers expired its session at {:.3}s",
+                    until_ns as f64 / 1e9,
+                    at.as_secs_f64()
+                ),
+                vec![until_event],
+            ));
+        }
+    }
     violations
 }
 
@@ -672,6 +740,84 @@ mod tests {
         };
         let expire = LockCommand::Expire { session: 7, renewed: 1 };
         BTreeMap::from([(1, entry(1, open, Duration::ZERO)), (2, entry(2, expire, at))])
+    }
+
+    /// Session 7 opens and takes lock "x" at 0 s, and is expired at 1.5 s.
+    fn granted_then_expired() -> BTreeMap<Index, AppliedEntry> {
+        let mut applied = opened_then_expired(Duration::from_millis(1500));
+        let expire = applied.remove(&2).expect("the expiry");
+        let acquire = LockCommand::Client {
+            owner: 100,
+            request: Request::Acquire {
+                session: 7,
+                lock: "x".to_string(),
+                request: 1,
+                wait: false,
+            },
+        };
+        let payload = Payload::Command {
+            client: 1,
+            seq: 2,
+            reply_to: 100,
+            command: acquire,
+        };
+        let acquired = AppliedEntry {
+            payload: codec::encode(&payload).unwrap(),
+            at: Duration::ZERO,
+        };
+        applied.insert(2, acquired);
+        // The acquire renewed the session: the expiry names that renewal.
+        let mut renewed = 0;
+        replay(&applied, 16, |_, _, _, machine| {
+            renewed = machine.sessions().find(|&(s, _)| s == 7).map_or(0, |(_, r)| r);
+        });
+        let command = LockCommand::Expire { session: 7, renewed };
+        let payload = Payload::Command {
+            client: 1,
+            seq: 3,
+            reply_to: 100,
+            command,
+        };
+        applied.insert(
+            3,
+            AppliedEntry {
+                payload: codec::encode(&payload).unwrap(),
+                at: expire.at,
+            },
+        );
+        applied
+    }
+
+    #[test]
+    fn a_lease_check_passed_after_the_servers_expired_the_session_is_caught_where_clocks_are_judged() {
+        let applied = granted_then_expired();
+        let token = {
+            let mut held = None;
+            replay(&applied, 16, |_, _, _, machine| held = held.or(machine.holder("x")));
+            held.expect("granted").1
+        };
+        let lease_checked_at = |ms: u64| {
+            let mut h = History::default();
+            h.push(0, 0, Invoke, acq(None));
+            h.push(0, 1_000_000, Ok, acq(Some(token)));
+            h.push(0, ms * 1_000_000, Invoke, read(token, None, None));
+            h
+        };
+        let outlived = |h: &History<LockOp>, judged: bool| {
+            check_lease_ends(h, &applied, "x", 16, &|_| judged)
+                .into_iter()
+                .map(|v| v.invariant)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(outlived(&lease_checked_at(1_600), true), vec!["lease-outlived"]);
+        assert!(
+            outlived(&lease_checked_at(1_600), false).is_empty(),
+            "clocks out of bound"
+        );
+        assert!(
+            outlived(&lease_checked_at(1_400), true).is_empty(),
+            "checked before the expiry"
+        );
     }
 
     fn expiries(applied: &BTreeMap<Index, AppliedEntry>, fastest: Option<f64>) -> usize {

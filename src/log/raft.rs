@@ -1000,7 +1000,7 @@ impl<S: StateMachine> Raft<S> {
     }
 
     fn on_request_vote(&mut self, now: Duration, from: NodeId, term: Term, last_index: Index, last_term: Term) {
-        let up_to_date = (last_term, last_index) >= (self.log.last_term(), self.log.last_index());
+        let up_to_date = self.up_to_date(last_index, last_term);
         let granted = term == self.term
             && matches!(self.role, Role::Follower | Role::PreCandidate)
             && (self.voted_for.is_none() || self.voted_for == Some(from))
@@ -1038,10 +1038,17 @@ impl<S: StateMachine> Raft<S> {
         }
     }
 
+    /// Whether a candidate whose log ends at `last_index` of `last_term` is
+    /// at least as up to date as this replica's (§5.4.1): the later last
+    /// term wins, then the longer log. One rule for votes and pre-votes.
+    fn up_to_date(&self, last_index: Index, last_term: Term) -> bool {
+        (last_term, last_index) >= (self.log.last_term(), self.log.last_index())
+    }
+
     /// Would this replica vote for `from` in `term`? Changes nothing here:
     /// neither the term, nor the vote, nor the election timer.
     fn on_pre_vote(&mut self, now: Duration, from: NodeId, term: Term, last_index: Index, last_term: Term) {
-        let up_to_date = (last_term, last_index) >= (self.log.last_term(), self.log.last_index());
+        let up_to_date = self.up_to_date(last_index, last_term);
         let leader_alive = self.role == Role::Leader
             || self
                 .leader_heard_at

@@ -61,7 +61,7 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use ringfence::env::{Env, NodeId};
 use ringfence::history::lock::{
-    check_expiries, check_grants, check_lock, AppliedEntry, LeasePair, LockOp, ResourceTruth,
+    check_expiries, check_grants, check_lease_ends, check_lock, AppliedEntry, LeasePair, LockOp, ResourceTruth,
 };
 use ringfence::history::{History, Violation};
 use ringfence::lock::resource::{self, ResourceBug, ResourceRequest};
@@ -105,7 +105,6 @@ pub const NO_DRIFT_MARGIN: Bug = Bug {
     caught_by: "lease-overlap",
     planted: Planted::Lock(LockBug::NoDriftMargin),
 };
-
 pub const CLIENT_TOKEN: Bug = Bug {
     name: "client-token",
     about: "the server admits a client's hinted acquire, so a client chooses its own fencing token",
@@ -1080,6 +1079,7 @@ impl<const CHANGES: bool> Scenario for LockScenario<CHANGES> {
                 .and_then(|world| fastest_server_clock(world, &servers, from, to))
         };
         violations.extend(check_expiries(&applied, max_sessions, TTL, &fastest));
+        violations.extend(check_lease_ends(history, &applied, LOCK, max_sessions, &judged));
         violations
     }
 }

@@ -306,6 +306,9 @@ pub struct LogScenario<const N: u32, const CHANGES: bool = false> {
 
     /// This run's replica timers ([`Timers::for_seed`]).
     timers: Timers,
+    /// Whether this run's replicas pre-vote and check their quorum
+    /// ([`Guards::for_seed`]; always with `CHANGES`).
+    guards: Guards,
     /// How this run's clients use the log ([`Mix::for_seed`]).
     mix: Mix,
     judge: Arc<Judge>,
@@ -399,6 +402,45 @@ impl Timers {
             election_min,
             election_max: election_min + spread,
             heartbeat: rng.gen_range(10..=election_min / 3),
+        }
+    }
+}
+
+/// Whether a run's replicas ask for pre-votes and check their quorum. Both
+/// are on by default and either may be switched off (`Config::pre_vote`,
+/// `Config::check_quorum`), so a quarter of the runs each go without:
+/// an election rule broken on one path (a vote, say) is not hidden by the
+/// pre-vote round that tests the same rule first. Drawn from a stream of
+/// its own, so fault plans and timers are unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Guards {
+    pre_vote: bool,
+    check_quorum: bool,
+}
+
+impl Guards {
+    /// Both on: what the membership scenarios keep, since without them a
+    /// removed member that never learned of its removal disrupts the group
+    /// for good (the reason they exist).
+    const ON: Guards = Guards {
+        pre_vote: true,
+        check_quorum: true,
+    };
+
+    /// The guards of run `seed`.
+    pub fn for_seed(seed: u64) -> Self {
+        let mut rng = derive_rng(seed, stream::SETTINGS, 2);
+        Guards {
+            pre_vote: !rng.gen_ratio(1, 4),
+            check_quorum: !rng.gen_ratio(1, 4),
+        }
+    }
+
+    fn apply(self, config: Config) -> Config {
+        Config {
+            pre_vote: self.pre_vote,
+            check_quorum: self.check_quorum,
+            ..config
         }
     }
 }
@@ -549,6 +591,11 @@ impl<const N: u32, const CHANGES: bool> Scenario for LogScenario<N, CHANGES> {
             founders: (1..=if CHANGES { params.servers.min(3) } else { params.servers }).collect(),
 
             timers: Timers::for_seed(params.seed),
+            guards: if CHANGES {
+                Guards::ON
+            } else {
+                Guards::for_seed(params.seed)
+            },
             mix: Mix::for_seed(params.seed),
             judge: Arc::new(Judge::default()),
         }
@@ -609,8 +656,8 @@ impl<const N: u32, const CHANGES: bool> Scenario for LogScenario<N, CHANGES> {
             judge: self.judge.clone(),
             env: env.clone(),
         });
-        let config = timed_config(self.bug, self.timers);
-        tracing::info!(timers = ?self.timers, "replica boots");
+        let config = self.guards.apply(timed_config(self.bug, self.timers));
+        tracing::info!(timers = ?self.timers, guards = ?self.guards, "replica boots");
         let result = service::run_plain::<SimEnv, Kv>(env, (self.members.clone(), boot), config, observer).await;
         if let Err(error) = result {
             // The replica stopped to protect what it acknowledged (a failed
