@@ -267,6 +267,7 @@ impl Nemesis {
     fn start(&mut self, index: usize, fault: &Fault) {
         match fault {
             Fault::Partition { .. } | Fault::OneWay { .. } => self.partition(index, fault, true),
+            Fault::Slow { links, delay_ms, .. } => self.slow(index, links, Some(*delay_ms)),
             Fault::Crash { node, disk, .. } => {
                 self.crash(*node, *disk, index, FaultKind::Crash, "");
             }
@@ -411,6 +412,7 @@ impl Nemesis {
     fn end(&mut self, index: usize, fault: &Fault) {
         match fault {
             Fault::Partition { .. } | Fault::OneWay { .. } => self.partition(index, fault, false),
+            Fault::Slow { links, .. } => self.slow(index, links, None),
             Fault::Crash { node, .. } | Fault::Disk { node, .. } | Fault::ClientCrash { node, .. } => {
                 self.restart(*node)
             }
@@ -568,25 +570,34 @@ impl Nemesis {
 
     /// Cuts (or restores) the directed links a partition fault blocks.
     fn partition(&mut self, index: usize, fault: &Fault, cut: bool) {
-        let (links, text): (Vec<_>, String) = match fault {
-            Fault::Partition { groups, shape, .. } => (
-                self.pairs()
-                    .filter(|(a, b)| !groups.iter().any(|g| g.contains(a) && g.contains(b)))
-                    .collect(),
-                format!("partition {shape} {groups:?}"),
-            ),
-            Fault::OneWay { from, to, .. } => (
-                self.pairs()
-                    .filter(|(a, b)| from.contains(a) && to.contains(b))
-                    .collect(),
-                format!("one-way partition {from:?} -/-> {to:?}"),
-            ),
+        let links = fault.cut_links(&self.nodes);
+        let text = match fault {
+            Fault::Partition { groups, shape, .. } => format!("partition {shape} {groups:?}"),
+            Fault::OneWay { from, to, .. } => format!("one-way partition {from:?} -/-> {to:?}"),
             _ => unreachable!("only partitions cut links"),
         };
         self.cut_links(&links, index, FaultKind::Partition, cut);
         let phase = if cut { Phase::Start } else { Phase::End };
         let text = if cut { text } else { format!("{text} healed") };
         self.note(phase, FaultKind::Partition, Some(index), endpoints(&links), text);
+    }
+
+    /// Slows `links` by `delay_ms` (their delays counted where the copies
+    /// arrive late), or ends it with `None`.
+    fn slow(&mut self, index: usize, links: &[(NodeId, NodeId)], delay_ms: Option<u64>) {
+        let mut w = self.world.lock();
+        for link in links {
+            match delay_ms {
+                Some(ms) => w.link_delay.insert(*link, Duration::from_millis(ms)),
+                None => w.link_delay.remove(link),
+            };
+        }
+        drop(w);
+        let (phase, text) = match delay_ms {
+            Some(ms) => (Phase::Start, format!("slow links ({ms} ms later) before a partition")),
+            None => (Phase::End, "slow links end".to_string()),
+        };
+        self.note(phase, FaultKind::MessageDelay, Some(index), endpoints(links), text);
     }
 
     fn restart(&mut self, node: NodeId) {
@@ -650,12 +661,6 @@ impl Nemesis {
         self.active_network = None;
         tracing::info!(target: "nemesis", "heal: all faults end");
         self.world.lock().event(TraceEvent::Heal);
-    }
-
-    fn pairs(&self) -> impl Iterator<Item = (NodeId, NodeId)> + '_ {
-        self.nodes
-            .iter()
-            .flat_map(move |&a| self.nodes.iter().filter(move |&&b| b != a).map(move |&b| (a, b)))
     }
 
     fn cut_links(&mut self, links: &[(NodeId, NodeId)], index: usize, kind: FaultKind, cut: bool) {

@@ -299,6 +299,15 @@ pub enum Fault {
         messages: u32,
         salt: u64,
     },
+    /// Every message on `links` is `delay_ms` later: the links a partition
+    /// is about to cut, degrading first as failing links do (gray
+    /// failure), so what is sent just before the cut arrives late.
+    Slow {
+        at_ms: u64,
+        for_ms: u64,
+        delay_ms: u64,
+        links: Vec<(NodeId, NodeId)>,
+    },
     /// The client process dies; after `down_ms` it restarts as a new
     /// incarnation with the rest of its operation budget.
     ClientCrash { at_ms: u64, node: NodeId, down_ms: u64 },
@@ -354,7 +363,8 @@ impl Fault {
             | Fault::Isolate { at_ms, .. }
             | Fault::Disk { at_ms, .. }
             | Fault::ClientCrash { at_ms, .. }
-            | Fault::Rogue { at_ms, .. } => *at_ms,
+            | Fault::Rogue { at_ms, .. }
+            | Fault::Slow { at_ms, .. } => *at_ms,
         }
     }
 
@@ -367,11 +377,28 @@ impl Fault {
             | Fault::Network { for_ms, .. }
             | Fault::UnsyncedCrash { for_ms, .. }
             | Fault::MomentCrash { for_ms, .. }
-            | Fault::Isolate { for_ms, .. } => Some(*for_ms),
+            | Fault::Isolate { for_ms, .. }
+            | Fault::Slow { for_ms, .. } => Some(*for_ms),
             Fault::Crash { down_ms, .. } | Fault::ClientCrash { down_ms, .. } => Some(*down_ms),
             Fault::Disk { down_ms, what, .. } => (*what != DiskFault::Error).then_some(*down_ms),
             Fault::Drift { .. } | Fault::Jump { .. } | Fault::Rogue { .. } => None,
             Fault::Aimed { action, .. } => action.duration_ms(),
+        }
+    }
+
+    /// The links among `nodes` a partition cuts: every ordered pair in no
+    /// group together, or from `from` to `to` for a one-way one; none for
+    /// any other fault.
+    pub fn cut_links(&self, nodes: &[NodeId]) -> Vec<(NodeId, NodeId)> {
+        let pairs = nodes
+            .iter()
+            .flat_map(|&a| nodes.iter().filter(move |&&b| b != a).map(move |&b| (a, b)));
+        match self {
+            Fault::Partition { groups, .. } => pairs
+                .filter(|(a, b)| !groups.iter().any(|g| g.contains(a) && g.contains(b)))
+                .collect(),
+            Fault::OneWay { from, to, .. } => pairs.filter(|(a, b)| from.contains(a) && to.contains(b)).collect(),
+            _ => Vec::new(),
         }
     }
 
@@ -385,7 +412,8 @@ impl Fault {
             | Fault::Network { for_ms, .. }
             | Fault::UnsyncedCrash { for_ms, .. }
             | Fault::MomentCrash { for_ms, .. }
-            | Fault::Isolate { for_ms, .. } => *for_ms = ms,
+            | Fault::Isolate { for_ms, .. }
+            | Fault::Slow { for_ms, .. } => *for_ms = ms,
             Fault::Crash { down_ms, .. } | Fault::Disk { down_ms, .. } | Fault::ClientCrash { down_ms, .. } => {
                 *down_ms = ms
             }
@@ -619,6 +647,7 @@ impl FaultPlan {
         if !calm {
             disk_faults(seed, duration_ms, intensity, targets, &mut enabled, &mut faults);
             disk_losses(seed, duration_ms, intensity, targets, &mut enabled, &mut faults);
+            gray_failures(seed, &all, &mut faults);
         }
         let on = |kind| enabled.contains(&kind);
         if on(FaultKind::MessageLoss) || on(FaultKind::MessageDuplicate) || on(FaultKind::MessageDelay) {
@@ -917,6 +946,31 @@ fn random_partition(rng: &mut rand_chacha::ChaCha8Rng, all: &[NodeId], at_ms: u6
     }
 }
 
+/// Half the partitions start as slow links (gray failure): for 100–800 ms
+/// before the cut, every message on the links it will cut is 20–300 ms
+/// late, so an answer sent just before the cut still arrives, late (a
+/// lease renewed then, say). From a stream of its own, so the rest of the
+/// plan is as it was.
+fn gray_failures(seed: u64, all: &[NodeId], faults: &mut Vec<Fault>) {
+    let mut rng = derive_rng(seed, stream::GRAY, 0);
+    let slow: Vec<Fault> = faults
+        .iter()
+        .filter(|f| matches!(f, Fault::Partition { .. } | Fault::OneWay { .. }))
+        .filter_map(|f| {
+            let degrades = rng.gen_bool(0.5);
+            let lead_ms = rng.gen_range(100..=800).min(f.at_ms());
+            let delay_ms = rng.gen_range(20..=300);
+            (degrades && lead_ms > 0).then(|| Fault::Slow {
+                at_ms: f.at_ms() - lead_ms,
+                for_ms: lead_ms,
+                delay_ms,
+                links: f.cut_links(all),
+            })
+        })
+        .collect();
+    faults.extend(slow);
+}
+
 fn sorted(nodes: &[NodeId]) -> Vec<NodeId> {
     let mut v = nodes.to_vec();
     v.sort_unstable();
@@ -994,6 +1048,36 @@ mod tests {
         assert_eq!(
             FaultPlan::generate(7, 5_000, &targets()),
             FaultPlan::generate(7, 5_000, &targets())
+        );
+    }
+
+    #[test]
+    fn half_the_partitions_start_as_slow_links_up_to_the_cut() {
+        let all: Vec<NodeId> = vec![1, 2, 3, 10, 11];
+        let (mut partitions, mut slowed) = (0, 0);
+        for seed in 0..64 {
+            let plan = FaultPlan::generate(seed, 5_000, &targets());
+            for f in &plan.faults {
+                let Fault::Slow {
+                    at_ms, for_ms, links, ..
+                } = f
+                else {
+                    partitions += usize::from(!f.cut_links(&all).is_empty());
+                    continue;
+                };
+                slowed += 1;
+                let cut = at_ms + for_ms;
+                assert!(
+                    plan.faults
+                        .iter()
+                        .any(|p| p.at_ms() == cut && p.cut_links(&all) == *links),
+                    "seed {seed}: slow links end where a partition cuts them"
+                );
+            }
+        }
+        assert!(
+            partitions / 4 < slowed && slowed < partitions,
+            "{slowed} of {partitions} partitions start slow"
         );
     }
 

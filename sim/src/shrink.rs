@@ -285,6 +285,24 @@ pub fn restrict(plan: &FaultPlan, servers: &[NodeId], clients: &[NodeId]) -> Fau
                     to,
                 })
             }
+            Fault::Slow {
+                at_ms,
+                for_ms,
+                delay_ms,
+                links,
+            } => {
+                let links: Vec<_> = links
+                    .iter()
+                    .copied()
+                    .filter(|&(a, b)| exists(&a) && exists(&b))
+                    .collect();
+                (!links.is_empty()).then_some(Fault::Slow {
+                    at_ms: *at_ms,
+                    for_ms: *for_ms,
+                    delay_ms: *delay_ms,
+                    links,
+                })
+            }
             // Aimed faults name roles, and links to nodes that are gone are no-ops.
             Fault::Network { .. }
             | Fault::UnsyncedCrash { .. }

@@ -66,6 +66,8 @@ pub mod stream {
     pub const WRITEBACK: u64 = u64::from_be_bytes(*b"writebak");
     /// Which server loses its disk, and when.
     pub const DISK_LOST: u64 = u64::from_be_bytes(*b"disklost");
+    /// Which partitions start as slow links (gray failure).
+    pub const GRAY: u64 = u64::from_be_bytes(*b"grayfail");
 }
 
 /// A ChaCha generator for `(seed, stream, index)`.
