@@ -123,6 +123,12 @@ async fn a_new_member_installs_an_80_mib_snapshot() {
         index > keys as u64 / 2,
         "node 4 caught up from a snapshot, not from entries ({index})"
     );
+    // A snapshot had to fit one 64 MiB record: the last one taken held
+    // the state of index 8,202, and the rest came as entries.
+    assert!(
+        index as usize * KEY_BYTES > 64 << 20,
+        "the snapshot node 4 installed holds more state than one 64 MiB record ({index} entries)"
+    );
     let log = dir.path().join("n4").join("node-4.log");
     let size = std::fs::metadata(&log).unwrap().len();
     println!("node 4 caught up and voted {took:?} after it started; its log holds {size} bytes");

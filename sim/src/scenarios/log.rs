@@ -224,14 +224,27 @@ fn membership_hazard_window(rng: &mut ChaCha8Rng, at_ms: u64, intensity: f64, se
     if rng.gen_bool(0.5) {
         return hazard_window(rng, at_ms, intensity, servers, out);
     }
-    out.push(Fault::MomentCrash {
+    let for_ms = rng.gen_range(1_000..=(1_500 + (3_000.0 * intensity) as u64));
+    out.push(moment_crash(rng, (at_ms, for_ms), moment::RECONFIGURE, 0, intensity));
+}
+
+/// A window `(at_ms, for_ms)` of crashes at `moment`, `after_sends`
+/// messages to servers later, each likely and each down for a while.
+fn moment_crash(
+    rng: &mut ChaCha8Rng,
+    (at_ms, for_ms): (u64, u64),
+    moment: &str,
+    after_sends: u32,
+    intensity: f64,
+) -> Fault {
+    Fault::MomentCrash {
         at_ms,
-        for_ms: rng.gen_range(1_000..=(1_500 + (3_000.0 * intensity) as u64)),
-        moment: moment::RECONFIGURE.to_string(),
-        after_sends: 0,
+        for_ms,
+        moment: moment.to_string(),
+        after_sends,
         probability: rng.gen_range(0.75..=1.0),
         down_ms: rng.gen_range(20..=(200 + (1_000.0 * intensity) as u64)),
-    });
+    }
 }
 
 /// One window of moment crashes aimed at a random [`Hazard`].
@@ -258,14 +271,7 @@ fn hazard_window(rng: &mut ChaCha8Rng, at_ms: u64, intensity: f64, servers: usiz
         } else {
             rng.gen_range(0..short_of_majority.max(1))
         };
-        out.push(Fault::MomentCrash {
-            at_ms,
-            for_ms,
-            moment: moment.to_string(),
-            after_sends,
-            probability: rng.gen_range(0.75..=1.0),
-            down_ms: rng.gen_range(20..=(200 + (1_000.0 * intensity) as u64)),
-        });
+        out.push(moment_crash(rng, (at_ms, for_ms), moment, after_sends, intensity));
     }
 }
 
