@@ -58,4 +58,5 @@ pub mod log;
 pub mod observe;
 pub mod real;
 pub mod ring;
+pub mod shard;
 pub mod txn;

@@ -13,6 +13,10 @@ use super::{
 };
 use crate::env::{codec, NodeId};
 use crate::log::{SnapshotError, StateMachine};
+use crate::ring::hash_key;
+use crate::shard::{GroupId, Ownership, RangeSet, ShardRefusal};
+
+mod moves;
 
 /// A client session, chosen at random by the client.
 pub type SessionId = u64;
@@ -126,7 +130,92 @@ pub enum LockCommand {
         /// after it makes the command a no-op.
         renewed: u64,
     },
+    /// A step of moving lock names between groups of a sharded deployment
+    /// (see [`crate::shard`]), admitted from operators only.
+    Shard(ShardCommand),
 }
+
+/// The steps of moving a range of lock names from one group to another.
+/// Each is idempotent, so a rebalancer that crashed or timed out repeats
+/// the step it is unsure of.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ShardCommand {
+    /// A group created for a sharded deployment serves `ranges` (a group
+    /// joining the ring: none) from now on. Only a group that has taken no
+    /// part in a move yet may be assigned.
+    Assign {
+        /// The ring's epoch the group joins at.
+        epoch: u64,
+        /// The lock-name hashes it serves.
+        ranges: RangeSet,
+    },
+    /// Stops serving `ranges` and cuts their locks out into the part for
+    /// `to` (read with [`LockQuery::Part`]): from this command on, every
+    /// request on those names is answered [`LockOutput::NotServed`].
+    Fence {
+        /// The epoch of the ring view the move leads to.
+        epoch: u64,
+        /// The group the names move to.
+        to: GroupId,
+        /// The lock-name hashes that move.
+        ranges: RangeSet,
+    },
+    /// Starts serving the part a group fenced for this one.
+    Install {
+        /// The move's epoch.
+        epoch: u64,
+        /// The group that fenced the part.
+        from: GroupId,
+        /// What it fenced.
+        part: LockPart,
+    },
+    /// The source forgets the part it fenced for `to` at `epoch`, once
+    /// the target installed it.
+    Drop {
+        /// The move's epoch.
+        epoch: u64,
+        /// The target group.
+        to: GroupId,
+    },
+}
+
+/// The state of a range of lock names, as a source fenced it.
+///
+/// Only holders travel: a moved lock stays held at the target, by a
+/// *ghost* session that nobody can renew, until the target's leader
+/// expires it a TTL after the install. The holder's client learns of the
+/// move from its next keep-alive (the lock is no longer among the held)
+/// and treats the lock as lost, while its lease, timed from a renewal sent
+/// before the fence, ends before the ghost's. Waiters are told to go to
+/// the new owner ([`LockOutput::NotServed`]) and queue there afresh.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockPart {
+    /// The lock-name hashes the part covers.
+    pub ranges: RangeSet,
+    /// The source's next token at the fence: every token it granted for
+    /// these names is below it, and the target's tokens start above it.
+    pub floor: Token,
+    /// The held locks of the ranges.
+    pub locks: Vec<MovedLock>,
+}
+
+/// A held lock in a [`LockPart`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MovedLock {
+    /// The lock's name.
+    pub name: String,
+    /// The holder's session at the source.
+    pub session: SessionId,
+    /// The node that owns that session.
+    pub owner: NodeId,
+    /// The holder's token.
+    pub token: Token,
+    /// The highest token the source granted for this lock.
+    pub last_granted: Token,
+}
+
+/// Largest floor a part may carry: tokens above it could overflow.
+pub const MAX_FLOOR: Token = 1 << 62;
 
 /// Read-only requests (served linearizably by the log's read-index).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -148,6 +237,14 @@ pub enum LockQuery {
     /// The servers' lease settings, answered by any replica's shell (see
     /// `server::run`), so a client agrees on the TTL when it opens.
     Settings,
+    /// The part this group fenced for group `to` at `epoch`, if it still
+    /// keeps it: what a rebalancer installs at the target.
+    Part {
+        /// The move's epoch.
+        epoch: u64,
+        /// The target group.
+        to: GroupId,
+    },
 }
 
 /// Who holds a lock and who waits for it (in line order), as
@@ -242,6 +339,23 @@ pub enum LockOutput {
         /// The session lease, in milliseconds.
         ttl_ms: u64,
     },
+    /// This group does not serve the lock named: a client refreshes its
+    /// ring view to at least `epoch` (the latest move this group took part
+    /// in) and asks the group the view names.
+    NotServed {
+        /// The latest epoch this group took part in.
+        epoch: u64,
+    },
+    /// A shard command took effect (or had already): `locks` were cut out,
+    /// installed or forgotten.
+    Moved {
+        /// How many locks the command moved (0 for a repetition).
+        locks: usize,
+    },
+    /// A shard command was refused; nothing changed.
+    ShardRefused(ShardRefusal),
+    /// Answer to [`LockQuery::Part`].
+    Part(Option<LockPart>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -272,6 +386,9 @@ struct Session {
     /// Locks held or waited for.
     locks: BTreeSet<String>,
     finished: Finished,
+    /// The holder of locks moved in from another group, kept until it
+    /// expires: nobody may renew or act on it (see [`LockPart`]).
+    ghost: bool,
 }
 
 /// The requests a session finished (released or cancelled), so a late
@@ -325,6 +442,13 @@ pub struct LockMachine {
     locks: BTreeMap<String, LockState>,
     /// Recently ended sessions, so a late `Open` cannot revive one.
     ended: VecDeque<SessionId>,
+    /// Which lock names this group serves (all of them, unsharded).
+    ownership: Ownership,
+    /// Added to the revision to make a token: raised by an install so the
+    /// tokens granted here start above every token the source granted.
+    token_offset: Token,
+    /// Parts fenced for other groups, by `(epoch, target)`, until dropped.
+    outbox: BTreeMap<(u64, GroupId), LockPart>,
 }
 
 /// How many ended session ids are remembered.
@@ -340,6 +464,16 @@ impl LockMachine {
     /// the renewal revisions of [`LockMachine::sessions`] are read from.
     pub fn revision(&self) -> u64 {
         self.revision
+    }
+
+    /// Which lock names this group serves.
+    pub fn ownership(&self) -> &Ownership {
+        &self.ownership
+    }
+
+    /// The token an acquire applied now would get.
+    fn next_token(&self) -> Token {
+        self.revision + self.token_offset
     }
 
     /// `lock` as a read shows it (a lock nobody holds or waits for is free).
@@ -364,14 +498,17 @@ impl LockMachine {
         let p = principal(owner);
         self.sessions
             .values()
-            .filter(|s| principal(s.owner) == p)
+            .filter(|s| !s.ghost && principal(s.owner) == p)
             .map(|s| s.locks.len())
             .sum()
     }
 
     fn sessions_of_principal(&self, owner: NodeId) -> usize {
         let p = principal(owner);
-        self.sessions.values().filter(|s| principal(s.owner) == p).count()
+        self.sessions
+            .values()
+            .filter(|s| !s.ghost && principal(s.owner) == p)
+            .count()
     }
 
     /// Checks the table's internal consistency (run after every command).
@@ -387,13 +524,30 @@ impl LockMachine {
     /// a snapshot from a peer must show before it replaces this table.
     fn consistency(&self) -> Result<(), &'static str> {
         let ensure = |ok: bool, broken: &'static str| if ok { Ok(()) } else { Err(broken) };
+        let ghosts: Vec<&Session> = self.sessions.values().filter(|s| s.ghost).collect();
         ensure(
-            self.sessions.len() <= MAX_SESSIONS,
+            self.sessions.len() - ghosts.len() <= MAX_SESSIONS,
             "more sessions than the table holds",
         )?;
-        ensure(self.locks.len() <= MAX_LOCKS, "more locks than the table holds")?;
+        // Moved-in locks come on top of the table's own: an install never
+        // fails for want of room, and each such lock is held by a ghost.
+        let moved_in: usize = ghosts.iter().map(|s| s.locks.len()).sum();
+        ensure(
+            self.locks.len() <= MAX_LOCKS + moved_in,
+            "more locks than the table holds",
+        )?;
+        ensure(
+            ghosts.iter().all(|s| !s.locks.is_empty()),
+            "a ghost session that holds nothing",
+        )?;
+        ensure(
+            self.locks
+                .keys()
+                .all(|name| self.ownership.serves(hash_key(name.as_bytes()))),
+            "a lock of a name the group does not serve",
+        )?;
         let mut per_principal: BTreeMap<u32, (usize, usize)> = BTreeMap::new();
-        for s in self.sessions.values() {
+        for s in self.sessions.values().filter(|s| !s.ghost) {
             let (sessions, claims) = per_principal.entry(principal(s.owner)).or_default();
             *sessions += 1;
             *claims += s.locks.len();
@@ -427,6 +581,14 @@ impl LockMachine {
             ensure(
                 holder.hinted || holder.token <= lock.last_granted,
                 "a holder's token above the last granted",
+            )?;
+            ensure(
+                lock.last_granted <= self.next_token(),
+                "a token granted above the next token",
+            )?;
+            ensure(
+                lock.waiters.iter().all(|c| !self.sessions[&c.session].ghost),
+                "a ghost session waits",
             )?;
         }
         for (id, s) in &self.sessions {
@@ -525,7 +687,7 @@ impl LockMachine {
                 })
                 .count()
         });
-        let token = hint.unwrap_or(self.revision);
+        let token = hint.unwrap_or(self.next_token());
         let claim = Claim {
             session,
             request,
@@ -615,6 +777,9 @@ impl LockMachine {
     fn open(&mut self, owner: NodeId, session: SessionId) -> LockOutput {
         let revision = self.revision;
         if let Some(s) = self.sessions.get_mut(&session) {
+            if s.ghost {
+                return LockOutput::Refused(Refusal::SessionReused);
+            }
             if s.owner != owner {
                 return LockOutput::Refused(Refusal::ForeignSession);
             }
@@ -652,9 +817,14 @@ impl LockMachine {
             if lock.len() > MAX_LOCK_NAME_BYTES {
                 return LockOutput::Refused(Refusal::NameTooLong);
             }
+            if !self.ownership.serves(hash_key(lock.as_bytes())) {
+                return LockOutput::NotServed {
+                    epoch: self.ownership.epoch(),
+                };
+            }
         }
         let revision = self.revision;
-        let Some(s) = self.sessions.get_mut(&session) else {
+        let Some(s) = self.sessions.get_mut(&session).filter(|s| !s.ghost) else {
             return LockOutput::SessionExpired;
         };
         if s.owner != owner {
@@ -696,6 +866,7 @@ impl StateMachine for LockMachine {
                 }
                 _ => LockOutput::Ignored,
             },
+            LockCommand::Shard(command) => self.shard(command),
         };
         self.check();
         out
@@ -705,6 +876,7 @@ impl StateMachine for LockMachine {
         match query {
             LockQuery::Lock { lock } | LockQuery::Watch { lock, .. } => LockOutput::Lock(self.view(lock)),
             LockQuery::Settings => LockOutput::Settings { ttl_ms: 0 },
+            LockQuery::Part { epoch, to } => LockOutput::Part(self.outbox.get(&(*epoch, *to)).cloned()),
         }
     }
 

@@ -53,7 +53,10 @@ pub mod server;
 mod tests;
 
 pub use client::{ClientConfig, FenceError, Lease, LockClient, LockError, LockGuard};
-pub use machine::{LockCommand, LockMachine, LockOutput, LockQuery, LockView, Refusal, Request, SessionId, Token};
+pub use machine::{
+    LockCommand, LockMachine, LockOutput, LockPart, LockQuery, LockView, MovedLock, Refusal, Request, SessionId,
+    ShardCommand, Token, MAX_FLOOR,
+};
 pub use resource::{FencedResource, Stale};
 pub use server::ServerConfig;
 

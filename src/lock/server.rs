@@ -313,7 +313,7 @@ impl LockService {
 /// the client wrote there; commands only the leader's own machinery may
 /// propose (`Expire`, `Hinted`) are dropped. Returns whether to keep it.
 ///
-/// Configuration requests pass from operators only
+/// Configuration requests and shard commands pass from operators only
 /// ([`crate::log::membership::OPERATOR_IDS`], which the real transport
 /// grants only to holders of the cluster secret): any client could
 /// otherwise remove the members.
@@ -348,7 +348,10 @@ pub fn admit(me: NodeId, from: NodeId, msg: &mut WireOf<LockMachine>, config: &S
             *owner = from;
             true
         }
-        LockCommand::Hinted { .. } | LockCommand::Expire { .. } => {
+        // Moving lock names between groups is an operator's procedure:
+        // a client that could fence would take names out of service.
+        LockCommand::Shard(_) if is_operator(from) => true,
+        LockCommand::Hinted { .. } | LockCommand::Expire { .. } | LockCommand::Shard(_) => {
             tracing::warn!(
                 node = me,
                 from,

@@ -624,8 +624,10 @@ mod props {
     use proptest::prelude::*;
 
     use super::{C, R};
-    use crate::lock::machine::LockMachine;
+    use crate::lock::machine::{LockMachine, LockPart, MovedLock, ShardCommand};
     use crate::log::StateMachine;
+    use crate::ring::{hash_key, HashRange};
+    use crate::shard::RangeSet;
 
     fn session() -> impl Strategy<Value = u64> {
         prop_oneof![4 => 0..6u64, 1 => any::<u64>()]
@@ -671,6 +673,42 @@ mod props {
             6 => owned().prop_map(|(owner, request)| C::Client { owner, request }),
             1 => (owned(), small()).prop_map(|((owner, request), token)| C::Hinted { owner, request, token }),
             2 => (session(), small()).prop_map(|(session, renewed)| C::Expire { session, renewed }),
+            1 => shard().prop_map(C::Shard),
+        ]
+    }
+
+    fn ranges() -> impl Strategy<Value = RangeSet> {
+        let range = prop_oneof![
+            (any::<u64>(), any::<u64>()).prop_map(|(a, b)| HashRange {
+                start: a.min(b),
+                end: a.max(b)
+            }),
+            lock().prop_map(|name| {
+                let h = hash_key(name.as_bytes());
+                HashRange { start: h, end: h }
+            }),
+        ];
+        prop::collection::vec(range, 0..3).prop_map(RangeSet::from_ranges)
+    }
+
+    /// Shard commands as an operator might send them, and parts as a
+    /// forger might: names outside the ranges, tokens above the floor.
+    fn shard() -> impl Strategy<Value = ShardCommand> {
+        let moved =
+            (lock(), session(), owner(), small(), small()).prop_map(|(name, session, owner, token, last)| MovedLock {
+                name,
+                session,
+                owner,
+                token,
+                last_granted: last,
+            });
+        let part = (ranges(), small(), prop::collection::vec(moved, 0..4))
+            .prop_map(|(ranges, floor, locks)| LockPart { ranges, floor, locks });
+        prop_oneof![
+            (small(), ranges()).prop_map(|(epoch, ranges)| ShardCommand::Assign { epoch, ranges }),
+            (small(), 0..3u64, ranges()).prop_map(|(epoch, to, ranges)| ShardCommand::Fence { epoch, to, ranges }),
+            (small(), 0..3u64, part).prop_map(|(epoch, from, part)| ShardCommand::Install { epoch, from, part }),
+            (small(), 0..3u64).prop_map(|(epoch, to)| ShardCommand::Drop { epoch, to }),
         ]
     }
 
@@ -753,6 +791,14 @@ fn admission_stamps_the_owner_and_drops_internal_commands() {
     assert!(!admit(1, 7, &mut remove, &config), "nor a member's id");
     let operator = crate::log::membership::OPERATOR_IDS.start;
     assert!(admit(1, operator, &mut remove, &config));
+    // And only an operator moves lock names between groups.
+    let fence = C::Shard(super::ShardCommand::Fence {
+        epoch: 2,
+        to: 1,
+        ranges: crate::shard::RangeSet::full(),
+    });
+    assert!(!admit(1, CLIENT, &mut wire(fence.clone()), &config));
+    assert!(admit(1, operator, &mut wire(fence), &config));
     // Planted bug `ClientToken`: the hint goes in.
     #[cfg(feature = "planted-bugs")]
     {

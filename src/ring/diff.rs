@@ -18,7 +18,7 @@ use super::{NodeId, Placement};
 
 /// An inclusive range of key hashes, `start..=end`. Ranges never wrap:
 /// a range across the top of the ring is reported as two.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct HashRange {
     /// First hash of the range.
     pub start: KeyHash,

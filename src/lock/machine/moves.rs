@@ -1,0 +1,538 @@
+//! Moving lock names between groups: the lock table's side of the steps
+//! in [`crate::shard`] (fence, install, drop).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::{Claim, LockMachine, LockOutput, LockPart, LockState, MovedLock, Session, ShardCommand, MAX_FLOOR};
+use crate::ring::hash_key;
+use crate::shard::{GroupId, RangeSet, ShardRefusal};
+
+impl LockMachine {
+    pub(super) fn shard(&mut self, command: &ShardCommand) -> LockOutput {
+        match command {
+            ShardCommand::Assign { epoch, ranges } => {
+                if !self.locks.is_empty() {
+                    // Whatever it holds would fall outside what it serves.
+                    return LockOutput::ShardRefused(ShardRefusal::AlreadyAssigned);
+                }
+                match self.ownership.assign(*epoch, ranges.clone()) {
+                    Ok(()) => LockOutput::Moved { locks: 0 },
+                    Err(refusal) => LockOutput::ShardRefused(refusal),
+                }
+            }
+            ShardCommand::Fence { epoch, to, ranges } => self.fence(*epoch, *to, ranges),
+            ShardCommand::Install { epoch, from, part } => self.install(*epoch, *from, part),
+            ShardCommand::Drop { epoch, to } => LockOutput::Moved {
+                locks: self.outbox.remove(&(*epoch, *to)).map_or(0, |part| part.locks.len()),
+            },
+        }
+    }
+
+    /// Cuts the locks of `ranges` out of the table into the part for `to`.
+    /// Waiters lose their place; the holders' sessions stop tracking the
+    /// locks (their next keep-alive shows them gone), and a ghost left
+    /// holding nothing ends.
+    fn fence(&mut self, epoch: u64, to: GroupId, ranges: &RangeSet) -> LockOutput {
+        let leaving = self.ownership.fence(epoch, ranges);
+        let names: Vec<String> = self
+            .locks
+            .keys()
+            .filter(|name| leaving.contains(hash_key(name.as_bytes())))
+            .cloned()
+            .collect();
+        let mut moved = Vec::with_capacity(names.len());
+        for name in names {
+            let lock = self.locks.remove(&name).expect("listed above");
+            for claim in lock.holder.iter().chain(&lock.waiters) {
+                let session = self.sessions.get_mut(&claim.session).expect("claims have sessions");
+                session.locks.remove(&name);
+            }
+            let holder = lock.holder.expect("a lock in the table has a holder");
+            moved.push(MovedLock {
+                owner: self.sessions[&holder.session].owner,
+                name,
+                session: holder.session,
+                token: holder.token,
+                last_granted: lock.last_granted,
+            });
+        }
+        let empty_ghosts: Vec<_> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.ghost && s.locks.is_empty())
+            .map(|(&id, _)| id)
+            .collect();
+        for id in empty_ghosts {
+            self.end_session(id);
+        }
+        let count = moved.len();
+        let part = self.outbox.entry((epoch, to)).or_default();
+        for r in leaving.ranges() {
+            part.ranges.insert(*r);
+        }
+        part.floor = part.floor.max(self.revision + self.token_offset);
+        part.locks.extend(moved);
+        LockOutput::Moved { locks: count }
+    }
+
+    /// Starts serving `part`'s ranges with its locks, held by ghosts, and
+    /// tokens from above its floor on. A repeated install changes nothing.
+    fn install(&mut self, epoch: u64, from: GroupId, part: &LockPart) -> LockOutput {
+        if self.ownership.was_installed(epoch, from) {
+            return LockOutput::Moved { locks: 0 };
+        }
+        if let Err(refusal) = validate(part) {
+            return LockOutput::ShardRefused(refusal);
+        }
+        if let Err(refusal) = self.ownership.install(epoch, from, &part.ranges) {
+            return LockOutput::ShardRefused(refusal);
+        }
+        // The next token is revision + offset, and the next acquire comes
+        // at a later revision: at least floor + 1.
+        self.token_offset = self.token_offset.max(part.floor.saturating_sub(self.revision));
+        let mut ghosts: BTreeMap<u64, u64> = BTreeMap::new();
+        for moved in &part.locks {
+            let ghost = *ghosts.entry(moved.session).or_insert_with(|| {
+                let id = self.free_session_id(moved.session);
+                self.sessions.insert(
+                    id,
+                    Session {
+                        owner: moved.owner,
+                        renewed: self.revision,
+                        ghost: true,
+                        ..Session::default()
+                    },
+                );
+                id
+            });
+            self.sessions
+                .get_mut(&ghost)
+                .expect("inserted above")
+                .locks
+                .insert(moved.name.clone());
+            let holder = Claim {
+                session: ghost,
+                request: 0,
+                token: moved.token,
+                hinted: false,
+            };
+            self.locks.insert(
+                moved.name.clone(),
+                LockState {
+                    holder: Some(holder),
+                    waiters: Default::default(),
+                    last_granted: moved.last_granted,
+                },
+            );
+        }
+        LockOutput::Moved {
+            locks: part.locks.len(),
+        }
+    }
+
+    /// The first id from `wanted` on that no session here has or had: a
+    /// ghost never merges into a session someone else opened (a rogue may
+    /// have opened the source holder's id here on purpose).
+    fn free_session_id(&self, wanted: u64) -> u64 {
+        let mut id = wanted;
+        while self.sessions.contains_key(&id) || self.ended.contains(&id) {
+            id = id.wrapping_add(1);
+        }
+        id
+    }
+}
+
+/// A part must be what a source could have fenced: names inside its
+/// ranges, each once, tokens (never 0: the first command is revision 1)
+/// at or below its floor, a floor tokens can grow from.
+fn validate(part: &LockPart) -> Result<(), ShardRefusal> {
+    let mut names = BTreeSet::new();
+    let ok = part.floor <= MAX_FLOOR
+        && part.locks.iter().all(|m| {
+            names.insert(m.name.as_str())
+                && part.ranges.contains(hash_key(m.name.as_bytes()))
+                && 0 < m.token
+                && m.token <= m.last_granted
+                && m.last_granted <= part.floor
+                && m.name.len() <= super::MAX_LOCK_NAME_BYTES
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(ShardRefusal::InvalidPart)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::super::{LockCommand as C, LockQuery, Refusal, Request as R, Token};
+    use super::*;
+    use crate::log::StateMachine;
+    use crate::ring::HashRange;
+
+    fn client(owner: u32, request: R) -> C {
+        C::Client { owner, request }
+    }
+
+    fn acquire(session: u64, lock: &str, request: u64) -> R {
+        R::Acquire {
+            session,
+            lock: lock.into(),
+            request,
+            wait: true,
+        }
+    }
+
+    /// The ranges holding exactly the hash of `name`.
+    fn only(name: &str) -> RangeSet {
+        let h = hash_key(name.as_bytes());
+        RangeSet::from_ranges([HashRange { start: h, end: h }])
+    }
+
+    fn part(m: &LockMachine, epoch: u64, to: GroupId) -> LockPart {
+        match m.query(&LockQuery::Part { epoch, to }) {
+            LockOutput::Part(Some(part)) => part,
+            other => panic!("no part: {other:?}"),
+        }
+    }
+
+    /// A held lock moves to a group whose revision is far behind: the
+    /// holder learns it lost the lock, the target keeps it held by a ghost
+    /// until it expires, and the next holder's token is above every token
+    /// the source granted; moving it back keeps tokens increasing.
+    #[test]
+    fn a_held_lock_moves_and_its_tokens_keep_increasing() {
+        let (mut source, mut target) = (LockMachine::default(), LockMachine::default());
+        assert_eq!(
+            target.apply(&C::Shard(ShardCommand::Assign {
+                epoch: 1,
+                ranges: RangeSet::default()
+            })),
+            LockOutput::Moved { locks: 0 }
+        );
+        source.apply(&client(1, R::Open { session: 1 }));
+        for _ in 0..50 {
+            source.apply(&client(1, R::KeepAlive { session: 1 }));
+        }
+        let LockOutput::Granted { token: held } = source.apply(&client(1, acquire(1, "x", 1))) else {
+            panic!("granted")
+        };
+        source.apply(&client(1, acquire(1, "y", 2)));
+        let fence = C::Shard(ShardCommand::Fence {
+            epoch: 2,
+            to: 9,
+            ranges: only("x"),
+        });
+        assert_eq!(source.apply(&fence), LockOutput::Moved { locks: 1 });
+        assert_eq!(source.apply(&fence), LockOutput::Moved { locks: 0 }, "a repeated fence");
+        assert_eq!(
+            source.apply(&client(1, R::KeepAlive { session: 1 })),
+            LockOutput::Alive {
+                held: vec![("y".into(), held + 1)]
+            },
+            "the holder's keep-alive no longer shows the moved lock"
+        );
+        assert_eq!(
+            source.apply(&client(
+                1,
+                R::Release {
+                    session: 1,
+                    lock: "x".into(),
+                    token: held
+                }
+            )),
+            LockOutput::NotServed { epoch: 2 }
+        );
+        let moved = part(&source, 2, 9);
+        assert_eq!(moved.locks.len(), 1);
+        assert!(moved.floor > held);
+        let install = C::Shard(ShardCommand::Install {
+            epoch: 2,
+            from: 1,
+            part: moved.clone(),
+        });
+        target.apply(&client(2, R::Open { session: 2 }));
+        assert_eq!(
+            target.apply(&client(2, acquire(2, "x", 1))),
+            LockOutput::NotServed { epoch: 1 },
+            "not before the install"
+        );
+        assert_eq!(target.apply(&install), LockOutput::Moved { locks: 1 });
+        assert_eq!(
+            target.apply(&install),
+            LockOutput::Moved { locks: 0 },
+            "a repeated install"
+        );
+        let (ghost, token) = target.holder("x").expect("held by a ghost");
+        assert_eq!(token, held);
+        assert_eq!(
+            target.apply(&client(1, R::KeepAlive { session: ghost })),
+            LockOutput::SessionExpired,
+            "nobody renews a ghost, not even the holder's node"
+        );
+        assert_eq!(
+            target.apply(&client(1, R::Open { session: ghost })),
+            LockOutput::Refused(Refusal::SessionReused)
+        );
+        let LockOutput::Queued { token: next, .. } = target.apply(&client(2, acquire(2, "x", 2))) else {
+            panic!("queued behind the ghost")
+        };
+        assert!(next > moved.floor, "{next} above the source's floor {}", moved.floor);
+        let renewed = target.sessions().find(|(s, _)| *s == ghost).unwrap().1;
+        assert_eq!(
+            target.apply(&C::Expire {
+                session: ghost,
+                renewed
+            }),
+            LockOutput::Expired
+        );
+        assert_eq!(target.holder("x"), Some((2, next)));
+        source.apply(&C::Shard(ShardCommand::Drop { epoch: 2, to: 9 }));
+        assert_eq!(
+            source.query(&LockQuery::Part { epoch: 2, to: 9 }),
+            LockOutput::Part(None)
+        );
+        // And back: the source's revision is now behind the target's floor.
+        target.apply(&C::Shard(ShardCommand::Fence {
+            epoch: 3,
+            to: 1,
+            ranges: only("x"),
+        }));
+        let back = part(&target, 3, 1);
+        source.apply(&C::Shard(ShardCommand::Install {
+            epoch: 3,
+            from: 9,
+            part: back,
+        }));
+        source.apply(&client(2, R::Open { session: 3 }));
+        let renewed = source.sessions().find(|(s, _)| *s != 1 && *s != 3).unwrap();
+        source.apply(&C::Expire {
+            session: renewed.0,
+            renewed: renewed.1,
+        });
+        let LockOutput::Granted { token: last } = source.apply(&client(2, acquire(3, "x", 1))) else {
+            panic!("granted once the ghost expired")
+        };
+        assert!(last > next);
+    }
+
+    /// A part no source could have fenced is refused whole, and a part
+    /// that overlaps what the target serves too.
+    #[test]
+    fn forged_and_overlapping_parts_are_refused() {
+        let mut target = LockMachine::default();
+        let good = LockPart {
+            ranges: only("x"),
+            floor: 10,
+            locks: vec![MovedLock {
+                name: "x".into(),
+                session: 1,
+                owner: 1,
+                token: 5,
+                last_granted: 7,
+            }],
+        };
+        let install = |part: LockPart| {
+            C::Shard(ShardCommand::Install {
+                epoch: 1,
+                from: 2,
+                part,
+            })
+        };
+        assert_eq!(
+            target.apply(&install(good.clone())),
+            LockOutput::ShardRefused(ShardRefusal::Overlaps),
+            "an unsharded group serves everything"
+        );
+        target.apply(&C::Shard(ShardCommand::Assign {
+            epoch: 1,
+            ranges: RangeSet::default(),
+        }));
+        let mut forged = vec![];
+        let mut outside = good.clone();
+        outside.ranges = only("z");
+        forged.push(outside);
+        let mut twice = good.clone();
+        twice.locks.push(twice.locks[0].clone());
+        forged.push(twice);
+        let mut above = good.clone();
+        above.locks[0].last_granted = 11;
+        forged.push(above);
+        let mut zero = good.clone();
+        zero.locks[0].token = 0;
+        forged.push(zero);
+        let mut huge = good.clone();
+        huge.floor = u64::MAX;
+        forged.push(huge);
+        for part in forged {
+            let before = target.clone();
+            assert_eq!(
+                target.apply(&install(part)),
+                LockOutput::ShardRefused(ShardRefusal::InvalidPart)
+            );
+            assert_eq!(target.locks, before.locks);
+            assert_eq!(target.ownership, before.ownership);
+        }
+        assert_eq!(target.apply(&install(good)), LockOutput::Moved { locks: 1 });
+    }
+
+    const NAMES: [&str; 6] = ["a", "b", "c", "d", "e", "f"];
+    const GROUPS: usize = 3;
+
+    /// One step of a sharded deployment's life.
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// Client `c` (its own session in every group) asks group `g`.
+        Acquire {
+            g: usize,
+            c: u64,
+            name: usize,
+        },
+        Release {
+            g: usize,
+            c: u64,
+            name: usize,
+        },
+        KeepAlive {
+            g: usize,
+            c: u64,
+        },
+        /// Group `g` expires the session at position `nth` of its table.
+        Expire {
+            g: usize,
+            nth: usize,
+        },
+        /// Group `from` fences the names in `names` (a bit set) for `to`.
+        Fence {
+            from: usize,
+            to: usize,
+            names: u8,
+        },
+        /// The oldest fenced part not yet installed is installed.
+        Install,
+        /// The oldest installed part is dropped at its source.
+        Drop,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        let g = 0..GROUPS;
+        prop_oneof![
+            4 => (g.clone(), 0..4u64, 0..NAMES.len()).prop_map(|(g, c, name)| Step::Acquire { g, c, name }),
+            2 => (g.clone(), 0..4u64, 0..NAMES.len()).prop_map(|(g, c, name)| Step::Release { g, c, name }),
+            1 => (g.clone(), 0..4u64).prop_map(|(g, c)| Step::KeepAlive { g, c }),
+            2 => (g.clone(), 0..8usize).prop_map(|(g, nth)| Step::Expire { g, nth }),
+            1 => (g.clone(), g, any::<u8>()).prop_map(|(from, to, names)| Step::Fence { from, to, names }),
+            1 => Just(Step::Install),
+            1 => Just(Step::Drop),
+        ]
+    }
+
+    /// Tokens held in the groups' tables, per name, as they were last seen.
+    fn holders(groups: &[LockMachine]) -> Vec<Vec<(usize, Token)>> {
+        NAMES
+            .iter()
+            .map(|name| {
+                let held = groups
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(g, m)| Some((g, m.holder(name)?.1)));
+                held.collect()
+            })
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+        /// Three groups, clients asking any of them, names moving between
+        /// them in any interleaving of fences, installs and drops: no name
+        /// is ever served or held by two groups, only the group serving a
+        /// name grants it, and each name's holders' tokens only increase.
+        #[test]
+        fn moves_never_serve_a_name_twice_and_tokens_only_increase(steps in prop::collection::vec(step(), 0..150)) {
+            let mut groups: Vec<LockMachine> = (0..GROUPS).map(|_| LockMachine::default()).collect();
+            for m in groups.iter_mut().skip(1) {
+                m.apply(&C::Shard(ShardCommand::Assign { epoch: 1, ranges: RangeSet::default() }));
+            }
+            let session = |g: usize, c: u64| (g as u64) << 8 | c;
+            for (g, m) in groups.iter_mut().enumerate() {
+                for c in 0..4 {
+                    m.apply(&client(c as u32, R::Open { session: session(g, c) }));
+                }
+            }
+            let (mut fenced, mut installed) = (Vec::new(), Vec::new());
+            let mut epoch = 1;
+            let mut last_token: Vec<Token> = vec![0; NAMES.len()];
+            let mut request = 0;
+            for step in steps {
+                request += 1;
+                match step {
+                    Step::Acquire { g, c, name } => {
+                        let out = groups[g].apply(&client(c as u32, acquire(session(g, c), NAMES[name], request)));
+                        let served = groups[g].ownership().serves(hash_key(NAMES[name].as_bytes()));
+                        if let LockOutput::Granted { .. } | LockOutput::Queued { .. } = out {
+                            prop_assert!(served, "{out:?} for a name group {g} does not serve");
+                        }
+                        if let LockOutput::NotServed { .. } = out {
+                            prop_assert!(!served);
+                        }
+                    }
+                    Step::Release { g, c, name } => {
+                        if let Some((s, token)) = groups[g].holder(NAMES[name]) {
+                            if s == session(g, c) {
+                                groups[g].apply(&client(c as u32, R::Release { session: s, lock: NAMES[name].into(), token }));
+                            }
+                        }
+                    }
+                    Step::KeepAlive { g, c } => {
+                        groups[g].apply(&client(c as u32, R::KeepAlive { session: session(g, c) }));
+                    }
+                    Step::Expire { g, nth } => {
+                        let nth = groups[g].sessions().nth(nth);
+                        if let Some((s, renewed)) = nth {
+                            groups[g].apply(&C::Expire { session: s, renewed });
+                        }
+                    }
+                    Step::Fence { from, to, names } => {
+                        if from != to {
+                            epoch += 1;
+                            let ranges = RangeSet::from_ranges(
+                                NAMES.iter().enumerate().filter(|(i, _)| names >> i & 1 == 1).flat_map(|(_, n)| only(n).ranges().to_vec()),
+                            );
+                            groups[from].apply(&C::Shard(ShardCommand::Fence { epoch, to: to as GroupId, ranges }));
+                            fenced.push((epoch, from, to));
+                        }
+                    }
+                    Step::Install => {
+                        if !fenced.is_empty() {
+                            let (epoch, from, to) = fenced.remove(0);
+                            let part = part(&groups[from], epoch, to as GroupId);
+                            let out = groups[to].apply(&C::Shard(ShardCommand::Install { epoch, from: from as GroupId, part }));
+                            prop_assert!(matches!(out, LockOutput::Moved { .. }), "{out:?}");
+                            installed.push((epoch, from, to));
+                        }
+                    }
+                    Step::Drop => {
+                        if !installed.is_empty() {
+                            let (epoch, from, to) = installed.remove(0);
+                            groups[from].apply(&C::Shard(ShardCommand::Drop { epoch, to: to as GroupId }));
+                        }
+                    }
+                }
+                for (i, name) in NAMES.iter().enumerate() {
+                    let h = hash_key(name.as_bytes());
+                    let serving = groups.iter().filter(|m| m.ownership().serves(h)).count();
+                    let in_flight = fenced.iter().any(|&(e, from, to)| part(&groups[from], e, to as GroupId).ranges.contains(h));
+                    prop_assert_eq!(serving + usize::from(in_flight), 1, "{} served by {} groups", name, serving);
+                    let held = &holders(&groups)[i];
+                    prop_assert!(held.len() <= 1, "{} held in {:?}", name, held);
+                    if let Some(&(_, token)) = held.first() {
+                        prop_assert!(token >= last_token[i], "{} held with {} after {}", name, token, last_token[i]);
+                        last_token[i] = token;
+                    }
+                }
+            }
+        }
+    }
+}
