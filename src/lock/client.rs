@@ -125,6 +125,14 @@ pub enum LockError {
     /// Called before [`LockClient::open`] succeeded.
     #[error("the session is not open: call LockClient::open first")]
     NotOpen,
+    /// This group of a sharded deployment does not serve the lock (it
+    /// moved, or never was here): ask the group that serves it, in a ring
+    /// view of at least `epoch`. The session stays valid.
+    #[error("this group does not serve the lock (ring epoch {epoch})")]
+    NotServed {
+        /// The latest epoch the group took part in.
+        epoch: u64,
+    },
     /// An answer that makes no sense for the request (a server of another
     /// version or service).
     #[error("unexpected answer: {0}")]
@@ -547,7 +555,10 @@ impl<E: Env> Shared<E> {
                     state.valid_until = Some(state.valid_until.map_or(until, |t| t.max(until)));
                     state.last_renewal = state.last_renewal.max(sent);
                 }
-                Ok(out)
+                match out {
+                    LockOutput::NotServed { epoch } => Err(LockError::NotServed { epoch }),
+                    out => Ok(out),
+                }
             }
         }
     }

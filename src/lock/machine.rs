@@ -183,11 +183,12 @@ pub enum ShardCommand {
 ///
 /// Only holders travel: a moved lock stays held at the target, by a
 /// *ghost* session that nobody can renew, until the target's leader
-/// expires it a TTL after the install. The holder's client learns of the
-/// move from its next keep-alive (the lock is no longer among the held)
-/// and treats the lock as lost, while its lease, timed from a renewal sent
-/// before the fence, ends before the ghost's. Waiters are told to go to
-/// the new owner ([`LockOutput::NotServed`]) and queue there afresh.
+/// expires it a TTL after the install. At the source the fence turns the
+/// holder's session into a ghost too, so its client hears
+/// `SessionExpired` and stops trusting its locks, while its lease, timed
+/// from a request sent before the fence, ends before either ghost does.
+/// Waiters are told to go to the new owner ([`LockOutput::NotServed`])
+/// and queue there afresh.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LockPart {
     /// The lock-name hashes the part covers.
@@ -817,11 +818,6 @@ impl LockMachine {
             if lock.len() > MAX_LOCK_NAME_BYTES {
                 return LockOutput::Refused(Refusal::NameTooLong);
             }
-            if !self.ownership.serves(hash_key(lock.as_bytes())) {
-                return LockOutput::NotServed {
-                    epoch: self.ownership.epoch(),
-                };
-            }
         }
         let revision = self.revision;
         let Some(s) = self.sessions.get_mut(&session).filter(|s| !s.ghost) else {
@@ -831,6 +827,15 @@ impl LockMachine {
             return LockOutput::Refused(Refusal::ForeignSession);
         }
         s.renewed = revision;
+        // After the session checks: a holder whose session a fence ended
+        // must hear that (it lost its locks), not that the lock moved.
+        if let Request::Acquire { lock, .. } | Request::Release { lock, .. } | Request::Cancel { lock, .. } = request {
+            if !self.ownership.serves(hash_key(lock.as_bytes())) {
+                return LockOutput::NotServed {
+                    epoch: self.ownership.epoch(),
+                };
+            }
+        }
         match request {
             Request::Open { .. } => LockOutput::Opened,
             Request::KeepAlive { .. } => LockOutput::Alive {

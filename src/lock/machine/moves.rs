@@ -29,9 +29,15 @@ impl LockMachine {
     }
 
     /// Cuts the locks of `ranges` out of the table into the part for `to`.
-    /// Waiters lose their place; the holders' sessions stop tracking the
-    /// locks (their next keep-alive shows them gone), and a ghost left
-    /// holding nothing ends.
+    ///
+    /// Waiters lose their place (their next request hears `NotServed`).
+    /// A holder's session becomes a ghost: from now on every request on it
+    /// is answered `SessionExpired`, so its client stops trusting every
+    /// lock it held, and none renews it; its other locks stay held until
+    /// the leader expires it a TTL after its last renewal, when the
+    /// client's lease (timed from a request sent before this fence) has
+    /// already ended. Ending it at once would grant those locks while the
+    /// client still trusts them. A ghost left holding nothing ends.
     fn fence(&mut self, epoch: u64, to: GroupId, ranges: &RangeSet) -> LockOutput {
         let leaving = self.ownership.fence(epoch, ranges);
         let names: Vec<String> = self
@@ -55,6 +61,9 @@ impl LockMachine {
                 token: holder.token,
                 last_granted: lock.last_granted,
             });
+        }
+        for holder in &moved {
+            self.ghost(holder.session);
         }
         let empty_ghosts: Vec<_> = self
             .sessions
@@ -130,6 +139,24 @@ impl LockMachine {
         }
     }
 
+    /// Turns a holder's session into a ghost: it leaves every line it
+    /// waits in (a ghost is never granted anything) and keeps what it holds.
+    fn ghost(&mut self, id: u64) {
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        session.ghost = true;
+        let names: Vec<String> = session.locks.iter().cloned().collect();
+        for name in names {
+            let lock = self.locks.get_mut(&name).expect("tracked lock exists");
+            if lock.holder.as_ref().is_some_and(|h| h.session == id) {
+                continue;
+            }
+            lock.waiters.retain(|c| c.session != id);
+            self.sessions.get_mut(&id).expect("looked up above").locks.remove(&name);
+        }
+    }
+
     /// The first id from `wanted` on that no session here has or had: a
     /// ghost never merges into a session someone else opened (a rogue may
     /// have opened the source holder's id here on purpose).
@@ -199,9 +226,12 @@ mod tests {
     }
 
     /// A held lock moves to a group whose revision is far behind: the
-    /// holder learns it lost the lock, the target keeps it held by a ghost
-    /// until it expires, and the next holder's token is above every token
-    /// the source granted; moving it back keeps tokens increasing.
+    /// holder's session becomes a ghost at the source (its client hears
+    /// it expired; its other lock stays held until it expires), a waiter
+    /// hears the lock is served elsewhere, the target keeps the lock held
+    /// by a ghost until it expires, and the next holder's token is above
+    /// every token the source granted; moving it back keeps tokens
+    /// increasing.
     #[test]
     fn a_held_lock_moves_and_its_tokens_keep_increasing() {
         let (mut source, mut target) = (LockMachine::default(), LockMachine::default());
@@ -213,6 +243,7 @@ mod tests {
             LockOutput::Moved { locks: 0 }
         );
         source.apply(&client(1, R::Open { session: 1 }));
+        source.apply(&client(5, R::Open { session: 5 }));
         for _ in 0..50 {
             source.apply(&client(1, R::KeepAlive { session: 1 }));
         }
@@ -220,6 +251,10 @@ mod tests {
             panic!("granted")
         };
         source.apply(&client(1, acquire(1, "y", 2)));
+        assert!(matches!(
+            source.apply(&client(5, acquire(5, "x", 1))),
+            LockOutput::Queued { .. }
+        ));
         let fence = C::Shard(ShardCommand::Fence {
             epoch: 2,
             to: 9,
@@ -229,21 +264,14 @@ mod tests {
         assert_eq!(source.apply(&fence), LockOutput::Moved { locks: 0 }, "a repeated fence");
         assert_eq!(
             source.apply(&client(1, R::KeepAlive { session: 1 })),
-            LockOutput::Alive {
-                held: vec![("y".into(), held + 1)]
-            },
-            "the holder's keep-alive no longer shows the moved lock"
+            LockOutput::SessionExpired,
+            "the holder hears that its session, and every lock of it, is lost"
         );
+        assert_eq!(source.holder("y"), Some((1, held + 1)), "until the leader expires it");
         assert_eq!(
-            source.apply(&client(
-                1,
-                R::Release {
-                    session: 1,
-                    lock: "x".into(),
-                    token: held
-                }
-            )),
-            LockOutput::NotServed { epoch: 2 }
+            source.apply(&client(5, acquire(5, "x", 2))),
+            LockOutput::NotServed { epoch: 2 },
+            "the waiter is sent on"
         );
         let moved = part(&source, 2, 9);
         assert_eq!(moved.locks.len(), 1);
@@ -306,13 +334,14 @@ mod tests {
             from: 9,
             part: back,
         }));
-        source.apply(&client(2, R::Open { session: 3 }));
-        let renewed = source.sessions().find(|(s, _)| *s != 1 && *s != 3).unwrap();
+        let (ghost, _) = source.holder("x").expect("held by a ghost again");
+        let renewed = source.sessions().find(|(s, _)| *s == ghost).unwrap().1;
         source.apply(&C::Expire {
-            session: renewed.0,
-            renewed: renewed.1,
+            session: ghost,
+            renewed,
         });
-        let LockOutput::Granted { token: last } = source.apply(&client(2, acquire(3, "x", 1))) else {
+        source.apply(&client(3, R::Open { session: 3 }));
+        let LockOutput::Granted { token: last } = source.apply(&client(3, acquire(3, "x", 1))) else {
             panic!("granted once the ghost expired")
         };
         assert!(last > next);
@@ -384,7 +413,13 @@ mod tests {
     /// One step of a sharded deployment's life.
     #[derive(Debug, Clone)]
     enum Step {
-        /// Client `c` (its own session in every group) asks group `g`.
+        /// Client `c` opens a new session in group `g` (its last one there
+        /// may have become a ghost).
+        Open {
+            g: usize,
+            c: u64,
+        },
+        /// Client `c` (its latest session in each group) asks group `g`.
         Acquire {
             g: usize,
             c: u64,
@@ -419,6 +454,7 @@ mod tests {
     fn step() -> impl Strategy<Value = Step> {
         let g = 0..GROUPS;
         prop_oneof![
+            1 => (g.clone(), 0..4u64).prop_map(|(g, c)| Step::Open { g, c }),
             4 => (g.clone(), 0..4u64, 0..NAMES.len()).prop_map(|(g, c, name)| Step::Acquire { g, c, name }),
             2 => (g.clone(), 0..4u64, 0..NAMES.len()).prop_map(|(g, c, name)| Step::Release { g, c, name }),
             1 => (g.clone(), 0..4u64).prop_map(|(g, c)| Step::KeepAlive { g, c }),
@@ -455,12 +491,10 @@ mod tests {
             for m in groups.iter_mut().skip(1) {
                 m.apply(&C::Shard(ShardCommand::Assign { epoch: 1, ranges: RangeSet::default() }));
             }
-            let session = |g: usize, c: u64| (g as u64) << 8 | c;
-            for (g, m) in groups.iter_mut().enumerate() {
-                for c in 0..4 {
-                    m.apply(&client(c as u32, R::Open { session: session(g, c) }));
-                }
-            }
+            // Client `c`'s session in group `g`, numbered per group.
+            let mut sessions = [[0u64; 4]; GROUPS];
+            let mut opened = 0;
+            let session = |sessions: &[[u64; 4]; GROUPS], g: usize, c: u64| sessions[g][c as usize];
             let (mut fenced, mut installed) = (Vec::new(), Vec::new());
             let mut epoch = 1;
             let mut last_token: Vec<Token> = vec![0; NAMES.len()];
@@ -468,8 +502,13 @@ mod tests {
             for step in steps {
                 request += 1;
                 match step {
+                    Step::Open { g, c } => {
+                        opened += 1;
+                        sessions[g][c as usize] = opened;
+                        groups[g].apply(&client(c as u32, R::Open { session: opened }));
+                    }
                     Step::Acquire { g, c, name } => {
-                        let out = groups[g].apply(&client(c as u32, acquire(session(g, c), NAMES[name], request)));
+                        let out = groups[g].apply(&client(c as u32, acquire(session(&sessions, g, c), NAMES[name], request)));
                         let served = groups[g].ownership().serves(hash_key(NAMES[name].as_bytes()));
                         if let LockOutput::Granted { .. } | LockOutput::Queued { .. } = out {
                             prop_assert!(served, "{out:?} for a name group {g} does not serve");
@@ -480,13 +519,13 @@ mod tests {
                     }
                     Step::Release { g, c, name } => {
                         if let Some((s, token)) = groups[g].holder(NAMES[name]) {
-                            if s == session(g, c) {
+                            if s == session(&sessions, g, c) {
                                 groups[g].apply(&client(c as u32, R::Release { session: s, lock: NAMES[name].into(), token }));
                             }
                         }
                     }
                     Step::KeepAlive { g, c } => {
-                        groups[g].apply(&client(c as u32, R::KeepAlive { session: session(g, c) }));
+                        groups[g].apply(&client(c as u32, R::KeepAlive { session: session(&sessions, g, c) }));
                     }
                     Step::Expire { g, nth } => {
                         let nth = groups[g].sessions().nth(nth);
