@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use crate::ring::{HashRange, KeyHash};
 
 /// A group of a sharded deployment, as the ring names it.
-pub type GroupId = u64;
+pub type GroupId = crate::ring::NodeId;
 
 /// A set of key hashes: disjoint, sorted ranges, adjacent ones merged.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -184,6 +184,12 @@ impl Ownership {
         &self.serving
     }
 
+    /// Whether the group is as it started: serving every key at epoch 0,
+    /// never assigned, fenced or installed.
+    pub fn is_unsharded(&self) -> bool {
+        self.epoch == 0 && self.installed.is_empty() && self.serving == RangeSet::full()
+    }
+
     /// Whether this group serves the key with hash `h` now.
     pub fn serves(&self, h: KeyHash) -> bool {
         self.serving.contains(h)
@@ -191,8 +197,12 @@ impl Ownership {
 
     /// A group created for a sharded deployment starts serving `ranges`
     /// (a new group joining the ring: none) at `epoch`.
+    /// Assigning it the same again (a retry) is done.
     pub fn assign(&mut self, epoch: u64, ranges: RangeSet) -> Result<(), ShardRefusal> {
-        if self.epoch != 0 || !self.installed.is_empty() || self.serving != RangeSet::full() {
+        if self.installed.is_empty() && self.epoch == epoch && self.serving == ranges {
+            return Ok(());
+        }
+        if !self.is_unsharded() {
             return Err(ShardRefusal::AlreadyAssigned);
         }
         self.epoch = epoch;
@@ -309,6 +319,13 @@ mod tests {
         );
         assert_eq!(source.epoch(), 2);
         assert_eq!(source.assign(3, RangeSet::full()), Err(ShardRefusal::AlreadyAssigned));
+        assert_eq!(
+            target.assign(1, RangeSet::default()),
+            Err(ShardRefusal::AlreadyAssigned)
+        );
+        let mut fresh = Ownership::default();
+        fresh.assign(4, moving.clone()).unwrap();
+        assert_eq!(fresh.assign(4, moving), Ok(()), "a repeated assignment is done");
         assert!(target.was_installed(1, 7) && !target.was_installed(2, 7));
     }
 }

@@ -311,12 +311,19 @@ impl<E: Env> LockClient<E> {
     /// A client with a fresh session id; call [`LockClient::open`] first.
     /// The client reads `env`'s inbox: nothing else on that node may.
     pub fn new(env: E, servers: Vec<NodeId>, config: ClientConfig) -> Self {
+        let inbox = Inbox::new(env.clone());
+        Self::sharing(env, inbox, servers, config)
+    }
+
+    /// A client that shares `inbox` with the node's other clients: one per
+    /// group of a sharded lock service, say, each with its own session.
+    pub fn sharing(env: E, inbox: Arc<Inbox<E, LockMachine>>, servers: Vec<NodeId>, config: ClientConfig) -> Self {
         assert!((0.0..1.0).contains(&config.drift_bound));
         assert!(!servers.is_empty());
         let session = env.rng().gen();
         LockClient {
             shared: Arc::new(Shared {
-                inbox: Inbox::new(env.clone()),
+                inbox,
                 env,
                 servers,
                 config,

@@ -42,10 +42,21 @@ pub enum LockBug {
     /// Server: a configuration request is admitted from any client, not
     /// only from an operator, so a client can remove the lock servers.
     AnyoneReconfigures,
+    /// Rebalancer: the target is given the moving ranges (empty, with no
+    /// floor) before the source is fenced, so both serve them for a while.
+    FlipBeforeFence,
+    /// Rebalancer: the part's floor is its own locks' highest token, not
+    /// the source's counter, so a lock freed before the move is granted at
+    /// the target below tokens the source gave it.
+    FloorNotCarried,
+    /// Rebalancer: the part is installed without its locks, so the target
+    /// grants a moved lock while its holder's lease still runs.
+    HoldersNotShipped,
 }
 
 pub mod client;
 mod machine;
+pub mod rebalance;
 pub mod resource;
 pub mod server;
 

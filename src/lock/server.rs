@@ -36,6 +36,11 @@ pub struct ServerConfig {
     /// Session lease: a session that has not renewed for this long on the
     /// leader's clock is expired. Clients learn it when they open.
     pub ttl: Duration,
+    /// The group joins a sharded deployment ([`crate::shard`]): it takes
+    /// no client command until an operator's `Assign` applied, so it never
+    /// serves a name as an unsharded group would (every name). Only the
+    /// group that founds a deployment runs without it.
+    pub joining: bool,
     /// A planted bug (the server's variants of [`LockBug`]).
     #[cfg(feature = "planted-bugs")]
     #[doc(hidden)]
@@ -47,6 +52,7 @@ impl Default for ServerConfig {
         ServerConfig {
             log: crate::log::Config::default(),
             ttl: Duration::from_secs(2),
+            joining: false,
             #[cfg(feature = "planted-bugs")]
             bug: None,
         }
@@ -232,6 +238,13 @@ impl Companion for LockService {
     ) -> Option<WireOf<LockMachine>> {
         if !admit(self.me, from, &mut msg, &self.config) {
             return None;
+        }
+        let unassigned = self.config.joining && replica.state_machine().ownership().is_unsharded();
+        if let (true, Wire::Command { command, .. }) = (unassigned, &msg) {
+            if !matches!(command, LockCommand::Shard(_)) {
+                tracing::debug!(node = self.me, from, "not assigned yet: ignoring a client command");
+                return None;
+            }
         }
         if let Wire::Read {
             client,

@@ -706,9 +706,9 @@ mod props {
             .prop_map(|(ranges, floor, locks)| LockPart { ranges, floor, locks });
         prop_oneof![
             (small(), ranges()).prop_map(|(epoch, ranges)| ShardCommand::Assign { epoch, ranges }),
-            (small(), 0..3u64, ranges()).prop_map(|(epoch, to, ranges)| ShardCommand::Fence { epoch, to, ranges }),
-            (small(), 0..3u64, part).prop_map(|(epoch, from, part)| ShardCommand::Install { epoch, from, part }),
-            (small(), 0..3u64).prop_map(|(epoch, to)| ShardCommand::Drop { epoch, to }),
+            (small(), 0..3u32, ranges()).prop_map(|(epoch, to, ranges)| ShardCommand::Fence { epoch, to, ranges }),
+            (small(), 0..3u32, part).prop_map(|(epoch, from, part)| ShardCommand::Install { epoch, from, part }),
+            (small(), 0..3u32).prop_map(|(epoch, to)| ShardCommand::Drop { epoch, to }),
         ]
     }
 
@@ -946,4 +946,45 @@ fn the_lock_companion_answers_settings_and_parks_unchanged_watches() {
             }
         )]
     ));
+}
+
+/// A group that joins a sharded deployment serves nothing before an
+/// operator assigns it: it ignores every client command (an unsharded
+/// table would serve every name) but passes the operator's `Assign`, and
+/// after it applied, client commands again.
+#[test]
+fn a_joining_group_takes_no_client_command_until_it_is_assigned() {
+    use super::server::{LockService, ServerConfig};
+    use super::ShardCommand;
+    use crate::log::service::{Companion, Out};
+    use crate::log::Wire;
+    let ms = Duration::from_millis;
+    let mut raft = single_replica();
+    let config = ServerConfig {
+        joining: true,
+        ..ServerConfig::default()
+    };
+    let mut lock = LockService::new(1, config);
+    let mut out = Out::new(1, Some(raft.term()));
+    lock.on_leadership(ms(1_000), &raft, &mut out);
+    let open = |seq| Wire::Command {
+        client: 9,
+        seq,
+        command: cmd(R::Open { session: 5 }),
+    };
+    assert!(lock.on_message(ms(1_000), 5, open(1), &raft, &mut out).is_none());
+    let assign = Wire::Command {
+        client: 10,
+        seq: 1,
+        command: C::Shard(ShardCommand::Assign {
+            epoch: 1,
+            ranges: crate::shard::RangeSet::default(),
+        }),
+    };
+    let operator = crate::log::membership::OPERATOR_IDS.start;
+    let passed = lock.on_message(ms(1_000), operator, assign, &raft, &mut out);
+    let passed = passed.expect("the operator's assignment passes");
+    let _ = raft.on_messages(ms(1_000), vec![(operator, passed)]);
+    assert!(!raft.state_machine().ownership().is_unsharded());
+    assert!(lock.on_message(ms(1_001), 5, open(2), &raft, &mut out).is_some());
 }

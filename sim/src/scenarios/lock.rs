@@ -52,6 +52,7 @@
 //!   within TTL + election time + retries.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::marker::PhantomData;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -66,6 +67,7 @@ use ringfence::history::lock::{
 use ringfence::history::{History, Violation};
 use ringfence::lock::resource::{self, ResourceBug, ResourceRequest};
 use ringfence::lock::{server, ClientConfig, LockBug, LockClient, LockError, LockMachine, ServerConfig, Token};
+use ringfence::log::client::Inbox;
 use ringfence::log::membership::{is_operator, Boot, OPERATOR_IDS};
 use ringfence::log::{Event, Index, Term};
 use ringfence::observe::Observer;
@@ -76,7 +78,7 @@ use crate::plan::{AimedAction, DiskLoss, Fault, FaultKind, FaultPlan, Swarm, Tar
 use crate::scenario::{client_ids, Bug, Client, Params, Planted, Scenario, Workload, PROBE_ID};
 use crate::scenarios::judge::Judge;
 use crate::scenarios::log::REMOVED_STILL_VOTES;
-use crate::scenarios::{lock_hostile, operator};
+use crate::scenarios::{lock_hostile, lock_moves, operator};
 use crate::world::{derive_rng, stream, World};
 
 pub const NO_FENCING: Bug = Bug {
@@ -484,7 +486,7 @@ fn situation_alone(seed: u64) -> Option<&'static str> {
 /// take turns, so every one comes up in any 18 consecutive seeds). Even
 /// seeds: the swarm plan, half of them with one aimed situation on top.
 fn lock_plan(seed: u64, targets: &Targets) -> FaultPlan {
-    let window = LockScenario::<false>::FAULT_WINDOW.as_millis() as u64;
+    let window = LockScenario::<Single>::FAULT_WINDOW.as_millis() as u64;
     let mut rng = derive_rng(seed, stream::PLAN, AIM_STREAM);
     let (&resource, servers) = targets.servers.split_last().expect("lock servers and a resource");
     let bound = drift_bound(seed);
@@ -578,14 +580,90 @@ pub fn storm_at(seed: u64) -> Option<Duration> {
         .then(|| Duration::from_millis(derive_rng(seed, STORM_STREAM, 0).gen_range(1_000..3_000)))
 }
 
-/// The lock scenario; one instance per run. With `CHANGES`, five lock
-/// servers of which three found the group, and an operator changes its
-/// membership while the faults run ([`operator`]).
-pub struct LockScenario<const CHANGES: bool = false> {
+/// Which deployment of the lock service a run simulates.
+pub trait Variant: Send + Sync + 'static {
+    const NAME: &'static str;
+    const ABOUT: &'static str;
+    const BUGS: &'static [Bug];
+    const SERVERS: u32;
+    const MIN_SERVERS: u32;
+    /// An operator changes the group's membership ([`operator`]): five
+    /// lock servers, three of which found the group.
+    const CHANGES: bool = false;
+    /// Groups the lock servers form, in equal shares; with more than one,
+    /// an operator moves lock names between them ([`lock_moves`]).
+    const GROUPS: u32 = 1;
+}
+
+/// One group of three lock servers.
+pub struct Single;
+/// One group whose members an operator changes.
+pub struct Members;
+/// Two groups of three, lock names moving between them.
+pub struct Moves;
+
+impl Variant for Single {
+    const NAME: &'static str = "lock";
+    const ABOUT: &'static str =
+        "fenced lock service on the replicated log: sessions with leases, FIFO waiters, fencing tokens, a fenced counter";
+    const BUGS: &'static [Bug] = &[
+        NO_FENCING,
+        UNSYNCED_TOKEN,
+        NO_RECHECK,
+        NO_DRIFT_MARGIN,
+        CLIENT_TOKEN,
+        EXPIRY_RETRY_TOO_SOON,
+        REAPPLY_RETRIES,
+        ANYONE_RECONFIGURES,
+    ];
+    const SERVERS: u32 = 4;
+    const MIN_SERVERS: u32 = 2;
+}
+
+impl Variant for Members {
+    const NAME: &'static str = "lock-members";
+    const ABOUT: &'static str = "the fenced lock service while an operator adds, promotes, removes and replaces lock servers, and a server may lose its disk: every lock invariant, and every final member caught up";
+    const BUGS: &'static [Bug] = &[REMOVED_STILL_VOTES];
+    const SERVERS: u32 = 6;
+    const MIN_SERVERS: u32 = 4;
+    const CHANGES: bool = true;
+}
+
+impl Variant for Moves {
+    const NAME: &'static str = "lock-moves";
+    const ABOUT: &'static str = "the fenced lock service split into two groups while an operator moves lock names between them by ring changes: every lock invariant across moves, and no two groups serving a name at once";
+    const BUGS: &'static [Bug] = &[FLIP_BEFORE_FENCE, FLOOR_NOT_CARRIED, HOLDERS_NOT_SHIPPED];
+    const SERVERS: u32 = 7;
+    const MIN_SERVERS: u32 = 3;
+    const GROUPS: u32 = 2;
+}
+
+pub const FLIP_BEFORE_FENCE: Bug = Bug {
+    name: "flip-before-fence",
+    about: "the rebalancer gives the moving names to the target (empty, with no floor) before it fences the source, so both groups serve them for a while",
+    caught_by: "owner-overlap",
+    planted: Planted::Lock(LockBug::FlipBeforeFence),
+};
+pub const FLOOR_NOT_CARRIED: Bug = Bug {
+    name: "floor-not-carried",
+    about: "the part's token floor is its own locks' highest token, not the source's counter, so a lock freed before the move is granted at the target below tokens the source gave it",
+    caught_by: "client-token",
+    planted: Planted::Lock(LockBug::FloorNotCarried),
+};
+pub const HOLDERS_NOT_SHIPPED: Bug = Bug {
+    name: "holders-not-shipped",
+    about: "the rebalancer installs the part without its locks, so the target grants a moved lock while its holder's lease still runs",
+    caught_by: "lease-overlap",
+    planted: Planted::Lock(LockBug::HoldersNotShipped),
+};
+
+/// The lock scenario; one instance per run, of the deployment `V`.
+pub struct LockScenario<V: Variant = Single> {
     bug: Option<Planted>,
     servers: u32,
-    /// The lock servers that found the group: all, or three with `CHANGES`.
-    founders: Vec<NodeId>,
+    /// The lock servers that found each group: all of it, or three with
+    /// `CHANGES`.
+    founders: Vec<Vec<NodeId>>,
     /// The group the operator settled after the heal (with `CHANGES`),
     /// whose every member must catch up.
     settled: Arc<Mutex<Option<BTreeSet<NodeId>>>>,
@@ -593,20 +671,57 @@ pub struct LockScenario<const CHANGES: bool = false> {
     /// them (whose clocks the lease arithmetic concerns).
     clients: Vec<NodeId>,
     roles: Arc<Mutex<Roles>>,
-    applied: Arc<Mutex<BTreeMap<Index, AppliedEntry>>>,
-    /// The log's safety and the replicas' catch-up.
-    judge: Arc<Judge>,
+    /// Each group's applied entries.
+    applied: Vec<Arc<Mutex<BTreeMap<Index, AppliedEntry>>>>,
+    /// Each group's log safety and replicas' catch-up.
+    judges: Vec<Arc<Judge>>,
     /// The resource node's record of every access it made durable.
     accesses: Arc<Mutex<Vec<resource::Applied>>>,
     /// The run's world, for the clock record (set when a server boots).
     world: Arc<OnceLock<World>>,
     /// ρ, the drift bound the run's clients assume ([`drift_bound`]).
     drift_bound: f64,
+    variant: PhantomData<fn() -> V>,
 }
 
-impl<const CHANGES: bool> LockScenario<CHANGES> {
+impl<V: Variant> LockScenario<V> {
+    /// Whether an operator client runs: to change members or move names.
+    const OPERATED: bool = V::CHANGES || V::GROUPS > 1;
+
     fn lock_servers(&self) -> Vec<NodeId> {
         (1..self.servers).collect()
+    }
+    /// The lock servers of each group.
+    fn groups(&self) -> Vec<Vec<NodeId>> {
+        let servers = self.lock_servers();
+        let groups = (V::GROUPS as usize).min(servers.len());
+        let per_group = servers.len() / groups;
+        (0..groups)
+            .map(|g| {
+                let end = if g + 1 == groups {
+                    servers.len()
+                } else {
+                    (g + 1) * per_group
+                };
+                servers[g * per_group..end].to_vec()
+            })
+            .collect()
+    }
+    /// The group (index) lock server `node` belongs to.
+    fn group_of(&self, node: NodeId) -> usize {
+        let groups = self.groups();
+        groups
+            .iter()
+            .position(|g| g.contains(&node))
+            .unwrap_or(groups.len() - 1)
+    }
+    /// One lock client per group, sharing the node's inbox.
+    fn lock_clients(&self, env: &SimEnv) -> Vec<LockClient<SimEnv>> {
+        let inbox = Inbox::new(env.clone());
+        let groups = self.groups().into_iter();
+        groups
+            .map(|servers| LockClient::sharing(env.clone(), inbox.clone(), servers, self.client_config()))
+            .collect()
     }
     fn resource(&self) -> NodeId {
         self.servers
@@ -643,6 +758,7 @@ impl<const CHANGES: bool> LockScenario<CHANGES> {
         ServerConfig {
             log: crate::scenarios::log::sim_config(log_bug),
             ttl: TTL,
+            joining: false,
             bug: self.lock_bug(),
         }
     }
@@ -755,36 +871,19 @@ async fn release(client: &Client<LockOp>, lc: &mut LockClient<SimEnv>, lease: &r
     };
 }
 
-impl<const CHANGES: bool> Scenario for LockScenario<CHANGES> {
+impl<V: Variant> Scenario for LockScenario<V> {
     type Op = LockOp;
 
-    const NAME: &'static str = if CHANGES { "lock-members" } else { "lock" };
-    const ABOUT: &'static str = if CHANGES {
-        "the fenced lock service while an operator adds, promotes, removes and replaces lock servers, and a server may lose its disk: every lock invariant, and every final member caught up"
-    } else {
-        "fenced lock service on the replicated log: sessions with leases, FIFO waiters, fencing tokens, a fenced counter"
-    };
-    const BUGS: &'static [Bug] = if CHANGES {
-        &[REMOVED_STILL_VOTES]
-    } else {
-        &[
-            NO_FENCING,
-            UNSYNCED_TOKEN,
-            NO_RECHECK,
-            NO_DRIFT_MARGIN,
-            CLIENT_TOKEN,
-            EXPIRY_RETRY_TOO_SOON,
-            REAPPLY_RETRIES,
-            ANYONE_RECONFIGURES,
-        ]
-    };
-    /// Three lock servers and the resource node; with `CHANGES`, five.
-    const SERVERS: u32 = if CHANGES { 6 } else { 4 };
-    const MIN_SERVERS: u32 = if CHANGES { 4 } else { 2 };
-    /// Four lock users, the rogue, three storm clients; with `CHANGES`,
-    /// the operator.
+    const NAME: &'static str = V::NAME;
+    const ABOUT: &'static str = V::ABOUT;
+    const BUGS: &'static [Bug] = V::BUGS;
+    /// The lock servers and the resource node.
+    const SERVERS: u32 = V::SERVERS;
+    const MIN_SERVERS: u32 = V::MIN_SERVERS;
+    /// Four lock users, the rogue, three storm clients; the operator, if
+    /// it runs.
     const WORKLOAD: Workload = Workload {
-        clients: LOCK_USERS + 1 + STORM_CLIENTS + CHANGES as u32,
+        clients: LOCK_USERS + 1 + STORM_CLIENTS + Self::OPERATED as u32,
         ops: 40,
     };
 
@@ -799,7 +898,7 @@ impl<const CHANGES: bool> Scenario for LockScenario<CHANGES> {
             .enumerate()
             .map(|(i, id)| match i as u32 {
                 i if i < ROGUE => id,
-                OPERATOR if CHANGES => OPERATOR_IDS.start | id,
+                OPERATOR if Self::OPERATED => OPERATOR_IDS.start | id,
                 i => (FIRST_PRINCIPAL + i - ROGUE) << 16 | id,
             })
             .collect()
@@ -818,14 +917,15 @@ impl<const CHANGES: bool> Scenario for LockScenario<CHANGES> {
 
     /// The full mix; with `CHANGES`, a lost disk too.
     fn fault_kinds() -> Vec<FaultKind> {
-        let replacement = FaultKind::REPLACEMENT.into_iter().filter(|_| CHANGES);
+        let replacement = FaultKind::REPLACEMENT.into_iter().filter(|_| V::CHANGES);
         FaultKind::ALL.into_iter().chain(replacement).collect()
     }
     const FAULT_WINDOW: Duration = Duration::from_secs(6);
     /// TTL (an abandoned session expires) + a few election timeouts + the
     /// acquire's retries; with `CHANGES`, the operator settles the
-    /// membership first, one committed change after another.
-    const LIVENESS_BOUND: Duration = Duration::from_secs(if CHANGES { 10 } else { 5 });
+    /// membership first, one committed change after another; with groups,
+    /// it finishes the move in progress first.
+    const LIVENESS_BOUND: Duration = Duration::from_secs(if Self::OPERATED { 10 } else { 5 });
     const DEFAULT_SEEDS: u64 = 100;
     const SITUATIONS: &'static [&'static str] = &situation::ALL;
 
@@ -834,20 +934,28 @@ impl<const CHANGES: bool> Scenario for LockScenario<CHANGES> {
     }
 
     fn new(params: &Params) -> Self {
-        let lock_servers = params.servers - 1;
-        LockScenario {
+        let mut scenario = LockScenario {
             bug: params.planted(),
             servers: params.servers,
-            founders: (1..=if CHANGES { lock_servers.min(3) } else { lock_servers }).collect(),
+            founders: vec![],
             settled: Arc::default(),
             clients: Self::client_ids(params.workload.clients),
             roles: Arc::default(),
-            applied: Arc::default(),
-            judge: Arc::default(),
+            applied: vec![],
+            judges: vec![],
             accesses: Arc::default(),
             world: Arc::default(),
             drift_bound: drift_bound(params.seed),
-        }
+            variant: PhantomData,
+        };
+        let groups = scenario.groups();
+        scenario.founders = groups
+            .iter()
+            .map(|g| g[..if V::CHANGES { g.len().min(3) } else { g.len() }].to_vec())
+            .collect();
+        scenario.applied = groups.iter().map(|_| Arc::default()).collect();
+        scenario.judges = groups.iter().map(|_| Arc::default()).collect();
+        scenario
     }
 
     async fn server(self: Arc<Self>, env: SimEnv) {
@@ -867,37 +975,47 @@ impl<const CHANGES: bool> Scenario for LockScenario<CHANGES> {
                 tracing::warn!(%error, "resource stopped");
             }
         } else {
+            let me = env.id();
+            let g = self.group_of(me);
+            let judge = self.judges[g].clone();
             let watch = Arc::new(LeaderWatch {
                 roles: self.roles.clone(),
                 world: env.world().clone(),
-                applied: self.applied.clone(),
-                judge: self.judge.clone(),
+                applied: self.applied[g].clone(),
+                judge: judge.clone(),
             });
-            let me = env.id();
-            self.judge.booted(me);
+            judge.booted(me);
             // A founder founds the group until its disk has been synced;
             // any other empty disk joins as a new incarnation.
-            let boot = if self.founders.contains(&me) && env.original_disk_unused() {
-                Boot::Genesis(self.founders.clone())
+            let founders = &self.founders[g];
+            let boot = if founders.contains(&me) && env.original_disk_unused() {
+                Boot::Genesis(founders.clone())
             } else {
                 Boot::Join
             };
-            let group = (self.lock_servers(), boot);
-            if let Err(error) = server::run(env, group, self.server_config(), watch).await {
+            let group = (self.groups().swap_remove(g), boot);
+            let config = ServerConfig {
+                joining: g > 0,
+                ..self.server_config()
+            };
+            if let Err(error) = server::run(env, group, config, watch).await {
                 tracing::warn!(%error, "lock server stopped");
-                self.judge.stopped(me);
+                judge.stopped(me);
             }
         }
         std::future::pending::<()>().await;
     }
 
     async fn client(self: Arc<Self>, env: SimEnv, mut client: Client<LockOp>) {
-        if CHANGES && client.id == OPERATOR {
+        if V::CHANGES && client.id == OPERATOR {
             let servers = self.lock_servers();
-            operator::run::<_, LockMachine, _>(&env, &client, &servers, &self.judge).await;
+            operator::run::<_, LockMachine, _>(&env, &client, &servers, &self.judges[0]).await;
             let members = operator::settle::<_, LockMachine>(&env, &servers).await;
             *self.settled.lock().unwrap_or_else(|e| e.into_inner()) = Some(members);
             return;
+        }
+        if V::GROUPS > 1 && client.id == OPERATOR {
+            return lock_moves::rebalancer(&env, &mut client, &self.groups(), LOCK, self.lock_bug()).await;
         }
         if client.id == ROGUE {
             return lock_hostile::rogue(env, self.lock_servers(), LOCK, || client.next_op()).await;
@@ -906,13 +1024,20 @@ impl<const CHANGES: bool> Scenario for LockScenario<CHANGES> {
             let seed = env.world().lock().seed;
             if let Some(at) = storm_at(seed) {
                 lock_hostile::storm(env, self.lock_servers(), STORM_SESSIONS, at).await;
+            } else if V::GROUPS > 1 {
+                let clients = self.lock_clients(&env);
+                let name = format!("side-{}", client.id - ROGUE);
+                lock_moves::side_user(env, clients, name, || client.next_op()).await;
             }
             return;
         }
         let mut rng = env.rng();
         let mut habits = Habits::of(env.world().lock().seed, client.id);
         let mut released = None;
-        let mut lc = LockClient::new(env.clone(), self.lock_servers(), self.client_config());
+        // One client per group; `group` is the one the lock was last found
+        // in, and a `NotServed` sends the client on to the next.
+        let mut clients = self.lock_clients(&env);
+        let mut group = 0;
         let mut access = Access {
             env: &env,
             resource: self.resource(),
@@ -920,8 +1045,9 @@ impl<const CHANGES: bool> Scenario for LockScenario<CHANGES> {
         };
         let mut fresh = false;
         while client.next_op() {
+            let lc = &mut clients[group];
             if !lc.is_valid() {
-                Self::open(&mut lc, fresh).await;
+                Self::open(lc, fresh).await;
             }
             let mode = rng.gen_range(0..4);
             let mut abandon = mode == 0;
@@ -957,6 +1083,11 @@ impl<const CHANGES: bool> Scenario for LockScenario<CHANGES> {
                     fresh = true;
                     continue;
                 }
+                Err(LockError::NotServed { .. }) => {
+                    client.fail(LockOp::Acquire { token: None });
+                    group = (group + 1) % clients.len();
+                    continue;
+                }
                 Err(_) => {
                     client.fail(LockOp::Acquire { token: None });
                     continue;
@@ -969,7 +1100,7 @@ impl<const CHANGES: bool> Scenario for LockScenario<CHANGES> {
             if let Some(old) = stale.filter(|old: &ringfence::lock::Lease| old.token != lease.token) {
                 // A stale handle released late (a guard of an earlier grant
                 // dropped after the next one): it must not free this grant.
-                release(&client, &mut lc, &old).await;
+                release(&client, lc, &old).await;
             }
             let token = lease.token;
             let mut rounds = habits.rounds(&mut rng);
@@ -1013,28 +1144,32 @@ impl<const CHANGES: bool> Scenario for LockScenario<CHANGES> {
             if abandon {
                 // Walk away without releasing, and start a new session.
                 fresh = true;
-                Self::open(&mut lc, true).await;
+                Self::open(lc, true).await;
                 continue;
             }
-            release(&client, &mut lc, &lease).await;
+            release(&client, lc, &lease).await;
             if rng.gen_range(0..6) == 0 {
-                release(&client, &mut lc, &lease).await;
+                release(&client, lc, &lease).await;
             }
             released = Some(lease);
         }
-        let _ = lc.close().await;
+        for lc in &mut clients {
+            let _ = lc.close().await;
+        }
     }
 
     async fn probe(self: Arc<Self>, env: SimEnv, client: Client<LockOp>) {
-        let mut lc = LockClient::new(env.clone(), self.lock_servers(), self.client_config());
+        let mut clients = self.lock_clients(&env);
+        let mut group = 0;
         let mut access = Access {
             env: &env,
             resource: self.resource(),
             req: 0,
         };
         loop {
+            let lc = &mut clients[group];
             if !lc.is_valid() {
-                Self::open(&mut lc, true).await;
+                Self::open(lc, true).await;
             }
             client.invoke(LockOp::Acquire { token: None });
             match lc.acquire(LOCK, Duration::from_secs(1)).await {
@@ -1043,11 +1178,17 @@ impl<const CHANGES: bool> Scenario for LockScenario<CHANGES> {
                         token: Some(lease.token),
                     });
                     if let Some(Ok(_)) = access.read(&client, lease.token).await {
-                        release(&client, &mut lc, &lease).await;
+                        release(&client, lc, &lease).await;
                         let settled = self.settled.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                        self.judge.all_caught_up(&env, settled).await;
+                        for judge in &self.judges {
+                            judge.all_caught_up(&env, settled.clone()).await;
+                        }
                         return;
                     }
+                }
+                Err(LockError::NotServed { .. }) => {
+                    client.fail(LockOp::Acquire { token: None });
+                    group = (group + 1) % clients.len();
                 }
                 _ => {
                     client.info(LockOp::Acquire { token: None });
@@ -1070,16 +1211,34 @@ impl<const CHANGES: bool> Scenario for LockScenario<CHANGES> {
                 .is_some_and(|world| clocks_kept_bound(world, self.drift_bound, holder, &servers, pair))
         };
         let mut violations = check_lock(history, ResourceTruth::Applied(&accesses), &judged);
-        let applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
         let max_sessions = crate::scenarios::log::sim_config(None).max_sessions;
-        violations.extend(check_grants(&applied, max_sessions));
         let fastest = |from, to| {
             self.world
                 .get()
                 .and_then(|world| fastest_server_clock(world, &servers, from, to))
         };
-        violations.extend(check_expiries(&applied, max_sessions, TTL, &fastest));
-        violations.extend(check_lease_ends(history, &applied, LOCK, max_sessions, &judged));
+        let applied: Vec<_> = self
+            .applied
+            .iter()
+            .map(|a| a.lock().unwrap_or_else(|e| e.into_inner()))
+            .collect();
+        for applied in &applied {
+            violations.extend(check_grants(applied, max_sessions));
+            violations.extend(check_expiries(applied, max_sessions, TTL, &fastest));
+            violations.extend(check_lease_ends(history, applied, LOCK, max_sessions, &judged));
+        }
+        if V::GROUPS > 1 {
+            let groups: Vec<_> = (0..applied.len())
+                .map(|g| (lock_moves::group_id(g), &*applied[g]))
+                .collect();
+            violations.extend(lock_moves::check_owners(
+                &groups,
+                lock_moves::group_id(0),
+                LOCK,
+                max_sessions,
+            ));
+            violations.extend(lock_moves::check_tokens(&groups, max_sessions));
+        }
         violations
     }
 }

@@ -4,6 +4,7 @@ pub mod counter;
 pub mod judge;
 pub mod lock;
 pub mod lock_hostile;
+pub mod lock_moves;
 pub mod log;
 pub mod operator;
 pub mod rogue;
@@ -96,7 +97,8 @@ pub static ALL: &[&dyn DynScenario] = &[
     &Registered::<log::LogScenario<5>>(PhantomData),
     &Registered::<log::LogScenario<5, true>>(PhantomData),
     &Registered::<lock::LockScenario>(PhantomData),
-    &Registered::<lock::LockScenario<true>>(PhantomData),
+    &Registered::<lock::LockScenario<lock::Members>>(PhantomData),
+    &Registered::<lock::LockScenario<lock::Moves>>(PhantomData),
     &Registered::<txn::Bank<1>>(PhantomData),
     &Registered::<txn::Bank<3>>(PhantomData),
     &Registered::<txn::Bank<3, 4>>(PhantomData),

@@ -11,7 +11,7 @@ impl LockMachine {
     pub(super) fn shard(&mut self, command: &ShardCommand) -> LockOutput {
         match command {
             ShardCommand::Assign { epoch, ranges } => {
-                if !self.locks.is_empty() {
+                if self.ownership.is_unsharded() && !self.locks.is_empty() {
                     // Whatever it holds would fall outside what it serves.
                     return LockOutput::ShardRefused(ShardRefusal::AlreadyAssigned);
                 }
@@ -75,6 +75,11 @@ impl LockMachine {
             self.end_session(id);
         }
         let count = moved.len();
+        if leaving.is_empty() && !self.outbox.contains_key(&(epoch, to)) {
+            // Nothing served here moves (a fence repeated after its part
+            // was dropped): no part to keep.
+            return LockOutput::Moved { locks: 0 };
+        }
         let part = self.outbox.entry((epoch, to)).or_default();
         for r in leaving.ranges() {
             part.ranges.insert(*r);
@@ -540,7 +545,11 @@ mod tests {
                                 NAMES.iter().enumerate().filter(|(i, _)| names >> i & 1 == 1).flat_map(|(_, n)| only(n).ranges().to_vec()),
                             );
                             groups[from].apply(&C::Shard(ShardCommand::Fence { epoch, to: to as GroupId, ranges }));
-                            fenced.push((epoch, from, to));
+                            // A fence of nothing the group serves keeps no part.
+                            let kept = groups[from].query(&LockQuery::Part { epoch, to: to as GroupId });
+                            if kept != LockOutput::Part(None) {
+                                fenced.push((epoch, from, to));
+                            }
                         }
                     }
                     Step::Install => {

@@ -1,0 +1,275 @@
+//! The lock service split into groups, with lock names moving between
+//! them while the faults run (`lock-moves`): the rebalancer that moves
+//! them, and the ground-truth check that no two groups serve a name at
+//! once.
+//!
+//! Groups are the ring's nodes, numbered from 1: group 1 founds the
+//! deployment serving every name, the others start serving none (the
+//! rebalancer assigns them so before anything else). Then, every few
+//! hundred milliseconds, the rebalancer draws new weights for the groups
+//! (a weight of 0 takes a group out of the ring), builds the ring view of
+//! the next epoch and moves every range whose owner changed
+//! ([`ringfence::lock::rebalance`]), retrying a move cut short by the
+//! faults until it finishes. Clients know every group's servers and ask
+//! the next group when one answers `NotServed`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use rand::Rng;
+use ringfence::env::{Env, NodeId};
+use ringfence::history::lock::{replay, AppliedEntry};
+use ringfence::history::Violation;
+use ringfence::lock::rebalance::{rebalance, RebalanceConfig};
+use ringfence::lock::{
+    LockBug, LockClient, LockCommand, LockError, LockMachine, LockOutput, Request, SessionId, ShardCommand, Token,
+};
+use ringfence::log::client::{Client as LogClient, Inbox};
+use ringfence::log::Index;
+use ringfence::ring::{hash_key, NodeSpec, Placement, RingConfig, RingView};
+use ringfence::shard::{GroupId, RangeSet};
+
+use crate::env::SimEnv;
+use crate::scenario::Client;
+
+/// Few points per group, so a weight change moves large ranges and the
+/// scenario's lock moves often.
+const VNODES: u32 = 4;
+/// How long a step is retried before the whole move is tried again.
+const STEP_TIMEOUT: Duration = Duration::from_millis(800);
+
+/// The group id of group index `g` (ring node ids start at 1).
+pub fn group_id(g: usize) -> GroupId {
+    g as GroupId + 1
+}
+
+/// Moves lock names between `groups` (each a list of servers) until the
+/// operator's budget is spent, then finishes the move in progress. Counts
+/// the moves of lock `watched` and the moves that shipped a held lock as
+/// situations.
+pub async fn rebalancer<Op: Clone + std::fmt::Debug>(
+    env: &SimEnv,
+    client: &mut Client<Op>,
+    groups: &[Vec<NodeId>],
+    watched: &str,
+    bug: Option<LockBug>,
+) {
+    let inbox = Inbox::new(env.clone());
+    let mut clients: BTreeMap<GroupId, LogClient<SimEnv, LockMachine>> = groups
+        .iter()
+        .enumerate()
+        .map(|(g, servers)| (group_id(g), LogClient::sharing(inbox.clone(), servers.clone())))
+        .collect();
+    let config = RebalanceConfig {
+        step_timeout: STEP_TIMEOUT,
+        bug,
+    };
+    for g in 1..groups.len() {
+        let assign = LockCommand::Shard(ShardCommand::Assign {
+            epoch: 1,
+            ranges: RangeSet::default(),
+        });
+        let client = clients.get_mut(&group_id(g)).expect("a client per group");
+        loop {
+            match client.execute(assign.clone(), STEP_TIMEOUT).await {
+                Ok(LockOutput::Moved { .. }) => break,
+                other => tracing::info!(group = group_id(g), ?other, "assigning again"),
+            }
+        }
+    }
+    let ring = RingConfig::default().with_replicas(1).with_vnodes(VNODES);
+    let mut view = RingView::build(1, &[NodeSpec::new(group_id(0))], ring).expect("a valid first view");
+    let mut rng = env.rng();
+    while client.next_op() {
+        env.sleep(Duration::from_millis(rng.gen_range(150..600))).await;
+        let mut specs: Vec<NodeSpec> = (0..groups.len())
+            .filter_map(|g| {
+                let weight = rng.gen_range(0..=3);
+                (weight > 0).then(|| NodeSpec::new(group_id(g)).with_weight(weight))
+            })
+            .collect();
+        if specs.is_empty() {
+            specs.push(NodeSpec::new(group_id(rng.gen_range(0..groups.len()))));
+        }
+        let next = RingView::build(view.epoch() + 1, &specs, ring).expect("valid weights");
+        loop {
+            match rebalance(&mut clients, &view, &next, &config).await {
+                Ok(moves) => {
+                    tracing::info!(epoch = next.epoch(), ?moves, "rebalanced");
+                    let mut world = env.world().lock();
+                    if moves
+                        .ranges
+                        .iter()
+                        .any(|(_, _, r)| r.contains(hash_key(watched.as_bytes())))
+                    {
+                        world.count_situation("lock-moved");
+                    }
+                    if moves.locks > 0 {
+                        world.count_situation("held-lock-moved");
+                    }
+                    break;
+                }
+                Err(error) => tracing::info!(%error, "rebalancing again"),
+            }
+        }
+        view = next;
+    }
+}
+
+/// A lock user beside the scenario's: now and then takes lock `name`,
+/// holds it briefly and releases it, following it from group to group
+/// (`clients` has one client per group). Its lock is free most of the
+/// time, so moves carry free locks too, whose tokens only the floor keeps
+/// increasing.
+pub async fn side_user(
+    env: SimEnv,
+    mut clients: Vec<LockClient<SimEnv>>,
+    name: String,
+    mut next_op: impl FnMut() -> bool,
+) {
+    let mut rng = env.rng();
+    let mut group = 0;
+    while next_op() {
+        env.sleep(Duration::from_millis(rng.gen_range(50..300))).await;
+        let lc = &mut clients[group];
+        if !lc.is_valid() && lc.reopen().await.is_err() {
+            continue;
+        }
+        match lc.try_acquire(&name).await {
+            Ok(lease) => {
+                env.sleep(Duration::from_millis(rng.gen_range(10..80))).await;
+                let _ = lc.release(&lease).await;
+            }
+            Err(LockError::NotServed { .. }) => group = (group + 1) % clients.len(),
+            Err(_) => {}
+        }
+    }
+}
+
+/// `client-token` across groups: every grant of a lock, in whichever
+/// group, carries a token above every earlier grant of it (by the real
+/// time the first replica applied each). A lock moved in keeps the token
+/// it was granted with: a move, not a grant.
+pub fn check_tokens(groups: &[(GroupId, &BTreeMap<Index, AppliedEntry>)], max_sessions: usize) -> Vec<Violation> {
+    let mut grants: BTreeMap<String, Vec<(Duration, Token, GroupId)>> = BTreeMap::new();
+    for &(group, applied) in groups {
+        let mut names: BTreeSet<String> = BTreeSet::new();
+        let mut holders: BTreeMap<String, (SessionId, Token)> = BTreeMap::new();
+        replay(applied, max_sessions, |_, entry, command, machine| {
+            let moved_in = match command {
+                LockCommand::Client {
+                    request: Request::Acquire { lock, .. },
+                    ..
+                } => {
+                    names.insert(lock.clone());
+                    false
+                }
+                LockCommand::Shard(ShardCommand::Install { part, .. }) => {
+                    names.extend(part.locks.iter().map(|m| m.name.clone()));
+                    true
+                }
+                _ => false,
+            };
+            for name in &names {
+                let now = machine.holder(name);
+                if now == holders.get(name).copied() {
+                    continue;
+                }
+                match now {
+                    Some(held) => {
+                        holders.insert(name.clone(), held);
+                        if !moved_in {
+                            grants.entry(name.clone()).or_default().push((entry.at, held.1, group));
+                        }
+                    }
+                    None => {
+                        holders.remove(name);
+                    }
+                }
+            }
+        });
+    }
+    let mut violations = Vec::new();
+    for (name, mut grants) in grants {
+        grants.sort();
+        let mut top: Option<(Duration, Token, GroupId)> = None;
+        for grant in grants {
+            if let Some(before) = top.filter(|before| grant.1 <= before.1) {
+                if violations.len() < 5 {
+                    violations.push(Violation::new(
+                        "client-token",
+                        format!(
+                            "lock {name:?} granted by group {} with token {} at {:.3}s, not above token {} granted by group {} at {:.3}s",
+                            grant.2,
+                            grant.1,
+                            grant.0.as_secs_f64(),
+                            before.1,
+                            before.2,
+                            before.0.as_secs_f64()
+                        ),
+                        vec![],
+                    ));
+                }
+                continue;
+            }
+            top = Some(grant);
+        }
+    }
+    violations
+}
+
+/// `owner-overlap`: no two groups serve lock name `name` at once. Each
+/// group's applied log (by index, with the real time the first replica
+/// applied each entry) is replayed through a shadow machine; the real
+/// times during which it served the name must not overlap another's.
+/// `founder` serves every name from the start; another group counts only
+/// from its first shard command (before it, it is not part of the
+/// deployment, and no client is sent to it).
+pub fn check_owners(
+    groups: &[(GroupId, &BTreeMap<Index, AppliedEntry>)],
+    founder: GroupId,
+    name: &str,
+    max_sessions: usize,
+) -> Vec<Violation> {
+    let h = hash_key(name.as_bytes());
+    // Per group: the real-time intervals it served the name.
+    let mut served: Vec<(GroupId, Duration, Duration)> = Vec::new();
+    for &(group, applied) in groups {
+        let mut since = (group == founder).then_some(Duration::ZERO);
+        let mut joined = group == founder;
+        replay(applied, max_sessions, |_, entry, command, machine| {
+            joined |= matches!(command, LockCommand::Shard(_));
+            let serves = joined && machine.ownership().serves(h);
+            match (since, serves) {
+                (None, true) => since = Some(entry.at),
+                (Some(from), false) => {
+                    served.push((group, from, entry.at));
+                    since = None;
+                }
+                _ => {}
+            }
+        });
+        if let Some(from) = since {
+            served.push((group, from, Duration::MAX));
+        }
+    }
+    let mut violations = Vec::new();
+    for (i, a) in served.iter().enumerate() {
+        for b in &served[i + 1..] {
+            if a.0 != b.0 && a.1 < b.2 && b.1 < a.2 && violations.len() < 5 {
+                violations.push(Violation::new(
+                    "owner-overlap",
+                    format!(
+                        "groups {} and {} both served lock {name:?}: from {:.3}s and from {:.3}s",
+                        a.0,
+                        b.0,
+                        a.1.as_secs_f64(),
+                        b.1.as_secs_f64()
+                    ),
+                    vec![],
+                ));
+            }
+        }
+    }
+    violations
+}

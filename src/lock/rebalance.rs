@@ -1,0 +1,227 @@
+//! An operator's procedure that moves lock names between the groups of a
+//! sharded lock service when the ring changes: for every hash range whose
+//! owner differs between two ring views ([`diff_ranges`]), fence it at the
+//! source, read the part the fence cut out, install it at the target and
+//! drop it at the source (the steps of [`crate::shard`]).
+//!
+//! Every step is idempotent, so a procedure cut short by a timeout or a
+//! crash of the operator's process is finished by running it again with
+//! the same views: a repeated fence cuts nothing new, the part stays at
+//! the source until dropped, a repeated install is answered as done.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::machine::{LockCommand, LockMachine, LockOutput, LockPart, LockQuery, ShardCommand};
+use super::LockBug;
+use crate::env::Env;
+use crate::log::client::{Client, ClientError};
+use crate::ring::{diff_ranges, Placement, RingView};
+use crate::shard::{GroupId, RangeSet, ShardRefusal};
+
+/// Why a move did not finish.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RebalanceError {
+    /// A group did not answer in time: run the procedure again to finish.
+    #[error("group {group}: {error}")]
+    Unavailable {
+        /// The group that did not answer.
+        group: GroupId,
+        /// What its client reported.
+        error: ClientError,
+    },
+    /// A group refused a step: the views do not match what it serves.
+    #[error("group {group} refused: {refusal}")]
+    Refused {
+        /// The group that refused.
+        group: GroupId,
+        /// Why.
+        refusal: ShardRefusal,
+    },
+    /// A view names a group the procedure was given no client for.
+    #[error("no client for group {0}")]
+    UnknownGroup(GroupId),
+    /// A group answered something no lock server gives.
+    #[error("group {group}: unexpected answer {answer}")]
+    Protocol {
+        /// The group.
+        group: GroupId,
+        /// Its answer.
+        answer: String,
+    },
+}
+
+/// How the procedure runs.
+#[derive(Debug, Clone)]
+pub struct RebalanceConfig {
+    /// How long each step is retried before the procedure gives up.
+    pub step_timeout: Duration,
+    /// A planted bug (the rebalancer's variants of [`LockBug`]).
+    #[cfg(feature = "planted-bugs")]
+    #[doc(hidden)]
+    pub bug: Option<LockBug>,
+}
+
+impl Default for RebalanceConfig {
+    fn default() -> Self {
+        RebalanceConfig {
+            step_timeout: Duration::from_secs(5),
+            #[cfg(feature = "planted-bugs")]
+            bug: None,
+        }
+    }
+}
+
+impl RebalanceConfig {
+    fn has(&self, bug: LockBug) -> bool {
+        #[cfg(feature = "planted-bugs")]
+        return self.bug == Some(bug);
+        #[cfg(not(feature = "planted-bugs"))]
+        {
+            let _ = bug;
+            false
+        }
+    }
+}
+
+/// What a rebalance moved.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Moves {
+    /// `(source, target, ranges)` for every pair of groups that moved
+    /// names, in the order they moved.
+    pub ranges: Vec<(GroupId, GroupId, RangeSet)>,
+    /// Held locks shipped.
+    pub locks: usize,
+}
+
+/// Moves every range whose owner differs between `old` and `new` (ring
+/// views whose nodes are group ids), at `new`'s epoch. `groups` has a
+/// client for every group of either view (clients of one node share an
+/// inbox: [`Client::sharing`]).
+pub async fn rebalance<E: Env>(
+    groups: &mut BTreeMap<GroupId, Client<E, LockMachine>>,
+    old: &RingView,
+    new: &RingView,
+    config: &RebalanceConfig,
+) -> Result<Moves, RebalanceError> {
+    let mut pairs: BTreeMap<(GroupId, GroupId), RangeSet> = BTreeMap::new();
+    for m in diff_ranges(old, new).into_iter().filter(|m| m.owner_changed()) {
+        let (from, to) = (m.from[0], m.to[0]);
+        pairs.entry((from, to)).or_default().insert(m.range);
+    }
+    let mut moves = Moves::default();
+    for ((from, to), ranges) in pairs {
+        moves.locks += move_ranges(groups, from, to, new.epoch(), &ranges, config).await?;
+        moves.ranges.push((from, to, ranges));
+    }
+    Ok(moves)
+}
+
+/// Moves `ranges` from group `from` to group `to` for a move at `epoch`;
+/// returns how many held locks the install shipped (0 when a run before
+/// this one finished the move).
+pub async fn move_ranges<E: Env>(
+    groups: &mut BTreeMap<GroupId, Client<E, LockMachine>>,
+    from: GroupId,
+    to: GroupId,
+    epoch: u64,
+    ranges: &RangeSet,
+    config: &RebalanceConfig,
+) -> Result<usize, RebalanceError> {
+    if config.has(LockBug::FlipBeforeFence) {
+        // PLANTED BUG: the target serves the ranges before the source
+        // stops, and without the source's locks or floor.
+        let empty = LockPart {
+            ranges: ranges.clone(),
+            ..LockPart::default()
+        };
+        let _ = install(groups, from, to, epoch, empty, config).await;
+    }
+    shard(
+        groups,
+        from,
+        ShardCommand::Fence {
+            epoch,
+            to,
+            ranges: ranges.clone(),
+        },
+        config,
+    )
+    .await?;
+    let Some(mut part) = fenced_part(groups, from, to, epoch, config).await? else {
+        // Dropped: an earlier run installed it.
+        return Ok(0);
+    };
+    if config.has(LockBug::FloorNotCarried) {
+        // PLANTED BUG: the part carries its own locks' tokens, not the
+        // source's counter, so a lock released before the move (absent from
+        // the part) is granted again below its earlier tokens.
+        part.floor = part.locks.iter().map(|m| m.last_granted).max().unwrap_or(0);
+    }
+    if config.has(LockBug::HoldersNotShipped) {
+        // PLANTED BUG: ownership flips without the holders' state.
+        part.locks.clear();
+    }
+    let shipped = install(groups, from, to, epoch, part, config).await;
+    let shipped = match shipped {
+        Err(RebalanceError::Refused { .. }) if config.has(LockBug::FlipBeforeFence) => 0,
+        shipped => shipped?,
+    };
+    shard(groups, from, ShardCommand::Drop { epoch, to }, config).await?;
+    Ok(shipped)
+}
+
+async fn install<E: Env>(
+    groups: &mut BTreeMap<GroupId, Client<E, LockMachine>>,
+    from: GroupId,
+    to: GroupId,
+    epoch: u64,
+    part: LockPart,
+    config: &RebalanceConfig,
+) -> Result<usize, RebalanceError> {
+    shard(groups, to, ShardCommand::Install { epoch, from, part }, config).await
+}
+
+/// Runs one shard command on `group`: the locks it moved.
+async fn shard<E: Env>(
+    groups: &mut BTreeMap<GroupId, Client<E, LockMachine>>,
+    group: GroupId,
+    command: ShardCommand,
+    config: &RebalanceConfig,
+) -> Result<usize, RebalanceError> {
+    let client = groups.get_mut(&group).ok_or(RebalanceError::UnknownGroup(group))?;
+    let out = client
+        .execute(LockCommand::Shard(command), config.step_timeout)
+        .await
+        .map_err(|error| RebalanceError::Unavailable { group, error })?;
+    match out {
+        LockOutput::Moved { locks } => Ok(locks),
+        LockOutput::ShardRefused(refusal) => Err(RebalanceError::Refused { group, refusal }),
+        other => Err(RebalanceError::Protocol {
+            group,
+            answer: format!("{other:?}"),
+        }),
+    }
+}
+
+/// The part `from` fenced for `to` at `epoch`, `None` once dropped.
+async fn fenced_part<E: Env>(
+    groups: &mut BTreeMap<GroupId, Client<E, LockMachine>>,
+    from: GroupId,
+    to: GroupId,
+    epoch: u64,
+    config: &RebalanceConfig,
+) -> Result<Option<LockPart>, RebalanceError> {
+    let client = groups.get_mut(&from).ok_or(RebalanceError::UnknownGroup(from))?;
+    let out = client
+        .read(LockQuery::Part { epoch, to }, config.step_timeout)
+        .await
+        .map_err(|error| RebalanceError::Unavailable { group: from, error })?;
+    match out {
+        LockOutput::Part(part) => Ok(part),
+        other => Err(RebalanceError::Protocol {
+            group: from,
+            answer: format!("{other:?}"),
+        }),
+    }
+}
