@@ -2,7 +2,8 @@
 //! sharded lock service when the ring changes: for every hash range whose
 //! owner differs between two ring views ([`diff_ranges`]), fence it at the
 //! source, read the part the fence cut out, install it at the target and
-//! drop it at the source (the steps of [`crate::shard`]).
+//! drop it at the source (the steps of [`crate::shard`]). [`step`] does a
+//! whole rebalance through the directory that holds the ring views.
 //!
 //! Every step is idempotent, so a procedure cut short by a timeout or a
 //! crash of the operator's process is finished by running it again with
@@ -17,6 +18,9 @@ use super::LockBug;
 use crate::env::Env;
 use crate::log::client::{Client, ClientError};
 use crate::ring::{diff_ranges, Placement, RingView};
+use crate::shard::directory::{
+    Directory, DirectoryCommand, DirectoryOutput, DirectoryQuery, DirectoryRefusal, ViewSpec,
+};
 use crate::shard::{GroupId, RangeSet, ShardRefusal};
 
 /// Why a move did not finish.
@@ -38,6 +42,12 @@ pub enum RebalanceError {
         /// Why.
         refusal: ShardRefusal,
     },
+    /// The directory did not answer in time: run the procedure again.
+    #[error("directory: {0}")]
+    DirectoryUnavailable(ClientError),
+    /// The directory refused a view.
+    #[error("directory refused: {0}")]
+    Directory(DirectoryRefusal),
     /// A view names a group the procedure was given no client for.
     #[error("no client for group {0}")]
     UnknownGroup(GroupId),
@@ -223,5 +233,77 @@ async fn fenced_part<E: Env>(
             group: from,
             answer: format!("{other:?}"),
         }),
+    }
+}
+
+/// One rebalance through the directory ([`crate::shard::directory`]): if
+/// a rebalance is in progress (a rebalancer stopped in the middle), it is
+/// finished; otherwise `choose` makes the next view of the current one
+/// (`None` for the first view, which must hold only the group that founds
+/// the deployment; `choose` returning `None` means nothing to do), the
+/// directory records it as next, every range whose owner changes is
+/// moved, and the directory marks it current. Returns the epoch finished
+/// and what moved.
+pub async fn step<E: Env>(
+    directory: &mut Client<E, Directory>,
+    groups: &mut BTreeMap<GroupId, Client<E, LockMachine>>,
+    choose: impl FnOnce(Option<&ViewSpec>) -> Option<ViewSpec>,
+    config: &RebalanceConfig,
+) -> Result<Option<(u64, Moves)>, RebalanceError> {
+    let views = match directed(directory, Directed::Read, config).await? {
+        DirectoryOutput::Views(views) => views,
+        other => return Err(directory_protocol(other)),
+    };
+    let next = match views.next {
+        Some(next) => next,
+        None => {
+            let Some(next) = choose(views.current.as_ref()) else {
+                return Ok(None);
+            };
+            directed(
+                directory,
+                Directed::Command(DirectoryCommand::Begin(next.clone())),
+                config,
+            )
+            .await?;
+            next
+        }
+    };
+    let mut moves = Moves::default();
+    if let Some(current) = &views.current {
+        let invalid = |_| RebalanceError::Directory(DirectoryRefusal::InvalidView);
+        let (old, new) = (current.build().map_err(invalid)?, next.build().map_err(invalid)?);
+        moves = rebalance(groups, &old, &new, config).await?;
+    }
+    let finish = DirectoryCommand::Finish { epoch: next.epoch };
+    directed(directory, Directed::Command(finish), config).await?;
+    Ok(Some((next.epoch, moves)))
+}
+
+enum Directed {
+    Read,
+    Command(DirectoryCommand),
+}
+
+/// One request to the directory; a refusal is an error.
+async fn directed<E: Env>(
+    directory: &mut Client<E, Directory>,
+    request: Directed,
+    config: &RebalanceConfig,
+) -> Result<DirectoryOutput, RebalanceError> {
+    let out = match request {
+        Directed::Read => directory.read(DirectoryQuery::Views, config.step_timeout).await,
+        Directed::Command(command) => directory.execute(command, config.step_timeout).await,
+    };
+    match out.map_err(RebalanceError::DirectoryUnavailable)? {
+        DirectoryOutput::Refused(refusal) => Err(RebalanceError::Directory(refusal)),
+        out => Ok(out),
+    }
+}
+
+fn directory_protocol(answer: DirectoryOutput) -> RebalanceError {
+    RebalanceError::Protocol {
+        group: 0,
+        answer: format!("{answer:?}"),
     }
 }

@@ -72,6 +72,7 @@ use ringfence::log::membership::{is_operator, Boot, OPERATOR_IDS};
 use ringfence::log::{Event, Index, Term};
 use ringfence::observe::Observer;
 use ringfence::real::auth::FIRST_PRINCIPAL;
+use ringfence::shard::directory;
 
 use crate::env::SimEnv;
 use crate::plan::{AimedAction, DiskLoss, Fault, FaultKind, FaultPlan, Swarm, Targets};
@@ -633,8 +634,8 @@ impl Variant for Moves {
     const NAME: &'static str = "lock-moves";
     const ABOUT: &'static str = "the fenced lock service split into two groups while an operator moves lock names between them by ring changes: every lock invariant across moves, and no two groups serving a name at once";
     const BUGS: &'static [Bug] = &[FLIP_BEFORE_FENCE, FLOOR_NOT_CARRIED, HOLDERS_NOT_SHIPPED];
-    const SERVERS: u32 = 7;
-    const MIN_SERVERS: u32 = 3;
+    const SERVERS: u32 = 10;
+    const MIN_SERVERS: u32 = 6;
     const GROUPS: u32 = 2;
 }
 
@@ -689,7 +690,16 @@ impl<V: Variant> LockScenario<V> {
     const OPERATED: bool = V::CHANGES || V::GROUPS > 1;
 
     fn lock_servers(&self) -> Vec<NodeId> {
-        (1..self.servers).collect()
+        (1..self.servers - self.directory_servers().len() as u32).collect()
+    }
+    /// The directory's replicas, with groups: the three servers before the
+    /// resource.
+    fn directory_servers(&self) -> Vec<NodeId> {
+        if V::GROUPS > 1 {
+            (self.servers - 3..self.servers).collect()
+        } else {
+            vec![]
+        }
     }
     /// The lock servers of each group.
     fn groups(&self) -> Vec<Vec<NodeId>> {
@@ -910,9 +920,12 @@ impl<V: Variant> Scenario for LockScenario<V> {
         servers.split_last().map(|(_, lock)| lock.to_vec()).unwrap_or_default()
     }
 
-    /// The operator stays up: it settles the group after the heal.
+    /// The membership operator stays up: it settles the group after the
+    /// heal. The rebalancer may crash: its next incarnation finishes the
+    /// move the directory says is in progress.
     fn crashable_clients(clients: &[NodeId]) -> Vec<NodeId> {
-        clients.iter().copied().filter(|&id| !is_operator(id)).collect()
+        let kept = |id: NodeId| V::CHANGES && is_operator(id);
+        clients.iter().copied().filter(|&id| !kept(id)).collect()
     }
 
     /// The full mix; with `CHANGES`, a lost disk too.
@@ -954,7 +967,9 @@ impl<V: Variant> Scenario for LockScenario<V> {
             .map(|g| g[..if V::CHANGES { g.len().min(3) } else { g.len() }].to_vec())
             .collect();
         scenario.applied = groups.iter().map(|_| Arc::default()).collect();
-        scenario.judges = groups.iter().map(|_| Arc::default()).collect();
+        // One judge per group, and the directory's last.
+        let logs = groups.len() + usize::from(V::GROUPS > 1);
+        scenario.judges = (0..logs).map(|_| Arc::default()).collect();
         scenario
     }
 
@@ -973,6 +988,20 @@ impl<V: Variant> Scenario for LockScenario<V> {
             };
             if let Err(error) = served {
                 tracing::warn!(%error, "resource stopped");
+            }
+        } else if self.directory_servers().contains(&env.id()) {
+            let (me, judge) = (env.id(), self.judges.last().expect("a directory judge").clone());
+            judge.booted(me);
+            let members = self.directory_servers();
+            let boot = if env.original_disk_unused() {
+                Boot::Genesis(members.clone())
+            } else {
+                Boot::Join
+            };
+            let config = self.server_config().log;
+            if let Err(error) = directory::run(env, (members, boot), config, judge.clone()).await {
+                tracing::warn!(%error, "directory replica stopped");
+                judge.stopped(me);
             }
         } else {
             let me = env.id();
@@ -1015,7 +1044,8 @@ impl<V: Variant> Scenario for LockScenario<V> {
             return;
         }
         if V::GROUPS > 1 && client.id == OPERATOR {
-            return lock_moves::rebalancer(&env, &mut client, &self.groups(), LOCK, self.lock_bug()).await;
+            let (groups, directory) = (self.groups(), self.directory_servers());
+            return lock_moves::rebalancer(&env, &mut client, &groups, &directory, LOCK, self.lock_bug()).await;
         }
         if client.id == ROGUE {
             return lock_hostile::rogue(env, self.lock_servers(), LOCK, || client.next_op()).await;

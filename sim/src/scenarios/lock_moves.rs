@@ -20,14 +20,15 @@ use rand::Rng;
 use ringfence::env::{Env, NodeId};
 use ringfence::history::lock::{replay, AppliedEntry};
 use ringfence::history::Violation;
-use ringfence::lock::rebalance::{rebalance, RebalanceConfig};
+use ringfence::lock::rebalance::{step, RebalanceConfig};
 use ringfence::lock::{
     LockBug, LockClient, LockCommand, LockError, LockMachine, LockOutput, Request, SessionId, ShardCommand, Token,
 };
 use ringfence::log::client::{Client as LogClient, Inbox};
 use ringfence::log::Index;
-use ringfence::ring::{hash_key, NodeSpec, Placement, RingConfig, RingView};
-use ringfence::shard::{GroupId, RangeSet};
+use ringfence::ring::hash_key;
+use ringfence::shard::directory::{Directory, ViewSpec};
+use ringfence::shard::{GroupId, RangeSet, ShardRefusal};
 
 use crate::env::SimEnv;
 use crate::scenario::Client;
@@ -43,14 +44,18 @@ pub fn group_id(g: usize) -> GroupId {
     g as GroupId + 1
 }
 
-/// Moves lock names between `groups` (each a list of servers) until the
-/// operator's budget is spent, then finishes the move in progress. Counts
-/// the moves of lock `watched` and the moves that shipped a held lock as
-/// situations.
+/// Moves lock names between `groups` (each a list of servers), through
+/// the directory on `directory`, until the operator's budget is spent.
+/// Each incarnation first assigns the joining groups (again: assignments
+/// are idempotent) and finishes any rebalance the directory says is in
+/// progress, so a rebalancer that crashed in the middle of a move is
+/// succeeded by one that completes it. Counts the moves of lock `watched`
+/// and the moves that shipped a held lock as situations.
 pub async fn rebalancer<Op: Clone + std::fmt::Debug>(
     env: &SimEnv,
     client: &mut Client<Op>,
     groups: &[Vec<NodeId>],
+    directory: &[NodeId],
     watched: &str,
     bug: Option<LockBug>,
 ) {
@@ -60,6 +65,9 @@ pub async fn rebalancer<Op: Clone + std::fmt::Debug>(
         .enumerate()
         .map(|(g, servers)| (group_id(g), LogClient::sharing(inbox.clone(), servers.clone())))
         .collect();
+    // Used only between the lock clients' requests: the two inboxes never
+    // read at once.
+    let mut views = LogClient::<SimEnv, Directory>::new(env.clone(), directory.to_vec());
     let config = RebalanceConfig {
         step_timeout: STEP_TIMEOUT,
         bug,
@@ -72,47 +80,71 @@ pub async fn rebalancer<Op: Clone + std::fmt::Debug>(
         let client = clients.get_mut(&group_id(g)).expect("a client per group");
         loop {
             match client.execute(assign.clone(), STEP_TIMEOUT).await {
-                Ok(LockOutput::Moved { .. }) => break,
+                // Already assigned: by an earlier incarnation.
+                Ok(LockOutput::Moved { .. } | LockOutput::ShardRefused(ShardRefusal::AlreadyAssigned)) => break,
                 other => tracing::info!(group = group_id(g), ?other, "assigning again"),
             }
         }
     }
-    let ring = RingConfig::default().with_replicas(1).with_vnodes(VNODES);
-    let mut view = RingView::build(1, &[NodeSpec::new(group_id(0))], ring).expect("a valid first view");
     let mut rng = env.rng();
+    let first = |current: Option<&ViewSpec>| current.is_none().then(|| spec(1, vec![(group_id(0), 1)]));
+    if rebalance_until_done(env, &mut views, &mut clients, first, &config, watched).await > Some(1) {
+        // A rebalance an earlier incarnation began, finished by this one.
+        env.world().lock().count_situation("rebalance-resumed");
+    }
     while client.next_op() {
         env.sleep(Duration::from_millis(rng.gen_range(150..600))).await;
-        let mut specs: Vec<NodeSpec> = (0..groups.len())
-            .filter_map(|g| {
-                let weight = rng.gen_range(0..=3);
-                (weight > 0).then(|| NodeSpec::new(group_id(g)).with_weight(weight))
-            })
+        let mut weights: Vec<(GroupId, u32)> = (0..groups.len())
+            .map(|g| (group_id(g), rng.gen_range(0..=3)))
+            .filter(|&(_, weight)| weight > 0)
             .collect();
-        if specs.is_empty() {
-            specs.push(NodeSpec::new(group_id(rng.gen_range(0..groups.len()))));
+        if weights.is_empty() {
+            weights.push((group_id(rng.gen_range(0..groups.len())), 1));
         }
-        let next = RingView::build(view.epoch() + 1, &specs, ring).expect("valid weights");
-        loop {
-            match rebalance(&mut clients, &view, &next, &config).await {
-                Ok(moves) => {
-                    tracing::info!(epoch = next.epoch(), ?moves, "rebalanced");
-                    let mut world = env.world().lock();
-                    if moves
-                        .ranges
-                        .iter()
-                        .any(|(_, _, r)| r.contains(hash_key(watched.as_bytes())))
-                    {
-                        world.count_situation("lock-moved");
-                    }
-                    if moves.locks > 0 {
-                        world.count_situation("held-lock-moved");
-                    }
-                    break;
+        let next = |current: Option<&ViewSpec>| Some(spec(current.map_or(1, |c| c.epoch + 1), weights.clone()));
+        rebalance_until_done(env, &mut views, &mut clients, next, &config, watched).await;
+    }
+}
+
+fn spec(epoch: u64, groups: Vec<(GroupId, u32)>) -> ViewSpec {
+    ViewSpec {
+        epoch,
+        groups,
+        vnodes: VNODES,
+    }
+}
+
+/// One rebalance ([`step`]), retried until it finishes: a rebalance in
+/// progress is finished first, then `choose`'s. Returns the epoch
+/// finished, if any.
+async fn rebalance_until_done(
+    env: &SimEnv,
+    views: &mut LogClient<SimEnv, Directory>,
+    groups: &mut BTreeMap<GroupId, LogClient<SimEnv, LockMachine>>,
+    choose: impl Fn(Option<&ViewSpec>) -> Option<ViewSpec>,
+    config: &RebalanceConfig,
+    watched: &str,
+) -> Option<u64> {
+    loop {
+        match step(views, groups, &choose, config).await {
+            Ok(done) => {
+                tracing::info!(?done, "rebalanced");
+                let (epoch, moves) = done?;
+                let mut world = env.world().lock();
+                if moves
+                    .ranges
+                    .iter()
+                    .any(|(_, _, r)| r.contains(hash_key(watched.as_bytes())))
+                {
+                    world.count_situation("lock-moved");
                 }
-                Err(error) => tracing::info!(%error, "rebalancing again"),
+                if moves.locks > 0 {
+                    world.count_situation("held-lock-moved");
+                }
+                return Some(epoch);
             }
+            Err(error) => tracing::info!(%error, "rebalancing again"),
         }
-        view = next;
     }
 }
 

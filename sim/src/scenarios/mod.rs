@@ -124,6 +124,9 @@ pub fn validate(case: &Case) -> Result<&'static dyn DynScenario, String> {
     Ok(scenario)
 }
 
+/// Most server nodes a case may have (their ids stay below the probe's).
+pub const MAX_SERVERS: u32 = 16;
+
 /// Checks a case against `scenario`.
 pub fn validate_for(scenario: &dyn DynScenario, case: &Case) -> Result<(), String> {
     if let Some(bug) = &case.bug {
@@ -136,9 +139,9 @@ pub fn validate_for(scenario: &dyn DynScenario, case: &Case) -> Result<(), Strin
             ));
         }
     }
-    if case.servers < scenario.min_servers() || case.servers > 9 {
+    if case.servers < scenario.min_servers() || case.servers > MAX_SERVERS {
         return Err(format!(
-            "scenario `{}` needs between {} and 9 servers, got {}",
+            "scenario `{}` needs between {} and {MAX_SERVERS} servers, got {}",
             scenario.name(),
             scenario.min_servers(),
             case.servers

@@ -13,7 +13,7 @@ impl LockMachine {
             ShardCommand::Assign { epoch, ranges } => {
                 if self.ownership.is_unsharded() && !self.locks.is_empty() {
                     // Whatever it holds would fall outside what it serves.
-                    return LockOutput::ShardRefused(ShardRefusal::AlreadyAssigned);
+                    return LockOutput::ShardRefused(ShardRefusal::NotEmpty);
                 }
                 match self.ownership.assign(*epoch, ranges.clone()) {
                     Ok(()) => LockOutput::Moved { locks: 0 },
@@ -350,6 +350,32 @@ mod tests {
             panic!("granted once the ghost expired")
         };
         assert!(last > next);
+    }
+
+    /// A group that already holds locks of its own cannot join as an
+    /// empty one; a group that joined is told it is assigned already.
+    #[test]
+    fn only_an_empty_unsharded_group_is_assigned() {
+        let assign = C::Shard(ShardCommand::Assign {
+            epoch: 1,
+            ranges: RangeSet::default(),
+        });
+        let mut busy = LockMachine::default();
+        busy.apply(&client(1, R::Open { session: 1 }));
+        busy.apply(&client(1, acquire(1, "x", 1)));
+        assert_eq!(busy.apply(&assign), LockOutput::ShardRefused(ShardRefusal::NotEmpty));
+        assert!(busy.ownership().is_unsharded());
+        let mut fresh = LockMachine::default();
+        assert_eq!(fresh.apply(&assign), LockOutput::Moved { locks: 0 });
+        assert_eq!(fresh.apply(&assign), LockOutput::Moved { locks: 0 }, "a repeat");
+        let other = C::Shard(ShardCommand::Assign {
+            epoch: 1,
+            ranges: only("x"),
+        });
+        assert_eq!(
+            fresh.apply(&other),
+            LockOutput::ShardRefused(ShardRefusal::AlreadyAssigned)
+        );
     }
 
     /// A part no source could have fenced is refused whole, and a part

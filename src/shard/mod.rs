@@ -21,6 +21,12 @@
 //! Between 1 and 2 no group serves the range (the move's unavailability
 //! window); at no log index of any group do two groups serve one key,
 //! because the target installs only what the source has already fenced.
+//!
+//! The ring view itself is the replicated state of a group of its own,
+//! the [`directory`]: a rebalance is recorded there before it moves
+//! anything, so one cut short is finished by whoever runs next.
+
+pub mod directory;
 
 use serde::{Deserialize, Serialize};
 
@@ -167,6 +173,10 @@ pub enum ShardRefusal {
     /// groups would serve those keys.
     #[error("the group already serves part of the ranges")]
     Overlaps,
+    /// `Assign` to a group that already holds state of its own: it was
+    /// not created for the deployment (see `ServerConfig::joining`).
+    #[error("the group already holds state of its own")]
+    NotEmpty,
     /// A part no source could have fenced: a name outside its ranges or
     /// listed twice, a token above its floor, a floor near overflow.
     #[error("the part is not one a group could have fenced")]
