@@ -195,7 +195,7 @@ struct Shared<E: Env> {
     env: E,
     servers: Vec<NodeId>,
     config: ClientConfig,
-    inbox: Arc<Inbox<E, LockMachine>>,
+    inbox: Arc<Inbox<E>>,
     /// Log clients not in use: each carries one request at a time, so
     /// concurrent operations take one each.
     idle: Mutex<Vec<Client<E, LockMachine>>>,
@@ -317,7 +317,7 @@ impl<E: Env> LockClient<E> {
 
     /// A client that shares `inbox` with the node's other clients: one per
     /// group of a sharded lock service, say, each with its own session.
-    pub fn sharing(env: E, inbox: Arc<Inbox<E, LockMachine>>, servers: Vec<NodeId>, config: ClientConfig) -> Self {
+    pub fn sharing(env: E, inbox: Arc<Inbox<E>>, servers: Vec<NodeId>, config: ClientConfig) -> Self {
         assert!((0.0..1.0).contains(&config.drift_bound));
         assert!(!servers.is_empty());
         let session = env.rng().gen();

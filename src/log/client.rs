@@ -7,6 +7,7 @@
 //! clients of one node share its inbox through an [`Inbox`], which hands
 //! each answer to the client it names.
 
+use std::any::TypeId;
 use std::collections::{BTreeMap, VecDeque};
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
@@ -36,61 +37,114 @@ pub enum ClientError {
 /// (a client that stopped waiting leaves late answers behind).
 const QUEUED_PER_CLIENT: usize = 64;
 
-/// One node's inbox shared by several [`Client`]s: whichever client waits
-/// reads the node's messages, keeps its own answers and queues the others'
-/// for their clients, so concurrent clients on one node never lose each
-/// other's answers. Messages that are not answers to a registered client
+/// One node's inbox shared by several [`Client`]s, of any state machines:
+/// whichever client waits reads the node's messages, keeps its own answers
+/// and queues the others' (still encoded) for their clients, so concurrent
+/// clients on one node never lose each other's answers, be they clients of
+/// one service or of several (a lock group and the directory of a sharded
+/// deployment, say). Messages that are not answers to a registered client
 /// are dropped.
-pub struct Inbox<E: Env, S: StateMachine> {
+pub struct Inbox<E: Env> {
     env: E,
     /// Held by the one waiter reading `env.recv()`; fair, so a waiter whose
     /// answer was queued gets its turn next.
     reader: tokio::sync::Mutex<()>,
-    queues: Mutex<BTreeMap<ClientId, VecDeque<Response<S::Output>>>>,
+    state: Mutex<Registry>,
 }
 
-impl<E: Env, S: StateMachine> Inbox<E, S> {
+/// The registered clients and how to tell which one a frame answers.
+#[derive(Default)]
+struct Registry {
+    /// Per client: its state machine's type, and its queued answers.
+    queues: BTreeMap<ClientId, (TypeId, VecDeque<Vec<u8>>)>,
+    /// Per state machine type: the client a frame answers, if it is an
+    /// answer of that machine's protocol.
+    readers: BTreeMap<TypeId, AnswerReader>,
+}
+
+/// Reads which client a frame answers, in one machine's protocol.
+type AnswerReader = fn(&[u8]) -> Option<ClientId>;
+
+/// The client `bytes` answer, if they are an answer of `S`'s protocol.
+fn answers<S: StateMachine>(bytes: &[u8]) -> Option<ClientId> {
+    match codec::decode::<WireOf<S>>(bytes) {
+        Ok(Wire::Response(response)) => Some(response.client),
+        _ => None,
+    }
+}
+
+impl<E: Env> Inbox<E> {
     /// The inbox of `env`'s node. Nothing else may read `env.recv()` while
     /// clients use it.
     pub fn new(env: E) -> Arc<Self> {
         Arc::new(Inbox {
             env,
             reader: tokio::sync::Mutex::new(()),
-            queues: Mutex::new(BTreeMap::new()),
+            state: Mutex::new(Registry::default()),
         })
     }
 
-    fn queues(&self) -> std::sync::MutexGuard<'_, BTreeMap<ClientId, VecDeque<Response<S::Output>>>> {
-        self.queues.lock().unwrap_or_else(|e| e.into_inner())
+    fn state(&self) -> std::sync::MutexGuard<'_, Registry> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn pop(&self, client: ClientId) -> Option<Response<S::Output>> {
-        self.queues().get_mut(&client)?.pop_front()
+    fn register<S: StateMachine>(&self, client: ClientId) {
+        let mut state = self.state();
+        let machine = TypeId::of::<S>();
+        state.readers.insert(machine, answers::<S>);
+        state.queues.insert(client, (machine, VecDeque::new()));
+    }
+
+    fn unregister(&self, client: ClientId) {
+        self.state().queues.remove(&client);
+    }
+
+    fn pop<S: StateMachine>(&self, client: ClientId) -> Option<Response<S::Output>> {
+        loop {
+            let bytes = self.state().queues.get_mut(&client)?.1.pop_front()?;
+            if let Ok(Wire::Response(response)) = codec::decode::<WireOf<S>>(&bytes) {
+                return Some(response);
+            }
+        }
+    }
+
+    /// The registered client `bytes` answer, read by the protocol of that
+    /// client's machine.
+    fn addressee(&self, bytes: &[u8]) -> Option<ClientId> {
+        let state = self.state();
+        state
+            .readers
+            .iter()
+            .filter_map(|(machine, read)| read(bytes).filter(|c| state.queues.get(c).is_some_and(|q| q.0 == *machine)))
+            .next()
     }
 
     /// The next answer addressed to `client`. Cancel-safe: an answer read
     /// while this future is dropped is queued, not lost.
-    async fn next(&self, client: ClientId) -> Response<S::Output> {
+    async fn next<S: StateMachine>(&self, client: ClientId) -> Response<S::Output> {
         loop {
-            if let Some(response) = self.pop(client) {
+            if let Some(response) = self.pop::<S>(client) {
                 return response;
             }
             let _reading = self.reader.lock().await;
-            if let Some(response) = self.pop(client) {
+            if let Some(response) = self.pop::<S>(client) {
                 return response;
             }
             let (_, bytes) = self.env.recv().await;
-            let Ok(Wire::Response(response)) = codec::decode::<WireOf<S>>(&bytes) else {
+            let Some(addressee) = self.addressee(&bytes) else {
                 continue;
             };
-            if response.client == client {
-                return response;
+            if addressee == client {
+                if let Ok(Wire::Response(response)) = codec::decode::<WireOf<S>>(&bytes) {
+                    return response;
+                }
+                continue;
             }
-            if let Some(queue) = self.queues().get_mut(&response.client) {
+            if let Some((_, queue)) = self.state().queues.get_mut(&addressee) {
                 if queue.len() >= QUEUED_PER_CLIENT {
                     queue.pop_front();
                 }
-                queue.push_back(response);
+                queue.push_back(bytes);
             }
         }
     }
@@ -101,7 +155,7 @@ impl<E: Env, S: StateMachine> Inbox<E, S> {
 /// the node ([`Client::sharing`]).
 pub struct Client<E: Env, S: StateMachine> {
     env: E,
-    inbox: Arc<Inbox<E, S>>,
+    inbox: Arc<Inbox<E>>,
     servers: Vec<NodeId>,
     id: ClientId,
     seq: u64,
@@ -123,13 +177,13 @@ impl<E: Env, S: StateMachine> Client<E, S> {
 
     /// A new session reading its answers from `inbox`, which other clients
     /// of the same node may share.
-    pub fn sharing(inbox: Arc<Inbox<E, S>>, servers: Vec<NodeId>) -> Self {
+    pub fn sharing(inbox: Arc<Inbox<E>>, servers: Vec<NodeId>) -> Self {
         assert!(!servers.is_empty());
         let env = inbox.env.clone();
         let mut rng = env.rng();
         let id = rng.gen();
         let cursor = rng.gen_range(0..servers.len());
-        inbox.queues().insert(id, VecDeque::new());
+        inbox.register::<S>(id);
         Client {
             env,
             inbox,
@@ -281,7 +335,7 @@ impl<E: Env, S: StateMachine> Client<E, S> {
     /// replies, duplicates) are dropped.
     async fn wait_for(&self, id: RequestId) -> Outcome<S::Output> {
         loop {
-            let response = self.inbox.next(self.id).await;
+            let response = self.inbox.next::<S>(self.id).await;
             if response.id == id {
                 return response.outcome;
             }
@@ -291,6 +345,6 @@ impl<E: Env, S: StateMachine> Client<E, S> {
 
 impl<E: Env, S: StateMachine> Drop for Client<E, S> {
     fn drop(&mut self) {
-        self.inbox.queues().remove(&self.id);
+        self.inbox.unregister(self.id);
     }
 }

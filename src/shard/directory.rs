@@ -5,7 +5,8 @@
 //! The rebalancer ([`crate::lock::rebalance::step`]) writes the next view
 //! before it moves anything and marks it current once every move is done,
 //! so a rebalancer that crashed finds the move it was making and finishes
-//! it.
+//! it. Clients read the views to find the group that serves a name
+//! ([`Views::owners`]) when a group answers that it does not.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +19,7 @@ use crate::log::membership::{is_operator, Boot};
 use crate::log::service::{self, Companion, NodeError, Out};
 use crate::log::{Config, Event, Raft, SnapshotError, StateMachine, Wire, WireOf};
 use crate::observe::Observer;
-use crate::ring::{NodeSpec, RingConfig, RingView, ViewError};
+use crate::ring::{NodeSpec, Placement, RingConfig, RingView, ViewError};
 
 /// A ring view as data: what every process needs to build the same
 /// [`RingView`] (groups are the ring's nodes).
@@ -99,6 +100,29 @@ pub struct Views {
     pub current: Option<ViewSpec>,
     /// The view a rebalance is moving to, if one runs.
     pub next: Option<ViewSpec>,
+}
+
+impl Views {
+    /// The epoch of the newest view.
+    pub fn epoch(&self) -> u64 {
+        self.next.as_ref().or(self.current.as_ref()).map_or(0, |v| v.epoch)
+    }
+
+    /// The groups that may serve `key`, the likeliest first: its owner in
+    /// the next view (where it is once its move is done), then in the
+    /// current one.
+    pub fn owners(&self, key: &[u8]) -> Vec<GroupId> {
+        let mut owners = Vec::new();
+        for spec in [&self.next, &self.current].into_iter().flatten() {
+            if let Ok(view) = spec.build() {
+                let owner = view.owner(key);
+                if !owners.contains(&owner) {
+                    owners.push(owner);
+                }
+            }
+        }
+        owners
+    }
 }
 
 /// The directory's replicated state.
@@ -263,6 +287,11 @@ mod tests {
         let DirectoryOutput::Views(views) = d.query(&DirectoryQuery::Views) else {
             panic!("views")
         };
+        assert_eq!(views.epoch(), 2);
+        let key = b"some-lock";
+        let owners = views.owners(key);
+        assert_eq!(owners[0], second.build().unwrap().owner(key));
+        assert!(owners.contains(&1), "then its owner in the current view");
         assert_eq!(views.current, Some(first));
         assert_eq!(views.next, Some(second));
         let mut copy = Directory::default();

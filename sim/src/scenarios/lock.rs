@@ -725,13 +725,17 @@ impl<V: Variant> LockScenario<V> {
             .position(|g| g.contains(&node))
             .unwrap_or(groups.len() - 1)
     }
-    /// One lock client per group, sharing the node's inbox.
-    fn lock_clients(&self, env: &SimEnv) -> Vec<LockClient<SimEnv>> {
+    /// One lock client per group, and a router that finds a lock's group
+    /// in the directory (with groups), sharing the node's inbox.
+    fn lock_clients(&self, env: &SimEnv) -> (Vec<LockClient<SimEnv>>, Option<lock_moves::Router>) {
         let inbox = Inbox::new(env.clone());
         let groups = self.groups().into_iter();
-        groups
+        let clients = groups
             .map(|servers| LockClient::sharing(env.clone(), inbox.clone(), servers, self.client_config()))
-            .collect()
+            .collect();
+        let directory = self.directory_servers();
+        let router = (!directory.is_empty()).then(|| lock_moves::Router::new(inbox, directory));
+        (clients, router)
     }
     fn resource(&self) -> NodeId {
         self.servers
@@ -1055,9 +1059,10 @@ impl<V: Variant> Scenario for LockScenario<V> {
             if let Some(at) = storm_at(seed) {
                 lock_hostile::storm(env, self.lock_servers(), STORM_SESSIONS, at).await;
             } else if V::GROUPS > 1 {
-                let clients = self.lock_clients(&env);
+                let (clients, router) = self.lock_clients(&env);
+                let router = router.expect("groups have a directory");
                 let name = format!("side-{}", client.id - ROGUE);
-                lock_moves::side_user(env, clients, name, || client.next_op()).await;
+                lock_moves::side_user(env, (clients, router), name, || client.next_op()).await;
             }
             return;
         }
@@ -1066,7 +1071,7 @@ impl<V: Variant> Scenario for LockScenario<V> {
         let mut released = None;
         // One client per group; `group` is the one the lock was last found
         // in, and a `NotServed` sends the client on to the next.
-        let mut clients = self.lock_clients(&env);
+        let (mut clients, mut router) = self.lock_clients(&env);
         let mut group = 0;
         let mut access = Access {
             env: &env,
@@ -1113,9 +1118,10 @@ impl<V: Variant> Scenario for LockScenario<V> {
                     fresh = true;
                     continue;
                 }
-                Err(LockError::NotServed { .. }) => {
+                Err(LockError::NotServed { epoch }) => {
                     client.fail(LockOp::Acquire { token: None });
-                    group = (group + 1) % clients.len();
+                    let router = router.as_mut().expect("only groups refuse a name");
+                    group = router.after_refusal(LOCK, group, epoch, clients.len()).await;
                     continue;
                 }
                 Err(_) => {
@@ -1189,7 +1195,7 @@ impl<V: Variant> Scenario for LockScenario<V> {
     }
 
     async fn probe(self: Arc<Self>, env: SimEnv, client: Client<LockOp>) {
-        let mut clients = self.lock_clients(&env);
+        let (mut clients, mut router) = self.lock_clients(&env);
         let mut group = 0;
         let mut access = Access {
             env: &env,
@@ -1216,9 +1222,10 @@ impl<V: Variant> Scenario for LockScenario<V> {
                         return;
                     }
                 }
-                Err(LockError::NotServed { .. }) => {
+                Err(LockError::NotServed { epoch }) => {
                     client.fail(LockOp::Acquire { token: None });
-                    group = (group + 1) % clients.len();
+                    let router = router.as_mut().expect("only groups refuse a name");
+                    group = router.after_refusal(LOCK, group, epoch, clients.len()).await;
                 }
                 _ => {
                     client.info(LockOp::Acquire { token: None });

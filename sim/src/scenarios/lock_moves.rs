@@ -10,10 +10,12 @@
 //! (a weight of 0 takes a group out of the ring), builds the ring view of
 //! the next epoch and moves every range whose owner changed
 //! ([`ringfence::lock::rebalance`]), retrying a move cut short by the
-//! faults until it finishes. Clients know every group's servers and ask
-//! the next group when one answers `NotServed`.
+//! faults until it finishes. Clients know every group's servers; when one
+//! answers `NotServed`, a [`Router`] reads the directory's views and
+//! names the group to ask.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
@@ -27,7 +29,7 @@ use ringfence::lock::{
 use ringfence::log::client::{Client as LogClient, Inbox};
 use ringfence::log::Index;
 use ringfence::ring::hash_key;
-use ringfence::shard::directory::{Directory, ViewSpec};
+use ringfence::shard::directory::{Directory, DirectoryOutput, DirectoryQuery, ViewSpec, Views};
 use ringfence::shard::{GroupId, RangeSet, ShardRefusal};
 
 use crate::env::SimEnv;
@@ -65,9 +67,7 @@ pub async fn rebalancer<Op: Clone + std::fmt::Debug>(
         .enumerate()
         .map(|(g, servers)| (group_id(g), LogClient::sharing(inbox.clone(), servers.clone())))
         .collect();
-    // Used only between the lock clients' requests: the two inboxes never
-    // read at once.
-    let mut views = LogClient::<SimEnv, Directory>::new(env.clone(), directory.to_vec());
+    let mut views = LogClient::<SimEnv, Directory>::sharing(inbox.clone(), directory.to_vec());
     let config = RebalanceConfig {
         step_timeout: STEP_TIMEOUT,
         bug,
@@ -148,6 +148,53 @@ async fn rebalance_until_done(
     }
 }
 
+/// Finds the group that serves a lock from the directory's views, read
+/// again when a group refuses it at an epoch the views have not reached
+/// or the views name the group that refused.
+pub struct Router {
+    directory: LogClient<SimEnv, Directory>,
+    views: Views,
+}
+
+impl Router {
+    /// A router reading the directory on `servers` through `inbox`.
+    pub fn new(inbox: Arc<Inbox<SimEnv>>, servers: Vec<NodeId>) -> Self {
+        let mut directory = LogClient::sharing(inbox, servers);
+        directory.attempt_timeout = Duration::from_millis(100);
+        Router {
+            directory,
+            views: Views::default(),
+        }
+    }
+
+    /// The group (index, of `groups`) to ask for lock `name` after group
+    /// `refused` answered `NotServed { epoch }`.
+    pub async fn after_refusal(&mut self, name: &str, refused: usize, epoch: u64, groups: usize) -> usize {
+        let refused_id = group_id(refused);
+        let stale = self.views.epoch() < epoch || self.views.owners(name.as_bytes()).first() == Some(&refused_id);
+        if stale {
+            if let Ok(DirectoryOutput::Views(views)) = self.directory.read(DirectoryQuery::Views, VIEW_TIMEOUT).await {
+                self.views = views;
+            }
+        }
+        let owners = self.views.owners(name.as_bytes());
+        match owners.into_iter().find(|&g| g != refused_id) {
+            Some(g) => {
+                self.directory.env().world().lock().count_situation("routed-by-view");
+                (g as usize - 1).min(groups - 1)
+            }
+            // Moving, and not installed yet: ask again shortly.
+            None => {
+                self.directory.env().sleep(Duration::from_millis(50)).await;
+                refused
+            }
+        }
+    }
+}
+
+/// How long a router waits for the directory.
+const VIEW_TIMEOUT: Duration = Duration::from_millis(300);
+
 /// A lock user beside the scenario's: now and then takes lock `name`,
 /// holds it briefly and releases it, following it from group to group
 /// (`clients` has one client per group). Its lock is free most of the
@@ -155,7 +202,7 @@ async fn rebalance_until_done(
 /// increasing.
 pub async fn side_user(
     env: SimEnv,
-    mut clients: Vec<LockClient<SimEnv>>,
+    (mut clients, mut router): (Vec<LockClient<SimEnv>>, Router),
     name: String,
     mut next_op: impl FnMut() -> bool,
 ) {
@@ -172,7 +219,9 @@ pub async fn side_user(
                 env.sleep(Duration::from_millis(rng.gen_range(10..80))).await;
                 let _ = lc.release(&lease).await;
             }
-            Err(LockError::NotServed { .. }) => group = (group + 1) % clients.len(),
+            Err(LockError::NotServed { epoch }) => {
+                group = router.after_refusal(&name, group, epoch, clients.len()).await;
+            }
             Err(_) => {}
         }
     }
