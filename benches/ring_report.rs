@@ -126,7 +126,33 @@ fn std_err(xs: &[f64]) -> f64 {
     (var / t).sqrt()
 }
 
+/// Movement when a sharded deployment's groups go from 4 to 5
+/// (`ring_report groups`): the exact share of lock names that change
+/// group, as a ratio to the optimum 1/5. The fifth group leaving moves the
+/// same ranges back.
+fn groups_report() {
+    println!("## Groups of a sharded deployment: 4 → 5\n");
+    println!("Exact hash-space fractions from `diff_ranges`, as a ratio to the optimum 1/5; 64 trials, each with another id for the fifth group. Its leaving moves the same ranges back.\n");
+    println!("| vnodes | mean ratio | min–max |");
+    println!("|---|---|---|");
+    for v in [40u32, 160, 1000] {
+        let four = nodes(1..5);
+        let join: Vec<f64> = (0..64)
+            .map(|t| {
+                let mut five = four.clone();
+                five.push(spec(5 + t));
+                exact_moved(&ring(&four, v), &ring(&five, v)) * 5.0
+            })
+            .collect();
+        let (mean, min, max) = summary(&join);
+        println!("| {v} | {mean:.4} ± {:.4} | {min:.3}–{max:.3} |", std_err(&join));
+    }
+}
+
 fn main() {
+    if std::env::args().any(|a| a == "groups") {
+        return groups_report();
+    }
     let quick = std::env::args().any(|a| a == "quick");
     let sizes: &[u64] = if quick { &[10, 100] } else { &[10, 100, 1000] };
     let vnodes = [40u32, 160, 1000];
