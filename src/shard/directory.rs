@@ -6,7 +6,7 @@
 //! before it moves anything and marks it current once every move is done,
 //! so a rebalancer that crashed finds the move it was making and finishes
 //! it. Clients read the views to find the group that serves a name
-//! ([`Views::owners`]) when a group answers that it does not.
+//! ([`Router`]) when a group answers that it does not.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::GroupId;
 use crate::env::{codec, Env, NodeId};
+use crate::log::client::{Client, Inbox};
 use crate::log::membership::{is_operator, Boot};
 use crate::log::service::{self, Companion, NodeError, Out};
 use crate::log::{Config, Event, Raft, SnapshotError, StateMachine, Wire, WireOf};
@@ -192,6 +193,51 @@ impl StateMachine for Directory {
         }
         *self = directory;
         Ok(())
+    }
+}
+
+/// A client's cache of the directory's views: which group to ask for a
+/// key, read again from the directory when a group refuses the key at an
+/// epoch the cache has not reached, or the cache names the group that
+/// refused.
+pub struct Router<E: Env> {
+    directory: Client<E, Directory>,
+    views: Views,
+    /// How long a read of the views may take.
+    pub timeout: Duration,
+}
+
+impl<E: Env> Router<E> {
+    /// A router reading the directory on `servers` through the node's
+    /// `inbox` (shared with its clients of the groups).
+    pub fn new(inbox: Arc<Inbox<E>>, servers: Vec<NodeId>) -> Self {
+        let mut directory = Client::sharing(inbox, servers);
+        directory.attempt_timeout = Duration::from_millis(100);
+        Router {
+            directory,
+            views: Views::default(),
+            timeout: Duration::from_millis(300),
+        }
+    }
+
+    /// The group the cached views name for `key` (none before the first
+    /// read).
+    pub fn owner(&self, key: &[u8]) -> Option<GroupId> {
+        self.views.owners(key).first().copied()
+    }
+
+    /// The group to ask for `key` after group `refused` answered that it
+    /// does not serve it, at `epoch`: its owner in the next view, else in
+    /// the current one. `None` when the views name no other group (the
+    /// key is moving and not installed yet: ask again shortly), or the
+    /// directory did not answer.
+    pub async fn after_refusal(&mut self, key: &[u8], refused: GroupId, epoch: u64) -> Option<GroupId> {
+        if self.views.epoch() < epoch || self.owner(key) == Some(refused) {
+            if let Ok(DirectoryOutput::Views(views)) = self.directory.read(DirectoryQuery::Views, self.timeout).await {
+                self.views = views;
+            }
+        }
+        self.views.owners(key).into_iter().find(|&g| g != refused)
     }
 }
 

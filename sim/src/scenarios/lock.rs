@@ -72,7 +72,7 @@ use ringfence::log::membership::{is_operator, Boot, OPERATOR_IDS};
 use ringfence::log::{Event, Index, Term};
 use ringfence::observe::Observer;
 use ringfence::real::auth::FIRST_PRINCIPAL;
-use ringfence::shard::directory;
+use ringfence::shard::directory::{self, Router};
 
 use crate::env::SimEnv;
 use crate::plan::{AimedAction, DiskLoss, Fault, FaultKind, FaultPlan, Swarm, Targets};
@@ -727,14 +727,14 @@ impl<V: Variant> LockScenario<V> {
     }
     /// One lock client per group, and a router that finds a lock's group
     /// in the directory (with groups), sharing the node's inbox.
-    fn lock_clients(&self, env: &SimEnv) -> (Vec<LockClient<SimEnv>>, Option<lock_moves::Router>) {
+    fn lock_clients(&self, env: &SimEnv) -> (Vec<LockClient<SimEnv>>, Option<Router<SimEnv>>) {
         let inbox = Inbox::new(env.clone());
         let groups = self.groups().into_iter();
         let clients = groups
             .map(|servers| LockClient::sharing(env.clone(), inbox.clone(), servers, self.client_config()))
             .collect();
         let directory = self.directory_servers();
-        let router = (!directory.is_empty()).then(|| lock_moves::Router::new(inbox, directory));
+        let router = (!directory.is_empty()).then(|| Router::new(inbox, directory));
         (clients, router)
     }
     fn resource(&self) -> NodeId {
@@ -1121,7 +1121,7 @@ impl<V: Variant> Scenario for LockScenario<V> {
                 Err(LockError::NotServed { epoch }) => {
                     client.fail(LockOp::Acquire { token: None });
                     let router = router.as_mut().expect("only groups refuse a name");
-                    group = router.after_refusal(LOCK, group, epoch, clients.len()).await;
+                    group = lock_moves::reroute(&env, router, LOCK, group, epoch, clients.len()).await;
                     continue;
                 }
                 Err(_) => {
@@ -1225,7 +1225,7 @@ impl<V: Variant> Scenario for LockScenario<V> {
                 Err(LockError::NotServed { epoch }) => {
                     client.fail(LockOp::Acquire { token: None });
                     let router = router.as_mut().expect("only groups refuse a name");
-                    group = router.after_refusal(LOCK, group, epoch, clients.len()).await;
+                    group = lock_moves::reroute(&env, router, LOCK, group, epoch, clients.len()).await;
                 }
                 _ => {
                     client.info(LockOp::Acquire { token: None });

@@ -12,10 +12,9 @@
 //! ([`ringfence::lock::rebalance`]), retrying a move cut short by the
 //! faults until it finishes. Clients know every group's servers; when one
 //! answers `NotServed`, a [`Router`] reads the directory's views and
-//! names the group to ask.
+//! names the group to ask ([`reroute`]).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
@@ -29,7 +28,7 @@ use ringfence::lock::{
 use ringfence::log::client::{Client as LogClient, Inbox};
 use ringfence::log::Index;
 use ringfence::ring::hash_key;
-use ringfence::shard::directory::{Directory, DirectoryOutput, DirectoryQuery, ViewSpec, Views};
+use ringfence::shard::directory::{Directory, Router, ViewSpec};
 use ringfence::shard::{GroupId, RangeSet, ShardRefusal};
 
 use crate::env::SimEnv;
@@ -148,52 +147,29 @@ async fn rebalance_until_done(
     }
 }
 
-/// Finds the group that serves a lock from the directory's views, read
-/// again when a group refuses it at an epoch the views have not reached
-/// or the views name the group that refused.
-pub struct Router {
-    directory: LogClient<SimEnv, Directory>,
-    views: Views,
-}
-
-impl Router {
-    /// A router reading the directory on `servers` through `inbox`.
-    pub fn new(inbox: Arc<Inbox<SimEnv>>, servers: Vec<NodeId>) -> Self {
-        let mut directory = LogClient::sharing(inbox, servers);
-        directory.attempt_timeout = Duration::from_millis(100);
-        Router {
-            directory,
-            views: Views::default(),
+/// The group (index, of `groups`) a client asks for lock `name` after
+/// group `refused` answered `NotServed { epoch }`: the one the directory's
+/// views name ([`Router`]), or the same one a moment later while the
+/// name is moving.
+pub async fn reroute(
+    env: &SimEnv,
+    router: &mut Router<SimEnv>,
+    name: &str,
+    refused: usize,
+    epoch: u64,
+    groups: usize,
+) -> usize {
+    match router.after_refusal(name.as_bytes(), group_id(refused), epoch).await {
+        Some(g) => {
+            env.world().lock().count_situation("routed-by-view");
+            (g as usize - 1).min(groups - 1)
         }
-    }
-
-    /// The group (index, of `groups`) to ask for lock `name` after group
-    /// `refused` answered `NotServed { epoch }`.
-    pub async fn after_refusal(&mut self, name: &str, refused: usize, epoch: u64, groups: usize) -> usize {
-        let refused_id = group_id(refused);
-        let stale = self.views.epoch() < epoch || self.views.owners(name.as_bytes()).first() == Some(&refused_id);
-        if stale {
-            if let Ok(DirectoryOutput::Views(views)) = self.directory.read(DirectoryQuery::Views, VIEW_TIMEOUT).await {
-                self.views = views;
-            }
-        }
-        let owners = self.views.owners(name.as_bytes());
-        match owners.into_iter().find(|&g| g != refused_id) {
-            Some(g) => {
-                self.directory.env().world().lock().count_situation("routed-by-view");
-                (g as usize - 1).min(groups - 1)
-            }
-            // Moving, and not installed yet: ask again shortly.
-            None => {
-                self.directory.env().sleep(Duration::from_millis(50)).await;
-                refused
-            }
+        None => {
+            env.sleep(Duration::from_millis(50)).await;
+            refused
         }
     }
 }
-
-/// How long a router waits for the directory.
-const VIEW_TIMEOUT: Duration = Duration::from_millis(300);
 
 /// A lock user beside the scenario's: now and then takes lock `name`,
 /// holds it briefly and releases it, following it from group to group
@@ -202,7 +178,7 @@ const VIEW_TIMEOUT: Duration = Duration::from_millis(300);
 /// increasing.
 pub async fn side_user(
     env: SimEnv,
-    (mut clients, mut router): (Vec<LockClient<SimEnv>>, Router),
+    (mut clients, mut router): (Vec<LockClient<SimEnv>>, Router<SimEnv>),
     name: String,
     mut next_op: impl FnMut() -> bool,
 ) {
@@ -220,7 +196,7 @@ pub async fn side_user(
                 let _ = lc.release(&lease).await;
             }
             Err(LockError::NotServed { epoch }) => {
-                group = router.after_refusal(&name, group, epoch, clients.len()).await;
+                group = reroute(&env, &mut router, &name, group, epoch, clients.len()).await;
             }
             Err(_) => {}
         }
