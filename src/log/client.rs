@@ -131,15 +131,15 @@ impl<E: Env> Inbox<E> {
                 return response;
             }
             let (_, bytes) = self.env.recv().await;
-            let Some(addressee) = self.addressee(&bytes) else {
-                continue;
-            };
-            if addressee == client {
-                if let Ok(Wire::Response(response)) = codec::decode::<WireOf<S>>(&bytes) {
+            // Our own answer, the common case, is decoded once.
+            if let Ok(Wire::Response(response)) = codec::decode::<WireOf<S>>(&bytes) {
+                if response.client == client {
                     return response;
                 }
-                continue;
             }
+            let Some(addressee) = self.addressee(&bytes).filter(|&a| a != client) else {
+                continue;
+            };
             if let Some((_, queue)) = self.state().queues.get_mut(&addressee) {
                 if queue.len() >= QUEUED_PER_CLIENT {
                     queue.pop_front();

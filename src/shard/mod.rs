@@ -36,8 +36,29 @@ use crate::ring::{HashRange, KeyHash};
 pub type GroupId = crate::ring::NodeId;
 
 /// A set of key hashes: disjoint, sorted ranges, adjacent ones merged.
+/// Decoding rebuilds that shape from whatever ranges the bytes list (a
+/// shard command or a snapshot may come from a faulty peer), and refuses a
+/// range that ends before it starts.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "Vec<HashRange>", into = "Vec<HashRange>")]
 pub struct RangeSet(Vec<HashRange>);
+
+impl TryFrom<Vec<HashRange>> for RangeSet {
+    type Error = &'static str;
+
+    fn try_from(ranges: Vec<HashRange>) -> Result<Self, Self::Error> {
+        if ranges.iter().any(|r| r.start > r.end) {
+            return Err("a hash range that ends before it starts");
+        }
+        Ok(RangeSet::from_ranges(ranges))
+    }
+}
+
+impl From<RangeSet> for Vec<HashRange> {
+    fn from(set: RangeSet) -> Self {
+        set.0
+    }
+}
 
 impl RangeSet {
     /// Every hash.
@@ -293,6 +314,19 @@ mod tests {
             let want: Vec<u64> = (0..80).filter(|&h| in_any(&a, h) && in_any(&b, h)).collect();
             prop_assert_eq!(members(&sa.intersection(&sb), 80), want);
         }
+    }
+
+    /// Bytes that list ranges out of order, overlapping, are decoded into
+    /// the set's shape; an inverted range is refused.
+    #[test]
+    fn decoding_rebuilds_the_shape_and_refuses_inverted_ranges() {
+        let crafted = vec![r(20, 30), r(0, 9), r(5, 12)];
+        let bytes = crate::env::codec::encode(&crafted).unwrap();
+        let set: RangeSet = crate::env::codec::decode(&bytes).unwrap();
+        assert_eq!(set.ranges(), &[r(0, 12), r(20, 30)]);
+        assert!(set.contains(11) && !set.contains(15));
+        let inverted = crate::env::codec::encode(&vec![r(9, 3)]).unwrap();
+        assert!(crate::env::codec::decode::<RangeSet>(&inverted).is_err());
     }
 
     #[test]
