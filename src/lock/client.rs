@@ -133,6 +133,13 @@ pub enum LockError {
         /// The latest epoch the group took part in.
         epoch: u64,
     },
+    /// The directory routes the lock to a group this client was not
+    /// given the servers of.
+    #[error("the ring view routes the lock to group {group}, whose servers this client does not know")]
+    UnknownGroup {
+        /// The group.
+        group: crate::shard::GroupId,
+    },
     /// An answer that makes no sense for the request (a server of another
     /// version or service).
     #[error("unexpected answer: {0}")]

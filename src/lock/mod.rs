@@ -59,6 +59,7 @@ mod machine;
 pub mod rebalance;
 pub mod resource;
 pub mod server;
+pub mod sharded;
 
 #[cfg(test)]
 mod tests;
@@ -70,6 +71,7 @@ pub use machine::{
 };
 pub use resource::{FencedResource, Stale};
 pub use server::ServerConfig;
+pub use sharded::{ShardedLease, ShardedLockClient};
 
 /// Live sessions the machine keeps; more are refused.
 pub const MAX_SESSIONS: usize = 1024;

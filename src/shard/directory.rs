@@ -199,10 +199,12 @@ impl StateMachine for Directory {
 /// A client's cache of the directory's views: which group to ask for a
 /// key, read again from the directory when a group refuses the key at an
 /// epoch the cache has not reached, or the cache names the group that
-/// refused.
+/// refused. The views' rings are built once per read, not per key.
 pub struct Router<E: Env> {
     directory: Client<E, Directory>,
     views: Views,
+    /// The rings of `views`: the next view's first, then the current one's.
+    rings: Vec<RingView>,
     /// How long a read of the views may take.
     pub timeout: Duration,
 }
@@ -216,14 +218,30 @@ impl<E: Env> Router<E> {
         Router {
             directory,
             views: Views::default(),
+            rings: Vec::new(),
             timeout: Duration::from_millis(300),
         }
+    }
+
+    /// The views last read.
+    pub fn views(&self) -> &Views {
+        &self.views
     }
 
     /// The group the cached views name for `key` (none before the first
     /// read).
     pub fn owner(&self, key: &[u8]) -> Option<GroupId> {
-        self.views.owners(key).first().copied()
+        self.owners(key).next()
+    }
+
+    /// The group to ask first for `key`: the cached views' owner, the
+    /// views read first if none were. `None` when the directory did not
+    /// answer or holds no view yet.
+    pub async fn route(&mut self, key: &[u8]) -> Option<GroupId> {
+        if self.rings.is_empty() {
+            self.refresh().await;
+        }
+        self.owner(key)
     }
 
     /// The group to ask for `key` after group `refused` answered that it
@@ -233,11 +251,32 @@ impl<E: Env> Router<E> {
     /// directory did not answer.
     pub async fn after_refusal(&mut self, key: &[u8], refused: GroupId, epoch: u64) -> Option<GroupId> {
         if self.views.epoch() < epoch || self.owner(key) == Some(refused) {
-            if let Ok(DirectoryOutput::Views(views)) = self.directory.read(DirectoryQuery::Views, self.timeout).await {
-                self.views = views;
-            }
+            self.refresh().await;
         }
-        self.views.owners(key).into_iter().find(|&g| g != refused)
+        self.owners(key).find(|&g| g != refused)
+    }
+
+    /// Reads the views again (kept as they were if the directory does
+    /// not answer).
+    async fn refresh(&mut self) {
+        if let Ok(DirectoryOutput::Views(views)) = self.directory.read(DirectoryQuery::Views, self.timeout).await {
+            self.rings = [&views.next, &views.current]
+                .into_iter()
+                .flatten()
+                .filter_map(|spec| spec.build().ok())
+                .collect();
+            self.views = views;
+        }
+    }
+
+    /// The groups the cached views name for `key`, as [`Views::owners`].
+    fn owners<'a>(&'a self, key: &'a [u8]) -> impl Iterator<Item = GroupId> + 'a {
+        let mut seen = None;
+        self.rings.iter().map(move |ring| ring.owner(key)).filter(move |&g| {
+            let new = seen != Some(g);
+            seen = Some(g);
+            new
+        })
     }
 }
 

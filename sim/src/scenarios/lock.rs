@@ -66,7 +66,9 @@ use ringfence::history::lock::{
 };
 use ringfence::history::{History, Violation};
 use ringfence::lock::resource::{self, ResourceBug, ResourceRequest};
-use ringfence::lock::{server, ClientConfig, LockBug, LockClient, LockError, LockMachine, ServerConfig, Token};
+use ringfence::lock::{
+    server, ClientConfig, LockBug, LockClient, LockError, LockMachine, ServerConfig, ShardedLockClient, Token,
+};
 use ringfence::log::client::Inbox;
 use ringfence::log::membership::{is_operator, Boot, OPERATOR_IDS};
 use ringfence::log::{Event, Index, Term};
@@ -1059,10 +1061,12 @@ impl<V: Variant> Scenario for LockScenario<V> {
             if let Some(at) = storm_at(seed) {
                 lock_hostile::storm(env, self.lock_servers(), STORM_SESSIONS, at).await;
             } else if V::GROUPS > 1 {
-                let (clients, router) = self.lock_clients(&env);
-                let router = router.expect("groups have a directory");
+                let groups = self.groups().into_iter().enumerate();
+                let groups = groups.map(|(g, servers)| (lock_moves::group_id(g), servers)).collect();
+                let sharded =
+                    ShardedLockClient::new(env.clone(), groups, self.directory_servers(), self.client_config());
                 let name = format!("side-{}", client.id - ROGUE);
-                lock_moves::side_user(env, (clients, router), name, || client.next_op()).await;
+                lock_moves::side_user(env, sharded, name, || client.next_op()).await;
             }
             return;
         }

@@ -22,9 +22,8 @@ use ringfence::env::{Env, NodeId};
 use ringfence::history::lock::{replay, AppliedEntry};
 use ringfence::history::Violation;
 use ringfence::lock::rebalance::{step, RebalanceConfig};
-use ringfence::lock::{
-    LockBug, LockClient, LockCommand, LockError, LockMachine, LockOutput, Request, SessionId, ShardCommand, Token,
-};
+use ringfence::lock::ShardedLockClient;
+use ringfence::lock::{LockBug, LockCommand, LockMachine, LockOutput, Request, SessionId, ShardCommand, Token};
 use ringfence::log::client::{Client as LogClient, Inbox};
 use ringfence::log::Index;
 use ringfence::ring::hash_key;
@@ -172,33 +171,27 @@ pub async fn reroute(
 }
 
 /// A lock user beside the scenario's: now and then takes lock `name`,
-/// holds it briefly and releases it, following it from group to group
-/// (`clients` has one client per group). Its lock is free most of the
-/// time, so moves carry free locks too, whose tokens only the floor keeps
-/// increasing.
+/// holds it briefly and releases it, through the library's one client
+/// over every group ([`ShardedLockClient`]), which follows the name from
+/// group to group. Its lock is free most of the time, so moves carry free
+/// locks too, whose tokens only the floor keeps increasing.
 pub async fn side_user(
     env: SimEnv,
-    (mut clients, mut router): (Vec<LockClient<SimEnv>>, Router<SimEnv>),
+    mut client: ShardedLockClient<SimEnv>,
     name: String,
     mut next_op: impl FnMut() -> bool,
 ) {
     let mut rng = env.rng();
-    let mut group = 0;
+    let mut granted_by = None;
     while next_op() {
         env.sleep(Duration::from_millis(rng.gen_range(50..300))).await;
-        let lc = &mut clients[group];
-        if !lc.is_valid() && lc.reopen().await.is_err() {
-            continue;
-        }
-        match lc.try_acquire(&name).await {
-            Ok(lease) => {
-                env.sleep(Duration::from_millis(rng.gen_range(10..80))).await;
-                let _ = lc.release(&lease).await;
+        if let Ok(lease) = client.try_acquire(&name).await {
+            if granted_by.is_some_and(|g| g != lease.group) {
+                env.world().lock().count_situation("side-lock-followed");
             }
-            Err(LockError::NotServed { epoch }) => {
-                group = reroute(&env, &mut router, &name, group, epoch, clients.len()).await;
-            }
-            Err(_) => {}
+            granted_by = Some(lease.group);
+            env.sleep(Duration::from_millis(rng.gen_range(10..80))).await;
+            let _ = client.release(&lease).await;
         }
     }
 }

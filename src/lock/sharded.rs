@@ -1,0 +1,194 @@
+//! One lock client over every group of a sharded lock service.
+//!
+//! A sharded deployment splits lock names between groups by the ring view
+//! the directory holds ([`crate::shard::directory`]). A session belongs to
+//! one group, so this client keeps one [`LockClient`] (one session) per
+//! group, opened the first time a name routes there, all reading one
+//! inbox. It asks the group the cached view names; when a group answers
+//! `NotServed { epoch }` (the name moved, or is moving), it reads the
+//! views again and follows the name ([`Router`]), waiting briefly while
+//! the name is between groups. A lease names the group that granted it.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+use super::{ClientConfig, Lease, LockClient, LockError, LockGuard};
+use crate::env::{Env, NodeId};
+use crate::log::client::Inbox;
+use crate::shard::directory::Router;
+use crate::shard::GroupId;
+
+/// How long the client waits before asking again for a name that no
+/// group serves yet (its move is being installed).
+const MOVING_RETRY: Duration = Duration::from_millis(20);
+
+/// A grant of a sharded lock service: the lease and the group whose
+/// session holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardedLease {
+    /// The group that granted the lock.
+    pub group: GroupId,
+    /// The grant.
+    pub lease: Lease,
+}
+
+/// A lock client of a sharded lock service: see the module docs.
+pub struct ShardedLockClient<E: Env> {
+    env: E,
+    groups: BTreeMap<GroupId, LockClient<E>>,
+    router: Router<E>,
+    /// How long `try_acquire` and `release` follow a name between groups.
+    follow: Duration,
+}
+
+impl<E: Env> ShardedLockClient<E> {
+    /// A client of the lock groups `groups` (each group's servers) whose
+    /// ring view the directory on `directory` holds. The client reads
+    /// `env`'s inbox: nothing else on that node may.
+    pub fn new(env: E, groups: BTreeMap<GroupId, Vec<NodeId>>, directory: Vec<NodeId>, config: ClientConfig) -> Self {
+        assert!(!groups.is_empty(), "a sharded client needs at least one group");
+        let inbox = Inbox::new(env.clone());
+        let follow = config.request_timeout;
+        let groups = groups
+            .into_iter()
+            .map(|(group, servers)| {
+                let client = LockClient::sharing(env.clone(), inbox.clone(), servers, config.clone());
+                (group, client)
+            })
+            .collect();
+        ShardedLockClient {
+            router: Router::new(inbox, directory),
+            env,
+            groups,
+            follow,
+        }
+    }
+
+    /// The client of group `group` (its session's state, `status`,
+    /// `keep_alive`), if this client was given that group.
+    pub fn group(&self, group: GroupId) -> Option<&LockClient<E>> {
+        self.groups.get(&group)
+    }
+
+    /// Whether `lease` is still valid on this node's clock (its group's
+    /// session lease has not run out).
+    pub fn is_valid(&self, lease: &ShardedLease) -> bool {
+        self.groups.get(&lease.group).is_some_and(LockClient::is_valid)
+    }
+
+    /// Takes `name`, waiting in line for at most `wait`, from whichever
+    /// group serves it ([`LockClient::acquire`]).
+    pub async fn acquire(&mut self, name: &str, wait: Duration) -> Result<ShardedLease, LockError> {
+        let owned = name.to_string();
+        let (group, lease) = self
+            .routed(name, wait, |client, left| {
+                let name = owned.clone();
+                async move { client.acquire(&name, left).await }
+            })
+            .await?;
+        Ok(ShardedLease { group, lease })
+    }
+
+    /// Takes `name` if it is free ([`LockClient::try_acquire`]).
+    pub async fn try_acquire(&mut self, name: &str) -> Result<ShardedLease, LockError> {
+        let owned = name.to_string();
+        let (group, lease) = self
+            .routed(name, self.follow, |client, _| {
+                let name = owned.clone();
+                async move { client.try_acquire(&name).await }
+            })
+            .await?;
+        Ok(ShardedLease { group, lease })
+    }
+
+    /// Takes `name` as a self-renewing, self-releasing guard
+    /// ([`LockClient::lock`]) of the group that serves it.
+    pub async fn lock(&mut self, name: &str, wait: Duration) -> Result<LockGuard<E>, LockError> {
+        let owned = name.to_string();
+        let (_, guard) = self
+            .routed(name, wait, |client, left| {
+                let name = owned.clone();
+                async move { client.lock(&name, left).await }
+            })
+            .await?;
+        Ok(guard)
+    }
+
+    /// Releases `lease` at the group that granted it. A lock that moved
+    /// since was taken from this session with the move: `NotOwner`.
+    pub async fn release(&self, lease: &ShardedLease) -> Result<(), LockError> {
+        match self.groups.get(&lease.group) {
+            Some(client) => match client.release(&lease.lease).await {
+                Err(LockError::NotServed { .. } | LockError::SessionExpired) => Err(LockError::NotOwner),
+                other => other,
+            },
+            None => Err(LockError::NotOwner),
+        }
+    }
+
+    /// Ends every session this client opened, releasing all it holds.
+    pub async fn close(&self) -> Result<(), LockError> {
+        let mut result = Ok(());
+        for client in self.groups.values().filter(|c| c.ttl().is_some()) {
+            if let Err(e) = client.close().await {
+                result = Err(e);
+            }
+        }
+        result
+    }
+
+    /// Runs `op` on the group serving `name` (with the time left of
+    /// `wait`), following the name to another group while groups answer
+    /// that they do not serve it, for at most `wait`.
+    async fn routed<T, F>(
+        &mut self,
+        name: &str,
+        wait: Duration,
+        op: impl Fn(LockClient<E>, Duration) -> F,
+    ) -> Result<(GroupId, T), LockError>
+    where
+        F: Future<Output = Result<T, LockError>>,
+    {
+        let start = self.env.now();
+        let left = |env: &E| wait.saturating_sub(env.now().saturating_sub(start));
+        let mut group = match self.router.route(name.as_bytes()).await {
+            Some(group) => group,
+            None => return Err(self.directory_unavailable()),
+        };
+        loop {
+            let client = self.opened(group).await?;
+            match op(client, left(&self.env)).await {
+                Err(LockError::NotServed { epoch }) if !left(&self.env).is_zero() => {
+                    match self.router.after_refusal(name.as_bytes(), group, epoch).await {
+                        Some(next) => group = next,
+                        None => self.env.sleep(MOVING_RETRY).await,
+                    }
+                }
+                other => return other.map(|value| (group, value)),
+            }
+        }
+    }
+
+    /// Group `group`'s client with its session open: opened on first use,
+    /// and opened again under a new id once its lease ran out.
+    async fn opened(&self, group: GroupId) -> Result<LockClient<E>, LockError> {
+        let client = self
+            .groups
+            .get(&group)
+            .ok_or(LockError::UnknownGroup { group })?
+            .clone();
+        if client.ttl().is_none() {
+            client.open().await?;
+        } else if !client.is_valid() {
+            client.reopen().await?;
+        }
+        Ok(client)
+    }
+
+    fn directory_unavailable(&self) -> LockError {
+        LockError::Unavailable {
+            tried: vec!["the directory (no ring view read)".to_string()],
+        }
+    }
+}
