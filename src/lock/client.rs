@@ -378,6 +378,7 @@ impl<E: Env> LockClient<E> {
         let mut log = self.shared.log();
         match log.read(query, self.shared.config.request_timeout).await {
             Ok(LockOutput::Lock(view)) => Ok(view),
+            Ok(LockOutput::NotServed { epoch }) => Err(LockError::NotServed { epoch }),
             Ok(other) => Err(unexpected("status", &other)),
             Err(e) => Err(self.shared.client_error(e)),
         }
@@ -755,7 +756,14 @@ impl<E: Env> Shared<E> {
                 lock: name.to_string(),
                 seen: seen.take(),
             };
-            if let Ok(LockOutput::Lock(view)) = log.read(query, self.config.request_timeout).await {
+            let answer = log.read(query, self.config.request_timeout).await;
+            if let Ok(LockOutput::NotServed { epoch }) = answer {
+                // The name moved to another group while we waited: the
+                // fence dropped our place in line, nothing to withdraw.
+                claim.settle();
+                return Err(LockError::NotServed { epoch });
+            }
+            if let Ok(LockOutput::Lock(view)) = answer {
                 let LockView { holder, waiters } = &view;
                 let (holder, waiters) = (*holder, waiters.clone());
                 seen = Some(view);

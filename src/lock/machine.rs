@@ -879,6 +879,15 @@ impl StateMachine for LockMachine {
 
     fn query(&self, query: &LockQuery) -> LockOutput {
         match query {
+            // A name this group does not serve has no view here: the
+            // reader (a status, a waiter watching its place) is sent on.
+            LockQuery::Lock { lock } | LockQuery::Watch { lock, .. }
+                if !self.ownership.serves(hash_key(lock.as_bytes())) =>
+            {
+                LockOutput::NotServed {
+                    epoch: self.ownership.epoch(),
+                }
+            }
             LockQuery::Lock { lock } | LockQuery::Watch { lock, .. } => LockOutput::Lock(self.view(lock)),
             LockQuery::Settings => LockOutput::Settings { ttl_ms: 0 },
             LockQuery::Part { epoch, to } => LockOutput::Part(self.outbox.get(&(*epoch, *to)).cloned()),

@@ -280,6 +280,79 @@ pub async fn step<E: Env>(
     Ok(Some((next.epoch, moves)))
 }
 
+/// Puts every group of `groups` but `founder` into the deployment,
+/// serving nothing yet (the `Assign` a joining group waits for before it
+/// takes any client command). Idempotent: a group assigned before is
+/// left as it is.
+pub async fn assign_joining<E: Env>(
+    groups: &mut BTreeMap<GroupId, Client<E, LockMachine>>,
+    founder: GroupId,
+    config: &RebalanceConfig,
+) -> Result<(), RebalanceError> {
+    let joining: Vec<GroupId> = groups.keys().copied().filter(|&g| g != founder).collect();
+    for group in joining {
+        let assign = ShardCommand::Assign {
+            epoch: 1,
+            ranges: RangeSet::default(),
+        };
+        match shard(groups, group, assign, config).await {
+            Ok(_)
+            | Err(RebalanceError::Refused {
+                refusal: ShardRefusal::AlreadyAssigned,
+                ..
+            }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Brings a deployment founded by group `founder` to the ring of
+/// `weights` (each group in it with its weight, at least 1; a group left
+/// out serves nothing) with `vnodes` points per unit of weight: assigns
+/// the joining groups, records the first view (the founder alone) if the
+/// directory holds none, finishes a rebalance in progress, then moves to
+/// the new view unless it is the current one. What an operator runs to
+/// add, remove or reweigh groups; run again after an error, it finishes
+/// what was left. Returns the epoch reached and every move made.
+pub async fn rebalance_to<E: Env>(
+    directory: &mut Client<E, Directory>,
+    groups: &mut BTreeMap<GroupId, Client<E, LockMachine>>,
+    founder: GroupId,
+    (mut weights, vnodes): (Vec<(GroupId, u32)>, u32),
+    config: &RebalanceConfig,
+) -> Result<(u64, Moves), RebalanceError> {
+    weights.sort_unstable();
+    assign_joining(groups, founder, config).await?;
+    let mut moved = Moves::default();
+    loop {
+        let choose = |current: Option<&ViewSpec>| match current {
+            None => Some(ViewSpec {
+                epoch: 1,
+                groups: vec![(founder, 1)],
+                vnodes,
+            }),
+            Some(current) if current.groups == weights && current.vnodes == vnodes => None,
+            Some(current) => Some(ViewSpec {
+                epoch: current.epoch + 1,
+                groups: weights.clone(),
+                vnodes,
+            }),
+        };
+        match step(directory, groups, choose, config).await? {
+            Some((_, moves)) => {
+                moved.ranges.extend(moves.ranges);
+                moved.locks += moves.locks;
+            }
+            None => break,
+        }
+    }
+    match directed(directory, Directed::Read, config).await? {
+        DirectoryOutput::Views(views) => Ok((views.epoch(), moved)),
+        other => Err(directory_protocol(other)),
+    }
+}
+
 enum Directed {
     Read,
     Command(DirectoryCommand),

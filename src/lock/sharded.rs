@@ -8,12 +8,15 @@
 //! `NotServed { epoch }` (the name moved, or is moving), it reads the
 //! views again and follows the name ([`Router`]), waiting briefly while
 //! the name is between groups. A lease names the group that granted it.
+//!
+//! Given one group and no directory, it is a plain client of that group,
+//! so code written against it runs on a deployment that is not sharded.
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
-use super::{ClientConfig, Lease, LockClient, LockError, LockGuard};
+use super::{ClientConfig, Lease, LockClient, LockError, LockGuard, LockView};
 use crate::env::{Env, NodeId};
 use crate::log::client::Inbox;
 use crate::shard::directory::Router;
@@ -37,17 +40,23 @@ pub struct ShardedLease {
 pub struct ShardedLockClient<E: Env> {
     env: E,
     groups: BTreeMap<GroupId, LockClient<E>>,
-    router: Router<E>,
+    /// `None` with one group and no directory.
+    router: Option<Router<E>>,
     /// How long `try_acquire` and `release` follow a name between groups.
     follow: Duration,
 }
 
 impl<E: Env> ShardedLockClient<E> {
     /// A client of the lock groups `groups` (each group's servers) whose
-    /// ring view the directory on `directory` holds. The client reads
-    /// `env`'s inbox: nothing else on that node may.
+    /// ring view the directory on `directory` holds (none for a single
+    /// group that is not sharded). The client reads `env`'s inbox:
+    /// nothing else on that node may.
     pub fn new(env: E, groups: BTreeMap<GroupId, Vec<NodeId>>, directory: Vec<NodeId>, config: ClientConfig) -> Self {
         assert!(!groups.is_empty(), "a sharded client needs at least one group");
+        assert!(
+            groups.len() == 1 || !directory.is_empty(),
+            "several groups need the directory that routes between them"
+        );
         let inbox = Inbox::new(env.clone());
         let follow = config.request_timeout;
         let groups = groups
@@ -58,7 +67,7 @@ impl<E: Env> ShardedLockClient<E> {
             })
             .collect();
         ShardedLockClient {
-            router: Router::new(inbox, directory),
+            router: (!directory.is_empty()).then(|| Router::new(inbox, directory)),
             env,
             groups,
             follow,
@@ -103,16 +112,25 @@ impl<E: Env> ShardedLockClient<E> {
     }
 
     /// Takes `name` as a self-renewing, self-releasing guard
-    /// ([`LockClient::lock`]) of the group that serves it.
-    pub async fn lock(&mut self, name: &str, wait: Duration) -> Result<LockGuard<E>, LockError> {
+    /// ([`LockClient::lock`]) of the group that serves it, named with it.
+    pub async fn lock(&mut self, name: &str, wait: Duration) -> Result<(GroupId, LockGuard<E>), LockError> {
         let owned = name.to_string();
-        let (_, guard) = self
-            .routed(name, wait, |client, left| {
-                let name = owned.clone();
-                async move { client.lock(&name, left).await }
-            })
-            .await?;
-        Ok(guard)
+        self.routed(name, wait, |client, left| {
+            let name = owned.clone();
+            async move { client.lock(&name, left).await }
+        })
+        .await
+    }
+
+    /// The holder and the waiters of `name` at the group that serves it
+    /// ([`LockClient::status`]), with that group.
+    pub async fn status(&mut self, name: &str) -> Result<(GroupId, LockView), LockError> {
+        let owned = name.to_string();
+        self.routed(name, self.follow, |client, _| {
+            let name = owned.clone();
+            async move { client.status(&name).await }
+        })
+        .await
     }
 
     /// Releases `lease` at the group that granted it. A lock that moved
@@ -152,15 +170,21 @@ impl<E: Env> ShardedLockClient<E> {
     {
         let start = self.env.now();
         let left = |env: &E| wait.saturating_sub(env.now().saturating_sub(start));
-        let mut group = match self.router.route(name.as_bytes()).await {
-            Some(group) => group,
-            None => return Err(self.directory_unavailable()),
+        // With no view (none recorded yet, or the directory out of
+        // reach), the lowest group: the one that founds a deployment and
+        // serves every name until the first view. Were it the wrong one,
+        // it answers `NotServed` and the views are read again.
+        let founder = *self.groups.keys().next().expect("at least one group");
+        let mut group = match &mut self.router {
+            Some(router) => router.route(name.as_bytes()).await.unwrap_or(founder),
+            None => founder,
         };
         loop {
             let client = self.opened(group).await?;
             match op(client, left(&self.env)).await {
-                Err(LockError::NotServed { epoch }) if !left(&self.env).is_zero() => {
-                    match self.router.after_refusal(name.as_bytes(), group, epoch).await {
+                Err(LockError::NotServed { epoch }) if !left(&self.env).is_zero() && self.router.is_some() => {
+                    let router = self.router.as_mut().expect("guarded");
+                    match router.after_refusal(name.as_bytes(), group, epoch).await {
                         Some(next) => group = next,
                         None => self.env.sleep(MOVING_RETRY).await,
                     }
@@ -184,11 +208,5 @@ impl<E: Env> ShardedLockClient<E> {
             client.reopen().await?;
         }
         Ok(client)
-    }
-
-    fn directory_unavailable(&self) -> LockError {
-        LockError::Unavailable {
-            tried: vec!["the directory (no ring view read)".to_string()],
-        }
     }
 }

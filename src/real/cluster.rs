@@ -16,6 +16,10 @@
 //! lock = "127.0.0.1:7101"    # the lock service replica
 //! txn = "127.0.0.1:7201"     # the transaction coordinator replica
 //! shard = "127.0.0.1:7301"   # the shard (2PC participant) holding data
+//! # A sharded lock service (optional): lock group 1 is `lock` above,
+//! # groups 2, 3, ... are these; the directory holds their ring view.
+//! lock_groups = ["127.0.0.1:7111"]
+//! directory = "127.0.0.1:7401"
 //!
 //! [[node]]
 //! id = 2
@@ -30,6 +34,16 @@
 //! Every service replica is its own [`RealEnv`] with its own address and
 //! record file, so services never share an inbox or a log. Clients read the
 //! same file to find the servers and the TTL their leases must assume.
+//!
+//! A sharded lock service: lock group `g`'s replica on node `i` has id
+//! [`lock_replica_id`]`(g, i)` (group 1's are the node ids), the
+//! directory's [`DIRECTORY_ID_BASE`]` + i`, so one client reaches every
+//! group and the directory on one connection set. Group 1 founds the
+//! service serving every name; the others join serving none until an
+//! operator puts them in the ring (`ringfence group add`), which moves
+//! their share of the names to them online ([`crate::lock::rebalance`]).
+//! Their members are the nodes that list them when the cluster is
+//! founded (`ringfence member` changes group 1 and the coordinators).
 //!
 //! Transactions: the coordinator is replicated on a Raft group of every
 //! node's `txn` replica (ids = node ids), and node `i`'s shard has id
@@ -48,11 +62,13 @@ use super::auth::{ClientCredentials, ClusterSecret, CredentialError, FIRST_PRINC
 use super::transport::Limits;
 use super::{NodeConfig, RealEnv};
 use crate::env::NodeId;
-use crate::lock::{self, ServerConfig};
-use crate::log::client::Client;
+use crate::lock::{self, ServerConfig, ShardedLockClient};
+use crate::log::client::{Client, Inbox};
 use crate::log::membership::{founding, Boot};
 use crate::log::service::NodeError;
 use crate::observe::Ignore;
+use crate::shard::directory::{self, Directory};
+use crate::shard::GroupId;
 use crate::txn;
 use crate::txn::client::TxnClient;
 use crate::txn::participant::ParticipantConfig;
@@ -136,9 +152,22 @@ pub struct NodeEntry {
     /// lock and coordinator replicas only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shard: Option<SocketAddr>,
+    /// Where this node's replicas of lock groups 2, 3, ... listen (a
+    /// sharded lock service; group 1 is `lock`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lock_groups: Vec<SocketAddr>,
+    /// Where this node's replica of the directory listens: the replicated
+    /// ring view of a sharded lock service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub directory: Option<SocketAddr>,
 }
 
 impl NodeEntry {
+    /// How many addresses the node listens on (one per service replica).
+    pub fn listeners(&self) -> usize {
+        3 + self.lock_groups.len() + usize::from(self.directory.is_some()) - usize::from(self.shard.is_none())
+    }
+
     /// The address the node binds last (its shard's, else its
     /// coordinator's): once it accepts there, every service has started.
     pub fn bound_last(&self) -> SocketAddr {
@@ -148,6 +177,20 @@ impl NodeEntry {
 
 /// Shard ids are node ids plus this, so they never meet coordinator ids.
 pub const SHARD_ID_BASE: NodeId = 1000;
+
+/// Most lock groups a cluster may have.
+pub const MAX_LOCK_GROUPS: usize = 16;
+
+/// Directory replica ids are node ids plus this, above every lock
+/// replica's id.
+pub const DIRECTORY_ID_BASE: NodeId = MAX_LOCK_GROUPS as NodeId * SHARD_ID_BASE;
+
+/// The id of lock group `group`'s replica on node `node`: group 1's are
+/// the node ids, group `g`'s the node ids plus `(g − 1)·1000`, so the
+/// replicas of every group are distinct peers of one client.
+pub fn lock_replica_id(group: GroupId, node: NodeId) -> NodeId {
+    (group - 1) * SHARD_ID_BASE + node
+}
 
 /// A cluster file that cannot be used, with the reason.
 #[derive(Debug, thiserror::Error)]
@@ -167,21 +210,27 @@ pub enum ConfigError {
 
 impl ClusterConfig {
     /// A cluster of `nodes` nodes on loopback: node `i` listens on
-    /// `base_port + i` (lock), `+ 100 + i` (txn) and `+ 200 + i` (shard).
-    /// Refused when a port would pass 65535 (rather than wrap around) or
-    /// two services would share one (more than 99 nodes).
-    pub fn loopback(nodes: u32, base_port: u16, data_dir: PathBuf) -> Result<ClusterConfig, String> {
+    /// `base_port + i` (lock), `+ 100 + i` (txn) and `+ 200 + i` (shard);
+    /// with `lock_groups` above 1, on `+ 300 + i` (directory) and
+    /// `+ 100·(g + 2) + i` (lock group `g`) too. Refused when a port would
+    /// pass 65535 (rather than wrap around) or two services would share
+    /// one (more than 99 nodes).
+    pub fn loopback(nodes: u32, lock_groups: u32, base_port: u16, data_dir: PathBuf) -> Result<ClusterConfig, String> {
         if nodes > 99 {
             return Err(format!(
                 "{nodes} nodes on loopback: at most 99 (ports are base + 100·service + id)"
             ));
         }
-        let highest = u32::from(base_port) + 200 + nodes;
+        if !(1..=MAX_LOCK_GROUPS as u32).contains(&lock_groups) {
+            return Err(format!("{lock_groups} lock groups: from 1 to {MAX_LOCK_GROUPS}"));
+        }
+        let services = if lock_groups > 1 { lock_groups + 2 } else { 2 };
+        let highest = u32::from(base_port) + 100 * services + nodes;
         if highest > u32::from(u16::MAX) {
             return Err(format!(
                 "base port {base_port} with {nodes} nodes needs ports up to {highest}; the highest is 65535 \
                  (use a base port of at most {})",
-                u32::from(u16::MAX) - 200 - nodes
+                u32::from(u16::MAX) - 100 * services - nodes
             ));
         }
         let port =
@@ -197,6 +246,8 @@ impl ClusterConfig {
                     lock: port(0, id),
                     txn: port(100, id),
                     shard: Some(port(200, id)),
+                    lock_groups: (2..=lock_groups).map(|g| port(100 * (g + 2), id)).collect(),
+                    directory: (lock_groups > 1).then(|| port(300, id)),
                 })
                 .collect(),
         })
@@ -274,11 +325,24 @@ impl ClusterConfig {
             if !ids.insert(node.id) {
                 return Err(format!("node id {} appears twice", node.id));
             }
-            for addr in [Some(node.lock), Some(node.txn), node.shard].into_iter().flatten() {
+            if node.lock_groups.len() >= MAX_LOCK_GROUPS {
+                return Err(format!(
+                    "node {} lists {} lock groups beside `lock`: at most {MAX_LOCK_GROUPS} groups in all",
+                    node.id,
+                    node.lock_groups.len()
+                ));
+            }
+            let services = [Some(node.lock), Some(node.txn), node.shard, node.directory];
+            for addr in services.into_iter().flatten().chain(node.lock_groups.iter().copied()) {
                 if !addrs.insert(addr) {
                     return Err(format!("address {addr} appears twice"));
                 }
             }
+        }
+        if self.lock_groups().len() > 1 && self.directory_servers().is_empty() {
+            return Err(
+                "lock groups beyond the first need a directory: give some [[node]] a `directory` address".into(),
+            );
         }
         if !(100..=MAX_TTL_MS).contains(&self.lock.ttl_ms) {
             return Err(format!(
@@ -354,6 +418,63 @@ impl ClusterConfig {
     /// Lock service replicas by id.
     pub fn lock_servers(&self) -> BTreeMap<NodeId, SocketAddr> {
         self.nodes.iter().map(|n| (n.id, n.lock)).collect()
+    }
+
+    /// Every lock group's replicas by id (group 1's are
+    /// [`ClusterConfig::lock_servers`]): group `g`'s are on the nodes that
+    /// list at least `g − 1` addresses in `lock_groups`.
+    pub fn lock_groups(&self) -> BTreeMap<GroupId, BTreeMap<NodeId, SocketAddr>> {
+        let mut groups = BTreeMap::from([(1, self.lock_servers())]);
+        for node in &self.nodes {
+            for (i, &addr) in node.lock_groups.iter().enumerate() {
+                let group = i as GroupId + 2;
+                let replicas = groups.entry(group).or_default();
+                replicas.insert(lock_replica_id(group, node.id), addr);
+            }
+        }
+        groups
+    }
+
+    /// The directory's replicas by id (none when the lock service is not
+    /// sharded).
+    pub fn directory_servers(&self) -> BTreeMap<NodeId, SocketAddr> {
+        let replicas = self
+            .nodes
+            .iter()
+            .filter_map(|n| Some((DIRECTORY_ID_BASE + n.id, n.directory?)));
+        replicas.collect()
+    }
+
+    /// Every replica a client of the lock service may ask: each group's
+    /// and the directory's.
+    pub fn lock_service_peers(&self) -> BTreeMap<NodeId, SocketAddr> {
+        let groups = self.lock_groups().into_values().flatten();
+        groups.chain(self.directory_servers()).collect()
+    }
+
+    /// A lock client of every group of this cluster's lock service on
+    /// `env` (a client of [`ClusterConfig::lock_service_peers`]).
+    pub fn sharded_lock_client(&self, env: RealEnv) -> ShardedLockClient<RealEnv> {
+        let groups = self.lock_groups().into_iter();
+        let groups = groups
+            .map(|(g, replicas)| (g, replicas.into_keys().collect()))
+            .collect();
+        let directory = self.directory_servers().into_keys().collect();
+        ShardedLockClient::new(env, groups, directory, self.lock_client_config())
+    }
+
+    /// An operator's clients of every lock group and of the directory,
+    /// sharing one connection set, for [`crate::lock::rebalance`].
+    pub fn shard_operator(&self) -> Result<ShardOperator, ConfigError> {
+        let credentials = self.secret()?.operator_credentials();
+        let env = RealEnv::client(&credentials, &self.lock_service_peers());
+        let inbox = Inbox::new(env);
+        let groups = self.lock_groups().into_iter();
+        let groups = groups.map(|(g, replicas)| (g, Client::sharing(inbox.clone(), replicas.into_keys().collect())));
+        Ok(ShardOperator {
+            groups: groups.collect(),
+            directory: Client::sharing(inbox, self.directory_servers().into_keys().collect()),
+        })
     }
 
     /// Coordinator replicas and shards by id: the transaction service's
@@ -432,6 +553,14 @@ pub struct OperatorClients {
     pub coordinators: Client<CoordLogEnv<RealEnv>, crate::txn::replicated::CoordMachine>,
 }
 
+/// An operator's clients of a sharded lock service.
+pub struct ShardOperator {
+    /// A client of each lock group.
+    pub groups: BTreeMap<GroupId, Client<RealEnv, crate::lock::LockMachine>>,
+    /// A client of the directory.
+    pub directory: Client<RealEnv, Directory>,
+}
+
 /// Why a node stopped.
 #[derive(Debug, thiserror::Error)]
 #[allow(missing_docs)] // each variant's message says what it means
@@ -442,6 +571,10 @@ pub enum RunError {
     Start(#[from] std::io::Error),
     #[error("lock service: {0}")]
     Lock(NodeError),
+    #[error("lock group {0}: {1}")]
+    LockGroup(GroupId, NodeError),
+    #[error("directory: {0}")]
+    Directory(NodeError),
     #[error("transaction coordinator: {0}")]
     Coordinator(NodeError),
     #[error("shard stopped")]
@@ -500,11 +633,30 @@ pub async fn run_node(
             limits,
         })
     };
-    let group = |members: Vec<NodeId>| match start {
+    let boot = |members: Vec<NodeId>| match start {
         Start::Found => founding(members),
         Start::Restart | Start::Join => (members, Boot::Join),
     };
     let lock_env = env(id, config.lock_servers(), "lock").await?;
+    // Started before the coordinator and the shard, so that once the
+    // address bound last accepts every service has started.
+    let mut sharded = Vec::new();
+    for (group, replicas) in config.lock_groups().into_iter().skip(1) {
+        let me = lock_replica_id(group, id);
+        if replicas.contains_key(&me) {
+            let members = replicas.keys().copied().collect();
+            sharded.push((Some(group), members, env(me, replicas, &format!("lock-{group}")).await?));
+        }
+    }
+    let directory_servers = config.directory_servers();
+    if directory_servers.contains_key(&(DIRECTORY_ID_BASE + id)) {
+        let members = directory_servers.keys().copied().collect();
+        sharded.push((
+            None,
+            members,
+            env(DIRECTORY_ID_BASE + id, directory_servers, "directory").await?,
+        ));
+    }
     let txn_env = env(id, config.txn_nodes(), "txn").await?;
     let shard_env = match entry.shard {
         Some(_) => Some(env(SHARD_ID_BASE + id, config.txn_nodes(), "shard").await?),
@@ -513,13 +665,13 @@ pub async fn run_node(
     tracing::info!(node = id, lock = %entry.lock, txn = %entry.txn, shard = ?entry.shard, "serving");
     let lock = lock::server::run(
         lock_env.clone(),
-        group(config.lock_servers().into_keys().collect()),
+        boot(config.lock_servers().into_keys().collect()),
         config.lock_server_config(),
         Arc::new(Ignore),
     );
     let coordinator = shell::run_replicated_coordinator(
         txn_env.clone(),
-        group(config.coordinators()),
+        boot(config.coordinators()),
         Default::default(),
         Arc::new(Ignore),
         Arc::new(Ignore),
@@ -534,6 +686,34 @@ pub async fn run_node(
                 shell::run_participant(env.clone(), shard_config, Arc::new(Ignore)).await;
             }
             None => std::future::pending().await,
+        }
+    };
+    // The lock groups beyond the first (joining: they serve nothing until
+    // an operator assigns them names) and the directory.
+    let sharded_services = sharded.iter().map(|(group, members, env): &(_, Vec<NodeId>, _)| {
+        let (env, group_boot) = (env.clone(), boot(members.clone()));
+        let service: ServiceFuture = match *group {
+            Some(group) => {
+                let config = ServerConfig {
+                    joining: true,
+                    ..config.lock_server_config()
+                };
+                let run = lock::server::run(env, group_boot, config, Arc::new(Ignore));
+                Box::pin(async move { run.await.map_err(|e| RunError::LockGroup(group, e)) })
+            }
+            None => {
+                let run = directory::run(env, group_boot, Default::default(), Arc::new(Ignore));
+                Box::pin(async move { run.await.map_err(RunError::Directory) })
+            }
+        };
+        service
+    });
+    let sharded_services: Vec<_> = sharded_services.collect();
+    let sharded_services = async move {
+        if sharded_services.is_empty() {
+            std::future::pending().await
+        } else {
+            futures::future::select_all(sharded_services).await.0
         }
     };
     let envs = Envs {
@@ -551,13 +731,20 @@ pub async fn run_node(
         result = lock => result.map_err(RunError::Lock),
         result = coordinator => result.map_err(RunError::Coordinator),
         () = shard => Err(RunError::Shard),
+        result = sharded_services => result,
         () = watch => unreachable!("the watch never ends"),
     };
     for env in [Some(lock_env), Some(txn_env), shard_env].into_iter().flatten() {
         env.shutdown();
     }
+    for (_, _, env) in sharded {
+        env.shutdown();
+    }
     result
 }
+
+/// One service of a node, run until it fails.
+type ServiceFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), RunError>> + Send>>;
 
 /// A node's three environments, told about members added to the file.
 struct Envs {

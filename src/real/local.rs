@@ -72,7 +72,15 @@ impl LocalCluster {
     /// node binds it; another listener still could (the node then fails
     /// loudly), which drawing at random makes unlikely.
     pub fn free_ports_config(nodes: u32, dir: &Path) -> std::io::Result<ClusterConfig> {
-        let mut config = ClusterConfig::loopback(nodes, 0, dir.join("data")).map_err(std::io::Error::other)?;
+        Self::free_ports_sharded(nodes, 1, dir)
+    }
+
+    /// As [`LocalCluster::free_ports_config`], with the lock service split
+    /// into `lock_groups` groups on every node and a directory on every
+    /// node (when more than one).
+    pub fn free_ports_sharded(nodes: u32, lock_groups: u32, dir: &Path) -> std::io::Result<ClusterConfig> {
+        let mut config =
+            ClusterConfig::loopback(nodes, lock_groups, 0, dir.join("data")).map_err(std::io::Error::other)?;
         // Absolute, so that copies of this config find them from anywhere.
         config.auth = AuthSettings {
             secret_file: dir.join("cluster.secret"),
@@ -94,6 +102,12 @@ impl LocalCluster {
             node.lock = free_port()?;
             node.txn = free_port()?;
             node.shard = Some(free_port()?);
+            for addr in &mut node.lock_groups {
+                *addr = free_port()?;
+            }
+            if let Some(addr) = &mut node.directory {
+                *addr = free_port()?;
+            }
         }
         Ok(config)
     }

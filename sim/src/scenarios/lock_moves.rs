@@ -21,14 +21,14 @@ use rand::Rng;
 use ringfence::env::{Env, NodeId};
 use ringfence::history::lock::{replay, AppliedEntry};
 use ringfence::history::Violation;
-use ringfence::lock::rebalance::{step, RebalanceConfig};
+use ringfence::lock::rebalance::{assign_joining, step, RebalanceConfig};
 use ringfence::lock::ShardedLockClient;
-use ringfence::lock::{LockBug, LockCommand, LockMachine, LockOutput, Request, SessionId, ShardCommand, Token};
+use ringfence::lock::{LockBug, LockCommand, LockMachine, Request, SessionId, ShardCommand, Token};
 use ringfence::log::client::{Client as LogClient, Inbox};
 use ringfence::log::Index;
 use ringfence::ring::hash_key;
 use ringfence::shard::directory::{Directory, Router, ViewSpec};
-use ringfence::shard::{GroupId, RangeSet, ShardRefusal};
+use ringfence::shard::GroupId;
 
 use crate::env::SimEnv;
 use crate::scenario::Client;
@@ -70,19 +70,8 @@ pub async fn rebalancer<Op: Clone + std::fmt::Debug>(
         step_timeout: STEP_TIMEOUT,
         bug,
     };
-    for g in 1..groups.len() {
-        let assign = LockCommand::Shard(ShardCommand::Assign {
-            epoch: 1,
-            ranges: RangeSet::default(),
-        });
-        let client = clients.get_mut(&group_id(g)).expect("a client per group");
-        loop {
-            match client.execute(assign.clone(), STEP_TIMEOUT).await {
-                // Already assigned: by an earlier incarnation.
-                Ok(LockOutput::Moved { .. } | LockOutput::ShardRefused(ShardRefusal::AlreadyAssigned)) => break,
-                other => tracing::info!(group = group_id(g), ?other, "assigning again"),
-            }
-        }
+    while let Err(error) = assign_joining(&mut clients, group_id(0), &config).await {
+        tracing::info!(%error, "assigning again");
     }
     let mut rng = env.rng();
     let first = |current: Option<&ViewSpec>| current.is_none().then(|| spec(1, vec![(group_id(0), 1)]));

@@ -17,12 +17,18 @@ pub struct ClusterArgs {
     /// transaction replica on +100 and its shard on +200 (all at most 65535).
     #[arg(long, default_value_t = 7100, value_parser = clap::value_parser!(u16).range(1..))]
     base_port: u16,
+    /// Split the lock service into this many groups on every node, with a
+    /// directory replica on every node (+300) and group `g` on
+    /// +100·(g+2). Group 1 serves every name until `ringfence group add`
+    /// puts the others in the ring.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
+    lock_groups: u32,
 }
 
 pub async fn run(args: ClusterArgs) -> Result<(), String> {
     let data = std::path::absolute(args.dir.join("data")).map_err(|e| e.to_string())?;
-    let mut config =
-        ClusterConfig::loopback(args.nodes, args.base_port, data).map_err(|e| format!("--base-port: {e}"))?;
+    let mut config = ClusterConfig::loopback(args.nodes, args.lock_groups, args.base_port, data)
+        .map_err(|e| format!("--base-port: {e}"))?;
     // Started again in the same directory: the nodes' data belongs to the
     // cluster the old file names, so keep its id.
     if let Ok(old) = ClusterConfig::load(&args.dir.join("cluster.toml")) {

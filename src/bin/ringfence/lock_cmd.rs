@@ -13,7 +13,7 @@ use std::process::ExitStatus;
 use std::time::Duration;
 
 use clap::Subcommand;
-use ringfence::lock::{LockClient, LockError, LockGuard, Token};
+use ringfence::lock::{LockClient, LockError, LockGuard, ShardedLockClient, Token};
 use ringfence::real::cluster::ClusterConfig;
 use ringfence::real::RealEnv;
 use tokio::process::Child;
@@ -97,9 +97,8 @@ pub async fn run(args: LockArgs) -> Result<(), Failure> {
             grace,
             command,
         } => {
-            let client = client(&config)?;
-            client.open().await.map_err(|e| format!("open session: {e}"))?;
-            let result = acquire(&client, &name, wait, hold, grace, command).await;
+            let mut client = client(&config)?;
+            let result = acquire(&mut client, &name, wait, hold, grace, command).await;
             // End the session now, not a TTL from now: a principal running
             // this command in a loop would otherwise fill its session
             // quota. Best effort: an unreachable cluster expires it instead.
@@ -107,8 +106,8 @@ pub async fn run(args: LockArgs) -> Result<(), Failure> {
             result
         }
         LockCommand::Status { name } => {
-            let client = client(&config)?;
-            let status = client.status(&name).await.map_err(|e| format!("status {name}: {e}"))?;
+            let mut client = client(&config)?;
+            let (_, status) = client.status(&name).await.map_err(|e| format!("status {name}: {e}"))?;
             match status.holder {
                 Some((session, token)) => println!("lock={name} holder session={session} token={token}"),
                 None => println!("lock={name} free"),
@@ -121,15 +120,13 @@ pub async fn run(args: LockArgs) -> Result<(), Failure> {
     }
 }
 
-/// A lock client of the cluster's lock servers.
-fn client(config: &ClusterConfig) -> Result<LockClient<RealEnv>, String> {
-    let servers = config.lock_servers();
-    let env = config.client_env(&servers).map_err(|e| e.to_string())?;
-    Ok(LockClient::new(
-        env,
-        servers.into_keys().collect(),
-        config.lock_client_config(),
-    ))
+/// A lock client of the cluster's lock service (of every group, when it
+/// is sharded).
+fn client(config: &ClusterConfig) -> Result<ShardedLockClient<RealEnv>, String> {
+    let env = config
+        .client_env(&config.lock_service_peers())
+        .map_err(|e| e.to_string())?;
+    Ok(config.sharded_lock_client(env))
 }
 
 /// How holding the lock ended.
@@ -145,9 +142,10 @@ enum Ended {
 /// How long an exiting `lock acquire` waits for its session to close.
 const CLOSE_WITHIN: Duration = Duration::from_secs(1);
 
-/// Acquires `name` in `client`'s open session and holds it.
+/// Acquires `name` (opening a session of the group that serves it) and
+/// holds it.
 async fn acquire(
-    client: &LockClient<RealEnv>,
+    client: &mut ShardedLockClient<RealEnv>,
     name: &str,
     wait: Duration,
     hold: Option<Duration>,
@@ -156,8 +154,8 @@ async fn acquire(
 ) -> Result<(), Failure> {
     // The guard renews the session in the background and says when the
     // lock is lost; the loop below only watches it.
-    let guard = match client.lock(name, wait).await {
-        Ok(guard) if guard.is_valid() => guard,
+    let (group, guard) = match client.lock(name, wait).await {
+        Ok((group, guard)) if guard.is_valid() => (group, guard),
         Ok(_) => return Err(lost(name, None, "the lease ran out before the grant was confirmed")),
         Err(LockError::WaitExpired { .. }) => {
             return Err(Failure {
@@ -168,6 +166,7 @@ async fn acquire(
         Err(e) => return Err(format!("acquire {name}: {e}").into()),
     };
     let token = guard.token();
+    let client = client.group(group).expect("the group that granted the lock");
     println!(
         "granted lock={name} token={token} session={} valid_for={:?}",
         client.session(),

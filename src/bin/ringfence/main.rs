@@ -2,6 +2,7 @@
 //! command line, and measure it.
 
 mod bench;
+mod group_cmd;
 mod local;
 mod lock_cmd;
 mod member_cmd;
@@ -69,6 +70,9 @@ enum Command {
     /// The members of the replicated groups: status, add, remove, replace,
     /// transfer (an operator's commands: they read the cluster secret).
     Member(member_cmd::MemberArgs),
+    /// The groups of a sharded lock service: status, add, remove (an
+    /// operator's commands: they read the cluster secret).
+    Group(group_cmd::GroupArgs),
     /// Lock service: acquire, release, status.
     Lock(lock_cmd::LockArgs),
     /// Transactions (the bank workload): transfer, audit.
@@ -107,6 +111,7 @@ fn main() -> ExitCode {
             Command::ClientKey { config, principal, out } => {
                 client_key(&config, principal, &out).map_err(Failure::from)
             }
+            Command::Group(args) => group_cmd::run(args).await.map_err(Failure::from),
             Command::Lock(args) => lock_cmd::run(args).await,
             Command::Txn(args) => txn_cmd::run(args).await.map_err(Failure::from),
             Command::Bench(args) => bench::run(args).await.map_err(Failure::from),
@@ -151,15 +156,17 @@ fn client_key(config: &ConfigArg, principal: u32, out: &std::path::Path) -> Resu
 
 async fn node(path: &std::path::Path, id: NodeId, start: Start) -> Result<(), String> {
     let config = ClusterConfig::load(path).map_err(|e| e.to_string())?;
-    let open_files = raise_open_file_limit();
-    let limits = Limits::within_open_files(open_files, NODE_LISTENERS);
+    let listeners = config.node(id).map_err(|e| e.to_string())?.listeners();
+    let open_files = raise_open_file_limit(listeners);
+    let limits = Limits::within_open_files(open_files, listeners);
     if limits != Limits::default() {
         tracing::warn!(
             open_files,
             client_connections = limits.max_connections,
             pending_handshakes = limits.max_pending_handshakes,
             "the open-file limit is below what a flood of connections can take: each listener takes fewer \
-             connections; raise `ulimit -n` to {NODE_OPEN_FILES}"
+             connections; raise `ulimit -n` to {}",
+            node_open_files(listeners)
         );
     }
     tokio::select! {
@@ -168,31 +175,30 @@ async fn node(path: &std::path::Path, id: NodeId, start: Start) -> Result<(), St
     }
 }
 
-/// A node's listeners: lock, coordinator and shard.
-const NODE_LISTENERS: usize = 3;
-
-/// Open files a node may hold at once under the default limits: its
-/// listeners, each with its client connections and pending handshakes,
-/// plus peers, logs and slack.
-const NODE_OPEN_FILES: usize = NODE_LISTENERS
-    * (ringfence::real::transport::MAX_INBOUND_CONNECTIONS + ringfence::real::transport::MAX_PENDING_HANDSHAKES)
-    + ringfence::real::transport::RESERVED_OPEN_FILES;
+/// Open files a node with `listeners` listeners may hold at once under the
+/// default limits: each listener with its client connections and pending
+/// handshakes, plus peers, logs and slack.
+fn node_open_files(listeners: usize) -> usize {
+    use ringfence::real::transport::{MAX_INBOUND_CONNECTIONS, MAX_PENDING_HANDSHAKES, RESERVED_OPEN_FILES};
+    listeners * (MAX_INBOUND_CONNECTIONS + MAX_PENDING_HANDSHAKES) + RESERVED_OPEN_FILES
+}
 
 /// Raises the soft open-file limit to what a node may need (within the
 /// hard limit) and returns it. At the common default of 1,024, a flood of
 /// connections used up the descriptors and the node stopped when a log
 /// compaction could not open its file; where the hard limit is lower, the
 /// node takes fewer connections ([`Limits::within_open_files`]).
-fn raise_open_file_limit() -> usize {
+fn raise_open_file_limit(listeners: usize) -> usize {
+    let needed = node_open_files(listeners);
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: getrlimit only writes the struct it is given.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return NODE_OPEN_FILES;
+        return needed;
     }
-    let wanted = (NODE_OPEN_FILES as libc::rlim_t).min(limit.rlim_max);
+    let wanted = (needed as libc::rlim_t).min(limit.rlim_max);
     if limit.rlim_cur < wanted {
         let raised = libc::rlimit {
             rlim_cur: wanted,

@@ -103,6 +103,8 @@ pub async fn run(args: MemberArgs) -> Result<(), String> {
                         lock,
                         txn,
                         shard: None,
+                        lock_groups: Vec::new(),
+                        directory: None,
                     });
                     save(&config, path)?;
                     println!("added node {id} to {}", path.display());

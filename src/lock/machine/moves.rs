@@ -278,6 +278,19 @@ mod tests {
             LockOutput::NotServed { epoch: 2 },
             "the waiter is sent on"
         );
+        for query in [
+            LockQuery::Lock { lock: "x".into() },
+            LockQuery::Watch {
+                lock: "x".into(),
+                seen: None,
+            },
+        ] {
+            assert_eq!(
+                source.query(&query),
+                LockOutput::NotServed { epoch: 2 },
+                "a waiter watching the name, and a status read, are sent on too"
+            );
+        }
         let moved = part(&source, 2, 9);
         assert_eq!(moved.locks.len(), 1);
         assert!(moved.floor > held);
