@@ -10,7 +10,6 @@
 //! again), and the lock service never unavailable for longer than
 //! [`UNAVAILABLE_BOUND`].
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Output;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,11 +17,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ringfence::env::NodeId;
-use ringfence::lock::{LockClient, Token};
+use ringfence::lock::LockClient;
 use ringfence::log::admin;
 use ringfence::log::membership::ConfigStatus;
 use ringfence::real::cluster::ClusterConfig;
 use ringfence::real::local::LocalCluster;
+
+#[path = "support/grants.rs"]
+mod grants;
+use grants::{judge, Grant};
 
 /// Lock clients, two to a lock.
 const CLIENTS: usize = 4;
@@ -33,18 +36,6 @@ const LOCKS: usize = 2;
 const UNAVAILABLE_BOUND: Duration = Duration::from_secs(10);
 /// How long one `ringfence member` command may take.
 const WAIT: &str = "60s";
-
-/// One acknowledged grant.
-#[derive(Debug, Clone)]
-struct Grant {
-    lock: usize,
-    token: Token,
-    /// When the acquire was sent and answered.
-    asked: Instant,
-    granted: Instant,
-    /// When its release was acknowledged.
-    released: Option<Instant>,
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_grows_loses_a_machine_shrinks_and_grows_under_lock_clients() {
@@ -114,7 +105,7 @@ async fn a_cluster_grows_loses_a_machine_shrinks_and_grows_under_lock_clients() 
     }
     cluster.stop().await;
     let grants = grants.lock().unwrap().clone();
-    judge(&grants);
+    judge(&grants, UNAVAILABLE_BOUND);
 }
 
 /// `ringfence member add` for node `id` at its planned addresses, and the
@@ -205,7 +196,8 @@ async fn lock_loop(lock: usize, config: ClusterConfig, stop: Arc<AtomicBool>, gr
         };
         let granted = Instant::now();
         tokio::time::sleep(Duration::from_millis(5)).await;
-        let released = client.release(&lease).await.ok().map(|()| Instant::now());
+        let releasing = Instant::now();
+        let released = client.release(&lease).await.ok().map(|()| (releasing, Instant::now()));
         grants.lock().unwrap().push(Grant {
             lock,
             token: lease.token,
@@ -213,67 +205,5 @@ async fn lock_loop(lock: usize, config: ClusterConfig, stop: Arc<AtomicBool>, gr
             granted,
             released,
         });
-    }
-}
-
-fn judge(grants: &[Grant]) {
-    assert!(grants.len() > 50, "too few grants to judge: {}", grants.len());
-    let mut by_lock: BTreeMap<usize, Vec<&Grant>> = BTreeMap::new();
-    for grant in grants {
-        by_lock.entry(grant.lock).or_default().push(grant);
-    }
-    for (lock, grants) in &by_lock {
-        let mut tokens: Vec<Token> = grants.iter().map(|g| g.token).collect();
-        tokens.sort_unstable();
-        let before = tokens.len();
-        tokens.dedup();
-        assert_eq!(tokens.len(), before, "lock-{lock}: a token was granted twice");
-        for a in grants {
-            let Some(released) = a.released else { continue };
-            for b in grants.iter().filter(|b| b.asked > released) {
-                assert!(
-                    b.token > a.token,
-                    "lock-{lock}: token {} granted after token {} was released: an acknowledged grant was lost",
-                    b.token,
-                    a.token
-                );
-            }
-        }
-    }
-    let mut granted: Vec<Instant> = grants.iter().map(|g| g.granted).collect();
-    granted.sort_unstable();
-    let longest = granted.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default();
-    println!("{} grants; longest time without one: {longest:?}", grants.len());
-    assert!(
-        longest < UNAVAILABLE_BOUND,
-        "the lock service granted nothing for {longest:?}"
-    );
-}
-
-/// The judge fails a token granted twice and a grant fenced below one
-/// released before it was asked for.
-#[test]
-fn the_judge_catches_a_reused_token_and_a_lost_grant() {
-    let start = Instant::now();
-    let at = |ms| start + Duration::from_millis(ms);
-    let grant = |token, asked, released| Grant {
-        lock: 0,
-        token,
-        asked: at(asked),
-        granted: at(asked + 1),
-        released: Some(at(released)),
-    };
-    let honest: Vec<Grant> = (0..60).map(|i| grant(i + 1, 10 * i, 10 * i + 5)).collect();
-    judge(&honest);
-    for broken in [
-        // Token 7 again, much later.
-        grant(7, 1_000, 1_005),
-        // A token below one released before it was asked for.
-        grant(61, 5, 8),
-    ] {
-        let mut grants = honest.clone();
-        grants.push(broken.clone());
-        let caught = std::panic::catch_unwind(|| judge(&grants));
-        assert!(caught.is_err(), "not caught: {broken:?}");
     }
 }

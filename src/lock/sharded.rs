@@ -158,7 +158,8 @@ impl<E: Env> ShardedLockClient<E> {
 
     /// Runs `op` on the group serving `name` (with the time left of
     /// `wait`), following the name to another group while groups answer
-    /// that they do not serve it, for at most `wait`.
+    /// that they do not serve it, for at most `wait`; once in a call, on
+    /// a new session when the group ended the last one.
     async fn routed<T, F>(
         &mut self,
         name: &str,
@@ -179,9 +180,17 @@ impl<E: Env> ShardedLockClient<E> {
             Some(router) => router.route(name.as_bytes()).await.unwrap_or(founder),
             None => founder,
         };
+        let mut reopened = false;
         loop {
             let client = self.opened(group).await?;
-            match op(client, left(&self.env)).await {
+            match op(client.clone(), left(&self.env)).await {
+                // A lock of this session moved while held: the source ended
+                // the session (every lock of it is lost, as its leases and
+                // guards report). A new one asks again.
+                Err(LockError::SessionExpired) if !reopened && !left(&self.env).is_zero() => {
+                    reopened = true;
+                    client.reopen().await?;
+                }
                 Err(LockError::NotServed { epoch }) if !left(&self.env).is_zero() && self.router.is_some() => {
                     let router = self.router.as_mut().expect("guarded");
                     match router.after_refusal(name.as_bytes(), group, epoch).await {

@@ -8,6 +8,11 @@
 //! a cycle counts if its release completes inside the window; its latency
 //! is the whole cycle, waiting included. Percentiles are nearest-rank.
 //!
+//! `--lock-groups N` starts the lock service split into N groups on the
+//! same nodes, each in the ring with weight 1, and the lock clients route
+//! between them ([`ShardedLockClient`]): run it beside `--lock-groups 1`
+//! to compare one group's throughput with N's.
+//!
 //! The `txn` workload: C clients each run bank transfers between random
 //! accounts back to back (begin, read both, write both, commit on the
 //! replicated coordinator); counted are transfers that committed inside the
@@ -17,7 +22,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ringfence::lock::LockClient;
+use ringfence::lock::rebalance::{rebalance_to, RebalanceConfig};
+use ringfence::lock::ShardedLockClient;
 use ringfence::real::cluster::ClusterConfig;
 use ringfence::real::local::LocalCluster;
 use ringfence::real::RealEnv;
@@ -52,6 +58,10 @@ pub struct BenchArgs {
     /// Which workloads to run.
     #[arg(long, value_delimiter = ',', default_value = "lock,txn")]
     workloads: Vec<Workload>,
+    /// Lock groups of the cluster started for the run, each in the ring
+    /// with weight 1 (with --config: the cluster's, as they are).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
+    lock_groups: u32,
     /// Accounts the transfers pick from.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(2..=1_000_000))]
     accounts: u32,
@@ -92,12 +102,22 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
         Some(path) => (ClusterConfig::load(path).map_err(|e| e.to_string())?, None),
         None => {
             let dir = std::env::temp_dir().join(format!("ringfence-bench-{}", std::process::id()));
-            let config = LocalCluster::free_ports_config(args.nodes, &dir).map_err(|e| e.to_string())?;
+            let config =
+                LocalCluster::free_ports_sharded(args.nodes, args.lock_groups, &dir).map_err(|e| e.to_string())?;
             let exe = std::env::current_exe().map_err(|e| e.to_string())?;
             let cluster = LocalCluster::start(&exe, &dir, config.clone())
                 .await
                 .map_err(|e| format!("cluster did not start: {e}"))?;
-            eprintln!("started {} nodes (fsync on) in {}", args.nodes, dir.display());
+            let config = cluster.config().clone();
+            if args.lock_groups > 1 {
+                spread(&config).await?;
+            }
+            eprintln!(
+                "started {} nodes (fsync on), {} lock group(s), in {}",
+                args.nodes,
+                args.lock_groups,
+                dir.display()
+            );
             (config, Some((cluster, dir)))
         }
     };
@@ -162,6 +182,26 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
     result
 }
 
+/// Puts every lock group of `config` in the ring with weight 1.
+async fn spread(config: &ClusterConfig) -> Result<(), String> {
+    let mut operator = config.shard_operator().map_err(|e| e.to_string())?;
+    let weights = config.lock_groups().into_keys().map(|g| (g, 1)).collect();
+    rebalance_to(
+        &mut operator.directory,
+        &mut operator.groups,
+        1,
+        (weights, SPREAD_VNODES),
+        &RebalanceConfig::default(),
+    )
+    .await
+    .map_err(|e| format!("spreading the names over the lock groups: {e}"))?;
+    Ok(())
+}
+
+/// Ring points per group when the bench spreads names over its groups
+/// (as `ringfence group add` by default).
+const SPREAD_VNODES: u32 = 160;
+
 async fn phase(
     config: &ClusterConfig,
     args: &BenchArgs,
@@ -171,13 +211,12 @@ async fn phase(
     mode: Mode,
 ) -> Result<Phase, String> {
     let meter = Meter::start(server_pids);
-    let servers: Vec<_> = config.lock_servers().into_keys().collect();
     let mut sessions = Vec::with_capacity(clients);
     for _ in 0..clients {
-        let env = config.client_env(&config.lock_servers()).map_err(|e| e.to_string())?;
-        let client = LockClient::new(env, servers.clone(), config.lock_client_config());
-        client.open().await.map_err(|e| format!("open session: {e}"))?;
-        sessions.push(client);
+        let env = config
+            .client_env(&config.lock_service_peers())
+            .map_err(|e| e.to_string())?;
+        sessions.push(config.sharded_lock_client(env));
     }
     let t0 = Instant::now() + Duration::from_millis(50);
     let window = (t0 + args.warmup, t0 + args.warmup + args.duration);
@@ -210,9 +249,10 @@ async fn phase(
     })
 }
 
-/// One client's loop; returns (latencies of counted cycles, errors, first error).
+/// One client's loop; returns (latencies of counted cycles, errors, first
+/// error). Sessions open in the warm-up, one per group the client meets.
 async fn cycles(
-    client: LockClient<RealEnv>,
+    mut client: ShardedLockClient<RealEnv>,
     name: String,
     t0: Instant,
     (window_start, window_end): (Instant, Instant),
@@ -231,9 +271,8 @@ async fn cycles(
         if let Err(e) = outcome {
             errors += 1;
             first_error.get_or_insert(e);
-            if client.reopen().await.is_err() {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+            // The client opens a new session once the old one ran out.
+            tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         }
         let done = Instant::now();

@@ -1,0 +1,175 @@
+//! Lock names moving between the groups of a sharded lock service on real
+//! processes, with lock clients running the whole time and nodes killed:
+//! three nodes host two lock groups and the directory; `ringfence group`
+//! puts group 2 in the ring, takes group 1 out while a node is down,
+//! brings group 1 back with twice the weight while another node is
+//! SIGKILLed and restarted, and takes group 2 out.
+//!
+//! Judged on what the clients were granted (`support/grants.rs`): no
+//! fencing token granted twice on a lock across both groups, every grant
+//! asked for after an acknowledged release fenced above it, no two
+//! acknowledged holds at once, and the service never without a grant for
+//! longer than [`UNAVAILABLE_BOUND`]. Each lock must have been granted by
+//! both groups, so names did move under the clients.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::Output;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ringfence::real::cluster::ClusterConfig;
+use ringfence::real::local::LocalCluster;
+use ringfence::shard::GroupId;
+
+#[path = "support/grants.rs"]
+mod grants;
+use grants::{judge, Grant};
+
+/// Lock clients, two to a lock.
+const CLIENTS: usize = 8;
+const LOCKS: usize = 4;
+/// Longest the lock service may grant nothing while clients ask: an
+/// election after a killed leader, a move's fence-to-install window, and
+/// a client's timeouts on the way to the new group.
+const UNAVAILABLE_BOUND: Duration = Duration::from_secs(10);
+/// How long the clients run after each change: a lock moved while held
+/// stays with its old holder's lease until a TTL (2 s) after the install,
+/// so its waiters are granted by the new group only after that.
+const SETTLE: Duration = Duration::from_secs(3);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_move_between_groups_under_lock_clients_while_nodes_die() {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let config = LocalCluster::free_ports_sharded(3, 2, &dir).unwrap();
+    let exe = Path::new(env!("CARGO_BIN_EXE_ringfence"));
+    let mut cluster = LocalCluster::start(exe, &dir, config).await.unwrap();
+    let config = cluster.config().clone();
+    let path = cluster.config_path().to_owned();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let grants = Arc::new(Mutex::new(Vec::new()));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|i| tokio::spawn(lock_loop(i % LOCKS, config.clone(), stop.clone(), grants.clone())))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    group(&path, &["add", "2"]).await;
+    tokio::time::sleep(SETTLE).await;
+
+    cluster.kill(2).await.unwrap();
+    group(&path, &["remove", "1"]).await;
+    assert_ring(&path, &["group 2: weight 1, 100.0%"]).await;
+    tokio::time::sleep(SETTLE).await;
+    cluster.restart(2).await.unwrap();
+
+    let killed = tokio::spawn({
+        let mut cluster = cluster;
+        async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            cluster.kill(1).await.unwrap();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            cluster.restart(1).await.unwrap();
+            cluster
+        }
+    });
+    group(&path, &["add", "1", "--weight", "2"]).await;
+    let mut cluster = killed.await.unwrap();
+    tokio::time::sleep(SETTLE).await;
+
+    group(&path, &["remove", "2"]).await;
+    assert_ring(&path, &["group 1: weight 2, 100.0%"]).await;
+    tokio::time::sleep(SETTLE).await;
+
+    stop.store(true, Ordering::SeqCst);
+    let mut granted_by: BTreeMap<usize, BTreeSet<GroupId>> = BTreeMap::new();
+    for client in clients {
+        for (lock, group) in client.await.unwrap() {
+            granted_by.entry(lock).or_default().insert(group);
+        }
+    }
+    cluster.stop().await;
+    for lock in 0..LOCKS {
+        assert_eq!(
+            granted_by.get(&lock).map(|g| g.len()),
+            Some(2),
+            "lock-{lock} was granted by both groups: {granted_by:?}"
+        );
+    }
+    let grants = grants.lock().unwrap().clone();
+    judge(&grants, UNAVAILABLE_BOUND);
+}
+
+/// Runs `ringfence group ARGS` until it succeeds (a change cut short by
+/// a killed node is finished by running it again), at most three times.
+async fn group(config: &Path, args: &[&str]) -> Output {
+    let mut failures = Vec::new();
+    for _ in 0..3 {
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_ringfence"))
+            .arg("group")
+            .args(args)
+            .arg("--config")
+            .arg(config)
+            .output()
+            .await
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        println!("ringfence group {}:\n{text}", args.join(" "));
+        if output.status.success() {
+            return output;
+        }
+        failures.push(text);
+    }
+    panic!("ringfence group {args:?} failed three times: {failures:?}");
+}
+
+/// `ringfence group status` shows the current view with `lines` and no
+/// rebalance in progress.
+async fn assert_ring(config: &Path, lines: &[&str]) {
+    let output = group(config, &["status"]).await;
+    let shown = String::from_utf8_lossy(&output.stdout);
+    for line in lines {
+        assert!(shown.contains(line), "{line:?} not in:\n{shown}");
+    }
+    assert!(!shown.contains("in progress"), "{shown}");
+}
+
+/// One client: acquire its lock, hold it briefly, release; again until
+/// stopped. Returns the groups that granted it, with the lock.
+async fn lock_loop(
+    lock: usize,
+    config: ClusterConfig,
+    stop: Arc<AtomicBool>,
+    grants: Arc<Mutex<Vec<Grant>>>,
+) -> Vec<(usize, GroupId)> {
+    let env = config.client_env(&config.lock_service_peers()).unwrap();
+    let mut client = config.sharded_lock_client(env);
+    let name = format!("lock-{lock}");
+    let mut groups = Vec::new();
+    while !stop.load(Ordering::SeqCst) {
+        let asked = Instant::now();
+        let Ok(lease) = client.acquire(&name, Duration::from_secs(3)).await else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let granted = Instant::now();
+        groups.push((lock, lease.group));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let releasing = Instant::now();
+        let released = client.release(&lease).await.ok().map(|()| (releasing, Instant::now()));
+        grants.lock().unwrap().push(Grant {
+            lock,
+            token: lease.lease.token,
+            asked,
+            granted,
+            released,
+        });
+    }
+    let _ = client.close().await;
+    groups
+}
