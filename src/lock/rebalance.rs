@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use super::machine::{LockCommand, LockMachine, LockOutput, LockPart, LockQuery, ShardCommand};
 use super::LockBug;
-use crate::env::Env;
+use crate::env::{codec, Env};
 use crate::log::client::{Client, ClientError};
 use crate::ring::{diff_ranges, Placement, RingView};
 use crate::shard::directory::{
@@ -102,6 +102,35 @@ pub struct Moves {
     pub ranges: Vec<(GroupId, GroupId, RangeSet)>,
     /// Held locks shipped.
     pub locks: usize,
+    /// Bytes of the parts shipped, encoded as the install carries them.
+    pub bytes: usize,
+    /// For each part this run installed, how long its names were served
+    /// by neither group: from sending the fence to the install's answer,
+    /// on the operator's clock (an upper bound).
+    pub windows: Vec<Duration>,
+}
+
+impl Moves {
+    /// Adds what another rebalance moved.
+    pub fn extend(&mut self, other: Moves) {
+        self.ranges.extend(other.ranges);
+        self.locks += other.locks;
+        self.bytes += other.bytes;
+        self.windows.extend(other.windows);
+    }
+}
+
+/// What one move of ranges shipped; all zero when a run before this one
+/// had installed it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Shipment {
+    /// Held locks shipped.
+    pub locks: usize,
+    /// Bytes of the part, encoded.
+    pub bytes: usize,
+    /// From sending the fence to the install's answer, if this run
+    /// installed the part.
+    pub window: Option<Duration>,
 }
 
 /// Moves every range whose owner differs between `old` and `new` (ring
@@ -121,15 +150,18 @@ pub async fn rebalance<E: Env>(
     }
     let mut moves = Moves::default();
     for ((from, to), ranges) in pairs {
-        moves.locks += move_ranges(groups, from, to, new.epoch(), &ranges, config).await?;
+        let shipment = move_ranges(groups, from, to, new.epoch(), &ranges, config).await?;
+        moves.locks += shipment.locks;
+        moves.bytes += shipment.bytes;
+        moves.windows.extend(shipment.window);
         moves.ranges.push((from, to, ranges));
     }
     Ok(moves)
 }
 
 /// Moves `ranges` from group `from` to group `to` for a move at `epoch`;
-/// returns how many held locks the install shipped (0 when a run before
-/// this one finished the move).
+/// returns what the install shipped (nothing when a run before this one
+/// finished the move).
 pub async fn move_ranges<E: Env>(
     groups: &mut BTreeMap<GroupId, Client<E, LockMachine>>,
     from: GroupId,
@@ -137,7 +169,8 @@ pub async fn move_ranges<E: Env>(
     epoch: u64,
     ranges: &RangeSet,
     config: &RebalanceConfig,
-) -> Result<usize, RebalanceError> {
+) -> Result<Shipment, RebalanceError> {
+    let fenced_at = groups.get(&from).map(|c| c.env().now());
     if config.has(LockBug::FlipBeforeFence) {
         // PLANTED BUG: the target serves the ranges before the source
         // stops, and without the source's locks or floor.
@@ -160,7 +193,7 @@ pub async fn move_ranges<E: Env>(
     .await?;
     let Some(mut part) = fenced_part(groups, from, to, epoch, config).await? else {
         // Dropped: an earlier run installed it.
-        return Ok(0);
+        return Ok(Shipment::default());
     };
     if config.has(LockBug::FloorNotCarried) {
         // PLANTED BUG: the part carries its own locks' tokens, not the
@@ -172,13 +205,21 @@ pub async fn move_ranges<E: Env>(
         // PLANTED BUG: ownership flips without the holders' state.
         part.locks.clear();
     }
+    let bytes = codec::encode(&part).map_or(0, |b| b.len());
     let shipped = install(groups, from, to, epoch, part, config).await;
-    let shipped = match shipped {
+    let locks = match shipped {
         Err(RebalanceError::Refused { .. }) if config.has(LockBug::FlipBeforeFence) => 0,
         shipped => shipped?,
     };
+    let installed_at = groups.get(&to).map(|c| c.env().now());
     shard(groups, from, ShardCommand::Drop { epoch, to }, config).await?;
-    Ok(shipped)
+    Ok(Shipment {
+        locks,
+        bytes,
+        window: fenced_at
+            .zip(installed_at)
+            .map(|(fenced, installed)| installed.saturating_sub(fenced)),
+    })
 }
 
 async fn install<E: Env>(
@@ -340,10 +381,7 @@ pub async fn rebalance_to<E: Env>(
             }),
         };
         match step(directory, groups, choose, config).await? {
-            Some((_, moves)) => {
-                moved.ranges.extend(moves.ranges);
-                moved.locks += moves.locks;
-            }
+            Some((_, moves)) => moved.extend(moves),
             None => break,
         }
     }

@@ -13,6 +13,9 @@
 //! between them ([`ShardedLockClient`]): run it beside `--lock-groups 1`
 //! to compare one group's throughput with N's.
 //!
+//! The `moves` workload ([`moves`]): lock names moving between groups
+//! while clients cycle on them.
+//!
 //! The `txn` workload: C clients each run bank transfers between random
 //! accounts back to back (begin, read both, write both, commit on the
 //! replicated coordinator); counted are transfers that committed inside the
@@ -30,6 +33,8 @@ use ringfence::real::RealEnv;
 use tokio::time::Instant;
 
 use crate::parse_duration;
+
+mod moves;
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
@@ -55,7 +60,8 @@ pub struct BenchArgs {
     /// Print JSON lines instead of a table.
     #[arg(long)]
     json: bool,
-    /// Which workloads to run.
+    /// Which workloads to run: lock, txn, moves (moves needs --lock-groups
+    /// 2 or more).
     #[arg(long, value_delimiter = ',', default_value = "lock,txn")]
     workloads: Vec<Workload>,
     /// Lock groups of the cluster started for the run, each in the ring
@@ -71,6 +77,7 @@ pub struct BenchArgs {
 enum Workload {
     Lock,
     Txn,
+    Moves,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,6 +157,17 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
                         break 'phases;
                     }
                 }
+            }
+        }
+    }
+    if result.is_ok() && args.workloads.contains(&Workload::Moves) {
+        if !args.json {
+            moves::header();
+        }
+        for &clients in &args.clients {
+            if let Err(e) = moves::phase(&config, &args, clients).await {
+                result = Err(e);
+                break;
             }
         }
     }
@@ -233,10 +251,10 @@ async fn phase(
         .collect();
     let (mut all, mut errors, mut first) = (Vec::new(), 0, None);
     for task in tasks {
-        let (latencies, failed, first_error) = task.await.map_err(|e| e.to_string())?;
-        all.extend(latencies);
-        errors += failed;
-        first = first.or(first_error);
+        let run = task.await.map_err(|e| e.to_string())?;
+        all.extend(run.cycles.into_iter().map(|(_, us)| us));
+        errors += run.errors;
+        first = first.or(run.first_error);
     }
     Ok(Phase {
         clients,
@@ -249,14 +267,22 @@ async fn phase(
     })
 }
 
-/// One client's loop; returns (latencies of counted cycles, errors, first
-/// error). Sessions open in the warm-up, one per group the client meets.
+/// What one client's loop did inside the window.
+struct ClientRun {
+    /// Each counted cycle: when it completed, and its latency in µs.
+    cycles: Vec<(Instant, u64)>,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+/// One client's loop. Sessions open in the warm-up, one per group the
+/// client meets.
 async fn cycles(
     mut client: ShardedLockClient<RealEnv>,
     name: String,
     t0: Instant,
     (window_start, window_end): (Instant, Instant),
-) -> (Vec<u64>, u64, Option<String>) {
+) -> ClientRun {
     let (mut latencies, mut errors, mut first_error) = (Vec::new(), 0, None);
     tokio::time::sleep_until(t0).await;
     loop {
@@ -277,11 +303,15 @@ async fn cycles(
         }
         let done = Instant::now();
         if done >= window_start && done <= window_end {
-            latencies.push(done.duration_since(start).as_micros() as u64);
+            latencies.push((done, done.duration_since(start).as_micros() as u64));
         }
     }
     let _ = client.close().await;
-    (latencies, errors, first_error)
+    ClientRun {
+        cycles: latencies,
+        errors,
+        first_error,
+    }
 }
 
 struct TransferPhase {
