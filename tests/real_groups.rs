@@ -13,14 +13,17 @@
 //! both groups, so names did move under the clients.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ringfence::lock::LockError;
 use ringfence::real::cluster::ClusterConfig;
 use ringfence::real::local::LocalCluster;
+use ringfence::ring::Placement;
+use ringfence::shard::directory::ViewSpec;
 use ringfence::shard::GroupId;
 
 #[path = "support/grants.rs"]
@@ -41,17 +44,12 @@ const SETTLE: Duration = Duration::from_secs(3);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn names_move_between_groups_under_lock_clients_while_nodes_die() {
-    let dir = tempfile::tempdir().unwrap().keep();
-    let config = LocalCluster::free_ports_sharded(3, 2, &dir).unwrap();
-    let exe = Path::new(env!("CARGO_BIN_EXE_ringfence"));
-    let mut cluster = LocalCluster::start(exe, &dir, config).await.unwrap();
-    let config = cluster.config().clone();
-    let path = cluster.config_path().to_owned();
+    let (mut cluster, config, path) = start_sharded().await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let grants = Arc::new(Mutex::new(Vec::new()));
     let clients: Vec<_> = (0..CLIENTS)
-        .map(|i| tokio::spawn(lock_loop(i % LOCKS, config.clone(), stop.clone(), grants.clone())))
+        .map(|i| tokio::spawn(lock_loop((i, i % LOCKS), config.clone(), stop.clone(), grants.clone())))
         .collect();
     tokio::time::sleep(Duration::from_secs(1)).await;
 
@@ -101,6 +99,59 @@ async fn names_move_between_groups_under_lock_clients_while_nodes_die() {
     judge(&grants, UNAVAILABLE_BOUND);
 }
 
+/// A client holding a lock that moves takes it again from the new group
+/// once the old hold's lease has run out (its session at the old group,
+/// ended by the fence, replaced by a new one), and its old grant no
+/// longer counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_whose_lock_moved_takes_it_again_from_the_new_group() {
+    let (mut cluster, config, path) = start_sharded().await;
+    let env = config.client_env(&config.lock_service_peers()).unwrap();
+    let mut client = config.sharded_lock_client(env);
+
+    group(&path, &["add", "2"]).await;
+    // A name group 1 keeps in the view just made (as `group add` builds it).
+    let view = ViewSpec {
+        epoch: 2,
+        groups: vec![(1, 1), (2, 1)],
+        vnodes: 160,
+    };
+    let ring = view.build().unwrap();
+    let name = (0..)
+        .map(|i| format!("moving-{i}"))
+        .find(|name| ring.owner(name.as_bytes()) == 1)
+        .unwrap();
+    let held = client.acquire(&name, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(held.group, 1);
+    group(&path, &["remove", "1"]).await;
+
+    // Asked again before it heard anything, of the group its cached view
+    // names: that group ended the session, so the client opens a new one
+    // and follows the name.
+    let again = client.acquire(&name, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(again.group, 2);
+    assert!(again.lease.token > held.lease.token, "fenced above the moved grant");
+    assert!(!client.is_valid(&held), "the old grant's session is gone");
+    assert_eq!(
+        client.release(&held).await,
+        Err(LockError::NotOwner),
+        "the old grant is no longer the client's to release"
+    );
+    client.release(&again).await.unwrap();
+    cluster.stop().await;
+}
+
+/// Three nodes hosting two lock groups and the directory: the cluster,
+/// its file and where the file is.
+async fn start_sharded() -> (LocalCluster, ClusterConfig, PathBuf) {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let config = LocalCluster::free_ports_sharded(3, 2, &dir).unwrap();
+    let exe = Path::new(env!("CARGO_BIN_EXE_ringfence"));
+    let cluster = LocalCluster::start(exe, &dir, config).await.unwrap();
+    let (config, path) = (cluster.config().clone(), cluster.config_path().to_owned());
+    (cluster, config, path)
+}
+
 /// Runs `ringfence group ARGS` until it succeeds (a change cut short by
 /// a killed node is finished by running it again), at most three times.
 async fn group(config: &Path, args: &[&str]) -> Output {
@@ -139,10 +190,10 @@ async fn assert_ring(config: &Path, lines: &[&str]) {
     assert!(!shown.contains("in progress"), "{shown}");
 }
 
-/// One client: acquire its lock, hold it briefly, release; again until
+/// Client `id`: acquire its lock, hold it briefly, release; again until
 /// stopped. Returns the groups that granted it, with the lock.
 async fn lock_loop(
-    lock: usize,
+    (id, lock): (usize, usize),
     config: ClusterConfig,
     stop: Arc<AtomicBool>,
     grants: Arc<Mutex<Vec<Grant>>>,
@@ -163,6 +214,7 @@ async fn lock_loop(
         let releasing = Instant::now();
         let released = client.release(&lease).await.ok().map(|()| (releasing, Instant::now()));
         grants.lock().unwrap().push(Grant {
+            client: id,
             lock,
             token: lease.lease.token,
             asked,

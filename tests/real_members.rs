@@ -50,7 +50,7 @@ async fn a_cluster_grows_loses_a_machine_shrinks_and_grows_under_lock_clients() 
     let stop = Arc::new(AtomicBool::new(false));
     let grants = Arc::new(Mutex::new(Vec::new()));
     let clients: Vec<_> = (0..CLIENTS)
-        .map(|i| tokio::spawn(lock_loop(i % LOCKS, planned.clone(), stop.clone(), grants.clone())))
+        .map(|i| tokio::spawn(lock_loop((i, i % LOCKS), planned.clone(), stop.clone(), grants.clone())))
         .collect();
     tokio::time::sleep(Duration::from_secs(1)).await;
 
@@ -179,9 +179,14 @@ fn leader(status: &ConfigStatus) -> NodeId {
     leader
 }
 
-/// One client: acquire its lock, hold it briefly, release; again until
+/// Client `id`: acquire its lock, hold it briefly, release; again until
 /// stopped. Its client knows every planned node's lock address.
-async fn lock_loop(lock: usize, config: ClusterConfig, stop: Arc<AtomicBool>, grants: Arc<Mutex<Vec<Grant>>>) {
+async fn lock_loop(
+    (id, lock): (usize, usize),
+    config: ClusterConfig,
+    stop: Arc<AtomicBool>,
+    grants: Arc<Mutex<Vec<Grant>>>,
+) {
     let servers = config.lock_servers();
     let env = config.client_env(&servers).unwrap();
     let client = LockClient::new(env, servers.into_keys().collect(), config.lock_client_config());
@@ -199,6 +204,7 @@ async fn lock_loop(lock: usize, config: ClusterConfig, stop: Arc<AtomicBool>, gr
         let releasing = Instant::now();
         let released = client.release(&lease).await.ok().map(|()| (releasing, Instant::now()));
         grants.lock().unwrap().push(Grant {
+            client: id,
             lock,
             token: lease.token,
             asked,

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
-use super::{ClientConfig, Lease, LockClient, LockError, LockGuard, LockView};
+use super::{ClientConfig, Lease, LockClient, LockError, LockGuard, LockView, SessionId};
 use crate::env::{Env, NodeId};
 use crate::log::client::Inbox;
 use crate::shard::directory::Router;
@@ -26,12 +26,14 @@ use crate::shard::GroupId;
 /// group serves yet (its move is being installed).
 const MOVING_RETRY: Duration = Duration::from_millis(20);
 
-/// A grant of a sharded lock service: the lease and the group whose
-/// session holds it.
+/// A grant of a sharded lock service: the lease and the group and
+/// session that hold it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShardedLease {
     /// The group that granted the lock.
     pub group: GroupId,
+    /// The session of that group it was granted to.
+    pub session: SessionId,
     /// The grant.
     pub lease: Lease,
 }
@@ -42,7 +44,7 @@ pub struct ShardedLockClient<E: Env> {
     groups: BTreeMap<GroupId, LockClient<E>>,
     /// `None` with one group and no directory.
     router: Option<Router<E>>,
-    /// How long `try_acquire` and `release` follow a name between groups.
+    /// How long `try_acquire` and `status` follow a name between groups.
     follow: Duration,
 }
 
@@ -80,10 +82,12 @@ impl<E: Env> ShardedLockClient<E> {
         self.groups.get(&group)
     }
 
-    /// Whether `lease` is still valid on this node's clock (its group's
-    /// session lease has not run out).
+    /// Whether `lease` is still valid on this node's clock: the session
+    /// it was granted to is the group's current one (not ended and
+    /// replaced since) and its lease has not run out.
     pub fn is_valid(&self, lease: &ShardedLease) -> bool {
-        self.groups.get(&lease.group).is_some_and(LockClient::is_valid)
+        let client = self.groups.get(&lease.group);
+        client.is_some_and(|c| c.session() == lease.session && c.is_valid())
     }
 
     /// Takes `name`, waiting in line for at most `wait`, from whichever
@@ -96,7 +100,7 @@ impl<E: Env> ShardedLockClient<E> {
                 async move { client.acquire(&name, left).await }
             })
             .await?;
-        Ok(ShardedLease { group, lease })
+        Ok(self.lease(group, lease))
     }
 
     /// Takes `name` if it is free ([`LockClient::try_acquire`]).
@@ -108,7 +112,7 @@ impl<E: Env> ShardedLockClient<E> {
                 async move { client.try_acquire(&name).await }
             })
             .await?;
-        Ok(ShardedLease { group, lease })
+        Ok(self.lease(group, lease))
     }
 
     /// Takes `name` as a self-renewing, self-releasing guard
@@ -137,6 +141,8 @@ impl<E: Env> ShardedLockClient<E> {
     /// since was taken from this session with the move: `NotOwner`.
     pub async fn release(&self, lease: &ShardedLease) -> Result<(), LockError> {
         match self.groups.get(&lease.group) {
+            // Granted to a session the group has ended since.
+            Some(client) if client.session() != lease.session => Err(LockError::NotOwner),
             Some(client) => match client.release(&lease.lease).await {
                 Err(LockError::NotServed { .. } | LockError::SessionExpired) => Err(LockError::NotOwner),
                 other => other,
@@ -154,6 +160,12 @@ impl<E: Env> ShardedLockClient<E> {
             }
         }
         result
+    }
+
+    /// A lease of `group`'s current session.
+    fn lease(&self, group: GroupId, lease: Lease) -> ShardedLease {
+        let session = self.groups[&group].session();
+        ShardedLease { group, session, lease }
     }
 
     /// Runs `op` on the group serving `name` (with the time left of

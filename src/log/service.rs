@@ -101,8 +101,15 @@ pub trait Companion: Send + 'static {
     ) -> Option<WireOf<Self::Machine>>;
 
     /// This replica started leading a term (`replica.role()` is leader)
-    /// or stopped leading: drop what belonged to the old leadership.
-    fn on_leadership(&mut self, now: Duration, replica: &Raft<Self::Machine>, out: &mut Out<Self::Machine, Self::Wire>);
+    /// or stopped leading: drop what belonged to the old leadership. A
+    /// companion that keeps nothing per leadership leaves it empty.
+    fn on_leadership(
+        &mut self,
+        _now: Duration,
+        _replica: &Raft<Self::Machine>,
+        _out: &mut Out<Self::Machine, Self::Wire>,
+    ) {
+    }
 
     /// The events of one replica handler (entries applied, snapshots...).
     fn on_events(
@@ -115,11 +122,14 @@ pub trait Companion: Send + 'static {
     }
 
     /// Called once per round, after the round's messages: the companion's
-    /// timers.
-    fn on_tick(&mut self, now: Duration, replica: &Raft<Self::Machine>, out: &mut Out<Self::Machine, Self::Wire>);
+    /// timers (none by default).
+    fn on_tick(&mut self, _now: Duration, _replica: &Raft<Self::Machine>, _out: &mut Out<Self::Machine, Self::Wire>) {}
 
-    /// When [`Companion::on_tick`] next has something to do.
-    fn next_deadline(&self) -> Duration;
+    /// When [`Companion::on_tick`] next has something to do (never by
+    /// default).
+    fn next_deadline(&self) -> Duration {
+        Duration::MAX
+    }
 }
 
 /// The effects a companion asks for.
@@ -220,14 +230,6 @@ impl<S: StateMachine> Companion for Plain<S> {
         _: &mut Out<S, WireOf<S>>,
     ) -> Option<WireOf<S>> {
         Some(msg)
-    }
-
-    fn on_leadership(&mut self, _: Duration, _: &Raft<S>, _: &mut Out<S, WireOf<S>>) {}
-
-    fn on_tick(&mut self, _: Duration, _: &Raft<S>, _: &mut Out<S, WireOf<S>>) {}
-
-    fn next_deadline(&self) -> Duration {
-        Duration::MAX
     }
 }
 

@@ -308,14 +308,6 @@ impl Companion for DirectoryService {
         }
         Some(msg)
     }
-
-    fn on_leadership(&mut self, _: Duration, _: &Raft<Directory>, _: &mut Out<Directory, WireOf<Directory>>) {}
-
-    fn on_tick(&mut self, _: Duration, _: &Raft<Directory>, _: &mut Out<Directory, WireOf<Directory>>) {}
-
-    fn next_deadline(&self) -> Duration {
-        Duration::MAX
-    }
 }
 
 /// Runs replica `env.id()` of the directory group `members` until
