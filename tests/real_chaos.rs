@@ -25,6 +25,8 @@
 //! Disk-full is not injected: it needs a small filesystem mounted for the
 //! nodes' data, which CI machines may not allow.
 
+#[path = "support/bank.rs"]
+mod bank_clients;
 mod support;
 
 use std::collections::BTreeMap;
@@ -34,6 +36,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bank_clients::{assert_conserved, banker, final_audit};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -43,7 +46,6 @@ use ringfence::lock::{FencedResource, LockClient, LockError};
 use ringfence::real::cluster::ClusterConfig;
 use ringfence::real::local::LocalCluster;
 use ringfence::real::RealEnv;
-use ringfence::txn::{bank, Outcome};
 use serde::{Deserialize, Serialize};
 use support::proxy::Proxy;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -161,7 +163,11 @@ async fn chaos(length: Duration, fencing: bool, stop_early: bool) -> Run {
     }
     let bank_until = tokio::time::Instant::now() + length;
     let bankers: Vec<_> = (0..BANK_CLIENTS)
-        .map(|id| tokio::spawn(banker(id, config.clone(), bank_until, dir.join("stop"))))
+        .map(|id| {
+            let stop = dir.join("stop");
+            let running = move || tokio::time::Instant::now() < bank_until && !stop.exists();
+            tokio::spawn(banker(id, config.clone(), ACCOUNTS, running))
+        })
         .collect();
 
     let mut rng = ChaCha8Rng::from_entropy(); // determinism: ok
@@ -222,12 +228,9 @@ async fn chaos(length: Duration, fencing: bool, stop_early: bool) -> Run {
         audits.extend(seen);
     }
     let granted_after = liveness(&config).await;
-    let last = final_audit(&config).await;
+    audits.push(final_audit(&config, ACCOUNTS, LIVENESS_BOUND).await);
     cluster.stop().await;
-    let total = i64::from(ACCOUNTS) * bank::INITIAL;
-    for balances in audits.iter().chain([&last]) {
-        assert_eq!(balances.iter().sum::<i64>(), total, "an audit saw {balances:?}");
-    }
+    assert_conserved(&audits, ACCOUNTS);
 
     let truth = resource.truth();
     let increments = truth.iter().filter(|e| matches!(e.op, LockOp::Write { .. })).count() as u64;
@@ -281,46 +284,6 @@ async fn liveness(config: &ClusterConfig) -> Duration {
         "the lock was not granted within {LIVENESS_BOUND:?} after the faults ended"
     );
     started.elapsed()
-}
-
-/// Every node back: an audit commits and sees the opening total.
-async fn final_audit(config: &ClusterConfig) -> Vec<i64> {
-    let env = config.client_env(&config.txn_nodes()).unwrap();
-    let mut txc = config.txn_client(env);
-    tokio::time::timeout(LIVENESS_BOUND, async {
-        loop {
-            if let Ok(balances) = bank::audit(&mut txc, ACCOUNTS).await {
-                return balances;
-            }
-        }
-    })
-    .await
-    .expect("a final audit commits once every node is back")
-}
-
-/// Transfers between random accounts, and an audit every fourth operation,
-/// until `until` or until the `stop` file exists; returns the transfers that committed and every committed audit.
-async fn banker(id: u32, config: ClusterConfig, until: tokio::time::Instant, stop: PathBuf) -> (u64, Vec<Vec<i64>>) {
-    let env = config.client_env(&config.txn_nodes()).unwrap();
-    let mut txc = config.txn_client(env);
-    let mut rng = ChaCha8Rng::from_entropy(); // determinism: ok
-    let (mut committed, mut audits) = (0, Vec::new());
-    let mut op = u64::from(id);
-    while tokio::time::Instant::now() < until && !stop.exists() {
-        op += 1;
-        if op % 4 == 0 {
-            if let Ok(balances) = bank::audit(&mut txc, ACCOUNTS).await {
-                audits.push(balances);
-            }
-            continue;
-        }
-        let from = rng.gen_range(0..ACCOUNTS);
-        let to = (from + rng.gen_range(1..ACCOUNTS)) % ACCOUNTS;
-        if let Ok(Outcome::Committed) = bank::transfer(&mut txc, from, to, rng.gen_range(1..20)).await {
-            committed += 1;
-        }
-    }
-    (committed, audits)
 }
 
 fn lock_client(config: &ClusterConfig) -> LockClient<RealEnv> {

@@ -1,5 +1,6 @@
 //! Lock names moving between the groups of a sharded lock service on real
-//! processes, with lock clients running the whole time and nodes killed:
+//! processes, with lock and bank clients running the whole time and nodes
+//! killed:
 //! three nodes host two lock groups and the directory; `ringfence group`
 //! puts group 2 in the ring, takes group 1 out while a node is down,
 //! brings group 1 back with twice the weight while another node is
@@ -10,7 +11,9 @@
 //! asked for after an acknowledged release fenced above it, no two
 //! acknowledged holds at once, and the service never without a grant for
 //! longer than [`UNAVAILABLE_BOUND`]. Each lock must have been granted by
-//! both groups, so names did move under the clients.
+//! both groups, so names did move under the clients. Every bank audit,
+//! and one after the last change, must see the opening total (the
+//! accounts themselves do not move yet).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -26,13 +29,19 @@ use ringfence::ring::Placement;
 use ringfence::shard::directory::ViewSpec;
 use ringfence::shard::GroupId;
 
+#[path = "support/bank.rs"]
+mod bank_clients;
 #[path = "support/grants.rs"]
 mod grants;
+use bank_clients::{assert_conserved, banker, final_audit};
 use grants::{judge, Grant};
 
 /// Lock clients, two to a lock.
 const CLIENTS: usize = 8;
 const LOCKS: usize = 4;
+/// Bank clients, and the accounts they transfer between.
+const BANKERS: u32 = 2;
+const ACCOUNTS: u32 = 6;
 /// Longest the lock service may grant nothing while clients ask: an
 /// election after a killed leader, a move's fence-to-install window, and
 /// a client's timeouts on the way to the new group.
@@ -50,6 +59,14 @@ async fn names_move_between_groups_under_lock_clients_while_nodes_die() {
     let grants = Arc::new(Mutex::new(Vec::new()));
     let clients: Vec<_> = (0..CLIENTS)
         .map(|i| tokio::spawn(lock_loop((i, i % LOCKS), config.clone(), stop.clone(), grants.clone())))
+        .collect();
+    let bankers: Vec<_> = (0..BANKERS)
+        .map(|id| {
+            let stop = stop.clone();
+            tokio::spawn(banker(id, config.clone(), ACCOUNTS, move || {
+                !stop.load(Ordering::SeqCst)
+            }))
+        })
         .collect();
     tokio::time::sleep(Duration::from_secs(1)).await;
 
@@ -87,7 +104,15 @@ async fn names_move_between_groups_under_lock_clients_while_nodes_die() {
             granted_by.entry(lock).or_default().insert(group);
         }
     }
+    let mut audits = Vec::new();
+    for task in bankers {
+        let (committed, seen) = task.await.unwrap();
+        println!("banker: {committed} transfers, {} audits", seen.len());
+        audits.extend(seen);
+    }
+    audits.push(final_audit(&config, ACCOUNTS, UNAVAILABLE_BOUND).await);
     cluster.stop().await;
+    assert_conserved(&audits, ACCOUNTS);
     for lock in 0..LOCKS {
         assert_eq!(
             granted_by.get(&lock).map(|g| g.len()),
