@@ -193,6 +193,10 @@ impl<E: Env> ShardedLockClient<E> {
             None => founder,
         };
         let mut reopened = false;
+        // The group that refused the name before the current one: sent
+        // back to it, the name is between the two (fenced at one, not yet
+        // installed at the other), so wait a moment first.
+        let mut refused_before = None;
         loop {
             let client = self.opened(group).await?;
             match op(client.clone(), left(&self.env)).await {
@@ -205,10 +209,12 @@ impl<E: Env> ShardedLockClient<E> {
                 }
                 Err(LockError::NotServed { epoch }) if !left(&self.env).is_zero() && self.router.is_some() => {
                     let router = self.router.as_mut().expect("guarded");
-                    match router.after_refusal(name.as_bytes(), group, epoch).await {
-                        Some(next) => group = next,
-                        None => self.env.sleep(MOVING_RETRY).await,
+                    let next = router.after_refusal(name.as_bytes(), group, epoch).await;
+                    if next.is_none() || next == refused_before {
+                        self.env.sleep(MOVING_RETRY).await;
                     }
+                    refused_before = Some(group);
+                    group = next.unwrap_or(group);
                 }
                 other => return other.map(|value| (group, value)),
             }
