@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ringfence::lock::LockError;
-use ringfence::real::cluster::ClusterConfig;
+use ringfence::real::cluster::{ClusterConfig, GROUP_VNODES};
 use ringfence::real::local::LocalCluster;
 use ringfence::ring::Placement;
 use ringfence::shard::directory::ViewSpec;
@@ -139,7 +139,7 @@ async fn a_holder_whose_lock_moved_takes_it_again_from_the_new_group() {
     let view = ViewSpec {
         epoch: 2,
         groups: vec![(1, 1), (2, 1)],
-        vnodes: 160,
+        vnodes: GROUP_VNODES,
     };
     let ring = view.build().unwrap();
     let name = (0..)
@@ -225,7 +225,7 @@ async fn served_by(granted_by: &GrantedBy, changed: Instant, weights: &[(GroupId
     let view = ViewSpec {
         epoch: 1,
         groups: weights.to_vec(),
-        vnodes: 160,
+        vnodes: GROUP_VNODES,
     };
     let ring = view.build().unwrap();
     let owner = |lock: usize| ring.owner(format!("lock-{lock}").as_bytes());

@@ -62,6 +62,7 @@ use super::auth::{ClientCredentials, ClusterSecret, CredentialError, FIRST_PRINC
 use super::transport::Limits;
 use super::{NodeConfig, RealEnv};
 use crate::env::NodeId;
+use crate::lock::rebalance::{self, Moves, RebalanceConfig, RebalanceError};
 use crate::lock::{self, ServerConfig, ShardedLockClient};
 use crate::log::client::{Client, Inbox};
 use crate::log::membership::{founding, Boot};
@@ -553,12 +554,35 @@ pub struct OperatorClients {
     pub coordinators: Client<CoordLogEnv<RealEnv>, crate::txn::replicated::CoordMachine>,
 }
 
+/// The lock group that founds a cluster's lock service (`lock` of each
+/// node): it serves every name until the first ring view.
+pub const FOUNDER_GROUP: GroupId = 1;
+
+/// Ring points per unit of weight in the views `ringfence group` and the
+/// bench make, unless told otherwise.
+pub const GROUP_VNODES: u32 = 160;
+
 /// An operator's clients of a sharded lock service.
 pub struct ShardOperator {
     /// A client of each lock group.
     pub groups: BTreeMap<GroupId, Client<RealEnv, crate::lock::LockMachine>>,
     /// A client of the directory.
     pub directory: Client<RealEnv, Directory>,
+}
+
+impl ShardOperator {
+    /// Brings the cluster's lock service to the ring of `weights` with
+    /// `vnodes` points per unit of weight ([`rebalance::rebalance_to`],
+    /// founded by [`FOUNDER_GROUP`]).
+    pub async fn rebalance_to(
+        &mut self,
+        weights: Vec<(GroupId, u32)>,
+        vnodes: u32,
+        config: &RebalanceConfig,
+    ) -> Result<(u64, Moves), RebalanceError> {
+        let (directory, groups) = (&mut self.directory, &mut self.groups);
+        rebalance::rebalance_to(directory, groups, FOUNDER_GROUP, (weights, vnodes), config).await
+    }
 }
 
 /// Why a node stopped.

@@ -223,11 +223,6 @@ impl<E: Env> Router<E> {
         }
     }
 
-    /// The views last read.
-    pub fn views(&self) -> &Views {
-        &self.views
-    }
-
     /// The group the cached views name for `key` (none before the first
     /// read).
     pub fn owner(&self, key: &[u8]) -> Option<GroupId> {

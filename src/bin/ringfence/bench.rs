@@ -25,9 +25,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ringfence::lock::rebalance::{rebalance_to, RebalanceConfig};
+use ringfence::lock::rebalance::RebalanceConfig;
 use ringfence::lock::ShardedLockClient;
-use ringfence::real::cluster::ClusterConfig;
+use ringfence::real::cluster::{ClusterConfig, GROUP_VNODES};
 use ringfence::real::local::LocalCluster;
 use ringfence::real::RealEnv;
 use tokio::time::Instant;
@@ -204,21 +204,12 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
 async fn spread(config: &ClusterConfig) -> Result<(), String> {
     let mut operator = config.shard_operator().map_err(|e| e.to_string())?;
     let weights = config.lock_groups().into_keys().map(|g| (g, 1)).collect();
-    rebalance_to(
-        &mut operator.directory,
-        &mut operator.groups,
-        1,
-        (weights, SPREAD_VNODES),
-        &RebalanceConfig::default(),
-    )
-    .await
-    .map_err(|e| format!("spreading the names over the lock groups: {e}"))?;
+    operator
+        .rebalance_to(weights, GROUP_VNODES, &RebalanceConfig::default())
+        .await
+        .map_err(|e| format!("spreading the names over the lock groups: {e}"))?;
     Ok(())
 }
-
-/// Ring points per group when the bench spreads names over its groups
-/// (as `ringfence group add` by default).
-const SPREAD_VNODES: u32 = 160;
 
 async fn phase(
     config: &ClusterConfig,

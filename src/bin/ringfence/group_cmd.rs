@@ -13,17 +13,13 @@
 use std::time::Duration;
 
 use clap::Subcommand;
-use ringfence::lock::rebalance::{rebalance_to, RebalanceConfig};
-use ringfence::real::cluster::ClusterConfig;
+use ringfence::lock::rebalance::RebalanceConfig;
+use ringfence::real::cluster::{ClusterConfig, FOUNDER_GROUP, GROUP_VNODES};
 use ringfence::ring::RingView;
 use ringfence::shard::directory::{DirectoryOutput, DirectoryQuery, ViewSpec, Views};
 use ringfence::shard::GroupId;
 
 use crate::{parse_duration, ConfigArg};
-
-/// The group that founds a sharded lock service: it serves every name
-/// until the first rebalance.
-const FOUNDER: GroupId = 1;
 
 #[derive(clap::Args, Debug)]
 pub struct GroupArgs {
@@ -35,7 +31,7 @@ pub struct GroupArgs {
     wait: Duration,
     /// Ring points per unit of weight in the new view (more points: a
     /// more even split and more, smaller moves).
-    #[arg(long, default_value_t = 160, value_parser = clap::value_parser!(u32).range(1..=4096), global = true)]
+    #[arg(long, default_value_t = GROUP_VNODES, value_parser = clap::value_parser!(u32).range(1..=4096), global = true)]
     vnodes: u32,
     #[command(subcommand)]
     command: GroupCommand,
@@ -72,7 +68,7 @@ pub async fn run(args: GroupArgs) -> Result<(), String> {
         Ok(other) => return Err(format!("the directory answered {other:?}")),
         Err(e) => return Err(format!("the directory did not answer: {e}")),
     };
-    let mut weights = newest(&views).map_or(vec![(FOUNDER, 1)], |spec| spec.groups.clone());
+    let mut weights = newest(&views).map_or(vec![(FOUNDER_GROUP, 1)], |spec| spec.groups.clone());
     match args.command {
         GroupCommand::Status => {
             print_views(&views);
@@ -95,15 +91,10 @@ pub async fn run(args: GroupArgs) -> Result<(), String> {
         step_timeout: args.wait,
         ..RebalanceConfig::default()
     };
-    let (epoch, moves) = rebalance_to(
-        &mut operator.directory,
-        &mut operator.groups,
-        FOUNDER,
-        (weights, args.vnodes),
-        &rebalance,
-    )
-    .await
-    .map_err(|e| format!("{e} (run the command again to finish)"))?;
+    let (epoch, moves) = operator
+        .rebalance_to(weights, args.vnodes, &rebalance)
+        .await
+        .map_err(|e| format!("{e} (run the command again to finish)"))?;
     let share: f64 = moves
         .ranges
         .iter()
@@ -137,7 +128,7 @@ fn known(config: &ClusterConfig, group: GroupId) -> Result<(), String> {
 
 fn print_views(views: &Views) {
     match &views.current {
-        None => println!("no ring view yet: group {FOUNDER} serves every name"),
+        None => println!("no ring view yet: group {FOUNDER_GROUP} serves every name"),
         Some(spec) => print_view("current", spec),
     }
     if let Some(spec) = &views.next {

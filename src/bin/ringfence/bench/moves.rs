@@ -4,7 +4,7 @@
 //! C clients run acquire+release cycles on their own locks (as the
 //! uncontended lock phase), while an operator takes the last group out of
 //! the ring and puts it back, a TTL and a half-second apart
-//! ([`rebalance_to`]). Per
+//! ([`ringfence::lock::rebalance::rebalance_to`]). Per
 //! rebalance: the share of names moved, the bytes of the parts shipped,
 //! and each part's window (fence sent to install answered: its names are
 //! served by neither group). Per client: the longest time without a
@@ -13,11 +13,12 @@
 
 use std::time::Duration;
 
-use ringfence::lock::rebalance::{rebalance_to, Moves, RebalanceConfig};
-use ringfence::real::cluster::ClusterConfig;
+use ringfence::lock::rebalance::{Moves, RebalanceConfig};
+use ringfence::real::cluster::{ClusterConfig, GROUP_VNODES};
+use ringfence::shard::GroupId;
 use tokio::time::Instant;
 
-use super::{cycles, BenchArgs, Latencies, SPREAD_VNODES};
+use super::{cycles, BenchArgs, Latencies};
 
 /// The pause between two rebalances beyond the session TTL: a lock moved
 /// while held stays held by its old holder's lease until a TTL after its
@@ -81,11 +82,11 @@ pub async fn phase(config: &ClusterConfig, args: &BenchArgs, clients: usize) -> 
 /// ends; returns every rebalance made inside it.
 async fn operate(
     config: &ClusterConfig,
-    groups: &[u32],
+    groups: &[GroupId],
     (start, end): (Instant, Instant),
 ) -> Result<Vec<Rebalance>, String> {
     let mut operator = config.shard_operator().map_err(|e| e.to_string())?;
-    let all: Vec<(u32, u32)> = groups.iter().map(|&g| (g, 1)).collect();
+    let all: Vec<(GroupId, u32)> = groups.iter().map(|&g| (g, 1)).collect();
     let fewer = all[..all.len() - 1].to_vec();
     tokio::time::sleep_until(start).await;
     let mut rebalances = Vec::new();
@@ -94,15 +95,10 @@ async fn operate(
             break;
         }
         let began = Instant::now();
-        let (_, moves) = rebalance_to(
-            &mut operator.directory,
-            &mut operator.groups,
-            groups[0],
-            (weights, SPREAD_VNODES),
-            &RebalanceConfig::default(),
-        )
-        .await
-        .map_err(|e| format!("rebalancing: {e}"))?;
+        let (_, moves) = operator
+            .rebalance_to(weights, GROUP_VNODES, &RebalanceConfig::default())
+            .await
+            .map_err(|e| format!("rebalancing: {e}"))?;
         rebalances.push(Rebalance {
             took: began.elapsed(),
             moves,
