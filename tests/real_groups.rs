@@ -166,11 +166,64 @@ async fn a_holder_whose_lock_moved_takes_it_again_from_the_new_group() {
     cluster.stop().await;
 }
 
+/// A move whose state does not fit one log command (a weight-3 group
+/// takes about 480 ranges, and with them over a hundred held locks with
+/// long names, tens of KiB against the log's 8 KiB per command) is
+/// shipped in several commands and finishes: every held lock the new
+/// view gives group 2 arrives there, and is granted again from it,
+/// fenced above its moved grant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_larger_than_one_log_command_finishes() {
+    const HELD: usize = 150;
+    // Sessions outlive taking the locks and the move's first steps on a
+    // loaded machine, so every lock is still held when fenced.
+    let (mut cluster, config, path) = start_sharded_with_ttl(5000).await;
+    let env = config.client_env(&config.lock_service_peers()).unwrap();
+    let mut client = config.sharded_lock_client(env);
+    let names: Vec<String> = (0..HELD).map(|i| format!("{i:03}-{}", "n".repeat(120))).collect();
+    let mut held = Vec::new();
+    for name in &names {
+        held.push(client.acquire(name, Duration::from_secs(5)).await.unwrap());
+    }
+
+    let output = group(&path, &["add", "2", "--weight", "3"]).await;
+    let view = ViewSpec {
+        epoch: 2,
+        groups: vec![(1, 1), (2, 3)],
+        vnodes: GROUP_VNODES,
+    };
+    let ring = view.build().unwrap();
+    let moving: Vec<usize> = (0..HELD).filter(|&i| ring.owner(names[i].as_bytes()) == 2).collect();
+    assert!(moving.len() > HELD / 2, "the view moves most names: {}", moving.len());
+    let shown = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        shown.contains(&format!("{} held lock(s) shipped", moving.len())),
+        "{shown}"
+    );
+    assert_ring(&path, &["group 2: weight 3"]).await;
+
+    let first = moving[0];
+    // The moved hold's ghost keeps the lock for a TTL after the install.
+    let again = client.acquire(&names[first], Duration::from_secs(15)).await.unwrap();
+    assert_eq!(again.group, 2);
+    assert!(
+        again.lease.token > held[first].lease.token,
+        "fenced above the moved grant"
+    );
+    cluster.stop().await;
+}
+
 /// Three nodes hosting two lock groups and the directory: the cluster,
 /// its file and where the file is.
 async fn start_sharded() -> (LocalCluster, ClusterConfig, PathBuf) {
+    start_sharded_with_ttl(2000).await
+}
+
+/// [`start_sharded`] with sessions that last `ttl_ms`.
+async fn start_sharded_with_ttl(ttl_ms: u64) -> (LocalCluster, ClusterConfig, PathBuf) {
     let dir = tempfile::tempdir().unwrap().keep();
-    let config = LocalCluster::free_ports_sharded(3, 2, &dir).unwrap();
+    let mut config = LocalCluster::free_ports_sharded(3, 2, &dir).unwrap();
+    config.lock.ttl_ms = ttl_ms;
     let exe = Path::new(env!("CARGO_BIN_EXE_ringfence"));
     let cluster = LocalCluster::start(exe, &dir, config).await.unwrap();
     let (config, path) = (cluster.config().clone(), cluster.config_path().to_owned());

@@ -83,6 +83,11 @@ impl RangeSet {
         &self.0
     }
 
+    /// The lowest hash in the set.
+    pub fn first(&self) -> Option<KeyHash> {
+        self.0.first().map(|r| r.start)
+    }
+
     /// Whether the set holds no hash.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
@@ -152,10 +157,11 @@ impl RangeSet {
     }
 }
 
-/// The latest moves a group remembers having installed, so a repeated
-/// `Install` is recognised (and not applied over what the group did
-/// since) for that many moves.
-pub const INSTALLED_MEMORY: usize = 256;
+/// The latest moves a group remembers installing (with the ranges each
+/// installed), so a repeated `Install` is recognised, and not applied
+/// over what the group did since, for that many moves. A rebalancer
+/// repeats only the move in progress.
+pub const INSTALLED_MEMORY: usize = 64;
 
 /// What a group serves, as replicated state: every replica applies the
 /// same fences and installs at the same log indexes.
@@ -169,8 +175,10 @@ pub struct Ownership {
     /// tells a client that asked for a key it does not serve.
     epoch: u64,
     serving: RangeSet,
-    /// Moves installed here, `(epoch, source)`, the latest last.
-    installed: Vec<(u64, GroupId)>,
+    /// Moves installed here, `(epoch, source, ranges installed)`, the
+    /// latest last: a move may come in pieces, cut differently by
+    /// different runs of the rebalancer.
+    installed: Vec<(u64, GroupId, RangeSet)>,
 }
 
 impl Default for Ownership {
@@ -251,14 +259,20 @@ impl Ownership {
         leaving
     }
 
-    /// Whether the move `(epoch, from)` was installed here already.
-    pub fn was_installed(&self, epoch: u64, from: GroupId) -> bool {
-        self.installed.contains(&(epoch, from))
+    /// The hashes of `ranges` the move `(epoch, from)` has not installed
+    /// here yet: all of them for a move not seen, none for a repeat.
+    pub fn not_installed(&self, epoch: u64, from: GroupId, ranges: &RangeSet) -> RangeSet {
+        let mut rest = ranges.clone();
+        for (_, _, done) in self.installed.iter().filter(|(e, f, _)| (*e, *f) == (epoch, from)) {
+            rest.subtract(done);
+        }
+        rest
     }
 
-    /// Starts serving `ranges`, moved from `from` at `epoch`. The caller
-    /// checks [`Ownership::was_installed`] first: a repeated install is
-    /// answered, not applied.
+    /// Starts serving `ranges`, moved from `from` at `epoch` (the whole
+    /// move or a piece of it). The caller installs only what
+    /// [`Ownership::not_installed`] leaves: a repeat is answered, not
+    /// applied.
     pub fn install(&mut self, epoch: u64, from: GroupId, ranges: &RangeSet) -> Result<(), ShardRefusal> {
         if !self.serving.intersection(ranges).is_empty() {
             return Err(ShardRefusal::Overlaps);
@@ -267,9 +281,18 @@ impl Ownership {
             self.serving.insert(*r);
         }
         self.epoch = self.epoch.max(epoch);
-        self.installed.push((epoch, from));
-        if self.installed.len() > INSTALLED_MEMORY {
-            self.installed.remove(0);
+        match self.installed.iter_mut().find(|(e, f, _)| (*e, *f) == (epoch, from)) {
+            Some((_, _, done)) => {
+                for r in ranges.ranges() {
+                    done.insert(*r);
+                }
+            }
+            None => {
+                self.installed.push((epoch, from, ranges.clone()));
+                if self.installed.len() > INSTALLED_MEMORY {
+                    self.installed.remove(0);
+                }
+            }
         }
         Ok(())
     }
@@ -369,7 +392,8 @@ mod tests {
         );
         let mut fresh = Ownership::default();
         fresh.assign(4, moving.clone()).unwrap();
-        assert_eq!(fresh.assign(4, moving), Ok(()), "a repeated assignment is done");
-        assert!(target.was_installed(1, 7) && !target.was_installed(2, 7));
+        assert_eq!(fresh.assign(4, moving.clone()), Ok(()), "a repeated assignment is done");
+        assert!(target.not_installed(1, 7, &RangeSet::full()).is_empty());
+        assert_eq!(target.not_installed(2, 7, &moving), moving);
     }
 }

@@ -25,7 +25,7 @@ use ringfence::lock::rebalance::{assign_joining, step, RebalanceConfig};
 use ringfence::lock::ShardedLockClient;
 use ringfence::lock::{LockBug, LockCommand, LockMachine, Request, SessionId, ShardCommand, Token};
 use ringfence::log::client::{Client as LogClient, Inbox};
-use ringfence::log::Index;
+use ringfence::log::{Index, MAX_COMMAND_BYTES};
 use ringfence::ring::hash_key;
 use ringfence::shard::directory::{Directory, Router, ViewSpec};
 use ringfence::shard::GroupId;
@@ -36,6 +36,9 @@ use crate::scenario::Client;
 /// Few points per group, so a weight change moves large ranges and the
 /// scenario's lock moves often.
 const VNODES: u32 = 4;
+/// Command sizes that split the scenario's moves: room for a handful of
+/// ranges or held locks each.
+const SMALL_COMMANDS: std::ops::RangeInclusive<usize> = 100..=240;
 /// How long a step is retried before the whole move is tried again.
 const STEP_TIMEOUT: Duration = Duration::from_millis(800);
 
@@ -66,14 +69,20 @@ pub async fn rebalancer<Op: Clone + std::fmt::Debug>(
         .map(|(g, servers)| (group_id(g), LogClient::sharing(inbox.clone(), servers.clone())))
         .collect();
     let mut views = LogClient::<SimEnv, Directory>::sharing(inbox.clone(), directory.to_vec());
+    let mut rng = env.rng();
     let config = RebalanceConfig {
         step_timeout: STEP_TIMEOUT,
+        // Half the incarnations send commands small enough that a move
+        // takes several fences and installs, as a busy group's does.
+        max_command_bytes: match rng.gen_bool(0.5) {
+            true => rng.gen_range(SMALL_COMMANDS),
+            false => MAX_COMMAND_BYTES,
+        },
         bug,
     };
     while let Err(error) = assign_joining(&mut clients, group_id(0), &config).await {
         tracing::info!(%error, "assigning again");
     }
-    let mut rng = env.rng();
     let first = |current: Option<&ViewSpec>| current.is_none().then(|| spec(1, vec![(group_id(0), 1)]));
     if rebalance_until_done(env, &mut views, &mut clients, first, &config, watched).await > Some(1) {
         // A rebalance an earlier incarnation began, finished by this one.
@@ -127,6 +136,9 @@ async fn rebalance_until_done(
                 }
                 if moves.locks > 0 {
                     world.count_situation("held-lock-moved");
+                }
+                if moves.installs > moves.ranges.len() {
+                    world.count_situation("move-in-pieces");
                 }
                 return Some(epoch);
             }

@@ -90,22 +90,32 @@ impl LockMachine {
     }
 
     /// Starts serving `part`'s ranges with its locks, held by ghosts, and
-    /// tokens from above its floor on. A repeated install changes nothing.
+    /// tokens from above its floor on. A move may come in several parts
+    /// (pieces that each fit a log command, cut differently by different
+    /// runs of the rebalancer): what an earlier part of the same move
+    /// installed is skipped, so a repeat changes nothing. Each part's
+    /// ghosts are its own, timed from its install.
     fn install(&mut self, epoch: u64, from: GroupId, part: &LockPart) -> LockOutput {
-        if self.ownership.was_installed(epoch, from) {
-            return LockOutput::Moved { locks: 0 };
-        }
         if let Err(refusal) = validate(part) {
             return LockOutput::ShardRefused(refusal);
         }
-        if let Err(refusal) = self.ownership.install(epoch, from, &part.ranges) {
+        let fresh = self.ownership.not_installed(epoch, from, &part.ranges);
+        if fresh.is_empty() {
+            return LockOutput::Moved { locks: 0 };
+        }
+        if let Err(refusal) = self.ownership.install(epoch, from, &fresh) {
             return LockOutput::ShardRefused(refusal);
         }
         // The next token is revision + offset, and the next acquire comes
         // at a later revision: at least floor + 1.
         self.token_offset = self.token_offset.max(part.floor.saturating_sub(self.revision));
         let mut ghosts: BTreeMap<u64, u64> = BTreeMap::new();
-        for moved in &part.locks {
+        let arriving: Vec<&MovedLock> = part
+            .locks
+            .iter()
+            .filter(|m| fresh.contains(hash_key(m.name.as_bytes())))
+            .collect();
+        for moved in &arriving {
             let ghost = *ghosts.entry(moved.session).or_insert_with(|| {
                 let id = self.free_session_id(moved.session);
                 self.sessions.insert(
@@ -139,9 +149,7 @@ impl LockMachine {
                 },
             );
         }
-        LockOutput::Moved {
-            locks: part.locks.len(),
-        }
+        LockOutput::Moved { locks: arriving.len() }
     }
 
     /// Turns a holder's session into a ghost: it leaves every line it
@@ -363,6 +371,101 @@ mod tests {
             panic!("granted once the ghost expired")
         };
         assert!(last > next);
+    }
+
+    /// A part installed in pieces (as the rebalancer ships one that does
+    /// not fit a log command) ends as the whole part installed at once
+    /// does: the same names served, the same holders and tokens. A
+    /// repeated piece is answered and changes nothing, a name of a piece
+    /// not yet installed is not served, and a rebalancer that stopped
+    /// halfway and is succeeded by one that cuts the part differently
+    /// installs only the rest.
+    #[test]
+    fn a_part_installed_in_pieces_is_the_part_installed_whole() {
+        let mut source = LockMachine::default();
+        source.apply(&client(1, R::Open { session: 1 }));
+        let names: Vec<String> = (0..40).map(|i| format!("lock-{i}")).collect();
+        for (i, name) in names.iter().enumerate() {
+            source.apply(&client(1, acquire(1, name, i as u64 + 1)));
+        }
+        source.apply(&C::Shard(ShardCommand::Fence {
+            epoch: 2,
+            to: 9,
+            ranges: RangeSet::full(),
+        }));
+        let whole = part(&source, 2, 9);
+        assert_eq!(whole.locks.len(), names.len());
+        let install = |part| {
+            C::Shard(ShardCommand::Install {
+                epoch: 2,
+                from: 1,
+                part,
+            })
+        };
+        let cut = |limit| {
+            let empty = ShardCommand::Install {
+                epoch: 2,
+                from: 1,
+                part: LockPart::default(),
+            };
+            let pieces = crate::lock::rebalance::pack(&whole.ranges, &whole.locks, empty, limit).unwrap();
+            let floor = whole.floor;
+            let pieces: Vec<C> = pieces
+                .into_iter()
+                .map(|(ranges, locks)| install(LockPart { ranges, floor, locks }))
+                .collect();
+            pieces
+        };
+        let (fine, coarse) = (cut(150), cut(320));
+        assert!(fine.len() > 3 && coarse.len() > 1 && fine.len() != coarse.len());
+
+        let joined = || {
+            let mut m = LockMachine::default();
+            m.apply(&C::Shard(ShardCommand::Assign {
+                epoch: 1,
+                ranges: RangeSet::default(),
+            }));
+            m
+        };
+        let (mut at_once, mut in_pieces) = (joined(), joined());
+        at_once.apply(&install(whole.clone()));
+        let mut shipped = 0;
+        let first_of = |piece: &C| match piece {
+            C::Shard(ShardCommand::Install { part, .. }) => part.ranges.first().unwrap(),
+            _ => unreachable!(),
+        };
+        // The first run stops halfway; the next cuts the part coarser.
+        let halfway = fine.len() / 2;
+        for (i, piece) in fine[..halfway].iter().chain(&coarse).enumerate() {
+            let LockOutput::Moved { locks: moved } = in_pieces.apply(piece) else {
+                panic!("piece {i} refused")
+            };
+            shipped += moved;
+            assert_eq!(
+                in_pieces.apply(piece),
+                LockOutput::Moved { locks: 0 },
+                "a repeated piece"
+            );
+            if i + 1 < halfway {
+                assert!(
+                    !in_pieces.ownership().serves(first_of(&fine[i + 1])),
+                    "piece {} not yet installed",
+                    i + 1
+                );
+            }
+        }
+        assert_eq!(shipped, names.len());
+        assert_eq!(in_pieces.ownership().serving(), at_once.ownership().serving());
+        for name in &names {
+            let token = |m: &LockMachine| m.holder(name).map(|(_, token)| token);
+            assert_eq!(token(&in_pieces), token(&at_once), "{name}");
+            assert!(token(&in_pieces).is_some(), "{name} held by a ghost");
+        }
+        in_pieces.apply(&client(2, R::Open { session: 1000 }));
+        let LockOutput::Queued { token, .. } = in_pieces.apply(&client(2, acquire(1000, &names[0], 1))) else {
+            panic!("queued behind the ghost")
+        };
+        assert!(token > whole.floor);
     }
 
     /// A group that already holds locks of its own cannot join as an
