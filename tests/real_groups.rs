@@ -186,6 +186,16 @@ async fn a_move_larger_than_one_log_command_finishes() {
         held.push(client.acquire(name, Duration::from_secs(5)).await.unwrap());
     }
 
+    // A view too large for any move to carry is refused before anything
+    // is fenced.
+    let refused = group_once(&path, &["add", "2", "--weight", "1000"]).await;
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains("160160 points") && said.contains("lower --weight"),
+        "{said}"
+    );
+
     let output = group(&path, &["add", "2", "--weight", "3"]).await;
     let view = ViewSpec {
         epoch: 2,
@@ -235,14 +245,7 @@ async fn start_sharded_with_ttl(ttl_ms: u64) -> (LocalCluster, ClusterConfig, Pa
 async fn group(config: &Path, args: &[&str]) -> Output {
     let mut failures = Vec::new();
     for _ in 0..3 {
-        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_ringfence"))
-            .arg("group")
-            .args(args)
-            .arg("--config")
-            .arg(config)
-            .output()
-            .await
-            .unwrap();
+        let output = group_once(config, args).await;
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&output.stdout),
@@ -255,6 +258,18 @@ async fn group(config: &Path, args: &[&str]) -> Output {
         failures.push(text);
     }
     panic!("ringfence group {args:?} failed three times: {failures:?}");
+}
+
+/// Runs `ringfence group ARGS` once.
+async fn group_once(config: &Path, args: &[&str]) -> Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_ringfence"))
+        .arg("group")
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .await
+        .unwrap()
 }
 
 /// `ringfence group status` shows the current view with `lines` and no

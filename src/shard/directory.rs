@@ -34,10 +34,29 @@ pub struct ViewSpec {
     pub vnodes: u32,
 }
 
+/// The most ring points a view may have (the sum over its groups of
+/// weight × points per unit). A move ships up to every range of the view
+/// (one per point), and its part is read in one answer of at most
+/// [`crate::env::MAX_MESSAGE_BYTES`] beside up to a thousand held locks;
+/// every group's ranges and every client's ring are this large too. 16
+/// groups at weight 12 with 160 points per unit stay below it.
+pub const MAX_VIEW_POINTS: u64 = 1 << 15;
+
 impl ViewSpec {
     /// The ring this spec describes (one replica per key: a group is
-    /// itself replicated).
+    /// itself replicated); refused above [`MAX_VIEW_POINTS`].
     pub fn build(&self) -> Result<RingView, ViewError> {
+        let points: u64 = self
+            .groups
+            .iter()
+            .map(|&(_, w)| u64::from(w) * u64::from(self.vnodes))
+            .sum();
+        if points > MAX_VIEW_POINTS {
+            return Err(ViewError::TooManyPoints {
+                points,
+                max: MAX_VIEW_POINTS,
+            });
+        }
         let nodes: Vec<NodeSpec> = self
             .groups
             .iter()
@@ -348,6 +367,21 @@ mod tests {
         assert_eq!(d.apply(&DirectoryCommand::Finish { epoch: 1 }), DirectoryOutput::Done);
         assert_eq!(
             d.apply(&DirectoryCommand::Begin(spec(2, &[(1, 0)]))),
+            DirectoryOutput::Refused(DirectoryRefusal::InvalidView)
+        );
+        // A view whose moves and rings no process could carry: at 160
+        // points per unit, weight 1000 is 160,000 points.
+        let huge = ViewSpec {
+            epoch: 2,
+            groups: vec![(1, 1), (2, 1000)],
+            vnodes: 160,
+        };
+        assert!(matches!(
+            huge.build(),
+            Err(ViewError::TooManyPoints { points: 160_160, .. })
+        ));
+        assert_eq!(
+            d.apply(&DirectoryCommand::Begin(huge)),
             DirectoryOutput::Refused(DirectoryRefusal::InvalidView)
         );
         let second = spec(2, &[(1, 1), (2, 3)]);

@@ -116,44 +116,61 @@ impl RangeSet {
         self.0.splice(first..last, [merged]);
     }
 
-    /// Removes every hash of `other`.
+    /// Removes every hash of `other`, in one pass over both.
     pub fn subtract(&mut self, other: &RangeSet) {
-        for cut in &other.0 {
-            let mut kept = Vec::with_capacity(self.0.len() + 1);
-            for r in &self.0 {
-                if r.end < cut.start || r.start > cut.end {
-                    kept.push(*r);
-                    continue;
+        let mut kept = Vec::with_capacity(self.0.len() + other.0.len());
+        let mut cuts = other.0.iter().peekable();
+        for r in &self.0 {
+            let mut rest = Some(*r);
+            // Cuts that end before `r` starts cut nothing of it or of any
+            // later range.
+            while cuts.peek().is_some_and(|c| c.end < r.start) {
+                cuts.next();
+            }
+            let mut ahead = cuts.clone();
+            while let (Some(left), Some(cut)) = (rest, ahead.peek()) {
+                if cut.start > left.end {
+                    break;
                 }
-                if r.start < cut.start {
+                if cut.start > left.start {
                     kept.push(HashRange {
-                        start: r.start,
+                        start: left.start,
                         end: cut.start - 1,
                     });
                 }
-                if r.end > cut.end {
-                    kept.push(HashRange {
-                        start: cut.end + 1,
-                        end: r.end,
-                    });
+                rest = (cut.end < left.end).then(|| HashRange {
+                    start: cut.end + 1,
+                    end: left.end,
+                });
+                if cut.end <= left.end {
+                    ahead.next();
+                }
+                if rest.is_none() {
+                    break;
                 }
             }
-            self.0 = kept;
+            kept.extend(rest);
         }
+        self.0 = kept;
     }
 
-    /// The hashes in both sets.
+    /// The hashes in both sets, in one pass over both.
     pub fn intersection(&self, other: &RangeSet) -> RangeSet {
+        let (mut i, mut j) = (0, 0);
         let mut out = Vec::new();
-        for a in &self.0 {
-            for b in &other.0 {
-                let (start, end) = (a.start.max(b.start), a.end.min(b.end));
-                if start <= end {
-                    out.push(HashRange { start, end });
-                }
+        while let (Some(a), Some(b)) = (self.0.get(i), other.0.get(j)) {
+            let (start, end) = (a.start.max(b.start), a.end.min(b.end));
+            if start <= end {
+                out.push(HashRange { start, end });
+            }
+            // The range that ends first meets nothing further.
+            if a.end < b.end {
+                i += 1;
+            } else {
+                j += 1;
             }
         }
-        RangeSet::from_ranges(out)
+        RangeSet(out)
     }
 }
 
@@ -314,7 +331,7 @@ mod tests {
     }
 
     fn small_ranges() -> impl Strategy<Value = Vec<HashRange>> {
-        prop::collection::vec((0u64..64, 0u64..8).prop_map(|(s, len)| r(s, s + len)), 0..6)
+        prop::collection::vec((0u64..64, 0u64..8).prop_map(|(s, len)| r(s, s + len)), 0..12)
     }
 
     proptest! {

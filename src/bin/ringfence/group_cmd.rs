@@ -87,6 +87,14 @@ pub async fn run(args: GroupArgs) -> Result<(), String> {
             }
         }
     }
+    let view = ViewSpec {
+        epoch: 0,
+        groups: weights.clone(),
+        vnodes: args.vnodes,
+    };
+    if let Err(e) = view.build() {
+        return Err(format!("{e}: lower --weight or --vnodes"));
+    }
     let rebalance = RebalanceConfig {
         step_timeout: args.wait,
         ..RebalanceConfig::default()
