@@ -127,7 +127,7 @@ async fn names_move_between_groups_under_lock_clients_while_nodes_die() {
 /// A client holding a lock that moves takes it again from the new group
 /// once the old hold's lease has run out (its session at the old group,
 /// ended by the fence, replaced by a new one), and its old grant no
-/// longer counts.
+/// longer counts, even while the new session at the old group is live.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_holder_whose_lock_moved_takes_it_again_from_the_new_group() {
     let (mut cluster, config, path) = start_sharded().await;
@@ -135,34 +135,45 @@ async fn a_holder_whose_lock_moved_takes_it_again_from_the_new_group() {
     let mut client = config.sharded_lock_client(env);
 
     group(&path, &["add", "2"]).await;
-    // A name group 1 keeps in the view just made (as `group add` builds it).
-    let view = ViewSpec {
-        epoch: 2,
-        groups: vec![(1, 1), (2, 1)],
-        vnodes: GROUP_VNODES,
+    // As `group` builds the views: group 2 at weight 1, then at weight 3.
+    let ring = |epoch, weight| {
+        let view = ViewSpec {
+            epoch,
+            groups: vec![(1, 1), (2, weight)],
+            vnodes: GROUP_VNODES,
+        };
+        view.build().unwrap()
     };
-    let ring = view.build().unwrap();
-    let name = (0..)
-        .map(|i| format!("moving-{i}"))
-        .find(|name| ring.owner(name.as_bytes()) == 1)
-        .unwrap();
+    let (before, after) = (ring(2, 1), ring(3, 3));
+    let owned = |prefix: &str, then: GroupId, now: GroupId| {
+        (0..)
+            .map(|i| format!("{prefix}-{i}"))
+            .find(|name| before.owner(name.as_bytes()) == then && after.owner(name.as_bytes()) == now)
+            .unwrap()
+    };
+    let (name, staying) = (owned("moving", 1, 2), owned("staying", 1, 1));
     let held = client.acquire(&name, Duration::from_secs(5)).await.unwrap();
     assert_eq!(held.group, 1);
-    group(&path, &["remove", "1"]).await;
+    group(&path, &["add", "2", "--weight", "3"]).await;
 
-    // Asked again before it heard anything, of the group its cached view
-    // names: that group ended the session, so the client opens a new one
-    // and follows the name.
-    let again = client.acquire(&name, Duration::from_secs(10)).await.unwrap();
-    assert_eq!(again.group, 2);
-    assert!(again.lease.token > held.lease.token, "fenced above the moved grant");
+    // A name group 1 keeps: the fence ended the session, so the client
+    // opens a new one there.
+    let kept = client.acquire(&staying, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(kept.group, 1);
+    assert!(client.is_valid(&kept));
     assert!(!client.is_valid(&held), "the old grant's session is gone");
     assert_eq!(
         client.release(&held).await,
         Err(LockError::NotOwner),
         "the old grant is no longer the client's to release"
     );
+    // Asked of the group its cached view names, the moved name is
+    // followed to group 2, once its moved hold's TTL ran out.
+    let again = client.acquire(&name, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(again.group, 2);
+    assert!(again.lease.token > held.lease.token, "fenced above the moved grant");
     client.release(&again).await.unwrap();
+    client.release(&kept).await.unwrap();
     cluster.stop().await;
 }
 
