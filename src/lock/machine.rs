@@ -13,10 +13,12 @@ use super::{
 };
 use crate::env::{codec, NodeId};
 use crate::log::{SnapshotError, StateMachine};
-use crate::ring::hash_key;
+use crate::ring::{hash_key, KeyHash};
 use crate::shard::{GroupId, Ownership, RangeSet, ShardRefusal};
 
 mod moves;
+
+pub use moves::pack;
 
 /// A client session, chosen at random by the client.
 pub type SessionId = u64;
@@ -238,14 +240,37 @@ pub enum LockQuery {
     /// The servers' lease settings, answered by any replica's shell (see
     /// `server::run`), so a client agrees on the TTL when it opens.
     Settings,
-    /// The part this group fenced for group `to` at `epoch`, if it still
-    /// keeps it: what a rebalancer installs at the target.
+    /// A page of the part this group fenced for group `to` at `epoch`, if
+    /// it still keeps it: what a rebalancer installs at the target, one
+    /// install command a page. The page covers the part's hashes from
+    /// `from` on, as many as fit an install of `limit` bytes (at most
+    /// [`MAX_PAGE_BYTES`]; a page holds at least one range).
     Part {
         /// The move's epoch.
         epoch: u64,
         /// The target group.
         to: GroupId,
+        /// The first hash of the page: 0 for the first page, then the
+        /// `next` of the page before.
+        from: KeyHash,
+        /// The most bytes an install of the page may take.
+        limit: u32,
     },
+}
+
+/// The largest page of a part a group answers: the largest command its
+/// log takes, so every page installs as one command and every answer is
+/// far below a message.
+pub const MAX_PAGE_BYTES: u32 = crate::log::MAX_COMMAND_BYTES as u32;
+
+/// One page of a fenced part ([`LockQuery::Part`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartPage {
+    /// The part's ranges and locks from the page's first hash on, as far
+    /// as the page goes, with the whole part's floor.
+    pub part: LockPart,
+    /// The first hash of the next page; `None` on the last.
+    pub next: Option<KeyHash>,
 }
 
 /// Who holds a lock and who waits for it (in line order), as
@@ -355,8 +380,8 @@ pub enum LockOutput {
     },
     /// A shard command was refused; nothing changed.
     ShardRefused(ShardRefusal),
-    /// Answer to [`LockQuery::Part`].
-    Part(Option<LockPart>),
+    /// Answer to [`LockQuery::Part`]: `None` once the part was dropped.
+    Part(Option<PartPage>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -890,7 +915,10 @@ impl StateMachine for LockMachine {
             }
             LockQuery::Lock { lock } | LockQuery::Watch { lock, .. } => LockOutput::Lock(self.view(lock)),
             LockQuery::Settings => LockOutput::Settings { ttl_ms: 0 },
-            LockQuery::Part { epoch, to } => LockOutput::Part(self.outbox.get(&(*epoch, *to)).cloned()),
+            LockQuery::Part { epoch, to, from, limit } => {
+                let part = self.outbox.get(&(*epoch, *to));
+                LockOutput::Part(part.map(|part| part.page(*epoch, *from, (*limit).min(MAX_PAGE_BYTES))))
+            }
         }
     }
 

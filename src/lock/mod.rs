@@ -66,8 +66,8 @@ mod tests;
 
 pub use client::{ClientConfig, FenceError, Lease, LockClient, LockError, LockGuard};
 pub use machine::{
-    LockCommand, LockMachine, LockOutput, LockPart, LockQuery, LockView, MovedLock, Refusal, Request, SessionId,
-    ShardCommand, Token, MAX_FLOOR,
+    pack, LockCommand, LockMachine, LockOutput, LockPart, LockQuery, LockView, MovedLock, PartPage, Refusal, Request,
+    SessionId, ShardCommand, Token, MAX_FLOOR, MAX_PAGE_BYTES,
 };
 pub use resource::{FencedResource, Stale};
 pub use server::ServerConfig;

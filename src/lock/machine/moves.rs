@@ -3,8 +3,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{Claim, LockMachine, LockOutput, LockPart, LockState, MovedLock, Session, ShardCommand, MAX_FLOOR};
-use crate::ring::hash_key;
+use super::{
+    Claim, LockCommand, LockMachine, LockOutput, LockPart, LockState, MovedLock, PartPage, Session, ShardCommand,
+    MAX_FLOOR,
+};
+use crate::env::codec;
+use crate::ring::{hash_key, HashRange, KeyHash};
 use crate::shard::{GroupId, RangeSet, ShardRefusal};
 
 impl LockMachine {
@@ -182,6 +186,153 @@ impl LockMachine {
     }
 }
 
+/// Cuts `ranges`, with the `locks` that lie in them, into pieces, each of
+/// which makes `empty` (a shard command with no ranges and no locks) at
+/// most `limit` bytes long when put in it, unless a single range or lock
+/// alone is larger (then it makes a piece of its own). The pieces ascend
+/// by hash and cover `ranges` exactly; a range is cut just below a lock's
+/// hash where its locks overflow a piece. The same input always gives
+/// the same pieces.
+pub fn pack(
+    ranges: &RangeSet,
+    locks: &[MovedLock],
+    empty: ShardCommand,
+    limit: usize,
+) -> Vec<(RangeSet, Vec<MovedLock>)> {
+    let encoded_len = |bytes: Result<Vec<u8>, _>| bytes.map_or(usize::MAX, |b: Vec<u8>| b.len());
+    // Each list's length prefix grows from the one byte `empty` has to at
+    // most three bytes below two million entries; every range is counted
+    // as its widest encoding.
+    let base = encoded_len(codec::encode(&LockCommand::Shard(empty))).saturating_add(4);
+    let range_bytes = encoded_len(codec::encode(&HashRange {
+        start: u64::MAX,
+        end: u64::MAX,
+    }));
+    let mut by_hash: Vec<(u64, &MovedLock)> = locks.iter().map(|m| (hash_key(m.name.as_bytes()), m)).collect();
+    by_hash.sort_by_key(|&(h, _)| h);
+    let mut pieces = Vec::new();
+    let mut piece = Piece::new(base);
+    let mut next = 0;
+    for range in ranges.ranges() {
+        if !piece.ranges.is_empty() && piece.bytes + range_bytes > limit {
+            pieces.push(piece.take(base));
+        }
+        piece.open(*range, range_bytes);
+        while let Some(&(h, lock)) = by_hash.get(next).filter(|&&(h, _)| h <= range.end) {
+            next += 1;
+            let lock_bytes = encoded_len(codec::encode(lock));
+            if piece.bytes + lock_bytes > limit && piece.leaves_some_below(h) {
+                let (rest, same_hash) = piece.cut_below(h, range_bytes);
+                pieces.push(piece.take(base));
+                piece.open(rest, range_bytes);
+                piece.bytes += same_hash.iter().map(|(_, bytes)| bytes).sum::<usize>();
+                piece.locks.extend(same_hash.into_iter().map(|(lock, _)| lock));
+            }
+            piece.bytes += lock_bytes;
+            piece.locks.push(lock.clone());
+        }
+    }
+    pieces.push(piece.take(base));
+    pieces.into_iter().filter(|(ranges, _)| !ranges.is_empty()).collect()
+}
+
+/// A piece [`pack`] is filling: its ranges, the last still open.
+struct Piece {
+    ranges: Vec<HashRange>,
+    locks: Vec<MovedLock>,
+    bytes: usize,
+}
+
+impl Piece {
+    fn new(base: usize) -> Self {
+        Piece {
+            ranges: Vec::new(),
+            locks: Vec::new(),
+            bytes: base,
+        }
+    }
+
+    /// The piece as filled, leaving an empty one in its place.
+    fn take(&mut self, base: usize) -> (RangeSet, Vec<MovedLock>) {
+        let piece = std::mem::replace(self, Piece::new(base));
+        (RangeSet::from_ranges(piece.ranges), piece.locks)
+    }
+
+    fn open(&mut self, range: HashRange, range_bytes: usize) {
+        self.ranges.push(range);
+        self.bytes += range_bytes;
+    }
+
+    /// Whether cutting the open range below hash `h` leaves the piece
+    /// some hashes (else the lock at `h` joins it, however large).
+    fn leaves_some_below(&self, h: u64) -> bool {
+        self.ranges.len() > 1 || self.ranges.last().is_some_and(|open| open.start < h)
+    }
+
+    /// Ends the open range just below hash `h` (leaving it out if it
+    /// starts at `h`); returns the range's rest, from `h` on, and the
+    /// locks of hash `h` the piece held (names whose hashes collide), with
+    /// their bytes, which go with the rest.
+    fn cut_below(&mut self, h: u64, range_bytes: usize) -> (HashRange, Vec<(MovedLock, usize)>) {
+        let mut same_hash = Vec::new();
+        while self.locks.last().is_some_and(|m| hash_key(m.name.as_bytes()) == h) {
+            let lock = self.locks.pop().expect("checked above");
+            let bytes = codec::encode(&lock).map_or(0, |b| b.len());
+            self.bytes -= bytes;
+            same_hash.push((lock, bytes));
+        }
+        same_hash.reverse();
+        let open = self.ranges.last_mut().expect("a lock is cut inside an open range");
+        let rest = HashRange {
+            start: h,
+            end: open.end,
+        };
+        if h <= open.start {
+            self.ranges.pop();
+            self.bytes -= range_bytes;
+        } else {
+            open.end = h - 1;
+        }
+        (rest, same_hash)
+    }
+}
+
+impl LockPart {
+    /// The page of this part from hash `from` on that an install at
+    /// `epoch` of at most `limit` bytes carries ([`pack`]'s first piece of
+    /// what is left), and where the next page starts.
+    pub(super) fn page(&self, epoch: u64, from: KeyHash, limit: u32) -> PartPage {
+        let mut rest = self.ranges.clone();
+        if let Some(below) = from.checked_sub(1) {
+            rest.subtract(&RangeSet::from_ranges([HashRange { start: 0, end: below }]));
+        }
+        let locks: Vec<MovedLock> = self
+            .locks
+            .iter()
+            .filter(|m| rest.contains(hash_key(m.name.as_bytes())))
+            .cloned()
+            .collect();
+        let empty = ShardCommand::Install {
+            epoch,
+            from: GroupId::MAX,
+            part: LockPart {
+                floor: self.floor,
+                ..LockPart::default()
+            },
+        };
+        let mut pieces = pack(&rest, &locks, empty, limit as usize).into_iter();
+        let (ranges, locks) = pieces.next().unwrap_or_default();
+        PartPage {
+            part: LockPart {
+                ranges,
+                floor: self.floor,
+                locks,
+            },
+            next: pieces.next().and_then(|(ranges, _)| ranges.first()),
+        }
+    }
+}
+
 /// A part must be what a source could have fenced: names inside its
 /// ranges, each once, tokens (never 0: the first command is revision 1)
 /// at or below its floor, a floor tokens can grow from.
@@ -207,7 +358,7 @@ fn validate(part: &LockPart) -> Result<(), ShardRefusal> {
 mod tests {
     use proptest::prelude::*;
 
-    use super::super::{LockCommand as C, LockQuery, Refusal, Request as R, Token};
+    use super::super::{LockCommand as C, LockQuery, Refusal, Request as R, Token, MAX_PAGE_BYTES};
     use super::*;
     use crate::log::StateMachine;
     use crate::ring::HashRange;
@@ -231,10 +382,29 @@ mod tests {
         RangeSet::from_ranges([HashRange { start: h, end: h }])
     }
 
+    /// The whole part, read page by page.
     fn part(m: &LockMachine, epoch: u64, to: GroupId) -> LockPart {
-        match m.query(&LockQuery::Part { epoch, to }) {
-            LockOutput::Part(Some(part)) => part,
-            other => panic!("no part: {other:?}"),
+        let mut whole = LockPart::default();
+        let mut from = 0;
+        loop {
+            let page = match m.query(&LockQuery::Part {
+                epoch,
+                to,
+                from,
+                limit: 8 << 10,
+            }) {
+                LockOutput::Part(Some(page)) => page,
+                other => panic!("no part: {other:?}"),
+            };
+            for r in page.part.ranges.ranges() {
+                whole.ranges.insert(*r);
+            }
+            whole.floor = page.part.floor;
+            whole.locks.extend(page.part.locks);
+            match page.next {
+                Some(next) => from = next,
+                None => return whole,
+            }
         }
     }
 
@@ -345,7 +515,12 @@ mod tests {
         assert_eq!(target.holder("x"), Some((2, next)));
         source.apply(&C::Shard(ShardCommand::Drop { epoch: 2, to: 9 }));
         assert_eq!(
-            source.query(&LockQuery::Part { epoch: 2, to: 9 }),
+            source.query(&LockQuery::Part {
+                epoch: 2,
+                to: 9,
+                from: 0,
+                limit: 8 << 10
+            }),
             LockOutput::Part(None)
         );
         // And back: the source's revision is now behind the target's floor.
@@ -408,7 +583,7 @@ mod tests {
                 from: 1,
                 part: LockPart::default(),
             };
-            let pieces = crate::lock::rebalance::pack(&whole.ranges, &whole.locks, empty, limit).unwrap();
+            let pieces = pack(&whole.ranges, &whole.locks, empty, limit);
             let floor = whole.floor;
             let pieces: Vec<C> = pieces
                 .into_iter()
@@ -466,6 +641,60 @@ mod tests {
             panic!("queued behind the ghost")
         };
         assert!(token > whole.floor);
+    }
+
+    /// A part far larger than a log command is read in pages: each page,
+    /// whatever limit is asked (up to `MAX_PAGE_BYTES`), installs as one
+    /// command of at most that limit, the pages follow one another
+    /// without gap or overlap, and together they are the part.
+    #[test]
+    fn a_large_part_is_read_in_pages_that_each_install_as_one_command() {
+        let mut source = LockMachine::default();
+        source.apply(&client(1, R::Open { session: 1 }));
+        let names: Vec<String> = (0..200).map(|i| format!("{i:03}-{}", "n".repeat(120))).collect();
+        for (i, name) in names.iter().enumerate() {
+            source.apply(&client(1, acquire(1, name, i as u64 + 1)));
+        }
+        source.apply(&C::Shard(ShardCommand::Fence {
+            epoch: 2,
+            to: 9,
+            ranges: RangeSet::full(),
+        }));
+        for limit in [u32::MAX, 8 << 10, 1000] {
+            let (mut from, mut pages, mut locks) = (0, 0, 0);
+            let mut covered = RangeSet::default();
+            loop {
+                let LockOutput::Part(Some(page)) = source.query(&LockQuery::Part {
+                    epoch: 2,
+                    to: 9,
+                    from,
+                    limit,
+                }) else {
+                    panic!("the part is kept")
+                };
+                let install = C::Shard(ShardCommand::Install {
+                    epoch: 2,
+                    from: 1,
+                    part: page.part.clone(),
+                });
+                let bytes = codec::encode(&install).unwrap().len();
+                assert!(bytes <= limit.min(MAX_PAGE_BYTES) as usize, "a page of {bytes} bytes");
+                assert!(page.part.ranges.first() >= Some(from), "a page starts where asked");
+                assert!(covered.intersection(&page.part.ranges).is_empty(), "pages overlap");
+                for r in page.part.ranges.ranges() {
+                    covered.insert(*r);
+                }
+                pages += 1;
+                locks += page.part.locks.len();
+                match page.next {
+                    Some(next) => from = next,
+                    None => break,
+                }
+            }
+            assert_eq!(covered, RangeSet::full(), "limit {limit}");
+            assert_eq!(locks, names.len());
+            assert!(pages > 3, "{pages} pages of at most {limit} bytes");
+        }
     }
 
     /// A group that already holds locks of its own cannot join as an
@@ -688,7 +917,7 @@ mod tests {
                             );
                             groups[from].apply(&C::Shard(ShardCommand::Fence { epoch, to: to as GroupId, ranges }));
                             // A fence of nothing the group serves keeps no part.
-                            let kept = groups[from].query(&LockQuery::Part { epoch, to: to as GroupId });
+                            let kept = groups[from].query(&LockQuery::Part { epoch, to: to as GroupId, from: 0, limit: 8 << 10 });
                             if kept != LockOutput::Part(None) {
                                 fenced.push((epoch, from, to));
                             }
@@ -724,5 +953,126 @@ mod tests {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod pack_tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn moved(name: String) -> MovedLock {
+        MovedLock {
+            name,
+            session: 7,
+            owner: 3,
+            token: 5,
+            last_granted: 9,
+        }
+    }
+
+    /// Names (long and short), and ranges some of which start or end at
+    /// a name's hash, so pieces are cut at every kind of boundary.
+    fn part() -> impl Strategy<Value = (RangeSet, Vec<MovedLock>)> {
+        let names = prop::collection::btree_set((0u32..10_000, 1usize..128), 0..80);
+        let cuts = prop::collection::vec((any::<u64>(), 0u64..1 << 62, any::<bool>()), 0..40);
+        (names, cuts).prop_map(|(names, cuts)| {
+            let names: Vec<String> = names
+                .into_iter()
+                .map(|(i, len)| format!("{i}{}", "x".repeat(len)))
+                .collect();
+            let hashes: Vec<u64> = names.iter().map(|n| hash_key(n.as_bytes())).collect();
+            let ranges = RangeSet::from_ranges(cuts.into_iter().enumerate().map(|(i, (start, len, at_name))| {
+                let start = match (at_name, hashes.get(i)) {
+                    (true, Some(&h)) => h,
+                    _ => start,
+                };
+                HashRange {
+                    start,
+                    end: start.saturating_add(len),
+                }
+            }));
+            let locks = names
+                .into_iter()
+                .filter(|n| ranges.contains(hash_key(n.as_bytes())))
+                .map(moved)
+                .collect();
+            (ranges, locks)
+        })
+    }
+
+    proptest! {
+        /// The pieces cover the part's ranges exactly, in ascending,
+        /// disjoint ranges with distinct first hashes; each lock is in
+        /// exactly one piece, inside its ranges; every piece's command fits
+        /// the limit; and the same part is always cut the same way.
+        #[test]
+        fn pieces_cover_the_part_and_each_fits_one_command(
+            (ranges, locks) in part(),
+            limit in 400usize..3000,
+        ) {
+            let piece = |ranges, locks| ShardCommand::Install {
+                epoch: 4,
+                from: 2,
+                part: LockPart { ranges, floor: 1 << 40, locks },
+            };
+            let pieces = pack(&ranges, &locks, piece(RangeSet::default(), Vec::new()), limit);
+            prop_assert_eq!(&pieces, &pack(&ranges, &locks, piece(RangeSet::default(), Vec::new()), limit));
+            let mut covered = RangeSet::default();
+            let mut shipped = Vec::new();
+            for (i, (piece_ranges, piece_locks)) in pieces.iter().enumerate() {
+                prop_assert!(!piece_ranges.is_empty());
+                prop_assert!(covered.intersection(piece_ranges).is_empty(), "pieces overlap");
+                if i > 0 {
+                    prop_assert!(pieces[i - 1].0.first() < piece_ranges.first(), "pieces ascend");
+                }
+                for lock in piece_locks {
+                    prop_assert!(piece_ranges.contains(hash_key(lock.name.as_bytes())));
+                }
+                for r in piece_ranges.ranges() {
+                    covered.insert(*r);
+                }
+                shipped.extend(piece_locks.iter().cloned());
+                let command = LockCommand::Shard(piece(piece_ranges.clone(), piece_locks.clone()));
+                prop_assert!(codec::encode(&command).unwrap().len() <= limit);
+            }
+            prop_assert_eq!(covered, ranges);
+            let name = |m: &MovedLock| m.name.clone();
+            let mut want: Vec<String> = locks.iter().map(name).collect();
+            let mut got: Vec<String> = shipped.iter().map(name).collect();
+            want.sort();
+            got.sort();
+            prop_assert_eq!(got, want);
+        }
+    }
+
+    /// A lock larger than the limit goes alone in a piece, with the
+    /// hashes around it in pieces of their own.
+    #[test]
+    fn a_lock_larger_than_the_limit_goes_alone() {
+        let name = "n".repeat(100);
+        let h = hash_key(name.as_bytes());
+        let ranges = RangeSet::from_ranges([HashRange {
+            start: h - 5,
+            end: h + 5,
+        }]);
+        let empty = ShardCommand::Install {
+            epoch: 1,
+            from: 1,
+            part: LockPart::default(),
+        };
+        let pieces = pack(&ranges, &[moved(name.clone())], empty, 60);
+        let alone: Vec<_> = pieces.iter().filter(|(_, locks)| !locks.is_empty()).collect();
+        assert_eq!(alone.len(), 1);
+        assert_eq!(alone[0].1[0].name, name);
+        assert!(alone[0].0.contains(h));
+        let mut covered = RangeSet::default();
+        for (r, _) in &pieces {
+            for x in r.ranges() {
+                covered.insert(*x);
+            }
+        }
+        assert_eq!(covered, ranges);
     }
 }
