@@ -382,6 +382,22 @@ mod tests {
         RangeSet::from_ranges([HashRange { start: h, end: h }])
     }
 
+    /// A group where one session holds every lock of `names`, all of
+    /// them fenced for group 9 at epoch 2.
+    fn fenced_holding(names: &[String]) -> LockMachine {
+        let mut source = LockMachine::default();
+        source.apply(&client(1, R::Open { session: 1 }));
+        for (i, name) in names.iter().enumerate() {
+            source.apply(&client(1, acquire(1, name, i as u64 + 1)));
+        }
+        source.apply(&C::Shard(ShardCommand::Fence {
+            epoch: 2,
+            to: 9,
+            ranges: RangeSet::full(),
+        }));
+        source
+    }
+
     /// The whole part, read page by page.
     fn part(m: &LockMachine, epoch: u64, to: GroupId) -> LockPart {
         let mut whole = LockPart::default();
@@ -557,17 +573,8 @@ mod tests {
     /// installs only the rest.
     #[test]
     fn a_part_installed_in_pieces_is_the_part_installed_whole() {
-        let mut source = LockMachine::default();
-        source.apply(&client(1, R::Open { session: 1 }));
         let names: Vec<String> = (0..40).map(|i| format!("lock-{i}")).collect();
-        for (i, name) in names.iter().enumerate() {
-            source.apply(&client(1, acquire(1, name, i as u64 + 1)));
-        }
-        source.apply(&C::Shard(ShardCommand::Fence {
-            epoch: 2,
-            to: 9,
-            ranges: RangeSet::full(),
-        }));
+        let source = fenced_holding(&names);
         let whole = part(&source, 2, 9);
         assert_eq!(whole.locks.len(), names.len());
         let install = |part| {
@@ -649,17 +656,8 @@ mod tests {
     /// without gap or overlap, and together they are the part.
     #[test]
     fn a_large_part_is_read_in_pages_that_each_install_as_one_command() {
-        let mut source = LockMachine::default();
-        source.apply(&client(1, R::Open { session: 1 }));
         let names: Vec<String> = (0..200).map(|i| format!("{i:03}-{}", "n".repeat(120))).collect();
-        for (i, name) in names.iter().enumerate() {
-            source.apply(&client(1, acquire(1, name, i as u64 + 1)));
-        }
-        source.apply(&C::Shard(ShardCommand::Fence {
-            epoch: 2,
-            to: 9,
-            ranges: RangeSet::full(),
-        }));
+        let source = fenced_holding(&names);
         for limit in [u32::MAX, 8 << 10, 1000] {
             let (mut from, mut pages, mut locks) = (0, 0, 0);
             let mut covered = RangeSet::default();
