@@ -151,8 +151,8 @@ pub struct Shipment {
     pub bytes: usize,
     /// Install commands sent.
     pub installs: usize,
-    /// From sending the fence to the install's answer, if this run
-    /// installed the part.
+    /// From sending the first fence to the last page's install answer,
+    /// if this run installed the part.
     pub window: Option<Duration>,
 }
 

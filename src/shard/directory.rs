@@ -35,11 +35,11 @@ pub struct ViewSpec {
 }
 
 /// The most ring points a view may have (the sum over its groups of
-/// weight × points per unit). A move ships up to every range of the view
-/// (one per point), and its part is read in one answer of at most
-/// [`crate::env::MAX_MESSAGE_BYTES`] beside up to a thousand held locks;
-/// every group's ranges and every client's ring are this large too. 16
-/// groups at weight 12 with 160 points per unit stay below it.
+/// weight × points per unit). A move fences and pages up to every range
+/// of the view (one per point); every group's served ranges, the ranges
+/// it remembers installing, the ring each directory replica builds to
+/// check a view and every client's ring are this large too. 16 groups at
+/// weight 12 with 160 points per unit stay below it.
 pub const MAX_VIEW_POINTS: u64 = 1 << 15;
 
 impl ViewSpec {
