@@ -67,6 +67,20 @@ async fn lock_and_bank_commands_work_against_a_loopback_cluster() {
         );
     }
 
+    // A reader that stops reading (`| head -1`, here nobody at all) stops
+    // neither the command nor the release: printing to the closed pipe
+    // used to panic, leaving the lock held until its session expired.
+    let mut unread = Command::new(env!("CARGO_BIN_EXE_ringfence"))
+        .args(["lock", "acquire", "piped", "--hold", "0s", "--config", &file])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(unread.stdout.take());
+    let out = unread.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout(&ringfence(&["lock", "status", "piped", "-c", &file])).contains("lock=piped free"));
+
     assert!(stdout(&ringfence(&["txn", "transfer", "0", "1", "30", "-c", &file])).contains("committed"));
     let audit = stdout(&ringfence(&["txn", "audit", "--accounts", "2", "-c", &file]));
     assert!(

@@ -132,7 +132,7 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
     let mut result = Ok(());
     if args.workloads.contains(&Workload::Lock) {
         if !args.json {
-            println!(
+            say!(
                 "{:>7} {:<11} {:>10} {:>8} {:>8} {:>8} {:>8} {:>11} {:>6} {:>7} {:>7}",
                 "clients",
                 "mode",
@@ -173,7 +173,7 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
     }
     if result.is_ok() && args.workloads.contains(&Workload::Txn) {
         if !args.json {
-            println!(
+            say!(
                 "\n{:>7} {:<11} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>7} {:>7}",
                 "clients",
                 "workload",
@@ -391,7 +391,7 @@ fn report_transfers(phase: &TransferPhase, json: bool) {
     let per_sec = lat.count() as f64 / phase.window.as_secs_f64();
     let usage = &phase.usage;
     if json {
-        println!(
+        say!(
             "{{\"clients\":{},\"workload\":\"transfer\",\"commits_per_sec\":{per_sec:.1},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"mean_ms\":{:.3},\"max_ms\":{:.3},\"aborts\":{},\"errors\":{},\"client_cores\":{:.2},\"server_cores\":{}}}",
             phase.clients,
             lat.percentile(50.0),
@@ -404,7 +404,7 @@ fn report_transfers(phase: &TransferPhase, json: bool) {
             usage.server_cores.map_or("null".to_string(), |c| format!("{c:.2}")),
         );
     } else {
-        println!(
+        say!(
             "{:>7} {:<11} {:>10.1} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>8} {:>6} {:>7.2} {:>7}",
             phase.clients,
             "transfer",
@@ -432,7 +432,7 @@ fn report(phase: &Phase, json: bool) {
     let usage = &phase.usage;
     let mode = format!("{:?}", phase.mode).to_lowercase();
     if json {
-        println!(
+        say!(
             "{{\"clients\":{},\"mode\":\"{mode}\",\"cycles_per_sec\":{cycles_per_sec:.1},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"mean_ms\":{:.3},\"max_ms\":{:.3},\"handoff_ms\":{},\"errors\":{},\"client_cores\":{:.2},\"server_cores\":{},\"first_error\":{}}}",
             phase.clients,
             lat.percentile(50.0),
@@ -446,7 +446,7 @@ fn report(phase: &Phase, json: bool) {
             phase.first_error.as_ref().map_or("null".to_string(), |e| format!("{e:?}")),
         );
     } else {
-        println!(
+        say!(
             "{:>7} {:<11} {:>10.1} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>11} {:>6} {:>7.2} {:>7}",
             phase.clients,
             mode,

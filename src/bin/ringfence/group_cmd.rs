@@ -109,7 +109,7 @@ pub async fn run(args: GroupArgs) -> Result<(), String> {
         .flat_map(|(_, _, r)| r.ranges())
         .map(|r| r.fraction())
         .sum();
-    println!(
+    say!(
         "epoch {epoch}: moved {:.1}% of the names in {} range set(s), {} held lock(s) shipped",
         share * 100.0,
         moves.ranges.len(),
@@ -136,26 +136,27 @@ fn known(config: &ClusterConfig, group: GroupId) -> Result<(), String> {
 
 fn print_views(views: &Views) {
     match &views.current {
-        None => println!("no ring view yet: group {FOUNDER_GROUP} serves every name"),
+        None => say!("no ring view yet: group {FOUNDER_GROUP} serves every name"),
         Some(spec) => print_view("current", spec),
     }
     if let Some(spec) = &views.next {
         print_view("moving to", spec);
-        println!("a rebalance is in progress: any `ringfence group` change finishes it first");
+        say!("a rebalance is in progress: any `ringfence group` change finishes it first");
     }
 }
 
 fn print_view(label: &str, spec: &ViewSpec) {
-    println!(
+    say!(
         "{label}: epoch {} ({} points per unit of weight)",
-        spec.epoch, spec.vnodes
+        spec.epoch,
+        spec.vnodes
     );
     let Ok(ring) = spec.build() else {
-        println!("  (not a valid ring)");
+        say!("  (not a valid ring)");
         return;
     };
     for (group, weight) in &spec.groups {
-        println!(
+        say!(
             "  group {group}: weight {weight}, {:.1}% of the names",
             share(&ring, *group) * 100.0
         );

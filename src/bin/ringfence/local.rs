@@ -38,7 +38,7 @@ pub async fn run(args: ClusterArgs) -> Result<(), String> {
     let mut cluster = LocalCluster::start(&exe, &args.dir, config)
         .await
         .map_err(|e| format!("cluster did not start: {e}"))?;
-    println!(
+    say!(
         "{} nodes up; cluster file {} (lock service on {})",
         args.nodes,
         cluster.config_path().display(),
@@ -50,7 +50,7 @@ pub async fn run(args: ClusterArgs) -> Result<(), String> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    println!("try: ringfence lock acquire my-lock --hold 10s   (Ctrl-C stops the cluster)");
+    say!("try: ringfence lock acquire my-lock --hold 10s   (Ctrl-C stops the cluster)");
     let mut check = tokio::time::interval(std::time::Duration::from_millis(500));
     let result = loop {
         tokio::select! {

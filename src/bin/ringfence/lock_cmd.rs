@@ -109,11 +109,11 @@ pub async fn run(args: LockArgs) -> Result<(), Failure> {
             let mut client = client(&config)?;
             let (_, status) = client.status(&name).await.map_err(|e| format!("status {name}: {e}"))?;
             match status.holder {
-                Some((session, token)) => println!("lock={name} holder session={session} token={token}"),
-                None => println!("lock={name} free"),
+                Some((session, token)) => say!("lock={name} holder session={session} token={token}"),
+                None => say!("lock={name} free"),
             }
             for (place, (session, token)) in status.waiters.iter().enumerate() {
-                println!("  waiter {} session={session} token={token}", place + 1);
+                say!("  waiter {} session={session} token={token}", place + 1);
             }
             Ok(())
         }
@@ -167,7 +167,7 @@ async fn acquire(
     };
     let token = guard.token();
     let client = client.group(group).expect("the group that granted the lock");
-    println!(
+    say!(
         "granted lock={name} token={token} session={} valid_for={:?}",
         client.session(),
         client.valid_for()
@@ -205,7 +205,7 @@ async fn acquire(
     // The lease held throughout; a release that fails now only means the
     // servers free the lock when the session expires instead.
     match guard.release().await {
-        Ok(()) => println!("released lock={name} token={token}"),
+        Ok(()) => say!("released lock={name} token={token}"),
         Err(e) => eprintln!("warning: release {name}: {e} (the lock is freed when the session expires)"),
     }
     match ended {

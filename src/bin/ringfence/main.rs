@@ -1,6 +1,17 @@
 //! `ringfence`: run a node or a local cluster, use the lock service from the
 //! command line, and measure it.
 
+/// `println!` for the command's output, except that a reader that went
+/// away (`ringfence lock acquire NAME -- CMD | head -1`) stops nothing: the
+/// command still runs and the lock is still released on the way out, which
+/// a panic on the broken pipe skipped.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 mod bench;
 mod group_cmd;
 mod local;
@@ -150,7 +161,7 @@ impl From<String> for Failure {
 fn client_key(config: &ConfigArg, principal: u32, out: &std::path::Path) -> Result<(), String> {
     let config = config.load()?;
     config.mint_client_key(principal, out).map_err(|e| e.to_string())?;
-    println!("wrote the key of principal {principal} to {}", out.display());
+    say!("wrote the key of principal {principal} to {}", out.display());
     Ok(())
 }
 

@@ -107,10 +107,10 @@ pub async fn run(args: MemberArgs) -> Result<(), String> {
                         directory: None,
                     });
                     save(&config, path)?;
-                    println!("added node {id} to {}", path.display());
+                    say!("added node {id} to {}", path.display());
                 }
             }
-            println!(
+            say!(
                 "start it with `ringfence node --config {} --id {id} --join`; waiting for it to catch up",
                 path.display()
             );
@@ -127,13 +127,13 @@ pub async fn run(args: MemberArgs) -> Result<(), String> {
             if config.node(id).is_ok() {
                 config.nodes.retain(|n| n.id != id);
                 save(&config, path)?;
-                println!("removed node {id} from {}; stop its process", path.display());
+                say!("removed node {id} from {}; stop its process", path.display());
             }
             Ok(())
         }
         MemberCommand::Replace { id } => {
             config.node(id).map_err(|e| e.to_string())?;
-            println!(
+            say!(
                 "start the new node with `ringfence node --config {} --id {id} --join` on an empty data \
                  directory; waiting for it to catch up",
                 path.display()
@@ -182,7 +182,7 @@ fn report(
         Procedure::Remove => format!("node {node} is out"),
         Procedure::Transfer => format!("leadership handed to node {node}"),
     };
-    println!("{group} group: {done}; voters {}", voters(&status));
+    say!("{group} group: {done}; voters {}", voters(&status));
     Ok(())
 }
 
@@ -202,7 +202,7 @@ fn print_status<E: std::fmt::Display>(group: &str, status: Result<ConfigStatus, 
     let status = match status {
         Ok(status) => status,
         Err(e) => {
-            println!("{group} group: no leader answered ({e})");
+            say!("{group} group: no leader answered ({e})");
             return;
         }
     };
@@ -211,19 +211,19 @@ fn print_status<E: std::fmt::Display>(group: &str, status: Result<ConfigStatus, 
     } else {
         "not yet committed"
     };
-    println!(
+    say!(
         "{group} group: configuration of log index {} ({state}); voters {}",
         status.index,
         voters(&status)
     );
     for (&node, incarnation) in &status.membership.voters {
-        println!(
+        say!(
             "  node {node}: voter, incarnation {incarnation}{}",
             heard(&status, node)
         );
     }
     for &node in &status.membership.learners {
-        println!("  node {node}: learner{}", heard(&status, node));
+        say!("  node {node}: learner{}", heard(&status, node));
     }
 }
 

@@ -53,7 +53,7 @@ async fn command(client: &mut TxnClient<RealEnv>, command: TxnCommand) -> Result
                 return Err("transfer a non-negative amount between two different accounts".to_string());
             }
             match bank::transfer(client, from, to, amount).await {
-                Ok(Outcome::Committed) => println!("committed: {amount} from account {from} to account {to}"),
+                Ok(Outcome::Committed) => say!("committed: {amount} from account {from} to account {to}"),
                 Ok(Outcome::Aborted(reason)) => return Err(format!("aborted: {reason}")),
                 Err(e) => return Err(e.to_string()),
             }
@@ -61,9 +61,9 @@ async fn command(client: &mut TxnClient<RealEnv>, command: TxnCommand) -> Result
         TxnCommand::Audit { accounts } => {
             let balances = bank::audit(client, accounts).await.map_err(|e| e.to_string())?;
             for (account, balance) in balances.iter().enumerate() {
-                println!("account {account}: {balance}");
+                say!("account {account}: {balance}");
             }
-            println!("total: {}", balances.iter().sum::<i64>());
+            say!("total: {}", balances.iter().sum::<i64>());
         }
     }
     Ok(())

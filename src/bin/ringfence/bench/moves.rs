@@ -138,7 +138,7 @@ fn report(
     let mean_bytes = bytes.iter().sum::<u64>() as f64 / count;
     let max_bytes = bytes.iter().max().copied().unwrap_or(0);
     if args.json {
-        println!(
+        say!(
             "{{\"workload\":\"moves\",\"clients\":{clients},\"cycles_per_sec\":{cycles_per_sec:.1},\"errors\":{errors},\"rebalances\":{},\"share_moved\":{share:.4},\"held_locks_shipped\":{locks},\"bytes_mean\":{mean_bytes:.0},\"bytes_max\":{max_bytes},\"window_p50_ms\":{:.3},\"window_max_ms\":{:.3},\"rebalance_mean_ms\":{:.3},\"client_gap_p50_ms\":{:.3},\"client_gap_max_ms\":{:.3}}}",
             rebalances.len(),
             windows.percentile(50.0),
@@ -148,7 +148,7 @@ fn report(
             gaps.max(),
         );
     } else {
-        println!(
+        say!(
             "{:>7} {:>10.1} {:>6} {:>10} {:>7.1} {:>7} {:>9.0} {:>9} {:>8.3} {:>8.3} {:>9.3} {:>8.3} {:>8.3}",
             clients,
             cycles_per_sec,
@@ -169,7 +169,7 @@ fn report(
 
 /// The table's header.
 pub fn header() {
-    println!(
+    say!(
         "\n{:>7} {:>10} {:>6} {:>10} {:>7} {:>7} {:>9} {:>9} {:>8} {:>8} {:>9} {:>8} {:>8}",
         "clients",
         "cycles/s",
