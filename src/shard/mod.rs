@@ -27,6 +27,9 @@
 //! anything, so one cut short is finished by whoever runs next.
 
 pub mod directory;
+mod pack;
+
+pub use pack::pack;
 
 use serde::{Deserialize, Serialize};
 

@@ -279,6 +279,8 @@ impl Coordinator {
             | Msg::Forgotten { .. }
             | Msg::Known { .. }
             | Msg::Redirect { .. }
+            | Msg::Move { .. }
+            | Msg::MoveReply { .. }
             | Msg::Log(_) => vec![],
         }
     }

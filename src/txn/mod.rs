@@ -78,6 +78,11 @@ pub enum TxnBug {
     /// with abort, as plain presumed abort would, though it may have
     /// committed.
     ForgetPresumesAbort,
+    /// Shard: a fenced part of accounts is read and shipped while prepared
+    /// transactions still hold locks on them, so a commit decided after
+    /// the move lands at a shard that no longer serves those accounts (a
+    /// moving prepared transaction dropped).
+    ShipBeforeDrained,
 }
 
 pub mod bank;
@@ -171,6 +176,15 @@ pub enum AbortReason {
         /// The limit, in shards.
         limit: usize,
     },
+    /// The shard does not serve the key: it moved (or is moving) to
+    /// another shard. The client reads the ring's views again and runs the
+    /// transaction where they say.
+    NotServed {
+        /// The shard that refused.
+        shard: NodeId,
+        /// The highest ring epoch that shard took part in.
+        epoch: u64,
+    },
 }
 
 impl std::fmt::Display for AbortReason {
@@ -192,6 +206,9 @@ impl std::fmt::Display for AbortReason {
             }
             AbortReason::TooManyParticipants { limit } => {
                 write!(f, "the commit request lists more than {limit} shards")
+            }
+            AbortReason::NotServed { shard, epoch } => {
+                write!(f, "shard {shard} does not serve the key (its ring epoch is {epoch})")
             }
         }
     }
@@ -373,6 +390,23 @@ pub enum Msg {
         txn: TxnId,
         /// What the peer knows of it.
         knowledge: Knowledge,
+    },
+
+    // operator -> shard
+    /// A step of moving accounts between shards.
+    Move {
+        /// Operator-chosen, echoed in `MoveReply`.
+        request: u64,
+        /// The step.
+        step: participant::AccountMove,
+    },
+    // shard -> operator
+    /// Answers `Move` once the step is durable.
+    MoveReply {
+        /// The `Move`'s request id.
+        request: u64,
+        /// What the shard did.
+        answer: participant::MoveAnswer,
     },
 
     /// Between replicas of a replicated coordinator: an encoded message of

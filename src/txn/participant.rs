@@ -21,13 +21,18 @@
 //! the asker. Recovery rebuilds committed data, re-acquires the locks of
 //! prepared transactions and resumes asking.
 
+mod moves;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use moves::{AccountMove, AccountPage, AccountPart, MoveAnswer, MAX_MOVE_BYTES};
+
 use super::{sends, AbortReason, Decision, Key, Knowledge, Msg, Step, TxnBug, TxnEvent, TxnId, Value, Writes};
 use crate::env::{codec, NodeId};
+use crate::shard::{GroupId, Ownership, RangeSet};
 
 /// What a participant writes to its log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,6 +65,10 @@ pub enum Record {
         /// How it ended: a commit installs the prepared writes on replay.
         decision: Decision,
     },
+    /// A step of moving accounts ([`AccountMove`], never `Part`), as
+    /// applied: an install lists only what it added. Synced before
+    /// answered.
+    Moved(AccountMove),
 }
 
 /// How long a prepared transaction waits before the planted bug
@@ -173,6 +182,10 @@ pub struct Participant {
     txns: BTreeMap<TxnId, Txn>,
     /// Decisions applied (or, for unprepared transactions, taken) here.
     done: BTreeMap<TxnId, Decision>,
+    /// Which account keys this shard serves (all, unless sharded by moves).
+    ownership: Ownership,
+    /// Ranges fenced for a move `(epoch, target)` and not dropped yet.
+    outbox: BTreeMap<(u64, GroupId), RangeSet>,
 }
 
 impl Participant {
@@ -193,6 +206,8 @@ impl Participant {
             locks: BTreeMap::new(),
             txns: BTreeMap::new(),
             done: BTreeMap::new(),
+            ownership: Ownership::default(),
+            outbox: BTreeMap::new(),
         };
         let mut recovered = Vec::new();
         for (position, bytes) in log.iter().enumerate() {
@@ -265,6 +280,18 @@ impl Participant {
                         decision,
                         prepared: prepared.is_some(),
                     }));
+                }
+                Record::Moved(step) => {
+                    // Steps replay in log order between the decisions they
+                    // came between, so a fence sees the prepared
+                    // transactions it saw then (the active ones died with
+                    // the last incarnation).
+                    if let (MoveAnswer::Refused(_), _, _) = p.apply_move(step) {
+                        return Err(RecoverError::Invalid {
+                            position,
+                            reason: "a move step that does not apply",
+                        });
+                    }
                 }
             }
         }
@@ -374,7 +401,17 @@ impl Participant {
                 self.id,
                 t.bytes
             );
+            if matches!(t.phase, Phase::Active { .. }) {
+                for key in &t.locked {
+                    assert!(
+                        self.not_served(key).is_none(),
+                        "shard {}: active {txn} holds {key:?}, which it does not serve",
+                        self.id
+                    );
+                }
+            }
         }
+        self.check_moves();
     }
 
     /// Transactions prepared here and not yet decided.
@@ -449,6 +486,7 @@ impl Participant {
                 steps
             }
             Msg::Query { txn } => self.on_query(txn, from),
+            Msg::Move { request, step } => self.on_move(from, request, step),
             Msg::Known {
                 txn,
                 knowledge: Knowledge::Decided(decision),
@@ -467,6 +505,7 @@ impl Participant {
             | Msg::Vote { .. }
             | Msg::Ack { .. }
             | Msg::Redirect { .. }
+            | Msg::MoveReply { .. }
             | Msg::Log(_) => vec![],
         }
     }
@@ -506,6 +545,18 @@ impl Participant {
                 phase: Phase::Active { client, .. },
                 ..
             }) if *client != from => return reply(self.epoch, Err(AbortReason::NotActive)),
+            // Moved (or moving) to another shard. The transaction's other
+            // work here is void too: the client starts it again where the
+            // ring now says.
+            _ if self.not_served(&key).is_some() => {
+                let refusal = self.not_served(&key).expect("guarded");
+                let mut steps = match self.txns.get(&txn) {
+                    Some(_) => self.abort_active(txn),
+                    None => vec![],
+                };
+                steps.extend(reply(self.epoch, Err(refusal)));
+                return steps;
+            }
             Some(_) => {}
             None if epoch.is_some_and(|e| e != self.epoch) => {
                 // The client began here in an earlier incarnation: its locks
@@ -817,22 +868,22 @@ impl Participant {
 mod tests {
     use super::*;
 
-    const C: NodeId = 1;
-    const CLIENT: NodeId = 100;
-    const MS: Duration = Duration::from_millis(1);
+    pub(super) const C: NodeId = 1;
+    pub(super) const CLIENT: NodeId = 100;
+    pub(super) const MS: Duration = Duration::from_millis(1);
 
-    fn config() -> ParticipantConfig {
+    pub(super) fn config() -> ParticipantConfig {
         ParticipantConfig {
             coordinators: vec![C],
             ..ParticipantConfig::default()
         }
     }
 
-    fn shard() -> Participant {
+    pub(super) fn shard() -> Participant {
         Participant::recover(2, &[], Duration::ZERO, config()).unwrap().0
     }
 
-    fn get(p: &mut Participant, txn: TxnId, key: &str) -> Result<Option<Value>, AbortReason> {
+    pub(super) fn get(p: &mut Participant, txn: TxnId, key: &str) -> Result<Option<Value>, AbortReason> {
         let epoch = p.epoch();
         op_result(p.on_message(
             MS,
@@ -846,7 +897,7 @@ mod tests {
         ))
     }
 
-    fn put(p: &mut Participant, txn: TxnId, key: &str, v: u8) -> Result<Option<Value>, AbortReason> {
+    pub(super) fn put(p: &mut Participant, txn: TxnId, key: &str, v: u8) -> Result<Option<Value>, AbortReason> {
         let epoch = p.epoch();
         op_result(p.on_message(
             MS,
@@ -861,7 +912,7 @@ mod tests {
         ))
     }
 
-    fn op_result(steps: Steps) -> Result<Option<Value>, AbortReason> {
+    pub(super) fn op_result(steps: Steps) -> Result<Option<Value>, AbortReason> {
         steps
             .into_iter()
             .find_map(|s| match s {
@@ -871,7 +922,7 @@ mod tests {
             .expect("a reply")
     }
 
-    fn prepare(p: &mut Participant, txn: TxnId) -> Steps {
+    pub(super) fn prepare(p: &mut Participant, txn: TxnId) -> Steps {
         let epoch = p.epoch();
         p.on_message(
             MS,
@@ -886,7 +937,7 @@ mod tests {
         )
     }
 
-    fn vote_of(steps: &Steps) -> Option<bool> {
+    pub(super) fn vote_of(steps: &Steps) -> Option<bool> {
         steps.iter().find_map(|s| match s {
             Step::Send(_, Msg::Vote { yes, .. }) => Some(*yes),
             _ => None,
@@ -894,7 +945,7 @@ mod tests {
     }
 
     /// The log a crash would leave: every appended record (as if all synced).
-    fn log_of(steps: &[Steps]) -> Vec<Vec<u8>> {
+    pub(super) fn log_of(steps: &[Steps]) -> Vec<Vec<u8>> {
         steps
             .iter()
             .flatten()

@@ -672,6 +672,8 @@ impl CoordLeader {
             | Msg::Forgotten { .. }
             | Msg::Known { .. }
             | Msg::Redirect { .. }
+            | Msg::Move { .. }
+            | Msg::MoveReply { .. }
             | Msg::Log(_) => {}
         }
         fx

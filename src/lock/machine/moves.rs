@@ -186,115 +186,17 @@ impl LockMachine {
     }
 }
 
-/// Cuts `ranges`, with the `locks` that lie in them, into pieces, each of
-/// which makes `empty` (a shard command with no ranges and no locks) at
-/// most `limit` bytes long when put in it, unless a single range or lock
-/// alone is larger (then it makes a piece of its own). The pieces ascend
-/// by hash and cover `ranges` exactly; a range is cut just below a lock's
-/// hash where its locks overflow a piece. The same input always gives
-/// the same pieces.
+/// Cuts `ranges`, with the `locks` that lie in them, into pieces that
+/// each fit `empty` (a shard command with no ranges and no locks) in at
+/// most `limit` bytes ([`crate::shard::pack`], by each lock's name hash).
 pub fn pack(
     ranges: &RangeSet,
     locks: &[MovedLock],
     empty: ShardCommand,
     limit: usize,
 ) -> Vec<(RangeSet, Vec<MovedLock>)> {
-    let encoded_len = |bytes: Result<Vec<u8>, _>| bytes.map_or(usize::MAX, |b: Vec<u8>| b.len());
-    // Each list's length prefix grows from the one byte `empty` has to at
-    // most three bytes below two million entries; every range is counted
-    // as its widest encoding.
-    let base = encoded_len(codec::encode(&LockCommand::Shard(empty))).saturating_add(4);
-    let range_bytes = encoded_len(codec::encode(&HashRange {
-        start: u64::MAX,
-        end: u64::MAX,
-    }));
-    let mut by_hash: Vec<(u64, &MovedLock)> = locks.iter().map(|m| (hash_key(m.name.as_bytes()), m)).collect();
-    by_hash.sort_by_key(|&(h, _)| h);
-    let mut pieces = Vec::new();
-    let mut piece = Piece::new(base);
-    let mut next = 0;
-    for range in ranges.ranges() {
-        if !piece.ranges.is_empty() && piece.bytes + range_bytes > limit {
-            pieces.push(piece.take(base));
-        }
-        piece.open(*range, range_bytes);
-        while let Some(&(h, lock)) = by_hash.get(next).filter(|&&(h, _)| h <= range.end) {
-            next += 1;
-            let lock_bytes = encoded_len(codec::encode(lock));
-            if piece.bytes + lock_bytes > limit && piece.leaves_some_below(h) {
-                let (rest, same_hash) = piece.cut_below(h, range_bytes);
-                pieces.push(piece.take(base));
-                piece.open(rest, range_bytes);
-                piece.bytes += same_hash.iter().map(|(_, bytes)| bytes).sum::<usize>();
-                piece.locks.extend(same_hash.into_iter().map(|(lock, _)| lock));
-            }
-            piece.bytes += lock_bytes;
-            piece.locks.push(lock.clone());
-        }
-    }
-    pieces.push(piece.take(base));
-    pieces.into_iter().filter(|(ranges, _)| !ranges.is_empty()).collect()
-}
-
-/// A piece [`pack`] is filling: its ranges, the last still open.
-struct Piece {
-    ranges: Vec<HashRange>,
-    locks: Vec<MovedLock>,
-    bytes: usize,
-}
-
-impl Piece {
-    fn new(base: usize) -> Self {
-        Piece {
-            ranges: Vec::new(),
-            locks: Vec::new(),
-            bytes: base,
-        }
-    }
-
-    /// The piece as filled, leaving an empty one in its place.
-    fn take(&mut self, base: usize) -> (RangeSet, Vec<MovedLock>) {
-        let piece = std::mem::replace(self, Piece::new(base));
-        (RangeSet::from_ranges(piece.ranges), piece.locks)
-    }
-
-    fn open(&mut self, range: HashRange, range_bytes: usize) {
-        self.ranges.push(range);
-        self.bytes += range_bytes;
-    }
-
-    /// Whether cutting the open range below hash `h` leaves the piece
-    /// some hashes (else the lock at `h` joins it, however large).
-    fn leaves_some_below(&self, h: u64) -> bool {
-        self.ranges.len() > 1 || self.ranges.last().is_some_and(|open| open.start < h)
-    }
-
-    /// Ends the open range just below hash `h` (leaving it out if it
-    /// starts at `h`); returns the range's rest, from `h` on, and the
-    /// locks of hash `h` the piece held (names whose hashes collide), with
-    /// their bytes, which go with the rest.
-    fn cut_below(&mut self, h: u64, range_bytes: usize) -> (HashRange, Vec<(MovedLock, usize)>) {
-        let mut same_hash = Vec::new();
-        while self.locks.last().is_some_and(|m| hash_key(m.name.as_bytes()) == h) {
-            let lock = self.locks.pop().expect("checked above");
-            let bytes = codec::encode(&lock).map_or(0, |b| b.len());
-            self.bytes -= bytes;
-            same_hash.push((lock, bytes));
-        }
-        same_hash.reverse();
-        let open = self.ranges.last_mut().expect("a lock is cut inside an open range");
-        let rest = HashRange {
-            start: h,
-            end: open.end,
-        };
-        if h <= open.start {
-            self.ranges.pop();
-            self.bytes -= range_bytes;
-        } else {
-            open.end = h - 1;
-        }
-        (rest, same_hash)
-    }
+    let empty_bytes = codec::encode(&LockCommand::Shard(empty)).map_or(usize::MAX, |b| b.len());
+    crate::shard::pack(ranges, locks, |m| hash_key(m.name.as_bytes()), empty_bytes, limit)
 }
 
 impl LockPart {
