@@ -41,7 +41,7 @@
 //! group and the directory on one connection set. Group 1 founds the
 //! service serving every name; the others join serving none until an
 //! operator puts them in the ring (`ringfence group add`), which moves
-//! their share of the names to them online ([`crate::lock::rebalance`]).
+//! their share of the names to them online ([`crate::shard::rebalance`]).
 //! Their members are the nodes that list them when the cluster is
 //! founded (`ringfence member` changes group 1 and the coordinators).
 //!
@@ -62,13 +62,14 @@ use super::auth::{ClientCredentials, ClusterSecret, CredentialError, FIRST_PRINC
 use super::transport::Limits;
 use super::{NodeConfig, RealEnv};
 use crate::env::NodeId;
-use crate::lock::rebalance::{self, Moves, RebalanceConfig, RebalanceError};
+use crate::lock::rebalance::LockGroups;
 use crate::lock::{self, ServerConfig, ShardedLockClient};
 use crate::log::client::{Client, Inbox};
 use crate::log::membership::{founding, Boot};
 use crate::log::service::NodeError;
 use crate::observe::Ignore;
 use crate::shard::directory::{self, Directory};
+use crate::shard::rebalance::{self, Moves, RebalanceConfig, RebalanceError};
 use crate::shard::GroupId;
 use crate::txn;
 use crate::txn::client::TxnClient;
@@ -465,7 +466,7 @@ impl ClusterConfig {
     }
 
     /// An operator's clients of every lock group and of the directory,
-    /// sharing one connection set, for [`crate::lock::rebalance`].
+    /// sharing one connection set, for [`crate::shard::rebalance`].
     pub fn shard_operator(&self) -> Result<ShardOperator, ConfigError> {
         let credentials = self.secret()?.operator_credentials();
         let env = RealEnv::client(&credentials, &self.lock_service_peers());
@@ -473,7 +474,7 @@ impl ClusterConfig {
         let groups = self.lock_groups().into_iter();
         let groups = groups.map(|(g, replicas)| (g, Client::sharing(inbox.clone(), replicas.into_keys().collect())));
         Ok(ShardOperator {
-            groups: groups.collect(),
+            groups: LockGroups::new(groups.collect()),
             directory: Client::sharing(inbox, self.directory_servers().into_keys().collect()),
         })
     }
@@ -565,7 +566,7 @@ pub const GROUP_VNODES: u32 = 160;
 /// An operator's clients of a sharded lock service.
 pub struct ShardOperator {
     /// A client of each lock group.
-    pub groups: BTreeMap<GroupId, Client<RealEnv, crate::lock::LockMachine>>,
+    pub groups: LockGroups<RealEnv>,
     /// A client of the directory.
     pub directory: Client<RealEnv, Directory>,
 }

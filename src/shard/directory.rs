@@ -2,7 +2,7 @@
 //! state of a small group of its own, changed only through its log.
 //!
 //! It holds the current view and, while a rebalance runs, the next one.
-//! The rebalancer ([`crate::lock::rebalance::step`]) writes the next view
+//! The rebalancer ([`crate::shard::rebalance::step`]) writes the next view
 //! before it moves anything and marks it current once every move is done,
 //! so a rebalancer that crashed finds the move it was making and finishes
 //! it. Clients read the views to find the group that serves a name

@@ -28,6 +28,7 @@
 
 pub mod directory;
 mod pack;
+pub mod rebalance;
 
 pub use pack::pack;
 

@@ -9,7 +9,7 @@
 //! hundred milliseconds, the rebalancer draws new weights for the groups
 //! (a weight of 0 takes a group out of the ring), builds the ring view of
 //! the next epoch and moves every range whose owner changed
-//! ([`ringfence::lock::rebalance`]), retrying a move cut short by the
+//! ([`ringfence::shard::rebalance`]), retrying a move cut short by the
 //! faults until it finishes. Clients know every group's servers; when one
 //! answers `NotServed`, a [`Router`] reads the directory's views and
 //! names the group to ask ([`reroute`]).
@@ -21,13 +21,14 @@ use rand::Rng;
 use ringfence::env::{Env, NodeId};
 use ringfence::history::lock::{replay, AppliedEntry};
 use ringfence::history::Violation;
-use ringfence::lock::rebalance::{assign_joining, step, RebalanceConfig};
+use ringfence::lock::rebalance::LockGroups;
 use ringfence::lock::ShardedLockClient;
 use ringfence::lock::{LockBug, LockCommand, LockMachine, Request, SessionId, ShardCommand, Token};
 use ringfence::log::client::{Client as LogClient, Inbox};
 use ringfence::log::{Index, MAX_COMMAND_BYTES};
 use ringfence::ring::hash_key;
 use ringfence::shard::directory::{Directory, Router, ViewSpec};
+use ringfence::shard::rebalance::{assign_joining, step, RebalanceConfig};
 use ringfence::shard::GroupId;
 
 use crate::env::SimEnv;
@@ -63,11 +64,12 @@ pub async fn rebalancer<Op: Clone + std::fmt::Debug>(
     bug: Option<LockBug>,
 ) {
     let inbox = Inbox::new(env.clone());
-    let mut clients: BTreeMap<GroupId, LogClient<SimEnv, LockMachine>> = groups
+    let clients: BTreeMap<GroupId, LogClient<SimEnv, LockMachine>> = groups
         .iter()
         .enumerate()
         .map(|(g, servers)| (group_id(g), LogClient::sharing(inbox.clone(), servers.clone())))
         .collect();
+    let mut clients = LockGroups::new(clients).with_bug(bug);
     let mut views = LogClient::<SimEnv, Directory>::sharing(inbox.clone(), directory.to_vec());
     let mut rng = env.rng();
     let config = RebalanceConfig {
@@ -78,7 +80,6 @@ pub async fn rebalancer<Op: Clone + std::fmt::Debug>(
             true => rng.gen_range(SMALL_COMMANDS),
             false => MAX_COMMAND_BYTES,
         },
-        bug,
     };
     while let Err(error) = assign_joining(&mut clients, group_id(0), &config).await {
         tracing::info!(%error, "assigning again");
@@ -116,7 +117,7 @@ fn spec(epoch: u64, groups: Vec<(GroupId, u32)>) -> ViewSpec {
 async fn rebalance_until_done(
     env: &SimEnv,
     views: &mut LogClient<SimEnv, Directory>,
-    groups: &mut BTreeMap<GroupId, LogClient<SimEnv, LockMachine>>,
+    groups: &mut LockGroups<SimEnv>,
     choose: impl Fn(Option<&ViewSpec>) -> Option<ViewSpec>,
     config: &RebalanceConfig,
     watched: &str,
@@ -134,7 +135,7 @@ async fn rebalance_until_done(
                 {
                     world.count_situation("lock-moved");
                 }
-                if moves.locks > 0 {
+                if moves.items > 0 {
                     world.count_situation("held-lock-moved");
                 }
                 if moves.installs > moves.ranges.len() {

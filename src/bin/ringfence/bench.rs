@@ -25,11 +25,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ringfence::lock::rebalance::RebalanceConfig;
 use ringfence::lock::ShardedLockClient;
 use ringfence::real::cluster::{ClusterConfig, GROUP_VNODES};
 use ringfence::real::local::LocalCluster;
 use ringfence::real::RealEnv;
+use ringfence::shard::rebalance::RebalanceConfig;
 use tokio::time::Instant;
 
 use crate::parse_duration;

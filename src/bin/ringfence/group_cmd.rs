@@ -1,7 +1,7 @@
 //! `ringfence group`: the groups of a sharded lock service — see the ring
 //! view the directory holds, put a group in the ring, take one out, or
 //! weigh them. Every change moves the names whose owner changes, online
-//! ([`ringfence::lock::rebalance::rebalance_to`]); one cut short (a
+//! ([`ringfence::shard::rebalance::rebalance_to`]); one cut short (a
 //! timeout, a crash of this process) is finished by running any group
 //! command again.
 //!
@@ -13,10 +13,10 @@
 use std::time::Duration;
 
 use clap::Subcommand;
-use ringfence::lock::rebalance::RebalanceConfig;
 use ringfence::real::cluster::{ClusterConfig, FOUNDER_GROUP, GROUP_VNODES};
 use ringfence::ring::RingView;
 use ringfence::shard::directory::{DirectoryOutput, DirectoryQuery, ViewSpec, Views};
+use ringfence::shard::rebalance::RebalanceConfig;
 use ringfence::shard::GroupId;
 
 use crate::{parse_duration, ConfigArg};
@@ -113,7 +113,7 @@ pub async fn run(args: GroupArgs) -> Result<(), String> {
         "epoch {epoch}: moved {:.1}% of the names in {} range set(s), {} held lock(s) shipped",
         share * 100.0,
         moves.ranges.len(),
-        moves.locks
+        moves.items
     );
     Ok(())
 }

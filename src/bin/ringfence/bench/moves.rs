@@ -4,7 +4,7 @@
 //! C clients run acquire+release cycles on their own locks (as the
 //! uncontended lock phase), while an operator takes the last group out of
 //! the ring and puts it back, a TTL and a half-second apart
-//! ([`ringfence::lock::rebalance::rebalance_to`]). Per
+//! ([`ringfence::shard::rebalance::rebalance_to`]). Per
 //! rebalance: the share of names moved, the bytes of the parts shipped,
 //! and each part's window (fence sent to install answered: its names are
 //! served by neither group). Per client: the longest time without a
@@ -13,8 +13,8 @@
 
 use std::time::Duration;
 
-use ringfence::lock::rebalance::{Moves, RebalanceConfig};
 use ringfence::real::cluster::{ClusterConfig, GROUP_VNODES};
+use ringfence::shard::rebalance::{Moves, RebalanceConfig};
 use ringfence::shard::GroupId;
 use tokio::time::Instant;
 
@@ -124,7 +124,7 @@ fn report(
         .map(|r| r.fraction())
         .sum::<f64>()
         / count;
-    let locks: usize = rebalances.iter().map(|r| r.moves.locks).sum();
+    let locks: usize = rebalances.iter().map(|r| r.moves.items).sum();
     let bytes: Vec<u64> = rebalances.iter().map(|r| r.moves.bytes as u64).collect();
     let windows = Latencies::new(
         rebalances
