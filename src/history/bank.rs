@@ -76,8 +76,11 @@ pub fn register_key(register: u32) -> String {
 pub struct Bank<'a> {
     /// Number of accounts (`0..accounts`).
     pub accounts: u32,
-    /// Where each key lives.
-    pub placement: &'a dyn ShardMap,
+    /// Where each key lives, if that never changes; `None` for a bank
+    /// whose accounts move between shards: then a transaction's shards
+    /// are the ones its coordinator named, and a register's versions are
+    /// ordered by when a shard first applied each.
+    pub placement: Option<&'a dyn ShardMap>,
     /// The client whose last audit, after the heal, shows the final
     /// balances.
     pub probe_client: u32,
@@ -89,7 +92,7 @@ pub struct Bank<'a> {
 pub fn check(history: &History<BankOp>, events: &[(NodeId, crate::txn::TxnEvent)], bank: Bank<'_>) -> Vec<Violation> {
     let reports = Reports::new(events);
     let ops = history.operations();
-    let index = TxnIndex::new(&ops, bank);
+    let index = TxnIndex::new(&ops, bank, &reports);
     let cite = |txn| index.events.get(&txn).cloned().unwrap_or_default();
     let touched = |txn| index.shards.get(&txn).cloned().unwrap_or_default();
     let final_audit = final_audit(&ops, bank.probe_client);
@@ -121,7 +124,7 @@ struct TxnIndex {
 }
 
 impl TxnIndex {
-    fn new(ops: &Operations<'_>, bank: Bank<'_>) -> Self {
+    fn new(ops: &Operations<'_>, bank: Bank<'_>, reports: &Reports) -> Self {
         let mut index = TxnIndex {
             events: BTreeMap::new(),
             shards: BTreeMap::new(),
@@ -134,11 +137,11 @@ impl TxnIndex {
                 _ => continue,
             };
             index.events.entry(txn).or_default().extend([invoke.index, done.index]);
-            index
-                .shards
-                .entry(txn)
-                .or_default()
-                .extend(accounts.iter().map(|&a| bank.placement.shard_for(&account_key(a))));
+            let shards = index.shards.entry(txn).or_default();
+            match bank.placement {
+                Some(placement) => shards.extend(accounts.iter().map(|&a| placement.shard_for(&account_key(a)))),
+                None => shards.extend(reports.participants(txn)),
+            }
         }
         index
     }
@@ -303,7 +306,7 @@ fn aborted_read(ops: &Operations<'_>, committed: &CommittedTransfers) -> Option<
 /// only the servers know complete the history: whether a transaction whose
 /// client heard nothing committed, and the order in which each register's
 /// shard applied its versions.
-pub fn registers(history: &History<BankOp>, reports: &Reports, placement: &dyn ShardMap) -> Vec<Violation> {
+pub fn registers(history: &History<BankOp>, reports: &Reports, placement: Option<&dyn ShardMap>) -> Vec<Violation> {
     let mut txns = Vec::new();
     let mut writers: BTreeMap<u32, BTreeSet<TxnId>> = BTreeMap::new();
     for (invoke, done) in history.operations() {
@@ -345,12 +348,16 @@ pub fn registers(history: &History<BankOp>, reports: &Reports, placement: &dyn S
         .iter()
         .map(|(&r, of_register)| {
             let key = register_key(r);
-            let order: Vec<TxnId> = reports
-                .commit_order(placement.shard_for(&key))
-                .iter()
-                .filter(|t| of_register.contains(t))
-                .copied()
-                .collect();
+            let order = match placement {
+                Some(placement) => reports.commit_order(placement.shard_for(&key)),
+                // A register's next version is written only once its
+                // lock is free at the shard serving it then, after its
+                // last version was applied there (and, if it moved in
+                // between, shipped): the first application anywhere
+                // orders them.
+                None => reports.first_commit_order(),
+            };
+            let order: Vec<TxnId> = order.iter().filter(|t| of_register.contains(t)).copied().collect();
             (key, order)
         })
         .collect();

@@ -23,12 +23,15 @@ pub struct Reports {
     unprepared: Vec<(NodeId, TxnId)>,
     /// Per shard, the commits it applied, in the order it first applied them.
     commit_order: BTreeMap<NodeId, Vec<TxnId>>,
+    /// The commits any shard applied, in the order one first did.
+    first_commit_order: Vec<TxnId>,
 }
 
 impl Reports {
     /// Indexes `events` (each with the node that reported it).
     pub fn new(events: &[(NodeId, TxnEvent)]) -> Self {
         let mut r = Reports::default();
+        let mut first_applied = BTreeSet::new();
         for (node, event) in events {
             match event {
                 TxnEvent::Voted { txn, yes } => {
@@ -54,6 +57,9 @@ impl Reports {
                         let order = r.commit_order.entry(*node).or_default();
                         if !order.contains(txn) {
                             order.push(*txn);
+                        }
+                        if first_applied.insert(*txn) {
+                            r.first_commit_order.push(*txn);
                         }
                     }
                 }
@@ -106,6 +112,16 @@ impl Reports {
     /// The commits `shard` applied, in order.
     pub fn commit_order(&self, shard: NodeId) -> &[TxnId] {
         self.commit_order.get(&shard).map_or(&[], Vec::as_slice)
+    }
+
+    /// The commits any shard applied, in the order one first applied each.
+    pub fn first_commit_order(&self) -> &[TxnId] {
+        &self.first_commit_order
+    }
+
+    /// The shards every announcement (or recovered record) of `txn` named.
+    pub fn participants(&self, txn: TxnId) -> BTreeSet<NodeId> {
+        self.announced.get(&txn).map(|(_, p)| p.clone()).unwrap_or_default()
     }
 }
 

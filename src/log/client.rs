@@ -37,6 +37,30 @@ pub enum ClientError {
 /// (a client that stopped waiting leaves late answers behind).
 const QUEUED_PER_CLIENT: usize = 64;
 
+/// A protocol whose answers name the client they are for, so that one
+/// node's clients of several services share its [`Inbox`]: the replicated
+/// log's ([`LogAnswers`]), or a service's own (a bank shard's answers to
+/// an operator's move steps).
+pub trait Addressed: 'static {
+    /// An answer, decoded.
+    type Answer;
+    /// `bytes` as an answer of this protocol, with the client it is for.
+    fn read(bytes: &[u8]) -> Option<(ClientId, Self::Answer)>;
+}
+
+/// The replicated log's answers to a [`Client`] of machine `S`.
+pub struct LogAnswers<S>(PhantomData<fn() -> S>);
+
+impl<S: StateMachine> Addressed for LogAnswers<S> {
+    type Answer = Response<S::Output>;
+    fn read(bytes: &[u8]) -> Option<(ClientId, Self::Answer)> {
+        match codec::decode::<WireOf<S>>(bytes) {
+            Ok(Wire::Response(response)) => Some((response.client, response)),
+            _ => None,
+        }
+    }
+}
+
 /// One node's inbox shared by several [`Client`]s, of any state machines:
 /// whichever client waits reads the node's messages, keeps its own answers
 /// and queues the others' (still encoded) for their clients, so concurrent
@@ -55,22 +79,19 @@ pub struct Inbox<E: Env> {
 /// The registered clients and how to tell which one a frame answers.
 #[derive(Default)]
 struct Registry {
-    /// Per client: its state machine's type, and its queued answers.
+    /// Per client: its protocol, and its queued answers.
     queues: BTreeMap<ClientId, (TypeId, VecDeque<Vec<u8>>)>,
-    /// Per state machine type: the client a frame answers, if it is an
-    /// answer of that machine's protocol.
+    /// Per protocol: the client a frame answers, if it is an answer of
+    /// that protocol.
     readers: BTreeMap<TypeId, AnswerReader>,
 }
 
-/// Reads which client a frame answers, in one machine's protocol.
+/// Reads which client a frame answers, in one protocol.
 type AnswerReader = fn(&[u8]) -> Option<ClientId>;
 
-/// The client `bytes` answer, if they are an answer of `S`'s protocol.
-fn answers<S: StateMachine>(bytes: &[u8]) -> Option<ClientId> {
-    match codec::decode::<WireOf<S>>(bytes) {
-        Ok(Wire::Response(response)) => Some(response.client),
-        _ => None,
-    }
+/// The client `bytes` answer, if they are an answer of protocol `P`.
+fn addressee_in<P: Addressed>(bytes: &[u8]) -> Option<ClientId> {
+    P::read(bytes).map(|(client, _)| client)
 }
 
 impl<E: Env> Inbox<E> {
@@ -88,22 +109,31 @@ impl<E: Env> Inbox<E> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn register<S: StateMachine>(&self, client: ClientId) {
-        let mut state = self.state();
-        let machine = TypeId::of::<S>();
-        state.readers.insert(machine, answers::<S>);
-        state.queues.insert(client, (machine, VecDeque::new()));
+    /// The node's env.
+    pub fn env(&self) -> &E {
+        &self.env
     }
 
-    fn unregister(&self, client: ClientId) {
+    /// Registers `client` (a random id: ids are unique per incarnation)
+    /// as a client of protocol `P`, to which [`Inbox::next`] hands its
+    /// answers.
+    pub fn register<P: Addressed>(&self, client: ClientId) {
+        let mut state = self.state();
+        let protocol = TypeId::of::<P>();
+        state.readers.insert(protocol, addressee_in::<P>);
+        state.queues.insert(client, (protocol, VecDeque::new()));
+    }
+
+    /// Forgets a client: answers for it are dropped from now on.
+    pub fn unregister(&self, client: ClientId) {
         self.state().queues.remove(&client);
     }
 
-    fn pop<S: StateMachine>(&self, client: ClientId) -> Option<Response<S::Output>> {
+    fn pop<P: Addressed>(&self, client: ClientId) -> Option<P::Answer> {
         loop {
             let bytes = self.state().queues.get_mut(&client)?.1.pop_front()?;
-            if let Ok(Wire::Response(response)) = codec::decode::<WireOf<S>>(&bytes) {
-                return Some(response);
+            if let Some((_, answer)) = P::read(&bytes) {
+                return Some(answer);
             }
         }
     }
@@ -119,22 +149,23 @@ impl<E: Env> Inbox<E> {
             .next()
     }
 
-    /// The next answer addressed to `client`. Cancel-safe: an answer read
-    /// while this future is dropped is queued, not lost.
-    async fn next<S: StateMachine>(&self, client: ClientId) -> Response<S::Output> {
+    /// The next answer addressed to `client`, registered for protocol `P`.
+    /// Cancel-safe: an answer read while this future is dropped is queued,
+    /// not lost.
+    pub async fn next<P: Addressed>(&self, client: ClientId) -> P::Answer {
         loop {
-            if let Some(response) = self.pop::<S>(client) {
-                return response;
+            if let Some(answer) = self.pop::<P>(client) {
+                return answer;
             }
             let _reading = self.reader.lock().await;
-            if let Some(response) = self.pop::<S>(client) {
-                return response;
+            if let Some(answer) = self.pop::<P>(client) {
+                return answer;
             }
             let (_, bytes) = self.env.recv().await;
             // Our own answer, the common case, is decoded once.
-            if let Ok(Wire::Response(response)) = codec::decode::<WireOf<S>>(&bytes) {
-                if response.client == client {
-                    return response;
+            if let Some((addressee, answer)) = P::read(&bytes) {
+                if addressee == client {
+                    return answer;
                 }
             }
             let Some(addressee) = self.addressee(&bytes).filter(|&a| a != client) else {
@@ -183,7 +214,7 @@ impl<E: Env, S: StateMachine> Client<E, S> {
         let mut rng = env.rng();
         let id = rng.gen();
         let cursor = rng.gen_range(0..servers.len());
-        inbox.register::<S>(id);
+        inbox.register::<LogAnswers<S>>(id);
         Client {
             env,
             inbox,
@@ -335,7 +366,7 @@ impl<E: Env, S: StateMachine> Client<E, S> {
     /// replies, duplicates) are dropped.
     async fn wait_for(&self, id: RequestId) -> Outcome<S::Output> {
         loop {
-            let response = self.inbox.next::<S>(self.id).await;
+            let response = self.inbox.next::<LogAnswers<S>>(self.id).await;
             if response.id == id {
                 return response.outcome;
             }

@@ -330,7 +330,12 @@ impl<E: Env> TxnClient<E> {
             .await;
         let error = match reply {
             None => TxnError::Unavailable { node: shard },
-            Some((_, Err(reason))) => TxnError::Aborted(reason),
+            Some((_, Err(reason))) => {
+                if let AbortReason::NotServed { shard, epoch } = reason {
+                    self.placement.refused(shard, epoch);
+                }
+                TxnError::Aborted(reason)
+            }
             Some((got, Ok(_))) if epoch.is_some_and(|e| e != got) => {
                 TxnError::Aborted(AbortReason::ShardLostTxn { shard })
             }

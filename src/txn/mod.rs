@@ -92,6 +92,7 @@ pub mod participant;
 mod phases;
 pub use phases::MAX_PARTICIPANTS;
 pub mod placement;
+pub mod rebalance;
 pub mod replicated;
 pub mod shell;
 
@@ -395,6 +396,8 @@ pub enum Msg {
     // operator -> shard
     /// A step of moving accounts between shards.
     Move {
+        /// The operator's client id (its inbox hands the answer to it).
+        client: u64,
         /// Operator-chosen, echoed in `MoveReply`.
         request: u64,
         /// The step.
@@ -403,6 +406,8 @@ pub enum Msg {
     // shard -> operator
     /// Answers `Move` once the step is durable.
     MoveReply {
+        /// The `Move`'s client id.
+        client: u64,
         /// The `Move`'s request id.
         request: u64,
         /// What the shard did.

@@ -486,7 +486,7 @@ impl Participant {
                 steps
             }
             Msg::Query { txn } => self.on_query(txn, from),
-            Msg::Move { request, step } => self.on_move(from, request, step),
+            Msg::Move { client, request, step } => self.on_move(from, (client, request), step),
             Msg::Known {
                 txn,
                 knowledge: Knowledge::Decided(decision),

@@ -2,8 +2,11 @@
 //! the shards, so that a shard added later takes over only its share of
 //! the keys instead of reshuffling almost all of them, as `hash % n` would.
 
+use std::sync::{Mutex, MutexGuard};
+
 use crate::env::NodeId;
 use crate::ring::{self, NodeSpec, RingConfig, RingView, ViewError};
+use crate::shard::directory::Views;
 
 /// Maps keys to the shard (participant node) that owns them.
 pub trait ShardMap: Send + Sync {
@@ -11,6 +14,12 @@ pub trait ShardMap: Send + Sync {
     fn shard_for(&self, key: &str) -> NodeId;
     /// Every shard, in a stable order.
     fn shards(&self) -> &[NodeId];
+    /// `shard` refused a key it does not serve, its ring epoch being
+    /// `epoch` ([`super::AbortReason::NotServed`]): the map may be out of
+    /// date. Nothing to do for a map that never changes.
+    fn refused(&self, shard: NodeId, epoch: u64) {
+        let _ = (shard, epoch);
+    }
 }
 
 /// Shards on a weighted virtual-node ring (160 points each, sha1-placed):
@@ -36,6 +45,83 @@ impl ShardMap for RingShardMap {
     }
     fn shards(&self) -> &[NodeId] {
         &self.shards
+    }
+}
+
+/// Shards by the ring views of a bank whose accounts move
+/// ([`crate::shard::directory`]; a ring node is a shard's node id): a
+/// key's owner in the next view if a rebalance runs (where it is once its
+/// move is done), else in the current one; before any view, the founding
+/// shard, which serves every key until the first. A shard's refusal marks
+/// the views stale ([`ViewShardMap::stale`]); whoever holds a client of
+/// the directory reads them again and [`ViewShardMap::set`]s them.
+#[derive(Debug)]
+pub struct ViewShardMap {
+    shards: Vec<NodeId>,
+    state: Mutex<Routing>,
+}
+
+#[derive(Debug, Default)]
+struct Routing {
+    views: Views,
+    /// The newest view's ring, built once per `set`.
+    ring: Option<RingView>,
+    /// A shard refused a key at this epoch or later.
+    refused_at: Option<u64>,
+}
+
+impl ViewShardMap {
+    /// The bank's shards, the founding one first.
+    pub fn new(shards: Vec<NodeId>) -> Self {
+        assert!(!shards.is_empty(), "a bank has at least its founding shard");
+        ViewShardMap {
+            shards,
+            state: Mutex::default(),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, Routing> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Routes by `views` from now on (older views than the ones held are
+    /// ignored), and clears a refusal they answer.
+    pub fn set(&self, views: Views) {
+        let mut state = self.state();
+        if views.epoch() < state.views.epoch() {
+            return;
+        }
+        if state.refused_at.is_some_and(|e| e <= views.epoch()) {
+            state.refused_at = None;
+        }
+        state.ring = views
+            .next
+            .as_ref()
+            .or(views.current.as_ref())
+            .and_then(|s| s.build().ok());
+        state.views = views;
+    }
+
+    /// Whether a shard refused a key since the views were last set: they
+    /// should be read again.
+    pub fn stale(&self) -> bool {
+        self.state().refused_at.is_some()
+    }
+}
+
+impl ShardMap for ViewShardMap {
+    fn shard_for(&self, key: &str) -> NodeId {
+        match &self.state().ring {
+            Some(ring) => ring::Placement::owner(ring, key.as_bytes()),
+            None => self.shards[0],
+        }
+    }
+    fn shards(&self) -> &[NodeId] {
+        &self.shards
+    }
+    fn refused(&self, _shard: NodeId, epoch: u64) {
+        let mut state = self.state();
+        state.refused_at = Some(state.refused_at.map_or(epoch, |e| e.min(epoch)));
     }
 }
 

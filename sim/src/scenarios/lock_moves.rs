@@ -1,16 +1,11 @@
 //! The lock service split into groups, with lock names moving between
-//! them while the faults run (`lock-moves`): the rebalancer that moves
-//! them, and the ground-truth check that no two groups serve a name at
-//! once.
+//! them while the faults run (`lock-moves`): the lock groups the
+//! [`rebalancer`](super::rebalancer) moves names between, and the
+//! ground-truth checks that no two groups serve a name at once and that
+//! tokens keep increasing across moves.
 //!
 //! Groups are the ring's nodes, numbered from 1: group 1 founds the
-//! deployment serving every name, the others start serving none (the
-//! rebalancer assigns them so before anything else). Then, every few
-//! hundred milliseconds, the rebalancer draws new weights for the groups
-//! (a weight of 0 takes a group out of the ring), builds the ring view of
-//! the next epoch and moves every range whose owner changed
-//! ([`ringfence::shard::rebalance`]), retrying a move cut short by the
-//! faults until it finishes. Clients know every group's servers; when one
+//! deployment serving every name. Clients know every group's servers; when one
 //! answers `NotServed`, a [`Router`] reads the directory's views and
 //! names the group to ask ([`reroute`]).
 
@@ -25,36 +20,27 @@ use ringfence::lock::rebalance::LockGroups;
 use ringfence::lock::ShardedLockClient;
 use ringfence::lock::{LockBug, LockCommand, LockMachine, Request, SessionId, ShardCommand, Token};
 use ringfence::log::client::{Client as LogClient, Inbox};
-use ringfence::log::{Index, MAX_COMMAND_BYTES};
+use ringfence::log::Index;
 use ringfence::ring::hash_key;
-use ringfence::shard::directory::{Directory, Router, ViewSpec};
-use ringfence::shard::rebalance::{assign_joining, step, RebalanceConfig};
+use ringfence::shard::directory::Router;
 use ringfence::shard::GroupId;
 
 use crate::env::SimEnv;
 use crate::scenario::Client;
+use crate::scenarios::rebalancer::{self, Watch};
 
 /// Few points per group, so a weight change moves large ranges and the
 /// scenario's lock moves often.
 const VNODES: u32 = 4;
-/// Command sizes that split the scenario's moves: room for a handful of
-/// ranges or held locks each.
-const SMALL_COMMANDS: std::ops::RangeInclusive<usize> = 100..=240;
-/// How long a step is retried before the whole move is tried again.
-const STEP_TIMEOUT: Duration = Duration::from_millis(800);
 
 /// The group id of group index `g` (ring node ids start at 1).
 pub fn group_id(g: usize) -> GroupId {
     g as GroupId + 1
 }
 
-/// Moves lock names between `groups` (each a list of servers), through
-/// the directory on `directory`, until the operator's budget is spent.
-/// Each incarnation first assigns the joining groups (again: assignments
-/// are idempotent) and finishes any rebalance the directory says is in
-/// progress, so a rebalancer that crashed in the middle of a move is
-/// succeeded by one that completes it. Counts the moves of lock `watched`
-/// and the moves that shipped a held lock as situations.
+/// Moves lock names between `groups` (each a list of servers) through
+/// the directory on `directory` ([`rebalancer::run`]), watching lock
+/// `watched`.
 pub async fn rebalancer<Op: Clone + std::fmt::Debug>(
     env: &SimEnv,
     client: &mut Client<Op>,
@@ -69,83 +55,13 @@ pub async fn rebalancer<Op: Clone + std::fmt::Debug>(
         .enumerate()
         .map(|(g, servers)| (group_id(g), LogClient::sharing(inbox.clone(), servers.clone())))
         .collect();
-    let mut clients = LockGroups::new(clients).with_bug(bug);
-    let mut views = LogClient::<SimEnv, Directory>::sharing(inbox.clone(), directory.to_vec());
-    let mut rng = env.rng();
-    let config = RebalanceConfig {
-        step_timeout: STEP_TIMEOUT,
-        // Half the incarnations send commands small enough that a move
-        // takes several fences and installs, as a busy group's does.
-        max_command_bytes: match rng.gen_bool(0.5) {
-            true => rng.gen_range(SMALL_COMMANDS),
-            false => MAX_COMMAND_BYTES,
-        },
+    let groups = LockGroups::new(clients).with_bug(bug);
+    let watch = Watch {
+        key: watched,
+        key_moved: "lock-moved",
+        items_moved: "held-lock-moved",
     };
-    while let Err(error) = assign_joining(&mut clients, group_id(0), &config).await {
-        tracing::info!(%error, "assigning again");
-    }
-    let first = |current: Option<&ViewSpec>| current.is_none().then(|| spec(1, vec![(group_id(0), 1)]));
-    if rebalance_until_done(env, &mut views, &mut clients, first, &config, watched).await > Some(1) {
-        // A rebalance an earlier incarnation began, finished by this one.
-        env.world().lock().count_situation("rebalance-resumed");
-    }
-    while client.next_op() {
-        env.sleep(Duration::from_millis(rng.gen_range(150..600))).await;
-        let mut weights: Vec<(GroupId, u32)> = (0..groups.len())
-            .map(|g| (group_id(g), rng.gen_range(0..=3)))
-            .filter(|&(_, weight)| weight > 0)
-            .collect();
-        if weights.is_empty() {
-            weights.push((group_id(rng.gen_range(0..groups.len())), 1));
-        }
-        let next = |current: Option<&ViewSpec>| Some(spec(current.map_or(1, |c| c.epoch + 1), weights.clone()));
-        rebalance_until_done(env, &mut views, &mut clients, next, &config, watched).await;
-    }
-}
-
-fn spec(epoch: u64, groups: Vec<(GroupId, u32)>) -> ViewSpec {
-    ViewSpec {
-        epoch,
-        groups,
-        vnodes: VNODES,
-    }
-}
-
-/// One rebalance ([`step`]), retried until it finishes: a rebalance in
-/// progress is finished first, then `choose`'s. Returns the epoch
-/// finished, if any.
-async fn rebalance_until_done(
-    env: &SimEnv,
-    views: &mut LogClient<SimEnv, Directory>,
-    groups: &mut LockGroups<SimEnv>,
-    choose: impl Fn(Option<&ViewSpec>) -> Option<ViewSpec>,
-    config: &RebalanceConfig,
-    watched: &str,
-) -> Option<u64> {
-    loop {
-        match step(views, groups, &choose, config).await {
-            Ok(done) => {
-                tracing::info!(?done, "rebalanced");
-                let (epoch, moves) = done?;
-                let mut world = env.world().lock();
-                if moves
-                    .ranges
-                    .iter()
-                    .any(|(_, _, r)| r.contains(hash_key(watched.as_bytes())))
-                {
-                    world.count_situation("lock-moved");
-                }
-                if moves.items > 0 {
-                    world.count_situation("held-lock-moved");
-                }
-                if moves.installs > moves.ranges.len() {
-                    world.count_situation("move-in-pieces");
-                }
-                return Some(epoch);
-            }
-            Err(error) => tracing::info!(%error, "rebalancing again"),
-        }
-    }
+    rebalancer::run(env, client, (inbox, groups), directory, VNODES, watch).await;
 }
 
 /// The group (index, of `groups`) a client asks for lock `name` after

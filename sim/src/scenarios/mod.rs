@@ -7,6 +7,7 @@ pub mod lock_hostile;
 pub mod lock_moves;
 pub mod log;
 pub mod operator;
+pub mod rebalancer;
 pub mod rogue;
 pub mod txn;
 

@@ -758,7 +758,7 @@ impl<const C: u32, const LOAD: u32, const CHANGES: bool> Scenario for Bank<C, LO
         let events = self.events.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let bank = bank::Bank {
             accounts: ACCOUNTS,
-            placement: self.placement.as_ref(),
+            placement: Some(self.placement.as_ref()),
             probe_client: self.probe_client,
         };
         bank::check(history, &events, bank)

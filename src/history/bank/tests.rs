@@ -107,7 +107,7 @@ fn clean_events() -> Vec<(NodeId, TxnEvent)> {
 fn bank(placement: &RingShardMap) -> Bank<'_> {
     Bank {
         accounts: 6,
-        placement,
+        placement: Some(placement),
         probe_client: 1,
     }
 }
@@ -284,7 +284,7 @@ fn skew(second: EventKind) -> History<BankOp> {
 
 fn check_with(h: &History<BankOp>, events: &[(NodeId, TxnEvent)]) -> Vec<String> {
     let placement = RingShardMap::new(vec![2, 3, 4]).unwrap();
-    registers(h, &Reports::new(events), &placement)
+    registers(h, &Reports::new(events), Some(&placement))
         .into_iter()
         .map(|v| v.detail)
         .collect()

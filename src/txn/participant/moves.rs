@@ -130,7 +130,7 @@ pub enum MoveAnswer {
 
 impl Participant {
     /// An operator's step of a move, answered to `from` once durable.
-    pub(super) fn on_move(&mut self, from: NodeId, request: u64, step: AccountMove) -> Steps {
+    pub(super) fn on_move(&mut self, from: NodeId, (client, request): (u64, u64), step: AccountMove) -> Steps {
         if !is_operator(from) {
             tracing::warn!(shard = self.id, from, ?step, "refusing a move step from a non-operator");
             return vec![];
@@ -153,7 +153,14 @@ impl Participant {
                 answer
             }
         };
-        steps.push(Step::Send(from, Msg::MoveReply { request, answer }));
+        steps.push(Step::Send(
+            from,
+            Msg::MoveReply {
+                client,
+                request,
+                answer,
+            },
+        ));
         steps
     }
 
@@ -279,6 +286,7 @@ impl Participant {
         }
         let accounts: Vec<(Key, Value)> = self.accounts_in(&rest).map(|(k, v)| (k.clone(), v.clone())).collect();
         let empty = Msg::Move {
+            client: u64::MAX,
             request: u64::MAX,
             step: AccountMove::Install {
                 epoch,
@@ -376,11 +384,26 @@ mod tests {
     }
 
     fn step(p: &mut Participant, step: AccountMove) -> (MoveAnswer, Steps) {
-        let steps = p.on_message(MS, OPERATOR, Msg::Move { request: 7, step });
+        let steps = p.on_message(
+            MS,
+            OPERATOR,
+            Msg::Move {
+                client: 9,
+                request: 7,
+                step,
+            },
+        );
         let answer = steps
             .iter()
             .find_map(|s| match s {
-                Step::Send(OPERATOR, Msg::MoveReply { request: 7, answer }) => Some(answer.clone()),
+                Step::Send(
+                    OPERATOR,
+                    Msg::MoveReply {
+                        client: 9,
+                        request: 7,
+                        answer,
+                    },
+                ) => Some(answer.clone()),
                 _ => None,
             })
             .expect("an answer to the operator");
@@ -627,6 +650,7 @@ mod tests {
             MS,
             CLIENT,
             Msg::Move {
+                client: 1,
                 request: 1,
                 step: fence,
             },
