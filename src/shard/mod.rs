@@ -231,6 +231,11 @@ pub enum ShardRefusal {
     /// listed twice, a token above its floor, a floor near overflow.
     #[error("the part is not one a group could have fenced")]
     InvalidPart,
+    /// A fence or install of a move older than one this group has taken
+    /// part in since: a late copy of a step whose rebalance finished long
+    /// ago, which would take ranges out of service (or serve them twice).
+    #[error("the step belongs to a rebalance older than the group's")]
+    Stale,
 }
 
 impl Ownership {

@@ -45,13 +45,16 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use ringfence::env::{codec, Env, NodeId};
 use ringfence::history::{bank, History, Violation};
+use ringfence::log::client::{Client as LogClient, Inbox};
 use ringfence::log::membership::{is_operator, Boot, OPERATOR_IDS};
 use ringfence::log::LogBug;
 use ringfence::log::{Wire, WireOf};
+use ringfence::shard::directory::{self, Directory, DirectoryOutput, DirectoryQuery};
 use ringfence::txn::client::{ClientConfig, Txn, TxnClient, TxnError};
 use ringfence::txn::coordinator::CoordinatorConfig;
 use ringfence::txn::participant::ParticipantConfig;
-use ringfence::txn::placement::RingShardMap;
+use ringfence::txn::placement::{RingShardMap, ViewShardMap};
+use ringfence::txn::rebalance::ShardGroups;
 use ringfence::txn::replicated::{Command, CoordMachine, ReplicatedConfig};
 use ringfence::txn::shell::{run_coordinator, run_participant, run_replicated_coordinator, CoordLogEnv, TxnObserver};
 use ringfence::txn::{AbortReason, Decision, Msg, Outcome, TxnBug, TxnEvent, TxnId};
@@ -59,6 +62,7 @@ use ringfence::txn::{AbortReason, Decision, Msg, Outcome, TxnBug, TxnEvent, TxnI
 use ringfence::txn::bank::{account_key, decode_balance, encode_balance};
 
 use super::log::REMOVED_STILL_VOTES;
+use super::rebalancer::{self, Watch};
 use super::{operator, rogue};
 
 pub mod registers;
@@ -131,6 +135,12 @@ pub const IGNORE_INHERITED: Bug = Bug {
     caught_by: "liveness",
     planted: Planted::Txn(TxnBug::IgnoreInherited),
 };
+pub const SHIP_BEFORE_DRAINED: Bug = Bug {
+    name: "ship-before-drained",
+    about: "a shard ships the accounts of a fenced range while a prepared transaction still holds them, whose commit then lands where they no longer live",
+    caught_by: "final-state",
+    planted: Planted::Txn(TxnBug::ShipBeforeDrained),
+};
 pub const FORGET_PRESUMES_ABORT: Bug = Bug {
     name: "forget-presumes-abort",
     about:
@@ -147,7 +157,7 @@ pub const FORGET_PRESUMES_ABORT: Bug = Bug {
 /// [`LOAD_RETAIN_FINISHED`] finished transactions and compacts its log every
 /// [`LOAD_SNAPSHOT_EVERY`] entries, so that a run forgets under pressure
 /// and its replicas snapshot, install snapshots and restart from them.
-pub struct Bank<const C: u32, const LOAD: u32 = 1, const CHANGES: bool = false> {
+pub struct Bank<const C: u32, const LOAD: u32 = 1, const CHANGES: bool = false, const MOVES: bool = false> {
     /// The run's planted bug if it is the transaction protocol's (each
     /// role acts only on its own).
     bug: Option<TxnBug>,
@@ -159,7 +169,13 @@ pub struct Bank<const C: u32, const LOAD: u32 = 1, const CHANGES: bool = false> 
     /// The group the operator settled after the heal (with `CHANGES`),
     /// whose every member must catch up.
     settled: Mutex<Option<BTreeSet<NodeId>>>,
+    /// Where each account lives, unless accounts move (`MOVES`): then each
+    /// client routes by the directory's views ([`ViewShardMap`]).
     placement: Arc<RingShardMap>,
+    /// Server count: with `MOVES`, the last three host the directory.
+    servers: u32,
+    /// The directory's log (with `MOVES`).
+    directory_judge: Arc<Judge>,
     probe_client: u32,
     events: Mutex<Vec<(NodeId, TxnEvent)>>,
     /// Transactions whose commit the clients saw succeed or not answer: the
@@ -174,7 +190,7 @@ pub struct Bank<const C: u32, const LOAD: u32 = 1, const CHANGES: bool = false> 
     committing: Mutex<BTreeMap<TxnId, Vec<NodeId>>>,
 }
 
-impl<const C: u32, const LOAD: u32, const CHANGES: bool> Bank<C, LOAD, CHANGES> {
+impl<const C: u32, const LOAD: u32, const CHANGES: bool, const MOVES: bool> Bank<C, LOAD, CHANGES, MOVES> {
     /// Collects what `env`'s node reports; the replicated coordinator's
     /// forgetting and snapshots are counted as situations of the run.
     fn observer(self: &Arc<Self>, env: &SimEnv) -> TxnObserver {
@@ -235,7 +251,27 @@ impl<const C: u32, const LOAD: u32, const CHANGES: bool> Bank<C, LOAD, CHANGES> 
         self.to_recheck.lock().unwrap_or_else(|e| e.into_inner()).push(txn);
     }
 
-    fn txn_client(&self, env: SimEnv) -> TxnClient<SimEnv> {
+    /// The shards: every server after the coordinators, but the
+    /// directory's.
+    fn shards(&self) -> Vec<NodeId> {
+        (COORDINATOR + C..=self.servers - 3 * MOVES as u32).collect()
+    }
+
+    /// The directory's servers (with `MOVES`): the last three.
+    fn directory_servers(&self) -> Vec<NodeId> {
+        match MOVES {
+            true => (self.servers - 2..=self.servers).collect(),
+            false => vec![],
+        }
+    }
+
+    /// A client of the bank, and (with `MOVES`) the views it routes by.
+    fn txn_client(&self, env: SimEnv) -> (TxnClient<SimEnv>, Option<Arc<ViewShardMap>>) {
+        let routing = MOVES.then(|| Arc::new(ViewShardMap::new(self.shards())));
+        let placement: Arc<dyn ringfence::txn::placement::ShardMap> = match &routing {
+            Some(routing) => routing.clone(),
+            None => self.placement.clone(),
+        };
         let config = if C == 1 {
             ClientConfig::default()
         } else {
@@ -245,7 +281,41 @@ impl<const C: u32, const LOAD: u32, const CHANGES: bool> Bank<C, LOAD, CHANGES> 
                 ..ClientConfig::default()
             }
         };
-        TxnClient::new(env, coordinators(C), self.placement.clone(), config)
+        (TxnClient::new(env, coordinators(C), placement, config), routing)
+    }
+
+    /// Reads the directory's views into `routing` if a shard refused a key
+    /// since they were last read (between transactions, while the bank
+    /// client reads nothing: the two share the node's messages).
+    async fn reroute(&self, env: &SimEnv, routing: Option<&ViewShardMap>) {
+        let Some(routing) = routing.filter(|r| r.stale()) else {
+            return;
+        };
+        let mut directory = LogClient::<SimEnv, Directory>::new(env.clone(), self.directory_servers());
+        directory.attempt_timeout = Duration::from_millis(100);
+        let read = directory.read(DirectoryQuery::Views, Duration::from_millis(300)).await;
+        tracing::debug!(?read, "views read");
+        match read {
+            Ok(DirectoryOutput::Views(views)) => {
+                routing.set(views);
+                env.world().lock().count_situation(ROUTED_BY_VIEW);
+            }
+            _ => env.sleep(Duration::from_millis(50)).await,
+        }
+    }
+
+    /// Moves accounts between the shards until the operator's budget is
+    /// spent ([`rebalancer::run`]): few ring points per shard, so a weight
+    /// change moves large ranges and accounts move often.
+    async fn rebalancer(&self, env: &SimEnv, client: &mut Client<BankOp>) {
+        let inbox = Inbox::new(env.clone());
+        let groups = ShardGroups::new(inbox.clone(), self.shards());
+        let watch = Watch {
+            key: &account_key(0),
+            key_moved: "account-0-moved",
+            items_moved: ACCOUNTS_MOVED,
+        };
+        rebalancer::run(env, client, (inbox, groups), &self.directory_servers(), 4, watch).await;
     }
 }
 
@@ -286,8 +356,8 @@ fn coordinators(c: u32) -> Vec<NodeId> {
 }
 
 /// Runs one transfer; records it in the history.
-async fn transfer<const C: u32, const LOAD: u32, const CHANGES: bool>(
-    bank: &Bank<C, LOAD, CHANGES>,
+async fn transfer<const C: u32, const LOAD: u32, const CHANGES: bool, const MOVES: bool>(
+    bank: &Bank<C, LOAD, CHANGES, MOVES>,
     txc: &mut TxnClient<SimEnv>,
     client: &Client<BankOp>,
     from: u32,
@@ -431,27 +501,37 @@ fn announced(event: &TxnEvent, txn: TxnId) -> bool {
     matches!(event, TxnEvent::Announced { txn: t, .. } | TxnEvent::Recovered { txn: t, .. } if *t == txn)
 }
 
+/// A bank client read the directory's views after a shard refused an
+/// account that moved.
+pub const ROUTED_BY_VIEW: &str = "routed-by-view";
+/// A move shipped accounts with values (`MOVES`).
+pub const ACCOUNTS_MOVED: &str = "accounts-moved";
+
 /// Finished transactions the replicated coordinator keeps under load.
 pub const LOAD_RETAIN_FINISHED: usize = 16;
 /// Log entries between the replicated coordinator's snapshots under load.
 pub const LOAD_SNAPSHOT_EVERY: u64 = 64;
 
-impl<const C: u32, const LOAD: u32, const CHANGES: bool> Scenario for Bank<C, LOAD, CHANGES> {
+impl<const C: u32, const LOAD: u32, const CHANGES: bool, const MOVES: bool> Scenario for Bank<C, LOAD, CHANGES, MOVES> {
     type Op = BankOp;
 
     const NAME: &'static str = match (C, LOAD, CHANGES) {
+        _ if MOVES => "txn-moves",
         (_, _, true) => "txn-replicated-members",
         (1, _, _) => "txn",
         (_, 1, _) => "txn-replicated",
         _ => "txn-replicated-load",
     };
     const ABOUT: &'static str = match (C, LOAD, CHANGES) {
+        _ if MOVES => "bank on classic two-phase commit over 3 shards while an operator moves accounts between them by ring changes (a directory of 3 servers holds the views): atomic, durable, conserved across moves",
         (_, _, true) => "txn-replicated over 5 coordinator replicas, 3 of which found the group, while an operator adds, promotes, removes and replaces them and a replica may lose its disk: atomic, durable, conserved, every final member caught up",
         (1, _, _) => "bank on classic two-phase commit: transfers and audits over 3 shards + 1 coordinator; atomic, durable, conserved",
         (_, 1, _) => "bank on two-phase commit with the coordinator replicated on the log (3 replicas) over 3 shards; no single crash blocks",
         _ => "txn-replicated with 4x the clients, a small retained window and frequent log snapshots: forgetting and compaction under load",
     };
-    const BUGS: &'static [Bug] = if CHANGES {
+    const BUGS: &'static [Bug] = if MOVES {
+        &[SHIP_BEFORE_DRAINED]
+    } else if CHANGES {
         &[REMOVED_STILL_VOTES]
     } else if LOAD > 1 {
         &[]
@@ -472,13 +552,13 @@ impl<const C: u32, const LOAD: u32, const CHANGES: bool> Scenario for Bank<C, LO
             FORGET_PRESUMES_ABORT,
         ]
     };
-    const SERVERS: u32 = C + 3;
-    const MIN_SERVERS: u32 = C + 1;
+    const SERVERS: u32 = C + 3 + 3 * MOVES as u32;
+    const MIN_SERVERS: u32 = C + 1 + 3 * MOVES as u32;
     /// Classic runs get more operations: a quarter of them are register
     /// transactions, and its planted bugs need commits to go wrong.
     /// With `CHANGES`, one more client: the operator.
     const WORKLOAD: Workload = Workload {
-        clients: 4 * LOAD + CHANGES as u32,
+        clients: 4 * LOAD + CHANGES as u32 + MOVES as u32,
         ops: if C == 1 { 40 } else { 30 },
     };
 
@@ -487,15 +567,21 @@ impl<const C: u32, const LOAD: u32, const CHANGES: bool> Scenario for Bank<C, LO
     /// one the coordinators take configuration changes from.
     fn client_ids(clients: u32) -> Vec<NodeId> {
         let mut ids = client_ids(clients);
-        if let (true, Some(last)) = (CHANGES, ids.last_mut()) {
+        if let (true, Some(last)) = (CHANGES || MOVES, ids.last_mut()) {
             *last |= OPERATOR_IDS.start;
         }
         ids
     }
 
-    /// The operator stays up: it settles the group after the heal.
+    /// The membership operator stays up: it settles the group after the
+    /// heal. The rebalancer may crash: its next incarnation finishes the
+    /// move the directory says is in progress.
     fn crashable_clients(clients: &[NodeId]) -> Vec<NodeId> {
-        clients.iter().copied().filter(|&id| !is_operator(id)).collect()
+        clients
+            .iter()
+            .copied()
+            .filter(|&id| MOVES || !is_operator(id))
+            .collect()
     }
 
     /// The coordinator replicas: a shard's disk is its accounts, which
@@ -527,6 +613,7 @@ impl<const C: u32, const LOAD: u32, const CHANGES: bool> Scenario for Bank<C, LO
     /// recovered them without their locks was found at seeds 77, 204 and
     /// 234). Under load, fewer: each run is several times longer.
     const DEFAULT_SEEDS: u64 = match (C, LOAD, CHANGES) {
+        _ if MOVES => 100,
         (_, _, true) => 200,
         (1, _, _) => 250,
         (_, 1, _) => 500,
@@ -535,7 +622,13 @@ impl<const C: u32, const LOAD: u32, const CHANGES: bool> Scenario for Bank<C, LO
 
     /// Under load, a large enough sweep must see the coordinator forget and
     /// compact.
-    const SITUATIONS: &'static [&'static str] = if LOAD > 1 { &[FORGOT, COMPACTED] } else { &[] };
+    const SITUATIONS: &'static [&'static str] = if LOAD > 1 {
+        &[FORGOT, COMPACTED]
+    } else if MOVES {
+        &[ACCOUNTS_MOVED, ROUTED_BY_VIEW]
+    } else {
+        &[]
+    };
 
     /// The default kinds, and hostile messages from members; with
     /// `CHANGES`, a lost disk too.
@@ -650,8 +743,11 @@ impl<const C: u32, const LOAD: u32, const CHANGES: bool> Scenario for Bank<C, LO
             founders: coordinators(if CHANGES { C.min(3) } else { C }),
             settled: Mutex::default(),
             placement: Arc::new(
-                RingShardMap::new((COORDINATOR + C..=params.servers).collect()).expect("distinct shard ids"),
+                RingShardMap::new((COORDINATOR + C..=params.servers - 3 * MOVES as u32).collect())
+                    .expect("distinct shard ids"),
             ),
+            servers: params.servers,
+            directory_judge: Arc::default(),
             probe_client: params.workload.clients,
             events: Mutex::new(Vec::new()),
             to_recheck: Mutex::new(Vec::new()),
@@ -662,7 +758,22 @@ impl<const C: u32, const LOAD: u32, const CHANGES: bool> Scenario for Bank<C, LO
 
     async fn server(self: Arc<Self>, env: SimEnv) {
         let observer = self.observer(&env);
-        if C == 1 && env.id() == COORDINATOR {
+        if self.directory_servers().contains(&env.id()) {
+            let (me, judge) = (env.id(), self.directory_judge.clone());
+            judge.booted(me);
+            let members = self.directory_servers();
+            let boot = if env.original_disk_unused() {
+                Boot::Genesis(members.clone())
+            } else {
+                Boot::Join
+            };
+            let config = crate::scenarios::log::sim_config(self.log_bug);
+            if let Err(error) = directory::run(env, (members, boot), config, judge.clone()).await {
+                tracing::warn!(%error, "directory replica stopped");
+                judge.stopped(me);
+            }
+            std::future::pending::<()>().await
+        } else if C == 1 && env.id() == COORDINATOR {
             let config = CoordinatorConfig {
                 bug: self.bug,
                 ..CoordinatorConfig::default()
@@ -717,12 +828,16 @@ impl<const C: u32, const LOAD: u32, const CHANGES: bool> Scenario for Bank<C, LO
             *self.settled.lock().unwrap_or_else(|e| e.into_inner()) = Some(members);
             return;
         }
+        if MOVES && client.id == self.probe_client - 1 {
+            return self.rebalancer(&env, &mut client).await;
+        }
         let mut rng = env.rng();
         // Its own stream: the bank's draws stay as they were.
         let mut register_rng = env.rng();
-        let mut txc = self.txn_client(env);
+        let (mut txc, routing) = self.txn_client(env.clone());
         let mut n = 0u32;
         while client.next_op() {
+            self.reroute(&env, routing.as_deref()).await;
             n += 1;
             if n % 4 == 0 {
                 audit(&mut txc, &client).await;
@@ -737,9 +852,10 @@ impl<const C: u32, const LOAD: u32, const CHANGES: bool> Scenario for Bank<C, LO
     }
 
     async fn probe(self: Arc<Self>, env: SimEnv, client: Client<BankOp>) {
-        let mut txc = self.txn_client(env.clone());
+        let (mut txc, routing) = self.txn_client(env.clone());
         while !audit(&mut txc, &client).await {
             env.sleep(Duration::from_millis(50)).await;
+            self.reroute(&env, routing.as_deref()).await;
         }
         // A decision never changes: ask again about every commit a client
         // saw (or did not hear back about). The coordinator answers from its
@@ -752,13 +868,16 @@ impl<const C: u32, const LOAD: u32, const CHANGES: bool> Scenario for Bank<C, LO
         }
         let settled = self.settled.lock().unwrap_or_else(|e| e.into_inner()).clone();
         self.judge.all_caught_up(&env, settled).await;
+        if MOVES {
+            self.directory_judge.all_caught_up(&env, None).await;
+        }
     }
 
     fn check(&self, history: &History<BankOp>) -> Vec<Violation> {
         let events = self.events.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let bank = bank::Bank {
             accounts: ACCOUNTS,
-            placement: Some(self.placement.as_ref()),
+            placement: (!MOVES).then_some(self.placement.as_ref() as &dyn ringfence::txn::placement::ShardMap),
             probe_client: self.probe_client,
         };
         bank::check(history, &events, bank)

@@ -136,6 +136,7 @@ impl Participant {
             return vec![];
         }
         let mut steps = Vec::new();
+        tracing::debug!(shard = self.id, ?step, "move step asked");
         let answer = match step {
             AccountMove::Part {
                 epoch,
@@ -170,27 +171,36 @@ impl Participant {
     /// records through here.
     pub(super) fn apply_move(&mut self, step: AccountMove) -> (MoveAnswer, Option<AccountMove>, Steps) {
         let done = |accounts| MoveAnswer::Done { accounts };
+        let epoch = match &step {
+            AccountMove::Fence { epoch, .. } | AccountMove::Install { epoch, .. } => *epoch,
+            _ => u64::MAX,
+        };
+        if epoch < self.ownership.epoch() {
+            // Steps reach a shard as plain messages, which the network may
+            // copy and deliver late: a fence of a finished rebalance would
+            // take ranges the shard serves again out of service for good.
+            return (MoveAnswer::Refused(ShardRefusal::Stale), None, vec![]);
+        }
         match step {
             AccountMove::Assign { epoch, ranges } => {
-                if self.ownership.is_unsharded() && !self.data.is_empty() {
+                let prepared = self.txns.values().any(|t| matches!(t.phase, Phase::Prepared { .. }));
+                if self.ownership.is_unsharded() && (!self.data.is_empty() || prepared) {
                     // Its accounts would fall outside what it serves.
                     return (MoveAnswer::Refused(ShardRefusal::NotEmpty), None, vec![]);
                 }
                 match self.ownership.assign(epoch, ranges.clone()) {
-                    Ok(()) => (done(0), Some(AccountMove::Assign { epoch, ranges }), vec![]),
+                    // Work begun before (a stray client's) on keys it
+                    // does not serve now is void.
+                    Ok(()) => {
+                        let aborted = self.abort_unserved();
+                        (done(0), Some(AccountMove::Assign { epoch, ranges }), aborted)
+                    }
                     Err(refusal) => (MoveAnswer::Refused(refusal), None, vec![]),
                 }
             }
             AccountMove::Fence { epoch, to, ranges } => {
                 let leaving = self.ownership.fence(epoch, &ranges);
-                let cut_off: Vec<_> = self
-                    .txns
-                    .iter()
-                    .filter(|(_, t)| matches!(t.phase, Phase::Active { .. }))
-                    .filter(|(_, t)| t.locked.iter().any(|k| leaving.contains(hash_key(k.as_bytes()))))
-                    .map(|(&txn, _)| txn)
-                    .collect();
-                let aborted = cut_off.into_iter().flat_map(|txn| self.abort_active(txn)).collect();
+                let aborted = self.abort_unserved();
                 let accounts = self.accounts_in(&leaving).count();
                 if !leaving.is_empty() || self.outbox.contains_key(&(epoch, to)) {
                     let part = self.outbox.entry((epoch, to)).or_default();
@@ -303,6 +313,19 @@ impl Participant {
             part: AccountPart { ranges, accounts },
             next: pieces.next().and_then(|(ranges, _)| ranges.first()),
         }))
+    }
+
+    /// Aborts the active transactions holding a key this shard no longer
+    /// serves: they could never prepare here.
+    fn abort_unserved(&mut self) -> Steps {
+        let cut_off: Vec<_> = self
+            .txns
+            .iter()
+            .filter(|(_, t)| matches!(t.phase, Phase::Active { .. }))
+            .filter(|(_, t)| t.locked.iter().any(|k| self.not_served(k).is_some()))
+            .map(|(&txn, _)| txn)
+            .collect();
+        cut_off.into_iter().flat_map(|txn| self.abort_active(txn)).collect()
     }
 
     /// The committed accounts whose key hashes lie in `ranges`.
@@ -593,6 +616,62 @@ mod tests {
             panic!("a page at once")
         };
         assert!(page.part.accounts.is_empty(), "the prepared write is not in it");
+    }
+
+    /// A late copy of a fence from a finished rebalance (the network
+    /// duplicates and delays messages) is refused: applied, it took ranges
+    /// the shard served again out of service for good (txn-moves seed 57).
+    #[test]
+    fn a_late_copy_of_an_old_fence_is_refused() {
+        let mut source = shard();
+        commit(&mut source, 1, "acct-1", 40);
+        let newer = AccountMove::Fence {
+            epoch: 3,
+            to: TARGET,
+            ranges: only("acct-2"),
+        };
+        step(&mut source, newer);
+        let late = AccountMove::Fence {
+            epoch: 2,
+            to: TARGET,
+            ranges: only("acct-1"),
+        };
+        assert_eq!(step(&mut source, late).0, MoveAnswer::Refused(ShardRefusal::Stale));
+        assert_eq!(get(&mut source, 2, "acct-1"), Ok(Some(vec![40])), "still served");
+        let late_install = AccountMove::Install {
+            epoch: 2,
+            from: 4,
+            part: AccountPart {
+                ranges: only("acct-2"),
+                accounts: vec![],
+            },
+        };
+        assert_eq!(
+            step(&mut source, late_install).0,
+            MoveAnswer::Refused(ShardRefusal::Stale)
+        );
+    }
+
+    /// Work a stray client began at a shard before it joined the ring is
+    /// aborted by the assignment that leaves its keys unserved (seen at
+    /// txn-moves seed 449, where a rogue's write reached a joining shard).
+    #[test]
+    fn an_assignment_aborts_work_on_keys_it_leaves_unserved() {
+        let mut joining = Participant::recover(TARGET, &[], Duration::ZERO, config()).unwrap().0;
+        put(&mut joining, 1, "acct-1", 5).unwrap();
+        let assign = AccountMove::Assign {
+            epoch: 1,
+            ranges: RangeSet::default(),
+        };
+        let (answer, steps) = step(&mut joining, assign);
+        assert_eq!(answer, MoveAnswer::Done { accounts: 0 });
+        assert!(
+            steps
+                .iter()
+                .any(|s| matches!(s, Step::Event(TxnEvent::Applied { txn: 1, .. }))),
+            "{steps:?}"
+        );
+        assert_eq!(vote_of(&prepare(&mut joining, 1)), Some(false));
     }
 
     /// Everything a move changed is rebuilt from the shard's log.

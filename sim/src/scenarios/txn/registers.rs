@@ -31,8 +31,8 @@ fn decode(value: Option<Value>) -> Option<TxnId> {
 }
 
 /// Runs one register transaction and records it.
-pub(super) async fn run<const C: u32, const LOAD: u32, const CHANGES: bool>(
-    bank: &Bank<C, LOAD, CHANGES>,
+pub(super) async fn run<const C: u32, const LOAD: u32, const CHANGES: bool, const MOVES: bool>(
+    bank: &Bank<C, LOAD, CHANGES, MOVES>,
     txc: &mut TxnClient<SimEnv>,
     client: &Client<BankOp>,
     rng: &mut ChaCha8Rng,
