@@ -63,7 +63,10 @@ impl Reports {
                         }
                     }
                 }
-                TxnEvent::Applied { prepared: false, .. } | TxnEvent::Snapshot { .. } | TxnEvent::Forgot { .. } => {}
+                TxnEvent::Applied { prepared: false, .. }
+                | TxnEvent::Snapshot { .. }
+                | TxnEvent::Forgot { .. }
+                | TxnEvent::Serving { .. } => {}
                 TxnEvent::CommitUnprepared { txn } => r.unprepared.push((*node, *txn)),
                 // A decision a coordinator found in its log counts as
                 // announced: a crash may have cut off the announcement.

@@ -11,6 +11,7 @@ pub mod isolation;
 pub mod kv;
 pub mod linearizability;
 pub mod lock;
+pub mod owners;
 pub mod replicas;
 
 use std::fmt;

@@ -83,6 +83,10 @@ pub enum TxnBug {
     /// the move lands at a shard that no longer serves those accounts (a
     /// moving prepared transaction dropped).
     ShipBeforeDrained,
+    /// Rebalancer: the target shard serves moving accounts (installed
+    /// empty) before the source fences them, so both serve them for a
+    /// while and the target without their balances.
+    InstallBeforeFence,
 }
 
 pub mod bank;
@@ -478,6 +482,13 @@ pub enum TxnEvent {
         index: u64,
         /// True when it came from the leader, false for its own compaction.
         installed: bool,
+    },
+    /// A bank shard's ownership once a move step became durable, or as
+    /// its log rebuilt it at recovery: every key hash it serves from now
+    /// on (the simulator judges `owner-overlap` from these).
+    Serving {
+        /// The hashes served.
+        ranges: crate::shard::RangeSet,
     },
     /// A replica of a replicated coordinator applied `Forget { below }`.
     Forgot {

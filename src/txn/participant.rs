@@ -296,6 +296,9 @@ impl Participant {
             }
         }
         let mut steps = vec![Step::Append(Record::Boot { epoch: p.epoch }), Step::Sync];
+        if !p.ownership.is_unsharded() {
+            steps.push(p.serving());
+        }
         steps.extend(recovered);
         steps.extend(p.tick(now));
         p.checked();

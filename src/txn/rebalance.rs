@@ -11,7 +11,7 @@ use std::time::Duration;
 use rand::Rng;
 
 use super::participant::{AccountMove, AccountPart, MoveAnswer, MAX_MOVE_BYTES};
-use super::Msg;
+use super::{Msg, TxnBug};
 use crate::env::{codec, timeout, Env};
 use crate::log::client::{Addressed, ClientError, Inbox};
 use crate::log::ClientId;
@@ -50,6 +50,7 @@ pub struct ShardGroups<E: Env> {
     shards: Vec<GroupId>,
     client: ClientId,
     next_request: u64,
+    bug: Option<TxnBug>,
 }
 
 impl<E: Env> ShardGroups<E> {
@@ -64,7 +65,17 @@ impl<E: Env> ShardGroups<E> {
             shards,
             client,
             next_request: 0,
+            bug: None,
         }
+    }
+
+    /// The same shards, moved by a procedure with a planted bug (the
+    /// rebalancer's variants of [`TxnBug`]).
+    #[cfg(feature = "planted-bugs")]
+    #[doc(hidden)]
+    pub fn with_bug(mut self, bug: Option<TxnBug>) -> Self {
+        self.bug = bug;
+        self
     }
 
     /// Sends `step` to `shard` until it answers or `limit` passes.
@@ -174,6 +185,20 @@ impl<E: Env> Groups for ShardGroups<E> {
         ranges: RangeSet,
         limit: Duration,
     ) -> Result<(), RebalanceError> {
+        if self.bug == Some(TxnBug::InstallBeforeFence) {
+            // PLANTED BUG: the target serves the ranges before the source
+            // stops, and without their accounts.
+            let part = AccountPart {
+                ranges: ranges.clone(),
+                accounts: vec![],
+            };
+            let install = AccountMove::Install {
+                epoch,
+                from: group,
+                part,
+            };
+            let _ = self.done(to, install, limit).await;
+        }
         self.done(group, AccountMove::Fence { epoch, to, ranges }, limit)
             .await?;
         Ok(())
@@ -220,8 +245,13 @@ impl<E: Env> Groups for ShardGroups<E> {
         part: AccountPart,
         limit: Duration,
     ) -> Result<usize, RebalanceError> {
-        self.done(group, AccountMove::Install { epoch, from, part }, limit)
+        match self
+            .done(group, AccountMove::Install { epoch, from, part }, limit)
             .await
+        {
+            Err(RebalanceError::Refused { .. }) if self.bug == Some(TxnBug::InstallBeforeFence) => Ok(0),
+            installed => installed,
+        }
     }
 
     async fn drop_part(

@@ -44,6 +44,8 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use ringfence::env::{codec, Env, NodeId};
+use ringfence::history::bank::register_key;
+use ringfence::history::owners::{owner_overlap, Served};
 use ringfence::history::{bank, History, Violation};
 use ringfence::log::client::{Client as LogClient, Inbox};
 use ringfence::log::membership::{is_operator, Boot, OPERATOR_IDS};
@@ -141,6 +143,12 @@ pub const SHIP_BEFORE_DRAINED: Bug = Bug {
     caught_by: "final-state",
     planted: Planted::Txn(TxnBug::ShipBeforeDrained),
 };
+pub const INSTALL_BEFORE_FENCE: Bug = Bug {
+    name: "install-before-fence",
+    about: "the rebalancer has the target shard serve moving accounts (installed empty) before the source fences them",
+    caught_by: "owner-overlap",
+    planted: Planted::Txn(TxnBug::InstallBeforeFence),
+};
 pub const FORGET_PRESUMES_ABORT: Bug = Bug {
     name: "forget-presumes-abort",
     about:
@@ -176,6 +184,9 @@ pub struct Bank<const C: u32, const LOAD: u32 = 1, const CHANGES: bool = false, 
     servers: u32,
     /// The directory's log (with `MOVES`).
     directory_judge: Arc<Judge>,
+    /// What each shard served after each durable move step (with
+    /// `MOVES`): the ground truth of `owner-overlap`.
+    served: Mutex<Vec<Served>>,
     probe_client: u32,
     events: Mutex<Vec<(NodeId, TxnEvent)>>,
     /// Transactions whose commit the clients saw succeed or not answer: the
@@ -197,6 +208,13 @@ impl<const C: u32, const LOAD: u32, const CHANGES: bool, const MOVES: bool> Bank
         let me = self.clone();
         let world = env.world().clone();
         Arc::new(move |node, _now, event: &TxnEvent| {
+            if let TxnEvent::Serving { ranges } = event {
+                me.served.lock().unwrap_or_else(|e| e.into_inner()).push(Served {
+                    at: crate::world::elapsed(),
+                    group: node,
+                    ranges: ranges.clone(),
+                });
+            }
             let mut events = me.events.lock().unwrap_or_else(|e| e.into_inner());
             let situation = match event {
                 TxnEvent::Recovered { txn, .. } if !events.iter().any(|(_, e)| announced(e, *txn)) => {
@@ -309,7 +327,7 @@ impl<const C: u32, const LOAD: u32, const CHANGES: bool, const MOVES: bool> Bank
     /// change moves large ranges and accounts move often.
     async fn rebalancer(&self, env: &SimEnv, client: &mut Client<BankOp>) {
         let inbox = Inbox::new(env.clone());
-        let groups = ShardGroups::new(inbox.clone(), self.shards());
+        let groups = ShardGroups::new(inbox.clone(), self.shards()).with_bug(self.bug);
         let watch = Watch {
             key: &account_key(0),
             key_moved: "account-0-moved",
@@ -530,7 +548,7 @@ impl<const C: u32, const LOAD: u32, const CHANGES: bool, const MOVES: bool> Scen
         _ => "txn-replicated with 4x the clients, a small retained window and frequent log snapshots: forgetting and compaction under load",
     };
     const BUGS: &'static [Bug] = if MOVES {
-        &[SHIP_BEFORE_DRAINED]
+        &[SHIP_BEFORE_DRAINED, INSTALL_BEFORE_FENCE]
     } else if CHANGES {
         &[REMOVED_STILL_VOTES]
     } else if LOAD > 1 {
@@ -748,6 +766,7 @@ impl<const C: u32, const LOAD: u32, const CHANGES: bool, const MOVES: bool> Scen
             ),
             servers: params.servers,
             directory_judge: Arc::default(),
+            served: Mutex::default(),
             probe_client: params.workload.clients,
             events: Mutex::new(Vec::new()),
             to_recheck: Mutex::new(Vec::new()),
@@ -880,6 +899,16 @@ impl<const C: u32, const LOAD: u32, const CHANGES: bool, const MOVES: bool> Scen
             placement: (!MOVES).then_some(self.placement.as_ref() as &dyn ringfence::txn::placement::ShardMap),
             probe_client: self.probe_client,
         };
-        bank::check(history, &events, bank)
+        // Ownership first: two shards serving an account explain any
+        // money that went astray.
+        let mut violations = Vec::new();
+        if MOVES {
+            let served = self.served.lock().unwrap_or_else(|e| e.into_inner());
+            let accounts = (0..ACCOUNTS).map(account_key);
+            let keys: Vec<String> = accounts.chain((0..registers::REGISTERS).map(register_key)).collect();
+            violations.extend(owner_overlap(&served, self.shards()[0], &keys));
+        }
+        violations.extend(bank::check(history, &events, bank));
+        violations
     }
 }

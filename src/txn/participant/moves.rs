@@ -25,7 +25,7 @@ use crate::env::{codec, NodeId};
 use crate::log::membership::is_operator;
 use crate::ring::{hash_key, HashRange, KeyHash};
 use crate::shard::{GroupId, RangeSet, ShardRefusal};
-use crate::txn::{AbortReason, Key, Msg, Step, TxnBug, Value};
+use crate::txn::{AbortReason, Key, Msg, Step, TxnBug, TxnEvent, Value};
 
 /// The most bytes of accounts one install carries, encoded: a quarter
 /// of the codec's limit, so the install's message and log record always
@@ -149,6 +149,7 @@ impl Participant {
                 if let Some(step) = record {
                     steps.push(Step::Append(Record::Moved(step)));
                     steps.push(Step::Sync);
+                    steps.push(self.serving());
                 }
                 steps.extend(aborted);
                 answer
@@ -313,6 +314,13 @@ impl Participant {
             part: AccountPart { ranges, accounts },
             next: pieces.next().and_then(|(ranges, _)| ranges.first()),
         }))
+    }
+
+    /// The report of what the shard serves now.
+    pub(super) fn serving(&self) -> Step<Record> {
+        Step::Event(TxnEvent::Serving {
+            ranges: self.ownership.serving().clone(),
+        })
     }
 
     /// Aborts the active transactions holding a key this shard no longer
@@ -497,8 +505,16 @@ mod tests {
         );
         assert_eq!(answer, MoveAnswer::Done { accounts: 1 });
         assert!(
-            matches!(&steps[..], [Step::Append(Record::Moved(_)), Step::Sync, Step::Send(..)]),
-            "synced before answered: {steps:?}"
+            matches!(
+                &steps[..],
+                [
+                    Step::Append(Record::Moved(_)),
+                    Step::Sync,
+                    Step::Event(TxnEvent::Serving { .. }),
+                    Step::Send(..)
+                ]
+            ),
+            "synced and reported before answered: {steps:?}"
         );
         assert_eq!(
             get(&mut source, 3, "acct-1"),
