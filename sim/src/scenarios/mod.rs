@@ -105,6 +105,7 @@ pub static ALL: &[&dyn DynScenario] = &[
     &Registered::<txn::Bank<3, 4>>(PhantomData),
     &Registered::<txn::Bank<5, 1, true>>(PhantomData),
     &Registered::<txn::Bank<1, 1, false, true>>(PhantomData),
+    &Registered::<txn::Bank<3, 1, false, true>>(PhantomData),
 ];
 
 fn find_bug(bugs: &'static [Bug], name: &str) -> Option<&'static Bug> {

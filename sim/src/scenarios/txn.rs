@@ -534,14 +534,16 @@ impl<const C: u32, const LOAD: u32, const CHANGES: bool, const MOVES: bool> Scen
     type Op = BankOp;
 
     const NAME: &'static str = match (C, LOAD, CHANGES) {
-        _ if MOVES => "txn-moves",
+        (1, _, _) if MOVES => "txn-moves",
+        _ if MOVES => "txn-replicated-moves",
         (_, _, true) => "txn-replicated-members",
         (1, _, _) => "txn",
         (_, 1, _) => "txn-replicated",
         _ => "txn-replicated-load",
     };
     const ABOUT: &'static str = match (C, LOAD, CHANGES) {
-        _ if MOVES => "bank on classic two-phase commit over 3 shards while an operator moves accounts between them by ring changes (a directory of 3 servers holds the views): atomic, durable, conserved across moves",
+        (1, _, _) if MOVES => "bank on classic two-phase commit over 3 shards while an operator moves accounts between them by ring changes (a directory of 3 servers holds the views): atomic, durable, conserved across moves",
+        _ if MOVES => "txn-moves with the coordinator replicated on the log (3 replicas): a drain never waits for a coordinator to restart",
         (_, _, true) => "txn-replicated over 5 coordinator replicas, 3 of which found the group, while an operator adds, promotes, removes and replaces them and a replica may lose its disk: atomic, durable, conserved, every final member caught up",
         (1, _, _) => "bank on classic two-phase commit: transfers and audits over 3 shards + 1 coordinator; atomic, durable, conserved",
         (_, 1, _) => "bank on two-phase commit with the coordinator replicated on the log (3 replicas) over 3 shards; no single crash blocks",
