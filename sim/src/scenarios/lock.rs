@@ -74,14 +74,14 @@ use ringfence::log::membership::{is_operator, Boot, OPERATOR_IDS};
 use ringfence::log::{Event, Index, Term};
 use ringfence::observe::Observer;
 use ringfence::real::auth::FIRST_PRINCIPAL;
-use ringfence::shard::directory::{self, Router};
+use ringfence::shard::directory::Router;
 
 use crate::env::SimEnv;
 use crate::plan::{AimedAction, DiskLoss, Fault, FaultKind, FaultPlan, Swarm, Targets};
 use crate::scenario::{client_ids, Bug, Client, Params, Planted, Scenario, Workload, PROBE_ID};
 use crate::scenarios::judge::Judge;
 use crate::scenarios::log::REMOVED_STILL_VOTES;
-use crate::scenarios::{lock_hostile, lock_moves, operator};
+use crate::scenarios::{lock_hostile, lock_moves, operator, rebalancer};
 use crate::world::{derive_rng, stream, World};
 
 pub const NO_FENCING: Bug = Bug {
@@ -996,19 +996,8 @@ impl<V: Variant> Scenario for LockScenario<V> {
                 tracing::warn!(%error, "resource stopped");
             }
         } else if self.directory_servers().contains(&env.id()) {
-            let (me, judge) = (env.id(), self.judges.last().expect("a directory judge").clone());
-            judge.booted(me);
-            let members = self.directory_servers();
-            let boot = if env.original_disk_unused() {
-                Boot::Genesis(members.clone())
-            } else {
-                Boot::Join
-            };
-            let config = self.server_config().log;
-            if let Err(error) = directory::run(env, (members, boot), config, judge.clone()).await {
-                tracing::warn!(%error, "directory replica stopped");
-                judge.stopped(me);
-            }
+            let judge = self.judges.last().expect("a directory judge").clone();
+            rebalancer::serve_directory(env, self.directory_servers(), self.server_config().log, judge).await;
         } else {
             let me = env.id();
             let g = self.group_of(me);

@@ -15,15 +15,15 @@ use std::time::Duration;
 use rand::Rng;
 use ringfence::env::{Env, NodeId};
 use ringfence::history::lock::{replay, AppliedEntry};
+use ringfence::history::owners::{owner_overlap, Served};
 use ringfence::history::Violation;
 use ringfence::lock::rebalance::LockGroups;
 use ringfence::lock::ShardedLockClient;
 use ringfence::lock::{LockBug, LockCommand, LockMachine, Request, SessionId, ShardCommand, Token};
 use ringfence::log::client::{Client as LogClient, Inbox};
 use ringfence::log::Index;
-use ringfence::ring::hash_key;
 use ringfence::shard::directory::Router;
-use ringfence::shard::GroupId;
+use ringfence::shard::{GroupId, RangeSet};
 
 use crate::env::SimEnv;
 use crate::scenario::Client;
@@ -199,45 +199,24 @@ pub fn check_owners(
     name: &str,
     max_sessions: usize,
 ) -> Vec<Violation> {
-    let h = hash_key(name.as_bytes());
-    // Per group: the real-time intervals it served the name.
-    let mut served: Vec<(GroupId, Duration, Duration)> = Vec::new();
+    // Per group: what it served after each entry that changed it, from
+    // its first shard command on.
+    let mut reports: Vec<Served> = Vec::new();
     for &(group, applied) in groups {
-        let mut since = (group == founder).then_some(Duration::ZERO);
         let mut joined = group == founder;
+        let mut last: Option<RangeSet> = None;
         replay(applied, max_sessions, |_, entry, command, machine| {
             joined |= matches!(command, LockCommand::Shard(_));
-            let serves = joined && machine.ownership().serves(h);
-            match (since, serves) {
-                (None, true) => since = Some(entry.at),
-                (Some(from), false) => {
-                    served.push((group, from, entry.at));
-                    since = None;
-                }
-                _ => {}
+            let serving = machine.ownership().serving();
+            if joined && last.as_ref() != Some(serving) {
+                last = Some(serving.clone());
+                reports.push(Served {
+                    at: entry.at,
+                    group,
+                    ranges: serving.clone(),
+                });
             }
         });
-        if let Some(from) = since {
-            served.push((group, from, Duration::MAX));
-        }
     }
-    let mut violations = Vec::new();
-    for (i, a) in served.iter().enumerate() {
-        for b in &served[i + 1..] {
-            if a.0 != b.0 && a.1 < b.2 && b.1 < a.2 && violations.len() < 5 {
-                violations.push(Violation::new(
-                    "owner-overlap",
-                    format!(
-                        "groups {} and {} both served lock {name:?}: from {:.3}s and from {:.3}s",
-                        a.0,
-                        b.0,
-                        a.1.as_secs_f64(),
-                        b.1.as_secs_f64()
-                    ),
-                    vec![],
-                ));
-            }
-        }
-    }
-    violations
+    owner_overlap(&reports, founder, &[name.to_string()])
 }

@@ -19,19 +19,39 @@ use std::time::Duration;
 use rand::Rng;
 use ringfence::env::{Env, NodeId};
 use ringfence::log::client::{Client as LogClient, Inbox};
+use ringfence::log::membership::Boot;
+use ringfence::log::Config;
 use ringfence::ring::hash_key;
-use ringfence::shard::directory::{Directory, ViewSpec};
+use ringfence::shard::directory::{self, Directory, ViewSpec};
 use ringfence::shard::rebalance::{assign_joining, step, Groups, RebalanceConfig};
 use ringfence::shard::GroupId;
 
 use crate::env::SimEnv;
 use crate::scenario::Client;
+use crate::scenarios::judge::Judge;
 
 /// Step sizes that split the scenario's moves: room for a handful of
 /// ranges or items each.
 const SMALL_STEPS: std::ops::RangeInclusive<usize> = 100..=240;
 /// How long a step is retried before the whole move is tried again.
 const STEP_TIMEOUT: Duration = Duration::from_millis(800);
+
+/// Runs a replica of the directory on `members` (a fresh disk founds the
+/// group), judged by `judge`; a replica that stops to protect what it
+/// promised stays down until the nemesis restarts it.
+pub async fn serve_directory(env: SimEnv, members: Vec<NodeId>, config: Config, judge: Arc<Judge>) {
+    let me = env.id();
+    judge.booted(me);
+    let boot = if env.original_disk_unused() {
+        Boot::Genesis(members.clone())
+    } else {
+        Boot::Join
+    };
+    if let Err(error) = directory::run(env, (members, boot), config, judge.clone()).await {
+        tracing::warn!(%error, "directory replica stopped");
+        judge.stopped(me);
+    }
+}
 
 /// What the rebalancer counts as situations: the moves of one key, and
 /// the moves that shipped an item (a held lock, an account with a value).

@@ -51,7 +51,7 @@ use ringfence::log::client::{Client as LogClient, Inbox};
 use ringfence::log::membership::{is_operator, Boot, OPERATOR_IDS};
 use ringfence::log::LogBug;
 use ringfence::log::{Wire, WireOf};
-use ringfence::shard::directory::{self, Directory, DirectoryOutput, DirectoryQuery};
+use ringfence::shard::directory::{Directory, DirectoryOutput, DirectoryQuery};
 use ringfence::txn::client::{ClientConfig, Txn, TxnClient, TxnError};
 use ringfence::txn::coordinator::CoordinatorConfig;
 use ringfence::txn::participant::ParticipantConfig;
@@ -780,19 +780,8 @@ impl<const C: u32, const LOAD: u32, const CHANGES: bool, const MOVES: bool> Scen
     async fn server(self: Arc<Self>, env: SimEnv) {
         let observer = self.observer(&env);
         if self.directory_servers().contains(&env.id()) {
-            let (me, judge) = (env.id(), self.directory_judge.clone());
-            judge.booted(me);
-            let members = self.directory_servers();
-            let boot = if env.original_disk_unused() {
-                Boot::Genesis(members.clone())
-            } else {
-                Boot::Join
-            };
             let config = crate::scenarios::log::sim_config(self.log_bug);
-            if let Err(error) = directory::run(env, (members, boot), config, judge.clone()).await {
-                tracing::warn!(%error, "directory replica stopped");
-                judge.stopped(me);
-            }
+            rebalancer::serve_directory(env, self.directory_servers(), config, self.directory_judge.clone()).await;
             std::future::pending::<()>().await
         } else if C == 1 && env.id() == COORDINATOR {
             let config = CoordinatorConfig {
