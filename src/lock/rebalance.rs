@@ -91,6 +91,17 @@ impl<E: Env> Groups for LockGroups<E> {
         (part.locks.len(), codec::encode(part).map_or(0, |b| b.len()))
     }
 
+    fn empty_part(ranges: RangeSet) -> LockPart {
+        LockPart {
+            ranges,
+            ..LockPart::default()
+        }
+    }
+
+    fn installs_before_fence(&self) -> bool {
+        self.has(LockBug::FlipBeforeFence)
+    }
+
     async fn assign(&mut self, group: GroupId, timeout: Duration) -> Result<(), RebalanceError> {
         let ranges = RangeSet::default();
         self.shard(group, ShardCommand::Assign { epoch: 1, ranges }, timeout)
@@ -105,25 +116,6 @@ impl<E: Env> Groups for LockGroups<E> {
         ranges: RangeSet,
         timeout: Duration,
     ) -> Result<(), RebalanceError> {
-        if self.has(LockBug::FlipBeforeFence) {
-            // PLANTED BUG: the target serves the ranges before the source
-            // stops, and without the source's locks or floor.
-            let part = LockPart {
-                ranges: ranges.clone(),
-                ..LockPart::default()
-            };
-            let _ = self
-                .shard(
-                    to,
-                    ShardCommand::Install {
-                        epoch,
-                        from: group,
-                        part,
-                    },
-                    timeout,
-                )
-                .await;
-        }
         self.shard(group, ShardCommand::Fence { epoch, to, ranges }, timeout)
             .await?;
         Ok(())
@@ -175,13 +167,8 @@ impl<E: Env> Groups for LockGroups<E> {
             // PLANTED BUG: ownership flips without the holders' state.
             part.locks.clear();
         }
-        match self
-            .shard(group, ShardCommand::Install { epoch, from, part }, timeout)
+        self.shard(group, ShardCommand::Install { epoch, from, part }, timeout)
             .await
-        {
-            Err(RebalanceError::Refused { .. }) if self.has(LockBug::FlipBeforeFence) => Ok(0),
-            installed => installed,
-        }
     }
 
     async fn drop_part(

@@ -171,6 +171,17 @@ impl<E: Env> Groups for ShardGroups<E> {
         (part.accounts.len(), codec::encode(part).map_or(0, |b| b.len()))
     }
 
+    fn empty_part(ranges: RangeSet) -> AccountPart {
+        AccountPart {
+            ranges,
+            accounts: vec![],
+        }
+    }
+
+    fn installs_before_fence(&self) -> bool {
+        self.bug == Some(TxnBug::InstallBeforeFence)
+    }
+
     async fn assign(&mut self, group: GroupId, limit: Duration) -> Result<(), RebalanceError> {
         let ranges = RangeSet::default();
         self.done(group, AccountMove::Assign { epoch: 1, ranges }, limit)
@@ -185,20 +196,6 @@ impl<E: Env> Groups for ShardGroups<E> {
         ranges: RangeSet,
         limit: Duration,
     ) -> Result<(), RebalanceError> {
-        if self.bug == Some(TxnBug::InstallBeforeFence) {
-            // PLANTED BUG: the target serves the ranges before the source
-            // stops, and without their accounts.
-            let part = AccountPart {
-                ranges: ranges.clone(),
-                accounts: vec![],
-            };
-            let install = AccountMove::Install {
-                epoch,
-                from: group,
-                part,
-            };
-            let _ = self.done(to, install, limit).await;
-        }
         self.done(group, AccountMove::Fence { epoch, to, ranges }, limit)
             .await?;
         Ok(())
@@ -245,13 +242,8 @@ impl<E: Env> Groups for ShardGroups<E> {
         part: AccountPart,
         limit: Duration,
     ) -> Result<usize, RebalanceError> {
-        match self
-            .done(group, AccountMove::Install { epoch, from, part }, limit)
+        self.done(group, AccountMove::Install { epoch, from, part }, limit)
             .await
-        {
-            Err(RebalanceError::Refused { .. }) if self.bug == Some(TxnBug::InstallBeforeFence) => Ok(0),
-            installed => installed,
-        }
     }
 
     async fn drop_part(
