@@ -141,6 +141,43 @@ mod tests {
         }
     }
 
+    /// Before any view the founding shard serves everything; a refusal
+    /// marks the views stale until views at least as new are set; older
+    /// views (a late read) never replace newer ones.
+    #[test]
+    fn routing_by_views_follows_the_newest_and_hears_refusals() {
+        use crate::shard::directory::ViewSpec;
+        let map = ViewShardMap::new(vec![2, 3, 4]);
+        assert_eq!(map.shard_for("acct-1"), 2);
+        assert!(!map.stale());
+        map.refused(2, 1);
+        assert!(map.stale());
+        let spec = |epoch, groups| ViewSpec {
+            epoch,
+            groups,
+            vnodes: 4,
+        };
+        let only_3 = Views {
+            current: Some(spec(1, vec![(2, 1)])),
+            next: Some(spec(2, vec![(3, 1)])),
+        };
+        map.set(only_3);
+        assert!(!map.stale(), "views of epoch 2 answer a refusal at epoch 1");
+        assert_eq!(map.shard_for("acct-1"), 3, "the next view's owner first");
+        let late = Views {
+            current: Some(spec(1, vec![(2, 1)])),
+            next: None,
+        };
+        map.set(late);
+        assert_eq!(map.shard_for("acct-1"), 3, "an older read is ignored");
+        map.refused(3, 5);
+        map.set(Views {
+            current: Some(spec(2, vec![(3, 1)])),
+            next: None,
+        });
+        assert!(map.stale(), "views older than the refusal leave it stale");
+    }
+
     #[test]
     fn bad_shard_lists_are_refused() {
         assert!(RingShardMap::new(vec![]).is_err());
