@@ -87,6 +87,11 @@ async fn lock_and_bank_commands_work_against_a_loopback_cluster() {
         audit.contains("account 0: 70") && audit.contains("account 1: 130") && audit.contains("total: 200"),
         "{audit}"
     );
+    // Accounts placed by a fixed ring are not moved: the command says how
+    // to found a cluster whose accounts move.
+    let fixed = ringfence(&["group", "--accounts", "status", "-c", &file]);
+    let said = String::from_utf8_lossy(&fixed.stderr);
+    assert!(!fixed.status.success() && said.contains("--movable-accounts"), "{said}");
     cluster.stop().await;
 }
 

@@ -1,10 +1,13 @@
-//! Lock names moving between the groups of a sharded lock service on real
-//! processes, with lock and bank clients running the whole time and nodes
-//! killed:
-//! three nodes host two lock groups and the directory; `ringfence group`
-//! puts group 2 in the ring, takes group 1 out while a node is down,
-//! brings group 1 back with twice the weight while another node is
-//! SIGKILLed and restarted, and takes group 2 out.
+//! Lock names moving between the groups of a sharded lock service, and
+//! bank accounts between the shards, on real processes, with lock and bank
+//! clients running the whole time and nodes killed: three nodes host two
+//! lock groups, the directory, a shard each and the account directory.
+//! `ringfence group` puts lock group 2 in the ring, takes group 1 out
+//! while a node is down, brings group 1 back with twice the weight while
+//! another node is SIGKILLed and restarted, and takes group 2 out;
+//! `ringfence group --accounts` puts node 2's shard in the bank's ring,
+//! node 3's while node 1 (the founding shard's) is SIGKILLed and
+//! restarted, and takes node 1's out.
 //!
 //! Judged on what the clients were granted (`support/grants.rs`): no
 //! fencing token granted twice on a lock across both groups, every grant
@@ -12,9 +15,9 @@
 //! acknowledged holds at once, and the service never without a grant for
 //! longer than [`UNAVAILABLE_BOUND`]. After each change, every lock must
 //! be granted by the group the new view names within [`MOVED_BOUND`], so
-//! names did move under the clients. Every bank audit,
-//! and one after the last change, must see the opening total (the
-//! accounts themselves do not move yet).
+//! names did move under the clients. Every bank audit, and one after the
+//! last change, must see the opening total, and the moves must have
+//! shipped accounts with their balances.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -24,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ringfence::lock::LockError;
-use ringfence::real::cluster::{ClusterConfig, GROUP_VNODES};
+use ringfence::real::cluster::{ClusterConfig, Layout, GROUP_VNODES};
 use ringfence::real::local::LocalCluster;
 use ringfence::ring::Placement;
 use ringfence::shard::directory::ViewSpec;
@@ -79,6 +82,7 @@ async fn names_move_between_groups_under_lock_clients_while_nodes_die() {
     let changed = Instant::now();
     group(&path, &["add", "2"]).await;
     served_by(&granted_by, changed, &[(1, 1), (2, 1)]).await;
+    let mut shipped = accounts_shipped(&group(&path, &["--accounts", "add", "2"]).await);
 
     cluster.kill(2).await.unwrap();
     let changed = Instant::now();
@@ -98,7 +102,11 @@ async fn names_move_between_groups_under_lock_clients_while_nodes_die() {
         }
     });
     let changed = Instant::now();
-    group(&path, &["add", "1", "--weight", "2"]).await;
+    let (_, accounts) = tokio::join!(
+        group(&path, &["add", "1", "--weight", "2"]),
+        group(&path, &["--accounts", "add", "3"])
+    );
+    shipped += accounts_shipped(&accounts);
     let mut cluster = killed.await.unwrap();
     served_by(&granted_by, changed, &[(1, 2), (2, 1)]).await;
 
@@ -106,6 +114,12 @@ async fn names_move_between_groups_under_lock_clients_while_nodes_die() {
     group(&path, &["remove", "2"]).await;
     assert_ring(&path, &["group 1: weight 2, 100.0%"]).await;
     served_by(&granted_by, changed, &[(1, 2)]).await;
+    shipped += accounts_shipped(&group(&path, &["--accounts", "remove", "1"]).await);
+    assert_ring(
+        &path,
+        &["--accounts", "shard of node 2: weight 1", "shard of node 3: weight 1"],
+    )
+    .await;
 
     stop.store(true, Ordering::SeqCst);
     for client in clients {
@@ -120,8 +134,20 @@ async fn names_move_between_groups_under_lock_clients_while_nodes_die() {
     audits.push(final_audit(&config, ACCOUNTS, UNAVAILABLE_BOUND).await);
     cluster.stop().await;
     assert_conserved(&audits, ACCOUNTS);
+    assert!(shipped > 0, "the moves shipped no account with a balance");
     let grants = grants.lock().unwrap().clone();
     judge(&grants, UNAVAILABLE_BOUND);
+}
+
+/// How many accounts with a balance a `ringfence group --accounts`
+/// change says it shipped.
+fn accounts_shipped(output: &Output) -> usize {
+    let shown = String::from_utf8_lossy(&output.stdout);
+    let count = shown
+        .split(", ")
+        .find_map(|part| part.strip_suffix(" account(s) with a balance shipped\n"))
+        .unwrap_or_else(|| panic!("no account count in {shown:?}"));
+    count.parse().unwrap()
 }
 
 /// A client holding a lock that moves takes it again from the new group
@@ -234,8 +260,55 @@ async fn a_move_larger_than_one_log_command_finishes() {
     cluster.stop().await;
 }
 
-/// Three nodes hosting two lock groups and the directory: the cluster,
-/// its file and where the file is.
+/// The bank's commands on accounts that move: before any view the first
+/// node's shard serves every account; a transfer, then moves that put
+/// node 2's shard in the ring and take node 1's out, and the audit still
+/// reads what the transfer wrote, from the shards that now hold it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bank_commands_follow_accounts_that_move() {
+    let (mut cluster, _, path) = start_sharded().await;
+    let txn = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_ringfence"))
+            .arg("txn")
+            .args(args)
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let shown = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        shown
+    };
+    assert_ring(
+        &path,
+        &["--accounts", "no ring view yet: shard of node 1 serves all accounts"],
+    )
+    .await;
+    assert!(txn(&["transfer", "0", "1", "30"]).contains("committed"));
+
+    let unknown = group_once(&path, &["--accounts", "add", "7"]).await;
+    let said = String::from_utf8_lossy(&unknown.stderr);
+    assert!(
+        !unknown.status.success() && said.contains("no shard of node 7"),
+        "{said}"
+    );
+
+    group(&path, &["--accounts", "add", "2"]).await;
+    group(&path, &["--accounts", "remove", "1"]).await;
+    assert_ring(
+        &path,
+        &["--accounts", "shard of node 2: weight 1, 100.0% of the accounts"],
+    )
+    .await;
+    let audit = txn(&["audit", "--accounts", "8"]);
+    for line in ["account 0: 70", "account 1: 130", "account 2: 100", "total: 800"] {
+        assert!(audit.contains(line), "{line:?} not in:\n{audit}");
+    }
+    cluster.stop().await;
+}
+
+/// Three nodes hosting two lock groups, the directory, a shard each and
+/// the account directory: the cluster, its file and where the file is.
 async fn start_sharded() -> (LocalCluster, ClusterConfig, PathBuf) {
     start_sharded_with_ttl(2000).await
 }
@@ -243,7 +316,11 @@ async fn start_sharded() -> (LocalCluster, ClusterConfig, PathBuf) {
 /// [`start_sharded`] with sessions that last `ttl_ms`.
 async fn start_sharded_with_ttl(ttl_ms: u64) -> (LocalCluster, ClusterConfig, PathBuf) {
     let dir = tempfile::tempdir().unwrap().keep();
-    let mut config = LocalCluster::free_ports_sharded(3, 2, &dir).unwrap();
+    let layout = Layout {
+        lock_groups: 2,
+        movable_accounts: true,
+    };
+    let mut config = LocalCluster::free_ports_sharded(3, layout, &dir).unwrap();
     config.lock.ttl_ms = ttl_ms;
     let exe = Path::new(env!("CARGO_BIN_EXE_ringfence"));
     let cluster = LocalCluster::start(exe, &dir, config).await.unwrap();
@@ -284,9 +361,13 @@ async fn group_once(config: &Path, args: &[&str]) -> Output {
 }
 
 /// `ringfence group status` shows the current view with `lines` and no
-/// rebalance in progress.
+/// rebalance in progress; the bank's with `--accounts` first.
 async fn assert_ring(config: &Path, lines: &[&str]) {
-    let output = group(config, &["status"]).await;
+    let (args, lines) = match lines {
+        ["--accounts", rest @ ..] => (vec!["--accounts", "status"], rest),
+        _ => (vec!["status"], lines),
+    };
+    let output = group(config, &args).await;
     let shown = String::from_utf8_lossy(&output.stdout);
     for line in lines {
         assert!(shown.contains(line), "{line:?} not in:\n{shown}");

@@ -20,6 +20,9 @@
 //! # groups 2, 3, ... are these; the directory holds their ring view.
 //! lock_groups = ["127.0.0.1:7111"]
 //! directory = "127.0.0.1:7401"
+//! # Accounts that move between the shards (optional): the replicated
+//! # ring view of the bank, which `ringfence group --accounts` changes.
+//! account_directory = "127.0.0.1:7501"
 //!
 //! [[node]]
 //! id = 2
@@ -48,7 +51,14 @@
 //! Transactions: the coordinator is replicated on a Raft group of every
 //! node's `txn` replica (ids = node ids), and node `i`'s shard has id
 //! [`SHARD_ID_BASE`]` + i` in the same address space; keys are placed on
-//! the shards by the consistent-hashing ring.
+//! the shards by the consistent-hashing ring. Without an account
+//! directory that ring is fixed: every shard serves its share from the
+//! founding on. With one (replica ids [`ACCOUNT_DIRECTORY_ID_BASE`]` + i`,
+//! in the same address space), the lowest shard founds the bank serving
+//! every account, the others join serving none, and an operator moves
+//! accounts between them online (`ringfence group --accounts`,
+//! [`crate::txn::rebalance`]); clients route by the directory's views
+//! ([`crate::txn::placement::DirectoryRouting`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -74,7 +84,8 @@ use crate::shard::GroupId;
 use crate::txn;
 use crate::txn::client::TxnClient;
 use crate::txn::participant::ParticipantConfig;
-use crate::txn::placement::RingShardMap;
+use crate::txn::placement::{DirectoryRouting, RingShardMap};
+use crate::txn::rebalance::ShardGroups;
 use crate::txn::shell::{self, CoordLogEnv};
 
 /// The longest session lease a cluster may configure, in milliseconds.
@@ -149,9 +160,9 @@ pub struct NodeEntry {
     /// Where this node's transaction coordinator replica listens.
     pub txn: SocketAddr,
     /// Where this node's shard listens, if it holds one. The shards are
-    /// the founding nodes' (the ring places accounts on them, and moving
-    /// accounts between shards is not built yet); a node added later hosts
-    /// lock and coordinator replicas only.
+    /// the founding nodes' (a fixed ring places accounts on them, or, with
+    /// an account directory, its views do); a node added later hosts lock
+    /// and coordinator replicas only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shard: Option<SocketAddr>,
     /// Where this node's replicas of lock groups 2, 3, ... listen (a
@@ -162,12 +173,19 @@ pub struct NodeEntry {
     /// ring view of a sharded lock service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub directory: Option<SocketAddr>,
+    /// Where this node's replica of the account directory listens: the
+    /// replicated ring view of a bank whose accounts move between the
+    /// shards. Without any, the accounts stay where a fixed ring over the
+    /// shards puts them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_directory: Option<SocketAddr>,
 }
 
 impl NodeEntry {
     /// How many addresses the node listens on (one per service replica).
     pub fn listeners(&self) -> usize {
-        3 + self.lock_groups.len() + usize::from(self.directory.is_some()) - usize::from(self.shard.is_none())
+        let optional = [self.directory, self.account_directory].iter().flatten().count();
+        3 + self.lock_groups.len() + optional - usize::from(self.shard.is_none())
     }
 
     /// The address the node binds last (its shard's, else its
@@ -186,6 +204,31 @@ pub const MAX_LOCK_GROUPS: usize = 16;
 /// Directory replica ids are node ids plus this, above every lock
 /// replica's id.
 pub const DIRECTORY_ID_BASE: NodeId = MAX_LOCK_GROUPS as NodeId * SHARD_ID_BASE;
+
+/// Account directory replica ids are node ids plus this: in the
+/// transaction service's address space, above the shards'.
+pub const ACCOUNT_DIRECTORY_ID_BASE: NodeId = 2 * SHARD_ID_BASE;
+
+/// The services a new cluster runs beside the first lock group, the
+/// coordinators and the shards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    /// Lock groups (1: the lock service is not sharded; more: a directory
+    /// replica on every node too).
+    pub lock_groups: u32,
+    /// An account directory on every node, so that accounts can move
+    /// between the shards.
+    pub movable_accounts: bool,
+}
+
+impl Default for Layout {
+    fn default() -> Self {
+        Layout {
+            lock_groups: 1,
+            movable_accounts: false,
+        }
+    }
+}
 
 /// The id of lock group `group`'s replica on node `node`: group 1's are
 /// the node ids, group `g`'s the node ids plus `(g − 1)·1000`, so the
@@ -214,10 +257,15 @@ impl ClusterConfig {
     /// A cluster of `nodes` nodes on loopback: node `i` listens on
     /// `base_port + i` (lock), `+ 100 + i` (txn) and `+ 200 + i` (shard);
     /// with `lock_groups` above 1, on `+ 300 + i` (directory) and
-    /// `+ 100·(g + 2) + i` (lock group `g`) too. Refused when a port would
-    /// pass 65535 (rather than wrap around) or two services would share
-    /// one (more than 99 nodes).
-    pub fn loopback(nodes: u32, lock_groups: u32, base_port: u16, data_dir: PathBuf) -> Result<ClusterConfig, String> {
+    /// `+ 100·(g + 2) + i` (lock group `g`) too; with movable accounts,
+    /// the account directory on the next hundred above those. Refused when
+    /// a port would pass 65535 (rather than wrap around) or two services
+    /// would share one (more than 99 nodes).
+    pub fn loopback(nodes: u32, layout: Layout, base_port: u16, data_dir: PathBuf) -> Result<ClusterConfig, String> {
+        let Layout {
+            lock_groups,
+            movable_accounts,
+        } = layout;
         if nodes > 99 {
             return Err(format!(
                 "{nodes} nodes on loopback: at most 99 (ports are base + 100·service + id)"
@@ -226,7 +274,7 @@ impl ClusterConfig {
         if !(1..=MAX_LOCK_GROUPS as u32).contains(&lock_groups) {
             return Err(format!("{lock_groups} lock groups: from 1 to {MAX_LOCK_GROUPS}"));
         }
-        let services = if lock_groups > 1 { lock_groups + 2 } else { 2 };
+        let services = if lock_groups > 1 { lock_groups + 2 } else { 2 } + u32::from(movable_accounts);
         let highest = u32::from(base_port) + 100 * services + nodes;
         if highest > u32::from(u16::MAX) {
             return Err(format!(
@@ -250,6 +298,7 @@ impl ClusterConfig {
                     shard: Some(port(200, id)),
                     lock_groups: (2..=lock_groups).map(|g| port(100 * (g + 2), id)).collect(),
                     directory: (lock_groups > 1).then(|| port(300, id)),
+                    account_directory: movable_accounts.then(|| port(100 * services, id)),
                 })
                 .collect(),
         })
@@ -334,7 +383,13 @@ impl ClusterConfig {
                     node.lock_groups.len()
                 ));
             }
-            let services = [Some(node.lock), Some(node.txn), node.shard, node.directory];
+            let services = [
+                Some(node.lock),
+                Some(node.txn),
+                node.shard,
+                node.directory,
+                node.account_directory,
+            ];
             for addr in services.into_iter().flatten().chain(node.lock_groups.iter().copied()) {
                 if !addrs.insert(addr) {
                     return Err(format!("address {addr} appears twice"));
@@ -467,24 +522,59 @@ impl ClusterConfig {
 
     /// An operator's clients of every lock group and of the directory,
     /// sharing one connection set, for [`crate::shard::rebalance`].
-    pub fn shard_operator(&self) -> Result<ShardOperator, ConfigError> {
+    pub fn shard_operator(&self) -> Result<ShardOperator<LockGroups<RealEnv>>, ConfigError> {
         let credentials = self.secret()?.operator_credentials();
         let env = RealEnv::client(&credentials, &self.lock_service_peers());
         let inbox = Inbox::new(env);
         let groups = self.lock_groups().into_iter();
         let groups = groups.map(|(g, replicas)| (g, Client::sharing(inbox.clone(), replicas.into_keys().collect())));
         Ok(ShardOperator {
+            founder: FOUNDER_GROUP,
             groups: LockGroups::new(groups.collect()),
             directory: Client::sharing(inbox, self.directory_servers().into_keys().collect()),
         })
     }
 
-    /// Coordinator replicas and shards by id: the transaction service's
-    /// address space.
+    /// Coordinator replicas, shards and account directory replicas by
+    /// id: the transaction service's address space.
     pub fn txn_nodes(&self) -> BTreeMap<NodeId, SocketAddr> {
         let coordinators = self.nodes.iter().map(|n| (n.id, n.txn));
         let shards = self.nodes.iter().filter_map(|n| Some((SHARD_ID_BASE + n.id, n.shard?)));
-        coordinators.chain(shards).collect()
+        coordinators
+            .chain(shards)
+            .chain(self.account_directory_servers())
+            .collect()
+    }
+
+    /// The account directory's replicas by id (none when accounts do not
+    /// move).
+    pub fn account_directory_servers(&self) -> BTreeMap<NodeId, SocketAddr> {
+        let replicas = self
+            .nodes
+            .iter()
+            .filter_map(|n| Some((ACCOUNT_DIRECTORY_ID_BASE + n.id, n.account_directory?)));
+        replicas.collect()
+    }
+
+    /// Whether accounts move between the shards (the cluster has an
+    /// account directory).
+    pub fn movable_accounts(&self) -> bool {
+        self.nodes.iter().any(|n| n.account_directory.is_some())
+    }
+
+    /// An operator's clients of every shard and of the account directory,
+    /// sharing one connection set, for [`crate::shard::rebalance`]. The
+    /// lowest shard founds the bank.
+    pub fn account_operator(&self) -> Result<ShardOperator<ShardGroups<RealEnv>>, ConfigError> {
+        let credentials = self.secret()?.operator_credentials();
+        let inbox = Inbox::new(RealEnv::client(&credentials, &self.txn_nodes()));
+        let shards = self.shards();
+        let directory = self.account_directory_servers().into_keys().collect();
+        Ok(ShardOperator {
+            founder: shards[0],
+            groups: ShardGroups::new(inbox.clone(), shards),
+            directory: Client::sharing(inbox, directory),
+        })
     }
 
     /// The transaction coordinator replicas' ids.
@@ -492,13 +582,12 @@ impl ClusterConfig {
         self.nodes.iter().map(|n| n.id).collect()
     }
 
-    /// The shards' ids.
+    /// The shards' ids, lowest (the founding shard of movable accounts)
+    /// first.
     pub fn shards(&self) -> Vec<NodeId> {
-        self.nodes
-            .iter()
-            .filter(|n| n.shard.is_some())
-            .map(|n| SHARD_ID_BASE + n.id)
-            .collect()
+        let shards = self.nodes.iter().filter(|n| n.shard.is_some());
+        let shards: BTreeSet<NodeId> = shards.map(|n| SHARD_ID_BASE + n.id).collect();
+        shards.into_iter().collect()
     }
 
     /// Node `id`'s entry.
@@ -510,15 +599,18 @@ impl ClusterConfig {
     }
 
     /// A transaction client of this cluster on `env` (a client of
-    /// [`ClusterConfig::txn_nodes`]).
+    /// [`ClusterConfig::txn_nodes`]): it finds accounts by the fixed ring
+    /// over the shards, or by the account directory's views when accounts
+    /// move.
     pub fn txn_client(&self, env: RealEnv) -> TxnClient<RealEnv> {
+        let config = txn::client::ClientConfig::default();
+        if self.movable_accounts() {
+            let directory = self.account_directory_servers().into_keys().collect();
+            let routing = DirectoryRouting::new(self.shards(), directory);
+            return TxnClient::routed(env, self.coordinators(), routing, config);
+        }
         let placement = RingShardMap::new(self.shards()).expect("validated: distinct shard ids");
-        TxnClient::new(
-            env,
-            self.coordinators(),
-            Arc::new(placement),
-            txn::client::ClientConfig::default(),
-        )
+        TxnClient::new(env, self.coordinators(), Arc::new(placement), config)
     }
 
     /// The lock servers' session TTL.
@@ -563,18 +655,22 @@ pub const FOUNDER_GROUP: GroupId = 1;
 /// bench make, unless told otherwise.
 pub const GROUP_VNODES: u32 = 160;
 
-/// An operator's clients of a sharded lock service.
-pub struct ShardOperator {
-    /// A client of each lock group.
-    pub groups: LockGroups<RealEnv>,
+/// An operator's clients of a sharded service: the lock groups
+/// ([`ClusterConfig::shard_operator`]) or the bank's shards
+/// ([`ClusterConfig::account_operator`]), and its directory.
+pub struct ShardOperator<G> {
+    /// The group that founded the service, serving every key until the
+    /// first view.
+    pub founder: GroupId,
+    /// A client of each group.
+    pub groups: G,
     /// A client of the directory.
     pub directory: Client<RealEnv, Directory>,
 }
 
-impl ShardOperator {
-    /// Brings the cluster's lock service to the ring of `weights` with
-    /// `vnodes` points per unit of weight ([`rebalance::rebalance_to`],
-    /// founded by [`FOUNDER_GROUP`]).
+impl<G: rebalance::Groups> ShardOperator<G> {
+    /// Brings the service to the ring of `weights` with `vnodes` points
+    /// per unit of weight ([`rebalance::rebalance_to`]).
     pub async fn rebalance_to(
         &mut self,
         weights: Vec<(GroupId, u32)>,
@@ -582,7 +678,7 @@ impl ShardOperator {
         config: &RebalanceConfig,
     ) -> Result<(u64, Moves), RebalanceError> {
         let (directory, groups) = (&mut self.directory, &mut self.groups);
-        rebalance::rebalance_to(directory, groups, FOUNDER_GROUP, (weights, vnodes), config).await
+        rebalance::rebalance_to(directory, groups, self.founder, (weights, vnodes), config).await
     }
 }
 
@@ -673,14 +769,19 @@ pub async fn run_node(
             sharded.push((Some(group), members, env(me, replicas, &format!("lock-{group}")).await?));
         }
     }
-    let directory_servers = config.directory_servers();
-    if directory_servers.contains_key(&(DIRECTORY_ID_BASE + id)) {
-        let members = directory_servers.keys().copied().collect();
-        sharded.push((
-            None,
-            members,
-            env(DIRECTORY_ID_BASE + id, directory_servers, "directory").await?,
-        ));
+    let directories = [
+        (DIRECTORY_ID_BASE, config.directory_servers(), "directory"),
+        (
+            ACCOUNT_DIRECTORY_ID_BASE,
+            config.account_directory_servers(),
+            "account-directory",
+        ),
+    ];
+    for (base, servers, dir) in directories {
+        if servers.contains_key(&(base + id)) {
+            let members = servers.keys().copied().collect();
+            sharded.push((None, members, env(base + id, servers, dir).await?));
+        }
     }
     let txn_env = env(id, config.txn_nodes(), "txn").await?;
     let shard_env = match entry.shard {
@@ -706,6 +807,9 @@ pub async fn run_node(
             Some(env) => {
                 let shard_config = ParticipantConfig {
                     coordinators: config.coordinators(),
+                    // With movable accounts, the lowest shard founds the
+                    // bank; the others serve nothing until assigned.
+                    joining: config.movable_accounts() && SHARD_ID_BASE + id != config.shards()[0],
                     ..Default::default()
                 };
                 shell::run_participant(env.clone(), shard_config, Arc::new(Ignore)).await;
@@ -714,7 +818,7 @@ pub async fn run_node(
         }
     };
     // The lock groups beyond the first (joining: they serve nothing until
-    // an operator assigns them names) and the directory.
+    // an operator assigns them names) and the directories.
     let sharded_services = sharded.iter().map(|(group, members, env): &(_, Vec<NodeId>, _)| {
         let (env, group_boot) = (env.clone(), boot(members.clone()));
         let service: ServiceFuture = match *group {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use rand::{Rng, SeedableRng};
 use tokio::process::{Child, Command};
 
-use super::cluster::{AuthSettings, ClusterConfig, Start};
+use super::cluster::{AuthSettings, ClusterConfig, Layout, Start};
 use crate::env::NodeId;
 
 /// How long a started node has to accept connections.
@@ -72,15 +72,13 @@ impl LocalCluster {
     /// node binds it; another listener still could (the node then fails
     /// loudly), which drawing at random makes unlikely.
     pub fn free_ports_config(nodes: u32, dir: &Path) -> std::io::Result<ClusterConfig> {
-        Self::free_ports_sharded(nodes, 1, dir)
+        Self::free_ports_sharded(nodes, Layout::default(), dir)
     }
 
-    /// As [`LocalCluster::free_ports_config`], with the lock service split
-    /// into `lock_groups` groups on every node and a directory on every
-    /// node (when more than one).
-    pub fn free_ports_sharded(nodes: u32, lock_groups: u32, dir: &Path) -> std::io::Result<ClusterConfig> {
-        let mut config =
-            ClusterConfig::loopback(nodes, lock_groups, 0, dir.join("data")).map_err(std::io::Error::other)?;
+    /// As [`LocalCluster::free_ports_config`], with the services of
+    /// `layout` on every node.
+    pub fn free_ports_sharded(nodes: u32, layout: Layout, dir: &Path) -> std::io::Result<ClusterConfig> {
+        let mut config = ClusterConfig::loopback(nodes, layout, 0, dir.join("data")).map_err(std::io::Error::other)?;
         // Absolute, so that copies of this config find them from anywhere.
         config.auth = AuthSettings {
             secret_file: dir.join("cluster.secret"),
@@ -105,7 +103,7 @@ impl LocalCluster {
             for addr in &mut node.lock_groups {
                 *addr = free_port()?;
             }
-            if let Some(addr) = &mut node.directory {
+            for addr in [&mut node.directory, &mut node.account_directory].into_iter().flatten() {
                 *addr = free_port()?;
             }
         }

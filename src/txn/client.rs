@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use rand::Rng;
 
-use super::placement::ShardMap;
+use super::placement::{DirectoryRouting, ShardMap};
 use super::{AbortReason, Msg, Outcome, TxnId, Value};
 use crate::env::{codec, timeout, Env, NodeId};
 
@@ -180,11 +180,33 @@ pub struct TxnClient<E: Env> {
     /// Index in `coordinators` of the replica asked first.
     current: usize,
     placement: Arc<dyn ShardMap>,
+    /// Where the views are read again, for a bank whose accounts move.
+    routing: Option<DirectoryRouting>,
     config: ClientConfig,
     next_request: u64,
 }
 
 impl<E: Env> TxnClient<E> {
+    /// A client of a bank whose accounts move between shards: it routes
+    /// by the directory's ring views, and reads them again before the
+    /// next transaction once a shard refused a key it no longer serves
+    /// ([`super::AbortReason::NotServed`]; that transaction aborts).
+    pub fn routed(env: E, coordinators: Vec<NodeId>, routing: DirectoryRouting, config: ClientConfig) -> Self {
+        let mut client = TxnClient::new(env, coordinators, routing.map.clone(), config);
+        client.routing = Some(routing);
+        client
+    }
+
+    /// Reads the views again if a shard refused a key since they were
+    /// last read (a client of [`TxnClient::routed`]; [`TxnClient::begin`]
+    /// does it first); whether it read them.
+    pub async fn refresh_routing(&self) -> bool {
+        match &self.routing {
+            Some(routing) => routing.refresh(&self.env).await,
+            None => false,
+        }
+    }
+
     /// `coordinators` is the classic coordinator alone, or every replica of
     /// a replicated one.
     pub fn new(env: E, coordinators: Vec<NodeId>, placement: Arc<dyn ShardMap>, config: ClientConfig) -> Self {
@@ -199,6 +221,7 @@ impl<E: Env> TxnClient<E> {
             coordinators,
             current: 0,
             placement,
+            routing: None,
             config,
             next_request,
         }
@@ -272,6 +295,7 @@ impl<E: Env> TxnClient<E> {
 
     /// Starts a transaction (the coordinator issues its id).
     pub async fn begin(&mut self) -> Result<Txn, TxnError> {
+        self.refresh_routing().await;
         let request = self.request_id();
         let txn = self
             .call_coordinator(&Msg::Begin { request }, self.config.op_attempts, |m| match m {
@@ -445,6 +469,7 @@ impl<E: Env> TxnClient<E> {
             coordinators: self.coordinators.clone(),
             current: self.current,
             placement: self.placement.clone(),
+            routing: self.routing.clone(),
             config: self.config.clone(),
             next_request: self.next_request,
         };

@@ -86,6 +86,12 @@ pub struct ParticipantConfig {
     pub active_timeout: Duration,
     /// A prepared transaction asks the coordinator and its peers this often.
     pub query_every: Duration,
+    /// The shard joins a bank whose accounts move: it serves no account
+    /// until an operator's [`AccountMove::Assign`], so it never serves one as
+    /// an unsharded shard would (every account) and nothing written to it
+    /// before can make the assignment refuse it. Only the shard that
+    /// founds the bank runs without it.
+    pub joining: bool,
     /// A planted bug (the shard's variants of [`TxnBug`]); `None`, the
     /// correct protocol, by default.
     pub bug: Option<TxnBug>,
@@ -97,6 +103,7 @@ impl Default for ParticipantConfig {
             coordinators: Vec::new(),
             active_timeout: Duration::from_millis(1_000),
             query_every: Duration::from_millis(200),
+            joining: false,
             bug: None,
         }
     }

@@ -2,11 +2,13 @@
 //! the shards, so that a shard added later takes over only its share of
 //! the keys instead of reshuffling almost all of them, as `hash % n` would.
 
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
-use crate::env::NodeId;
+use crate::env::{Env, NodeId};
+use crate::log::client::Client;
 use crate::ring::{self, NodeSpec, RingConfig, RingView, ViewError};
-use crate::shard::directory::Views;
+use crate::shard::directory::{Directory, DirectoryOutput, DirectoryQuery, Views};
 
 /// Maps keys to the shard (participant node) that owns them.
 pub trait ShardMap: Send + Sync {
@@ -54,7 +56,8 @@ impl ShardMap for RingShardMap {
 /// move is done), else in the current one; before any view, the founding
 /// shard, which serves every key until the first. A shard's refusal marks
 /// the views stale ([`ViewShardMap::stale`]); whoever holds a client of
-/// the directory reads them again and [`ViewShardMap::set`]s them.
+/// the directory reads them again and [`ViewShardMap::set`]s them (a
+/// [`DirectoryRouting`] does, for a [`super::client::TxnClient`]).
 #[derive(Debug)]
 pub struct ViewShardMap {
     shards: Vec<NodeId>,
@@ -122,6 +125,61 @@ impl ShardMap for ViewShardMap {
     fn refused(&self, _shard: NodeId, epoch: u64) {
         let mut state = self.state();
         state.refused_at = Some(state.refused_at.map_or(epoch, |e| e.min(epoch)));
+    }
+}
+
+/// How long one directory replica is given to answer a read of the views.
+const VIEW_ATTEMPT: Duration = Duration::from_millis(100);
+/// How long a read of the views is tried before routing on as before.
+const VIEW_READ: Duration = Duration::from_millis(300);
+/// The pause after a read of the views that failed, so that a client
+/// whose directory is down does not spin on it.
+const VIEW_READ_PAUSE: Duration = Duration::from_millis(50);
+
+/// How a client of a bank whose accounts move finds them: the views it
+/// routes by, and the directory replicas it reads them again from when a
+/// shard refuses a key.
+#[derive(Debug, Clone)]
+pub struct DirectoryRouting {
+    /// The views (the client's [`ShardMap`]).
+    pub map: Arc<ViewShardMap>,
+    /// The directory's replicas.
+    pub directory: Vec<NodeId>,
+}
+
+impl DirectoryRouting {
+    /// Routing over `shards` (the founding one first) by the views of the
+    /// directory on `directory`; before they are first read, the founding
+    /// shard serves every key.
+    pub fn new(shards: Vec<NodeId>, directory: Vec<NodeId>) -> Self {
+        DirectoryRouting {
+            map: Arc::new(ViewShardMap::new(shards)),
+            directory,
+        }
+    }
+
+    /// Reads the directory's views on `env`'s node if a shard refused a
+    /// key since they were last read; whether it read them. Only between
+    /// transactions: the directory's client reads the node's messages
+    /// meanwhile, and drops what is not its own.
+    pub async fn refresh<E: Env>(&self, env: &E) -> bool {
+        if !self.map.stale() {
+            return false;
+        }
+        let mut directory = Client::<E, Directory>::new(env.clone(), self.directory.clone());
+        directory.attempt_timeout = VIEW_ATTEMPT;
+        let read = directory.read(DirectoryQuery::Views, VIEW_READ).await;
+        tracing::debug!(?read, "views read");
+        match read {
+            Ok(DirectoryOutput::Views(views)) => {
+                self.map.set(views);
+                true
+            }
+            _ => {
+                env.sleep(VIEW_READ_PAUSE).await;
+                false
+            }
+        }
     }
 }
 

@@ -47,15 +47,14 @@ use ringfence::env::{codec, Env, NodeId};
 use ringfence::history::bank::register_key;
 use ringfence::history::owners::{owner_overlap, Served};
 use ringfence::history::{bank, History, Violation};
-use ringfence::log::client::{Client as LogClient, Inbox};
+use ringfence::log::client::Inbox;
 use ringfence::log::membership::{is_operator, Boot, OPERATOR_IDS};
 use ringfence::log::LogBug;
 use ringfence::log::{Wire, WireOf};
-use ringfence::shard::directory::{Directory, DirectoryOutput, DirectoryQuery};
 use ringfence::txn::client::{ClientConfig, Txn, TxnClient, TxnError};
 use ringfence::txn::coordinator::CoordinatorConfig;
 use ringfence::txn::participant::ParticipantConfig;
-use ringfence::txn::placement::{RingShardMap, ViewShardMap};
+use ringfence::txn::placement::{DirectoryRouting, RingShardMap};
 use ringfence::txn::rebalance::ShardGroups;
 use ringfence::txn::replicated::{Command, CoordMachine, ReplicatedConfig};
 use ringfence::txn::shell::{run_coordinator, run_participant, run_replicated_coordinator, CoordLogEnv, TxnObserver};
@@ -178,7 +177,7 @@ pub struct Bank<const C: u32, const LOAD: u32 = 1, const CHANGES: bool = false, 
     /// whose every member must catch up.
     settled: Mutex<Option<BTreeSet<NodeId>>>,
     /// Where each account lives, unless accounts move (`MOVES`): then each
-    /// client routes by the directory's views ([`ViewShardMap`]).
+    /// client routes by the directory's views ([`DirectoryRouting`]).
     placement: Arc<RingShardMap>,
     /// Server count: with `MOVES`, the last three host the directory.
     servers: u32,
@@ -283,13 +282,9 @@ impl<const C: u32, const LOAD: u32, const CHANGES: bool, const MOVES: bool> Bank
         }
     }
 
-    /// A client of the bank, and (with `MOVES`) the views it routes by.
-    fn txn_client(&self, env: SimEnv) -> (TxnClient<SimEnv>, Option<Arc<ViewShardMap>>) {
-        let routing = MOVES.then(|| Arc::new(ViewShardMap::new(self.shards())));
-        let placement: Arc<dyn ringfence::txn::placement::ShardMap> = match &routing {
-            Some(routing) => routing.clone(),
-            None => self.placement.clone(),
-        };
+    /// A client of the bank; with `MOVES`, it routes by the directory's
+    /// views.
+    fn txn_client(&self, env: SimEnv) -> TxnClient<SimEnv> {
         let config = if C == 1 {
             ClientConfig::default()
         } else {
@@ -299,26 +294,21 @@ impl<const C: u32, const LOAD: u32, const CHANGES: bool, const MOVES: bool> Bank
                 ..ClientConfig::default()
             }
         };
-        (TxnClient::new(env, coordinators(C), placement, config), routing)
+        match MOVES {
+            true => {
+                let routing = DirectoryRouting::new(self.shards(), self.directory_servers());
+                TxnClient::routed(env, coordinators(C), routing, config)
+            }
+            false => TxnClient::new(env, coordinators(C), self.placement.clone(), config),
+        }
     }
 
-    /// Reads the directory's views into `routing` if a shard refused a key
-    /// since they were last read (between transactions, while the bank
-    /// client reads nothing: the two share the node's messages).
-    async fn reroute(&self, env: &SimEnv, routing: Option<&ViewShardMap>) {
-        let Some(routing) = routing.filter(|r| r.stale()) else {
-            return;
-        };
-        let mut directory = LogClient::<SimEnv, Directory>::new(env.clone(), self.directory_servers());
-        directory.attempt_timeout = Duration::from_millis(100);
-        let read = directory.read(DirectoryQuery::Views, Duration::from_millis(300)).await;
-        tracing::debug!(?read, "views read");
-        match read {
-            Ok(DirectoryOutput::Views(views)) => {
-                routing.set(views);
-                env.world().lock().count_situation(ROUTED_BY_VIEW);
-            }
-            _ => env.sleep(Duration::from_millis(50)).await,
+    /// Reads the directory's views if a shard refused a key since they
+    /// were last read (between transactions: the bank client and the
+    /// directory's share the node's messages).
+    async fn reroute(&self, env: &SimEnv, txc: &TxnClient<SimEnv>) {
+        if txc.refresh_routing().await {
+            env.world().lock().count_situation(ROUTED_BY_VIEW);
         }
     }
 
@@ -823,6 +813,9 @@ impl<const C: u32, const LOAD: u32, const CHANGES: bool, const MOVES: bool> Scen
         } else {
             let config = ParticipantConfig {
                 coordinators: coordinators(C),
+                // The founding shard serves every account until the first
+                // view; the others nothing until assigned.
+                joining: MOVES && env.id() != self.shards()[0],
                 bug: self.bug,
                 ..ParticipantConfig::default()
             };
@@ -844,10 +837,10 @@ impl<const C: u32, const LOAD: u32, const CHANGES: bool, const MOVES: bool> Scen
         let mut rng = env.rng();
         // Its own stream: the bank's draws stay as they were.
         let mut register_rng = env.rng();
-        let (mut txc, routing) = self.txn_client(env.clone());
+        let mut txc = self.txn_client(env.clone());
         let mut n = 0u32;
         while client.next_op() {
-            self.reroute(&env, routing.as_deref()).await;
+            self.reroute(&env, &txc).await;
             n += 1;
             if n % 4 == 0 {
                 audit(&mut txc, &client).await;
@@ -862,10 +855,10 @@ impl<const C: u32, const LOAD: u32, const CHANGES: bool, const MOVES: bool> Scen
     }
 
     async fn probe(self: Arc<Self>, env: SimEnv, client: Client<BankOp>) {
-        let (mut txc, routing) = self.txn_client(env.clone());
+        let mut txc = self.txn_client(env.clone());
         while !audit(&mut txc, &client).await {
             env.sleep(Duration::from_millis(50)).await;
-            self.reroute(&env, routing.as_deref()).await;
+            self.reroute(&env, &txc).await;
         }
         // A decision never changes: ask again about every commit a client
         // saw (or did not hear back about). The coordinator answers from its

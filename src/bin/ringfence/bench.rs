@@ -26,7 +26,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ringfence::lock::ShardedLockClient;
-use ringfence::real::cluster::{ClusterConfig, GROUP_VNODES};
+use ringfence::real::cluster::{ClusterConfig, Layout, GROUP_VNODES};
 use ringfence::real::local::LocalCluster;
 use ringfence::real::RealEnv;
 use ringfence::shard::rebalance::RebalanceConfig;
@@ -109,8 +109,13 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
         Some(path) => (ClusterConfig::load(path).map_err(|e| e.to_string())?, None),
         None => {
             let dir = std::env::temp_dir().join(format!("ringfence-bench-{}", std::process::id()));
-            let config =
-                LocalCluster::free_ports_sharded(args.nodes, args.lock_groups, &dir).map_err(|e| e.to_string())?;
+            let config = {
+                let layout = Layout {
+                    lock_groups: args.lock_groups,
+                    ..Layout::default()
+                };
+                LocalCluster::free_ports_sharded(args.nodes, layout, &dir).map_err(|e| e.to_string())?
+            };
             let exe = std::env::current_exe().map_err(|e| e.to_string())?;
             let cluster = LocalCluster::start(&exe, &dir, config.clone())
                 .await

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use ringfence::real::cluster::ClusterConfig;
+use ringfence::real::cluster::{ClusterConfig, Layout};
 use ringfence::real::local::LocalCluster;
 
 #[derive(clap::Args, Debug)]
@@ -23,12 +23,22 @@ pub struct ClusterArgs {
     /// puts the others in the ring.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
     lock_groups: u32,
+    /// Let accounts move between the shards: an account directory replica
+    /// on every node (on the hundred above the other services). The first
+    /// node's shard serves every account until `ringfence group --accounts
+    /// add` puts the others in the ring.
+    #[arg(long)]
+    movable_accounts: bool,
 }
 
 pub async fn run(args: ClusterArgs) -> Result<(), String> {
     let data = std::path::absolute(args.dir.join("data")).map_err(|e| e.to_string())?;
-    let mut config = ClusterConfig::loopback(args.nodes, args.lock_groups, args.base_port, data)
-        .map_err(|e| format!("--base-port: {e}"))?;
+    let layout = Layout {
+        lock_groups: args.lock_groups,
+        movable_accounts: args.movable_accounts,
+    };
+    let mut config =
+        ClusterConfig::loopback(args.nodes, layout, args.base_port, data).map_err(|e| format!("--base-port: {e}"))?;
     // Started again in the same directory: the nodes' data belongs to the
     // cluster the old file names, so keep its id.
     if let Ok(old) = ClusterConfig::load(&args.dir.join("cluster.toml")) {

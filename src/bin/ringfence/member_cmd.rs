@@ -105,6 +105,7 @@ pub async fn run(args: MemberArgs) -> Result<(), String> {
                         shard: None,
                         lock_groups: Vec::new(),
                         directory: None,
+                        account_directory: None,
                     });
                     save(&config, path)?;
                     say!("added node {id} to {}", path.display());

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use clap::Subcommand;
 use ringfence::real::RealEnv;
-use ringfence::txn::client::TxnClient;
-use ringfence::txn::{bank, Outcome};
+use ringfence::txn::client::{TxnClient, TxnError};
+use ringfence::txn::{bank, AbortReason, Outcome};
 
 use crate::ConfigArg;
 
@@ -35,6 +35,13 @@ enum TxnCommand {
 /// (an abort) to be written.
 const FLUSH_LIMIT: Duration = Duration::from_secs(1);
 
+/// Transactions a command starts while shards refuse its accounts because
+/// they moved (each next one routed by views read again)...
+const MOVED_ATTEMPTS: u32 = 5;
+/// ... pausing this much longer before each (a move's window, between
+/// the source's fence and the target's install, is milliseconds long).
+const MOVED_PAUSE: Duration = Duration::from_millis(100);
+
 pub async fn run(args: TxnArgs) -> Result<(), String> {
     let config = args.config.load()?;
     let env = config.client_env(&config.txn_nodes()).map_err(|e| e.to_string())?;
@@ -52,14 +59,31 @@ async fn command(client: &mut TxnClient<RealEnv>, command: TxnCommand) -> Result
             if amount < 0 || from == to {
                 return Err("transfer a non-negative amount between two different accounts".to_string());
             }
-            match bank::transfer(client, from, to, amount).await {
-                Ok(Outcome::Committed) => say!("committed: {amount} from account {from} to account {to}"),
-                Ok(Outcome::Aborted(reason)) => return Err(format!("aborted: {reason}")),
-                Err(e) => return Err(e.to_string()),
+            for attempt in 1.. {
+                let reason = match bank::transfer(client, from, to, amount).await {
+                    Ok(Outcome::Committed) => break,
+                    Ok(Outcome::Aborted(reason)) | Err(TxnError::Aborted(reason)) => reason,
+                    Err(e) => return Err(e.to_string()),
+                };
+                if !moved(&reason) || attempt == MOVED_ATTEMPTS {
+                    return Err(format!("aborted: {reason}"));
+                }
+                tokio::time::sleep(MOVED_PAUSE * attempt).await;
             }
+            say!("committed: {amount} from account {from} to account {to}");
         }
         TxnCommand::Audit { accounts } => {
-            let balances = bank::audit(client, accounts).await.map_err(|e| e.to_string())?;
+            let mut attempt = 0;
+            let balances = loop {
+                attempt += 1;
+                match bank::audit(client, accounts).await {
+                    Ok(balances) => break balances,
+                    Err(TxnError::Aborted(reason)) if moved(&reason) && attempt < MOVED_ATTEMPTS => {
+                        tokio::time::sleep(MOVED_PAUSE * attempt).await
+                    }
+                    Err(e) => return Err(e.to_string()),
+                }
+            };
             for (account, balance) in balances.iter().enumerate() {
                 say!("account {account}: {balance}");
             }
@@ -67,4 +91,10 @@ async fn command(client: &mut TxnClient<RealEnv>, command: TxnCommand) -> Result
         }
     }
     Ok(())
+}
+
+/// Whether a shard refused the transaction because an account it asked
+/// for has moved (or is moving) away.
+fn moved(reason: &AbortReason) -> bool {
+    matches!(reason, AbortReason::NotServed { .. })
 }

@@ -344,9 +344,11 @@ impl Participant {
     }
 
     /// The refusal of an operation on `key` if this shard does not serve
-    /// it.
+    /// it (a joining shard serves nothing until assigned).
     pub(super) fn not_served(&self, key: &str) -> Option<AbortReason> {
-        (!self.ownership.serves(hash_key(key.as_bytes()))).then_some(AbortReason::NotServed {
+        let unassigned = self.config.joining && self.ownership.is_unsharded();
+        let served = !unassigned && self.ownership.serves(hash_key(key.as_bytes()));
+        (!served).then_some(AbortReason::NotServed {
             shard: self.id,
             epoch: self.ownership.epoch(),
         })
@@ -688,6 +690,41 @@ mod tests {
             "{steps:?}"
         );
         assert_eq!(vote_of(&prepare(&mut joining, 1)), Some(false));
+    }
+
+    /// A joining shard serves nothing before its assignment, so a write
+    /// sent to it early (a rogue's, a client's with a wrong map) is
+    /// refused and cannot make the assignment refuse the shard as not
+    /// empty; once assigned, it serves what it installs.
+    #[test]
+    fn a_joining_shard_serves_nothing_until_assigned() {
+        let joining = ParticipantConfig {
+            joining: true,
+            ..config()
+        };
+        let mut t = Participant::recover(TARGET, &[], Duration::ZERO, joining).unwrap().0;
+        assert_eq!(
+            put(&mut t, 1, "acct-1", 5),
+            Err(AbortReason::NotServed {
+                shard: TARGET,
+                epoch: 0
+            })
+        );
+        let assign = AccountMove::Assign {
+            epoch: 1,
+            ranges: RangeSet::default(),
+        };
+        assert_eq!(step(&mut t, assign).0, MoveAnswer::Done { accounts: 0 });
+        let install = AccountMove::Install {
+            epoch: 2,
+            from: 2,
+            part: AccountPart {
+                ranges: only("acct-1"),
+                accounts: vec![],
+            },
+        };
+        assert_eq!(step(&mut t, install).0, MoveAnswer::Done { accounts: 0 });
+        assert_eq!(put(&mut t, 2, "acct-1", 5), Ok(None));
     }
 
     /// Everything a move changed is rebuilt from the shard's log.
