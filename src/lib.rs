@@ -51,6 +51,7 @@
 //! `examples/` has one program per service (`cargo run --example lock`),
 //! and `docs/library.md` sets them beside etcd-client and hashring.
 
+pub mod check;
 pub mod env;
 pub mod history;
 pub mod lock;

@@ -307,6 +307,71 @@ async fn the_bank_commands_follow_accounts_that_move() {
     cluster.stop().await;
 }
 
+/// A shard on a node added to the running cluster (`member add
+/// --shard`) takes accounts once put in the bank's ring, and a node whose
+/// shard was taken out of the ring leaves the cluster (`member remove`,
+/// refused while its shard still holds accounts), the founding shard's
+/// included; the accounts stay whole throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shards_join_and_leave_a_running_cluster() {
+    let (mut cluster, _, path) = start_sharded().await;
+    let spare = tempfile::tempdir().unwrap();
+    let layout = Layout {
+        lock_groups: 2,
+        movable_accounts: true,
+    };
+    let planned = LocalCluster::free_ports_sharded(4, layout, spare.path()).unwrap();
+    let new = planned.node(4).unwrap().clone();
+    let committed = ringfence(&path, "txn", &["transfer", "0", "1", "30"]).await;
+    assert!(
+        committed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&committed.stderr)
+    );
+
+    let addresses = [new.lock, new.txn, new.shard.unwrap()].map(|a| a.to_string());
+    let adding = tokio::spawn({
+        let path = path.clone();
+        async move {
+            let [lock, txn, shard] = addresses.each_ref().map(String::as_str);
+            let add = ["add", "--id", "4", "--lock", lock, "--txn", txn, "--shard", shard];
+            ringfence(&path, "member", &add).await
+        }
+    });
+    while ClusterConfig::load(&path).unwrap().node(4).is_err() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cluster.join(4).await.unwrap();
+    let added = adding.await.unwrap();
+    assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stderr));
+
+    group(&path, &["--accounts", "add", "4", "--weight", "3"]).await;
+    let refused = ringfence(&path, "member", &["remove", "--id", "4"]).await;
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && said.contains("still holds accounts"),
+        "{said}"
+    );
+    for node in ["1", "2", "3"] {
+        group(&path, &["--accounts", "remove", node]).await;
+    }
+    assert_ring(
+        &path,
+        &["--accounts", "shard of node 4: weight 3, 100.0% of the accounts"],
+    )
+    .await;
+
+    let removed = ringfence(&path, "member", &["remove", "--id", "1"]).await;
+    assert!(removed.status.success(), "{}", String::from_utf8_lossy(&removed.stderr));
+    cluster.kill(1).await.unwrap();
+    let audit = ringfence(&path, "txn", &["audit", "--accounts", "8"]).await;
+    let audit = String::from_utf8_lossy(&audit.stdout);
+    for line in ["account 0: 70", "account 1: 130", "total: 800"] {
+        assert!(audit.contains(line), "{line:?} not in:\n{audit}");
+    }
+    cluster.stop().await;
+}
+
 /// Three nodes hosting two lock groups, the directory, a shard each and
 /// the account directory: the cluster, its file and where the file is.
 async fn start_sharded() -> (LocalCluster, ClusterConfig, PathBuf) {
@@ -350,8 +415,13 @@ async fn group(config: &Path, args: &[&str]) -> Output {
 
 /// Runs `ringfence group ARGS` once.
 async fn group_once(config: &Path, args: &[&str]) -> Output {
+    ringfence(config, "group", args).await
+}
+
+/// Runs `ringfence COMMAND ARGS` once on the cluster file `config`.
+async fn ringfence(config: &Path, command: &str, args: &[&str]) -> Output {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_ringfence"))
-        .arg("group")
+        .arg(command)
         .args(args)
         .arg("--config")
         .arg(config)

@@ -75,6 +75,9 @@ pub fn run_isolated_with(
                 let message = PANIC.with(|p| p.borrow_mut().take()).unwrap_or_else(|| "panic".into());
                 let violation = match payload.downcast::<Violation>() {
                     Ok(violation) => *violation,
+                    // A sans-IO core's own invariant, checked between its
+                    // handlers.
+                    Err(_) if ringfence::check::failed() => Violation::new("core-check", message, vec![]),
                     Err(_) => Violation::new("panic", message, vec![]),
                 };
                 Outcome::from_panic(scenario.plan(&case), case, violation)

@@ -898,7 +898,7 @@ impl StateMachine for LockMachine {
             },
             LockCommand::Shard(command) => self.shard(command),
         };
-        self.check();
+        crate::check::run(|| self.check());
         out
     }
 

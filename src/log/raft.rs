@@ -2137,7 +2137,7 @@ impl<S: StateMachine> Raft<S> {
             self.out.sync = false;
             self.out.rewrite = Some(self.full_log());
         }
-        self.check();
+        crate::check::run(|| self.check());
         std::mem::take(&mut self.out)
     }
 

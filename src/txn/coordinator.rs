@@ -445,7 +445,7 @@ impl Coordinator {
     /// `core-checks` feature the simulator turns on).
     fn checked(&self) {
         if cfg!(any(test, feature = "core-checks")) {
-            self.check();
+            crate::check::run(|| self.check());
         }
     }
 

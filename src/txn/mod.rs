@@ -87,6 +87,10 @@ pub enum TxnBug {
     /// empty) before the source fences them, so both serve them for a
     /// while and the target without their balances.
     InstallBeforeFence,
+    /// Shard: the source keeps taking operations on fenced accounts until
+    /// it drops them, so writes that commit after their part was read are
+    /// left behind, and the target serves the same accounts meanwhile.
+    ServeAfterFence,
 }
 
 pub mod bank;

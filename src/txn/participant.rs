@@ -774,7 +774,7 @@ impl Participant {
     /// `core-checks` feature the simulator turns on).
     fn checked(&self) {
         if cfg!(any(test, feature = "core-checks")) {
-            self.check();
+            crate::check::run(|| self.check());
         }
     }
 

@@ -734,7 +734,7 @@ impl CoordLeader {
     /// `core-checks` feature the simulator turns on).
     fn checked(&self, view: &View) {
         if cfg!(any(test, feature = "core-checks")) {
-            self.check(view.machine);
+            crate::check::run(|| self.check(view.machine));
         }
     }
 

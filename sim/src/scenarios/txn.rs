@@ -148,6 +148,12 @@ pub const INSTALL_BEFORE_FENCE: Bug = Bug {
     caught_by: "owner-overlap",
     planted: Planted::Txn(TxnBug::InstallBeforeFence),
 };
+pub const SERVE_AFTER_FENCE: Bug = Bug {
+    name: "serve-after-fence",
+    about: "the source shard keeps taking operations on fenced accounts until it drops them, so writes committed after their part was read are left behind",
+    caught_by: "core-check",
+    planted: Planted::Txn(TxnBug::ServeAfterFence),
+};
 pub const FORGET_PRESUMES_ABORT: Bug = Bug {
     name: "forget-presumes-abort",
     about:
@@ -540,7 +546,7 @@ impl<const C: u32, const LOAD: u32, const CHANGES: bool, const MOVES: bool> Scen
         _ => "txn-replicated with 4x the clients, a small retained window and frequent log snapshots: forgetting and compaction under load",
     };
     const BUGS: &'static [Bug] = if MOVES {
-        &[SHIP_BEFORE_DRAINED, INSTALL_BEFORE_FENCE]
+        &[SHIP_BEFORE_DRAINED, INSTALL_BEFORE_FENCE, SERVE_AFTER_FENCE]
     } else if CHANGES {
         &[REMOVED_STILL_VOTES]
     } else if LOAD > 1 {

@@ -17,7 +17,8 @@ use ringfence::log::admin::{self, AdminError};
 use ringfence::log::client::Client;
 use ringfence::log::membership::ConfigStatus;
 use ringfence::log::StateMachine;
-use ringfence::real::cluster::{ClusterConfig, NodeEntry};
+use ringfence::real::cluster::{ClusterConfig, NodeEntry, SHARD_ID_BASE};
+use ringfence::shard::directory::{DirectoryOutput, DirectoryQuery, ViewSpec};
 
 use crate::{parse_duration, ConfigArg};
 
@@ -40,7 +41,7 @@ enum MemberCommand {
     Status,
     /// Add node ID to the cluster file and make it a voter of both groups.
     /// Start it with `ringfence node --join --id ID` (before or while this
-    /// waits for it to catch up). The node holds no shard.
+    /// waits for it to catch up).
     Add {
         #[arg(long)]
         id: NodeId,
@@ -50,9 +51,16 @@ enum MemberCommand {
         /// Where its transaction coordinator replica listens.
         #[arg(long)]
         txn: SocketAddr,
+        /// Where its shard listens, in a cluster whose accounts move
+        /// (founded with `ringfence cluster --movable-accounts`): the shard
+        /// serves no account until `ringfence group --accounts add ID`.
+        #[arg(long)]
+        shard: Option<SocketAddr>,
     },
     /// Remove node ID from both groups, then from the cluster file; stop
-    /// its process afterwards. Refused for a node holding a shard.
+    /// its process afterwards. A node holding a shard only in a cluster
+    /// whose accounts move, once its shard is out of the bank's ring
+    /// (`ringfence group --accounts remove ID`).
     Remove {
         #[arg(long)]
         id: NodeId,
@@ -93,16 +101,19 @@ pub async fn run(args: MemberArgs) -> Result<(), String> {
             print_status("coordinator", admin::status(&mut groups.coordinators, args.wait).await);
             Ok(())
         }
-        MemberCommand::Add { id, lock, txn } => {
+        MemberCommand::Add { id, lock, txn, shard } => {
+            if shard.is_some() {
+                may_hold_a_new_shard(&config, id)?;
+            }
             match config.node(id) {
-                Ok(entry) if entry.lock == lock && entry.txn == txn => {}
+                Ok(entry) if entry.lock == lock && entry.txn == txn && entry.shard == shard => {}
                 Ok(_) => return Err(format!("node {id} is in {} with other addresses", path.display())),
                 Err(_) => {
                     config.nodes.push(NodeEntry {
                         id,
                         lock,
                         txn,
-                        shard: None,
+                        shard,
                         lock_groups: Vec::new(),
                         directory: None,
                         account_directory: None,
@@ -119,10 +130,7 @@ pub async fn run(args: MemberArgs) -> Result<(), String> {
         }
         MemberCommand::Remove { id } => {
             if let Ok(NodeEntry { shard: Some(_), .. }) = config.node(id) {
-                return Err(format!(
-                    "node {id} holds a shard: its accounts live only there, and moving them to other \
-                     shards is not built yet; replace the node instead (`ringfence member replace`)"
-                ));
+                holds_no_accounts(&config, id, args.wait).await?;
             }
             change_both(&config, Procedure::Remove, id, args.wait).await?;
             if config.node(id).is_ok() {
@@ -149,6 +157,55 @@ pub async fn run(args: MemberArgs) -> Result<(), String> {
 }
 
 /// Runs `procedure` for `node` on the lock group, then the coordinators.
+/// Whether node `id` may hold a shard added to the running cluster: only
+/// where accounts move (a fixed ring over the shards would place accounts
+/// anew), and above the founding shard (the lowest), which serves every
+/// account until the bank's first ring view.
+fn may_hold_a_new_shard(config: &ClusterConfig, id: NodeId) -> Result<(), String> {
+    if !config.movable_accounts() {
+        return Err(format!(
+            "the accounts of this cluster are placed by a fixed ring over its founding shards: a shard on \
+             node {id} would move that ring under them (only a cluster founded with `ringfence cluster \
+             --movable-accounts` takes new shards)"
+        ));
+    }
+    let founder = config.shards()[0] - SHARD_ID_BASE;
+    if id < founder {
+        return Err(format!(
+            "node {id} is below node {founder}, whose shard founded the bank: a new shard needs a higher id"
+        ));
+    }
+    Ok(())
+}
+
+/// Whether node `id`'s shard may leave: its accounts live only there
+/// unless they moved, so only from a cluster whose accounts move, once
+/// no ring view of the bank (current, or a rebalance's next) gives it any.
+async fn holds_no_accounts(config: &ClusterConfig, id: NodeId, wait: Duration) -> Result<(), String> {
+    if !config.movable_accounts() {
+        return Err(format!(
+            "node {id} holds a shard, and its accounts live only there (this cluster's accounts do not \
+             move); replace the node instead (`ringfence member replace`)"
+        ));
+    }
+    let mut operator = config.account_operator().map_err(|e| e.to_string())?;
+    let views = match operator.directory.read(DirectoryQuery::Views, wait).await {
+        Ok(DirectoryOutput::Views(views)) => views,
+        Ok(other) => return Err(format!("the account directory answered {other:?}")),
+        Err(e) => return Err(format!("the account directory did not answer: {e}")),
+    };
+    let shard = SHARD_ID_BASE + id;
+    let in_ring = |spec: &Option<ViewSpec>| spec.as_ref().is_some_and(|s| s.groups.iter().any(|&(g, _)| g == shard));
+    // Before the first view, the founding shard serves every account.
+    let founding = views.current.is_none() && config.shards()[0] == shard;
+    if founding || in_ring(&views.current) || in_ring(&views.next) {
+        return Err(format!(
+            "node {id}'s shard still holds accounts: move them off first (`ringfence group --accounts remove {id}`)"
+        ));
+    }
+    Ok(())
+}
+
 async fn change_both(config: &ClusterConfig, procedure: Procedure, node: NodeId, wait: Duration) -> Result<(), String> {
     let mut groups = config.operator().map_err(|e| e.to_string())?;
     let status = change(&mut groups.lock, procedure, node, wait).await;

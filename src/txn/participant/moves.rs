@@ -346,8 +346,11 @@ impl Participant {
     /// The refusal of an operation on `key` if this shard does not serve
     /// it (a joining shard serves nothing until assigned).
     pub(super) fn not_served(&self, key: &str) -> Option<AbortReason> {
+        let h = hash_key(key.as_bytes());
         let unassigned = self.config.joining && self.ownership.is_unsharded();
-        let served = !unassigned && self.ownership.serves(hash_key(key.as_bytes()));
+        let fenced_but_served =
+            self.config.bug == Some(TxnBug::ServeAfterFence) && self.outbox.values().any(|r| r.contains(h));
+        let served = !unassigned && (self.ownership.serves(h) || fenced_but_served);
         (!served).then_some(AbortReason::NotServed {
             shard: self.id,
             epoch: self.ownership.epoch(),
@@ -634,6 +637,25 @@ mod tests {
             panic!("a page at once")
         };
         assert!(page.part.accounts.is_empty(), "the prepared write is not in it");
+    }
+
+    /// The planted bug keeps taking operations on a fenced account until
+    /// the drop: the correct shard refuses them from the fence on.
+    #[test]
+    fn a_fenced_account_is_refused_unless_the_planted_bug_serves_it() {
+        for bug in [None, Some(TxnBug::ServeAfterFence)] {
+            let config = ParticipantConfig { bug, ..config() };
+            let mut source = Participant::recover(2, &[], Duration::ZERO, config).unwrap().0;
+            let fence = AccountMove::Fence {
+                epoch: 2,
+                to: TARGET,
+                ranges: only("acct-1"),
+            };
+            step(&mut source, fence);
+            let refused = Err(AbortReason::NotServed { shard: 2, epoch: 2 });
+            let expected = if bug.is_some() { Ok(None) } else { refused };
+            assert_eq!(put(&mut source, 1, "acct-1", 5), expected, "{bug:?}");
+        }
     }
 
     /// A late copy of a fence from a finished rebalance (the network
