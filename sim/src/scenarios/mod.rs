@@ -106,6 +106,7 @@ pub static ALL: &[&dyn DynScenario] = &[
     &Registered::<txn::Bank<5, 1, true>>(PhantomData),
     &Registered::<txn::Bank<1, 1, false, true>>(PhantomData),
     &Registered::<txn::Bank<3, 1, false, true>>(PhantomData),
+    &Registered::<txn::Bank<5, 1, true, true>>(PhantomData),
 ];
 
 fn find_bug(bugs: &'static [Bug], name: &str) -> Option<&'static Bug> {
