@@ -159,10 +159,10 @@ pub struct NodeEntry {
     pub lock: SocketAddr,
     /// Where this node's transaction coordinator replica listens.
     pub txn: SocketAddr,
-    /// Where this node's shard listens, if it holds one. The shards are
-    /// the founding nodes' (a fixed ring places accounts on them, or, with
-    /// an account directory, its views do); a node added later hosts lock
-    /// and coordinator replicas only.
+    /// Where this node's shard listens, if it holds one. Without an
+    /// account directory the shards are the founding nodes' (a fixed ring
+    /// places accounts on them); with one, its views do, and a node added
+    /// later may hold a shard too (`ringfence member add --shard`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shard: Option<SocketAddr>,
     /// Where this node's replicas of lock groups 2, 3, ... listen (a

@@ -74,12 +74,19 @@ struct Routing {
 }
 
 impl ViewShardMap {
-    /// The bank's shards, the founding one first.
+    /// The bank's shards, the founding one first. Stale until views are
+    /// first set: a client starting on a bank whose accounts have moved
+    /// reads where they are before its first transaction, rather than
+    /// learn it from a refusal.
     pub fn new(shards: Vec<NodeId>) -> Self {
         assert!(!shards.is_empty(), "a bank has at least its founding shard");
+        let never_read = Routing {
+            refused_at: Some(0),
+            ..Routing::default()
+        };
         ViewShardMap {
             shards,
-            state: Mutex::default(),
+            state: Mutex::new(never_read),
         }
     }
 
@@ -199,15 +206,19 @@ mod tests {
         }
     }
 
-    /// Before any view the founding shard serves everything; a refusal
-    /// marks the views stale until views at least as new are set; older
-    /// views (a late read) never replace newer ones.
+    /// A map never read is stale; before any view the founding shard
+    /// serves everything; a refusal marks the views stale until views at
+    /// least as new are set; older views (a late read) never replace
+    /// newer ones.
     #[test]
     fn routing_by_views_follows_the_newest_and_hears_refusals() {
         use crate::shard::directory::ViewSpec;
         let map = ViewShardMap::new(vec![2, 3, 4]);
         assert_eq!(map.shard_for("acct-1"), 2);
-        assert!(!map.stale());
+        assert!(map.stale(), "never read");
+        map.set(Views::default());
+        assert!(!map.stale(), "no view yet is an answer too");
+        assert_eq!(map.shard_for("acct-1"), 2);
         map.refused(2, 1);
         assert!(map.stale());
         let spec = |epoch, groups| ViewSpec {
