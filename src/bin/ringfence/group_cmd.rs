@@ -91,7 +91,7 @@ pub async fn run(args: GroupArgs) -> Result<(), String> {
             items: "account(s) with a balance",
             groups: config.shards(),
             id: |node| SHARD_ID_BASE.saturating_add(node),
-            name: |shard| format!("shard of node {}", shard - SHARD_ID_BASE),
+            name: |shard| format!("shard of node {}", shard.saturating_sub(SHARD_ID_BASE)),
         };
         let operator = config.account_operator().map_err(|e| e.to_string())?;
         return change(operator, &service, args).await;
