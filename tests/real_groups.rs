@@ -372,6 +372,45 @@ async fn shards_join_and_leave_a_running_cluster() {
     cluster.stop().await;
 }
 
+/// The founding shard's node loses its disk and is replaced (`node
+/// --join`, `member replace`) while the views still give its shard
+/// accounts: the new disk knows none of them, so the shard serves nothing
+/// (on a later restart too) and an audit is refused, rather than answered
+/// with opening balances for the accounts the lost disk held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_founding_shard_serves_nothing_it_lost() {
+    let (mut cluster, _, path) = start_sharded().await;
+    let committed = ringfence(&path, "txn", &["transfer", "0", "1", "30"]).await;
+    assert!(
+        committed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&committed.stderr)
+    );
+    group(&path, &["--accounts", "add", "2"]).await;
+
+    cluster.destroy(1).await.unwrap();
+    cluster.join(1).await.unwrap();
+    let replaced = ringfence(&path, "member", &["replace", "--id", "1"]).await;
+    assert!(
+        replaced.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replaced.stderr)
+    );
+    for restarted in [false, true] {
+        if restarted {
+            cluster.restart(1).await.unwrap();
+        }
+        let audit = ringfence(&path, "txn", &["audit", "--accounts", "8"]).await;
+        let said = String::from_utf8_lossy(&audit.stderr);
+        assert!(
+            !audit.status.success() && said.contains("shard 1001 does not serve"),
+            "restarted: {restarted}; said {said:?}, printed {}",
+            String::from_utf8_lossy(&audit.stdout)
+        );
+    }
+    cluster.stop().await;
+}
+
 /// Three nodes hosting two lock groups, the directory, a shard each and
 /// the account directory: the cluster, its file and where the file is.
 async fn start_sharded() -> (LocalCluster, ClusterConfig, PathBuf) {

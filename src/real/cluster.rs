@@ -788,6 +788,10 @@ pub async fn run_node(
         Some(_) => Some(env(SHARD_ID_BASE + id, config.txn_nodes(), "shard").await?),
         None => None,
     };
+    let shard_joined = config.node_dir(id).join("shard").join(JOINED_MARKER);
+    if start == Start::Join && shard_env.is_some() {
+        mark_joined(&shard_joined)?;
+    }
     tracing::info!(node = id, lock = %entry.lock, txn = %entry.txn, shard = ?entry.shard, "serving");
     let lock = lock::server::run(
         lock_env.clone(),
@@ -808,8 +812,11 @@ pub async fn run_node(
                 let shard_config = ParticipantConfig {
                     coordinators: config.coordinators(),
                     // With movable accounts, the lowest shard founds the
-                    // bank; the others serve nothing until assigned.
-                    joining: config.movable_accounts() && SHARD_ID_BASE + id != config.shards()[0],
+                    // bank on its first disk; the others, and any shard
+                    // on a disk that joined later, serve nothing until
+                    // assigned.
+                    joining: config.movable_accounts()
+                        && (SHARD_ID_BASE + id != config.shards()[0] || shard_joined.exists()),
                     ..Default::default()
                 };
                 shell::run_participant(env.clone(), shard_config, Arc::new(Ignore)).await;
@@ -870,6 +877,21 @@ pub async fn run_node(
         env.shutdown();
     }
     result
+}
+
+/// A file in a shard's directory recording that its disk joined a running
+/// cluster (`Start::Join`): the shard serves nothing until assigned, on
+/// every later start too, even where it is the founding shard's node,
+/// whose first disk served every account. A replaced founding shard that
+/// served every account again would hand out opening balances for the
+/// accounts its lost disk held, and take writes for accounts that live
+/// elsewhere from any client whose views are stale.
+const JOINED_MARKER: &str = "joined";
+
+/// Writes the joined marker durably (the file, then its directory).
+fn mark_joined(path: &Path) -> std::io::Result<()> {
+    std::fs::File::create(path)?.sync_all()?;
+    std::fs::File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()
 }
 
 /// One service of a node, run until it fails.

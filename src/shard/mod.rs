@@ -236,6 +236,11 @@ pub enum ShardRefusal {
     /// ago, which would take ranges out of service (or serve them twice).
     #[error("the step belongs to a rebalance older than the group's")]
     Stale,
+    /// A fence to a joining group not assigned yet: it serves nothing,
+    /// and cutting ranges out of "everything" would leave it serving the
+    /// rest (a shard whose disk was replaced, still named by the views).
+    #[error("the group serves nothing until it is assigned")]
+    NotAssigned,
 }
 
 impl Ownership {

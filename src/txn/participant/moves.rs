@@ -199,6 +199,9 @@ impl Participant {
                     Err(refusal) => (MoveAnswer::Refused(refusal), None, vec![]),
                 }
             }
+            AccountMove::Fence { .. } if self.unassigned() => {
+                (MoveAnswer::Refused(ShardRefusal::NotAssigned), None, vec![])
+            }
             AccountMove::Fence { epoch, to, ranges } => {
                 let leaving = self.ownership.fence(epoch, &ranges);
                 let aborted = self.abort_unserved();
@@ -343,14 +346,18 @@ impl Participant {
             .filter(|(k, _)| ranges.contains(hash_key(k.as_bytes())))
     }
 
+    /// A joining shard not assigned yet: it serves nothing.
+    fn unassigned(&self) -> bool {
+        self.config.joining && self.ownership.is_unsharded()
+    }
+
     /// The refusal of an operation on `key` if this shard does not serve
     /// it (a joining shard serves nothing until assigned).
     pub(super) fn not_served(&self, key: &str) -> Option<AbortReason> {
         let h = hash_key(key.as_bytes());
-        let unassigned = self.config.joining && self.ownership.is_unsharded();
         let fenced_but_served =
             self.config.bug == Some(TxnBug::ServeAfterFence) && self.outbox.values().any(|r| r.contains(h));
-        let served = !unassigned && (self.ownership.serves(h) || fenced_but_served);
+        let served = !self.unassigned() && (self.ownership.serves(h) || fenced_but_served);
         (!served).then_some(AbortReason::NotServed {
             shard: self.id,
             epoch: self.ownership.epoch(),
@@ -639,11 +646,12 @@ mod tests {
         assert!(page.part.accounts.is_empty(), "the prepared write is not in it");
     }
 
-    /// The planted bug keeps taking operations on a fenced account until
-    /// the drop: the correct shard refuses them from the fence on.
+    /// A fenced account is refused from the fence on. The planted bug
+    /// takes the operation, and the shard's own check stops it there: an
+    /// active transaction holds an account the shard does not serve.
     #[test]
-    fn a_fenced_account_is_refused_unless_the_planted_bug_serves_it() {
-        for bug in [None, Some(TxnBug::ServeAfterFence)] {
+    fn a_fenced_account_is_refused_and_the_planted_bug_fails_the_check() {
+        let fenced = |bug| {
             let config = ParticipantConfig { bug, ..config() };
             let mut source = Participant::recover(2, &[], Duration::ZERO, config).unwrap().0;
             let fence = AccountMove::Fence {
@@ -652,10 +660,17 @@ mod tests {
                 ranges: only("acct-1"),
             };
             step(&mut source, fence);
-            let refused = Err(AbortReason::NotServed { shard: 2, epoch: 2 });
-            let expected = if bug.is_some() { Ok(None) } else { refused };
-            assert_eq!(put(&mut source, 1, "acct-1", 5), expected, "{bug:?}");
-        }
+            source
+        };
+        let mut correct = fenced(None);
+        let refused = Err(AbortReason::NotServed { shard: 2, epoch: 2 });
+        assert_eq!(put(&mut correct, 1, "acct-1", 5), refused);
+        let mut buggy = fenced(Some(TxnBug::ServeAfterFence));
+        let taken = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| put(&mut buggy, 1, "acct-1", 5)));
+        assert!(
+            taken.is_err(),
+            "the shard's check stops a shard serving a fenced account"
+        );
     }
 
     /// A late copy of a fence from a finished rebalance (the network
@@ -717,7 +732,8 @@ mod tests {
     /// A joining shard serves nothing before its assignment, so a write
     /// sent to it early (a rogue's, a client's with a wrong map) is
     /// refused and cannot make the assignment refuse the shard as not
-    /// empty; once assigned, it serves what it installs.
+    /// empty, and a fence is refused, which would leave it serving
+    /// everything else; once assigned, it serves what it installs.
     #[test]
     fn a_joining_shard_serves_nothing_until_assigned() {
         let joining = ParticipantConfig {
@@ -736,7 +752,18 @@ mod tests {
             epoch: 1,
             ranges: RangeSet::default(),
         };
+        let fence = AccountMove::Fence {
+            epoch: 2,
+            to: 2,
+            ranges: only("acct-2"),
+        };
+        assert_eq!(
+            step(&mut t, fence.clone()).0,
+            MoveAnswer::Refused(ShardRefusal::NotAssigned),
+            "a fence would leave it serving everything else"
+        );
         assert_eq!(step(&mut t, assign).0, MoveAnswer::Done { accounts: 0 });
+        assert_eq!(step(&mut t, fence).0, MoveAnswer::Done { accounts: 0 });
         let install = AccountMove::Install {
             epoch: 2,
             from: 2,
