@@ -364,7 +364,7 @@ async fn shards_join_and_leave_a_running_cluster() {
     let removed = ringfence(&path, "member", &["remove", "--id", "1"]).await;
     assert!(removed.status.success(), "{}", String::from_utf8_lossy(&removed.stderr));
     cluster.kill(1).await.unwrap();
-    let audit = ringfence(&path, "txn", &["audit", "--accounts", "8"]).await;
+    let audit = audit_until(&path, |audit| audit.status.success()).await;
     let audit = String::from_utf8_lossy(&audit.stdout);
     for line in ["account 0: 70", "account 1: 130", "total: 800"] {
         assert!(audit.contains(line), "{line:?} not in:\n{audit}");
@@ -400,7 +400,8 @@ async fn a_replaced_founding_shard_serves_nothing_it_lost() {
         if restarted {
             cluster.restart(1).await.unwrap();
         }
-        let audit = ringfence(&path, "txn", &["audit", "--accounts", "8"]).await;
+        let refused = |audit: &Output| String::from_utf8_lossy(&audit.stderr).contains("shard 1001 does not serve");
+        let audit = audit_until(&path, |audit| audit.status.success() || refused(audit)).await;
         let said = String::from_utf8_lossy(&audit.stderr);
         assert!(
             !audit.status.success() && said.contains("shard 1001 does not serve"),
@@ -455,6 +456,20 @@ async fn group(config: &Path, args: &[&str]) -> Output {
 /// Runs `ringfence group ARGS` once.
 async fn group_once(config: &Path, args: &[&str]) -> Output {
     ringfence(config, "group", args).await
+}
+
+/// Runs `ringfence txn audit --accounts 8` until `settled` takes its
+/// output or [`UNAVAILABLE_BOUND`] passes (after a member change the
+/// coordinators may be electing a leader); the last output.
+async fn audit_until(config: &Path, settled: impl Fn(&Output) -> bool) -> Output {
+    let deadline = Instant::now() + UNAVAILABLE_BOUND;
+    loop {
+        let output = ringfence(config, "txn", &["audit", "--accounts", "8"]).await;
+        if settled(&output) || Instant::now() > deadline {
+            return output;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Runs `ringfence COMMAND ARGS` once on the cluster file `config`.
