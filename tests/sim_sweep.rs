@@ -55,7 +55,7 @@ fn every_planted_bug_is_caught_by_the_default_sweep() {
             let caught: std::collections::BTreeSet<u64> = summary
                 .failures
                 .iter()
-                .filter(|f| f.violation.invariant == bug.caught_by)
+                .filter(|f| bug.is_caught_by(&f.violation.invariant))
                 .map(|f| f.seed)
                 .collect();
             if caught.len() < MIN_CATCHES {
@@ -63,7 +63,7 @@ fn every_planted_bug_is_caught_by_the_default_sweep() {
                     "{} +{} (expected {} on {MIN_CATCHES} seeds, caught on {caught:?}); reproduce: cargo run --release -p ringfence-sim -- sweep -s {} --bug {}",
                     scenario.name(),
                     bug.name,
-                    bug.caught_by,
+                    bug.symptoms(),
                     scenario.name(),
                     bug.name
                 ));

@@ -149,7 +149,7 @@ fn planted_bugs(bug_seeds: u64) {
                 "{:<15} {:<28} {:<24} {:>13} {:>8.2} {:>13} {:>8.2}  {any}",
                 scenario.name(),
                 bug.name,
-                bug.caught_by,
+                bug.symptoms(),
                 seeds(&aimed),
                 aimed.wall,
                 seeds(&unaimed),
@@ -205,7 +205,7 @@ fn first_catch(
         }
         catch.named = failures
             .iter()
-            .find(|f| f.violation.invariant == bug.caught_by)
+            .find(|f| bug.is_caught_by(&f.violation.invariant))
             .map(|f| f.seed);
         start = end;
     }

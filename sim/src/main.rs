@@ -560,7 +560,7 @@ fn list() {
             s.default_seeds()
         );
         for b in s.bugs() {
-            println!("  --bug {:<28} {} [caught by {}]", b.name, b.about, b.caught_by);
+            println!("  --bug {:<28} {} [caught by {}]", b.name, b.about, b.symptoms());
         }
     }
 }

@@ -18,13 +18,15 @@ use ringfence::env::NodeId;
 
 use crate::plan::{AimedAction, DiskFault, DiskLoss, Fault, FaultKind, FaultPlan};
 use crate::trace::{Phase, TraceEvent};
-use crate::world::{MomentWindow, NetFaults, NodeState, World};
+use crate::world::{MomentWindow, NetFaults, NodeState, SplitState, SplitWindow, World};
 
 enum Action {
     Start(usize),
     End(usize),
     /// Restart a node an unsynced-crash took down.
     Restart(NodeId),
+    /// Heal the split a moment-split fault set off.
+    Unsplit(usize),
 }
 
 /// Crafts one hostile message as if `from` sent it to `to` (the scenario's
@@ -48,8 +50,8 @@ pub struct Nemesis {
     /// Aimed faults that fired: the node hit, and the concrete fault the
     /// action became where there is one (for its end).
     aimed: BTreeMap<usize, (NodeId, Option<Fault>)>,
-    /// Links each isolation cut, by plan index: whom it cuts off is only
-    /// known when it starts.
+    /// Links each isolation or moment split cut, by plan index: whom it
+    /// cuts off is only known when it starts.
     isolated: BTreeMap<usize, Vec<(NodeId, NodeId)>>,
     /// Crafts the messages of rogue faults.
     adversary: Option<Adversary>,
@@ -125,7 +127,8 @@ impl Nemesis {
         let start = madsim::time::Instant::now(); // determinism: ok — simulated time
         let window = Duration::from_millis(plan.duration_ms);
         let wakeup = self.world.lock().crash_wakeup.clone();
-        let mut restarts = 0;
+        // Actions the run set off (restarts, heals), ordered after the plan's own.
+        let mut set_off = 0;
         loop {
             let requests = std::mem::take(&mut self.world.lock().crash_requests);
             for r in requests {
@@ -139,9 +142,26 @@ impl Nemesis {
                     if let Some(Fault::Aimed { situation, .. }) = plan.faults.get(r.index) {
                         self.world.lock().count_situation(situation);
                     }
-                    restarts += 1;
-                    queue.insert((start.elapsed() + r.down, u64::MAX - restarts), Action::Restart(r.node));
+                    set_off += 1;
+                    queue.insert((start.elapsed() + r.down, u64::MAX - set_off), Action::Restart(r.node));
                 }
+            }
+            let splits = std::mem::take(&mut self.world.lock().split_requests);
+            for split in splits {
+                let text = format!("moment split ({})", split.why);
+                self.note(
+                    Phase::Start,
+                    FaultKind::Partition,
+                    Some(split.index),
+                    endpoints(&split.links),
+                    text,
+                );
+                self.isolated.insert(split.index, split.links);
+                set_off += 1;
+                queue.insert(
+                    (start.elapsed() + split.split, u64::MAX - set_off),
+                    Action::Unsplit(split.index),
+                );
             }
             for (index, end) in self.fire_armed(plan) {
                 queue.insert((start.elapsed() + end, 2 * index as u64), Action::End(index));
@@ -163,6 +183,7 @@ impl Nemesis {
                 Action::Start(i) => self.start(i, &plan.faults[i]),
                 Action::End(i) => self.end(i, &plan.faults[i]),
                 Action::Restart(node) => self.restart(node),
+                Action::Unsplit(i) => self.unsplit(i),
             }
         }
         self.heal();
@@ -380,6 +401,32 @@ impl Nemesis {
                 );
                 self.note(Phase::Start, FaultKind::MomentCrash, Some(index), vec![], text);
             }
+            Fault::MomentSplit {
+                moment,
+                after,
+                with,
+                probability,
+                split_ms,
+                ..
+            } => {
+                let window = SplitWindow {
+                    moment: moment.clone(),
+                    after: after.clone(),
+                    with: *with,
+                    probability: *probability,
+                    split: Duration::from_millis(*split_ms),
+                };
+                self.world.lock().split_windows.insert(index, SplitState::new(window));
+                let after = if after.is_empty() {
+                    String::new()
+                } else {
+                    format!(" after {after}")
+                };
+                let text = format!(
+                    "moment-split window: {moment} moment{after}, with {with} others, p={probability:.2}, for {split_ms}ms"
+                );
+                self.note(Phase::Start, FaultKind::Isolate, Some(index), vec![], text);
+            }
             Fault::Disk {
                 node, what, down_ms, ..
             } => self.disk_fault(index, *node, *what, Duration::from_millis(*down_ms)),
@@ -461,6 +508,13 @@ impl Nemesis {
                 if self.world.lock().moment_windows.remove(&index).is_some() {
                     let text = "moment-crash window ends".into();
                     self.note(Phase::End, FaultKind::MomentCrash, Some(index), vec![], text);
+                }
+            }
+            Fault::MomentSplit { .. } => {
+                // A split in force heals on its own time.
+                if self.world.lock().split_windows.remove(&index).is_some() {
+                    let text = "moment-split window ends".into();
+                    self.note(Phase::End, FaultKind::Isolate, Some(index), vec![], text);
                 }
             }
             Fault::Isolate { .. } => {
@@ -661,6 +715,20 @@ impl Nemesis {
         self.active_network = None;
         tracing::info!(target: "nemesis", "heal: all faults end");
         self.world.lock().event(TraceEvent::Heal);
+    }
+
+    /// Heals the split moment-split fault `index` set off; its window, if
+    /// still in force, may split again.
+    fn unsplit(&mut self, index: usize) {
+        let Some(links) = self.isolated.remove(&index) else {
+            return;
+        };
+        self.cut_links(&links, index, FaultKind::Isolate, false);
+        if let Some(state) = self.world.lock().split_windows.get_mut(&index) {
+            state.splitting = false;
+        }
+        let text = "moment split healed".into();
+        self.note(Phase::End, FaultKind::Partition, Some(index), endpoints(&links), text);
     }
 
     fn cut_links(&mut self, links: &[(NodeId, NodeId)], index: usize, kind: FaultKind, cut: bool) {

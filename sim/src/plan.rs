@@ -236,7 +236,7 @@ pub enum Fault {
         max_delay_ms: u64,
         /// When non-zero, half the duplicates' second copies and a quarter
         /// of the delayed messages arrive between `max_delay_ms` and this
-        /// late: stale votes and appends of an earlier term, or messages of
+        /// late: messages of an earlier round of the protocol, or messages of
         /// a sender's earlier incarnation.
         #[serde(default, skip_serializing_if = "is_zero")]
         late_ms: u64,
@@ -290,6 +290,25 @@ pub enum Fault {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         keep_clients: bool,
     },
+    /// While it lasts, a server that reaches `moment` is split, with
+    /// probability `probability` and before it sends another message, from
+    /// the other servers together with `with` of them (picked when it
+    /// fires), for `split_ms`; clients still reach every server. With
+    /// `after`, only a `moment` reached after some server reached `after`
+    /// (since the window began or its last split) sets one off. One split
+    /// per window at a time. A partition at the protocol's most delicate
+    /// instant, e.g. a node that just took charge, with one peer, cut off
+    /// before the rest hear of it.
+    MomentSplit {
+        at_ms: u64,
+        for_ms: u64,
+        moment: String,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        after: String,
+        with: u32,
+        probability: f64,
+        split_ms: u64,
+    },
     /// Delivers `messages` hostile messages to `to` as if `from` sent them,
     /// crafted by the scenario's adversary from an rng seeded with `salt`.
     Rogue {
@@ -321,8 +340,8 @@ pub enum Fault {
 }
 
 /// How late a late message or duplicate may arrive ([`Fault::Network`]'s `late_ms`):
-/// past several election timeouts and a TTL, so a stale vote reaches a
-/// candidate of a later term and an old append a later leader's follower.
+/// past several protocol timeouts and a lease, so a stale message reaches
+/// a node that has moved on to a later round.
 const LATE_COPY_MS: std::ops::RangeInclusive<u64> = 500..=3_000;
 
 fn is_zero(n: &u64) -> bool {
@@ -360,6 +379,7 @@ impl Fault {
             | Fault::UnsyncedCrash { at_ms, .. }
             | Fault::Aimed { at_ms, .. }
             | Fault::MomentCrash { at_ms, .. }
+            | Fault::MomentSplit { at_ms, .. }
             | Fault::Isolate { at_ms, .. }
             | Fault::Disk { at_ms, .. }
             | Fault::ClientCrash { at_ms, .. }
@@ -377,6 +397,7 @@ impl Fault {
             | Fault::Network { for_ms, .. }
             | Fault::UnsyncedCrash { for_ms, .. }
             | Fault::MomentCrash { for_ms, .. }
+            | Fault::MomentSplit { for_ms, .. }
             | Fault::Isolate { for_ms, .. }
             | Fault::Slow { for_ms, .. } => Some(*for_ms),
             Fault::Crash { down_ms, .. } | Fault::ClientCrash { down_ms, .. } => Some(*down_ms),
@@ -412,6 +433,7 @@ impl Fault {
             | Fault::Network { for_ms, .. }
             | Fault::UnsyncedCrash { for_ms, .. }
             | Fault::MomentCrash { for_ms, .. }
+            | Fault::MomentSplit { for_ms, .. }
             | Fault::Isolate { for_ms, .. }
             | Fault::Slow { for_ms, .. } => *for_ms = ms,
             Fault::Crash { down_ms, .. } | Fault::Disk { down_ms, .. } | Fault::ClientCrash { down_ms, .. } => {
@@ -477,7 +499,8 @@ pub struct Aiming {
     /// [`Fault::Isolate`] cuts off the node that last reached this moment.
     pub isolate_after: &'static str,
     /// Appends one window of [`Fault::MomentCrash`]es starting at `at_ms`
-    /// (and any fault that sets the hazard up) to `out`, drawing from `rng`.
+    /// (and any fault that sets the hazard up, such as a
+    /// [`Fault::MomentSplit`]) to `out`, drawing from `rng`.
     pub crash_window:
         fn(rng: &mut rand_chacha::ChaCha8Rng, at_ms: u64, intensity: f64, servers: usize, out: &mut Vec<Fault>),
 }
@@ -513,7 +536,10 @@ impl FaultPlan {
                 .filter(|f| {
                     !matches!(
                         f,
-                        Fault::Aimed { .. } | Fault::MomentCrash { .. } | Fault::Isolate { .. }
+                        Fault::Aimed { .. }
+                            | Fault::MomentCrash { .. }
+                            | Fault::MomentSplit { .. }
+                            | Fault::Isolate { .. }
                     )
                 })
                 .cloned()

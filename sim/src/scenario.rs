@@ -36,10 +36,23 @@ use crate::world::{elapsed, World};
 pub struct Bug {
     pub name: &'static str,
     pub about: &'static str,
-    /// The invariant the default sweep must report for this bug.
-    pub caught_by: &'static str,
+    /// The invariants the default sweep may report for this bug: its
+    /// symptoms (most bugs have one).
+    pub caught_by: &'static [&'static str],
     /// The switch it turns on.
     pub planted: Planted,
+}
+
+impl Bug {
+    /// Whether a violation of `invariant` is one of this bug's symptoms.
+    pub fn is_caught_by(&self, invariant: &str) -> bool {
+        self.caught_by.contains(&invariant)
+    }
+
+    /// Its symptoms, for people: "a or b".
+    pub fn symptoms(&self) -> String {
+        self.caught_by.join(" or ")
+    }
 }
 
 /// A planted bug's switch: one variant per protocol's bug enum.

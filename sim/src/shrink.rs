@@ -308,6 +308,7 @@ pub fn restrict(plan: &FaultPlan, servers: &[NodeId], clients: &[NodeId]) -> Fau
             | Fault::UnsyncedCrash { .. }
             | Fault::Aimed { .. }
             | Fault::MomentCrash { .. }
+            | Fault::MomentSplit { .. }
             | Fault::Isolate { .. } => Some(f.clone()),
         })
         .collect();

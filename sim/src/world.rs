@@ -68,6 +68,8 @@ pub mod stream {
     pub const DISK_LOST: u64 = u64::from_be_bytes(*b"disklost");
     /// Which partitions start as slow links (gray failure).
     pub const GRAY: u64 = u64::from_be_bytes(*b"grayfail");
+    /// Whether a moment split fires, and whom it keeps together.
+    pub const SPLIT: u64 = u64::from_be_bytes(*b"\0\0\0split");
 }
 
 /// A ChaCha generator for `(seed, stream, index)`.
@@ -575,6 +577,50 @@ pub struct MomentWindow {
     pub down: Duration,
 }
 
+/// A moment-split window in force ([`crate::plan::Fault::MomentSplit`]).
+#[derive(Debug, Clone)]
+pub struct SplitWindow {
+    pub moment: String,
+    /// A moment some server must reach first (empty: none).
+    pub after: String,
+    pub with: u32,
+    pub probability: f64,
+    pub split: Duration,
+}
+
+/// A moment-split window and where it stands.
+#[derive(Debug, Clone)]
+pub struct SplitState {
+    pub window: SplitWindow,
+    /// Whether its `after` moment was reached since it began or last split.
+    pub primed: bool,
+    /// Whether a split it set off is in force.
+    pub splitting: bool,
+}
+
+impl SplitState {
+    pub fn new(window: SplitWindow) -> Self {
+        let primed = window.after.is_empty();
+        SplitState {
+            window,
+            primed,
+            splitting: false,
+        }
+    }
+}
+
+/// A split a moment set off: its links are cut already; the nemesis notes
+/// it and heals it after `split`.
+#[derive(Debug, Clone)]
+pub struct SplitRequest {
+    /// The plan fault that set it off.
+    pub index: usize,
+    pub links: Vec<(NodeId, NodeId)>,
+    pub split: Duration,
+    /// Who was split from whom, for the trace.
+    pub why: String,
+}
+
 /// A node that reached an aimed-at moment: it crashes once `sends_left`
 /// more messages to servers have gone out.
 #[derive(Debug, Clone)]
@@ -606,6 +652,11 @@ pub struct WorldState {
     pub crash_requests: Vec<CrashRequest>,
     /// Moment-crash windows in force, by plan index.
     pub moment_windows: BTreeMap<usize, MomentWindow>,
+    /// Moment-split windows in force, by plan index.
+    pub split_windows: BTreeMap<usize, SplitState>,
+    split_rng: ChaCha8Rng,
+    /// Splits moments set off, for the nemesis to note and heal.
+    pub split_requests: Vec<SplitRequest>,
     armed: BTreeMap<NodeId, Armed>,
     /// Each moment's last server to reach it: whom [`crate::plan::Fault::Isolate`]
     /// cuts off.
@@ -687,6 +738,9 @@ impl World {
             crash_rng: derive_rng(seed, stream::CRASH, 0),
             crash_requests: Vec::new(),
             moment_windows: BTreeMap::new(),
+            split_windows: BTreeMap::new(),
+            split_rng: derive_rng(seed, stream::SPLIT, 0),
+            split_requests: Vec::new(),
             armed: BTreeMap::new(),
             last_at_moment: BTreeMap::new(),
             crash_wakeup: Arc::new(tokio::sync::Notify::new()),
@@ -958,8 +1012,9 @@ impl WorldState {
         self.crash_wakeup.notify_one();
     }
 
-    /// A server reports that it reached `moment`; a moment-crash window in
-    /// force for it may arm a crash a few sends later.
+    /// A server reports that it reached `moment`; a moment-split window in
+    /// force for it may split it off at once, and a moment-crash window may
+    /// arm a crash a few sends later.
     pub fn moment(&mut self, id: NodeId, moment: &str) {
         match self.last_at_moment.get_mut(moment) {
             Some(last) => *last = id,
@@ -967,8 +1022,11 @@ impl WorldState {
                 self.last_at_moment.insert(moment.to_string(), id);
             }
         }
-        if !self.servers.contains(&id) || self.node(id).down || self.armed.contains_key(&id) || self.crash_requested(id)
-        {
+        if !self.servers.contains(&id) || self.node(id).down {
+            return;
+        }
+        self.split_at_moment(id, moment);
+        if self.armed.contains_key(&id) || self.crash_requested(id) {
             return;
         }
         let windows: Vec<(usize, MomentWindow)> = self
@@ -991,6 +1049,58 @@ impl WorldState {
                 return;
             }
         }
+    }
+
+    /// Splits `id`, which just reached `moment`, with some other servers
+    /// from the rest, if a window in force for `moment` has no split in
+    /// force and its draw says so. The links are cut before `id` sends
+    /// anything more.
+    fn split_at_moment(&mut self, id: NodeId, moment: &str) {
+        for state in self.split_windows.values_mut() {
+            state.primed |= state.window.after == moment;
+        }
+        let Some((&index, state)) = self
+            .split_windows
+            .iter()
+            .find(|(_, s)| s.primed && !s.splitting && s.window.moment == moment)
+        else {
+            return;
+        };
+        if !self.split_rng.gen_bool(state.window.probability) {
+            return;
+        }
+        let window = state.window.clone();
+        // Its side is drawn from the servers it can reach now.
+        let up = |n: &NodeId| self.nodes.get(n).is_some_and(|s| !s.down);
+        let (mut reachable, unreachable): (Vec<NodeId>, Vec<NodeId>) = self
+            .servers
+            .iter()
+            .copied()
+            .filter(|&n| n != id)
+            .partition(|n| up(n) && !self.cut.contains_key(&(id, *n)));
+        reachable.shuffle(&mut self.split_rng);
+        let with = (window.with as usize).min(reachable.len());
+        let side: Vec<NodeId> = std::iter::once(id).chain(reachable[..with].iter().copied()).collect();
+        let rest: Vec<NodeId> = reachable[with..].iter().chain(&unreachable).copied().collect();
+        let links: Vec<(NodeId, NodeId)> = side
+            .iter()
+            .flat_map(|&a| rest.iter().flat_map(move |&b| [(a, b), (b, a)]))
+            .collect();
+        for &(a, b) in &links {
+            self.cut_link(a, b, index, FaultKind::Isolate, true);
+        }
+        if let Some(state) = self.split_windows.get_mut(&index) {
+            state.splitting = true;
+            state.primed = window.after.is_empty();
+        }
+        let why = format!("{moment} moment: servers {side:?} split from {rest:?}");
+        self.split_requests.push(SplitRequest {
+            index,
+            links,
+            split: window.split,
+            why,
+        });
+        self.crash_wakeup.notify_one();
     }
 
     /// Whether `from` may send to `to` now: a server armed to crash before
@@ -1041,9 +1151,11 @@ impl WorldState {
         self.armed.remove(&id);
     }
 
-    /// Ends every moment-crash window and arm.
+    /// Ends every moment-crash and moment-split window and arm.
     pub fn clear_role_faults(&mut self) {
         self.moment_windows.clear();
+        self.split_windows.clear();
+        self.split_requests.clear();
         self.armed.clear();
     }
 
@@ -1481,6 +1593,47 @@ mod tests {
         assert!(w.may_send(3, 100));
         assert!(!w.may_send(3, 1));
         assert_eq!(w.crash_requests.last().map(|r| r.node), Some(3));
+    }
+
+    #[test]
+    fn a_moment_split_cuts_the_node_and_a_reachable_peer_off_before_its_next_send() {
+        let world = World::new(1, &[1, 2, 3, 4, 5, 100], &[1, 2, 3, 4, 5], Trace::new(false));
+        let mut w = world.lock();
+        let window = SplitWindow {
+            moment: "in-charge".to_string(),
+            after: "changed".to_string(),
+            with: 1,
+            probability: 1.0,
+            split: Duration::from_millis(500),
+        };
+        w.split_windows.insert(7, SplitState::new(window));
+        // Node 5 is cut off from node 1 already: never its partner.
+        w.cut_link(1, 5, 0, FaultKind::Partition, true);
+        w.moment(1, "in-charge");
+        assert!(w.split_requests.is_empty(), "not before a server reached `after`");
+        w.moment(3, "changed");
+        w.moment(1, "in-charge");
+        let split = w.split_requests.pop().expect("a split");
+        assert_eq!(split.index, 7);
+        let side: std::collections::BTreeSet<NodeId> = split.links.iter().flat_map(|&(a, b)| [a, b]).collect();
+        assert_eq!(side.len(), 5, "every server is on one side or the other");
+        let partner = (2..=4)
+            .find(|&n| !split.links.contains(&(1, n)))
+            .expect("one reachable partner");
+        assert!(
+            !w.refused(1, partner) && !w.refused(100, 1),
+            "its partner and clients still reach it"
+        );
+        for other in (2..=5).filter(|&n| n != partner) {
+            assert!(
+                w.refused(1, other) && w.refused(other, partner),
+                "{other} is on the other side"
+            );
+        }
+        // One split at a time, and the next needs `after` again.
+        w.moment(3, "changed");
+        w.moment(2, "in-charge");
+        assert!(w.split_requests.is_empty());
     }
 
     #[test]

@@ -47,7 +47,7 @@ pub use ringfence::history::counter::CounterOp;
 pub const ACK_BEFORE_SYNC: Bug = Bug {
     name: "ack-before-sync",
     about: "the server acknowledges increments as soon as they are appended and syncs every 100 ms",
-    caught_by: "acked-increment-lost",
+    caught_by: &["acked-increment-lost"],
     planted: Planted::Scenario,
 };
 

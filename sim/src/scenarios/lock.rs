@@ -88,50 +88,50 @@ pub const NO_FENCING: Bug = Bug {
     name: "no-fencing",
     about:
         "the resource accepts every token, so a paused or partitioned holder's late write lands after the next holder's",
-    caught_by: "fencing",
+    caught_by: &["fencing"],
     planted: Planted::Resource(ResourceBug::NoFencing),
 };
 pub const UNSYNCED_TOKEN: Bug = Bug {
     name: "unsynced-token",
     about: "tokens come from the leader's own counter, appended to its disk without sync and not replicated",
-    caught_by: "token-order",
+    caught_by: &["token-order"],
     planted: Planted::Lock(LockBug::UnsyncedToken),
 };
 pub const NO_RECHECK: Bug = Bug {
     name: "no-recheck",
     about: "a queued acquire returns once the holder ahead is gone, without re-checking its own session (which may have expired while queued)",
-    caught_by: "lease-overlap",
+    caught_by: &["lease-overlap"],
     planted: Planted::Lock(LockBug::NoRecheck),
 };
 pub const NO_DRIFT_MARGIN: Bug = Bug {
     name: "no-drift-margin",
     about:
         "the client trusts its lease for the full TTL instead of ttl*(1-rho), so a fast server clock expires it first",
-    caught_by: "lease-overlap",
+    caught_by: &["lease-overlap"],
     planted: Planted::Lock(LockBug::NoDriftMargin),
 };
 pub const CLIENT_TOKEN: Bug = Bug {
     name: "client-token",
     about: "the server admits a client's hinted acquire, so a client chooses its own fencing token",
-    caught_by: "client-token",
+    caught_by: &["client-token"],
     planted: Planted::Lock(LockBug::ClientToken),
 };
 pub const ANYONE_RECONFIGURES: Bug = Bug {
     name: "anyone-reconfigures",
     about: "the server admits a configuration request from any client, not only from an operator: the rogue client removes lock servers, which then never catch up",
-    caught_by: "replica-behind",
+    caught_by: &["replica-behind"],
     planted: Planted::Lock(LockBug::AnyoneReconfigures),
 };
 pub const REAPPLY_RETRIES: Bug = Bug {
     name: "reapply-retries",
     about: "the resource applies a retried or duplicated request again instead of answering it from its table, so a write delayed in the network lands twice",
-    caught_by: "lost-increment",
+    caught_by: &["lost-increment"],
     planted: Planted::Resource(ResourceBug::ReapplyRetries),
 };
 pub const EXPIRY_RETRY_TOO_SOON: Bug = Bug {
     name: "expiry-retry-too-soon",
     about: "the leader proposes an uncommitted expiry again after a quarter of a heartbeat instead of a TTL: in an expiry storm the retries fill the log faster than it commits",
-    caught_by: "liveness",
+    caught_by: &["liveness"],
     planted: Planted::Lock(LockBug::ExpiryRetryTooSoon),
 };
 
@@ -644,19 +644,19 @@ impl Variant for Moves {
 pub const FLIP_BEFORE_FENCE: Bug = Bug {
     name: "flip-before-fence",
     about: "the rebalancer gives the moving names to the target (empty, with no floor) before it fences the source, so both groups serve them for a while",
-    caught_by: "owner-overlap",
+    caught_by: &["owner-overlap"],
     planted: Planted::Lock(LockBug::FlipBeforeFence),
 };
 pub const FLOOR_NOT_CARRIED: Bug = Bug {
     name: "floor-not-carried",
     about: "the part's token floor is its own locks' highest token, not the source's counter, so a lock freed before the move is granted at the target below tokens the source gave it",
-    caught_by: "client-token",
+    caught_by: &["client-token"],
     planted: Planted::Lock(LockBug::FloorNotCarried),
 };
 pub const HOLDERS_NOT_SHIPPED: Bug = Bug {
     name: "holders-not-shipped",
     about: "the rebalancer installs the part without its locks, so the target grants a moved lock while its holder's lease still runs",
-    caught_by: "lease-overlap",
+    caught_by: &["lease-overlap"],
     planted: Planted::Lock(LockBug::HoldersNotShipped),
 };
 

@@ -57,7 +57,7 @@
 //!
 //! `log-members` (`LogScenario<5, true>`) runs the same log while an
 //! operator ([`operator`]) adds, promotes, removes and replaces members,
-//! and one server may lose its disk (`FaultKind::DiskLost`): three founders
+//! and one server may lose its disk (`FaultKind::DiskLost`): four founders
 //! start the group, the other servers join as learners when the operator
 //! adds them, and after the heal every member of the settled configuration
 //! must catch up. Its planted bugs break the membership rules of
@@ -90,87 +90,94 @@ pub use ringfence::history::kv::KvOp;
 pub const VOTE_NOT_SYNCED: Bug = Bug {
     name: "vote-not-synced",
     about: "a voter replies before its term and vote are synced; after a crash it may vote twice in a term",
-    caught_by: "leader-per-term",
+    caught_by: &["leader-per-term"],
     planted: Planted::Log(LogBug::VoteNotSynced),
 };
 pub const COMMIT_EARLIER_TERM: Bug = Bug {
     name: "commit-earlier-term",
     about: "a leader commits earlier-term entries by counting replicas (Raft figure 8), without a no-op",
-    caught_by: "committed-entry-changed",
+    caught_by: &["committed-entry-changed"],
     planted: Planted::Log(LogBug::CommitEarlierTermByCounting),
 };
 pub const NO_STEP_DOWN: Bug = Bug {
     name: "no-step-down",
     about: "a leader that sees a higher term adopts it but keeps leading",
-    caught_by: "leader-per-term",
+    caught_by: &["leader-per-term"],
     planted: Planted::Log(LogBug::NoStepDownOnHigherTerm),
 };
 pub const TERM_OVERFLOW: Bug = Bug {
     name: "term-overflow",
     about: "a replica adopts any term a member sends; a forged term near u64::MAX spreads to every replica, and no pre-vote can ask for a term above it, so the group never elects a leader again",
-    caught_by: "liveness",
+    caught_by: &["liveness"],
     planted: Planted::Log(LogBug::UncheckedTerm),
 };
 pub const ACK_BEFORE_SYNC: Bug = Bug {
     name: "ack-before-sync",
     about: "a follower acknowledges appended entries before syncing them",
-    caught_by: "committed-entry-changed",
+    caught_by: &["committed-entry-changed"],
     planted: Planted::Log(LogBug::AckBeforeSync),
 };
 
 pub const REFUSE_ENTRIES: Bug = Bug {
     name: "refuse-entries",
     about: "one follower takes heartbeats but refuses every entry, while the others commit without it",
-    caught_by: "replica-behind",
+    caught_by: &["replica-behind"],
     planted: Planted::Log(LogBug::RefuseEntries),
 };
 
 pub const READ_BEFORE_NO_OP: Bug = Bug {
     name: "read-before-no-op",
     about: "a new leader serves reads at its own commit index before its term's no-op commits, missing writes the old leader acknowledged",
-    caught_by: "linearizable",
+    caught_by: &["linearizable"],
     planted: Planted::Log(LogBug::ReadBeforeNoOp),
 };
 
 pub const TORN_TAIL_ANYWHERE: Bug = Bug {
     name: "torn-tail-anywhere",
     about: "storage recovery takes any damage for a torn tail, so a bit flipped mid-log silently drops synced records",
-    caught_by: "synced-record-lost",
+    caught_by: &["synced-record-lost"],
     planted: Planted::Record(RecordBug::AnyDamageIsTornTail),
 };
 
 pub const PRE_VOTE_COUNTS_AS_VOTE: Bug = Bug {
     name: "pre-vote-counts-as-vote",
     about: "a replica that gathers a majority of pre-votes takes the next term as leader without an election; voters grant pre-votes to several askers, so two replicas lead one term",
-    caught_by: "leader-per-term",
+    caught_by: &["leader-per-term"],
     planted: Planted::Log(LogBug::PreVoteCountsAsVote),
 };
 
 pub const LEARNER_COUNTED: Bug = Bug {
     name: "learner-counted",
     about: "a leader counts learners' acknowledgements toward commits, so an entry stored by a leader and its learners is committed on no majority of voters",
-    caught_by: "committed-entry-changed",
+    caught_by: &["committed-entry-changed"],
     planted: Planted::Log(LogBug::LearnerCounted),
+};
+
+pub const CHANGE_BEFORE_TERM_COMMITS: Bug = Bug {
+    name: "change-before-term-commits",
+    about: "a new leader takes a configuration change before an entry of its own term commits (the single-server-change bug in Ongaro's thesis): two changes are decided by majorities that share no server, which then elect two leaders in one term or overwrite a committed entry",
+    caught_by: &["committed-entry-changed", "leader-per-term"],
+    planted: Planted::Log(LogBug::ChangeBeforeTermCommits),
 };
 
 pub const REMOVED_STILL_VOTES: Bug = Bug {
     name: "removed-still-votes",
     about: "a candidate counts every vote it receives: a removed member that never heard of its removal helps elect a second leader",
-    caught_by: "leader-per-term",
+    caught_by: &["leader-per-term"],
     planted: Planted::Log(LogBug::RemovedStillVotes),
 };
 
 pub const REJOIN_KEEPS_IDENTITY: Bug = Bug {
     name: "rejoin-keeps-identity",
     about: "a node back with an empty disk takes its old identity: it votes again in terms it voted in and its acknowledgements count for entries it no longer has",
-    caught_by: "committed-entry-changed",
+    caught_by: &["committed-entry-changed"],
     planted: Planted::Log(LogBug::RejoinKeepsIdentity),
 };
 
 pub const SYNCED_TAIL_UNNOTICED: Bug = Bug {
     name: "synced-tail-unnoticed",
     about: "storage recovery trusts the file alone, so a log that lost synced batches from its end (a lost write, a file cut at a batch boundary) starts as a shorter log",
-    caught_by: "synced-record-lost",
+    caught_by: &["synced-record-lost"],
     planted: Planted::Record(RecordBug::IgnoresWatermark),
 };
 
@@ -214,19 +221,60 @@ enum Hazard {
     Replication,
 }
 
-/// With membership changing: half the windows crash a leader right after
-/// it appends a configuration change, before it tells anyone, so the change
-/// survives only in the deposed leader's log while the others elect a
-/// successor (and the operator answers the failover with a change of its
-/// own): the setting of the single-server-change bug in Ongaro's thesis.
-/// The other half are [`hazard_window`]s.
+/// With membership changing, windows also set up the single-server
+/// change bug of Ongaro's thesis: a change left only in a deposed leader's
+/// log while the others elect a successor, which takes a change of its own
+/// (the operator and the failover automation ask a new leader at once).
+/// Half the windows crash a leader right after it appends a change, before
+/// it tells anyone (the other half are [`hazard_window`]s); and, drawn
+/// apart, half of all windows cut such a leader off from the other servers
+/// instead, then split the leader elected next off with one other server
+/// the moment it wins, before the rest hear of its term: two servers that
+/// are a majority of a three-voter configuration, while the deposed leader
+/// comes back among the others.
 fn membership_hazard_window(rng: &mut ChaCha8Rng, at_ms: u64, intensity: f64, servers: usize, out: &mut Vec<Fault>) {
+    // The splits draw from a stream of their own, so the other faults are
+    // those drawn before splits existed.
+    let mut split = rng.clone();
+    split.set_stream(SPLIT_STREAM);
     if rng.gen_bool(0.5) {
-        return hazard_window(rng, at_ms, intensity, servers, out);
+        hazard_window(rng, at_ms, intensity, servers, out);
+    } else {
+        let for_ms = rng.gen_range(1_000..=(1_500 + (3_000.0 * intensity) as u64));
+        out.push(moment_crash(rng, (at_ms, for_ms), moment::RECONFIGURE, 0, intensity));
     }
-    let for_ms = rng.gen_range(1_000..=(1_500 + (3_000.0 * intensity) as u64));
-    out.push(moment_crash(rng, (at_ms, for_ms), moment::RECONFIGURE, 0, intensity));
+    if split.gen_bool(0.8) {
+        changes_decided_apart(&mut split, at_ms, intensity, out);
+    }
 }
+
+/// The two splits of [`membership_hazard_window`]: a leader alone at the
+/// moment it appends a change, then the next leader with one other server.
+fn changes_decided_apart(rng: &mut ChaCha8Rng, at_ms: u64, intensity: f64, out: &mut Vec<Fault>) {
+    let for_ms = rng.gen_range(1_000..=(1_500 + (3_000.0 * intensity) as u64));
+    let cut_ms = rng.gen_range(200..=(600 + (1_000.0 * intensity) as u64));
+    out.push(Fault::MomentSplit {
+        at_ms,
+        for_ms,
+        moment: moment::RECONFIGURE.to_string(),
+        after: String::new(),
+        with: 0,
+        probability: rng.gen_range(0.5..=1.0),
+        split_ms: cut_ms,
+    });
+    out.push(Fault::MomentSplit {
+        at_ms,
+        for_ms: for_ms + 1_000,
+        moment: moment::LEAD.to_string(),
+        after: moment::RECONFIGURE.to_string(),
+        with: 1,
+        probability: rng.gen_range(0.5..=1.0),
+        split_ms: cut_ms + rng.gen_range(500..=(1_500 + (2_000.0 * intensity) as u64)),
+    });
+}
+
+/// The stream [`membership_hazard_window`]'s splits draw from.
+const SPLIT_STREAM: u64 = u64::from_be_bytes(*b"\0\0\0split");
 
 /// A window `(at_ms, for_ms)` of crashes at `moment`, `after_sends`
 /// messages to servers later, each likely and each down for a while.
@@ -540,13 +588,17 @@ impl<const N: u32, const CHANGES: bool> Scenario for LogScenario<N, CHANGES> {
     /// a change left only in a deposed leader's log, a successor that takes
     /// another change before its own term commits, and a voter of the first
     /// change that missed the second when the deposed leader returns. The
-    /// crashes at `reconfigure` and the failover automation set up the
-    /// first two; the third needs a partition at that exact point, and no
-    /// seed finds it (0 of 5,000), so it is shown by
-    /// `log::membership_tests`, which builds Ongaro's counterexample step
-    /// by step.
+    /// moment splits of [`membership_hazard_window`] and the failover
+    /// automation set it up; it shows as two leaders in one term or a
+    /// committed entry overwritten, on 17 of seeds 0..3000 (5 of the
+    /// default 1,000).
     const BUGS: &'static [Bug] = if CHANGES {
-        &[LEARNER_COUNTED, REMOVED_STILL_VOTES, REJOIN_KEEPS_IDENTITY]
+        &[
+            LEARNER_COUNTED,
+            REMOVED_STILL_VOTES,
+            REJOIN_KEEPS_IDENTITY,
+            CHANGE_BEFORE_TERM_COMMITS,
+        ]
     } else if N == 3 {
         &[
             NO_STEP_DOWN,
@@ -594,7 +646,10 @@ impl<const N: u32, const CHANGES: bool> Scenario for LogScenario<N, CHANGES> {
                 _ => None,
             },
             members: (1..=params.servers).collect(),
-            founders: (1..=if CHANGES { params.servers.min(3) } else { params.servers }).collect(),
+            // With changes, four founders: a group of four voters is where
+            // two single-server changes can be decided by majorities that
+            // share no server (the thesis bug needs it).
+            founders: (1..=if CHANGES { params.servers.min(4) } else { params.servers }).collect(),
 
             timers: Timers::for_seed(params.seed),
             guards: if CHANGES {
@@ -809,5 +864,53 @@ mod tests {
             }
         }
         assert_eq!(seen.len(), 2, "both hazards appear in 64 seeds");
+    }
+
+    /// With membership changing, windows also cut a leader off at the
+    /// moment it appends a change, then split the next leader off with a
+    /// partner for longer: the setting of `change-before-term-commits`.
+    #[test]
+    fn membership_windows_split_a_changing_leader_then_its_successor() {
+        let targets = Targets {
+            servers: vec![1, 2, 3, 4, 5],
+            clients: vec![10, 11],
+            crashable_clients: vec![10, 11],
+            replaceable: vec![1, 2, 3, 4, 5],
+            kinds: FaultKind::ALL.into_iter().chain(FaultKind::ROLE_AWARE).collect(),
+            aiming: LogScenario::<5, true>::AIMING,
+        };
+        let mut pairs = 0;
+        for seed in 0..64 {
+            let plan = FaultPlan::generate(seed, 5_000, &targets);
+            let splits: Vec<&Fault> = plan
+                .faults
+                .iter()
+                .filter(|f| matches!(f, Fault::MomentSplit { .. }))
+                .collect();
+            for pair in splits.chunks(2) {
+                let [Fault::MomentSplit {
+                    at_ms,
+                    moment,
+                    with: 0,
+                    split_ms: alone,
+                    ..
+                }, Fault::MomentSplit {
+                    at_ms: next_at,
+                    moment: next,
+                    after,
+                    with: 1,
+                    split_ms: together,
+                    ..
+                }] = pair
+                else {
+                    panic!("splits come in pairs: {pair:?}")
+                };
+                assert_eq!((at_ms, moment.as_str()), (next_at, moment::RECONFIGURE));
+                assert_eq!((next.as_str(), after.as_str()), (moment::LEAD, moment::RECONFIGURE));
+                assert!(together > alone, "the successor's split outlasts the deposed leader's");
+                pairs += 1;
+            }
+        }
+        assert!(pairs > 0, "64 seeds set the thesis bug up at least once");
     }
 }

@@ -111,7 +111,9 @@ pub async fn failover<E: Env, S: StateMachine, Op: Clone + std::fmt::Debug>(
         let deposed = leader.map(|(_, node)| node);
         let pause = Duration::from_millis(rng.gen_range(50..=300));
         let Some(node) = new_leader(env, judge, &mut leader, pause).await else {
-            last = log.config_status(GIVE_UP).await.ok().or(last);
+            // Briefly: while the group has no leader, the next one must
+            // not be missed.
+            last = log.config_status(pause).await.ok().or(last);
             continue;
         };
         let Some((old, status)) = deposed.zip(last.as_ref()) else {

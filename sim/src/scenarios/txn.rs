@@ -84,81 +84,81 @@ pub use ringfence::history::bank::BankOp;
 pub const DECISION_BEFORE_SYNC: Bug = Bug {
     name: "decision-before-sync",
     about: "the coordinator sends a commit decision before its record is synced (it syncs every 250 ms)",
-    caught_by: "decision-changed",
+    caught_by: &["decision-changed"],
     planted: Planted::Txn(TxnBug::DecisionBeforeSync),
 };
 pub const VOTE_WITHOUT_SYNCED_PREPARE: Bug = Bug {
     name: "vote-without-synced-prepare",
     about: "a shard votes yes before its prepare record is synced (it syncs every 250 ms)",
-    caught_by: "commit-without-yes-vote",
+    caught_by: &["commit-without-yes-vote"],
     planted: Planted::Txn(TxnBug::VoteWithoutSync),
 };
 pub const PARTICIPANT_ABORTS_ALONE: Bug = Bug {
     name: "participant-aborts-alone",
     about: "a shard that voted yes aborts on its own after 300 ms without a decision",
-    caught_by: "atomicity",
+    caught_by: &["atomicity"],
     planted: Planted::Txn(TxnBug::AbortAlone),
 };
 pub const DECIDE_FROM_ANYONE: Bug = Bug {
     name: "decide-from-anyone",
     about: "a shard accepts prepares and decisions from any sender, not only from the coordinator",
-    caught_by: "commit-without-yes-vote",
+    caught_by: &["commit-without-yes-vote"],
     planted: Planted::Txn(TxnBug::DecideFromAnyone),
 };
 pub const BLIND_WRITE_IGNORES_READERS: Bug = Bug {
     name: "blind-write-ignores-readers",
     about: "a shard grants a write of a key the transaction has not read while other transactions hold it shared (write skew)",
-    caught_by: "serializable",
+    caught_by: &["serializable"],
     planted: Planted::Txn(TxnBug::BlindWriteIgnoresReaders),
 };
 pub const RECOVERY_PRESUMES_COMMIT: Bug = Bug {
     name: "recovery-presumes-commit",
     about: "a restarted coordinator answers queries about transactions it does not know with commit",
-    caught_by: "commit-without-yes-vote",
+    caught_by: &["commit-without-yes-vote"],
     planted: Planted::Txn(TxnBug::RecoveryPresumesCommit),
 };
 
 pub const SEND_BEFORE_COMMIT: Bug = Bug {
     name: "send-before-commit",
     about: "the coordinator leader acts on entries in its own log as if committed: prepares and sends decisions before a majority stored them",
-    caught_by: "decision-changed",
+    caught_by: &["decision-changed"],
     planted: Planted::Txn(TxnBug::SendBeforeCommit),
 };
 pub const REPLICA_PRESUMES_ABORT: Bug = Bug {
     name: "replica-presumes-abort",
     about: "a coordinator replica answers a query about a transaction it has no applied decision for with abort, without logging it",
-    caught_by: "decision-changed",
+    caught_by: &["decision-changed"],
     planted: Planted::Txn(TxnBug::ReplicaPresumesAbort),
 };
 pub const IGNORE_INHERITED: Bug = Bug {
     name: "ignore-inherited",
     about: "a new coordinator leader drives only transactions started in its own term, not those it inherited",
-    caught_by: "liveness",
+    caught_by: &["liveness"],
     planted: Planted::Txn(TxnBug::IgnoreInherited),
 };
 pub const SHIP_BEFORE_DRAINED: Bug = Bug {
     name: "ship-before-drained",
     about: "a shard ships the accounts of a fenced range while a prepared transaction still holds them, whose commit then lands where they no longer live",
-    caught_by: "final-state",
+    caught_by: &["final-state"],
     planted: Planted::Txn(TxnBug::ShipBeforeDrained),
 };
 pub const INSTALL_BEFORE_FENCE: Bug = Bug {
     name: "install-before-fence",
     about: "the rebalancer has the target shard serve moving accounts (installed empty) before the source fences them",
-    caught_by: "owner-overlap",
+    caught_by: &["owner-overlap"],
     planted: Planted::Txn(TxnBug::InstallBeforeFence),
 };
 pub const SERVE_AFTER_FENCE: Bug = Bug {
     name: "serve-after-fence",
     about: "the source shard keeps taking operations on fenced accounts until it drops them, so writes committed after their part was read are left behind",
-    caught_by: "core-check",
+    caught_by: &["core-check"],
     planted: Planted::Txn(TxnBug::ServeAfterFence),
 };
 pub const FORGET_PRESUMES_ABORT: Bug = Bug {
     name: "forget-presumes-abort",
     about:
         "a coordinator replica answers questions about a forgotten transaction with abort, though it may have committed",
-    caught_by: "decision-changed",
+    caught_by: &["decision-changed"],
     planted: Planted::Txn(TxnBug::ForgetPresumesAbort),
 };
 
