@@ -12,7 +12,7 @@ use ringfence::history::{History, Violation};
 use ringfence_sim::plan::{DiskLoss, Fault, FaultKind, FaultPlan, Swarm};
 use ringfence_sim::runner::Case;
 use ringfence_sim::runner::RunOptions;
-use ringfence_sim::scenario::{abort_run, Bug, Client, Params, Scenario, Workload};
+use ringfence_sim::scenario::{abort_run, Client, Params, Scenario, Spec, Workload};
 use ringfence_sim::scenarios::{self, counter::Counter};
 use ringfence_sim::sweep::{self, run_isolated, SweepPlan};
 use ringfence_sim::SimEnv;
@@ -25,14 +25,19 @@ struct Leaky;
 
 impl Scenario for Leaky {
     type Op = u64;
-    const NAME: &'static str = "leaky";
-    const ABOUT: &'static str = "test: behaviour depends on a global counter";
-    const BUGS: &'static [Bug] = &[];
-    const SERVERS: u32 = 1;
-    const MIN_SERVERS: u32 = 1;
-    const WORKLOAD: Workload = Workload { clients: 1, ops: 3 };
-    const FAULT_WINDOW: Duration = Duration::from_millis(100);
-    const LIVENESS_BOUND: Duration = Duration::from_secs(1);
+    const SPEC: Spec = Spec {
+        name: "leaky",
+        about: "test: behaviour depends on a global counter",
+        bugs: &[],
+        servers: 1,
+        min_servers: 1,
+        workload: Workload { clients: 1, ops: 3 },
+        fault_window: Duration::from_millis(100),
+        liveness_bound: Duration::from_secs(1),
+        default_seeds: 200,
+        aiming: None,
+        situations: &[],
+    };
 
     fn new(_: &Params) -> Self {
         Leaky
@@ -104,14 +109,19 @@ struct Panicky;
 
 impl Scenario for Panicky {
     type Op = ();
-    const NAME: &'static str = "panicky";
-    const ABOUT: &'static str = "test: a server asserts and dies";
-    const BUGS: &'static [Bug] = &[];
-    const SERVERS: u32 = 1;
-    const MIN_SERVERS: u32 = 1;
-    const WORKLOAD: Workload = Workload { clients: 1, ops: 1 };
-    const FAULT_WINDOW: Duration = Duration::from_millis(100);
-    const LIVENESS_BOUND: Duration = Duration::from_secs(1);
+    const SPEC: Spec = Spec {
+        name: "panicky",
+        about: "test: a server asserts and dies",
+        bugs: &[],
+        servers: 1,
+        min_servers: 1,
+        workload: Workload { clients: 1, ops: 1 },
+        fault_window: Duration::from_millis(100),
+        liveness_bound: Duration::from_secs(1),
+        default_seeds: 200,
+        aiming: None,
+        situations: &[],
+    };
 
     fn new(_: &Params) -> Self {
         Panicky
@@ -189,14 +199,19 @@ struct Courier {
 
 impl Scenario for Courier {
     type Op = ();
-    const NAME: &'static str = "courier";
-    const ABOUT: &'static str = "test: copies in flight outlive and outrun their sender";
-    const BUGS: &'static [Bug] = &[];
-    const SERVERS: u32 = 2;
-    const MIN_SERVERS: u32 = 2;
-    const WORKLOAD: Workload = Workload { clients: 1, ops: 0 };
-    const FAULT_WINDOW: Duration = Duration::from_millis(1_000);
-    const LIVENESS_BOUND: Duration = Duration::from_secs(1);
+    const SPEC: Spec = Spec {
+        name: "courier",
+        about: "test: copies in flight outlive and outrun their sender",
+        bugs: &[],
+        servers: 2,
+        min_servers: 2,
+        workload: Workload { clients: 1, ops: 0 },
+        fault_window: Duration::from_millis(1_000),
+        liveness_bound: Duration::from_secs(1),
+        default_seeds: 200,
+        aiming: None,
+        situations: &[],
+    };
 
     fn new(_: &Params) -> Self {
         Courier {
@@ -374,7 +389,7 @@ fn firing_ground(kind: FaultKind) -> (&'static str, Option<&'static str>) {
 
 /// Runs `cases` two at a time, each with the effect of its kind (if any)
 /// switched off.
-fn run_all(cases: &[(Case, Option<FaultKind>)]) -> Vec<ringfence_sim::runner::Outcome> {
+fn run_all(cases: &[(Case, Option<FaultKind>)]) -> Vec<ringfence_sim::runner::RunReport> {
     let mut out: Vec<_> = Vec::new();
     for pair in cases.chunks(2) {
         let outcomes: Vec<_> = std::thread::scope(|s| {
@@ -444,14 +459,19 @@ const PROBE_MS: u64 = 2_000;
 
 impl Scenario for Patient {
     type Op = u32;
-    const NAME: &'static str = "patient";
-    const ABOUT: &'static str = "test: slow operations, a slow drain and a slow probe";
-    const BUGS: &'static [Bug] = &[];
-    const SERVERS: u32 = 1;
-    const MIN_SERVERS: u32 = 1;
-    const WORKLOAD: Workload = Workload { clients: 1, ops: 100 };
-    const FAULT_WINDOW: Duration = Duration::from_millis(1_000);
-    const LIVENESS_BOUND: Duration = Duration::from_millis(4_000);
+    const SPEC: Spec = Spec {
+        name: "patient",
+        about: "test: slow operations, a slow drain and a slow probe",
+        bugs: &[],
+        servers: 1,
+        min_servers: 1,
+        workload: Workload { clients: 1, ops: 100 },
+        fault_window: Duration::from_millis(1_000),
+        liveness_bound: Duration::from_millis(4_000),
+        default_seeds: 200,
+        aiming: None,
+        situations: &[],
+    };
 
     fn new(_: &Params) -> Self {
         Patient

@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::plan::Fault;
-use crate::runner::{Case, Outcome, RunOptions};
+use crate::runner::{Case, RunOptions, RunReport};
 use crate::scenarios;
 use crate::shrink;
 use crate::sweep::{run_isolated, Failure};
@@ -96,7 +96,7 @@ pub fn save(path: &Path, entry: &Entry) -> Result<(), String> {
 }
 
 /// Replays an entry; `Err` says how the outcome differs from `expect`.
-pub fn replay(entry: &Entry) -> Result<Outcome, String> {
+pub fn replay(entry: &Entry) -> Result<RunReport, String> {
     let scenario = scenarios::validate(&entry.case)?;
     let outcome = run_isolated(scenario, &entry.case, RunOptions::default());
     let got: Vec<&str> = outcome.violations.iter().map(|v| v.invariant.as_str()).collect();

@@ -122,7 +122,7 @@ impl FaultKind {
     /// Kinds aimed at protocol moments, which only a scenario that reports
     /// them ([`crate::SimEnv::moment`]) can use; it opts in through
     /// `Scenario::fault_kinds` and says how to aim them in
-    /// `Scenario::AIMING`.
+    /// `Spec::aiming`.
     pub const ROLE_AWARE: [FaultKind; 2] = [FaultKind::MomentCrash, FaultKind::Isolate];
 
     /// Hostile-disk kinds, for scenarios whose servers are replicated, so

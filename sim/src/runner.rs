@@ -73,7 +73,7 @@ fn verdict_hash(trace: u64, violations: &[Violation]) -> u64 {
 
 /// What a run produced.
 #[derive(Debug, Clone, Serialize)]
-pub struct Outcome {
+pub struct RunReport {
     pub case: Case,
     /// The plan that ran (generated or given).
     pub plan: FaultPlan,
@@ -98,15 +98,15 @@ pub struct Outcome {
     pub history: Vec<String>,
 }
 
-impl Outcome {
+impl RunReport {
     pub fn failed(&self) -> bool {
         !self.violations.is_empty()
     }
 
     /// The outcome of a run that panicked: a node's assertion failed (an
     /// invariant the protocol checks itself) or the runner hit its limit.
-    pub fn from_panic(plan: FaultPlan, case: Case, violation: Violation) -> Outcome {
-        Outcome {
+    pub fn from_panic(plan: FaultPlan, case: Case, violation: Violation) -> RunReport {
+        RunReport {
             case,
             plan,
             // The panic is the run's verdict: a rerun that panics elsewhere,
@@ -147,7 +147,7 @@ pub fn plan_for<S: Scenario>(case: &Case) -> FaultPlan {
             crashable_clients: S::crashable_clients(&clients),
             clients,
             kinds: S::fault_kinds(),
-            aiming: S::AIMING,
+            aiming: S::SPEC.aiming,
         };
         S::plan(case.seed, &targets)
     })
@@ -155,7 +155,7 @@ pub fn plan_for<S: Scenario>(case: &Case) -> FaultPlan {
 
 /// Runs `case` against scenario `S`. Must be called on a thread that has
 /// not run a simulation before (madsim seeds its hash maps once per thread).
-pub fn run<S: Scenario>(case: &Case, bug: Option<&'static crate::scenario::Bug>, options: RunOptions) -> Outcome {
+pub fn run<S: Scenario>(case: &Case, bug: Option<&'static crate::scenario::Bug>, options: RunOptions) -> RunReport {
     run_with::<S>(case, bug, options, None)
 }
 
@@ -167,7 +167,7 @@ pub fn run_with<S: Scenario>(
     bug: Option<&'static crate::scenario::Bug>,
     options: RunOptions,
     disable_effect: Option<FaultKind>,
-) -> Outcome {
+) -> RunReport {
     let plan = plan_for::<S>(case);
     let params = Params {
         seed: case.seed,
@@ -185,7 +185,7 @@ pub fn run_with<S: Scenario>(
     // A safety net far past every bound: a run that never ends is a bug in
     // the runner or the scenario, and must not hang a sweep.
     runtime.set_time_limit(
-        Duration::from_millis(plan.duration_ms) + DRAIN_BOUND + S::LIVENESS_BOUND + Duration::from_secs(60),
+        Duration::from_millis(plan.duration_ms) + DRAIN_BOUND + S::SPEC.liveness_bound + Duration::from_secs(60),
     );
     let scenario = Arc::new(S::new(&params));
     let recorder = Recorder::<S::Op>::new(world.clone());
@@ -217,7 +217,7 @@ pub fn run_with<S: Scenario>(
             },
         }));
     }
-    Outcome {
+    RunReport {
         case: case.clone(),
         plan,
         trace_hash: verdict_hash(w.trace.hash(), &all_violations),
@@ -357,14 +357,14 @@ async fn drive<S: Scenario>(
         let env = SimEnv::boot(probe_world, PROBE_ID).await;
         scenario.probe(env, probe).await;
     });
-    let left = S::LIVENESS_BOUND.saturating_sub(healed.elapsed());
+    let left = S::SPEC.liveness_bound.saturating_sub(healed.elapsed());
     if madsim::time::timeout(left, probed).await.is_err() {
         violations.push(Violation::new(
             "liveness",
             format!(
                 "the probe did not complete within {:?} after the faults healed (the clients took {:?} to finish)",
-                S::LIVENESS_BOUND,
-                S::LIVENESS_BOUND - left
+                S::SPEC.liveness_bound,
+                S::SPEC.liveness_bound - left
             ),
             vec![],
         ));

@@ -82,6 +82,35 @@ pub struct Workload {
     pub ops: u32,
 }
 
+/// A scenario as data: what it is called, how large it runs, and how its
+/// default sweep and liveness are bounded.
+#[derive(Debug, Clone, Copy)]
+pub struct Spec {
+    pub name: &'static str,
+    pub about: &'static str,
+    /// Its planted bugs; the default sweep catches each.
+    pub bugs: &'static [Bug],
+    /// Default number of server nodes, and the smallest that makes sense.
+    pub servers: u32,
+    pub min_servers: u32,
+    pub workload: Workload,
+    /// Simulated time during which faults happen, before everything heals.
+    pub fault_window: Duration,
+    /// After healing, the probe must complete within this bound (the
+    /// liveness guarantee the scenario states).
+    pub liveness_bound: Duration,
+    /// Seeds in the default sweep (`cargo test` and `ringfence-sim sweep`),
+    /// sized so the whole default sweep fits a 2-core machine.
+    pub default_seeds: u64,
+    /// How to aim the moment kinds ([`FaultKind::ROLE_AWARE`]) at the
+    /// moments this scenario's servers report ([`crate::SimEnv::moment`]).
+    pub aiming: Option<Aiming>,
+    /// Named situations the scenario's plans aim for (see
+    /// [`Fault::Aimed`](crate::plan::Fault::Aimed)); a sweep large enough to
+    /// demand fault coverage fails if one never occurred.
+    pub situations: &'static [&'static str],
+}
+
 /// What a scenario instance is built from.
 #[derive(Debug, Clone)]
 pub struct Params {
@@ -89,7 +118,7 @@ pub struct Params {
     /// them from their own stream, [`crate::world::derive_rng`], so the
     /// fault plan and everything else stay as they were).
     pub seed: u64,
-    /// Planted bug to switch on, validated against [`Scenario::BUGS`].
+    /// Planted bug to switch on, validated against the scenario's [`Spec::bugs`].
     pub bug: Option<&'static Bug>,
     pub servers: u32,
     pub workload: Workload,
@@ -101,36 +130,17 @@ pub trait Scenario: Send + Sync + Sized + 'static {
     /// A client operation, as recorded in the history.
     type Op: Clone + fmt::Debug + Serialize + Send + Sync + 'static;
 
-    const NAME: &'static str;
-    const ABOUT: &'static str;
-    const BUGS: &'static [Bug];
-    /// Default number of server nodes, and the smallest that makes sense.
-    const SERVERS: u32;
-    const MIN_SERVERS: u32;
-    const WORKLOAD: Workload;
+    /// What the scenario is, as data: its name, sizes and default sweep.
+    const SPEC: Spec;
     /// The node ids of `clients` workload clients (by default 101, 102, ...;
     /// a scenario may place some in other principals, `id >> 16`).
     fn client_ids(clients: u32) -> Vec<NodeId> {
         client_ids(clients)
     }
-    /// Simulated time during which faults happen, before everything heals.
-    const FAULT_WINDOW: Duration;
-    /// After healing, the probe must complete within this bound (the
-    /// liveness guarantee the scenario states).
-    const LIVENESS_BOUND: Duration;
-    /// Seeds in the default sweep (`cargo test` and `ringfence-sim sweep`),
-    /// sized so the whole default sweep fits a 2-core machine.
-    const DEFAULT_SEEDS: u64 = 200;
-
     /// Fault kinds the nemesis may use against this scenario.
     fn fault_kinds() -> Vec<FaultKind> {
         FaultKind::ALL.to_vec()
     }
-
-    /// How to aim the moment kinds ([`FaultKind::ROLE_AWARE`]) at the
-    /// moments this scenario's servers report ([`crate::SimEnv::moment`]);
-    /// none by default.
-    const AIMING: Option<Aiming> = None;
 
     /// The clients (of `clients`, this scenario's client node ids) that a
     /// [`FaultKind::ClientCrash`] may hit; by default all. A crashed client
@@ -149,15 +159,10 @@ pub trait Scenario: Send + Sync + Sized + 'static {
         servers.to_vec()
     }
 
-    /// Named situations the scenario's plans aim for (see
-    /// [`Fault::Aimed`](crate::plan::Fault::Aimed)); a sweep large enough to
-    /// demand fault coverage fails if one never occurred.
-    const SITUATIONS: &'static [&'static str] = &[];
-
     /// The fault plan for `seed`: by default the swarm plan over
     /// [`Scenario::fault_kinds`]. A scenario may add faults aimed at its roles.
     fn plan(seed: u64, targets: &Targets) -> FaultPlan {
-        FaultPlan::generate(seed, Self::FAULT_WINDOW.as_millis() as u64, targets)
+        FaultPlan::generate(seed, Self::SPEC.fault_window.as_millis() as u64, targets)
     }
 
     fn new(params: &Params) -> Self;
@@ -171,7 +176,7 @@ pub trait Scenario: Send + Sync + Sized + 'static {
 
     /// After the faults heal: the operation that shows the system is live
     /// again (e.g. a read of everything acknowledged). It is recorded in the
-    /// history like any client's, and must finish within `LIVENESS_BOUND`.
+    /// history like any client's, and must finish within [`Spec::liveness_bound`].
     fn probe(self: Arc<Self>, env: SimEnv, client: Client<Self::Op>) -> impl Future<Output = ()> + Send;
 
     /// Judges the history (and any per-run observations the instance kept).

@@ -14,7 +14,7 @@ use ringfence::env::NodeId;
 use serde::Serialize;
 
 use crate::plan::{Fault, FaultPlan};
-use crate::runner::{Case, Outcome, RunOptions};
+use crate::runner::{Case, RunOptions, RunReport};
 use crate::scenario::server_ids;
 use crate::scenarios::DynScenario;
 use crate::sweep::run_isolated;
@@ -32,7 +32,7 @@ pub struct Size {
 }
 
 impl Size {
-    fn of(outcome: &Outcome) -> Size {
+    fn of(outcome: &RunReport) -> Size {
         Size {
             faults: outcome.plan.faults.len(),
             ops: outcome.ops,
@@ -64,13 +64,13 @@ pub struct Shrunk {
     pub runs: u32,
     pub case: Case,
     #[serde(skip)]
-    pub outcome: Outcome,
+    pub outcome: RunReport,
 }
 
 struct Shrinker {
     scenario: &'static dyn DynScenario,
     invariant: String,
-    best: Outcome,
+    best: RunReport,
     runs: u32,
     max_runs: u32,
 }

@@ -13,7 +13,7 @@ use ringfence::history::Violation;
 use serde::{Deserialize, Serialize};
 
 use crate::plan::FaultKind;
-use crate::runner::{Case, Outcome, RunOptions};
+use crate::runner::{Case, RunOptions, RunReport};
 use crate::scenarios::{self, DynScenario};
 
 thread_local! {
@@ -49,7 +49,7 @@ fn quiet_seed_panics() {
 /// Runs one validated case on a fresh thread; a panic becomes a violation
 /// instead of aborting the caller: the one passed to
 /// [`abort_run`](crate::scenario::abort_run), or `panic` for any other.
-pub fn run_isolated(scenario: &'static dyn DynScenario, case: &Case, options: RunOptions) -> Outcome {
+pub fn run_isolated(scenario: &'static dyn DynScenario, case: &Case, options: RunOptions) -> RunReport {
     run_isolated_with(scenario, case, options, None)
 }
 
@@ -60,7 +60,7 @@ pub fn run_isolated_with(
     case: &Case,
     options: RunOptions,
     disable_effect: Option<FaultKind>,
-) -> Outcome {
+) -> RunReport {
     quiet_seed_panics();
     let case = case.clone();
     // determinism: ok — a fresh OS thread per seed is what makes runs independent.
@@ -80,7 +80,7 @@ pub fn run_isolated_with(
                     Err(_) if ringfence::check::failed() => Violation::new("core-check", message, vec![]),
                     Err(_) => Violation::new("panic", message, vec![]),
                 };
-                Outcome::from_panic(scenario.plan(&case), case, violation)
+                RunReport::from_panic(scenario.plan(&case), case, violation)
             })
         })
         .expect("spawn a seed thread")
@@ -169,7 +169,7 @@ impl ScenarioSummary {
 
     /// Folds one seed in: its outcome, the wall time it took, and the trace
     /// hash of its rerun if determinism was checked.
-    pub fn add(&mut self, scenario: &dyn DynScenario, outcome: &Outcome, took: Duration, rerun: Option<u64>) {
+    pub fn add(&mut self, scenario: &dyn DynScenario, outcome: &RunReport, took: Duration, rerun: Option<u64>) {
         for (kind, n) in &outcome.fired {
             *self.fired.entry(*kind).or_default() += n;
         }
@@ -360,7 +360,7 @@ fn sweep_group(
 }
 
 /// One seed's outcome: case index, outcome, wall time, rerun trace hash.
-type SeedResult = (usize, Outcome, Duration, Option<u64>);
+type SeedResult = (usize, RunReport, Duration, Option<u64>);
 
 fn summarize(scenario: &dyn DynScenario, results: Vec<SeedResult>, wall: Duration) -> ScenarioSummary {
     let bug = results.first().and_then(|(_, o, ..)| o.case.bug.clone());

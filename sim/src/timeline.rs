@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use ringfence::env::NodeId;
 use serde::Serialize;
 
-use crate::runner::Outcome;
+use crate::runner::RunReport;
 use crate::scenario::PROBE_ID;
 use crate::trace::{Phase, TraceEvent};
 
@@ -97,7 +97,7 @@ fn span_kind(kind: crate::plan::FaultKind) -> &'static str {
 /// nodes.
 type SpanKey = (&'static str, Option<usize>, Vec<NodeId>);
 
-fn collect(outcome: &Outcome) -> Data {
+fn collect(outcome: &RunReport) -> Data {
     let clients = outcome.case.workload.clients;
     let client_lane = |client: u32| {
         if client == clients {
@@ -286,7 +286,7 @@ fn collect(outcome: &Outcome) -> Data {
 }
 
 /// The timeline of `outcome` (which must have been run with `keep_trace`).
-pub fn html(outcome: &Outcome) -> String {
+pub fn html(outcome: &RunReport) -> String {
     let data = serde_json::to_string(&collect(outcome)).expect("timeline data serializes");
     // `</` must not appear inside the inline script.
     let data = data.replace("</", "<\\/");

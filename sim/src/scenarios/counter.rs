@@ -11,7 +11,7 @@
 //!    retries on timeout, and sometimes reads; every operation is recorded as
 //!    invoke → ok / fail / info in the history.
 //! 3. **The probe**: after the faults heal, one read must succeed within
-//!    [`Scenario::LIVENESS_BOUND`].
+//!    [`Spec::liveness_bound`](crate::scenario::Spec::liveness_bound).
 //! 4. **The checker**: every increment acknowledged before a read began must
 //!    appear in that read (no acknowledged write lost, across crashes), no
 //!    read shows an id nobody sent, and reads are monotonic: what a read
@@ -31,7 +31,7 @@ use ringfence::history::{counter, History, Violation};
 use serde::{Deserialize, Serialize};
 
 use crate::env::SimEnv;
-use crate::scenario::{Bug, Client, Params, Planted, Scenario, Workload};
+use crate::scenario::{Bug, Client, Params, Planted, Scenario, Spec, Workload};
 
 /// Wire messages of the counter protocol.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -145,14 +145,19 @@ async fn read<E: Env>(env: &E, client: &Client<CounterOp>, request: u64) -> Opti
 impl Scenario for Counter {
     type Op = CounterOp;
 
-    const NAME: &'static str = "counter";
-    const ABOUT: &'static str = "tutorial: a durable counter; acknowledged increments must survive crashes";
-    const BUGS: &'static [Bug] = &[ACK_BEFORE_SYNC];
-    const SERVERS: u32 = 1;
-    const MIN_SERVERS: u32 = 1;
-    const WORKLOAD: Workload = Workload { clients: 3, ops: 40 };
-    const FAULT_WINDOW: Duration = Duration::from_secs(5);
-    const LIVENESS_BOUND: Duration = Duration::from_secs(5);
+    const SPEC: Spec = Spec {
+        name: "counter",
+        about: "tutorial: a durable counter; acknowledged increments must survive crashes",
+        bugs: &[ACK_BEFORE_SYNC],
+        servers: 1,
+        min_servers: 1,
+        workload: Workload { clients: 3, ops: 40 },
+        fault_window: Duration::from_secs(5),
+        liveness_bound: Duration::from_secs(5),
+        default_seeds: 200,
+        aiming: None,
+        situations: &[],
+    };
 
     fn new(params: &Params) -> Self {
         Counter {

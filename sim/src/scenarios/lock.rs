@@ -78,7 +78,7 @@ use ringfence::shard::directory::Router;
 
 use crate::env::SimEnv;
 use crate::plan::{AimedAction, DiskLoss, Fault, FaultKind, FaultPlan, Swarm, Targets};
-use crate::scenario::{client_ids, Bug, Client, Params, Planted, Scenario, Workload, PROBE_ID};
+use crate::scenario::{client_ids, Bug, Client, Params, Planted, Scenario, Spec, Workload, PROBE_ID};
 use crate::scenarios::judge::Judge;
 use crate::scenarios::log::REMOVED_STILL_VOTES;
 use crate::scenarios::{lock_hostile, lock_moves, operator, rebalancer};
@@ -489,7 +489,7 @@ fn situation_alone(seed: u64) -> Option<&'static str> {
 /// take turns, so every one comes up in any 18 consecutive seeds). Even
 /// seeds: the swarm plan, half of them with one aimed situation on top.
 fn lock_plan(seed: u64, targets: &Targets) -> FaultPlan {
-    let window = LockScenario::<Single>::FAULT_WINDOW.as_millis() as u64;
+    let window = LockScenario::<Single>::SPEC.fault_window.as_millis() as u64;
     let mut rng = derive_rng(seed, stream::PLAN, AIM_STREAM);
     let (&resource, servers) = targets.servers.split_last().expect("lock servers and a resource");
     let bound = drift_bound(seed);
@@ -890,17 +890,28 @@ async fn release(client: &Client<LockOp>, lc: &mut LockClient<SimEnv>, lease: &r
 impl<V: Variant> Scenario for LockScenario<V> {
     type Op = LockOp;
 
-    const NAME: &'static str = V::NAME;
-    const ABOUT: &'static str = V::ABOUT;
-    const BUGS: &'static [Bug] = V::BUGS;
-    /// The lock servers and the resource node.
-    const SERVERS: u32 = V::SERVERS;
-    const MIN_SERVERS: u32 = V::MIN_SERVERS;
-    /// Four lock users, the rogue, three storm clients; the operator, if
-    /// it runs.
-    const WORKLOAD: Workload = Workload {
-        clients: LOCK_USERS + 1 + STORM_CLIENTS + Self::OPERATED as u32,
-        ops: 40,
+    const SPEC: Spec = Spec {
+        name: V::NAME,
+        about: V::ABOUT,
+        bugs: V::BUGS,
+        // The lock servers and the resource node.
+        servers: V::SERVERS,
+        min_servers: V::MIN_SERVERS,
+        // Four lock users, the rogue, three storm clients; the operator, if
+        // it runs.
+        workload: Workload {
+            clients: LOCK_USERS + 1 + STORM_CLIENTS + Self::OPERATED as u32,
+            ops: 40,
+        },
+        fault_window: Duration::from_secs(6),
+        // TTL (an abandoned session expires) + a few election timeouts + the
+        // acquire's retries; with `CHANGES`, the operator settles the
+        // membership first, one committed change after another; with
+        // groups, it finishes the move in progress first.
+        liveness_bound: Duration::from_secs(if Self::OPERATED { 10 } else { 5 }),
+        default_seeds: 100,
+        aiming: None,
+        situations: &situation::ALL,
     };
 
     /// Lock users 101.., the rogue and storm client `k` each in a client
@@ -939,15 +950,6 @@ impl<V: Variant> Scenario for LockScenario<V> {
         let replacement = FaultKind::REPLACEMENT.into_iter().filter(|_| V::CHANGES);
         FaultKind::ALL.into_iter().chain(replacement).collect()
     }
-    const FAULT_WINDOW: Duration = Duration::from_secs(6);
-    /// TTL (an abandoned session expires) + a few election timeouts + the
-    /// acquire's retries; with `CHANGES`, the operator settles the
-    /// membership first, one committed change after another; with groups,
-    /// it finishes the move in progress first.
-    const LIVENESS_BOUND: Duration = Duration::from_secs(if Self::OPERATED { 10 } else { 5 });
-    const DEFAULT_SEEDS: u64 = 100;
-    const SITUATIONS: &'static [&'static str] = &situation::ALL;
-
     fn plan(seed: u64, targets: &Targets) -> FaultPlan {
         lock_plan(seed, targets)
     }

@@ -20,7 +20,7 @@
 //!    `ringfence::log::client::Client` (leader discovery, retries with the
 //!    same sequence number, so retried adds apply once).
 //! 3. **The probe**, after the faults heal: one add and one read must
-//!    complete within [`LogScenario::LIVENESS_BOUND`] (an election plus
+//!    complete within [`Spec::liveness_bound`] (an election plus
 //!    retries).
 //! 4. **The checker** judges the whole history with the linearizability
 //!    checker (`ringfence::history::linearizability`, per-key Wing–Gong–Lowe
@@ -82,7 +82,7 @@ use super::judge::Judge;
 use super::{operator, rogue};
 use crate::env::SimEnv;
 use crate::plan::{Aiming, Fault, FaultKind};
-use crate::scenario::{Bug, Client, Params, Planted, Scenario, Workload};
+use crate::scenario::{Bug, Client, Params, Planted, Scenario, Spec, Workload};
 use crate::world::{derive_rng, stream};
 
 pub use ringfence::history::kv::KvOp;
@@ -569,71 +569,84 @@ impl<const N: u32, const CHANGES: bool> LogScenario<N, CHANGES> {
 impl<const N: u32, const CHANGES: bool> Scenario for LogScenario<N, CHANGES> {
     type Op = KvOp;
 
-    const NAME: &'static str = match (N, CHANGES) {
-        (_, true) => "log-members",
-        (3, false) => "log",
-        _ => "log-5",
+    const SPEC: Spec = Spec {
+        name: match (N, CHANGES) {
+            (_, true) => "log-members",
+            (3, false) => "log",
+            _ => "log-5",
+        },
+        about: if CHANGES {
+            "the replicated log while an operator adds, promotes, removes and replaces members, and a node may lose its disk: leader per term, committed entries stable, linearizable adds, every final member caught up"
+        } else {
+            "Raft replicated log with a KV state machine: leader per term, committed entries stable, same apply order, exactly-once adds"
+        },
+        // On five replicas `ack-before-sync` needs two followers to lose the
+        // same acknowledged entries (caught once in 200 seeds, and only as a
+        // liveness failure), and `vote-not-synced` and `commit-earlier-term`,
+        // though caught there too, are left to the three-replica sweep to
+        // keep `cargo test` short. With `CHANGES`:
+        // `change-before-term-commits` (the thesis bug) needs a change left
+        // only in a deposed leader's log, a successor that takes another
+        // change before its own term commits, and a voter of the first
+        // change that missed the second when the deposed leader returns.
+        // The moment splits of [`membership_hazard_window`] and the failover
+        // automation set it up; it shows as two leaders in one term or a
+        // committed entry overwritten, on 17 of seeds 0..3000 (5 of the
+        // default 1,000).
+        bugs: if CHANGES {
+            &[
+                LEARNER_COUNTED,
+                REMOVED_STILL_VOTES,
+                REJOIN_KEEPS_IDENTITY,
+                CHANGE_BEFORE_TERM_COMMITS,
+            ]
+        } else if N == 3 {
+            &[
+                NO_STEP_DOWN,
+                ACK_BEFORE_SYNC,
+                VOTE_NOT_SYNCED,
+                COMMIT_EARLIER_TERM,
+                TORN_TAIL_ANYWHERE,
+                SYNCED_TAIL_UNNOTICED,
+                TERM_OVERFLOW,
+                REFUSE_ENTRIES,
+                READ_BEFORE_NO_OP,
+                PRE_VOTE_COUNTS_AS_VOTE,
+            ]
+        } else {
+            &[NO_STEP_DOWN]
+        },
+        servers: N,
+        min_servers: 1,
+        // With `CHANGES`, two more: the operator and the failover automation.
+        workload: Workload {
+            clients: if CHANGES { 6 } else { 4 },
+            ops: 60,
+        },
+        fault_window: Duration::from_secs(5),
+        // After healing: elections finish within a few timeouts (≤ 750 ms
+        // each, plus clock drift), then a client needs a few retries; with
+        // `CHANGES` the operator then settles the membership, one committed
+        // change after another.
+        liveness_bound: Duration::from_secs(if CHANGES { 10 } else { 5 }),
+        // `commit-earlier-term` needs the Figure 8 sequence, which the
+        // moment crashes aim at: 11 of seeds 0..600, the third at seed 210
+        // (`sweep -s log --bug commit-earlier-term --seeds 0..600`). With
+        // `CHANGES`, runs are short (about 4 ms each on this machine) and
+        // the rarest catches come 5 or 6 times in 1,000 seeds: 1,000.
+        default_seeds: if CHANGES { 1_000 } else { 300 },
+        // Isolations cut off the newest leader; crash windows aim at the
+        // election and replication hazards ([`hazard_window`]).
+        aiming: Some(Aiming {
+            isolate_after: moment::LEAD,
+            crash_window: if CHANGES {
+                membership_hazard_window
+            } else {
+                hazard_window
+            },
+        }),
+        situations: &[],
     };
-    const ABOUT: &'static str = if CHANGES {
-        "the replicated log while an operator adds, promotes, removes and replaces members, and a node may lose its disk: leader per term, committed entries stable, linearizable adds, every final member caught up"
-    } else {
-        "Raft replicated log with a KV state machine: leader per term, committed entries stable, same apply order, exactly-once adds"
-    };
-    /// The bugs the default sweep catches. On five replicas
-    /// `ack-before-sync` needs two followers to lose the same acknowledged
-    /// entries (caught once in 200 seeds, and only as a liveness failure),
-    /// and `vote-not-synced` and `commit-earlier-term`, though caught there
-    /// too, are left to the three-replica sweep to keep `cargo test` short.
-    /// With `CHANGES`: `change-before-term-commits` (the thesis bug) needs
-    /// a change left only in a deposed leader's log, a successor that takes
-    /// another change before its own term commits, and a voter of the first
-    /// change that missed the second when the deposed leader returns. The
-    /// moment splits of [`membership_hazard_window`] and the failover
-    /// automation set it up; it shows as two leaders in one term or a
-    /// committed entry overwritten, on 17 of seeds 0..3000 (5 of the
-    /// default 1,000).
-    const BUGS: &'static [Bug] = if CHANGES {
-        &[
-            LEARNER_COUNTED,
-            REMOVED_STILL_VOTES,
-            REJOIN_KEEPS_IDENTITY,
-            CHANGE_BEFORE_TERM_COMMITS,
-        ]
-    } else if N == 3 {
-        &[
-            NO_STEP_DOWN,
-            ACK_BEFORE_SYNC,
-            VOTE_NOT_SYNCED,
-            COMMIT_EARLIER_TERM,
-            TORN_TAIL_ANYWHERE,
-            SYNCED_TAIL_UNNOTICED,
-            TERM_OVERFLOW,
-            REFUSE_ENTRIES,
-            READ_BEFORE_NO_OP,
-            PRE_VOTE_COUNTS_AS_VOTE,
-        ]
-    } else {
-        &[NO_STEP_DOWN]
-    };
-    const SERVERS: u32 = N;
-    const MIN_SERVERS: u32 = 1;
-    /// With `CHANGES`, two more: the operator and the failover automation.
-    const WORKLOAD: Workload = Workload {
-        clients: if CHANGES { 6 } else { 4 },
-        ops: 60,
-    };
-    const FAULT_WINDOW: Duration = Duration::from_secs(5);
-    /// After healing: elections finish within a few timeouts (≤ 750 ms
-    /// each, plus clock drift), then a client needs a few retries; with
-    /// `CHANGES` the operator then settles the membership, one committed
-    /// change after another.
-    const LIVENESS_BOUND: Duration = Duration::from_secs(if CHANGES { 10 } else { 5 });
-    /// `commit-earlier-term` needs the Figure 8 sequence, which the moment
-    /// crashes aim at: 11 of seeds 0..600, the third at seed 210 (`sweep -s
-    /// log --bug commit-earlier-term --seeds 0..600`). With `CHANGES`, runs
-    /// are short (about 4 ms each on this machine) and the rarest catch,
-    /// `learner-counted`, comes 7 times in 1,000 seeds: 1,000.
-    const DEFAULT_SEEDS: u64 = if CHANGES { 1_000 } else { 300 };
 
     fn new(params: &Params) -> Self {
         LogScenario {
@@ -682,17 +695,6 @@ impl<const N: u32, const CHANGES: bool> Scenario for LogScenario<N, CHANGES> {
             .chain(FaultKind::ADVERSARIAL)
             .collect()
     }
-
-    /// Isolations cut off the newest leader; crash windows aim at the
-    /// election and replication hazards ([`hazard_window`]).
-    const AIMING: Option<Aiming> = Some(Aiming {
-        isolate_after: moment::LEAD,
-        crash_window: if CHANGES {
-            membership_hazard_window
-        } else {
-            hazard_window
-        },
-    });
 
     /// Hostile Raft messages a correct replica refuses ([`rogue`]).
     fn rogue(&self, rng: &mut ChaCha8Rng, _from: NodeId, _to: NodeId) -> Option<Vec<u8>> {
@@ -795,16 +797,21 @@ mod tests {
         assert_eq!(reads, 2, "one operation in three reads");
     }
 
-    #[test]
-    fn with_membership_changing_half_the_crash_windows_strike_a_fresh_change() {
-        let targets = Targets {
+    /// What `log-members` plans for: five servers, two clients.
+    fn members_targets() -> Targets {
+        Targets {
             servers: vec![1, 2, 3, 4, 5],
             clients: vec![10, 11],
             crashable_clients: vec![10, 11],
             replaceable: vec![1, 2, 3, 4, 5],
             kinds: FaultKind::ALL.into_iter().chain(FaultKind::ROLE_AWARE).collect(),
-            aiming: LogScenario::<5, true>::AIMING,
-        };
+            aiming: LogScenario::<5, true>::SPEC.aiming,
+        }
+    }
+
+    #[test]
+    fn with_membership_changing_half_the_crash_windows_strike_a_fresh_change() {
+        let targets = members_targets();
         let (mut fresh, mut others) = (0, 0);
         for seed in 0..64 {
             for f in FaultPlan::generate(seed, 5_000, &targets).faults {
@@ -834,7 +841,7 @@ mod tests {
             crashable_clients: vec![10, 11],
             replaceable: vec![1, 2, 3],
             kinds: FaultKind::ALL.into_iter().chain(FaultKind::ROLE_AWARE).collect(),
-            aiming: LogScenario::<3>::AIMING,
+            aiming: LogScenario::<3>::SPEC.aiming,
         };
         let election = BTreeSet::from([moment::VOTE, moment::LEAD]);
         let replication = BTreeSet::from([moment::PROPOSE, moment::COMMIT]);
@@ -871,14 +878,7 @@ mod tests {
     /// partner for longer: the setting of `change-before-term-commits`.
     #[test]
     fn membership_windows_split_a_changing_leader_then_its_successor() {
-        let targets = Targets {
-            servers: vec![1, 2, 3, 4, 5],
-            clients: vec![10, 11],
-            crashable_clients: vec![10, 11],
-            replaceable: vec![1, 2, 3, 4, 5],
-            kinds: FaultKind::ALL.into_iter().chain(FaultKind::ROLE_AWARE).collect(),
-            aiming: LogScenario::<5, true>::AIMING,
-        };
+        let targets = members_targets();
         let mut pairs = 0;
         for seed in 0..64 {
             let plan = FaultPlan::generate(seed, 5_000, &targets);

@@ -14,7 +14,7 @@ pub mod txn;
 use std::marker::PhantomData;
 
 use crate::plan::{FaultKind, FaultPlan};
-use crate::runner::{plan_for, run_with, Case, Outcome, RunOptions};
+use crate::runner::{plan_for, run_with, Case, RunOptions, RunReport};
 use crate::scenario::{Bug, Scenario, Workload};
 
 /// A scenario with its types erased, so the CLI and sweeps can hold a list.
@@ -32,55 +32,55 @@ pub trait DynScenario: Sync {
     /// The fault plan `case` runs with.
     fn plan(&self, case: &Case) -> FaultPlan;
     /// Runs a validated case (see [`validate`]).
-    fn run(&self, case: &Case, options: RunOptions) -> Outcome {
+    fn run(&self, case: &Case, options: RunOptions) -> RunReport {
         self.run_with(case, options, None)
     }
     /// [`DynScenario::run`] with the test knob of [`crate::runner::run_with`].
     #[doc(hidden)]
-    fn run_with(&self, case: &Case, options: RunOptions, disable_effect: Option<FaultKind>) -> Outcome;
+    fn run_with(&self, case: &Case, options: RunOptions, disable_effect: Option<FaultKind>) -> RunReport;
 }
 
 struct Registered<S>(PhantomData<fn() -> S>);
 
 impl<S: Scenario> DynScenario for Registered<S> {
     fn name(&self) -> &'static str {
-        S::NAME
+        S::SPEC.name
     }
     fn about(&self) -> &'static str {
-        S::ABOUT
+        S::SPEC.about
     }
     fn bugs(&self) -> &'static [Bug] {
-        S::BUGS
+        S::SPEC.bugs
     }
     fn default_servers(&self) -> u32 {
-        S::SERVERS
+        S::SPEC.servers
     }
     fn min_servers(&self) -> u32 {
-        S::MIN_SERVERS
+        S::SPEC.min_servers
     }
     fn default_workload(&self) -> Workload {
-        S::WORKLOAD
+        S::SPEC.workload
     }
     fn client_ids(&self, clients: u32) -> Vec<ringfence::env::NodeId> {
         S::client_ids(clients)
     }
     fn default_seeds(&self) -> u64 {
-        S::DEFAULT_SEEDS
+        S::SPEC.default_seeds
     }
     fn fault_kinds(&self) -> Vec<FaultKind> {
         S::fault_kinds()
     }
     fn situations(&self) -> &'static [&'static str] {
-        S::SITUATIONS
+        S::SPEC.situations
     }
     fn plan(&self, case: &Case) -> FaultPlan {
         plan_for::<S>(case)
     }
-    fn run_with(&self, case: &Case, options: RunOptions, disable_effect: Option<FaultKind>) -> Outcome {
+    fn run_with(&self, case: &Case, options: RunOptions, disable_effect: Option<FaultKind>) -> RunReport {
         let bug = case
             .bug
             .as_deref()
-            .map(|name| find_bug(S::BUGS, name).expect("case was validated"));
+            .map(|name| find_bug(S::SPEC.bugs, name).expect("case was validated"));
         run_with::<S>(case, bug, options, disable_effect)
     }
 }

@@ -28,7 +28,7 @@
 //! | `serializable` | the register transactions' dependency graph has a cycle (G0, G1c, G-single, G2) or a read of an aborted or intermediate write (G1a, G1b) |
 //! | `strict-serializable` | a cycle that needs real-time order (a stale read) |
 //!
-//! Liveness: the probe must commit an audit within `LIVENESS_BOUND` (5 s)
+//! Liveness: the probe must commit an audit within its `Spec::liveness_bound` (5 s)
 //! of the heal. In classic mode that *includes* the time for a coordinator
 //! that was down at the heal to restart: classic 2PC blocks prepared shards
 //! while the coordinator is down, so the bound only holds because the heal
@@ -69,7 +69,7 @@ use super::{operator, rogue};
 pub mod registers;
 use crate::env::SimEnv;
 use crate::plan::FaultKind;
-use crate::scenario::{client_ids, Bug, Client, Params, Planted, Scenario, Workload};
+use crate::scenario::{client_ids, Bug, Client, Params, Planted, Scenario, Spec, Workload};
 use crate::scenarios::judge::Judge;
 
 /// Number of accounts.
@@ -529,59 +529,98 @@ pub const LOAD_SNAPSHOT_EVERY: u64 = 64;
 impl<const C: u32, const LOAD: u32, const CHANGES: bool, const MOVES: bool> Scenario for Bank<C, LOAD, CHANGES, MOVES> {
     type Op = BankOp;
 
-    const NAME: &'static str = match (C, LOAD, CHANGES) {
-        (_, _, true) if MOVES => "txn-members-moves",
-        (1, _, _) if MOVES => "txn-moves",
-        _ if MOVES => "txn-replicated-moves",
-        (_, _, true) => "txn-replicated-members",
-        (1, _, _) => "txn",
-        (_, 1, _) => "txn-replicated",
-        _ => "txn-replicated-load",
-    };
-    const ABOUT: &'static str = match (C, LOAD, CHANGES) {
-        (_, _, true) if MOVES => "accounts moving between 3 shards while the replicated coordinator's members change under them (5 replicas, 3 founders, a replica may lose its disk): two operators, one of each kind, on one bank",
-        (1, _, _) if MOVES => "bank on classic two-phase commit over 3 shards while an operator moves accounts between them by ring changes (a directory of 3 servers holds the views): atomic, durable, conserved across moves",
-        _ if MOVES => "txn-moves with the coordinator replicated on the log (3 replicas): a drain never waits for a coordinator to restart",
-        (_, _, true) => "txn-replicated over 5 coordinator replicas, 3 of which found the group, while an operator adds, promotes, removes and replaces them and a replica may lose its disk: atomic, durable, conserved, every final member caught up",
-        (1, _, _) => "bank on classic two-phase commit: transfers and audits over 3 shards + 1 coordinator; atomic, durable, conserved",
-        (_, 1, _) => "bank on two-phase commit with the coordinator replicated on the log (3 replicas) over 3 shards; no single crash blocks",
-        _ => "txn-replicated with 4x the clients, a small retained window and frequent log snapshots: forgetting and compaction under load",
-    };
-    const BUGS: &'static [Bug] = if MOVES && CHANGES {
+    const SPEC: Spec = Spec {
+        name: match (C, LOAD, CHANGES) {
+            (_, _, true) if MOVES => "txn-members-moves",
+            (1, _, _) if MOVES => "txn-moves",
+            _ if MOVES => "txn-replicated-moves",
+            (_, _, true) => "txn-replicated-members",
+            (1, _, _) => "txn",
+            (_, 1, _) => "txn-replicated",
+            _ => "txn-replicated-load",
+        },
+        about: match (C, LOAD, CHANGES) {
+            (_, _, true) if MOVES => "accounts moving between 3 shards while the replicated coordinator's members change under them (5 replicas, 3 founders, a replica may lose its disk): two operators, one of each kind, on one bank",
+            (1, _, _) if MOVES => "bank on classic two-phase commit over 3 shards while an operator moves accounts between them by ring changes (a directory of 3 servers holds the views): atomic, durable, conserved across moves",
+            _ if MOVES => "txn-moves with the coordinator replicated on the log (3 replicas): a drain never waits for a coordinator to restart",
+            (_, _, true) => "txn-replicated over 5 coordinator replicas, 3 of which found the group, while an operator adds, promotes, removes and replaces them and a replica may lose its disk: atomic, durable, conserved, every final member caught up",
+            (1, _, _) => "bank on classic two-phase commit: transfers and audits over 3 shards + 1 coordinator; atomic, durable, conserved",
+            (_, 1, _) => "bank on two-phase commit with the coordinator replicated on the log (3 replicas) over 3 shards; no single crash blocks",
+            _ => "txn-replicated with 4x the clients, a small retained window and frequent log snapshots: forgetting and compaction under load",
+        },
+        bugs: if MOVES && CHANGES {
         // Each is swept where it is caught alone: txn-moves and
         // txn-replicated-members.
-        &[]
-    } else if MOVES {
-        &[SHIP_BEFORE_DRAINED, INSTALL_BEFORE_FENCE, SERVE_AFTER_FENCE]
-    } else if CHANGES {
-        &[REMOVED_STILL_VOTES]
-    } else if LOAD > 1 {
-        &[]
-    } else if C == 1 {
-        &[
-            DECISION_BEFORE_SYNC,
-            VOTE_WITHOUT_SYNCED_PREPARE,
-            PARTICIPANT_ABORTS_ALONE,
-            RECOVERY_PRESUMES_COMMIT,
-            DECIDE_FROM_ANYONE,
-            BLIND_WRITE_IGNORES_READERS,
-        ]
-    } else {
-        &[
-            SEND_BEFORE_COMMIT,
-            REPLICA_PRESUMES_ABORT,
-            IGNORE_INHERITED,
-            FORGET_PRESUMES_ABORT,
-        ]
-    };
-    const SERVERS: u32 = C + 3 + 3 * MOVES as u32;
-    const MIN_SERVERS: u32 = C + 1 + 3 * MOVES as u32;
-    /// Classic runs get more operations: a quarter of them are register
-    /// transactions, and its planted bugs need commits to go wrong.
-    /// With `CHANGES`, one more client: the operator.
-    const WORKLOAD: Workload = Workload {
-        clients: 4 * LOAD + CHANGES as u32 + MOVES as u32,
-        ops: if C == 1 { 40 } else { 30 },
+            &[]
+        } else if MOVES {
+            &[SHIP_BEFORE_DRAINED, INSTALL_BEFORE_FENCE, SERVE_AFTER_FENCE]
+        } else if CHANGES {
+            &[REMOVED_STILL_VOTES]
+        } else if LOAD > 1 {
+            &[]
+        } else if C == 1 {
+            &[
+                DECISION_BEFORE_SYNC,
+                VOTE_WITHOUT_SYNCED_PREPARE,
+                PARTICIPANT_ABORTS_ALONE,
+                RECOVERY_PRESUMES_COMMIT,
+                DECIDE_FROM_ANYONE,
+                BLIND_WRITE_IGNORES_READERS,
+            ]
+        } else {
+            &[
+                SEND_BEFORE_COMMIT,
+                REPLICA_PRESUMES_ABORT,
+                IGNORE_INHERITED,
+                FORGET_PRESUMES_ABORT,
+            ]
+        },
+        servers: C + 3 + 3 * MOVES as u32,
+        min_servers: C + 1 + 3 * MOVES as u32,
+        // Classic runs get more operations: a quarter of them are register
+        // transactions, and its planted bugs need commits to go wrong.
+        // With `CHANGES`, one more client: the operator.
+        workload: Workload {
+            clients: 4 * LOAD + CHANGES as u32 + MOVES as u32,
+            ops: if C == 1 { 40 } else { 30 },
+        },
+        fault_window: Duration::from_secs(5),
+        // Coordinator restart at the heal (classic) or an election
+        // (replicated, at most 300 ms plus a lost vote round), a query round
+        // (200 ms) for prepared shards, a new leader's prepare timeout (1 s)
+        // for inherited transactions, the active-transaction timeout (1 s,
+        // stretched by clock drift) for abandoned ones, and the probe's own
+        // retries.
+        // With `CHANGES`, the operator settles the membership first.
+        liveness_bound: Duration::from_secs(if CHANGES { 10 } else { 5 }),
+        // The replicated mode's `send-before-commit` needs a leader cut off
+        // from the other replicas while still reaching shards and clients for
+        // longer than an election: 19 of seeds 0..1500, the third at seed 475
+        // (`sweep -s txn-replicated --bug send-before-commit --seeds 0..1500`;
+        // since each core ticks at its own deadline instead of every 50 ms).
+        // The classic mode is cheap: 250 seeds
+        // include runs where a power loss restarts a shard holding prepared
+        // transactions while its coordinator is still down (a shard that
+        // recovered them without their locks was found at seeds 77, 204 and
+        // 234). Under load, fewer: each run is several times longer.
+        default_seeds: match (C, LOAD, CHANGES) {
+            (_, _, true) if MOVES => 50,
+            _ if MOVES => 100,
+            (_, _, true) => 200,
+            (1, _, _) => 250,
+            (_, 1, _) => 500,
+            _ => 10,
+        },
+        // Under load, a large enough sweep must see the coordinator forget and
+        // compact.
+        situations: if LOAD > 1 {
+            &[FORGOT, COMPACTED]
+        } else if MOVES {
+            &[ACCOUNTS_MOVED, ROUTED_BY_VIEW]
+        } else {
+            &[]
+        },
+        aiming: None,
     };
 
     /// With `CHANGES`, the last client is the membership operator; with
@@ -616,44 +655,6 @@ impl<const C: u32, const LOAD: u32, const CHANGES: bool, const MOVES: bool> Scen
             .filter(|id| coordinators(C).contains(id))
             .collect()
     }
-    const FAULT_WINDOW: Duration = Duration::from_secs(5);
-    /// Coordinator restart at the heal (classic) or an election
-    /// (replicated, at most 300 ms plus a lost vote round), a query round
-    /// (200 ms) for prepared shards, a new leader's prepare timeout (1 s)
-    /// for inherited transactions, the active-transaction timeout (1 s,
-    /// stretched by clock drift) for abandoned ones, and the probe's own
-    /// retries.
-    /// With `CHANGES`, the operator settles the membership first.
-    const LIVENESS_BOUND: Duration = Duration::from_secs(if CHANGES { 10 } else { 5 });
-    /// The replicated mode's `send-before-commit` needs a leader cut off
-    /// from the other replicas while still reaching shards and clients for
-    /// longer than an election: 19 of seeds 0..1500, the third at seed 475
-    /// (`sweep -s txn-replicated --bug send-before-commit --seeds 0..1500`;
-    /// since each core ticks at its own deadline instead of every 50 ms).
-    /// The classic mode is cheap: 250 seeds
-    /// include runs where a power loss restarts a shard holding prepared
-    /// transactions while its coordinator is still down (a shard that
-    /// recovered them without their locks was found at seeds 77, 204 and
-    /// 234). Under load, fewer: each run is several times longer.
-    const DEFAULT_SEEDS: u64 = match (C, LOAD, CHANGES) {
-        (_, _, true) if MOVES => 50,
-        _ if MOVES => 100,
-        (_, _, true) => 200,
-        (1, _, _) => 250,
-        (_, 1, _) => 500,
-        _ => 10,
-    };
-
-    /// Under load, a large enough sweep must see the coordinator forget and
-    /// compact.
-    const SITUATIONS: &'static [&'static str] = if LOAD > 1 {
-        &[FORGOT, COMPACTED]
-    } else if MOVES {
-        &[ACCOUNTS_MOVED, ROUTED_BY_VIEW]
-    } else {
-        &[]
-    };
-
     /// The default kinds, and hostile messages from members; with
     /// `CHANGES`, a lost disk too.
     fn fault_kinds() -> Vec<FaultKind> {
