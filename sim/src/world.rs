@@ -68,7 +68,8 @@ pub mod stream {
     pub const DISK_LOST: u64 = u64::from_be_bytes(*b"disklost");
     /// Which partitions start as slow links (gray failure).
     pub const GRAY: u64 = u64::from_be_bytes(*b"grayfail");
-    /// Whether a moment split fires, and whom it keeps together.
+    /// Whether a moment split fires and whom it keeps together; and, as a
+    /// ChaCha stream, the splits a scenario's plan draws.
     pub const SPLIT: u64 = u64::from_be_bytes(*b"\0\0\0split");
 }
 

@@ -227,8 +227,8 @@ enum Hazard {
 /// (the operator and the failover automation ask a new leader at once).
 /// Half the windows crash a leader right after it appends a change, before
 /// it tells anyone (the other half are [`hazard_window`]s); and, drawn
-/// apart, half of all windows cut such a leader off from the other servers
-/// instead, then split the leader elected next off with one other server
+/// apart, four windows in five also cut such a leader off from the other
+/// servers, then split the leader elected next off with one other server
 /// the moment it wins, before the rest hear of its term: two servers that
 /// are a majority of a three-voter configuration, while the deposed leader
 /// comes back among the others.
@@ -236,7 +236,7 @@ fn membership_hazard_window(rng: &mut ChaCha8Rng, at_ms: u64, intensity: f64, se
     // The splits draw from a stream of their own, so the other faults are
     // those drawn before splits existed.
     let mut split = rng.clone();
-    split.set_stream(SPLIT_STREAM);
+    split.set_stream(stream::SPLIT);
     if rng.gen_bool(0.5) {
         hazard_window(rng, at_ms, intensity, servers, out);
     } else {
@@ -272,9 +272,6 @@ fn changes_decided_apart(rng: &mut ChaCha8Rng, at_ms: u64, intensity: f64, out: 
         split_ms: cut_ms + rng.gen_range(500..=(1_500 + (2_000.0 * intensity) as u64)),
     });
 }
-
-/// The stream [`membership_hazard_window`]'s splits draw from.
-const SPLIT_STREAM: u64 = u64::from_be_bytes(*b"\0\0\0split");
 
 /// A window `(at_ms, for_ms)` of crashes at `moment`, `after_sends`
 /// messages to servers later, each likely and each down for a while.
