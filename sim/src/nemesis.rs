@@ -53,6 +53,8 @@ pub struct Nemesis {
     /// Links each isolation or moment split cut, by plan index: whom it
     /// cuts off is only known when it starts.
     isolated: BTreeMap<usize, Vec<(NodeId, NodeId)>>,
+    /// Stalls in force: the node each one paused.
+    stalled: BTreeMap<usize, NodeId>,
     /// Crafts the messages of rogue faults.
     adversary: Option<Adversary>,
     on_client_crash: Option<OnClientCrash>,
@@ -70,6 +72,7 @@ impl Nemesis {
             armed: Vec::new(),
             aimed: BTreeMap::new(),
             isolated: BTreeMap::new(),
+            stalled: BTreeMap::new(),
             adversary: None,
             on_client_crash: None,
             heartbeats: BTreeMap::new(),
@@ -453,6 +456,21 @@ impl Nemesis {
                 let text = format!("isolate node {node}, the last to reach {moment}");
                 self.note(Phase::Start, FaultKind::Partition, Some(index), endpoints(&links), text);
             }
+            Fault::Stall { moment, for_ms, .. } => {
+                let Some(node) = self.world.lock().last_up_at(moment) else {
+                    return;
+                };
+                tracing::info!(target: "nemesis", "stall node {node}, the last to reach {moment}");
+                self.stalled.insert(index, node);
+                self.start(
+                    index,
+                    &Fault::Pause {
+                        at_ms: 0,
+                        node,
+                        for_ms: *for_ms,
+                    },
+                );
+            }
         }
     }
 
@@ -515,6 +533,11 @@ impl Nemesis {
                 if self.world.lock().split_windows.remove(&index).is_some() {
                     let text = "moment-split window ends".into();
                     self.note(Phase::End, FaultKind::Isolate, Some(index), vec![], text);
+                }
+            }
+            Fault::Stall { .. } => {
+                if let Some(node) = self.stalled.remove(&index) {
+                    self.resume(node);
                 }
             }
             Fault::Isolate { .. } => {
@@ -695,6 +718,7 @@ impl Nemesis {
     fn heal(&mut self) {
         self.world.lock().uncut_all();
         self.isolated.clear();
+        self.stalled.clear();
         let nodes: Vec<NodeId> = self.world.lock().nodes.keys().copied().collect();
         for &node in &nodes {
             self.resume(node);

@@ -290,6 +290,12 @@ pub enum Fault {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         keep_clients: bool,
     },
+    /// Pauses the node that last reached `moment` before `at_ms`, if it is
+    /// up, for `for_ms`: the process that just took charge stops (a
+    /// collector's pause, a migrated VM) while its messages queue, and
+    /// handles them, and whatever its timers would have done first, when
+    /// it resumes.
+    Stall { at_ms: u64, for_ms: u64, moment: String },
     /// While it lasts, a server that reaches `moment` is split, with
     /// probability `probability` and before it sends another message, from
     /// the other servers together with `with` of them (picked when it
@@ -381,6 +387,7 @@ impl Fault {
             | Fault::MomentCrash { at_ms, .. }
             | Fault::MomentSplit { at_ms, .. }
             | Fault::Isolate { at_ms, .. }
+            | Fault::Stall { at_ms, .. }
             | Fault::Disk { at_ms, .. }
             | Fault::ClientCrash { at_ms, .. }
             | Fault::Rogue { at_ms, .. }
@@ -399,6 +406,7 @@ impl Fault {
             | Fault::MomentCrash { for_ms, .. }
             | Fault::MomentSplit { for_ms, .. }
             | Fault::Isolate { for_ms, .. }
+            | Fault::Stall { for_ms, .. }
             | Fault::Slow { for_ms, .. } => Some(*for_ms),
             Fault::Crash { down_ms, .. } | Fault::ClientCrash { down_ms, .. } => Some(*down_ms),
             Fault::Disk { down_ms, what, .. } => (*what != DiskFault::Error).then_some(*down_ms),
@@ -435,6 +443,7 @@ impl Fault {
             | Fault::MomentCrash { for_ms, .. }
             | Fault::MomentSplit { for_ms, .. }
             | Fault::Isolate { for_ms, .. }
+            | Fault::Stall { for_ms, .. }
             | Fault::Slow { for_ms, .. } => *for_ms = ms,
             Fault::Crash { down_ms, .. } | Fault::Disk { down_ms, .. } | Fault::ClientCrash { down_ms, .. } => {
                 *down_ms = ms
@@ -496,7 +505,8 @@ pub struct Targets {
 /// node an isolation cuts off.
 #[derive(Debug, Clone, Copy)]
 pub struct Aiming {
-    /// [`Fault::Isolate`] cuts off the node that last reached this moment.
+    /// [`Fault::Isolate`] cuts off, and [`Fault::Stall`] pauses, the node
+    /// that last reached this moment.
     pub isolate_after: &'static str,
     /// Appends one window of [`Fault::MomentCrash`]es starting at `at_ms`
     /// (and any fault that sets the hazard up, such as a
@@ -540,6 +550,7 @@ impl FaultPlan {
                             | Fault::MomentCrash { .. }
                             | Fault::MomentSplit { .. }
                             | Fault::Isolate { .. }
+                            | Fault::Stall { .. }
                     )
                 })
                 .cloned()
@@ -656,6 +667,15 @@ impl FaultPlan {
                                 for_ms: rng.gen_range(100..=(300 + (1_500.0 * intensity) as u64)),
                                 moment: aiming.isolate_after.to_string(),
                                 keep_clients: shape.gen_bool(0.5),
+                            });
+                        }
+                        // Stalls too draw from a stream of their own.
+                        let mut stalls = derive_rng(seed, stream::STALL, 0);
+                        for _ in 0..stalls.gen_range(1..=3) {
+                            faults.push(Fault::Stall {
+                                at_ms: at(&mut stalls),
+                                for_ms: stalls.gen_range(200..=(400 + (2_000.0 * intensity) as u64)),
+                                moment: aiming.isolate_after.to_string(),
                             });
                         }
                     }

@@ -309,7 +309,8 @@ pub fn restrict(plan: &FaultPlan, servers: &[NodeId], clients: &[NodeId]) -> Fau
             | Fault::Aimed { .. }
             | Fault::MomentCrash { .. }
             | Fault::MomentSplit { .. }
-            | Fault::Isolate { .. } => Some(f.clone()),
+            | Fault::Isolate { .. }
+            | Fault::Stall { .. } => Some(f.clone()),
         })
         .collect();
     FaultPlan { faults, ..plan.clone() }

@@ -71,6 +71,8 @@ pub mod stream {
     /// Whether a moment split fires and whom it keeps together; and, as a
     /// ChaCha stream, the splits a scenario's plan draws.
     pub const SPLIT: u64 = u64::from_be_bytes(*b"\0\0\0split");
+    /// Stalls of the node that last reached a moment.
+    pub const STALL: u64 = u64::from_be_bytes(*b"\0\0\0stall");
 }
 
 /// A ChaCha generator for `(seed, stream, index)`.

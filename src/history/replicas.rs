@@ -8,9 +8,17 @@
 //! - `apply-order`: a replica applies consecutive indices (after a restart
 //!   it resumes from its snapshot, wherever that is);
 //! - `committed-entry-changed`: every replica applies, restores or is sent
-//!   the same entry at an index that some replica applied.
+//!   the same entry at an index that some replica applied;
+//! - `read-by-deposed-leader`: a leader never serves a read that arrived
+//!   after a replica had become leader of a later term. Events are judged
+//!   in the order they happen, so this needs no clock: the later leader
+//!   holds votes of a majority, one of which would refuse the round that
+//!   confirms the read, since that round is sent after the read arrived.
+//!   A stale read is caught here even when no client could tell (no write
+//!   came between), which a linearizability check of clients' histories
+//!   cannot do.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::Violation;
 use crate::env::NodeId;
@@ -25,6 +33,9 @@ pub struct Replicas {
     /// Last index each replica applied since it booted (`None`: just
     /// booted, it resumes from its snapshot).
     last_applied: BTreeMap<NodeId, Option<Index>>,
+    /// Confirmation rounds (replica, term, round) of reads that arrived
+    /// after a later term had a leader: serving one is a stale read.
+    deposed_reads: BTreeSet<(NodeId, Term, u64)>,
 }
 
 impl Replicas {
@@ -84,6 +95,22 @@ impl Replicas {
                     "committed-entry-changed",
                     format!("node {from} sent node {node} entries that contradict its committed entry {index}"),
                 )
+            }
+            Event::ReadArrived { term, round } => {
+                if self.leaders.range(term + 1..).next().is_some() {
+                    self.deposed_reads.insert((node, *term, *round));
+                }
+            }
+            Event::ReadServed { term, round } => {
+                if self.deposed_reads.contains(&(node, *term, *round)) {
+                    let (later, leader) = self.last_leader().expect("a later term has a leader");
+                    return broken(
+                        "read-by-deposed-leader",
+                        format!(
+                            "node {node}, leader of term {term}, served a read (round {round}) that arrived after node {leader} led term {later}"
+                        ),
+                    );
+                }
             }
             Event::Compacted { .. } | Event::Voted { .. } | Event::Proposed { .. } | Event::Committed { .. } => {}
         }
@@ -165,6 +192,25 @@ mod tests {
         assert_eq!(
             invariant(r.observe(2, &Event::Contradicted { from: 1, index: 1 })),
             "committed-entry-changed"
+        );
+    }
+
+    #[test]
+    fn a_read_served_by_a_leader_deposed_before_it_arrived_is_caught() {
+        let mut r = Replicas::default();
+        r.observe(1, &Event::Leader { term: 1 }).unwrap();
+        // Arrived while node 1 was the latest leader: served, even after a
+        // later leader (the confirming round was acknowledged before it).
+        r.observe(1, &Event::ReadArrived { term: 1, round: 4 }).unwrap();
+        r.observe(2, &Event::Leader { term: 2 }).unwrap();
+        r.observe(1, &Event::ReadServed { term: 1, round: 4 }).unwrap();
+        // Arrived after term 2 had a leader: it may never be served.
+        r.observe(1, &Event::ReadArrived { term: 1, round: 5 }).unwrap();
+        r.observe(2, &Event::ReadArrived { term: 2, round: 1 }).unwrap();
+        r.observe(2, &Event::ReadServed { term: 2, round: 1 }).unwrap();
+        assert_eq!(
+            invariant(r.observe(1, &Event::ReadServed { term: 1, round: 5 })),
+            "read-by-deposed-leader"
         );
     }
 

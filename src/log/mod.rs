@@ -148,11 +148,17 @@ pub enum LogBug {
     /// (its id is its identity): it votes again in terms it voted in, and
     /// its acknowledgements count for entries it no longer has.
     RejoinKeepsIdentity,
+    /// A read is confirmed by acknowledgements of the heartbeat round
+    /// before its own, sent before the read arrived: a leader that stalled
+    /// after that round, while another was elected and served writes,
+    /// answers the reads that queued during the stall from its stale
+    /// state.
+    ReadCountsEarlierRound,
 }
 
 impl LogBug {
     /// Every planted bug, for sweeps that must show each one is caught.
-    pub const ALL: [LogBug; 12] = [
+    pub const ALL: [LogBug; 13] = [
         LogBug::VoteNotSynced,
         LogBug::CommitEarlierTermByCounting,
         LogBug::NoStepDownOnHigherTerm,
@@ -165,6 +171,7 @@ impl LogBug {
         LogBug::LearnerCounted,
         LogBug::RemovedStillVotes,
         LogBug::RejoinKeepsIdentity,
+        LogBug::ReadCountsEarlierRound,
     ];
 }
 

@@ -1670,6 +1670,10 @@ impl<S: StateMachine> Raft<S> {
             seq,
             read_index,
         });
+        self.out.events.push(Event::ReadArrived {
+            term: self.term,
+            round: seq,
+        });
         self.replicate_pending = true; // the round `seq`, sent by `finish`
         self.serve_reads(); // a one-member group needs no round
     }
@@ -2019,6 +2023,8 @@ impl<S: StateMachine> Raft<S> {
         let quorum = self.quorum();
         let applied = self.applied;
         let me = usize::from(self.counts(self.id, self.incarnation));
+        // PLANTED BUG (when set): the round before the read's own counts.
+        let earlier = u64::from(self.bug(LogBug::ReadCountsEarlierRound));
         let mut ready = Vec::new();
         {
             let lead = self.lead.as_ref().expect("leader state");
@@ -2033,7 +2039,7 @@ impl<S: StateMachine> Raft<S> {
                 .reads
                 .iter()
                 .take_while(|read| {
-                    let acks = me + voters.iter().filter(|&&seq| seq >= read.seq).count();
+                    let acks = me + voters.iter().filter(|&&seq| seq + earlier >= read.seq).count();
                     acks >= quorum && applied >= read.read_index
                 })
                 .count();
@@ -2041,6 +2047,10 @@ impl<S: StateMachine> Raft<S> {
             ready.extend(lead.reads.drain(..confirmed));
         }
         for read in ready {
+            self.out.events.push(Event::ReadServed {
+                term: self.term,
+                round: read.seq,
+            });
             let output = self.machine.query(&read.query);
             self.respond(read.from, read.client, RequestId::Read(read.id), Outcome::Done(output));
         }

@@ -262,7 +262,12 @@ impl Cluster {
             Event::Contradicted { from, index } => {
                 self.fail(format!("node {from} contradicts node {id}'s committed entry {index}"))
             }
-            Event::Compacted { .. } | Event::Voted { .. } | Event::Proposed { .. } | Event::Committed { .. } => {}
+            Event::Compacted { .. }
+            | Event::ReadArrived { .. }
+            | Event::ReadServed { .. }
+            | Event::Voted { .. }
+            | Event::Proposed { .. }
+            | Event::Committed { .. } => {}
         }
     }
 
@@ -1124,6 +1129,30 @@ fn vote_then_crash(bug: Option<LogBug>) -> Option<String> {
     let vote = c.drive(3, |r, now| r.on_message(now, 2, to(&from2, 3)));
     c.drive(2, |r, now| r.on_message(now, 3, to(&vote, 2)));
     c.violation
+}
+
+/// A calm leader whose every round was acknowledged takes a read; whether
+/// it answers at once, before any round sent after the read came back.
+fn read_answered_without_a_new_round(bug: Option<LogBug>) -> bool {
+    let mut c = Cluster::new(4, 3, 0, scripted_config(bug), CALM);
+    c.run_ms(1_000);
+    let leader = c.leader().expect("a leader");
+    let read: W = Wire::Read {
+        client: 9,
+        id: 1,
+        query: KvQuery::Get { key: "x".into() },
+    };
+    let client = CLIENT_BASE + 50;
+    let sent = c.drive(leader, |r, now| r.on_message(now, client, read));
+    sent.iter().any(|(to, _)| *to == client)
+}
+
+/// The leader may have been deposed while it stalled after its last
+/// round: only a round sent after the read arrived confirms it still leads.
+#[test]
+fn a_read_waits_for_a_round_sent_after_it_arrived() {
+    assert!(!read_answered_without_a_new_round(None));
+    assert!(read_answered_without_a_new_round(Some(LogBug::ReadCountsEarlierRound)));
 }
 
 #[test]

@@ -402,6 +402,23 @@ pub enum Event {
         /// Term of the entry at `index`.
         term: Term,
     },
+    /// This replica, as leader of `term`, took a read and queued it to be
+    /// confirmed by heartbeat round `round` (or later): a majority must
+    /// acknowledge a round sent after the read arrived before it is served.
+    ReadArrived {
+        /// The leader's term.
+        term: Term,
+        /// The round whose acknowledgements confirm the read.
+        round: u64,
+    },
+    /// This replica, as leader of `term`, served a read that waited for
+    /// round `round`.
+    ReadServed {
+        /// The leader's term.
+        term: Term,
+        /// The round the read waited for.
+        round: u64,
+    },
     /// This replica compacted its log into a snapshot ending at `index`.
     Compacted {
         /// Last index the new snapshot covers.

@@ -160,6 +160,13 @@ pub const CHANGE_BEFORE_TERM_COMMITS: Bug = Bug {
     planted: Planted::Log(LogBug::ChangeBeforeTermCommits),
 };
 
+pub const READ_EARLIER_ROUND: Bug = Bug {
+    name: "read-earlier-round",
+    about: "a read is confirmed by the heartbeat round before its own: a leader that stalls after that round answers the reads queued meanwhile from stale state",
+    caught_by: &["read-by-deposed-leader"],
+    planted: Planted::Log(LogBug::ReadCountsEarlierRound),
+};
+
 pub const REMOVED_STILL_VOTES: Bug = Bug {
     name: "removed-still-votes",
     about: "a candidate counts every vote it receives: a removed member that never heard of its removal helps elect a second leader",
@@ -337,9 +344,12 @@ impl Observer<Event> for ReplicaObserver {
             Event::Proposed { change: true, .. } => moment::RECONFIGURE,
             Event::Proposed { .. } => moment::PROPOSE,
             Event::Committed { .. } => moment::COMMIT,
-            Event::Applied { .. } | Event::Restored { .. } | Event::Compacted { .. } | Event::Contradicted { .. } => {
-                return
-            }
+            Event::Applied { .. }
+            | Event::Restored { .. }
+            | Event::Compacted { .. }
+            | Event::Contradicted { .. }
+            | Event::ReadArrived { .. }
+            | Event::ReadServed { .. } => return,
         };
         self.env.moment(moment);
     }
@@ -596,6 +606,7 @@ impl<const N: u32, const CHANGES: bool> Scenario for LogScenario<N, CHANGES> {
                 REMOVED_STILL_VOTES,
                 REJOIN_KEEPS_IDENTITY,
                 CHANGE_BEFORE_TERM_COMMITS,
+                READ_EARLIER_ROUND,
             ]
         } else if N == 3 {
             &[
