@@ -345,6 +345,15 @@ pub enum Fault {
     },
 }
 
+/// The longest time a plan may name (a day): a plan's run, a fault's start,
+/// length, delay or clock jump. Longer ones come only from crafted files.
+pub const MAX_PLAN_MS: u64 = 24 * 60 * 60 * 1_000;
+
+/// The largest clock drift a plan may name: a clock at half or 1.5 times
+/// the true rate, far past any real oscillator; more only from crafted
+/// files (at -1,000,000 ppm a clock would stop or run backwards).
+pub const MAX_DRIFT_PPM: u64 = 500_000;
+
 /// How late a late message or duplicate may arrive ([`Fault::Network`]'s `late_ms`):
 /// past several protocol timeouts and a lease, so a stale message reaches
 /// a node that has moved on to a later round.
@@ -428,6 +437,69 @@ impl Fault {
                 .collect(),
             Fault::OneWay { from, to, .. } => pairs.filter(|(a, b)| from.contains(a) && to.contains(b)).collect(),
             _ => Vec::new(),
+        }
+    }
+
+    /// Every node the fault names.
+    fn nodes(&self) -> Vec<NodeId> {
+        match self {
+            Fault::Partition { groups, .. } => groups.concat(),
+            Fault::OneWay { from, to, .. } => [from.as_slice(), to].concat(),
+            Fault::Crash { node, .. }
+            | Fault::Pause { node, .. }
+            | Fault::Drift { node, .. }
+            | Fault::Jump { node, .. }
+            | Fault::ClientCrash { node, .. }
+            | Fault::Disk { node, .. } => vec![*node],
+            Fault::Rogue { from, to, .. } => vec![*from, *to],
+            Fault::Slow { links, .. } => links.iter().flat_map(|&(a, b)| [a, b]).collect(),
+            Fault::Aimed { action, .. } => match action {
+                AimedAction::Isolate { from, .. } | AimedAction::Deafen { from, .. } => from.clone(),
+                AimedAction::DelayTo { to, .. } => to.clone(),
+                AimedAction::Pause { .. }
+                | AimedAction::Crash { .. }
+                | AimedAction::CrashOnAppend { .. }
+                | AimedAction::Jump { .. } => vec![],
+            },
+            Fault::Network { .. }
+            | Fault::UnsyncedCrash { .. }
+            | Fault::MomentCrash { .. }
+            | Fault::MomentSplit { .. }
+            | Fault::Isolate { .. }
+            | Fault::Stall { .. } => vec![],
+        }
+    }
+
+    /// Times the fault names beside its start and length: delays, late
+    /// copies, clock jumps, a split's length.
+    fn extra_ms(&self) -> Option<u64> {
+        match self {
+            Fault::Network {
+                max_delay_ms, late_ms, ..
+            } => Some((*max_delay_ms).max(*late_ms)),
+            Fault::Slow { delay_ms, .. } => Some(*delay_ms),
+            Fault::Jump { forward_ms, .. } => Some(*forward_ms),
+            Fault::MomentSplit { split_ms, .. } => Some(*split_ms),
+            Fault::MomentCrash { down_ms, .. } | Fault::UnsyncedCrash { down_ms, .. } => Some(*down_ms),
+            Fault::Aimed { action, .. } => match action {
+                AimedAction::DelayTo { delay_ms, .. } => Some(*delay_ms),
+                AimedAction::Jump { forward_ms } => Some(*forward_ms),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// Every probability the fault carries, by name.
+    fn probabilities(&self) -> Vec<(&'static str, f64)> {
+        match self {
+            Fault::Network {
+                loss, duplicate, delay, ..
+            } => vec![("loss", *loss), ("duplicate", *duplicate), ("delay", *delay)],
+            Fault::UnsyncedCrash { probability, .. }
+            | Fault::MomentCrash { probability, .. }
+            | Fault::MomentSplit { probability, .. } => vec![("probability", *probability)],
+            _ => vec![],
         }
     }
 
@@ -556,6 +628,49 @@ impl FaultPlan {
                 .cloned()
                 .collect(),
         }
+    }
+
+    /// Checks a plan read from a file (a saved or hand-edited case) against
+    /// the run's `nodes`: every node a fault names takes part, every
+    /// probability is one, every time fits in [`MAX_PLAN_MS`]. A crafted
+    /// plan is refused with the fault it is wrong about, instead of
+    /// failing the run as if the protocol had.
+    pub fn validate(&self, nodes: &[NodeId]) -> Result<(), String> {
+        if self.duration_ms > MAX_PLAN_MS {
+            return Err(format!(
+                "the plan lasts {} ms, more than {MAX_PLAN_MS}",
+                self.duration_ms
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.swarm.intensity) {
+            return Err(format!(
+                "swarm intensity {} is not between 0 and 1",
+                self.swarm.intensity
+            ));
+        }
+        for (index, fault) in self.faults.iter().enumerate() {
+            let wrong = |what: String| Err(format!("fault {index} ({fault:?}): {what}"));
+            if let Some(node) = fault.nodes().into_iter().find(|n| !nodes.contains(n)) {
+                return wrong(format!("node {node} is not part of this run (nodes: {nodes:?})"));
+            }
+            if let Some((name, p)) = fault
+                .probabilities()
+                .into_iter()
+                .find(|(_, p)| !(0.0..=1.0).contains(p))
+            {
+                return wrong(format!("{name} {p} is not a probability"));
+            }
+            if let Fault::Drift { ppm, .. } = fault {
+                if ppm.unsigned_abs() > MAX_DRIFT_PPM {
+                    return wrong(format!("a drift of {ppm} ppm is beyond ±{MAX_DRIFT_PPM} (a clock between half and 1.5 times the true rate)"));
+                }
+            }
+            let times = [Some(fault.at_ms()), fault.duration_ms(), fault.extra_ms()];
+            if let Some(ms) = times.into_iter().flatten().find(|&ms| ms > MAX_PLAN_MS) {
+                return wrong(format!("{ms} ms is more than {MAX_PLAN_MS}"));
+            }
+        }
+        Ok(())
     }
 
     /// The plan for `seed`: swarm selection, then faults spread over the run.
@@ -1190,6 +1305,61 @@ mod tests {
             .faults
             .iter()
             .any(|f| matches!(f, Fault::ClientCrash { .. }))));
+    }
+
+    #[test]
+    fn a_crafted_plan_is_refused_with_the_fault_it_is_wrong_about() {
+        let nodes = [1, 2, 3, 100, 101];
+        let plan = |fault: Fault| FaultPlan {
+            faults: vec![fault],
+            ..FaultPlan::calm(5_000)
+        };
+        let refused = |fault: Fault| plan(fault).validate(&nodes).expect_err("refused");
+        assert!(plan(Fault::Pause {
+            at_ms: 10,
+            node: 3,
+            for_ms: 100
+        })
+        .validate(&nodes)
+        .is_ok());
+        let e = refused(Fault::Pause {
+            at_ms: 10,
+            node: 9,
+            for_ms: 100,
+        });
+        assert!(
+            e.contains("fault 0") && e.contains("node 9 is not part of this run"),
+            "{e}"
+        );
+        let e = refused(Fault::UnsyncedCrash {
+            at_ms: 10,
+            for_ms: 100,
+            probability: 1.5,
+            down_ms: 10,
+        });
+        assert!(e.contains("probability 1.5 is not a probability"), "{e}");
+        let e = refused(Fault::Network {
+            at_ms: 10,
+            for_ms: 100,
+            loss: f64::NAN,
+            duplicate: 0.0,
+            delay: 0.0,
+            max_delay_ms: 0,
+            late_ms: 0,
+        });
+        assert!(e.contains("loss NaN"), "{e}");
+        let e = refused(Fault::Stall {
+            at_ms: u64::MAX,
+            for_ms: 100,
+            moment: "lead".into(),
+        });
+        assert!(e.contains("more than"), "{e}");
+        let e = refused(Fault::Drift {
+            at_ms: 10,
+            node: 1,
+            ppm: -1_000_000,
+        });
+        assert!(e.contains("-1000000 ppm"), "{e}");
     }
 
     #[test]

@@ -157,6 +157,12 @@ pub fn validate_for(scenario: &dyn DynScenario, case: &Case) -> Result<(), Strin
             case.workload.clients
         ));
     }
+    if let Some(plan) = &case.plan {
+        let mut nodes = crate::scenario::server_ids(case.servers);
+        nodes.push(crate::scenario::PROBE_ID);
+        nodes.extend(scenario.client_ids(case.workload.clients));
+        plan.validate(&nodes)?;
+    }
     Ok(())
 }
 
