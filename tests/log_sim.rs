@@ -229,3 +229,41 @@ fn crash_storm_catch_rates() {
         }
     }
 }
+
+/// A plan of one stall, aimed at the node that last reached `moment`.
+fn stall_case(moment: &str) -> Case {
+    let scenario = log_scenario("log");
+    Case {
+        plan: Some(FaultPlan {
+            duration_ms: 3_000,
+            swarm: Swarm {
+                enabled: vec![],
+                intensity: 1.0,
+            },
+            faults: vec![Fault::Stall {
+                at_ms: 1_000,
+                for_ms: 800,
+                moment: moment.to_string(),
+            }],
+        }),
+        ..scenarios::default_case(scenario, 1, None)
+    }
+}
+
+/// A stall pauses the newest leader (by the moment the log reports when a
+/// replica wins), and strikes no one while no node reached its moment.
+#[test]
+fn a_stall_pauses_the_node_that_last_reached_its_moment() {
+    let scenario = log_scenario("log");
+    let pauses = |moment: &str| {
+        let outcome = run_isolated(scenario, &stall_case(moment), RunOptions::default());
+        assert!(outcome.violations.is_empty(), "{:?}", outcome.violations);
+        outcome
+            .fired
+            .get(&ringfence_sim::plan::FaultKind::Pause)
+            .copied()
+            .unwrap_or(0)
+    };
+    assert_eq!(pauses("lead"), 1);
+    assert_eq!(pauses("no-replica-reports-this"), 0);
+}

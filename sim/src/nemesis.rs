@@ -457,7 +457,13 @@ impl Nemesis {
                 self.note(Phase::Start, FaultKind::Partition, Some(index), endpoints(&links), text);
             }
             Fault::Stall { moment, for_ms, .. } => {
-                let Some(node) = self.world.lock().last_up_at(moment) else {
+                // A node already paused stays under the pause that has it,
+                // which this stall's end must not cut short.
+                let target = {
+                    let mut w = self.world.lock();
+                    w.last_up_at(moment).filter(|&node| !w.node(node).paused)
+                };
+                let Some(node) = target else {
                     return;
                 };
                 tracing::info!(target: "nemesis", "stall node {node}, the last to reach {moment}");
