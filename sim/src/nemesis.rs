@@ -299,32 +299,7 @@ impl Nemesis {
                 self.crash(*node, DiskLoss::LoseUnsynced, index, FaultKind::ClientCrash, "");
             }
             Fault::Pause { node, .. } => {
-                let off = {
-                    let mut w = self.world.lock();
-                    let off = w.effect_off(FaultKind::Pause);
-                    let state = w.node(*node);
-                    if state.down || state.paused {
-                        return;
-                    }
-                    state.paused = true;
-                    off
-                };
-                // The pause's effect, checked at the resume: a task spawned
-                // on the node now must not have run by then.
-                let ran = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-                self.heartbeats.insert(*node, ran.clone());
-                let spawner = self.handle.get_node(self.madsim_id(*node)).expect("node exists");
-                spawner.spawn(async move { ran.store(true, std::sync::atomic::Ordering::Relaxed) });
-                if !off {
-                    self.handle.pause(self.madsim_id(*node));
-                }
-                self.note(
-                    Phase::Start,
-                    FaultKind::Pause,
-                    Some(index),
-                    vec![*node],
-                    format!("pause node {node}"),
-                );
+                self.pause(index, *node, format!("pause node {node}"));
             }
             Fault::Network {
                 loss,
@@ -456,26 +431,15 @@ impl Nemesis {
                 let text = format!("isolate node {node}, the last to reach {moment}");
                 self.note(Phase::Start, FaultKind::Partition, Some(index), endpoints(&links), text);
             }
-            Fault::Stall { moment, for_ms, .. } => {
-                // A node already paused stays under the pause that has it,
-                // which this stall's end must not cut short.
-                let target = {
-                    let mut w = self.world.lock();
-                    w.last_up_at(moment).filter(|&node| !w.node(node).paused)
-                };
-                let Some(node) = target else {
+            Fault::Stall { moment, .. } => {
+                let Some(node) = self.world.lock().last_up_at(moment) else {
                     return;
                 };
-                tracing::info!(target: "nemesis", "stall node {node}, the last to reach {moment}");
-                self.stalled.insert(index, node);
-                self.start(
-                    index,
-                    &Fault::Pause {
-                        at_ms: 0,
-                        node,
-                        for_ms: *for_ms,
-                    },
-                );
+                // A node already paused stays under the pause that has it,
+                // which this stall's end must not cut short.
+                if self.pause(index, node, format!("stall node {node}, the last to reach {moment}")) {
+                    self.stalled.insert(index, node);
+                }
             }
         }
     }
@@ -745,6 +709,32 @@ impl Nemesis {
         self.active_network = None;
         tracing::info!(target: "nemesis", "heal: all faults end");
         self.world.lock().event(TraceEvent::Heal);
+    }
+
+    /// Pauses `node` for plan fault `index`, unless it is down or paused
+    /// already; whether it did.
+    fn pause(&mut self, index: usize, node: NodeId, text: String) -> bool {
+        let off = {
+            let mut w = self.world.lock();
+            let off = w.effect_off(FaultKind::Pause);
+            let state = w.node(node);
+            if state.down || state.paused {
+                return false;
+            }
+            state.paused = true;
+            off
+        };
+        // The pause's effect, checked at the resume: a task spawned on the
+        // node now must not have run by then.
+        let ran = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        self.heartbeats.insert(node, ran.clone());
+        let spawner = self.handle.get_node(self.madsim_id(node)).expect("node exists");
+        spawner.spawn(async move { ran.store(true, std::sync::atomic::Ordering::Relaxed) });
+        if !off {
+            self.handle.pause(self.madsim_id(node));
+        }
+        self.note(Phase::Start, FaultKind::Pause, Some(index), vec![node], text);
+        true
     }
 
     /// Heals the split moment-split fault `index` set off; its window, if

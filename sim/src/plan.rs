@@ -1315,18 +1315,13 @@ mod tests {
             ..FaultPlan::calm(5_000)
         };
         let refused = |fault: Fault| plan(fault).validate(&nodes).expect_err("refused");
-        assert!(plan(Fault::Pause {
+        let pause = |node| Fault::Pause {
             at_ms: 10,
-            node: 3,
-            for_ms: 100
-        })
-        .validate(&nodes)
-        .is_ok());
-        let e = refused(Fault::Pause {
-            at_ms: 10,
-            node: 9,
+            node,
             for_ms: 100,
-        });
+        };
+        assert!(plan(pause(3)).validate(&nodes).is_ok());
+        let e = refused(pause(9));
         assert!(
             e.contains("fault 0") && e.contains("node 9 is not part of this run"),
             "{e}"

@@ -19,6 +19,7 @@
 //!   cannot do.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound::{Excluded, Unbounded};
 
 use super::Violation;
 use crate::env::NodeId;
@@ -97,7 +98,8 @@ impl Replicas {
                 )
             }
             Event::ReadArrived { term, round } => {
-                if self.leaders.range(term + 1..).next().is_some() {
+                // Excluded, not `term + 1`: a term of `u64::MAX` is judged too.
+                if self.leaders.range((Excluded(*term), Unbounded)).next().is_some() {
                     self.deposed_reads.insert((node, *term, *round));
                 }
             }
@@ -212,6 +214,24 @@ mod tests {
             invariant(r.observe(1, &Event::ReadServed { term: 1, round: 5 })),
             "read-by-deposed-leader"
         );
+        // The last term there is (a forged or wrapped one) has no later.
+        r.observe(3, &Event::Leader { term: Term::MAX }).unwrap();
+        r.observe(
+            3,
+            &Event::ReadArrived {
+                term: Term::MAX,
+                round: 1,
+            },
+        )
+        .unwrap();
+        r.observe(
+            3,
+            &Event::ReadServed {
+                term: Term::MAX,
+                round: 1,
+            },
+        )
+        .unwrap();
     }
 
     #[test]

@@ -526,31 +526,28 @@ pub const LOAD_RETAIN_FINISHED: usize = 16;
 /// Log entries between the replicated coordinator's snapshots under load.
 pub const LOAD_SNAPSHOT_EVERY: u64 = 64;
 
+impl<const C: u32, const LOAD: u32, const CHANGES: bool, const MOVES: bool> Bank<C, LOAD, CHANGES, MOVES> {
+    /// The scenario's name and description, by mode.
+    const NAME_ABOUT: (&'static str, &'static str) = match (C, LOAD, CHANGES) {
+        (_, _, true) if MOVES => ("txn-members-moves", "accounts moving between 3 shards while the replicated coordinator's members change under them (5 replicas, 3 founders, a replica may lose its disk): two operators, one of each kind, on one bank"),
+        (1, _, _) if MOVES => ("txn-moves", "bank on classic two-phase commit over 3 shards while an operator moves accounts between them by ring changes (a directory of 3 servers holds the views): atomic, durable, conserved across moves"),
+        _ if MOVES => ("txn-replicated-moves", "txn-moves with the coordinator replicated on the log (3 replicas): a drain never waits for a coordinator to restart"),
+        (_, _, true) => ("txn-replicated-members", "txn-replicated over 5 coordinator replicas, 3 of which found the group, while an operator adds, promotes, removes and replaces them and a replica may lose its disk: atomic, durable, conserved, every final member caught up"),
+        (1, _, _) => ("txn", "bank on classic two-phase commit: transfers and audits over 3 shards + 1 coordinator; atomic, durable, conserved"),
+        (_, 1, _) => ("txn-replicated", "bank on two-phase commit with the coordinator replicated on the log (3 replicas) over 3 shards; no single crash blocks"),
+        _ => ("txn-replicated-load", "txn-replicated with 4x the clients, a small retained window and frequent log snapshots: forgetting and compaction under load"),
+    };
+}
+
 impl<const C: u32, const LOAD: u32, const CHANGES: bool, const MOVES: bool> Scenario for Bank<C, LOAD, CHANGES, MOVES> {
     type Op = BankOp;
 
     const SPEC: Spec = Spec {
-        name: match (C, LOAD, CHANGES) {
-            (_, _, true) if MOVES => "txn-members-moves",
-            (1, _, _) if MOVES => "txn-moves",
-            _ if MOVES => "txn-replicated-moves",
-            (_, _, true) => "txn-replicated-members",
-            (1, _, _) => "txn",
-            (_, 1, _) => "txn-replicated",
-            _ => "txn-replicated-load",
-        },
-        about: match (C, LOAD, CHANGES) {
-            (_, _, true) if MOVES => "accounts moving between 3 shards while the replicated coordinator's members change under them (5 replicas, 3 founders, a replica may lose its disk): two operators, one of each kind, on one bank",
-            (1, _, _) if MOVES => "bank on classic two-phase commit over 3 shards while an operator moves accounts between them by ring changes (a directory of 3 servers holds the views): atomic, durable, conserved across moves",
-            _ if MOVES => "txn-moves with the coordinator replicated on the log (3 replicas): a drain never waits for a coordinator to restart",
-            (_, _, true) => "txn-replicated over 5 coordinator replicas, 3 of which found the group, while an operator adds, promotes, removes and replaces them and a replica may lose its disk: atomic, durable, conserved, every final member caught up",
-            (1, _, _) => "bank on classic two-phase commit: transfers and audits over 3 shards + 1 coordinator; atomic, durable, conserved",
-            (_, 1, _) => "bank on two-phase commit with the coordinator replicated on the log (3 replicas) over 3 shards; no single crash blocks",
-            _ => "txn-replicated with 4x the clients, a small retained window and frequent log snapshots: forgetting and compaction under load",
-        },
+        name: Self::NAME_ABOUT.0,
+        about: Self::NAME_ABOUT.1,
         bugs: if MOVES && CHANGES {
-        // Each is swept where it is caught alone: txn-moves and
-        // txn-replicated-members.
+            // Each is swept where it is caught alone: txn-moves and
+            // txn-replicated-members.
             &[]
         } else if MOVES {
             &[SHIP_BEFORE_DRAINED, INSTALL_BEFORE_FENCE, SERVE_AFTER_FENCE]
