@@ -52,6 +52,7 @@
 //! and `docs/library.md` sets them beside etcd-client and hashring.
 
 pub mod check;
+pub mod effects;
 pub mod env;
 pub mod history;
 pub mod lock;

@@ -12,7 +12,7 @@ use ringfence::real::RealEnv;
 use ringfence::txn::bank::{account_key, audit, decode_balance, encode_balance, transfer, INITIAL};
 use ringfence::txn::client::RunError;
 use ringfence::txn::replicated::{Command, CoordMachine};
-use ringfence::txn::{AbortReason, Msg, Outcome};
+use ringfence::txn::{AbortReason, CoordMsg, Msg, Outcome};
 
 const ACCOUNTS: u32 = 3;
 const TRANSFERS: u32 = 9;
@@ -93,7 +93,7 @@ async fn forged_coordinator_log_commands_are_dropped() {
             seq,
             command,
         };
-        codec::encode(&Msg::Log(codec::encode(&wire).unwrap())).unwrap()
+        codec::encode(&Msg::Coord(CoordMsg::Log(codec::encode(&wire).unwrap()))).unwrap()
     };
 
     let mut client = cluster.txn_client();

@@ -20,42 +20,16 @@ use super::types::{
     ClientId, Entry, Event, Index, Message, Outcome, Payload, Record, Reject, RequestId, Response, Term, Wire,
 };
 use super::{Config, LogBug, MAX_COMMAND_BYTES, MAX_INDEX, MAX_TERM_STEP};
+use crate::effects::{Core, Effects};
 use crate::env::codec::{self, CodecError};
 use crate::env::NodeId;
 
 /// The message type of a replica running `S`.
 pub type WireOf<S> = Wire<<S as StateMachine>::Command, <S as StateMachine>::Query, <S as StateMachine>::Output>;
 
-/// What a handler asks its engine to do, in this order: persist
-/// (`rewrite`, or `append` then `sync` if `sync`), then send `messages`.
-#[derive(Debug)]
-pub struct Output<S: StateMachine> {
-    /// Encoded [`Record`]s to append.
-    pub append: Vec<Vec<u8>>,
-    /// When set, replaces the whole durable log (it includes everything in
-    /// `append`, which is then empty). Durable when `Env::rewrite` returns.
-    pub rewrite: Option<Vec<Vec<u8>>>,
-    /// Sync the appended records before sending any message.
-    pub sync: bool,
-    /// Messages to send, each to its member, only once the records are
-    /// durable: they may promise what was persisted.
-    pub messages: Vec<(NodeId, WireOf<S>)>,
-    /// What happened, for the engine to pass to observers (tests, the
-    /// simulator's checkers); no effect on the protocol.
-    pub events: Vec<Event>,
-}
-
-impl<S: StateMachine> Default for Output<S> {
-    fn default() -> Self {
-        Output {
-            append: Vec::new(),
-            rewrite: None,
-            sync: false,
-            messages: Vec::new(),
-            events: Vec::new(),
-        }
-    }
-}
+/// What a replica's handler asks its engine to do: the one effect type of
+/// every core ([`Effects`]), carrying this replica's messages and events.
+pub type Output<S> = Effects<WireOf<S>, Event>;
 
 /// A replica's role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -429,7 +403,7 @@ impl<S: StateMachine> Raft<S> {
             reported_leader_term: 0,
             rewrite_pending: false,
             replicate_pending: false,
-            out: Output::default(),
+            out: Effects::default(),
         };
         if records.is_empty() {
             raft.initialize(boot);
@@ -2283,5 +2257,25 @@ impl<S: StateMachine> Raft<S> {
         self.out
             .messages
             .push((to, Wire::Response(Response { client, id, outcome })));
+    }
+}
+
+/// The replica as every engine sees a core; the log's engine hands it a
+/// whole round at once ([`Raft::on_messages`]).
+impl<S: StateMachine> Core for Raft<S> {
+    type In = WireOf<S>;
+    type Out = WireOf<S>;
+    type Event = Event;
+
+    fn on_message(&mut self, now: Duration, from: NodeId, msg: WireOf<S>) -> Output<S> {
+        Raft::on_message(self, now, from, msg)
+    }
+
+    fn on_tick(&mut self, now: Duration) -> Output<S> {
+        Raft::on_tick(self, now)
+    }
+
+    fn next_deadline(&self) -> Duration {
+        Raft::next_deadline(self)
     }
 }

@@ -49,25 +49,14 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::membership::Boot;
-use super::raft::{Output, Raft, RecoverError, Role, WireOf};
+use super::raft::{Output, Raft, Role, WireOf};
 use super::state_machine::StateMachine;
 use super::types::{ClientId, Event, Term, Wire};
 use super::Config;
-use crate::env::{codec, Env, EnvError, NodeId};
+pub use crate::effects::NodeError;
+use crate::effects::{self, send};
+use crate::env::{codec, Env, NodeId};
 use crate::observe::Observer;
-
-/// Why a replica stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum NodeError {
-    /// The durable records do not rebuild a valid replica: it refuses to
-    /// start rather than run on a log it cannot trust.
-    #[error("recovery failed: {0}")]
-    Recover(#[from] RecoverError),
-    /// Storage failed: the replica stops rather than acknowledge anything
-    /// that might not be durable.
-    #[error("storage failed: {0}")]
-    Storage(#[from] EnvError),
-}
 
 /// What a service adds to a replica of the log. Every handler gets the
 /// replica read-only (role, term, leader, applied state) and pushes its
@@ -286,7 +275,8 @@ impl<'e, E: Env, C: Companion> Engine<'e, E, C> {
         observer: Arc<dyn Observer<Event>>,
     ) -> Result<Self, NodeError> {
         let records = companion.recover(records);
-        let raft = Raft::recover(env.id(), &members, boot, config, env.rng(), &records, env.now())?;
+        let raft = Raft::recover(env.id(), &members, boot, config, env.rng(), &records, env.now())
+            .map_err(NodeError::recover)?;
         tracing::debug!(
             node = env.id(),
             term = raft.term(),
@@ -366,15 +356,8 @@ impl<'e, E: Env, C: Companion> Engine<'e, E, C> {
     async fn carry_out(&mut self, mut output: Output<C::Machine>) -> Result<(), NodeError> {
         let me = self.env.id();
         output.messages.retain(|(to, _)| *to != me);
-        let events = std::mem::take(&mut output.events);
+        let events = effects::carry_out(self.env, output, &*self.observer, C::wrap).await?;
         let now = self.env.now();
-        for event in &events {
-            self.observer.observe(me, now, event);
-        }
-        persist(self.env, &output).await?;
-        for (to, msg) in output.messages {
-            send(self.env, to, &C::wrap(msg)).await;
-        }
         let leading = (self.raft.role() == Role::Leader).then(|| self.raft.term());
         if leading != self.leading {
             self.leading = leading;
@@ -383,35 +366,6 @@ impl<'e, E: Env, C: Companion> Engine<'e, E, C> {
         }
         self.companion.on_events(now, &events, &self.raft, &mut self.out);
         Ok(())
-    }
-}
-
-/// Persists one output: rewrite, or append and sync if asked.
-async fn persist<E: Env, S: StateMachine>(env: &E, output: &Output<S>) -> Result<(), EnvError> {
-    if let Some(records) = &output.rewrite {
-        env.rewrite(records).await
-    } else {
-        for record in &output.append {
-            env.append(record)?;
-        }
-        if output.sync {
-            env.sync().await?;
-        }
-        Ok(())
-    }
-}
-
-/// Sends one message; a failed send is a lost message, which every
-/// protocol here tolerates.
-async fn send<E: Env, W: Serialize>(env: &E, to: NodeId, msg: &W) {
-    match codec::encode(msg) {
-        Ok(bytes) => {
-            if let Err(error) = env.send(to, bytes).await {
-                tracing::debug!(node = env.id(), to, %error, "send failed");
-            }
-        }
-        // Limits on commands, snapshots and answers make this unreachable.
-        Err(error) => panic!("a replica produced an unencodable message: {error}"),
     }
 }
 

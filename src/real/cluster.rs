@@ -698,8 +698,8 @@ pub enum RunError {
     Directory(NodeError),
     #[error("transaction coordinator: {0}")]
     Coordinator(NodeError),
-    #[error("shard stopped")]
-    Shard,
+    #[error("shard: {0}")]
+    Shard(NodeError),
 }
 
 /// A fresh random cluster id (16 hex digits).
@@ -819,7 +819,7 @@ pub async fn run_node(
                         && (SHARD_ID_BASE + id != config.shards()[0] || shard_joined.exists()),
                     ..Default::default()
                 };
-                shell::run_participant(env.clone(), shard_config, Arc::new(Ignore)).await;
+                shell::run_participant(env.clone(), shard_config, Arc::new(Ignore)).await
             }
             None => std::future::pending().await,
         }
@@ -866,7 +866,7 @@ pub async fn run_node(
     let result = tokio::select! {
         result = lock => result.map_err(RunError::Lock),
         result = coordinator => result.map_err(RunError::Coordinator),
-        () = shard => Err(RunError::Shard),
+        result = shard => result.map_err(RunError::Shard),
         result = sharded_services => result,
         () = watch => unreachable!("the watch never ends"),
     };

@@ -8,7 +8,7 @@ use proptest::prelude::*;
 
 use super::coordinator::{Coordinator, CoordinatorConfig};
 use super::participant::{Participant, ParticipantConfig};
-use super::{Decision, Knowledge, Msg, Step, TxnEvent, TxnId};
+use super::{CoordMsg, Decision, Knowledge, Msg, Output, ReplyMsg, ShardMsg, TxnEvent, TxnId};
 use crate::env::NodeId;
 
 /// The coordinator the shards under test know.
@@ -27,15 +27,12 @@ fn decision() -> impl Strategy<Value = Decision> {
     prop_oneof![Just(Decision::Commit), Just(Decision::Abort)]
 }
 
-fn msg() -> impl Strategy<Value = Msg> {
+/// Any message a shard handles, from anyone.
+fn shard_msg() -> impl Strategy<Value = ShardMsg> {
     let key = prop::sample::select(vec!["a".to_string(), "b".to_string()]);
     prop_oneof![
-        any::<u64>().prop_map(|request| Msg::Begin { request }),
-        (txn_id(), prop::collection::vec((node(), any::<u64>()), 0..4))
-            .prop_map(|(txn, participants)| Msg::Commit { txn, participants }),
-        txn_id().prop_map(|txn| Msg::Status { txn }),
         (txn_id(), any::<u64>(), key.clone(), prop::option::of(any::<u64>())).prop_map(|(txn, request, key, epoch)| {
-            Msg::Get {
+            ShardMsg::Get {
                 txn,
                 request,
                 key,
@@ -43,7 +40,7 @@ fn msg() -> impl Strategy<Value = Msg> {
             }
         }),
         (txn_id(), any::<u64>(), key, any::<u8>(), prop::option::of(0..4u64)).prop_map(
-            |(txn, request, key, v, epoch)| Msg::Put {
+            |(txn, request, key, v, epoch)| ShardMsg::Put {
                 txn,
                 request,
                 key,
@@ -51,7 +48,7 @@ fn msg() -> impl Strategy<Value = Msg> {
                 epoch
             }
         ),
-        txn_id().prop_map(|txn| Msg::Abort { txn }),
+        txn_id().prop_map(|txn| ShardMsg::Abort { txn }),
         (
             txn_id(),
             node(),
@@ -59,22 +56,32 @@ fn msg() -> impl Strategy<Value = Msg> {
             prop::collection::vec(node(), 0..4),
             prop::collection::vec(node(), 0..3)
         )
-            .prop_map(|(txn, client, epoch, participants, coordinators)| Msg::Prepare {
+            .prop_map(|(txn, client, epoch, participants, coordinators)| ShardMsg::Prepare {
                 txn,
                 client,
                 epoch,
                 participants,
                 coordinators
             }),
-        (txn_id(), decision()).prop_map(|(txn, decision)| Msg::Decide { txn, decision }),
-        (txn_id(), any::<bool>()).prop_map(|(txn, yes)| Msg::Vote { txn, yes }),
-        txn_id().prop_map(|txn| Msg::Ack { txn }),
-        txn_id().prop_map(|txn| Msg::Query { txn }),
-        (txn_id(), prop::option::of(decision())).prop_map(|(txn, d)| Msg::Known {
+        (txn_id(), decision()).prop_map(|(txn, decision)| ShardMsg::Decide { txn, decision }),
+        (txn_id(), prop::option::of(decision())).prop_map(|(txn, d)| ShardMsg::Known {
             txn,
             knowledge: d.map_or(Knowledge::Uncertain, Knowledge::Decided),
         }),
-        prop::collection::vec(any::<u8>(), 0..16).prop_map(Msg::Log),
+    ]
+}
+
+/// Any message a coordinator handles, from anyone.
+fn coord_msg() -> impl Strategy<Value = CoordMsg> {
+    prop_oneof![
+        any::<u64>().prop_map(|request| CoordMsg::Begin { request }),
+        (txn_id(), prop::collection::vec((node(), any::<u64>()), 0..4))
+            .prop_map(|(txn, participants)| CoordMsg::Commit { txn, participants }),
+        txn_id().prop_map(|txn| CoordMsg::Status { txn }),
+        (txn_id(), any::<bool>()).prop_map(|(txn, yes)| CoordMsg::Vote { txn, yes }),
+        txn_id().prop_map(|txn| CoordMsg::Ack { txn }),
+        txn_id().prop_map(|txn| CoordMsg::Query { txn }),
+        prop::collection::vec(any::<u8>(), 0..16).prop_map(CoordMsg::Log),
     ]
 }
 
@@ -91,7 +98,7 @@ fn shard() -> Participant {
 /// Prepares transaction 7 (writing `a`) at `p` through coordinator `C`.
 fn prepare_seven(p: &mut Participant) {
     let epoch = p.epoch();
-    let put = Msg::Put {
+    let put = ShardMsg::Put {
         txn: 7,
         request: 1,
         key: "a".into(),
@@ -99,7 +106,7 @@ fn prepare_seven(p: &mut Participant) {
         epoch: None,
     };
     p.on_message(Duration::ZERO, CLIENT, put);
-    let prepare = Msg::Prepare {
+    let prepare = ShardMsg::Prepare {
         txn: 7,
         client: CLIENT,
         epoch,
@@ -110,12 +117,12 @@ fn prepare_seven(p: &mut Participant) {
     assert_eq!(p.prepared(), vec![7]);
 }
 
-/// Whether `steps` decide transaction 7 at the shard.
-fn decides_seven(steps: &[Step<super::participant::Record>]) -> bool {
-    steps.iter().any(|s| {
+/// Whether `out` decides transaction 7 at the shard.
+fn decides_seven(out: &Output) -> bool {
+    out.events.iter().any(|e| {
         matches!(
-            s,
-            Step::Event(TxnEvent::Applied { txn: 7, .. } | TxnEvent::CommitUnprepared { txn: 7 })
+            e,
+            TxnEvent::Applied { txn: 7, .. } | TxnEvent::CommitUnprepared { txn: 7 }
         )
     })
 }
@@ -124,7 +131,7 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     #[test]
-    fn a_participant_survives_any_message(msgs in prop::collection::vec((node(), msg(), 0..300u64), 1..60)) {
+    fn a_participant_survives_any_message(msgs in prop::collection::vec((node(), shard_msg(), 0..300u64), 1..60)) {
         let mut p = shard();
         let mut now = Duration::ZERO;
         for (from, msg, ms) in msgs {
@@ -138,7 +145,7 @@ proptest! {
     /// transaction.
     #[test]
     fn outsiders_never_decide_a_prepared_transaction(
-        msgs in prop::collection::vec((node().prop_filter("not a coordinator or peer", |&n| n != C && n != 1000), msg()), 1..60)
+        msgs in prop::collection::vec((node().prop_filter("not a coordinator or peer", |&n| n != C && n != 1000), shard_msg()), 1..60)
     ) {
         let mut p = shard();
         prepare_seven(&mut p);
@@ -150,7 +157,7 @@ proptest! {
     }
 
     #[test]
-    fn a_coordinator_survives_any_message(msgs in prop::collection::vec((node(), msg(), 0..300u64), 1..60)) {
+    fn a_coordinator_survives_any_message(msgs in prop::collection::vec((node(), coord_msg(), 0..300u64), 1..60)) {
         let (mut c, _) = Coordinator::recover(C, &[], Duration::ZERO, CoordinatorConfig::default()).expect("empty log");
         let mut now = Duration::ZERO;
         for (from, msg, ms) in msgs {
@@ -166,16 +173,16 @@ fn a_decision_from_a_client_is_refused() {
     let mut p = shard();
     prepare_seven(&mut p);
     for decision in [Decision::Commit, Decision::Abort] {
-        let steps = p.on_message(Duration::ZERO, CLIENT, Msg::Decide { txn: 7, decision });
+        let steps = p.on_message(Duration::ZERO, CLIENT, ShardMsg::Decide { txn: 7, decision });
         assert!(!decides_seven(&steps));
-        let known = Msg::Known {
+        let known = ShardMsg::Known {
             txn: 7,
             knowledge: Knowledge::Decided(decision),
         };
         assert!(!decides_seven(&p.on_message(Duration::ZERO, CLIENT, known)));
     }
     assert_eq!(p.prepared(), vec![7]);
-    let commit = Msg::Decide {
+    let commit = ShardMsg::Decide {
         txn: 7,
         decision: Decision::Commit,
     };
@@ -200,7 +207,7 @@ mod leader_logic {
         #[test]
         fn a_driver_survives_any_message_at_any_term(
             term in prop_oneof![0..8u64, (1u64 << 31)..(1u64 << 33), any::<u64>()],
-            msgs in prop::collection::vec((node(), msg(), any::<bool>()), 1..40),
+            msgs in prop::collection::vec((node(), coord_msg(), any::<bool>()), 1..40),
         ) {
             let machine = CoordMachine::default();
             let mut d = CoordLeader::new(C, vec![C, 2, 3], ReplicatedConfig::default());
@@ -209,8 +216,8 @@ mod leader_logic {
                 now += Duration::from_millis(20);
                 let view = View { leading: leads.then_some(term), leader: Some(C), machine: &machine };
                 let fx = d.on_message(now, from, msg, &view);
-                for step in &fx.steps {
-                    if let Step::Send(_, Msg::Began { txn, .. }) = step {
+                for (_, msg) in &fx.out.messages {
+                    if let Msg::Reply(ReplyMsg::Began { txn, .. }) = msg {
                         prop_assert_eq!(txn >> 32, term, "ids carry the term");
                     }
                 }

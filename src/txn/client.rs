@@ -22,7 +22,7 @@ use std::time::Duration;
 use rand::Rng;
 
 use super::placement::{DirectoryRouting, ShardMap};
-use super::{AbortReason, Msg, Outcome, TxnId, Value};
+use super::{AbortReason, CoordMsg, Msg, Outcome, ReplyMsg, ShardMsg, TxnId, Value};
 use crate::env::{codec, timeout, Env, NodeId};
 
 /// Why an operation did not complete.
@@ -265,7 +265,7 @@ impl<E: Env> TxnClient<E> {
     ) -> Result<T, TxnError> {
         let bytes = codec::encode(request).expect("requests encode");
         let accept = |m: Msg| match m {
-            Msg::Redirect { leader } => Some(Err(leader)),
+            Msg::Reply(ReplyMsg::Redirect { leader }) => Some(Err(leader)),
             m => accept(m).map(Ok),
         };
         for _ in 0..attempts {
@@ -298,10 +298,14 @@ impl<E: Env> TxnClient<E> {
         self.refresh_routing().await;
         let request = self.request_id();
         let txn = self
-            .call_coordinator(&Msg::Begin { request }, self.config.op_attempts, |m| match m {
-                Msg::Began { request: r, txn } if r == request => Some(txn),
-                _ => None,
-            })
+            .call_coordinator(
+                &Msg::Coord(CoordMsg::Begin { request }),
+                self.config.op_attempts,
+                |m| match m {
+                    Msg::Reply(ReplyMsg::Began { request: r, txn }) if r == request => Some(txn),
+                    _ => None,
+                },
+            )
             .await?;
         Ok(Txn {
             id: txn,
@@ -326,29 +330,29 @@ impl<E: Env> TxnClient<E> {
         let epoch = *txn.shards.entry(shard).or_insert(None);
         let request = self.request_id();
         let msg = match put {
-            Some(value) => Msg::Put {
+            Some(value) => Msg::Shard(ShardMsg::Put {
                 txn: txn.id,
                 request,
                 key: key.to_string(),
                 value,
                 epoch,
-            },
-            None => Msg::Get {
+            }),
+            None => Msg::Shard(ShardMsg::Get {
                 txn: txn.id,
                 request,
                 key: key.to_string(),
                 epoch,
-            },
+            }),
         };
         let id = txn.id;
         let reply = self
             .call(shard, &msg, self.config.op_attempts, |m| match m {
-                Msg::OpReply {
+                Msg::Reply(ReplyMsg::OpReply {
                     txn: t,
                     request: r,
                     epoch,
                     result,
-                } if t == id && r == request => Some((epoch, result)),
+                }) if t == id && r == request => Some((epoch, result)),
                 _ => None,
             })
             .await;
@@ -377,7 +381,7 @@ impl<E: Env> TxnClient<E> {
     /// answers an abort: a process about to exit flushes its messages
     /// first (`RealEnv::flush`), or the abort may leave with it.
     pub async fn abort(&mut self, txn: Txn) {
-        let bytes = codec::encode(&Msg::Abort { txn: txn.id }).expect("encodes");
+        let bytes = codec::encode(&Msg::Shard(ShardMsg::Abort { txn: txn.id })).expect("encodes");
         for shard in txn.shards.keys() {
             let _ = self.env.send(*shard, bytes.clone()).await;
         }
@@ -392,10 +396,10 @@ impl<E: Env> TxnClient<E> {
             self.abort(txn).await;
             return Ok(Outcome::Aborted(AbortReason::ClientAbort));
         };
-        let msg = Msg::Commit {
+        let msg = Msg::Coord(CoordMsg::Commit {
             txn: txn.id,
             participants,
-        };
+        });
         self.ask(txn.id, msg).await
     }
 
@@ -403,7 +407,7 @@ impl<E: Env> TxnClient<E> {
     /// Asking never commits anything: the coordinator answers from its log
     /// or memory, or presumes abort (and then never commits it).
     pub async fn outcome(&mut self, txn: TxnId) -> Result<Outcome, TxnError> {
-        self.ask(txn, Msg::Status { txn }).await
+        self.ask(txn, Msg::Coord(CoordMsg::Status { txn })).await
     }
 
     /// Runs `body` in a transaction and commits it, starting over after
@@ -509,8 +513,8 @@ impl<E: Env> TxnClient<E> {
 
     async fn ask(&mut self, txn: TxnId, msg: Msg) -> Result<Outcome, TxnError> {
         self.call_coordinator(&msg, self.config.commit_attempts, |m| match m {
-            Msg::Outcome { txn: t, outcome } if t == txn => Some(Ok(outcome)),
-            Msg::Forgotten { txn: t } if t == txn => Some(Err(TxnError::Forgotten { txn })),
+            Msg::Reply(ReplyMsg::Outcome { txn: t, outcome }) if t == txn => Some(Ok(outcome)),
+            Msg::Reply(ReplyMsg::Forgotten { txn: t }) if t == txn => Some(Err(TxnError::Forgotten { txn })),
             _ => None,
         })
         .await?

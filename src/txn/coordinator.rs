@@ -1,9 +1,9 @@
 //! The coordinator: presumed-abort two-phase commit, as a sans-io core.
 //!
-//! - **Ids.** [`Msg::Begin`] gets a fresh id `epoch << 32 | seq`, where the
+//! - **Ids.** [`Msg::Coord(CoordMsg::Begin)`] gets a fresh id `epoch << 32 | seq`, where the
 //!   epoch counts the coordinator's boots (a synced boot record each). An id
 //!   from an earlier epoch that the log does not know was never committed.
-//! - **Prepare.** [`Msg::Commit`] from the client names the participants
+//! - **Prepare.** [`Msg::Coord(CoordMsg::Commit)`] from the client names the participants
 //!   (with the shard epoch each reported); the coordinator sends `Prepare`
 //!   and re-sends it to silent shards until `prepare_timeout`, then aborts.
 //! - **Decide.** Any no vote aborts. All yes: the commit record is appended
@@ -28,7 +28,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::phases::{announce, too_many, Delivery, Ids, Round, Tally, Waiters, MAX_PARTICIPANTS};
-use super::{epoch_of, AbortReason, Decision, Msg, Outcome, Step, TxnBug, TxnEvent, TxnId};
+use super::{
+    epoch_of, AbortReason, CoordMsg, Decision, Msg, Outcome, Output, ReplyMsg, ShardMsg, TxnBug, TxnEvent, TxnId,
+};
 use crate::env::{codec, NodeId};
 
 /// What the coordinator writes to its log.
@@ -85,8 +87,6 @@ enum State {
     Aborted { reason: AbortReason },
 }
 
-type Steps = Vec<Step<Record>>;
-
 /// The coordinator's protocol state. Rebuilt by [`Coordinator::recover`].
 #[derive(Debug)]
 pub struct Coordinator {
@@ -124,15 +124,15 @@ pub enum RecoverError {
 }
 
 impl Coordinator {
-    /// Rebuilds the coordinator from its log. The returned steps (a synced
-    /// boot record, then the re-sent commit decisions) must run before it
-    /// serves anything.
+    /// Rebuilds the coordinator from its log. The returned effects (a synced
+    /// boot record, then the re-sent commit decisions) must be carried out
+    /// before it serves anything.
     pub fn recover(
         id: NodeId,
         log: &[Vec<u8>],
         now: Duration,
         config: CoordinatorConfig,
-    ) -> Result<(Self, Steps), RecoverError> {
+    ) -> Result<(Self, Output), RecoverError> {
         let mut c = Coordinator {
             id,
             epoch: 1,
@@ -142,7 +142,7 @@ impl Coordinator {
             waiting: Waiters::default(),
         };
         // Every durable decision is reported, whoever announced it before.
-        let mut recovered = Vec::new();
+        let mut out = Output::default();
         for (position, bytes) in log.iter().enumerate() {
             match codec::decode::<Record>(bytes).map_err(|error| RecoverError::Decode { position, error })? {
                 Record::Boot { epoch } => {
@@ -153,11 +153,11 @@ impl Coordinator {
                     c.epoch = c.epoch.max(epoch + 1);
                 }
                 Record::Commit { txn, participants } => {
-                    recovered.push(Step::Event(TxnEvent::Recovered {
+                    out.event(TxnEvent::Recovered {
                         txn,
                         decision: Decision::Commit,
                         participants: participants.clone(),
-                    }));
+                    });
                     c.txns.insert(txn, State::Committed(Delivery::new(participants, now)));
                 }
                 Record::End { txn } => {
@@ -167,11 +167,11 @@ impl Coordinator {
                 }
             }
         }
-        let mut steps = recovered;
-        steps.extend([Step::Append(Record::Boot { epoch: c.epoch }), Step::Sync]);
-        steps.extend(c.tick(now));
+        out.record(&Record::Boot { epoch: c.epoch });
+        out.sync();
+        out.extend(c.tick(now));
         c.checked();
-        Ok((c, steps))
+        Ok((c, out))
     }
 
     /// This incarnation's boot epoch: ids it issues carry it, and an
@@ -222,75 +222,54 @@ impl Coordinator {
     }
 
     /// Handles one message from a client or a shard; messages meant for
-    /// other roles are ignored. The steps must run in order (a commit
-    /// record is synced before its decision is sent).
-    pub fn on_message(&mut self, now: Duration, from: NodeId, msg: Msg) -> Steps {
-        let steps = self.handle(now, from, msg);
+    /// other roles are ignored. The effects are carried out as
+    /// [`Output`] says (a commit record is synced before its decision is
+    /// sent).
+    pub fn on_message(&mut self, now: Duration, from: NodeId, msg: CoordMsg) -> Output {
+        let mut out = Output::default();
+        self.handle(now, from, msg, &mut out);
         self.checked();
-        steps
+        out
     }
 
-    fn handle(&mut self, now: Duration, from: NodeId, msg: Msg) -> Steps {
+    fn handle(&mut self, now: Duration, from: NodeId, msg: CoordMsg, out: &mut Output) {
         match msg {
-            Msg::Begin { request } => match self.ids.issue(self.epoch) {
-                Some(txn) => vec![Step::Send(from, Msg::Began { request, txn })],
-                None => {
-                    // A restart starts the next epoch's ids.
-                    tracing::error!(coordinator = self.id, "transaction ids of this epoch exhausted");
-                    vec![]
-                }
+            CoordMsg::Begin { request } => match self.ids.issue(self.epoch) {
+                Some(txn) => out.send(from, ReplyMsg::Began { request, txn }),
+                // A restart starts the next epoch's ids.
+                None => tracing::error!(coordinator = self.id, "transaction ids of this epoch exhausted"),
             },
-            Msg::Commit { txn, participants } => self.on_commit(now, from, txn, participants),
-            Msg::Status { txn } => match self.known_or_presumed(txn) {
-                Some((_, mut steps)) => {
+            CoordMsg::Commit { txn, participants } => self.on_commit(now, from, txn, participants, out),
+            CoordMsg::Status { txn } => {
+                if self.known_or_presumed(txn, out).is_some() {
                     let outcome = self.outcome(txn).expect("decided");
-                    steps.push(Step::Send(from, Msg::Outcome { txn, outcome }));
-                    steps
+                    out.send(from, ReplyMsg::Outcome { txn, outcome });
                 }
-                None => vec![],
-            },
-            Msg::Vote { txn, yes } => self.on_vote(from, txn, yes),
-            Msg::Ack { txn } => match self.txns.get_mut(&txn) {
-                Some(State::Committed(delivery)) if !delivery.done() => {
-                    let last = delivery.ack(from);
-                    if last {
-                        vec![Step::Append(Record::End { txn })]
-                    } else {
-                        vec![]
+            }
+            CoordMsg::Vote { txn, yes } => self.on_vote(from, txn, yes, out),
+            CoordMsg::Ack { txn } => {
+                if let Some(State::Committed(delivery)) = self.txns.get_mut(&txn) {
+                    if !delivery.done() && delivery.ack(from) {
+                        out.record(&Record::End { txn });
                     }
                 }
-                _ => vec![],
-            },
-            Msg::Query { txn } => match self.known_or_presumed(txn) {
-                Some((decision, mut steps)) => {
-                    steps.push(Step::Send(from, Msg::Decide { txn, decision }));
-                    steps
+            }
+            CoordMsg::Query { txn } => {
+                if let Some(decision) = self.known_or_presumed(txn, out) {
+                    out.send(from, ShardMsg::Decide { txn, decision });
                 }
-                None => vec![],
-            },
-            Msg::Get { .. }
-            | Msg::Put { .. }
-            | Msg::Abort { .. }
-            | Msg::OpReply { .. }
-            | Msg::Prepare { .. }
-            | Msg::Decide { .. }
-            | Msg::Began { .. }
-            | Msg::Outcome { .. }
-            | Msg::Forgotten { .. }
-            | Msg::Known { .. }
-            | Msg::Redirect { .. }
-            | Msg::Move { .. }
-            | Msg::MoveReply { .. }
-            | Msg::Log(_) => vec![],
+            }
+            CoordMsg::Log(_) => {}
         }
     }
 
     /// The decision for `txn`, fixing a presumption in memory the first time
-    /// it is given. `None` while the vote is still running.
-    fn known_or_presumed(&mut self, txn: TxnId) -> Option<(Decision, Steps)> {
+    /// it is given (and reporting it to `out`). `None` while the vote is
+    /// still running.
+    fn known_or_presumed(&mut self, txn: TxnId, out: &mut Output) -> Option<Decision> {
         match self.txns.get(&txn) {
-            Some(State::Committed(_)) => Some((Decision::Commit, vec![])),
-            Some(State::Aborted { .. }) => Some((Decision::Abort, vec![])),
+            Some(State::Committed(_)) => Some(Decision::Commit),
+            Some(State::Aborted { .. }) => Some(Decision::Abort),
             Some(State::Preparing(_)) => None,
             // Not given out yet: a presumption now would decide whichever
             // transaction gets the id later.
@@ -310,12 +289,12 @@ impl Coordinator {
                     Decision::Commit => State::Committed(Delivery::new([], Duration::MAX)),
                 };
                 self.txns.insert(txn, state);
-                let event = Step::Event(TxnEvent::Announced {
+                out.event(TxnEvent::Announced {
                     txn,
                     decision,
                     participants: vec![],
                 });
-                Some((decision, vec![event]))
+                Some(decision)
             }
         }
     }
@@ -328,7 +307,14 @@ impl Coordinator {
         }
     }
 
-    fn on_commit(&mut self, now: Duration, client: NodeId, txn: TxnId, participants: Vec<(NodeId, u64)>) -> Steps {
+    fn on_commit(
+        &mut self,
+        now: Duration,
+        client: NodeId,
+        txn: TxnId,
+        participants: Vec<(NodeId, u64)>,
+        out: &mut Output,
+    ) {
         if !self.ids.issued(self.epoch, txn) {
             // Deciding it now would decide the transaction this id is
             // later given to.
@@ -338,7 +324,7 @@ impl Coordinator {
                 txn,
                 "ignoring a commit of an id not issued"
             );
-            return vec![];
+            return;
         }
         if !self.txns.contains_key(&txn) && epoch_of(txn) == self.epoch && too_many(&participants) {
             let reason = AbortReason::TooManyParticipants {
@@ -347,9 +333,8 @@ impl Coordinator {
             self.txns.insert(txn, State::Aborted { reason: reason.clone() });
             self.waiting.add(txn, client);
             // No shard was asked: none is told.
-            let mut steps = announce(txn, Decision::Abort, vec![]);
-            steps.extend(self.waiting.notify(txn, &Outcome::Aborted(reason)));
-            return steps;
+            announce(txn, Decision::Abort, vec![], out);
+            return self.waiting.notify(txn, &Outcome::Aborted(reason), out);
         }
         if !self.txns.contains_key(&txn) && epoch_of(txn) == self.epoch {
             let empty = participants.is_empty();
@@ -357,88 +342,81 @@ impl Coordinator {
                 .insert(txn, State::Preparing(Round::new(client, participants, now)));
             if empty {
                 self.waiting.add(txn, client);
-                return self.decide_commit(txn);
+                return self.decide_commit(txn, out);
             }
         }
         self.waiting.add(txn, client);
-        let mut steps = match self.known_or_presumed(txn) {
-            Some((_, steps)) => steps,
-            None => vec![],
-        };
+        self.known_or_presumed(txn, out);
         match (self.outcome(txn), self.txns.get_mut(&txn)) {
-            (Some(outcome), _) => steps.extend(self.waiting.notify(txn, &outcome)),
+            (Some(outcome), _) => self.waiting.notify(txn, &outcome, out),
             (None, Some(State::Preparing(round))) => {
-                steps.extend(round.prepares(txn, &[self.id], now, self.config.resend_every))
+                round.prepares(txn, &[self.id], (now, self.config.resend_every), out)
             }
             (None, _) => {}
         }
-        steps
     }
 
-    fn on_vote(&mut self, from: NodeId, txn: TxnId, yes: bool) -> Steps {
+    fn on_vote(&mut self, from: NodeId, txn: TxnId, yes: bool, out: &mut Output) {
         match self.txns.get_mut(&txn) {
             Some(State::Preparing(round)) => match round.vote(from, yes) {
-                Some(Tally::No) => self.decide_abort(txn, AbortReason::VotedNo { shard: from }),
-                Some(Tally::AllYes) => self.decide_commit(txn),
-                Some(Tally::Pending) | None => vec![],
+                Some(Tally::No) => self.decide_abort(txn, AbortReason::VotedNo { shard: from }, out),
+                Some(Tally::AllYes) => self.decide_commit(txn, out),
+                Some(Tally::Pending) | None => {}
             },
             // A late yes for an aborted transaction: that shard is waiting.
-            Some(State::Aborted { .. }) if yes => vec![Step::Send(
+            Some(State::Aborted { .. }) if yes => out.send(
                 from,
-                Msg::Decide {
+                Msg::Shard(ShardMsg::Decide {
                     txn,
                     decision: Decision::Abort,
-                },
-            )],
-            Some(_) => vec![],
+                }),
+            ),
+            Some(_) => {}
             None if yes => {
-                let Some((decision, mut steps)) = self.known_or_presumed(txn) else {
-                    return vec![];
-                };
-                steps.push(Step::Send(from, Msg::Decide { txn, decision }));
-                steps
+                if let Some(decision) = self.known_or_presumed(txn, out) {
+                    out.send(from, ShardMsg::Decide { txn, decision });
+                }
             }
-            None => vec![],
+            None => {}
         }
     }
 
     /// All yes: log, sync, then tell everyone.
-    fn decide_commit(&mut self, txn: TxnId) -> Steps {
+    fn decide_commit(&mut self, txn: TxnId, out: &mut Output) {
         let Some(State::Preparing(round)) = self.txns.get(&txn) else {
             unreachable!("only a preparing transaction commits");
         };
         let ids = round.participants();
         let delivery = Delivery::new(ids.iter().copied(), Duration::ZERO);
         self.txns.insert(txn, State::Committed(delivery));
-        let mut steps = vec![Step::Append(Record::Commit {
+        out.record(&Record::Commit {
             txn,
             participants: ids.clone(),
-        })];
+        });
         if self.config.bug != Some(TxnBug::DecisionBeforeSync) {
-            steps.push(Step::Sync);
+            out.sync();
         }
-        steps.extend(announce(txn, Decision::Commit, ids));
-        steps.extend(self.waiting.notify(txn, &Outcome::Committed));
-        steps
+        announce(txn, Decision::Commit, ids, out);
+        self.waiting.notify(txn, &Outcome::Committed, out);
     }
 
-    fn decide_abort(&mut self, txn: TxnId, reason: AbortReason) -> Steps {
+    fn decide_abort(&mut self, txn: TxnId, reason: AbortReason, out: &mut Output) {
         let Some(State::Preparing(round)) = self.txns.get(&txn) else {
             unreachable!("only a preparing transaction aborts");
         };
         let ids = round.participants();
         self.txns.insert(txn, State::Aborted { reason: reason.clone() });
         // Best effort: prepared shards would also learn it by asking.
-        let mut steps = announce(txn, Decision::Abort, ids);
-        steps.extend(self.waiting.notify(txn, &Outcome::Aborted(reason)));
-        steps
+        announce(txn, Decision::Abort, ids, out);
+        self.waiting.notify(txn, &Outcome::Aborted(reason), out);
     }
 
     /// Timeouts: re-send prepares and commits; abort slow votes.
-    pub fn tick(&mut self, now: Duration) -> Steps {
-        let steps = self.timeouts(now);
+    pub fn tick(&mut self, now: Duration) -> Output {
+        let mut out = Output::default();
+        self.timeouts(now, &mut out);
         self.checked();
-        steps
+        out
     }
 
     /// Runs [`Self::check`] where checks are built in (unit tests, and the
@@ -463,24 +441,20 @@ impl Coordinator {
             .unwrap_or(Duration::MAX)
     }
 
-    fn timeouts(&mut self, now: Duration) -> Steps {
-        let mut steps = Vec::new();
+    fn timeouts(&mut self, now: Duration, out: &mut Output) {
         let (resend_every, prepare_timeout) = (self.config.resend_every, self.config.prepare_timeout);
         let mut timed_out = Vec::new();
         for (&txn, state) in &mut self.txns {
             match state {
                 State::Preparing(round) if round.timed_out(now, prepare_timeout) => timed_out.push(txn),
-                State::Preparing(round) => steps.extend(round.prepares_due(txn, &[self.id], now, resend_every)),
-                State::Committed(delivery) => {
-                    steps.extend(delivery.resend_due(txn, Decision::Commit, now, resend_every))
-                }
+                State::Preparing(round) => round.prepares_due(txn, &[self.id], (now, resend_every), out),
+                State::Committed(delivery) => delivery.resend_due(txn, Decision::Commit, (now, resend_every), out),
                 State::Aborted { .. } => {}
             }
         }
         for txn in timed_out {
-            steps.extend(self.decide_abort(txn, AbortReason::PrepareTimeout));
+            self.decide_abort(txn, AbortReason::PrepareTimeout, out);
         }
-        steps
     }
 }
 
@@ -491,45 +465,37 @@ mod tests {
     const CLIENT: NodeId = 100;
     const MS: Duration = Duration::from_millis(1);
 
-    fn boot(log: &[Vec<u8>]) -> (Coordinator, Steps) {
+    fn boot(log: &[Vec<u8>]) -> (Coordinator, Output) {
         Coordinator::recover(1, log, Duration::ZERO, CoordinatorConfig::default()).unwrap()
     }
 
     fn begin(c: &mut Coordinator) -> TxnId {
-        match &c.on_message(MS, CLIENT, Msg::Begin { request: 0 })[..] {
-            [Step::Send(CLIENT, Msg::Began { txn, .. })] => *txn,
+        match &c.on_message(MS, CLIENT, CoordMsg::Begin { request: 0 }).messages[..] {
+            [(CLIENT, Msg::Reply(ReplyMsg::Began { txn, .. }))] => *txn,
             other => panic!("{other:?}"),
         }
     }
 
-    fn commit(c: &mut Coordinator, txn: TxnId) -> Steps {
+    fn commit(c: &mut Coordinator, txn: TxnId) -> Output {
         c.on_message(
             MS,
             CLIENT,
-            Msg::Commit {
+            CoordMsg::Commit {
                 txn,
                 participants: vec![(2, 1), (3, 1)],
             },
         )
     }
 
-    fn outcome(steps: &Steps) -> Option<Outcome> {
-        steps.iter().find_map(|s| match s {
-            Step::Send(CLIENT, Msg::Outcome { outcome, .. }) => Some(outcome.clone()),
+    fn outcome(out: &Output) -> Option<Outcome> {
+        out.messages.iter().find_map(|s| match s {
+            (CLIENT, Msg::Reply(ReplyMsg::Outcome { outcome, .. })) => Some(outcome.clone()),
             _ => None,
         })
     }
 
-    fn log_of(steps: &[&Steps]) -> Vec<Vec<u8>> {
-        steps
-            .iter()
-            .copied()
-            .flatten()
-            .filter_map(|s| match s {
-                Step::Append(r) => Some(codec::encode(r).unwrap()),
-                _ => None,
-            })
-            .collect()
+    fn log_of(outs: &[&Output]) -> Vec<Vec<u8>> {
+        outs.iter().flat_map(|out| out.append.iter().cloned()).collect()
     }
 
     #[test]
@@ -539,32 +505,33 @@ mod tests {
         let prepares = commit(&mut c, txn);
         assert_eq!(
             prepares
+                .messages
                 .iter()
-                .filter(|s| matches!(s, Step::Send(_, Msg::Prepare { .. })))
+                .filter(|s| matches!(s, (_, Msg::Shard(ShardMsg::Prepare { .. }))))
                 .count(),
             2
         );
-        assert!(c.on_message(MS, 2, Msg::Vote { txn, yes: true }).is_empty());
-        let steps = c.on_message(MS, 3, Msg::Vote { txn, yes: true });
-        let sync = steps.iter().position(|s| matches!(s, Step::Sync)).unwrap();
-        let first_send = steps.iter().position(|s| matches!(s, Step::Send(..))).unwrap();
-        assert!(matches!(steps[0], Step::Append(Record::Commit { .. })));
-        assert!(sync < first_send);
+        assert!(c.on_message(MS, 2, CoordMsg::Vote { txn, yes: true }).is_empty());
+        let steps = c.on_message(MS, 3, CoordMsg::Vote { txn, yes: true });
+        let appended: Vec<Record> = steps.append.iter().map(|r| codec::decode(r).unwrap()).collect();
+        assert!(matches!(appended[..], [Record::Commit { .. }]));
+        assert!(steps.sync, "synced before the decision goes");
         assert_eq!(outcome(&steps), Some(Outcome::Committed));
         // Recovery from that log keeps the commit and re-sends it.
         let (mut c2, resent) = boot(&log_of(&[&boot_steps, &steps]));
         assert_eq!(c2.epoch(), 2);
         assert_eq!(
             resent
+                .messages
                 .iter()
                 .filter(|s| matches!(
                     s,
-                    Step::Send(
+                    (
                         _,
-                        Msg::Decide {
+                        Msg::Shard(ShardMsg::Decide {
                             decision: Decision::Commit,
                             ..
-                        }
+                        })
                     )
                 ))
                 .count(),
@@ -578,17 +545,18 @@ mod tests {
         let (mut c, _) = boot(&[]);
         let txn = begin(&mut c);
         let participants = vec![(2, 1), (3, 1), (2, 1)];
-        let prepares = c.on_message(MS, CLIENT, Msg::Commit { txn, participants });
+        let prepares = c.on_message(MS, CLIENT, CoordMsg::Commit { txn, participants });
         let asked: Vec<NodeId> = prepares
+            .messages
             .iter()
             .filter_map(|s| match s {
-                Step::Send(to, Msg::Prepare { .. }) => Some(*to),
+                (to, Msg::Shard(ShardMsg::Prepare { .. })) => Some(*to),
                 _ => None,
             })
             .collect();
         assert_eq!(asked, vec![2, 3]);
-        c.on_message(MS, 2, Msg::Vote { txn, yes: true });
-        let steps = c.on_message(MS, 3, Msg::Vote { txn, yes: true });
+        c.on_message(MS, 2, CoordMsg::Vote { txn, yes: true });
+        let steps = c.on_message(MS, 3, CoordMsg::Vote { txn, yes: true });
         assert_eq!(outcome(&steps), Some(Outcome::Committed));
     }
 
@@ -601,9 +569,12 @@ mod tests {
         let at_the_limit: Vec<(NodeId, u64)> = (0..MAX_PARTICIPANTS as NodeId).flat_map(|n| [(n, 1), (n, 1)]).collect();
         assert!(!too_many(&at_the_limit));
         let participants = (0..listed).map(|n| (n + 100, 1)).collect();
-        let steps = c.on_message(MS, CLIENT, Msg::Commit { txn, participants });
+        let steps = c.on_message(MS, CLIENT, CoordMsg::Commit { txn, participants });
         assert!(
-            !steps.iter().any(|s| matches!(s, Step::Send(_, Msg::Prepare { .. }))),
+            !steps
+                .messages
+                .iter()
+                .any(|s| matches!(s, (_, Msg::Shard(ShardMsg::Prepare { .. })))),
             "{steps:?}"
         );
         let limit = MAX_PARTICIPANTS;
@@ -639,28 +610,25 @@ mod tests {
         let (mut c, boot1) = boot(&[]);
         let txn = begin(&mut c);
         commit(&mut c, txn);
-        c.on_message(MS, 2, Msg::Vote { txn, yes: true });
-        let steps = c.on_message(MS, 3, Msg::Vote { txn, yes: true });
+        c.on_message(MS, 2, CoordMsg::Vote { txn, yes: true });
+        let steps = c.on_message(MS, 3, CoordMsg::Vote { txn, yes: true });
         // A crash after the commit record was synced, before anything
         // after it ran: only the log knows the decision.
-        let sync = steps.iter().position(|s| matches!(s, Step::Sync)).unwrap();
-        let log = log_of(&[&boot1, &steps[..sync].to_vec()]);
+        let log = log_of(&[&boot1, &steps]);
         let (_, resent) = boot(&log);
         assert_eq!(
-            resent[0],
-            Step::Event(TxnEvent::Recovered {
+            resent.events[0],
+            TxnEvent::Recovered {
                 txn,
                 decision: Decision::Commit,
                 participants: vec![2, 3]
-            })
+            }
         );
         // Acknowledged and ended, it is still a durable decision.
-        let end = c.on_message(MS, 2, Msg::Ack { txn });
-        let end2 = c.on_message(MS, 3, Msg::Ack { txn });
+        let end = c.on_message(MS, 2, CoordMsg::Ack { txn });
+        let end2 = c.on_message(MS, 3, CoordMsg::Ack { txn });
         let (_, again) = boot(&log_of(&[&boot1, &steps, &end, &end2]));
-        assert!(again
-            .iter()
-            .any(|s| matches!(s, Step::Event(TxnEvent::Recovered { .. }))));
+        assert!(again.events.iter().any(|e| matches!(e, TxnEvent::Recovered { .. })));
     }
 
     #[test]
@@ -668,17 +636,14 @@ mod tests {
         let (mut c, _) = boot(&[]);
         let txn = begin(&mut c);
         commit(&mut c, txn);
-        c.on_message(MS, 2, Msg::Vote { txn, yes: true });
-        let steps = c.on_message(MS, 3, Msg::Vote { txn, yes: false });
+        c.on_message(MS, 2, CoordMsg::Vote { txn, yes: true });
+        let steps = c.on_message(MS, 3, CoordMsg::Vote { txn, yes: false });
         assert_eq!(
             outcome(&steps),
             Some(Outcome::Aborted(AbortReason::VotedNo { shard: 3 }))
         );
-        assert!(
-            steps.iter().all(|s| !matches!(s, Step::Append(_))),
-            "aborts are not logged"
-        );
-        c.on_message(MS, 2, Msg::Vote { txn, yes: true });
+        assert!(steps.append.is_empty(), "aborts are not logged");
+        c.on_message(MS, 2, CoordMsg::Vote { txn, yes: true });
         assert!(matches!(outcome(&commit(&mut c, txn)), Some(Outcome::Aborted(_))));
     }
 
@@ -687,23 +652,23 @@ mod tests {
         let (mut c, boot1) = boot(&[]);
         let txn = begin(&mut c);
         commit(&mut c, txn);
-        c.on_message(MS, 2, Msg::Vote { txn, yes: true });
+        c.on_message(MS, 2, CoordMsg::Vote { txn, yes: true });
         // Crash before the last vote; recover.
         let (mut c, _) = boot(&log_of(&[&boot1]));
-        let steps = c.on_message(MS, 2, Msg::Query { txn });
-        assert!(steps.contains(&Step::Send(
+        let steps = c.on_message(MS, 2, CoordMsg::Query { txn });
+        assert!(steps.messages.contains(&(
             2,
-            Msg::Decide {
+            Msg::Shard(ShardMsg::Decide {
                 txn,
                 decision: Decision::Abort
-            }
+            })
         )));
         assert_eq!(
             outcome(&commit(&mut c, txn)),
             Some(Outcome::Aborted(AbortReason::CoordinatorRestarted))
         );
         // A late yes cannot revive it.
-        c.on_message(MS, 3, Msg::Vote { txn, yes: true });
+        c.on_message(MS, 3, CoordMsg::Vote { txn, yes: true });
         assert_eq!(c.decision(txn), Some(Decision::Abort));
         // New ids come from the new epoch.
         assert_eq!(epoch_of(begin(&mut c)), 2);
@@ -711,23 +676,23 @@ mod tests {
 
     #[test]
     fn a_late_yes_is_told_the_abort_and_a_late_no_needs_no_answer() {
-        let abort_to = |steps: &Steps, shard: NodeId| {
-            steps
-                .iter()
-                .any(|s| matches!(s, Step::Send(to, Msg::Decide { decision: Decision::Abort, .. }) if *to == shard))
+        let abort_to = |out: &Output, shard: NodeId| {
+            out.messages.iter().any(
+                |s| matches!(s, (to, Msg::Shard(ShardMsg::Decide { decision: Decision::Abort, .. })) if *to == shard),
+            )
         };
         let (mut c, boot1) = boot(&[]);
         let txn = begin(&mut c);
         commit(&mut c, txn);
-        c.on_message(MS, 2, Msg::Vote { txn, yes: false });
+        c.on_message(MS, 2, CoordMsg::Vote { txn, yes: false });
         // Shard 3 prepared and waits: it is told at once.
-        assert!(abort_to(&c.on_message(MS, 3, Msg::Vote { txn, yes: true }), 3));
-        assert!(c.on_message(MS, 3, Msg::Vote { txn, yes: false }).is_empty());
+        assert!(abort_to(&c.on_message(MS, 3, CoordMsg::Vote { txn, yes: true }), 3));
+        assert!(c.on_message(MS, 3, CoordMsg::Vote { txn, yes: false }).is_empty());
         // After a restart the transaction is unknown: presumed aborted,
         // and a waiting shard is told so.
         let (mut c, _) = boot(&log_of(&[&boot1]));
-        assert!(c.on_message(MS, 3, Msg::Vote { txn, yes: false }).is_empty());
-        assert!(abort_to(&c.on_message(MS, 3, Msg::Vote { txn, yes: true }), 3));
+        assert!(c.on_message(MS, 3, CoordMsg::Vote { txn, yes: false }).is_empty());
+        assert!(abort_to(&c.on_message(MS, 3, CoordMsg::Vote { txn, yes: true }), 3));
     }
 
     #[test]
@@ -735,12 +700,12 @@ mod tests {
         let (mut c, _) = boot(&[]);
         let txn = begin(&mut c);
         commit(&mut c, txn);
-        c.on_message(MS, 2, Msg::Vote { txn, yes: true });
+        c.on_message(MS, 2, CoordMsg::Vote { txn, yes: true });
         // Shard 4 takes no part (the commit listed 2 and 3): its yes is not
         // shard 3's.
-        assert!(c.on_message(MS, 4, Msg::Vote { txn, yes: true }).is_empty());
+        assert!(c.on_message(MS, 4, CoordMsg::Vote { txn, yes: true }).is_empty());
         assert_eq!(c.decision(txn), None);
-        c.on_message(MS, 3, Msg::Vote { txn, yes: true });
+        c.on_message(MS, 3, CoordMsg::Vote { txn, yes: true });
         assert_eq!(c.decision(txn), Some(Decision::Commit));
     }
 
@@ -750,13 +715,13 @@ mod tests {
         let later_epoch = (c.epoch() + 1) << 32 | 1;
         let unissued = (c.epoch() << 32) | 1;
         for txn in [later_epoch, unissued] {
-            let commit = Msg::Commit {
+            let commit = CoordMsg::Commit {
                 txn,
                 participants: vec![(2, 1)],
             };
             assert!(c.on_message(MS, 7, commit).is_empty());
-            assert!(c.on_message(MS, 7, Msg::Status { txn }).is_empty());
-            assert!(c.on_message(MS, 3, Msg::Vote { txn, yes: true }).is_empty());
+            assert!(c.on_message(MS, 7, CoordMsg::Status { txn }).is_empty());
+            assert!(c.on_message(MS, 3, CoordMsg::Vote { txn, yes: true }).is_empty());
             assert_eq!(c.decision(txn), None);
         }
         // The id, once issued, belongs to its client alone.
@@ -765,7 +730,7 @@ mod tests {
         c.on_message(
             MS,
             2,
-            Msg::Vote {
+            CoordMsg::Vote {
                 txn: unissued,
                 yes: true,
             },
@@ -773,7 +738,7 @@ mod tests {
         let steps = c.on_message(
             MS,
             3,
-            Msg::Vote {
+            CoordMsg::Vote {
                 txn: unissued,
                 yes: true,
             },
@@ -787,14 +752,14 @@ mod tests {
         let txn = begin(&mut c);
         commit(&mut c, txn);
         let resent = c.tick(Duration::from_millis(300));
-        assert_eq!(resent.len(), 2);
+        assert_eq!(resent.messages.len(), 2);
         let steps = c.tick(Duration::from_secs(2));
-        assert!(steps.iter().any(|s| matches!(
-            s,
-            Step::Event(TxnEvent::Announced {
+        assert!(steps.events.iter().any(|e| matches!(
+            e,
+            TxnEvent::Announced {
                 decision: Decision::Abort,
                 ..
-            })
+            }
         )));
         assert_eq!(c.decision(txn), Some(Decision::Abort));
     }
@@ -804,22 +769,23 @@ mod tests {
         let (mut c, _) = boot(&[]);
         let txn = begin(&mut c);
         commit(&mut c, txn);
-        c.on_message(MS, 2, Msg::Vote { txn, yes: true });
-        c.on_message(MS, 3, Msg::Vote { txn, yes: true });
-        c.on_message(MS, 2, Msg::Ack { txn });
+        c.on_message(MS, 2, CoordMsg::Vote { txn, yes: true });
+        c.on_message(MS, 3, CoordMsg::Vote { txn, yes: true });
+        c.on_message(MS, 2, CoordMsg::Ack { txn });
         let steps = c.tick(Duration::from_secs(1));
         assert_eq!(
-            steps,
-            vec![Step::Send(
+            steps.messages,
+            vec![(
                 3,
-                Msg::Decide {
+                Msg::Shard(ShardMsg::Decide {
                     txn,
                     decision: Decision::Commit
-                }
+                })
             )]
         );
-        let end = c.on_message(MS, 3, Msg::Ack { txn });
-        assert_eq!(end, vec![Step::Append(Record::End { txn })]);
+        let end = c.on_message(MS, 3, CoordMsg::Ack { txn });
+        assert_eq!(end.append, vec![codec::encode(&Record::End { txn }).unwrap()]);
+        assert!(!end.sync && end.messages.is_empty());
         assert!(c.tick(Duration::from_secs(2)).is_empty());
     }
 

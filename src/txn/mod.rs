@@ -23,10 +23,12 @@
 //! - [`placement`]: which shard holds a key — the seam where the
 //!   consistent-hashing ring plugs in.
 //!
-//! The cores are plain structs with synchronous handlers that return
-//! [`Step`]s (append a record, sync, send a message, report an event) to be
-//! executed in order, so the protocol is unit-tested without a runtime and
-//! the ordering "sync, then send" is explicit data.
+//! The cores are plain structs with synchronous handlers that return an
+//! [`Output`] (records to append, whether to sync them, messages to send,
+//! events to report): the one effect type of every core in the crate
+//! ([`crate::effects`]). Its shells persist before they report or send, so
+//! the protocol is unit-tested without a runtime and "synced before sent"
+//! is explicit data.
 //!
 //! **Classic mode blocks.** With a single coordinator, a participant that has
 //! voted yes holds its locks until it learns the decision; if the coordinator
@@ -244,60 +246,25 @@ pub enum Knowledge {
     Uncertain,
 }
 
-/// Every message of the protocol (client, coordinator and shards share one
-/// enum so a node can tell a stray message from garbage).
+/// Every frame of the protocol on the wire: one envelope, so that a node
+/// tells a stray message from garbage, split by the role that handles it,
+/// so that no role's handler lists the messages meant for another. A
+/// frame for another role is dropped by the shell before any core sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Msg {
-    // client -> coordinator
-    /// Asks for a fresh transaction id.
-    Begin {
-        /// Client-chosen, echoed in `Began` to match the answer.
-        request: u64,
-    },
-    /// Commit `txn`, which touched these shards (with the shard epoch each
-    /// reported). Retrying it is safe: it is also the outcome query.
-    Commit {
-        /// The transaction to commit.
-        txn: TxnId,
-        /// Each shard touched, with the epoch it reported: a shard that
-        /// restarted since votes no.
-        participants: Vec<(NodeId, u64)>,
-    },
-    /// What became of `txn`? Answered once decided; never starts a commit.
-    Status {
-        /// The transaction asked about.
-        txn: TxnId,
-    },
-    // coordinator -> client
-    /// Answers `Begin`.
-    Began {
-        /// The `Begin`'s request id.
-        request: u64,
-        /// The new transaction's id.
-        txn: TxnId,
-    },
-    /// Answers `Commit` and `Status` once the transaction is decided.
-    Outcome {
-        /// The transaction decided.
-        txn: TxnId,
-        /// How it ended.
-        outcome: Outcome,
-    },
-    /// The replicated coordinator no longer knows what became of `txn`: it
-    /// finished (committed or aborted) and was forgotten, or it began so
-    /// long ago that the coordinator forgot past it before it was started.
-    Forgotten {
-        /// The transaction asked about.
-        txn: TxnId,
-    },
-    /// A replica of a replicated coordinator that does not lead: try
-    /// `leader` (if known) instead.
-    Redirect {
-        /// The replica it believes leads, if any.
-        leader: Option<NodeId>,
-    },
+    /// For a shard.
+    Shard(ShardMsg),
+    /// For a coordinator, classic or a replica of the replicated one.
+    Coord(CoordMsg),
+    /// For a client or an operator: the answers.
+    Reply(ReplyMsg),
+}
 
-    // client -> shard
+/// What a shard handles: a client's reads, writes and aborts, a
+/// coordinator's prepares and decisions, its peers' questions and answers,
+/// an operator's moves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ShardMsg {
     /// Reads `key` under a shared lock (seeing the transaction's own
     /// buffered write, if any).
     Get {
@@ -331,22 +298,6 @@ pub enum Msg {
         /// The transaction to abort.
         txn: TxnId,
     },
-    // shard -> client
-    /// Answers `Get` and `Put`.
-    OpReply {
-        /// The transaction.
-        txn: TxnId,
-        /// The request answered.
-        request: u64,
-        /// The shard's current epoch: a change between replies means it
-        /// restarted and lost the transaction.
-        epoch: u64,
-        /// The value read (`None` for a `Put` or an absent key), or why the
-        /// transaction was aborted here.
-        result: Result<Option<Value>, AbortReason>,
-    },
-
-    // coordinator -> shard
     /// Phase one: vote on `txn`.
     Prepare {
         /// The transaction to prepare.
@@ -371,7 +322,53 @@ pub enum Msg {
         /// How it ended.
         decision: Decision,
     },
-    // shard -> coordinator
+    /// A prepared peer asks how `txn` ended (cooperative termination).
+    Query {
+        /// The transaction asked about.
+        txn: TxnId,
+    },
+    /// A peer shard's answer to `Query`.
+    Known {
+        /// The transaction asked about.
+        txn: TxnId,
+        /// What the peer knows of it.
+        knowledge: Knowledge,
+    },
+    /// A step of moving accounts between shards.
+    Move {
+        /// The operator's client id (its inbox hands the answer to it).
+        client: u64,
+        /// Operator-chosen, echoed in `MoveReply`.
+        request: u64,
+        /// The step.
+        step: participant::AccountMove,
+    },
+}
+
+/// What a coordinator handles: a client's begin, commit and status, its
+/// shards' votes, acknowledgements and questions, and (replicated) its
+/// replicas' log traffic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CoordMsg {
+    /// Asks for a fresh transaction id.
+    Begin {
+        /// Client-chosen, echoed in `Began` to match the answer.
+        request: u64,
+    },
+    /// Commit `txn`, which touched these shards (with the shard epoch each
+    /// reported). Retrying it is safe: it is also the outcome query.
+    Commit {
+        /// The transaction to commit.
+        txn: TxnId,
+        /// Each shard touched, with the epoch it reported: a shard that
+        /// restarted since votes no.
+        participants: Vec<(NodeId, u64)>,
+    },
+    /// What became of `txn`? Answered once decided; never starts a commit.
+    Status {
+        /// The transaction asked about.
+        txn: TxnId,
+    },
     /// A shard's vote; a yes is durable before it is sent.
     Vote {
         /// The transaction voted on.
@@ -385,33 +382,60 @@ pub enum Msg {
         /// The transaction acknowledged.
         txn: TxnId,
     },
-
-    // shard -> coordinator and peers (cooperative termination)
-    /// A prepared shard asks how `txn` ended.
+    /// A prepared shard asks its coordinator how `txn` ended.
     Query {
         /// The transaction asked about.
         txn: TxnId,
     },
-    // peer -> shard
-    /// A peer shard's answer to `Query`.
-    Known {
+    /// Between replicas of a replicated coordinator: an encoded message of
+    /// their log (`crate::log::WireOf<CoordMachine>`), so that one inbox and
+    /// one codec serve both protocols.
+    Log(Vec<u8>),
+}
+
+/// What a client or an operator is told.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReplyMsg {
+    /// Answers `Begin`.
+    Began {
+        /// The `Begin`'s request id.
+        request: u64,
+        /// The new transaction's id.
+        txn: TxnId,
+    },
+    /// Answers `Commit` and `Status` once the transaction is decided.
+    Outcome {
+        /// The transaction decided.
+        txn: TxnId,
+        /// How it ended.
+        outcome: Outcome,
+    },
+    /// The replicated coordinator no longer knows what became of `txn`: it
+    /// finished (committed or aborted) and was forgotten, or it began so
+    /// long ago that the coordinator forgot past it before it was started.
+    Forgotten {
         /// The transaction asked about.
         txn: TxnId,
-        /// What the peer knows of it.
-        knowledge: Knowledge,
     },
-
-    // operator -> shard
-    /// A step of moving accounts between shards.
-    Move {
-        /// The operator's client id (its inbox hands the answer to it).
-        client: u64,
-        /// Operator-chosen, echoed in `MoveReply`.
+    /// A replica of a replicated coordinator that does not lead: try
+    /// `leader` (if known) instead.
+    Redirect {
+        /// The replica it believes leads, if any.
+        leader: Option<NodeId>,
+    },
+    /// Answers `Get` and `Put`.
+    OpReply {
+        /// The transaction.
+        txn: TxnId,
+        /// The request answered.
         request: u64,
-        /// The step.
-        step: participant::AccountMove,
+        /// The shard's current epoch: a change between replies means it
+        /// restarted and lost the transaction.
+        epoch: u64,
+        /// The value read (`None` for a `Put` or an absent key), or why the
+        /// transaction was aborted here.
+        result: Result<Option<Value>, AbortReason>,
     },
-    // shard -> operator
     /// Answers `Move` once the step is durable.
     MoveReply {
         /// The `Move`'s client id.
@@ -421,12 +445,31 @@ pub enum Msg {
         /// What the shard did.
         answer: participant::MoveAnswer,
     },
-
-    /// Between replicas of a replicated coordinator: an encoded message of
-    /// their log (`crate::log::WireOf<CoordMachine>`), so that one inbox and
-    /// one codec serve both protocols.
-    Log(Vec<u8>),
 }
+
+macro_rules! role_msg {
+    ($role:ident, $variant:ident) => {
+        impl From<$role> for Msg {
+            fn from(msg: $role) -> Msg {
+                Msg::$variant(msg)
+            }
+        }
+
+        /// The frame, if it is for this role; otherwise the frame back.
+        impl TryFrom<Msg> for $role {
+            type Error = Msg;
+            fn try_from(msg: Msg) -> Result<$role, Msg> {
+                match msg {
+                    Msg::$variant(msg) => Ok(msg),
+                    other => Err(other),
+                }
+            }
+        }
+    };
+}
+role_msg!(ShardMsg, Shard);
+role_msg!(CoordMsg, Coord);
+role_msg!(ReplyMsg, Reply);
 
 /// Something a core reports about what it did, for tracing and for the
 /// simulator's invariant checks (it never affects the protocol).
@@ -501,24 +544,11 @@ pub enum TxnEvent {
     },
 }
 
-/// One effect of a handler. Executed strictly in order by the shell: an
-/// `Append` then `Sync` before a `Send` is the durability guarantee.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Step<R> {
-    /// Append a record to the core's log (durable only after a `Sync`).
-    Append(R),
-    /// Make every record appended so far durable before the next step.
-    Sync,
-    /// Send a message to a node.
-    Send(NodeId, Msg),
-    /// Report an event to observers; no effect on the protocol.
-    Event(TxnEvent),
-}
-
-/// Convenience for building step lists.
-pub(crate) fn sends<R>(to: impl IntoIterator<Item = NodeId>, msg: &Msg) -> Vec<Step<R>> {
-    to.into_iter().map(|n| Step::Send(n, msg.clone())).collect()
-}
+/// What a 2PC core's handler asks its shell to do: the one effect type of
+/// every core ([`crate::effects::Effects`]) with this protocol's messages
+/// and events. Records are persisted (and synced if asked) before any
+/// message goes: that is what makes "durable before visible" hold.
+pub type Output = crate::effects::Effects<Msg, TxnEvent>;
 
 /// Buffered writes of one transaction at one shard.
 pub type Writes = BTreeMap<Key, Value>;

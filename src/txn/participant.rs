@@ -30,7 +30,10 @@ use serde::{Deserialize, Serialize};
 
 pub use moves::{AccountMove, AccountPage, AccountPart, MoveAnswer, MAX_MOVE_BYTES};
 
-use super::{sends, AbortReason, Decision, Key, Knowledge, Msg, Step, TxnBug, TxnEvent, TxnId, Value, Writes};
+use super::{
+    AbortReason, CoordMsg, Decision, Key, Knowledge, Msg, Output, ReplyMsg, ShardMsg, TxnBug, TxnEvent, TxnId, Value,
+    Writes,
+};
 use crate::env::{codec, NodeId};
 use crate::shard::{GroupId, Ownership, RangeSet};
 
@@ -154,8 +157,6 @@ fn stored_bytes(locked: &BTreeSet<Key>, writes: &Writes) -> usize {
     locked.iter().map(String::len).sum::<usize>() + writes.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
 }
 
-type Steps = Vec<Step<Record>>;
-
 /// The participant's log holds a record it cannot make sense of.
 #[derive(Debug, thiserror::Error)]
 pub enum RecoverError {
@@ -196,15 +197,15 @@ pub struct Participant {
 }
 
 impl Participant {
-    /// Rebuilds the shard from its log. The returned steps (a new boot
-    /// record, synced, then queries for every prepared transaction) must run
-    /// before the shard serves anything.
+    /// Rebuilds the shard from its log. The returned effects (a new boot
+    /// record, synced, then queries for every prepared transaction) must be
+    /// carried out before the shard serves anything.
     pub fn recover(
         id: NodeId,
         log: &[Vec<u8>],
         now: Duration,
         config: ParticipantConfig,
-    ) -> Result<(Self, Steps), RecoverError> {
+    ) -> Result<(Self, Output), RecoverError> {
         let mut p = Participant {
             id,
             epoch: 1,
@@ -217,6 +218,7 @@ impl Participant {
             outbox: BTreeMap::new(),
         };
         let mut recovered = Vec::new();
+        let mut replayed = Output::default();
         for (position, bytes) in log.iter().enumerate() {
             let record: Record = codec::decode(bytes).map_err(|error| RecoverError::Decode { position, error })?;
             match record {
@@ -282,18 +284,20 @@ impl Participant {
                     // What the disk holds is what was applied, reported
                     // again: a crash between the decision's sync and its
                     // report leaves it known only to this incarnation.
-                    recovered.push(Step::Event(TxnEvent::Applied {
+                    recovered.push(TxnEvent::Applied {
                         txn,
                         decision,
                         prepared: prepared.is_some(),
-                    }));
+                    });
                 }
                 Record::Moved(step) => {
                     // Steps replay in log order between the decisions they
                     // came between, so a fence sees the prepared
                     // transactions it saw then (the active ones died with
                     // the last incarnation).
-                    if let (MoveAnswer::Refused(_), _, _) = p.apply_move(step) {
+                    // (No transaction is active in a rebuilt shard, so the
+                    // replay aborts none.)
+                    if let (MoveAnswer::Refused(_), _) = p.apply_move(step, &mut replayed) {
                         return Err(RecoverError::Invalid {
                             position,
                             reason: "a move step that does not apply",
@@ -302,14 +306,17 @@ impl Participant {
                 }
             }
         }
-        let mut steps = vec![Step::Append(Record::Boot { epoch: p.epoch }), Step::Sync];
+        debug_assert!(replayed.is_empty(), "a replay aborted work: {replayed:?}");
+        let mut out = Output::default();
+        out.record(&Record::Boot { epoch: p.epoch });
+        out.sync();
         if !p.ownership.is_unsharded() {
-            steps.push(p.serving());
+            out.event(p.serving());
         }
-        steps.extend(recovered);
-        steps.extend(p.tick(now));
+        out.events.extend(recovered);
+        out.extend(p.tick(now));
         p.checked();
-        Ok((p, steps))
+        Ok((p, out))
     }
 
     /// Whether `from` may tell this shard how `txn` ended: a coordinator,
@@ -324,14 +331,13 @@ impl Participant {
             )
     }
 
-    fn refuse(&self, from: NodeId, txn: TxnId, what: &'static str) -> Steps {
+    fn refuse(&self, from: NodeId, txn: TxnId, what: &'static str) {
         tracing::warn!(
             shard = self.id,
             from,
             txn,
             "refusing {what} from a node that may not send it"
         );
-        vec![]
     }
 
     /// This incarnation's epoch (echoed by clients in every request).
@@ -441,37 +447,38 @@ impl Participant {
     /// A message from anyone: prepares and decisions only count from the
     /// configured coordinators (and answers to this shard's queries from
     /// the peers it asked); anything else is refused.
-    pub fn on_message(&mut self, now: Duration, from: NodeId, msg: Msg) -> Steps {
-        let steps = self.handle(now, from, msg);
+    pub fn on_message(&mut self, now: Duration, from: NodeId, msg: ShardMsg) -> Output {
+        let mut out = Output::default();
+        self.handle(now, from, msg, &mut out);
         self.checked();
-        steps
+        out
     }
 
-    fn handle(&mut self, now: Duration, from: NodeId, msg: Msg) -> Steps {
+    fn handle(&mut self, now: Duration, from: NodeId, msg: ShardMsg, out: &mut Output) {
         match msg {
-            Msg::Prepare { txn, .. } | Msg::Decide { txn, .. }
+            ShardMsg::Prepare { txn, .. } | ShardMsg::Decide { txn, .. }
                 if self.config.bug != Some(TxnBug::DecideFromAnyone) && !self.config.coordinators.contains(&from) =>
             {
                 self.refuse(from, txn, "a prepare or decision")
             }
-            Msg::Known {
+            ShardMsg::Known {
                 txn,
                 knowledge: Knowledge::Decided(_),
             } if !self.may_decide(from, txn) => self.refuse(from, txn, "a decision"),
-            Msg::Get {
+            ShardMsg::Get {
                 txn,
                 request,
                 key,
                 epoch,
-            } => self.on_op(now, from, txn, request, epoch, key, None),
-            Msg::Put {
+            } => self.on_op(now, from, txn, request, epoch, key, None, out),
+            ShardMsg::Put {
                 txn,
                 request,
                 key,
                 value,
                 epoch,
-            } => self.on_op(now, from, txn, request, epoch, key, Some(value)),
-            Msg::Abort { txn } => match self.txns.get(&txn) {
+            } => self.on_op(now, from, txn, request, epoch, key, Some(value), out),
+            ShardMsg::Abort { txn } => match self.txns.get(&txn) {
                 Some(Txn {
                     phase: Phase::Active { client, .. },
                     ..
@@ -479,44 +486,31 @@ impl Participant {
                 Some(Txn {
                     phase: Phase::Active { .. },
                     ..
-                }) => self.abort_active(txn),
+                }) => self.abort_active(txn, out),
                 // Only the coordinator decides a prepared transaction.
-                _ => vec![],
+                _ => {}
             },
-            Msg::Prepare {
+            ShardMsg::Prepare {
                 txn,
                 client,
                 epoch,
                 participants,
                 coordinators,
-            } => self.on_prepare(now, from, txn, client, epoch, participants, coordinators),
-            Msg::Decide { txn, decision } => {
-                let mut steps = self.apply(txn, decision);
-                steps.push(Step::Send(from, Msg::Ack { txn }));
-                steps
+            } => self.on_prepare(now, from, txn, client, epoch, (participants, coordinators), out),
+            ShardMsg::Decide { txn, decision } => {
+                self.apply(txn, decision, out);
+                out.send(from, CoordMsg::Ack { txn });
             }
-            Msg::Query { txn } => self.on_query(txn, from),
-            Msg::Move { client, request, step } => self.on_move(from, (client, request), step),
-            Msg::Known {
+            ShardMsg::Query { txn } => self.on_query(txn, from, out),
+            ShardMsg::Move { client, request, step } => self.on_move(from, (client, request), step, out),
+            ShardMsg::Known {
                 txn,
                 knowledge: Knowledge::Decided(decision),
-            } => self.apply(txn, decision),
-            Msg::Known {
+            } => self.apply(txn, decision, out),
+            ShardMsg::Known {
                 knowledge: Knowledge::Uncertain,
                 ..
-            } => vec![],
-            Msg::Begin { .. }
-            | Msg::Commit { .. }
-            | Msg::Status { .. }
-            | Msg::Began { .. }
-            | Msg::Outcome { .. }
-            | Msg::Forgotten { .. }
-            | Msg::OpReply { .. }
-            | Msg::Vote { .. }
-            | Msg::Ack { .. }
-            | Msg::Redirect { .. }
-            | Msg::MoveReply { .. }
-            | Msg::Log(_) => vec![],
+            } => {}
         }
     }
 
@@ -530,48 +524,47 @@ impl Participant {
         epoch: Option<u64>,
         key: Key,
         put: Option<Value>,
-    ) -> Steps {
-        let reply = |epoch, result| {
-            vec![Step::Send(
+        out: &mut Output,
+    ) {
+        let reply = |out: &mut Output, epoch, result| {
+            out.send(
                 from,
-                Msg::OpReply {
+                Msg::Reply(ReplyMsg::OpReply {
                     txn,
                     request,
                     epoch,
                     result,
-                },
-            )]
+                }),
+            )
         };
         if self.done.contains_key(&txn) {
-            return reply(self.epoch, Err(AbortReason::NotActive));
+            return reply(out, self.epoch, Err(AbortReason::NotActive));
         }
         match self.txns.get(&txn) {
             Some(Txn {
                 phase: Phase::Prepared { .. },
                 ..
-            }) => return reply(self.epoch, Err(AbortReason::NotActive)),
+            }) => return reply(out, self.epoch, Err(AbortReason::NotActive)),
             // Another node's transaction: not one this sender may touch.
             Some(Txn {
                 phase: Phase::Active { client, .. },
                 ..
-            }) if *client != from => return reply(self.epoch, Err(AbortReason::NotActive)),
+            }) if *client != from => return reply(out, self.epoch, Err(AbortReason::NotActive)),
             // Moved (or moving) to another shard. The transaction's other
             // work here is void too: the client starts it again where the
             // ring now says.
             _ if self.not_served(&key).is_some() => {
                 let refusal = self.not_served(&key).expect("guarded");
-                let mut steps = match self.txns.get(&txn) {
-                    Some(_) => self.abort_active(txn),
-                    None => vec![],
-                };
-                steps.extend(reply(self.epoch, Err(refusal)));
-                return steps;
+                if self.txns.contains_key(&txn) {
+                    self.abort_active(txn, out);
+                }
+                return reply(out, self.epoch, Err(refusal));
             }
             Some(_) => {}
             None if epoch.is_some_and(|e| e != self.epoch) => {
                 // The client began here in an earlier incarnation: its locks
                 // and writes died with it.
-                return reply(self.epoch, Err(AbortReason::ShardLostTxn { shard: self.id }));
+                return reply(out, self.epoch, Err(AbortReason::ShardLostTxn { shard: self.id }));
             }
             None => {
                 self.txns.insert(
@@ -597,14 +590,12 @@ impl Participant {
             .map_or(0, |old| key.len() + old.len());
         let bytes = t.bytes + locks + writes - replaced;
         if bytes > MAX_TXN_BYTES {
-            let mut steps = self.abort_active(txn);
-            steps.extend(reply(self.epoch, Err(AbortReason::TooLarge { limit: MAX_TXN_BYTES })));
-            return steps;
+            self.abort_active(txn, out);
+            return reply(out, self.epoch, Err(AbortReason::TooLarge { limit: MAX_TXN_BYTES }));
         }
         if let Err(holder) = self.acquire(txn, &key, put.is_some()) {
-            let mut steps = self.abort_active(txn);
-            steps.extend(reply(self.epoch, Err(AbortReason::LockConflict { key, holder })));
-            return steps;
+            self.abort_active(txn, out);
+            return reply(out, self.epoch, Err(AbortReason::LockConflict { key, holder }));
         }
         let t = self.txns.get_mut(&txn).expect("active above");
         t.phase = Phase::Active {
@@ -620,7 +611,7 @@ impl Participant {
             }
             None => t.writes.get(&key).or_else(|| self.data.get(&key)).cloned(),
         };
-        reply(self.epoch, Ok(result))
+        reply(out, self.epoch, Ok(result))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -631,30 +622,30 @@ impl Participant {
         txn: TxnId,
         client: NodeId,
         epoch: u64,
-        participants: Vec<NodeId>,
-        coordinators: Vec<NodeId>,
-    ) -> Steps {
-        let vote = |yes| Step::Send(from, Msg::Vote { txn, yes });
+        (participants, coordinators): (Vec<NodeId>, Vec<NodeId>),
+        out: &mut Output,
+    ) {
         // Every vote sent is reported, repeats too: after a crash between
         // the prepare record's sync and the vote, the repeat is the only one.
+        let vote = |out: &mut Output, yes| {
+            out.event(TxnEvent::Voted { txn, yes });
+            out.send(from, CoordMsg::Vote { txn, yes });
+        };
         if let Some(&d) = self.done.get(&txn) {
-            let yes = d == Decision::Commit;
-            return vec![Step::Event(TxnEvent::Voted { txn, yes }), vote(yes)];
+            return vote(out, d == Decision::Commit);
         }
         let Some(t) = self.txns.get_mut(&txn) else {
             // Unknown here: lost in a crash (or never reached us). Never yes.
             self.done.insert(txn, Decision::Abort);
-            return vec![Step::Event(TxnEvent::Voted { txn, yes: false }), vote(false)];
+            return vote(out, false);
         };
         match t.phase {
-            Phase::Prepared { .. } => vec![Step::Event(TxnEvent::Voted { txn, yes: true }), vote(true)],
+            Phase::Prepared { .. } => vote(out, true),
             // Work of an earlier incarnation, or a commit asked for by
             // someone other than the client whose work this is.
             Phase::Active { client: owner, .. } if epoch != self.epoch || owner != client => {
-                let mut steps = self.abort_active(txn);
-                steps.push(Step::Event(TxnEvent::Voted { txn, yes: false }));
-                steps.push(vote(false));
-                steps
+                self.abort_active(txn, out);
+                vote(out, false);
             }
             Phase::Active { .. } => {
                 t.phase = Phase::Prepared {
@@ -668,65 +659,62 @@ impl Participant {
                     .iter()
                     .map(|k| (k.clone(), self.locks.get(k).is_some_and(|l| l.exclusive)))
                     .collect();
-                let mut steps = vec![Step::Append(Record::Prepared {
+                out.record(&Record::Prepared {
                     txn,
                     coordinators,
                     participants,
                     writes: t.writes.clone(),
                     locks,
-                })];
+                });
                 if self.config.bug != Some(TxnBug::VoteWithoutSync) {
-                    steps.push(Step::Sync);
+                    out.sync();
                 }
-                steps.push(Step::Event(TxnEvent::Voted { txn, yes: true }));
-                steps.push(vote(true));
-                steps
+                vote(out, true);
             }
         }
     }
 
-    fn on_query(&mut self, txn: TxnId, from: NodeId) -> Steps {
-        let known = |knowledge| Step::Send(from, Msg::Known { txn, knowledge });
+    fn on_query(&mut self, txn: TxnId, from: NodeId, out: &mut Output) {
+        let known = |out: &mut Output, knowledge| out.send(from, ShardMsg::Known { txn, knowledge });
         if let Some(&d) = self.done.get(&txn) {
-            return vec![known(Knowledge::Decided(d))];
+            return known(out, Knowledge::Decided(d));
         }
         match self.txns.get(&txn).map(|t| &t.phase) {
-            Some(Phase::Prepared { .. }) => vec![known(Knowledge::Uncertain)],
+            Some(Phase::Prepared { .. }) => known(out, Knowledge::Uncertain),
             Some(Phase::Active { .. }) => {
                 // Not voted yet, so we may abort — and then the asker may too.
-                let mut steps = self.abort_active(txn);
-                steps.push(known(Knowledge::Decided(Decision::Abort)));
-                steps
+                self.abort_active(txn, out);
+                known(out, Knowledge::Decided(Decision::Abort));
             }
             None => {
                 // Never prepared here (a prepare is durable), so never a yes.
                 self.done.insert(txn, Decision::Abort);
-                vec![known(Knowledge::Decided(Decision::Abort))]
+                known(out, Knowledge::Decided(Decision::Abort));
             }
         }
     }
 
     /// Applies a decision learned from the coordinator or a peer.
-    fn apply(&mut self, txn: TxnId, decision: Decision) -> Steps {
+    fn apply(&mut self, txn: TxnId, decision: Decision, out: &mut Output) {
         if self.done.contains_key(&txn) {
-            return vec![];
+            return;
         }
         let Some(t) = self.txns.remove(&txn) else {
             self.done.insert(txn, decision);
-            return match decision {
-                Decision::Commit => vec![Step::Event(TxnEvent::CommitUnprepared { txn })],
-                Decision::Abort => vec![],
-            };
+            if decision == Decision::Commit {
+                out.event(TxnEvent::CommitUnprepared { txn });
+            }
+            return;
         };
         self.release(txn, &t);
         self.done.insert(txn, decision);
         match (&t.phase, decision) {
-            (Phase::Active { .. }, Decision::Commit) => vec![Step::Event(TxnEvent::CommitUnprepared { txn })],
-            (Phase::Active { .. }, Decision::Abort) => vec![Step::Event(TxnEvent::Applied {
+            (Phase::Active { .. }, Decision::Commit) => out.event(TxnEvent::CommitUnprepared { txn }),
+            (Phase::Active { .. }, Decision::Abort) => out.event(TxnEvent::Applied {
                 txn,
                 decision,
                 prepared: false,
-            })],
+            }),
             (Phase::Prepared { .. }, _) => {
                 if decision == Decision::Commit {
                     self.data.extend(t.writes);
@@ -737,18 +725,18 @@ impl Participant {
                 // a crash would be prepared again, asking a coordinator
                 // that no longer answers, its locks held for good
                 // (txn-replicated seed 547).
-                let mut steps = vec![Step::Append(Record::Decided { txn, decision }), Step::Sync];
-                steps.push(Step::Event(TxnEvent::Applied {
+                out.record(&Record::Decided { txn, decision });
+                out.sync();
+                out.event(TxnEvent::Applied {
                     txn,
                     decision,
                     prepared: true,
-                }));
-                steps
+                });
             }
         }
     }
 
-    fn abort_active(&mut self, txn: TxnId) -> Steps {
+    fn abort_active(&mut self, txn: TxnId, out: &mut Output) {
         let t = self.txns.remove(&txn).expect("aborting a known transaction");
         assert!(
             matches!(t.phase, Phase::Active { .. }),
@@ -756,18 +744,19 @@ impl Participant {
         );
         self.release(txn, &t);
         self.done.insert(txn, Decision::Abort);
-        vec![Step::Event(TxnEvent::Applied {
+        out.event(TxnEvent::Applied {
             txn,
             decision: Decision::Abort,
             prepared: false,
-        })]
+        });
     }
 
     /// Timeouts: idle active transactions abort; prepared ones ask around.
-    pub fn tick(&mut self, now: Duration) -> Steps {
-        let steps = self.timeouts(now);
+    pub fn tick(&mut self, now: Duration) -> Output {
+        let mut out = Output::default();
+        self.timeouts(now, &mut out);
         self.checked();
-        steps
+        out
     }
 
     /// Runs [`Self::check`] where checks are built in (unit tests, and the
@@ -794,15 +783,14 @@ impl Participant {
             .unwrap_or(Duration::MAX)
     }
 
-    fn timeouts(&mut self, now: Duration) -> Steps {
-        let mut steps = Vec::new();
+    fn timeouts(&mut self, now: Duration, out: &mut Output) {
         let ids: Vec<TxnId> = self.txns.keys().copied().collect();
         for txn in ids {
             let t = self.txns.get_mut(&txn).expect("listed");
             match &mut t.phase {
                 Phase::Active { last, .. } => {
                     if now.saturating_sub(*last) >= self.config.active_timeout {
-                        steps.extend(self.abort_active(txn));
+                        self.abort_active(txn, out);
                     }
                 }
                 Phase::Prepared {
@@ -813,20 +801,19 @@ impl Participant {
                 } => {
                     if self.config.bug == Some(TxnBug::AbortAlone) && now.saturating_sub(*since) >= ABORT_ALONE_AFTER {
                         // The planted bug: a unilateral abort after a yes vote.
-                        steps.extend(self.apply(txn, Decision::Abort));
+                        self.apply(txn, Decision::Abort, out);
                         continue;
                     }
                     if now >= *next_query {
                         *next_query = now + self.config.query_every;
                         let me = self.id;
                         let peers = participants.iter().copied().filter(|&p| p != me);
-                        let to = coordinators.iter().copied().chain(peers);
-                        steps.extend(sends(to, &Msg::Query { txn }));
+                        out.send_all(coordinators.iter().copied(), &CoordMsg::Query { txn });
+                        out.send_all(peers, &ShardMsg::Query { txn });
                     }
                 }
             }
         }
-        steps
     }
 
     fn acquire(&mut self, txn: TxnId, key: &str, exclusive: bool) -> Result<(), TxnId> {
@@ -898,7 +885,7 @@ mod tests {
         op_result(p.on_message(
             MS,
             CLIENT,
-            Msg::Get {
+            ShardMsg::Get {
                 txn,
                 request: 0,
                 key: key.into(),
@@ -912,7 +899,7 @@ mod tests {
         op_result(p.on_message(
             MS,
             CLIENT,
-            Msg::Put {
+            ShardMsg::Put {
                 txn,
                 request: 0,
                 key: key.into(),
@@ -922,22 +909,22 @@ mod tests {
         ))
     }
 
-    pub(super) fn op_result(steps: Steps) -> Result<Option<Value>, AbortReason> {
-        steps
+    pub(super) fn op_result(out: Output) -> Result<Option<Value>, AbortReason> {
+        out.messages
             .into_iter()
             .find_map(|s| match s {
-                Step::Send(_, Msg::OpReply { result, .. }) => Some(result),
+                (_, Msg::Reply(ReplyMsg::OpReply { result, .. })) => Some(result),
                 _ => None,
             })
             .expect("a reply")
     }
 
-    pub(super) fn prepare(p: &mut Participant, txn: TxnId) -> Steps {
+    pub(super) fn prepare(p: &mut Participant, txn: TxnId) -> Output {
         let epoch = p.epoch();
         p.on_message(
             MS,
             C,
-            Msg::Prepare {
+            ShardMsg::Prepare {
                 txn,
                 client: CLIENT,
                 epoch,
@@ -947,23 +934,21 @@ mod tests {
         )
     }
 
-    pub(super) fn vote_of(steps: &Steps) -> Option<bool> {
-        steps.iter().find_map(|s| match s {
-            Step::Send(_, Msg::Vote { yes, .. }) => Some(*yes),
+    pub(super) fn vote_of(out: &Output) -> Option<bool> {
+        out.messages.iter().find_map(|s| match s {
+            (_, Msg::Coord(CoordMsg::Vote { yes, .. })) => Some(*yes),
             _ => None,
         })
     }
 
     /// The log a crash would leave: every appended record (as if all synced).
-    pub(super) fn log_of(steps: &[Steps]) -> Vec<Vec<u8>> {
-        steps
-            .iter()
-            .flatten()
-            .filter_map(|s| match s {
-                Step::Append(r) => Some(codec::encode(r).unwrap()),
-                _ => None,
-            })
-            .collect()
+    pub(super) fn log_of(outs: &[Output]) -> Vec<Vec<u8>> {
+        outs.iter().flat_map(|out| out.append.iter().cloned()).collect()
+    }
+
+    /// The records `out` appends.
+    pub(super) fn records(out: &Output) -> Vec<Record> {
+        out.append.iter().map(|r| codec::decode(r).unwrap()).collect()
     }
 
     #[test]
@@ -991,15 +976,10 @@ mod tests {
     fn votes_yes_only_after_a_synced_prepare_record() {
         let mut p = shard();
         put(&mut p, 10, "a", 1).unwrap();
-        let steps = prepare(&mut p, 10);
-        let append = steps
-            .iter()
-            .position(|s| matches!(s, Step::Append(Record::Prepared { .. })));
-        let sync = steps.iter().position(|s| matches!(s, Step::Sync));
-        let vote = steps
-            .iter()
-            .position(|s| matches!(s, Step::Send(_, Msg::Vote { yes: true, .. })));
-        assert!(append.unwrap() < sync.unwrap() && sync.unwrap() < vote.unwrap());
+        let out = prepare(&mut p, 10);
+        assert!(matches!(records(&out)[..], [Record::Prepared { .. }]), "{out:?}");
+        assert!(out.sync, "the record is synced before the vote goes");
+        assert_eq!(vote_of(&out), Some(true));
     }
 
     #[test]
@@ -1007,7 +987,7 @@ mod tests {
         let mut p = shard();
         assert_eq!(vote_of(&prepare(&mut p, 10)), Some(false));
         put(&mut p, 11, "a", 1).unwrap();
-        p.on_message(MS, CLIENT, Msg::Abort { txn: 11 });
+        p.on_message(MS, CLIENT, ShardMsg::Abort { txn: 11 });
         assert_eq!(vote_of(&prepare(&mut p, 11)), Some(false));
     }
 
@@ -1018,17 +998,20 @@ mod tests {
         prepare(&mut p, 10);
         assert!(get(&mut p, 11, "a").is_err(), "prepared locks block");
         // A client abort cannot touch a prepared transaction.
-        p.on_message(MS, CLIENT, Msg::Abort { txn: 10 });
+        p.on_message(MS, CLIENT, ShardMsg::Abort { txn: 10 });
         assert!(get(&mut p, 12, "a").is_err());
         let steps = p.on_message(
             MS,
             C,
-            Msg::Decide {
+            ShardMsg::Decide {
                 txn: 10,
                 decision: Decision::Commit,
             },
         );
-        assert!(steps.iter().any(|s| matches!(s, Step::Send(C, Msg::Ack { txn: 10 }))));
+        assert!(steps
+            .messages
+            .iter()
+            .any(|s| matches!(s, (C, Msg::Coord(CoordMsg::Ack { txn: 10 })))));
         assert_eq!(p.committed("a"), Some(&vec![7]));
         assert_eq!(get(&mut p, 13, "a"), Ok(Some(vec![7])));
     }
@@ -1043,25 +1026,25 @@ mod tests {
         let decided = p.on_message(
             MS,
             C,
-            Msg::Decide {
+            ShardMsg::Decide {
                 txn: 10,
                 decision: Decision::Commit,
             },
         );
         let (p, boot) = Participant::recover(2, &log_of(&[boot1, prepared, decided]), 5 * MS, config()).unwrap();
         assert_eq!(p.committed("a"), Some(&vec![7]));
-        assert!(boot.contains(&Step::Event(TxnEvent::Applied {
+        assert!(boot.events.contains(&TxnEvent::Applied {
             txn: 10,
             decision: Decision::Commit,
             prepared: true
-        })));
+        }));
     }
 
     #[test]
     fn a_transaction_too_large_for_its_prepare_record_is_aborted_not_stored() {
         let mut p = shard();
         let write = |p: &mut Participant, txn, key: &str, bytes: usize| {
-            let msg = Msg::Put {
+            let msg = ShardMsg::Put {
                 txn,
                 request: 0,
                 key: key.into(),
@@ -1076,11 +1059,10 @@ mod tests {
         write(&mut p, 10, "b", half).unwrap();
         let prepared = prepare(&mut p, 10);
         assert_eq!(vote_of(&prepared), Some(true));
-        for step in &prepared {
-            if let Step::Append(record) = step {
-                codec::encode(record).expect("the prepare record fits");
-            }
-        }
+        assert!(
+            matches!(records(&prepared)[..], [Record::Prepared { .. }]),
+            "the prepare record fits"
+        );
         // One byte more is refused and the transaction aborted, its locks
         // released.
         write(&mut p, 11, "c", MAX_TXN_BYTES - 2).unwrap();
@@ -1104,11 +1086,11 @@ mod tests {
         p.tick(MS + timeout - MS);
         assert!(get(&mut p, 11, "a").is_err(), "still active: its lock holds");
         let steps = p.tick(MS + timeout);
-        assert!(steps.contains(&Step::Event(TxnEvent::Applied {
+        assert!(steps.events.contains(&TxnEvent::Applied {
             txn: 10,
             decision: Decision::Abort,
             prepared: false
-        })));
+        }));
         assert_eq!(p.decision(10), Some(Decision::Abort));
         assert!(get(&mut p, 12, "a").is_ok(), "the lock went with it");
     }
@@ -1123,7 +1105,7 @@ mod tests {
         put(&mut p, 10, "b", 8).unwrap();
         let (mut p, _) = Participant::recover(2, &log_of(&[boot]), MS, config()).unwrap();
         assert_eq!(p.epoch(), 2);
-        let duplicate = Msg::Put {
+        let duplicate = ShardMsg::Put {
             txn: 10,
             request: 0,
             key: "a".into(),
@@ -1131,7 +1113,7 @@ mod tests {
             epoch: None,
         };
         op_result(p.on_message(MS, CLIENT, duplicate)).unwrap();
-        let prepare_at_epoch_1 = Msg::Prepare {
+        let prepare_at_epoch_1 = ShardMsg::Prepare {
             txn: 10,
             client: CLIENT,
             epoch: 1,
@@ -1146,7 +1128,7 @@ mod tests {
         let mut p = shard();
         put(&mut p, 10, "a", 7).unwrap();
         let stranger = CLIENT + 1;
-        let forged_put = Msg::Put {
+        let forged_put = ShardMsg::Put {
             txn: 10,
             request: 0,
             key: "b".into(),
@@ -1157,7 +1139,7 @@ mod tests {
             op_result(p.on_message(MS, stranger, forged_put)),
             Err(AbortReason::NotActive)
         );
-        assert!(p.on_message(MS, stranger, Msg::Abort { txn: 10 }).is_empty());
+        assert!(p.on_message(MS, stranger, ShardMsg::Abort { txn: 10 }).is_empty());
         // The client's transaction is untouched: it prepares with its own
         // write only, and the key the stranger named is not locked.
         assert_eq!(vote_of(&prepare(&mut p, 10)), Some(true));
@@ -1169,7 +1151,7 @@ mod tests {
     fn a_commit_asked_for_by_someone_else_gets_a_no_vote() {
         let mut p = shard();
         put(&mut p, 10, "a", 7).unwrap();
-        let forged = Msg::Prepare {
+        let forged = ShardMsg::Prepare {
             txn: 10,
             client: CLIENT + 1,
             epoch: p.epoch(),
@@ -1218,9 +1200,10 @@ mod tests {
         assert_eq!(p.epoch(), 2);
         assert_eq!(p.prepared(), vec![10]);
         let queries: Vec<_> = boot
+            .messages
             .iter()
             .filter_map(|s| match s {
-                Step::Send(to, Msg::Query { txn: 10 }) => Some(*to),
+                (to, Msg::Coord(CoordMsg::Query { txn: 10 }) | Msg::Shard(ShardMsg::Query { txn: 10 })) => Some(*to),
                 _ => None,
             })
             .collect();
@@ -1235,7 +1218,7 @@ mod tests {
         let old = p.on_message(
             MS,
             CLIENT,
-            Msg::Get {
+            ShardMsg::Get {
                 txn: 13,
                 request: 0,
                 key: "c".into(),
@@ -1252,13 +1235,13 @@ mod tests {
         prepare(&mut p, 10);
         for i in 1..100 {
             let steps = p.tick(Duration::from_millis(100 * i));
-            assert!(!steps.iter().any(|s| matches!(s, Step::Event(TxnEvent::Applied { .. }))));
+            assert!(!steps.events.iter().any(|e| matches!(e, TxnEvent::Applied { .. })));
         }
         assert_eq!(p.prepared(), vec![10]);
         p.on_message(
             MS,
             3,
-            Msg::Known {
+            ShardMsg::Known {
                 txn: 10,
                 knowledge: Knowledge::Uncertain,
             },
@@ -1267,7 +1250,7 @@ mod tests {
         p.on_message(
             MS,
             3,
-            Msg::Known {
+            ShardMsg::Known {
                 txn: 10,
                 knowledge: Knowledge::Decided(Decision::Abort),
             },
@@ -1281,13 +1264,13 @@ mod tests {
     fn a_peer_that_has_not_voted_aborts_when_asked() {
         let mut p = shard();
         put(&mut p, 10, "a", 7).unwrap();
-        let steps = p.on_message(MS, 3, Msg::Query { txn: 10 });
-        assert!(steps.contains(&Step::Send(
+        let steps = p.on_message(MS, 3, ShardMsg::Query { txn: 10 });
+        assert!(steps.messages.contains(&(
             3,
-            Msg::Known {
+            Msg::Shard(ShardMsg::Known {
                 txn: 10,
                 knowledge: Knowledge::Decided(Decision::Abort)
-            }
+            })
         )));
         assert_eq!(vote_of(&prepare(&mut p, 10)), Some(false));
     }
@@ -1327,15 +1310,16 @@ mod tests {
         let steps = p.on_message(
             MS,
             C,
-            Msg::Decide {
+            ShardMsg::Decide {
                 txn: 10,
                 decision: Decision::Abort,
             },
         );
-        let at = |want: fn(&Step<Record>) -> bool| steps.iter().position(want);
-        let append = at(|s| matches!(s, Step::Append(Record::Decided { .. })));
-        let sync = at(|s| matches!(s, Step::Sync));
-        let ack = at(|s| matches!(s, Step::Send(C, Msg::Ack { txn: 10 })));
-        assert!(append < sync && sync.is_some() && sync < ack, "{steps:?}");
+        assert!(matches!(records(&steps)[..], [Record::Decided { .. }]), "{steps:?}");
+        assert!(steps.sync, "synced before the ack goes: {steps:?}");
+        assert!(
+            steps.messages.contains(&(C, Msg::Coord(CoordMsg::Ack { txn: 10 }))),
+            "{steps:?}"
+        );
     }
 }

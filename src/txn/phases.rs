@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use super::{epoch_of, sends, Decision, Msg, Outcome, Step, TxnEvent, TxnId};
+use super::{epoch_of, Decision, Msg, Outcome, Output, ReplyMsg, ShardMsg, TxnEvent, TxnId};
 use crate::env::NodeId;
 
 /// Transaction ids `epoch << 32 | seq` as one coordinator incarnation gives
@@ -129,45 +129,39 @@ impl Round {
     }
 
     /// `Prepare` to every participant that has not voted yes, now.
-    pub(crate) fn prepares<R>(
+    pub(crate) fn prepares(
         &mut self,
         txn: TxnId,
         coordinators: &[NodeId],
-        now: Duration,
-        resend_every: Duration,
-    ) -> Vec<Step<R>> {
+        (now, resend_every): (Duration, Duration),
+        out: &mut Output,
+    ) {
         self.next_resend = now + resend_every;
         let ids = self.participants();
-        self.participants
-            .iter()
-            .filter(|(n, _)| !self.yes.contains(n))
-            .map(|&(n, epoch)| {
-                Step::Send(
-                    n,
-                    Msg::Prepare {
-                        txn,
-                        client: self.client,
-                        epoch,
-                        participants: ids.clone(),
-                        coordinators: coordinators.to_vec(),
-                    },
-                )
-            })
-            .collect()
+        for &(n, epoch) in self.participants.iter().filter(|(n, _)| !self.yes.contains(n)) {
+            out.send(
+                n,
+                Msg::Shard(ShardMsg::Prepare {
+                    txn,
+                    client: self.client,
+                    epoch,
+                    participants: ids.clone(),
+                    coordinators: coordinators.to_vec(),
+                }),
+            );
+        }
     }
 
     /// [`Round::prepares`] if the re-send is due.
-    pub(crate) fn prepares_due<R>(
+    pub(crate) fn prepares_due(
         &mut self,
         txn: TxnId,
         coordinators: &[NodeId],
-        now: Duration,
-        resend_every: Duration,
-    ) -> Vec<Step<R>> {
+        (now, resend_every): (Duration, Duration),
+        out: &mut Output,
+    ) {
         if now >= self.next_resend {
-            self.prepares(txn, coordinators, now, resend_every)
-        } else {
-            vec![]
+            self.prepares(txn, coordinators, (now, resend_every), out);
         }
     }
 }
@@ -210,30 +204,29 @@ impl Delivery {
 
     /// The decision again to every silent participant, if the re-send is
     /// due.
-    pub(crate) fn resend_due<R>(
+    pub(crate) fn resend_due(
         &mut self,
         txn: TxnId,
         decision: Decision,
-        now: Duration,
-        resend_every: Duration,
-    ) -> Vec<Step<R>> {
+        (now, resend_every): (Duration, Duration),
+        out: &mut Output,
+    ) {
         if self.done() || now < self.next_resend {
-            return vec![];
+            return;
         }
         self.next_resend = now + resend_every;
-        sends(self.unacked.iter().copied(), &Msg::Decide { txn, decision })
+        out.send_all(self.unacked.iter().copied(), &ShardMsg::Decide { txn, decision });
     }
 }
 
 /// Reports a decision and sends it to the participants.
-pub(crate) fn announce<R>(txn: TxnId, decision: Decision, participants: Vec<NodeId>) -> Vec<Step<R>> {
-    let mut steps = vec![Step::Event(TxnEvent::Announced {
+pub(crate) fn announce(txn: TxnId, decision: Decision, participants: Vec<NodeId>, out: &mut Output) {
+    out.send_all(participants.iter().copied(), &ShardMsg::Decide { txn, decision });
+    out.event(TxnEvent::Announced {
         txn,
         decision,
-        participants: participants.clone(),
-    })];
-    steps.extend(sends(participants, &Msg::Decide { txn, decision }));
-    steps
+        participants,
+    });
 }
 
 /// Clients waiting for the outcome of a transaction.
@@ -246,22 +239,22 @@ impl Waiters {
     }
 
     /// Tells everyone waiting for `txn` its outcome.
-    pub(crate) fn notify<R>(&mut self, txn: TxnId, outcome: &Outcome) -> Vec<Step<R>> {
+    pub(crate) fn notify(&mut self, txn: TxnId, outcome: &Outcome, out: &mut Output) {
         let clients = self.0.remove(&txn).unwrap_or_default();
-        sends(
+        out.send_all(
             clients,
-            &Msg::Outcome {
+            &Msg::Reply(ReplyMsg::Outcome {
                 txn,
                 outcome: outcome.clone(),
-            },
-        )
+            }),
+        );
     }
 
     /// Tells everyone waiting for `txn` that it finished and is forgotten
     /// (its outcome is no longer known here).
-    pub(crate) fn forgotten<R>(&mut self, txn: TxnId) -> Vec<Step<R>> {
+    pub(crate) fn forgotten(&mut self, txn: TxnId, out: &mut Output) {
         let clients = self.0.remove(&txn).unwrap_or_default();
-        sends(clients, &Msg::Forgotten { txn })
+        out.send_all(clients, &ReplyMsg::Forgotten { txn });
     }
 
     pub(crate) fn clear(&mut self) {

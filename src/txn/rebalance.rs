@@ -1,8 +1,8 @@
 //! The bank's side of moving accounts between shards
 //! ([`crate::shard::rebalance`]): the ring's groups are the shards
 //! themselves (a group id is a shard's node id), and each step is a
-//! message ([`Msg::Move`]) sent again every attempt until the shard
-//! answers it durably ([`Msg::MoveReply`]). The steps are idempotent, so a
+//! message ([`Msg::Shard(ShardMsg::Move)`]) sent again every attempt until the shard
+//! answers it durably ([`Msg::Reply(ReplyMsg::MoveReply)`]). The steps are idempotent, so a
 //! repeat that crossed a late answer changes nothing.
 
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use std::time::Duration;
 use rand::Rng;
 
 use super::participant::{AccountMove, AccountPart, MoveAnswer, MAX_MOVE_BYTES};
-use super::{Msg, TxnBug};
+use super::{Msg, ReplyMsg, ShardMsg, TxnBug};
 use crate::env::{codec, timeout, Env};
 use crate::log::client::{Addressed, ClientError, Inbox};
 use crate::log::ClientId;
@@ -32,11 +32,11 @@ impl Addressed for MoveAnswers {
     type Answer = (u64, MoveAnswer);
     fn read(bytes: &[u8]) -> Option<(ClientId, Self::Answer)> {
         match codec::decode::<Msg>(bytes) {
-            Ok(Msg::MoveReply {
+            Ok(Msg::Reply(ReplyMsg::MoveReply {
                 client,
                 request,
                 answer,
-            }) => Some((client, (request, answer))),
+            })) => Some((client, (request, answer))),
             _ => None,
         }
     }
@@ -85,11 +85,11 @@ impl<E: Env> ShardGroups<E> {
         }
         self.next_request += 1;
         let request = self.next_request;
-        let msg = Msg::Move {
+        let msg = Msg::Shard(ShardMsg::Move {
             client: self.client,
             request,
             step,
-        };
+        });
         let bytes = codec::encode(&msg).map_err(|e| RebalanceError::Protocol {
             group: shard,
             answer: format!("the step does not encode: {e}"),
@@ -159,11 +159,11 @@ impl<E: Env> Groups for ShardGroups<E> {
 
     fn empty_fence_bytes(&self, epoch: u64, to: GroupId) -> usize {
         let ranges = RangeSet::default();
-        let msg = Msg::Move {
+        let msg = Msg::Shard(ShardMsg::Move {
             client: ClientId::MAX,
             request: u64::MAX,
             step: AccountMove::Fence { epoch, to, ranges },
-        };
+        });
         codec::encode(&msg).map_or(usize::MAX, |b| b.len())
     }
 

@@ -47,7 +47,7 @@
 //!   - every command about it is ignored, a `Start` too, and nothing is
 //!     presumed: an abort presumed now could contradict a forgotten commit;
 //!   - a client's commit request or status question is told
-//!     [`Msg::Forgotten`]: the outcome is unknown here, as after a lost
+//!     [`Msg::Reply(ReplyMsg::Forgotten)`]: the outcome is unknown here, as after a lost
 //!     reply. It is never run again: a re-run would be prepared on the
 //!     participants the asker lists, and any node may list a shard that
 //!     never heard of the transaction, whose no vote would abort a
@@ -68,7 +68,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::phases::{announce, too_many, Delivery, Ids, Round, Tally, Waiters, MAX_PARTICIPANTS};
-use super::{AbortReason, Decision, Msg, Outcome, Step, TxnBug, TxnEvent, TxnId};
+use super::{AbortReason, CoordMsg, Decision, Outcome, Output, ReplyMsg, ShardMsg, TxnBug, TxnEvent, TxnId};
 use crate::env::{codec, NodeId};
 use crate::log::{SnapshotError, StateMachine, Term};
 
@@ -82,7 +82,7 @@ pub enum Command {
         txn: TxnId,
         /// The node that asked to commit it (named in every prepare).
         client: NodeId,
-        /// Each shard with the epoch the client saw, as in [`Msg::Commit`].
+        /// Each shard with the epoch the client saw, as in [`Msg::Coord(CoordMsg::Commit)`].
         participants: Vec<(NodeId, u64)>,
     },
     /// Every participant voted yes; `votes` lists them.
@@ -392,22 +392,22 @@ pub struct View<'a> {
 }
 
 /// What the leader logic asks for: commands to propose to the log, then
-/// steps to execute.
+/// messages and events ([`Output`]; the leader logic has no log of its
+/// own, so it never appends or syncs).
 #[derive(Debug, Default)]
-pub struct Effects {
+pub struct LeaderOutput {
     /// Commands for the log, in order; the log service's engine proposes
     /// them under this replica's session for the term.
     pub propose: Vec<Command>,
-    /// Messages and events, executed in order; the leader logic has no log of
-    /// its own, so no `Append` or `Sync`.
-    pub steps: Vec<Step<()>>,
+    /// Messages to send and events to report.
+    pub out: Output,
 }
 
-impl Effects {
-    /// Appends `other`'s proposals and steps after these, keeping order.
-    pub fn extend(&mut self, other: Effects) {
+impl LeaderOutput {
+    /// Appends `other`'s proposals and effects after these, keeping order.
+    pub fn extend(&mut self, other: LeaderOutput) {
         self.propose.extend(other.propose);
-        self.steps.extend(other.steps);
+        self.out.extend(other.out);
     }
 }
 
@@ -512,7 +512,7 @@ impl CoordLeader {
         }
     }
 
-    fn propose(&mut self, fx: &mut Effects, command: Command) {
+    fn propose(&mut self, fx: &mut LeaderOutput, command: Command) {
         fx.propose.push(command);
     }
 
@@ -525,53 +525,56 @@ impl CoordLeader {
         self.term.is_none_or(|term| self.ids.issued(term, txn))
     }
 
-    fn abort(&mut self, fx: &mut Effects, txn: TxnId, reason: AbortReason) {
+    fn abort(&mut self, fx: &mut LeaderOutput, txn: TxnId, reason: AbortReason) {
         if self.deciding.insert(txn) {
             self.propose(fx, Command::Abort { txn, reason });
         }
     }
 
-    fn commit(&mut self, fx: &mut Effects, txn: TxnId) {
+    fn commit(&mut self, fx: &mut LeaderOutput, txn: TxnId) {
         if self.deciding.insert(txn) {
             let votes = self.rounds[&txn].yes_votes();
             self.propose(fx, Command::Commit { txn, votes });
         }
     }
 
-    fn redirect(&self, to: NodeId, view: &View) -> Step<()> {
-        Step::Send(to, Msg::Redirect { leader: view.leader })
+    fn redirect(&self, to: NodeId, view: &View, out: &mut Output) {
+        out.send(to, ReplyMsg::Redirect { leader: view.leader });
     }
 
     /// A message from a client or a shard (log traffic goes to the log).
-    pub fn on_message(&mut self, now: Duration, from: NodeId, msg: Msg, view: &View) -> Effects {
+    pub fn on_message(&mut self, now: Duration, from: NodeId, msg: CoordMsg, view: &View) -> LeaderOutput {
         let fx = self.handle_message(now, from, msg, view);
         self.checked(view);
         fx
     }
 
-    fn handle_message(&mut self, now: Duration, from: NodeId, msg: Msg, view: &View) -> Effects {
+    fn handle_message(&mut self, now: Duration, from: NodeId, msg: CoordMsg, view: &View) -> LeaderOutput {
         self.follow(now, view);
-        let mut fx = Effects::default();
+        let mut fx = LeaderOutput::default();
         let machine = view.machine;
         match msg {
-            Msg::Begin { request } => match self.term.map(|term| self.ids.issue(term)) {
-                Some(Some(txn)) => fx.steps.push(Step::Send(from, Msg::Began { request, txn })),
+            CoordMsg::Begin { request } => match self.term.map(|term| self.ids.issue(term)) {
+                Some(Some(txn)) => fx.out.send(from, ReplyMsg::Began { request, txn }),
                 // This term's ids are used up; the next leader's are fresh.
                 Some(None) => tracing::error!(replica = self.id, "transaction ids of this term exhausted"),
-                None => fx.steps.push(self.redirect(from, view)),
+                None => self.redirect(from, view, &mut fx.out),
             },
             // It finished and the machine no longer knows how, or it was
             // never started before the floor passed it (module docs).
             // PLANTED BUG (forget_presumes_abort): a forgotten one presumed aborted.
-            Msg::Commit { txn, .. } | Msg::Status { txn }
+            CoordMsg::Commit { txn, .. } | CoordMsg::Status { txn }
                 if machine.forgotten(txn) && self.config.bug == Some(TxnBug::ForgetPresumesAbort) =>
             {
-                fx.steps.extend(presume_abort(from, txn))
+                presume_abort(from, txn, &mut fx.out)
             }
-            Msg::Commit { txn, .. } | Msg::Status { txn } if machine.forgotten(txn) => {
-                fx.steps.push(Step::Send(from, Msg::Forgotten { txn }))
+            CoordMsg::Commit { txn, .. } | CoordMsg::Status { txn } if machine.forgotten(txn) => {
+                fx.out.send(from, ReplyMsg::Forgotten { txn })
             }
-            Msg::Commit { txn, .. } | Msg::Status { txn } | Msg::Query { txn } | Msg::Vote { txn, .. }
+            CoordMsg::Commit { txn, .. }
+            | CoordMsg::Status { txn }
+            | CoordMsg::Query { txn }
+            | CoordMsg::Vote { txn, .. }
                 if !self.may_exist(txn) =>
             {
                 tracing::warn!(
@@ -581,9 +584,9 @@ impl CoordLeader {
                     "ignoring a transaction id no leader issued"
                 );
             }
-            Msg::Commit { txn, participants } => match machine.get(txn) {
-                Some(state) if state.decision().is_some() => fx.steps.extend(tell_outcome(from, txn, state)),
-                _ if self.term.is_none() => fx.steps.push(self.redirect(from, view)),
+            CoordMsg::Commit { txn, participants } => match machine.get(txn) {
+                Some(state) if state.decision().is_some() => tell_outcome(from, txn, state, &mut fx.out),
+                _ if self.term.is_none() => self.redirect(from, view, &mut fx.out),
                 Some(_) => self.waiting.add(txn, from),
                 None if too_many(&participants) => {
                     self.waiting.add(txn, from);
@@ -606,16 +609,16 @@ impl CoordLeader {
                     }
                 }
             },
-            Msg::Status { txn } => match machine.get(txn) {
-                Some(state) if state.decision().is_some() => fx.steps.extend(tell_outcome(from, txn, state)),
-                _ if self.term.is_none() => fx.steps.push(self.redirect(from, view)),
+            CoordMsg::Status { txn } => match machine.get(txn) {
+                Some(state) if state.decision().is_some() => tell_outcome(from, txn, state, &mut fx.out),
+                _ if self.term.is_none() => self.redirect(from, view, &mut fx.out),
                 Some(_) => self.waiting.add(txn, from),
                 None => {
                     self.waiting.add(txn, from);
                     self.abort(&mut fx, txn, AbortReason::NotLogged);
                 }
             },
-            Msg::Vote { txn, yes } if self.term.is_some() => match self.rounds.get_mut(&txn) {
+            CoordMsg::Vote { txn, yes } if self.term.is_some() => match self.rounds.get_mut(&txn) {
                 Some(round) => match round.vote(from, yes) {
                     Some(Tally::No) => self.abort(&mut fx, txn, AbortReason::VotedNo { shard: from }),
                     Some(Tally::AllYes) => self.commit(&mut fx, txn),
@@ -628,7 +631,7 @@ impl CoordLeader {
                     // auditor) would take it for a lost yes vote.
                     Some(state) if yes => match state.decision() {
                         Some(Decision::Commit) if !state.involves(from) => {}
-                        Some(decision) => fx.steps.extend(tell_shard(from, txn, decision)),
+                        Some(decision) => tell_shard(from, txn, decision, &mut fx.out),
                         None => {}
                     },
                     // A repeat from a shard that knows the decision.
@@ -637,22 +640,22 @@ impl CoordLeader {
                     _ => {}
                 },
             },
-            Msg::Ack { txn } => {
+            CoordMsg::Ack { txn } => {
                 if self.deliveries.get_mut(&txn).is_some_and(|(_, d)| d.ack(from)) {
                     self.deliveries.remove(&txn);
                     self.propose(&mut fx, Command::End { txn });
                 }
             }
-            Msg::Query { txn } => match machine.decision(txn) {
-                Some(decision) => fx.steps.extend(tell_shard(from, txn, decision)),
+            CoordMsg::Query { txn } => match machine.decision(txn) {
+                Some(decision) => tell_shard(from, txn, decision, &mut fx.out),
                 None if machine.forgotten(txn) && self.config.bug == Some(TxnBug::ForgetPresumesAbort) => {
-                    fx.steps.extend(tell_shard(from, txn, Decision::Abort))
+                    tell_shard(from, txn, Decision::Abort, &mut fx.out)
                 }
                 // A stale duplicate: every participant has the decision.
                 None if machine.forgotten(txn) => {}
                 // PLANTED BUG: abort presumed from this replica's memory.
                 None if self.config.bug == Some(TxnBug::ReplicaPresumesAbort) => {
-                    fx.steps.extend(tell_shard(from, txn, Decision::Abort))
+                    tell_shard(from, txn, Decision::Abort, &mut fx.out)
                 }
                 None if self.term.is_some() && machine.get(txn).is_none() => {
                     self.abort(&mut fx, txn, AbortReason::NotLogged)
@@ -660,21 +663,7 @@ impl CoordLeader {
                 // Undecided: the leader drives it; a follower leaves it to the leader.
                 None => {}
             },
-            Msg::Vote { .. }
-            | Msg::Get { .. }
-            | Msg::Put { .. }
-            | Msg::Abort { .. }
-            | Msg::OpReply { .. }
-            | Msg::Prepare { .. }
-            | Msg::Decide { .. }
-            | Msg::Began { .. }
-            | Msg::Outcome { .. }
-            | Msg::Forgotten { .. }
-            | Msg::Known { .. }
-            | Msg::Redirect { .. }
-            | Msg::Move { .. }
-            | Msg::MoveReply { .. }
-            | Msg::Log(_) => {}
+            CoordMsg::Vote { .. } | CoordMsg::Log(_) => {}
         }
         fx
     }
@@ -692,15 +681,15 @@ impl CoordLeader {
     }
 
     /// Timeouts: re-send prepares and decisions; abort slow votes.
-    pub fn tick(&mut self, now: Duration, view: &View) -> Effects {
+    pub fn tick(&mut self, now: Duration, view: &View) -> LeaderOutput {
         let fx = self.timeouts(now, view);
         self.checked(view);
         fx
     }
 
-    fn timeouts(&mut self, now: Duration, view: &View) -> Effects {
+    fn timeouts(&mut self, now: Duration, view: &View) -> LeaderOutput {
         self.follow(now, view);
-        let mut fx = Effects::default();
+        let mut fx = LeaderOutput::default();
         let (every, timeout) = (self.config.resend_every, self.config.prepare_timeout);
         let mut timed_out = Vec::new();
         for (&txn, round) in &mut self.rounds {
@@ -710,21 +699,21 @@ impl CoordLeader {
             if round.timed_out(now, timeout) {
                 timed_out.push(txn);
             } else {
-                fx.steps.extend(round.prepares_due(txn, &self.coordinators, now, every));
+                round.prepares_due(txn, &self.coordinators, (now, every), &mut fx.out);
             }
         }
         for txn in timed_out {
             self.abort(&mut fx, txn, AbortReason::PrepareTimeout);
         }
         for (&txn, (decision, delivery)) in &mut self.deliveries {
-            fx.steps.extend(delivery.resend_due(txn, *decision, now, every));
+            delivery.resend_due(txn, *decision, (now, every), &mut fx.out);
         }
         fx
     }
 
     /// The log applied commands about `txns`: act on what is now decided.
     /// Only here does a leader send a decision — after the log committed it.
-    pub fn on_applied(&mut self, now: Duration, view: &View, txns: impl IntoIterator<Item = TxnId>) -> Effects {
+    pub fn on_applied(&mut self, now: Duration, view: &View, txns: impl IntoIterator<Item = TxnId>) -> LeaderOutput {
         let fx = self.act_on_applied(now, view, txns);
         self.checked(view);
         fx
@@ -738,9 +727,9 @@ impl CoordLeader {
         }
     }
 
-    fn act_on_applied(&mut self, now: Duration, view: &View, txns: impl IntoIterator<Item = TxnId>) -> Effects {
+    fn act_on_applied(&mut self, now: Duration, view: &View, txns: impl IntoIterator<Item = TxnId>) -> LeaderOutput {
         self.follow(now, view);
-        let mut fx = Effects::default();
+        let mut fx = LeaderOutput::default();
         if self.term.is_none() {
             return fx;
         }
@@ -751,7 +740,7 @@ impl CoordLeader {
                     // Decided, ended and forgotten in one batch: finished.
                     self.forget_round(txn);
                     self.deliveries.remove(&txn);
-                    fx.steps.extend(self.waiting.forgotten(txn));
+                    self.waiting.forgotten(txn, &mut fx.out);
                 }
                 continue;
             };
@@ -762,8 +751,7 @@ impl CoordLeader {
                     let skip = inherited && self.config.bug == Some(TxnBug::IgnoreInherited);
                     if !skip && !self.rounds.contains_key(&txn) {
                         let mut round = Round::new(*client, participants.clone(), now);
-                        fx.steps
-                            .extend(round.prepares(txn, &self.coordinators, now, self.config.resend_every));
+                        round.prepares(txn, &self.coordinators, (now, self.config.resend_every), &mut fx.out);
                         self.rounds.insert(txn, round);
                         if participants.is_empty() {
                             self.commit(&mut fx, txn);
@@ -785,10 +773,10 @@ impl CoordLeader {
                         let resend = now + self.config.resend_every;
                         let delivery = Delivery::new(participants.iter().copied(), resend);
                         self.deliveries.insert(txn, (decision, delivery));
-                        fx.steps.extend(announce(txn, decision, participants.clone()));
+                        announce(txn, decision, participants.clone(), &mut fx.out);
                     }
-                    fx.steps
-                        .extend(self.waiting.notify(txn, &state.outcome().expect("decided")));
+                    self.waiting
+                        .notify(txn, &state.outcome().expect("decided"), &mut fx.out);
                 }
                 // Aborted with no participant to tell (presumed): finished
                 // the moment it is decided.
@@ -796,9 +784,8 @@ impl CoordLeader {
                     participants, reason, ..
                 } if participants.is_empty() => {
                     self.forget_round(txn);
-                    fx.steps.extend(announce(txn, Decision::Abort, vec![]));
-                    fx.steps
-                        .extend(self.waiting.notify(txn, &Outcome::Aborted(reason.clone())));
+                    announce(txn, Decision::Abort, vec![], &mut fx.out);
+                    self.waiting.notify(txn, &Outcome::Aborted(reason.clone()), &mut fx.out);
                 }
                 // `End` applied: every participant acknowledged. The
                 // decision may have been applied in the same batch (a new
@@ -807,8 +794,8 @@ impl CoordLeader {
                 TxnState::Committed { ended: true, .. } | TxnState::Aborted { ended: true, .. } => {
                     self.forget_round(txn);
                     self.deliveries.remove(&txn);
-                    fx.steps
-                        .extend(self.waiting.notify(txn, &state.outcome().expect("decided")));
+                    self.waiting
+                        .notify(txn, &state.outcome().expect("decided"), &mut fx.out);
                 }
             }
         }
@@ -818,7 +805,7 @@ impl CoordLeader {
 
     /// Proposes a `Forget` when too many finished transactions are held and
     /// none is pending.
-    fn maybe_forget(&mut self, fx: &mut Effects, machine: &CoordMachine) {
+    fn maybe_forget(&mut self, fx: &mut LeaderOutput, machine: &CoordMachine) {
         if self.forgetting.is_some_and(|below| machine.holds_finished_below(below)) {
             return;
         }
@@ -869,44 +856,41 @@ impl CoordLeader {
 }
 
 /// A client's answer from a decided transaction.
-fn tell_outcome(client: NodeId, txn: TxnId, state: &TxnState) -> Vec<Step<()>> {
+fn tell_outcome(client: NodeId, txn: TxnId, state: &TxnState, out: &mut Output) {
     let decision = state.decision().expect("decided");
     let outcome = state.outcome().expect("decided");
-    vec![
-        Step::Event(TxnEvent::Announced {
-            txn,
-            decision,
-            participants: vec![],
-        }),
-        Step::Send(client, Msg::Outcome { txn, outcome }),
-    ]
+    out.event(TxnEvent::Announced {
+        txn,
+        decision,
+        participants: vec![],
+    });
+    out.send(client, ReplyMsg::Outcome { txn, outcome });
 }
 
 /// The planted bug's answer to a client about a forgotten transaction.
-fn presume_abort(client: NodeId, txn: TxnId) -> Vec<Step<()>> {
+fn presume_abort(client: NodeId, txn: TxnId, out: &mut Output) {
     let presumed = TxnState::Aborted {
         participants: vec![],
         reason: AbortReason::NotLogged,
         ended: true,
     };
-    tell_outcome(client, txn, &presumed)
+    tell_outcome(client, txn, &presumed, out);
 }
 
 /// A shard's answer (to a query or a late vote).
-fn tell_shard(shard: NodeId, txn: TxnId, decision: Decision) -> Vec<Step<()>> {
-    vec![
-        Step::Event(TxnEvent::Announced {
-            txn,
-            decision,
-            participants: vec![],
-        }),
-        Step::Send(shard, Msg::Decide { txn, decision }),
-    ]
+fn tell_shard(shard: NodeId, txn: TxnId, decision: Decision, out: &mut Output) {
+    out.event(TxnEvent::Announced {
+        txn,
+        decision,
+        participants: vec![],
+    });
+    out.send(shard, ShardMsg::Decide { txn, decision });
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::txn::Msg;
 
     const CLIENT: NodeId = 100;
     const MS: Duration = Duration::from_millis(1);
@@ -933,7 +917,7 @@ mod tests {
     }
 
     /// The log commits and applies every proposal; the leader logic then sees it.
-    fn commit_log(d: &mut CoordLeader, m: &mut CoordMachine, fx: &Effects) -> Effects {
+    fn commit_log(d: &mut CoordLeader, m: &mut CoordMachine, fx: &LeaderOutput) -> LeaderOutput {
         let txns: Vec<TxnId> = fx.propose.iter().filter_map(|c| c.txn()).collect();
         for command in &fx.propose {
             m.apply(command);
@@ -941,19 +925,20 @@ mod tests {
         d.on_applied(MS, &leading(m), txns)
     }
 
-    fn decides(fx: &Effects) -> Vec<(NodeId, Decision)> {
-        fx.steps
+    fn decides(fx: &LeaderOutput) -> Vec<(NodeId, Decision)> {
+        fx.out
+            .messages
             .iter()
             .filter_map(|s| match s {
-                Step::Send(to, Msg::Decide { decision, .. }) => Some((*to, *decision)),
+                (to, Msg::Shard(ShardMsg::Decide { decision, .. })) => Some((*to, *decision)),
                 _ => None,
             })
             .collect()
     }
 
-    fn outcome(fx: &Effects) -> Option<Outcome> {
-        fx.steps.iter().find_map(|s| match s {
-            Step::Send(CLIENT, Msg::Outcome { outcome, .. }) => Some(outcome.clone()),
+    fn outcome(fx: &LeaderOutput) -> Option<Outcome> {
+        fx.out.messages.iter().find_map(|s| match s {
+            (CLIENT, Msg::Reply(ReplyMsg::Outcome { outcome, .. })) => Some(outcome.clone()),
             _ => None,
         })
     }
@@ -1004,7 +989,7 @@ mod tests {
         });
         m.apply(&Command::Commit { txn: 7, votes: vec![4] });
         let mut d = leader_logic();
-        let yes = Msg::Vote { txn: 7, yes: true };
+        let yes = CoordMsg::Vote { txn: 7, yes: true };
         assert_eq!(
             decides(&d.on_message(MS, 4, yes.clone(), &leading(&m))),
             [(4, Decision::Commit)]
@@ -1019,7 +1004,7 @@ mod tests {
             txn: 8,
             reason: AbortReason::NotLogged,
         });
-        let yes8 = Msg::Vote { txn: 8, yes: true };
+        let yes8 = CoordMsg::Vote { txn: 8, yes: true };
         assert_eq!(
             decides(&d.on_message(MS, 5, yes8, &leading(&m))),
             [(5, Decision::Abort)]
@@ -1164,29 +1149,36 @@ mod tests {
         assert!(m.forgotten(ids[0]) && m.forgotten(ids[1]) && !m.forgotten(ids[2]));
         // A shard's query or vote about one is a stale duplicate (every
         // participant acknowledged the decision): no answer, nothing logged.
-        for msg in [Msg::Query { txn: ids[0] }, Msg::Vote { txn: ids[0], yes: true }] {
+        for msg in [
+            CoordMsg::Query { txn: ids[0] },
+            CoordMsg::Vote { txn: ids[0], yes: true },
+        ] {
             let fx = d.on_message(MS, 1004, msg, &leading(&m));
-            assert!(fx.propose.is_empty() && fx.steps.is_empty(), "{fx:?}");
+            assert!(fx.propose.is_empty() && fx.out.is_empty(), "{fx:?}");
         }
         // A status question, at the leader or a follower: the client
         // learns it is forgotten; nothing is logged.
         for view in [leading(&m), following(&m)] {
-            let fx = d.on_message(MS, CLIENT, Msg::Status { txn: ids[1] }, &view);
+            let fx = d.on_message(MS, CLIENT, CoordMsg::Status { txn: ids[1] }, &view);
             assert!(fx.propose.is_empty());
-            assert!(matches!(&fx.steps[..], [Step::Send(CLIENT, Msg::Forgotten { txn })] if *txn == ids[1]));
+            assert!(
+                matches!(&fx.out.messages[..], [(CLIENT, Msg::Reply(ReplyMsg::Forgotten { txn }))] if *txn == ids[1])
+            );
         }
         // A retried commit, from its client or from anyone listing any
         // shards, is never run again: a shard that never heard of it would
         // vote no and abort a forgotten commit (txn-replicated-load seed
         // 1171). The asker learns it is forgotten; nothing is logged.
         for (from, shard) in [(CLIENT, 1004), (1005, 1006)] {
-            let retried = Msg::Commit {
+            let retried = CoordMsg::Commit {
                 txn: ids[1],
                 participants: vec![(shard, 1)],
             };
             let fx = d.on_message(MS, from, retried, &leading(&m));
             assert!(fx.propose.is_empty(), "{fx:?}");
-            assert!(matches!(&fx.steps[..], [Step::Send(to, Msg::Forgotten { txn })] if *to == from && *txn == ids[1]));
+            assert!(
+                matches!(&fx.out.messages[..], [(to, Msg::Reply(ReplyMsg::Forgotten { txn }))] if *to == from && *txn == ids[1])
+            );
         }
     }
 
@@ -1205,29 +1197,29 @@ mod tests {
     #[test]
     fn ids_no_leader_issued_are_never_logged() {
         let (mut d, m) = (leader_logic(), CoordMachine::default());
-        let began = d.on_message(MS, CLIENT, Msg::Begin { request: 1 }, &leading(&m));
-        let [Step::Send(CLIENT, Msg::Began { txn: issued, .. })] = began.steps[..] else {
-            panic!("{:?}", began.steps)
+        let began = d.on_message(MS, CLIENT, CoordMsg::Begin { request: 1 }, &leading(&m));
+        let [(CLIENT, Msg::Reply(ReplyMsg::Began { txn: issued, .. }))] = began.out.messages[..] else {
+            panic!("{:?}", began.out)
         };
         let unissued = [issued + 1, (TERM + 1) << 32 | 1, u64::MAX];
         for txn in unissued {
             let asks = [
-                Msg::Status { txn },
-                Msg::Commit {
+                CoordMsg::Status { txn },
+                CoordMsg::Commit {
                     txn,
                     participants: vec![(4, 1)],
                 },
-                Msg::Query { txn },
-                Msg::Vote { txn, yes: true },
+                CoordMsg::Query { txn },
+                CoordMsg::Vote { txn, yes: true },
             ];
             for msg in asks {
                 let fx = d.on_message(MS, 4, msg.clone(), &leading(&m));
-                assert!(fx.propose.is_empty() && fx.steps.is_empty(), "{msg:?} gave {fx:?}");
+                assert!(fx.propose.is_empty() && fx.out.is_empty(), "{msg:?} gave {fx:?}");
             }
         }
         // Issued ones, this term's and an earlier term's, are asked about.
         for txn in [issued, (TERM - 1) << 32 | 9] {
-            let fx = d.on_message(MS, CLIENT, Msg::Status { txn }, &leading(&m));
+            let fx = d.on_message(MS, CLIENT, CoordMsg::Status { txn }, &leading(&m));
             assert!(matches!(fx.propose[..], [Command::Abort { .. }]), "{fx:?}");
         }
     }
@@ -1235,12 +1227,12 @@ mod tests {
     #[test]
     fn a_commit_listing_too_many_shards_is_aborted_not_started() {
         let (mut d, mut m) = (leader_logic(), CoordMachine::default());
-        let began = d.on_message(MS, CLIENT, Msg::Begin { request: 1 }, &leading(&m));
-        let [Step::Send(CLIENT, Msg::Began { txn, .. })] = began.steps[..] else {
-            panic!("{:?}", began.steps)
+        let began = d.on_message(MS, CLIENT, CoordMsg::Begin { request: 1 }, &leading(&m));
+        let [(CLIENT, Msg::Reply(ReplyMsg::Began { txn, .. }))] = began.out.messages[..] else {
+            panic!("{:?}", began.out)
         };
         let participants = (0..=MAX_PARTICIPANTS as NodeId).map(|n| (n + 100, 1)).collect();
-        let fx = d.on_message(MS, CLIENT, Msg::Commit { txn, participants }, &leading(&m));
+        let fx = d.on_message(MS, CLIENT, CoordMsg::Commit { txn, participants }, &leading(&m));
         let limit = MAX_PARTICIPANTS;
         let reason = AbortReason::TooManyParticipants { limit };
         assert!(
@@ -1249,46 +1241,52 @@ mod tests {
         );
         let fx = commit_log(&mut d, &mut m, &fx);
         assert!(
-            !fx.steps.iter().any(|s| matches!(s, Step::Send(_, Msg::Prepare { .. }))),
+            !fx.out
+                .messages
+                .iter()
+                .any(|s| matches!(s, (_, Msg::Shard(ShardMsg::Prepare { .. })))),
             "{fx:?}"
         );
-        assert!(fx.steps.iter().any(
-            |s| matches!(s, Step::Send(CLIENT, Msg::Outcome { outcome: Outcome::Aborted(r), .. }) if *r == reason)
-        ));
+        assert!(fx
+            .out
+            .messages
+            .iter()
+            .any(|s| matches!(s, (CLIENT, Msg::Reply(ReplyMsg::Outcome { outcome: Outcome::Aborted(r), .. })) if *r == reason)));
     }
 
     #[test]
     fn a_decision_is_sent_only_after_the_log_applied_it() {
         let (mut d, mut m) = (leader_logic(), CoordMachine::default());
-        let began = d.on_message(MS, CLIENT, Msg::Begin { request: 1 }, &leading(&m));
-        let txn = match &began.steps[..] {
-            [Step::Send(CLIENT, Msg::Began { txn, .. })] => *txn,
+        let began = d.on_message(MS, CLIENT, CoordMsg::Begin { request: 1 }, &leading(&m));
+        let txn = match &began.out.messages[..] {
+            [(CLIENT, Msg::Reply(ReplyMsg::Began { txn, .. }))] => *txn,
             other => panic!("{other:?}"),
         };
         assert_eq!(txn >> 32, TERM);
-        let commit = Msg::Commit {
+        let commit = CoordMsg::Commit {
             txn,
             participants: vec![(4, 1), (5, 1)],
         };
         let fx = d.on_message(MS, CLIENT, commit.clone(), &leading(&m));
         assert!(matches!(fx.propose[..], [Command::Start { .. }]));
-        assert!(fx.steps.is_empty(), "nothing is sent before the start is logged");
+        assert!(fx.out.is_empty(), "nothing is sent before the start is logged");
         // A retry while the start is in flight proposes nothing new.
         assert!(d.on_message(MS, CLIENT, commit, &leading(&m)).propose.is_empty());
         let prepared = commit_log(&mut d, &mut m, &fx);
         assert_eq!(
             prepared
-                .steps
+                .out
+                .messages
                 .iter()
-                .filter(|s| matches!(s, Step::Send(_, Msg::Prepare { coordinators, .. }) if coordinators == &[1, 2, 3]))
+                .filter(|s| matches!(s, (_, Msg::Shard(ShardMsg::Prepare { coordinators, .. })) if coordinators == &[1, 2, 3]))
                 .count(),
             2
         );
         assert!(d
-            .on_message(MS, 4, Msg::Vote { txn, yes: true }, &leading(&m))
+            .on_message(MS, 4, CoordMsg::Vote { txn, yes: true }, &leading(&m))
             .propose
             .is_empty());
-        let fx = d.on_message(MS, 5, Msg::Vote { txn, yes: true }, &leading(&m));
+        let fx = d.on_message(MS, 5, CoordMsg::Vote { txn, yes: true }, &leading(&m));
         assert!(matches!(&fx.propose[..], [Command::Commit { votes, .. }] if votes == &[4, 5]));
         assert!(
             decides(&fx).is_empty() && outcome(&fx).is_none(),
@@ -1298,8 +1296,11 @@ mod tests {
         assert_eq!(decides(&decided), vec![(4, Decision::Commit), (5, Decision::Commit)]);
         assert_eq!(outcome(&decided), Some(Outcome::Committed));
         // Acknowledgements end it, through the log.
-        assert!(d.on_message(MS, 4, Msg::Ack { txn }, &leading(&m)).propose.is_empty());
-        let fx = d.on_message(MS, 5, Msg::Ack { txn }, &leading(&m));
+        assert!(d
+            .on_message(MS, 4, CoordMsg::Ack { txn }, &leading(&m))
+            .propose
+            .is_empty());
+        let fx = d.on_message(MS, 5, CoordMsg::Ack { txn }, &leading(&m));
         assert!(matches!(fx.propose[..], [Command::End { .. }]));
     }
 
@@ -1307,14 +1308,14 @@ mod tests {
     fn questions_about_unknown_transactions_are_answered_by_a_logged_abort() {
         let (mut d, mut m) = (leader_logic(), CoordMachine::default());
         let txn = (2 << 32) | 9;
-        let fx = d.on_message(MS, 4, Msg::Query { txn }, &leading(&m));
+        let fx = d.on_message(MS, 4, CoordMsg::Query { txn }, &leading(&m));
         assert!(matches!(fx.propose[..], [Command::Abort { .. }]));
         assert!(decides(&fx).is_empty());
         commit_log(&mut d, &mut m, &fx);
-        let answer = d.on_message(MS, 4, Msg::Query { txn }, &leading(&m));
+        let answer = d.on_message(MS, 4, CoordMsg::Query { txn }, &leading(&m));
         assert_eq!(decides(&answer), vec![(4, Decision::Abort)]);
         // The client's late commit cannot revive it.
-        let late = Msg::Commit {
+        let late = CoordMsg::Commit {
             txn,
             participants: vec![(4, 1)],
         };
@@ -1326,11 +1327,14 @@ mod tests {
     #[test]
     fn a_follower_redirects_clients_and_answers_only_logged_decisions() {
         let (mut d, mut m) = (leader_logic(), CoordMachine::default());
-        let fx = d.on_message(MS, CLIENT, Msg::Begin { request: 1 }, &following(&m));
-        assert_eq!(fx.steps, vec![Step::Send(CLIENT, Msg::Redirect { leader: Some(2) })]);
-        let fx = d.on_message(MS, 4, Msg::Query { txn: 7 }, &following(&m));
+        let fx = d.on_message(MS, CLIENT, CoordMsg::Begin { request: 1 }, &following(&m));
+        assert_eq!(
+            fx.out.messages,
+            vec![(CLIENT, Msg::Reply(ReplyMsg::Redirect { leader: Some(2) }))]
+        );
+        let fx = d.on_message(MS, 4, CoordMsg::Query { txn: 7 }, &following(&m));
         assert!(
-            fx.propose.is_empty() && fx.steps.is_empty(),
+            fx.propose.is_empty() && fx.out.is_empty(),
             "undecided: the leader's business"
         );
         m.apply(&Command::Start {
@@ -1339,7 +1343,7 @@ mod tests {
             participants: vec![(4, 1)],
         });
         m.apply(&Command::Commit { txn: 7, votes: vec![4] });
-        let fx = d.on_message(MS, 4, Msg::Query { txn: 7 }, &following(&m));
+        let fx = d.on_message(MS, 4, CoordMsg::Query { txn: 7 }, &following(&m));
         assert_eq!(decides(&fx), vec![(4, Decision::Commit)]);
     }
 
@@ -1361,9 +1365,10 @@ mod tests {
         d.tick(MS, &following(&m));
         let fx = d.tick(100 * MS, &leading(&m));
         let prepares = fx
-            .steps
+            .out
+            .messages
             .iter()
-            .filter(|s| matches!(s, Step::Send(_, Msg::Prepare { txn: 7, .. })))
+            .filter(|s| matches!(s, (_, Msg::Shard(ShardMsg::Prepare { txn: 7, .. }))))
             .count();
         assert_eq!(prepares, 2);
         assert_eq!(decides(&fx), vec![(4, Decision::Commit)]);
@@ -1390,8 +1395,8 @@ mod tests {
         });
         d.tick(MS, &leading(&m));
         assert!(d
-            .on_message(MS, CLIENT, Msg::Status { txn: 7 }, &leading(&m))
-            .steps
+            .on_message(MS, CLIENT, CoordMsg::Status { txn: 7 }, &leading(&m))
+            .out
             .is_empty());
         m.apply(&Command::Commit { txn: 7, votes: vec![4] });
         m.apply(&Command::End { txn: 7 });
@@ -1409,7 +1414,7 @@ mod tests {
         let fx = d.on_applied(2 * MS, &leading(&m), [7, 7]);
         assert_eq!(outcome(&fx), Some(Outcome::Committed));
         let fx = d.tick(1_200 * MS, &leading(&m));
-        assert!(fx.propose.is_empty() && fx.steps.is_empty(), "{fx:?}");
+        assert!(fx.propose.is_empty() && fx.out.is_empty(), "{fx:?}");
     }
 
     /// The same when the batch also forgets the transaction: the machine no
@@ -1421,8 +1426,11 @@ mod tests {
         m.apply(&Command::Forget { below: 8 });
         assert!(m.forgotten(7));
         let fx = d.on_applied(2 * MS, &leading(&m), [7, 7]);
-        assert_eq!(fx.steps, vec![Step::Send(CLIENT, Msg::Forgotten { txn: 7 })]);
+        assert_eq!(
+            fx.out.messages,
+            vec![(CLIENT, Msg::Reply(ReplyMsg::Forgotten { txn: 7 }))]
+        );
         let fx = d.tick(1_200 * MS, &leading(&m));
-        assert!(fx.propose.is_empty() && fx.steps.is_empty(), "{fx:?}");
+        assert!(fx.propose.is_empty() && fx.out.is_empty(), "{fx:?}");
     }
 }

@@ -1,97 +1,51 @@
 //! The async shells: drive a [`Participant`], a [`Coordinator`] or a replica
 //! of the replicated coordinator over an [`Env`]. They own no protocol
 //! logic — recover from the log, then feed messages and clock ticks to the
-//! core and execute its steps in order (append, sync, send, report).
+//! core ([`Core`]) and carry out its [`Output`]: persist, report, send.
+//! Storage that fails stops the role with [`NodeError::Storage`], as on the
+//! log's engine.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
-
 use super::coordinator::{Coordinator, CoordinatorConfig};
 use super::participant::{Participant, ParticipantConfig};
-use super::replicated::{Command, CoordLeader, CoordMachine, Effects, ReplicatedConfig, View};
-use super::{Msg, Step, TxnBug, TxnEvent, TxnId};
-use crate::env::{codec, timeout, Env, EnvError, NodeId};
+use super::replicated::{Command, CoordLeader, CoordMachine, LeaderOutput, ReplicatedConfig, View};
+use super::{CoordMsg, Msg, Output, ShardMsg, TxnBug, TxnEvent, TxnId};
+use crate::effects::{carry_out, serve, Core, NodeError, TICK_FLOOR};
+use crate::env::{codec, Env, EnvError, NodeId};
 use crate::log::membership::{is_operator, Boot};
-use crate::log::service::{self, Companion, NodeError, Out};
+use crate::log::service::{self, Companion, Out};
 use crate::log::{Event, Payload, Raft, Role, StateMachine, Wire, WireOf};
 use crate::observe::Observer;
 
 /// Receives every [`TxnEvent`] a role reports (see [`crate::observe`]).
 pub type TxnObserver = Arc<dyn Observer<TxnEvent>>;
 
-/// The shortest time between two ticks of a core: each core says when it
-/// next needs one (`next_deadline`), and this floor keeps a deadline that
-/// a tick did not move from spinning the loop.
-pub const TICK_FLOOR: Duration = Duration::from_millis(1);
-
-/// Longest wait of an idle loop (a core with nothing due has no deadline;
-/// no runtime's sleep should be asked for forever).
-const IDLE_WAKE: Duration = Duration::from_secs(1);
-
 /// How often the planted "sync later" bugs sync.
 const LAZY_SYNC_EVERY: Duration = Duration::from_millis(250);
-
-/// Executes a core's steps in order. A step list that syncs before it sends
-/// is what makes "durable before visible" hold.
-pub async fn execute<E: Env, R: Serialize>(env: &E, steps: Vec<Step<R>>, observer: &TxnObserver) {
-    for step in steps {
-        match step {
-            Step::Append(record) => env
-                .append(&codec::encode(&record).expect("records encode"))
-                .expect("append to the txn log"),
-            Step::Sync => env.sync().await.expect("sync the txn log"),
-            Step::Send(to, msg) => {
-                let _ = env.send(to, codec::encode(&msg).expect("messages encode")).await;
-            }
-            Step::Event(event) => {
-                tracing::debug!(?event, "txn");
-                observer.observe(env.id(), env.now(), &event);
-            }
-        }
-    }
-}
 
 fn spawn_lazy_syncer<E: Env>(env: &E) {
     let syncer = env.clone();
     env.spawn(async move {
         loop {
             syncer.sleep(LAZY_SYNC_EVERY).await;
-            syncer.sync().await.expect("sync");
+            if syncer.sync().await.is_err() {
+                // The role's own next sync fails too, and stops it.
+                return;
+            }
         }
     });
 }
 
-/// Receives the next message, or `None` when `deadline` is reached first.
-async fn next_message<E: Env>(env: &E, deadline: Duration) -> Option<(NodeId, Msg)> {
-    let wait = deadline.saturating_sub(env.now());
-    let (from, bytes) = timeout(env, wait, env.recv()).await?;
-    match codec::decode::<Msg>(&bytes) {
-        Ok(msg) => Some((from, msg)),
-        Err(e) => {
-            tracing::warn!(from, error = %e, "dropping a malformed txn message");
-            None
-        }
-    }
-}
-
-/// What the shell drives: a 2PC core's handlers (both returning steps,
-/// both checking the core's invariants where checks are built in) and
-/// when it next needs a tick.
-trait Core {
-    type Record: Serialize;
-    fn on_message(&mut self, now: Duration, from: NodeId, msg: Msg) -> Vec<Step<Self::Record>>;
-    fn tick(&mut self, now: Duration) -> Vec<Step<Self::Record>>;
-    fn next_deadline(&self) -> Duration;
-}
-
 impl Core for Participant {
-    type Record = super::participant::Record;
-    fn on_message(&mut self, now: Duration, from: NodeId, msg: Msg) -> Vec<Step<Self::Record>> {
+    type In = ShardMsg;
+    type Out = Msg;
+    type Event = TxnEvent;
+    fn on_message(&mut self, now: Duration, from: NodeId, msg: ShardMsg) -> Output {
         Participant::on_message(self, now, from, msg)
     }
-    fn tick(&mut self, now: Duration) -> Vec<Step<Self::Record>> {
+    fn on_tick(&mut self, now: Duration) -> Output {
         Participant::tick(self, now)
     }
     fn next_deadline(&self) -> Duration {
@@ -100,11 +54,13 @@ impl Core for Participant {
 }
 
 impl Core for Coordinator {
-    type Record = super::coordinator::Record;
-    fn on_message(&mut self, now: Duration, from: NodeId, msg: Msg) -> Vec<Step<Self::Record>> {
+    type In = CoordMsg;
+    type Out = Msg;
+    type Event = TxnEvent;
+    fn on_message(&mut self, now: Duration, from: NodeId, msg: CoordMsg) -> Output {
         Coordinator::on_message(self, now, from, msg)
     }
-    fn tick(&mut self, now: Duration) -> Vec<Step<Self::Record>> {
+    fn on_tick(&mut self, now: Duration) -> Output {
         Coordinator::tick(self, now)
     }
     fn next_deadline(&self) -> Duration {
@@ -112,60 +68,38 @@ impl Core for Coordinator {
     }
 }
 
-/// Feeds messages and ticks to a recovered core forever, executing its
-/// steps in order; a tick comes when the core's deadline passes.
-async fn serve<E: Env, C: Core>(env: E, mut core: C, observer: TxnObserver) {
-    let mut last_tick = env.now();
-    loop {
-        let due = core.next_deadline().max(last_tick + TICK_FLOOR);
-        if let Some((from, msg)) = next_message(&env, due.min(env.now() + IDLE_WAKE)).await {
-            let steps = core.on_message(env.now(), from, msg);
-            execute(&env, steps, &observer).await;
-        }
-        let now = env.now();
-        if now >= core.next_deadline().max(last_tick + TICK_FLOOR) {
-            last_tick = now;
-            let steps = core.tick(now);
-            execute(&env, steps, &observer).await;
-        }
-    }
-}
-
-/// Runs a shard from whatever its log holds. Never returns.
-pub async fn run_participant<E: Env>(env: E, config: ParticipantConfig, observer: TxnObserver) {
+/// Runs a shard from whatever its log holds. Returns only when it must
+/// stop: its log does not rebuild it (serving without what the log
+/// promised could break atomicity), or storage failed.
+pub async fn run_participant<E: Env>(
+    env: E,
+    config: ParticipantConfig,
+    observer: TxnObserver,
+) -> Result<(), NodeError> {
     if config.bug == Some(TxnBug::VoteWithoutSync) {
         spawn_lazy_syncer(&env);
     }
-    let log = env.load().expect("the participant log is readable");
-    let (core, steps) = match Participant::recover(env.id(), &log, env.now(), config) {
-        Ok(recovered) => recovered,
-        Err(error) => {
-            // Serving without what the log promised could break atomicity:
-            // the shard stays down for an operator.
-            tracing::error!(shard = env.id(), %error, "participant cannot recover; not serving");
-            return std::future::pending().await;
-        }
-    };
-    execute(&env, steps, &observer).await;
-    serve(env, core, observer).await
+    let log = env.load()?;
+    let (core, out) = Participant::recover(env.id(), &log, env.now(), config).map_err(NodeError::recover)?;
+    carry_out(&env, out, &*observer, |msg: Msg| msg).await?;
+    serve(env, core, &*observer).await
 }
 
-/// Runs the coordinator from whatever its log holds. Never returns.
-pub async fn run_coordinator<E: Env>(env: E, config: CoordinatorConfig, observer: TxnObserver) {
+/// Runs the coordinator from whatever its log holds. Returns only when it
+/// must stop: its log does not rebuild it (deciding without the logged
+/// commits could contradict them), or storage failed.
+pub async fn run_coordinator<E: Env>(
+    env: E,
+    config: CoordinatorConfig,
+    observer: TxnObserver,
+) -> Result<(), NodeError> {
     if config.bug == Some(TxnBug::DecisionBeforeSync) {
         spawn_lazy_syncer(&env);
     }
-    let log = env.load().expect("the coordinator log is readable");
-    let (core, steps) = match Coordinator::recover(env.id(), &log, env.now(), config) {
-        Ok(recovered) => recovered,
-        Err(error) => {
-            // Deciding without the logged commits could contradict them.
-            tracing::error!(coordinator = env.id(), %error, "coordinator cannot recover; not serving");
-            return std::future::pending().await;
-        }
-    };
-    execute(&env, steps, &observer).await;
-    serve(env, core, observer).await
+    let log = env.load()?;
+    let (core, out) = Coordinator::recover(env.id(), &log, env.now(), config).map_err(NodeError::recover)?;
+    carry_out(&env, out, &*observer, |msg: Msg| msg).await?;
+    serve(env, core, &*observer).await
 }
 
 /// Runs replica `env.id()` of a replicated coordinator over the group
@@ -187,7 +121,7 @@ pub async fn run_replicated_coordinator<E: Env>(
 }
 
 /// A node as a client of the coordinators' log sees it: every message
-/// travels in the coordinators' envelope ([`Msg::Log`]), so a
+/// travels in the coordinators' envelope ([`Msg::Coord(CoordMsg::Log)`]), so a
 /// [`crate::log::client::Client`] on this env speaks to the group's log
 /// (an operator reconfiguring it; commands and reads are refused there).
 #[derive(Clone)]
@@ -208,7 +142,7 @@ impl<E: Env> Env for CoordLogEnv<E> {
 
     fn send(&self, to: NodeId, msg: Vec<u8>) -> impl std::future::Future<Output = Result<(), EnvError>> + Send {
         let size = msg.len();
-        let envelope = codec::encode(&Msg::Log(msg));
+        let envelope = codec::encode(&Msg::Coord(CoordMsg::Log(msg)));
         let env = self.0.clone();
         async move {
             let bytes = envelope.map_err(|_| EnvError::MessageTooLarge {
@@ -224,7 +158,7 @@ impl<E: Env> Env for CoordLogEnv<E> {
         async move {
             loop {
                 let (from, bytes) = env.recv().await;
-                if let Ok(Msg::Log(inner)) = codec::decode(&bytes) {
+                if let Ok(Msg::Coord(CoordMsg::Log(inner))) = codec::decode(&bytes) {
                     return (from, inner);
                 }
             }
@@ -260,7 +194,7 @@ impl<E: Env> Env for CoordLogEnv<E> {
     }
 }
 
-/// The replicated coordinator's companion on the log: `Msg::Log` from the
+/// The replicated coordinator's companion on the log: `Msg::Coord(CoordMsg::Log)` from the
 /// group's replicas goes to the replica (a log command or read from anyone
 /// is dropped: the group's log takes commands from its own leader logic
 /// alone, so a forged commit, abort or forget never reaches it); every
@@ -299,9 +233,9 @@ impl CoordService {
         }
     }
 
-    /// Hands the leader logic's proposals to the log and its steps to the
-    /// network and the observer.
-    fn carry(&mut self, now: Duration, fx: Effects, out: &mut Out<CoordMachine, Msg>) {
+    /// Hands the leader logic's proposals to the log, its messages to the
+    /// network and its events to the observer.
+    fn carry(&mut self, now: Duration, fx: LeaderOutput, out: &mut Out<CoordMachine, Msg>) {
         for command in fx.propose {
             if self.speculate {
                 // PLANTED BUG: what was appended is acted on at once.
@@ -309,15 +243,16 @@ impl CoordService {
             }
             out.propose(command);
         }
-        for step in fx.steps {
-            match step {
-                Step::Send(to, msg) => out.send(to, msg),
-                Step::Event(event) => {
-                    tracing::debug!(?event, "txn");
-                    self.observer.observe(self.me, now, &event);
-                }
-                Step::Append(()) | Step::Sync => unreachable!("the leader logic keeps no records of its own"),
-            }
+        debug_assert!(
+            fx.out.append.is_empty() && fx.out.rewrite.is_none() && !fx.out.sync,
+            "the leader logic keeps no records of its own"
+        );
+        for event in &fx.out.events {
+            tracing::debug!(?event, "txn");
+            self.observer.observe(self.me, now, event);
+        }
+        for (to, msg) in fx.out.messages {
+            out.send(to, msg);
         }
     }
 
@@ -339,7 +274,9 @@ impl Companion for CoordService {
     type Wire = Msg;
 
     fn wrap(msg: WireOf<CoordMachine>) -> Msg {
-        Msg::Log(codec::encode(&msg).expect("log limits keep messages encodable"))
+        Msg::Coord(CoordMsg::Log(
+            codec::encode(&msg).expect("log limits keep messages encodable"),
+        ))
     }
 
     fn on_message(
@@ -351,7 +288,7 @@ impl Companion for CoordService {
         out: &mut Out<CoordMachine, Msg>,
     ) -> Option<WireOf<CoordMachine>> {
         match msg {
-            Msg::Log(bytes) => match codec::decode::<WireOf<CoordMachine>>(&bytes) {
+            Msg::Coord(CoordMsg::Log(bytes)) => match codec::decode::<WireOf<CoordMachine>>(&bytes) {
                 // Replica traffic (Raft drops a non-member's), and
                 // configuration requests from operators only.
                 Ok(wire @ Wire::Raft(_)) => Some(wire),
@@ -365,9 +302,13 @@ impl Companion for CoordService {
                     None
                 }
             },
-            msg => {
+            Msg::Coord(msg) => {
                 let fx = self.act(replica, |leader, view| leader.on_message(now, from, msg, view));
                 self.carry(now, fx, out);
+                None
+            }
+            other => {
+                tracing::debug!(from, ?other, "dropping a txn message meant for another role");
                 None
             }
         }
@@ -450,6 +391,7 @@ mod tests {
     use rand::SeedableRng;
 
     use super::*;
+    use crate::txn::ReplyMsg;
 
     const MS: Duration = Duration::from_millis(1);
     const CLIENT: NodeId = 9;
@@ -508,16 +450,16 @@ mod tests {
         let now = 1_000 * MS;
         service.on_leadership(now, leader, out);
         assert!(service
-            .on_message(now, CLIENT, Msg::Begin { request: 1 }, leader, out)
+            .on_message(now, CLIENT, Msg::Coord(CoordMsg::Begin { request: 1 }), leader, out)
             .is_none());
-        let [(CLIENT, Msg::Began { txn, .. })] = out.messages[..] else {
+        let [(CLIENT, Msg::Reply(ReplyMsg::Began { txn, .. }))] = out.messages[..] else {
             panic!("{:?}", out.messages)
         };
         out.messages.clear();
-        let commit = Msg::Commit {
+        let commit = Msg::Coord(CoordMsg::Commit {
             txn,
             participants: vec![(SHARD, 1)],
-        };
+        });
         assert!(service.on_message(now, CLIENT, commit, leader, out).is_none());
         assert!(matches!(
             out.proposals().collect::<Vec<_>>()[..],
@@ -531,7 +473,7 @@ mod tests {
     fn prepares(out: &Out<CoordMachine, Msg>) -> usize {
         out.messages
             .iter()
-            .filter(|(to, m)| *to == SHARD && matches!(m, Msg::Prepare { .. }))
+            .filter(|(to, m)| *to == SHARD && matches!(m, Msg::Shard(ShardMsg::Prepare { .. })))
             .count()
     }
 
@@ -585,7 +527,7 @@ mod tests {
             change: Some(crate::log::membership::Change::Remove(2)),
             base: 0,
         };
-        let msg = || Msg::Log(codec::encode(&remove).unwrap());
+        let msg = || Msg::Coord(CoordMsg::Log(codec::encode(&remove).unwrap()));
         let operator = crate::log::membership::OPERATOR_IDS.start;
         for from in [CLIENT, 2, 16 << 16] {
             assert!(
@@ -602,7 +544,7 @@ mod tests {
             seq: 1,
             command: Command::Forget { below: 9 },
         };
-        let forged = Msg::Log(codec::encode(&command).unwrap());
+        let forged = Msg::Coord(CoordMsg::Log(codec::encode(&command).unwrap()));
         assert!(service.on_message(MS, operator, forged, &group[0], &mut out).is_none());
     }
 }

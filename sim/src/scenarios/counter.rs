@@ -3,10 +3,13 @@
 //! This is the smallest complete example of testing your own protocol with
 //! ringfence-sim; copy its shape. It has four parts:
 //!
-//! 1. **The protocol**, written against [`Env`] only: one server keeps the
-//!    set of increment ids it has applied in its record log. An increment is
-//!    acknowledged only after its record is synced, and a retried increment
-//!    (same id) is applied once.
+//! 1. **The protocol**, as a sans-IO core ([`ringfence::effects::Core`]):
+//!    one server keeps the set of increment ids it has applied in its record
+//!    log. Its handler returns [`Effects`] — the record to append, whether
+//!    to sync it, the acknowledgement to send — and the shared shell
+//!    ([`ringfence::effects::serve`], the one every 2PC role runs on)
+//!    persists before it sends. An increment is acknowledged only after its
+//!    record is synced, and a retried increment (same id) is applied once.
 //! 2. **The client workload**: each client increments with fresh ids,
 //!    retries on timeout, and sometimes reads; every operation is recorded as
 //!    invoke → ok / fail / info in the history.
@@ -26,8 +29,11 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ringfence::env::{codec, timeout, Env};
+use ringfence::effects::{self, Core, Effects};
+use ringfence::env::codec::{self, CodecError};
+use ringfence::env::{timeout, Env, NodeId};
 use ringfence::history::{counter, History, Violation};
+use ringfence::observe::Ignore;
 use serde::{Deserialize, Serialize};
 
 use crate::env::SimEnv;
@@ -56,7 +62,69 @@ pub struct Counter {
     ack_before_sync: bool,
 }
 
-/// The server: recover from the log, then serve forever.
+/// The server's protocol: no I/O, no clock; each handler says what to
+/// persist and send.
+struct CounterServer {
+    /// Every increment applied, as its log rebuilds it.
+    applied: BTreeSet<u64>,
+    /// The planted bug: acknowledge before the record is synced.
+    ack_before_sync: bool,
+}
+
+impl CounterServer {
+    /// Rebuilds the server from the records its log holds.
+    fn recover(records: &[Vec<u8>], ack_before_sync: bool) -> Result<Self, CodecError> {
+        let applied = records
+            .iter()
+            .map(|r| codec::decode::<u64>(r))
+            .collect::<Result<_, _>>()?;
+        Ok(CounterServer {
+            applied,
+            ack_before_sync,
+        })
+    }
+}
+
+impl Core for CounterServer {
+    type In = Msg;
+    type Out = Msg;
+    type Event = ();
+
+    fn on_message(&mut self, _: Duration, from: NodeId, msg: Msg) -> Effects<Msg, ()> {
+        let mut out = Effects::default();
+        match msg {
+            Msg::Increment { id } => {
+                if self.applied.insert(id) {
+                    out.record(&id);
+                    if !self.ack_before_sync {
+                        out.sync();
+                    }
+                }
+                out.send(from, Msg::Acked { id });
+            }
+            Msg::Read { request } => out.send(
+                from,
+                Msg::Value {
+                    request,
+                    ids: self.applied.iter().copied().collect(),
+                },
+            ),
+            Msg::Acked { .. } | Msg::Value { .. } => {}
+        }
+        out
+    }
+
+    fn on_tick(&mut self, _: Duration) -> Effects<Msg, ()> {
+        Effects::default()
+    }
+
+    fn next_deadline(&self) -> Duration {
+        Duration::MAX
+    }
+}
+
+/// The server: recover from the log, then serve on the shared shell until
+/// storage fails.
 async fn serve<E: Env>(env: E, ack_before_sync: bool) {
     if ack_before_sync {
         // The bug as it usually ships: an "fsync interval" instead of a sync
@@ -65,39 +133,16 @@ async fn serve<E: Env>(env: E, ack_before_sync: bool) {
         env.spawn(async move {
             loop {
                 syncer.sleep(Duration::from_millis(100)).await;
-                syncer.sync().await.expect("sync");
+                if syncer.sync().await.is_err() {
+                    return;
+                }
             }
         });
     }
-    let mut applied: BTreeSet<u64> = env
-        .load()
-        .expect("the counter log is readable")
-        .iter()
-        .map(|r| codec::decode::<u64>(r).expect("counter records are ids"))
-        .collect();
-    loop {
-        let (from, bytes) = env.recv().await;
-        let Ok(msg) = codec::decode::<Msg>(&bytes) else {
-            tracing::warn!(from, "dropping a malformed message");
-            continue;
-        };
-        let reply = match msg {
-            Msg::Increment { id } => {
-                if applied.insert(id) {
-                    env.append(&codec::encode(&id).expect("an id encodes")).expect("append");
-                    if !ack_before_sync {
-                        env.sync().await.expect("sync");
-                    }
-                }
-                Msg::Acked { id }
-            }
-            Msg::Read { request } => Msg::Value {
-                request,
-                ids: applied.iter().copied().collect(),
-            },
-            Msg::Acked { .. } | Msg::Value { .. } => continue,
-        };
-        let _ = env.send(from, codec::encode(&reply).expect("replies encode")).await;
+    let records = env.load().expect("the counter log is readable");
+    let server = CounterServer::recover(&records, ack_before_sync).expect("counter records are ids");
+    if let Err(error) = effects::serve(env, server, &Ignore).await {
+        tracing::warn!(%error, "the counter server stopped");
     }
 }
 

@@ -58,7 +58,7 @@ use ringfence::txn::placement::{DirectoryRouting, RingShardMap};
 use ringfence::txn::rebalance::ShardGroups;
 use ringfence::txn::replicated::{Command, CoordMachine, ReplicatedConfig};
 use ringfence::txn::shell::{run_coordinator, run_participant, run_replicated_coordinator, CoordLogEnv, TxnObserver};
-use ringfence::txn::{AbortReason, Decision, Msg, Outcome, TxnBug, TxnEvent, TxnId};
+use ringfence::txn::{AbortReason, CoordMsg, Decision, Msg, Outcome, ShardMsg, TxnBug, TxnEvent, TxnId};
 
 use ringfence::txn::bank::{account_key, decode_balance, encode_balance};
 
@@ -654,11 +654,15 @@ impl<const C: u32, const LOAD: u32, const CHANGES: bool, const MOVES: bool> Scen
     }
     /// The default kinds, and hostile messages from members; with
     /// `CHANGES`, a lost disk too.
+    /// A failed write or fsync stops a role and a supervisor restarts it
+    /// (every role recovers from its log); the kinds that damage synced
+    /// data would leave an unreplicated shard down for good.
     fn fault_kinds() -> Vec<FaultKind> {
         let replacement = FaultKind::REPLACEMENT.into_iter().filter(|_| CHANGES);
         FaultKind::ALL
             .into_iter()
             .chain(FaultKind::ADVERSARIAL)
+            .chain([FaultKind::DiskError])
             .chain(replacement)
             .collect()
     }
@@ -681,27 +685,27 @@ impl<const C: u32, const LOAD: u32, const CHANGES: bool, const MOVES: bool> Scen
             // A replica, never a shard, voting yes on a live transfer; or
             // absurd Raft.
             (true, true) if C > 1 => match rng.gen_bool(0.5).then(|| self.live_transfer(rng)).flatten() {
-                Some(txn) => Msg::Vote { txn, yes: true },
+                Some(txn) => Msg::Coord(CoordMsg::Vote { txn, yes: true }),
                 None => {
                     let raft: WireOf<CoordMachine> = Wire::Raft(rogue::raft_message(rng, 0));
-                    Msg::Log(codec::encode(&raft).ok()?)
+                    Msg::Coord(CoordMsg::Log(codec::encode(&raft).ok()?))
                 }
             },
-            (false, true) if C > 1 && rng.gen_bool(0.5) => Msg::Log(forged_log_message(rng, to).ok()?),
+            (false, true) if C > 1 && rng.gen_bool(0.5) => Msg::Coord(CoordMsg::Log(forged_log_message(rng, to).ok()?)),
             // A yes on a live transfer this shard takes no part in.
-            (false, true) if rng.gen_bool(0.25) => Msg::Vote {
+            (false, true) if rng.gen_bool(0.25) => Msg::Coord(CoordMsg::Vote {
                 txn: self.foreign_transfer(rng, from)?,
                 yes: true,
-            },
+            }),
             // A commit of a live transaction in its client's stead, naming
             // only one shard, never the forger (whose yes would then be its
             // own to give).
             (false, true) if rng.gen_bool(0.5) => {
                 let others: Vec<NodeId> = (C + 1..=C + 3).filter(|&n| n != from).collect();
-                Msg::Commit {
+                Msg::Coord(CoordMsg::Commit {
                     txn: rng.gen_range(1..=4u64) << 32 | rng.gen_range(1..=64u64),
                     participants: vec![(*others.choose(rng)?, rng.gen_range(1..=2))],
-                }
+                })
             }
             // Questions about ids no leader issued: near the top of the id
             // space, or just above what the current term gave out.
@@ -712,12 +716,12 @@ impl<const C: u32, const LOAD: u32, const CHANGES: bool, const MOVES: bool> Scen
                     rng.gen_range(1..=4u64) << 32 | rng.gen_range(1_000..2_000u64)
                 };
                 if rng.gen() {
-                    Msg::Status { txn }
+                    Msg::Coord(CoordMsg::Status { txn })
                 } else {
-                    Msg::Commit {
+                    Msg::Coord(CoordMsg::Commit {
                         txn,
                         participants: vec![],
-                    }
+                    })
                 }
             }
             (false, false) => {
@@ -727,24 +731,24 @@ impl<const C: u32, const LOAD: u32, const CHANGES: bool, const MOVES: bool> Scen
                 match rng.gen_range(0..4) {
                     0 => {
                         let decision = if rng.gen() { Decision::Commit } else { Decision::Abort };
-                        Msg::Decide { txn, decision }
+                        Msg::Shard(ShardMsg::Decide { txn, decision })
                     }
-                    1 => Msg::Prepare {
+                    1 => Msg::Shard(ShardMsg::Prepare {
                         txn,
                         client: from,
                         epoch: rng.gen_range(1..=3),
                         participants: vec![to],
                         coordinators: vec![from],
-                    },
+                    }),
                     // Work in some client's transaction, in its name.
-                    2 => Msg::Put {
+                    2 => Msg::Shard(ShardMsg::Put {
                         txn,
                         request: rng.gen(),
                         key: account_key(rng.gen_range(0..ACCOUNTS)),
                         value: encode_balance(rng.gen_range(0..1_000)),
                         epoch: None,
-                    },
-                    _ => Msg::Abort { txn },
+                    }),
+                    _ => Msg::Shard(ShardMsg::Abort { txn }),
                 }
             }
             _ => return None,
@@ -790,7 +794,12 @@ impl<const C: u32, const LOAD: u32, const CHANGES: bool, const MOVES: bool> Scen
                 bug: self.bug,
                 ..CoordinatorConfig::default()
             };
-            run_coordinator(env, config, observer).await
+            if let Err(error) = run_coordinator(env, config, observer).await {
+                // Stopped to protect what it promised; down until the
+                // nemesis restarts it.
+                tracing::warn!(%error, "coordinator stopped");
+            }
+            std::future::pending::<()>().await
         } else if env.id() < COORDINATOR + C {
             let mut config = ReplicatedConfig {
                 bug: self.bug,
@@ -831,7 +840,10 @@ impl<const C: u32, const LOAD: u32, const CHANGES: bool, const MOVES: bool> Scen
                 bug: self.bug,
                 ..ParticipantConfig::default()
             };
-            run_participant(env, config, observer).await
+            if let Err(error) = run_participant(env, config, observer).await {
+                tracing::warn!(%error, "shard stopped");
+            }
+            std::future::pending::<()>().await
         }
     }
 

@@ -20,12 +20,12 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Participant, Phase, Record, Steps};
+use super::{Participant, Phase, Record};
 use crate::env::{codec, NodeId};
 use crate::log::membership::is_operator;
 use crate::ring::{hash_key, HashRange, KeyHash};
 use crate::shard::{GroupId, RangeSet, ShardRefusal};
-use crate::txn::{AbortReason, Key, Msg, Step, TxnBug, TxnEvent, Value};
+use crate::txn::{AbortReason, Key, Msg, Output, ReplyMsg, ShardMsg, TxnBug, TxnEvent, Value};
 
 /// The most bytes of accounts one install carries, encoded: a quarter
 /// of the codec's limit, so the install's message and log record always
@@ -130,12 +130,11 @@ pub enum MoveAnswer {
 
 impl Participant {
     /// An operator's step of a move, answered to `from` once durable.
-    pub(super) fn on_move(&mut self, from: NodeId, (client, request): (u64, u64), step: AccountMove) -> Steps {
+    pub(super) fn on_move(&mut self, from: NodeId, (client, request): (u64, u64), step: AccountMove, out: &mut Output) {
         if !is_operator(from) {
             tracing::warn!(shard = self.id, from, ?step, "refusing a move step from a non-operator");
-            return vec![];
+            return;
         }
-        let mut steps = Vec::new();
         tracing::debug!(shard = self.id, ?step, "move step asked");
         let answer = match step {
             AccountMove::Part {
@@ -145,32 +144,30 @@ impl Participant {
                 limit,
             } => self.page(epoch, to, page_from, limit),
             step => {
-                let (answer, record, aborted) = self.apply_move(step);
+                let (answer, record) = self.apply_move(step, out);
                 if let Some(step) = record {
-                    steps.push(Step::Append(Record::Moved(step)));
-                    steps.push(Step::Sync);
-                    steps.push(self.serving());
+                    out.record(&Record::Moved(step));
+                    out.sync();
+                    out.event(self.serving());
                 }
-                steps.extend(aborted);
                 answer
             }
         };
-        steps.push(Step::Send(
+        out.send(
             from,
-            Msg::MoveReply {
+            Msg::Reply(ReplyMsg::MoveReply {
                 client,
                 request,
                 answer,
-            },
-        ));
-        steps
+            }),
+        );
     }
 
-    /// Applies a step that changes the shard (not `Part`): its answer, the
-    /// record that replays it (`None` if it changed nothing), and the
-    /// aborts of the transactions a fence cut off. Recovery replays the
-    /// records through here.
-    pub(super) fn apply_move(&mut self, step: AccountMove) -> (MoveAnswer, Option<AccountMove>, Steps) {
+    /// Applies a step that changes the shard (not `Part`): its answer and
+    /// the record that replays it (`None` if it changed nothing); the
+    /// aborts of the transactions a fence cut off go to `out`. Recovery
+    /// replays the records through here.
+    pub(super) fn apply_move(&mut self, step: AccountMove, out: &mut Output) -> (MoveAnswer, Option<AccountMove>) {
         let done = |accounts| MoveAnswer::Done { accounts };
         let epoch = match &step {
             AccountMove::Fence { epoch, .. } | AccountMove::Install { epoch, .. } => *epoch,
@@ -180,31 +177,29 @@ impl Participant {
             // Steps reach a shard as plain messages, which the network may
             // copy and deliver late: a fence of a finished rebalance would
             // take ranges the shard serves again out of service for good.
-            return (MoveAnswer::Refused(ShardRefusal::Stale), None, vec![]);
+            return (MoveAnswer::Refused(ShardRefusal::Stale), None);
         }
         match step {
             AccountMove::Assign { epoch, ranges } => {
                 let prepared = self.txns.values().any(|t| matches!(t.phase, Phase::Prepared { .. }));
                 if self.ownership.is_unsharded() && (!self.data.is_empty() || prepared) {
                     // Its accounts would fall outside what it serves.
-                    return (MoveAnswer::Refused(ShardRefusal::NotEmpty), None, vec![]);
+                    return (MoveAnswer::Refused(ShardRefusal::NotEmpty), None);
                 }
                 match self.ownership.assign(epoch, ranges.clone()) {
                     // Work begun before (a stray client's) on keys it
                     // does not serve now is void.
                     Ok(()) => {
-                        let aborted = self.abort_unserved();
-                        (done(0), Some(AccountMove::Assign { epoch, ranges }), aborted)
+                        self.abort_unserved(out);
+                        (done(0), Some(AccountMove::Assign { epoch, ranges }))
                     }
-                    Err(refusal) => (MoveAnswer::Refused(refusal), None, vec![]),
+                    Err(refusal) => (MoveAnswer::Refused(refusal), None),
                 }
             }
-            AccountMove::Fence { .. } if self.unassigned() => {
-                (MoveAnswer::Refused(ShardRefusal::NotAssigned), None, vec![])
-            }
+            AccountMove::Fence { .. } if self.unassigned() => (MoveAnswer::Refused(ShardRefusal::NotAssigned), None),
             AccountMove::Fence { epoch, to, ranges } => {
                 let leaving = self.ownership.fence(epoch, &ranges);
-                let aborted = self.abort_unserved();
+                self.abort_unserved(out);
                 let accounts = self.accounts_in(&leaving).count();
                 if !leaving.is_empty() || self.outbox.contains_key(&(epoch, to)) {
                     let part = self.outbox.entry((epoch, to)).or_default();
@@ -212,12 +207,12 @@ impl Participant {
                         part.insert(*r);
                     }
                 }
-                (done(accounts), Some(AccountMove::Fence { epoch, to, ranges }), aborted)
+                (done(accounts), Some(AccountMove::Fence { epoch, to, ranges }))
             }
             AccountMove::Install { epoch, from, part } => self.install(epoch, from, part),
             AccountMove::Drop { epoch, to } => {
                 let Some(ranges) = self.outbox.remove(&(epoch, to)) else {
-                    return (done(0), None, vec![]);
+                    return (done(0), None);
                 };
                 // What it serves again since (a later move back) stays.
                 let mut gone = ranges;
@@ -226,30 +221,30 @@ impl Participant {
                 for key in &keys {
                     self.data.remove(key);
                 }
-                (done(keys.len()), Some(AccountMove::Drop { epoch, to }), vec![])
+                (done(keys.len()), Some(AccountMove::Drop { epoch, to }))
             }
-            AccountMove::Part { .. } => (done(0), None, vec![]),
+            AccountMove::Part { .. } => (done(0), None),
         }
     }
 
     /// Starts serving what `part` brings that the move `(epoch, from)`
     /// has not installed here yet (a run of the rebalancer may cut the
     /// pages differently from the last): a repeat changes nothing.
-    fn install(&mut self, epoch: u64, from: GroupId, part: AccountPart) -> (MoveAnswer, Option<AccountMove>, Steps) {
+    fn install(&mut self, epoch: u64, from: GroupId, part: AccountPart) -> (MoveAnswer, Option<AccountMove>) {
         let mut keys = BTreeSet::new();
         let valid = part
             .accounts
             .iter()
             .all(|(key, _)| keys.insert(key.as_str()) && part.ranges.contains(hash_key(key.as_bytes())));
         if !valid {
-            return (MoveAnswer::Refused(ShardRefusal::InvalidPart), None, vec![]);
+            return (MoveAnswer::Refused(ShardRefusal::InvalidPart), None);
         }
         let fresh = self.ownership.not_installed(epoch, from, &part.ranges);
         if fresh.is_empty() {
-            return (MoveAnswer::Done { accounts: 0 }, None, vec![]);
+            return (MoveAnswer::Done { accounts: 0 }, None);
         }
         if let Err(refusal) = self.ownership.install(epoch, from, &fresh) {
-            return (MoveAnswer::Refused(refusal), None, vec![]);
+            return (MoveAnswer::Refused(refusal), None);
         }
         let stale: Vec<Key> = self.accounts_in(&fresh).map(|(k, _)| k.clone()).collect();
         for key in stale {
@@ -274,7 +269,6 @@ impl Participant {
                 accounts: arriving.len(),
             },
             Some(record),
-            vec![],
         )
     }
 
@@ -299,7 +293,7 @@ impl Participant {
             rest.subtract(&RangeSet::from_ranges([HashRange { start: 0, end: below }]));
         }
         let accounts: Vec<(Key, Value)> = self.accounts_in(&rest).map(|(k, v)| (k.clone(), v.clone())).collect();
-        let empty = Msg::Move {
+        let empty = Msg::Shard(ShardMsg::Move {
             client: u64::MAX,
             request: u64::MAX,
             step: AccountMove::Install {
@@ -307,7 +301,7 @@ impl Participant {
                 from: GroupId::MAX,
                 part: AccountPart::default(),
             },
-        };
+        });
         let empty_bytes = codec::encode(&empty).map_or(usize::MAX, |b| b.len());
         let limit = (limit as usize).min(MAX_MOVE_BYTES);
         let mut pieces =
@@ -320,15 +314,15 @@ impl Participant {
     }
 
     /// The report of what the shard serves now.
-    pub(super) fn serving(&self) -> Step<Record> {
-        Step::Event(TxnEvent::Serving {
+    pub(super) fn serving(&self) -> TxnEvent {
+        TxnEvent::Serving {
             ranges: self.ownership.serving().clone(),
-        })
+        }
     }
 
     /// Aborts the active transactions holding a key this shard no longer
     /// serves: they could never prepare here.
-    fn abort_unserved(&mut self) -> Steps {
+    fn abort_unserved(&mut self, out: &mut Output) {
         let cut_off: Vec<_> = self
             .txns
             .iter()
@@ -336,7 +330,9 @@ impl Participant {
             .filter(|(_, t)| t.locked.iter().any(|k| self.not_served(k).is_some()))
             .map(|(&txn, _)| txn)
             .collect();
-        cut_off.into_iter().flat_map(|txn| self.abort_active(txn)).collect()
+        for txn in cut_off {
+            self.abort_active(txn, out);
+        }
     }
 
     /// The committed accounts whose key hashes lie in `ranges`.
@@ -411,7 +407,7 @@ impl Participant {
 mod tests {
     use std::time::Duration;
 
-    use super::super::tests::{config, get, log_of, prepare, put, shard, vote_of, C, CLIENT, MS};
+    use super::super::tests::{config, get, log_of, prepare, put, records, shard, vote_of, C, CLIENT, MS};
     use super::super::ParticipantConfig;
     use super::*;
     use crate::log::membership::OPERATOR_IDS;
@@ -426,26 +422,27 @@ mod tests {
         RangeSet::from_ranges([HashRange { start: h, end: h }])
     }
 
-    fn step(p: &mut Participant, step: AccountMove) -> (MoveAnswer, Steps) {
+    fn step(p: &mut Participant, step: AccountMove) -> (MoveAnswer, Output) {
         let steps = p.on_message(
             MS,
             OPERATOR,
-            Msg::Move {
+            ShardMsg::Move {
                 client: 9,
                 request: 7,
                 step,
             },
         );
         let answer = steps
+            .messages
             .iter()
             .find_map(|s| match s {
-                Step::Send(
+                (
                     OPERATOR,
-                    Msg::MoveReply {
+                    Msg::Reply(ReplyMsg::MoveReply {
                         client: 9,
                         request: 7,
                         answer,
-                    },
+                    }),
                 ) => Some(answer.clone()),
                 _ => None,
             })
@@ -453,13 +450,13 @@ mod tests {
         (answer, steps)
     }
 
-    fn commit(p: &mut Participant, txn: u64, key: &str, v: u8) -> Vec<Steps> {
+    fn commit(p: &mut Participant, txn: u64, key: &str, v: u8) -> Vec<Output> {
         put(p, txn, key, v).unwrap();
         let prepared = prepare(p, txn);
         let decided = p.on_message(
             MS,
             C,
-            Msg::Decide {
+            ShardMsg::Decide {
                 txn,
                 decision: Decision::Commit,
             },
@@ -486,7 +483,7 @@ mod tests {
     }
 
     /// An empty shard joining the ring, and the steps that assigned it.
-    fn joined() -> (Participant, Steps) {
+    fn joined() -> (Participant, Output) {
         let mut t = Participant::recover(TARGET, &[], Duration::ZERO, config()).unwrap().0;
         let assign = AccountMove::Assign {
             epoch: 1,
@@ -517,15 +514,10 @@ mod tests {
         );
         assert_eq!(answer, MoveAnswer::Done { accounts: 1 });
         assert!(
-            matches!(
-                &steps[..],
-                [
-                    Step::Append(Record::Moved(_)),
-                    Step::Sync,
-                    Step::Event(TxnEvent::Serving { .. }),
-                    Step::Send(..)
-                ]
-            ),
+            matches!(records(&steps)[..], [Record::Moved(_)])
+                && steps.sync
+                && matches!(steps.events[..], [TxnEvent::Serving { .. }])
+                && steps.messages.len() == 1,
             "synced and reported before answered: {steps:?}"
         );
         assert_eq!(
@@ -589,14 +581,14 @@ mod tests {
                 ranges,
             },
         );
-        let aborted = fenced.iter().any(|s| {
+        let aborted = fenced.events.iter().any(|e| {
             matches!(
-                s,
-                Step::Event(TxnEvent::Applied {
+                e,
+                TxnEvent::Applied {
                     txn: 2,
                     decision: Decision::Abort,
                     prepared: false
-                })
+                }
             )
         });
         assert!(aborted, "the active transaction is aborted: {fenced:?}");
@@ -605,7 +597,7 @@ mod tests {
         source.on_message(
             MS,
             C,
-            Msg::Decide {
+            ShardMsg::Decide {
                 txn: 1,
                 decision: Decision::Commit,
             },
@@ -722,8 +714,9 @@ mod tests {
         assert_eq!(answer, MoveAnswer::Done { accounts: 0 });
         assert!(
             steps
+                .events
                 .iter()
-                .any(|s| matches!(s, Step::Event(TxnEvent::Applied { txn: 1, .. }))),
+                .any(|e| matches!(e, TxnEvent::Applied { txn: 1, .. })),
             "{steps:?}"
         );
         assert_eq!(vote_of(&prepare(&mut joining, 1)), Some(false));
@@ -830,7 +823,7 @@ mod tests {
         let steps = source.on_message(
             MS,
             CLIENT,
-            Msg::Move {
+            ShardMsg::Move {
                 client: 1,
                 request: 1,
                 step: fence,
