@@ -8,17 +8,20 @@
 //! log to rewrite), whether they must be synced, the messages to send and
 //! the events that report what happened. None does I/O or reads a clock.
 //!
-//! Every engine carries effects out with [`carry_out`], in the one order
-//! that makes "durable before visible" hold: persist (rewrite, or append
-//! then sync if asked), then report the events, then send — what is
+//! Every engine carries a core's effects out with [`carry_out`], in the one
+//! order that makes "durable before visible" hold: persist (rewrite, or
+//! append then sync if asked), then report the events, then send — what is
 //! reported or sent may promise what was persisted, so a crash during the
 //! sync leaves neither seen. One handler's effects are finished before the
 //! next handler runs.
 //!
-//! The services hosted on the log add a companion beside the replica
-//! ([`crate::log::service::Companion`]); the 2PC roles run on
-//! [`crate::txn::shell`]. Both engines drive a core only through [`Core`]'s
-//! handlers and deadline.
+//! Two engines run cores: [`serve`], the loop of a core that owns its
+//! node's network (the 2PC roles, the simulator's counter tutorial), and
+//! [`crate::log::service::run`], the engine of the services hosted on the
+//! log, which hands a [`crate::log::Raft`] replica a whole round of
+//! messages at once and adds a companion beside it
+//! ([`crate::log::service::Companion`]), whose messages it sends after the
+//! replica's output is persisted.
 
 use std::time::Duration;
 
@@ -94,7 +97,10 @@ impl<M, E> Effects<M, E> {
     pub fn extend(&mut self, other: Effects<M, E>) {
         match (&mut self.rewrite, other.rewrite) {
             (Some(log), None) => log.extend(other.append),
-            (_, Some(log)) => self.rewrite = Some(log),
+            (_, Some(log)) => {
+                self.rewrite = Some(log);
+                self.append.clear();
+            }
             (None, None) => self.append.extend(other.append),
         }
         self.sync |= other.sync;
@@ -311,6 +317,7 @@ mod tests {
             ..Fx::default()
         });
         assert_eq!(third.rewrite, Some(vec![vec![7]]), "a later rewrite replaces the log");
+        assert!(third.append.is_empty(), "nothing is appended beside a rewrite");
     }
 
     #[test]

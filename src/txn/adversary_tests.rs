@@ -64,6 +64,7 @@ fn shard_msg() -> impl Strategy<Value = ShardMsg> {
                 coordinators
             }),
         (txn_id(), decision()).prop_map(|(txn, decision)| ShardMsg::Decide { txn, decision }),
+        txn_id().prop_map(|txn| ShardMsg::Query { txn }),
         (txn_id(), prop::option::of(decision())).prop_map(|(txn, d)| ShardMsg::Known {
             txn,
             knowledge: d.map_or(Knowledge::Uncertain, Knowledge::Decided),

@@ -1,9 +1,9 @@
 //! The coordinator: presumed-abort two-phase commit, as a sans-io core.
 //!
-//! - **Ids.** [`Msg::Coord(CoordMsg::Begin)`] gets a fresh id `epoch << 32 | seq`, where the
+//! - **Ids.** [`CoordMsg::Begin`] gets a fresh id `epoch << 32 | seq`, where the
 //!   epoch counts the coordinator's boots (a synced boot record each). An id
 //!   from an earlier epoch that the log does not know was never committed.
-//! - **Prepare.** [`Msg::Coord(CoordMsg::Commit)`] from the client names the participants
+//! - **Prepare.** [`CoordMsg::Commit`] from the client names the participants
 //!   (with the shard epoch each reported); the coordinator sends `Prepare`
 //!   and re-sends it to silent shards until `prepare_timeout`, then aborts.
 //! - **Decide.** Any no vote aborts. All yes: the commit record is appended

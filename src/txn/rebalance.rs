@@ -1,8 +1,8 @@
 //! The bank's side of moving accounts between shards
 //! ([`crate::shard::rebalance`]): the ring's groups are the shards
 //! themselves (a group id is a shard's node id), and each step is a
-//! message ([`Msg::Shard(ShardMsg::Move)`]) sent again every attempt until the shard
-//! answers it durably ([`Msg::Reply(ReplyMsg::MoveReply)`]). The steps are idempotent, so a
+//! message ([`ShardMsg::Move`]) sent again every attempt until the shard
+//! answers it durably ([`ReplyMsg::MoveReply`]). The steps are idempotent, so a
 //! repeat that crossed a late answer changes nothing.
 
 use std::sync::Arc;

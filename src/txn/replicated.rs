@@ -47,7 +47,7 @@
 //!   - every command about it is ignored, a `Start` too, and nothing is
 //!     presumed: an abort presumed now could contradict a forgotten commit;
 //!   - a client's commit request or status question is told
-//!     [`Msg::Reply(ReplyMsg::Forgotten)`]: the outcome is unknown here, as after a lost
+//!     [`ReplyMsg::Forgotten`]: the outcome is unknown here, as after a lost
 //!     reply. It is never run again: a re-run would be prepared on the
 //!     participants the asker lists, and any node may list a shard that
 //!     never heard of the transaction, whose no vote would abort a
@@ -82,7 +82,7 @@ pub enum Command {
         txn: TxnId,
         /// The node that asked to commit it (named in every prepare).
         client: NodeId,
-        /// Each shard with the epoch the client saw, as in [`Msg::Coord(CoordMsg::Commit)`].
+        /// Each shard with the epoch the client saw, as in [`CoordMsg::Commit`].
         participants: Vec<(NodeId, u64)>,
     },
     /// Every participant voted yes; `votes` lists them.

@@ -31,7 +31,8 @@ fn spawn_lazy_syncer<E: Env>(env: &E) {
         loop {
             syncer.sleep(LAZY_SYNC_EVERY).await;
             if syncer.sync().await.is_err() {
-                // The role's own next sync fails too, and stops it.
+                // Storage refuses everything after a failed sync (both
+                // runtimes), so the role's next append fails and stops it.
                 return;
             }
         }
@@ -121,7 +122,7 @@ pub async fn run_replicated_coordinator<E: Env>(
 }
 
 /// A node as a client of the coordinators' log sees it: every message
-/// travels in the coordinators' envelope ([`Msg::Coord(CoordMsg::Log)`]), so a
+/// travels in the coordinators' envelope ([`CoordMsg::Log`]), so a
 /// [`crate::log::client::Client`] on this env speaks to the group's log
 /// (an operator reconfiguring it; commands and reads are refused there).
 #[derive(Clone)]
@@ -194,7 +195,7 @@ impl<E: Env> Env for CoordLogEnv<E> {
     }
 }
 
-/// The replicated coordinator's companion on the log: `Msg::Coord(CoordMsg::Log)` from the
+/// The replicated coordinator's companion on the log: `CoordMsg::Log` from the
 /// group's replicas goes to the replica (a log command or read from anyone
 /// is dropped: the group's log takes commands from its own leader logic
 /// alone, so a forged commit, abort or forget never reaches it); every

@@ -142,8 +142,10 @@ async fn serve<E: Env>(env: E, ack_before_sync: bool) {
     let records = env.load().expect("the counter log is readable");
     let server = CounterServer::recover(&records, ack_before_sync).expect("counter records are ids");
     if let Err(error) = effects::serve(env, server, &Ignore).await {
+        // Stopped to protect what it acknowledged; down until restarted.
         tracing::warn!(%error, "the counter server stopped");
     }
+    std::future::pending::<()>().await
 }
 
 /// How long a client waits for a reply before resending.
