@@ -1,12 +1,14 @@
 //! The simulator's own checks, each shown to catch what it exists for:
 //! a nondeterministic scenario is flagged, a sweep whose faults never fire
 //! fails, a panicking node becomes a reported violation, and replaying a
-//! case reproduces the same trace hash.
+//! case reproduces the same trace hash; and the one request-with-retry
+//! helper gets through a peer that drops and confuses its answers.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use ringfence::env::retry::Retry;
 use ringfence::env::Env;
 use ringfence::history::{History, Violation};
 use ringfence_sim::plan::{DiskLoss, Fault, FaultKind, FaultPlan, Swarm};
@@ -17,6 +19,24 @@ use ringfence_sim::scenarios::{self, counter::Counter};
 use ringfence_sim::sweep::{self, run_isolated, SweepPlan};
 use ringfence_sim::SimEnv;
 
+/// The spec of a one-client test scenario: no planted bugs, no aiming, a
+/// liveness bound of a second.
+const fn test_spec(name: &'static str, about: &'static str, servers: u32, ops: u32, fault_window_ms: u64) -> Spec {
+    Spec {
+        name,
+        about,
+        bugs: &[],
+        servers,
+        min_servers: servers,
+        workload: Workload { clients: 1, ops },
+        fault_window: Duration::from_millis(fault_window_ms),
+        liveness_bound: Duration::from_secs(1),
+        default_seeds: 200,
+        aiming: None,
+        situations: &[],
+    }
+}
+
 /// Leaks state between runs through a global: the kind of bug the
 /// determinism check exists to catch.
 static LEAK: AtomicU64 = AtomicU64::new(0);
@@ -25,19 +45,7 @@ struct Leaky;
 
 impl Scenario for Leaky {
     type Op = u64;
-    const SPEC: Spec = Spec {
-        name: "leaky",
-        about: "test: behaviour depends on a global counter",
-        bugs: &[],
-        servers: 1,
-        min_servers: 1,
-        workload: Workload { clients: 1, ops: 3 },
-        fault_window: Duration::from_millis(100),
-        liveness_bound: Duration::from_secs(1),
-        default_seeds: 200,
-        aiming: None,
-        situations: &[],
-    };
+    const SPEC: Spec = test_spec("leaky", "test: behaviour depends on a global counter", 1, 3, 100);
 
     fn new(_: &Params) -> Self {
         Leaky
@@ -109,19 +117,7 @@ struct Panicky;
 
 impl Scenario for Panicky {
     type Op = ();
-    const SPEC: Spec = Spec {
-        name: "panicky",
-        about: "test: a server asserts and dies",
-        bugs: &[],
-        servers: 1,
-        min_servers: 1,
-        workload: Workload { clients: 1, ops: 1 },
-        fault_window: Duration::from_millis(100),
-        liveness_bound: Duration::from_secs(1),
-        default_seeds: 200,
-        aiming: None,
-        situations: &[],
-    };
+    const SPEC: Spec = test_spec("panicky", "test: a server asserts and dies", 1, 1, 100);
 
     fn new(_: &Params) -> Self {
         Panicky
@@ -199,19 +195,13 @@ struct Courier {
 
 impl Scenario for Courier {
     type Op = ();
-    const SPEC: Spec = Spec {
-        name: "courier",
-        about: "test: copies in flight outlive and outrun their sender",
-        bugs: &[],
-        servers: 2,
-        min_servers: 2,
-        workload: Workload { clients: 1, ops: 0 },
-        fault_window: Duration::from_millis(1_000),
-        liveness_bound: Duration::from_secs(1),
-        default_seeds: 200,
-        aiming: None,
-        situations: &[],
-    };
+    const SPEC: Spec = test_spec(
+        "courier",
+        "test: copies in flight outlive and outrun their sender",
+        2,
+        0,
+        1_000,
+    );
 
     fn new(_: &Params) -> Self {
         Courier {
@@ -460,17 +450,14 @@ const PROBE_MS: u64 = 2_000;
 impl Scenario for Patient {
     type Op = u32;
     const SPEC: Spec = Spec {
-        name: "patient",
-        about: "test: slow operations, a slow drain and a slow probe",
-        bugs: &[],
-        servers: 1,
-        min_servers: 1,
-        workload: Workload { clients: 1, ops: 100 },
-        fault_window: Duration::from_millis(1_000),
         liveness_bound: Duration::from_millis(4_000),
-        default_seeds: 200,
-        aiming: None,
-        situations: &[],
+        ..test_spec(
+            "patient",
+            "test: slow operations, a slow drain and a slow probe",
+            1,
+            100,
+            1_000,
+        )
     };
 
     fn new(_: &Params) -> Self {
@@ -570,4 +557,83 @@ fn a_client_crash_leaves_its_operation_indeterminate_and_the_workload_goes_on() 
         .collect();
     assert!(after.len() > 3, "the restarted client works on: {events:?}");
     assert!(after.iter().filter(|&&n| n != 0).all(|&n| n > crashed), "{invoked:?}");
+}
+
+/// Server 1 drops every odd-numbered copy it receives and answers an even
+/// one with a stale reply first, then the real one: the lossy, confused
+/// peer that [`Retry`] exists to get through. The client asks twice, once
+/// with a second attempt to spare and once without.
+struct Stubborn {
+    copies: AtomicU64,
+    answers: std::sync::Mutex<Vec<Option<u8>>>,
+}
+
+impl Scenario for Stubborn {
+    type Op = ();
+    const SPEC: Spec = test_spec(
+        "stubborn",
+        "test: an answer comes only to a resent request, after a stale one",
+        1,
+        1,
+        100,
+    );
+
+    fn new(_: &Params) -> Self {
+        Stubborn {
+            copies: AtomicU64::new(0),
+            answers: Default::default(),
+        }
+    }
+    async fn server(self: Arc<Self>, env: SimEnv) {
+        loop {
+            let (from, request) = env.recv().await;
+            if self.copies.fetch_add(1, Ordering::Relaxed) % 2 == 0 {
+                continue;
+            }
+            let _ = env.send(from, vec![request[0].wrapping_add(100)]).await;
+            let _ = env.send(from, request).await;
+        }
+    }
+    async fn client(self: Arc<Self>, env: SimEnv, _client: Client<()>) {
+        let ask = |id: u8, attempts| {
+            let retry = Retry {
+                attempts,
+                wait: Duration::from_millis(100),
+            };
+            let env = env.clone();
+            async move {
+                retry
+                    .call(&env, 1, &[id], |from, reply| {
+                        (from == 1 && reply == [id]).then_some(reply[0])
+                    })
+                    .await
+            }
+        };
+        let patient = ask(7, 2).await;
+        let hasty = ask(9, 1).await;
+        self.answers.lock().unwrap().extend([patient, hasty]);
+    }
+    async fn probe(self: Arc<Self>, _env: SimEnv, _client: Client<()>) {}
+    fn check(&self, _: &History<()>) -> Vec<Violation> {
+        let answers = self.answers.lock().unwrap().clone();
+        let copies = self.copies.load(Ordering::Relaxed);
+        if answers == [Some(7), None] && copies == 3 {
+            return Vec::new();
+        }
+        let detail = format!("answers {answers:?} after {copies} copies");
+        vec![Violation::new("retry", detail, vec![])]
+    }
+}
+
+/// The one request-with-retry helper resends an unanswered request, skips
+/// a stale reply, and reports an unknown outcome once its attempts run out.
+#[test]
+fn retry_resends_until_answered_and_skips_stale_replies() {
+    let scenario = scenarios::erase::<Stubborn>();
+    let case = Case {
+        plan: Some(FaultPlan::calm(100)),
+        ..scenarios::default_case(scenario, 3, None)
+    };
+    let outcome = run_isolated(scenario, &case, RunOptions::default());
+    assert!(outcome.violations.is_empty(), "{:?}", outcome.violations);
 }

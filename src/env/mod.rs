@@ -24,6 +24,7 @@
 
 pub mod codec;
 pub mod record;
+pub mod retry;
 
 use std::future::Future;
 use std::time::Duration;

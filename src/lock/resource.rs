@@ -12,12 +12,12 @@
 //! truth a checker judges, whatever the callers heard.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use super::machine::Token;
-use crate::env::{codec, timeout, Env, NodeId};
+use crate::env::retry::Retry;
+use crate::env::{codec, Env, NodeId};
 
 /// Why an access was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -286,39 +286,23 @@ async fn run<E: Env>(env: E, bugs: Bugs, mut record: impl FnMut(Applied)) -> Res
     }
 }
 
-/// Sends `request` to the resource node until an answer comes, at most
-/// `attempts` times `retry_after`; `None` if the outcome is unknown.
+/// Sends `request` to the resource node until an answer comes (see
+/// [`Retry::call`]); `None` if the outcome is unknown.
 pub async fn call<E: Env>(
     env: &E,
     resource: NodeId,
     request: &ResourceRequest,
-    attempts: u32,
-    retry_after: Duration,
+    retry: Retry,
 ) -> Option<Result<(u64, u64), Stale>> {
     let req = match request {
         ResourceRequest::Read { req, .. } | ResourceRequest::Write { req, .. } => *req,
     };
-    let bytes = encode(request.clone());
-    for _ in 0..attempts {
-        let _ = env.send(resource, bytes.clone()).await;
-        let wait = async {
-            loop {
-                let (from, reply) = env.recv().await;
-                if from != resource {
-                    continue;
-                }
-                if let Some(r) = decode::<ResourceReply>(&reply) {
-                    if r.req == req {
-                        return r.result;
-                    }
-                }
-            }
-        };
-        if let Some(result) = timeout(env, retry_after, wait).await {
-            return Some(result);
-        }
-    }
-    None
+    retry
+        .call(env, resource, &encode(request.clone()), |from, frame| {
+            let reply = decode::<ResourceReply>(frame).filter(|r| from == resource && r.req == req)?;
+            Some(reply.result)
+        })
+        .await
 }
 
 #[cfg(test)]

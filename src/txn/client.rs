@@ -23,7 +23,8 @@ use rand::Rng;
 
 use super::placement::{DirectoryRouting, ShardMap};
 use super::{AbortReason, CoordMsg, Msg, Outcome, ReplyMsg, ShardMsg, TxnId, Value};
-use crate::env::{codec, timeout, Env, NodeId};
+use crate::env::retry::{exchange, Retry};
+use crate::env::{codec, Env, NodeId};
 
 /// Why an operation did not complete.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -228,29 +229,14 @@ impl<E: Env> TxnClient<E> {
     }
 
     /// Sends `request` to `to` until `accept` takes a reply or the attempts
-    /// run out. Other messages (stale replies) are dropped.
+    /// run out (see [`Retry::call`]).
     async fn call<T>(&self, to: NodeId, request: &Msg, attempts: u32, accept: impl Fn(Msg) -> Option<T>) -> Option<T> {
         let bytes = codec::encode(request).expect("requests encode");
-        for _ in 0..attempts {
-            if let Some(value) = self.exchange(to, &bytes, &accept).await {
-                return Some(value);
-            }
-        }
-        None
-    }
-
-    /// One send and the wait for an accepted reply.
-    async fn exchange<T>(&self, to: NodeId, bytes: &[u8], accept: impl Fn(Msg) -> Option<T>) -> Option<T> {
-        let _ = self.env.send(to, bytes.to_vec()).await;
-        let wait = async {
-            loop {
-                let (_, reply) = self.env.recv().await;
-                if let Some(value) = codec::decode::<Msg>(&reply).ok().and_then(&accept) {
-                    return value;
-                }
-            }
+        let retry = Retry {
+            attempts,
+            wait: self.config.retry_after,
         };
-        timeout(&self.env, self.config.retry_after, wait).await
+        retry.call(&self.env, to, &bytes, replies(accept)).await
     }
 
     /// [`TxnClient::call`] to the coordinator group: each attempt goes to the
@@ -271,7 +257,7 @@ impl<E: Env> TxnClient<E> {
         for _ in 0..attempts {
             let to = self.coordinators[self.current];
             let next = (self.current + 1) % self.coordinators.len();
-            match self.exchange(to, &bytes, &accept).await {
+            match exchange(&self.env, to, &bytes, self.config.retry_after, replies(&accept)).await {
                 Some(Ok(value)) => return Ok(value),
                 Some(Err(Some(leader))) if leader != to => {
                     self.current = self.coordinators.iter().position(|&c| c == leader).unwrap_or(next);
@@ -519,4 +505,9 @@ impl<E: Env> TxnClient<E> {
         })
         .await?
     }
+}
+
+/// A reply filter over frames: those that decode as a [`Msg`] `accept` takes.
+fn replies<T>(accept: impl Fn(Msg) -> Option<T>) -> impl FnMut(NodeId, &[u8]) -> Option<T> {
+    move |_, frame| codec::decode::<Msg>(frame).ok().and_then(&accept)
 }

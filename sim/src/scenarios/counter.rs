@@ -31,7 +31,8 @@ use std::time::Duration;
 
 use ringfence::effects::{self, Core, Effects};
 use ringfence::env::codec::{self, CodecError};
-use ringfence::env::{timeout, Env, NodeId};
+use ringfence::env::retry::Retry;
+use ringfence::env::{Env, NodeId};
 use ringfence::history::{counter, History, Violation};
 use ringfence::observe::Ignore;
 use serde::{Deserialize, Serialize};
@@ -148,29 +149,21 @@ async fn serve<E: Env>(env: E, ack_before_sync: bool) {
     std::future::pending::<()>().await
 }
 
-/// How long a client waits for a reply before resending.
-const RETRY_AFTER: Duration = Duration::from_millis(200);
-/// Attempts per operation before its outcome is recorded as unknown.
-const ATTEMPTS: u32 = 5;
+/// How often a client sends an operation, and how long it waits for each
+/// reply, before the operation's outcome is recorded as unknown.
+const RETRY: Retry = Retry {
+    attempts: 5,
+    wait: Duration::from_millis(200),
+};
 
 /// Sends `request` until a reply matching `accept` arrives, or gives up.
 async fn call<E: Env, T>(env: &E, server: u32, request: &Msg, accept: impl Fn(Msg) -> Option<T>) -> Option<T> {
     let bytes = codec::encode(request).expect("requests encode");
-    for _ in 0..ATTEMPTS {
-        let _ = env.send(server, bytes.clone()).await;
-        let wait = async {
-            loop {
-                let (_, reply) = env.recv().await;
-                if let Some(value) = codec::decode::<Msg>(&reply).ok().and_then(&accept) {
-                    return value;
-                }
-            }
-        };
-        if let Some(value) = timeout(env, RETRY_AFTER, wait).await {
-            return Some(value);
-        }
-    }
-    None
+    RETRY
+        .call(env, server, &bytes, |_, frame| {
+            codec::decode::<Msg>(frame).ok().and_then(&accept)
+        })
+        .await
 }
 
 async fn read<E: Env>(env: &E, client: &Client<CounterOp>, request: u64) -> Option<Vec<u64>> {

@@ -60,6 +60,7 @@ use futures::future::{select, Either};
 use rand::seq::SliceRandom;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
+use ringfence::env::retry::Retry;
 use ringfence::env::{Env, NodeId};
 use ringfence::history::lock::{
     check_expiries, check_grants, check_lease_ends, check_lock, AppliedEntry, LeasePair, LockOp, ResourceTruth,
@@ -208,8 +209,10 @@ const QUEUED_AFTER: Duration = Duration::from_millis(100);
 /// How long a resource access is retried before its outcome is unknown:
 /// longer than the longest delay the plans put on a write in flight, so a
 /// late write's fate is recorded.
-const ACCESS_ATTEMPTS: u32 = 20;
-const ACCESS_RETRY: Duration = Duration::from_millis(150);
+const ACCESS_RETRY: Retry = Retry {
+    attempts: 20,
+    wait: Duration::from_millis(150),
+};
 
 /// The situations the issue lists, each aimed at deliberately by the plans
 /// (see [`plan_situation`]) and counted when it occurs.
@@ -808,7 +811,7 @@ impl Access<'_> {
         });
         self.req += 1;
         let request = ResourceRequest::Read { req: self.req, token };
-        match resource::call(self.env, self.resource, &request, ACCESS_ATTEMPTS, ACCESS_RETRY).await {
+        match resource::call(self.env, self.resource, &request, ACCESS_RETRY).await {
             Some(Ok((value, seq))) => {
                 client.ok(LockOp::Read {
                     token,
@@ -848,7 +851,7 @@ impl Access<'_> {
             token,
             value,
         };
-        match resource::call(self.env, self.resource, &request, ACCESS_ATTEMPTS, ACCESS_RETRY).await {
+        match resource::call(self.env, self.resource, &request, ACCESS_RETRY).await {
             Some(Ok((_, seq))) => {
                 client.ok(LockOp::Write {
                     token,
