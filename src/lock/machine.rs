@@ -1005,4 +1005,59 @@ mod snapshot_tests {
         over.sessions.remove(&2);
         r.restore(&codec::encode(&over).unwrap()).unwrap();
     }
+
+    /// A snapshot in which two claims on one lock carry the same token is
+    /// refused: a token fences one grant only.
+    #[test]
+    fn a_snapshot_with_a_token_repeated_in_a_line_is_refused() {
+        let mut m = LockMachine::default();
+        for session in [1, 2] {
+            m.apply(&client(Request::Open { session }));
+            m.apply(&client(Request::Acquire {
+                session,
+                lock: "a".into(),
+                request: 1,
+                wait: true,
+            }));
+        }
+        let line = &m.locks["a"];
+        assert_eq!(line.waiters.len(), 1);
+        let mut r = LockMachine::default();
+        r.restore(&m.snapshot().unwrap()).unwrap();
+        let mut repeated = m.clone();
+        let lock = repeated.locks.get_mut("a").unwrap();
+        lock.waiters[0].token = lock.holder.as_ref().unwrap().token;
+        assert!(matches!(
+            r.restore(&codec::encode(&repeated).unwrap()),
+            Err(SnapshotError::Invalid("queue tokens do not increase"))
+        ));
+    }
+
+    /// Likewise a snapshot in which one principal claims more locks than
+    /// its quota: a table at the quota installs, one lock more is refused.
+    #[test]
+    fn a_snapshot_over_a_principals_lock_quota_is_refused() {
+        let mut m = LockMachine::default();
+        m.apply(&client(Request::Open { session: 1 }));
+        for n in 0..MAX_LOCKS_PER_PRINCIPAL as u64 {
+            m.apply(&client(Request::Acquire {
+                session: 1,
+                lock: format!("l{n}"),
+                request: n + 1,
+                wait: false,
+            }));
+        }
+        assert_eq!(m.sessions[&1].locks.len(), MAX_LOCKS_PER_PRINCIPAL);
+        let mut r = LockMachine::default();
+        r.restore(&m.snapshot().unwrap()).unwrap();
+        let mut over = m.clone();
+        let extra = over.locks["l0"].clone();
+        over.locks.insert("extra".into(), extra);
+        over.sessions.get_mut(&1).unwrap().locks.insert("extra".into());
+        assert!(matches!(
+            r.restore(&codec::encode(&over).unwrap()),
+            Err(SnapshotError::Invalid("a principal over its lock quota"))
+        ));
+        assert_eq!(r, m, "the refused snapshot installed nothing");
+    }
 }

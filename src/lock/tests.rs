@@ -988,3 +988,38 @@ fn a_joining_group_takes_no_client_command_until_it_is_assigned() {
     assert!(!raft.state_machine().ownership().is_unsharded());
     assert!(lock.on_message(ms(1_001), 5, open(2), &raft, &mut out).is_some());
 }
+
+/// A keep-alive tells the session which locks it holds and by which
+/// tokens, leaving out those it only waits for: the client's check that
+/// a lease still stands reads it.
+#[test]
+fn a_keep_alive_lists_the_locks_held_not_those_waited_for() {
+    let mut m = opened(&[1, 2]);
+    let acquire_named = |session, lock: &str, wait| {
+        cmd(R::Acquire {
+            session,
+            lock: lock.into(),
+            request: 1,
+            wait,
+        })
+    };
+    let O::Granted { token: a } = m.apply(&acquire_named(1, "a", false)) else {
+        panic!()
+    };
+    let O::Granted { token: b } = m.apply(&acquire_named(2, "b", false)) else {
+        panic!()
+    };
+    assert!(matches!(m.apply(&acquire_named(1, "b", true)), O::Queued { .. }));
+    assert_eq!(
+        m.apply(&cmd(R::KeepAlive { session: 1 })),
+        O::Alive {
+            held: vec![("a".into(), a)]
+        }
+    );
+    assert_eq!(
+        m.apply(&cmd(R::KeepAlive { session: 2 })),
+        O::Alive {
+            held: vec![("b".into(), b)]
+        }
+    );
+}

@@ -700,3 +700,74 @@ fn recovery_refuses_a_snapshot_record_that_does_not_decode() {
     );
     assert!(matches!(result, Err(RecoverError::Structure { position: 0, .. })));
 }
+
+/// A hard state at the largest term is no state a replica reaches (it could
+/// never start an election again): recovery refuses a log that holds one,
+/// as `admit` refuses such a term on the wire, and takes the term below it.
+#[test]
+fn recovery_refuses_a_term_that_cannot_be_incremented() {
+    let hard_state = |term| Record::HardState { term, voted_for: None };
+    let result = recover_from(&[hard_state(u64::MAX)]);
+    assert!(
+        matches!(result, Err(RecoverError::Structure { position: 1, .. })),
+        "{result:?}"
+    );
+    recover_from(&[hard_state(u64::MAX - 1)]).expect("the term below the largest");
+}
+
+/// A snapshot acknowledgement that neither advances a follower nor belongs
+/// to the leader's snapshot (a late duplicate, a forged one) is answered
+/// with nothing: each one would otherwise start another send to that
+/// follower.
+#[test]
+fn a_snapshot_reply_for_no_snapshot_of_the_leaders_sends_nothing() {
+    let mut g = settled(None);
+    let l = leader(&g);
+    let peer = MEMBERS.into_iter().find(|&m| m != l).expect("a peer");
+    g.net.clear();
+    let reply = Message::SnapshotReply {
+        term: g.nodes[&l].term(),
+        last_index: 0,
+        received: (7, 3),
+        read_seq: 0,
+        incarnation: GENESIS,
+    };
+    inject(&mut g, peer, l, reply);
+    assert_eq!(g.nodes[&l].role(), Role::Leader);
+    let sent: Vec<_> = g.net.iter().filter(|(from, to, _)| (*from, *to) == (l, peer)).collect();
+    assert!(sent.is_empty(), "{sent:?}");
+}
+
+/// Recovery takes a log that reaches the largest index and refuses an
+/// entry one beyond it, even when it follows on from the log.
+#[test]
+fn recovery_takes_entries_up_to_the_largest_index_and_none_beyond() {
+    let data = Replicated::<Kv>::new(8).snapshot().unwrap();
+    let entry = |index| {
+        Record::Entry(Entry {
+            term: 1,
+            index,
+            payload: Payload::Noop,
+        })
+    };
+    let records = [
+        Record::HardState {
+            term: 1,
+            voted_for: None,
+        },
+        Record::Snapshot {
+            last_index: MAX_INDEX - 1,
+            last_term: 1,
+            membership: Membership::genesis(&MEMBERS),
+            size: data.len() as u64,
+        },
+        Record::SnapshotPart(data),
+        entry(MAX_INDEX),
+    ];
+    recover_from(&records).expect("a log up to the largest index");
+    let beyond = recover_from(&[records.as_slice(), &[entry(MAX_INDEX + 1)]].concat());
+    assert!(
+        matches!(beyond, Err(RecoverError::Structure { position: 5, .. })),
+        "{beyond:?}"
+    );
+}

@@ -1011,6 +1011,47 @@ mod tests {
         );
     }
 
+    /// A late no needs no answer: the shard that sent it aborted its part
+    /// when it voted.
+    #[test]
+    fn a_late_no_is_not_answered() {
+        let mut m = CoordMachine::default();
+        m.apply(&Command::Start {
+            txn: 7,
+            client: CLIENT,
+            participants: vec![(4, 1), (5, 1)],
+        });
+        m.apply(&Command::Abort {
+            txn: 7,
+            reason: AbortReason::VotedNo { shard: 5 },
+        });
+        let mut d = leader_logic();
+        let no = CoordMsg::Vote { txn: 7, yes: false };
+        let fx = d.on_message(MS, 5, no, &leading(&m));
+        assert!(fx.out.messages.is_empty() && fx.propose.is_empty(), "{fx:?}");
+    }
+
+    /// The leader logic's own check stops at a voting round for a
+    /// transaction the machine it was shown does not hold.
+    #[test]
+    #[should_panic(expected = "a voting round for")]
+    fn the_check_stops_a_round_the_machine_does_not_hold() {
+        let (mut d, mut m) = (leader_logic(), CoordMachine::default());
+        let began = d.on_message(MS, CLIENT, CoordMsg::Begin { request: 1 }, &leading(&m));
+        let txn = match &began.out.messages[..] {
+            [(CLIENT, Msg::Reply(ReplyMsg::Began { txn, .. }))] => *txn,
+            other => panic!("{other:?}"),
+        };
+        let commit = CoordMsg::Commit {
+            txn,
+            participants: vec![(4, 1), (5, 1)],
+        };
+        let fx = d.on_message(MS, CLIENT, commit, &leading(&m));
+        commit_log(&mut d, &mut m, &fx);
+        d.check(&m);
+        d.check(&CoordMachine::default());
+    }
+
     /// Applies the commands that finish `txn`: committed (else aborted on a
     /// lock conflict), then acknowledged by every participant.
     fn finish(m: &mut CoordMachine, txn: TxnId, commit: bool) {
