@@ -805,4 +805,41 @@ mod tests {
             "prepares re-sent when due"
         );
     }
+
+    /// The coordinator's own check stops at a round left over from an
+    /// earlier incarnation, which recovery presumes aborted.
+    #[test]
+    #[should_panic(expected = "of an earlier incarnation still preparing")]
+    fn the_check_stops_a_round_of_an_earlier_incarnation() {
+        let (mut c, _) = boot(&[]);
+        let txn = begin(&mut c);
+        commit(&mut c, txn);
+        c.check();
+        c.epoch += 1;
+        c.check();
+    }
+
+    /// The coordinator's own check stops at state about an id it never
+    /// gave out.
+    #[test]
+    #[should_panic(expected = "an id it never gave out")]
+    fn the_check_stops_state_about_an_id_never_given_out() {
+        let (mut c, _) = boot(&[]);
+        let txn = begin(&mut c);
+        let reason = AbortReason::CoordinatorRestarted;
+        c.txns.insert(txn + 1, State::Aborted { reason });
+        c.check();
+    }
+
+    /// Every handler runs the check after it: a broken state stops the
+    /// coordinator at its next message, before it can act on it.
+    #[test]
+    #[should_panic(expected = "an id it never gave out")]
+    fn a_handler_runs_the_check_after_it() {
+        let (mut c, _) = boot(&[]);
+        let txn = begin(&mut c);
+        let reason = AbortReason::CoordinatorRestarted;
+        c.txns.insert(txn + 100, State::Aborted { reason });
+        begin(&mut c);
+    }
 }

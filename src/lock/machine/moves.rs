@@ -432,14 +432,18 @@ mod tests {
         );
         assert_eq!(target.holder("x"), Some((2, next)));
         source.apply(&C::Shard(ShardCommand::Drop { epoch: 2, to: 9 }));
+        let first_page = LockQuery::Part {
+            epoch: 2,
+            to: 9,
+            from: 0,
+            limit: 8 << 10,
+        };
+        assert_eq!(source.query(&first_page), LockOutput::Part(None));
+        assert_eq!(source.apply(&fence), LockOutput::Moved { locks: 0 });
         assert_eq!(
-            source.query(&LockQuery::Part {
-                epoch: 2,
-                to: 9,
-                from: 0,
-                limit: 8 << 10
-            }),
-            LockOutput::Part(None)
+            source.query(&first_page),
+            LockOutput::Part(None),
+            "a fence repeated after the drop keeps no part"
         );
         // And back: the source's revision is now behind the target's floor.
         target.apply(&C::Shard(ShardCommand::Fence {
