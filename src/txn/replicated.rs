@@ -925,6 +925,15 @@ mod tests {
         d.on_applied(MS, &leading(m), txns)
     }
 
+    /// Begins a transaction at the leader logic and returns its id.
+    fn begin(d: &mut CoordLeader, m: &CoordMachine) -> TxnId {
+        let began = d.on_message(MS, CLIENT, CoordMsg::Begin { request: 1 }, &leading(m));
+        match began.out.messages[..] {
+            [(CLIENT, Msg::Reply(ReplyMsg::Began { txn, .. }))] => txn,
+            _ => panic!("{:?}", began.out),
+        }
+    }
+
     fn decides(fx: &LeaderOutput) -> Vec<(NodeId, Decision)> {
         fx.out
             .messages
@@ -1037,11 +1046,7 @@ mod tests {
     #[should_panic(expected = "a voting round for")]
     fn the_check_stops_a_round_the_machine_does_not_hold() {
         let (mut d, mut m) = (leader_logic(), CoordMachine::default());
-        let began = d.on_message(MS, CLIENT, CoordMsg::Begin { request: 1 }, &leading(&m));
-        let txn = match &began.out.messages[..] {
-            [(CLIENT, Msg::Reply(ReplyMsg::Began { txn, .. }))] => *txn,
-            other => panic!("{other:?}"),
-        };
+        let txn = begin(&mut d, &m);
         let commit = CoordMsg::Commit {
             txn,
             participants: vec![(4, 1), (5, 1)],
@@ -1238,10 +1243,7 @@ mod tests {
     #[test]
     fn ids_no_leader_issued_are_never_logged() {
         let (mut d, m) = (leader_logic(), CoordMachine::default());
-        let began = d.on_message(MS, CLIENT, CoordMsg::Begin { request: 1 }, &leading(&m));
-        let [(CLIENT, Msg::Reply(ReplyMsg::Began { txn: issued, .. }))] = began.out.messages[..] else {
-            panic!("{:?}", began.out)
-        };
+        let issued = begin(&mut d, &m);
         let unissued = [issued + 1, (TERM + 1) << 32 | 1, u64::MAX];
         for txn in unissued {
             let asks = [
@@ -1268,10 +1270,7 @@ mod tests {
     #[test]
     fn a_commit_listing_too_many_shards_is_aborted_not_started() {
         let (mut d, mut m) = (leader_logic(), CoordMachine::default());
-        let began = d.on_message(MS, CLIENT, CoordMsg::Begin { request: 1 }, &leading(&m));
-        let [(CLIENT, Msg::Reply(ReplyMsg::Began { txn, .. }))] = began.out.messages[..] else {
-            panic!("{:?}", began.out)
-        };
+        let txn = begin(&mut d, &m);
         let participants = (0..=MAX_PARTICIPANTS as NodeId).map(|n| (n + 100, 1)).collect();
         let fx = d.on_message(MS, CLIENT, CoordMsg::Commit { txn, participants }, &leading(&m));
         let limit = MAX_PARTICIPANTS;
@@ -1298,11 +1297,7 @@ mod tests {
     #[test]
     fn a_decision_is_sent_only_after_the_log_applied_it() {
         let (mut d, mut m) = (leader_logic(), CoordMachine::default());
-        let began = d.on_message(MS, CLIENT, CoordMsg::Begin { request: 1 }, &leading(&m));
-        let txn = match &began.out.messages[..] {
-            [(CLIENT, Msg::Reply(ReplyMsg::Began { txn, .. }))] => *txn,
-            other => panic!("{other:?}"),
-        };
+        let txn = begin(&mut d, &m);
         assert_eq!(txn >> 32, TERM);
         let commit = CoordMsg::Commit {
             txn,
